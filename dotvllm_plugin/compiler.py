@@ -1,0 +1,259 @@
+"""GrammarCompiler (stateful, cached) → CompiledGrammar (immutable, serialisable).
+
+Every constraint kind becomes a regex, then a byte DFA (:mod:`.fsm`), then a token index
+(:mod:`.index`). The compiled form holds the DFA with its bytes folded into equivalence classes
+(so committing a token is a walk over a small table) and the deduplicated packed mask rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from .errors import GrammarError, SerializationError
+from .fsm import ByteDFA, check_regex, regex_to_dfa
+from .index import build_index
+from .vocabulary import Vocabulary
+
+__all__ = ["CompiledGrammar", "GrammarCompiler", "check_regex", "choice_regex", "escape_literal"]
+
+FORMAT_VERSION = 1
+_MAGIC = b"DOTVLLM\x00"
+_REGEX_META = set("\\.^$*+?{}[]|()")
+
+
+def escape_literal(text: str) -> str:
+    """Escape ``text`` so the regex matches exactly it (in the dialect interegular parses)."""
+    out = []
+    for ch in text:
+        if ch in _REGEX_META:
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def choice_regex(choices) -> str:
+    if isinstance(choices, (str, bytes)) or not hasattr(choices, "__iter__"):
+        raise GrammarError(f"guided_choice must be a list of strings, got {type(choices).__name__}")
+    choices = list(choices)
+    if not choices:
+        raise GrammarError("guided_choice must list at least one choice, got an empty list")
+    for i, c in enumerate(choices):
+        if not isinstance(c, str):
+            raise GrammarError(f"guided_choice[{i}] must be a string, got {type(c).__name__}: {c!r}")
+    return "|".join(f"(?:{escape_literal(c)})" for c in dict.fromkeys(choices))
+
+
+class CompiledGrammar:
+    """A compiled constraint for one vocabulary. Immutable; share it between matchers.
+
+    Do not construct directly: use :class:`GrammarCompiler` or :meth:`from_bytes`.
+    """
+
+    __slots__ = (
+        "kind",
+        "source",
+        "vocabulary",
+        "byte_class",
+        "class_transitions",
+        "accepting",
+        "initial",
+        "rows",
+        "row_of_state",
+        "_walk_cache",
+    )
+
+    def __init__(self, *, kind, source, vocabulary, byte_class, class_transitions, accepting, initial, rows, row_of_state):
+        self.kind = kind
+        self.source = source
+        self.vocabulary = vocabulary
+        self.byte_class = byte_class
+        self.class_transitions = class_transitions
+        self.accepting = accepting
+        self.initial = int(initial)
+        self.rows = rows
+        self.row_of_state = row_of_state
+        self._walk_cache = None
+
+    @classmethod
+    def _from_dfa(cls, kind: str, source: str, dfa: ByteDFA, vocab: Vocabulary) -> CompiledGrammar:
+        index = build_index(dfa, vocab)
+        classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
+        return cls(
+            kind=kind,
+            source=source,
+            vocabulary=vocab,
+            byte_class=byte_class.astype(np.uint8).reshape(256),
+            class_transitions=np.ascontiguousarray(classes.T, dtype=np.int32),
+            accepting=dfa.accepting,
+            initial=dfa.initial,
+            rows=index.rows,
+            row_of_state=index.row_of_state,
+        )
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    @property
+    def n_states(self) -> int:
+        return int(self.class_transitions.shape[0])
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the index and automaton arrays."""
+        return int(
+            self.rows.nbytes + self.row_of_state.nbytes + self.class_transitions.nbytes + self.accepting.nbytes + 256
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledGrammar(kind={self.kind!r}, states={self.n_states}, rows={len(self.rows)}, "
+            f"memory={self.memory_bytes / 1e6:.2f} MB)"
+        )
+
+    def _walker(self):
+        """(flat class-transition list, n_classes, byte→class translate table), built once."""
+        w = self._walk_cache
+        if w is None:
+            n_cls = int(self.class_transitions.shape[1])
+            w = self._walk_cache = (self.class_transitions.ravel().tolist(), n_cls, bytes(self.byte_class.tolist()))
+        return w
+
+    # -- serialisation ----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Versioned binary form (no pickle); load with :meth:`from_bytes` and the same vocabulary."""
+        arrays = {
+            "byte_class": self.byte_class,
+            "class_transitions": self.class_transitions,
+            "accepting": self.accepting,
+            "rows": self.rows,
+            "row_of_state": self.row_of_state,
+        }
+        header = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "source": self.source,
+            "vocabulary_fingerprint": self.vocabulary.fingerprint,
+            "vocabulary_size": self.vocabulary.size,
+            "initial": self.initial,
+            "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
+        }
+        hb = json.dumps(header).encode()
+        buf = io.BytesIO()
+        buf.write(_MAGIC)
+        buf.write(struct.pack("<I", len(hb)))
+        buf.write(hb)
+        for a in arrays.values():
+            buf.write(np.ascontiguousarray(a).tobytes())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, vocabulary: Vocabulary) -> CompiledGrammar:
+        try:
+            if data[: len(_MAGIC)] != _MAGIC:
+                raise SerializationError("not a dotvllm compiled grammar (bad magic bytes)")
+            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
+            off = len(_MAGIC) + 4
+            header = json.loads(data[off : off + hlen])
+            off += hlen
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, SerializationError):
+                raise
+            raise SerializationError(f"corrupt compiled grammar header: {e}") from e
+        if header.get("format_version") != FORMAT_VERSION:
+            raise SerializationError(
+                f"compiled grammar format version {header.get('format_version')} is not supported "
+                f"(expected {FORMAT_VERSION}); recompile it"
+            )
+        if header["vocabulary_fingerprint"] != vocabulary.fingerprint:
+            raise SerializationError(
+                f"compiled grammar was built for vocabulary {header['vocabulary_fingerprint'][:12]} "
+                f"(size {header['vocabulary_size']}), not {vocabulary.fingerprint[:12]} (size {vocabulary.size})"
+            )
+        arrays = {}
+        for name, (dtype, shape) in header["arrays"].items():
+            n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if off + n > len(data):
+                raise SerializationError(f"compiled grammar is truncated (array {name!r})")
+            arrays[name] = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=off).reshape(shape)
+            off += n
+        if off != len(data):
+            raise SerializationError("compiled grammar has trailing bytes")
+        return cls(
+            kind=header["kind"],
+            source=header["source"],
+            vocabulary=vocabulary,
+            initial=header["initial"],
+            **arrays,
+        )
+
+    def __reduce__(self):
+        return (CompiledGrammar.from_bytes, (self.to_bytes(), self.vocabulary))
+
+
+class GrammarCompiler:
+    """Compiles constraints for one vocabulary, caching results (LRU, thread-safe).
+
+    Parameters
+    ----------
+    vocabulary : Vocabulary
+    cache_size : int
+        Number of compiled grammars kept; 0 disables the cache.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, *, cache_size: int = 128):
+        if not isinstance(vocabulary, Vocabulary):
+            raise TypeError(f"GrammarCompiler needs a Vocabulary, got {type(vocabulary).__name__}")
+        self.vocabulary = vocabulary
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _cached(self, key: tuple, build) -> CompiledGrammar:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        compiled = build()
+        if self.cache_size:
+            with self._lock:
+                self._cache[key] = compiled
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return compiled
+
+    def compile_regex(self, pattern: str, *, kind: str = "regex", source: Any = None) -> CompiledGrammar:
+        """Compile a regex (full-match semantics) into a :class:`CompiledGrammar`."""
+        src = pattern if source is None else source
+        return self._cached(
+            ("regex", pattern),
+            lambda: CompiledGrammar._from_dfa(kind, src, regex_to_dfa(pattern), self.vocabulary),
+        )
+
+    def compile_choice(self, choices) -> CompiledGrammar:
+        """Exactly one of ``choices`` (strings)."""
+        return self.compile_regex(choice_regex(choices), kind="choice", source=json.dumps(list(choices)))
+
+    def compile_json_schema(self, schema, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
+        """A JSON value valid under ``schema`` (a dict, bool, or JSON string)."""
+        from .json_schema import json_schema_to_regex
+
+        regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
+        source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        return self.compile_regex(regex, kind="json_schema", source=source)
+
+    def compile_json_object(self, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
+        """Any JSON object (nesting depth bounded, see :mod:`.json_schema`)."""
+        from .json_schema import json_object_regex
+
+        return self.compile_regex(json_object_regex(whitespace_pattern=whitespace_pattern), kind="json_object", source="{}")
