@@ -45,84 +45,127 @@ def _expand_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, counts) + np.arange(total)
 
 
-def _walk(dfa_trans: np.ndarray, trie, states: np.ndarray):
-    """Walk every token from each of ``states``.
+class ClassTrie:
+    """The vocabulary trie with bytes replaced by the pattern's byte classes.
 
-    Returns ``(state_idx, token_id, end_state)`` arrays for all tokens that survive, where
-    ``state_idx`` indexes ``states``.
+    Tokens whose bytes fall in the same classes position by position walk the DFA identically,
+    so they share one node: for ``[a-z]{1,200}`` all lowercase tokens of one length are a single
+    path. Nodes are numbered globally (level by level); ``tokens`` (CSR by ``token_start``) lists
+    the token ids that end at each node.
+    """
+
+    def __init__(self, trie, byte_class: np.ndarray, n_classes: int):
+        self.depth = trie.depth
+        self.cls: list[np.ndarray] = []
+        self.child_start: list[np.ndarray] = []
+        self.offset: list[int] = []
+        end_nodes, end_tokens = [], []
+        prev_map = None
+        prev_count = 1
+        total = 0
+        for d in range(trie.depth):
+            parent_cls = np.zeros(len(trie.parent[d]), dtype=np.int64) if d == 0 else prev_map[trie.parent[d]]
+            key = parent_cls * n_classes + byte_class[trie.byte[d]]
+            space = prev_count * n_classes
+            if space <= 1 << 22:
+                used = np.zeros(space, dtype=bool)
+                used[key] = True
+                dense = np.cumsum(used) - 1
+                node_map = dense[key]
+                uniq = np.flatnonzero(used)
+            else:
+                uniq, node_map = np.unique(key, return_inverse=True)
+            self.cls.append((uniq % n_classes).astype(np.int64))
+            self.child_start.append(np.searchsorted(uniq // n_classes, np.arange(prev_count + 1)))
+            self.offset.append(total)
+            tok_nodes = np.repeat(np.arange(len(trie.tokens_at_start[d]) - 1), np.diff(trie.tokens_at_start[d]))
+            end_nodes.append(node_map[tok_nodes] + total)
+            end_tokens.append(trie.tokens_at[d])
+            total += len(uniq)
+            prev_map, prev_count = node_map, len(uniq)
+        self.n_nodes = total
+        nodes = np.concatenate(end_nodes) if end_nodes else np.zeros(0, dtype=np.int64)
+        toks = np.concatenate(end_tokens) if end_tokens else np.zeros(0, dtype=np.int64)
+        order = np.argsort(nodes, kind="stable")
+        self.tokens = toks[order]
+        self.token_start = np.searchsorted(nodes[order], np.arange(total + 1))
+        self.has_tokens = np.diff(self.token_start) > 0
+
+
+def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray):
+    """Walk every class-trie path from each of ``states``.
+
+    Returns ``(state_idx, node, end_state)`` for every node that ends a token and survives, where
+    ``state_idx`` indexes ``states`` and ``node`` is a global class-trie node id.
     """
     k = len(states)
-    out_si, out_tok, out_end = [], [], []
-    n0 = trie.node_counts[0] if trie.depth else 0
+    out_si, out_node, out_end = [], [], []
+    if ct.depth == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    n0 = len(ct.cls[0])
     si = np.repeat(np.arange(k, dtype=np.int64), n0)
     node = np.tile(np.arange(n0, dtype=np.int64), k)
-    st = dfa_trans[np.repeat(states, n0), trie.byte[0][node]].astype(np.int64)
-    for d in range(trie.depth):
+    st = class_trans[np.repeat(states, n0), ct.cls[0][node]]
+    for d in range(ct.depth):
         if d > 0:
-            cs = trie.child_start[d]
+            cs = ct.child_start[d]
             counts = cs[node + 1] - cs[node]
             child = _expand_ranges(cs[node], counts)
             si = np.repeat(si, counts)
-            st = dfa_trans[np.repeat(st, counts), trie.byte[d][child]].astype(np.int64)
+            st = class_trans[np.repeat(st, counts), ct.cls[d][child]]
             node = child
         keep = st >= 0
         if not keep.all():
             si, st, node = si[keep], st[keep], node[keep]
         if len(node) == 0:
             break
-        ts = trie.tokens_at_start[d]
-        tcounts = ts[node + 1] - ts[node]
-        has = tcounts > 0
-        if has.any():
-            tidx = _expand_ranges(ts[node[has]], tcounts[has])
-            out_tok.append(trie.tokens_at[d][tidx])
-            out_si.append(np.repeat(si[has], tcounts[has]))
-            out_end.append(np.repeat(st[has], tcounts[has]))
-    if not out_tok:
+        g = node + ct.offset[d]
+        has = ct.has_tokens[g]
+        out_si.append(si[has])
+        out_node.append(g[has])
+        out_end.append(st[has])
+    if not out_si:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
-    return np.concatenate(out_si), np.concatenate(out_tok), np.concatenate(out_end)
+    return np.concatenate(out_si), np.concatenate(out_node), np.concatenate(out_end)
 
 
 def build_index(dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_ROWS_BYTES) -> TokenIndex:
-    trie = vocab.byte_trie()
-    trans = dfa.transitions
+    classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
+    byte_class = byte_class.reshape(256)
+    class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
+    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes))
     n_states = dfa.n_states
     V = vocab.size
     W = (V + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
 
     successors: dict[int, np.ndarray] = {}
-    state_bits: dict[int, np.ndarray] = {}  # state → packed row (uint8 view later)
+    node_sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # state → (class nodes, their end states)
     seen = np.zeros(n_states, dtype=bool)
     seen[dfa.initial] = True
     frontier = [dfa.initial]
+    total_pairs = 0
     while frontier:
         batch, frontier = frontier[:_BATCH_STATES], frontier[_BATCH_STATES:]
-        states = np.array(batch, dtype=np.int64)
-        si, tok, end = _walk(trans, trie, states)
-        bits = np.zeros((len(batch), W * 32), dtype=bool)
-        bits[si, tok] = True
-        acc = dfa.accepting[states]
-        if acc.any():
-            bits[np.ix_(np.flatnonzero(acc), eos)] = True
-        packed = np.packbits(bits, axis=1, bitorder="little").view(np.int32)
-        pair = np.unique(si * n_states + end)
+        si, node, end = _walk(class_trans, ct, np.array(batch, dtype=np.int64))
+        order = np.argsort(si, kind="stable")
+        si, node, end = si[order], node[order], end[order]
+        bounds = np.searchsorted(si, np.arange(len(batch) + 1))
         for i, s in enumerate(batch):
-            state_bits[s] = packed[i]
-        pair_si, pair_end = pair // n_states, pair % n_states
-        bounds = np.searchsorted(pair_si, np.arange(len(batch) + 1))
-        for i, s in enumerate(batch):
-            succ = pair_end[bounds[i] : bounds[i + 1]]
+            nodes_i, end_i = node[bounds[i] : bounds[i + 1]], end[bounds[i] : bounds[i + 1]]
+            node_sets[s] = (nodes_i, end_i)
+            succ = np.unique(end_i)
             successors[s] = succ
             new = succ[~seen[succ]]
             if len(new):
                 seen[new] = True
-                frontier.extend(int(x) for x in new)
-        if len(state_bits) * W * 4 > max_rows_bytes:
+                frontier.extend(new.tolist())
+        total_pairs += len(node)
+        if total_pairs > 50_000_000:
             raise CompilationTooLargeError(
-                f"the token index exceeds {max_rows_bytes >> 20} MiB before deduplication "
-                f"({len(state_bits)} states); simplify the constraint"
+                f"the token index is too large ({len(node_sets)} states, {total_pairs} entries); simplify the constraint"
             )
 
     good = _can_complete(successors, dfa.accepting)
@@ -131,24 +174,38 @@ def build_index(dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_RO
             "no sequence of this tokenizer's tokens can complete the constraint "
             "(the vocabulary lacks bytes the pattern requires)"
         )
-    doomed = [s for s, ok in good.items() if not ok]
-    if doomed:
-        _prune(trans, trie, dfa, state_bits, successors, good, n_states)
+    bad = np.ones(n_states, dtype=bool)
+    bad[[s for s, ok in good.items() if ok]] = False
 
     rows_list = [np.zeros(W, dtype=np.int32)]
-    row_index: dict[bytes, int] = {rows_list[0].tobytes(): 0}
+    row_index: dict[bytes, int] = {}
     row_of_state = np.zeros(n_states, dtype=np.int32)
-    for s, row in state_bits.items():
-        if not good[s]:
+    for s, (nodes_s, end_s) in node_sets.items():
+        if bad[s]:
             continue
-        key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        nodes_s = nodes_s[~bad[end_s]]
+        acc = bool(dfa.accepting[s])
+        key = hashlib.blake2b(nodes_s.tobytes() + (b"\x01" if acc else b"\x00"), digest_size=16).digest()
         r = row_index.get(key)
         if r is None:
             r = row_index[key] = len(rows_list)
-            rows_list.append(row)
+            rows_list.append(_materialize(ct, nodes_s, eos if acc else None, W))
+            if len(rows_list) * W * 4 > max_rows_bytes:
+                raise CompilationTooLargeError(
+                    f"the token index exceeds {max_rows_bytes >> 20} MiB ({len(rows_list)} distinct masks); "
+                    "simplify the constraint"
+                )
         row_of_state[s] = r
-    rows = np.stack(rows_list)
-    return TokenIndex(rows=rows, row_of_state=row_of_state, n_indexed_states=len(state_bits))
+    return TokenIndex(rows=np.stack(rows_list), row_of_state=row_of_state, n_indexed_states=len(node_sets))
+
+
+def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
+    bits = np.zeros(W * 32, dtype=bool)
+    starts = ct.token_start[nodes]
+    bits[ct.tokens[_expand_ranges(starts, ct.token_start[nodes + 1] - starts)]] = True
+    if eos is not None:
+        bits[eos] = True
+    return np.packbits(bits, bitorder="little").view(np.int32)
 
 
 def _can_complete(successors: dict[int, np.ndarray], accepting: np.ndarray) -> dict[int, bool]:
@@ -167,20 +224,3 @@ def _can_complete(successors: dict[int, np.ndarray], accepting: np.ndarray) -> d
                 good[p] = True
                 stack.append(p)
     return good
-
-
-def _prune(trans, trie, dfa, state_bits, successors, good, n_states) -> None:
-    """Clear the bits of tokens that lead into states that can never complete."""
-    bad = np.zeros(n_states, dtype=bool)
-    bad[[s for s, ok in good.items() if not ok]] = True
-    affected = [s for s, succ in successors.items() if good[s] and bad[succ].any()]
-    for i in range(0, len(affected), _BATCH_STATES):
-        batch = affected[i : i + _BATCH_STATES]
-        si, tok, end = _walk(trans, trie, np.array(batch, dtype=np.int64))
-        kill = bad[end]
-        for j, s in enumerate(batch):
-            toks = tok[kill & (si == j)]
-            if len(toks):
-                row = state_bits[s].view(np.uint32).copy()
-                np.bitwise_and.at(row, toks // 32, ~(np.uint32(1) << (toks % 32).astype(np.uint32)))
-                state_bits[s] = row.view(np.int32)
