@@ -1,0 +1,436 @@
+"""Shared helpers for the benchmarks: tokenizers, machine info, statistics, tables, isolation.
+
+Every engine runs in its own worker process (``multiprocessing`` *spawn* context), initialised
+once with the tokenizer, single-threaded. Each case is sent to the worker; the parent waits with a
+deadline and kills + restarts the worker when a compile or walk runs past it, so one pathological
+case cannot hang a run (outlines-core has taken minutes on a single regex).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Single-threaded engines, set before any engine or numeric library is imported (also inherited by
+# the spawned workers).
+for _var in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datetime as _dt
+import functools
+import json
+import math
+import multiprocessing as mp
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+DOCS_DIR = REPO_ROOT / "docs"
+VOCAB_SIZE = {"tekken": 131072, "mistral32k": 32000}
+
+__all__ = [
+    "DOCS_DIR",
+    "EngineWorker",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "format_table",
+    "load_tokenizer",
+    "machine_info",
+    "markdown_table",
+    "percentiles",
+    "token_bytes_table",
+    "write_json",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+@functools.lru_cache(maxsize=None)
+def load_tokenizer(name: str = "tekken"):
+    """A real Hugging Face fast tokenizer built locally (never from the hub)."""
+    from dotvllm_plugin import local_tokenizers
+
+    if name == "tekken":
+        return local_tokenizers.tekken()
+    if name == "mistral32k":
+        return local_tokenizers.mistral_sentencepiece()
+    raise ValueError(f"unknown tokenizer {name!r}; expected 'tekken' or 'mistral32k'")
+
+
+@functools.lru_cache(maxsize=None)
+def token_bytes_table(name: str = "tekken") -> tuple:
+    """Token id -> exact bytes for every ordinary token; ``None`` for special/added tokens.
+
+    Byte-level BPE (Tekken) through GPT-2's byte<->unicode table; SentencePiece through ``▁`` =
+    space and ``<0xNN>`` byte fallback. Used to build outlines-core's ``Vocabulary`` and checked
+    against :class:`dotvllm_plugin.Vocabulary` by ``python -m benchmarks._common --check-vocab``.
+    """
+    tok = load_tokenizer(name)
+    size = VOCAB_SIZE[name]
+    special = set(tok.all_special_ids) | set(tok.get_added_vocab().values())
+    pieces = tok.convert_ids_to_tokens(list(range(size)))
+    out: list = []
+    if name == "tekken":
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+        decoder = {c: b for b, c in bytes_to_unicode().items()}
+        for i, piece in enumerate(pieces):
+            out.append(None if i in special else bytes(decoder[c] for c in piece))
+    else:
+        for i, piece in enumerate(pieces):
+            if i in special:
+                out.append(None)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out.append(bytes([int(piece[3:5], 16)]))
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+    return tuple(out)
+
+
+def encode(name: str, text: str) -> list[int]:
+    """Tokenize ``text`` as a model would emit it: no BOS, special-token strings kept as text."""
+    tok = load_tokenizer(name)
+    return tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Machine, versions
+
+
+PACKAGES = (
+    "dotvllm-plugin",
+    "xgrammar",
+    "outlines_core",
+    "llguidance",
+    "interegular",
+    "numpy",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "mistral_common",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        import psutil
+
+        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        mem_gib = None
+    return {
+        "utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "git_commit": _git_commit(),
+        "versions": package_versions(),
+        "env": {k: os.environ.get(k) for k in (
+            "RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics and output
+
+
+def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
+    """``{"p50": .., "p90": .., "max": .., "mean": .., "n": ..}``; NaNs when empty."""
+    import numpy as np
+
+    arr = np.asarray(list(values) if not hasattr(values, "__len__") else values, dtype=float)
+    if arr.size == 0:
+        return {**{f"p{p:g}": math.nan for p in ps}, "max": math.nan, "mean": math.nan, "n": 0}
+    out = {f"p{p:g}": float(np.percentile(arr, p)) for p in ps}
+    out.update(max=float(arr.max()), mean=float(arr.mean()), n=int(arr.size))
+    return out
+
+
+def fmt_ms(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if x >= 1000:
+        return f"{x / 1000:.1f} s"
+    if x >= 10:
+        return f"{x:.0f} ms"
+    if x >= 1:
+        return f"{x:.1f} ms"
+    return f"{x:.2f} ms"
+
+
+def fmt_us(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if x >= 1000:
+        return f"{x / 1000:.1f} ms"
+    return f"{x:.1f} µs" if x < 100 else f"{x:.0f} µs"
+
+
+def fmt_bytes(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f} {unit}"
+    return f"{x:.0f} B"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def esc(c: Any) -> str:
+        return str(c).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _json_default(o: Any):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic write (``.tmp`` then rename) so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=_json_default,
+                              allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of the current process (Linux)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM so that the next reading is the peak since now (Linux ``clear_refs`` = 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def rss_bytes() -> int:
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Isolated engine workers
+
+
+def _worker_main(conn, engine_name: str, tokenizer_name: str) -> None:
+    try:
+        from benchmarks import _engines
+
+        t0 = time.perf_counter()
+        engine = _engines.make_engine(engine_name, tokenizer_name)
+        info = {"init_s": time.perf_counter() - t0, "pid": os.getpid(), **engine.describe()}
+        conn.send(("ready", info))
+    except BaseException as e:  # report, then die: the parent marks the engine unavailable
+        conn.send(("init_error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        try:
+            for part in _engines.run_case(engine, msg):
+                conn.send(part)
+        except BaseException as e:
+            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+class EngineWorker:
+    """One engine in a child process; ``run_case`` enforces per-phase deadlines.
+
+    A case yields two messages from the worker: ``("compiled", {...})`` then ``("walked", {...})``
+    (the latter only if the compile succeeded). The compile deadline covers the first, the walk
+    deadline the second; past either, the worker is killed and restarted for the next case.
+    """
+
+    def __init__(self, engine_name: str, tokenizer_name: str = "tekken", init_timeout_s: float = 600):
+        self.engine_name = engine_name
+        self.tokenizer_name = tokenizer_name
+        self.init_timeout_s = init_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self.info: dict | None = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.engine_name, self.tokenizer_name),
+                                 daemon=True, name=f"bench-{self.engine_name}")
+        proc.start()
+        child.close()
+        if not parent.poll(self.init_timeout_s):
+            proc.kill()
+            proc.join()
+            raise RuntimeError(f"{self.engine_name}: worker did not start within {self.init_timeout_s} s")
+        kind, payload = parent.recv()
+        if kind != "ready":
+            proc.join(5)
+            raise RuntimeError(f"{self.engine_name}: worker failed to start: {payload}")
+        self._proc, self._conn = proc, parent
+        if self.info is None:
+            self.info = payload
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(5)
+            except (OSError, BrokenPipeError):
+                pass
+        self._kill()
+
+    def _receive(self, timeout_s: float):
+        """Next message, ``("timeout", None)`` or ``("crash", exitcode)``."""
+        try:
+            if not self._conn.poll(timeout_s):
+                self._kill()
+                self.restarts += 1
+                return "timeout", None
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._kill()
+            self.restarts += 1
+            return "crash", code
+
+    def run_case(self, case: dict, *, compile_timeout_s: float, walk_timeout_s: float) -> dict:
+        if self._proc is None:
+            self._start()
+        self._conn.send(case)
+        kind, payload = self._receive(compile_timeout_s)
+        if kind == "timeout":
+            return {"status": "timeout", "error": f"compile exceeded {compile_timeout_s:g} s"}
+        if kind == "crash":
+            return {"status": "crash", "error": f"worker died (exit code {payload}) while compiling"}
+        if kind == "error":
+            return {"status": "harness_error", "error": payload}
+        result = dict(payload)
+        if result["status"] != "ok":
+            return result
+        kind, payload = self._receive(walk_timeout_s)
+        if kind == "walked":
+            result.update(payload)
+        elif kind == "timeout":
+            result.update(status="walk_timeout", error=f"walk exceeded {walk_timeout_s:g} s")
+        elif kind == "crash":
+            result.update(status="crash", error=f"worker died (exit code {payload}) while walking")
+        else:
+            result.update(status="harness_error", error=payload)
+        return result
+
+    def __enter__(self) -> "EngineWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_vocab(name: str = "tekken") -> int:
+    """Compare :func:`token_bytes_table` with :class:`dotvllm_plugin.Vocabulary` (when it exists)."""
+    from benchmarks._engines import ours_token_bytes
+
+    table = token_bytes_table(name)
+    ours = ours_token_bytes(name)
+    diff = [i for i, (a, b) in enumerate(zip(table, ours)) if a is not None and a != b]
+    print(f"{name}: {len(table)} ids, {sum(t is not None for t in table)} ordinary; "
+          f"{len(diff)} differ from dotvllm_plugin.Vocabulary; first: {diff[:10]}")
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    if "--check-vocab" in sys.argv:
+        sys.exit(max(check_vocab(n) for n in ("tekken", "mistral32k")))
+    print(json.dumps(machine_info(), indent=1))

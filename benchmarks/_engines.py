@@ -1,0 +1,330 @@
+"""Engine adapters for the benchmarks: one small class per engine, the same walk for all.
+
+Each adapter is built once per worker process (see ``_common.EngineWorker``) from the same Hugging
+Face tokenizer, single-threaded, and warmed up on a tiny regex and schema so that one-off lazy
+initialisation is not billed to the first case.
+
+The walk (:func:`run_case`): compile (timed, with peak-RSS delta), then for each instance a fresh
+matcher; per token: zero the bitmask row (untimed), fill it (timed: *mask*), check the token's bit
+(untimed), commit it (timed: *commit*). A token whose bit is clear is a rejection; a commit that
+fails although the bit was set is counted as a mask/commit mismatch. At the end the engine's own
+"complete" predicate decides acceptance.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import pickle
+import time
+from importlib import metadata
+
+import numpy as np
+
+from benchmarks import _common
+
+__all__ = ["ENGINES", "make_engine", "ours_token_bytes", "run_case"]
+
+ENGINES = ("ours", "xgrammar", "llguidance", "outlines_core")
+
+_WARMUP_REGEX = r"[a-z]{1,8}@[a-z]{1,8}\.com"
+_WARMUP_SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+                  "required": ["a"]}
+
+
+class Engine:
+    name = "?"
+    package = "?"
+    index_bytes_kind = "none"  # "engine" (reported by the engine), "serialized", or "none"
+
+    def __init__(self, tokenizer_name: str):
+        self.tokenizer_name = tokenizer_name
+        self.tok = _common.load_tokenizer(tokenizer_name)
+        self.vocab_size = _common.VOCAB_SIZE[tokenizer_name]
+        self.eos = self.tok.eos_token_id
+        self.words = (self.vocab_size + 31) // 32
+
+    def describe(self) -> dict:
+        try:
+            version = metadata.version(self.package)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return {"engine": self.name, "package": self.package, "version": version,
+                "vocab_size": self.vocab_size, "eos": self.eos, "index_bytes_kind": self.index_bytes_kind,
+                "settings": self.settings()}
+
+    def settings(self) -> dict:
+        return {}
+
+    # compile -----------------------------------------------------------------------------
+    def compile(self, kind: str, spec):
+        raise NotImplementedError
+
+    def classify_error(self, e: BaseException) -> str:
+        return "compile_error"
+
+    def index_bytes(self, handle) -> int | None:
+        return None
+
+    # per request ---------------------------------------------------------------------------
+    def ops(self, handle, bitmask: np.ndarray):
+        """``(fill(), accept(token) -> bool|None, complete() -> bool)`` for a fresh matcher."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        bm = np.zeros((1, self.words), dtype=np.int32)
+        for kind, spec, text in (("regex", _WARMUP_REGEX, "abc@de.com"),
+                                 ("json_schema", _WARMUP_SCHEMA, '{"a":"x","b":1}')):
+            try:
+                h = self.compile(kind, spec)
+            except Exception:
+                continue
+            fill, accept, complete = self.ops(h, bm)
+            for t in _common.encode(self.tokenizer_name, text):
+                fill()
+                accept(t)
+            complete()
+
+
+class Ours(Engine):
+    name = "ours"
+    package = "dotvllm-plugin"
+    index_bytes_kind = "engine"
+
+    def __init__(self, tokenizer_name: str):
+        super().__init__(tokenizer_name)
+        from dotvllm_plugin import GrammarCompiler, GrammarMatcher, Vocabulary
+
+        self._matcher_cls = GrammarMatcher
+        self.vocab = Vocabulary.from_hf_tokenizer(self.tok)
+        # No result cache: every case is a cold compile (vocabulary-level tables stay warm).
+        self.compiler = GrammarCompiler(self.vocab, cache_size=0)
+
+    def settings(self):
+        return {"cache_size": 0, "json_whitespace": "default (compact)", "vocab_fingerprint": self.vocab.fingerprint}
+
+    def compile(self, kind, spec):
+        if kind == "regex":
+            return self.compiler.compile_regex(spec)
+        return self.compiler.compile_json_schema(spec)
+
+    def classify_error(self, e):
+        from dotvllm_plugin import errors
+
+        if isinstance(e, errors.UnsupportedFeatureError):
+            return "refused"
+        if isinstance(e, errors.GrammarError):
+            return "grammar_error"
+        if isinstance(e, errors.CompilationError):
+            return "compile_limit"
+        return "crash_exception"
+
+    def index_bytes(self, handle):
+        return int(handle.memory_bytes)
+
+    def ops(self, handle, bitmask):
+        m = self._matcher_cls(handle)
+        return functools.partial(m.fill_next_token_bitmask, bitmask), m.accept_token, m.is_completed
+
+
+class XGrammar(Engine):
+    name = "xgrammar"
+    package = "xgrammar"
+    index_bytes_kind = "engine"
+
+    def __init__(self, tokenizer_name):
+        super().__init__(tokenizer_name)
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=self.vocab_size, stop_token_ids=[self.eos])
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
+
+    def settings(self):
+        return {"max_threads": 1, "cache_enabled": False, "json": "compile_json_schema defaults (any_whitespace=True, strict_mode=True)",
+                "vocab_type": str(self.info.vocab_type)}
+
+    def compile(self, kind, spec):
+        if kind == "regex":
+            return self.compiler.compile_regex(spec)
+        return self.compiler.compile_json_schema(json.dumps(spec))
+
+    def index_bytes(self, handle):
+        return int(handle.memory_size_bytes)
+
+    def ops(self, handle, bitmask):
+        m = self.xgr.GrammarMatcher(handle)
+        return functools.partial(m.fill_next_token_bitmask, bitmask), m.accept_token, m.is_completed
+
+
+class LLGuidance(Engine):
+    name = "llguidance"
+    package = "llguidance"
+    index_bytes_kind = "none"
+
+    def __init__(self, tokenizer_name):
+        super().__init__(tokenizer_name)
+        import llguidance
+        import llguidance.hf
+
+        self.llg = llguidance
+        self.lltok = llguidance.hf.from_tokenizer(self.tok, n_vocab=self.vocab_size, eos_token=self.eos)
+
+    def settings(self):
+        return {"json": "grammar_from_json_schema defaults (flexible whitespace, ',' ':' separators)",
+                "compile": "LLMatcher construction (llguidance builds lexer/parser tables lazily)"}
+
+    def compile(self, kind, spec):
+        M = self.llg.LLMatcher
+        grammar = M.grammar_from_regex(spec) if kind == "regex" else M.grammar_from_json_schema(spec)
+        m = M(self.lltok, grammar, log_level=0)
+        if m.is_error():
+            raise ValueError(m.get_error())
+        return m
+
+    def ops(self, handle, bitmask):
+        m = handle.deep_copy()
+        row = bitmask[0]
+        fill = functools.partial(m.unsafe_compute_mask_ptr, row.ctypes.data, row.nbytes)
+        return fill, m.consume_token, m.is_accepting
+
+
+class OutlinesCore(Engine):
+    name = "outlines_core"
+    package = "outlines_core"
+    index_bytes_kind = "serialized"
+
+    def __init__(self, tokenizer_name):
+        super().__init__(tokenizer_name)
+        import outlines_core
+
+        self.oc = outlines_core
+        by_bytes: dict[bytes, list[int]] = {}
+        for i, b in enumerate(_common.token_bytes_table(tokenizer_name)):
+            if b is not None and i != self.eos:
+                by_bytes.setdefault(b, []).append(i)
+        self.vocab = outlines_core.Vocabulary(self.eos, by_bytes)
+
+    def settings(self):
+        return {"json": "build_regex_from_schema defaults (whitespace_pattern=None, max_recursion_depth=3)",
+                "vocabulary": "ordinary tokens only (special ids excluded), EOS = </s>"}
+
+    def compile(self, kind, spec):
+        regex = spec if kind == "regex" else self.oc.json_schema.build_regex_from_schema(json.dumps(spec))
+        return self.oc.Index(regex, self.vocab)
+
+    def index_bytes(self, handle):
+        return len(pickle.dumps(handle))
+
+    def ops(self, handle, bitmask):
+        g = self.oc.Guide(handle)
+        row = bitmask[0]
+        fill = functools.partial(g.write_mask_into, row.ctypes.data, row.size, 4)
+        return fill, functools.partial(g.advance, return_tokens=False), g.is_finished
+
+
+_CLASSES = {"ours": Ours, "xgrammar": XGrammar, "llguidance": LLGuidance, "outlines_core": OutlinesCore}
+
+
+def make_engine(name: str, tokenizer_name: str) -> Engine:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    engine = _CLASSES[name](tokenizer_name)
+    engine.warm_up()
+    return engine
+
+
+def ours_token_bytes(tokenizer_name: str) -> tuple:
+    from dotvllm_plugin import Vocabulary
+
+    return Vocabulary.from_hf_tokenizer(_common.load_tokenizer(tokenizer_name)).token_bytes
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _walk(engine: Engine, handle, ids, bitmask, masks: list, commits: list) -> dict:
+    fill, accept, complete = engine.ops(handle, bitmask)
+    row = bitmask[0]
+    pc = time.perf_counter_ns
+    rejected_at = None
+    mismatch = False
+    error = None
+    for k, t in enumerate(ids):
+        row.fill(0)
+        t0 = pc()
+        fill()
+        t1 = pc()
+        if not (int(row[t >> 5]) >> (t & 31)) & 1:
+            rejected_at = k
+            break
+        t2 = pc()
+        try:
+            ok = accept(t)
+        except Exception as e:  # outlines-core raises on a token it does not allow
+            ok, error = False, f"{type(e).__name__}: {e}"
+        t3 = pc()
+        if ok is False:
+            rejected_at, mismatch = k, True
+            break
+        masks.append(t1 - t0)
+        commits.append(t3 - t2)
+    accepted = rejected_at is None and bool(complete())
+    out = {"accepted": accepted, "rejected_at": rejected_at, "n_tokens": len(ids)}
+    if mismatch:
+        out["mismatch"] = error or "accept returned False although the mask allowed the token"
+    if accepted:  # EOS must then be in the mask too
+        row.fill(0)
+        fill()
+        if not (int(row[engine.eos >> 5]) >> (engine.eos & 31)) & 1:
+            out["eos_not_in_mask"] = True
+    return out
+
+
+def run_case(engine: Engine, case: dict):
+    """Yield ``("compiled", {...})`` and, after a successful compile, ``("walked", {...})``."""
+    gc.collect()
+    _common.reset_peak_rss()
+    rss0 = _common.rss_bytes()
+    t0 = time.perf_counter()
+    try:
+        handle = engine.compile(case["kind"], case["spec"])
+    except Exception as e:
+        compile_s = time.perf_counter() - t0
+        yield "compiled", {"status": engine.classify_error(e), "compile_ms": compile_s * 1e3,
+                           "error": f"{type(e).__name__}: {e}"[:2000]}
+        return
+    compile_s = time.perf_counter() - t0
+    rss_delta = max(0, _common.peak_rss_bytes() - rss0)
+    try:
+        index_bytes = engine.index_bytes(handle)
+    except Exception:
+        index_bytes = None
+    yield "compiled", {"status": "ok", "compile_ms": compile_s * 1e3, "rss_delta_bytes": rss_delta,
+                       "index_bytes": index_bytes}
+
+    bitmask = np.zeros((1, engine.words), dtype=np.int32)
+    # Time to first mask on a fresh matcher right after compiling (lazy engines work here).
+    fill, _, _ = engine.ops(handle, bitmask)
+    t0 = time.perf_counter_ns()
+    fill()
+    first_mask_ns = time.perf_counter_ns() - t0
+    masks: list[int] = []
+    commits: list[int] = []
+    instances = []
+    for inst in case["instances"]:
+        res = _walk(engine, handle, inst["ids"], bitmask, masks, commits)
+        instances.append(res)
+    # Extra timing-only passes over the accepted instances (same matcher work, fresh matchers).
+    for _ in range(case.get("repeat", 1) - 1):
+        for inst, res in zip(case["instances"], instances):
+            if res["accepted"]:
+                _walk(engine, handle, inst["ids"], bitmask, masks, commits)
+    yield "walked", {"instances": instances, "mask_ns": np.asarray(masks, dtype=np.int64),
+                     "commit_ns": np.asarray(commits, dtype=np.int64),
+                     "first_mask_ns": first_mask_ns}
