@@ -1,0 +1,311 @@
+"""Regex engine: soundness, completeness, unicode, serialization and errors on real tokenizers."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+
+import cloudpickle
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dotvllm_plugin import (
+    CompiledGrammar,
+    GrammarCompiler,
+    GrammarMatcher,
+    RegexSyntaxError,
+    SerializationError,
+    UnsupportedFeatureError,
+    Vocabulary,
+    VocabularyCoverageError,
+)
+
+# Patterns without \d \w \s so that Python's re (the oracle) and our ASCII semantics agree.
+PATTERNS = {
+    "identifier": r"[A-Za-z_][A-Za-z0-9_]{0,15}",
+    "email": r"[a-z0-9._%+-]{1,20}@[a-z0-9-]{1,10}\.(?:com|org|net|io)",
+    "date": r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])",
+    "ipv4": r"(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])",
+    "float": r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,6})?(?:[eE][+-]?[0-9]{1,3})?",
+    "words": r"(?:cat|dog|bird|horse|elephant)(?: and (?:cat|dog|bird|horse|elephant)){0,3}",
+    "bounded": r"[a-z]{3,40}",
+    "string": r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}){0,30}"',
+    "unicode": r"(?:héllo|wörld|日本語|🎉)(?: (?:héllo|wörld|日本語|🎉)){0,4}",
+    "any_char": r"[^\n]{1,12}",
+    "nested": r"\((?:[a-c]+(?:,[a-c]+)*)?\)(?:\[(?:x|yy|zzz)\]){0,2}",
+}
+
+
+def walk(matcher: GrammarMatcher, ids) -> bool:
+    bitmask = np.zeros((1, (matcher.compiled.vocabulary.size + 31) // 32), dtype=np.int32)
+    for t in ids:
+        matcher.fill_next_token_bitmask(bitmask)
+        allowed = (bitmask[0, t >> 5] >> (t & 31)) & 1
+        accepted = matcher.accept_token(t)
+        assert bool(allowed) == accepted, "mask and accept_token disagree"
+        if not accepted:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_completeness_on_generated_strings(real, name):
+    pattern = PATTERNS[name]
+    compiled = real.compiler.compile_regex(pattern)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.from_regex(pattern, fullmatch=True))
+    def check(text):
+        m = GrammarMatcher(compiled)
+        assert walk(m, real.encode(text)), f"{text!r} rejected"
+        assert m.is_completed()
+        assert m.accept_token(real.vocab.eos_token_ids[0]) and m.is_terminated()
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_completeness_with_single_byte_tokens(real, name):
+    pattern = PATTERNS[name]
+    compiled = real.compiler.compile_regex(pattern)
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.from_regex(pattern, fullmatch=True))
+    def check(text):
+        m = GrammarMatcher(compiled)
+        assert walk(m, real.byte_tokens(text)), f"{text!r} rejected byte by byte"
+        assert m.is_completed()
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_soundness_of_random_walks(real, name):
+    pattern = PATTERNS[name]
+    compiled = real.compiler.compile_regex(pattern)
+    rng = random.Random(1234)
+    eos = real.vocab.eos_token_ids[0]
+    for _ in range(20):
+        m = GrammarMatcher(compiled)
+        out = []
+        for _step in range(200):
+            allowed = m.allowed_token_ids()
+            assert len(allowed) > 0, "dead end: no token allowed"
+            if m.is_completed() and (rng.random() < 0.3 or len(allowed) == 1):
+                assert m.accept_token(eos)
+                break
+            choices = allowed[allowed != eos]
+            t = int(choices[rng.randrange(len(choices))])
+            assert m.accept_token(t)
+            out.append(t)
+        if not m.is_terminated():
+            continue  # long walk (unbounded pattern): prefix checks below still apply
+        text = b"".join(real.vocab.token_bytes[t] for t in out).decode("utf-8")
+        assert re.fullmatch(pattern, text), f"{text!r} does not match {pattern!r}"
+
+
+def test_rejected_tokens_leave_the_state_unchanged(real):
+    compiled = real.compiler.compile_regex("abc")
+    m = GrammarMatcher(compiled)
+    state = m.state
+    assert not m.accept_token(real.encode("x")[0])
+    assert m.state == state
+    assert not m.accept_token(real.vocab.eos_token_ids[0])
+    assert not m.accept_token(-1) and not m.accept_token(10**9)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        (r"\d+", "123", True),
+        (r"\d+", "١٢٣", False),  # Arabic-Indic digits: \d is ASCII-only
+        (r"\w+", "abc_1", True),
+        (r"\w+", "é", False),
+        (r"\s", "\t", True),
+        (r"\s", "\u00a0", False),
+        (r".", "\n", False),
+        (r".", "é", True),
+        (r"\u00e9", "é", True),
+        (r"[\u4e00-\u9fff]{2}", "日本", True),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, str) else None,
+)
+def test_class_semantics(byte_vocab, pattern, text, expected):
+    m = GrammarMatcher(GrammarCompiler(byte_vocab).compile_regex(pattern))
+    ok = m.accept_string(text) and m.is_completed()
+    assert ok == expected
+
+
+@pytest.mark.parametrize("text", ["é", "日本語", "🎉", "a🎉b"])
+def test_partial_utf8_tokens(mistral_tokenizer, mistral_vocab, text):
+    """Multi-byte characters split over byte-fallback tokens are accepted byte by byte."""
+    compiled = GrammarCompiler(mistral_vocab).compile_regex(r"(?:a|b|é|日本語|🎉)+")
+    m = GrammarMatcher(compiled)
+    ids = [mistral_tokenizer.convert_tokens_to_ids(f"<0x{b:02X}>") for b in text.encode()]
+    assert walk(m, ids) and m.is_completed()
+    # A lone continuation byte is never allowed at a character boundary.
+    m2 = GrammarMatcher(compiled)
+    assert not m2.accept_token(mistral_tokenizer.convert_tokens_to_ids("<0x80>"))
+
+
+def test_mid_character_state_allows_only_continuations(mistral_tokenizer, mistral_vocab):
+    compiled = GrammarCompiler(mistral_vocab).compile_regex("é|è")
+    m = GrammarMatcher(compiled)
+    assert m.accept_token(mistral_tokenizer.convert_tokens_to_ids("<0xC3>"))
+    allowed = {bytes(mistral_vocab.token_bytes[t]) for t in m.allowed_token_ids()}
+    assert allowed == {b"\xa9", b"\xa8"}
+
+
+def test_serialization_round_trip(real):
+    compiled = real.compiler.compile_regex(PATTERNS["email"])
+    data = compiled.to_bytes()
+    again = CompiledGrammar.from_bytes(data, real.vocab)
+    for obj in (again, pickle.loads(pickle.dumps(compiled)), cloudpickle.loads(cloudpickle.dumps(compiled))):
+        assert np.array_equal(obj.rows, compiled.rows)
+        assert np.array_equal(obj.row_of_state, compiled.row_of_state)
+        a, b = GrammarMatcher(compiled), GrammarMatcher(obj)
+        for t in real.encode("john.doe@example.com"):
+            assert np.array_equal(a.allowed_token_ids(), b.allowed_token_ids())
+            assert a.accept_token(t) and b.accept_token(t)
+        assert a.is_completed() and b.is_completed()
+
+
+def test_blob_for_another_vocabulary_is_refused(mistral_vocab, tekken_vocab):
+    data = GrammarCompiler(mistral_vocab).compile_regex("abc").to_bytes()
+    with pytest.raises(SerializationError, match="built for vocabulary"):
+        CompiledGrammar.from_bytes(data, tekken_vocab)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: b"NOTADOTV" + d[8:], "bad magic"),
+        (lambda d: d[:-10], "truncated"),
+        (lambda d: d + b"xx", "trailing bytes"),
+        (lambda d: d.replace(b'"format_version": 1', b'"format_version": 9'), "format version 9"),
+    ],
+    ids=["magic", "truncated", "trailing", "version"],
+)
+def test_corrupt_blobs_are_refused(byte_vocab, mutate, message):
+    data = GrammarCompiler(byte_vocab).compile_regex("abc").to_bytes()
+    with pytest.raises(SerializationError, match=message):
+        CompiledGrammar.from_bytes(mutate(data), byte_vocab)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "error", "message"),
+    [
+        ("a(b", RegexSyntaxError, "missing \\), unterminated subpattern at position 1"),
+        ("[z-a]", RegexSyntaxError, "bad character range z-a at position 1"),
+        ("a{3,1}", RegexSyntaxError, "min repeat greater than max repeat"),
+        ("*a", RegexSyntaxError, "nothing to repeat at position 0"),
+        (r"(a)\1", UnsupportedFeatureError, r"backreference \\1 at position 3"),
+        ("(?=a)b", UnsupportedFeatureError, "lookahead at position 0"),
+        ("a(?<!b)", UnsupportedFeatureError, "negative lookbehind at position 1"),
+        (r"\bfoo", UnsupportedFeatureError, "word boundary"),
+        ("^abc", UnsupportedFeatureError, "anchor '\\^' at position 0"),
+        ("abc$", UnsupportedFeatureError, "anchor '\\$' at position 3"),
+        ("a++", UnsupportedFeatureError, "possessive quantifier at position 2"),
+        ("(?>ab)", UnsupportedFeatureError, "atomic group"),
+        (r"\p{L}", RegexSyntaxError, "bad escape"),
+        (r"\ud800", UnsupportedFeatureError, "surrogate"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_patterns(byte_vocab, pattern, error, message):
+    with pytest.raises(error, match=message):
+        GrammarCompiler(byte_vocab).compile_regex(pattern)
+
+
+@pytest.mark.parametrize("pattern", ["[^abc]", "x[$^]y", r"[\]^]", r"\[\^\]", r"a\$"], ids=str)
+def test_metacharacters_in_classes_and_escapes_are_fine(byte_vocab, pattern):
+    GrammarCompiler(byte_vocab).compile_regex(pattern)
+
+
+def test_errors_are_value_errors(byte_vocab):
+    with pytest.raises(ValueError, match="lookahead"):
+        GrammarCompiler(byte_vocab).compile_regex("(?!x)y")
+
+
+def test_vocabulary_that_cannot_express_the_pattern():
+    vocab = Vocabulary([b"a", b"c", None], eos_token_ids=[2])
+    with pytest.raises(VocabularyCoverageError, match="no sequence of this tokenizer's tokens"):
+        GrammarCompiler(vocab).compile_regex("ab")
+
+
+def test_branches_the_vocabulary_cannot_finish_are_pruned():
+    vocab = Vocabulary([b"a", b"c", b"ab", None], eos_token_ids=[3])
+    m = GrammarMatcher(GrammarCompiler(vocab).compile_regex("a(?:bd|c)"))
+    assert sorted(m.allowed_token_ids().tolist()) == [0]  # "ab" would need a "d" token
+    assert m.accept_token(0)
+    assert m.allowed_token_ids().tolist() == [1]
+
+
+def test_bitmask_layout_and_padding(mistral_vocab):
+    compiled = GrammarCompiler(mistral_vocab).compile_regex("a|b")
+    m = GrammarMatcher(compiled)
+    width = (mistral_vocab.size + 31) // 32
+    wide = np.full((2, width + 3), -1, dtype=np.int32)  # a wider model: extra words must be zeroed
+    m.fill_next_token_bitmask(wide, index=1)
+    bits = np.unpackbits(wide[1].view(np.uint8), bitorder="little")
+    assert np.array_equal(np.flatnonzero(bits), m.allowed_token_ids())
+    assert (wide[0] == -1).all()
+
+
+def test_bitmask_into_torch_tensor(mistral_vocab):
+    import torch
+
+    m = GrammarMatcher(GrammarCompiler(mistral_vocab).compile_regex("[0-9]+"))
+    t = torch.zeros((1, (mistral_vocab.size + 31) // 32), dtype=torch.int32)
+    m.fill_next_token_bitmask(t)
+    bits = np.unpackbits(t[0].numpy().view(np.uint8), bitorder="little")
+    assert np.array_equal(np.flatnonzero(bits), m.allowed_token_ids())
+
+
+def test_copy_and_reset(real):
+    compiled = real.compiler.compile_regex("[a-z]+ [0-9]+")
+    m = GrammarMatcher(compiled)
+    ids = real.encode("abc 12")
+    assert m.accept_token(ids[0])
+    c = m.copy()
+    assert walk(m, ids[1:]) and m.is_completed()
+    assert not c.is_completed() and walk(c, ids[1:]) and c.is_completed()
+    m.reset()
+    assert m.state == compiled.initial and not m.is_terminated()
+
+
+def test_eos_only_when_complete_and_terminated_afterwards(real):
+    m = GrammarMatcher(real.compiler.compile_regex("[0-9]{2}"))
+    eos = real.vocab.eos_token_ids[0]
+    assert eos not in m.allowed_token_ids()
+    assert walk(m, real.byte_tokens("42"))
+    assert m.allowed_token_ids().tolist() == [eos]
+    assert m.accept_token(eos) and m.is_terminated()
+    assert not m.accept_token(eos)
+    assert m.allowed_token_ids().tolist() == [eos]
+
+
+def test_choice(real):
+    compiled = real.compiler.compile_choice(["yes", "no", "maybe (later)"])
+    for text in ["yes", "no", "maybe (later)"]:
+        m = GrammarMatcher(compiled)
+        assert walk(m, real.encode(text)) and m.is_completed()
+    m = GrammarMatcher(compiled)
+    assert not walk(m, real.encode("yesno"))
+
+
+@pytest.mark.parametrize(("choices", "message"), [([], "at least one"), ("abc", "list of strings"), ([1], "must be a string")])
+def test_bad_choices(byte_vocab, choices, message):
+    from dotvllm_plugin import GrammarError
+
+    with pytest.raises(GrammarError, match=message):
+        GrammarCompiler(byte_vocab).compile_choice(choices)
+
+
+def test_compiler_cache_returns_the_same_object(byte_vocab):
+    gc = GrammarCompiler(byte_vocab)
+    assert gc.compile_regex("a+") is gc.compile_regex("a+")
+    assert GrammarCompiler(byte_vocab, cache_size=0).compile_regex("a+") is not gc.compile_regex("a+")
