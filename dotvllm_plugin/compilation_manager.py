@@ -1,0 +1,560 @@
+"""CompilationManager: compile constraints in worker processes, cached, de-duplicated, timed out.
+
+A server cannot compile on its event loop (a JSON schema can take seconds) nor in a thread (the GIL
+would stall token generation), and a pathological regex must not take a worker down for good. So:
+
+* every compile runs in a worker process started with ``spawn``; each worker builds the
+  :class:`~dotvllm_plugin.Vocabulary` once (pool initializer) from its pickled form;
+* each worker sits in its own single-process :class:`~concurrent.futures.ProcessPoolExecutor`
+  ("slot"), fed by one dispatcher thread: a pool cannot cancel a running task, but a slot can be
+  killed and replaced when its compile runs past ``timeout_s``
+  (→ :class:`~dotvllm_plugin.errors.CompilationTimeoutError`) or when its process dies
+  (→ :class:`~dotvllm_plugin.errors.CompilationError`); the other slots keep serving;
+* results live in an in-memory LRU keyed by a sha256 of (kind, spec, options, vocabulary
+  fingerprint, package version); concurrent identical requests share one compile;
+* an optional on-disk cache stores :meth:`CompiledGrammar.to_bytes` (a versioned, pickle-free
+  format) behind a sha256 integrity hash. Nothing is ever unpickled from disk; a file that fails
+  its hash or format check is deleted and the constraint recompiled.
+
+Workers send back bytes (``to_bytes``), never pickled grammars; the parent rebuilds the grammar
+with :meth:`CompiledGrammar.from_bytes` in a dispatcher thread, off the caller's event loop.
+
+This module does not import vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__, errors
+from .errors import CompilationError, CompilationTimeoutError, GrammarError, SerializationError
+
+__all__ = ["KINDS", "CompilationManager", "CompileResult", "compile_key"]
+
+logger = logging.getLogger("dotvllm_plugin.compilation")
+
+KINDS = ("regex", "choice", "json_schema", "json_object")
+"""Constraint kinds a :class:`CompilationManager` compiles."""
+
+# Test-only kinds, accepted only by a manager built with ``_allow_test_kinds=True``: they let the
+# unit tests exercise the timeout and crash handling deterministically.
+_TEST_SLEEP = "_test_sleep"  # spec = seconds to sleep, then compile the regex "x"
+_TEST_CRASH = "_test_crash"  # the worker process exits abruptly
+_TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH)
+
+_DISK_MAGIC = b"DOTVLLMC\x01"
+_DISK_SUFFIX = ".dotvllm"
+_WORKER_START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """A compiled constraint, with the key it is cached under and its serialised form."""
+
+    key: str
+    grammar: Any  # CompiledGrammar
+    data: bytes  # grammar.to_bytes()
+    kind: str
+
+
+def _canonical_spec(kind: str, spec: Any) -> Any:
+    if kind == "json_schema":
+        if isinstance(spec, (str, bytes)):
+            try:
+                spec = json.loads(spec)
+            except ValueError:
+                return spec if isinstance(spec, str) else spec.decode("utf-8", "replace")
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if kind == "choice":
+        return list(spec) if isinstance(spec, (list, tuple)) else spec
+    return spec
+
+
+def compile_key(kind: str, spec: Any, options: dict, vocabulary_fingerprint: str) -> str:
+    """The cache key: sha256 of (kind, canonical spec, options, vocabulary, package version)."""
+    payload = json.dumps(
+        [kind, _canonical_spec(kind, spec), sorted(options.items()), vocabulary_fingerprint, __version__],
+        ensure_ascii=False,
+        default=repr,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# -- worker side ------------------------------------------------------------------------------------
+
+_worker_compiler = None
+
+
+def _init_worker(vocabulary) -> None:
+    """Pool initializer: runs once per worker process, with the pickled Vocabulary."""
+    global _worker_compiler
+    from .compiler import GrammarCompiler
+
+    # A killed parent must not leave workers behind; and Ctrl-C belongs to the parent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_compiler = GrammarCompiler(vocabulary, cache_size=0)
+
+
+def _worker_ping() -> int:
+    return os.getpid()
+
+
+def _worker_compile(kind: str, spec: Any, options: dict) -> tuple:
+    """Compile in the worker; return ("ok", bytes, seconds) or ("error", type name, message, attrs).
+
+    Errors travel as plain data so that an exception class the parent cannot rebuild never breaks
+    the pool.
+    """
+    t0 = time.perf_counter()
+    try:
+        c = _worker_compiler
+        ws = options.get("whitespace_pattern")
+        if kind == "regex":
+            cg = c.compile_regex(spec)
+        elif kind == "choice":
+            cg = c.compile_choice(spec)
+        elif kind == "json_schema":
+            cg = c.compile_json_schema(spec, whitespace_pattern=ws)
+        elif kind == "json_object":
+            cg = c.compile_json_object(whitespace_pattern=ws)
+        elif kind == _TEST_SLEEP:
+            time.sleep(float(spec))
+            cg = c.compile_regex("x")
+        elif kind == _TEST_CRASH:
+            os._exit(3)
+        else:
+            raise CompilationError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
+        return ("ok", cg.to_bytes(), time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - every error goes back to the caller as data
+        attrs = {k: getattr(e, k) for k in ("pattern", "position", "feature", "where") if hasattr(e, k)}
+        return ("error", type(e).__name__, str(e), attrs)
+
+
+def _rebuild_error(type_name: str, message: str, attrs: dict) -> Exception:
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.DotvllmError):
+        try:
+            return cls(message, **attrs) if attrs else cls(message)
+        except TypeError:
+            return cls(message)
+    return CompilationError(f"compilation failed with {type_name}: {message}")
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start spawn children without re-running the parent's ``__main__``.
+
+    ``spawn`` re-imports the parent's main script in every child (as ``__mp_main__``). Under
+    ``vllm serve`` that script imports all of vLLM, which costs each compile worker seconds and
+    hundreds of MB for nothing: the worker only needs this module. Hiding ``__file__``/``__spec__``
+    of ``__main__`` while the process starts makes ``multiprocessing`` skip that step.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    missing = object()
+    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")}
+    with _SPAWN_LOCK:
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is missing:
+                    main.__dict__.pop(k, None)
+                else:
+                    main.__dict__[k] = v
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
+class _Slot:
+    """One worker process in its own executor, so that it can be killed without touching others."""
+
+    def __init__(self, vocabulary, index: int):
+        self.index = index
+        self._vocabulary = vocabulary
+        self.executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(self._vocabulary,)
+        )
+        with _main_module_hidden():
+            ping = self.executor.submit(_worker_ping)
+        self.pid = ping.result(timeout=_WORKER_START_TIMEOUT_S)
+        logger.debug("compile worker %d started (pid %d)", self.index, self.pid)
+
+    def kill(self) -> None:
+        ex, self.executor = self.executor, None
+        if ex is None:
+            return
+        pids = set(getattr(ex, "_processes", None) or ())
+        if self.pid is not None:
+            pids.add(self.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        ex.shutdown(wait=False, cancel_futures=True)
+        self.pid = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@dataclass
+class _Job:
+    key: str
+    kind: str
+    spec: Any
+    options: dict
+    future: concurrent.futures.Future
+    submitted: float
+
+
+class CompilationManager:
+    """Compiles constraints for one vocabulary in worker processes.
+
+    Parameters
+    ----------
+    vocabulary : Vocabulary
+        Sent (pickled) once to every worker process.
+    max_workers : int
+        Worker processes, each compiling one constraint at a time.
+    cache_size : int
+        Compiled constraints kept in memory (LRU); 0 disables the memory cache.
+    cache_dir : str or os.PathLike, optional
+        Directory of the persistent cache; ``None`` disables it.
+    timeout_s : float
+        Longest a single compile may run in a worker; it is then killed and replaced.
+    on_compile : callable, optional
+        ``on_compile(kind, outcome, seconds, error)`` after every request, with ``outcome`` one of
+        ``"hit"``, ``"miss"``, ``"error"`` (``error`` is the exception or ``None``). For metrics;
+        it must not raise.
+
+    Notes
+    -----
+    Thread-safe. :meth:`submit` returns a :class:`concurrent.futures.Future`; :meth:`compile`
+    blocks; :meth:`compile_async` awaits without blocking the event loop.
+    """
+
+    def __init__(
+        self,
+        vocabulary,
+        *,
+        max_workers: int = 1,
+        cache_size: int = 256,
+        cache_dir: str | os.PathLike | None = None,
+        timeout_s: float = 60.0,
+        on_compile: Callable[[str, str, float, BaseException | None], None] | None = None,
+        _allow_test_kinds: bool = False,
+    ):
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.vocabulary = vocabulary
+        self.max_workers = int(max_workers)
+        self.cache_size = int(cache_size)
+        self.timeout_s = float(timeout_s)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._on_compile = on_compile
+        self._kinds = KINDS + (_TEST_KINDS if _allow_test_kinds else ())
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, CompileResult] = OrderedDict()
+        self._inflight: dict[str, concurrent.futures.Future] = {}
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._slots: list[_Slot] = []
+        self._closed = False
+        self.stats = {"hit": 0, "miss": 0, "error": 0, "timeout": 0, "worker_restarts": 0}
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def submit(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> concurrent.futures.Future:
+        """Start compiling (or find the cached result); the future resolves to a :class:`CompileResult`."""
+        if kind not in self._kinds:
+            raise ValueError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
+        options = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
+        key = compile_key(kind, spec, options, self.vocabulary.fingerprint)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("CompilationManager is closed")
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            else:
+                shared = self._inflight.get(key)
+        if hit is not None:
+            self._report(kind, "hit", 0.0, None, key)
+            return _done(hit)
+        if shared is not None:
+            self._report(kind, "hit", 0.0, None, key, shared=True)
+            return shared
+        from_disk = self._load_from_disk(key, kind)
+        if from_disk is not None:
+            self._remember(from_disk)
+            self._report(kind, "hit", 0.0, None, key, disk=True)
+            return _done(from_disk)
+        with self._lock:
+            shared = self._inflight.get(key)
+            if shared is None:
+                fut: concurrent.futures.Future = concurrent.futures.Future()
+                # Running futures cannot be cancelled: one impatient caller must not cancel the
+                # compile others wait for.
+                fut.set_running_or_notify_cancel()
+                self._inflight[key] = fut
+                self._ensure_started()
+                self._jobs.put(_Job(key, kind, spec, options, fut, time.perf_counter()))
+        if shared is not None:
+            self._report(kind, "hit", 0.0, None, key, shared=True)
+            return shared
+        return fut
+
+    def compile(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> CompileResult:
+        """Blocking :meth:`submit`; raises the compile error."""
+        return self.submit(kind, spec, whitespace_pattern=whitespace_pattern).result()
+
+    async def compile_async(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> CompileResult:
+        """Await a compile without blocking the event loop; raises the compile error."""
+        fut = self.submit(kind, spec, whitespace_pattern=whitespace_pattern)
+        return await asyncio.shield(asyncio.wrap_future(fut))
+
+    def cached(self, key: str) -> CompileResult | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    def close(self) -> None:
+        """Stop the workers; pending compiles fail with :class:`CompilationError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._jobs.put(None)
+        for t in threads:
+            t.join(timeout=5)
+        for slot in self._slots:
+            slot.kill()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._finish(job, error=CompilationError("the compilation manager was closed"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [s.pid for s in self._slots if s.pid is not None]
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        # Called with self._lock held.
+        if self._threads:
+            return
+        for i in range(self.max_workers):
+            slot = _Slot(self.vocabulary, i)
+            self._slots.append(slot)
+            t = threading.Thread(target=self._dispatch, args=(slot,), name=f"dotvllm-compile-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _dispatch(self, slot: _Slot) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._run(slot, job)
+            except BaseException as e:  # noqa: BLE001 - the dispatcher must survive anything
+                logger.exception("compile dispatcher %d failed", slot.index)
+                self._finish(job, error=CompilationError(f"internal error while compiling: {e!r}"))
+
+    def _run(self, slot: _Slot, job: _Job) -> None:
+        if slot.executor is None:
+            try:
+                slot.start()
+            except Exception as e:  # noqa: BLE001
+                slot.kill()
+                self._finish(job, error=CompilationError(f"could not start a compile worker: {e!r}"))
+                return
+        t0 = time.perf_counter()
+        try:
+            reply = slot.executor.submit(_worker_compile, job.kind, job.spec, job.options).result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            elapsed = time.perf_counter() - t0
+            pid = slot.pid
+            slot.kill()
+            with self._lock:
+                self.stats["timeout"] += 1
+                self.stats["worker_restarts"] += 1
+            logger.warning("compile worker %s ran %.1f s on a %s constraint: killed and replaced", pid, elapsed, job.kind)
+            self._finish(
+                job,
+                error=CompilationTimeoutError(
+                    f"compiling the {job.kind} constraint took longer than {self.timeout_s:g} s and was stopped; "
+                    "simplify the constraint (fewer nested repetitions, smaller bounds) or raise the timeout "
+                    "(DOTVLLM_COMPILE_TIMEOUT_S)"
+                ),
+                seconds=elapsed,
+            )
+            return
+        except BrokenProcessPool as e:
+            pid = slot.pid
+            slot.kill()
+            with self._lock:
+                self.stats["worker_restarts"] += 1
+            logger.error("compile worker %s died while compiling a %s constraint; replaced", pid, job.kind)
+            self._finish(
+                job,
+                error=CompilationError(f"the compile worker process died while compiling the {job.kind} constraint ({e})"),
+                seconds=time.perf_counter() - t0,
+            )
+            return
+        if reply[0] == "error":
+            _, type_name, message, attrs = reply
+            self._finish(job, error=_rebuild_error(type_name, message, attrs), seconds=time.perf_counter() - t0)
+            return
+        _, data, worker_seconds = reply
+        try:
+            from .compiler import CompiledGrammar
+
+            grammar = CompiledGrammar.from_bytes(data, self.vocabulary)
+        except SerializationError as e:
+            self._finish(job, error=CompilationError(f"the compiled {job.kind} constraint did not load: {e}"))
+            return
+        result = CompileResult(key=job.key, grammar=grammar, data=data, kind=job.kind)
+        self._remember(result)
+        self._store_on_disk(result)
+        self._finish(job, result=result, seconds=worker_seconds)
+
+    def _finish(self, job: _Job, *, result: CompileResult | None = None, error: BaseException | None = None,
+                seconds: float = 0.0) -> None:
+        with self._lock:
+            self._inflight.pop(job.key, None)
+        if error is not None:
+            self._report(job.kind, "error", seconds, error, job.key)
+            job.future.set_exception(error)
+        else:
+            self._report(job.kind, "miss", seconds, None, job.key, grammar=result.grammar)
+            job.future.set_result(result)
+
+    def _remember(self, result: CompileResult) -> None:
+        if self.cache_size <= 0:
+            return
+        with self._lock:
+            self._cache[result.key] = result
+            self._cache.move_to_end(result.key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def _report(self, kind, outcome, seconds, error, key, *, shared=False, disk=False, grammar=None) -> None:
+        with self._lock:
+            self.stats[outcome] += 1
+        if outcome == "error":
+            level = logging.INFO if isinstance(error, GrammarError) else logging.WARNING
+            logger.log(level, "compile %s failed after %.1f ms (key %s): %s: %s", kind, seconds * 1e3, key[:12],
+                       type(error).__name__, error)
+        elif outcome == "miss":
+            logger.info("compiled %s in %.1f ms (cache miss, key %s, %r)", kind, seconds * 1e3, key[:12], grammar)
+        else:
+            where = "in flight" if shared else ("disk" if disk else "memory")
+            logger.debug("compile %s: cache hit (%s, key %s)", kind, where, key[:12])
+        if self._on_compile is not None:
+            try:
+                self._on_compile(kind, outcome, seconds, error)
+            except Exception:  # noqa: BLE001 - metrics must never break compiling
+                logger.exception("on_compile callback failed")
+
+    # -- persistent cache -----------------------------------------------------------------------------
+
+    def _disk_path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}{_DISK_SUFFIX}"
+
+    def _store_on_disk(self, result: CompileResult) -> None:
+        if self.cache_dir is None:
+            return
+        path = self._disk_path(result.key)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_DISK_MAGIC)
+                f.write(hashlib.sha256(result.data).digest())
+                f.write(result.data)
+            os.replace(tmp, path)
+        except OSError as e:
+            logger.warning("could not write the compile cache file %s: %s", path, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _load_from_disk(self, key: str, kind: str) -> CompileResult | None:
+        if self.cache_dir is None:
+            return None
+        path = self._disk_path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            logger.warning("could not read the compile cache file %s: %s", path, e)
+            return None
+        head = len(_DISK_MAGIC)
+        data = raw[head + 32 :]
+        problem = None
+        if raw[:head] != _DISK_MAGIC:
+            problem = "bad magic bytes"
+        elif hashlib.sha256(data).digest() != raw[head : head + 32]:
+            problem = "integrity hash mismatch"
+        else:
+            try:
+                from .compiler import CompiledGrammar
+
+                grammar = CompiledGrammar.from_bytes(data, self.vocabulary)
+            except SerializationError as e:
+                problem = str(e)
+        if problem is not None:
+            logger.warning("discarding compile cache file %s (%s); recompiling", path, problem)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return CompileResult(key=key, grammar=grammar, data=data, kind=kind)
+
+
+def _done(result: CompileResult) -> concurrent.futures.Future:
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(result)
+    return fut

@@ -1,0 +1,289 @@
+"""CompilationManager: worker processes, caches, de-duplication, timeouts, crashes (real tokenizer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from dotvllm_plugin import CompiledGrammar, GrammarCompiler, GrammarMatcher
+from dotvllm_plugin.compilation_manager import _TEST_CRASH, _TEST_SLEEP, CompilationManager, compile_key
+from dotvllm_plugin.errors import (
+    CompilationError,
+    CompilationTimeoutError,
+    RegexSyntaxError,
+    UnsupportedFeatureError,
+)
+
+
+class Recorder:
+    """on_compile callback collecting (kind, outcome)."""
+
+    def __init__(self):
+        self.events = []
+        self._lock = threading.Lock()
+
+    def __call__(self, kind, outcome, seconds, error):
+        with self._lock:
+            self.events.append((kind, outcome))
+
+    def count(self, outcome):
+        return sum(1 for _, o in self.events if o == outcome)
+
+
+@pytest.fixture(scope="module")
+def vocab(request):
+    from dotvllm_plugin import Vocabulary
+    from dotvllm_plugin.local_tokenizers import mistral_sentencepiece
+
+    return Vocabulary.from_hf_tokenizer(mistral_sentencepiece())
+
+
+@pytest.fixture(scope="module")
+def manager(vocab):
+    rec = Recorder()
+    m = CompilationManager(vocab, max_workers=2, cache_size=64, timeout_s=120, on_compile=rec,
+                           _allow_test_kinds=True)
+    m.recorder = rec
+    yield m
+    m.close()
+
+
+def _generate(grammar, text: str, eos: int) -> bool:
+    """Whether the matcher accepts ``text`` and then EOS."""
+    m = GrammarMatcher(grammar)
+    return m.accept_string(text) and m.accept_token(eos)
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "good", "bad"),
+    [
+        ("regex", r"[a-z]{2,5}@(foo|bar)\.com", "ab@foo.com", "ab@baz.com"),
+        ("choice", ["yes", "no", "maybe"], "maybe", "perhaps"),
+    ],
+    ids=["regex", "choice"],
+)
+def test_compile_matches_in_process_compiler(manager, vocab, kind, spec, good, bad):
+    result = manager.compile(kind, spec)
+    assert isinstance(result.grammar, CompiledGrammar)
+    assert result.data == result.grammar.to_bytes()
+    direct = GrammarCompiler(vocab).compile_regex(spec) if kind == "regex" else GrammarCompiler(vocab).compile_choice(spec)
+    # State numbering may differ between processes (hash seeds); the automaton may not.
+    assert result.grammar.n_states == direct.n_states
+    for g in (result.grammar, direct):
+        assert _generate(g, good, vocab.eos_token_ids[0])
+        assert not _generate(g, bad, vocab.eos_token_ids[0])
+
+
+def test_json_schema_compiles_in_worker(manager):
+    pytest.importorskip("dotvllm_plugin.json_schema")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    result = manager.compile("json_schema", json.dumps(schema))
+    m = GrammarMatcher(result.grammar)
+    assert m.accept_string('{"n": 42}') or m.accept_string('{"n":42}')
+    jsonschema.validate({"n": 42}, schema)
+    # A dict and its JSON text are the same cache entry.
+    assert manager.compile("json_schema", schema).key == result.key
+
+
+def test_second_request_is_a_memory_hit(manager):
+    before = manager.recorder.count("hit")
+    a = manager.compile("regex", "hit-test-[0-9]+")
+    b = manager.compile("regex", "hit-test-[0-9]+")
+    assert a is b
+    assert manager.recorder.count("hit") == before + 1
+
+
+def test_concurrent_identical_requests_compile_once(manager):
+    misses_before = manager.recorder.count("miss")
+    futures = [manager.submit(_TEST_SLEEP, 0.5) for _ in range(20)]
+    results = [f.result(timeout=60) for f in futures]
+    assert len({id(r) for r in results}) == 1
+    assert manager.recorder.count("miss") == misses_before + 1
+
+
+def test_distinct_requests_run_in_parallel_workers(manager):
+    futures = [manager.submit("regex", f"parallel{i}[a-z]{{1,4}}") for i in range(6)]
+    keys = {f.result(timeout=60).key for f in futures}
+    assert len(keys) == 6
+    assert len(set(manager.worker_pids)) == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "error", "match"),
+    [
+        ("regex", "(abc", RegexSyntaxError, r"\(abc"),
+        ("regex", "a(?=b)", UnsupportedFeatureError, "lookahead"),
+        ("choice", [], Exception, "at least one choice"),
+    ],
+    ids=["unbalanced-paren", "lookahead", "empty-choice"],
+)
+def test_grammar_errors_come_back_typed(manager, kind, spec, error, match):
+    with pytest.raises(error, match=match):
+        manager.compile(kind, spec)
+    # The pool keeps serving.
+    assert manager.compile("regex", "still-alive").grammar is not None
+
+
+def test_unknown_kind_is_refused(manager):
+    with pytest.raises(ValueError, match="unknown constraint kind 'lark'"):
+        manager.submit("lark", "start: 'a'")
+
+
+def test_timeout_kills_and_replaces_the_worker(vocab):
+    rec = Recorder()
+    with CompilationManager(vocab, max_workers=1, timeout_s=1.0, on_compile=rec, _allow_test_kinds=True) as m:
+        m.compile("regex", "warm")
+        pid_before = m.worker_pids[0]
+        with pytest.raises(CompilationTimeoutError, match="took longer than 1 s and was stopped"):
+            m.compile(_TEST_SLEEP, 30)
+        assert _process_gone(pid_before)
+        # A fresh worker answers the next request.
+        assert m.compile("regex", "after-timeout").grammar is not None
+        assert m.worker_pids[0] != pid_before
+        assert m.stats["timeout"] == 1
+        assert ("_test_sleep", "error") in rec.events
+
+
+def _process_gone(pid: int, wait_s: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (gone, or a zombie awaiting its parent's reaping)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_crashed_worker_is_replaced(manager):
+    with pytest.raises(CompilationError, match="died while compiling"):
+        manager.compile(_TEST_CRASH)
+    assert manager.compile("regex", "after-crash-[0-9]").grammar is not None
+    assert manager.stats["worker_restarts"] >= 1
+
+
+def test_timeout_does_not_cancel_other_waiters(vocab):
+    """Queued work survives a timeout on a neighbour: only the runaway request fails."""
+    with CompilationManager(vocab, max_workers=1, timeout_s=1.0, _allow_test_kinds=True) as m:
+        slow = m.submit(_TEST_SLEEP, 30)
+        queued = m.submit("regex", "queued-[a-z]+")
+        with pytest.raises(CompilationTimeoutError, match="was stopped"):
+            slow.result(timeout=60)
+        assert queued.result(timeout=60).grammar is not None
+
+
+def test_compile_async_does_not_block_the_event_loop(manager):
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        result = await manager.compile_async(_TEST_SLEEP, 0.6)
+        t.cancel()
+        return result, ticks
+
+    result, ticks = asyncio.run(main())
+    assert result.grammar is not None
+    assert ticks >= 10
+
+
+def test_cancelled_waiter_does_not_cancel_shared_compile(manager):
+    async def main():
+        a = asyncio.create_task(manager.compile_async(_TEST_SLEEP, 0.8))
+        b = asyncio.create_task(manager.compile_async(_TEST_SLEEP, 0.8))
+        await asyncio.sleep(0.2)
+        a.cancel()
+        return await b
+
+    assert asyncio.run(main()).grammar is not None
+
+
+def test_cache_key_covers_options_and_vocabulary(vocab):
+    base = compile_key("json_object", None, {}, vocab.fingerprint)
+    assert compile_key("json_object", None, {"whitespace_pattern": " ?"}, vocab.fingerprint) != base
+    assert compile_key("json_object", None, {}, "another-vocab") != base
+    assert compile_key("json_schema", '{"type": "string"}', {}, "v") == compile_key("json_schema", {"type": "string"}, {}, "v")
+
+
+def test_lru_evicts_oldest(vocab):
+    with CompilationManager(vocab, cache_size=2) as m:
+        first = m.compile("regex", "lru-a")
+        m.compile("regex", "lru-b")
+        m.compile("regex", "lru-c")
+        assert m.cached(first.key) is None
+        assert m.compile("regex", "lru-a") is not first
+
+
+def test_disk_cache_round_trip_and_integrity(vocab, tmp_path):
+    rec = Recorder()
+    with CompilationManager(vocab, cache_dir=tmp_path, on_compile=rec) as m:
+        original = m.compile("regex", "disk-[0-9]{2}")
+    files = list(tmp_path.glob("*.dotvllm"))
+    assert len(files) == 1
+    assert files[0].read_bytes()[:9] == b"DOTVLLMC\x01"
+
+    rec2 = Recorder()
+    with CompilationManager(vocab, cache_dir=tmp_path, on_compile=rec2) as m:
+        loaded = m.compile("regex", "disk-[0-9]{2}")
+        assert loaded.data == original.data
+        assert rec2.events == [("regex", "hit")]
+        assert m.worker_pids == []  # served without starting a worker
+
+    # Flip one byte of the payload: the file is refused, deleted and the constraint recompiled.
+    raw = bytearray(files[0].read_bytes())
+    raw[-1] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    rec3 = Recorder()
+    with CompilationManager(vocab, cache_dir=tmp_path, on_compile=rec3) as m:
+        again = m.compile("regex", "disk-[0-9]{2}")
+        assert again.data == original.data
+        assert rec3.events == [("regex", "miss")]
+    assert files[0].read_bytes()[-1] == original.data[-1]
+
+
+def test_disk_cache_never_unpickles(vocab, tmp_path):
+    """A pickle planted under a cache key is rejected as a bad file, not executed."""
+    import pickle
+
+    key = compile_key("regex", "planted", {}, vocab.fingerprint)
+    marker = tmp_path / "executed"
+    payload = pickle.dumps(_Boom(str(marker)))
+    (tmp_path / f"{key}.dotvllm").write_bytes(payload)
+    with CompilationManager(vocab, cache_dir=tmp_path) as m:
+        assert m.compile("regex", "planted").grammar is not None
+    assert not marker.exists()
+
+
+class _Boom:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_closed_manager_refuses_work(vocab):
+    m = CompilationManager(vocab)
+    m.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        m.submit("regex", "x")
+
+
+def test_messages_name_the_problem(manager):
+    with pytest.raises(RegexSyntaxError, match=re.escape("[a-")):
+        manager.compile("regex", "[a-")
