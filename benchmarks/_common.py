@@ -273,8 +273,24 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=None)
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def reset_peak_rss() -> None:
-    """Reset VmHWM so that the next reading is the peak since now (Linux ``clear_refs`` = 5)."""
+    """Return free heap pages to the OS (``malloc_trim``), then reset VmHWM (``clear_refs`` = 5).
+
+    Without the trim, a compile that reuses memory freed by earlier work shows no RSS growth.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

@@ -296,8 +296,12 @@ def run_case(engine: Engine, case: dict):
         handle = engine.compile(case["kind"], case["spec"])
     except Exception as e:
         compile_s = time.perf_counter() - t0
-        yield "compiled", {"status": engine.classify_error(e), "compile_ms": compile_s * 1e3,
-                           "error": f"{type(e).__name__}: {e}"[:2000]}
+        out = {"status": engine.classify_error(e), "compile_ms": compile_s * 1e3,
+               "error": f"{type(e).__name__}: {e}"[:2000]}
+        for attr in ("feature", "where"):  # dotvllm_plugin.errors.UnsupportedFeatureError
+            if getattr(e, attr, None) is not None:
+                out[attr] = str(getattr(e, attr))
+        yield "compiled", out
         return
     compile_s = time.perf_counter() - t0
     rss_delta = max(0, _common.peak_rss_bytes() - rss0)
