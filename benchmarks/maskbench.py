@@ -1,0 +1,306 @@
+"""MaskBench-style JSON Schema benchmark over ``shared/corpus/jsonschemabench-dev`` (795 schemas).
+
+For each schema and each engine (ours, xgrammar, llguidance, outlines-core; same tokenizer,
+single-threaded, each in its own worker process): compile with a deadline, then for every test
+instance serialise it compactly (``json.dumps(x, separators=(",", ":"), ensure_ascii=False)``,
+which every engine's default whitespace rules allow), tokenize it with the real tokenizer, and
+step through the tokens asking for the mask and committing:
+
+* a **valid** instance must be accepted completely, else it is a *validation error*;
+* an **invalid** instance must be rejected at some token or fail to complete, else it is an
+  *invalidation error* (invalid output accepted).
+
+A schema *passes* when it compiled and all its tests behave. Our engine may refuse a keyword with
+``UnsupportedFeatureError``: that counts as "refused" (not compiled), apart from crashes/timeouts.
+
+Usage::
+
+    python -m benchmarks.maskbench                          # all 795 schemas, all engines
+    python -m benchmarks.maskbench --limit 100 --engines ours,llguidance --timeout-s 20
+
+Prints progress and tables; writes ``benchmarks/results/maskbench.json`` (+ ``.md``) and
+``docs/maskbench_compile.png``. Partial results are written every 25 schemas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from benchmarks import _common
+from benchmarks._common import (EngineWorker, fmt_bytes, fmt_ms, fmt_us, format_table, log, markdown_table,
+                                percentiles)
+from benchmarks._engines import ENGINES
+
+CORPUS_DIR = _common.REPO_ROOT.parent / "shared" / "corpus" / "jsonschemabench-dev"
+NOT_COMPILED = ("refused", "grammar_error", "compile_limit", "compile_error", "crash_exception", "timeout",
+                "crash", "harness_error")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, default=CORPUS_DIR)
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    p.add_argument("--tokenizer", default="tekken", choices=sorted(_common.VOCAB_SIZE))
+    p.add_argument("--limit", type=int, default=0, help="a seeded random sample of N schemas (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default="", help="comma-separated substrings of schema file names")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
+    p.add_argument("--walk-timeout-s", type=float, default=60.0)
+    p.add_argument("--json", type=Path, default=_common.RESULTS_DIR / "maskbench.json")
+    p.add_argument("--plot", type=Path, default=_common.DOCS_DIR / "maskbench_compile.png")
+    return p.parse_args(argv)
+
+
+def serialise(data) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_cases(args) -> list[dict]:
+    files = sorted(args.corpus.glob("*.json"))
+    if not files:
+        raise SystemExit(f"no schemas under {args.corpus}")
+    only = [o for o in args.only.split(",") if o]
+    if only:
+        files = [f for f in files if any(o in f.name for o in only)]
+    if args.limit and args.limit < len(files):
+        files = sorted(random.Random(args.seed).sample(files, args.limit))
+    tok = _common.load_tokenizer(args.tokenizer)
+    cases = []
+    for f in files:
+        d = json.loads(f.read_text())
+        instances = []
+        for t in d["tests"]:
+            text = serialise(t["data"])
+            ids = _common.encode(args.tokenizer, text)
+            if tok.decode(ids) != text:
+                raise SystemExit(f"{f.name}: tokenization of {text[:80]!r} does not round-trip")
+            instances.append({"ids": ids, "valid": bool(t["valid"]), "text": text})
+        cases.append({"name": f.stem, "kind": "json_schema", "spec": d["schema"], "instances": instances})
+    return cases
+
+
+def judge(case: dict, r: dict) -> dict:
+    """Per-schema verdict from a worker result."""
+    out = {"name": case["name"], "status": r["status"]}
+    for k in ("compile_ms", "index_bytes", "rss_delta_bytes", "first_mask_ns", "error", "feature", "where"):
+        if r.get(k) is not None:
+            out[k] = r[k]
+    if r["status"] != "ok":
+        return out
+    v_err, i_err, odd = [], [], []
+    for i, (inst, res) in enumerate(zip(case["instances"], r["instances"])):
+        if inst["valid"] and not res["accepted"]:
+            v_err.append({"i": i, "rejected_at": res["rejected_at"], "text": inst["text"][:300]})
+        if not inst["valid"] and res["accepted"]:
+            i_err.append({"i": i, "text": inst["text"][:300]})
+        if res.get("mismatch") or res.get("eos_not_in_mask"):
+            odd.append({"i": i, **{k: res[k] for k in ("mismatch", "eos_not_in_mask") if k in res}})
+    out.update(validation_errors=v_err, invalidation_errors=i_err, passed=not v_err and not i_err,
+               n_tests=len(case["instances"]))
+    if odd:
+        out["mask_commit_inconsistencies"] = odd
+    return out
+
+
+def summarise(engine: str, verdicts: list[dict], tokens: dict) -> dict:
+    ok = [v for v in verdicts if v["status"] == "ok"]
+    statuses = collections.Counter(v["status"] for v in verdicts)
+    per_tok = tokens["mask"] + tokens["commit"]
+    refused_features = collections.Counter(v.get("feature") or "?" for v in verdicts if v["status"] == "refused")
+    return {
+        "engine": engine,
+        "schemas": len(verdicts),
+        "compiled": len(ok),
+        "statuses": dict(statuses),
+        "passing": sum(v["passed"] for v in ok),
+        "validation_errors": sum(len(v["validation_errors"]) for v in ok),
+        "invalidation_errors": sum(len(v["invalidation_errors"]) for v in ok),
+        "schemas_with_invalidation_errors": [v["name"] for v in ok if v["invalidation_errors"]],
+        "inconsistencies": sum(len(v.get("mask_commit_inconsistencies", [])) for v in ok),
+        "refused_features": dict(refused_features.most_common()),
+        "compile_ms": percentiles([v["compile_ms"] for v in ok], (50, 90, 99)),
+        "first_mask_us": percentiles([v["first_mask_ns"] / 1e3 for v in ok if "first_mask_ns" in v], (50, 90, 99)),
+        "mask_commit_us": percentiles(per_tok / 1e3, (50, 90, 99)),
+        "mask_us": percentiles(tokens["mask"] / 1e3, (50, 99)),
+        "commit_us": percentiles(tokens["commit"] / 1e3, (50, 99)),
+        "index_bytes": percentiles([v["index_bytes"] for v in ok if v.get("index_bytes") is not None], (50, 90)),
+        "rss_delta_bytes": percentiles([v["rss_delta_bytes"] for v in ok if v.get("rss_delta_bytes") is not None],
+                                       (50, 90)),
+    }
+
+
+def tables(summaries: dict, n: int):
+    h1 = ["engine", "compiled", "passing", "not compiled (by reason)", "valid rejected", "invalid accepted",
+          "compile p50", "p90", "p99", "max", "first mask p50", "index p50", "RSS Δ p50 / max"]
+    r1 = []
+    for e, s in summaries.items():
+        reasons = ", ".join(f"{k} {c}" for k, c in sorted(s["statuses"].items()) if k != "ok") or "-"
+        r1.append([e, f"{s['compiled']}/{n}", f"{s['passing']}/{n}", reasons, s["validation_errors"],
+                   s["invalidation_errors"], fmt_ms(s["compile_ms"]["p50"]), fmt_ms(s["compile_ms"]["p90"]),
+                   fmt_ms(s["compile_ms"]["p99"]), fmt_ms(s["compile_ms"]["max"]), fmt_us(s["first_mask_us"]["p50"]),
+                   fmt_bytes(s["index_bytes"]["p50"]),
+                   f"{fmt_bytes(s['rss_delta_bytes']['p50'])} / {fmt_bytes(s['rss_delta_bytes']['max'])}"])
+    h2 = ["engine", "tokens", "mask+commit mean", "p50", "p90", "p99", "max", "mask p50", "mask p99", "commit p50"]
+    r2 = []
+    for e, s in summaries.items():
+        t = s["mask_commit_us"]
+        r2.append([e, t["n"], fmt_us(t["mean"]), fmt_us(t["p50"]), fmt_us(t["p90"]), fmt_us(t["p99"]), fmt_us(t["max"]),
+                   fmt_us(s["mask_us"]["p50"]), fmt_us(s["mask_us"]["p99"]), fmt_us(s["commit_us"]["p50"])])
+    return (h1, r1), (h2, r2)
+
+
+def common_subset_table(verdicts: dict, summaries: dict):
+    """Passing counts restricted to the schemas every engine compiled, and pairwise vs ours."""
+    engines = list(verdicts)
+    n = len(next(iter(verdicts.values()))) if verdicts else 0
+    both = [i for i in range(n) if all(verdicts[e][i]["status"] == "ok" for e in engines)]
+    headers = ["engine", f"passing on the {len(both)} schemas all engines compiled"]
+    rows = [[e, sum(verdicts[e][i]["passed"] for i in both)] for e in engines]
+    if "ours" in verdicts:
+        for e in engines:
+            if e == "ours":
+                continue
+            theirs = [i for i in range(n) if verdicts[e][i]["status"] == "ok" and verdicts[e][i]["passed"]]
+            ours_ok = sum(verdicts["ours"][i]["status"] == "ok" and verdicts["ours"][i]["passed"] for i in theirs)
+            rows.append([f"ours on the {len(theirs)} schemas {e} passes", ours_ok])
+    return headers, rows
+
+
+def plot(path: Path, verdicts: dict, n: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    for e, vs in verdicts.items():
+        ms = np.sort([v["compile_ms"] for v in vs if v["status"] == "ok"])
+        if ms.size:
+            ax.step(ms, np.arange(1, ms.size + 1) / n, where="post", label=f"{e} ({ms.size}/{n} compiled)")
+    ax.set_xscale("log")
+    ax.set_xlabel("compile time (ms, log scale)")
+    ax.set_ylabel("fraction of all schemas compiled within x")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done: int, final: bool):
+    flat = {e: {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in tokens[e].items()} for e in engines}
+    summaries = {e: summarise(e, verdicts[e], flat[e]) for e in engines}
+    for e in engines:
+        summaries[e]["worker_restarts"] = workers[e].restarts
+    machine_end = _common.machine_info()
+    out = {
+        "benchmark": "maskbench",
+        "complete": final,
+        "schemas_done": done,
+        "schemas_planned": len(cases),
+        "corpus": str(args.corpus.name),
+        "tokenizer": args.tokenizer,
+        "vocab_size": _common.VOCAB_SIZE[args.tokenizer],
+        "serialisation": 'json.dumps(x, separators=(",", ":"), ensure_ascii=False) for every engine',
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine_start": machine,
+        "machine_end": machine_end,
+        "engines": infos,
+        "summary": summaries,
+        "schemas": {e: verdicts[e] for e in engines},
+    }
+    _common.write_json(args.json, out)
+    return summaries, machine_end
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        raise SystemExit(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+    machine = _common.machine_info()
+    log(f"machine: {machine['cpu']} x{machine['cpus']}, load {machine['loadavg']}, commit {machine['git_commit']}")
+    cases = load_cases(args)
+    n_tests = sum(len(c["instances"]) for c in cases)
+    log(f"{len(cases)} schemas, {n_tests} tests, tokenizer {args.tokenizer}, engines {engines}, "
+        f"compile deadline {args.timeout_s:g} s")
+
+    workers = {e: EngineWorker(e, args.tokenizer) for e in engines}
+    verdicts = {e: [] for e in engines}
+    tokens = {e: {"mask": [], "commit": []} for e in engines}
+    infos = {}
+    t_start = time.time()
+    done = 0
+    try:
+        for e, w in workers.items():
+            w._start()
+            infos[e] = w.info
+            log(f"{e}: ready in {w.info['init_s']:.1f} s ({w.info['version']})")
+        for i, case in enumerate(cases):
+            line = []
+            for e in engines:
+                r = workers[e].run_case(case, compile_timeout_s=args.timeout_s, walk_timeout_s=args.walk_timeout_s)
+                if "mask_ns" in r:
+                    tokens[e]["mask"].append(r.pop("mask_ns"))
+                    tokens[e]["commit"].append(r.pop("commit_ns"))
+                v = judge(case, r)
+                verdicts[e].append(v)
+                if v["status"] == "ok":
+                    mark = "pass" if v["passed"] else (f"FAIL v{len(v['validation_errors'])}"
+                                                       f"/i{len(v['invalidation_errors'])}")
+                    line.append(f"{e}={fmt_ms(v['compile_ms'])} {mark}")
+                else:
+                    line.append(f"{e}={v['status']}")
+            done = i + 1
+            eta = (time.time() - t_start) / done * (len(cases) - done)
+            log(f"[{done}/{len(cases)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
+            if done % 25 == 0:
+                write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done, final=False)
+    except KeyboardInterrupt:
+        log(f"interrupted after {done} schemas; writing partial results")
+        for e in engines:
+            del verdicts[e][done:]
+    finally:
+        for w in workers.values():
+            w.close()
+
+    summaries, machine_end = write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done,
+                                           final=done == len(cases))
+    (h1, r1), (h2, r2) = tables(summaries, done)
+    hc, rc = common_subset_table(verdicts, summaries)
+    print("\n" + format_table(h1, r1) + "\n\n" + format_table(h2, r2) + "\n\n" + format_table(hc, rc))
+    for e, s in summaries.items():
+        if s["refused_features"]:
+            print(f"{e} refused: {s['refused_features']}")
+        if s["schemas_with_invalidation_errors"]:
+            print(f"{e} accepted invalid instances on: {s['schemas_with_invalidation_errors']}")
+    md = [f"{done} schemas ({n_tests if done == len(cases) else '…'} tests) from `{args.corpus.name}`, tokenizer "
+          f"{args.tokenizer} ({_common.VOCAB_SIZE[args.tokenizer]} ids), compile deadline {args.timeout_s:g} s; "
+          f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}.", "",
+          markdown_table(h1, r1), "", "Per-token mask + commit (all tokens of all instances walked):", "",
+          markdown_table(h2, r2), "", markdown_table(hc, rc), ""]
+    args.json.with_suffix(".md").write_text("\n".join(md))
+    try:
+        plot(args.plot, verdicts, done, f"JSONSchemaBench dev ({done} schemas): compile time, {args.tokenizer} vocabulary")
+    except Exception as e:
+        log(f"plot failed: {e}")
+    log(f"wrote {args.json}, {args.json.with_suffix('.md')}, {args.plot} in {(time.time() - t_start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
