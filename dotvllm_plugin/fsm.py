@@ -197,9 +197,29 @@ def check_regex(pattern: str) -> None:
 # -- FSM construction ----------------------------------------------------------------------------
 
 
-def regex_to_dfa(pattern: str, *, max_states: int = MAX_DFA_STATES) -> ByteDFA:
-    """Compile ``pattern`` (full-match semantics) into a trimmed byte-level DFA."""
+def regex_to_dfa(pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True) -> ByteDFA:
+    """Compile ``pattern`` (full-match semantics) into a trimmed byte-level DFA.
+
+    ``fast=False`` uses interegular's own FSM construction (the reference implementation).
+    """
     parsed = _parse(pattern)
+    if fast:
+        from ._glushkov import Unhandled, glushkov_dfa
+
+        try:
+            trans, accepting = glushkov_dfa(
+                parsed,
+                max_states=max_states,
+                char_ranges=_char_class_ranges,
+                utf8_sequences=_utf8_sequences,
+                builder_cls=_Builder,
+            )
+        except Unhandled:
+            pass
+        except RecursionError as e:
+            raise UnsupportedFeatureError(f"regex nests too deeply: {_clip(pattern)}", feature="nesting depth") from e
+        else:
+            return _trim(trans, accepting, pattern)
     try:
         fsm = parsed.to_fsm()
     except RecursionError as e:
@@ -312,6 +332,23 @@ def _utf8_sequences(lo: int, hi: int) -> list[tuple[tuple[int, int], ...]]:
         out.append(tuple(zip(ea, eb)))
     out.sort()
     return out
+
+
+def _char_class_ranges(chars, negated: bool) -> tuple:
+    """Code-point ranges of a character class, without surrogates (not encodable in UTF-8)."""
+    ranges = _ranges_of(chars)
+    if negated:
+        ranges = _complement(ranges)
+    return tuple(_remove_surrogates(ranges))
+
+
+def _case_fold_ranges(chars) -> frozenset:
+    out = set(chars)
+    for c in chars:
+        for v in (c.lower(), c.upper()):
+            if len(v) == 1:
+                out.add(v)
+    return frozenset(out)
 
 
 class _Builder:
@@ -459,3 +496,35 @@ def _byte_dfa_from_fsm(fsm, pattern: str, max_states: int) -> ByteDFA:
         if s in index:
             accepting[index[s]] = True
     return ByteDFA(transitions=trans, accepting=accepting, initial=0)
+
+
+def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
+    """Keep the states that can reach an accepting state; renumber with the initial state 0."""
+    n = trans.shape[0]
+    src = np.repeat(np.arange(n), 256)
+    dst = trans.ravel().astype(np.int64)
+    ok = dst >= 0
+    pairs = np.unique(dst[ok] * n + src[ok])
+    rdst, rsrc = pairs // n, pairs % n
+    starts = np.searchsorted(rdst, np.arange(n + 1))
+    live = accepting.copy()
+    stack = np.flatnonzero(live).tolist()
+    rsrc_l = rsrc.tolist()
+    starts_l = starts.tolist()
+    while stack:
+        t = stack.pop()
+        for s in rsrc_l[starts_l[t] : starts_l[t + 1]]:
+            if not live[s]:
+                live[s] = True
+                stack.append(s)
+    if not live[0]:
+        from .errors import VocabularyCoverageError
+
+        raise VocabularyCoverageError(f"the regex {_clip(pattern)} matches no string at all")
+    if live.all():
+        return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting.astype(bool), initial=0)
+    new_id = np.full(n + 1, -1, dtype=np.int64)
+    new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
+    t2 = trans[live].astype(np.int64)
+    t2 = new_id[np.where(t2 < 0, n, t2)]
+    return ByteDFA(transitions=t2.astype(np.int32), accepting=accepting[live].astype(bool), initial=0)

@@ -164,7 +164,7 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 8, max_size: int = 6
     Returns canonical signature → list of instances, each the real states in canonical order.
     """
     n, C = class_trans.shape
-    loops = np.flatnonzero((class_trans == np.arange(n)[:, None]).sum(axis=1) >= 2)
+    loops = np.flatnonzero((class_trans == np.arange(n)[:, None]).any(axis=1))
     taken = np.zeros(n, dtype=bool)
     groups: dict[bytes, list[np.ndarray]] = {}
     rows = class_trans
@@ -257,7 +257,10 @@ def _walk_gadget(class_trans: np.ndarray, ct: ClassTrie, instances: list[np.ndar
     return out
 
 
-def build_index(dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_ROWS_BYTES) -> TokenIndex:
+def build_index(
+    dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_ROWS_BYTES, share_loops: bool = True
+) -> TokenIndex:
+    """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
     classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
     byte_class = byte_class.reshape(256)
     class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
@@ -271,7 +274,7 @@ def build_index(dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_RO
     # breadth first: discovery along a long concatenation is one state at a time, and per-call
     # overhead would dominate. States no token walk reaches get indexed needlessly but cheaply.
     node_sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # state → (class nodes, their end states)
-    for instances in _find_gadgets(class_trans).values():
+    for instances in _find_gadgets(class_trans).values() if share_loops else ():
         node_sets.update(_walk_gadget(class_trans, ct, instances))
     rest = np.array([s for s in range(n_states) if s not in node_sets], dtype=np.int64)
     total_pairs = 0

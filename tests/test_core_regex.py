@@ -310,3 +310,65 @@ def test_compiler_cache_returns_the_same_object(byte_vocab):
     gc = GrammarCompiler(byte_vocab)
     assert gc.compile_regex("a+") is gc.compile_regex("a+")
     assert GrammarCompiler(byte_vocab, cache_size=0).compile_regex("a+") is not gc.compile_regex("a+")
+
+
+JSONISH = {
+    "object": r'\{"a":"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*","b":-?(?:0|[1-9][0-9]*),"c":"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*","d":-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?\}',
+    "array": r'\[(?:"[^"\\]*"(?:,"[^"\\]*"){0,5})?\]',
+    "repeat": r"(?:[a-z]+,){3}[0-9]+",
+}
+
+
+@pytest.mark.parametrize("name", sorted(JSONISH))
+def test_shared_loop_walks_equal_the_reference(real, name):
+    """Sharing walks between look-alike loops must give exactly the per-state result."""
+    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.index import _find_gadgets, build_index
+
+    dfa = regex_to_dfa(JSONISH[name])
+    classes = np.unique(dfa.transitions.T, axis=0)
+    assert _find_gadgets(np.ascontiguousarray(classes.T).astype(np.int64)), "the case must exercise sharing"
+    fast = build_index(dfa, real.vocab)
+    ref = build_index(dfa, real.vocab, share_loops=False)
+    for s in range(dfa.n_states):
+        assert np.array_equal(fast.rows[fast.row_of_state[s]], ref.rows[ref.row_of_state[s]]), f"state {s}"
+
+
+def _equivalent(d1, d2) -> bool:
+    """Exact language equivalence of two trimmed byte DFAs (product walk)."""
+    seen = {(d1.initial, d2.initial)}
+    stack = [(d1.initial, d2.initial)]
+    while stack:
+        a, b = stack.pop()
+        if bool(d1.accepting[a]) != bool(d2.accepting[b]):
+            return False
+        ta, tb = d1.transitions[a], d2.transitions[b]
+        if not np.array_equal(ta >= 0, tb >= 0):
+            return False
+        for byte in np.flatnonzero(ta >= 0).tolist():
+            pair = (int(ta[byte]), int(tb[byte]))
+            if pair not in seen:
+                seen.add(pair)
+                stack.append(pair)
+    return True
+
+
+EQUIVALENCE_CASES = [
+    *PATTERNS.values(),
+    *JSONISH.values(),
+    r"(?i)héllo|[a-c]{2,4}",
+    r"(?s).{0,3}x",
+    r"(a|ab)(c|bcd)(d*)",
+    r"(?:x?){0,5}y",
+    r"[^\x00-\x7f]{1,3}",
+    r"(?:a{2,3}){2,3}b?",
+    r"(?:|a)+b",
+    r"[^a]*a[^a]*",
+]
+
+
+@pytest.mark.parametrize("pattern", EQUIVALENCE_CASES, ids=range(len(EQUIVALENCE_CASES)))
+def test_fast_dfa_construction_equals_interegular(pattern):
+    from dotvllm_plugin.fsm import regex_to_dfa
+
+    assert _equivalent(regex_to_dfa(pattern), regex_to_dfa(pattern, fast=False))

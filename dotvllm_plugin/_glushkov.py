@@ -1,0 +1,241 @@
+"""Parsed regex → byte-level DFA by a Glushkov (position) automaton and subset construction.
+
+This is the fast path of :func:`dotvllm_plugin.fsm.regex_to_dfa`. interegular's own FSM algebra
+builds automata by repeated products and costs ~0.3 ms per state, which dominates long JSON-schema
+regexes; here every character-class occurrence becomes a *position*, ``follow`` sets are computed
+in one pass over the parse tree, and each position's characters expand to UTF-8 byte paths. For
+the deterministic regexes JSON schemas produce, the subset construction is one-to-one and runs
+vectorised per state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CompilationTooLargeError
+
+__all__ = ["Unhandled", "glushkov_dfa"]
+
+
+class Unhandled(Exception):
+    """The parse tree has a node this builder does not know; use the slow path."""
+
+
+def _tree_types():
+    from interegular import patterns as P
+
+    return P
+
+
+def glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls):
+    """Build ``(transitions int32[n,256], accepting bool[n])`` with state 0 initial, untrimmed."""
+    P = _tree_types()
+    g = _Positions(max_states)
+    first, last, nullable = g.visit(tree, P.REFlags(0), P)
+    return g.to_dfa(first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls)
+
+
+class _Positions:
+    def __init__(self, max_positions: int):
+        self.ranges: list[tuple] = []  # per position: code-point ranges
+        self.follow: list[set] = []
+        self.max_positions = max_positions
+
+    def _new(self, ranges: tuple) -> int:
+        if len(self.ranges) >= self.max_positions:
+            raise CompilationTooLargeError(
+                f"the regex expands to more than {self.max_positions} character positions; "
+                "reduce repetition bounds"
+            )
+        self.ranges.append(ranges)
+        self.follow.append(set())
+        return len(self.ranges) - 1
+
+    def visit(self, node, flags, P):
+        t = type(node)
+        if t is P._CharGroup:
+            return self._char(node.chars, node.negated, flags)
+        if t is P.Pattern:
+            flags = (flags | node.added_flags) & ~node.removed_flags
+            first, last, nullable = set(), set(), False
+            for opt in node.options:
+                f, l, n = self.visit(opt, flags, P)
+                first |= f
+                last |= l
+                nullable = nullable or n
+            return first, last, nullable
+        if t is P._Concatenation:
+            return self._concat([lambda p=p: self.visit(p, flags, P) for p in node.parts])
+        if t is P._Repeated:
+            return self._repeat(node.base, node.min, node.max, flags, P)
+        if node is P._EMPTY:
+            return set(), set(), True
+        if node is P._DOT:
+            chars, negated = (frozenset(), True) if flags & P.REFlags.SINGLE_LINE else (frozenset("\n"), True)
+            return self._char(chars, negated, P.REFlags(0))
+        raise Unhandled(type(node).__name__)
+
+    def _char(self, chars, negated, flags):
+        from .fsm import _case_fold_ranges, _char_class_ranges
+
+        P = _tree_types()
+        if flags & P.REFlags.CASE_INSENSITIVE:
+            chars = _case_fold_ranges(chars)
+        ranges = _char_class_ranges(chars, negated)
+        if not ranges:
+            return set(), set(), False  # matches nothing
+        p = self._new(ranges)
+        return {p}, {p}, False
+
+    def _concat(self, parts):
+        first, last, nullable = set(), set(), True
+        for make in parts:
+            f, l, n = make()
+            for p in last:
+                self.follow[p] |= f
+            if nullable:
+                first |= f
+            last = (last | l) if n else set(l)
+            nullable = nullable and n
+        return first, last, nullable
+
+    def _repeat(self, base, lo, hi, flags, P):
+        if hi is not None and hi < lo:
+            raise Unhandled("bad repeat")
+        parts = [lambda: self.visit(base, flags, P)] * lo
+        if hi is None:
+
+            def star():
+                f, l, n = self.visit(base, flags, P)
+                for p in l:
+                    self.follow[p] |= f
+                return f, l, True
+
+            parts.append(star)
+        elif hi > lo:
+
+            def optional_chain():
+                copies = [self.visit(base, flags, P) for _ in range(hi - lo)]
+                f, l, _ = copies[-1]
+                acc_f, acc_l = set(f), set(l)
+                for f2, l2, n2 in reversed(copies[:-1]):
+                    for p in l2:
+                        self.follow[p] |= acc_f
+                    acc_f = set(f2) | (acc_f if n2 else set())
+                    acc_l = set(l2) | acc_l
+                return acc_f, acc_l, True
+
+            parts.append(optional_chain)
+        return self._concat(parts)
+
+    # -- byte level -------------------------------------------------------------------------------
+
+    def to_dfa(self, first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls):
+        n_pos = len(self.ranges)
+        # NFA states: 0 = initial, 1 + p = after position p, then UTF-8 intermediate nodes.
+        builder = builder_cls(1 + n_pos, max_states * 4)
+        entry: list[np.ndarray] = []
+        seq_cache: dict = {}
+        for p, ranges in enumerate(self.ranges):
+            row = np.full(256, -1, dtype=np.int64)
+            for a, b in ranges:
+                if a <= 0x7F:
+                    row[a : min(b, 0x7F) + 1] = 1 + p
+            seqs = seq_cache.get(ranges)
+            if seqs is None:
+                seqs = []
+                for a, b in ranges:
+                    if b >= 0x80:
+                        seqs.extend(utf8_sequences(max(a, 0x80), b))
+                seqs = seq_cache[ranges] = tuple(seqs)
+            if seqs:
+                for byte, dest in builder.non_ascii_row([(seqs, 1 + p)]).items():
+                    row[byte] = dest
+            entry.append(row)
+        n_nfa = 1 + n_pos + len(builder.rows)
+        det_rows: list = [None] * n_nfa
+        # Intermediate (mid-character) states are deterministic.
+        for i, r in enumerate(builder.rows):
+            row = np.full(256, -1, dtype=np.int64)
+            if r:
+                row[np.fromiter(r.keys(), dtype=np.int64)] = np.fromiter(r.values(), dtype=np.int64)
+            det_rows[1 + n_pos + i] = row
+        follows = [first] + self.follow
+
+        def nfa_row(s: int):
+            """(deterministic row or None, list of rows to union)."""
+            r = det_rows[s]
+            if r is not None:
+                return r, None
+            fol = follows[s] if s <= n_pos else ()
+            if not fol:
+                r = np.full(256, -1, dtype=np.int64)
+            elif len(fol) == 1:
+                r = entry[next(iter(fol))]
+            else:
+                stack = np.stack([entry[q] for q in sorted(fol)])
+                if ((stack >= 0).sum(axis=0) <= 1).all():
+                    r = stack.max(axis=0)
+                else:
+                    return None, stack
+            det_rows[s] = r
+            return r, None
+
+        accepting_nfa = np.zeros(n_nfa, dtype=bool)
+        accepting_nfa[[1 + p for p in last]] = True
+        accepting_nfa[0] = nullable
+
+        single = np.full(n_nfa, -1, dtype=np.int64)  # NFA state → DFA id of {state}
+        sets: dict[frozenset, int] = {}
+        members: list = [(0,)]
+        single[0] = 0
+        trans_rows: list[np.ndarray] = []
+        i = 0
+        while i < len(members):
+            mem = members[i]
+            i += 1
+            if len(mem) == 1:
+                r, stack = nfa_row(mem[0])
+                if r is not None:
+                    valid = r >= 0
+                    tgt = r[valid]
+                    if len(tgt):
+                        fresh = np.unique(tgt[single[tgt] < 0])
+                        for t in fresh.tolist():
+                            single[t] = len(members)
+                            members.append((t,))
+                    out = np.full(256, -1, dtype=np.int64)
+                    out[valid] = single[tgt]
+                    trans_rows.append(out)
+                    if len(members) > max_states:
+                        raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
+                    continue
+                rows = list(stack)
+            else:
+                rows = []
+                for s in mem:
+                    r, stack = nfa_row(s)
+                    rows.extend([r] if r is not None else list(stack))
+            out = np.full(256, -1, dtype=np.int64)
+            mat = np.stack(rows)
+            for byte in np.flatnonzero((mat >= 0).any(axis=0)).tolist():
+                col = mat[:, byte]
+                tset = frozenset(col[col >= 0].tolist())
+                if len(tset) == 1:
+                    (t,) = tset
+                    if single[t] < 0:
+                        single[t] = len(members)
+                        members.append((t,))
+                    out[byte] = single[t]
+                else:
+                    d = sets.get(tset)
+                    if d is None:
+                        d = sets[tset] = len(members)
+                        members.append(tuple(sorted(tset)))
+                    out[byte] = d
+            trans_rows.append(out)
+            if len(members) > max_states:
+                raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
+        trans = np.stack(trans_rows).astype(np.int32)
+        accepting = np.array([bool(accepting_nfa[list(m)].any()) for m in members])
+        return trans, accepting
