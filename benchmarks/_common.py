@@ -150,6 +150,16 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _dirty_core_files() -> list[str]:
+    """Uncommitted changes under dotvllm_plugin/ (the engine measured is the working tree's)."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "dotvllm_plugin"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 def machine_info() -> dict[str, Any]:
     try:
         import psutil
@@ -166,6 +176,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "git_commit": _git_commit(),
+        "uncommitted_core_files": _dirty_core_files(),
         "versions": package_versions(),
         "env": {k: os.environ.get(k) for k in (
             "RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
@@ -309,12 +320,12 @@ def peak_rss_bytes() -> int:
 # Isolated engine workers
 
 
-def _worker_main(conn, engine_name: str, tokenizer_name: str) -> None:
+def _worker_main(conn, engine_name: str, tokenizer_name: str, warm_up: tuple) -> None:
     try:
         from benchmarks import _engines
 
         t0 = time.perf_counter()
-        engine = _engines.make_engine(engine_name, tokenizer_name)
+        engine = _engines.make_engine(engine_name, tokenizer_name, warm_up)
         info = {"init_s": time.perf_counter() - t0, "pid": os.getpid(), **engine.describe()}
         conn.send(("ready", info))
     except BaseException as e:  # report, then die: the parent marks the engine unavailable
@@ -342,31 +353,36 @@ class EngineWorker:
     deadline the second; past either, the worker is killed and restarted for the next case.
     """
 
-    def __init__(self, engine_name: str, tokenizer_name: str = "tekken", init_timeout_s: float = 600):
+    def __init__(self, engine_name: str, tokenizer_name: str = "tekken", init_timeout_s: float = 600, *,
+                 warm_up: tuple = ("regex", "json_schema"), max_rss_gib: float = 6.0):
         self.engine_name = engine_name
         self.tokenizer_name = tokenizer_name
+        self.warm_up = tuple(warm_up)
+        self.max_rss_bytes = int(max_rss_gib * 2**30)
         self.init_timeout_s = init_timeout_s
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
         self.info: dict | None = None
         self.restarts = 0
+        self.start_error: str | None = None
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.engine_name, self.tokenizer_name),
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.engine_name, self.tokenizer_name, self.warm_up),
                                  daemon=True, name=f"bench-{self.engine_name}")
         proc.start()
         child.close()
-        if not parent.poll(self.init_timeout_s):
-            proc.kill()
-            proc.join()
-            raise RuntimeError(f"{self.engine_name}: worker did not start within {self.init_timeout_s} s")
+        self._proc, self._conn = proc, parent
+        got = self._wait(self.init_timeout_s)
+        if got != "ready":
+            self._kill()
+            raise RuntimeError(f"{self.engine_name}: worker did not start ({got}, limit {self.init_timeout_s:g} s, "
+                               f"{self.max_rss_bytes / 2**30:.1f} GiB)")
         kind, payload = parent.recv()
         if kind != "ready":
-            proc.join(5)
+            self._kill()
             raise RuntimeError(f"{self.engine_name}: worker failed to start: {payload}")
-        self._proc, self._conn = proc, parent
         if self.info is None:
             self.info = payload
 
@@ -387,13 +403,37 @@ class EngineWorker:
                 pass
         self._kill()
 
-    def _receive(self, timeout_s: float):
-        """Next message, ``("timeout", None)`` or ``("crash", exitcode)``."""
+    def _wait(self, timeout_s: float) -> str:
+        """Wait for a message: ``"ready"``, ``"timeout"`` or ``"memory"`` (RSS watchdog)."""
+        deadline = time.monotonic() + timeout_s
+        proc = None
         try:
-            if not self._conn.poll(timeout_s):
+            import psutil
+
+            proc = psutil.Process(self._proc.pid)
+        except Exception:
+            pass
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            if self._conn.poll(min(left, 0.1)):
+                return "ready"
+            if proc is not None and self.max_rss_bytes:
+                try:
+                    if proc.memory_info().rss > self.max_rss_bytes:
+                        return "memory"
+                except Exception:
+                    pass
+
+    def _receive(self, timeout_s: float):
+        """Next message, ``("timeout", None)``, ``("memory", None)`` or ``("crash", exitcode)``."""
+        try:
+            got = self._wait(timeout_s)
+            if got != "ready":
                 self._kill()
                 self.restarts += 1
-                return "timeout", None
+                return got, None
             return self._conn.recv()
         except (EOFError, OSError):
             self._proc.join(5)
@@ -402,13 +442,24 @@ class EngineWorker:
             self.restarts += 1
             return "crash", code
 
+    def start(self) -> bool:
+        """Start the worker if needed; after a failed start the engine stays unavailable."""
+        if self._proc is None and self.start_error is None:
+            try:
+                self._start()
+            except RuntimeError as e:
+                self.start_error = str(e)
+        return self.start_error is None
+
     def run_case(self, case: dict, *, compile_timeout_s: float, walk_timeout_s: float) -> dict:
-        if self._proc is None:
-            self._start()
+        if not self.start():
+            return {"status": "engine_unavailable", "error": self.start_error[:2000]}
         self._conn.send(case)
         kind, payload = self._receive(compile_timeout_s)
         if kind == "timeout":
             return {"status": "timeout", "error": f"compile exceeded {compile_timeout_s:g} s"}
+        if kind == "memory":
+            return {"status": "memory_limit", "error": f"worker RSS exceeded {self.max_rss_bytes / 2**30:.1f} GiB while compiling"}
         if kind == "crash":
             return {"status": "crash", "error": f"worker died (exit code {payload}) while compiling"}
         if kind == "error":
@@ -421,6 +472,8 @@ class EngineWorker:
             result.update(payload)
         elif kind == "timeout":
             result.update(status="walk_timeout", error=f"walk exceeded {walk_timeout_s:g} s")
+        elif kind == "memory":
+            result.update(status="memory_limit", error=f"worker RSS exceeded {self.max_rss_bytes / 2**30:.1f} GiB while walking")
         elif kind == "crash":
             result.update(status="crash", error=f"worker died (exit code {payload}) while walking")
         else:

@@ -52,6 +52,7 @@ class Engine:
             version = "unknown"
         return {"engine": self.name, "package": self.package, "version": version,
                 "vocab_size": self.vocab_size, "eos": self.eos, "index_bytes_kind": self.index_bytes_kind,
+                "warm_up": getattr(self, "warm_up_s", None),
                 "settings": self.settings()}
 
     def settings(self) -> dict:
@@ -72,19 +73,28 @@ class Engine:
         """``(fill(), accept(token) -> bool|None, complete() -> bool)`` for a fresh matcher."""
         raise NotImplementedError
 
-    def warm_up(self) -> None:
+    def warm_up(self, kinds=("regex", "json_schema")) -> dict:
+        """Compile and walk one tiny case per kind; returns the warm-up compile times (s)."""
         bm = np.zeros((1, self.words), dtype=np.int32)
+        times = {}
         for kind, spec, text in (("regex", _WARMUP_REGEX, "abc@de.com"),
                                  ("json_schema", _WARMUP_SCHEMA, '{"a":"x","b":1}')):
+            if kind not in kinds:
+                continue
+            t0 = time.perf_counter()
             try:
                 h = self.compile(kind, spec)
-            except Exception:
+            except Exception as e:
+                times[kind] = f"{type(e).__name__}: {e}"[:300]
                 continue
+            times[kind] = time.perf_counter() - t0
             fill, accept, complete = self.ops(h, bm)
             for t in _common.encode(self.tokenizer_name, text):
                 fill()
                 accept(t)
             complete()
+        self.warm_up_s = times
+        return times
 
 
 class Ours(Engine):
@@ -227,7 +237,7 @@ class OutlinesCore(Engine):
 _CLASSES = {"ours": Ours, "xgrammar": XGrammar, "llguidance": LLGuidance, "outlines_core": OutlinesCore}
 
 
-def make_engine(name: str, tokenizer_name: str) -> Engine:
+def make_engine(name: str, tokenizer_name: str, warm_up=("regex", "json_schema")) -> Engine:
     try:
         import torch
 
@@ -235,7 +245,7 @@ def make_engine(name: str, tokenizer_name: str) -> Engine:
     except ImportError:
         pass
     engine = _CLASSES[name](tokenizer_name)
-    engine.warm_up()
+    engine.warm_up(warm_up)
     return engine
 
 

@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--timeout-s", type=float, default=180.0, help="compile deadline per regex and engine")
     p.add_argument("--walk-timeout-s", type=float, default=120.0)
     p.add_argument("--repeat", type=int, default=10, help="timing passes over the samples")
+    p.add_argument("--max-rss-gib", type=float, default=6.0, help="kill a worker whose RSS grows past this")
     p.add_argument("--json", type=Path, default=_common.RESULTS_DIR / "regex.json")
     p.add_argument("--plot", type=Path, default=_common.DOCS_DIR / "regex_compile.png")
     return p.parse_args(argv)
@@ -180,15 +181,18 @@ def main(argv=None) -> int:
     cases = prepare_cases(args.tokenizer, only)
     log(f"{len(cases)} regexes, tokenizer {args.tokenizer}, engines {engines}")
 
-    workers = {e: EngineWorker(e, args.tokenizer) for e in engines}
+    workers = {e: EngineWorker(e, args.tokenizer, warm_up=("regex",), max_rss_gib=args.max_rss_gib) for e in engines}
     results = {e: [] for e in engines}
     tokens = {e: {"mask": [], "commit": []} for e in engines}
     infos = {}
     try:
         for e, w in workers.items():
-            w._start()
-            infos[e] = w.info
-            log(f"{e}: ready in {w.info['init_s']:.1f} s ({w.info['version']})")
+            if w.start():
+                infos[e] = w.info
+                log(f"{e}: ready in {w.info['init_s']:.1f} s ({w.info['version']}), warm-up {w.info['warm_up']}")
+            else:
+                infos[e] = {"start_error": w.start_error}
+                log(f"{e}: UNAVAILABLE: {w.start_error[:500]}")
         for i, case in enumerate(cases):
             line = []
             for e in engines:

@@ -43,9 +43,6 @@ from benchmarks._common import (EngineWorker, fmt_bytes, fmt_ms, fmt_us, format_
 from benchmarks._engines import ENGINES
 
 CORPUS_DIR = _common.REPO_ROOT.parent / "shared" / "corpus" / "jsonschemabench-dev"
-NOT_COMPILED = ("refused", "grammar_error", "compile_limit", "compile_error", "crash_exception", "timeout",
-                "crash", "harness_error")
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--only", default="", help="comma-separated substrings of schema file names")
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
     p.add_argument("--walk-timeout-s", type=float, default=60.0)
+    p.add_argument("--max-rss-gib", type=float, default=6.0, help="kill a worker whose RSS grows past this")
     p.add_argument("--json", type=Path, default=_common.RESULTS_DIR / "maskbench.json")
     p.add_argument("--plot", type=Path, default=_common.DOCS_DIR / "maskbench_compile.png")
     return p.parse_args(argv)
@@ -239,7 +237,7 @@ def main(argv=None) -> int:
     log(f"{len(cases)} schemas, {n_tests} tests, tokenizer {args.tokenizer}, engines {engines}, "
         f"compile deadline {args.timeout_s:g} s")
 
-    workers = {e: EngineWorker(e, args.tokenizer) for e in engines}
+    workers = {e: EngineWorker(e, args.tokenizer, max_rss_gib=args.max_rss_gib) for e in engines}
     verdicts = {e: [] for e in engines}
     tokens = {e: {"mask": [], "commit": []} for e in engines}
     infos = {}
@@ -247,9 +245,12 @@ def main(argv=None) -> int:
     done = 0
     try:
         for e, w in workers.items():
-            w._start()
-            infos[e] = w.info
-            log(f"{e}: ready in {w.info['init_s']:.1f} s ({w.info['version']})")
+            if w.start():
+                infos[e] = w.info
+                log(f"{e}: ready in {w.info['init_s']:.1f} s ({w.info['version']}), warm-up {w.info['warm_up']}")
+            else:
+                infos[e] = {"start_error": w.start_error}
+                log(f"{e}: UNAVAILABLE: {w.start_error[:500]}")
         for i, case in enumerate(cases):
             line = []
             for e in engines:
