@@ -87,13 +87,12 @@ class CompiledGrammar:
     @classmethod
     def _from_dfa(cls, kind: str, source: str, dfa: ByteDFA, vocab: Vocabulary) -> CompiledGrammar:
         index = build_index(dfa, vocab)
-        classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
         return cls(
             kind=kind,
             source=source,
             vocabulary=vocab,
-            byte_class=byte_class.astype(np.uint8).reshape(256),
-            class_transitions=np.ascontiguousarray(classes.T, dtype=np.int32),
+            byte_class=index.byte_class,
+            class_transitions=index.class_transitions,
             accepting=dfa.accepting,
             initial=dfa.initial,
             rows=index.rows,

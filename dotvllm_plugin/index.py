@@ -34,6 +34,8 @@ class TokenIndex:
     rows: np.ndarray  # int32 [n_rows, ceil(V/32)]; row 0 is all-zero (unreached states)
     row_of_state: np.ndarray  # int32 [n_states]
     n_indexed_states: int
+    byte_class: np.ndarray  # uint8 [256]: the DFA's byte equivalence classes
+    class_transitions: np.ndarray  # int32 [n_states, n_classes]
 
 
 def _expand_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -167,7 +169,15 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 8, max_size: int = 6
     loops = np.flatnonzero((class_trans == np.arange(n)[:, None]).any(axis=1))
     taken = np.zeros(n, dtype=bool)
     groups: dict[bytes, list[np.ndarray]] = {}
-    rows = class_trans
+    succ: dict[int, set] = {}
+
+    def successors(s: int) -> set:
+        out = succ.get(s)
+        if out is None:
+            out = succ[s] = set(class_trans[s].tolist())
+            out.discard(-1)
+        return out
+
     for root in loops.tolist():
         if taken[root]:
             continue
@@ -177,84 +187,79 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 8, max_size: int = 6
         for s in order:
             if depth[s] >= max_depth or len(order) > max_size:
                 break
-            for t in np.unique(rows[s]).tolist():
-                if t >= 0 and t not in depth:
+            for t in successors(s):
+                if t not in depth:
                     depth[t] = depth[s] + 1
                     order.append(t)
-        ball = set(order)
         back = {root}
         changed = True
         while changed:
             changed = False
             for s in order:
-                if s not in back and any(t in back for t in rows[s].tolist()):
+                if s not in back and not successors(s).isdisjoint(back):
                     back.add(s)
                     changed = True
         members = [root]
         label = {root: 0}
         for s in members:
-            for t in rows[s].tolist():
-                if t in back and t in ball and t not in label:
+            for t in class_trans[s].tolist():
+                if t in back and t not in label:
                     label[t] = len(members)
                     members.append(t)
-        if any(taken[m] for m in members):
+        if taken[members].any():
             continue
         mem = np.array(members, dtype=np.int64)
         lut = np.full(n + 1, _EXIT, dtype=np.int64)
         lut[mem] = np.arange(len(mem))
         lut[n] = -1  # dead stays dead
-        canon = lut[np.where(rows[mem] < 0, n, rows[mem])]
+        canon = lut[np.where(class_trans[mem] < 0, n, class_trans[mem])]
         taken[mem] = True
         groups.setdefault(canon.tobytes() + len(mem).to_bytes(4, "little"), []).append(mem)
     return {sig: inst for sig, inst in groups.items() if len(inst) >= 2}
 
 
+@dataclass
+class _GadgetWalk:
+    """One gadget's walk: the canonical part shared by all instances, per member label."""
+
+    instances: np.ndarray  # [m, k] real states in canonical order
+    node_start: np.ndarray  # CSR over labels into ``nodes``
+    nodes: np.ndarray  # class nodes (sorted per label)
+    ends: np.ndarray  # canonical end labels, parallel to ``nodes``
+
+
 def _walk_gadget(class_trans: np.ndarray, ct: ClassTrie, instances: list[np.ndarray]):
-    """Index all members of all instances of one gadget, walking the gadget itself only once."""
+    """Index all members of all instances of one gadget, walking the gadget itself only once.
+
+    Returns the shared canonical walk and the per-instance remainder (walks resumed after leaving
+    the gadget) as ``(state, node, end_state)`` arrays with real state ids.
+    """
     k = len(instances[0])
-    canon = np.full_like(class_trans[instances[0]], _EXIT)
-    lut = {int(s): i for i, s in enumerate(instances[0])}
-    for i, s in enumerate(instances[0].tolist()):
-        for c, t in enumerate(class_trans[s].tolist()):
-            canon[i, c] = lut.get(t, _EXIT) if t >= 0 else -1
+    lut = np.full(class_trans.shape[0] + 1, _EXIT, dtype=np.int64)
+    lut[instances[0]] = np.arange(k)
+    lut[-1] = -1
+    rows = class_trans[instances[0]]
+    canon = lut[np.where(rows < 0, -1, rows)]
     (c_si, c_node, c_end), (e_si, e_level, e_node, e_prev) = _walk(
         canon, ct, np.arange(k, dtype=np.int64), want_exits=True
     )
-    inst = np.stack(instances)  # [n_instances, k] real states
-    # Resume every exit in every instance with the real transition.
-    m = len(instances)
+    inst = np.stack(instances)
+    order = np.lexsort((c_node, c_si))
+    gw = _GadgetWalk(
+        instances=inst,
+        node_start=np.searchsorted(c_si[order], np.arange(k + 1)),
+        nodes=c_node[order],
+        ends=c_end[order],
+    )
     inject: dict[int, tuple] = {}
-    if len(e_si):
-        cls = np.concatenate([ct.cls[d][e_node[e_level == d]] for d in range(ct.depth) if (e_level == d).any()])
-        order = np.argsort(e_level, kind="stable")
-        e_si, e_level, e_node, e_prev = e_si[order], e_level[order], e_node[order], e_prev[order]
-        r_prev = inst[:, e_prev]  # [m, n_exits]
-        r_next = class_trans[r_prev, np.broadcast_to(cls, r_prev.shape)]
-        r_si = np.arange(m)[:, None] * k + e_si[None, :]
+    for d in np.unique(e_level).tolist():
+        sel = e_level == d
+        r_prev = inst[:, e_prev[sel]]  # [m, n_exits]
+        r_next = class_trans[r_prev, ct.cls[d][e_node[sel]][None, :]]
+        r_state = inst[:, e_si[sel]]
         alive = r_next >= 0
-        lv = np.broadcast_to(e_level, r_prev.shape)
-        nd = np.broadcast_to(e_node, r_prev.shape)
-        for d in np.unique(e_level).tolist():
-            sel = alive & (lv == d)
-            inject[d] = (r_si[sel], nd[sel], r_next[sel])
-    r_si, r_node, r_end = _walk(class_trans, ct, None, inject=inject)
-    out = {}
-    r_order = np.argsort(r_si, kind="stable")
-    r_si, r_node, r_end = r_si[r_order], r_node[r_order], r_end[r_order]
-    r_bounds = np.searchsorted(r_si, np.arange(m * k + 1))
-    c_order = np.argsort(c_si, kind="stable")
-    c_si, c_node, c_end = c_si[c_order], c_node[c_order], c_end[c_order]
-    c_bounds = np.searchsorted(c_si, np.arange(k + 1))
-    for j in range(m):
-        for c in range(k):
-            own_nodes = c_node[c_bounds[c] : c_bounds[c + 1]]
-            own_end = inst[j][c_end[c_bounds[c] : c_bounds[c + 1]]]
-            q = j * k + c
-            nodes = np.concatenate([own_nodes, r_node[r_bounds[q] : r_bounds[q + 1]]])
-            ends = np.concatenate([own_end, r_end[r_bounds[q] : r_bounds[q + 1]]])
-            order = np.argsort(nodes, kind="stable")
-            out[int(inst[j][c])] = (nodes[order], ends[order])
-    return out
+        inject[d] = (r_state[alive], np.broadcast_to(e_node[sel], r_prev.shape)[alive], r_next[alive])
+    return gw, _walk(class_trans, ct, None, inject=inject)
 
 
 def build_index(
@@ -266,78 +271,138 @@ def build_index(
     class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
     ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes))
     n_states = dfa.n_states
-    V = vocab.size
-    W = (V + 31) // 32
+    W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
 
-    # Index every state of the (trimmed) DFA in large batches rather than discovering states
-    # breadth first: discovery along a long concatenation is one state at a time, and per-call
-    # overhead would dominate. States no token walk reaches get indexed needlessly but cheaply.
-    node_sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # state → (class nodes, their end states)
+    # 1. Walk: (state, class node, end state) for every token-ending node reachable from every
+    #    state. Look-alike loops ("gadgets") are walked once; their shared part stays factored out.
+    parts_state, parts_node, parts_end = [], [], []
+    gadgets: list[_GadgetWalk] = []
+    gadget_of = np.full(n_states, -1, dtype=np.int64)  # state → gadget index
+    label_of = np.full(n_states, -1, dtype=np.int64)  # state → canonical label within its gadget
+    total = 0
     for instances in _find_gadgets(class_trans).values() if share_loops else ():
-        node_sets.update(_walk_gadget(class_trans, ct, instances))
-    rest = np.array([s for s in range(n_states) if s not in node_sets], dtype=np.int64)
-    total_pairs = 0
-    batch_size = max(_BATCH_STATES, min(512, 2_000_000 // max(1, ct.n_nodes)))
+        gw, (st_, nd_, en_) = _walk_gadget(class_trans, ct, instances)
+        gadget_of[gw.instances] = len(gadgets)
+        label_of[gw.instances] = np.arange(gw.instances.shape[1])[None, :]
+        gadgets.append(gw)
+        parts_state.append(st_), parts_node.append(nd_), parts_end.append(en_)
+        # Shared part, as token-graph edges only (small: distinct end labels per member).
+        for c in range(gw.instances.shape[1]):
+            labels = np.unique(gw.ends[gw.node_start[c] : gw.node_start[c + 1]])
+            parts_state.append(np.repeat(gw.instances[:, c], len(labels)))
+            parts_node.append(np.full(len(labels) * len(gw.instances), -1, dtype=np.int64))
+            parts_end.append(gw.instances[:, labels].ravel())
+        total += len(nd_) + len(gw.nodes)
+    rest = np.flatnonzero(gadget_of < 0)
+    # Index every state in large batches rather than discovering states breadth first: discovery
+    # along a long concatenation yields one state at a time and per-call overhead would dominate.
+    batch_size = max(_BATCH_STATES, min(1024, 4_000_000 // max(1, ct.n_nodes)))
     for lo in range(0, len(rest), batch_size):
         batch = rest[lo : lo + batch_size]
-        si, node, end = _walk(class_trans, ct, batch)
-        order = np.argsort(si, kind="stable")
-        si, node, end = si[order], node[order], end[order]
-        bounds = np.searchsorted(si, np.arange(len(batch) + 1))
-        for i, s in enumerate(batch.tolist()):
-            node_sets[s] = (node[bounds[i] : bounds[i + 1]], end[bounds[i] : bounds[i + 1]])
-        total_pairs += len(node)
-        if total_pairs > 50_000_000:
+        si, nd_, en_ = _walk(class_trans, ct, batch)
+        parts_state.append(batch[si]), parts_node.append(nd_), parts_end.append(en_)
+        total += len(nd_)
+        if total > 50_000_000:
             raise CompilationTooLargeError(
-                f"the token index is too large ({len(node_sets)} states, {total_pairs} entries); simplify the constraint"
+                f"the token index is too large ({total} entries over {n_states} states); simplify the constraint"
             )
-    successors = {s: np.unique(end) for s, (_, end) in node_sets.items()}
-    reached = _reachable(successors, dfa.initial)
+    empty = np.zeros(0, dtype=np.int64)
+    state = np.concatenate(parts_state) if parts_state else empty
+    node = np.concatenate(parts_node) if parts_node else empty
+    end = np.concatenate(parts_end) if parts_end else empty
 
-    good = _can_complete(successors, dfa.accepting)
-    if not good.get(dfa.initial, False):
+    # 2. Token-level graph: reachability from the initial state, and which states can complete.
+    pairs = np.unique(state * n_states + end)
+    p_src, p_dst = pairs // n_states, pairs % n_states
+    reached = _bfs(p_src, p_dst, n_states, [dfa.initial])
+    good = _bfs(p_dst, p_src, n_states, np.flatnonzero(dfa.accepting).tolist())
+    if not good[dfa.initial]:
         raise VocabularyCoverageError(
             "no sequence of this tokenizer's tokens can complete the constraint "
             "(the vocabulary lacks bytes the pattern requires)"
         )
-    bad = np.ones(n_states, dtype=bool)
-    bad[[s for s, ok in good.items() if ok]] = False
+    # Drop tokens that lead into states that can never complete, and states nobody reaches.
+    keep = good[end] & reached[state] & good[state] & (node >= 0)
+    state, node = state[keep], node[keep]
 
+    # 3. Deduplicate: states with the same node set (and acceptance) share one mask row.
+    order = np.lexsort((node, state))
+    state, node = state[order], node[order]
+    indexed = np.flatnonzero(reached & good)
+    starts = np.searchsorted(state, indexed).tolist()
+    ends = np.searchsorted(state, indexed, side="right").tolist()
+    h1, h2 = _set_hashes(node, state, n_states)
     rows_list = [np.zeros(W, dtype=np.int32)]
-    row_index: dict[bytes, int] = {}
+    row_index: dict[tuple, int] = {}
     row_of_state = np.zeros(n_states, dtype=np.int32)
-    for s, (nodes_s, end_s) in node_sets.items():
-        if bad[s] or not reached[s]:
-            continue
-        nodes_s = nodes_s[~bad[end_s]]
-        acc = bool(dfa.accepting[s])
-        key = hashlib.blake2b(nodes_s.tobytes() + (b"\x01" if acc else b"\x00"), digest_size=16).digest()
+    acc = dfa.accepting
+    for s, a, b in zip(indexed.tolist(), starts, ends):
+        g, c = int(gadget_of[s]), int(label_of[s])
+        key = (g, c, int(h1[s]), int(h2[s]), b - a, bool(acc[s]))
+        if g >= 0:
+            j = _instance_row(gadgets[g], s, c)
+            members_good = good[gadgets[g].instances[j]]
+            if not members_good.all():
+                key = key + (s,)  # pruning inside this instance makes its rows its own
         r = row_index.get(key)
         if r is None:
+            own = node[a:b]
+            if g >= 0:
+                gw = gadgets[g]
+                lo_, hi_ = gw.node_start[c], gw.node_start[c + 1]
+                own = np.concatenate([own, gw.nodes[lo_:hi_][members_good[gw.ends[lo_:hi_]]]])
             r = row_index[key] = len(rows_list)
-            rows_list.append(_materialize(ct, nodes_s, eos if acc else None, W))
+            rows_list.append(_materialize(ct, own, eos if acc[s] else None, W))
             if len(rows_list) * W * 4 > max_rows_bytes:
                 raise CompilationTooLargeError(
                     f"the token index exceeds {max_rows_bytes >> 20} MiB ({len(rows_list)} distinct masks); "
                     "simplify the constraint"
                 )
         row_of_state[s] = r
-    return TokenIndex(rows=np.stack(rows_list), row_of_state=row_of_state, n_indexed_states=int(reached.sum()))
+    return TokenIndex(
+        rows=np.stack(rows_list),
+        row_of_state=row_of_state,
+        n_indexed_states=len(indexed),
+        byte_class=byte_class.astype(np.uint8),
+        class_transitions=class_trans.astype(np.int32),
+    )
 
 
-def _reachable(successors: dict[int, np.ndarray], initial: int) -> np.ndarray:
-    """States reached at token boundaries from ``initial``."""
-    seen = np.zeros(len(successors), dtype=bool)
-    seen[initial] = True
-    stack = [initial]
+def _instance_row(gw: _GadgetWalk, s: int, c: int) -> int:
+    return int(np.flatnonzero(gw.instances[:, c] == s)[0])
+
+
+def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
+    """Two independent 64-bit order-free hashes of each state's node set (splitmix64 sums)."""
+    out = []
+    with np.errstate(over="ignore"):
+        for salt in (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)):
+            z = node.astype(np.uint64) * salt + np.uint64(0x632BE59BD9B4E019)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            h = np.zeros(n_states, dtype=np.uint64)
+            np.add.at(h, state, z)
+            out.append(h)
+    return out
+
+
+def _bfs(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
+    """States reachable from ``roots`` along edges ``src → dst`` (sorted by ``src``)."""
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    starts = np.searchsorted(src, np.arange(n + 1)).tolist()
+    dst_l = dst.tolist()
+    seen = np.zeros(n, dtype=bool)
+    stack = list(roots)
+    seen[stack] = True
     while stack:
         s = stack.pop()
-        succ = successors[s]
-        new = succ[~seen[succ]]
-        if len(new):
-            seen[new] = True
-            stack.extend(new.tolist())
+        for t in dst_l[starts[s] : starts[s + 1]]:
+            if not seen[t]:
+                seen[t] = True
+                stack.append(t)
     return seen
 
 
@@ -348,21 +413,3 @@ def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
     if eos is not None:
         bits[eos] = True
     return np.packbits(bits, bitorder="little").view(np.int32)
-
-
-def _can_complete(successors: dict[int, np.ndarray], accepting: np.ndarray) -> dict[int, bool]:
-    """States from which some token sequence reaches an accepting state."""
-    preds: dict[int, list[int]] = {s: [] for s in successors}
-    for s, succ in successors.items():
-        for t in succ.tolist():
-            if t in preds:
-                preds[t].append(s)
-    good = {s: bool(accepting[s]) for s in successors}
-    stack = [s for s, ok in good.items() if ok]
-    while stack:
-        t = stack.pop()
-        for p in preds[t]:
-            if not good[p]:
-                good[p] = True
-                stack.append(p)
-    return good
