@@ -50,6 +50,7 @@ __all__ = [
     "default_model_dir",
     "ensure_model",
     "main",
+    "plugin_present",
     "start_server",
 ]
 
@@ -279,7 +280,7 @@ def start_server(
         cmd.append("--disable-frontend-multiprocessing")
     cmd.extend(extra_args)
     env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
-    if not _plugin_present() and "VLLM_USE_V1" not in (extra_env or {}):
+    if not plugin_present() and "VLLM_USE_V1" not in (extra_env or {}):
         # Without dotvllm_plugin.vllm_v0 nothing forces the V0 engine; do it here so the built-in
         # guided-decoding backends of V0 answer.
         env["VLLM_USE_V1"] = "0"
@@ -317,13 +318,17 @@ def start_server(
     return server
 
 
-def _plugin_present() -> bool:
+def plugin_present() -> bool:
+    """Is ``dotvllm_plugin.vllm_v0`` (the target of the ``vllm.general_plugins`` entry point) a real
+    package here? Checked without importing it (it imports vllm)."""
     import importlib.util
 
     try:
-        return importlib.util.find_spec("dotvllm_plugin.vllm_v0") is not None
+        spec = importlib.util.find_spec("dotvllm_plugin.vllm_v0")
     except (ImportError, ValueError):
         return False
+    # A directory without __init__.py is a namespace package: no register() to load.
+    return spec is not None and spec.origin is not None and os.path.isfile(spec.origin)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -626,7 +631,7 @@ def run_demo(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
     print(f"model: {model_dir}" + ("" if model_is_current(model_dir) else " (building)"), flush=True)
     model_dir = ensure_model(model_dir)
-    print(f"plugin: {'dotvllm_plugin.vllm_v0 present' if _plugin_present() else 'NOT present (vLLM built-in backends answer)'}")
+    print(f"plugin: {'dotvllm_plugin.vllm_v0 present' if plugin_present() else 'NOT present (vLLM built-in backends answer)'}")
     print("starting vllm serve (takes 25-60 s on a small CPU) ...", flush=True)
     try:
         server = start_server(model_dir, frontend=args.frontend, log_path=args.log, port=args.port,
