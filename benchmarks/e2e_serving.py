@@ -97,6 +97,7 @@ class Servers:
         self.server: ServerProcess | None = None
         self.startups_s: list[float] = []
         self.restarts = 0
+        self.broken = False  # a (re)start failed: give up on further requests
 
     def ensure(self) -> ServerProcess:
         if self.server is not None and self.server.alive() and self.server.healthy():
@@ -222,9 +223,14 @@ def run_matrix(servers: Servers, backends: list[str], deadline: float) -> list[d
                     row["skipped"] = "time budget"
                     rows.append(row)
                     continue
+                if servers.broken:
+                    row["error"] = "server could not be (re)started"
+                    rows.append(row)
+                    continue
                 try:
                     server = servers.ensure()
                 except ServerStartError as e:
+                    servers.broken = True
                     row["error"] = f"server did not start: {str(e)[:200]}"
                     rows.append(row)
                     continue
