@@ -49,6 +49,7 @@ from .errors import CompilationError, CompilationTimeoutError, GrammarError, Ser
 __all__ = ["KINDS", "CompilationManager", "CompileResult", "compile_key"]
 
 logger = logging.getLogger("dotvllm_plugin.compilation")
+_DEFAULT_LOGGER = logger
 
 KINDS = ("regex", "choice", "json_schema", "json_object")
 """Constraint kinds a :class:`CompilationManager` compiles."""
@@ -57,7 +58,8 @@ KINDS = ("regex", "choice", "json_schema", "json_object")
 # unit tests exercise the timeout and crash handling deterministically.
 _TEST_SLEEP = "_test_sleep"  # spec = seconds to sleep, then compile the regex "x"
 _TEST_CRASH = "_test_crash"  # the worker process exits abruptly
-_TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH)
+_TEST_ALLOCATE = "_test_allocate"  # spec = MB to allocate
+_TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH, _TEST_ALLOCATE)
 
 _DISK_MAGIC = b"DOTVLLMC\x01"
 _DISK_SUFFIX = ".dotvllm"
@@ -102,10 +104,21 @@ def compile_key(kind: str, spec: Any, options: dict, vocabulary_fingerprint: str
 _worker_compiler = None
 
 
-def _init_worker(vocabulary) -> None:
+def _init_worker(vocabulary, memory_limit_mb: int | None = None) -> None:
     """Pool initializer: runs once per worker process, with the pickled Vocabulary."""
     global _worker_compiler
     from .compiler import GrammarCompiler
+
+    if memory_limit_mb:
+        # A constraint whose automaton explodes fails with MemoryError here instead of inviting
+        # the kernel's OOM killer into the server.
+        import resource
+
+        limit = int(memory_limit_mb) * 1024 * 1024
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
     # A killed parent must not leave workers behind; and Ctrl-C belongs to the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -139,9 +152,15 @@ def _worker_compile(kind: str, spec: Any, options: dict) -> tuple:
             cg = c.compile_regex("x")
         elif kind == _TEST_CRASH:
             os._exit(3)
+        elif kind == _TEST_ALLOCATE:
+            block = bytearray(int(spec) * 1024 * 1024)
+            cg = c.compile_regex("x" if block else "y")
         else:
             raise CompilationError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
         return ("ok", cg.to_bytes(), time.perf_counter() - t0)
+    except MemoryError:
+        return ("error", "CompilationTooLargeError",
+                f"compiling the {kind} constraint ran out of the worker's memory budget; simplify it", {})
     except Exception as e:  # noqa: BLE001 - every error goes back to the caller as data
         attrs = {k: getattr(e, k) for k in ("pattern", "position", "feature", "where") if hasattr(e, k)}
         return ("error", type(e).__name__, str(e), attrs)
@@ -191,16 +210,17 @@ _SPAWN_LOCK = threading.Lock()
 class _Slot:
     """One worker process in its own executor, so that it can be killed without touching others."""
 
-    def __init__(self, vocabulary, index: int):
+    def __init__(self, vocabulary, index: int, memory_limit_mb: int | None = None):
         self.index = index
         self._vocabulary = vocabulary
+        self._memory_limit_mb = memory_limit_mb
         self.executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.pid: int | None = None
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(self._vocabulary,)
+            max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(self._vocabulary, self._memory_limit_mb)
         )
         with _main_module_hidden():
             ping = self.executor.submit(_worker_ping)
@@ -254,6 +274,13 @@ class CompilationManager:
         ``on_compile(kind, outcome, seconds, error)`` after every request, with ``outcome`` one of
         ``"hit"``, ``"miss"``, ``"error"`` (``error`` is the exception or ``None``). For metrics;
         it must not raise.
+    memory_limit_mb : int, optional
+        Address-space limit of each worker process (``RLIMIT_AS``); a compile that exceeds it
+        fails with :class:`~dotvllm_plugin.errors.CompilationTooLargeError` and the worker is
+        replaced. ``None``: no limit.
+    logger : logging.Logger, optional
+        Where each compile is logged (kind, milliseconds, hit or miss, errors); default
+        ``dotvllm_plugin.compilation``.
 
     Notes
     -----
@@ -270,6 +297,8 @@ class CompilationManager:
         cache_dir: str | os.PathLike | None = None,
         timeout_s: float = 60.0,
         on_compile: Callable[[str, str, float, BaseException | None], None] | None = None,
+        memory_limit_mb: int | None = None,
+        logger: logging.Logger | None = None,
         _allow_test_kinds: bool = False,
     ):
         if max_workers < 1:
@@ -280,10 +309,12 @@ class CompilationManager:
         self.max_workers = int(max_workers)
         self.cache_size = int(cache_size)
         self.timeout_s = float(timeout_s)
+        self.memory_limit_mb = memory_limit_mb
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._on_compile = on_compile
+        self._log = logger if logger is not None else _DEFAULT_LOGGER
         self._kinds = KINDS + (_TEST_KINDS if _allow_test_kinds else ())
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CompileResult] = OrderedDict()
@@ -387,7 +418,7 @@ class CompilationManager:
         if self._threads:
             return
         for i in range(self.max_workers):
-            slot = _Slot(self.vocabulary, i)
+            slot = _Slot(self.vocabulary, i, self.memory_limit_mb)
             self._slots.append(slot)
             t = threading.Thread(target=self._dispatch, args=(slot,), name=f"dotvllm-compile-{i}", daemon=True)
             self._threads.append(t)
@@ -401,7 +432,7 @@ class CompilationManager:
             try:
                 self._run(slot, job)
             except BaseException as e:  # noqa: BLE001 - the dispatcher must survive anything
-                logger.exception("compile dispatcher %d failed", slot.index)
+                self._log.exception("compile dispatcher %d failed", slot.index)
                 self._finish(job, error=CompilationError(f"internal error while compiling: {e!r}"))
 
     def _run(self, slot: _Slot, job: _Job) -> None:
@@ -422,7 +453,7 @@ class CompilationManager:
             with self._lock:
                 self.stats["timeout"] += 1
                 self.stats["worker_restarts"] += 1
-            logger.warning("compile worker %s ran %.1f s on a %s constraint: killed and replaced", pid, elapsed, job.kind)
+            self._log.warning("compile worker %s ran %.1f s on a %s constraint: killed and replaced", pid, elapsed, job.kind)
             self._finish(
                 job,
                 error=CompilationTimeoutError(
@@ -438,7 +469,7 @@ class CompilationManager:
             slot.kill()
             with self._lock:
                 self.stats["worker_restarts"] += 1
-            logger.error("compile worker %s died while compiling a %s constraint; replaced", pid, job.kind)
+            self._log.error("compile worker %s died while compiling a %s constraint; replaced", pid, job.kind)
             self._finish(
                 job,
                 error=CompilationError(f"the compile worker process died while compiling the {job.kind} constraint ({e})"),
@@ -447,6 +478,8 @@ class CompilationManager:
             return
         if reply[0] == "error":
             _, type_name, message, attrs = reply
+            if type_name == "CompilationTooLargeError" and "memory budget" in message:
+                slot.kill()  # start the next compile in a fresh heap
             self._finish(job, error=_rebuild_error(type_name, message, attrs), seconds=time.perf_counter() - t0)
             return
         _, data, worker_seconds = reply
@@ -487,18 +520,18 @@ class CompilationManager:
             self.stats[outcome] += 1
         if outcome == "error":
             level = logging.INFO if isinstance(error, GrammarError) else logging.WARNING
-            logger.log(level, "compile %s failed after %.1f ms (key %s): %s: %s", kind, seconds * 1e3, key[:12],
+            self._log.log(level, "compile %s failed after %.1f ms (key %s): %s: %s", kind, seconds * 1e3, key[:12],
                        type(error).__name__, error)
         elif outcome == "miss":
-            logger.info("compiled %s in %.1f ms (cache miss, key %s, %r)", kind, seconds * 1e3, key[:12], grammar)
+            self._log.info("compiled %s in %.1f ms (cache miss, key %s, %r)", kind, seconds * 1e3, key[:12], grammar)
         else:
             where = "in flight" if shared else ("disk" if disk else "memory")
-            logger.debug("compile %s: cache hit (%s, key %s)", kind, where, key[:12])
+            self._log.debug("compile %s: cache hit (%s, key %s)", kind, where, key[:12])
         if self._on_compile is not None:
             try:
                 self._on_compile(kind, outcome, seconds, error)
             except Exception:  # noqa: BLE001 - metrics must never break compiling
-                logger.exception("on_compile callback failed")
+                self._log.exception("on_compile callback failed")
 
     # -- persistent cache -----------------------------------------------------------------------------
 
@@ -517,7 +550,7 @@ class CompilationManager:
                 f.write(result.data)
             os.replace(tmp, path)
         except OSError as e:
-            logger.warning("could not write the compile cache file %s: %s", path, e)
+            self._log.warning("could not write the compile cache file %s: %s", path, e)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
@@ -530,7 +563,7 @@ class CompilationManager:
         except FileNotFoundError:
             return None
         except OSError as e:
-            logger.warning("could not read the compile cache file %s: %s", path, e)
+            self._log.warning("could not read the compile cache file %s: %s", path, e)
             return None
         head = len(_DISK_MAGIC)
         data = raw[head + 32 :]
@@ -547,7 +580,7 @@ class CompilationManager:
             except SerializationError as e:
                 problem = str(e)
         if problem is not None:
-            logger.warning("discarding compile cache file %s (%s); recompiling", path, problem)
+            self._log.warning("discarding compile cache file %s (%s); recompiling", path, problem)
             with contextlib.suppress(OSError):
                 path.unlink()
             return None

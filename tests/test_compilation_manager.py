@@ -11,9 +11,10 @@ import time
 import pytest
 
 from dotvllm_plugin import CompiledGrammar, GrammarCompiler, GrammarMatcher
-from dotvllm_plugin.compilation_manager import _TEST_CRASH, _TEST_SLEEP, CompilationManager, compile_key
+from dotvllm_plugin.compilation_manager import _TEST_ALLOCATE, _TEST_CRASH, _TEST_SLEEP, CompilationManager, compile_key
 from dotvllm_plugin.errors import (
     CompilationError,
+    CompilationTooLargeError,
     CompilationTimeoutError,
     RegexSyntaxError,
     UnsupportedFeatureError,
@@ -170,6 +171,13 @@ def test_crashed_worker_is_replaced(manager):
         manager.compile(_TEST_CRASH)
     assert manager.compile("regex", "after-crash-[0-9]").grammar is not None
     assert manager.stats["worker_restarts"] >= 1
+
+
+def test_memory_budget_turns_an_explosion_into_an_error(vocab):
+    with CompilationManager(vocab, max_workers=1, memory_limit_mb=1024, _allow_test_kinds=True) as m:
+        with pytest.raises(CompilationTooLargeError, match="memory budget"):
+            m.compile(_TEST_ALLOCATE, 4096)
+        assert m.compile(_TEST_ALLOCATE, 16).grammar is not None
 
 
 def test_timeout_does_not_cancel_other_waiters(vocab):

@@ -1,0 +1,223 @@
+"""The patches that put our engine under vLLM's V0 guided decoding. Imports vLLM.
+
+Each patch names the attribute it replaces, keeps the original as ``__wrapped__`` and is applied
+at most once per process. Where vLLM binds a function by name at import time, the patch replaces
+the name in the module that *calls* it (the calling function looks its globals up at call time).
+
+=======================================================================  ===========================
+replaced                                                                 why
+=======================================================================  ===========================
+``vllm.sampling_params.GuidedDecodingParams.__post_init__``              route (``backend`` None →
+                                                                         ``"dotvllm"``) and check the
+                                                                         spec early: a real HTTP 400,
+                                                                         streaming too
+``vllm.engine.async_llm_engine.get_guided_decoding_logits_processor``    async path: the MQ client
+                                                                         (API-server process) and
+                                                                         ``_AsyncLLMEngine.add_request_async``
+``vllm.engine.llm_engine.get_local_guided_decoding_logits_processor``    sync path: ``LLMEngine``
+                                                                         (offline ``vllm.LLM``)
+``vllm.engine.async_llm_engine.AsyncLLMEngine.add_request``              in-process frontend: compile
+                                                                         in the caller's task, not in
+                                                                         the engine loop
+``OpenAIServingCompletion.create_completion`` /                          compile before a streaming
+``OpenAIServingChat.create_chat_completion``                             response starts, so compile
+                                                                         errors are HTTP 400 too
+``CompletionRequest.to_sampling_params``                                 ``response_format``
+                                                                         ``json_schema`` on
+                                                                         ``/v1/completions``
+=======================================================================  ===========================
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import functools
+import inspect
+import logging
+import sys
+
+from .constraints import BACKEND, is_ours, validate
+
+logger = logging.getLogger("vllm.dotvllm_plugin")
+
+# GuidedDecodingParams built while an OpenAI handler runs, so that the handler wrapper can compile
+# them before a streaming response starts.
+_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar("dotvllm_pending", default=None)
+
+
+def _mark(wrapper, original):
+    wrapper.__wrapped__ = original
+    wrapper._dotvllm = True
+    return wrapper
+
+
+def _patched(obj, name) -> bool:
+    return getattr(getattr(obj, name, None), "_dotvllm", False)
+
+
+def _patch(obj, name, make, done: list, label: str) -> None:
+    if _patched(obj, name):
+        return
+    original = getattr(obj, name)
+    setattr(obj, name, _mark(make(original), original))
+    done.append(label)
+
+
+# -- guided params: routing and early validation ---------------------------------------------------
+
+def _post_init(original):
+    def __post_init__(self):
+        original(self)
+        if not is_ours(self):
+            return
+        if self.backend is None:
+            self.backend = BACKEND
+        validate(self)
+        pending = _pending.get()
+        if pending is not None:
+            pending.append(self)
+
+    return __post_init__
+
+
+# -- logits processor construction ---------------------------------------------------------------
+
+def _bind(original, args, kwargs):
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    return bound.arguments
+
+
+def _async_getter(original):
+    async def get_guided_decoding_logits_processor(*args, **kwargs):
+        a = _bind(original, args, kwargs)
+        params = a["guided_params"]
+        if not is_ours(params):
+            return await original(*args, **kwargs)
+        _refuse_reasoning(a.get("reasoning_backend"))
+        from .runtime import build_processor_async
+
+        return await build_processor_async(params, a["tokenizer"])
+
+    return get_guided_decoding_logits_processor
+
+
+def _sync_getter(original):
+    def get_local_guided_decoding_logits_processor(*args, **kwargs):
+        a = _bind(original, args, kwargs)
+        params = a["guided_params"]
+        if not is_ours(params):
+            return original(*args, **kwargs)
+        _refuse_reasoning(a.get("reasoning_backend"))
+        from .runtime import build_processor
+
+        return build_processor(params, a["tokenizer"])
+
+    return get_local_guided_decoding_logits_processor
+
+
+def _refuse_reasoning(reasoning_backend) -> None:
+    if reasoning_backend:
+        from .constraints import GuidedRequestError
+
+        raise GuidedRequestError(
+            f"the dotvllm backend does not support reasoning parsers yet (server runs with "
+            f"--reasoning-parser {reasoning_backend}); pass guided_decoding_backend=\"xgrammar\""
+        )
+
+
+def _with_processor(params, processor):
+    params = copy.copy(params)
+    params.logits_processors = list(params.logits_processors or []) + [processor]
+    params.guided_decoding = None
+    return params
+
+
+def _add_request(original):
+    async def add_request(self, request_id, prompt, params, *args, **kwargs):
+        gd = getattr(params, "guided_decoding", None)
+        if gd is not None and is_ours(gd):
+            from .runtime import build_processor_async
+
+            tokenizer = await self.get_tokenizer(kwargs.get("lora_request"))
+            params = _with_processor(params, await build_processor_async(gd, tokenizer))
+        return await original(self, request_id, prompt, params, *args, **kwargs)
+
+    return add_request
+
+
+# -- OpenAI handlers -------------------------------------------------------------------------------
+
+def _handler(original):
+    @functools.wraps(original)
+    async def handler(self, request, *args, **kwargs):
+        pending: list = []
+        token = _pending.set(pending)
+        try:
+            response = await original(self, request, *args, **kwargs)
+        finally:
+            _pending.reset(token)
+        if not pending or not inspect.isasyncgen(response):
+            # Non-streaming responses already compiled (and reported errors) while generating.
+            return response
+        try:
+            from .runtime import precompile
+
+            await precompile(pending, await self.engine_client.get_tokenizer())
+        except ValueError as e:
+            await response.aclose()
+            return self.create_error_response(str(e))
+        return response
+
+    return handler
+
+
+def _completion_to_sampling_params(original):
+    def to_sampling_params(self, *args, **kwargs):
+        rf = getattr(self, "response_format", None)
+        if (rf is not None and getattr(rf, "type", None) == "json_schema" and self.guided_json is None
+                and getattr(rf, "json_schema", None) is not None):
+            self.guided_json = rf.json_schema.json_schema
+        return original(self, *args, **kwargs)
+
+    return to_sampling_params
+
+
+# -- apply -------------------------------------------------------------------------------------------
+
+def apply() -> list[str]:
+    """Apply every patch this process needs; return the names of those applied now."""
+    done: list[str] = []
+    from vllm.sampling_params import GuidedDecodingParams
+
+    _patch(GuidedDecodingParams, "__post_init__", _post_init, done,
+           "vllm.sampling_params.GuidedDecodingParams.__post_init__")
+
+    import vllm.engine.llm_engine as llm_engine
+
+    _patch(llm_engine, "get_local_guided_decoding_logits_processor", _sync_getter, done,
+           "vllm.engine.llm_engine.get_local_guided_decoding_logits_processor")
+
+    import vllm.engine.async_llm_engine as async_llm_engine
+
+    _patch(async_llm_engine, "get_guided_decoding_logits_processor", _async_getter, done,
+           "vllm.engine.async_llm_engine.get_guided_decoding_logits_processor")
+    _patch(async_llm_engine.AsyncLLMEngine, "add_request", _add_request, done,
+           "vllm.engine.async_llm_engine.AsyncLLMEngine.add_request")
+
+    # The OpenAI layer exists only in the API-server process; never import it elsewhere.
+    if "vllm.entrypoints.openai.api_server" in sys.modules:
+        from vllm.entrypoints.openai.protocol import CompletionRequest
+        from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
+        from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+
+        _patch(OpenAIServingCompletion, "create_completion", _handler, done,
+               "vllm.entrypoints.openai.serving_completion.OpenAIServingCompletion.create_completion")
+        _patch(OpenAIServingChat, "create_chat_completion", _handler, done,
+               "vllm.entrypoints.openai.serving_chat.OpenAIServingChat.create_chat_completion")
+        _patch(CompletionRequest, "to_sampling_params", _completion_to_sampling_params, done,
+               "vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params")
+        from . import metrics
+
+        done.extend(metrics.install())
+    return done

@@ -1,0 +1,240 @@
+"""The V0 logits processor: masks one sequence's logits row with a compiled constraint.
+
+vLLM V0 calls ``processor(output_token_ids, logits_row)`` for every sequence of a request on the
+driver worker, and ``clone()``s the processor once per request. One object therefore serves all
+``n`` sequences, possibly after preemption and recomputation, so the matcher state is keyed by the
+generated-token prefix rather than by call order.
+
+Shipping: with vLLM's multiprocessing frontend the processor is cloudpickled in the API-server
+process and unpickled in the engine process for every request. It travels as the compiled
+grammar's versioned bytes (:meth:`CompiledGrammar.to_bytes`) plus its cache key and the vocabulary
+(once per process, looked up by fingerprint); the receiving process rebuilds each grammar once
+(per-process LRU keyed by the cache key), so repeated constraints cost a dictionary lookup.
+
+Never raises: a token the constraint does not allow (a bug) or any internal error is logged with
+the constraint and that sequence is forced to end (only EOS allowed). Unpickling never raises
+either, because an exception there would take vLLM's engine process down.
+
+This module does not import vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ..compiler import CompiledGrammar
+from ..matcher import GrammarMatcher
+
+__all__ = ["DotvllmLogitsProcessor"]
+
+logger = logging.getLogger("dotvllm_plugin.vllm_v0")
+
+_MAX_STATES_PER_REQUEST = 512
+_MAX_GRAMMARS_PER_PROCESS = 512
+
+_process_lock = threading.Lock()
+_grammars: OrderedDict[str, CompiledGrammar] = OrderedDict()
+_vocabularies: dict[str, object] = {}  # fingerprint -> Vocabulary
+_vocabulary_blobs: dict[str, bytes] = {}  # fingerprint -> pickle of the Vocabulary
+
+
+def register_vocabulary(vocabulary) -> None:
+    """Make ``vocabulary`` known to this process, so received processors need not rebuild it."""
+    with _process_lock:
+        _vocabularies.setdefault(vocabulary.fingerprint, vocabulary)
+
+
+def _vocabulary_blob(vocabulary) -> bytes:
+    fp = vocabulary.fingerprint
+    blob = _vocabulary_blobs.get(fp)
+    if blob is None:
+        blob = pickle.dumps(vocabulary, protocol=pickle.HIGHEST_PROTOCOL)
+        with _process_lock:
+            _vocabulary_blobs[fp] = blob
+    return blob
+
+
+def _grammar_for(key: str, data: bytes, fingerprint: str, vocabulary_blob: bytes | None) -> CompiledGrammar:
+    with _process_lock:
+        g = _grammars.get(key)
+        if g is not None:
+            _grammars.move_to_end(key)
+            return g
+        vocab = _vocabularies.get(fingerprint)
+    if vocab is None:
+        if vocabulary_blob is None:
+            raise RuntimeError(f"vocabulary {fingerprint[:12]} is unknown in this process")
+        vocab = pickle.loads(vocabulary_blob)  # sent by our own API-server process, never from disk
+        if vocab.fingerprint != fingerprint:
+            raise RuntimeError(f"received vocabulary {vocab.fingerprint[:12]}, expected {fingerprint[:12]}")
+        register_vocabulary(vocab)
+    g = CompiledGrammar.from_bytes(data, vocab)
+    with _process_lock:
+        _grammars[key] = g
+        while len(_grammars) > _MAX_GRAMMARS_PER_PROCESS:
+            _grammars.popitem(last=False)
+    return g
+
+
+def _rebuild(key, data, fingerprint, vocabulary_blob, description):
+    """Unpickle hook. Never raises (vLLM's engine process dies on an unpickling error)."""
+    try:
+        grammar = _grammar_for(key, data, fingerprint, vocabulary_blob)
+    except Exception as e:  # noqa: BLE001
+        logger.error("dotvllm: could not load the compiled constraint %s (%s: %s); its sequences will end at once",
+                     description, type(e).__name__, e)
+        grammar = None
+    return DotvllmLogitsProcessor(grammar, key=key, data=data, description=description)
+
+
+class _SequenceState:
+    __slots__ = ("matcher", "dead")
+
+    def __init__(self, matcher: GrammarMatcher | None, dead: bool = False):
+        self.matcher = matcher
+        self.dead = dead
+
+
+class DotvllmLogitsProcessor:
+    """Constrains a request's sequences to a :class:`CompiledGrammar`.
+
+    Parameters
+    ----------
+    grammar : CompiledGrammar or None
+        ``None`` marks a processor whose grammar failed to load: every sequence ends at once.
+    key : str
+        The compilation cache key of ``grammar``.
+    data : bytes, optional
+        ``grammar.to_bytes()``; computed when needed for pickling.
+    description : str
+        Short description of the constraint for log messages.
+    """
+
+    def __init__(self, grammar: CompiledGrammar | None, *, key: str, data: bytes | None = None,
+                 description: str = ""):
+        self.grammar = grammar
+        self.key = key
+        self._data = data
+        self.description = description
+        vocab = grammar.vocabulary if grammar is not None else None
+        self._vocab_size = vocab.size if vocab is not None else 0
+        self._eos = tuple(vocab.eos_token_ids) if vocab is not None else ()
+        self._lock = threading.Lock()
+        self._states: OrderedDict[tuple[int, int], _SequenceState] = OrderedDict()
+        # Filled by the matcher as numpy; the torch tensor shares its memory.
+        self._words_np = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
+        self._words = torch.from_numpy(self._words_np)
+        self._shifts: dict[torch.device, torch.Tensor] = {}
+        self._reported = False
+
+    # -- vLLM protocol ------------------------------------------------------------------------------
+
+    def __call__(self, output_token_ids, logits: torch.Tensor) -> torch.Tensor:
+        try:
+            with self._lock:
+                state = self._state_for(output_token_ids)
+                if state.dead:
+                    return self._force_eos(logits)
+                state.matcher.fill_next_token_bitmask(self._words_np, 0)
+                return self._apply(self._words[0], logits)
+        except Exception:  # noqa: BLE001 - the per-token path never raises
+            if not self._reported:
+                self._reported = True
+                logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
+            try:
+                return self._force_eos(logits)
+            except Exception:  # noqa: BLE001
+                return logits
+
+    def clone(self) -> DotvllmLogitsProcessor:
+        """A processor for a new request: same grammar, no sequence state."""
+        return DotvllmLogitsProcessor(self.grammar, key=self.key, data=self._data, description=self.description)
+
+    def __reduce__(self):
+        if self.grammar is None:
+            return (_rebuild, (self.key, b"", "", None, self.description))
+        if self._data is None:
+            self._data = self.grammar.to_bytes()
+        vocab = self.grammar.vocabulary
+        return (_rebuild, (self.key, self._data, vocab.fingerprint, _vocabulary_blob(vocab), self.description))
+
+    def __repr__(self) -> str:
+        return f"DotvllmLogitsProcessor({self.description}, key={self.key[:12]})"
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    def _state_for(self, output_token_ids) -> _SequenceState:
+        ids = tuple(output_token_ids)
+        key = (len(ids), hash(ids))
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+            return state
+        if self.grammar is None:
+            state = _SequenceState(None, dead=True)
+        elif not ids:
+            state = _SequenceState(GrammarMatcher(self.grammar))
+        else:
+            prev = self._states.get((len(ids) - 1, hash(ids[:-1])))
+            state = self._advance(prev, ids) if prev is not None else self._replay(ids)
+        self._states[key] = state
+        while len(self._states) > _MAX_STATES_PER_REQUEST:
+            self._states.popitem(last=False)
+        return state
+
+    def _advance(self, prev: _SequenceState, ids: tuple) -> _SequenceState:
+        if prev.dead:
+            return prev
+        m = prev.matcher.copy()
+        if m.accept_token(ids[-1]):
+            return _SequenceState(m)
+        self._report_rejected(ids, len(ids) - 1)
+        return _SequenceState(None, dead=True)
+
+    def _replay(self, ids: tuple) -> _SequenceState:
+        # First sight of this prefix (evicted state, or recomputation after preemption).
+        m = GrammarMatcher(self.grammar)
+        for i, t in enumerate(ids):
+            if not m.accept_token(t):
+                self._report_rejected(ids, i)
+                return _SequenceState(None, dead=True)
+        return _SequenceState(m)
+
+    def _report_rejected(self, ids: tuple, position: int) -> None:
+        logger.error(
+            "dotvllm: token %d at output position %d is not allowed by %s (key %s); ending this sequence. "
+            "This is a bug: please report it with the constraint.",
+            ids[position], position, self.description, self.key[:12],
+        )
+
+    # -- masking --------------------------------------------------------------------------------------
+
+    def _apply(self, words: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        device = logits.device
+        shifts = self._shifts.get(device)
+        if shifts is None:
+            shifts = self._shifts[device] = torch.arange(32, dtype=torch.int32, device=device)
+        words = words.to(device, non_blocking=True)
+        allowed = ((words.unsqueeze(1) >> shifts) & 1).to(torch.bool).reshape(-1)
+        width = logits.shape[-1]
+        n = min(width, self._vocab_size)
+        logits[:n].masked_fill_(~allowed[:n], float("-inf"))
+        if width > n:
+            # Ids past the tokenizer's vocabulary (padded embedding rows) are never text.
+            logits[n:] = float("-inf")
+        return logits
+
+    def _force_eos(self, logits: torch.Tensor) -> torch.Tensor:
+        keep = [e for e in self._eos if e < logits.shape[-1]]
+        saved = logits[keep].clone()
+        logits.fill_(float("-inf"))
+        if keep:
+            # An EOS whose logit another processor already set to -inf must still be choosable.
+            logits[keep] = torch.where(torch.isinf(saved), torch.zeros_like(saved), saved)
+        return logits
