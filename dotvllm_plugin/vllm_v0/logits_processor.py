@@ -82,7 +82,7 @@ def _grammar_for(key: str, data: bytes, fingerprint: str, vocabulary_blob: bytes
     return g
 
 
-def _rebuild(key, data, fingerprint, vocabulary_blob, description):
+def _rebuild(key, data, fingerprint, vocabulary_blob, description, eos_token_ids=()):
     """Unpickle hook. Never raises (vLLM's engine process dies on an unpickling error)."""
     try:
         grammar = _grammar_for(key, data, fingerprint, vocabulary_blob)
@@ -90,7 +90,7 @@ def _rebuild(key, data, fingerprint, vocabulary_blob, description):
         logger.error("dotvllm: could not load the compiled constraint %s (%s: %s); its sequences will end at once",
                      description, type(e).__name__, e)
         grammar = None
-    return DotvllmLogitsProcessor(grammar, key=key, data=data, description=description)
+    return DotvllmLogitsProcessor(grammar, key=key, data=data, description=description, eos_token_ids=eos_token_ids)
 
 
 class _SequenceState:
@@ -114,17 +114,19 @@ class DotvllmLogitsProcessor:
         ``grammar.to_bytes()``; computed when needed for pickling.
     description : str
         Short description of the constraint for log messages.
+    eos_token_ids : tuple of int
+        End tokens when ``grammar`` is ``None`` (otherwise the grammar's vocabulary's).
     """
 
     def __init__(self, grammar: CompiledGrammar | None, *, key: str, data: bytes | None = None,
-                 description: str = ""):
+                 description: str = "", eos_token_ids=()):
         self.grammar = grammar
         self.key = key
         self._data = data
         self.description = description
         vocab = grammar.vocabulary if grammar is not None else None
         self._vocab_size = vocab.size if vocab is not None else 0
-        self._eos = tuple(vocab.eos_token_ids) if vocab is not None else ()
+        self._eos = tuple(vocab.eos_token_ids) if vocab is not None else tuple(eos_token_ids)
         self._lock = threading.Lock()
         self._states: OrderedDict[tuple[int, int], _SequenceState] = OrderedDict()
         # Filled by the matcher as numpy; the torch tensor shares its memory.
@@ -154,15 +156,17 @@ class DotvllmLogitsProcessor:
 
     def clone(self) -> DotvllmLogitsProcessor:
         """A processor for a new request: same grammar, no sequence state."""
-        return DotvllmLogitsProcessor(self.grammar, key=self.key, data=self._data, description=self.description)
+        return DotvllmLogitsProcessor(self.grammar, key=self.key, data=self._data, description=self.description,
+                                      eos_token_ids=self._eos)
 
     def __reduce__(self):
         if self.grammar is None:
-            return (_rebuild, (self.key, b"", "", None, self.description))
+            return (_rebuild, (self.key, b"", "", None, self.description, self._eos))
         if self._data is None:
             self._data = self.grammar.to_bytes()
         vocab = self.grammar.vocabulary
-        return (_rebuild, (self.key, self._data, vocab.fingerprint, _vocabulary_blob(vocab), self.description))
+        return (_rebuild, (self.key, self._data, vocab.fingerprint, _vocabulary_blob(vocab), self.description,
+                           self._eos))
 
     def __repr__(self) -> str:
         return f"DotvllmLogitsProcessor({self.description}, key={self.key[:12]})"
@@ -232,9 +236,10 @@ class DotvllmLogitsProcessor:
 
     def _force_eos(self, logits: torch.Tensor) -> torch.Tensor:
         keep = [e for e in self._eos if e < logits.shape[-1]]
+        if not keep:
+            return logits  # no known end token: masking everything would break sampling
         saved = logits[keep].clone()
         logits.fill_(float("-inf"))
-        if keep:
-            # An EOS whose logit another processor already set to -inf must still be choosable.
-            logits[keep] = torch.where(torch.isinf(saved), torch.zeros_like(saved), saved)
+        # An EOS whose logit another processor already set to -inf must still be choosable.
+        logits[keep] = torch.where(torch.isinf(saved), torch.zeros_like(saved), saved)
         return logits

@@ -1,0 +1,194 @@
+"""The plugin on real ``vllm serve`` servers, both frontends: every guided parameter, bad specs,
+a burst of concurrent requests, routing to vLLM's own backends, metrics.
+
+One server per frontend for the whole module (started with ``DOTVLLM_COMPILE_TIMEOUT_S=5``, so
+that a runaway compile is stopped quickly). The model has random weights: whatever it "wants",
+every output must satisfy its constraint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import jsonschema
+import pytest
+import requests
+
+from ._client import body_for, metric_values, post
+from .conftest import start_server
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+REGEX = r"[a-z]{3,8}@(foo|bar)\.(com|org)"
+CHOICES = ["red", "green", "blue"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": CHOICES},
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["ok", "color", "n", "tags"],
+    "additionalProperties": False,
+}
+WHITESPACE = "[ ]?"
+# Valid, but its DFA has 2**16 states: far beyond the 5 s compile budget of these servers.
+RUNAWAY_REGEX = "(a|b)*a(a|b){16}"
+
+
+@pytest.fixture(scope="module", params=["mp", "inprocess"])
+def server(request, demo_model_dir):
+    srv = start_server(frontend=request.param, model_dir=demo_model_dir,
+                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "5"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _check_regex(pattern):
+    return lambda text: re.fullmatch(pattern, text) is not None
+
+
+def _check_choice(text):
+    return text in CHOICES
+
+
+def _check_schema(text, whitespace=None):
+    value = json.loads(text)
+    jsonschema.validate(value, SCHEMA)
+    if whitespace is None:
+        return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # Outside strings, only what the whitespace pattern "[ ]?" allows: single spaces.
+    outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    return re.fullmatch(r"[^\s]*(?: [^\s]+)*", outside) is not None
+
+
+def _check_json_object(text):
+    return isinstance(json.loads(text), dict)
+
+
+GUIDED = [
+    pytest.param({"guided_regex": REGEX}, _check_regex(REGEX), id="guided_regex"),
+    pytest.param({"guided_choice": CHOICES}, _check_choice, id="guided_choice"),
+    pytest.param({"guided_json": SCHEMA}, _check_schema, id="guided_json"),
+    pytest.param({"guided_json": json.dumps(SCHEMA)}, _check_schema, id="guided_json_string"),
+    pytest.param({"response_format": {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}},
+                 _check_schema, id="response_format_json_schema"),
+    pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": WHITESPACE},
+                 lambda t: _check_schema(t, WHITESPACE), id="guided_whitespace_pattern"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+@pytest.mark.parametrize(("params", "check"), GUIDED)
+def test_guided_outputs_satisfy_their_constraint(server, endpoint, stream, params, check):
+    body = body_for(endpoint, "Answer:", n=3, max_tokens=160, temperature=1.0, stream=stream, **params)
+    reply = post(server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    assert not reply.error, reply.error
+    assert sorted(reply.texts) == [0, 1, 2]
+    for i, text in reply.texts.items():
+        assert reply.finish[i] == "stop", (i, text, reply.finish[i])
+        assert check(text), (i, text)
+
+
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_response_format_json_object(server, endpoint):
+    body = body_for(endpoint, "JSON:", n=3, max_tokens=200, temperature=1.0,
+                    response_format={"type": "json_object"})
+    reply = post(server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    for i, text in reply.texts.items():
+        if reply.finish[i] == "stop":
+            assert _check_json_object(text), (i, text)
+        else:  # a random model may run out of tokens inside the object: the prefix must still fit
+            assert reply.finish[i] == "length" and text.startswith("{"), (i, text)
+
+
+BAD = [
+    pytest.param({"guided_regex": "(abc"}, "guided_regex: invalid regex.*position", id="broken-regex"),
+    pytest.param({"guided_regex": "a(?=b)c"}, "lookahead", id="lookahead"),
+    pytest.param({"guided_json": {"type": "object", "if": {"required": ["a"]}}}, "'if' at /if", id="schema-if"),
+    pytest.param({"guided_json": {"type": "array", "uniqueItems": True}}, "uniqueItems", id="schema-uniqueItems"),
+    pytest.param({"guided_json": '{"type": "object",'}, "not valid JSON", id="bad-json"),
+    pytest.param({"guided_grammar": 'start: "a" | "b"'}, "Lark grammars are not supported yet", id="lark"),
+    pytest.param({"guided_choice": []}, "at least one choice", id="empty-choice"),
+    pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": "\\s*"}, "whitespace_pattern",
+                 id="unbounded-whitespace"),
+    pytest.param({"guided_regex": RUNAWAY_REGEX}, "took longer than 5 s and was stopped", id="compile-timeout"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(("params", "message"), BAD)
+def test_bad_spec_is_a_400_and_the_server_keeps_serving(server, params, message, stream):
+    endpoint = CHAT if stream else COMPLETIONS
+    body = body_for(endpoint, "x", max_tokens=8, stream=stream, **params)
+    reply = post(server.base_url, endpoint, body)
+    assert reply.status == 400, (reply.status, reply.raw[:500])
+    assert re.search(message, reply.error), reply.error
+    assert requests.get(server.base_url + "/health", timeout=30).status_code == 200
+    ok = post(server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=8, guided_choice=["yes", "no"]))
+    assert ok.status == 200 and ok.texts[0] in ("yes", "no"), ok
+
+
+def test_burst_of_mixed_requests(server):
+    """120 concurrent requests: unconstrained, one repeated spec, and 40 distinct specs."""
+    jobs = []
+    for i in range(120):
+        endpoint = CHAT if i % 2 else COMPLETIONS
+        stream = i % 3 == 0
+        if i % 3 == 0:
+            params, check = {}, None
+        elif i % 3 == 1:
+            params, check = {"guided_regex": REGEX}, _check_regex(REGEX)
+        else:
+            pattern = f"item{i}-[a-z]{{2,4}}"
+            params, check = {"guided_regex": pattern}, _check_regex(pattern)
+        jobs.append((endpoint, body_for(endpoint, f"request {i}", max_tokens=24, temperature=1.0,
+                                        stream=stream, **params), check))
+
+    def run(job):
+        endpoint, body, check = job
+        with requests.Session() as s:
+            return post(server.base_url, endpoint, body, session=s), check
+
+    with ThreadPoolExecutor(max_workers=120) as pool:
+        results = list(pool.map(run, jobs))
+    for (reply, check), (_, body, _) in zip(results, jobs):
+        assert reply.status == 200 and not reply.error, (body, reply.error)
+        if check is not None:
+            assert reply.finish[0] == "stop" and check(reply.texts[0]), (body, reply.texts)
+
+
+def test_named_builtin_backend_keeps_vllm_behaviour(server):
+    before = sum(metric_values(server.base_url, "dotvllm_compile_total").values())
+    body = body_for(COMPLETIONS, "x", max_tokens=40, temperature=1.0, guided_regex=REGEX,
+                    guided_decoding_backend="xgrammar")
+    reply = post(server.base_url, COMPLETIONS, body)
+    assert reply.status == 200, reply.error
+    assert re.fullmatch(REGEX, reply.texts[0]), reply.texts
+    after = sum(metric_values(server.base_url, "dotvllm_compile_total").values())
+    assert after == before
+    # The same request without the backend name is ours.
+    mine = post(server.base_url, COMPLETIONS, {k: v for k, v in body.items() if k != "guided_decoding_backend"})
+    assert mine.status == 200 and re.fullmatch(REGEX, mine.texts[0])
+    assert sum(metric_values(server.base_url, "dotvllm_compile_total").values()) > after
+
+
+def test_metrics_count_compiles(server):
+    pattern = "metrics-[0-9]{2}"
+    for _ in range(2):
+        reply = post(server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=16, guided_regex=pattern))
+        assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0])
+    counts = metric_values(server.base_url, "dotvllm_compile_total")
+    assert counts[(("kind", "regex"), ("outcome", "miss"))] >= 1
+    assert counts[(("kind", "regex"), ("outcome", "hit"))] >= 1
+    buckets = metric_values(server.base_url, "dotvllm_compile_seconds_bucket")
+    assert any(dict(k).get("kind") == "regex" and v >= 1 for k, v in buckets.items())
