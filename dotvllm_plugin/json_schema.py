@@ -1,0 +1,1375 @@
+"""JSON Schema → regex, sound first.
+
+Every string the produced regex matches is a JSON document (as read by Python's ``json``) that
+validates against the schema (Draft 2020-12, with earlier drafts' spellings: ``definitions``,
+``dependencies``-free schemas, array-form ``items`` + ``additionalItems``, boolean
+``exclusiveMinimum``/``exclusiveMaximum``). What cannot be enforced exactly is either restricted
+soundly (the regex accepts a documented subset of the valid documents) or refused with
+:class:`~dotvllm_plugin.errors.UnsupportedFeatureError` naming the keyword and its JSON pointer.
+See ``docs/json_schema.md`` for the keyword table.
+
+Serialization we expect (and the model is steered to): compact JSON (no whitespace unless a
+``whitespace_pattern`` is given), object properties in the schema's declared order (declared
+``properties`` first, then required names not in ``properties``, then additional/pattern
+properties), strings as ``json.dumps(..., ensure_ascii=False)`` writes them (unconstrained strings
+also accept every other JSON escape).
+
+Supported: ``type`` (also lists), ``enum``, ``const``, ``properties``, ``required``,
+``additionalProperties``, ``patternProperties``, ``propertyNames``, ``minProperties``/
+``maxProperties`` (when countable), ``items``/``prefixItems``/``additionalItems``,
+``minItems``/``maxItems``, ``contains`` (no prefix items), ``anyOf``, ``oneOf`` (provably
+disjoint branches), ``allOf`` (merged), ``not`` (type / required / const / enum / {} cases),
+``$ref`` (local, recursion bounded by ``max_recursion_depth``), ``$defs``/``definitions``,
+``minLength``/``maxLength``, ``pattern``, ``format`` (date, time, date-time, duration, email,
+hostname, ipv4, ipv6, uri, uuid), ``minimum``/``maximum``/``exclusiveMinimum``/
+``exclusiveMaximum``, integer ``multipleOf``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from fractions import Fraction
+from typing import Any
+
+from . import _json_text as T
+from ._json_formats import FORMATS, UNSUPPORTED_FORMATS
+from ._json_numbers import NUMBER, integer_range, number_range
+from .errors import CompilationTooLargeError, JSONSchemaError, UnsupportedFeatureError
+
+__all__ = [
+    "DEFAULT_WHITESPACE",
+    "FLEXIBLE_WHITESPACE",
+    "MAX_REGEX_CHARS",
+    "json_object_regex",
+    "json_schema_to_regex",
+    "json_value_regex",
+]
+
+#: Default whitespace between JSON tokens: none (compact JSON, no room for whitespace loops).
+DEFAULT_WHITESPACE = ""
+#: A bounded, flexible alternative: up to one newline and a few spaces of indentation.
+FLEXIBLE_WHITESPACE = "[ ]?|\\n[ ]{0,16}"
+#: Size budget of the produced regex (characters); beyond it: CompilationTooLargeError.
+MAX_REGEX_CHARS = 400_000
+#: Budget of sub-schema expansions (recursion and reuse of $defs multiply them).
+MAX_WORK = 20_000
+#: Nesting depth of free-form JSON values (``{}``/``true`` schemas, unconstrained items).
+ANY_VALUE_DEPTH = 3
+
+_ANNOTATIONS = frozenset({
+    "title", "description", "examples", "example", "$comment", "default", "deprecated",
+    "readOnly", "writeOnly", "$schema", "$id", "id", "$vocabulary", "$anchor", "$dynamicAnchor",
+    "$recursiveAnchor", "contentMediaType", "contentEncoding", "contentSchema", "$defs",
+    "definitions",
+})
+#: Every validation or applicator keyword of drafts 3 … 2020-12. Anything else is an unknown
+#: keyword, which the specification (and every validator) treats as an annotation.
+_KNOWN = frozenset({
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "items", "prefixItems",
+    "additionalItems", "contains", "minContains", "maxContains", "maxItems", "minItems",
+    "uniqueItems", "properties", "patternProperties", "additionalProperties", "required",
+    "minProperties", "maxProperties", "dependencies", "dependentRequired", "dependentSchemas",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf", "oneOf",
+    "not", "if", "then", "else", "$ref", "$dynamicRef", "$recursiveRef", "format", "disallow",
+    "extends", "divisibleBy",
+})
+_REFUSED = frozenset({
+    "dependencies", "dependentSchemas", "unevaluatedItems", "unevaluatedProperties",
+    "$dynamicRef", "$recursiveRef", "disallow", "extends", "divisibleBy", "if",
+})
+_TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
+_ORDER = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+_OBJECT_KW = ("properties", "required", "additionalProperties", "patternProperties",
+              "propertyNames", "minProperties", "maxProperties", "dependentRequired")
+_ARRAY_KW = ("items", "prefixItems", "additionalItems", "contains", "minContains", "maxContains",
+             "minItems", "maxItems", "uniqueItems")
+_STRING_KW = ("minLength", "maxLength", "pattern", "format")
+_NUMBER_KW = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def json_schema_to_regex(
+    schema: dict | str | bool,
+    *,
+    whitespace_pattern: str | None = None,
+    max_recursion_depth: int = 3,
+    max_regex_chars: int = MAX_REGEX_CHARS,
+    allow_undeclared_properties: bool = False,
+) -> str:
+    """Regex matching JSON documents that validate against ``schema``.
+
+    Parameters
+    ----------
+    schema : dict, bool or str
+        The schema, or its JSON text.
+    whitespace_pattern : str, optional
+        Regex for the whitespace allowed between JSON tokens (vLLM's
+        ``guided_whitespace_pattern``). It must match only JSON whitespace and be bounded.
+        Default: :data:`DEFAULT_WHITESPACE` (none).
+    max_recursion_depth : int
+        How many times one ``$ref`` may be expanded inside itself; deeper instances of a
+        recursive structure are not generated (a sound restriction).
+    max_regex_chars : int
+        Size budget of the result.
+    allow_undeclared_properties : bool
+        When an object schema declares ``properties`` but says nothing about
+        ``additionalProperties`` (which then defaults to ``true``), whether to generate
+        undeclared properties too. Default ``False``: only declared properties are generated
+        (a sound restriction that keeps the regex small and the output on-schema).
+
+    Raises
+    ------
+    JSONSchemaError
+        The schema is malformed.
+    UnsupportedFeatureError
+        The schema uses a keyword (``feature``) at ``where`` that is not enforced exactly.
+    CompilationTooLargeError
+        The regex would exceed ``max_regex_chars``.
+    """
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except ValueError as e:
+            raise JSONSchemaError(f"the schema is not valid JSON: {e}") from e
+    if not isinstance(schema, (dict, bool)):
+        raise JSONSchemaError(
+            f"a JSON schema must be an object or a boolean, got {type(schema).__name__}"
+        )
+    ws = _check_whitespace(whitespace_pattern)
+    ctx = _Context(schema, ws, max_recursion_depth, max_regex_chars, allow_undeclared_properties)
+    regex = ctx.compile(schema, "")
+    if regex is None:
+        raise UnsupportedFeatureError(
+            "the schema accepts no JSON value (or none within the recursion depth bound "
+            f"{max_recursion_depth}); nothing can be generated",
+            feature="false",
+            where="",
+        )
+    return ctx.check_size(regex, "")
+
+
+def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 4) -> str:
+    """Any JSON value with arrays/objects nested at most ``max_depth`` levels."""
+    return _any_value(_check_whitespace(whitespace_pattern), max_depth)
+
+
+def json_object_regex(*, whitespace_pattern: str | None = None, max_depth: int = 4) -> str:
+    """Any JSON object, containers nested at most ``max_depth`` levels (the object is level 1)."""
+    ws = _check_whitespace(whitespace_pattern)
+    return _any_object(ws, max_depth)
+
+
+# --------------------------------------------------------------------------------------------
+# whitespace
+# --------------------------------------------------------------------------------------------
+
+_JSON_WS = frozenset(" \t\n\r")
+
+
+def _check_whitespace(pattern: str | None) -> str:
+    if pattern is None or pattern == "":
+        return DEFAULT_WHITESPACE
+    try:
+        import interegular
+
+        fsm = interegular.parse_pattern(pattern).to_fsm()
+    except Exception as e:  # noqa: BLE001 - interegular raises several types
+        raise UnsupportedFeatureError(
+            f"whitespace_pattern {pattern!r} is not a supported regex: {e}",
+            feature="whitespace_pattern",
+            where="whitespace_pattern",
+        ) from e
+    bad, unbounded = _whitespace_fsm_problems(fsm)
+    if bad:
+        raise UnsupportedFeatureError(
+            f"whitespace_pattern {pattern!r} can match {bad!r}, which is not JSON whitespace "
+            "(space, tab, newline, carriage return)",
+            feature="whitespace_pattern",
+            where="whitespace_pattern",
+        )
+    if unbounded:
+        raise UnsupportedFeatureError(
+            f"whitespace_pattern {pattern!r} matches unboundedly long whitespace, which lets a "
+            "model loop forever; bound it, e.g. '[ ]?' or '\\n[ ]{0,8}'",
+            feature="whitespace_pattern",
+            where="whitespace_pattern",
+        )
+    return f"(?:{pattern})"
+
+
+def _whitespace_fsm_problems(fsm) -> tuple[str | None, bool]:
+    from interegular.fsm import anything_else
+
+    live = _live_states(fsm)
+    by_transition: dict[Any, list] = {}
+    for ch, t in fsm.alphabet.items():
+        by_transition.setdefault(t, []).append(ch)
+    edges: dict[Any, list] = {}
+    for s in live:
+        for t, dst in fsm.map.get(s, {}).items():
+            if dst not in live:
+                continue
+            for ch in by_transition.get(t, []):
+                if ch is anything_else or ch not in _JSON_WS:
+                    return ("any other character" if ch is anything_else else ch), False
+            edges.setdefault(s, []).append(dst)
+    # a cycle among live states means unbounded length
+    color: dict[Any, int] = {}
+
+    def cyclic(s) -> bool:
+        color[s] = 1
+        for d in edges.get(s, []):
+            if color.get(d) == 1 or (d not in color and cyclic(d)):
+                return True
+        color[s] = 2
+        return False
+
+    return None, any(s not in color and cyclic(s) for s in list(live))
+
+
+def _live_states(fsm) -> set:
+    reach = {fsm.initial}
+    stack = [fsm.initial]
+    while stack:
+        s = stack.pop()
+        for d in fsm.map.get(s, {}).values():
+            if d not in reach:
+                reach.add(d)
+                stack.append(d)
+    co = set(fsm.finals)
+    changed = True
+    while changed:
+        changed = False
+        for s in reach:
+            if s not in co and any(d in co for d in fsm.map.get(s, {}).values()):
+                co.add(s)
+                changed = True
+    return reach & co
+
+
+# --------------------------------------------------------------------------------------------
+# free-form values
+# --------------------------------------------------------------------------------------------
+
+STRING = '"' + T.ANY_CHAR + '*"'
+
+
+def _scalar() -> str:
+    return f'(?:null|true|false|{NUMBER}|{STRING})'
+
+
+def _any_value(ws: str, depth: int) -> str:
+    if depth <= 0:
+        return _scalar()
+    inner = _any_value(ws, depth - 1)
+    return f"(?:{_scalar()[3:-1]}|{_array_of(ws, inner)}|{_object_of(ws, STRING, inner)})"
+
+
+def _any_object(ws: str, depth: int) -> str:
+    return _object_of(ws, STRING, _any_value(ws, depth - 1))
+
+
+def _array_of(ws: str, item: str) -> str:
+    return f"\\[{ws}(?:{item}(?:{ws},{ws}{item})*{ws})?\\]"
+
+
+def _object_of(ws: str, key: str, value: str) -> str:
+    kv = f"{key}{ws}:{ws}{value}"
+    return f"\\{{{ws}(?:{kv}(?:{ws},{ws}{kv})*{ws})?\\}}"
+
+
+# --------------------------------------------------------------------------------------------
+# the compiler
+# --------------------------------------------------------------------------------------------
+
+
+def _ptr(where: str, *parts) -> str:
+    return where + "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _refuse(keyword: str, where: str, why: str) -> UnsupportedFeatureError:
+    return UnsupportedFeatureError(
+        f"JSON Schema keyword {keyword!r} at {where or '/'} is not supported: {why}",
+        feature=keyword,
+        where=where or "/",
+    )
+
+
+def _bad(where: str, msg: str) -> JSONSchemaError:
+    return JSONSchemaError(f"invalid schema at {where or '/'}: {msg}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _canon(value) -> str:
+    """Key for JSON equality of enum values (1 and 1.0 kept apart: a sound under-approximation)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Context:
+    def __init__(self, root, ws: str, max_depth: int, max_chars: int, undeclared: bool = False):
+        self.undeclared = undeclared
+        self.root = root
+        self.ws = ws
+        self.max_depth = max_depth
+        self.max_chars = max_chars
+        self.ref_stack: list[str] = []
+        self._any = None
+        self.work = 0
+
+    # ---- utilities -----------------------------------------------------------------------
+
+    def check_size(self, regex: str, where: str) -> str:
+        if len(regex) > self.max_chars:
+            raise CompilationTooLargeError(
+                f"the regex for the schema at {where or '/'} exceeds {self.max_chars} characters; "
+                "simplify the schema (fewer optional properties, smaller bounds, less nesting)"
+            )
+        return regex
+
+    def any_value(self) -> str:
+        if self._any is None:
+            self._any = _any_value(self.ws, ANY_VALUE_DEPTH)
+        return self._any
+
+    def resolve(self, ref: Any, where: str):
+        if not isinstance(ref, str):
+            raise _bad(where, f"$ref must be a string, got {ref!r}")
+        if not ref.startswith("#"):
+            raise _refuse("$ref", where, f"only local references ('#/...') are supported, got {ref!r}")
+        frag = ref[1:]
+        if frag and not frag.startswith("/"):
+            raise _refuse("$ref", where, f"anchor references ({ref!r}) are not supported")
+        from urllib.parse import unquote
+
+        node = self.root
+        for raw in frag.split("/")[1:] if frag else []:
+            part = unquote(raw).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise JSONSchemaError(f"$ref {ref!r} at {where or '/'} points to nothing in the schema")
+        if not isinstance(node, (dict, bool)):
+            raise JSONSchemaError(f"$ref {ref!r} at {where or '/'} does not point to a schema")
+        return node
+
+    # ---- normalisation -------------------------------------------------------------------
+
+    def keywords(self, node: dict, where: str) -> dict:
+        """The validation keywords of ``node`` (annotations and unknown keywords dropped)."""
+        out = {}
+        for k, v in node.items():
+            if k in _ANNOTATIONS or k not in _KNOWN:
+                continue
+            if k in ("then", "else") and "if" not in node:
+                continue  # without "if" they have no effect
+            if k in _REFUSED:
+                raise _refuse(k, _ptr(where, k), "it cannot be enforced exactly by a regex")
+            out[k] = v
+        return out
+
+    def expand_ref(self, kw: dict, where: str) -> tuple[dict | bool | None, bool]:
+        """Inline a ``$ref`` into ``kw``; returns (schema, pushed) with ``None`` = depth cut."""
+        ref = kw["$ref"]
+        if self.ref_stack.count(ref) >= self.max_depth:
+            return None, False
+        target = self.resolve(ref, _ptr(where, "$ref"))
+        rest = {k: v for k, v in kw.items() if k != "$ref"}
+        self.ref_stack.append(ref)
+        if not rest:
+            return target, True
+        return {"allOf": [target, rest]}, True
+
+    # ---- entry ---------------------------------------------------------------------------
+
+    def compile(self, node, where: str) -> str | None:
+        if node is True:
+            return self.any_value()
+        if node is False:
+            return None
+        if not isinstance(node, dict):
+            raise _bad(where, f"a schema must be an object or a boolean, got {node!r}")
+        kw = self.keywords(node, where)
+        self.work += 1
+        if self.work > MAX_WORK:
+            raise CompilationTooLargeError(
+                f"the schema expands to more than {MAX_WORK} sub-schemas (at {where or '/'}); "
+                "reduce recursion or reuse"
+            )
+        if not kw:
+            return self.any_value()
+        if "$ref" in kw:
+            target, pushed = self.expand_ref(kw, where)
+            if target is None:
+                return None
+            try:
+                return self.compile(target, where)
+            finally:
+                if pushed:
+                    self.ref_stack.pop()
+        if "allOf" in kw:
+            merged, pushed = self.merge_all(kw, where)
+            try:
+                return self.compile(merged, where)
+            finally:
+                del self.ref_stack[len(self.ref_stack) - pushed :]
+        if "anyOf" in kw or "oneOf" in kw:
+            return self.compile_alternatives(kw, where)
+        if "not" in kw:
+            kw = self.apply_not(kw, where)
+            if kw is None:
+                return None
+        return self.compile_flat(kw, where)
+
+    # ---- allOf ---------------------------------------------------------------------------
+
+    def merge_all(self, kw: dict, where: str) -> tuple[dict | bool, int]:
+        subs = kw["allOf"]
+        if not isinstance(subs, list) or not subs:
+            raise _bad(_ptr(where, "allOf"), "allOf must be a non-empty array")
+        acc: dict | bool = {k: v for k, v in kw.items() if k != "allOf"}
+        pushed = 0
+        for i, sub in enumerate(subs):
+            sub_where = _ptr(where, "allOf", i)
+            flat, p = self.flatten(sub, sub_where)
+            pushed += p
+            if flat is None:
+                return False, pushed
+            acc = self.merge(acc, flat, sub_where)
+        return acc, pushed
+
+    def flatten(self, node, where: str) -> tuple[dict | bool | None, int]:
+        """``node`` with top-level ``$ref``/``allOf`` inlined (``None``: recursion cut)."""
+        pushed = 0
+        while True:
+            if isinstance(node, bool):
+                return node, pushed
+            if not isinstance(node, dict):
+                raise _bad(where, f"a schema must be an object or a boolean, got {node!r}")
+            kw = self.keywords(node, where)
+            if "$ref" in kw:
+                target, p = self.expand_ref(kw, where)
+                pushed += p
+                if target is None:
+                    return None, pushed
+                node = target
+                continue
+            if "allOf" in kw:
+                merged, p = self.merge_all(kw, where)
+                pushed += p
+                return merged, pushed
+            return kw, pushed
+
+    def merge(self, a: dict | bool, b: dict | bool, where: str) -> dict | bool:
+        if a is False or b is False:
+            return False
+        if a is True:
+            return b
+        if b is True:
+            return a
+        out = dict(a)
+        if "properties" in out:
+            out["properties"] = dict(out["properties"])
+        for k, v in b.items():
+            if k not in out:
+                out[k] = v
+                continue
+            u = out[k]
+            if _canon(u) == _canon(v) and k not in ("$ref",):
+                continue
+            out[k] = self.merge_keyword(k, u, v, a, b, _ptr(where, k))
+        obj = ("properties", "patternProperties", "additionalProperties")
+        if any(k in a for k in obj) and any(k in b for k in obj):
+            if "properties" in out:
+                out["properties"] = dict(out["properties"])
+            self.merge_object_names(out, a, b, where)
+        if any(k in a or k in b for k in ("prefixItems", "items", "additionalItems")):
+            self.merge_items(out, a, b, where)
+        return out
+
+    def merge_keyword(self, k: str, u, v, a: dict, b: dict, where: str):
+        if k == "type":
+            tu = set(u if isinstance(u, list) else [u])
+            tv = set(v if isinstance(v, list) else [v])
+            both = (tu & tv) | ({"integer"} if ("integer" in tu and "number" in tv) or (
+                "number" in tu and "integer" in tv) else set())
+            return sorted(both)
+        if k in ("enum", "const"):
+            lu = u if k == "enum" else [u]
+            lv = v if k == "enum" else [v]
+            keys = {_canon(x) for x in lv}
+            both = [x for x in lu if _canon(x) in keys]
+            return both if k == "enum" else (both[0] if both else _NoValue)
+        if k in ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties",
+                 "minContains"):
+            if isinstance(u, bool) or isinstance(v, bool):
+                raise _refuse(k, where, "boolean exclusive bounds cannot be merged")
+            return max(u, v)
+        if k in ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties",
+                 "maxContains"):
+            if isinstance(u, bool) or isinstance(v, bool):
+                raise _refuse(k, where, "boolean exclusive bounds cannot be merged")
+            return min(u, v)
+        if k == "required":
+            return list(dict.fromkeys(list(u) + list(v)))
+        if k == "multipleOf":
+            if _is_int(u) and _is_int(v):
+                return u * v // math.gcd(u, v)
+            raise _refuse(k, where, "two different non-integer multipleOf cannot be merged")
+        if k == "uniqueItems":
+            return bool(u) or bool(v)
+        if k in ("properties", "patternProperties"):
+            out = dict(u)
+            for name, s in v.items():
+                out[name] = {"allOf": [out[name], s]} if name in out else s
+            return out
+        if k in ("additionalProperties", "propertyNames", "contains", "items", "additionalItems"):
+            return {"allOf": [u, v]}
+        if k == "prefixItems":
+            return u  # merge_items rebuilds positions
+        if k == "anyOf":
+            if len(u) * len(v) > 64:
+                raise _refuse(k, where, "two anyOf lists whose product exceeds 64 branches")
+            return [{"allOf": [x, y]} for x in u for y in v]
+        raise _refuse(k, where, f"two different values of {k!r} in allOf cannot be merged")
+
+    def merge_object_names(self, out: dict, a: dict, b: dict, where: str) -> None:
+        """Apply each side's pattern/additional constraints to names only the other declares."""
+        for side, other in ((a, b), (b, a)):
+            pp = side.get("patternProperties") or {}
+            add = side.get("additionalProperties", True)
+            if pp and "additionalProperties" in other and other["additionalProperties"] is not True:
+                raise _refuse("patternProperties", _ptr(where, "patternProperties"),
+                              "allOf of patternProperties with additionalProperties on another branch")
+            for name in (other.get("properties") or {}):
+                if name in (side.get("properties") or {}):
+                    continue
+                extra = [s for p, s in pp.items() if self.name_matches(p, name, where)]
+                if not extra:
+                    extra = [add]
+                cur = out["properties"][name]
+                out["properties"][name] = {"allOf": [cur, *extra]}
+        if "additionalProperties" in a and "additionalProperties" in b:
+            out["additionalProperties"] = {"allOf": [a["additionalProperties"], b["additionalProperties"]]}
+
+    def merge_items(self, out: dict, a: dict, b: dict, where: str) -> None:
+        pa, ra = self.item_layout(a, where)
+        pb, rb = self.item_layout(b, where)
+        n = max(len(pa), len(pb))
+        prefix = []
+        for i in range(n):
+            x = pa[i] if i < len(pa) else ra
+            y = pb[i] if i < len(pb) else rb
+            prefix.append({"allOf": [x, y]})
+        out.pop("additionalItems", None)
+        if prefix:
+            out["prefixItems"] = prefix
+        else:
+            out.pop("prefixItems", None)
+        out["items"] = {"allOf": [ra, rb]}
+
+    def item_layout(self, kw: dict, where: str) -> tuple[list, Any]:
+        """(positional schemas, schema of the remaining items) in any draft's spelling."""
+        items = kw.get("items", True)
+        if "prefixItems" in kw:
+            prefix = kw["prefixItems"]
+            if not isinstance(prefix, list):
+                raise _bad(_ptr(where, "prefixItems"), "prefixItems must be an array")
+            return list(prefix), items
+        if isinstance(items, list):
+            return list(items), kw.get("additionalItems", True)
+        return [], items
+
+    def name_matches(self, pattern: str, name: str, where: str) -> bool:
+        info = T.translate_pattern(pattern, _ptr(where, "patternProperties", pattern))
+        body = json.dumps(name, ensure_ascii=False)[1:-1]
+        return info.regex is not None and re.fullmatch(info.regex, body) is not None
+
+    # ---- anyOf / oneOf -------------------------------------------------------------------
+
+    def compile_alternatives(self, kw: dict, where: str) -> str | None:
+        key = "anyOf" if "anyOf" in kw else "oneOf"
+        subs = kw[key]
+        if not isinstance(subs, list) or not subs:
+            raise _bad(_ptr(where, key), f"{key} must be a non-empty array")
+        rest = {k: v for k, v in kw.items() if k != key}
+        branches = []
+        for i, sub in enumerate(subs):
+            branches.append(({"allOf": [rest, sub]} if rest else sub, _ptr(where, key, i)))
+        if key == "oneOf" and len(branches) > 1:
+            self.check_disjoint([b for b, _ in branches], where)
+        alts = []
+        for b, w in branches:
+            r = self.compile(b, w)
+            if r is not None:
+                alts.append(r)
+        return self.check_size(T.alternation(alts), where) if alts else None
+
+    def check_disjoint(self, branches: list, where: str) -> None:
+        flats = []
+        for i, b in enumerate(branches):
+            depth = len(self.ref_stack)
+            flat, _ = self.flatten(b, _ptr(where, "oneOf", i))
+            del self.ref_stack[depth:]
+            flats.append(flat)
+        for i in range(len(flats)):
+            for j in range(i + 1, len(flats)):
+                if not _disjoint(flats[i], flats[j], self):
+                    raise _refuse(
+                        "oneOf", _ptr(where, "oneOf"),
+                        f"branches {i} and {j} may both match the same value, and 'exactly one' "
+                        "cannot be enforced by a regex; make the branches disjoint (e.g. different "
+                        "types or a required property with different const values) or use anyOf",
+                    )
+
+    # ---- not -----------------------------------------------------------------------------
+
+    def apply_not(self, kw: dict, where: str) -> dict | None:
+        neg = kw["not"]
+        w = _ptr(where, "not")
+        kw = {k: v for k, v in kw.items() if k != "not"}
+        depth = len(self.ref_stack)
+        flat, _ = self.flatten(neg, w)
+        del self.ref_stack[depth:]
+        if flat is None:
+            raise _refuse("not", w, "a recursive schema under 'not'")
+        if flat is True or flat == {}:
+            return None
+        if flat is False:
+            return kw
+        keys = set(flat)
+        if keys == {"type"}:
+            banned = set(flat["type"] if isinstance(flat["type"], list) else [flat["type"]])
+            types = self.types_of(kw, where)
+            allowed = [t for t in types if t not in banned and not (t == "integer" and "number" in banned)]
+            if "number" in allowed and "integer" in banned:
+                raise _refuse("not", w, "'not integer' on numbers is not supported")
+            if not allowed:
+                return None
+            kw["type"] = allowed
+            return kw
+        if keys == {"required"} and isinstance(flat["required"], list) and len(flat["required"]) == 1:
+            name = flat["required"][0]
+            props = dict(kw.get("properties") or {})
+            if name in (kw.get("required") or []):
+                types = [t for t in self.types_of(kw, where) if t != "object"]
+                if not types:
+                    return None
+                kw["type"] = types
+                return kw
+            props[name] = False
+            kw["properties"] = props
+            return kw
+        if keys in ({"enum"}, {"const"}):
+            values = flat["enum"] if "enum" in flat else [flat["const"]]
+            if not isinstance(values, list):
+                raise _bad(_ptr(w, "enum"), "enum must be an array")
+            kw["_not_values"] = list(kw.get("_not_values", [])) + values
+            return kw
+        raise _refuse("not", w, "only 'not' of type, a single required name, const/enum, {} or "
+                      "false is supported")
+
+    # ---- flat schemas --------------------------------------------------------------------
+
+    def types_of(self, kw: dict, where: str) -> list[str]:
+        t = kw.get("type")
+        if t is None:
+            return ["object", "array", "string", "number", "boolean", "null"]
+        ts = t if isinstance(t, list) else [t]
+        for x in ts:
+            if x not in _TYPES:
+                raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
+        if "number" in ts:
+            ts = [x for x in ts if x != "integer"]
+        return [x for x in _ORDER if x in ts]
+
+    def compile_flat(self, kw: dict, where: str) -> str | None:
+        if kw.get("const", None) is _NoValue:
+            return None
+        if "enum" in kw or "const" in kw:
+            return self.compile_enum(kw, where)
+        alts = []
+        for t in self.types_of(kw, where):
+            r = getattr(self, "compile_" + t)(kw, where)
+            if r is not None:
+                alts.append(r)
+        if "_not_values" in kw:
+            alts = self.exclude_values(alts, kw, where)
+        return self.check_size(T.alternation(alts), where) if alts else None
+
+    def exclude_values(self, alts: list[str], kw: dict, where: str) -> list[str]:
+        # only scalars that cannot be spelled differently are excludable by regex subtraction
+        types = self.types_of(kw, where)
+        if set(types) <= {"null", "boolean"}:
+            banned = {_canon(v) for v in kw["_not_values"]}
+            lits = [x for x in ("null", "true", "false") if x not in banned]
+            kw2 = dict(kw)
+            kw2.pop("_not_values")
+            keep = [x for x in lits if re.fullmatch(T.alternation(alts), x)]
+            return [T.alternation(keep)] if keep else []
+        raise _refuse("not", _ptr(where, "not"), "'not' with const/enum is only supported for "
+                      "null/boolean values")
+
+    def compile_enum(self, kw: dict, where: str) -> str | None:
+        if "enum" in kw:
+            values = kw["enum"]
+            if not isinstance(values, list):
+                raise _bad(_ptr(where, "enum"), "enum must be an array")
+        else:
+            values = [kw["const"]]
+        if "enum" in kw and "const" in kw:
+            keys = {_canon(kw["const"])}
+            values = [v for v in values if _canon(v) in keys]
+        rest = {k: v for k, v in kw.items() if k not in ("enum", "const")}
+        if rest:
+            values = [v for v in values if self.validates(v, rest, where)]
+        alts = [self.literal(v) for v in values]
+        return self.check_size(T.alternation(alts), where) if alts else None
+
+    def validates(self, value, kw: dict, where: str) -> bool:
+        """Whether ``value`` satisfies the remaining keywords (checked with jsonschema)."""
+        if set(kw) <= {"type"}:
+            return _type_ok(value, self.types_of(kw, where))
+        try:
+            import jsonschema
+        except ImportError as e:  # pragma: no cover - jsonschema is a dependency
+            raise _refuse("enum", where, "enum combined with other keywords needs jsonschema") from e
+        negs = kw.get("_not_values")
+        kw = {k: v for k, v in kw.items() if not k.startswith("_")}
+        if negs and any(_canon(value) == _canon(n) for n in negs):
+            return False
+        cls = jsonschema.validators.validator_for(self.root if isinstance(self.root, dict) else {})
+        root = self.root if isinstance(self.root, dict) else {}
+        try:
+            validator = cls(root).evolve(schema=kw)
+            return validator.is_valid(value)
+        except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
+            raise _bad(where, f"cannot check enum values against the schema: {e}") from e
+
+    def literal(self, value) -> str:
+        ws = self.ws
+        if isinstance(value, dict):
+            items = [f'"{T.encode_text(k)}"{ws}:{ws}{self.literal(v)}' for k, v in value.items()]
+            return "\\{" + ws + f"{ws},{ws}".join(items) + ws + "\\}" if items else f"\\{{{ws}\\}}"
+        if isinstance(value, list):
+            items = [self.literal(v) for v in value]
+            return "\\[" + ws + f"{ws},{ws}".join(items) + ws + "\\]" if items else f"\\[{ws}\\]"
+        if isinstance(value, str):
+            return '"' + T.encode_text(value) + '"'
+        if isinstance(value, float) and not math.isfinite(value):
+            return None  # type: ignore[return-value]
+        return T.literal(json.dumps(value))
+
+    # ---- scalars -------------------------------------------------------------------------
+
+    def compile_null(self, kw, where):
+        return "null"
+
+    def compile_boolean(self, kw, where):
+        return "(?:true|false)"
+
+    def compile_integer(self, kw, where):
+        return self.compile_numeric(kw, where, integer_only=True)
+
+    def compile_number(self, kw, where):
+        return self.compile_numeric(kw, where, integer_only=False)
+
+    def bounds(self, kw: dict, where: str):
+        lo = hi = None
+        lo_x = hi_x = False
+
+        def num(k):
+            v = kw[k]
+            if not _is_num(v) or (isinstance(v, float) and not math.isfinite(v)):
+                raise _bad(_ptr(where, k), f"{k} must be a number, got {v!r}")
+            return Fraction(v)
+
+        if "minimum" in kw:
+            lo = num("minimum")
+            lo_x = kw.get("exclusiveMinimum") is True
+        if "maximum" in kw:
+            hi = num("maximum")
+            hi_x = kw.get("exclusiveMaximum") is True
+        if "exclusiveMinimum" in kw and not isinstance(kw["exclusiveMinimum"], bool):
+            v = num("exclusiveMinimum")
+            if lo is None or v >= lo:
+                lo, lo_x = v, True
+        if "exclusiveMaximum" in kw and not isinstance(kw["exclusiveMaximum"], bool):
+            v = num("exclusiveMaximum")
+            if hi is None or v <= hi:
+                hi, hi_x = v, True
+        return lo, lo_x, hi, hi_x
+
+    def compile_numeric(self, kw: dict, where: str, *, integer_only: bool) -> str | None:
+        lo, lo_x, hi, hi_x = self.bounds(kw, where)
+        if "multipleOf" in kw:
+            m = kw["multipleOf"]
+            if not _is_num(m) or m <= 0:
+                raise _bad(_ptr(where, "multipleOf"), f"multipleOf must be a positive number, got {m!r}")
+            if isinstance(m, float) and m.is_integer():
+                m = int(m)
+            if not _is_int(m):
+                raise _refuse("multipleOf", _ptr(where, "multipleOf"),
+                              "non-integer multipleOf (float division makes it inexact)")
+            return _multiples(m, lo, lo_x, hi, hi_x, _ptr(where, "multipleOf"))
+        return number_range(lo, lo_x, hi, hi_x, integer_only=integer_only)
+
+    def compile_string(self, kw: dict, where: str) -> str | None:
+        lo = kw.get("minLength", 0)
+        hi = kw.get("maxLength")
+        for k, v in (("minLength", lo), ("maxLength", hi)):
+            if v is not None and not (_is_int(v) or (isinstance(v, float) and v.is_integer())) or (
+                v is not None and v < 0
+            ):
+                raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
+        lo = int(lo)
+        hi = None if hi is None else int(hi)
+        if hi is not None and hi < lo:
+            return None
+        body = None
+        if "format" in kw and "pattern" in kw:
+            raise _refuse("format", _ptr(where, "format"), "format together with pattern")
+        if "format" in kw:
+            fmt = kw["format"]
+            if not isinstance(fmt, str):
+                raise _bad(_ptr(where, "format"), "format must be a string")
+            if fmt in UNSUPPORTED_FORMATS:
+                raise _refuse("format", _ptr(where, "format"), f"format {fmt!r} is not supported")
+            if fmt in FORMATS:
+                body = FORMATS[fmt]
+                flo, fhi = _width(body)
+                if (lo, hi) != (0, None) and not (flo >= lo and (hi is None or (fhi is not None and fhi <= hi))):
+                    raise _refuse("format", _ptr(where, "format"),
+                                  f"format {fmt!r} with minLength/maxLength")
+                return f'"{body}"'
+            # unknown formats are annotations (the specification says so; validators ignore them)
+        if "pattern" in kw:
+            pat = kw["pattern"]
+            if not isinstance(pat, str):
+                raise _bad(_ptr(where, "pattern"), "pattern must be a string")
+            info = T.translate_pattern(pat, _ptr(where, "pattern"))
+            if info.regex is None:
+                return None
+            if (lo, hi) == (0, None) or (
+                info.min_len >= lo and hi is not None and info.max_len is not None and info.max_len <= hi
+            ) or (hi is None and info.min_len >= lo):
+                return f'"{info.regex}"'
+            if info.single_class is not None:
+                cls, clo, chi = info.single_class
+                nlo = max(lo, clo)
+                nhi = hi if chi is None else (chi if hi is None else min(hi, chi))
+                if nhi is not None and nhi < nlo:
+                    return None
+                unit = T.encode_set(cls)
+                return None if unit is None else '"' + T.repeat(unit, nlo, nhi) + '"'
+            raise _refuse("pattern", _ptr(where, "pattern"),
+                          "pattern combined with minLength/maxLength (beyond a single repeated class)")
+        return '"' + T.repeat(T.ANY_CHAR, lo, hi) + '"'
+
+    # ---- arrays --------------------------------------------------------------------------
+
+    def compile_array(self, kw: dict, where: str) -> str | None:
+        ws = self.ws
+        lo = kw.get("minItems", 0)
+        hi = kw.get("maxItems")
+        for k, v in (("minItems", lo), ("maxItems", hi)):
+            if v is not None and (not _is_int(v) or v < 0):
+                raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
+        prefix, rest = self.item_layout(kw, where)
+        rest_where = _ptr(where, "additionalItems" if isinstance(kw.get("items"), list) else "items")
+        if kw.get("uniqueItems") is True and not (hi is not None and hi <= 1):
+            raise _refuse("uniqueItems", _ptr(where, "uniqueItems"),
+                          "uniqueItems cannot be enforced by a regex (unless maxItems <= 1)")
+        if "contains" in kw:
+            return self.compile_contains(kw, prefix, rest, lo, hi, where)
+        elems: list[str | None] = []
+        for i, p in enumerate(prefix):
+            if hi is not None and i >= hi:
+                break
+            elems.append(self.compile(p, _ptr(where, "prefixItems" if "prefixItems" in kw else "items", i)))
+        # the first impossible prefix element caps the length
+        cap = len(elems)
+        for i, e in enumerate(elems):
+            if e is None:
+                cap = i
+                break
+        elems = elems[:cap]
+        if cap < len(prefix) or (hi is not None and hi <= len(prefix)):
+            rest_re = None
+        else:
+            rest_re = self.compile(rest, rest_where)
+        max_len = len(elems) if rest_re is None else hi
+        if max_len is not None and max_len < lo:
+            return None
+        if rest_re is None and len(elems) < lo:
+            return None
+        sep = f"{ws},{ws}"
+        # tail after all prefix elements: more items from `rest`
+        n = len(elems)
+        tail = ""
+        if rest_re is not None:
+            t_lo = max(0, lo - n)
+            t_hi = None if hi is None else hi - n
+            if t_hi is None or t_hi > 0:
+                tail = T.repeat(f"{sep}{rest_re}", t_lo, t_hi) if n else ""
+        body = tail
+        for i in range(n - 1, -1, -1):
+            head = "" if i == 0 else sep
+            piece = f"{head}{elems[i]}{body}"
+            body = piece if i < lo else f"(?:{piece})?"
+        if n == 0:
+            if rest_re is None:
+                body = ""
+            else:
+                t_lo, t_hi = lo, hi
+                if t_hi == 0:
+                    body = ""
+                else:
+                    more = T.repeat(f"{sep}{rest_re}", max(0, t_lo - 1), None if t_hi is None else t_hi - 1)
+                    body = f"{rest_re}{more}"
+                    if t_lo == 0:
+                        body = f"(?:{body})?"
+        inner = f"{body}{ws}" if body else ""
+        return self.check_size(f"\\[{ws}{inner}\\]", where)
+
+    def compile_contains(self, kw, prefix, rest, lo, hi, where) -> str | None:
+        w = _ptr(where, "contains")
+        if prefix:
+            raise _refuse("contains", w, "contains together with prefixItems / array items")
+        min_c = kw.get("minContains", 1)
+        if "maxContains" in kw or min_c not in (0, 1):
+            raise _refuse("minContains" if min_c not in (0, 1) else "maxContains", w,
+                          "counted contains is not supported")
+        if min_c == 0:
+            return self.compile_array({k: v for k, v in kw.items() if k != "contains"}, where)
+        ws = self.ws
+        sep = f"{ws},{ws}"
+        item = self.compile(rest, _ptr(where, "items"))
+        witness = self.compile({"allOf": [rest, kw["contains"]]}, w)
+        if witness is None or (hi is not None and hi < 1):
+            return None
+        if item is None:
+            before = after = ""
+            if lo > 1:
+                return None
+        else:
+            # the witness comes after i items and before j items; i unbounded, j carries minItems
+            if hi is None:
+                before = T.repeat(f"{item}{sep}", 0, None)
+                after = T.repeat(f"{sep}{item}", max(0, lo - 1), None)
+            else:
+                before = ""
+                after = T.repeat(f"{sep}{item}", max(0, lo - 1), hi - 1)
+                alts = [f"{T.repeat(item + sep, i, i)}{witness}{T.repeat(sep + item, max(0, lo - 1 - i), hi - 1 - i)}"
+                        for i in range(hi)]
+                return self.check_size(f"\\[{ws}{T.alternation(alts)}{ws}\\]", where)
+        return self.check_size(f"\\[{ws}{before}{witness}{after}{ws}\\]", where)
+
+    # ---- objects -------------------------------------------------------------------------
+
+    def compile_object(self, kw: dict, where: str) -> str | None:
+        ws = self.ws
+        props = kw.get("properties") or {}
+        if not isinstance(props, dict):
+            raise _bad(_ptr(where, "properties"), "properties must be an object")
+        required = kw.get("required") or []
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
+                          "(draft-3 boolean 'required' is not supported)")
+        pattern_props = kw.get("patternProperties") or {}
+        if not isinstance(pattern_props, dict):
+            raise _bad(_ptr(where, "patternProperties"), "patternProperties must be an object")
+        additional = kw.get("additionalProperties", True)
+        if "additionalProperties" not in kw and props and not self.undeclared:
+            additional = False  # sound restriction, see allow_undeclared_properties
+        names_schema = kw.get("propertyNames")
+        dep_req = kw.get("dependentRequired")
+        if dep_req:
+            raise _refuse("dependentRequired", _ptr(where, "dependentRequired"),
+                          "conditional requirements are not supported")
+        min_p = kw.get("minProperties", 0)
+        max_p = kw.get("maxProperties")
+        names_re = None
+        if names_schema is not None:
+            names_re = self.compile_name_schema(names_schema, _ptr(where, "propertyNames"))
+
+        def name_ok(name: str) -> bool:
+            return names_re is None or re.fullmatch(names_re, json.dumps(name, ensure_ascii=False)) is not None
+
+        def value_schema(name: str, own, w: str):
+            matches = [s for p, s in pattern_props.items() if self.name_matches(p, name, where)]
+            if own is None:
+                if not matches:
+                    return additional
+                own = True
+            return {"allOf": [own, *matches]} if matches else own
+
+        order = list(props) + [r for r in required if r not in props]
+        items: list[tuple[str, bool]] = []
+        for name in order:
+            req = name in required
+            w = _ptr(where, "properties", name)
+            if not name_ok(name):
+                if req:
+                    return None
+                continue
+            sch = value_schema(name, props.get(name), w)
+            val = self.compile(sch, w)
+            if val is None:
+                if req:
+                    return None
+                continue
+            items.append((f'"{T.encode_text(name)}"{ws}:{ws}{val}', req))
+        # extra (undeclared) properties
+        extra = self.extra_entries(order, pattern_props, additional, names_re, where)
+        n_req = sum(1 for _, r in items if r)
+        n_opt = len(items) - n_req
+        e_lo, e_hi = 0, (None if extra is not None else 0)
+        if min_p or max_p is not None:
+            if not (_is_int(min_p) and (max_p is None or _is_int(max_p))):
+                raise _bad(where, "minProperties/maxProperties must be integers")
+            if max_p is not None and max_p < n_req:
+                return None
+            if n_opt == 0:
+                e_lo = max(0, min_p - n_req)
+                if e_lo > 1:
+                    # repeated extra keys would collapse when parsed: only one can be promised
+                    raise _refuse("minProperties", where, "minProperties needing two or more "
+                                  "undeclared properties is not supported")
+                if max_p is not None:
+                    e_hi = max_p - n_req if e_hi is None else min(e_hi, max_p - n_req)
+                if e_hi is not None and e_lo > e_hi:
+                    return None
+            elif min_p <= n_req and (max_p is None or (extra is None and max_p >= len(items))):
+                pass
+            else:
+                raise _refuse("minProperties" if min_p > n_req else "maxProperties", where,
+                              "property counts over optional properties are not supported")
+        return self.check_size(self.object_regex(items, extra, e_lo, e_hi), where)
+
+    def compile_name_schema(self, schema, where: str) -> str:
+        """Regex for a property name (with quotes) satisfying ``propertyNames``."""
+        depth = len(self.ref_stack)
+        flat, _ = self.flatten(schema, where)
+        del self.ref_stack[depth:]
+        if flat is None or flat is False:
+            return "(?!)"
+        if flat is True:
+            return '"' + T.CANONICAL_CHAR + '*"'
+        kw = dict(flat)
+        kw.setdefault("type", "string")
+        if kw.get("type") not in ("string", ["string"]) or set(kw) - {"type", "pattern", "minLength",
+                                                                      "maxLength", "format", "enum", "const"}:
+            raise _refuse("propertyNames", where, "only string keywords are supported in propertyNames")
+        r = self.compile(kw, where)
+        return r if r is not None else "(?!)"
+
+    def extra_entries(self, declared, pattern_props, additional, names_re, where) -> str | None:
+        ws = self.ws
+        alts = []
+        if pattern_props:
+            everything = [s for s in pattern_props.values()]
+            for p, s in pattern_props.items():
+                info = T.translate_pattern(p, _ptr(where, "patternProperties", p))
+                if info.regex is None:
+                    continue
+                key = f'"{info.regex}"'
+                if any(re.fullmatch(key, json.dumps(n, ensure_ascii=False)) for n in declared):
+                    continue  # sound restriction: names of declared properties cannot be re-used
+                if names_re is not None:
+                    raise _refuse("propertyNames", _ptr(where, "propertyNames"),
+                                  "propertyNames together with patternProperties")
+                # a key may match several patterns: its value must satisfy all of them
+                val = self.compile({"allOf": everything} if len(everything) > 1 else s,
+                                   _ptr(where, "patternProperties", p))
+                if val is not None:
+                    alts.append(f"{key}{ws}:{ws}{val}")
+            # keys matching no pattern (additionalProperties) are not generated: sound restriction
+        elif additional is not False:
+            val = self.compile(additional, _ptr(where, "additionalProperties"))
+            if val is not None:
+                if names_re is not None:
+                    if any(re.fullmatch(names_re, json.dumps(n, ensure_ascii=False)) for n in declared):
+                        return None  # sound restriction: no extras (cannot exclude declared names)
+                    key = names_re
+                else:
+                    key = '"' + _not_in(declared) + '"'
+                alts.append(f"{key}{ws}:{ws}{val}")
+        return T.alternation(alts)
+
+    def object_regex(self, items: list[tuple[str, bool]], extra: str | None, e_lo: int,
+                     e_hi: int | None) -> str:
+        ws = self.ws
+        sep = f"{ws},{ws}"
+        tail_with_sep = T.repeat(f"{sep}{extra}", e_lo, e_hi) if extra is not None and e_hi != 0 else ""
+        if extra is not None and e_hi != 0:
+            first = f"{extra}{T.repeat(sep + extra, max(0, e_lo - 1), None if e_hi is None else e_hi - 1)}"
+            tail_first = first if e_lo > 0 else f"(?:{first})?"
+        else:
+            tail_first = ""
+        # G[k]: items k.. each preceded by a comma (something came before)
+        g = [""] * (len(items) + 1)
+        g[len(items)] = tail_with_sep
+        for k in range(len(items) - 1, -1, -1):
+            it, req = items[k]
+            g[k] = (f"{sep}{it}" if req else f"(?:{sep}{it})?") + g[k + 1]
+        first_req = next((k for k, (_, r) in enumerate(items) if r), None)
+        if first_req is not None:
+            body = "".join(f"(?:{it}{sep})?" for it, _ in items[:first_req])
+            body += items[first_req][0] + g[first_req + 1]
+        elif not items:
+            body = tail_first
+        else:
+            alts = [f"{it}{g[k + 1]}" for k, (it, _) in enumerate(items)]
+            if tail_first:
+                alts.append(tail_first)
+            body = f"(?:{'|'.join(alts)})?" if alts else ""
+        inner = f"{body}{ws}" if body else ""
+        return f"\\{{{ws}{inner}\\}}"
+
+
+class _NoValueType:
+    pass
+
+
+_NoValue = _NoValueType()
+
+
+def _type_ok(value, types: list[str]) -> bool:
+    for t in types:
+        if t == "null" and value is None:
+            return True
+        if t == "boolean" and isinstance(value, bool):
+            return True
+        if t == "string" and isinstance(value, str):
+            return True
+        if t == "number" and _is_num(value):
+            return True
+        if t == "integer" and (_is_int(value) or (isinstance(value, float) and value.is_integer())):
+            return True
+        if t == "array" and isinstance(value, list):
+            return True
+        if t == "object" and isinstance(value, dict):
+            return True
+    return False
+
+
+def _width(regex: str) -> tuple[int, int | None]:
+    lo, hi = T._sre_parse.parse(regex).getwidth()
+    return lo, (None if hi >= T._sre_c.MAXREPEAT else hi)
+
+
+def _not_in(names: list[str]) -> str:
+    """Canonically encoded string bodies whose content is none of ``names``."""
+    trie: dict = {}
+    for n in names:
+        node = trie
+        for c in n:
+            node = node.setdefault(c, {})
+        node[None] = True
+    return _not_in_node(trie) if names else T.repeat(T.CANONICAL_CHAR, 0, None)
+
+
+def _not_in_node(node: dict) -> str:
+    any_rest = T.repeat(T.CANONICAL_CHAR, 0, None)
+    children = [c for c in node if c is not None]
+    alts = []
+    if None not in node:
+        alts.append("")
+    others = T.encode_set(T.subtract(T.ENCODABLE, T.chars("".join(children))))
+    if others is not None:
+        alts.append(others + any_rest)
+    for c in children:
+        alts.append(T.encode_char(ord(c)) + T.group(_not_in_node(node[c])))
+    if not children:
+        return T.repeat(T.CANONICAL_CHAR, 1, None)
+    nonempty = [a for a in alts if a]
+    r = T.alternation(nonempty) or ""
+    return f"(?:{r})?" if "" in alts else r
+
+
+def _multiples(m: int, lo, lo_x, hi, hi_x, where: str) -> str | None:
+    ilo = None if lo is None else (math.floor(lo) + 1 if lo_x and lo.denominator == 1 else math.ceil(lo))
+    ihi = None if hi is None else (math.ceil(hi) - 1 if hi_x and hi.denominator == 1 else math.floor(hi))
+    if m == 1:
+        return integer_range(ilo, ihi)
+    if ilo is not None and ihi is not None:
+        first = -(-ilo // m) * m
+        values = list(range(first, ihi + 1, m))
+        if len(values) <= 256:
+            return T.alternation([str(v) for v in values]) if values else None
+    # k divides 10**e: the last e digits decide, for any magnitude
+    e = 0
+    while (10**e) % m and e < 4:
+        e += 1
+    if (10**e) % m == 0 and (ilo is None or ilo <= 0) and (ihi is None or ihi >= 0) and ilo in (None, 0) and ihi is None:
+        suffixes = [f"{v:0{e}d}" for v in range(0, 10**e, m)]
+        small = [str(v) for v in range(0, 10**e, m)]  # numbers shorter than e digits
+        body = f"(?:[1-9][0-9]*{T.alternation(suffixes)}|{T.alternation(small)})"
+        if ilo is None:
+            body = f"-?{body}"
+        return body
+    raise _refuse("multipleOf", where, "multipleOf with this range (only small enumerable ranges, "
+                  "or divisors of a power of ten with no or a zero lower bound)")
+
+
+def _disjoint(a, b, ctx: _Context) -> bool:
+    """Conservative: True only when no JSON value can validate against both flat schemas."""
+    depth = len(ctx.ref_stack)
+    try:
+        return _disjoint_flat(a, b, ctx)
+    finally:
+        del ctx.ref_stack[depth:]
+
+
+def _disjoint_flat(a, b, ctx: _Context) -> bool:
+    if a is None or b is None or a is False or b is False:
+        return True
+    if a is True or b is True:
+        return False
+    va = _values(a)
+    vb = _values(b)
+    if va is not None and vb is not None:
+        return not ({_canon(x) for x in va} & {_canon(x) for x in vb})
+    ta = _type_set(a, va)
+    tb = _type_set(b, vb)
+    if not (ta & tb):
+        return True
+    if va is not None and not any(_type_ok(x, sorted(tb)) for x in va):
+        return True
+    if vb is not None and not any(_type_ok(x, sorted(ta)) for x in vb):
+        return True
+    if ta & tb <= {"object"}:
+        pa, pb = a.get("properties") or {}, b.get("properties") or {}
+        ra, rb = set(a.get("required") or []), set(b.get("required") or [])
+        for name in (ra & rb):
+            if name in pa and name in pb:
+                sa, _ = ctx.flatten(pa[name], "")
+                sb, _ = ctx.flatten(pb[name], "")
+                if sa is not None and sb is not None and _disjoint(sa, sb, ctx):
+                    return True
+        for x, y, rx in ((a, b, ra), (b, a, rb)):
+            py = y.get("properties") or {}
+            for name in rx:
+                if y.get("additionalProperties") is False and name not in py and not y.get("patternProperties"):
+                    return True
+                if py.get(name) is False:
+                    return True
+    if ta & tb <= {"number", "integer"}:
+        la, _, ha, _ = ctx.bounds(a, "")
+        lb, _, hb, _ = ctx.bounds(b, "")
+        if (ha is not None and lb is not None and ha < lb) or (hb is not None and la is not None and hb < la):
+            return True
+    return False
+
+
+def _values(s: dict):
+    if "const" in s:
+        return [s["const"]]
+    if "enum" in s and isinstance(s["enum"], list):
+        return s["enum"]
+    return None
+
+
+def _type_set(s: dict, values) -> set[str]:
+    t = s.get("type")
+    if t is None:
+        ts = {"object", "array", "string", "number", "integer", "boolean", "null"}
+    else:
+        ts = set(t if isinstance(t, list) else [t])
+    if "number" in ts:
+        ts.add("integer")
+    if "integer" in ts and "number" not in ts:
+        pass
+    return ts
+
+
+def order_properties(instance, schema: dict | bool | str):
+    """``instance`` with object members in the order the regex of ``schema`` expects.
+
+    Declared ``properties`` first (declared order), then required names not declared, then the
+    remaining members in their original order; applied recursively through ``$ref``, ``allOf``,
+    items and the first ``anyOf``/``oneOf`` branch that validates (needs ``jsonschema``).
+    Serialise the result with ``json.dumps(x, separators=(",", ":"), ensure_ascii=False)``.
+    """
+    if isinstance(schema, str):
+        schema = json.loads(schema)
+    ctx = _Context(schema, "", 10**6, MAX_REGEX_CHARS)
+    return _reorder(ctx, instance, schema, 0)
+
+
+def _reorder(ctx: _Context, value, node, depth: int):
+    if depth > 200 or not isinstance(value, (dict, list)) or not isinstance(node, dict):
+        return value
+    mark = len(ctx.ref_stack)
+    try:
+        flat, _ = ctx.flatten(node, "")
+    except Exception:  # noqa: BLE001 - ordering is best effort; the regex decides validity
+        return value
+    finally:
+        pass
+    try:
+        if not isinstance(flat, dict):
+            return value
+        for key in ("anyOf", "oneOf"):
+            if key in flat and isinstance(flat[key], list):
+                rest = {k: v for k, v in flat.items() if k != key}
+                for branch in flat[key]:
+                    cand = {"allOf": [rest, branch]} if rest else branch
+                    if _valid(ctx, value, cand):
+                        return _reorder(ctx, value, cand, depth + 1)
+                return value
+        if isinstance(value, dict):
+            props = flat.get("properties") if isinstance(flat.get("properties"), dict) else {}
+            required = [r for r in flat.get("required") or [] if isinstance(r, str)]
+            order = [k for k in props if k in value]
+            order += [k for k in required if k in value and k not in order]
+            order += [k for k in value if k not in order]
+            out = {}
+            pp = flat.get("patternProperties") if isinstance(flat.get("patternProperties"), dict) else {}
+            for k in order:
+                if k in props:
+                    sub = props[k]
+                else:
+                    sub = next((s for p, s in pp.items() if _safe_search(p, k)), flat.get("additionalProperties", True))
+                out[k] = _reorder(ctx, value[k], sub, depth + 1)
+            return out
+        prefix, rest_items = ctx.item_layout(flat, "")
+        return [_reorder(ctx, v, prefix[i] if i < len(prefix) else rest_items, depth + 1)
+                for i, v in enumerate(value)]
+    finally:
+        del ctx.ref_stack[mark:]
+
+
+def _safe_search(pattern: str, name: str) -> bool:
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _valid(ctx: _Context, value, schema) -> bool:
+    import jsonschema
+
+    root = ctx.root if isinstance(ctx.root, dict) else {}
+    try:
+        cls = jsonschema.validators.validator_for(root)
+        return cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=schema).is_valid(value)
+    except Exception:  # noqa: BLE001
+        return False
