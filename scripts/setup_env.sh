@@ -73,9 +73,11 @@ missing=()
 if ! find_python >/dev/null; then
     if [[ -x /usr/bin/python3.11 ]]; then missing+=(python3.11-venv); else missing+=(python3.11 python3.11-venv); fi
 fi
-ldconfig -p 2>/dev/null | grep -q 'libnuma.so.1 ' || missing+=(libnuma1)
-ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1 ' || missing+=(libgomp1)
-ldconfig -p 2>/dev/null | grep -q 'libstdc++.so.6 ' || missing+=(libstdc++6)
+LDCONFIG="$(command -v ldconfig || echo /sbin/ldconfig)"
+has_lib() { "$LDCONFIG" -p 2>/dev/null | grep -q "$1 "; }
+has_lib libnuma.so.1 || missing+=(libnuma1)      # vllm/_C.abi3.so links it
+has_lib libgomp.so.1 || missing+=(libgomp1)
+has_lib 'libstdc++.so.6' || missing+=(libstdc++6)
 if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 PY="$(find_python)" || die "no Python 3.11 with venv/ensurepip found (set PYTHON=/path/to/python3.11)"
 log "    python: $PY ($("$PY" -V 2>&1))"
