@@ -493,7 +493,9 @@ def check_vocab(name: str = "tekken") -> int:
 
     table = token_bytes_table(name)
     ours = ours_token_bytes(name)
-    diff = [i for i, (a, b) in enumerate(zip(table, ours)) if a is not None and a != b]
+    diff = [i for i, (a, b) in enumerate(zip(table, ours)) if a != b]
+    if len(table) != len(ours):
+        diff.append(f"size {len(table)} != {len(ours)}")
     print(f"{name}: {len(table)} ids, {sum(t is not None for t in table)} ordinary; "
           f"{len(diff)} differ from dotvllm_plugin.Vocabulary; first: {diff[:10]}")
     return 1 if diff else 0
