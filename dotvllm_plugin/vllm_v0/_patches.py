@@ -134,14 +134,18 @@ def _with_processor(params, processor):
 
 
 def _add_request(original):
-    async def add_request(self, request_id, prompt, params, *args, **kwargs):
+    signature = inspect.signature(original)
+
+    async def add_request(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        params = bound.arguments.get("params")
         gd = getattr(params, "guided_decoding", None)
         if gd is not None and is_ours(gd):
             from .runtime import build_processor_async
 
-            tokenizer = await self.get_tokenizer(kwargs.get("lora_request"))
-            params = _with_processor(params, await build_processor_async(gd, tokenizer))
-        return await original(self, request_id, prompt, params, *args, **kwargs)
+            tokenizer = await self.get_tokenizer(bound.arguments.get("lora_request"))
+            bound.arguments["params"] = _with_processor(params, await build_processor_async(gd, tokenizer))
+        return await original(*bound.args, **bound.kwargs)
 
     return add_request
 

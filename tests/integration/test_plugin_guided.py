@@ -1,7 +1,7 @@
 """The plugin on real ``vllm serve`` servers, both frontends: every guided parameter, bad specs,
 a burst of concurrent requests, routing to vLLM's own backends, metrics.
 
-One server per frontend for the whole module (started with ``DOTVLLM_COMPILE_TIMEOUT_S=5``, so
+One server per frontend for the whole module (started with ``DOTVLLM_COMPILE_TIMEOUT_S=15``, so
 that a runaway compile is stopped quickly). The model has random weights: whatever it "wants",
 every output must satisfy its constraint.
 """
@@ -36,14 +36,15 @@ SCHEMA = {
     "additionalProperties": False,
 }
 WHITESPACE = "[ ]?"
-# Valid, but its DFA has 2**16 states: far beyond the 5 s compile budget of these servers.
+# Valid, but its DFA has 2**16 states: far beyond the 15 s compile budget of these servers (or,
+# should the compiler get that fast, beyond its size budget).
 RUNAWAY_REGEX = "(a|b)*a(a|b){16}"
 
 
 @pytest.fixture(scope="module", params=["mp", "inprocess"])
 def server(request, demo_model_dir):
     srv = start_server(frontend=request.param, model_dir=demo_model_dir,
-                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "5"})
+                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "15"})
     try:
         yield srv
     finally:
@@ -63,9 +64,10 @@ def _check_schema(text, whitespace=None):
     jsonschema.validate(value, SCHEMA)
     if whitespace is None:
         return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    # Outside strings, only what the whitespace pattern "[ ]?" allows: single spaces.
+    # Outside strings only spaces, as "[ ]?" allows; a pattern slot on each side of a token, so
+    # at most two in a row (e.g. "[  ]").
     outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    return re.fullmatch(r"[^\s]*(?: [^\s]+)*", outside) is not None
+    return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
 
 
 def _check_json_object(text):
@@ -125,7 +127,8 @@ BAD = [
     pytest.param({"guided_choice": []}, "at least one choice", id="empty-choice"),
     pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": "\\s*"}, "whitespace_pattern",
                  id="unbounded-whitespace"),
-    pytest.param({"guided_regex": RUNAWAY_REGEX}, "took longer than 5 s and was stopped", id="compile-timeout"),
+    pytest.param({"guided_regex": RUNAWAY_REGEX}, "took longer than 15 s and was stopped|too large|exceed",
+                 id="compile-timeout"),
 ]
 
 
