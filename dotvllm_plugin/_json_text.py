@@ -106,6 +106,16 @@ def class_regex(ranges: Ranges) -> str | None:
         return None
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         return _lit(ranges[0][0])
+    size = sum(hi - lo + 1 for lo, hi in ranges)
+    rest = subtract(ENCODABLE, ranges) if size > 256 else None
+    if rest:
+        # Large sets as negated classes: interegular expands positive ranges character by
+        # character. (A negated class also admits surrogates; the engine drops those.)
+        return "[^" + _class_items(rest) + "]"
+    return "[" + _class_items(ranges) + "]"
+
+
+def _class_items(ranges: Ranges) -> str:
     parts = []
     for lo, hi in ranges:
         if lo == hi:
@@ -114,7 +124,7 @@ def class_regex(ranges: Ranges) -> str | None:
             parts.append(_lit(lo, in_class=True) + _lit(hi, in_class=True))
         else:
             parts.append(f"{_lit(lo, in_class=True)}-{_lit(hi, in_class=True)}")
-    return "[" + "".join(parts) + "]"
+    return "".join(parts)
 
 
 def encode_char(cp: int) -> str:

@@ -52,11 +52,11 @@ DEFAULT_WHITESPACE = ""
 #: A bounded, flexible alternative: up to one newline and a few spaces of indentation.
 FLEXIBLE_WHITESPACE = "[ ]?|\\n[ ]{0,16}"
 #: Size budget of the produced regex (characters); beyond it: CompilationTooLargeError.
-MAX_REGEX_CHARS = 400_000
+MAX_REGEX_CHARS = 200_000
 #: Budget of sub-schema expansions (recursion and reuse of $defs multiply them).
 MAX_WORK = 20_000
 #: Nesting depth of free-form JSON values (``{}``/``true`` schemas, unconstrained items).
-ANY_VALUE_DEPTH = 3
+ANY_VALUE_DEPTH = 2
 
 _ANNOTATIONS = frozenset({
     "title", "description", "examples", "example", "$comment", "default", "deprecated",
@@ -156,12 +156,12 @@ def json_schema_to_regex(
     return ctx.check_size(regex, "")
 
 
-def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 4) -> str:
+def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
     """Any JSON value with arrays/objects nested at most ``max_depth`` levels."""
     return _any_value(_check_whitespace(whitespace_pattern), max_depth)
 
 
-def json_object_regex(*, whitespace_pattern: str | None = None, max_depth: int = 4) -> str:
+def json_object_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
     """Any JSON object, containers nested at most ``max_depth`` levels (the object is level 1)."""
     ws = _check_whitespace(whitespace_pattern)
     return _any_object(ws, max_depth)
@@ -375,6 +375,9 @@ class _Context:
         """The validation keywords of ``node`` (annotations and unknown keywords dropped)."""
         out = {}
         for k, v in node.items():
+            if k == "_not_values":  # internal: values excluded by an enclosing 'not'
+                out[k] = v
+                continue
             if k in _ANNOTATIONS or k not in _KNOWN:
                 continue
             if k in ("then", "else") and "if" not in node:
@@ -435,6 +438,8 @@ class _Context:
             kw = self.apply_not(kw, where)
             if kw is None:
                 return None
+            if not isinstance(kw, dict) or any(k in kw for k in ("$ref", "allOf", "anyOf", "oneOf", "not")):
+                return self.compile(kw, where)
         return self.compile_flat(kw, where)
 
     # ---- allOf ---------------------------------------------------------------------------
@@ -654,6 +659,8 @@ class _Context:
         if flat is False:
             return kw
         keys = set(flat)
+        if keys == {"not"}:  # double negation
+            return self.flatten({"allOf": [kw, flat["not"]]}, w)[0] if kw else flat["not"]
         if keys == {"type"}:
             banned = set(flat["type"] if isinstance(flat["type"], list) else [flat["type"]])
             types = self.types_of(kw, where)
@@ -1016,7 +1023,8 @@ class _Context:
             matches = [s for p, s in pattern_props.items() if self.name_matches(p, name, where)]
             if own is None:
                 if not matches:
-                    return additional
+                    # a required name that is not declared: the schema's own additionalProperties
+                    return kw.get("additionalProperties", True)
                 own = True
             return {"allOf": [own, *matches]} if matches else own
 
