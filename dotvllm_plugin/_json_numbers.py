@@ -18,7 +18,7 @@ from ._json_text import alternation, group
 
 INTEGER = "-?(?:0|[1-9][0-9]*)"
 NUMBER = INTEGER + "(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
-_MAX_FRACTION_DIGITS = 30
+_MAX_FRACTION_DIGITS = 15
 
 
 def _digit_class(lo: int, hi: int) -> str:
@@ -103,47 +103,64 @@ def integer_range(lo: int | None, hi: int | None) -> str | None:
 
 
 def _fraction_digits(lo: str | None, hi: str | None, nonempty: bool) -> str | None:
-    """Digit strings s (the digits after '.') with lo <= 0.s <= hi, compared as decimals.
+    """Digit strings s (the digits after '.') with 0.lo <= 0.s <= 0.hi, compared as decimals.
 
-    ``lo``/``hi`` are digit strings without trailing zeros (None: unbounded).
+    ``lo``/``hi`` are digit strings without trailing zeros (None: unbounded). The result nests
+    at most a few groups deep whatever the number of digits (interegular recurses on nesting).
     """
     if lo == "":
         lo = None
     if lo is None and hi is None:
         return "[0-9]+" if nonempty else "[0-9]*"
-    if lo is None and hi == "":
-        return "0+" if nonempty else "0*"
-    alts = []
-    if not nonempty and lo is None:
-        alts.append("")  # 0.s with s empty is 0 <= hi
-    lo_d = int(lo[0]) if lo else 0
-    hi_d = int(hi[0]) if hi else 9
-    if hi == "":
-        hi_d = 0
-    for d in range(lo_d, hi_d + 1):
-        nlo = lo[1:].rstrip("0") if (lo is not None and d == lo_d) else None
-        nhi = (hi[1:].rstrip("0") if hi else "") if (hi is not None and d == hi_d) else None
-        alts.append((str(d), nlo, nhi))
-    # merge consecutive digits whose remainders are unconstrained
-    out: list[str] = []
-    free = [a[0] for a in alts if isinstance(a, tuple) and a[1] is None and a[2] is None]
-    for a in alts:
-        if a == "":
-            out.append("")
-        elif a[1] is None and a[2] is None:
-            continue
-        else:
-            rest = _fraction_digits(a[1], a[2], False)
-            if rest is not None:
-                out.append(a[0] + _opt_group(rest))
-    if free:
-        out.append(_digit_class(int(free[0]), int(free[-1])) + "[0-9]*")
-    if not out:
+    if hi is None:
+        return _frac_ge(lo)
+    if lo is None:
+        return _frac_le(hi, nonempty)
+    if (lo + "0" * len(hi)) > (hi + "0" * len(lo)):
         return None
-    if "" in out:
-        others = [o for o in out if o]
-        return group(alternation(others)) + "?" if others else ""
-    return alternation(out)
+    p = 0
+    while p < len(lo) and p < len(hi) and lo[p] == hi[p]:
+        p += 1
+    lo_p = int(lo[p]) if p < len(lo) else 0
+    hi_p = int(hi[p])  # hi is longer or differs here (lo <= hi, no trailing zeros)
+    prefix = hi[:p]
+    alts = []
+    if p == len(lo) and p > 0:
+        alts.append(prefix)  # s ends here: exactly 0.lo
+    ge = _frac_ge(lo[p + 1:].rstrip("0")) if p < len(lo) else "[0-9]*"
+    alts.append(f"{prefix}{lo_p}{_opt(ge)}")
+    if hi_p - lo_p > 1:
+        alts.append(f"{prefix}{_digit_class(lo_p + 1, hi_p - 1)}[0-9]*")
+    le = _frac_le(hi[p + 1:], False)
+    alts.append(f"{prefix}{hi_p}{_opt(le)}")
+    return alternation(alts)
+
+
+def _opt(r: str | None) -> str:
+    if not r:
+        return ""
+    return group(r)
+
+
+def _frac_ge(d: str) -> str:
+    """Non-empty digit strings s with 0.s >= 0.d (d non-empty, no trailing zeros)."""
+    if not d:
+        return "[0-9]+"
+    alts = [d + "[0-9]*"]
+    for j, c in enumerate(d):
+        if c != "9":
+            alts.append(f"{d[:j]}{_digit_class(int(c) + 1, 9)}[0-9]*")
+    return alternation(alts)
+
+
+def _frac_le(h: str, nonempty: bool) -> str:
+    """Digit strings s with 0.s <= 0.h (h without trailing zeros)."""
+    alts = [("0+" if nonempty else "0*")]
+    for j, c in enumerate(h):
+        if c != "0":
+            alts.append(f"{h[:j]}{_digit_class(0, int(c) - 1)}[0-9]*")
+        alts.append(f"{h[:j + 1]}0*")
+    return alternation(alts)
 
 
 def _split(d: Decimal) -> tuple[int, str]:
@@ -194,7 +211,7 @@ def _float_bound(value: Fraction, *, lower: bool, exclusive: bool) -> Decimal:
     with localcontext() as ctx:
         ctx.prec = 400
         q = Decimal(1).scaleb(-_MAX_FRACTION_DIGITS)
-        d = d.quantize(q, rounding=ROUND_CEILING if lower else ROUND_FLOOR) if d.adjusted() > -_MAX_FRACTION_DIGITS - 1 or d == 0 else d
+        d = d.quantize(q, rounding=ROUND_CEILING if lower else ROUND_FLOOR)
     return d
 
 

@@ -19,6 +19,7 @@ literally), no surrogate code points anywhere in the regex text, only positive c
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Sequence
 
 from .errors import UnsupportedFeatureError
@@ -269,7 +270,9 @@ def translate_pattern(pattern: str, where: str) -> PatternInfo:
     """
     _prescan(pattern, where)
     try:
-        tree = _sre_parse.parse(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarning about '[[' etc.: literal in ECMA too
+            tree = _sre_parse.parse(pattern)
     except Exception as e:  # noqa: BLE001 - re raises re.error, also OverflowError on huge repeats
         raise UnsupportedFeatureError(
             f"pattern {pattern!r} is not supported here (it does not parse as a Python-compatible "
@@ -277,22 +280,11 @@ def translate_pattern(pattern: str, where: str) -> PatternInfo:
             feature="pattern",
             where=where,
         ) from e
-    items = list(tree)
-    branches: list[list] = []
-    if len(items) == 1 and items[0][0] is _sre_c.BRANCH:
-        branches = [list(b) for b in items[0][1][1]]
-    else:
-        branches = [items]
+    branches = _top_branches(list(tree), False, False)
     alts = []
     lengths: list[tuple[int, int | None]] = []
     single_class = None
-    for seq in branches:
-        start = bool(seq) and seq[0] == (_sre_c.AT, _sre_c.AT_BEGINNING)
-        if start:
-            seq = seq[1:]
-        end = bool(seq) and seq[-1] == (_sre_c.AT, _sre_c.AT_END)
-        if end:
-            seq = seq[:-1]
+    for start, end, seq in branches:
         body = _emit_seq(seq, pattern, where)
         lo, hi = _width(seq, pattern, where)
         if len(branches) == 1 and start and end:
@@ -307,6 +299,34 @@ def translate_pattern(pattern: str, where: str) -> PatternInfo:
     min_len = min(lo for lo, _ in lengths)
     max_len = None if any(hi is None for _, hi in lengths) else max(hi for _, hi in lengths)
     return PatternInfo(alternation(alts), min_len, max_len, single_class)
+
+
+_BEGIN = (_sre_c.AT, _sre_c.AT_BEGINNING)
+_END = (_sre_c.AT, _sre_c.AT_END)
+
+
+def _top_branches(seq: list, start: bool, end: bool) -> list[tuple[bool, bool, list]]:
+    """Split a pattern into top-level alternatives with their own ``^``/``$`` anchors.
+
+    Python's parser factors common prefixes out of alternatives (``^a$|^b`` becomes
+    ``^(?:a$|b)``), so anchors are looked for through a single outer alternation/group.
+    """
+    if seq and seq[0] == _BEGIN:
+        start, seq = True, seq[1:]
+    if seq and seq[-1] == _END:
+        end, seq = True, seq[:-1]
+    if len(seq) == 1:
+        op, av = seq[0]
+        if op is _sre_c.BRANCH:
+            out = []
+            for b in av[1]:
+                out.extend(_top_branches(list(b), start, end))
+            return out
+        if op is _sre_c.SUBPATTERN and not av[1] and not av[2]:
+            inner = list(av[3])
+            if any(x in (_BEGIN, _END) for x in inner) or (len(inner) == 1 and inner[0][0] is _sre_c.BRANCH):
+                return _top_branches(inner, start, end)
+    return [(start, end, seq)]
 
 
 def _prescan(pattern: str, where: str) -> None:

@@ -149,9 +149,9 @@ def json_schema_to_regex(
     if regex is None:
         raise UnsupportedFeatureError(
             "the schema accepts no JSON value (or none within the recursion depth bound "
-            f"{max_recursion_depth}); nothing can be generated",
+            f"{max_recursion_depth}): it is equivalent to false, nothing can be generated",
             feature="false",
-            where="",
+            where="/",
         )
     return ctx.check_size(regex, "")
 
@@ -992,14 +992,14 @@ class _Context:
 
     def compile_object(self, kw: dict, where: str) -> str | None:
         ws = self.ws
-        props = kw.get("properties") or {}
+        props = kw.get("properties", {})
         if not isinstance(props, dict):
             raise _bad(_ptr(where, "properties"), "properties must be an object")
         required = kw.get("required") or []
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
                           "(draft-3 boolean 'required' is not supported)")
-        pattern_props = kw.get("patternProperties") or {}
+        pattern_props = kw.get("patternProperties", {})
         if not isinstance(pattern_props, dict):
             raise _bad(_ptr(where, "patternProperties"), "patternProperties must be an object")
         additional = kw.get("additionalProperties", True)

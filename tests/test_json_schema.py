@@ -1,0 +1,351 @@
+"""JSON Schema → regex: per-keyword tables (valid / invalid instances), refusals, errors.
+
+Each case is checked three ways: the instance's validity per ``jsonschema`` agrees with the table
+(so the table itself is right), every valid instance serialised our way (compact, declared
+property order) matches, and no invalid instance matches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from dotvllm_plugin.errors import (
+    CompilationTooLargeError,
+    JSONSchemaError,
+    UnsupportedFeatureError,
+)
+from dotvllm_plugin.json_schema import (
+    DEFAULT_WHITESPACE,
+    FLEXIBLE_WHITESPACE,
+    json_object_regex,
+    json_schema_to_regex,
+    json_value_regex,
+    order_properties,
+)
+
+
+def ser(x) -> str:
+    return json.dumps(x, separators=(",", ":"), ensure_ascii=False)
+
+
+def is_valid(schema, instance) -> bool:
+    cls = jsonschema.validators.validator_for(schema if isinstance(schema, dict) else {})
+    return cls(schema, format_checker=cls.FORMAT_CHECKER).is_valid(instance)
+
+
+S = {"type": "string"}
+I = {"type": "integer"}
+
+# (id, schema, valid instances, invalid instances); raw strings in the lists are JSON texts
+CASES = [
+    ("null", {"type": "null"}, [None], [0, False, "null"]),
+    ("boolean", {"type": "boolean"}, [True, False], [0, None, "true"]),
+    ("type-list", {"type": ["string", "null"]}, ["a", None], [1, [], {}]),
+    ("integer", I, [0, -7, 123456789012345678901234567890], [1.5, "1", True]),
+    ("integer-range", {"type": "integer", "minimum": -15, "maximum": 120}, [-15, -9, 0, 9, 99, 100, 120],
+     [-16, 121, 1000, -100]),
+    ("integer-exclusive", {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}, [1, 9], [0, 10, -1]),
+    ("integer-draft4-exclusive", {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer",
+                                  "minimum": 0, "exclusiveMinimum": True, "maximum": 5}, [1, 5], [0, 6]),
+    ("integer-float-bounds", {"type": "integer", "minimum": 0.5, "maximum": 2.5}, [1, 2], [0, 3]),
+    ("integer-multipleOf", {"type": "integer", "multipleOf": 5}, [0, 5, -10, 1234567890], [1, 12, 7]),
+    ("integer-multipleOf-range", {"type": "integer", "multipleOf": 16, "minimum": 0, "maximum": 64},
+     [0, 16, 64], [8, 80, -16]),
+    ("number", {"type": "number"}, [0, -1.5, 3.25e10, 1e-5], ["1", None]),
+    ("number-min0", {"type": "number", "minimum": 0}, [0, 0.0, 3.5, 100], [-0.5, -1]),
+    ("number-excl0", {"type": "number", "exclusiveMinimum": 0}, [0.001, 1, 2.5], [0, 0.0, -1]),
+    ("number-decimal-range", {"type": "number", "minimum": 0.5, "maximum": 2.25}, [0.5, 0.75, 1, 2, 2.25],
+     [0.49, 2.26, 3, -1]),
+    ("number-negative-range", {"type": "number", "minimum": -2.5, "exclusiveMaximum": -1},
+     [-2.5, -2, -1.5, -1.01], [-1, -2.51, 0, 1]),
+    ("number-float-rounding", {"type": "number", "exclusiveMaximum": 100}, [99.99, 99],
+     ["100.0000000000000000001", 100]),
+    ("string", S, ["", "a", 'q"uo\\te', "é中😀", "\n\t\x00"], [1, None]),
+    ("string-length", {"type": "string", "minLength": 2, "maxLength": 3}, ["ab", "abc", "é😀"],
+     ["a", "abcd", "", "😀"]),
+    ("string-length-escapes", {"type": "string", "maxLength": 2}, ['"\\u00e9a"', '"\\ud83d\\ude00"', '"\\n"'],
+     ['"\\u00e9ab"']),
+    ("pattern-anchored", {"type": "string", "pattern": "^[a-z]{2,4}-[0-9]+$"}, ["ab-1", "abcd-123"],
+     ["a-1", "ab-", "1ab-1", "ab-1x", "AB-1"]),
+    ("pattern-search", {"type": "string", "pattern": "[0-9]{3}"}, ["123", "x123y", "a1234"], ["12", "a1b2c3"]),
+    ("pattern-specials", {"type": "string", "pattern": '^a"b\\\\c\\.\\d$'}, ['a"b\\c.5'], ['a"b\\c.x', "ab"]),
+    ("pattern-dot-newline", {"type": "string", "pattern": "^a.b$"}, ["axb", "a b"], ["a\nb", "ab"]),
+    ("pattern-alternation", {"type": "string", "pattern": "^cat$|^dog"}, ["cat", "dogs", "dog"], ["cats", "xdog"]),
+    ("pattern-length-class", {"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}, ["a", "abc"],
+     ["", "abcd", "A"]),
+    ("pattern-implied-length", {"type": "string", "pattern": "^[0-9]{5}$", "minLength": 5, "maxLength": 5},
+     ["12345"], ["1234", "123456"]),
+    ("format-date", {"type": "string", "format": "date"}, ["2024-02-29", "1999-12-31", "2000-02-29"],
+     ["2023-02-29", "1900-02-29", "2024-13-01", "2024-04-31", "0000-01-01", "24-01-01"]),
+    ("format-date-time", {"type": "string", "format": "date-time"},
+     ["2024-01-02T03:04:05Z", "2024-01-02T03:04:05.123+05:30"], ["2024-01-02 03:04:05Z", "2024-01-02T24:00:00Z"]),
+    ("format-time", {"type": "string", "format": "time"}, ["23:59:59Z", "00:00:00.5-01:00"], ["24:00:00Z", "12:00"]),
+    ("format-uuid", {"type": "string", "format": "uuid"}, ["123e4567-e89b-12d3-a456-426614174000"],
+     ["123e4567e89b12d3a456426614174000", "not-a-uuid"]),
+    ("format-ipv4", {"type": "string", "format": "ipv4"}, ["0.0.0.0", "192.168.1.255"],
+     ["256.1.1.1", "01.2.3.4", "1.2.3"]),
+    ("format-ipv6", {"type": "string", "format": "ipv6"}, ["::1", "2001:db8::ff00:42:8329", "::ffff:1.2.3.4"],
+     ["12345::", "1:2:3:4:5:6:7:8:9", "1.2.3.4"]),
+    ("format-email", {"type": "string", "format": "email"}, ["a.b@example.com"], ["no-at-sign"]),
+    ("format-hostname", {"type": "string", "format": "hostname"}, ["example.com", "a-b.c"], ["-a.com", "a..b"]),
+    ("format-duration", {"type": "string", "format": "duration"}, ["P3D", "PT1H30M", "P1Y2M3DT4H", "P2W"],
+     ["P", "PT", "1D", "P1H"]),
+    ("format-uri", {"type": "string", "format": "uri"}, ["https://example.com/a?b=c#d", "urn:isbn:123"],
+     ["//example.com", "not a uri", "http://a b"]),
+    ("format-unknown-is-annotation", {"type": "string", "format": "int32"}, ["x"], [1]),
+    ("enum", {"enum": ["a", 1, None, [1, {"k": "v"}], {"x": True}]}, ["a", 1, None, [1, {"k": "v"}], {"x": True}],
+     ["b", 2, False, [1], {}]),
+    ("enum-with-type", {"type": "string", "enum": ["a", 1, "b"]}, ["a", "b"], [1, "c"]),
+    ("const", {"const": {"a": [1, 2]}}, [{"a": [1, 2]}], [{"a": [2, 1]}, {}]),
+    ("enum-escapes", {"enum": ['q"', "back\\slash", "tab\t"]}, ['q"', "back\\slash", "tab\t"], ["q"]),
+    ("object", {"type": "object", "properties": {"a": I, "b": S}, "required": ["a"], "additionalProperties": False},
+     [{"a": 1}, {"a": 1, "b": "x"}], [{}, {"b": "x"}, {"a": "1"}, {"a": 1, "c": 2}]),
+    ("object-all-optional", {"type": "object", "properties": {"a": I, "b": I, "c": I}},
+     [{}, {"a": 1}, {"b": 2}, {"c": 3}, {"a": 1, "c": 3}, {"a": 1, "b": 2, "c": 3}], [{"a": "x"}, '{"a":1,}', '{,"a":1}']),
+    ("object-required-undeclared", {"type": "object", "properties": {"a": I}, "required": ["a", "z"]},
+     [{"a": 1, "z": [1, "x"]}], [{"a": 1}]),
+    ("object-additional-schema", {"type": "object", "properties": {"a": I}, "additionalProperties": S},
+     [{"a": 1}, {"a": 1, "x": "y", "z": "w"}, {"b": "c"}], [{"a": 1, "x": 2}, '{"a":1,"a":"s"}']),
+    ("object-free-form", {"type": "object"}, [{}, {"a": 1, "b": [None, {"c": "d"}]}], [[], "x"]),
+    ("object-pattern-properties", {"type": "object", "patternProperties": {"^x-": I}, "additionalProperties": False},
+     [{}, {"x-a": 1, "x-b": 2}], [{"y": 1}, {"x-a": "s"}]),
+    ("object-property-names", {"type": "object", "propertyNames": {"maxLength": 3}, "additionalProperties": I},
+     [{}, {"abc": 1}], [{"abcd": 1}]),
+    ("object-min-max-properties", {"type": "object", "properties": {"a": I}, "required": ["a"],
+                                   "additionalProperties": I, "maxProperties": 2}, [{"a": 1}, {"a": 1, "b": 2}],
+     [{"a": 1, "b": 2, "c": 3}]),
+    ("object-no-type", {"properties": {"a": I}, "required": ["a"]}, [{"a": 1}, "str", 5, None], [{"a": "x"}, {}]),
+    ("array", {"type": "array", "items": I}, [[], [1], [1, 2, 3]], [[1, "a"], {}, '[1,]']),
+    ("array-min-max", {"type": "array", "items": S, "minItems": 1, "maxItems": 2}, [["a"], ["a", "b"]],
+     [[], ["a", "b", "c"]]),
+    ("array-prefix", {"type": "array", "prefixItems": [I, S], "items": False}, [[], [1], [1, "a"]],
+     [["a"], [1, 2], [1, "a", 3]]),
+    ("array-draft4-tuple", {"$schema": "http://json-schema.org/draft-04/schema#", "type": "array",
+                            "items": [I, S], "additionalItems": {"type": "boolean"}, "minItems": 2},
+     [[1, "a"], [1, "a", True, False]], [[1], [1, "a", 3]]),
+    ("array-contains", {"type": "array", "items": I, "contains": {"minimum": 10}}, [[10], [1, 2, 30], [50, 1]],
+     [[], [1, 2]]),
+    ("array-contains-max", {"type": "array", "items": I, "contains": {"const": 0}, "maxItems": 2},
+     [[0], [1, 0], [0, 1]], [[1, 2], [1, 2, 0]]),
+    ("array-unique-trivial", {"type": "array", "uniqueItems": True, "maxItems": 1}, [[], [1]], [[1, 1]]),
+    ("anyOf", {"anyOf": [I, {"type": "string", "maxLength": 1}]}, [1, "a"], ["ab", None]),
+    ("anyOf-with-siblings", {"type": "object", "properties": {"a": I, "b": I},
+                             "anyOf": [{"required": ["a"]}, {"required": ["b"]}], "additionalProperties": False},
+     [{"a": 1}, {"b": 1}, {"a": 1, "b": 2}], [{}]),
+    ("oneOf-disjoint-types", {"oneOf": [I, S, {"type": "null"}]}, [1, "a", None], [1.5, True]),
+    ("oneOf-discriminator", {"oneOf": [
+        {"type": "object", "properties": {"kind": {"const": "a"}, "x": I}, "required": ["kind", "x"]},
+        {"type": "object", "properties": {"kind": {"const": "b"}, "y": S}, "required": ["kind", "y"]}]},
+     [{"kind": "a", "x": 1}, {"kind": "b", "y": "s"}], [{"kind": "a", "y": "s"}, {"kind": "c"}]),
+    ("allOf-merge", {"allOf": [{"type": "object", "properties": {"a": I}, "required": ["a"]},
+                               {"properties": {"b": S}, "required": ["b"]}]},
+     [{"a": 1, "b": "x"}], [{"a": 1}, {"b": "x"}]),
+    ("allOf-ranges", {"allOf": [{"type": "integer", "minimum": 0}, {"maximum": 5}, {"exclusiveMaximum": 4}]},
+     [0, 3], [4, 5, -1]),
+    ("allOf-additional-false", {"allOf": [{"type": "object", "properties": {"a": I}, "additionalProperties": False},
+                                          {"properties": {"b": I}}]}, [{}, {"a": 1}], [{"b": 1}]),
+    ("not-type", {"type": ["string", "integer"], "not": {"type": "string"}}, [1], ["a"]),
+    ("not-required", {"type": "object", "properties": {"a": I, "b": I}, "not": {"required": ["b"]}},
+     [{}, {"a": 1}], [{"b": 1}]),
+    ("not-const-bool", {"type": "boolean", "not": {"const": True}}, [False], [True]),
+    ("ref-defs", {"$defs": {"pos": {"type": "integer", "minimum": 1}}, "type": "array", "items": {"$ref": "#/$defs/pos"}},
+     [[1, 2]], [[0]]),
+    ("ref-definitions-escaped", {"definitions": {"a/b": {"const": 1}, "c~d": {"const": 2}},
+                                 "anyOf": [{"$ref": "#/definitions/a~1b"}, {"$ref": "#/definitions/c~0d"}]}, [1, 2], [3]),
+    ("ref-with-siblings", {"$defs": {"o": {"type": "object", "properties": {"a": I}}},
+                           "$ref": "#/$defs/o", "required": ["a"]}, [{"a": 1}], [{}]),
+    ("ref-recursive", {"$defs": {"node": {"type": "object", "properties": {
+        "v": I, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["v"],
+        "additionalProperties": False}}, "$ref": "#/$defs/node"},
+     [{"v": 1}, {"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}], [{"v": 1, "kids": [{}]}]),
+    ("true-schema", True, [None, 1, "x", [1, [2]], {"a": {"b": 1}}], []),
+    ("empty-schema", {}, [None, 1, "x"], []),
+    ("annotations-ignored", {"type": "integer", "title": "t", "description": "d", "examples": [1], "default": 0,
+                             "x-vendor": {"anything": 1}, "$comment": "c"}, [1], ["1"]),
+    ("unicode-keys", {"type": "object", "properties": {"clé": S, "键": I}, "required": ["键"]},
+     [{"键": 1}, {"clé": "v", "键": 2}], [{"clé": "v"}]),
+]
+
+
+def _unchecked_format(schema) -> bool:
+    """jsonschema checks some formats only with optional packages; then the RFC is the judge."""
+    fmt = schema.get("format") if isinstance(schema, dict) else None
+    cls = jsonschema.validators.validator_for(schema if isinstance(schema, dict) else {})
+    return fmt is not None and fmt not in cls.FORMAT_CHECKER.checkers
+
+
+def _text(instance) -> str:
+    return instance if isinstance(instance, str) and instance[:1] in "{[\"" and _is_json(instance) else ser(instance)
+
+
+def _is_json(s: str) -> bool:
+    try:
+        json.loads(s)
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("schema, valid, invalid", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_keyword_table(schema, valid, invalid):
+    regex = json_schema_to_regex(schema)
+    compiled = re.compile(regex)
+    for inst in valid:
+        text = _text(inst) if isinstance(inst, str) and inst.startswith(('"', "{", "[")) else ser(
+            order_properties(inst, schema))
+        assert is_valid(schema, json.loads(text)), f"table error: {text} should be valid"
+        assert compiled.fullmatch(text), f"valid instance rejected: {text}"
+    for inst in invalid:
+        text = _text(inst) if isinstance(inst, str) and inst.startswith(('"', "{", "[")) else ser(inst)
+        if _is_json(text):
+            data = json.loads(text)
+            strict_invalid = not is_valid(schema, data) or text.count('"a"') > 1 or _unchecked_format(schema)
+            assert strict_invalid, f"table error: {text} should be invalid"
+        assert not compiled.fullmatch(text), f"invalid instance accepted: {text}"
+
+
+REFUSALS = [
+    ("uniqueItems", {"type": "array", "uniqueItems": True}, "uniqueItems", "/uniqueItems"),
+    ("if", {"if": {"type": "string"}, "then": {"minLength": 1}}, "if", "/if"),
+    ("dependencies", {"type": "object", "dependencies": {"a": ["b"]}}, "dependencies", "/dependencies"),
+    ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired",
+     "/dependentRequired"),
+    ("unevaluatedProperties", {"type": "object", "unevaluatedProperties": False}, "unevaluatedProperties",
+     "/unevaluatedProperties"),
+    ("oneOf-overlap", {"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf", "/oneOf"),
+    ("multipleOf-float", {"type": "number", "multipleOf": 0.01}, "multipleOf", "/multipleOf"),
+    ("remote-ref", {"$ref": "https://example.com/schema.json"}, "$ref", "/$ref"),
+    ("pattern-lookahead", {"type": "string", "pattern": "^(?=a)a$"}, "pattern", "/pattern"),
+    ("pattern-backref", {"type": "string", "pattern": "^(a)\\1$"}, "pattern", "/pattern"),
+    ("pattern-mid-anchor", {"type": "string", "pattern": "a^b"}, "pattern", "/pattern"),
+    ("pattern-unicode-property", {"type": "string", "pattern": "^\\p{L}+$"}, "pattern", "/pattern"),
+    ("pattern-length", {"type": "string", "pattern": "^a[0-9]*$", "maxLength": 3}, "pattern", "/pattern"),
+    ("format-idn", {"type": "string", "format": "idn-email"}, "format", "/format"),
+    ("nested-where", {"type": "object", "properties": {"a/b": {"type": "array", "uniqueItems": True}}},
+     "uniqueItems", "/properties/a~1b/uniqueItems"),
+    ("not-complex", {"not": {"type": "string", "minLength": 2}}, "not", "/not"),
+    ("contains-counted", {"type": "array", "contains": {"type": "integer"}, "minContains": 2}, "minContains",
+     "/contains"),
+    ("nothing-matches", {"type": "integer", "minimum": 5, "maximum": 1}, "false", "/"),
+]
+
+
+@pytest.mark.parametrize("schema, feature, where", [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+def test_refusals_name_keyword_and_place(schema, feature, where):
+    with pytest.raises(UnsupportedFeatureError, match=re.escape(feature)) as info:
+        json_schema_to_regex(schema)
+    assert info.value.feature == feature
+    assert info.value.where == where
+    assert isinstance(info.value, ValueError)
+
+
+MALFORMED = [
+    ("bad-json", "{not json", "not valid JSON"),
+    ("not-object", "[1, 2]", "must be an object or a boolean"),
+    ("dangling-ref", {"$ref": "#/$defs/missing"}, "points to nothing"),
+    ("bad-type", {"type": "strin"}, "unknown type"),
+    ("bad-minimum", {"type": "integer", "minimum": "3"}, "minimum must be a number"),
+    ("bad-min-length", {"type": "string", "minLength": -1}, "minLength must be a non-negative integer"),
+    ("bad-properties", {"type": "object", "properties": []}, "properties must be an object"),
+    ("bad-subschema", {"type": "array", "items": 3}, "must be an object or a boolean"),
+    ("bad-enum", {"enum": "a"}, "enum must be an array"),
+]
+
+
+@pytest.mark.parametrize("schema, message", [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+def test_malformed_schemas(schema, message):
+    with pytest.raises(JSONSchemaError, match=message):
+        json_schema_to_regex(schema)
+
+
+def test_schema_as_json_text():
+    assert json_schema_to_regex('{"type": "integer"}') == json_schema_to_regex({"type": "integer"})
+
+
+def test_regex_has_no_constructs_the_engine_refuses():
+    from dotvllm_plugin.compiler import check_regex
+
+    for _, schema, _, _ in CASES:
+        check_regex(json_schema_to_regex(schema))
+
+
+# ---- whitespace ------------------------------------------------------------------------------
+
+WS_SCHEMA = {"type": "object", "properties": {"a": {"type": "array", "items": I}}, "required": ["a"]}
+
+
+def test_default_whitespace_is_compact():
+    assert DEFAULT_WHITESPACE == ""
+    r = re.compile(json_schema_to_regex(WS_SCHEMA))
+    assert r.fullmatch('{"a":[1,2]}')
+    assert not r.fullmatch('{"a": [1, 2]}')
+    assert not r.fullmatch('{ "a":[1,2]}')
+
+
+@pytest.mark.parametrize("pattern, text", [
+    ("[ ]?", '{ "a" : [ 1 , 2 ] }'),
+    (FLEXIBLE_WHITESPACE, '{\n  "a": [\n    1,\n    2\n  ]\n}'),
+    ("[\\n ]{0,4}", '{\n "a":[1,\n2]}'),
+], ids=["single-space", "flexible", "bounded-class"])
+def test_whitespace_pattern(pattern, text):
+    r = re.compile(json_schema_to_regex(WS_SCHEMA, whitespace_pattern=pattern))
+    assert r.fullmatch(text)
+    assert r.fullmatch('{"a":[1,2]}')
+    assert not r.fullmatch('{"a":[1,2]}' .replace(",", " ,x"))
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("[ ]*", "unboundedly long"),
+    ("[ \\n]+", "unboundedly long"),
+    ("\\s?", "not JSON whitespace"),
+    ("[ a]?", "not JSON whitespace"),
+    (".", "not JSON whitespace"),
+    ("(", "not a supported regex"),
+], ids=["star", "plus", "vertical-tab", "letter", "dot", "syntax"])
+def test_whitespace_pattern_refused(pattern, message):
+    with pytest.raises(UnsupportedFeatureError, match=message):
+        json_schema_to_regex(WS_SCHEMA, whitespace_pattern=pattern)
+
+
+# ---- free-form values --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, ok", [
+    ("{}", True), ('{"a":1}', True), ('{"a":{"b":[1,{}]}}', False), ('{"a":{"b":[1,2]}}', True),
+    ("[]", False), ('{"a":1,}', False), ('{"a"}', False),
+], ids=["empty", "flat", "depth-4", "depth-3", "array", "trailing-comma", "no-value"])
+def test_json_object_regex(text, ok):
+    assert (re.fullmatch(json_object_regex(), text) is not None) == ok
+
+
+def test_json_value_regex_scalars_and_depth():
+    r = re.compile(json_value_regex(max_depth=1))
+    for t in ["null", "true", "-0.5e3", '"x"', "[1,2]", '{"a":"b"}']:
+        assert r.fullmatch(t), t
+    assert not r.fullmatch("[[1]]")
+
+
+# ---- budgets and recursion -----------------------------------------------------------------------
+
+def test_size_budget():
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 5} for i in range(60)}}
+    with pytest.raises(CompilationTooLargeError, match="exceeds 2000 characters"):
+        json_schema_to_regex(schema, max_regex_chars=2000)
+
+
+def test_recursion_depth_bound_is_sound_and_documented():
+    schema = {"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}
+    r1 = re.compile(json_schema_to_regex(schema, max_recursion_depth=1))
+    r3 = re.compile(json_schema_to_regex(schema, max_recursion_depth=3))
+    assert r1.fullmatch("[]") and not r1.fullmatch("[[]]")
+    assert r3.fullmatch("[[[]]]") and not r3.fullmatch("[[[[]]]]")
+
+
+def test_order_properties_follows_declared_order():
+    schema = {"type": "object", "properties": {"b": I, "a": {"type": "object", "properties": {"y": I, "x": I}}},
+              "required": ["z"]}
+    got = order_properties({"z": 0, "a": {"x": 1, "y": 2}, "b": 3}, schema)
+    assert ser(got) == '{"b":3,"a":{"y":2,"x":1},"z":0}'
