@@ -200,10 +200,11 @@ class _Positions:
                     valid = r >= 0
                     tgt = r[valid]
                     if len(tgt):
-                        fresh = np.unique(tgt[single[tgt] < 0])
-                        for t in fresh.tolist():
-                            single[t] = len(members)
-                            members.append((t,))
+                        unseen = tgt[single[tgt] < 0]
+                        if len(unseen):
+                            for t in sorted(set(unseen.tolist())):
+                                single[t] = len(members)
+                                members.append((t,))
                     out = np.full(256, -1, dtype=np.int64)
                     out[valid] = single[tgt]
                     trans_rows.append(out)
@@ -218,21 +219,25 @@ class _Positions:
                     rows.extend([r] if r is not None else list(stack))
             out = np.full(256, -1, dtype=np.int64)
             mat = np.stack(rows)
-            for byte in np.flatnonzero((mat >= 0).any(axis=0)).tolist():
-                col = mat[:, byte]
-                tset = frozenset(col[col >= 0].tolist())
+            live = np.flatnonzero((mat >= 0).any(axis=0))
+            # Bytes with the same column of targets share one successor: group them first.
+            cols, inv = np.unique(mat[:, live].T, axis=0, return_inverse=True)
+            col_ids = np.empty(len(cols), dtype=np.int64)
+            for ci, col in enumerate(cols.tolist()):
+                tset = frozenset(t for t in col if t >= 0)
                 if len(tset) == 1:
                     (t,) = tset
                     if single[t] < 0:
                         single[t] = len(members)
                         members.append((t,))
-                    out[byte] = single[t]
+                    col_ids[ci] = single[t]
                 else:
                     d = sets.get(tset)
                     if d is None:
                         d = sets[tset] = len(members)
                         members.append(tuple(sorted(tset)))
-                    out[byte] = d
+                    col_ids[ci] = d
+            out[live] = col_ids[inv.reshape(-1)]
             trans_rows.append(out)
             if len(members) > max_states:
                 raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")

@@ -158,12 +158,21 @@ def _preprocess(pattern: str) -> str:
     return "".join(out)
 
 
+def _sre_parse(pattern: str):
+    """Python's own regex parser (no compilation): precise syntax errors with positions."""
+    try:
+        import re._parser as sre_parse  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse
+    return sre_parse.parse(pattern)
+
+
 def _parse(pattern: str):
     """Parse with Python's ``re`` (for precise syntax errors) and interegular (for the FSM)."""
     if not isinstance(pattern, str):
         raise TypeError(f"a regex must be a str, got {type(pattern).__name__}")
     try:
-        re.compile(pattern)
+        _sre_parse(pattern)
     except re.error as e:
         pos = e.pos if e.pos is not None else None
         raise RegexSyntaxError(
@@ -521,10 +530,42 @@ def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
         from .errors import VocabularyCoverageError
 
         raise VocabularyCoverageError(f"the regex {_clip(pattern)} matches no string at all")
-    if live.all():
-        return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting.astype(bool), initial=0)
-    new_id = np.full(n + 1, -1, dtype=np.int64)
-    new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
-    t2 = trans[live].astype(np.int64)
-    t2 = new_id[np.where(t2 < 0, n, t2)]
-    return ByteDFA(transitions=t2.astype(np.int32), accepting=accepting[live].astype(bool), initial=0)
+    if not live.all():
+        new_id = np.full(n + 1, -1, dtype=np.int64)
+        new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
+        trans = new_id[np.where(trans < 0, n, trans)][live]
+        accepting = accepting[live]
+    trans, accepting = _merge_twins(trans.astype(np.int64), accepting.astype(bool))
+    return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting, initial=0)
+
+
+def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32):
+    """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation).
+
+    Glushkov automata have an "entry" copy of every loop (the state after ``"`` that behaves like
+    the inside of the string); merging twins folds those into the loop, so look-alike loops share
+    one index walk. State 0 stays the initial state.
+    """
+    # Work on byte classes: merging states only coarsens the column partition, never breaks it.
+    cols, byte_class = np.unique(trans.T, axis=0, return_inverse=True)
+    rows = np.ascontiguousarray(cols.T)
+    rng = np.random.default_rng(0x5EED)
+    mult = rng.integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
+    for _ in range(max_rounds):
+        n = rows.shape[0]
+        with np.errstate(over="ignore"):
+            h = (rows.astype(np.uint64) * mult).sum(axis=1, dtype=np.uint64) + accepting.astype(np.uint64)
+        _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        rep = first[inverse]
+        # Exact check: a hash collision must never merge different states.
+        same = (rows == rows[rep]).all(axis=1) & (accepting == accepting[rep])
+        rep = np.where(same, rep, np.arange(n))
+        if (rep == np.arange(n)).all():
+            break
+        keep = rep == np.arange(n)
+        new_of_kept = np.cumsum(keep) - 1
+        new_id = np.append(new_of_kept[rep], -1)
+        rows = new_id[np.where(rows[keep] < 0, n, rows[keep])]
+        accepting = accepting[keep]
+    return rows[:, byte_class.reshape(256)], accepting

@@ -56,8 +56,11 @@ class ClassTrie:
     the token ids that end at each node.
     """
 
-    def __init__(self, trie, byte_class: np.ndarray, n_classes: int):
+    def __init__(self, trie, byte_class: np.ndarray, n_classes: int, *, merge: bool = True):
         self.depth = trie.depth
+        if not merge:
+            self._byte_view(trie, byte_class)
+            return
         self.cls: list[np.ndarray] = []
         self.child_start: list[np.ndarray] = []
         self.offset: list[int] = []
@@ -69,19 +72,19 @@ class ClassTrie:
             parent_cls = np.zeros(len(trie.parent[d]), dtype=np.int64) if d == 0 else prev_map[trie.parent[d]]
             key = parent_cls * n_classes + byte_class[trie.byte[d]]
             space = prev_count * n_classes
-            if space <= 1 << 22:
+            if space <= 8 * len(key) + 4096:
                 used = np.zeros(space, dtype=bool)
                 used[key] = True
-                dense = np.cumsum(used) - 1
-                node_map = dense[key]
                 uniq = np.flatnonzero(used)
+                dense = np.zeros(space, dtype=np.int64)
+                dense[uniq] = np.arange(len(uniq))
+                node_map = dense[key]
             else:
                 uniq, node_map = np.unique(key, return_inverse=True)
             self.cls.append((uniq % n_classes).astype(np.int64))
             self.child_start.append(np.searchsorted(uniq // n_classes, np.arange(prev_count + 1)))
             self.offset.append(total)
-            tok_nodes = np.repeat(np.arange(len(trie.tokens_at_start[d]) - 1), np.diff(trie.tokens_at_start[d]))
-            end_nodes.append(node_map[tok_nodes] + total)
+            end_nodes.append(node_map[trie.token_node[d]] + total)
             end_tokens.append(trie.tokens_at[d])
             total += len(uniq)
             prev_map, prev_count = node_map, len(uniq)
@@ -92,6 +95,21 @@ class ClassTrie:
         self.tokens = toks[order]
         self.token_start = np.searchsorted(nodes[order], np.arange(total + 1))
         self.has_tokens = np.diff(self.token_start) > 0
+
+    def _byte_view(self, trie, byte_class: np.ndarray) -> None:
+        """The byte trie itself with class labels: no merging, no build cost."""
+        self.cls = [byte_class[b].astype(np.int64) for b in trie.byte]
+        self.child_start = trie.child_start
+        self.offset = list(np.cumsum([0] + trie.node_counts[:-1]))
+        self.n_nodes = int(sum(trie.node_counts))
+        cached = trie.__dict__.get("_flat_tokens")
+        if cached is None:
+            nodes = np.concatenate([trie.token_node[d] + self.offset[d] for d in range(trie.depth)])
+            toks = np.concatenate(trie.tokens_at)
+            order = np.argsort(nodes, kind="stable")
+            token_start = np.searchsorted(nodes[order], np.arange(self.n_nodes + 1))
+            cached = trie.__dict__["_flat_tokens"] = (toks[order], token_start, np.diff(token_start) > 0)
+        self.tokens, self.token_start, self.has_tokens = cached
 
 
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
@@ -157,7 +175,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     return result
 
 
-def _find_gadgets(class_trans: np.ndarray, max_depth: int = 8, max_size: int = 64) -> dict[bytes, list[np.ndarray]]:
+def _find_gadgets(class_trans: np.ndarray, max_depth: int = 16, max_size: int = 256) -> dict[bytes, list[np.ndarray]]:
     """Groups of look-alike loops ("inside a string", "digits of a number") in the DFA.
 
     A gadget is rooted at a state with a self-loop: the states within ``max_depth`` steps of the
@@ -263,13 +281,18 @@ def _walk_gadget(class_trans: np.ndarray, ct: ClassTrie, instances: list[np.ndar
 
 
 def build_index(
-    dfa: ByteDFA, vocab: Vocabulary, *, max_rows_bytes: int = MAX_ROWS_BYTES, share_loops: bool = True
+    dfa: ByteDFA,
+    vocab: Vocabulary,
+    *,
+    max_rows_bytes: int = MAX_ROWS_BYTES,
+    share_loops: bool = True,
+    merge_classes: bool | None = None,
 ) -> TokenIndex:
     """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
     classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
     byte_class = byte_class.reshape(256)
     class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
-    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes))
+    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes), merge=merge_classes if merge_classes is not None else len(classes) <= 24)
     n_states = dfa.n_states
     W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)

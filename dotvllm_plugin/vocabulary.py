@@ -170,6 +170,7 @@ class ByteTrie:
         self.child_start: list[np.ndarray] = []
         self.tokens_at_start: list[np.ndarray] = []  # CSR over nodes of a level
         self.tokens_at: list[np.ndarray] = []
+        self.token_node: list[np.ndarray] = []  # node (of the level) of each entry of tokens_at
         node_of_token = np.full(len(toks), -1, dtype=np.int64)  # node at current depth
         alive = np.arange(len(toks))
         prev_count = 1
@@ -187,6 +188,7 @@ class ByteTrie:
             end_nodes = node_of_token[ending]
             order = np.argsort(end_nodes, kind="stable")
             self.tokens_at.append(ids[ending[order]])
+            self.token_node.append(end_nodes[order])
             self.tokens_at_start.append(np.searchsorted(end_nodes[order], np.arange(len(uniq) + 1)).astype(np.int64))
             prev_count = len(uniq)
         self.depth = max_len
