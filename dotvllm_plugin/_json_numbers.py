@@ -121,6 +121,8 @@ def _fraction_digits(lo: str | None, hi: str | None, nonempty: bool) -> str | No
     p = 0
     while p < len(lo) and p < len(hi) and lo[p] == hi[p]:
         p += 1
+    if p == len(hi):  # lo == hi
+        return f"{hi}0*"
     lo_p = int(lo[p]) if p < len(lo) else 0
     hi_p = int(hi[p])  # hi is longer or differs here (lo <= hi, no trailing zeros)
     prefix = hi[:p]
