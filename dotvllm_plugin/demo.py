@@ -396,7 +396,9 @@ class Outcome:
 
 
 def regex_check(pattern: str) -> Check:
-    compiled = re.compile(pattern)
+    # The engine's dialect reads \d \w \s as ASCII classes (like JSON Schema's ECMA-262 regexes);
+    # check with the same meaning.
+    compiled = re.compile(pattern, re.ASCII)
 
     def full(text: str) -> tuple[bool, str]:
         ok = compiled.fullmatch(text) is not None
@@ -407,7 +409,7 @@ def regex_check(pattern: str) -> Check:
             import regex  # partial matching tells whether a truncated output can still match
         except ImportError:
             return True, "prefix not checked (no `regex` module)"
-        ok = regex.fullmatch(pattern, text, partial=True) is not None
+        ok = regex.fullmatch(pattern, text, flags=regex.ASCII, partial=True) is not None
         return ok, "valid prefix" if ok else "not a prefix of any match"
 
     return Check(f"regex {pattern}", full, prefix)
