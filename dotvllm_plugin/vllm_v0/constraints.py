@@ -15,6 +15,8 @@ This module does not import vLLM.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,9 +123,19 @@ def _schema(spec: Any) -> Any:
     return spec
 
 
+_checked: OrderedDict[str, None] = OrderedDict()  # specs that passed, so repeats skip the check
+_checked_lock = threading.Lock()
+_CHECKED_MAX = 1024
+
+
 def validate(params) -> Constraint:
     """Cheap check of a request's constraint (no automaton, no token index); raise GrammarError."""
     c = constraint_of(params)
+    memo = json.dumps([c.kind, c.spec, c.whitespace_pattern], sort_keys=True, default=str)
+    with _checked_lock:
+        if memo in _checked:
+            _checked.move_to_end(memo)
+            return c
     try:
         if c.kind == "regex":
             from ..compiler import check_regex
@@ -146,4 +158,8 @@ def validate(params) -> Constraint:
         raise
     except CompilationError as e:  # e.g. a schema whose regex exceeds the size budget
         raise GuidedRequestError(f"{c.parameter}: {e}") from e
+    with _checked_lock:
+        _checked[memo] = None
+        while len(_checked) > _CHECKED_MAX:
+            _checked.popitem(last=False)
     return c
