@@ -2,30 +2,22 @@
 
 Each patch names the attribute it replaces, keeps the original as ``__wrapped__`` and is applied
 at most once per process. Where vLLM binds a function by name at import time, the patch replaces
-the name in the module that *calls* it (the calling function looks its globals up at call time).
+the name in the module that *calls* it (the caller looks its globals up at call time).
 
-=======================================================================  ===========================
-replaced                                                                 why
-=======================================================================  ===========================
-``vllm.sampling_params.GuidedDecodingParams.__post_init__``              route (``backend`` None →
-                                                                         ``"dotvllm"``) and check the
-                                                                         spec early: a real HTTP 400,
-                                                                         streaming too
-``vllm.engine.async_llm_engine.get_guided_decoding_logits_processor``    async path: the MQ client
-                                                                         (API-server process) and
-                                                                         ``_AsyncLLMEngine.add_request_async``
-``vllm.engine.llm_engine.get_local_guided_decoding_logits_processor``    sync path: ``LLMEngine``
-                                                                         (offline ``vllm.LLM``)
-``vllm.engine.async_llm_engine.AsyncLLMEngine.add_request``              in-process frontend: compile
-                                                                         in the caller's task, not in
-                                                                         the engine loop
-``OpenAIServingCompletion.create_completion`` /                          compile before a streaming
-``OpenAIServingChat.create_chat_completion``                             response starts, so compile
-                                                                         errors are HTTP 400 too
-``CompletionRequest.to_sampling_params``                                 ``response_format``
-                                                                         ``json_schema`` on
-                                                                         ``/v1/completions``
-=======================================================================  ===========================
+* ``vllm.sampling_params.GuidedDecodingParams.__post_init__``: route (``backend`` None →
+  ``"dotvllm"``) and check the spec early, inside the OpenAI request's ``to_sampling_params``, so a
+  bad spec is a real HTTP 400, streaming too.
+* ``vllm.engine.async_llm_engine.get_guided_decoding_logits_processor``: the async path, called by
+  ``build_guided_decoding_logits_processor_async`` from the MQ client (API-server process) and from
+  ``_AsyncLLMEngine.add_request_async`` (in-process frontend).
+* ``vllm.engine.llm_engine.get_local_guided_decoding_logits_processor``: the sync path of
+  ``LLMEngine._build_logits_processors`` (offline ``vllm.LLM``).
+* ``vllm.engine.async_llm_engine.AsyncLLMEngine.add_request``: in-process frontend, compile in the
+  caller's task rather than in the engine loop (which adds new requests one after the other).
+* ``OpenAIServingCompletion.create_completion`` / ``OpenAIServingChat.create_chat_completion``:
+  compile before a streaming response starts, so compile errors are HTTP 400 too.
+* ``vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params``: ``response_format``
+  ``json_schema`` on ``/v1/completions`` (vLLM reads it on chat only).
 """
 
 from __future__ import annotations
