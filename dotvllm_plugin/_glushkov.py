@@ -30,7 +30,7 @@ def _tree_types():
 def glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls):
     """Build ``(transitions int32[n,256], accepting bool[n])`` with state 0 initial, untrimmed."""
     P = _tree_types()
-    g = _Positions(max_states)
+    g = _Positions(max_states // 2)
     first, last, nullable = g.visit(tree, P.REFlags(0), P)
     return g.to_dfa(first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls)
 
