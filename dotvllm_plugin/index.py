@@ -52,23 +52,26 @@ class ClassTrie:
 
     Tokens whose bytes fall in the same classes position by position walk the DFA identically,
     so they share one node: for ``[a-z]{1,200}`` all lowercase tokens of one length are a single
-    path. Nodes are numbered globally (level by level); ``tokens`` (CSR by ``token_start``) lists
-    the token ids that end at each node.
+    path. Nodes are numbered globally (level by level); ``token_node`` maps each token id to the
+    node where it ends. Levels deeper than ``max_depth`` (the longest path of an acyclic DFA) are
+    not built: no walk could survive there.
     """
 
-    def __init__(self, trie, byte_class: np.ndarray, n_classes: int, *, merge: bool = True):
-        self.depth = trie.depth
+    def __init__(self, trie, byte_class: np.ndarray, n_classes: int, *, merge: bool = True, max_depth=None):
+        self.depth = trie.depth if max_depth is None else min(trie.depth, max_depth)
+        self.vocab_size = trie.vocab_size
         if not merge:
             self._byte_view(trie, byte_class)
             return
         self.cls: list[np.ndarray] = []
         self.child_start: list[np.ndarray] = []
         self.offset: list[int] = []
-        end_nodes, end_tokens = [], []
+        # token id → global node (-1: not generatable, or longer than max_depth)
+        token_node = np.full(trie.vocab_size, -1, dtype=np.int64)
         prev_map = None
         prev_count = 1
         total = 0
-        for d in range(trie.depth):
+        for d in range(self.depth):
             parent_cls = np.zeros(len(trie.parent[d]), dtype=np.int64) if d == 0 else prev_map[trie.parent[d]]
             key = parent_cls * n_classes + byte_class[trie.byte[d]]
             space = prev_count * n_classes
@@ -84,32 +87,33 @@ class ClassTrie:
             self.cls.append((uniq % n_classes).astype(np.int64))
             self.child_start.append(np.searchsorted(uniq // n_classes, np.arange(prev_count + 1)))
             self.offset.append(total)
-            end_nodes.append(node_map[trie.token_node[d]] + total)
-            end_tokens.append(trie.tokens_at[d])
+            token_node[trie.tokens_at[d]] = node_map[trie.token_node[d]] + total
             total += len(uniq)
             prev_map, prev_count = node_map, len(uniq)
         self.n_nodes = total
-        nodes = np.concatenate(end_nodes) if end_nodes else np.zeros(0, dtype=np.int64)
-        toks = np.concatenate(end_tokens) if end_tokens else np.zeros(0, dtype=np.int64)
-        order = np.argsort(nodes, kind="stable")
-        self.tokens = toks[order]
-        self.token_start = np.searchsorted(nodes[order], np.arange(total + 1))
-        self.has_tokens = np.diff(self.token_start) > 0
+        self.token_node = token_node
+        self.has_tokens = np.bincount(token_node[token_node >= 0], minlength=total) > 0
 
     def _byte_view(self, trie, byte_class: np.ndarray) -> None:
         """The byte trie itself with class labels: no merging, no build cost."""
-        self.cls = [byte_class[b].astype(np.int64) for b in trie.byte]
+        self.cls = [byte_class[b].astype(np.int64) for b in trie.byte[: self.depth]]
         self.child_start = trie.child_start
         self.offset = list(np.cumsum([0] + trie.node_counts[:-1]))
         self.n_nodes = int(sum(trie.node_counts))
-        cached = trie.__dict__.get("_flat_tokens")
+        cached = trie.__dict__.get("_flat_token_node")
         if cached is None:
-            nodes = np.concatenate([trie.token_node[d] + self.offset[d] for d in range(trie.depth)])
-            toks = np.concatenate(trie.tokens_at)
-            order = np.argsort(nodes, kind="stable")
-            token_start = np.searchsorted(nodes[order], np.arange(self.n_nodes + 1))
-            cached = trie.__dict__["_flat_tokens"] = (toks[order], token_start, np.diff(token_start) > 0)
-        self.tokens, self.token_start, self.has_tokens = cached
+            token_node = np.full(trie.vocab_size, -1, dtype=np.int64)
+            for d in range(trie.depth):
+                token_node[trie.tokens_at[d]] = trie.token_node[d] + self.offset[d]
+            has = np.bincount(token_node[token_node >= 0], minlength=self.n_nodes) > 0
+            cached = trie.__dict__["_flat_token_node"] = (token_node, has)
+        self.token_node, self.has_tokens = cached
+
+    def token_mask(self, nodes: np.ndarray) -> np.ndarray:
+        """Boolean mask over token ids: tokens that end at any of ``nodes``."""
+        mark = np.zeros(self.n_nodes + 1, dtype=bool)  # last slot: the -1 of non-generatable ids
+        mark[nodes] = True
+        return mark[self.token_node]
 
 
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
@@ -292,7 +296,8 @@ def build_index(
     classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
     byte_class = byte_class.reshape(256)
     class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
-    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes), merge=merge_classes if merge_classes is not None else len(classes) <= 24)
+    merge = merge_classes if merge_classes is not None else len(classes) <= 24
+    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
     n_states = dfa.n_states
     W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
@@ -396,6 +401,29 @@ def _instance_row(gw: _GadgetWalk, s: int, c: int) -> int:
     return int(np.flatnonzero(gw.instances[:, c] == s)[0])
 
 
+def _longest_path(class_trans: np.ndarray):
+    """Length in bytes of the longest path of an acyclic DFA, or None if it has a cycle."""
+    n = class_trans.shape[0]
+    succ = [sorted(set(r) - {-1}) for r in class_trans.tolist()]
+    indeg = [0] * n
+    for ts in succ:
+        for t in ts:
+            indeg[t] += 1
+    order = [s for s in range(n) if indeg[s] == 0]
+    for s in order:
+        for t in succ[s]:
+            indeg[t] -= 1
+            if indeg[t] == 0:
+                order.append(t)
+    if len(order) < n:
+        return None
+    longest = [0] * n
+    for s in reversed(order):
+        if succ[s]:
+            longest[s] = 1 + max(longest[t] for t in succ[s])
+    return max(longest) if n else 0
+
+
 def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
     """Two independent 64-bit order-free hashes of each state's node set (splitmix64 sums)."""
     out = []
@@ -431,8 +459,7 @@ def _bfs(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
 
 def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
     bits = np.zeros(W * 32, dtype=bool)
-    starts = ct.token_start[nodes]
-    bits[ct.tokens[_expand_ranges(starts, ct.token_start[nodes + 1] - starts)]] = True
+    bits[: ct.vocab_size] = ct.token_mask(nodes)
     if eos is not None:
         bits[eos] = True
     return np.packbits(bits, bitorder="little").view(np.int32)

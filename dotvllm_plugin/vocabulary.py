@@ -155,6 +155,7 @@ class ByteTrie:
     """
 
     def __init__(self, token_bytes: Sequence[bytes | None]):
+        self.vocab_size = len(token_bytes)
         ids = np.array([i for i, b in enumerate(token_bytes) if b], dtype=np.int64)
         toks = [token_bytes[i] for i in ids]
         lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
