@@ -103,6 +103,45 @@ def encode(name: str, text: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
+# Which engine is measured
+
+
+def use_core_snapshot(ref: str) -> dict:
+    """Measure ``dotvllm_plugin`` as committed at ``ref`` instead of the (possibly edited) work tree.
+
+    Extracts ``git archive ref dotvllm_plugin`` into a temporary directory and puts it first on
+    ``sys.path``; spawned engine workers inherit ``sys.path``. Returns ``{"ref":, "commit":, "path":}``.
+    """
+    import tarfile
+    import tempfile
+    import io
+
+    commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", ref], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "dotvllm_plugin"], capture_output=True,
+                          check=True).stdout
+    root = Path(tempfile.gettempdir()) / f"dotvllm-core-{commit[:12]}"
+    if not (root / "dotvllm_plugin" / "__init__.py").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="dotvllm-core-"))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            pass
+    if "dotvllm_plugin" in sys.modules:
+        raise RuntimeError("use_core_snapshot() must run before dotvllm_plugin is imported")
+    sys.path.insert(0, str(root))
+    return {"ref": ref, "commit": commit, "path": str(root)}
+
+
+def core_source() -> str:
+    import dotvllm_plugin
+
+    return str(Path(dotvllm_plugin.__file__).resolve().parent)
+
+
+# --------------------------------------------------------------------------------------------
 # Machine, versions
 
 

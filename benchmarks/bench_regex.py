@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     p.add_argument("--tokenizer", default="tekken", choices=sorted(_common.VOCAB_SIZE))
+    p.add_argument("--core-ref", default="", help="measure dotvllm_plugin as committed at this git ref "
+                   "(e.g. HEAD) instead of the work tree")
     p.add_argument("--only", default="", help="comma-separated regex names (substring match)")
     p.add_argument("--timeout-s", type=float, default=180.0, help="compile deadline per regex and engine")
     p.add_argument("--walk-timeout-s", type=float, default=120.0)
@@ -180,8 +182,11 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
     only = [o for o in args.only.split(",") if o]
+    core = _common.use_core_snapshot(args.core_ref) if args.core_ref else {"ref": "work tree"}
     machine = _common.machine_info()
-    log(f"machine: {machine['cpu']} x{machine['cpus']}, load {machine['loadavg']}, commit {machine['git_commit']}")
+    machine["core"] = {**core, "source": _common.core_source()}
+    log(f"machine: {machine['cpu']} x{machine['cpus']}, load {machine['loadavg']}, commit {machine['git_commit']}, "
+        f"engine from {machine['core']['source']}")
     cases = prepare_cases(args.tokenizer, only)
     log(f"{len(cases)} regexes, tokenizer {args.tokenizer}, engines {engines}")
 

@@ -49,10 +49,14 @@ def parse_args(argv=None):
     p.add_argument("--corpus", type=Path, default=CORPUS_DIR)
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     p.add_argument("--tokenizer", default="tekken", choices=sorted(_common.VOCAB_SIZE))
+    p.add_argument("--core-ref", default="", help="measure dotvllm_plugin as committed at this git ref "
+                   "(e.g. HEAD) instead of the work tree")
     p.add_argument("--limit", type=int, default=0, help="a seeded random sample of N schemas (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated substrings of schema file names")
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
+    p.add_argument("--engine-timeout", action="append", default=[], metavar="ENGINE=S",
+                   help="per-engine compile deadline, e.g. outlines_core=10 (repeatable)")
     p.add_argument("--walk-timeout-s", type=float, default=60.0)
     p.add_argument("--max-rss-gib", type=float, default=6.0, help="kill a worker whose RSS grows past this")
     p.add_argument("--json", type=Path, default=_common.RESULTS_DIR / "maskbench.json")
@@ -71,8 +75,11 @@ def load_cases(args) -> list[dict]:
     only = [o for o in args.only.split(",") if o]
     if only:
         files = [f for f in files if any(o in f.name for o in only)]
+    # Seeded random order: an interrupted run is still a uniform sample of the corpus.
+    files = list(files)
+    random.Random(args.seed).shuffle(files)
     if args.limit and args.limit < len(files):
-        files = sorted(random.Random(args.seed).sample(files, args.limit))
+        files = files[: args.limit]
     tok = _common.load_tokenizer(args.tokenizer)
     cases = []
     for f in files:
@@ -132,6 +139,9 @@ def summarise(engine: str, verdicts: list[dict], tokens: dict) -> dict:
         "compile_plus_first_mask_ms": percentiles([v["compile_ms"] + v["first_mask_ns"] / 1e6 for v in ok
                                                    if "first_mask_ns" in v], (50, 90, 99)),
         "mask_commit_us": percentiles(per_tok / 1e3, (50, 90, 99)),
+        "tokens_over_1ms": int((per_tok > 1_000_000).sum()),
+        "slowest_token_schemas": [(v["name"], round(v["tok_us_max"], 1)) for v in
+                                  sorted((v for v in ok if "tok_us_max" in v), key=lambda v: -v["tok_us_max"])[:10]],
         "mask_us": percentiles(tokens["mask"] / 1e3, (50, 99)),
         "commit_us": percentiles(tokens["commit"] / 1e3, (50, 99)),
         "index_bytes": percentiles([v["index_bytes"] for v in ok if v.get("index_bytes") is not None], (50, 90)),
@@ -153,12 +163,13 @@ def tables(summaries: dict, n: int):
                    fmt_ms(s["compile_plus_first_mask_ms"]["max"]),
                    fmt_bytes(s["index_bytes"]["p50"]),
                    f"{fmt_bytes(s['rss_delta_bytes']['p50'])} / {fmt_bytes(s['rss_delta_bytes']['max'])}"])
-    h2 = ["engine", "tokens", "mask+commit mean", "p50", "p90", "p99", "max", "mask p50", "mask p99", "commit p50"]
+    h2 = ["engine", "tokens", "mask+commit mean", "p50", "p90", "p99", "max", "tokens > 1 ms", "mask p50", "mask p99",
+          "commit p50"]
     r2 = []
     for e, s in summaries.items():
         t = s["mask_commit_us"]
         r2.append([e, t["n"], fmt_us(t["mean"]), fmt_us(t["p50"]), fmt_us(t["p90"]), fmt_us(t["p99"]), fmt_us(t["max"]),
-                   fmt_us(s["mask_us"]["p50"]), fmt_us(s["mask_us"]["p99"]), fmt_us(s["commit_us"]["p50"])])
+                   s["tokens_over_1ms"], fmt_us(s["mask_us"]["p50"]), fmt_us(s["mask_us"]["p99"]), fmt_us(s["commit_us"]["p50"])])
     return (h1, r1), (h2, r2)
 
 
@@ -217,7 +228,8 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
         "tokenizer": args.tokenizer,
         "vocab_size": _common.VOCAB_SIZE[args.tokenizer],
         "serialisation": 'json.dumps(x, separators=(",", ":"), ensure_ascii=False) for every engine',
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "compile_deadlines_s": {e: float(t) for e, t in args.timeouts.items()},
+        "args": {k: str(v) for k, v in vars(args).items() if k != "timeouts"},
         "machine_start": machine,
         "machine_end": machine_end,
         "engines": infos,
@@ -234,12 +246,22 @@ def main(argv=None) -> int:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         raise SystemExit(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+    timeouts = {e: args.timeout_s for e in engines}
+    for item in args.engine_timeout:
+        name, _, secs = item.partition("=")
+        if name not in timeouts:
+            raise SystemExit(f"--engine-timeout {item!r}: engine not selected")
+        timeouts[name] = float(secs)
+    core = _common.use_core_snapshot(args.core_ref) if args.core_ref else {"ref": "work tree"}
+    args.timeouts = timeouts
     machine = _common.machine_info()
-    log(f"machine: {machine['cpu']} x{machine['cpus']}, load {machine['loadavg']}, commit {machine['git_commit']}")
+    machine["core"] = {**core, "source": _common.core_source()}
+    log(f"machine: {machine['cpu']} x{machine['cpus']}, load {machine['loadavg']}, commit {machine['git_commit']}, "
+        f"engine from {machine['core']['source']}")
     cases = load_cases(args)
     n_tests = sum(len(c["instances"]) for c in cases)
     log(f"{len(cases)} schemas, {n_tests} tests, tokenizer {args.tokenizer}, engines {engines}, "
-        f"compile deadline {args.timeout_s:g} s")
+        f"compile deadlines {timeouts}")
 
     workers = {e: EngineWorker(e, args.tokenizer, max_rss_gib=args.max_rss_gib) for e in engines}
     verdicts = {e: [] for e in engines}
@@ -258,11 +280,18 @@ def main(argv=None) -> int:
         for i, case in enumerate(cases):
             line = []
             for e in engines:
-                r = workers[e].run_case(case, compile_timeout_s=args.timeout_s, walk_timeout_s=args.walk_timeout_s)
+                r = workers[e].run_case(case, compile_timeout_s=timeouts[e], walk_timeout_s=args.walk_timeout_s)
+                tok_stats = {}
                 if "mask_ns" in r:
-                    tokens[e]["mask"].append(r.pop("mask_ns"))
-                    tokens[e]["commit"].append(r.pop("commit_ns"))
+                    m, c = r.pop("mask_ns"), r.pop("commit_ns")
+                    tokens[e]["mask"].append(m)
+                    tokens[e]["commit"].append(c)
+                    if m.size:
+                        tot = (m + c) / 1e3
+                        tok_stats = {"tokens_timed": int(m.size), "tok_us_p50": float(np.median(tot)),
+                                     "tok_us_max": float(tot.max()), "tokens_over_1ms": int((tot > 1000).sum())}
                 v = judge(case, r)
+                v.update(tok_stats)
                 verdicts[e].append(v)
                 if v["status"] == "ok":
                     mark = "pass" if v["passed"] else (f"FAIL v{len(v['validation_errors'])}"
@@ -294,7 +323,8 @@ def main(argv=None) -> int:
         if s["schemas_with_invalidation_errors"]:
             print(f"{e} accepted invalid instances on: {s['schemas_with_invalidation_errors']}")
     md = [f"{done} schemas ({n_tests if done == len(cases) else '…'} tests) from `{args.corpus.name}`, tokenizer "
-          f"{args.tokenizer} ({_common.VOCAB_SIZE[args.tokenizer]} ids), compile deadline {args.timeout_s:g} s; "
+          f"{args.tokenizer} ({_common.VOCAB_SIZE[args.tokenizer]} ids), compile deadlines "
+          f"{', '.join(f'{e} {t:g} s' for e, t in args.timeouts.items())}; "
           f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}.", "",
           markdown_table(h1, r1), "", "Per-token mask + commit (all tokens of all instances walked):", "",
           markdown_table(h2, r2), "", markdown_table(hc, rc), ""]
