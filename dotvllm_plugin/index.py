@@ -27,6 +27,10 @@ __all__ = ["TokenIndex", "build_index"]
 
 _BATCH_STATES = 64
 MAX_ROWS_BYTES = 512 * 1024 * 1024
+#: Budget of (state, token-trie node) pairs the walk may produce; it bounds compile time (about a
+#: second per 10 million on one core). Long bounded repetitions of wide classes (``.{0,1000}``)
+#: exceed it: every repetition level is a separate state that allows most of the vocabulary.
+MAX_INDEX_ENTRIES = 15_000_000
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,7 @@ def build_index(
     max_rows_bytes: int = MAX_ROWS_BYTES,
     share_loops: bool = True,
     merge_classes: bool | None = None,
+    max_entries: int = MAX_INDEX_ENTRIES,
 ) -> TokenIndex:
     """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
     classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
@@ -325,15 +330,17 @@ def build_index(
     rest = np.flatnonzero(gadget_of < 0)
     # Index every state in large batches rather than discovering states breadth first: discovery
     # along a long concatenation yields one state at a time and per-call overhead would dominate.
-    batch_size = max(_BATCH_STATES, min(1024, 4_000_000 // max(1, ct.n_nodes)))
+    batch_size = max(4, min(1024, 2_000_000 // max(1, ct.n_nodes)))
     for lo in range(0, len(rest), batch_size):
         batch = rest[lo : lo + batch_size]
         si, nd_, en_ = _walk(class_trans, ct, batch)
         parts_state.append(batch[si]), parts_node.append(nd_), parts_end.append(en_)
         total += len(nd_)
-        if total > 50_000_000:
+        if total > max_entries:
             raise CompilationTooLargeError(
-                f"the token index is too large ({total} entries over {n_states} states); simplify the constraint"
+                f"the token index is too large (over {max_entries} state×token entries across {n_states} "
+                "automaton states); long bounded repetitions of wide character classes (a JSON string "
+                "with a large maxLength, .{0,500}) are the usual cause: lower the bound or drop it"
             )
     empty = np.zeros(0, dtype=np.int64)
     state = np.concatenate(parts_state) if parts_state else empty
