@@ -1,0 +1,61 @@
+"""Compile time budget on a real server: every compile overruns a 1 ms budget, so each guided
+request kills and replaces a compile worker. The server must answer HTTP 400 each time (streaming
+too), keep serving, and not accumulate processes."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import requests
+
+from ._client import body_for, metric_values, post
+from .conftest import start_server
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def server(demo_model_dir):
+    srv = start_server(frontend="mp", model_dir=demo_model_dir,
+                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "0.001", "DOTVLLM_COMPILE_WORKERS": "1"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _group_size(pgid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                count += 1
+    return count
+
+
+def test_runaway_compiles_are_stopped_and_answered_with_400(server):
+    sizes = []
+    for i in range(4):
+        endpoint, stream = (CHAT, True) if i % 2 else (COMPLETIONS, False)
+        reply = post(server.base_url, endpoint,
+                     body_for(endpoint, "x", max_tokens=8, stream=stream, guided_regex=f"limit{i}-[a-z]+"))
+        assert reply.status == 400, reply.raw[:500]
+        assert re.search(r"guided_regex: compiling the regex constraint took longer than 0\.001 s and was stopped",
+                         reply.error), reply.error
+        plain = post(server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=4))
+        assert plain.status == 200 and plain.texts[0] is not None
+        sizes.append(_group_size(server.pid))
+    # Each timeout replaced the worker: the process count stays put.
+    assert max(sizes) == min(sizes), sizes
+    assert requests.get(server.base_url + "/health", timeout=30).status_code == 200
+    errors = metric_values(server.base_url, "dotvllm_compile_total")
+    assert errors[(("kind", "regex"), ("outcome", "error"))] >= 4
+    assert "killed and replaced" in server.log(200_000)
