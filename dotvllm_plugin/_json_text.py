@@ -164,6 +164,10 @@ ANY_CHAR = (
     "(?:" + class_regex(LITERAL_OK) + '|\\\\["\\\\/bfnrt]'
     + f"|\\\\u{_HEX_NON_SURROGATE}|\\\\u{_HEX_HIGH}\\\\u{_HEX_LOW})"
 )
+#: One JSON character without ``\\u`` escapes (controls other than ``\\b\\f\\n\\r\\t``
+#: inexpressible): used where a character is repeated a bounded number of times or in many
+#: places, because hex escapes cost several automaton states per position.
+PLAIN_CHAR = "(?:" + class_regex(LITERAL_OK) + '|\\\\["\\\\/bfnrt])'
 #: One JSON character, canonical encoding only.
 CANONICAL_CHAR = encode_set(ENCODABLE)
 

