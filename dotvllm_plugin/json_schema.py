@@ -36,7 +36,7 @@ from typing import Any
 from . import _json_text as T
 from ._json_formats import FORMATS, UNSUPPORTED_FORMATS
 from ._json_numbers import NUMBER, integer_range, number_range
-from .errors import CompilationTooLargeError, JSONSchemaError, UnsupportedFeatureError
+from .errors import CompilationTooLargeError, GrammarError, JSONSchemaError, UnsupportedFeatureError
 
 __all__ = [
     "DEFAULT_WHITESPACE",
@@ -618,7 +618,8 @@ class _Context:
         for i, sub in enumerate(subs):
             branches.append(({"allOf": [rest, sub]} if rest else sub, _ptr(where, key, i)))
         if key == "oneOf" and len(branches) > 1:
-            self.check_disjoint([b for b, _ in branches], where)
+            restricted = self.check_disjoint([b for b, _ in branches], where)
+            branches = [(r, w) for r, (_, w) in zip(restricted, branches)]
         alts = []
         for b, w in branches:
             r = self.compile(b, w)
@@ -626,22 +627,42 @@ class _Context:
                 alts.append(r)
         return self.check_size(T.alternation(alts), where) if alts else None
 
-    def check_disjoint(self, branches: list, where: str) -> None:
-        flats = []
-        for i, b in enumerate(branches):
+    def check_disjoint(self, branches: list, where: str) -> list:
+        """Branches restricted so that what one generates validates against no other one.
+
+        Either already provable (``_disjoint``), or made so by forbidding, in branch i, a property
+        that branch j requires and i does not (then nothing i generates satisfies j). Raises
+        when neither works.
+        """
+        branches = list(branches)
+
+        def flat(b, i):
             depth = len(self.ref_stack)
-            flat, _ = self.flatten(b, _ptr(where, "oneOf", i))
+            f, _ = self.flatten(b, _ptr(where, "oneOf", i))
             del self.ref_stack[depth:]
-            flats.append(flat)
+            return f
+
+        flats = [flat(b, i) for i, b in enumerate(branches)]
+        originals = list(flats)
         for i in range(len(flats)):
-            for j in range(i + 1, len(flats)):
-                if not _disjoint(flats[i], flats[j], self):
-                    raise _refuse(
-                        "oneOf", _ptr(where, "oneOf"),
-                        f"branches {i} and {j} may both match the same value, and 'exactly one' "
-                        "cannot be enforced by a regex; make the branches disjoint (e.g. different "
-                        "types or a required property with different const values) or use anyOf",
-                    )
+            for j in range(len(flats)):
+                if i == j or _disjoint(flats[i], originals[j], self, generated=True):
+                    continue
+                fi, fj = flats[i], originals[j]
+                req_i = set(fi.get("required") or []) if isinstance(fi, dict) else set()
+                req_j = [n for n in (fj.get("required") or []) if n not in req_i] if isinstance(fj, dict) else []
+                if req_j and isinstance(fi, dict) and _type_set(fi, _values(fi)) <= {"object"}:
+                    branches[i] = {"allOf": [branches[i], {"properties": {req_j[0]: False}}]}
+                    flats[i] = flat(branches[i], i)
+                    if _disjoint(flats[i], originals[j], self, generated=True):
+                        continue
+                raise _refuse(
+                    "oneOf", _ptr(where, "oneOf"),
+                    f"branches {i} and {j} may both match the same value, and 'exactly one' "
+                    "cannot be enforced by a regex; make the branches disjoint (e.g. different "
+                    "types or a required property with different const values) or use anyOf",
+                )
+        return branches
 
     # ---- not -----------------------------------------------------------------------------
 
@@ -1253,16 +1274,36 @@ def _multiples(m: int, lo, lo_x, hi, hi_x, where: str) -> str | None:
                   "or divisors of a power of ten with no or a zero lower bound)")
 
 
-def _disjoint(a, b, ctx: _Context) -> bool:
-    """Conservative: True only when no JSON value can validate against both flat schemas."""
+def _disjoint(a, b, ctx: _Context, generated: bool = False) -> bool:
+    """Conservative: True only when no JSON value can validate against both flat schemas.
+
+    With ``generated``: only when no value *our regex generates* for ``a`` validates ``b`` (``a``
+    then also counts the undeclared-properties restriction).
+    """
     depth = len(ctx.ref_stack)
     try:
-        return _disjoint_flat(a, b, ctx)
+        return _disjoint_flat(a, b, ctx, generated)
     finally:
         del ctx.ref_stack[depth:]
 
 
-def _disjoint_flat(a, b, ctx: _Context) -> bool:
+def _forbids(ctx: _Context, y: dict, name: str, generated: bool) -> bool:
+    py = y.get("properties") or {}
+    if name in py:
+        try:
+            flat, _ = ctx.flatten(py[name], "")
+        except GrammarError:
+            return False
+        if flat is False:
+            return True
+    if name in py or y.get("patternProperties"):
+        return False
+    if y.get("additionalProperties") is False:
+        return True
+    return generated and "additionalProperties" not in y and bool(py) and not ctx.undeclared
+
+
+def _disjoint_flat(a, b, ctx: _Context, generated: bool = False) -> bool:
     if a is None or b is None or a is False or b is False:
         return True
     if a is True or b is True:
@@ -1286,15 +1327,11 @@ def _disjoint_flat(a, b, ctx: _Context) -> bool:
             if name in pa and name in pb:
                 sa, _ = ctx.flatten(pa[name], "")
                 sb, _ = ctx.flatten(pb[name], "")
-                if sa is not None and sb is not None and _disjoint(sa, sb, ctx):
+                if sa is not None and sb is not None and _disjoint(sa, sb, ctx, generated):
                     return True
-        for x, y, rx in ((a, b, ra), (b, a, rb)):
-            py = y.get("properties") or {}
-            for name in rx:
-                if y.get("additionalProperties") is False and name not in py and not y.get("patternProperties"):
-                    return True
-                if py.get(name) is False:
-                    return True
+        for x, y, rx, gen in ((a, b, ra, False), (b, a, rb, generated)):
+            if any(_forbids(ctx, y, name, gen) for name in rx):
+                return True
     if ta & tb <= {"number", "integer"}:
         la, _, ha, _ = ctx.bounds(a, "")
         lb, _, hb, _ = ctx.bounds(b, "")
