@@ -14,7 +14,8 @@ the matcher walks the token's bytes through the DFA.
 
 from __future__ import annotations
 
-import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,7 @@ class ClassTrie:
         """Boolean mask over token ids: tokens that end at any of ``nodes``."""
         mark = np.zeros(self.n_nodes + 1, dtype=bool)  # last slot: the -1 of non-generatable ids
         mark[nodes] = True
-        return mark[self.token_node]
+        return np.take(mark, self.token_node)
 
 
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
@@ -254,38 +255,130 @@ class _GadgetWalk:
     ends: np.ndarray  # canonical end labels, parallel to ``nodes``
 
 
-def _walk_gadget(class_trans: np.ndarray, ct: ClassTrie, instances: list[np.ndarray]):
-    """Index all members of all instances of one gadget, walking the gadget itself only once.
+class _WalkCache:
+    """Per-vocabulary LRU of canonical gadget walks (byte-trie node ids), bounded in bytes.
 
-    Returns the shared canonical walk and the per-instance remainder (walks resumed after leaving
-    the gadget) as ``(state, node, end_state)`` arrays with real state ids.
+    The inside of a JSON string, the digits of a number: every schema has the same few gadgets,
+    and in the byte-trie view their walks do not depend on the rest of the pattern, so a walk is
+    done once per vocabulary and process.
     """
-    k = len(instances[0])
-    lut = np.full(class_trans.shape[0] + 1, _EXIT, dtype=np.int64)
-    lut[instances[0]] = np.arange(k)
-    lut[-1] = -1
-    rows = class_trans[instances[0]]
-    canon = lut[np.where(rows < 0, -1, rows)]
-    (c_si, c_node, c_end), (e_si, e_level, e_node, e_prev) = _walk(
-        canon, ct, np.arange(k, dtype=np.int64), want_exits=True
-    )
-    inst = np.stack(instances)
-    order = np.lexsort((c_node, c_si))
-    gw = _GadgetWalk(
-        instances=inst,
-        node_start=np.searchsorted(c_si[order], np.arange(k + 1)),
-        nodes=c_node[order],
-        ends=c_end[order],
-    )
-    inject: dict[int, tuple] = {}
-    for d in np.unique(e_level).tolist():
-        sel = e_level == d
-        r_prev = inst[:, e_prev[sel]]  # [m, n_exits]
-        r_next = class_trans[r_prev, ct.cls[d][e_node[sel]][None, :]]
-        r_state = inst[:, e_si[sel]]
-        alive = r_next >= 0
-        inject[d] = (r_state[alive], np.broadcast_to(e_node[sel], r_prev.shape)[alive], r_next[alive])
-    return gw, _walk(class_trans, ct, None, inject=inject)
+
+    def __init__(self, max_bytes: int = 96 << 20):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.items: OrderedDict[bytes, tuple] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is not None:
+                self.items.move_to_end(key)
+            return hit
+
+    def put(self, key: bytes, value: tuple) -> None:
+        size = sum(a.nbytes for a in value)
+        if size > self.max_bytes // 4:
+            return
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= sum(a.nbytes for a in old)
+
+
+def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache | None, byte_class):
+    """Walk each canonical gadget table from each of its labels; results in local labels.
+
+    Returns per gadget ``(c_si, c_node, c_end, e_si, e_level, e_node, e_prev)`` with the inside
+    part sorted by (label, node).
+    """
+    results: list = [None] * len(canons)
+    keys: list = [None] * len(canons)
+    todo = []
+    for i, canon in enumerate(canons):
+        if cache is not None:
+            keys[i] = canon[:, byte_class].astype(np.int32).tobytes() + ct.depth.to_bytes(4, "little")
+            results[i] = cache.get(keys[i])
+        if results[i] is None:
+            todo.append(i)
+    if todo:
+        # One block-diagonal table: every uncached gadget in a single walk.
+        offsets = np.cumsum([0] + [len(canons[i]) for i in todo])
+        parts = []
+        for i, off in zip(todo, offsets):
+            c = canons[i]
+            parts.append(np.where(c >= 0, c + off, c))
+        (c_si, c_node, c_end), (e_si, e_level, e_node, e_prev) = _walk(
+            np.concatenate(parts), ct, np.arange(offsets[-1], dtype=np.int64), want_exits=True
+        )
+        order = np.lexsort((c_node, c_si))
+        c_si, c_node, c_end = c_si[order], c_node[order], c_end[order]
+        c_bounds = np.searchsorted(c_si, offsets)
+        e_order = np.argsort(e_si, kind="stable")
+        e_si, e_level, e_node, e_prev = e_si[e_order], e_level[e_order], e_node[e_order], e_prev[e_order]
+        e_bounds = np.searchsorted(e_si, offsets)
+        for j, i in enumerate(todo):
+            off = offsets[j]
+            cs, ce = c_bounds[j], c_bounds[j + 1]
+            es, ee = e_bounds[j], e_bounds[j + 1]
+            res = (
+                (c_si[cs:ce] - off).astype(np.int32),
+                c_node[cs:ce].astype(np.int32),
+                (c_end[cs:ce] - off).astype(np.int32),
+                (e_si[es:ee] - off).astype(np.int32),
+                e_level[es:ee].astype(np.int32),
+                e_node[es:ee].astype(np.int32),
+                (e_prev[es:ee] - off).astype(np.int32),
+            )
+            results[i] = res
+            if cache is not None:
+                cache.put(keys[i], res)
+    return results
+
+
+def _walk_gadgets(class_trans: np.ndarray, ct: ClassTrie, shapes: list[list[np.ndarray]], cache, byte_class):
+    """Index all members of all instances of all gadgets, walking each gadget shape only once.
+
+    Canonical walks come from ``cache`` when given (byte-trie view only), else are walked
+    together; the remainders (walks resumed in each instance after leaving its gadget) are
+    walked in one more call. Returns the per-shape shared walks and the remainder as
+    ``(state, node, end)`` arrays with real state ids.
+    """
+    if not shapes:
+        return [], None
+    n = class_trans.shape[0]
+    canons = []
+    for instances in shapes:
+        k = len(instances[0])
+        lut = np.full(n + 1, _EXIT, dtype=np.int64)
+        lut[instances[0]] = np.arange(k)
+        lut[n] = -1
+        rows = class_trans[instances[0]]
+        canons.append(lut[np.where(rows < 0, n, rows)])
+    walks = []
+    inject_parts: dict[int, list] = {}
+    for instances, res in zip(shapes, _canonical_walks(ct, canons, cache, byte_class)):
+        c_si, c_node, c_end, e_si, e_level, e_node, e_prev = (x.astype(np.int64) for x in res)
+        k = len(instances[0])
+        inst = np.stack(instances)
+        walks.append(
+            _GadgetWalk(instances=inst, node_start=np.searchsorted(c_si, np.arange(k + 1)), nodes=c_node, ends=c_end)
+        )
+        for d in np.unique(e_level).tolist():
+            sel = e_level == d
+            r_prev = inst[:, e_prev[sel]]  # [m, n_exits]
+            r_next = class_trans[r_prev, ct.cls[d][e_node[sel]][None, :]]
+            r_state = inst[:, e_si[sel]]
+            alive = r_next >= 0
+            inject_parts.setdefault(d, []).append(
+                (r_state[alive], np.broadcast_to(e_node[sel], r_prev.shape)[alive], r_next[alive])
+            )
+    inject = {d: tuple(np.concatenate(x) for x in zip(*parts)) for d, parts in inject_parts.items()}
+    return walks, _walk(class_trans, ct, None, inject=inject)
 
 
 def build_index(
@@ -314,25 +407,49 @@ def build_index(
     gadget_of = np.full(n_states, -1, dtype=np.int64)  # state → gadget index
     label_of = np.full(n_states, -1, dtype=np.int64)  # state → canonical label within its gadget
     total = 0
-    for instances in _find_gadgets(class_trans).values() if share_loops else ():
-        gw, (st_, nd_, en_) = _walk_gadget(class_trans, ct, instances)
+    shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
+    cache = None
+    if not merge:  # node ids are byte-trie ids, the same for every pattern: share walks
+        cache = vocab._cache.get("gadget_walks")
+        if cache is None:
+            cache = vocab._cache.setdefault("gadget_walks", _WalkCache())
+    walks, remainder = _walk_gadgets(class_trans, ct, shapes, cache, byte_class)
+    if remainder is not None:
+        parts_state.append(remainder[0]), parts_node.append(remainder[1]), parts_end.append(remainder[2])
+        total += len(remainder[1])
+    for gw in walks:
         gadget_of[gw.instances] = len(gadgets)
         label_of[gw.instances] = np.arange(gw.instances.shape[1])[None, :]
         gadgets.append(gw)
-        parts_state.append(st_), parts_node.append(nd_), parts_end.append(en_)
         # Shared part, as token-graph edges only (small: distinct end labels per member).
         for c in range(gw.instances.shape[1]):
             labels = np.unique(gw.ends[gw.node_start[c] : gw.node_start[c + 1]])
             parts_state.append(np.repeat(gw.instances[:, c], len(labels)))
             parts_node.append(np.full(len(labels) * len(gw.instances), -1, dtype=np.int64))
             parts_end.append(gw.instances[:, labels].ravel())
-        total += len(nd_) + len(gw.nodes)
+        total += len(gw.nodes)
     rest = np.flatnonzero(gadget_of < 0)
-    # Index every state in large batches rather than discovering states breadth first: discovery
-    # along a long concatenation yields one state at a time and per-call overhead would dominate.
-    batch_size = max(4, min(1024, 2_000_000 // max(1, ct.n_nodes)))
-    for lo in range(0, len(rest), batch_size):
-        batch = rest[lo : lo + batch_size]
+    # Index the other states in large batches (per-call overhead dominates for the many light
+    # states of a long concatenation) sized by how much of the vocabulary each state can start:
+    # a state that allows few first bytes walks a small part of the trie.
+    first_nodes = np.bincount(ct.cls[0], minlength=class_trans.shape[1]) if ct.depth else np.zeros(1)
+    weight = ((class_trans[rest] >= 0) * first_nodes[None, :]).sum(axis=1) if len(rest) else np.zeros(0)
+    avg_subtree = ct.n_nodes / max(1, len(ct.cls[0]) if ct.depth else 1)
+    cost = np.maximum(weight * avg_subtree, 1.0)
+    order = np.argsort(cost, kind="stable")
+    rest, cost = rest[order], cost[order]
+    bounds = [0]
+    acc = 0.0
+    for i, c in enumerate(cost.tolist()):
+        if acc + c > 3_000_000 and i > bounds[-1]:
+            bounds.append(i)
+            acc = 0.0
+        acc += c
+    bounds.append(len(rest))
+    for lo, hi in zip(bounds, bounds[1:]):
+        if hi <= lo:
+            continue
+        batch = rest[lo:hi]
         si, nd_, en_ = _walk(class_trans, ct, batch)
         parts_state.append(batch[si]), parts_node.append(nd_), parts_end.append(en_)
         total += len(nd_)
