@@ -541,6 +541,24 @@ def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting, initial=0)
 
 
+def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes that behave alike in every state: ``(class_transitions [n, C], byte_class [256])``.
+
+    Columns are grouped by a random 64-bit projection, then checked exactly; on a (never yet
+    seen) collision the exact sort-based grouping is used instead.
+    """
+    n = trans.shape[0]
+    proj = np.random.default_rng(0xC1A55).integers(1, 2**63, size=n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = ((trans.astype(np.int64) + 1).astype(np.uint64) * proj[:, None]).sum(axis=0, dtype=np.uint64)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(256)
+    if np.array_equal(trans[:, first[inverse]], trans):
+        return np.ascontiguousarray(trans[:, first]), inverse
+    cols, inverse = np.unique(trans.T, axis=0, return_inverse=True)
+    return np.ascontiguousarray(cols.T), inverse.reshape(256)
+
+
 def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32):
     """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation).
 
@@ -549,8 +567,7 @@ def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32)
     one index walk. State 0 stays the initial state.
     """
     # Work on byte classes: merging states only coarsens the column partition, never breaks it.
-    cols, byte_class = np.unique(trans.T, axis=0, return_inverse=True)
-    rows = np.ascontiguousarray(cols.T)
+    rows, byte_class = byte_classes(trans)
     rng = np.random.default_rng(0x5EED)
     mult = rng.integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
     for _ in range(max_rounds):

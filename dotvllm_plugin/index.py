@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CompilationTooLargeError, VocabularyCoverageError
-from .fsm import ByteDFA
+from .fsm import ByteDFA, byte_classes
 from .vocabulary import Vocabulary
 
 __all__ = ["TokenIndex", "build_index"]
@@ -391,9 +391,9 @@ def build_index(
     max_entries: int = MAX_INDEX_ENTRIES,
 ) -> TokenIndex:
     """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
-    classes, byte_class = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
-    byte_class = byte_class.reshape(256)
-    class_trans = np.ascontiguousarray(classes.T).astype(np.int64)
+    class_trans, byte_class = byte_classes(dfa.transitions)
+    class_trans = class_trans.astype(np.int64)
+    classes = class_trans.T
     merge = merge_classes if merge_classes is not None else len(classes) <= 24
     ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
     n_states = dfa.n_states
