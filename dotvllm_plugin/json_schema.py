@@ -77,7 +77,7 @@ _KNOWN = frozenset({
     "extends", "divisibleBy",
 })
 _REFUSED = frozenset({
-    "dependencies", "dependentSchemas", "unevaluatedItems", "unevaluatedProperties",
+    "unevaluatedItems", "unevaluatedProperties",
     "$dynamicRef", "$recursiveRef", "disallow", "extends", "divisibleBy", "if",
 })
 _TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
@@ -417,6 +417,8 @@ class _Context:
             )
         if not kw:
             return self.any_value()
+        if any(k in kw for k in ("dependencies", "dependentRequired", "dependentSchemas")):
+            return self.compile(self.expand_dependencies(kw, where), where)
         if "$ref" in kw:
             target, pushed = self.expand_ref(kw, where)
             if target is None:
@@ -441,6 +443,34 @@ class _Context:
             if not isinstance(kw, dict) or any(k in kw for k in ("$ref", "allOf", "anyOf", "oneOf", "not")):
                 return self.compile(kw, where)
         return self.compile_flat(kw, where)
+
+    def expand_dependencies(self, kw: dict, where: str) -> dict:
+        """``p → deps`` as ``anyOf [p absent, p and deps]`` (exact: both sides ignore non-objects)."""
+        rest = {k: v for k, v in kw.items()
+                if k not in ("dependencies", "dependentRequired", "dependentSchemas")}
+        conds = []
+        for key in ("dependencies", "dependentRequired", "dependentSchemas"):
+            deps = kw.get(key)
+            if deps is None:
+                continue
+            if not isinstance(deps, dict):
+                raise _bad(_ptr(where, key), f"{key} must be an object")
+            for name, dep in deps.items():
+                w = _ptr(where, key, name)
+                absent = {"properties": {name: False}}
+                if isinstance(dep, list):
+                    if key == "dependentSchemas" or not all(isinstance(x, str) for x in dep):
+                        raise _bad(w, "expected an array of property names")
+                    present = {"required": [name, *dep]}
+                elif isinstance(dep, (dict, bool)) and key != "dependentRequired":
+                    present = {"required": [name], "allOf": [dep]}
+                else:
+                    raise _bad(w, f"{key} values must be arrays of names or schemas")
+                conds.append({"anyOf": [absent, present]})
+        if len(conds) > 6:
+            raise _refuse("dependencies" if "dependencies" in kw else "dependentRequired", where,
+                          "more than 6 property dependencies (each doubles the regex)")
+        return {"allOf": [rest, *conds]} if rest else {"allOf": conds}
 
     # ---- allOf ---------------------------------------------------------------------------
 
