@@ -48,10 +48,14 @@ def machine_section(runs: dict[str, dict]) -> str:
     rows = []
     for name, r in runs.items():
         m0, m1 = r["machine_start"], r["machine_end"]
-        rows.append([name, m0["utc"], m1["utc"], m0["git_commit"] + (" + uncommitted core files"
-                                                                    if m0.get("uncommitted_core_files") else ""),
+        core = m0.get("core", {})
+        if core.get("commit"):
+            engine = f"`{core['commit'][:8]}` (committed snapshot)"
+        else:
+            engine = f"`{m0['git_commit']}`" + (" + uncommitted core edits" if m0.get("uncommitted_core_files") else "")
+        rows.append([name, m0["utc"], m1["utc"], engine,
                      " / ".join(f"{x:.1f}" for x in m0["loadavg"]), " / ".join(f"{x:.1f}" for x in m1["loadavg"])])
-    lines += [markdown_table(["run", "start (UTC)", "end (UTC)", "commit", "load 1/5/15 min at start",
+    lines += [markdown_table(["run", "start (UTC)", "end (UTC)", "our engine", "load 1/5/15 min at start",
                               "at end"], rows), ""]
     versions = first["versions"]
     lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
@@ -164,8 +168,22 @@ def failures_section(r: dict) -> str:
                   markdown_table(["schema", "status", "time", "error"], rows), ""]
     slow = sorted((v for v in vs if v["status"] == "ok"), key=lambda v: -v["compile_ms"])[:10]
     if slow:
-        rows = [[f"`{v['name']}`", fmt_ms(v["compile_ms"]), fmt_bytes(v.get("index_bytes"))] for v in slow]
-        lines += ["Slowest compiles:", "", markdown_table(["schema", "compile", "index"], rows), ""]
+        rows = [[f"`{v['name']}`", fmt_ms(v["compile_ms"]), fmt_bytes(v.get("index_bytes")),
+                 fmt_bytes(v.get("rss_delta_bytes"))] for v in slow]
+        lines += ["Slowest compiles:", "", markdown_table(["schema", "compile", "index", "RSS Δ"], rows), ""]
+    big = sorted((v for v in vs if v["status"] == "ok" and v.get("rss_delta_bytes")),
+                 key=lambda v: -v["rss_delta_bytes"])[:5]
+    if big:
+        rows = [[f"`{v['name']}`", fmt_bytes(v["rss_delta_bytes"]), fmt_ms(v["compile_ms"]),
+                 fmt_bytes(v.get("index_bytes"))] for v in big]
+        lines += ["Largest transient memory during a compile:", "",
+                  markdown_table(["schema", "RSS Δ", "compile", "index"], rows), ""]
+    slow_tok = [v for v in vs if v.get("tokens_over_1ms")]
+    if slow_tok:
+        rows = [[f"`{v['name']}`", v["tokens_over_1ms"], fmt_us(v["tok_us_max"]), v["tokens_timed"]] for v in
+                sorted(slow_tok, key=lambda v: -v["tok_us_max"])[:10]]
+        lines += ["Schemas with tokens slower than 1 ms (mask+commit):", "",
+                  markdown_table(["schema", "tokens > 1 ms", "slowest", "tokens timed"], rows), ""]
     return "\n".join(lines)
 
 
