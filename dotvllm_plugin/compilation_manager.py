@@ -11,7 +11,8 @@ would stall token generation), and a pathological regex must not take a worker d
   (→ :class:`~dotvllm_plugin.errors.CompilationTimeoutError`) or when its process dies
   (→ :class:`~dotvllm_plugin.errors.CompilationError`); the other slots keep serving;
 * results live in an in-memory LRU keyed by a sha256 of (kind, spec, options, vocabulary
-  fingerprint, package version); concurrent identical requests share one compile;
+  fingerprint, package version); concurrent identical requests share one compile; deterministic
+  failures (a bad spec, a size budget) are remembered too, so a repeat costs no worker time;
 * an optional on-disk cache stores :meth:`CompiledGrammar.to_bytes` (a versioned, pickle-free
   format) behind a sha256 integrity hash. Nothing is ever unpickled from disk; a file that fails
   its hash or format check is deleted and the constraint recompiled.
@@ -318,6 +319,8 @@ class CompilationManager:
         self._kinds = KINDS + (_TEST_KINDS if _allow_test_kinds else ())
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CompileResult] = OrderedDict()
+        # Deterministic failures (a bad spec, a size budget): a repeat is refused without a worker.
+        self._errors: OrderedDict[str, tuple[str, str, dict]] = OrderedDict()
         self._inflight: dict[str, concurrent.futures.Future] = {}
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -337,10 +340,15 @@ class CompilationManager:
             if self._closed:
                 raise RuntimeError("CompilationManager is closed")
             hit = self._cache.get(key)
+            known_error = self._errors.get(key) if hit is None else None
             if hit is not None:
                 self._cache.move_to_end(key)
             else:
                 shared = self._inflight.get(key)
+        if known_error is not None:
+            error = _rebuild_error(*known_error)
+            self._report(kind, "error", 0.0, error, key, cached=True)
+            return _failed(error)
         if hit is not None:
             self._report(kind, "hit", 0.0, None, key)
             return _done(hit)
@@ -480,6 +488,8 @@ class CompilationManager:
             _, type_name, message, attrs = reply
             if type_name == "CompilationTooLargeError" and "memory budget" in message:
                 slot.kill()  # start the next compile in a fresh heap
+            if _deterministic(type_name):
+                self._remember_error(job.key, reply[1:])
             self._finish(job, error=_rebuild_error(type_name, message, attrs), seconds=time.perf_counter() - t0)
             return
         _, data, worker_seconds = reply
@@ -506,6 +516,12 @@ class CompilationManager:
             self._report(job.kind, "miss", seconds, None, job.key, grammar=result.grammar)
             job.future.set_result(result)
 
+    def _remember_error(self, key: str, error: tuple) -> None:
+        with self._lock:
+            self._errors[key] = error
+            while len(self._errors) > max(self.cache_size, 16):
+                self._errors.popitem(last=False)
+
     def _remember(self, result: CompileResult) -> None:
         if self.cache_size <= 0:
             return
@@ -515,13 +531,15 @@ class CompilationManager:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
-    def _report(self, kind, outcome, seconds, error, key, *, shared=False, disk=False, grammar=None) -> None:
+    def _report(self, kind, outcome, seconds, error, key, *, shared=False, disk=False, grammar=None,
+                cached=False) -> None:
         with self._lock:
             self.stats[outcome] += 1
         if outcome == "error":
             level = logging.INFO if isinstance(error, GrammarError) else logging.WARNING
-            self._log.log(level, "compile %s failed after %.1f ms (key %s): %s: %s", kind, seconds * 1e3, key[:12],
-                       type(error).__name__, error)
+            when = "(known error)" if cached else f"after {seconds * 1e3:.1f} ms"
+            self._log.log(level, "compile %s failed %s (key %s): %s: %s", kind, when, key[:12],
+                          type(error).__name__, error)
         elif outcome == "miss":
             self._log.info("compiled %s in %.1f ms (cache miss, key %s, %r)", kind, seconds * 1e3, key[:12], grammar)
         else:
@@ -585,6 +603,17 @@ class CompilationManager:
                 path.unlink()
             return None
         return CompileResult(key=key, grammar=grammar, data=data, kind=kind)
+
+
+def _deterministic(type_name: str) -> bool:
+    cls = getattr(errors, type_name, None)
+    return isinstance(cls, type) and issubclass(cls, (GrammarError, errors.CompilationTooLargeError))
+
+
+def _failed(error: BaseException) -> concurrent.futures.Future:
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_exception(error)
+    return fut
 
 
 def _done(result: CompileResult) -> concurrent.futures.Future:

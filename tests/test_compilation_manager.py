@@ -132,6 +132,27 @@ def test_grammar_errors_come_back_typed(manager, kind, spec, error, match):
     assert manager.compile("regex", "still-alive").grammar is not None
 
 
+def test_deterministic_errors_are_remembered(vocab):
+    rec = Recorder()
+    with CompilationManager(vocab, on_compile=rec) as m:
+        with pytest.raises(UnsupportedFeatureError, match="lookbehind"):
+            m.compile("regex", "(?<=a)b")
+        # The repeat is answered at once, without a worker.
+        again = m.submit("regex", "(?<=a)b")
+        assert again.done()
+        with pytest.raises(UnsupportedFeatureError, match="lookbehind"):
+            again.result()
+        assert rec.events == [("regex", "error"), ("regex", "error")]
+        assert m.compile("regex", "fine").grammar is not None
+
+
+def test_timeouts_are_not_remembered(vocab):
+    with CompilationManager(vocab, timeout_s=1.0, _allow_test_kinds=True) as m:
+        with pytest.raises(CompilationTimeoutError, match="was stopped"):
+            m.compile(_TEST_SLEEP, 5)
+        assert not m._errors
+
+
 def test_unknown_kind_is_refused(manager):
     with pytest.raises(ValueError, match="unknown constraint kind 'lark'"):
         manager.submit("lark", "start: 'a'")
