@@ -544,7 +544,7 @@ class CompilationManager:
             self._log.info("compiled %s in %.1f ms (cache miss, key %s, %r)", kind, seconds * 1e3, key[:12], grammar)
         else:
             where = "in flight" if shared else ("disk" if disk else "memory")
-            self._log.debug("compile %s: cache hit (%s, key %s)", kind, where, key[:12])
+            self._log.info("compile %s: cache hit (%s, key %s)", kind, where, key[:12])
         if self._on_compile is not None:
             try:
                 self._on_compile(kind, outcome, seconds, error)
