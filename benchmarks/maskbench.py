@@ -98,7 +98,7 @@ def load_cases(args) -> list[dict]:
 def judge(case: dict, r: dict) -> dict:
     """Per-schema verdict from a worker result."""
     out = {"name": case["name"], "status": r["status"]}
-    for k in ("compile_ms", "index_bytes", "rss_delta_bytes", "first_mask_ns", "error", "feature", "where"):
+    for k in ("compile_ms", "compile_cpu_ms", "index_bytes", "rss_delta_bytes", "first_mask_ns", "error", "feature", "where"):
         if r.get(k) is not None:
             out[k] = r[k]
     if r["status"] != "ok":
@@ -135,6 +135,7 @@ def summarise(engine: str, verdicts: list[dict], tokens: dict) -> dict:
         "inconsistencies": sum(len(v.get("mask_commit_inconsistencies", [])) for v in ok),
         "refused_features": dict(refused_features.most_common()),
         "compile_ms": percentiles([v["compile_ms"] for v in ok], (50, 90, 99)),
+        "compile_cpu_ms": percentiles([v["compile_cpu_ms"] for v in ok if "compile_cpu_ms" in v], (50, 90, 99)),
         "first_mask_us": percentiles([v["first_mask_ns"] / 1e3 for v in ok if "first_mask_ns" in v], (50, 90, 99)),
         "compile_plus_first_mask_ms": percentiles([v["compile_ms"] + v["first_mask_ns"] / 1e6 for v in ok
                                                    if "first_mask_ns" in v], (50, 90, 99)),
@@ -152,13 +153,15 @@ def summarise(engine: str, verdicts: list[dict], tokens: dict) -> dict:
 
 def tables(summaries: dict, n: int):
     h1 = ["engine", "compiled", "passing", "not compiled (by reason)", "valid rejected", "invalid accepted",
-          "compile p50", "p90", "p99", "max", "compile+1st mask p50", "p90", "max", "index p50", "RSS Δ p50 / max"]
+          "compile p50", "p90", "p99", "max", "CPU p50 / p90 / max", "compile+1st mask p50", "p90", "max",
+          "index p50", "RSS Δ p50 / max"]
     r1 = []
     for e, s in summaries.items():
         reasons = ", ".join(f"{k} {c}" for k, c in sorted(s["statuses"].items()) if k != "ok") or "-"
         r1.append([e, f"{s['compiled']}/{n}", f"{s['passing']}/{n}", reasons, s["validation_errors"],
                    s["invalidation_errors"], fmt_ms(s["compile_ms"]["p50"]), fmt_ms(s["compile_ms"]["p90"]),
                    fmt_ms(s["compile_ms"]["p99"]), fmt_ms(s["compile_ms"]["max"]),
+                   " / ".join(fmt_ms(s["compile_cpu_ms"][k]) for k in ("p50", "p90", "max")),
                    fmt_ms(s["compile_plus_first_mask_ms"]["p50"]), fmt_ms(s["compile_plus_first_mask_ms"]["p90"]),
                    fmt_ms(s["compile_plus_first_mask_ms"]["max"]),
                    fmt_bytes(s["index_bytes"]["p50"]),

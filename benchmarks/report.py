@@ -74,6 +74,20 @@ def _get(d: dict, *path, default=math.nan):
     return d
 
 
+def _cpu(summary: dict | None, stat: str) -> float:
+    """Compile CPU time (robust to the shared machine's load); wall time where CPU is missing."""
+    if not summary:
+        return math.nan
+    v = _get(summary, "compile_cpu_ms", stat)
+    return v if v == v else _get(summary, "compile_ms", stat)
+
+
+def _wc(summary: dict | None, stat: str) -> str:
+    if not summary:
+        return "—"
+    return f"{fmt_ms(_get(summary, 'compile_ms', stat))} wall / {fmt_ms(_cpu(summary, stat))} CPU"
+
+
 def regex_section(r: dict) -> tuple[str, list]:
     s = r["summary"]
     md = (RESULTS / "regex.md").read_text() if (RESULTS / "regex.md").exists() else ""
@@ -89,14 +103,13 @@ def regex_section(r: dict) -> tuple[str, list]:
         o = s["ours"]
         xg, oc = s.get("xgrammar"), s.get("outlines_core")
         targets += [
-            ["regex compile p50 ≤ 10 ms", fmt_ms(o["compile_ms"]["p50"]), _ok(o["compile_ms"]["p50"] <= 10)],
-            ["regex compile worst ≤ xgrammar's worst (same run)", f"{fmt_ms(o['compile_ms']['max'])} vs "
-             f"{fmt_ms(_get(xg or {}, 'compile_ms', 'max'))}",
-             _ok(o["compile_ms"]["max"] <= _get(xg or {}, "compile_ms", "max")) if xg else None],
-            ["regex compile worst ≤ 150 ms (aim)", fmt_ms(o["compile_ms"]["max"]), _ok(o["compile_ms"]["max"] <= 150)],
+            ["regex compile p50 ≤ 10 ms", _wc(o, "p50"), _ok(_cpu(o, "p50") <= 10)],
+            ["regex compile worst ≤ xgrammar's worst (same run)", f"{_wc(o, 'max')} vs {_wc(xg, 'max')}" if xg else "—",
+             _ok(_cpu(o, "max") <= _cpu(xg, "max")) if xg else None],
+            ["regex compile worst ≤ 150 ms (aim)", _wc(o, "max"), _ok(_cpu(o, "max") <= 150)],
             ["regex compile ≥ 20× faster than outlines-core at p50",
-             f"{_get(oc or {}, 'compile_ms', 'p50') / o['compile_ms']['p50']:.1f}×" if oc else "—",
-             _ok(_get(oc, "compile_ms", "p50") / o["compile_ms"]["p50"] >= 20) if oc else None],
+             f"{_cpu(oc, 'p50') / _cpu(o, 'p50'):.1f}× (CPU)" if oc else "—",
+             _ok(_cpu(oc, "p50") / _cpu(o, "p50") >= 20) if oc else None],
             ["mask+commit per token p50 ≤ 5 µs", fmt_us(o["mask_commit_us"]["p50"]), _ok(o["mask_commit_us"]["p50"] <= 5)],
             ["mask+commit per token p99 ≤ 50 µs", fmt_us(o["mask_commit_us"]["p99"]), _ok(o["mask_commit_us"]["p99"] <= 50)],
             ["index memory median ≤ 2 MB", fmt_bytes(o["index_bytes"]["p50"]), _ok(o["index_bytes"]["p50"] <= 2e6)],
@@ -132,11 +145,10 @@ def maskbench_section(title: str, r: dict, plot: str | None) -> tuple[str, list]
             ["JSON: 0 invalidation errors", str(o["invalidation_errors"]), _ok(o["invalidation_errors"] == 0)],
             ["JSON: passing share ≥ llguidance's", f"{o['passing']}/{n} vs {llg['passing']}/{n}" if llg else "—",
              _ok(o["passing"] >= llg["passing"]) if llg else None],
-            ["JSON compile p50 ≤ xgrammar's p50 (same run)",
-             f"{fmt_ms(o['compile_ms']['p50'])} vs {fmt_ms(_get(xg or {}, 'compile_ms', 'p50'))}",
-             _ok(o["compile_ms"]["p50"] <= xg["compile_ms"]["p50"]) if xg else None],
-            ["JSON compile p90 ≤ 150 ms", fmt_ms(o["compile_ms"]["p90"]), _ok(o["compile_ms"]["p90"] <= 150)],
-            ["JSON compile max ≤ 2 s", fmt_ms(o["compile_ms"]["max"]), _ok(o["compile_ms"]["max"] <= 2000)],
+            ["JSON compile p50 ≤ xgrammar's p50 (same run)", f"{_wc(o, 'p50')} vs {_wc(xg, 'p50')}" if xg else "—",
+             _ok(_cpu(o, "p50") <= _cpu(xg, "p50")) if xg else None],
+            ["JSON compile p90 ≤ 150 ms", _wc(o, "p90"), _ok(_cpu(o, "p90") <= 150)],
+            ["JSON compile max ≤ 2 s", _wc(o, "max"), _ok(_cpu(o, "max") <= 2000)],
             ["JSON: none beyond the timeout", str(o["statuses"].get("timeout", 0) + o["statuses"].get("memory_limit", 0)),
              _ok(o["statuses"].get("timeout", 0) + o["statuses"].get("memory_limit", 0) == 0)],
             ["JSON mask+commit mean ≤ 10 µs", fmt_us(o["mask_commit_us"]["mean"]), _ok(o["mask_commit_us"]["mean"] <= 10)],
@@ -220,6 +232,10 @@ def main() -> int:
         body.append(text)
     if targets:
         parts += ["## Targets (issues 2 and 4) against this run", "",
+                  "Compile-time verdicts use **CPU time** of the compiling process: on this shared 2-core machine "
+                  "(load 4–7 while measuring) wall time was often 2–5× the CPU time, and CPU time is what an idle "
+                  "machine's wall time would be for these single-threaded compiles. Per-token figures are wall "
+                  "time (percentiles are robust to the occasional preemption; maxima are not).", "",
                   markdown_table(["target", "measured", "verdict"], targets), ""]
     parts += [machine_section(runs)] + body
     notes = _common.REPO_ROOT / "benchmarks" / "notes.md"
