@@ -157,3 +157,17 @@ def test_bitmask_unpacking_matches_numpy_oracle(grammar, vocab):
     lp = DotvllmLogitsProcessor(grammar, key="k")
     out = lp([], torch.zeros(vocab.size))
     assert np.array_equal(torch.isfinite(out).numpy(), bits)
+
+
+def test_masks_are_shared_per_row_device_and_dtype(grammar, vocab):
+    lp_module._masks.clear()
+    lp_module._mask_bytes = 0
+    a = DotvllmLogitsProcessor(grammar, key="k1")
+    b = DotvllmLogitsProcessor(grammar, key="k2")
+    a([], torch.zeros(vocab.size))
+    b([], torch.zeros(vocab.size))
+    assert len(lp_module._masks) == 1
+    b([], torch.zeros(vocab.size, dtype=torch.bfloat16))
+    b([], torch.zeros(vocab.size + 64))
+    assert len(lp_module._masks) == 3
+    assert lp_module._mask_bytes == sum(m.numel() * m.element_size() for m in lp_module._masks.values())
