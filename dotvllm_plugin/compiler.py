@@ -233,10 +233,15 @@ class GrammarCompiler:
 
     def compile_regex(self, pattern: str, *, kind: str = "regex", source: Any = None) -> CompiledGrammar:
         """Compile a regex (full-match semantics) into a :class:`CompiledGrammar`."""
+        return self._compile(pattern, kind, source, check_syntax=True)
+
+    def _compile(self, pattern: str, kind: str, source: Any, *, check_syntax: bool) -> CompiledGrammar:
         src = pattern if source is None else source
         return self._cached(
             ("regex", pattern),
-            lambda: CompiledGrammar._from_dfa(kind, src, regex_to_dfa(pattern), self.vocabulary),
+            lambda: CompiledGrammar._from_dfa(
+                kind, src, regex_to_dfa(pattern, check_syntax=check_syntax), self.vocabulary
+            ),
         )
 
     def compile_choice(self, choices) -> CompiledGrammar:
@@ -249,10 +254,11 @@ class GrammarCompiler:
 
         regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
         source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
-        return self.compile_regex(regex, kind="json_schema", source=source)
+        return self._compile(regex, "json_schema", source, check_syntax=False)
 
     def compile_json_object(self, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
         """Any JSON object (nesting depth bounded, see :mod:`.json_schema`)."""
         from .json_schema import json_object_regex
 
-        return self.compile_regex(json_object_regex(whitespace_pattern=whitespace_pattern), kind="json_object", source="{}")
+        regex = json_object_regex(whitespace_pattern=whitespace_pattern)
+        return self._compile(regex, "json_object", "{}", check_syntax=False)

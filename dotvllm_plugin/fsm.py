@@ -169,12 +169,13 @@ def _sre_parse(pattern: str):
     return sre_parse.parse(pattern)
 
 
-def _parse(pattern: str):
+def _parse(pattern: str, check_syntax: bool = True):
     """Parse with Python's ``re`` (for precise syntax errors) and interegular (for the FSM)."""
     if not isinstance(pattern, str):
         raise TypeError(f"a regex must be a str, got {type(pattern).__name__}")
     try:
-        _sre_parse(pattern)
+        if check_syntax:
+            _sre_parse(pattern)
     except re.error as e:
         pos = e.pos if e.pos is not None else None
         raise RegexSyntaxError(
@@ -208,12 +209,16 @@ def check_regex(pattern: str) -> None:
 # -- FSM construction ----------------------------------------------------------------------------
 
 
-def regex_to_dfa(pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True) -> ByteDFA:
+def regex_to_dfa(
+    pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True, check_syntax: bool = True
+) -> ByteDFA:
     """Compile ``pattern`` (full-match semantics) into a trimmed byte-level DFA.
 
     ``fast=False`` uses interegular's own FSM construction (the reference implementation).
+    ``check_syntax=False`` skips Python's parser, which only serves error messages: for regexes
+    this package generated itself.
     """
-    parsed = _parse(pattern)
+    parsed = _parse(pattern, check_syntax)
     if fast:
         from ._glushkov import Unhandled, glushkov_dfa
 
