@@ -372,3 +372,23 @@ def test_fast_dfa_construction_equals_interegular(pattern):
     from dotvllm_plugin.fsm import regex_to_dfa
 
     assert _equivalent(regex_to_dfa(pattern), regex_to_dfa(pattern, fast=False))
+
+
+def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
+    """A string loop walked for one pattern is reused by another; rows must equal the reference."""
+    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.index import build_index
+
+    s = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])*"'
+    patterns = [
+        r"\{" + f'"a":{s},"b":{s}' + r"\}",
+        r"\[" + f"{s}(?:,{s})*" + r"\]",
+        f'(?:{s}|[0-9]+)(?: {s})?' + "!",
+    ]
+    for pattern in patterns:
+        dfa = regex_to_dfa(pattern)
+        fast = build_index(dfa, tekken_vocab, merge_classes=False)
+        ref = build_index(dfa, tekken_vocab, share_loops=False, merge_classes=False)
+        for st in range(dfa.n_states):
+            assert np.array_equal(fast.rows[fast.row_of_state[st]], ref.rows[ref.row_of_state[st]]), (pattern, st)
+    assert tekken_vocab._cache.get("gadget_walks") is not None
