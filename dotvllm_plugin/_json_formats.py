@@ -53,9 +53,11 @@ IPV6 = "(?:" + "|".join([
 _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,60}[A-Za-z0-9])?"
 _TLD = "[A-Za-z](?:[A-Za-z0-9-]{0,60}[A-Za-z0-9])?"
 HOSTNAME = f"(?:{_LABEL}\\.){{0,3}}{_TLD}"
-# RFC 5321 dot-atom local part at a host name with a dot
+# RFC 5321 Mailbox ABNF (which has no length limits): Dot-string "@" Domain; we require a dot in
+# the domain and leave out quoted local parts and address literals (restrictions).
 _ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-EMAIL = f"{_ATEXT}{{1,64}}(?:\\.{_ATEXT}{{1,64}}){{0,3}}@(?:{_LABEL}\\.){{1,3}}{_TLD}"
+_SUBDOMAIN = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+EMAIL = f"{_ATEXT}+(?:\\.{_ATEXT}+)*@{_SUBDOMAIN}(?:\\.{_SUBDOMAIN})+"
 
 # RFC 3986 (no IP-literal hosts: a subset)
 _UNRESERVED = "[A-Za-z0-9._~-]"

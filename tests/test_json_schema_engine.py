@@ -1,0 +1,137 @@
+"""JSON Schema end to end through the engine: GrammarCompiler(Tekken) + GrammarMatcher."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from dotvllm_plugin import GrammarCompiler, GrammarMatcher, UnsupportedFeatureError
+from dotvllm_plugin.json_schema import order_properties
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "email": {"type": "string", "format": "email"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "ç"]}, "maxItems": 3},
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+TREE = {
+    "$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {
+        "type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["v"], "additionalProperties": False}},
+    "$ref": "#/$defs/node",
+}
+UNION = {"oneOf": [
+    {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "number", "minimum": 0}},
+     "required": ["kind", "r"], "additionalProperties": False},
+    {"type": "object", "properties": {"kind": {"const": "square"}, "side": {"type": "integer"}},
+     "required": ["kind", "side"], "additionalProperties": False},
+    {"type": "null"},
+]}
+TEXT = {"type": "object", "properties": {
+    "id": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+    "when": {"type": "string", "format": "date-time"},
+    "note": {"type": "string"},
+}, "required": ["id", "when", "note"]}
+
+CASES = [
+    ("person", PERSON,
+     [{"name": "Zoë", "age": 31}, {"name": "Al", "age": 0, "email": "al@x.org", "tags": ["ç", "a"], "score": 0.5}],
+     [{"name": "Al"}, {"name": "Al", "age": 151}, {"name": "Al", "age": 3, "score": 0}, {"age": 3, "name": "Al"},
+      {"name": "x" * 21, "age": 1}]),
+    ("tree", TREE, [{"v": 1}, {"v": 1, "kids": [{"v": 2, "kids": []}, {"v": -3}]}],
+     [{"v": "1"}, {"v": 1, "kids": [{}]}, {"kids": []}]),
+    ("union", UNION, [{"kind": "circle", "r": 2.5}, {"kind": "square", "side": 3}, None],
+     [{"kind": "circle", "side": 3}, {"kind": "square", "r": 1}, {"kind": "circle", "r": -1}]),
+    ("text", TEXT, [{"id": "AB-123", "when": "2024-02-29T12:00:00Z", "note": "line\n\"quoted\" 日本 😀"}],
+     [{"id": "AB-1234", "when": "2024-02-29T12:00:00Z", "note": ""},
+      {"id": "AB-123", "when": "2023-02-29T12:00:00Z", "note": ""}]),
+]
+
+
+@pytest.fixture(scope="module")
+def compiler(tekken_vocab):
+    return GrammarCompiler(tekken_vocab)
+
+
+def ser(x) -> str:
+    return json.dumps(x, separators=(",", ":"), ensure_ascii=False)
+
+
+def walk(cg, tokenizer, text: str) -> bool:
+    m = GrammarMatcher(cg)
+    for t in tokenizer.encode(text, add_special_tokens=False):
+        if not m.accept_token(t):
+            return False
+    return m.is_completed()
+
+
+@pytest.mark.parametrize("schema, valid, invalid", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_instances_through_the_matcher(compiler, tekken_tokenizer, schema, valid, invalid):
+    cg = compiler.compile_json_schema(schema)
+    for inst in valid:
+        assert walk(cg, tekken_tokenizer, ser(order_properties(inst, schema))), inst
+    for inst in invalid:
+        assert not walk(cg, tekken_tokenizer, ser(inst)), inst
+
+
+@pytest.mark.parametrize("schema", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_random_walks_validate(compiler, tekken_vocab, schema):
+    """Follow random allowed tokens; every document the matcher lets finish validates."""
+    cg = compiler.compile_json_schema(schema)
+    rng = np.random.default_rng(0)
+    eos = np.array(tekken_vocab.eos_token_ids)
+    finished = 0
+    for _ in range(8):
+        m = GrammarMatcher(cg)
+        out = b""
+        for _ in range(80):
+            allowed = m.allowed_token_ids()
+            allowed = allowed[~np.isin(allowed, eos)]
+            if m.is_completed() and (allowed.size == 0 or rng.random() < 0.3):
+                break
+            if allowed.size == 0:
+                break
+            t = int(rng.choice(allowed))
+            assert m.accept_token(t)
+            out += tekken_vocab.token_bytes[t]
+        if m.is_completed():
+            finished += 1
+            data = json.loads(out.decode("utf-8"))
+            assert jsonschema.validators.validator_for(schema)(schema).is_valid(data), out
+    assert finished > 0
+
+
+def test_json_object_and_whitespace(compiler, tekken_tokenizer):
+    cg = compiler.compile_json_object()
+    assert walk(cg, tekken_tokenizer, '{"a":[1,{"b":null}],"c":"d"}')
+    assert not walk(cg, tekken_tokenizer, "[1]")
+    cg = compiler.compile_json_schema(PERSON, whitespace_pattern="[ ]?")
+    assert walk(cg, tekken_tokenizer, '{ "name": "Al", "age": 3 }')
+    assert not walk(cg, tekken_tokenizer, '{  "name": "Al", "age": 3 }')
+
+
+def test_schema_errors_surface_through_the_compiler(compiler):
+    with pytest.raises(UnsupportedFeatureError, match="uniqueItems") as info:
+        compiler.compile_json_schema({"type": "array", "uniqueItems": True})
+    assert info.value.where == "/uniqueItems"
+    with pytest.raises(UnsupportedFeatureError, match="unboundedly long"):
+        compiler.compile_json_schema(PERSON, whitespace_pattern="[ ]*")
+
+
+def test_bitmask_agrees_with_accept(compiler, tekken_tokenizer, tekken_vocab):
+    cg = compiler.compile_json_schema(UNION)
+    m = GrammarMatcher(cg)
+    bitmask = np.zeros((1, (tekken_vocab.size + 31) // 32), dtype=np.int32)
+    for t in tekken_tokenizer.encode('{"kind":"square","side":12}', add_special_tokens=False):
+        m.fill_next_token_bitmask(bitmask)
+        assert (bitmask[0, t >> 5] >> (t & 31)) & 1
+        assert m.accept_token(t)
+    assert m.is_completed()
