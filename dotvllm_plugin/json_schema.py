@@ -797,7 +797,7 @@ class _Context:
         rest = {k: v for k, v in kw.items() if k not in ("enum", "const")}
         if rest:
             values = [v for v in values if self.validates(v, rest, where)]
-        alts = [self.literal(v) for v in values]
+        alts = [lit for v in values if (lit := self.literal(v)) is not None]
         return self.check_size(T.alternation(alts), where) if alts else None
 
     def validates(self, value, kw: dict, where: str) -> bool:
@@ -812,16 +812,29 @@ class _Context:
         kw = {k: v for k, v in kw.items() if not k.startswith("_")}
         if negs and any(_canon(value) == _canon(n) for n in negs):
             return False
+        if isinstance(value, str):
+            # string keywords with our own (ECMA, RFC-format) semantics, not the validator's
+            if "string" not in self.types_of(kw, where):
+                return False
+            try:
+                body = self.compile_string(kw, where)
+            except UnsupportedFeatureError:
+                return False  # dropping a value is sound
+            if body is None or not re.fullmatch(body, '"' + T.encode_text(value) + '"'):
+                return False
+            kw = {k: v for k, v in kw.items() if k not in _STRING_KW and k != "type"}
         cls = jsonschema.validators.validator_for(self.root if isinstance(self.root, dict) else {})
         root = self.root if isinstance(self.root, dict) else {}
         try:
-            validator = cls(root).evolve(schema=kw)
+            validator = cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=kw)
             return validator.is_valid(value)
         except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
             raise _bad(where, f"cannot check enum values against the schema: {e}") from e
 
     def literal(self, value) -> str:
         ws = self.ws
+        if _has_non_finite(value):
+            return None  # NaN / Infinity (accepted by Python's json.loads) are not JSON
         if isinstance(value, dict):
             items = [f'"{T.encode_text(k)}"{ws}:{ws}{self.literal(v)}' for k, v in value.items()]
             return "\\{" + ws + f"{ws},{ws}".join(items) + ws + "\\}" if items else f"\\{{{ws}\\}}"
@@ -1224,6 +1237,16 @@ class _NoValueType:
 
 
 _NoValue = _NoValueType()
+
+
+def _has_non_finite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _type_ok(value, types: list[str]) -> bool:
