@@ -221,7 +221,7 @@ class _Positions:
             mat = np.stack(rows)
             live = np.flatnonzero((mat >= 0).any(axis=0))
             # Bytes with the same column of targets share one successor: group them first.
-            cols, inv = np.unique(mat[:, live].T, axis=0, return_inverse=True)
+            cols, inv = _group_columns(mat[:, live])
             col_ids = np.empty(len(cols), dtype=np.int64)
             for ci, col in enumerate(cols.tolist()):
                 tset = frozenset(t for t in col if t >= 0)
@@ -244,3 +244,20 @@ class _Positions:
         trans = np.stack(trans_rows).astype(np.int32)
         accepting = np.array([bool(accepting_nfa[list(m)].any()) for m in members])
         return trans, accepting
+
+
+_PROJ = np.random.default_rng(0x61057).integers(1, 2**63, size=4096, dtype=np.uint64)
+
+
+def _group_columns(mat: np.ndarray):
+    """Distinct columns of ``mat`` (as rows) and each column's group: hashed, checked exactly."""
+    m = mat.shape[0]
+    if m <= len(_PROJ):
+        with np.errstate(over="ignore"):
+            h = ((mat + 2).astype(np.uint64) * _PROJ[:m, None]).sum(axis=0, dtype=np.uint64)
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        if np.array_equal(mat[:, first[inv]], mat):
+            return mat[:, first].T, inv
+    cols, inv = np.unique(mat.T, axis=0, return_inverse=True)
+    return cols, inv.reshape(-1)

@@ -394,8 +394,21 @@ def build_index(
     class_trans, byte_class = byte_classes(dfa.transitions)
     class_trans = class_trans.astype(np.int64)
     classes = class_trans.T
-    merge = merge_classes if merge_classes is not None else len(classes) <= 24
-    ct = ClassTrie(vocab.byte_trie(), byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
+    trie = vocab.byte_trie()
+    shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
+    if merge_classes is None:
+        # The class-merged trie costs a build (~10 ms on 131k tokens) but makes walks over wide
+        # classes much smaller; the plain byte trie is free and lets gadget walks be cached across
+        # patterns. Merge when there are few classes, or when the states outside gadgets (e.g. a
+        # bounded repetition) would walk a lot of the byte trie.
+        in_gadget = np.zeros(dfa.n_states, dtype=bool)
+        for instances in shapes:
+            in_gadget[np.concatenate(instances)] = True
+        per_class = np.bincount(byte_class, weights=_first_byte_subtree_sizes(trie), minlength=len(classes))
+        rest_cost = float(((class_trans[~in_gadget] >= 0) * per_class[None, :]).sum())
+        merge_classes = len(classes) <= 24 or rest_cost > 4_000_000
+    merge = merge_classes
+    ct = ClassTrie(trie, byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
     n_states = dfa.n_states
     W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
@@ -407,7 +420,6 @@ def build_index(
     gadget_of = np.full(n_states, -1, dtype=np.int64)  # state → gadget index
     label_of = np.full(n_states, -1, dtype=np.int64)  # state → canonical label within its gadget
     total = 0
-    shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
     cache = None
     if not merge:  # node ids are byte-trie ids, the same for every pattern: share walks
         cache = vocab._cache.get("gadget_walks")
@@ -523,6 +535,21 @@ def build_index(
 
 def _instance_row(gw: _GadgetWalk, s: int, c: int) -> int:
     return int(np.flatnonzero(gw.instances[:, c] == s)[0])
+
+
+def _first_byte_subtree_sizes(trie) -> np.ndarray:
+    """Number of trie nodes under each first byte (float64 [256]), cached on the trie."""
+    sizes = trie.__dict__.get("_first_byte_sizes")
+    if sizes is None:
+        sizes = np.zeros(256)
+        if trie.depth:
+            root = trie.byte[0].astype(np.int64)
+            for d in range(trie.depth):
+                if d > 0:
+                    root = root[trie.parent[d]]
+                sizes += np.bincount(root, minlength=256)
+        trie.__dict__["_first_byte_sizes"] = sizes
+    return sizes
 
 
 def _longest_path(class_trans: np.ndarray):
