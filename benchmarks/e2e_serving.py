@@ -147,43 +147,74 @@ def timed_completion(base_url: str, body: dict, check=None) -> dict:
     return {"status": 200, "seconds": seconds, "tokens": tokens, "valid": valid}
 
 
-def throughput(servers: Servers, label: str, body: dict, check, *, repeats: int, concurrency: int,
-               deadline: float) -> dict:
-    """Sequential tok/s (first request apart) and aggregate tok/s with ``concurrency`` requests."""
-    out: dict = {"label": label, "body": body}
-    server = servers.ensure()
-    runs = []
-    for i in range(repeats + 1):
-        if time.monotonic() > deadline:
-            out["skipped"] = "time budget"
-            break
-        runs.append(timed_completion(server.base_url, {**body, "seed": 100 + i}, check))
-    ok_runs = [r for r in runs if r["status"] == 200]
-    if runs:
-        first = runs[0]
-        out["first"] = {"seconds": round(first["seconds"], 3), "tokens": first["tokens"],
-                        "status": first["status"]}
-    steady = ok_runs[1:] if len(ok_runs) > 1 else ok_runs
-    if steady:
-        out["sequential_tok_s"] = round(statistics.median(r["tokens"] / r["seconds"] for r in steady), 1)
-        out["mean_tokens"] = round(statistics.mean(r["tokens"] for r in steady), 1)
-    if concurrency > 1 and time.monotonic() < deadline and ok_runs:
-        t0 = time.monotonic()
-        with cf.ThreadPoolExecutor(concurrency) as pool:
-            conc = list(pool.map(lambda i: timed_completion(server.base_url, {**body, "seed": 200 + i}, check),
-                                 range(concurrency)))
-        wall = time.monotonic() - t0
-        out["concurrent"] = {
-            "requests": concurrency,
-            "ok": sum(r["status"] == 200 for r in conc),
-            "aggregate_tok_s": round(sum(r["tokens"] for r in conc) / wall, 1),
-            "wall_s": round(wall, 2),
-        }
-        runs.extend(conc)
-    checked = [r["valid"] for r in runs if r["valid"] is not None]
-    out["outputs_valid"] = f"{sum(checked)}/{len(checked)}" if checked else "-"
-    out["errors"] = sorted({r.get("error", "")[:120] for r in runs if r["status"] != 200})
-    out["server_alive_after"] = servers.alive()
+def throughput(servers: Servers, cases: list[tuple[str, dict, object]], *, repeats: int, concurrency: int,
+               deadline: float) -> list[dict]:
+    """Tokens/s for each (label, body, check), measured round-robin so that a change of load on the
+    machine hits every case alike: one first request each (compilation included), ``repeats``
+    rounds of one request per case, then ``concurrency`` simultaneous requests per case.
+    Rates are total generated tokens / total request seconds (not a mean of per-request rates)."""
+    state = {label: {"label": label, "body": body, "check": check, "runs": [], "first": None}
+             for label, body, check in cases}
+
+    def one(label: str, seed: int) -> dict:
+        st = state[label]
+        return timed_completion(servers.ensure().base_url, {**st["body"], "seed": seed}, st["check"])
+
+    # Warm-up, not recorded: the first forward passes of a fresh server are slower.
+    for seed in range(3):
+        timed_completion(servers.ensure().base_url, {"prompt": "Warm up", "max_tokens": 32, "seed": seed})
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    for label in state:
+        if time.monotonic() < deadline:
+            state[label]["first"] = one(label, 100)
+    for i in range(repeats):
+        for label in state:
+            if time.monotonic() < deadline:
+                state[label]["runs"].append(one(label, 101 + i))
+    conc: dict = {}
+    if concurrency > 1:
+        for label in state:
+            if time.monotonic() > deadline:
+                break
+            base = servers.ensure().base_url
+            st = state[label]
+            t0 = time.monotonic()
+            with cf.ThreadPoolExecutor(concurrency) as pool:
+                rs = list(pool.map(lambda i: timed_completion(base, {**st["body"], "seed": 200 + i}, st["check"]),
+                                   range(concurrency)))
+            conc[label] = (rs, time.monotonic() - t0)
+
+    out = []
+    for label, st in state.items():
+        row: dict = {"label": label, "body": st["body"]}
+        first = st["first"]
+        if first is not None:
+            row["first"] = {"seconds": round(first["seconds"], 3), "tokens": first["tokens"], "status": first["status"]}
+        ok = [r for r in st["runs"] if r["status"] == 200]
+        if ok:
+            row["sequential_tok_s"] = round(sum(r["tokens"] for r in ok) / sum(r["seconds"] for r in ok), 1)
+            row["mean_tokens"] = round(statistics.mean(r["tokens"] for r in ok), 1)
+            row["sequential_runs"] = len(ok)
+        every = ([first] if first else []) + st["runs"]
+        if label in conc:
+            rs, wall = conc[label]
+            row["concurrent"] = {"requests": concurrency, "ok": sum(r["status"] == 200 for r in rs),
+                                 "aggregate_tok_s": round(sum(r["tokens"] for r in rs) / wall, 1),
+                                 "wall_s": round(wall, 2)}
+            every += rs
+        if not every:
+            row["skipped"] = "time budget"
+        checked = [r["valid"] for r in every if r["valid"] is not None]
+        row["outputs_valid"] = f"{sum(checked)}/{len(checked)}" if checked else "-"
+        row["errors"] = sorted({r.get("error", "")[:120] for r in every if r["status"] != 200})
+        out.append(row)
+        log(f"throughput {label}: {row.get('sequential_tok_s')} tok/s sequential, "
+            f"{row.get('concurrent', {}).get('aggregate_tok_s')} tok/s x{concurrency}")
+    alive = servers.alive()
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    for row in out:
+        row["server_alive_after"] = alive
+        row["loadavg_before_after"] = [load_before, load_after]
     return out
 
 
@@ -312,7 +343,7 @@ def main(argv=None) -> int:
                     help=f"comma list among {OURS},{','.join(BUILTIN_BACKENDS)} (default: ours + installed)")
     ap.add_argument("--frontend", choices=("mp", "inprocess"), default="mp")
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
@@ -332,32 +363,31 @@ def main(argv=None) -> int:
     results: dict = {"machine": info, "backends": backends, "frontend": args.frontend}
     try:
         servers.ensure()
-        # Ours and the unconstrained baseline first, then the matrix, then the built-in backends'
-        # throughput with what is left of the budget.
-        tp: list = []
+        # Ours against the unconstrained baseline first, then the matrix, then the built-in
+        # backends' throughput with what is left of the budget.
         mt = args.max_tokens
+        plain = {"prompt": "Once upon a time", "max_tokens": mt, "temperature": 1.0}
+        baseline = ("unconstrained", {**plain, "ignore_eos": True}, None)
 
-        def run_tp(backend_list):
-            for backend in backend_list:
-                for kind, extra, check in (("regex", {"guided_regex": LONG_REGEX}, regex_check(LONG_REGEX)),
-                                           ("json", {"guided_json": LONG_SCHEMA}, json_check(LONG_SCHEMA))):
-                    body = with_backend({"prompt": "Once upon a time", "max_tokens": mt, "temperature": 1.0,
-                                         **extra}, backend)
-                    tp.append(throughput(servers, f"{kind} / {backend}", body, check, repeats=args.repeats,
-                                         concurrency=args.concurrency, deadline=deadline))
-                    log(f"throughput {tp[-1]['label']}: {tp[-1].get('sequential_tok_s')} tok/s")
+        def guided_cases(backend: str) -> list:
+            return [(f"{kind} / {backend}", with_backend({**plain, **extra}, backend), check)
+                    for kind, extra, check in (("regex", {"guided_regex": LONG_REGEX}, regex_check(LONG_REGEX)),
+                                               ("json", {"guided_json": LONG_SCHEMA}, json_check(LONG_SCHEMA)))]
 
+        tp: list = []
         if not args.skip_throughput:
-            tp.append(throughput(servers, "unconstrained", {"prompt": "Once upon a time", "max_tokens": mt,
-                                                            "ignore_eos": True, "temperature": 1.0},
-                                 None, repeats=args.repeats, concurrency=args.concurrency, deadline=deadline))
-            log(f"throughput unconstrained: {tp[-1].get('sequential_tok_s')} tok/s")
-            run_tp([b for b in backends if b == OURS])
+            ours = guided_cases(OURS) if OURS in backends else []
+            tp += throughput(servers, [baseline, *ours], repeats=args.repeats, concurrency=args.concurrency,
+                             deadline=deadline)
             results["throughput"] = tp
         if not args.skip_matrix:
             results["matrix"] = run_matrix(servers, backends, deadline)
-        if not args.skip_throughput:
-            run_tp([b for b in backends if b != OURS])
+        builtins = [c for b in backends if b != OURS for c in guided_cases(b)]
+        if not args.skip_throughput and builtins:
+            rows = throughput(servers, [baseline, *builtins], repeats=max(1, args.repeats // 2),
+                              concurrency=args.concurrency, deadline=deadline)
+            rows[0]["label"] = "unconstrained (2nd set)"
+            tp += rows
     finally:
         servers.stop()
     results["startup_s"] = [round(s, 1) for s in servers.startups_s]
@@ -373,6 +403,8 @@ def main(argv=None) -> int:
                  t.get("mean_tokens", "-"), t.get("concurrent", {}).get("aggregate_tok_s", "-"),
                  t["outputs_valid"], t["server_alive_after"], t.get("skipped", "") or "; ".join(t["errors"])[:60])
                 for t in results["throughput"]]
+        print("load average (1/5/15 min) around each set: "
+              + "; ".join(str(t["loadavg_before_after"]) for t in results["throughput"] if "unconstrained" in t["label"]))
         print(format_table(["run", "first req s", "tok/s (1 seq)", "tokens/req", f"tok/s ({args.concurrency} conc)",
                             "valid", "alive", "note"], rows))
         print()
