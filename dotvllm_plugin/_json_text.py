@@ -9,9 +9,10 @@ Two encodings are used:
 
 * ``ANY_CHAR`` (unconstrained content): any literal code point JSON allows plus every escape,
   ``\\uXXXX`` included (surrogate escapes only as valid high+low pairs, each pair one unit).
-* canonical (constrained content: ``pattern``, ``format``, ``enum`` keys, additional property
-  names): exactly what ``json.dumps(s, ensure_ascii=False)`` writes, one encoding per code point.
-  A sound restriction that keeps "which code point is this" decidable unit by unit.
+* plain (everything else: ``PLAIN_CHAR``, ``encode_set``): literal characters and the short
+  escapes; every spelling of a unit decodes to one known code point, so sets of code points
+  (pattern classes, "any name but these") translate unit by unit. ``encode_char``/
+  ``encode_text`` give the spelling ``json.dumps(s, ensure_ascii=False)`` writes.
 
 The regex dialect is the engine's: no ``\\u`` escapes (non-ASCII characters are written
 literally), no surrogate code points anywhere in the regex text, only positive classes.
@@ -142,17 +143,32 @@ def encode_text(text: str) -> str:
     return "".join(encode_char(ord(c)) for c in text)
 
 
+_ESCAPABLE = {0x22: '\\\\"', 0x5C: "\\\\\\\\", 0x08: "\\\\b", 0x0C: "\\\\f", 0x0A: "\\\\n", 0x0D: "\\\\r",
+              0x09: "\\\\t", 0x2F: "\\\\/"}
+
+
 def encode_set(ranges: Ranges) -> str | None:
-    """Regex for one canonically encoded code point from ``ranges`` (``None`` when empty)."""
+    """Regex for one JSON character from ``ranges`` (``None`` when empty).
+
+    Literal characters plus the short escapes (``\\" \\\\ \\/ \\b \\f \\n \\r \\t``) of members;
+    every spelling decodes to a member. Controls without a short escape are left out (a
+    restriction that keeps the regex small: ``\\u00XX`` would cost six positions per control).
+    """
     alts = []
     plain = class_regex(intersect(ranges, LITERAL_OK))
+    esc = [e for cp, e in _ESCAPABLE.items() if intersect(ranges, ((cp, cp),))]
+    if len(esc) > 1:
+        esc = ["\\\\[" + "".join(_class_escape(e[-1]) for e in esc) + "]"]
     if plain is not None:
         alts.append(plain)
-    for lo, hi in intersect(ranges, MUST_ESCAPE):
-        alts.extend(encode_char(cp) for cp in range(lo, hi + 1))
+    alts.extend(esc)
     if not alts:
         return None
     return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+
+def _class_escape(c: str) -> str:
+    return "\\" + c if c in _CLASS_META else c
 
 
 _HEX = "[0-9a-fA-F]"
@@ -167,9 +183,7 @@ ANY_CHAR = (
 #: One JSON character without ``\\u`` escapes (controls other than ``\\b\\f\\n\\r\\t``
 #: inexpressible): used where a character is repeated a bounded number of times or in many
 #: places, because hex escapes cost several automaton states per position.
-PLAIN_CHAR = "(?:" + class_regex(LITERAL_OK) + '|\\\\["\\\\/bfnrt])'
-#: One JSON character, canonical encoding only.
-CANONICAL_CHAR = encode_set(ENCODABLE)
+PLAIN_CHAR = encode_set(ENCODABLE)
 
 
 def alternation(alts: Sequence[str]) -> str | None:
@@ -295,7 +309,7 @@ def translate_pattern(pattern: str, where: str) -> PatternInfo:
             single_class = _single_class(seq, pattern, where)
         if body is None:
             continue
-        any_run = repeat(CANONICAL_CHAR, 0, None)
+        any_run = repeat(PLAIN_CHAR, 0, None)
         alts.append(("" if start else any_run) + body + ("" if end else any_run))
         lengths.append((lo, hi if (start and end) else None))
     if not alts:

@@ -103,6 +103,7 @@ def json_schema_to_regex(
     max_recursion_depth: int = 3,
     max_regex_chars: int = MAX_REGEX_CHARS,
     allow_undeclared_properties: bool = False,
+    unicode_escapes: bool = False,
 ) -> str:
     """Regex matching JSON documents that validate against ``schema``.
 
@@ -124,6 +125,11 @@ def json_schema_to_regex(
         ``additionalProperties`` (which then defaults to ``true``), whether to generate
         undeclared properties too. Default ``False``: only declared properties are generated
         (a sound restriction that keeps the regex small and the output on-schema).
+    unicode_escapes : bool
+        Whether strings without a length bound may contain ``\\uXXXX`` escapes. Default
+        ``False``: characters are written literally and only the short escapes
+        (``\\" \\\\ \\/ \\b \\f \\n \\r \\t``) are generated; hex escapes cost ~25 regex positions
+        per string, and the engine's budget is counted in positions.
 
     Raises
     ------
@@ -145,6 +151,7 @@ def json_schema_to_regex(
         )
     ws = _check_whitespace(whitespace_pattern)
     ctx = _Context(schema, ws, max_recursion_depth, max_regex_chars, allow_undeclared_properties)
+    ctx.unicode_escapes = unicode_escapes
     regex = ctx.compile(schema, "")
     if regex is None:
         raise UnsupportedFeatureError(
@@ -323,6 +330,7 @@ def _canon(value) -> str:
 class _Context:
     def __init__(self, root, ws: str, max_depth: int, max_chars: int, undeclared: bool = False):
         self.undeclared = undeclared
+        self.unicode_escapes = False
         self.root = root
         self.ws = ws
         self.max_depth = max_depth
@@ -951,7 +959,8 @@ class _Context:
                 return None if unit is None else '"' + T.repeat(unit, nlo, nhi) + '"'
             raise _refuse("pattern", _ptr(where, "pattern"),
                           "pattern combined with minLength/maxLength (beyond a single repeated class)")
-        return '"' + T.repeat(T.ANY_CHAR if hi is None else T.PLAIN_CHAR, lo, hi) + '"'
+        unit = T.ANY_CHAR if (hi is None and self.unicode_escapes) else T.PLAIN_CHAR
+        return '"' + T.repeat(unit, lo, hi) + '"'
 
     # ---- arrays --------------------------------------------------------------------------
 
@@ -1143,7 +1152,7 @@ class _Context:
         if flat is None or flat is False:
             return "(?!)"
         if flat is True:
-            return '"' + T.CANONICAL_CHAR + '*"'
+            return '"' + T.PLAIN_CHAR + '*"'
         kw = dict(flat)
         kw.setdefault("type", "string")
         if kw.get("type") not in ("string", ["string"]) or set(kw) - {"type", "pattern", "minLength",
@@ -1281,11 +1290,11 @@ def _not_in(names: list[str]) -> str:
         for c in n:
             node = node.setdefault(c, {})
         node[None] = True
-    return _not_in_node(trie) if names else T.repeat(T.CANONICAL_CHAR, 0, None)
+    return _not_in_node(trie) if names else T.repeat(T.PLAIN_CHAR, 0, None)
 
 
 def _not_in_node(node: dict) -> str:
-    any_rest = T.repeat(T.CANONICAL_CHAR, 0, None)
+    any_rest = T.repeat(T.PLAIN_CHAR, 0, None)
     children = [c for c in node if c is not None]
     alts = []
     if None not in node:
@@ -1296,7 +1305,7 @@ def _not_in_node(node: dict) -> str:
     for c in children:
         alts.append(T.encode_char(ord(c)) + T.group(_not_in_node(node[c])))
     if not children:
-        return T.repeat(T.CANONICAL_CHAR, 1, None)
+        return T.repeat(T.PLAIN_CHAR, 1, None)
     nonempty = [a for a in alts if a]
     r = T.alternation(nonempty) or ""
     return f"(?:{r})?" if "" in alts else r
