@@ -805,8 +805,13 @@ class _Context:
         rest = {k: v for k, v in kw.items() if k not in ("enum", "const")}
         if rest:
             values = [v for v in values if self.validates(v, rest, where)]
-        alts = [lit for v in values if (lit := self.literal(v)) is not None]
-        return self.check_size(T.alternation(alts), where) if alts else None
+        seqs = []
+        for v in values:
+            if isinstance(v, str):
+                seqs.append(['"', *(T.encode_char(ord(c)) for c in v), '"'])
+            elif (lit := self.literal(v)) is not None:
+                seqs.append([lit])
+        return self.check_size(_trie_regex(seqs), where) if seqs else None
 
     def validates(self, value, kw: dict, where: str) -> bool:
         """Whether ``value`` satisfies the remaining keywords (checked with jsonschema)."""
@@ -1246,6 +1251,34 @@ class _NoValueType:
 
 
 _NoValue = _NoValueType()
+
+
+def _trie_regex(seqs: list[list[str]]) -> str:
+    """Alternation of token sequences with shared prefixes factored (fewer regex positions)."""
+    trie: dict = {}
+    for seq in seqs:
+        node = trie
+        for tok in seq:
+            node = node.setdefault(tok, {})
+        node[None] = {}
+    return _trie_node(trie)
+
+
+def _trie_node(node: dict) -> str:
+    alts = []
+    for tok, child in node.items():
+        if tok is None:
+            continue
+        chain = [tok]
+        while len(child) == 1 and None not in child:  # a single path: no group needed
+            (tok2, child), = child.items()
+            chain.append(tok2)
+        rest = _trie_node(child) if child != {None: {}} else ""
+        alts.append("".join(chain) + rest)
+    body = T.alternation(alts) or ""
+    if None in node and alts:
+        return T.group(body) + "?" if body else ""
+    return body if len(alts) <= 1 else body
 
 
 def _has_non_finite(value) -> bool:
