@@ -201,8 +201,10 @@ def apply() -> list[str]:
     _patch(async_llm_engine.AsyncLLMEngine, "add_request", _add_request, done,
            "vllm.engine.async_llm_engine.AsyncLLMEngine.add_request")
 
-    # The OpenAI layer exists only in the API-server process; never import it elsewhere.
-    if "vllm.entrypoints.openai.api_server" in sys.modules:
+    # The OpenAI layer exists only in the API-server process (which imported it before loading
+    # plugins, also when started as `python -m vllm.entrypoints.openai.api_server`); never import
+    # it elsewhere.
+    if "vllm.entrypoints.openai.serving_completion" in sys.modules:
         from vllm.entrypoints.openai.protocol import CompletionRequest
         from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
