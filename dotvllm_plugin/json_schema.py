@@ -1155,7 +1155,7 @@ class _Context:
         flat, _ = self.flatten(schema, where)
         del self.ref_stack[depth:]
         if flat is None or flat is False:
-            return "(?!)"
+            return ""  # matches no quoted name
         if flat is True:
             return '"' + T.PLAIN_CHAR + '*"'
         kw = dict(flat)
@@ -1164,11 +1164,13 @@ class _Context:
                                                                       "maxLength", "format", "enum", "const"}:
             raise _refuse("propertyNames", where, "only string keywords are supported in propertyNames")
         r = self.compile(kw, where)
-        return r if r is not None else "(?!)"
+        return r if r is not None else ""
 
     def extra_entries(self, declared, pattern_props, additional, names_re, where) -> str | None:
         ws = self.ws
         alts = []
+        if names_re == "":
+            return None
         if pattern_props:
             everything = [s for s in pattern_props.values()]
             for p, s in pattern_props.items():

@@ -118,6 +118,7 @@ CASES = [
      [{}, {"x-a": 1, "x-b": 2}], [{"y": 1}, {"x-a": "s"}]),
     ("object-property-names", {"type": "object", "propertyNames": {"maxLength": 3}, "additionalProperties": I},
      [{}, {"abc": 1}], [{"abcd": 1}]),
+    ("object-property-names-false", {"type": "object", "propertyNames": False}, [{}], [{"a": 1}]),
     ("object-min-max-properties", {"type": "object", "properties": {"a": I}, "required": ["a"],
                                    "additionalProperties": I, "maxProperties": 2}, [{"a": 1}, {"a": 1, "b": 2}],
      [{"a": 1, "b": 2, "c": 3}]),
