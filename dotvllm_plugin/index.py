@@ -396,16 +396,33 @@ def build_index(
     classes = class_trans.T
     trie = vocab.byte_trie()
     shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
+    in_gadget = np.zeros(dfa.n_states, dtype=bool)
+    for instances in shapes:
+        in_gadget[np.concatenate(instances)] = True
+    per_class = np.bincount(byte_class, weights=_first_byte_subtree_sizes(trie), minlength=len(classes))
+    rest_cost = float(((class_trans[~in_gadget] >= 0) * per_class[None, :]).sum())
+    # With a byte-complete vocabulary every state is reached at some token boundary and can be
+    # completed byte by byte, so no token-graph analysis is needed, and states whose byte-string
+    # futures agree up to the longest token's length have the same row: walk one of them. This
+    # is what keeps bounded repetitions (``[a-z]{1,255}``) affordable. The grouping itself costs
+    # up to one pass per token length, so it is only done when walks would be expensive.
+    complete = share_loops and _byte_complete(vocab)
+    rep = np.arange(dfa.n_states)
+    if complete and rest_cost > 4_000_000:
+        blocks = _prefix_blocks(class_trans, trie.depth)
+        rest_states = np.flatnonzero(~in_gadget)
+        _, first = np.unique(blocks[rest_states], return_index=True)
+        first_of_block = np.full(int(blocks.max()) + 1, -1, dtype=np.int64)
+        first_of_block[blocks[rest_states[first]]] = rest_states[first]
+        rep[rest_states] = first_of_block[blocks[rest_states]]
+        is_rep = np.zeros(dfa.n_states, dtype=bool)
+        is_rep[np.unique(rep[rest_states])] = True
+        rest_cost = float(((class_trans[is_rep] >= 0) * per_class[None, :]).sum())
     if merge_classes is None:
         # The class-merged trie costs a build (~10 ms on 131k tokens) but makes walks over wide
         # classes much smaller; the plain byte trie is free and lets gadget walks be cached across
         # patterns. Merge when there are few classes, or when the states outside gadgets (e.g. a
         # bounded repetition) would walk a lot of the byte trie.
-        in_gadget = np.zeros(dfa.n_states, dtype=bool)
-        for instances in shapes:
-            in_gadget[np.concatenate(instances)] = True
-        per_class = np.bincount(byte_class, weights=_first_byte_subtree_sizes(trie), minlength=len(classes))
-        rest_cost = float(((class_trans[~in_gadget] >= 0) * per_class[None, :]).sum())
         merge_classes = len(classes) <= 24 or rest_cost > 4_000_000
     merge = merge_classes
     ct = ClassTrie(trie, byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
@@ -440,7 +457,7 @@ def build_index(
             parts_node.append(np.full(len(labels) * len(gw.instances), -1, dtype=np.int64))
             parts_end.append(gw.instances[:, labels].ravel())
         total += len(gw.nodes)
-    rest = np.flatnonzero(gadget_of < 0)
+    rest = np.flatnonzero((gadget_of < 0) & (rep == np.arange(n_states)))
     # Index the other states in large batches (per-call overhead dominates for the many light
     # states of a long concatenation) sized by how much of the vocabulary each state can start:
     # a state that allows few first bytes walks a small part of the trie.
@@ -477,17 +494,21 @@ def build_index(
     end = np.concatenate(parts_end) if parts_end else empty
 
     # 2. Token-level graph: reachability from the initial state, and which states can complete.
-    pairs = np.unique(state * n_states + end)
-    p_src, p_dst = pairs // n_states, pairs % n_states
-    reached = _bfs(p_src, p_dst, n_states, [dfa.initial])
-    good = _bfs(p_dst, p_src, n_states, np.flatnonzero(dfa.accepting).tolist())
-    if not good[dfa.initial]:
-        raise VocabularyCoverageError(
-            "no sequence of this tokenizer's tokens can complete the constraint "
-            "(the vocabulary lacks bytes the pattern requires)"
-        )
-    # Drop tokens that lead into states that can never complete, and states nobody reaches.
-    keep = good[end] & reached[state] & good[state] & (node >= 0)
+    if complete:
+        reached = good = np.ones(n_states, dtype=bool)
+        keep = node >= 0
+    else:
+        pairs = np.unique(state * n_states + end)
+        p_src, p_dst = pairs // n_states, pairs % n_states
+        reached = _bfs(p_src, p_dst, n_states, [dfa.initial])
+        good = _bfs(p_dst, p_src, n_states, np.flatnonzero(dfa.accepting).tolist())
+        if not good[dfa.initial]:
+            raise VocabularyCoverageError(
+                "no sequence of this tokenizer's tokens can complete the constraint "
+                "(the vocabulary lacks bytes the pattern requires)"
+            )
+        # Drop tokens that lead into states that can never complete, and states nobody reaches.
+        keep = good[end] & reached[state] & good[state] & (node >= 0)
     state, node = state[keep], node[keep]
 
     # 3. Deduplicate: states with the same node set (and acceptance) share one mask row.
@@ -501,9 +522,12 @@ def build_index(
     row_index: dict[tuple, int] = {}
     row_of_state = np.zeros(n_states, dtype=np.int32)
     acc = dfa.accepting
-    for s, a, b in zip(indexed.tolist(), starts, ends):
+    slices = {s: (a, b) for s, a, b in zip(indexed.tolist(), starts, ends)}
+    for s in indexed.tolist():
+        r_ = int(rep[s])  # the walked state with the same row (itself unless grouped)
+        a, b = slices[r_]
         g, c = int(gadget_of[s]), int(label_of[s])
-        key = (g, c, int(h1[s]), int(h2[s]), b - a, bool(acc[s]))
+        key = (g, c, int(h1[r_]), int(h2[r_]), b - a, bool(acc[s]))
         if g >= 0:
             j = _instance_row(gadgets[g], s, c)
             members_good = good[gadgets[g].instances[j]]
@@ -531,6 +555,44 @@ def build_index(
         byte_class=byte_class.astype(np.uint8),
         class_transitions=class_trans.astype(np.int32),
     )
+
+
+def _byte_complete(vocab: Vocabulary) -> bool:
+    """Whether every byte value is a generatable single-byte token (SentencePiece byte fallback,
+    byte-level BPE): then any byte string can be spelled, one token per byte."""
+    got = vocab._cache.get("byte_complete")
+    if got is None:
+        singles = {b[0] for b in vocab.token_bytes if b is not None and len(b) == 1}
+        got = vocab._cache["byte_complete"] = len(singles) == 256
+    return got
+
+
+def _prefix_blocks(class_trans: np.ndarray, depth: int) -> np.ndarray:
+    """Block id per state: same block ⇔ the same byte strings of length ≤ ``depth`` stay alive.
+
+    Moore's partition refinement, stopped after ``depth`` rounds (or when stable). Signatures
+    are grouped by a 64-bit projection and checked exactly.
+    """
+    n, C = class_trans.shape
+    part = np.zeros(n, dtype=np.int64)
+    count = 1
+    proj = np.random.default_rng(0xB10C).integers(1, 2**63, size=C + 1, dtype=np.uint64)
+    dead = class_trans < 0
+    for _ in range(depth):
+        sig = np.concatenate([part[:, None], np.where(dead, -1, part[np.where(dead, 0, class_trans)])], axis=1)
+        with np.errstate(over="ignore"):
+            h = ((sig + 2).astype(np.uint64) * proj).sum(axis=1, dtype=np.uint64)
+        _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if not np.array_equal(sig[first[inverse]], sig):
+            _, inverse = np.unique(sig, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+        part = inverse
+        new_count = int(part.max()) + 1 if n else 0
+        if new_count == count:
+            break
+        count = new_count
+    return part
 
 
 def _instance_row(gw: _GadgetWalk, s: int, c: int) -> int:

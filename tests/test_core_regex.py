@@ -392,3 +392,22 @@ def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
         for st in range(dfa.n_states):
             assert np.array_equal(fast.rows[fast.row_of_state[st]], ref.rows[ref.row_of_state[st]]), (pattern, st)
     assert tekken_vocab._cache.get("gadget_walks") is not None
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r'"[a-zA-Z0-9 ]{0,120}"', r'\{"k":"[\-0-9A-Z_a-z]{1,100}","v":(?:"x"|"yy")\}', r"[^\n]{2,90}!"],
+    ids=["quoted", "object", "free"],
+)
+def test_grouped_repetition_states_equal_the_reference(real, pattern):
+    """States of a long bounded repetition share walks by their byte-string futures; rows must not change."""
+    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.index import _prefix_blocks, build_index
+
+    dfa = regex_to_dfa(pattern)
+    blocks = _prefix_blocks(np.unique(dfa.transitions.T, axis=0).T.astype(np.int64), real.vocab.byte_trie().depth)
+    assert len(np.unique(blocks)) < dfa.n_states, "the case must exercise grouping"
+    fast = build_index(dfa, real.vocab, max_entries=10**9)
+    ref = build_index(dfa, real.vocab, share_loops=False, max_entries=10**9)
+    for s in range(dfa.n_states):
+        assert np.array_equal(fast.rows[fast.row_of_state[s]], ref.rows[ref.row_of_state[s]]), f"state {s}"
