@@ -113,7 +113,7 @@ def main() -> None:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    print("(per call: matcher lookup + mask fill + unpack on the device + masked_fill of one row, incl. a logits clone)")
+    print("(per call: matcher lookup + mask fill + the processor's cached additive mask applied to one row, incl. a logits clone)")
     if args.json_out:
         json.dump({"gpu": gpu, "torch": torch.__version__, "vocab": vocab.size, "width": width, "rows": rows},
                   open(args.json_out, "w"), indent=2)

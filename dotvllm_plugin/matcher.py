@@ -81,7 +81,8 @@ class GrammarMatcher:
             import torch
 
             target.zero_()
-            target[: len(row)].copy_(torch.from_numpy(row))
+            # Rows of a deserialised grammar are read-only views; torch wants writable memory.
+            target[: len(row)].copy_(torch.from_numpy(row if row.flags.writeable else row.copy()))
         else:
             target[: len(row)] = row
             target[len(row) :] = 0
