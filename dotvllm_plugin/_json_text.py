@@ -279,13 +279,34 @@ def _refuse(what: str, pattern: str, where: str) -> UnsupportedFeatureError:
     )
 
 
-def translate_pattern(pattern: str, where: str) -> PatternInfo:
+def translate_pattern(pattern: str, where: str, *, max_chars: int | None = None) -> PatternInfo:
     """Translate an ECMA-262 ``pattern`` with search semantics into an encoded-body regex.
 
     Anchors ``^``/``$`` are honoured only at the start/end of a top-level alternative; an
     unanchored side is padded with any characters, so the result matches exactly the string
-    bodies whose decoded content contains a match (canonical encoding inside the pattern part).
+    bodies whose decoded content contains a match.
+
+    With ``max_chars``, every unbounded repetition (the padding included) gets the largest
+    common extra allowance ``{m,m+k}`` that keeps every match within ``max_chars`` code points:
+    a sound restriction used for ``pattern`` + ``maxLength``. ``regex`` is ``None`` when even
+    ``k = 0`` is too long.
     """
+    tree = _parse_pattern(pattern, where)
+    if max_chars is None:
+        return _translate(tree, pattern, where, None)
+    lo_k, hi_k = 0, max_chars
+    if _translate(tree, pattern, where, 0).max_len > max_chars:
+        return PatternInfo(None, 0, 0)
+    while lo_k < hi_k:  # largest k with max_len(k) <= max_chars (max_len grows with k)
+        mid = (lo_k + hi_k + 1) // 2
+        if _translate(tree, pattern, where, mid).max_len <= max_chars:
+            lo_k = mid
+        else:
+            hi_k = mid - 1
+    return _translate(tree, pattern, where, lo_k)
+
+
+def _parse_pattern(pattern: str, where: str):
     _prescan(pattern, where)
     try:
         with warnings.catch_warnings():
@@ -298,22 +319,50 @@ def translate_pattern(pattern: str, where: str) -> PatternInfo:
             feature="pattern",
             where=where,
         ) from e
+    return tree
+
+
+def _bounded(seq: list, k: int) -> list:
+    """``seq`` with every unbounded repetition ``{m,}`` turned into ``{m,m+k}``."""
+    out = []
+    for op, av in seq:
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, sub = av
+            sub = _sre_parse.SubPattern(_sre_parse.State(), _bounded(list(sub), k))
+            out.append((op, (lo, lo + k if hi == _sre_c.MAXREPEAT else hi, sub)))
+        elif op is _sre_c.SUBPATTERN:
+            g, a, d, sub = av
+            out.append((op, (g, a, d, _sre_parse.SubPattern(_sre_parse.State(), _bounded(list(sub), k)))))
+        elif op is _sre_c.BRANCH:
+            out.append((op, (av[0], [_sre_parse.SubPattern(_sre_parse.State(), _bounded(list(b), k))
+                                     for b in av[1]])))
+        else:
+            out.append((op, av))
+    return out
+
+
+def _translate(tree, pattern: str, where: str, k: int | None) -> PatternInfo:
     branches = _top_branches(list(tree), False, False)
     alts = []
     lengths: list[tuple[int, int | None]] = []
     single_class = None
     for start, end, seq in branches:
+        if k is not None:
+            seq = _bounded(seq, k)
         body = _emit_seq(seq, pattern, where)
         lo, hi = _width(seq, pattern, where)
-        if len(branches) == 1 and start and end:
+        if len(branches) == 1 and start and end and k is None:
             single_class = _single_class(seq, pattern, where)
+        pad = 0 if k is None else k
+        if hi is not None and k is not None:
+            hi += (0 if start else pad) + (0 if end else pad)
         if body is None:
             continue
-        any_run = repeat(PLAIN_CHAR, 0, None)
+        any_run = repeat(PLAIN_CHAR, 0, None if k is None else k)
         alts.append(("" if start else any_run) + body + ("" if end else any_run))
-        lengths.append((lo, hi if (start and end) else None))
+        lengths.append((lo, hi if (start and end) or k is not None else None))
     if not alts:
-        return PatternInfo(None, 0, 0)
+        return PatternInfo(None, 0, 0 if k is None else 10**9)
     min_len = min(lo for lo, _ in lengths)
     max_len = None if any(hi is None for _, hi in lengths) else max(hi for _, hi in lengths)
     return PatternInfo(alternation(alts), min_len, max_len, single_class)

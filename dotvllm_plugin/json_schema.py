@@ -962,8 +962,15 @@ class _Context:
                     return None
                 unit = T.encode_set(cls)
                 return None if unit is None else '"' + T.repeat(unit, nlo, nhi) + '"'
+            if hi is not None:
+                # bound the pattern's repetitions so that no match exceeds maxLength
+                info = T.translate_pattern(pat, _ptr(where, "pattern"), max_chars=hi)
+                if info.regex is None:
+                    return None
+                if info.min_len >= lo:
+                    return f'"{info.regex}"'
             raise _refuse("pattern", _ptr(where, "pattern"),
-                          "pattern combined with minLength/maxLength (beyond a single repeated class)")
+                          "pattern combined with a minLength its shortest matches do not reach")
         unit = T.ANY_CHAR if (hi is None and self.unicode_escapes) else T.PLAIN_CHAR
         return '"' + T.repeat(unit, lo, hi) + '"'
 
