@@ -96,10 +96,38 @@ def token_bytes_table(name: str = "tekken") -> tuple:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=None)
+def _bytes_to_id(name: str) -> dict:
+    return {b: i for i, b in enumerate(token_bytes_table(name)) if b is not None}
+
+
 def encode(name: str, text: str) -> list[int]:
-    """Tokenize ``text`` as a model would emit it: no BOS, special-token strings kept as text."""
+    """Tokenize ``text`` as a model would emit it: no BOS, special-token strings kept as text.
+
+    SentencePiece prepends a dummy space to the first word; generated text continues a prompt and
+    has none, so the first token is re-tokenized without it (greedy longest match).
+    """
     tok = load_tokenizer(name)
-    return tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+    ids = tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+    table = token_bytes_table(name)
+    if name == "mistral32k" and ids and (table[ids[0]] or b"").startswith(b" "):
+        rest, lookup, head = table[ids[0]][1:], _bytes_to_id(name), []
+        while rest:
+            for n in range(len(rest), 0, -1):
+                if rest[:n] in lookup:
+                    head.append(lookup[rest[:n]])
+                    rest = rest[n:]
+                    break
+            else:
+                raise ValueError(f"cannot re-tokenize {rest!r}")
+        ids = head + ids[1:]
+    return ids
+
+
+def token_text(name: str, ids: list[int]) -> bytes:
+    """The exact bytes a token sequence stands for (to check a tokenization round-trips)."""
+    table = token_bytes_table(name)
+    return b"".join(table[i] or b"\0SPECIAL\0" for i in ids)
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,10 +89,14 @@ class Engine:
                 continue
             times[kind] = time.perf_counter() - t0
             fill, accept, complete = self.ops(h, bm)
-            for t in _common.encode(self.tokenizer_name, text):
-                fill()
-                accept(t)
-            complete()
+            try:
+                for t in _common.encode(self.tokenizer_name, text):
+                    fill()
+                    if not (int(bm[0, t >> 5]) >> (t & 31)) & 1 or accept(t) is False:
+                        break
+                complete()
+            except Exception as e:  # outlines-core raises on a rejected token
+                times[kind + "_walk"] = f"{type(e).__name__}: {e}"[:300]
         self.warm_up_s = times
         return times
 

@@ -80,7 +80,6 @@ def load_cases(args) -> list[dict]:
     random.Random(args.seed).shuffle(files)
     if args.limit and args.limit < len(files):
         files = files[: args.limit]
-    tok = _common.load_tokenizer(args.tokenizer)
     cases = []
     for f in files:
         d = json.loads(f.read_text())
@@ -88,7 +87,7 @@ def load_cases(args) -> list[dict]:
         for t in d["tests"]:
             text = serialise(t["data"])
             ids = _common.encode(args.tokenizer, text)
-            if tok.decode(ids) != text:
+            if _common.token_text(args.tokenizer, ids) != text.encode("utf-8"):
                 raise SystemExit(f"{f.name}: tokenization of {text[:80]!r} does not round-trip")
             instances.append({"ids": ids, "valid": bool(t["valid"]), "text": text})
         cases.append({"name": f.stem, "kind": "json_schema", "spec": d["schema"], "instances": instances})

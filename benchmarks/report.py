@@ -219,6 +219,15 @@ def main() -> int:
         text, t = regex_section(regex)
         body.append(text)
         targets += t
+    regex32 = load("regex_mistral32k.json")
+    if regex32:
+        runs["regex_mistral32k"] = regex32
+        md = (RESULTS / "regex_mistral32k.md").read_text()
+        body.append("\n".join(["## Regex benchmark with the Mistral 32k SentencePiece vocabulary", "",
+                                "Same corpus and method, `--tokenizer mistral32k` (32000 ids, byte fallback). "
+                                "SentencePiece's dummy prefix space is removed from the first token (generated "
+                                "text continues a prompt), by re-tokenizing the first word greedily.", "",
+                                md, ""]))
     if mb:
         text, t = maskbench_section("MaskBench-style JSON Schema benchmark (`maskbench.py`)", mb, "maskbench_compile.png")
         body.append(text)
