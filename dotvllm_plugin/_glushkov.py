@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fsm as _fsm
 from .errors import CompilationTooLargeError
 
 __all__ = ["Unhandled", "glushkov_dfa"]
@@ -27,6 +28,9 @@ def _tree_types():
     return P
 
 
+_CASE_INSENSITIVE = _tree_types().REFlags.CASE_INSENSITIVE
+
+
 def glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls):
     """Build ``(transitions int32[n,256], accepting bool[n])`` with state 0 initial, untrimmed."""
     P = _tree_types()
@@ -40,6 +44,7 @@ class _Positions:
         self.ranges: list[tuple] = []  # per position: code-point ranges
         self.follow: list[set] = []
         self.max_positions = max_positions
+        self._class_cache: dict = {}
 
     def _new(self, ranges: tuple) -> int:
         if len(self.ranges) >= self.max_positions:
@@ -76,12 +81,12 @@ class _Positions:
         raise Unhandled(type(node).__name__)
 
     def _char(self, chars, negated, flags):
-        from .fsm import _case_fold_ranges, _char_class_ranges
-
-        P = _tree_types()
-        if flags & P.REFlags.CASE_INSENSITIVE:
-            chars = _case_fold_ranges(chars)
-        ranges = _char_class_ranges(chars, negated)
+        if flags & _CASE_INSENSITIVE:
+            chars = _fsm._case_fold_ranges(chars)
+        key = (chars, negated)
+        ranges = self._class_cache.get(key)
+        if ranges is None:
+            ranges = self._class_cache[key] = _fsm._char_class_ranges(chars, negated)
         if not ranges:
             return set(), set(), False  # matches nothing
         p = self._new(ranges)

@@ -523,13 +523,16 @@ def build_index(
     row_of_state = np.zeros(n_states, dtype=np.int32)
     acc = dfa.accepting
     slices = {s: (a, b) for s, a, b in zip(indexed.tolist(), starts, ends)}
+    instance_of = np.full(n_states, -1, dtype=np.int64)  # state → its instance (row) in its gadget
+    for gw in gadgets:
+        instance_of[gw.instances] = np.arange(gw.instances.shape[0])[:, None]
     for s in indexed.tolist():
         r_ = int(rep[s])  # the walked state with the same row (itself unless grouped)
         a, b = slices[r_]
         g, c = int(gadget_of[s]), int(label_of[s])
         key = (g, c, int(h1[r_]), int(h2[r_]), b - a, bool(acc[s]))
         if g >= 0:
-            j = _instance_row(gadgets[g], s, c)
+            j = int(instance_of[s])
             members_good = good[gadgets[g].instances[j]]
             if not members_good.all():
                 key = key + (s,)  # pruning inside this instance makes its rows its own
@@ -593,10 +596,6 @@ def _prefix_blocks(class_trans: np.ndarray, depth: int) -> np.ndarray:
             break
         count = new_count
     return part
-
-
-def _instance_row(gw: _GadgetWalk, s: int, c: int) -> int:
-    return int(np.flatnonzero(gw.instances[:, c] == s)[0])
 
 
 def _first_byte_subtree_sizes(trie) -> np.ndarray:
