@@ -512,7 +512,8 @@ def build_index(
     state, node = state[keep], node[keep]
 
     # 3. Deduplicate: states with the same node set (and acceptance) share one mask row.
-    order = np.lexsort((node, state))
+    # Group by state (order within a state does not matter: hashes are sums, rows are sets).
+    order = np.argsort(state, kind="stable")
     state, node = state[order], node[order]
     indexed = np.flatnonzero(reached & good)
     starts = np.searchsorted(state, indexed).tolist()
