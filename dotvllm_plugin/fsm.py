@@ -514,25 +514,32 @@ def _byte_dfa_from_fsm(fsm, pattern: str, max_states: int) -> ByteDFA:
     return ByteDFA(transitions=trans, accepting=accepting, initial=0)
 
 
+def reachable(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
+    """States reachable from ``roots`` along the edges ``src[i] → dst[i]`` (bool [n])."""
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    starts = np.searchsorted(src, np.arange(n + 1)).tolist()
+    dst_l = dst.tolist()
+    seen = np.zeros(n, dtype=bool)
+    stack = list(roots)
+    seen[stack] = True
+    while stack:
+        s = stack.pop()
+        for t in dst_l[starts[s] : starts[s + 1]]:
+            if not seen[t]:
+                seen[t] = True
+                stack.append(t)
+    return seen
+
+
 def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     """Keep the states that can reach an accepting state; renumber with the initial state 0."""
     n = trans.shape[0]
     src = np.repeat(np.arange(n), 256)
     dst = trans.ravel().astype(np.int64)
     ok = dst >= 0
-    pairs = np.unique(dst[ok] * n + src[ok])
-    rdst, rsrc = pairs // n, pairs % n
-    starts = np.searchsorted(rdst, np.arange(n + 1))
-    live = accepting.copy()
-    stack = np.flatnonzero(live).tolist()
-    rsrc_l = rsrc.tolist()
-    starts_l = starts.tolist()
-    while stack:
-        t = stack.pop()
-        for s in rsrc_l[starts_l[t] : starts_l[t + 1]]:
-            if not live[s]:
-                live[s] = True
-                stack.append(s)
+    edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
+    live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
     if not live[0]:
         from .errors import VocabularyCoverageError
 

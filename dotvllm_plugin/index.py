@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CompilationTooLargeError, VocabularyCoverageError
-from .fsm import ByteDFA, byte_classes
+from .fsm import ByteDFA, byte_classes, reachable
 from .vocabulary import Vocabulary
 
 __all__ = ["TokenIndex", "build_index"]
@@ -500,8 +500,8 @@ def build_index(
     else:
         pairs = np.unique(state * n_states + end)
         p_src, p_dst = pairs // n_states, pairs % n_states
-        reached = _bfs(p_src, p_dst, n_states, [dfa.initial])
-        good = _bfs(p_dst, p_src, n_states, np.flatnonzero(dfa.accepting).tolist())
+        reached = reachable(p_src, p_dst, n_states, [dfa.initial])
+        good = reachable(p_dst, p_src, n_states, np.flatnonzero(dfa.accepting).tolist())
         if not good[dfa.initial]:
             raise VocabularyCoverageError(
                 "no sequence of this tokenizer's tokens can complete the constraint "
@@ -650,24 +650,6 @@ def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
             np.add.at(h, state, z)
             out.append(h)
     return out
-
-
-def _bfs(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
-    """States reachable from ``roots`` along edges ``src → dst`` (sorted by ``src``)."""
-    order = np.argsort(src, kind="stable")
-    src, dst = src[order], dst[order]
-    starts = np.searchsorted(src, np.arange(n + 1)).tolist()
-    dst_l = dst.tolist()
-    seen = np.zeros(n, dtype=bool)
-    stack = list(roots)
-    seen[stack] = True
-    while stack:
-        s = stack.pop()
-        for t in dst_l[starts[s] : starts[s + 1]]:
-            if not seen[t]:
-                seen[t] = True
-                stack.append(t)
-    return seen
 
 
 def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
