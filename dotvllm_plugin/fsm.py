@@ -23,7 +23,7 @@ __all__ = ["ByteDFA", "check_regex", "regex_to_dfa"]
 
 #: Budget of automaton states. Each is indexed against the whole vocabulary, so compile time grows
 #: with it; past the budget compilation stops at once with CompilationTooLargeError.
-MAX_DFA_STATES = 30_000
+MAX_DFA_STATES = 60_000
 _SURROGATES = (0xD800, 0xDFFF)
 _MAX_CP = 0x10FFFF
 
