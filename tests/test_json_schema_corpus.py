@@ -112,5 +112,5 @@ def test_coverage_report(results, capsys):
               f"refused by keyword: {dict(refused.most_common(12))}")
     assert invalid_matched == 0
     # coverage floors measured on this sample (drops mean a regression)
-    assert status["compiled"] >= 0.75 * len(results)
-    assert valid_matched >= 0.95 * valid
+    assert status["compiled"] >= 0.8 * len(results)
+    assert valid_matched >= 0.9 * valid  # misses: undeclared properties (policy), depth bounds
