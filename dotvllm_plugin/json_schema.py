@@ -104,6 +104,7 @@ def json_schema_to_regex(
     max_regex_chars: int = MAX_REGEX_CHARS,
     allow_undeclared_properties: bool = False,
     unicode_escapes: bool = False,
+    repeat_cap: int | None = None,
 ) -> str:
     """Regex matching JSON documents that validate against ``schema``.
 
@@ -130,6 +131,10 @@ def json_schema_to_regex(
         ``False``: characters are written literally and only the short escapes
         (``\\" \\\\ \\/ \\b \\f \\n \\r \\t``) are generated; hex escapes cost ~25 regex positions
         per string, and the engine's budget is counted in positions.
+    repeat_cap : int, optional
+        Lower every ``maxLength``/``maxItems`` above this to it (but never below the
+        corresponding minimum): a sound restriction for engines whose automaton grows with the
+        bound (``maxLength: 4096`` is ~37 000 states). Default: exact bounds.
 
     Raises
     ------
@@ -152,6 +157,7 @@ def json_schema_to_regex(
     ws = _check_whitespace(whitespace_pattern)
     ctx = _Context(schema, ws, max_recursion_depth, max_regex_chars, allow_undeclared_properties)
     ctx.unicode_escapes = unicode_escapes
+    ctx.repeat_cap = repeat_cap
     regex = ctx.compile(schema, "")
     if regex is None:
         raise UnsupportedFeatureError(
@@ -331,6 +337,7 @@ class _Context:
     def __init__(self, root, ws: str, max_depth: int, max_chars: int, undeclared: bool = False):
         self.undeclared = undeclared
         self.unicode_escapes = False
+        self.repeat_cap: int | None = None
         self.root = root
         self.ws = ws
         self.max_depth = max_depth
@@ -348,6 +355,12 @@ class _Context:
                 "simplify the schema (fewer optional properties, smaller bounds, less nesting)"
             )
         return regex
+
+    def capped(self, hi: int | None, lo: int) -> int | None:
+        """``maxLength``/``maxItems`` lowered to ``repeat_cap`` (never below the minimum)."""
+        if hi is None or self.repeat_cap is None or hi <= self.repeat_cap:
+            return hi
+        return max(self.repeat_cap, lo)
 
     def any_value(self) -> str:
         if self._any is None:
@@ -926,6 +939,7 @@ class _Context:
         hi = None if hi is None else int(hi)
         if hi is not None and hi < lo:
             return None
+        hi = self.capped(hi, lo)
         body = None
         if "format" in kw and "pattern" in kw:
             raise _refuse("format", _ptr(where, "format"), "format together with pattern")
@@ -983,6 +997,8 @@ class _Context:
         for k, v in (("minItems", lo), ("maxItems", hi)):
             if v is not None and (not _is_int(v) or v < 0):
                 raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
+        if hi is not None and lo <= hi:
+            hi = self.capped(hi, lo)
         prefix, rest = self.item_layout(kw, where)
         rest_where = _ptr(where, "additionalItems" if isinstance(kw.get("items"), list) else "items")
         if kw.get("uniqueItems") is True and not (hi is not None and hi <= 1):

@@ -387,6 +387,16 @@ def test_recursion_depth_bound_is_sound_and_documented():
     assert r3.fullmatch("[[[]]]") and not r3.fullmatch("[[[[]]]]")
 
 
+def test_repeat_cap_lowers_large_bounds_soundly():
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2, "maxLength": 4096},
+                                               "t": {"type": "string", "minLength": 100, "maxLength": 200},
+                                               "a": {"type": "array", "maxItems": 1000}}}
+    r = re.compile(json_schema_to_regex(schema, repeat_cap=8))
+    assert r.fullmatch('{"s":"12345678"}') and not r.fullmatch('{"s":"123456789"}')
+    assert r.fullmatch('{"t":"' + "x" * 100 + '"}') and not r.fullmatch('{"t":"' + "x" * 101 + '"}')
+    assert r.fullmatch('{"a":[1,2,3,4,5,6,7,8]}') and not r.fullmatch('{"a":[1,2,3,4,5,6,7,8,9]}')
+
+
 def test_order_properties_follows_declared_order():
     schema = {"type": "object", "properties": {"b": I, "a": {"type": "object", "properties": {"y": I, "x": I}}},
               "required": ["z"]}
