@@ -1353,6 +1353,24 @@ def _not_in(names: list[str]) -> str:
 
 def _not_in_node(node: dict) -> str:
     any_rest = T.repeat(T.PLAIN_CHAR, 0, None)
+    # A run of single-child, non-terminal nodes is spelled flat (one alternative per place the
+    # string can stop or diverge): nesting one group per character overflows parsers.
+    chain: list[str] = []
+    cur = node
+    while len(chain) < 12 and None not in cur and len(cur) == 1:
+        (c, cur), = cur.items()
+        chain.append(c)
+    if chain:
+        alts = []
+        for i, c in enumerate(chain):
+            pre = T.encode_text("".join(chain[:i]))
+            others = T.encode_set(T.subtract(T.ENCODABLE, T.chars(c)))
+            if others is not None:
+                alts.append(pre + others + any_rest)
+            if i:
+                alts.append(pre)
+        alts.append(T.encode_text("".join(chain)) + T.group(_not_in_node(cur)))
+        return f"(?:{'|'.join(alts)})?"
     children = [c for c in node if c is not None]
     alts = []
     if None not in node:

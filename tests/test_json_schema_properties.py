@@ -164,3 +164,14 @@ def test_number_bounds_exact_at_the_bound():
     r = re.compile(number_range(lo, False, hi, True, integer_only=False))
     assert r.fullmatch("0.1") and r.fullmatch("2.9999") and r.fullmatch("1")
     assert not r.fullmatch("3") and not r.fullmatch("3.0") and not r.fullmatch("0.09")
+
+
+@SETTINGS
+@given(st.lists(st.text(alphabet='ab"\\é/\n', max_size=16), min_size=1, max_size=5),
+       st.text(alphabet='ab"\\é/\nc', max_size=18))
+def test_undeclared_keys_never_spell_a_declared_name(names, key):
+    schema = {"type": "object", "properties": {n: {"type": "null"} for n in names},
+              "additionalProperties": {"type": "boolean"}}
+    r = re.compile(json_schema_to_regex(schema))
+    text = json.dumps({key: True}, separators=(",", ":"), ensure_ascii=False)
+    assert (r.fullmatch(text) is not None) == (key not in names)
