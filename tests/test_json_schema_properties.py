@@ -175,3 +175,16 @@ def test_undeclared_keys_never_spell_a_declared_name(names, key):
     r = re.compile(json_schema_to_regex(schema))
     text = json.dumps({key: True}, separators=(",", ":"), ensure_ascii=False)
     assert (r.fullmatch(text) is not None) == (key not in names)
+
+
+@pytest.mark.parametrize("ws", ["[ ]?", "\\n[ ]{0,4}|[ ]{0,2}"], ids=["space", "newline-indent"])
+def test_documents_with_whitespace_validate(ws):
+    schema = dict(SOUNDNESS)["nested"]
+    regex = json_schema_to_regex(schema, whitespace_pattern=ws)
+
+    @SETTINGS
+    @given(st.from_regex(regex, fullmatch=True))
+    def check(text):
+        assert validate(schema, json.loads(text)), text
+
+    check()
