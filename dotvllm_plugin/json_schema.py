@@ -1263,12 +1263,16 @@ class _Context:
 
     def _non_empty(self, parts, i: int, j: int, rest) -> str:
         """A non-empty in-order, comma-separated selection of the optional ``parts[i:j]``."""
+        return "|".join(self._non_empty_alts(parts, i, j, rest))
+
+    def _non_empty_alts(self, parts, i: int, j: int, rest) -> list[str]:
         if j - i == 1:
-            return parts[i][0]
+            return [parts[i][0]]
         m = (i + j) // 2
-        left = self._non_empty(parts, i, m, rest)
-        right = self._non_empty(parts, m, j, rest)
-        return f"(?:{left}{rest(m, j)}|{right})"
+        left = self._non_empty_alts(parts, i, m, rest)
+        head = left[0] if len(left) == 1 else f"(?:{'|'.join(left)})"
+        # first present part on the left: then the right half with commas; else only the right
+        return [head + rest(m, j), *self._non_empty_alts(parts, m, j, rest)]
 
 
 class _NoValueType:
