@@ -78,7 +78,7 @@ _KNOWN = frozenset({
 })
 _REFUSED = frozenset({
     "unevaluatedItems", "unevaluatedProperties",
-    "$dynamicRef", "$recursiveRef", "disallow", "extends", "divisibleBy", "if",
+    "$dynamicRef", "$recursiveRef", "disallow", "extends", "divisibleBy",
 })
 _TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
 _ORDER = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -438,6 +438,8 @@ class _Context:
             )
         if not kw:
             return self.any_value()
+        if "if" in kw:
+            return self.compile(self.expand_if(kw, where), where)
         if any(k in kw for k in ("dependencies", "dependentRequired", "dependentSchemas")):
             return self.compile(self.expand_dependencies(kw, where), where)
         if "$ref" in kw:
@@ -464,6 +466,45 @@ class _Context:
             if not isinstance(kw, dict) or any(k in kw for k in ("$ref", "allOf", "anyOf", "oneOf", "not")):
                 return self.compile(kw, where)
         return self.compile_flat(kw, where)
+
+    def expand_if(self, kw: dict, where: str) -> dict:
+        """``if I then T else E`` as ``anyOf [I and T, (not I) and E]`` (exact, branches disjoint).
+
+        ``not I`` is written out for the shapes real schemas use: one property's value
+        (``{properties: {p: S}}`` → p present and not S), ``required``, ``type``, ``const``/
+        ``enum``; other conditions are refused.
+        """
+        w = _ptr(where, "if")
+        rest = {k: v for k, v in kw.items() if k not in ("if", "then", "else")}
+        cond = kw["if"]
+        depth = len(self.ref_stack)
+        flat, _ = self.flatten(cond, w)
+        del self.ref_stack[depth:]
+        then, other = kw.get("then", True), kw.get("else", True)
+        if flat is None:
+            raise _refuse("if", w, "a recursive condition")
+        if flat is True or flat == {}:
+            branch = then
+        elif flat is False:
+            branch = other
+        else:
+            negated = self.negation(flat, w)
+            branch = {"anyOf": [{"allOf": [flat, then]}, {"allOf": [negated, other]}]}
+        return {"allOf": [rest, branch]} if rest else branch
+
+    def negation(self, flat: dict, where: str) -> dict:
+        keys = set(flat)
+        if keys == {"properties"} and isinstance(flat["properties"], dict) and len(flat["properties"]) == 1:
+            (name, sub), = flat["properties"].items()
+            return {"type": "object", "required": [name], "properties": {name: {"not": sub}}}
+        if keys == {"required"} and isinstance(flat["required"], list) and len(flat["required"]) == 1:
+            return {"type": "object", "properties": {flat["required"][0]: False}}
+        if keys in ({"type"}, {"const"}, {"enum"}, {"type", "const"}, {"type", "enum"}):
+            if "type" in keys and len(keys) == 2:
+                raise _refuse("if", where, "a condition on type and value together")
+            return {"not": flat}
+        raise _refuse("if", where, "only conditions on one property's value, one required name, a "
+                      "type or const/enum can be negated for 'else'")
 
     def expand_dependencies(self, kw: dict, where: str) -> dict:
         """``p → deps`` as ``anyOf [p absent, p and deps]`` (exact: both sides ignore non-objects)."""
@@ -785,25 +826,37 @@ class _Context:
             return self.compile_enum(kw, where)
         alts = []
         for t in self.types_of(kw, where):
-            r = getattr(self, "compile_" + t)(kw, where)
+            if "_not_values" in kw:
+                r = self.compile_excluding(t, kw, where)
+            else:
+                r = getattr(self, "compile_" + t)(kw, where)
             if r is not None:
                 alts.append(r)
-        if "_not_values" in kw:
-            alts = self.exclude_values(alts, kw, where)
         return self.check_size(T.alternation(alts), where) if alts else None
 
-    def exclude_values(self, alts: list[str], kw: dict, where: str) -> list[str]:
-        # only scalars that cannot be spelled differently are excludable by regex subtraction
-        types = self.types_of(kw, where)
-        if set(types) <= {"null", "boolean"}:
-            banned = {_canon(v) for v in kw["_not_values"]}
-            lits = [x for x in ("null", "true", "false") if x not in banned]
-            kw2 = dict(kw)
-            kw2.pop("_not_values")
-            keep = [x for x in lits if re.fullmatch(T.alternation(alts), x)]
-            return [T.alternation(keep)] if keep else []
-        raise _refuse("not", _ptr(where, "not"), "'not' with const/enum is only supported for "
-                      "null/boolean values")
+    def compile_excluding(self, t: str, kw: dict, where: str) -> str | None:
+        """Type ``t`` of ``kw`` minus the values of an enclosing ``not: {enum/const}``.
+
+        Only values with a unique spelling in our output are subtracted: null/booleans, and
+        strings without other string keywords ("any string but these" is a name trie).
+        """
+        banned = kw["_not_values"]
+        w = _ptr(where, "not")
+        if t in ("null", "boolean"):
+            keys = {_canon(v) for v in banned}
+            lits = [x for x in (["null"] if t == "null" else ["true", "false"]) if x not in keys]
+            return T.alternation(lits)
+        if t == "string":
+            strs = [v for v in banned if isinstance(v, str)]
+            if not strs:
+                return self.compile_string(kw, where)
+            if any(k in kw for k in _STRING_KW):
+                raise _refuse("not", w, "'not' with string values together with string keywords")
+            return '"' + _not_in(strs) + '"'
+        clash = {"number": (int, float), "integer": (int, float), "array": (list,), "object": (dict,)}[t]
+        if any(isinstance(v, clash) and not isinstance(v, bool) for v in banned):
+            raise _refuse("not", w, f"'not' with {t} values is not supported")
+        return getattr(self, "compile_" + t)(kw, where)
 
     def compile_enum(self, kw: dict, where: str) -> str | None:
         if "enum" in kw:

@@ -155,6 +155,14 @@ CASES = [
     ("oneOf-required-with-additional", {"type": "object", "properties": {"a": I}, "additionalProperties": S,
                                         "oneOf": [{"required": ["a"]}, {"required": ["x"]}]},
      [{"a": 1}, {"x": "s"}], [{"a": 1, "x": "s"}, {}]),
+    ("if-then-else", {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "x": I},
+                      "if": {"properties": {"kind": {"const": "a"}}}, "then": {"required": ["x"]},
+                      "else": {"properties": {"x": {"maximum": 0}}}},
+     [{"kind": "a", "x": 5}, {"kind": "b"}, {"kind": "b", "x": -1}, {"x": 1}],
+     [{"kind": "a"}, {"kind": "b", "x": 1}, {}]),
+    ("if-required", {"type": "object", "properties": {"a": I, "b": I}, "if": {"required": ["a"]},
+                     "then": {"required": ["b"]}}, [{}, {"b": 1}, {"a": 1, "b": 2}], [{"a": 1}]),
+    ("not-string-values", {"type": "string", "not": {"enum": ["x", "yz"]}}, ["", "y", "xy", "yzz"], ["x", "yz"]),
     ("dependencies", {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
                       "properties": {"a": I, "b": I, "c": S},
                       "dependencies": {"a": ["b"], "c": {"required": ["a"]}}},
@@ -233,7 +241,7 @@ def test_keyword_table(schema, valid, invalid):
 
 REFUSALS = [
     ("uniqueItems", {"type": "array", "uniqueItems": True}, "uniqueItems", "/uniqueItems"),
-    ("if", {"if": {"type": "string"}, "then": {"minLength": 1}}, "if", "/if"),
+    ("if-complex", {"if": {"type": "string", "minLength": 2}, "then": {"maxLength": 5}}, "if", "/if"),
     ("dependencies-many", {"type": "object", "dependencies": {k: ["z"] for k in "abcdefg"}}, "dependencies", "/"),
     ("unevaluatedProperties", {"type": "object", "unevaluatedProperties": False}, "unevaluatedProperties",
      "/unevaluatedProperties"),
