@@ -425,7 +425,12 @@ def build_index(
         # bounded repetition) would walk a lot of the byte trie.
         merge_classes = len(classes) <= 24 or rest_cost > 4_000_000
     merge = merge_classes
-    ct = ClassTrie(trie, byte_class, len(classes), merge=merge, max_depth=_longest_path(class_trans))
+    max_depth = _longest_path(class_trans)
+    # Gadgets always walk the plain byte trie (free, and their walks are cached per vocabulary);
+    # the other states walk the class-merged trie when that pays. A state's node ids are in the
+    # space of the trie that walked it: byte trie for gadget members, ``ct`` for the rest.
+    bt = ClassTrie(trie, byte_class, len(classes), merge=False, max_depth=max_depth)
+    ct = ClassTrie(trie, byte_class, len(classes), merge=True, max_depth=max_depth) if merge else bt
     n_states = dfa.n_states
     W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
@@ -437,12 +442,10 @@ def build_index(
     gadget_of = np.full(n_states, -1, dtype=np.int64)  # state → gadget index
     label_of = np.full(n_states, -1, dtype=np.int64)  # state → canonical label within its gadget
     total = 0
-    cache = None
-    if not merge:  # node ids are byte-trie ids, the same for every pattern: share walks
-        cache = vocab._cache.get("gadget_walks")
-        if cache is None:
-            cache = vocab._cache.setdefault("gadget_walks", _WalkCache())
-    walks, remainder = _walk_gadgets(class_trans, ct, shapes, cache, byte_class)
+    cache = vocab._cache.get("gadget_walks")
+    if cache is None:
+        cache = vocab._cache.setdefault("gadget_walks", _WalkCache())
+    walks, remainder = _walk_gadgets(class_trans, bt, shapes, cache, byte_class)
     if remainder is not None:
         parts_state.append(remainder[0]), parts_node.append(remainder[1]), parts_end.append(remainder[2])
         total += len(remainder[1])
@@ -545,7 +548,7 @@ def build_index(
                 lo_, hi_ = gw.node_start[c], gw.node_start[c + 1]
                 own = np.concatenate([own, gw.nodes[lo_:hi_][members_good[gw.ends[lo_:hi_]]]])
             r = row_index[key] = len(rows_list)
-            rows_list.append(_materialize(ct, own, eos if acc[s] else None, W))
+            rows_list.append(_materialize(bt if g >= 0 else ct, own, eos if acc[s] else None, W))
             if len(rows_list) * W * 4 > max_rows_bytes:
                 raise CompilationTooLargeError(
                     f"the token index exceeds {max_rows_bytes >> 20} MiB ({len(rows_list)} distinct masks); "

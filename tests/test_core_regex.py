@@ -396,8 +396,13 @@ def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
 
 @pytest.mark.parametrize(
     "pattern",
-    [r'"[a-zA-Z0-9 ]{0,120}"', r'\{"k":"[\-0-9A-Z_a-z]{1,100}","v":(?:"x"|"yy")\}', r"[^\n]{2,90}!"],
-    ids=["quoted", "object", "free"],
+    [
+        r'"[a-zA-Z0-9 ]{0,120}"',
+        r'\{"k":"[\-0-9A-Z_a-z]{1,100}","v":(?:"x"|"yy")\}',
+        r"[^\n]{2,90}!",
+        r'\{"a":"(?:[^"\\]|\\.)*","b":"[a-z0-9 ]{0,150}","c":"(?:[^"\\]|\\.)*"\}',
+    ],
+    ids=["quoted", "object", "free", "with-loops"],
 )
 def test_grouped_repetition_states_equal_the_reference(real, pattern):
     """States of a long bounded repetition share walks by their byte-string futures; rows must not change."""
