@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -44,6 +46,18 @@ def _vllm_missing_reason() -> str | None:
     if importlib.util.find_spec("vllm") is None:
         return "vLLM is not installed in this environment (bash scripts/setup_env.sh; use .venv/bin/python)"
     return None
+
+
+def pytest_configure(config):
+    # `timeout` (as in .ci/run) and CI runners stop pytest with SIGTERM, which would end it without
+    # teardown and leave the servers (own process groups) running; make it an interrupt instead so
+    # the fixtures stop them.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(config, items):
