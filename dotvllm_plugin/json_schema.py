@@ -45,6 +45,7 @@ __all__ = [
     "json_object_regex",
     "json_schema_to_regex",
     "json_value_regex",
+    "order_properties",
 ]
 
 #: Default whitespace between JSON tokens: none (compact JSON, no room for whitespace loops).
