@@ -744,8 +744,10 @@ class _Context:
                 fi, fj = flats[i], originals[j]
                 req_i = set(fi.get("required") or []) if isinstance(fi, dict) else set()
                 req_j = [n for n in (fj.get("required") or []) if n not in req_i] if isinstance(fj, dict) else []
-                if req_j and isinstance(fi, dict) and _type_set(fi, _values(fi)) <= {"object"}:
-                    branches[i] = {"allOf": [branches[i], {"properties": {req_j[0]: False}}]}
+                if req_j and isinstance(fi, dict) and "object" in _type_set(fi, _values(fi)):
+                    # (non-objects satisfy both "required" branches, so they are never valid here
+                    # when j accepts them; restricting i to objects is sound in any case)
+                    branches[i] = {"allOf": [branches[i], {"type": "object", "properties": {req_j[0]: False}}]}
                     flats[i] = flat(branches[i], i)
                     if _disjoint(flats[i], originals[j], self, generated=True):
                         continue

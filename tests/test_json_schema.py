@@ -172,6 +172,8 @@ CASES = [
     ("dependentSchemas", {"type": "object", "properties": {"a": I, "b": I},
                           "dependentSchemas": {"a": {"properties": {"b": {"minimum": 5}}}}},
      [{"b": 1}, {"a": 1, "b": 5}], [{"a": 1, "b": 4}]),
+    ("oneOf-required-untyped", {"properties": {"bar": I, "foo": S}, "oneOf": [{"required": ["bar"]}, {"required": ["foo"]}]},
+     [{"bar": 1}, {"foo": "x"}], [{"bar": 1, "foo": "x"}, {}, 1, "s"]),
     ("allOf-merge", {"allOf": [{"type": "object", "properties": {"a": I}, "required": ["a"]},
                                {"properties": {"b": S}, "required": ["b"]}]},
      [{"a": 1, "b": "x"}], [{"a": 1}, {"b": "x"}]),
