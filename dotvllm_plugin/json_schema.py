@@ -2,26 +2,29 @@
 
 Every string the produced regex matches is a JSON document (as read by Python's ``json``) that
 validates against the schema (Draft 2020-12, with earlier drafts' spellings: ``definitions``,
-``dependencies``-free schemas, array-form ``items`` + ``additionalItems``, boolean
+``dependencies``, array-form ``items`` + ``additionalItems``, boolean
 ``exclusiveMinimum``/``exclusiveMaximum``). What cannot be enforced exactly is either restricted
 soundly (the regex accepts a documented subset of the valid documents) or refused with
 :class:`~dotvllm_plugin.errors.UnsupportedFeatureError` naming the keyword and its JSON pointer.
-See ``docs/json_schema.md`` for the keyword table.
+Unknown keywords are annotations (the specification's rule); every validation keyword of drafts
+3 … 2020-12 is known. See ``docs/json_schema.md`` for the keyword table.
 
 Serialization we expect (and the model is steered to): compact JSON (no whitespace unless a
-``whitespace_pattern`` is given), object properties in the schema's declared order (declared
-``properties`` first, then required names not in ``properties``, then additional/pattern
-properties), strings as ``json.dumps(..., ensure_ascii=False)`` writes them (unconstrained strings
-also accept every other JSON escape).
+bounded ``whitespace_pattern`` is given), object properties in the schema's declared order
+(declared ``properties`` first, then required names not in ``properties``, then additional /
+pattern properties; see :func:`order_properties`), strings with literal characters and the short
+escapes only (``unicode_escapes=True`` adds ``\\uXXXX`` for unbounded strings).
 
 Supported: ``type`` (also lists), ``enum``, ``const``, ``properties``, ``required``,
 ``additionalProperties``, ``patternProperties``, ``propertyNames``, ``minProperties``/
-``maxProperties`` (when countable), ``items``/``prefixItems``/``additionalItems``,
-``minItems``/``maxItems``, ``contains`` (no prefix items), ``anyOf``, ``oneOf`` (provably
-disjoint branches), ``allOf`` (merged), ``not`` (type / required / const / enum / {} cases),
-``$ref`` (local, recursion bounded by ``max_recursion_depth``), ``$defs``/``definitions``,
-``minLength``/``maxLength``, ``pattern``, ``format`` (date, time, date-time, duration, email,
-hostname, ipv4, ipv6, uri, uuid), ``minimum``/``maximum``/``exclusiveMinimum``/
+``maxProperties`` (when countable), ``dependencies``/``dependentRequired``/``dependentSchemas``,
+``items``/``prefixItems``/``additionalItems``, ``minItems``/``maxItems``, ``contains`` (no prefix
+items), ``anyOf``, ``oneOf`` (provably disjoint branches, or unions of required properties),
+``allOf`` (merged), ``not`` (type / required / const / enum / {} cases), ``if``/``then``/``else``
+(simple conditions), ``$ref`` (local, recursion bounded by ``max_recursion_depth``),
+``$defs``/``definitions``, ``minLength``/``maxLength``, ``pattern`` (ECMA-262, search
+semantics), ``format`` (date, time, date-time, duration, email, hostname, ipv4, ipv6, uri,
+uri-reference, uuid, json-pointer), ``minimum``/``maximum``/``exclusiveMinimum``/
 ``exclusiveMaximum``, integer ``multipleOf``.
 """
 
@@ -1163,10 +1166,6 @@ class _Context:
         if "additionalProperties" not in kw and props and not self.undeclared:
             additional = False  # sound restriction, see allow_undeclared_properties
         names_schema = kw.get("propertyNames")
-        dep_req = kw.get("dependentRequired")
-        if dep_req:
-            raise _refuse("dependentRequired", _ptr(where, "dependentRequired"),
-                          "conditional requirements are not supported")
         min_p = kw.get("minProperties", 0)
         max_p = kw.get("maxProperties")
         names_re = None
