@@ -1000,8 +1000,13 @@ class _Context:
             return None
         hi = self.capped(hi, lo)
         body = None
-        if "format" in kw and "pattern" in kw:
-            raise _refuse("format", _ptr(where, "format"), "format together with pattern")
+        if "format" in kw and "pattern" in kw and kw["format"] in FORMATS and isinstance(kw["pattern"], str):
+            # exact when one language contains the other: keep the smaller one
+            kept = _contained(FORMATS[kw["format"]], kw["pattern"], _ptr(where, "pattern"))
+            if kept is None:
+                raise _refuse("format", _ptr(where, "format"), "format together with a pattern that "
+                              "neither contains nor is contained in it")
+            kw = {k: v for k, v in kw.items() if k != kept}
         if "format" in kw:
             fmt = kw["format"]
             if not isinstance(fmt, str):
@@ -1363,6 +1368,25 @@ def _trie_node(node: dict) -> str:
     if None in node and alts:
         return T.group(body) + "?" if body else ""
     return body if len(alts) <= 1 else body
+
+
+def _contained(format_regex: str, pattern: str, where: str) -> str | None:
+    """Which of ``format``/``pattern`` is redundant (its language contains the other's)."""
+    import interegular
+
+    info = T.translate_pattern(pattern, where)
+    if info.regex is None:
+        return "format"  # the pattern matches nothing: keeping it is exact
+    try:
+        f = interegular.parse_pattern(format_regex).to_fsm()
+        p = interegular.parse_pattern(info.regex).to_fsm()
+        if (f - p).empty():
+            return "pattern"
+        if (p - f).empty():
+            return "format"
+    except Exception:  # noqa: BLE001 - interegular raises several types; then we refuse
+        return None
+    return None
 
 
 def _has_non_finite(value) -> bool:
