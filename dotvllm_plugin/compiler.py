@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 import threading
 from collections import OrderedDict
@@ -16,14 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GrammarError, SerializationError
+from .errors import CompilationTooLargeError, GrammarError, SerializationError
 from .fsm import ByteDFA, check_regex, regex_to_dfa
 from .index import build_index
 from .vocabulary import Vocabulary
 
 __all__ = ["CompiledGrammar", "GrammarCompiler", "check_regex", "choice_regex", "escape_literal"]
 
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+#: maxLength/maxItems bound used when a schema's exact automaton is over budget (sound: lower).
+REPEAT_CAP = 64
 _MAGIC = b"DOTVLLM\x00"
 _REGEX_META = set("\\.^$*+?{}[]|()")
 
@@ -249,12 +254,31 @@ class GrammarCompiler:
         return self.compile_regex(choice_regex(choices), kind="choice", source=json.dumps(list(choices)))
 
     def compile_json_schema(self, schema, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
-        """A JSON value valid under ``schema`` (a dict, bool, or JSON string)."""
+        """A JSON value valid under ``schema`` (a dict, bool, or JSON string).
+
+        When the exact automaton is over budget, the schema is compiled once more with long
+        ``maxLength``/``maxItems`` bounds lowered to :data:`REPEAT_CAP` (never below the
+        minimum): every output still validates, only long strings and arrays are not generated.
+        A warning says so; if that is still over budget, the first error is raised.
+        """
         from .json_schema import json_schema_to_regex
 
-        regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
         source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
-        return self._compile(regex, "json_schema", source, check_syntax=False)
+        try:
+            regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
+            return self._compile(regex, "json_schema", source, check_syntax=False)
+        except CompilationTooLargeError as exact_error:
+            try:
+                capped = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
+                compiled = self._compile(capped, "json_schema", source, check_syntax=False)
+            except CompilationTooLargeError:
+                raise exact_error from None
+            logger.warning(
+                "JSON schema over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
+                exact_error,
+                REPEAT_CAP,
+            )
+            return compiled
 
     def compile_json_object(self, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
         """Any JSON object (nesting depth bounded, see :mod:`.json_schema`)."""

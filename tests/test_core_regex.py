@@ -425,3 +425,22 @@ def test_bitmask_into_torch_tensor_from_a_deserialised_grammar(mistral_vocab):
     t = torch.zeros((1, (mistral_vocab.size + 31) // 32), dtype=torch.int32)
     GrammarMatcher(compiled).fill_next_token_bitmask(t)  # read-only rows must not warn (warnings are errors)
     assert int((t != 0).sum()) > 0
+
+
+def test_over_budget_schema_falls_back_to_lower_bounds(mistral_vocab, caplog):
+    """maxLength beyond the automaton budget: compiled soundly with the bound lowered, and said so."""
+    import json
+    import logging
+
+    from dotvllm_plugin.compiler import REPEAT_CAP
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 50_000}}, "required": ["s"],
+              "additionalProperties": False}
+    with caplog.at_level(logging.WARNING, logger="dotvllm_plugin.compiler"):
+        compiled = GrammarCompiler(mistral_vocab).compile_json_schema(schema)
+    assert "lowered to" in caplog.text
+    short = json.dumps({"s": "x" * 10}, separators=(",", ":"))
+    m = GrammarMatcher(compiled)
+    assert m.accept_string(short) and m.is_completed()
+    too_long = json.dumps({"s": "x" * (REPEAT_CAP + 1)}, separators=(",", ":"))
+    assert not GrammarMatcher(compiled).accept_string(too_long)
