@@ -234,7 +234,7 @@ def main() -> int:
         body.append(failures_section(mb))
         targets += t
     if mb_anchors:
-        text, _ = maskbench_section("MaskBench, anchors only (earlier run)", mb_anchors, "maskbench_anchors_compile.png")
+        text, _ = maskbench_section("MaskBench, anchors only (an earlier run, for repeatability)", mb_anchors, "maskbench_anchors_compile.png")
         body.append(text)
     if mb_outlines:
         text, _ = maskbench_section("MaskBench, outlines-core on a sample", mb_outlines, "maskbench_outlines_compile.png")
@@ -242,7 +242,8 @@ def main() -> int:
     if targets:
         parts += ["## Targets (issues 2 and 4) against this run", "",
                   "Compile-time verdicts use **CPU time** of the compiling process: on this shared 2-core machine "
-                  "(load 4–7 while measuring) wall time was often 2–5× the CPU time, and CPU time is what an idle "
+                  "(load average 1.5–7 during the runs, see below) wall time was up to 2–5× the CPU time, and CPU time "
+                  "is what an idle "
                   "machine's wall time would be for these single-threaded compiles. Per-token figures are wall "
                   "time (percentiles are robust to the occasional preemption; maxima are not).", "",
                   markdown_table(["target", "measured", "verdict"], targets), ""]
