@@ -199,6 +199,40 @@ def failures_section(r: dict) -> str:
     return "\n".join(lines)
 
 
+def note_values(mb: dict | None, mb_outlines: dict | None) -> dict[str, str]:
+    """Numbers quoted in notes.md as ``@@name@@``, taken from the final runs."""
+    out: dict[str, str] = {}
+    if mb and "ours" in mb["summary"]:
+        s = mb["summary"]
+        o = s["ours"]
+        out.update(
+            n_schemas=str(o["schemas"]), ours_pass=str(o["passing"]),
+            ours_valid_rejected=str(o["validation_errors"]),
+            ours_limit=str(o["statuses"].get("compile_limit", 0)), ours_refused=str(o["statuses"].get("refused", 0)),
+            ours_refused_list=", ".join(f"`{k}` {v}" for k, v in list(o["refused_features"].items())[:8]),
+            ours_cpu_p50=fmt_ms(_cpu(o, "p50")), ours_cpu_p90=fmt_ms(_cpu(o, "p90")),
+            ours_cpu_max=fmt_ms(_cpu(o, "max")),
+            ours_rss_p50=fmt_bytes(o["rss_delta_bytes"]["p50"]), ours_rss_max=fmt_bytes(o["rss_delta_bytes"]["max"]),
+            ours_index_p50=fmt_bytes(o["index_bytes"]["p50"]),
+        )
+        if "xgrammar" in s:
+            out.update(xg_pass=str(s["xgrammar"]["passing"]), xg_inv=str(s["xgrammar"]["invalidation_errors"]),
+                       xg_cpu_p50=fmt_ms(_cpu(s["xgrammar"], "p50")))
+        if "llguidance" in s:
+            llg = mb["schemas"]["llguidance"]
+            ours = mb["schemas"]["ours"]
+            both = sum(1 for a, b in zip(llg, ours) if a["status"] == "ok" and a["passed"]
+                       and b["status"] == "ok" and b["passed"])
+            out.update(llg_pass=str(s["llguidance"]["passing"]),
+                       llg_refused=str(s["llguidance"]["schemas"] - s["llguidance"]["compiled"]),
+                       ours_on_llg=str(both))
+    if mb_outlines and "outlines_core" in mb_outlines["summary"]:
+        oc = mb_outlines["summary"]["outlines_core"]
+        out.update(oc_timeouts=str(oc["statuses"].get("timeout", 0)), oc_n=str(oc["schemas"]),
+                   oc_deadline=f"{mb_outlines['compile_deadlines_s'].get('outlines_core', 0):g} s")
+    return out
+
+
 def main() -> int:
     regex = load("regex.json")
     mb = load("maskbench.json")
@@ -250,7 +284,10 @@ def main() -> int:
     parts += [machine_section(runs)] + body
     notes = _common.REPO_ROOT / "benchmarks" / "notes.md"
     if notes.exists():
-        parts += [notes.read_text()]
+        text = notes.read_text()
+        for key, value in note_values(mb, mb_outlines).items():
+            text = text.replace(f"@@{key}@@", value)
+        parts += [text]
     out = _common.DOCS_DIR / "benchmarks.md"
     out.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {out}")
