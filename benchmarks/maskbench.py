@@ -3,8 +3,9 @@
 For each schema and each engine (ours, xgrammar, llguidance, outlines-core; same tokenizer,
 single-threaded, each in its own worker process): compile with a deadline, then for every test
 instance serialise it compactly (``json.dumps(x, separators=(",", ":"), ensure_ascii=False)``,
-which every engine's default whitespace rules allow; for ours with object properties in the
-schema's declared order, the order our regex enforces), tokenize it with the real tokenizer, and
+which every engine's default whitespace rules allow; with ``--order declared``, the default,
+object properties in the schema's declared order, which all four engines enforce by default),
+tokenize it with the real tokenizer, and
 step through the tokens asking for the mask and committing:
 
 * a **valid** instance must be accepted completely, else it is a *validation error*;
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="a seeded random sample of N schemas (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated substrings of schema file names")
+    p.add_argument("--order", choices=("declared", "as-is"), default="declared",
+                   help="object property order of the serialised instances, the same for every engine "
+                        "(declared: the schema's declared order, which all engines emit by default)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
     p.add_argument("--engine-timeout", action="append", default=[], metavar="ENGINE=S",
                    help="per-engine compile deadline, e.g. outlines_core=10 (repeatable)")
@@ -86,10 +90,8 @@ def ours_order(data, schema):
 
 
 def for_engine(case: dict, engine: str) -> dict:
-    """The case as ``engine`` sees it (ours: instances in its own serialisation)."""
-    if engine != "ours":
-        return case
-    return {**case, "instances": [{**i, **i.get("ours", {})} for i in case["instances"]]}
+    """The case as ``engine`` sees it (instances reordered when ``--order declared``)."""
+    return {**case, "instances": [{**i, **i.get("ordered", {})} for i in case["instances"]]}
 
 
 def load_cases(args) -> list[dict]:
@@ -111,11 +113,13 @@ def load_cases(args) -> list[dict]:
         for t in d["tests"]:
             text = serialise(t["data"])
             inst = {"ids": encode_checked(args.tokenizer, text, f.name), "valid": bool(t["valid"]), "text": text}
-            # Our serialisation puts object properties in the schema's declared order (the order
-            # our regex enforces, see docs/json_schema.md); the other engines get the data as is.
-            ordered = serialise(ours_order(t["data"], d["schema"]))
-            if ordered != text:
-                inst["ours"] = {"ids": encode_checked(args.tokenizer, ordered, f.name), "text": ordered}
+            # All four engines emit object properties in the schema's declared order by default, so
+            # with --order declared every engine gets the instance reordered that way (key order
+            # does not change validity); --order as-is keeps the data's own order for everyone.
+            if args.order == "declared":
+                ordered = serialise(ours_order(t["data"], d["schema"]))
+                if ordered != text:
+                    inst["ordered"] = {"ids": encode_checked(args.tokenizer, ordered, f.name), "text": ordered}
             instances.append(inst)
         cases.append({"name": f.stem, "kind": "json_schema", "spec": d["schema"], "instances": instances})
     return cases
@@ -257,7 +261,9 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
         "tokenizer": args.tokenizer,
         "vocab_size": _common.VOCAB_SIZE[args.tokenizer],
         "serialisation": 'json.dumps(x, separators=(",", ":"), ensure_ascii=False) for every engine; '
-                         "for ours with object properties in the schema's declared order (order_properties)",
+                         + ("object properties in the schema's declared order (dotvllm_plugin.json_schema."
+                            "order_properties) for every engine" if args.order == "declared"
+                            else "object properties in the instance's own order"),
         "compile_deadlines_s": {e: float(t) for e, t in args.timeouts.items()},
         "args": {k: str(v) for k, v in vars(args).items() if k != "timeouts"},
         "machine_start": machine,
@@ -321,7 +327,7 @@ def main(argv=None) -> int:
                         tot = (m + c) / 1e3
                         tok_stats = {"tokens_timed": int(m.size), "tok_us_p50": float(np.median(tot)),
                                      "tok_us_max": float(tot.max()), "tokens_over_1ms": int((tot > 1000).sum())}
-                v = judge(case, r)
+                v = judge(for_engine(case, e), r)
                 v.update(tok_stats)
                 verdicts[e].append(v)
                 if v["status"] == "ok":
