@@ -32,6 +32,8 @@ MAX_ROWS_BYTES = 512 * 1024 * 1024
 #: second per 10 million on one core). Long bounded repetitions of wide classes (``.{0,1000}``)
 #: exceed it: every repetition level is a separate state that allows most of the vocabulary.
 MAX_INDEX_ENTRIES = 15_000_000
+#: Largest frontier one walk may hold (each pair costs ~32 bytes across its arrays).
+MAX_FRONTIER = 6_000_000
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     for every step into ``_EXIT``.
     """
     empty = np.zeros(0, dtype=np.int64)
+    produced = 0
     out_si, out_node, out_end = [], [], []
     ex_si, ex_level, ex_node, ex_prev = [], [], [], []
     inject = inject or {}
@@ -165,6 +168,13 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         keep = st >= 0
         if not keep.all():
             si, st, node = si[keep], st[keep], node[keep]
+        produced += len(node)
+        if len(node) > MAX_FRONTIER or produced > MAX_INDEX_ENTRIES:
+            # Memory, not just time: one walk's arrays must stay well under a worker's budget.
+            raise CompilationTooLargeError(
+                f"the token index walk grew past {MAX_FRONTIER} live (state, token prefix) pairs; "
+                "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+            )
         if d in inject:
             isi, inode, ist = inject[d]
             si, node, st = np.concatenate([si, isi]), np.concatenate([node, inode]), np.concatenate([st, ist])
