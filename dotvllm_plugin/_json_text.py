@@ -42,15 +42,9 @@ def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
 
 
 def complement(ranges: Ranges) -> Ranges:
-    out = []
-    prev = 0
-    for lo, hi in ranges:
-        if lo > prev:
-            out.append((prev, lo - 1))
-        prev = hi + 1
-    if prev <= MAX_CP:
-        out.append((prev, MAX_CP))
-    return tuple(out)
+    from .fsm import _complement
+
+    return tuple(_complement(ranges))
 
 
 def intersect(a: Ranges, b: Ranges) -> Ranges:

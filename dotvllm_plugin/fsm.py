@@ -43,14 +43,6 @@ class ByteDFA:
     def n_states(self) -> int:
         return int(self.transitions.shape[0])
 
-    def matches(self, data: bytes) -> bool:
-        s = self.initial
-        for b in data:
-            s = int(self.transitions[s, b])
-            if s < 0:
-                return False
-        return bool(self.accepting[s])
-
 
 # -- syntax check and preprocessing ---------------------------------------------------------------
 

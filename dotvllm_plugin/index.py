@@ -26,7 +26,6 @@ from .vocabulary import Vocabulary
 
 __all__ = ["TokenIndex", "build_index"]
 
-_BATCH_STATES = 64
 MAX_ROWS_BYTES = 512 * 1024 * 1024
 #: Budget of (state, token-trie node) pairs the walk may produce; it bounds compile time (about a
 #: second per 10 million on one core). Long bounded repetitions of wide classes (``.{0,1000}``)
@@ -40,7 +39,6 @@ MAX_FRONTIER = 6_000_000
 class TokenIndex:
     rows: np.ndarray  # int32 [n_rows, ceil(V/32)]; row 0 is all-zero (unreached states)
     row_of_state: np.ndarray  # int32 [n_states]
-    n_indexed_states: int
     byte_class: np.ndarray  # uint8 [256]: the DFA's byte equivalence classes
     class_transitions: np.ndarray  # int32 [n_states, n_classes]
 
@@ -403,13 +401,12 @@ def build_index(
     """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
     class_trans, byte_class = byte_classes(dfa.transitions)
     class_trans = class_trans.astype(np.int64)
-    classes = class_trans.T
     trie = vocab.byte_trie()
     shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
     in_gadget = np.zeros(dfa.n_states, dtype=bool)
     for instances in shapes:
         in_gadget[np.concatenate(instances)] = True
-    per_class = np.bincount(byte_class, weights=_first_byte_subtree_sizes(trie), minlength=len(classes))
+    per_class = np.bincount(byte_class, weights=_first_byte_subtree_sizes(trie), minlength=class_trans.shape[1])
     rest_cost = float(((class_trans[~in_gadget] >= 0) * per_class[None, :]).sum())
     # With a byte-complete vocabulary every state is reached at some token boundary and can be
     # completed byte by byte, so no token-graph analysis is needed, and states whose byte-string
@@ -433,14 +430,14 @@ def build_index(
         # classes much smaller; the plain byte trie is free and lets gadget walks be cached across
         # patterns. Merge when there are few classes, or when the states outside gadgets (e.g. a
         # bounded repetition) would walk a lot of the byte trie.
-        merge_classes = len(classes) <= 24 or rest_cost > 4_000_000
+        merge_classes = class_trans.shape[1] <= 24 or rest_cost > 4_000_000
     merge = merge_classes
     max_depth = _longest_path(class_trans)
     # Gadgets always walk the plain byte trie (free, and their walks are cached per vocabulary);
     # the other states walk the class-merged trie when that pays. A state's node ids are in the
     # space of the trie that walked it: byte trie for gadget members, ``ct`` for the rest.
-    bt = ClassTrie(trie, byte_class, len(classes), merge=False, max_depth=max_depth)
-    ct = ClassTrie(trie, byte_class, len(classes), merge=True, max_depth=max_depth) if merge else bt
+    bt = ClassTrie(trie, byte_class, class_trans.shape[1], merge=False, max_depth=max_depth)
+    ct = ClassTrie(trie, byte_class, class_trans.shape[1], merge=True, max_depth=max_depth) if merge else bt
     n_states = dfa.n_states
     W = (vocab.size + 31) // 32
     eos = np.array(vocab.eos_token_ids, dtype=np.int64)
@@ -568,7 +565,6 @@ def build_index(
     return TokenIndex(
         rows=np.stack(rows_list),
         row_of_state=row_of_state,
-        n_indexed_states=len(indexed),
         byte_class=byte_class.astype(np.uint8),
         class_transitions=class_trans.astype(np.int32),
     )

@@ -132,17 +132,6 @@ class Vocabulary:
             trie = self._cache["trie"] = ByteTrie(self._token_bytes)
         return trie
 
-    def flat_token_bytes(self) -> tuple[bytes, np.ndarray]:
-        """All token bytes concatenated, and per-id offsets (``offsets[i]:offsets[i+1]``)."""
-        flat = self._cache.get("flat")
-        if flat is None:
-            parts = [b or b"" for b in self._token_bytes]
-            lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-            offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            flat = self._cache["flat"] = (b"".join(parts), offsets)
-        return flat
-
 
 class ByteTrie:
     """The vocabulary's tokens as a byte trie, stored level by level in numpy arrays.
@@ -169,7 +158,6 @@ class ByteTrie:
         self.parent: list[np.ndarray] = []
         self.byte: list[np.ndarray] = []
         self.child_start: list[np.ndarray] = []
-        self.tokens_at_start: list[np.ndarray] = []  # CSR over nodes of a level
         self.tokens_at: list[np.ndarray] = []
         self.token_node: list[np.ndarray] = []  # node (of the level) of each entry of tokens_at
         node_of_token = np.full(len(toks), -1, dtype=np.int64)  # node at current depth
@@ -190,7 +178,6 @@ class ByteTrie:
             order = np.argsort(end_nodes, kind="stable")
             self.tokens_at.append(ids[ending[order]])
             self.token_node.append(end_nodes[order])
-            self.tokens_at_start.append(np.searchsorted(end_nodes[order], np.arange(len(uniq) + 1)).astype(np.int64))
             prev_count = len(uniq)
         self.depth = max_len
         self.node_counts = [len(p) for p in self.parent]

@@ -39,26 +39,23 @@ _vocabularies: dict[int, tuple[object, object]] = {}  # id(tokenizer) -> (tokeni
 _managers: dict[str, CompilationManager] = {}  # vocabulary fingerprint -> manager
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, kind=int):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        logger.warning("%s=%r is not an integer; using %d", name, raw, default)
+        logger.warning("%s=%r is not a valid %s; using %s", name, raw, kind.__name__, default)
         return default
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        logger.warning("%s=%r is not a number; using %g", name, raw, default)
-        return default
+    return _env_number(name, default, float)
 
 
 def vocabulary_for(tokenizer):
