@@ -22,7 +22,7 @@ from .fsm import ByteDFA, check_regex, regex_to_dfa
 from .index import build_index
 from .vocabulary import Vocabulary
 
-__all__ = ["CompiledGrammar", "GrammarCompiler", "check_regex", "choice_regex", "escape_literal"]
+__all__ = ["CompiledGrammar", "GrammarCompiler", "check_json_schema", "check_regex", "choice_regex", "escape_literal"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ def choice_regex(choices) -> str:
         if not isinstance(c, str):
             raise GrammarError(f"guided_choice[{i}] must be a string, got {type(c).__name__}: {c!r}")
     return "|".join(f"(?:{escape_literal(c)})" for c in dict.fromkeys(choices))
+
+
+def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
+    """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAP`
+    fallback of :meth:`GrammarCompiler.compile_json_schema`); raises what compiling would."""
+    from .json_schema import json_schema_to_regex
+
+    try:
+        json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
+    except CompilationTooLargeError:
+        json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
 
 
 class CompiledGrammar:

@@ -444,3 +444,13 @@ def test_over_budget_schema_falls_back_to_lower_bounds(mistral_vocab, caplog):
     assert m.accept_string(short) and m.is_completed()
     too_long = json.dumps({"s": "x" * (REPEAT_CAP + 1)}, separators=(",", ":"))
     assert not GrammarMatcher(compiled).accept_string(too_long)
+
+
+def test_early_schema_check_raises_what_compiling_raises():
+    from dotvllm_plugin.compiler import check_json_schema
+
+    item = {"type": "object", "properties": {k: {"type": "string"} for k in "abc"}, "required": list("abc"),
+            "additionalProperties": False}
+    check_json_schema({"type": "array", "items": item, "maxItems": 5000})
+    with pytest.raises(UnsupportedFeatureError, match="uniqueItems"):
+        check_json_schema({"type": "array", "items": item, "uniqueItems": True})

@@ -146,15 +146,9 @@ def validate(params) -> Constraint:
 
             choice_regex(c.spec)
         elif c.kind == "json_schema":
-            from ..compiler import REPEAT_CAP
-            from ..errors import CompilationTooLargeError
-            from ..json_schema import json_schema_to_regex
+            from ..compiler import check_json_schema
 
-            try:
-                json_schema_to_regex(c.spec, whitespace_pattern=c.whitespace_pattern)
-            except CompilationTooLargeError:
-                # The compiler falls back to lowered maxLength/maxItems; refuse only if that fails too.
-                json_schema_to_regex(c.spec, whitespace_pattern=c.whitespace_pattern, repeat_cap=REPEAT_CAP)
+            check_json_schema(c.spec, whitespace_pattern=c.whitespace_pattern)
         elif c.kind == "json_object":
             from ..json_schema import json_object_regex
 
