@@ -153,6 +153,12 @@ def use_core_snapshot(ref: str) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="dotvllm-core-"))
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")
+        if (tmp / "dotvllm_plugin" / "_cwalk.c").exists():
+            # The optional C walk, built the way an install builds it (no setup.py in the archive).
+            subprocess.run([sys.executable, "-c", "from setuptools import Extension, setup; setup(name='dotvllm-core', "
+                            "ext_modules=[Extension('dotvllm_plugin._cwalk', ['dotvllm_plugin/_cwalk.c'], "
+                            "extra_compile_args=['-O2'])])", "build_ext", "--inplace", "-q"],
+                           cwd=tmp, check=True, capture_output=True)
         try:
             os.replace(tmp, root)
         except OSError:

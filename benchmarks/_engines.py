@@ -116,7 +116,10 @@ class Ours(Engine):
         self.compiler = GrammarCompiler(self.vocab, cache_size=0)
 
     def settings(self):
-        return {"cache_size": 0, "json_whitespace": "default (compact)", "vocab_fingerprint": self.vocab.fingerprint}
+        from dotvllm_plugin import index
+
+        return {"cache_size": 0, "json_whitespace": "default (compact)", "vocab_fingerprint": self.vocab.fingerprint,
+                "c_walk": index._cwalk is not None}
 
     def compile(self, kind, spec):
         if kind == "regex":

@@ -124,7 +124,72 @@ class ClassTrie:
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
 
 
+try:
+    from . import _cwalk
+except ImportError:  # built without a C compiler: the numpy walk below does the same work
+    _cwalk = None
+
+
+def _flat_children(ct: ClassTrie):
+    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walk."""
+    got = ct.__dict__.get("_flat")
+    cache = ct.__dict__.get("_shared_cache")
+    key = ("_flat_children", ct.depth)
+    if got is None and cache is not None:
+        got = cache.get(key)
+    if got is None:
+        n = ct.n_nodes
+        cls = np.zeros(n, dtype=np.int64)
+        lo = np.zeros(n, dtype=np.int64)
+        hi = np.zeros(n, dtype=np.int64)
+        for d in range(ct.depth):
+            cnt = len(ct.cls[d])
+            cls[ct.offset[d] : ct.offset[d] + cnt] = ct.cls[d]
+            if d + 1 < ct.depth:
+                cs = ct.child_start[d + 1][: cnt + 1]
+                lo[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[:-1]
+                hi[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[1:]
+        off = np.array(list(ct.offset[: ct.depth]) + [n], dtype=np.int64)
+        got = (cls, lo, hi, off, ct.has_tokens.astype(np.uint8))
+        if cache is not None:
+            cache[key] = got
+        ct.__dict__["_flat"] = got
+    return got
+
+
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False):
+    """Dispatch to the C walk when built, else the numpy walk (same results up to order)."""
+    if _cwalk is None or not USE_C_WALK:
+        return _walk_numpy(class_trans, ct, states, inject, want_exits)
+    cls, lo, hi, off, has = _flat_children(ct)
+    empty = np.zeros(0, dtype=np.int64)
+    inject = inject or {}
+    parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in inject.items() if len(v[0])]
+    i_level, i_si, i_node, i_state = (
+        (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)) if parts else (empty,) * 4
+    )
+    starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
+    res = _cwalk.walk(
+        np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], cls, lo, hi, off, has,
+        len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
+        MAX_INDEX_ENTRIES,
+    )
+    if res is None:
+        raise CompilationTooLargeError(
+            f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
+            "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+        )
+    arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
+    if want_exits:
+        return arrays[:3], arrays[3:]
+    return arrays
+
+
+#: Whether :func:`_walk` uses the C extension when it is built (tests compare both).
+USE_C_WALK = True
+
+
+def _walk_numpy(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False):
     """Walk class-trie paths through the DFA, level by level, for many start states at once.
 
     ``states`` start at the root (``state_idx`` = position in ``states``). ``inject`` maps a level
@@ -662,6 +727,18 @@ def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
 
 
 def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
+    if _cwalk is not None and USE_C_WALK:
+        cache = ct.__dict__.get("_shared_cache", ct.__dict__)  # per vocabulary for the byte view
+        csr = cache.get(("_csr", ct.n_nodes))
+        if csr is None:
+            start, ids = _cwalk.token_csr(np.ascontiguousarray(ct.token_node, dtype=np.int64), ct.n_nodes)
+            csr = cache[("_csr", ct.n_nodes)] = (start, ids)
+        row = np.frombuffer(
+            _cwalk.token_bits(csr[0], csr[1], np.ascontiguousarray(nodes, dtype=np.int64), W), dtype=np.int32
+        ).copy()
+        if eos is not None:
+            row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
+        return row
     bits = np.zeros(W * 32, dtype=bool)
     bits[: ct.vocab_size] = ct.token_mask(nodes)
     if eos is not None:

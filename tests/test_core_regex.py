@@ -454,3 +454,24 @@ def test_early_schema_check_raises_what_compiling_raises():
     check_json_schema({"type": "array", "items": item, "maxItems": 5000})
     with pytest.raises(UnsupportedFeatureError, match="uniqueItems"):
         check_json_schema({"type": "array", "items": item, "uniqueItems": True})
+
+
+C_WALK_CASES = [*JSONISH.values(), r'"[a-zA-Z0-9 ]{0,120}"', r"[^\n]{2,90}!", r"(?i)héllo|[a-c]{2,4}", r"[0-9]+(\.[0-9]+)?"]
+
+
+@pytest.mark.parametrize("pattern", C_WALK_CASES, ids=range(len(C_WALK_CASES)))
+def test_c_walk_equals_the_numpy_walk(real, pattern, monkeypatch):
+    """The C extension's walk and row packing must give the numpy pipeline's index exactly."""
+    from dotvllm_plugin import index
+    from dotvllm_plugin.fsm import regex_to_dfa
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    dfa = regex_to_dfa(pattern)
+    for kwargs in ({}, {"merge_classes": False}, {"merge_classes": True}, {"share_loops": False}):
+        monkeypatch.setattr(index, "USE_C_WALK", True)
+        fast = index.build_index(dfa, real.vocab, max_entries=10**9, **kwargs)
+        monkeypatch.setattr(index, "USE_C_WALK", False)
+        ref = index.build_index(dfa, real.vocab, max_entries=10**9, **kwargs)
+        for s in range(dfa.n_states):
+            assert np.array_equal(fast.rows[fast.row_of_state[s]], ref.rows[ref.row_of_state[s]]), (kwargs, s)

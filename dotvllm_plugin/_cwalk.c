@@ -1,0 +1,198 @@
+/* Token-trie walk through a DFA, depth first, in C: the hot loop of the token index.
+ *
+ * Same contract as dotvllm_plugin.index._walk (the numpy reference), for a trie flattened to
+ * global node ids: walk every trie path from every start state, one byte class per node, and
+ * report (start index, node, end state) for each surviving node that ends a token. Optionally
+ * report steps into EXIT (-2) as (start index, level, node within its level, previous state).
+ * "Inject" entries resume walks that already consumed a node. Output order is unspecified.
+ *
+ * Arguments (all int64 buffers, C-contiguous):
+ *   trans      [n_states * n_classes]   class transition table (-1 dead, -2 exit)
+ *   n_classes
+ *   cls        [n_nodes]                byte class of each node
+ *   child_lo, child_hi [n_nodes]        global id range of each node's children
+ *   level_off  [depth + 1]              first global id of each level
+ *   has        [n_nodes] (uint8)        whether a token ends at the node
+ *   n_roots                             level-0 nodes are 0 .. n_roots-1
+ *   starts     [k]                      start states (start index = position)
+ *   inj_si, inj_level, inj_node, inj_state [m]   resumed walks (inj_node local to its level)
+ *   want_exits, max_produced
+ * Returns (si, node, end[, ex_si, ex_level, ex_node, ex_prev]) as bytes of int64, or None when
+ * more than max_produced (state, node) pairs survive.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct {
+    int64_t *p;
+    Py_ssize_t n, cap;
+} vec;
+
+static int vec_push(vec *v, int64_t x) {
+    if (v->n == v->cap) {
+        Py_ssize_t cap = v->cap ? v->cap * 2 : 1024;
+        int64_t *p = realloc(v->p, (size_t)cap * sizeof(int64_t));
+        if (!p) return -1;
+        v->p = p;
+        v->cap = cap;
+    }
+    v->p[v->n++] = x;
+    return 0;
+}
+
+static PyObject *vec_bytes(vec *v) {
+    return PyBytes_FromStringAndSize((const char *)v->p, v->n * (Py_ssize_t)sizeof(int64_t));
+}
+
+typedef struct {
+    int64_t node, prev, level, si;
+} frame;
+
+static PyObject *cwalk(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_cls, b_lo, b_hi, b_off, b_has, b_starts, b_isi, b_ilev, b_inode, b_ist;
+    Py_ssize_t n_classes, n_roots;
+    int want_exits;
+    long long max_produced;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*y*ny*y*y*y*y*pL", &b_trans, &n_classes, &b_cls, &b_lo, &b_hi, &b_off,
+                          &b_has, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits,
+                          &max_produced))
+        return NULL;
+    const int64_t *trans = b_trans.buf, *cls = b_cls.buf, *lo = b_lo.buf, *hi = b_hi.buf, *off = b_off.buf;
+    const uint8_t *has = b_has.buf;
+    const int64_t *starts = b_starts.buf, *isi = b_isi.buf, *ilev = b_ilev.buf, *inode = b_inode.buf,
+                  *ist = b_ist.buf;
+    Py_ssize_t n_starts = b_starts.len / 8, n_inj = b_isi.len / 8;
+
+    vec out[7] = {{0}};
+    frame *stack = NULL;
+    Py_ssize_t sp = 0, scap = 0;
+    long long produced = 0;
+    int overflow = 0, nomem = 0;
+    PyObject *result = NULL;
+
+#define PUSH_FRAME(N, P, L, S)                                                     \
+    do {                                                                           \
+        if (sp == scap) {                                                          \
+            Py_ssize_t nc = scap ? scap * 2 : 4096;                                \
+            frame *ns = realloc(stack, (size_t)nc * sizeof(frame));                \
+            if (!ns) { nomem = 1; goto done; }                                     \
+            stack = ns;                                                            \
+            scap = nc;                                                             \
+        }                                                                          \
+        stack[sp].node = (N); stack[sp].prev = (P); stack[sp].level = (L); stack[sp].si = (S); \
+        sp++;                                                                      \
+    } while (0)
+#define EMIT(K, X) do { if (vec_push(&out[K], (X))) { nomem = 1; goto done; } } while (0)
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n_starts + n_inj; i++) {
+        sp = 0;
+        if (i < n_starts) {
+            for (int64_t r = n_roots - 1; r >= 0; r--) PUSH_FRAME(r, starts[i], 0, i);
+        } else {
+            Py_ssize_t j = i - n_starts;
+            int64_t g = off[ilev[j]] + inode[j];
+            if (has[g]) { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
+            for (int64_t c = hi[g] - 1; c >= lo[g]; c--) PUSH_FRAME(c, ist[j], ilev[j] + 1, isi[j]);
+        }
+        while (sp) {
+            frame f = stack[--sp];
+            int64_t st = trans[f.prev * n_classes + cls[f.node]];
+            if (st < 0) {
+                if (st == -2 && want_exits) {
+                    EMIT(3, f.si); EMIT(4, f.level); EMIT(5, f.node - off[f.level]); EMIT(6, f.prev);
+                }
+                continue;
+            }
+            if (++produced > max_produced) { overflow = 1; goto done; }
+            if (has[f.node]) { EMIT(0, f.si); EMIT(1, f.node); EMIT(2, st); }
+            for (int64_t c = hi[f.node] - 1; c >= lo[f.node]; c--) PUSH_FRAME(c, st, f.level + 1, f.si);
+        }
+    }
+done:
+    Py_END_ALLOW_THREADS
+
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (overflow) {
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        int k = want_exits ? 7 : 3;
+        result = PyTuple_New(k);
+        for (int j = 0; result && j < k; j++) {
+            PyObject *b = vec_bytes(&out[j]);
+            if (!b) { Py_CLEAR(result); break; }
+            PyTuple_SET_ITEM(result, j, b);
+        }
+    }
+    free(stack);
+    for (int j = 0; j < 7; j++) free(out[j].p);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_cls); PyBuffer_Release(&b_lo); PyBuffer_Release(&b_hi);
+    PyBuffer_Release(&b_off); PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
+    PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
+    return result;
+}
+
+/* token_csr(token_node int64[V], n_nodes) -> (start int64[n_nodes+1], ids int64[...]) as bytes:
+ * the tokens ending at each node (token_node -1: none), by counting sort. */
+static PyObject *token_csr(PyObject *self, PyObject *args) {
+    Py_buffer b_tn;
+    Py_ssize_t n_nodes;
+    if (!PyArg_ParseTuple(args, "y*n", &b_tn, &n_nodes)) return NULL;
+    const int64_t *tn = b_tn.buf;
+    Py_ssize_t V = b_tn.len / 8, total = 0;
+    PyObject *b_start = PyBytes_FromStringAndSize(NULL, (n_nodes + 1) * 8);
+    if (!b_start) { PyBuffer_Release(&b_tn); return NULL; }
+    int64_t *start = (int64_t *)PyBytes_AS_STRING(b_start);
+    for (Py_ssize_t i = 0; i <= n_nodes; i++) start[i] = 0;
+    for (Py_ssize_t t = 0; t < V; t++)
+        if (tn[t] >= 0) { start[tn[t] + 1]++; total++; }
+    for (Py_ssize_t i = 0; i < n_nodes; i++) start[i + 1] += start[i];
+    PyObject *b_ids = PyBytes_FromStringAndSize(NULL, total * 8);
+    int64_t *fill = malloc((size_t)(n_nodes + 1) * sizeof(int64_t));
+    if (!b_ids || !fill) {
+        Py_DECREF(b_start); Py_XDECREF(b_ids); free(fill); PyBuffer_Release(&b_tn);
+        return PyErr_NoMemory();
+    }
+    int64_t *ids = (int64_t *)PyBytes_AS_STRING(b_ids);
+    for (Py_ssize_t i = 0; i <= n_nodes; i++) fill[i] = start[i];
+    for (Py_ssize_t t = 0; t < V; t++)
+        if (tn[t] >= 0) ids[fill[tn[t]]++] = t;
+    free(fill);
+    PyBuffer_Release(&b_tn);
+    return Py_BuildValue("(NN)", b_start, b_ids);
+}
+
+/* token_bits(start, ids, nodes int64[k], n_words) -> bytes of int32[n_words]: bit t%32 of word
+ * t/32 set for every token t ending at one of ``nodes``. */
+static PyObject *token_bits(PyObject *self, PyObject *args) {
+    Py_buffer b_start, b_ids, b_nodes;
+    Py_ssize_t n_words;
+    if (!PyArg_ParseTuple(args, "y*y*y*n", &b_start, &b_ids, &b_nodes, &n_words)) return NULL;
+    const int64_t *start = b_start.buf, *ids = b_ids.buf, *nodes = b_nodes.buf;
+    Py_ssize_t k = b_nodes.len / 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n_words * 4);
+    if (out) {
+        uint32_t *w = (uint32_t *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n_words; i++) w[i] = 0;
+        for (Py_ssize_t i = 0; i < k; i++)
+            for (int64_t j = start[nodes[i]]; j < start[nodes[i] + 1]; j++)
+                w[ids[j] >> 5] |= (uint32_t)1 << (ids[j] & 31);
+    }
+    PyBuffer_Release(&b_start); PyBuffer_Release(&b_ids); PyBuffer_Release(&b_nodes);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
+    {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},
+    {"token_bits", token_bits, METH_VARARGS, "Packed token mask of the tokens ending at some nodes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cwalk", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__cwalk(void) { return PyModule_Create(&module); }
