@@ -186,7 +186,85 @@ static PyObject *token_bits(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* gadgets(trans int64[n * n_classes], n_classes, class_order int64[L], roots int64[k], max_depth,
+ *         max_size)
+ *   -> (members, bounds) as bytes of int64: for each root not already taken, the states within
+ * max_depth steps (breadth first, at most ~max_size) that can return to it, in canonical order
+ * (breadth first from the root, successors taken in ``class_order``: the byte classes of bytes
+ * 0..255, so that look-alike loops of different DFAs get the same labels whatever their classes). Members of gadget i are
+ * members[bounds[i]:bounds[i+1]]. A root whose ball meets an earlier gadget is skipped. */
+static PyObject *gadgets(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_bc, b_roots;
+    Py_ssize_t C, max_depth, max_size;
+    if (!PyArg_ParseTuple(args, "y*ny*y*nn", &b_trans, &C, &b_bc, &b_roots, &max_depth, &max_size)) return NULL;
+    const int64_t *trans = b_trans.buf, *roots = b_roots.buf, *bc = b_bc.buf;
+    Py_ssize_t n = C ? b_trans.len / 8 / C : 0, k = b_roots.len / 8, L = b_bc.len / 8;
+    int32_t *depth = malloc((size_t)(n + 1) * sizeof(int32_t)), *label = malloc((size_t)(n + 1) * sizeof(int32_t));
+    uint8_t *back = calloc((size_t)n + 1, 1), *taken = calloc((size_t)n + 1, 1);
+    int64_t *order = malloc((size_t)(n + 1) * sizeof(int64_t)), *members = malloc((size_t)(n + 1) * sizeof(int64_t));
+    vec out = {0}, bounds = {0};
+    PyObject *result = NULL;
+    if (!depth || !label || !back || !taken || !order || !members) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < n; i++) depth[i] = label[i] = -1;
+    if (vec_push(&bounds, 0)) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t r = 0; r < k; r++) {
+        int64_t root = roots[r];
+        if (taken[root]) continue;
+        Py_ssize_t no = 0, nm = 0;
+        order[no++] = root;
+        depth[root] = 0;
+        for (Py_ssize_t i = 0; i < no; i++) {
+            int64_t s = order[i];
+            if (depth[s] >= max_depth || no > max_size) break;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t t = trans[s * C + c];
+                if (t >= 0 && depth[t] < 0) { depth[t] = depth[s] + 1; order[no++] = t; }
+            }
+        }
+        back[root] = 1;
+        for (int changed = 1; changed;) {
+            changed = 0;
+            for (Py_ssize_t i = 0; i < no; i++) {
+                int64_t s = order[i];
+                if (back[s]) continue;
+                for (Py_ssize_t c = 0; c < C; c++) {
+                    int64_t t = trans[s * C + c];
+                    if (t >= 0 && back[t]) { back[s] = 1; changed = 1; break; }
+                }
+            }
+        }
+        members[nm++] = root;
+        label[root] = 0;
+        int clash = taken[root];
+        for (Py_ssize_t i = 0; i < nm; i++) {
+            int64_t s = members[i];
+            for (Py_ssize_t b = 0; b < L; b++) {
+                int64_t t = trans[s * C + bc[b]];
+                if (t >= 0 && back[t] && label[t] < 0) {
+                    label[t] = (int32_t)nm;
+                    members[nm++] = t;
+                    clash |= taken[t];
+                }
+            }
+        }
+        for (Py_ssize_t i = 0; i < no; i++) { depth[order[i]] = -1; back[order[i]] = 0; }
+        for (Py_ssize_t i = 0; i < nm; i++) label[members[i]] = -1;
+        if (clash) continue;
+        for (Py_ssize_t i = 0; i < nm; i++) {
+            taken[members[i]] = 1;
+            if (vec_push(&out, members[i])) { PyErr_NoMemory(); goto fail; }
+        }
+        if (vec_push(&bounds, out.n)) { PyErr_NoMemory(); goto fail; }
+    }
+    result = Py_BuildValue("(NN)", vec_bytes(&out), vec_bytes(&bounds));
+fail:
+    free(depth); free(label); free(back); free(taken); free(order); free(members); free(out.p); free(bounds.p);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_roots);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},
     {"token_bits", token_bits, METH_VARARGS, "Packed token mask of the tokens ending at some nodes."},

@@ -257,7 +257,9 @@ def _walk_numpy(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | Non
     return result
 
 
-def _find_gadgets(class_trans: np.ndarray, max_depth: int = 16, max_size: int = 256) -> dict[bytes, list[np.ndarray]]:
+def _find_gadgets(
+    class_trans: np.ndarray, max_depth: int = 6, max_size: int = 256, byte_class: np.ndarray | None = None
+) -> dict[bytes, list[np.ndarray]]:
     """Groups of look-alike loops ("inside a string", "digits of a number") in the DFA.
 
     A gadget is rooted at a state with a self-loop: the states within ``max_depth`` steps of the
@@ -269,6 +271,8 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 16, max_size: int = 
     loops = np.flatnonzero((class_trans == np.arange(n)[:, None]).any(axis=1))
     taken = np.zeros(n, dtype=bool)
     groups: dict[bytes, list[np.ndarray]] = {}
+    lut = np.full(n + 1, _EXIT, dtype=np.int64)  # state → label while one gadget is relabelled
+    lut[n] = -1  # dead stays dead
     succ: dict[int, set] = {}
 
     def successors(s: int) -> set:
@@ -278,6 +282,22 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 16, max_size: int = 
             out.discard(-1)
         return out
 
+    def add(mem: np.ndarray) -> None:
+        lut[mem] = np.arange(len(mem))
+        canon = lut[np.where(class_trans[mem] < 0, n, class_trans[mem])]
+        lut[mem] = _EXIT
+        groups.setdefault(canon.tobytes() + len(mem).to_bytes(4, "little"), []).append(mem)
+
+    if _cwalk is not None and USE_C_WALK:
+        members, bounds = (
+            np.frombuffer(b, dtype=np.int64)
+            for b in _cwalk.gadgets(np.ascontiguousarray(class_trans, dtype=np.int64), C,
+                                    np.arange(C, dtype=np.int64) if byte_class is None else byte_class.astype(np.int64),
+                                    loops.astype(np.int64), max_depth, max_size)
+        )
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            add(members[lo:hi])
+        return {sig: inst for sig, inst in groups.items() if len(inst) >= 2}
     for root in loops.tolist():
         if taken[root]:
             continue
@@ -309,12 +329,8 @@ def _find_gadgets(class_trans: np.ndarray, max_depth: int = 16, max_size: int = 
         if taken[members].any():
             continue
         mem = np.array(members, dtype=np.int64)
-        lut = np.full(n + 1, _EXIT, dtype=np.int64)
-        lut[mem] = np.arange(len(mem))
-        lut[n] = -1  # dead stays dead
-        canon = lut[np.where(class_trans[mem] < 0, n, class_trans[mem])]
         taken[mem] = True
-        groups.setdefault(canon.tobytes() + len(mem).to_bytes(4, "little"), []).append(mem)
+        add(mem)
     return {sig: inst for sig, inst in groups.items() if len(inst) >= 2}
 
 
@@ -324,7 +340,7 @@ class _GadgetWalk:
 
     instances: np.ndarray  # [m, k] real states in canonical order
     node_start: np.ndarray  # CSR over labels into ``nodes``
-    nodes: np.ndarray  # class nodes (sorted per label)
+    nodes: np.ndarray  # class nodes (grouped per label)
     ends: np.ndarray  # canonical end labels, parallel to ``nodes``
 
 
@@ -366,8 +382,8 @@ class _WalkCache:
 def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache | None, byte_class):
     """Walk each canonical gadget table from each of its labels; results in local labels.
 
-    Returns per gadget ``(c_si, c_node, c_end, e_si, e_level, e_node, e_prev)`` with the inside
-    part sorted by (label, node).
+    Returns per gadget ``(c_si, c_node, c_end, e_si, e_level, e_node, e_prev)`` with both parts
+    grouped by label.
     """
     results: list = [None] * len(canons)
     keys: list = [None] * len(canons)
@@ -388,11 +404,15 @@ def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache 
         (c_si, c_node, c_end), (e_si, e_level, e_node, e_prev) = _walk(
             np.concatenate(parts), ct, np.arange(offsets[-1], dtype=np.int64), want_exits=True
         )
-        order = np.lexsort((c_node, c_si))
-        c_si, c_node, c_end = c_si[order], c_node[order], c_end[order]
+        # Group by label (the C walk already emits walks in start order; nodes within a label
+        # may come in any order).
+        if len(c_si) and not (c_si[1:] >= c_si[:-1]).all():
+            order = np.argsort(c_si, kind="stable")
+            c_si, c_node, c_end = c_si[order], c_node[order], c_end[order]
         c_bounds = np.searchsorted(c_si, offsets)
-        e_order = np.argsort(e_si, kind="stable")
-        e_si, e_level, e_node, e_prev = e_si[e_order], e_level[e_order], e_node[e_order], e_prev[e_order]
+        if len(e_si) and not (e_si[1:] >= e_si[:-1]).all():
+            e_order = np.argsort(e_si, kind="stable")
+            e_si, e_level, e_node, e_prev = e_si[e_order], e_level[e_order], e_node[e_order], e_prev[e_order]
         e_bounds = np.searchsorted(e_si, offsets)
         for j, i in enumerate(todo):
             off = offsets[j]
@@ -467,7 +487,7 @@ def build_index(
     class_trans, byte_class = byte_classes(dfa.transitions)
     class_trans = class_trans.astype(np.int64)
     trie = vocab.byte_trie()
-    shapes = list(_find_gadgets(class_trans).values()) if share_loops else []
+    shapes = list(_find_gadgets(class_trans, byte_class=byte_class).values()) if share_loops else []
     in_gadget = np.zeros(dfa.n_states, dtype=bool)
     for instances in shapes:
         in_gadget[np.concatenate(instances)] = True
@@ -691,6 +711,8 @@ def _first_byte_subtree_sizes(trie) -> np.ndarray:
 def _longest_path(class_trans: np.ndarray):
     """Length in bytes of the longest path of an acyclic DFA, or None if it has a cycle."""
     n = class_trans.shape[0]
+    if (class_trans == np.arange(n)[:, None]).any():
+        return None  # a self-loop (every JSON string): no need for the topological sort
     succ = [sorted(set(r) - {-1}) for r in class_trans.tolist()]
     indeg = [0] * n
     for ts in succ:
@@ -712,7 +734,8 @@ def _longest_path(class_trans: np.ndarray):
 
 
 def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
-    """Two independent 64-bit order-free hashes of each state's node set (splitmix64 sums)."""
+    """Two independent 64-bit order-free hashes of each state's node set (splitmix64 sums);
+    ``state`` must be sorted."""
     out = []
     with np.errstate(over="ignore"):
         for salt in (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)):
@@ -721,7 +744,10 @@ def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
             z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
             z = z ^ (z >> np.uint64(31))
             h = np.zeros(n_states, dtype=np.uint64)
-            np.add.at(h, state, z)
+            if len(state):
+                # ``state`` is sorted: one wrapping sum per run of equal states.
+                first = np.flatnonzero(np.concatenate([[True], state[1:] != state[:-1]]))
+                h[state[first]] = np.add.reduceat(z, first)
             out.append(h)
     return out
 
