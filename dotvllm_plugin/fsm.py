@@ -161,8 +161,8 @@ def _sre_parse(pattern: str):
     return sre_parse.parse(pattern)
 
 
-def _parse(pattern: str, check_syntax: bool = True):
-    """Parse with Python's ``re`` (for precise syntax errors) and interegular (for the FSM)."""
+def _checked(pattern: str, check_syntax: bool = True) -> str:
+    """Syntax check with Python's ``re`` (precise errors), refusals, and the rewrite for parsing."""
     if not isinstance(pattern, str):
         raise TypeError(f"a regex must be a str, got {type(pattern).__name__}")
     try:
@@ -175,7 +175,12 @@ def _parse(pattern: str, check_syntax: bool = True):
         ) from e
     except (OverflowError, RecursionError) as e:
         raise RegexSyntaxError(f"invalid regex: {e} in {_clip(pattern)}", pattern=pattern) from e
-    rewritten = _preprocess(pattern)
+    return _preprocess(pattern)
+
+
+def _parse(pattern: str, check_syntax: bool = True):
+    """Parse with Python's ``re`` (for precise syntax errors) and interegular (for the FSM)."""
+    rewritten = _checked(pattern, check_syntax)
     import interegular
     from interegular.patterns import InvalidSyntax, Unsupported
 
@@ -210,7 +215,25 @@ def regex_to_dfa(
     ``check_syntax=False`` skips Python's parser, which only serves error messages: for regexes
     this package generated itself.
     """
-    parsed = _parse(pattern, check_syntax)
+    if fast:
+        from ._glushkov import Unhandled, sre_glushkov_dfa
+
+        rewritten = _checked(pattern, check_syntax)
+        try:
+            trans, accepting = sre_glushkov_dfa(
+                _sre_parse(rewritten),
+                max_states=max_states,
+                char_ranges=_char_class_ranges,
+                utf8_sequences=_utf8_sequences,
+                builder_cls=_Builder,
+            )
+        except (Unhandled, re.error, OverflowError):
+            pass  # interegular's parse below handles (or reports) it
+        except RecursionError as e:
+            raise UnsupportedFeatureError(f"regex nests too deeply: {_clip(pattern)}", feature="nesting depth") from e
+        else:
+            return _trim(trans, accepting, pattern)
+    parsed = _parse(pattern, check_syntax=False) if fast else _parse(pattern, check_syntax)
     if fast:
         from ._glushkov import Unhandled, glushkov_dfa
 

@@ -364,6 +364,10 @@ EQUIVALENCE_CASES = [
     r"(?:a{2,3}){2,3}b?",
     r"(?:|a)+b",
     r"[^a]*a[^a]*",
+    r"(?s)a.b|c(?-s:.)d",
+    r"[^\u0100-\uffff]{2}",
+    r"x{2,}?y(?:z|)",
+    r"\d{2}[\w-]",
 ]
 
 
@@ -475,3 +479,23 @@ def test_c_walk_equals_the_numpy_walk(real, pattern, monkeypatch):
         ref = index.build_index(dfa, real.vocab, max_entries=10**9, **kwargs)
         for s in range(dfa.n_states):
             assert np.array_equal(fast.rows[fast.row_of_state[s]], ref.rows[ref.row_of_state[s]]), (kwargs, s)
+
+
+@pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(?s)a.b", r"[^\x00-\x1f\u00e9]+"])
+def test_python_parse_tree_builds_the_same_automaton(pattern):
+    """The fast path builds from Python's parse tree; it must equal the build from interegular's."""
+    from dotvllm_plugin import _glushkov, fsm
+
+    kw = dict(max_states=10_000, char_ranges=fsm._char_class_ranges, utf8_sequences=fsm._utf8_sequences,
+              builder_cls=fsm._Builder)
+    from_sre = _glushkov.sre_glushkov_dfa(fsm._sre_parse(fsm._checked(pattern)), **kw)
+    from_interegular = _glushkov.glushkov_dfa(fsm._parse(pattern), **kw)
+    assert _equivalent(fsm._trim(*from_sre, pattern), fsm._trim(*from_interegular, pattern))
+
+
+def test_python_parse_tree_leaves_categories_to_interegular():
+    from dotvllm_plugin import _glushkov, fsm
+
+    with pytest.raises(_glushkov.Unhandled):
+        _glushkov.sre_glushkov_dfa(fsm._sre_parse(r"\d+"), max_states=100, char_ranges=fsm._char_class_ranges,
+                                   utf8_sequences=fsm._utf8_sequences, builder_cls=fsm._Builder)
