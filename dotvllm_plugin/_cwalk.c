@@ -24,6 +24,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int64_t *p;
@@ -263,7 +264,147 @@ fail:
     return result;
 }
 
+/* subset(entry int64[n_pos * 256], det int64[n_det * 256], fol_start int64[n_pos + 2], fol int64[],
+ *        accepting uint8[n_nfa], max_states)
+ *   -> (transitions bytes of int32[n * 256], accepting bytes of uint8[n]) or None past max_states.
+ * Subset construction of the position automaton: NFA state 0 is initial, 1 + p is "after
+ * position p" (successors: entry rows of the positions in fol[fol_start[s]:fol_start[s+1]]),
+ * 1 + n_pos + i is a deterministic mid-character state with row det[i]. DFA state 0 = {0}. */
+typedef struct {
+    int64_t *keys;  /* per slot: DFA id, -1 empty */
+    Py_ssize_t cap;
+} table;
+
+static uint64_t set_hash(const int64_t *xs, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= (uint64_t)xs[i] + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+        h *= 0xBF58476D1CE4E5B9ULL;
+    }
+    return h ^ (h >> 31);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *subset(PyObject *self, PyObject *args) {
+    Py_buffer b_entry, b_det, b_fs, b_fol, b_acc;
+    Py_ssize_t max_states;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*n", &b_entry, &b_det, &b_fs, &b_fol, &b_acc, &max_states)) return NULL;
+    const int64_t *entry = b_entry.buf, *det = b_det.buf, *fs = b_fs.buf, *fol = b_fol.buf;
+    const uint8_t *acc_nfa = b_acc.buf;
+    Py_ssize_t n_pos = b_fs.len / 8 - 2;
+    PyObject *result = NULL;
+    vec pool = {0}, start = {0}, trans = {0};  /* sets: pool[start[i]:start[i+1]] */
+    table tab = {0};
+    int64_t *buf = NULL;
+    Py_ssize_t bufcap = 0;
+    int nomem = 0, over = 0;
+
+    tab.cap = 1024;
+    tab.keys = malloc((size_t)tab.cap * sizeof(int64_t));
+    if (!tab.keys || vec_push(&start, 0) || vec_push(&pool, 0) || vec_push(&start, 1)) { nomem = 1; goto done; }
+    for (Py_ssize_t i = 0; i < tab.cap; i++) tab.keys[i] = -1;
+    {
+        uint64_t h = set_hash(pool.p, 1);
+        tab.keys[h & (tab.cap - 1)] = 0;
+    }
+    for (Py_ssize_t d = 0; d < start.n - 1; d++) {
+        for (int b = 0; b < 256; b++) {
+            Py_ssize_t nt = 0;
+            for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
+                int64_t s = pool.p[k];
+                if (s > n_pos) {
+                    int64_t t = det[(s - 1 - n_pos) * 256 + b];
+                    if (t >= 0) {
+                        if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
+                        buf[nt++] = t;
+                    }
+                } else {
+                    for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
+                        int64_t t = entry[fol[j] * 256 + b];
+                        if (t >= 0) {
+                            if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
+                            buf[nt++] = t;
+                        }
+                    }
+                }
+            }
+            int64_t target = -1;
+            if (nt) {
+                if (nt > 1) {
+                    qsort(buf, (size_t)nt, sizeof(int64_t), cmp_i64);
+                    Py_ssize_t u = 1;
+                    for (Py_ssize_t i = 1; i < nt; i++) if (buf[i] != buf[u - 1]) buf[u++] = buf[i];
+                    nt = u;
+                }
+                uint64_t h = set_hash(buf, nt);
+                Py_ssize_t slot = (Py_ssize_t)(h & (uint64_t)(tab.cap - 1));
+                for (;;) {
+                    int64_t id = tab.keys[slot];
+                    if (id < 0) break;
+                    Py_ssize_t len = start.p[id + 1] - start.p[id];
+                    if (len == nt && memcmp(pool.p + start.p[id], buf, (size_t)nt * 8) == 0) { target = id; break; }
+                    slot = (slot + 1) & (tab.cap - 1);
+                }
+                if (target < 0) {
+                    target = start.n - 1;
+                    if (target >= max_states) { over = 1; goto done; }
+                    for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf[i])) { nomem = 1; goto done; }
+                    if (vec_push(&start, pool.n)) { nomem = 1; goto done; }
+                    tab.keys[slot] = target;
+                    if (2 * (start.n - 1) > tab.cap) {  /* grow and rehash */
+                        Py_ssize_t nc = tab.cap * 2;
+                        int64_t *nk = malloc((size_t)nc * sizeof(int64_t));
+                        if (!nk) { nomem = 1; goto done; }
+                        for (Py_ssize_t i = 0; i < nc; i++) nk[i] = -1;
+                        for (Py_ssize_t id = 0; id < start.n - 1; id++) {
+                            uint64_t hh = set_hash(pool.p + start.p[id], start.p[id + 1] - start.p[id]);
+                            Py_ssize_t sl = (Py_ssize_t)(hh & (uint64_t)(nc - 1));
+                            while (nk[sl] >= 0) sl = (sl + 1) & (nc - 1);
+                            nk[sl] = id;
+                        }
+                        free(tab.keys);
+                        tab.keys = nk;
+                        tab.cap = nc;
+                    }
+                }
+            }
+            if (vec_push(&trans, target)) { nomem = 1; goto done; }
+        }
+    }
+done:
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (over) {
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        Py_ssize_t n = start.n - 1;
+        PyObject *bt = PyBytes_FromStringAndSize(NULL, n * 256 * 4), *ba = PyBytes_FromStringAndSize(NULL, n);
+        if (bt && ba) {
+            int32_t *t32 = (int32_t *)PyBytes_AS_STRING(bt);
+            uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
+            for (Py_ssize_t i = 0; i < n * 256; i++) t32[i] = (int32_t)trans.p[i];
+            for (Py_ssize_t d = 0; d < n; d++) {
+                a[d] = 0;
+                for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
+            }
+            result = Py_BuildValue("(NN)", bt, ba);
+        } else {
+            Py_XDECREF(bt); Py_XDECREF(ba);
+        }
+    }
+    free(pool.p); free(start.p); free(trans.p); free(tab.keys); free(buf);
+    PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
+    PyBuffer_Release(&b_acc);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},

@@ -17,6 +17,14 @@ from .errors import CompilationTooLargeError
 
 __all__ = ["Unhandled", "glushkov_dfa", "sre_glushkov_dfa"]
 
+try:
+    from . import _cwalk
+except ImportError:  # built without a C compiler: the numpy subset construction below is used
+    _cwalk = None
+
+#: Whether the subset construction uses the C extension when it is built (tests compare both).
+USE_C_SUBSET = True
+
 
 class Unhandled(Exception):
     """The parse tree has a node this builder does not know; use the slow path."""
@@ -263,6 +271,26 @@ class _Positions:
                 row[np.fromiter(r.keys(), dtype=np.int64)] = np.fromiter(r.values(), dtype=np.int64)
             det_rows[1 + n_pos + i] = row
         follows = [first] + self.follow
+        accepting_nfa = np.zeros(n_nfa, dtype=bool)
+        accepting_nfa[[1 + p for p in last]] = True
+        accepting_nfa[0] = nullable
+        if _cwalk is not None and USE_C_SUBSET:
+            n_det = len(builder.rows)
+            fol_lists = [sorted(f) for f in follows]
+            fol_start = np.zeros(len(fol_lists) + 1, dtype=np.int64)
+            fol_start[1:] = np.cumsum([len(f) for f in fol_lists])
+            res = _cwalk.subset(
+                np.stack(entry).astype(np.int64) if entry else np.zeros((0, 256), dtype=np.int64),
+                np.stack(det_rows[1 + n_pos :]).astype(np.int64) if n_det else np.zeros((0, 256), dtype=np.int64),
+                fol_start,
+                np.fromiter((q for f in fol_lists for q in f), dtype=np.int64, count=int(fol_start[-1])),
+                accepting_nfa.astype(np.uint8),
+                max_states,
+            )
+            if res is None:
+                raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
+            trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256).copy()
+            return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
 
         def nfa_row(s: int):
             """(deterministic row or None, list of rows to union)."""
@@ -282,10 +310,6 @@ class _Positions:
                     return None, stack
             det_rows[s] = r
             return r, None
-
-        accepting_nfa = np.zeros(n_nfa, dtype=bool)
-        accepting_nfa[[1 + p for p in last]] = True
-        accepting_nfa[0] = nullable
 
         single = np.full(n_nfa, -1, dtype=np.int64)  # NFA state → DFA id of {state}
         sets: dict[frozenset, int] = {}

@@ -499,3 +499,26 @@ def test_python_parse_tree_leaves_categories_to_interegular():
     with pytest.raises(_glushkov.Unhandled):
         _glushkov.sre_glushkov_dfa(fsm._sre_parse(r"\d+"), max_states=100, char_ranges=fsm._char_class_ranges,
                                    utf8_sequences=fsm._utf8_sequences, builder_cls=fsm._Builder)
+
+
+@pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(a|ab)(c|bcd)(d*)", r"[^\x00-\x7f]{1,3}"])
+def test_c_subset_construction_equals_the_numpy_one(pattern, monkeypatch):
+    from dotvllm_plugin import _glushkov
+    from dotvllm_plugin.fsm import regex_to_dfa
+
+    if _glushkov._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    fast = regex_to_dfa(pattern)
+    monkeypatch.setattr(_glushkov, "USE_C_SUBSET", False)
+    assert _equivalent(fast, regex_to_dfa(pattern))
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_subset_construction_stops_at_the_state_budget(use_c, monkeypatch):
+    from dotvllm_plugin import _glushkov
+    from dotvllm_plugin.errors import CompilationTooLargeError
+    from dotvllm_plugin.fsm import regex_to_dfa
+
+    monkeypatch.setattr(_glushkov, "USE_C_SUBSET", use_c)
+    with pytest.raises(CompilationTooLargeError, match="exceeds 50 states"):
+        regex_to_dfa(r"(?:a|b)*a(?:a|b){8}", max_states=50)
