@@ -51,6 +51,20 @@ typedef struct {
     int64_t node, prev, level, si;
 } frame;
 
+/* Push a frame on the growable stack ``stack``/``sp``/``scap``; on failure set nomem, goto done. */
+#define PUSH_FRAME(N, P, L, S)                                                     \
+    do {                                                                           \
+        if (sp == scap) {                                                          \
+            Py_ssize_t nc = scap ? scap * 2 : 4096;                                \
+            frame *ns = realloc(stack, (size_t)nc * sizeof(frame));                \
+            if (!ns) { nomem = 1; goto done; }                                     \
+            stack = ns;                                                            \
+            scap = nc;                                                             \
+        }                                                                          \
+        stack[sp].node = (N); stack[sp].prev = (P); stack[sp].level = (L); stack[sp].si = (S); \
+        sp++;                                                                      \
+    } while (0)
+
 static PyObject *cwalk(PyObject *self, PyObject *args) {
     Py_buffer b_trans, b_cls, b_lo, b_hi, b_off, b_has, b_starts, b_isi, b_ilev, b_inode, b_ist;
     Py_ssize_t n_classes, n_roots;
@@ -73,18 +87,6 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     int overflow = 0, nomem = 0;
     PyObject *result = NULL;
 
-#define PUSH_FRAME(N, P, L, S)                                                     \
-    do {                                                                           \
-        if (sp == scap) {                                                          \
-            Py_ssize_t nc = scap ? scap * 2 : 4096;                                \
-            frame *ns = realloc(stack, (size_t)nc * sizeof(frame));                \
-            if (!ns) { nomem = 1; goto done; }                                     \
-            stack = ns;                                                            \
-            scap = nc;                                                             \
-        }                                                                          \
-        stack[sp].node = (N); stack[sp].prev = (P); stack[sp].level = (L); stack[sp].si = (S); \
-        sp++;                                                                      \
-    } while (0)
 #define EMIT(K, X) do { if (vec_push(&out[K], (X))) { nomem = 1; goto done; } } while (0)
 
     Py_BEGIN_ALLOW_THREADS
@@ -403,7 +405,105 @@ done:
     return result;
 }
 
+/* walk_rows(trans, n_classes, cls, child_lo, child_hi, has, n_roots, starts, tok_start, tok_ids,
+ *           n_words, max_produced)
+ *   -> (rows bytes of uint32[m * n_words], row_of_start bytes of int64[k]) or None past budget.
+ * The walk of ``walk`` without its (start, node, end) output: each start state's allowed tokens
+ * (tokens ending at surviving nodes, via the CSR tok_start/tok_ids) are set straight into a
+ * packed row, and equal rows are stored once. For vocabularies where no token-level pruning is
+ * needed (every byte is a token). */
+static PyObject *walk_rows(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_cls, b_lo, b_hi, b_has, b_starts, b_ts, b_ti;
+    Py_ssize_t C, n_roots, W;
+    long long max_produced;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*ny*y*y*nL", &b_trans, &C, &b_cls, &b_lo, &b_hi, &b_has, &n_roots,
+                          &b_starts, &b_ts, &b_ti, &W, &max_produced))
+        return NULL;
+    const int64_t *trans = b_trans.buf, *cls = b_cls.buf, *lo = b_lo.buf, *hi = b_hi.buf, *starts = b_starts.buf,
+                  *ts = b_ts.buf, *ti = b_ti.buf;
+    const uint8_t *has = b_has.buf;
+    Py_ssize_t k = b_starts.len / 8;
+    PyObject *result = NULL;
+    uint32_t *row = calloc((size_t)W, 4), *pool = NULL;
+    int64_t *idx = malloc((size_t)(k + 1) * 8), *slots = NULL;
+    uint64_t *hashes = NULL;
+    frame *stack = NULL;
+    Py_ssize_t sp = 0, scap = 0, m = 0, pcap = 0, nslots = 64;
+    long long produced = 0;
+    int nomem = 0, overflow = 0;
+    slots = malloc((size_t)nslots * 8);
+    if (!row || !idx || !slots) { nomem = 1; goto done; }
+    for (Py_ssize_t i = 0; i < nslots; i++) slots[i] = -1;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        memset(row, 0, (size_t)W * 4);
+        sp = 0;
+        for (int64_t r = n_roots - 1; r >= 0; r--) PUSH_FRAME(r, starts[i], 0, i);
+        while (sp) {
+            frame f = stack[--sp];
+            int64_t st = trans[f.prev * C + cls[f.node]];
+            if (st < 0) continue;
+            if (++produced > max_produced) { overflow = 1; goto done; }
+            if (has[f.node])
+                for (int64_t j = ts[f.node]; j < ts[f.node + 1]; j++) row[ti[j] >> 5] |= (uint32_t)1 << (ti[j] & 31);
+            for (int64_t c = hi[f.node] - 1; c >= lo[f.node]; c--) PUSH_FRAME(c, st, f.level + 1, f.si);
+        }
+        uint64_t h = 0x84222325CBF29CE4ULL;
+        for (Py_ssize_t w = 0; w < W; w++) { h ^= row[w]; h *= 0x100000001B3ULL; h ^= h >> 29; }
+        Py_ssize_t slot = (Py_ssize_t)(h & (uint64_t)(nslots - 1));
+        int64_t found = -1;
+        while (slots[slot] >= 0) {
+            int64_t id = slots[slot];
+            if (hashes[id] == h && memcmp(pool + id * W, row, (size_t)W * 4) == 0) { found = id; break; }
+            slot = (slot + 1) & (nslots - 1);
+        }
+        if (found < 0) {
+            if (m == pcap) {
+                pcap = pcap ? 2 * pcap : 16;
+                uint32_t *np_ = realloc(pool, (size_t)pcap * W * 4);
+                uint64_t *nh = realloc(hashes, (size_t)pcap * 8);
+                if (np_) pool = np_;
+                if (nh) hashes = nh;
+                if (!np_ || !nh) { nomem = 1; goto done; }
+            }
+            memcpy(pool + m * W, row, (size_t)W * 4);
+            hashes[m] = h;
+            slots[slot] = m;
+            found = m++;
+            if (2 * m > nslots) {
+                Py_ssize_t nn = nslots * 2;
+                int64_t *ns = malloc((size_t)nn * 8);
+                if (!ns) { nomem = 1; goto done; }
+                for (Py_ssize_t j = 0; j < nn; j++) ns[j] = -1;
+                for (Py_ssize_t id = 0; id < m; id++) {
+                    Py_ssize_t sl = (Py_ssize_t)(hashes[id] & (uint64_t)(nn - 1));
+                    while (ns[sl] >= 0) sl = (sl + 1) & (nn - 1);
+                    ns[sl] = id;
+                }
+                free(slots);
+                slots = ns;
+                nslots = nn;
+            }
+        }
+        idx[i] = found;
+    }
+done:
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (overflow) {
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        result = Py_BuildValue("(y#y#)", (const char *)pool, (Py_ssize_t)(m * W * 4), (const char *)idx,
+                               (Py_ssize_t)(k * 8));
+    }
+    free(row); free(pool); free(idx); free(slots); free(hashes); free(stack);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_cls); PyBuffer_Release(&b_lo); PyBuffer_Release(&b_hi);
+    PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_ts); PyBuffer_Release(&b_ti);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},

@@ -553,6 +553,26 @@ def build_index(
             parts_end.append(gw.instances[:, labels].ravel())
         total += len(gw.nodes)
     rest = np.flatnonzero((gadget_of < 0) & (rep == np.arange(n_states)))
+    # Without token-level pruning (byte-complete vocabulary), the C walk packs these states' rows
+    # directly (deduplicated) instead of listing (state, node, end) triples.
+    rest_row = None  # state → index into rest_rows
+    if complete and _cwalk is not None and USE_C_WALK and len(rest):
+        cls_, lo_, hi_, _off, has_ = _flat_children(ct)
+        start_, ids_ = _token_csr(ct)
+        res = _cwalk.walk_rows(
+            np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], cls_, lo_, hi_, has_,
+            len(ct.cls[0]) if ct.depth else 0, rest.astype(np.int64), start_, ids_, W, max_entries,
+        )
+        if res is None:
+            raise CompilationTooLargeError(
+                f"the token index is too large (over {max_entries} state×token entries across {n_states} "
+                "automaton states); long bounded repetitions of wide character classes (a JSON string "
+                "with a large maxLength, .{0,500}) are the usual cause: lower the bound or drop it"
+            )
+        rest_rows = np.frombuffer(res[0], dtype=np.int32).reshape(-1, W)
+        rest_row = np.full(n_states, -1, dtype=np.int64)
+        rest_row[rest] = np.frombuffer(res[1], dtype=np.int64)
+        rest = rest[:0]
     # Index the other states in large batches (per-call overhead dominates for the many light
     # states of a long concatenation) sized by how much of the vocabulary each state can start:
     # a state that allows few first bytes walks a small part of the trie.
@@ -626,6 +646,18 @@ def build_index(
         r_ = int(rep[s])  # the walked state with the same row (itself unless grouped)
         a, b = slices[r_]
         g, c = int(gadget_of[s]), int(label_of[s])
+        if rest_row is not None and g < 0:
+            # Packed by the C walk: only acceptance (EOS) can tell two such states apart.
+            key = ("packed", int(rest_row[r_]), bool(acc[s]))
+            r = row_index.get(key)
+            if r is None:
+                row = rest_rows[rest_row[r_]].copy()
+                if acc[s]:
+                    row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
+                r = row_index[key] = len(rows_list)
+                rows_list.append(row)
+            row_of_state[s] = r
+            continue
         key = (g, c, int(h1[r_]), int(h2[r_]), b - a, bool(acc[s]))
         if g >= 0:
             j = int(instance_of[s])
@@ -752,13 +784,19 @@ def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
     return out
 
 
+def _token_csr(ct: ClassTrie):
+    """Tokens ending at each node of ``ct`` as CSR arrays (int64 start, ids), cached."""
+    cache = ct.__dict__.get("_shared_cache", ct.__dict__)  # per vocabulary for the byte view
+    csr = cache.get(("_csr", ct.n_nodes))
+    if csr is None:
+        start, ids = _cwalk.token_csr(np.ascontiguousarray(ct.token_node, dtype=np.int64), ct.n_nodes)
+        csr = cache[("_csr", ct.n_nodes)] = (np.frombuffer(start, dtype=np.int64), np.frombuffer(ids, dtype=np.int64))
+    return csr
+
+
 def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
     if _cwalk is not None and USE_C_WALK:
-        cache = ct.__dict__.get("_shared_cache", ct.__dict__)  # per vocabulary for the byte view
-        csr = cache.get(("_csr", ct.n_nodes))
-        if csr is None:
-            start, ids = _cwalk.token_csr(np.ascontiguousarray(ct.token_node, dtype=np.int64), ct.n_nodes)
-            csr = cache[("_csr", ct.n_nodes)] = (start, ids)
+        csr = _token_csr(ct)
         row = np.frombuffer(
             _cwalk.token_bits(csr[0], csr[1], np.ascontiguousarray(nodes, dtype=np.int64), W), dtype=np.int32
         ).copy()
