@@ -502,7 +502,58 @@ done:
     return result;
 }
 
+/* prefix_blocks(trans int64[n * n_classes], n_classes, rounds) -> bytes of int64[n]: Moore's
+ * partition refinement from one block, ``rounds`` times or until stable: same block <=> the same
+ * byte strings of length <= rounds stay alive. Block ids are numbered by first occurrence. */
+static PyObject *prefix_blocks(PyObject *self, PyObject *args) {
+    Py_buffer b_trans;
+    Py_ssize_t C, rounds;
+    if (!PyArg_ParseTuple(args, "y*nn", &b_trans, &C, &rounds)) return NULL;
+    const int64_t *trans = b_trans.buf;
+    Py_ssize_t n = C ? b_trans.len / 8 / C : 0, cap = 16;
+    while (cap < 2 * n + 2) cap *= 2;
+    int64_t *part = calloc((size_t)n + 1, 8), *next = malloc(((size_t)n + 1) * 8), *slots = malloc((size_t)cap * 8),
+            *rep = malloc(((size_t)n + 1) * 8);
+    PyObject *result = NULL;
+    if (!part || !next || !slots || !rep) { PyErr_NoMemory(); goto fail; }
+    Py_ssize_t count = n ? 1 : 0;
+    for (Py_ssize_t round = 0; round < rounds; round++) {
+        for (Py_ssize_t i = 0; i < cap; i++) slots[i] = -1;
+        Py_ssize_t m = 0;
+        for (Py_ssize_t s = 0; s < n; s++) {
+            uint64_t h = (uint64_t)part[s] * 0x9E3779B97F4A7C15ULL;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t t = trans[s * C + c];
+                h = (h ^ (uint64_t)(t < 0 ? -1 : part[t])) * 0xBF58476D1CE4E5B9ULL;
+                h ^= h >> 31;
+            }
+            Py_ssize_t sl = (Py_ssize_t)(h & (uint64_t)(cap - 1));
+            for (;;) {
+                int64_t b = slots[sl];
+                if (b < 0) { slots[sl] = m; rep[m] = s; next[s] = m++; break; }
+                int64_t r = rep[b];
+                int same = part[r] == part[s];
+                for (Py_ssize_t c = 0; same && c < C; c++) {
+                    int64_t t1 = trans[r * C + c], t2 = trans[s * C + c];
+                    same = (t1 < 0 ? -1 : part[t1]) == (t2 < 0 ? -1 : part[t2]);
+                }
+                if (same) { next[s] = b; break; }
+                sl = (sl + 1) & (cap - 1);
+            }
+        }
+        int64_t *tmp = part; part = next; next = tmp;
+        if (m == count) break;
+        count = m;
+    }
+    result = PyBytes_FromStringAndSize((const char *)part, n * 8);
+fail:
+    free(part); free(next); free(slots); free(rep);
+    PyBuffer_Release(&b_trans);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},

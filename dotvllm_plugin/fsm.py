@@ -550,8 +550,10 @@ def reachable(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
 def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     """Keep the states that can reach an accepting state; renumber with the initial state 0."""
     n = trans.shape[0]
-    src = np.repeat(np.arange(n), 256)
-    dst = trans.ravel().astype(np.int64)
+    rows, byte_class = byte_classes(trans)  # the same graph with far fewer (parallel) edges
+    rows = rows.astype(np.int64)
+    src = np.repeat(np.arange(n), rows.shape[1])
+    dst = rows.ravel()
     ok = dst >= 0
     edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
     live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
@@ -562,10 +564,10 @@ def _trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     if not live.all():
         new_id = np.full(n + 1, -1, dtype=np.int64)
         new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
-        trans = new_id[np.where(trans < 0, n, trans)][live]
+        rows = new_id[np.where(rows < 0, n, rows)][live]
         accepting = accepting[live]
-    trans, accepting = _merge_twins(trans.astype(np.int64), accepting.astype(bool))
-    return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting, initial=0)
+    rows, accepting = _merge_twins(rows, accepting.astype(bool), byte_class=byte_class)
+    return ByteDFA(transitions=rows.astype(np.int32), accepting=accepting, initial=0)
 
 
 def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -586,7 +588,7 @@ def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(cols.T), inverse.reshape(256)
 
 
-def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32):
+def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32, byte_class=None):
     """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation).
 
     Glushkov automata have an "entry" copy of every loop (the state after ``"`` that behaves like
@@ -594,7 +596,8 @@ def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32)
     one index walk. State 0 stays the initial state.
     """
     # Work on byte classes: merging states only coarsens the column partition, never breaks it.
-    rows, byte_class = byte_classes(trans)
+    # With ``byte_class`` given, ``trans`` already is the class table.
+    rows, byte_class = (trans, np.asarray(byte_class)) if byte_class is not None else byte_classes(trans)
     rng = np.random.default_rng(0x5EED)
     mult = rng.integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
     for _ in range(max_rounds):

@@ -704,6 +704,10 @@ def _prefix_blocks(class_trans: np.ndarray, depth: int) -> np.ndarray:
     are grouped by a 64-bit projection and checked exactly.
     """
     n, C = class_trans.shape
+    if _cwalk is not None and USE_C_WALK:
+        return np.frombuffer(
+            _cwalk.prefix_blocks(np.ascontiguousarray(class_trans, dtype=np.int64), C, depth), dtype=np.int64
+        )
     part = np.zeros(n, dtype=np.int64)
     count = 1
     proj = np.random.default_rng(0xB10C).integers(1, 2**63, size=C + 1, dtype=np.uint64)

@@ -522,3 +522,20 @@ def test_subset_construction_stops_at_the_state_budget(use_c, monkeypatch):
     monkeypatch.setattr(_glushkov, "USE_C_SUBSET", use_c)
     with pytest.raises(CompilationTooLargeError, match="exceeds 50 states"):
         regex_to_dfa(r"(?:a|b)*a(?:a|b){8}", max_states=50)
+
+
+@pytest.mark.parametrize("pattern", [r'"[a-zA-Z0-9 ]{0,120}"', r"[^\n]{2,90}!", JSONISH["array"]])
+def test_c_prefix_blocks_equal_the_numpy_partition(pattern, monkeypatch):
+    from dotvllm_plugin import index
+    from dotvllm_plugin.fsm import byte_classes, regex_to_dfa
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    class_trans = byte_classes(regex_to_dfa(pattern).transitions)[0].astype(np.int64)
+    for depth in (1, 4, 30):
+        fast = index._prefix_blocks(class_trans, depth)
+        monkeypatch.setattr(index, "USE_C_WALK", False)
+        ref = index._prefix_blocks(class_trans, depth)
+        monkeypatch.setattr(index, "USE_C_WALK", True)
+        pairs = set(zip(fast.tolist(), ref.tolist()))
+        assert len(pairs) == len(set(fast.tolist())) == len(set(ref.tolist())), depth
