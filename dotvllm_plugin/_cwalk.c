@@ -407,7 +407,8 @@ done:
 
 /* walk_rows(trans, n_classes, cls, child_lo, child_hi, has, n_roots, starts, tok_start, tok_ids,
  *           n_words, max_produced)
- *   -> (rows bytes of uint32[m * n_words], row_of_start bytes of int64[k]) or None past budget.
+ *   -> (rows bytes of uint32[m * n_words], row_of_start bytes of int64[k]), or None when more
+ * than max_produced (start, token-ending node) pairs survive.
  * The walk of ``walk`` without its (start, node, end) output: each start state's allowed tokens
  * (tokens ending at surviving nodes, via the CSR tok_start/tok_ids) are set straight into a
  * packed row, and equal rows are stored once. For vocabularies where no token-level pruning is
@@ -442,7 +443,7 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
             frame f = stack[--sp];
             int64_t st = trans[f.prev * C + cls[f.node]];
             if (st < 0) continue;
-            if (++produced > max_produced) { overflow = 1; goto done; }
+            if (has[f.node] && ++produced > max_produced) { overflow = 1; goto done; }
             if (has[f.node])
                 for (int64_t j = ts[f.node]; j < ts[f.node + 1]; j++) row[ti[j] >> 5] |= (uint32_t)1 << (ti[j] & 31);
             for (int64_t c = hi[f.node] - 1; c >= lo[f.node]; c--) PUSH_FRAME(c, st, f.level + 1, f.si);
