@@ -427,6 +427,51 @@ class _Context:
     # ---- entry ---------------------------------------------------------------------------
 
     def compile(self, node, where: str) -> str | None:
+        try:
+            return self.compile_node(node, where)
+        except UnsupportedFeatureError:
+            # A schema whose values are pinned by enum/const (here or in an allOf branch) is a
+            # finite set: keep the values the whole schema accepts, whatever keywords it uses.
+            values = self.pinned_values(node, where)
+            if values is None:
+                raise
+            return self.compile_enum({"enum": [v for v in values if self.valid_whole(v, node, where)]}, where)
+
+    def pinned_values(self, node, where: str, depth: int = 0) -> list | None:
+        """The enum/const values that bound ``node``'s language, if any (own or in ``allOf``)."""
+        if not isinstance(node, dict) or depth > 8:
+            return None
+        if "const" in node and node["const"] is not _NoValue:
+            return [node["const"]]
+        if isinstance(node.get("enum"), list):
+            return node["enum"]
+        for branch in node.get("allOf", []) if isinstance(node.get("allOf"), list) else []:
+            if isinstance(branch, dict) and isinstance(branch.get("$ref"), str) and len(branch) == 1:
+                try:
+                    branch = self.resolve(branch["$ref"], where)
+                except (JSONSchemaError, UnsupportedFeatureError):
+                    continue
+            got = self.pinned_values(branch, where, depth + 1)
+            if got is not None:
+                return got
+        return None
+
+    def valid_whole(self, value, node: dict, where: str) -> bool:
+        """Whether ``value`` is valid under the sub-schema ``node`` (all keywords, jsonschema)."""
+        import jsonschema
+
+        negs = node.get("_not_values")
+        if negs and any(_canon(value) == _canon(n) for n in negs):
+            return False
+        schema = {k: v for k, v in node.items() if not k.startswith("_")}
+        root = self.root if isinstance(self.root, dict) else {}
+        cls = jsonschema.validators.validator_for(root)
+        try:
+            return cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=schema).is_valid(value)
+        except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
+            raise _bad(where, f"cannot check enum values against the schema: {e}") from e
+
+    def compile_node(self, node, where: str) -> str | None:
         if node is True:
             return self.any_value()
         if node is False:

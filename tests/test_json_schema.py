@@ -205,6 +205,15 @@ CASES = [
                              "x-vendor": {"anything": 1}, "$comment": "c"}, [1], ["1"]),
     ("unicode-keys", {"type": "object", "properties": {"clé": S, "键": I}, "required": ["键"]},
      [{"键": 1}, {"clé": "v", "键": 2}], [{"clé": "v"}]),
+    # enum/const pin a finite set: any other keywords just filter it (checked with jsonschema)
+    ("enum-filtered-by-not", {"allOf": [{"enum": [{}, {"a": 1}, 3]}, {"not": {"type": "integer"}}]},
+     [{}, {"a": 1}], [3]),
+    ("enum-filtered-by-if", {"enum": [1, 4, 6, 10], "if": {"maximum": 5}, "then": {"minimum": 4},
+                             "else": {"multipleOf": 5}}, [4, 10], [1, 6]),
+    ("enum-filtered-by-uniqueItems", {"enum": [[1, 1], [1, 2]], "uniqueItems": True}, [[1, 2]], [[1, 1]]),
+    ("const-filtered-by-ref-not", {"$defs": {"n": {"not": {"properties": {"b": {"type": "string"}}}}},
+                                   "allOf": [{"enum": [{"b": "x"}, {"b": 1}]}, {"$ref": "#/$defs/n"}]},
+     [{"b": 1}], [{"b": "x"}]),
 ]
 
 
