@@ -1062,8 +1062,15 @@ class _Context:
                 body = FORMATS[fmt]
                 flo, fhi = _width(body)
                 if (lo, hi) != (0, None) and not (flo >= lo and (hi is None or (fhi is not None and fhi <= hi))):
-                    raise _refuse("format", _ptr(where, "format"),
-                                  f"format {fmt!r} with minLength/maxLength")
+                    # Bound the format's repetitions so that no value exceeds maxLength (a sound
+                    # restriction, as for pattern + maxLength); the bodies are plain ASCII regexes.
+                    info = None
+                    if hi is not None and fmt != "json-pointer":
+                        info = T.translate_pattern(f"^(?:{body})$", _ptr(where, "format"), max_chars=hi)
+                    if info is None or info.regex is None or info.min_len < lo:
+                        raise _refuse("format", _ptr(where, "format"),
+                                      f"format {fmt!r} with minLength/maxLength")
+                    return f'"{info.regex}"'
                 return f'"{body}"'
             # unknown formats are annotations (the specification says so; validators ignore them)
         if "pattern" in kw:

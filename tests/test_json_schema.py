@@ -95,6 +95,8 @@ CASES = [
     ("format-ipv6", {"type": "string", "format": "ipv6"}, ["::1", "2001:db8::ff00:42:8329", "::ffff:1.2.3.4"],
      ["12345::", "1:2:3:4:5:6:7:8:9", "1.2.3.4"]),
     ("format-email", {"type": "string", "format": "email"}, ["a.b@example.com"], ["no-at-sign"]),
+    ("format-email-maxLength", {"type": "string", "format": "email", "minLength": 3, "maxLength": 255},
+     ["a.b@example.com", "x@y.io"], ["no-at-sign", "a" * 250 + "@example.com"]),
     ("format-hostname", {"type": "string", "format": "hostname"}, ["example.com", "a-b.c"], ["-a.com", "a..b"]),
     ("format-duration", {"type": "string", "format": "duration"}, ["P3D", "PT1H30M", "P1Y2M3DT4H", "P2W"],
      ["P", "PT", "1D", "P1H"]),
