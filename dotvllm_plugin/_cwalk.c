@@ -553,7 +553,103 @@ fail:
     return result;
 }
 
+/* byte_classes(trans int32[n * 256]) -> (class_trans bytes of int64[n * C], byte_class bytes of
+ * int64[256]): bytes whose columns are equal in every state share a class; classes are numbered
+ * by their first byte. */
+static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
+    Py_buffer b_trans;
+    if (!PyArg_ParseTuple(args, "y*", &b_trans)) return NULL;
+    const int32_t *trans = b_trans.buf;
+    Py_ssize_t n = b_trans.len / 4 / 256;
+    uint64_t h[256];
+    int64_t cls[256], rep[256];
+    Py_ssize_t C = 0;
+    for (int b = 0; b < 256; b++) h[b] = 0x9E3779B97F4A7C15ULL;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const int32_t *row = trans + s * 256;
+        for (int b = 0; b < 256; b++) {
+            uint64_t x = h[b] ^ (uint64_t)(int64_t)row[b];
+            x *= 0xBF58476D1CE4E5B9ULL;
+            h[b] = x ^ (x >> 29);
+        }
+    }
+    for (int b = 0; b < 256; b++) {
+        cls[b] = -1;
+        for (Py_ssize_t c = 0; c < C && cls[b] < 0; c++) {
+            int r = (int)rep[c];
+            if (h[r] != h[b]) continue;
+            int same = 1;
+            for (Py_ssize_t s = 0; s < n && same; s++) same = trans[s * 256 + r] == trans[s * 256 + b];
+            if (same) cls[b] = c;
+        }
+        if (cls[b] < 0) { rep[C] = b; cls[b] = C++; }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * C * 8), *bc = PyBytes_FromStringAndSize((const char *)cls, 256 * 8);
+    if (out && bc) {
+        int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t s = 0; s < n; s++)
+            for (Py_ssize_t c = 0; c < C; c++) o[s * C + c] = trans[s * 256 + rep[c]];
+    }
+    PyBuffer_Release(&b_trans);
+    if (!out || !bc) { Py_XDECREF(out); Py_XDECREF(bc); return NULL; }
+    return Py_BuildValue("(NNn)", out, bc, C);
+}
+
+/* merge_twins(rows int64[n * C], accepting uint8[n], max_rounds) -> (rows, accepting) as bytes:
+ * repeatedly merge states with identical rows and acceptance into the first of them (state 0
+ * stays first), renumbering the survivors in order. */
+static PyObject *merge_twins_c(PyObject *self, PyObject *args) {
+    Py_buffer b_rows, b_acc;
+    Py_ssize_t C, max_rounds;
+    if (!PyArg_ParseTuple(args, "y*ny*n", &b_rows, &C, &b_acc, &max_rounds)) return NULL;
+    Py_ssize_t n = C ? b_rows.len / 8 / C : 0, cap = 16;
+    while (cap < 2 * n + 2) cap *= 2;
+    int64_t *rows = malloc((size_t)(n * C + 1) * 8), *tmp = malloc((size_t)(n * C + 1) * 8);
+    uint8_t *acc = malloc((size_t)n + 1);
+    int64_t *slots = malloc((size_t)cap * 8), *rep = malloc((size_t)(n + 1) * 8), *newid = malloc((size_t)(n + 1) * 8);
+    PyObject *result = NULL;
+    if (!rows || !tmp || !acc || !slots || !rep || !newid) { PyErr_NoMemory(); goto fail; }
+    memcpy(rows, b_rows.buf, (size_t)n * C * 8);
+    memcpy(acc, b_acc.buf, (size_t)n);
+    for (Py_ssize_t round = 0; round < max_rounds; round++) {
+        for (Py_ssize_t i = 0; i < cap; i++) slots[i] = -1;
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t s = 0; s < n; s++) {
+            const int64_t *r = rows + s * C;
+            uint64_t h = 0x84222325CBF29CE4ULL ^ acc[s];
+            for (Py_ssize_t c = 0; c < C; c++) { h = (h ^ (uint64_t)r[c]) * 0x100000001B3ULL; h ^= h >> 31; }
+            Py_ssize_t sl = (Py_ssize_t)(h & (uint64_t)(cap - 1));
+            for (;;) {
+                int64_t t = slots[sl];
+                if (t < 0) { slots[sl] = s; rep[s] = s; newid[s] = kept++; break; }
+                if (acc[t] == acc[s] && memcmp(rows + t * C, r, (size_t)C * 8) == 0) { rep[s] = t; break; }
+                sl = (sl + 1) & (cap - 1);
+            }
+        }
+        if (kept == n) break;
+        Py_ssize_t k = 0;
+        for (Py_ssize_t s = 0; s < n; s++) {
+            if (rep[s] != s) continue;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t t = rows[s * C + c];
+                tmp[k * C + c] = t < 0 ? t : newid[rep[t]];
+            }
+            acc[k] = acc[s];
+            k++;
+        }
+        int64_t *sw = rows; rows = tmp; tmp = sw;
+        n = kept;
+    }
+    result = Py_BuildValue("(y#y#)", (const char *)rows, (Py_ssize_t)(n * C * 8), (const char *)acc, n);
+fail:
+    free(rows); free(tmp); free(acc); free(slots); free(rep); free(newid);
+    PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
+    {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},

@@ -19,6 +19,14 @@ import numpy as np
 
 from .errors import CompilationTooLargeError, RegexSyntaxError, UnsupportedFeatureError
 
+try:
+    from . import _cwalk
+except ImportError:  # built without a C compiler: the numpy versions below are used
+    _cwalk = None
+
+#: Whether byte classes and twin merging use the C extension when it is built (tests compare both).
+USE_C_TABLES = True
+
 __all__ = ["ByteDFA", "check_regex", "regex_to_dfa"]
 
 #: Budget of automaton states. Each is indexed against the whole vocabulary, so compile time grows
@@ -577,6 +585,9 @@ def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     seen) collision the exact sort-based grouping is used instead.
     """
     n = trans.shape[0]
+    if _cwalk is not None and USE_C_TABLES:
+        rows, bc, C = _cwalk.byte_classes(np.ascontiguousarray(trans, dtype=np.int32))
+        return np.frombuffer(rows, dtype=np.int64).reshape(n, C), np.frombuffer(bc, dtype=np.int64)
     proj = np.random.default_rng(0xC1A55).integers(1, 2**63, size=n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         h = ((trans.astype(np.int64) + 1).astype(np.uint64) * proj[:, None]).sum(axis=0, dtype=np.uint64)
@@ -598,6 +609,12 @@ def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32,
     # Work on byte classes: merging states only coarsens the column partition, never breaks it.
     # With ``byte_class`` given, ``trans`` already is the class table.
     rows, byte_class = (trans, np.asarray(byte_class)) if byte_class is not None else byte_classes(trans)
+    if _cwalk is not None and USE_C_TABLES:
+        C = rows.shape[1]
+        out, acc = _cwalk.merge_twins(np.ascontiguousarray(rows, dtype=np.int64), C,
+                                      np.ascontiguousarray(accepting, dtype=np.uint8), max_rounds)
+        rows = np.frombuffer(out, dtype=np.int64).reshape(-1, C)
+        return rows[:, byte_class.reshape(256)], np.frombuffer(acc, dtype=np.uint8).astype(bool)
     rng = np.random.default_rng(0x5EED)
     mult = rng.integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
     for _ in range(max_rounds):

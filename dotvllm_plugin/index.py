@@ -631,14 +631,25 @@ def build_index(
     order = np.argsort(state, kind="stable")
     state, node = state[order], node[order]
     indexed = np.flatnonzero(reached & good)
-    starts = np.searchsorted(state, indexed).tolist()
-    ends = np.searchsorted(state, indexed, side="right").tolist()
-    h1, h2 = _set_hashes(node, state, n_states)
     rows_list = [np.zeros(W, dtype=np.int32)]
     row_index: dict[tuple, int] = {}
     row_of_state = np.zeros(n_states, dtype=np.int32)
     acc = dfa.accepting
-    slices = {s: (a, b) for s, a, b in zip(indexed.tolist(), starts, ends)}
+    if rest_row is not None:
+        # Rows packed by the C walk: only acceptance (EOS) can tell two such states apart.
+        packed = indexed[gadget_of[indexed] < 0]
+        indexed = indexed[gadget_of[indexed] >= 0]
+        keys, inverse = np.unique(rest_row[rep[packed]] * 2 + acc[packed], return_inverse=True)
+        for k in keys.tolist():
+            row = rest_rows[k // 2].copy()
+            if k % 2:
+                row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
+            rows_list.append(row)
+        row_of_state[packed] = 1 + inverse.reshape(-1)
+    h1, h2 = _set_hashes(node, state, n_states)
+    walked = rep[indexed]
+    slices = dict(zip(walked.tolist(), zip(np.searchsorted(state, walked).tolist(),
+                                           np.searchsorted(state, walked, side="right").tolist())))
     instance_of = np.full(n_states, -1, dtype=np.int64)  # state → its instance (row) in its gadget
     for gw in gadgets:
         instance_of[gw.instances] = np.arange(gw.instances.shape[0])[:, None]
@@ -646,18 +657,6 @@ def build_index(
         r_ = int(rep[s])  # the walked state with the same row (itself unless grouped)
         a, b = slices[r_]
         g, c = int(gadget_of[s]), int(label_of[s])
-        if rest_row is not None and g < 0:
-            # Packed by the C walk: only acceptance (EOS) can tell two such states apart.
-            key = ("packed", int(rest_row[r_]), bool(acc[s]))
-            r = row_index.get(key)
-            if r is None:
-                row = rest_rows[rest_row[r_]].copy()
-                if acc[s]:
-                    row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
-                r = row_index[key] = len(rows_list)
-                rows_list.append(row)
-            row_of_state[s] = r
-            continue
         key = (g, c, int(h1[r_]), int(h2[r_]), b - a, bool(acc[s]))
         if g >= 0:
             j = int(instance_of[s])

@@ -539,3 +539,19 @@ def test_c_prefix_blocks_equal_the_numpy_partition(pattern, monkeypatch):
         monkeypatch.setattr(index, "USE_C_WALK", True)
         pairs = set(zip(fast.tolist(), ref.tolist()))
         assert len(pairs) == len(set(fast.tolist())) == len(set(ref.tolist())), depth
+
+
+@pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(?i)héllo|[a-c]{2,4}", r"(a|ab)(c|bcd)(d*)"])
+def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
+    from dotvllm_plugin import fsm
+
+    if fsm._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    fast = fsm.regex_to_dfa(pattern)
+    fast_rows, fast_bc = fsm.byte_classes(fast.transitions)
+    monkeypatch.setattr(fsm, "USE_C_TABLES", False)
+    ref = fsm.regex_to_dfa(pattern)
+    ref_rows, ref_bc = fsm.byte_classes(fast.transitions)
+    assert len(set(zip(fast_bc.tolist(), ref_bc.tolist()))) == len(set(ref_bc.tolist())) == fast_rows.shape[1]
+    assert np.array_equal(fast_rows[:, fast_bc], ref_rows[:, ref_bc])
+    assert fast.n_states == ref.n_states and _equivalent(fast, ref)
