@@ -555,3 +555,42 @@ def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
     assert len(set(zip(fast_bc.tolist(), ref_bc.tolist()))) == len(set(ref_bc.tolist())) == fast_rows.shape[1]
     assert np.array_equal(fast_rows[:, fast_bc], ref_rows[:, ref_bc])
     assert fast.n_states == ref.n_states and _equivalent(fast, ref)
+
+
+_ATOMS = st.sampled_from(["a", "b", "é", "[ab]", "[^a]", "[a-zé]", ".", "\\.", "ab", "😀"])
+
+
+def _random_regex(depth: int = 3):
+    if depth == 0:
+        return _ATOMS
+    sub = _random_regex(depth - 1)
+    return st.one_of(
+        _ATOMS,
+        st.tuples(sub, sub).map("".join),
+        st.tuples(sub, sub).map(lambda p: f"(?:{p[0]}|{p[1]})"),
+        st.tuples(sub, st.sampled_from(["?", "*", "+", "{2}", "{0,3}", "{1,4}"])).map(lambda p: f"(?:{p[0]}){p[1]}"),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_random_regex())
+def test_c_extension_equals_numpy_on_random_regexes(mistral_vocab, pattern):
+    """The whole pipeline with and without the C extension: equivalent DFAs and identical rows."""
+    from dotvllm_plugin import _glushkov, fsm, index
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    flags = [(fsm, "USE_C_TABLES"), (_glushkov, "USE_C_SUBSET"), (index, "USE_C_WALK")]
+    try:
+        fast = fsm.regex_to_dfa(pattern)
+        fast_index = index.build_index(fast, mistral_vocab, max_entries=10**9)
+        for module, name in flags:
+            setattr(module, name, False)
+        ref = fsm.regex_to_dfa(pattern)
+        ref_index = index.build_index(fast, mistral_vocab, max_entries=10**9)
+    finally:
+        for module, name in flags:
+            setattr(module, name, True)
+    assert _equivalent(fast, ref)
+    for s in range(fast.n_states):
+        assert np.array_equal(fast_index.rows[fast_index.row_of_state[s]], ref_index.rows[ref_index.row_of_state[s]])
