@@ -101,7 +101,9 @@ class ClassTrie:
 
     def _byte_view(self, trie, byte_class: np.ndarray) -> None:
         """The byte trie itself with class labels: no merging, no build cost."""
-        self.cls = [byte_class[b].astype(np.int64) for b in trie.byte[: self.depth]]
+        self.cls = _LevelClasses(trie, byte_class, self.depth)
+        self.byte_class = byte_class
+        self.trie_cache = trie.__dict__  # pattern-independent tables, kept once per vocabulary
         self.child_start = trie.child_start
         self.offset = list(np.cumsum([0] + trie.node_counts[:-1]))
         self.n_nodes = int(sum(trie.node_counts))
@@ -121,6 +123,25 @@ class ClassTrie:
         return np.take(mark, self.token_node)
 
 
+class _LevelClasses:
+    """``cls[d]`` of a byte view (the class of every level-``d`` node), computed on first use."""
+
+    def __init__(self, trie, byte_class: np.ndarray, depth: int):
+        self.trie, self.byte_class, self.depth = trie, byte_class, depth
+        self.levels: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.depth
+
+    def __getitem__(self, d: int) -> np.ndarray:
+        got = self.levels.get(d)
+        if got is None:
+            if not 0 <= d < self.depth:
+                raise IndexError(d)
+            got = self.levels[d] = self.byte_class[self.trie.byte[d]].astype(np.int64)
+        return got
+
+
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
 
 
@@ -131,29 +152,36 @@ except ImportError:  # built without a C compiler: the numpy walk below does the
 
 
 def _flat_children(ct: ClassTrie):
-    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walk."""
+    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walk.
+
+    For a byte view, everything but ``cls`` (which depends on the pattern's byte classes) is
+    built once per vocabulary and depth, with each node's byte, from which ``cls`` is one gather.
+    """
     got = ct.__dict__.get("_flat")
-    cache = ct.__dict__.get("_shared_cache")
-    key = ("_flat_children", ct.depth)
-    if got is None and cache is not None:
-        got = cache.get(key)
-    if got is None:
+    if got is not None:
+        return got
+    trie_cache = ct.__dict__.get("trie_cache")
+    structure = None if trie_cache is None else trie_cache.get(("flat_children", ct.depth))
+    if structure is None:
         n = ct.n_nodes
-        cls = np.zeros(n, dtype=np.int64)
+        sym = np.zeros(n, dtype=np.int64)  # class (merged trie) or byte (byte view) of each node
         lo = np.zeros(n, dtype=np.int64)
         hi = np.zeros(n, dtype=np.int64)
         for d in range(ct.depth):
-            cnt = len(ct.cls[d])
-            cls[ct.offset[d] : ct.offset[d] + cnt] = ct.cls[d]
+            level = ct.cls.trie.byte[d] if trie_cache is not None else ct.cls[d]
+            cnt = len(level)
+            sym[ct.offset[d] : ct.offset[d] + cnt] = level
             if d + 1 < ct.depth:
                 cs = ct.child_start[d + 1][: cnt + 1]
                 lo[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[:-1]
                 hi[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[1:]
         off = np.array(list(ct.offset[: ct.depth]) + [n], dtype=np.int64)
-        got = (cls, lo, hi, off, ct.has_tokens.astype(np.uint8))
-        if cache is not None:
-            cache[key] = got
-        ct.__dict__["_flat"] = got
+        structure = (sym, lo, hi, off, ct.has_tokens.astype(np.uint8))
+        if trie_cache is not None:
+            trie_cache[("flat_children", ct.depth)] = structure
+    sym, lo, hi, off, has = structure
+    cls = ct.byte_class.astype(np.int64)[sym] if trie_cache is not None else sym
+    got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
     return got
 
 
@@ -789,7 +817,7 @@ def _set_hashes(node: np.ndarray, state: np.ndarray, n_states: int):
 
 def _token_csr(ct: ClassTrie):
     """Tokens ending at each node of ``ct`` as CSR arrays (int64 start, ids), cached."""
-    cache = ct.__dict__.get("_shared_cache", ct.__dict__)  # per vocabulary for the byte view
+    cache = ct.__dict__.get("trie_cache") or ct.__dict__  # per vocabulary for a byte view
     csr = cache.get(("_csr", ct.n_nodes))
     if csr is None:
         start, ids = _cwalk.token_csr(np.ascontiguousarray(ct.token_node, dtype=np.int64), ct.n_nodes)
