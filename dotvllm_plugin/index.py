@@ -142,6 +142,11 @@ class _LevelClasses:
         return got
 
 
+#: Loops of at most this many states (a JSON string with its UTF-8 and escape states, a run of
+#: digits) are treated as gadgets even when the pattern has only one of them: their walks come
+#: from the per-vocabulary cache. Larger loops must occur twice to be worth a canonical walk.
+GADGET_SHARED_SIZE = 16
+
 _EXIT = -2  # in a gadget's canonical table: a transition that leaves the gadget
 
 
@@ -325,7 +330,7 @@ def _find_gadgets(
         )
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             add(members[lo:hi])
-        return {sig: inst for sig, inst in groups.items() if len(inst) >= 2}
+        return {sig: inst for sig, inst in groups.items() if len(inst) >= 2 or len(inst[0]) <= GADGET_SHARED_SIZE}
     for root in loops.tolist():
         if taken[root]:
             continue
@@ -359,7 +364,7 @@ def _find_gadgets(
         mem = np.array(members, dtype=np.int64)
         taken[mem] = True
         add(mem)
-    return {sig: inst for sig, inst in groups.items() if len(inst) >= 2}
+    return {sig: inst for sig, inst in groups.items() if len(inst) >= 2 or len(inst[0]) <= GADGET_SHARED_SIZE}
 
 
 @dataclass
