@@ -597,11 +597,7 @@ def build_index(
             len(ct.cls[0]) if ct.depth else 0, rest.astype(np.int64), start_, ids_, W, max_entries,
         )
         if res is None:
-            raise CompilationTooLargeError(
-                f"the token index is too large (over {max_entries} state×token entries across {n_states} "
-                "automaton states); long bounded repetitions of wide character classes (a JSON string "
-                "with a large maxLength, .{0,500}) are the usual cause: lower the bound or drop it"
-            )
+            raise _index_too_large(max_entries, n_states)
         rest_rows = np.frombuffer(res[0], dtype=np.int32).reshape(-1, W)
         rest_row = np.full(n_states, -1, dtype=np.int64)
         rest_row[rest] = np.frombuffer(res[1], dtype=np.int64)
@@ -631,11 +627,7 @@ def build_index(
         parts_state.append(batch[si]), parts_node.append(nd_), parts_end.append(en_)
         total += len(nd_)
         if total > max_entries:
-            raise CompilationTooLargeError(
-                f"the token index is too large (over {max_entries} state×token entries across {n_states} "
-                "automaton states); long bounded repetitions of wide character classes (a JSON string "
-                "with a large maxLength, .{0,500}) are the usual cause: lower the bound or drop it"
-            )
+            raise _index_too_large(max_entries, n_states)
     empty = np.zeros(0, dtype=np.int64)
     state = np.concatenate(parts_state) if parts_state else empty
     node = np.concatenate(parts_node) if parts_node else empty
@@ -676,7 +668,7 @@ def build_index(
         for k in keys.tolist():
             row = rest_rows[k // 2].copy()
             if k % 2:
-                row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
+                _set_token_bits(row, eos)
             rows_list.append(row)
         row_of_state[packed] = 1 + inverse.reshape(-1)
     h1, h2 = _set_hashes(node, state, n_states)
@@ -830,6 +822,19 @@ def _token_csr(ct: ClassTrie):
     return csr
 
 
+def _index_too_large(max_entries: int, n_states: int) -> CompilationTooLargeError:
+    return CompilationTooLargeError(
+        f"the token index is too large (over {max_entries} state×token entries across {n_states} "
+        "automaton states); long bounded repetitions of wide character classes (a JSON string "
+        "with a large maxLength, .{0,500}) are the usual cause: lower the bound or drop it"
+    )
+
+
+def _set_token_bits(row: np.ndarray, ids: np.ndarray) -> None:
+    """Set the bits of token ``ids`` in a packed int32 row (ids may share a word)."""
+    np.bitwise_or.at(row.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+
+
 def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
     if _cwalk is not None and USE_C_WALK:
         csr = _token_csr(ct)
@@ -837,7 +842,7 @@ def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
             _cwalk.token_bits(csr[0], csr[1], np.ascontiguousarray(nodes, dtype=np.int64), W), dtype=np.int32
         ).copy()
         if eos is not None:
-            row.view(np.uint32)[eos >> 5] |= np.left_shift(np.uint32(1), (eos & 31).astype(np.uint32))
+            _set_token_bits(row, eos)
         return row
     bits = np.zeros(W * 32, dtype=bool)
     bits[: ct.vocab_size] = ct.token_mask(nodes)

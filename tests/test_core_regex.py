@@ -594,3 +594,19 @@ def test_c_extension_equals_numpy_on_random_regexes(mistral_vocab, pattern):
     assert _equivalent(fast, ref)
     for s in range(fast.n_states):
         assert np.array_equal(fast_index.rows[fast_index.row_of_state[s]], ref_index.rows[ref_index.row_of_state[s]])
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_every_eos_id_is_allowed_where_complete_even_in_one_mask_word(use_c, monkeypatch):
+    """Several EOS ids in the same 32-bit word of a packed row must all be set."""
+    from dotvllm_plugin import Vocabulary, index
+
+    monkeypatch.setattr(index, "USE_C_WALK", use_c)
+    vocab = Vocabulary([None, None, None] + [bytes([b]) for b in range(256)] + [b"ab"], eos_token_ids=[1, 2])
+    matcher = GrammarMatcher(GrammarCompiler(vocab, cache_size=0).compile_regex("(?:ab)+"))
+    for tok in (3 + ord("a"), 3 + ord("b")):
+        assert matcher.accept_token(tok)
+    mask = np.zeros((1, (vocab.size + 31) // 32), dtype=np.int32)
+    matcher.fill_next_token_bitmask(mask)
+    allowed = {i for i in range(vocab.size) if mask[0, i // 32] >> (i % 32) & 1}
+    assert {1, 2, 3 + ord("a"), 259} <= allowed and 0 not in allowed
