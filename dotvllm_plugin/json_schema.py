@@ -458,18 +458,9 @@ class _Context:
 
     def valid_whole(self, value, node: dict, where: str) -> bool:
         """Whether ``value`` is valid under the sub-schema ``node`` (all keywords, jsonschema)."""
-        import jsonschema
-
-        negs = node.get("_not_values")
-        if negs and any(_canon(value) == _canon(n) for n in negs):
+        if _excluded(value, node):
             return False
-        schema = {k: v for k, v in node.items() if not k.startswith("_")}
-        root = self.root if isinstance(self.root, dict) else {}
-        cls = jsonschema.validators.validator_for(root)
-        try:
-            return cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=schema).is_valid(value)
-        except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
-            raise _bad(where, f"cannot check enum values against the schema: {e}") from e
+        return _valid(self, value, {k: v for k, v in node.items() if not k.startswith("_")}, where)
 
     def compile_node(self, node, where: str) -> str | None:
         if node is True:
@@ -934,14 +925,9 @@ class _Context:
         """Whether ``value`` satisfies the remaining keywords (checked with jsonschema)."""
         if set(kw) <= {"type"}:
             return _type_ok(value, self.types_of(kw, where))
-        try:
-            import jsonschema
-        except ImportError as e:  # pragma: no cover - jsonschema is a dependency
-            raise _refuse("enum", where, "enum combined with other keywords needs jsonschema") from e
-        negs = kw.get("_not_values")
-        kw = {k: v for k, v in kw.items() if not k.startswith("_")}
-        if negs and any(_canon(value) == _canon(n) for n in negs):
+        if _excluded(value, kw):
             return False
+        kw = {k: v for k, v in kw.items() if not k.startswith("_")}
         if isinstance(value, str):
             # string keywords with our own (ECMA, RFC-format) semantics, not the validator's
             if "string" not in self.types_of(kw, where):
@@ -953,13 +939,7 @@ class _Context:
             if body is None or not re.fullmatch(body, '"' + T.encode_text(value) + '"'):
                 return False
             kw = {k: v for k, v in kw.items() if k not in _STRING_KW and k != "type"}
-        cls = jsonschema.validators.validator_for(self.root if isinstance(self.root, dict) else {})
-        root = self.root if isinstance(self.root, dict) else {}
-        try:
-            validator = cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=kw)
-            return validator.is_valid(value)
-        except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
-            raise _bad(where, f"cannot check enum values against the schema: {e}") from e
+        return _valid(self, value, kw, where)
 
     def literal(self, value) -> str:
         ws = self.ws
@@ -1698,12 +1678,23 @@ def _safe_search(pattern: str, name: str) -> bool:
         return False
 
 
-def _valid(ctx: _Context, value, schema) -> bool:
+def _valid(ctx: _Context, value, schema, where: str | None = None) -> bool:
+    """``value`` against ``schema`` with jsonschema (the document's draft, ``$ref``s resolved in
+    the document, formats asserted). A malformed schema is a ``JSONSchemaError`` at ``where``,
+    or just "not valid" without ``where``."""
     import jsonschema
 
     root = ctx.root if isinstance(ctx.root, dict) else {}
     try:
         cls = jsonschema.validators.validator_for(root)
         return cls(root, format_checker=cls.FORMAT_CHECKER).evolve(schema=schema).is_valid(value)
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception as e:  # noqa: BLE001 - malformed sub-schemas surface here
+        if where is None:
+            return False
+        raise _bad(where, f"cannot check enum values against the schema: {e}") from e
+
+
+def _excluded(value, kw: dict) -> bool:
+    """Whether an enclosing ``not: {enum/const}`` (``_not_values``) excludes ``value``."""
+    negs = kw.get("_not_values")
+    return bool(negs) and any(_canon(value) == _canon(n) for n in negs)
