@@ -272,10 +272,50 @@ fail:
  * Subset construction of the position automaton: NFA state 0 is initial, 1 + p is "after
  * position p" (successors: entry rows of the positions in fol[fol_start[s]:fol_start[s+1]]),
  * 1 + n_pos + i is a deterministic mid-character state with row det[i]. DFA state 0 = {0}. */
+/* Open-addressing table of ids by 64-bit hash (linear probing; the caller compares contents).
+ * ``hashes[id]`` is kept for every inserted id, so the table can grow by rehashing. */
 typedef struct {
-    int64_t *keys;  /* per slot: DFA id, -1 empty */
-    Py_ssize_t cap;
+    int64_t *slots;  /* per slot: an id, -1 empty */
+    Py_ssize_t cap;  /* a power of two */
+    vec hashes;      /* per id: its hash (stored as int64) */
 } table;
+
+static int table_init(table *t, Py_ssize_t cap) {
+    t->cap = cap;
+    t->slots = malloc((size_t)cap * 8);
+    if (!t->slots) return -1;
+    for (Py_ssize_t i = 0; i < cap; i++) t->slots[i] = -1;
+    return 0;
+}
+
+/* First slot for hash ``h``: the probe sequence continues with (slot + 1) & (cap - 1). */
+static Py_ssize_t table_slot(const table *t, uint64_t h) { return (Py_ssize_t)(h & (uint64_t)(t->cap - 1)); }
+
+/* Put the next id (= number of ids so far) in the empty ``slot`` found by probing; grows at half full. */
+static int table_add(table *t, Py_ssize_t slot, uint64_t h) {
+    int64_t id = t->hashes.n;
+    if (vec_push(&t->hashes, (int64_t)h)) return -1;
+    t->slots[slot] = id;
+    if (2 * t->hashes.n <= t->cap) return 0;
+    Py_ssize_t nc = t->cap * 2;
+    int64_t *ns = malloc((size_t)nc * 8);
+    if (!ns) return -1;
+    for (Py_ssize_t i = 0; i < nc; i++) ns[i] = -1;
+    for (Py_ssize_t j = 0; j < t->hashes.n; j++) {
+        Py_ssize_t sl = (Py_ssize_t)((uint64_t)t->hashes.p[j] & (uint64_t)(nc - 1));
+        while (ns[sl] >= 0) sl = (sl + 1) & (nc - 1);
+        ns[sl] = j;
+    }
+    free(t->slots);
+    t->slots = ns;
+    t->cap = nc;
+    return 0;
+}
+
+static void table_free(table *t) {
+    free(t->slots);
+    free(t->hashes.p);
+}
 
 static uint64_t set_hash(const int64_t *xs, Py_ssize_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
@@ -305,13 +345,13 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     Py_ssize_t bufcap = 0;
     int nomem = 0, over = 0;
 
-    tab.cap = 1024;
-    tab.keys = malloc((size_t)tab.cap * sizeof(int64_t));
-    if (!tab.keys || vec_push(&start, 0) || vec_push(&pool, 0) || vec_push(&start, 1)) { nomem = 1; goto done; }
-    for (Py_ssize_t i = 0; i < tab.cap; i++) tab.keys[i] = -1;
+    if (table_init(&tab, 1024) || vec_push(&start, 0) || vec_push(&pool, 0) || vec_push(&start, 1)) {
+        nomem = 1;
+        goto done;
+    }
     {
         uint64_t h = set_hash(pool.p, 1);
-        tab.keys[h & (tab.cap - 1)] = 0;
+        if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
     }
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
         for (int b = 0; b < 256; b++) {
@@ -343,9 +383,9 @@ static PyObject *subset(PyObject *self, PyObject *args) {
                     nt = u;
                 }
                 uint64_t h = set_hash(buf, nt);
-                Py_ssize_t slot = (Py_ssize_t)(h & (uint64_t)(tab.cap - 1));
+                Py_ssize_t slot = table_slot(&tab, h);
                 for (;;) {
-                    int64_t id = tab.keys[slot];
+                    int64_t id = tab.slots[slot];
                     if (id < 0) break;
                     Py_ssize_t len = start.p[id + 1] - start.p[id];
                     if (len == nt && memcmp(pool.p + start.p[id], buf, (size_t)nt * 8) == 0) { target = id; break; }
@@ -355,23 +395,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
                     target = start.n - 1;
                     if (target >= max_states) { over = 1; goto done; }
                     for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf[i])) { nomem = 1; goto done; }
-                    if (vec_push(&start, pool.n)) { nomem = 1; goto done; }
-                    tab.keys[slot] = target;
-                    if (2 * (start.n - 1) > tab.cap) {  /* grow and rehash */
-                        Py_ssize_t nc = tab.cap * 2;
-                        int64_t *nk = malloc((size_t)nc * sizeof(int64_t));
-                        if (!nk) { nomem = 1; goto done; }
-                        for (Py_ssize_t i = 0; i < nc; i++) nk[i] = -1;
-                        for (Py_ssize_t id = 0; id < start.n - 1; id++) {
-                            uint64_t hh = set_hash(pool.p + start.p[id], start.p[id + 1] - start.p[id]);
-                            Py_ssize_t sl = (Py_ssize_t)(hh & (uint64_t)(nc - 1));
-                            while (nk[sl] >= 0) sl = (sl + 1) & (nc - 1);
-                            nk[sl] = id;
-                        }
-                        free(tab.keys);
-                        tab.keys = nk;
-                        tab.cap = nc;
-                    }
+                    if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
                 }
             }
             if (vec_push(&trans, target)) { nomem = 1; goto done; }
@@ -399,7 +423,7 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); free(trans.p); free(tab.keys); free(buf);
+    free(pool.p); free(start.p); free(trans.p); table_free(&tab); free(buf);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
     return result;
@@ -426,15 +450,13 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
     Py_ssize_t k = b_starts.len / 8;
     PyObject *result = NULL;
     uint32_t *row = calloc((size_t)W, 4), *pool = NULL;
-    int64_t *idx = malloc((size_t)(k + 1) * 8), *slots = NULL;
-    uint64_t *hashes = NULL;
+    int64_t *idx = malloc((size_t)(k + 1) * 8);
+    table tab = {0};  /* distinct rows: pool[id * W : (id + 1) * W] */
     frame *stack = NULL;
-    Py_ssize_t sp = 0, scap = 0, m = 0, pcap = 0, nslots = 64;
+    Py_ssize_t sp = 0, scap = 0, m = 0, pcap = 0;
     long long produced = 0;
     int nomem = 0, overflow = 0;
-    slots = malloc((size_t)nslots * 8);
-    if (!row || !idx || !slots) { nomem = 1; goto done; }
-    for (Py_ssize_t i = 0; i < nslots; i++) slots[i] = -1;
+    if (!row || !idx || table_init(&tab, 64)) { nomem = 1; goto done; }
     for (Py_ssize_t i = 0; i < k; i++) {
         memset(row, 0, (size_t)W * 4);
         sp = 0;
@@ -450,40 +472,23 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
         }
         uint64_t h = 0x84222325CBF29CE4ULL;
         for (Py_ssize_t w = 0; w < W; w++) { h ^= row[w]; h *= 0x100000001B3ULL; h ^= h >> 29; }
-        Py_ssize_t slot = (Py_ssize_t)(h & (uint64_t)(nslots - 1));
+        Py_ssize_t slot = table_slot(&tab, h);
         int64_t found = -1;
-        while (slots[slot] >= 0) {
-            int64_t id = slots[slot];
-            if (hashes[id] == h && memcmp(pool + id * W, row, (size_t)W * 4) == 0) { found = id; break; }
-            slot = (slot + 1) & (nslots - 1);
+        while (tab.slots[slot] >= 0) {
+            int64_t id = tab.slots[slot];
+            if ((uint64_t)tab.hashes.p[id] == h && memcmp(pool + id * W, row, (size_t)W * 4) == 0) { found = id; break; }
+            slot = (slot + 1) & (tab.cap - 1);
         }
         if (found < 0) {
             if (m == pcap) {
                 pcap = pcap ? 2 * pcap : 16;
                 uint32_t *np_ = realloc(pool, (size_t)pcap * W * 4);
-                uint64_t *nh = realloc(hashes, (size_t)pcap * 8);
-                if (np_) pool = np_;
-                if (nh) hashes = nh;
-                if (!np_ || !nh) { nomem = 1; goto done; }
+                if (!np_) { nomem = 1; goto done; }
+                pool = np_;
             }
             memcpy(pool + m * W, row, (size_t)W * 4);
-            hashes[m] = h;
-            slots[slot] = m;
+            if (table_add(&tab, slot, h)) { nomem = 1; goto done; }
             found = m++;
-            if (2 * m > nslots) {
-                Py_ssize_t nn = nslots * 2;
-                int64_t *ns = malloc((size_t)nn * 8);
-                if (!ns) { nomem = 1; goto done; }
-                for (Py_ssize_t j = 0; j < nn; j++) ns[j] = -1;
-                for (Py_ssize_t id = 0; id < m; id++) {
-                    Py_ssize_t sl = (Py_ssize_t)(hashes[id] & (uint64_t)(nn - 1));
-                    while (ns[sl] >= 0) sl = (sl + 1) & (nn - 1);
-                    ns[sl] = id;
-                }
-                free(slots);
-                slots = ns;
-                nslots = nn;
-            }
         }
         idx[i] = found;
     }
@@ -497,7 +502,7 @@ done:
         result = Py_BuildValue("(y#y#)", (const char *)pool, (Py_ssize_t)(m * W * 4), (const char *)idx,
                                (Py_ssize_t)(k * 8));
     }
-    free(row); free(pool); free(idx); free(slots); free(hashes); free(stack);
+    free(row); free(pool); free(idx); table_free(&tab); free(stack);
     PyBuffer_Release(&b_trans); PyBuffer_Release(&b_cls); PyBuffer_Release(&b_lo); PyBuffer_Release(&b_hi);
     PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_ts); PyBuffer_Release(&b_ti);
     return result;
