@@ -146,19 +146,19 @@ def use_core_snapshot(ref: str) -> dict:
 
     commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", ref], capture_output=True, text=True,
                             check=True).stdout.strip()
-    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "dotvllm_plugin"], capture_output=True,
+    has_setup = subprocess.run(["git", "-C", str(REPO_ROOT), "cat-file", "-e", f"{commit}:setup.py"]).returncode == 0
+    paths = ["dotvllm_plugin"] + (["setup.py"] if has_setup else [])
+    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, *paths], capture_output=True,
                           check=True).stdout
     root = Path(tempfile.gettempdir()) / f"dotvllm-core-{commit[:12]}"
     if not (root / "dotvllm_plugin" / "__init__.py").exists():
         tmp = Path(tempfile.mkdtemp(prefix="dotvllm-core-"))
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")
-        if (tmp / "dotvllm_plugin" / "_cwalk.c").exists():
-            # The optional C walk, built the way an install builds it (no setup.py in the archive).
-            subprocess.run([sys.executable, "-c", "from setuptools import Extension, setup; setup(name='dotvllm-core', "
-                            "ext_modules=[Extension('dotvllm_plugin._cwalk', ['dotvllm_plugin/_cwalk.c'], "
-                            "extra_compile_args=['-O2'])])", "build_ext", "--inplace", "-q"],
-                           cwd=tmp, check=True, capture_output=True)
+        if has_setup:
+            # The optional C extension, built by the project's own setup.py as an install would.
+            subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=tmp, check=True,
+                           capture_output=True)
         try:
             os.replace(tmp, root)
         except OSError:
