@@ -167,12 +167,7 @@ class _Positions:
         key = ("ranges", ranges, negated)
         got = self._class_cache.get(key)
         if got is None:
-            merged: list = []
-            for a, b in sorted(ranges):
-                if merged and a <= merged[-1][1] + 1:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                else:
-                    merged.append((a, b))
+            merged = _fsm._merge_ranges(ranges)
             if negated:
                 merged = _fsm._complement(merged)
             got = self._class_cache[key] = tuple(_fsm._remove_surrogates(merged))

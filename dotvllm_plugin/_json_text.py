@@ -32,13 +32,9 @@ Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, non-adjacent, inclusiv
 
 
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
-    out: list[list[int]] = []
-    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return tuple((a, b) for a, b in out)
+    from .fsm import _merge_ranges
+
+    return _merge_ranges(ranges)
 
 
 def complement(ranges: Ranges) -> Ranges:

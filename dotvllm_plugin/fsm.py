@@ -303,6 +303,17 @@ def _ranges_of(chars) -> list[tuple[int, int]]:
     return out
 
 
+def _merge_ranges(ranges) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint, non-adjacent code-point ranges covering ``ranges`` (empty ones dropped)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((a, b) for a, b in out)
+
+
 def _complement(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out = []
     lo = 0
