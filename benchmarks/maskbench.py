@@ -81,7 +81,7 @@ def encode_checked(tokenizer: str, text: str, name: str) -> list[int]:
 
 
 def ours_order(data, schema):
-    from dotvllm_plugin.json_schema import order_properties
+    from dotvllm_plugin.grammar.json_schema import order_properties
 
     try:
         return order_properties(data, schema)
@@ -261,7 +261,7 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
         "tokenizer": args.tokenizer,
         "vocab_size": _common.VOCAB_SIZE[args.tokenizer],
         "serialisation": 'json.dumps(x, separators=(",", ":"), ensure_ascii=False) for every engine; '
-                         + ("object properties in the schema's declared order (dotvllm_plugin.json_schema."
+                         + ("object properties in the schema's declared order (dotvllm_plugin.grammar.json_schema."
                             "order_properties) for every engine" if args.order == "declared"
                             else "object properties in the instance's own order"),
         "compile_deadlines_s": {e: float(t) for e, t in args.timeouts.items()},

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CompilationTooLargeError, GrammarError, SerializationError
-from .fsm import ByteDFA, check_regex, regex_to_dfa
+from .regex import ByteDFA, check_regex, regex_to_dfa
 from .index import build_index
 from .vocabulary import Vocabulary
 
@@ -61,7 +61,7 @@ def choice_regex(choices) -> str:
 def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
     """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAP`
     fallback of :meth:`GrammarCompiler.compile_json_schema`); raises what compiling would."""
-    from .json_schema import json_schema_to_regex
+    from .grammar.json_schema import json_schema_to_regex
 
     try:
         json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
@@ -272,7 +272,7 @@ class GrammarCompiler:
         minimum): every output still validates, only long strings and arrays are not generated.
         A warning says so; if that is still over budget, the first error is raised.
         """
-        from .json_schema import json_schema_to_regex
+        from .grammar.json_schema import json_schema_to_regex
 
         source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
         try:
@@ -293,7 +293,7 @@ class GrammarCompiler:
 
     def compile_json_object(self, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
         """Any JSON object (nesting depth bounded, see :mod:`.json_schema`)."""
-        from .json_schema import json_object_regex
+        from .grammar.json_schema import json_object_regex
 
         regex = json_object_regex(whitespace_pattern=whitespace_pattern)
         return self._compile(regex, "json_object", "{}", check_syntax=False)

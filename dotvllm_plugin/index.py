@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CompilationTooLargeError, VocabularyCoverageError
-from .fsm import ByteDFA, byte_classes, reachable
+from .regex import ByteDFA, byte_classes, reachable
 from .vocabulary import Vocabulary
 
 __all__ = ["TokenIndex", "build_index"]

@@ -322,7 +322,7 @@ JSONISH = {
 @pytest.mark.parametrize("name", sorted(JSONISH))
 def test_shared_loop_walks_equal_the_reference(real, name):
     """Sharing walks between look-alike loops must give exactly the per-state result."""
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import regex_to_dfa
     from dotvllm_plugin.index import _find_gadgets, build_index
 
     dfa = regex_to_dfa(JSONISH[name])
@@ -373,14 +373,14 @@ EQUIVALENCE_CASES = [
 
 @pytest.mark.parametrize("pattern", EQUIVALENCE_CASES, ids=range(len(EQUIVALENCE_CASES)))
 def test_fast_dfa_construction_equals_interegular(pattern):
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import regex_to_dfa
 
     assert _equivalent(regex_to_dfa(pattern), regex_to_dfa(pattern, fast=False))
 
 
 def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
     """A string loop walked for one pattern is reused by another; rows must equal the reference."""
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import regex_to_dfa
     from dotvllm_plugin.index import build_index
 
     s = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])*"'
@@ -410,7 +410,7 @@ def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
 )
 def test_grouped_repetition_states_equal_the_reference(real, pattern):
     """States of a long bounded repetition share walks by their byte-string futures; rows must not change."""
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import regex_to_dfa
     from dotvllm_plugin.index import _prefix_blocks, build_index
 
     dfa = regex_to_dfa(pattern)
@@ -467,7 +467,7 @@ C_WALK_CASES = [*JSONISH.values(), r'"[a-zA-Z0-9 ]{0,120}"', r"[^\n]{2,90}!", r"
 def test_c_walk_equals_the_numpy_walk(real, pattern, monkeypatch):
     """The C extension's walk and row packing must give the numpy pipeline's index exactly."""
     from dotvllm_plugin import index
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import regex_to_dfa
 
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
@@ -484,42 +484,40 @@ def test_c_walk_equals_the_numpy_walk(real, pattern, monkeypatch):
 @pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(?s)a.b", r"[^\x00-\x1f\u00e9]+"])
 def test_python_parse_tree_builds_the_same_automaton(pattern):
     """The fast path builds from Python's parse tree; it must equal the build from interegular's."""
-    from dotvllm_plugin import _glushkov, fsm
+    from dotvllm_plugin.regex import automaton, charsets, glushkov, parse
 
-    kw = dict(max_states=10_000, char_ranges=fsm._char_class_ranges, utf8_sequences=fsm._utf8_sequences,
-              builder_cls=fsm._Builder)
-    from_sre = _glushkov.sre_glushkov_dfa(fsm._sre_parse(fsm._checked(pattern)), **kw)
-    from_interegular = _glushkov.glushkov_dfa(fsm._parse(pattern), **kw)
-    assert _equivalent(fsm._trim(*from_sre, pattern), fsm._trim(*from_interegular, pattern))
+    kw = dict(max_states=10_000, char_ranges=charsets.char_class_ranges, utf8_sequences=charsets.utf8_sequences,
+              builder_cls=automaton.Builder)
+    from_sre = glushkov.sre_glushkov_dfa(parse.sre_parse(parse.checked(pattern)), **kw)
+    from_interegular = glushkov.glushkov_dfa(parse.parse_interegular(pattern), **kw)
+    assert _equivalent(automaton.trim(*from_sre, pattern), automaton.trim(*from_interegular, pattern))
 
 
 def test_python_parse_tree_leaves_categories_to_interegular():
-    from dotvllm_plugin import _glushkov, fsm
+    from dotvllm_plugin.regex import automaton, charsets, glushkov, parse
 
-    with pytest.raises(_glushkov.Unhandled):
-        _glushkov.sre_glushkov_dfa(fsm._sre_parse(r"\d+"), max_states=100, char_ranges=fsm._char_class_ranges,
-                                   utf8_sequences=fsm._utf8_sequences, builder_cls=fsm._Builder)
+    with pytest.raises(glushkov.Unhandled):
+        glushkov.sre_glushkov_dfa(parse.sre_parse(r"\d+"), max_states=100, char_ranges=charsets.char_class_ranges,
+                                  utf8_sequences=charsets.utf8_sequences, builder_cls=automaton.Builder)
 
 
 @pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(a|ab)(c|bcd)(d*)", r"[^\x00-\x7f]{1,3}"])
 def test_c_subset_construction_equals_the_numpy_one(pattern, monkeypatch):
-    from dotvllm_plugin import _glushkov
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import glushkov, regex_to_dfa
 
-    if _glushkov._cwalk is None:
+    if glushkov._cwalk is None:
         pytest.skip("the C extension is not built here")
     fast = regex_to_dfa(pattern)
-    monkeypatch.setattr(_glushkov, "USE_C_SUBSET", False)
+    monkeypatch.setattr(glushkov, "USE_C_SUBSET", False)
     assert _equivalent(fast, regex_to_dfa(pattern))
 
 
 @pytest.mark.parametrize("use_c", [True, False])
 def test_subset_construction_stops_at_the_state_budget(use_c, monkeypatch):
-    from dotvllm_plugin import _glushkov
     from dotvllm_plugin.errors import CompilationTooLargeError
-    from dotvllm_plugin.fsm import regex_to_dfa
+    from dotvllm_plugin.regex import glushkov, regex_to_dfa
 
-    monkeypatch.setattr(_glushkov, "USE_C_SUBSET", use_c)
+    monkeypatch.setattr(glushkov, "USE_C_SUBSET", use_c)
     with pytest.raises(CompilationTooLargeError, match="exceeds 50 states"):
         regex_to_dfa(r"(?:a|b)*a(?:a|b){8}", max_states=50)
 
@@ -527,7 +525,7 @@ def test_subset_construction_stops_at_the_state_budget(use_c, monkeypatch):
 @pytest.mark.parametrize("pattern", [r'"[a-zA-Z0-9 ]{0,120}"', r"[^\n]{2,90}!", JSONISH["array"]])
 def test_c_prefix_blocks_equal_the_numpy_partition(pattern, monkeypatch):
     from dotvllm_plugin import index
-    from dotvllm_plugin.fsm import byte_classes, regex_to_dfa
+    from dotvllm_plugin.regex import byte_classes, regex_to_dfa
 
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
@@ -543,15 +541,15 @@ def test_c_prefix_blocks_equal_the_numpy_partition(pattern, monkeypatch):
 
 @pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(?i)héllo|[a-c]{2,4}", r"(a|ab)(c|bcd)(d*)"])
 def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
-    from dotvllm_plugin import fsm
+    from dotvllm_plugin.regex import automaton, regex_to_dfa
 
-    if fsm._cwalk is None:
+    if automaton._cwalk is None:
         pytest.skip("the C extension is not built here")
-    fast = fsm.regex_to_dfa(pattern)
-    fast_rows, fast_bc = fsm.byte_classes(fast.transitions)
-    monkeypatch.setattr(fsm, "USE_C_TABLES", False)
-    ref = fsm.regex_to_dfa(pattern)
-    ref_rows, ref_bc = fsm.byte_classes(fast.transitions)
+    fast = regex_to_dfa(pattern)
+    fast_rows, fast_bc = automaton.byte_classes(fast.transitions)
+    monkeypatch.setattr(automaton, "USE_C_TABLES", False)
+    ref = regex_to_dfa(pattern)
+    ref_rows, ref_bc = automaton.byte_classes(fast.transitions)
     assert len(set(zip(fast_bc.tolist(), ref_bc.tolist()))) == len(set(ref_bc.tolist())) == fast_rows.shape[1]
     assert np.array_equal(fast_rows[:, fast_bc], ref_rows[:, ref_bc])
     assert fast.n_states == ref.n_states and _equivalent(fast, ref)
@@ -576,17 +574,18 @@ def _random_regex(depth: int = 3):
 @given(_random_regex())
 def test_c_extension_equals_numpy_on_random_regexes(mistral_vocab, pattern):
     """The whole pipeline with and without the C extension: equivalent DFAs and identical rows."""
-    from dotvllm_plugin import _glushkov, fsm, index
+    from dotvllm_plugin import index
+    from dotvllm_plugin.regex import automaton, glushkov, regex_to_dfa
 
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
-    flags = [(fsm, "USE_C_TABLES"), (_glushkov, "USE_C_SUBSET"), (index, "USE_C_WALK")]
+    flags = [(automaton, "USE_C_TABLES"), (glushkov, "USE_C_SUBSET"), (index, "USE_C_WALK")]
     try:
-        fast = fsm.regex_to_dfa(pattern)
+        fast = regex_to_dfa(pattern)
         fast_index = index.build_index(fast, mistral_vocab, max_entries=10**9)
         for module, name in flags:
             setattr(module, name, False)
-        ref = fsm.regex_to_dfa(pattern)
+        ref = regex_to_dfa(pattern)
         ref_index = index.build_index(fast, mistral_vocab, max_entries=10**9)
     finally:
         for module, name in flags:

@@ -18,7 +18,7 @@ from dotvllm_plugin.errors import (
     JSONSchemaError,
     UnsupportedFeatureError,
 )
-from dotvllm_plugin.json_schema import (
+from dotvllm_plugin.grammar.json_schema import (
     DEFAULT_WHITESPACE,
     FLEXIBLE_WHITESPACE,
     json_object_regex,

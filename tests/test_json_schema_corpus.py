@@ -30,14 +30,14 @@ pytestmark = pytest.mark.skipif(not FILES, reason="corpus not present")
 
 
 def serialise(instance, schema) -> str:
-    from dotvllm_plugin.json_schema import order_properties
+    from dotvllm_plugin.grammar.json_schema import order_properties
 
     return json.dumps(order_properties(instance, schema), separators=(",", ":"), ensure_ascii=False)
 
 
 def check_file(path: str) -> dict:
     from dotvllm_plugin.errors import CompilationError, GrammarError
-    from dotvllm_plugin.json_schema import json_schema_to_regex
+    from dotvllm_plugin.grammar.json_schema import json_schema_to_regex
 
     with open(path) as f:
         doc = json.load(f)

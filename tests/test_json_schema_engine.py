@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher, UnsupportedFeatureError
-from dotvllm_plugin.json_schema import order_properties
+from dotvllm_plugin.grammar.json_schema import order_properties
 
 PERSON = {
     "type": "object",

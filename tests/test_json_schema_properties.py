@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dotvllm_plugin._json_numbers import integer_range, number_range
-from dotvllm_plugin.json_schema import json_schema_to_regex
+from dotvllm_plugin.grammar.json_schema.numbers import integer_range, number_range
+from dotvllm_plugin.grammar.json_schema import json_schema_to_regex
 
 from test_json_schema import CASES  # noqa: E402  (tests/ is on sys.path under pytest rootdir-less import)
 

@@ -14,7 +14,7 @@ import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from fractions import Fraction
 
-from ._json_text import alternation, group
+from .text import alternation, group
 
 INTEGER = "-?(?:0|[1-9][0-9]*)"
 NUMBER = INTEGER + "(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import warnings
 from typing import Iterable, Sequence
 
-from .errors import UnsupportedFeatureError
+from ...errors import UnsupportedFeatureError
 
 MAX_CP = 0x10FFFF
 SURROGATES = (0xD800, 0xDFFF)
@@ -32,15 +32,15 @@ Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, non-adjacent, inclusiv
 
 
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
-    from .fsm import _merge_ranges
+    from ...regex.charsets import merge_ranges
 
-    return _merge_ranges(ranges)
+    return merge_ranges(ranges)
 
 
 def complement(ranges: Ranges) -> Ranges:
-    from .fsm import _complement
+    from ...regex import charsets
 
-    return tuple(_complement(ranges))
+    return tuple(charsets.complement(ranges))
 
 
 def intersect(a: Ranges, b: Ranges) -> Ranges:
@@ -453,6 +453,12 @@ def _class_set(items, pattern, where) -> Ranges:
 
 def _width(seq, pattern, where) -> tuple[int, int | None]:
     lo, hi = _sre_parse.SubPattern(_sre_parse.State(), list(seq)).getwidth()
+    return lo, (None if hi >= _sre_c.MAXREPEAT else hi)
+
+
+def regex_width(regex: str) -> tuple[int, int | None]:
+    """Shortest and longest match of ``regex`` in characters (longest ``None``: unbounded)."""
+    lo, hi = _sre_parse.parse(regex).getwidth()
     return lo, (None if hi >= _sre_c.MAXREPEAT else hi)
 
 

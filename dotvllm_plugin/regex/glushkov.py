@@ -1,6 +1,6 @@
 """Parsed regex → byte-level DFA by a Glushkov (position) automaton and subset construction.
 
-This is the fast path of :func:`dotvllm_plugin.fsm.regex_to_dfa`. interegular's own FSM algebra
+This is the fast path of :func:`dotvllm_plugin.regex.regex_to_dfa`. interegular's own FSM algebra
 builds automata by repeated products and costs ~0.3 ms per state, which dominates long JSON-schema
 regexes; here every character-class occurrence becomes a *position*, ``follow`` sets are computed
 in one pass over the parse tree, and each position's characters expand to UTF-8 byte paths. For
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fsm as _fsm
-from .errors import CompilationTooLargeError
+from ..errors import CompilationTooLargeError
+from .charsets import case_fold_ranges, char_class_ranges, complement, merge_ranges, remove_surrogates
 
 __all__ = ["Unhandled", "glushkov_dfa", "sre_glushkov_dfa"]
 
 try:
-    from . import _cwalk
+    from .. import _cwalk
 except ImportError:  # built without a C compiler: the numpy subset construction below is used
     _cwalk = None
 
@@ -167,10 +167,10 @@ class _Positions:
         key = ("ranges", ranges, negated)
         got = self._class_cache.get(key)
         if got is None:
-            merged = _fsm._merge_ranges(ranges)
+            merged = merge_ranges(ranges)
             if negated:
-                merged = _fsm._complement(merged)
-            got = self._class_cache[key] = tuple(_fsm._remove_surrogates(merged))
+                merged = complement(merged)
+            got = self._class_cache[key] = tuple(remove_surrogates(merged))
         if not got:
             return set(), set(), False  # matches nothing
         p = self._new(got)
@@ -178,11 +178,11 @@ class _Positions:
 
     def _char(self, chars, negated, flags):
         if flags & _CASE_INSENSITIVE:
-            chars = _fsm._case_fold_ranges(chars)
+            chars = case_fold_ranges(chars)
         key = (chars, negated)
         ranges = self._class_cache.get(key)
         if ranges is None:
-            ranges = self._class_cache[key] = _fsm._char_class_ranges(chars, negated)
+            ranges = self._class_cache[key] = char_class_ranges(chars, negated)
         if not ranges:
             return set(), set(), False  # matches nothing
         p = self._new(ranges)

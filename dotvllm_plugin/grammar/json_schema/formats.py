@@ -2,12 +2,12 @@
 
 Each regex accepts only strings that are valid for the format's defining RFC (a subset where
 noted: the sound direction). Formats we know but do not enforce are refused; formats nobody
-defines are annotations (see json_schema.py).
+defines are annotations (see the json_schema package).
 """
 
 from __future__ import annotations
 
-from . import _json_text as T
+from . import text as T
 
 _YEAR = "(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"  # 0001-9999
 _LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"

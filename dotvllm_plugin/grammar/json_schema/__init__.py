@@ -36,10 +36,10 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from . import _json_text as T
-from ._json_formats import FORMATS, UNSUPPORTED_FORMATS
-from ._json_numbers import NUMBER, integer_range, number_range
-from .errors import CompilationTooLargeError, GrammarError, JSONSchemaError, UnsupportedFeatureError
+from ...errors import CompilationTooLargeError, GrammarError, JSONSchemaError, UnsupportedFeatureError
+from . import text as T
+from .formats import FORMATS, UNSUPPORTED_FORMATS
+from .numbers import NUMBER, integer_range, number_range
 
 __all__ = [
     "DEFAULT_WHITESPACE",
@@ -1040,7 +1040,7 @@ class _Context:
                 raise _refuse("format", _ptr(where, "format"), f"format {fmt!r} is not supported")
             if fmt in FORMATS:
                 body = FORMATS[fmt]
-                flo, fhi = _width(body)
+                flo, fhi = T.regex_width(body)
                 if (lo, hi) != (0, None) and not (flo >= lo and (hi is None or (fhi is not None and fhi <= hi))):
                     # Bound the format's repetitions so that no value exceeds maxLength (a sound
                     # restriction, as for pattern + maxLength); the bodies are plain ASCII regexes.
@@ -1450,9 +1450,6 @@ def _type_ok(value, types: list[str]) -> bool:
     return False
 
 
-def _width(regex: str) -> tuple[int, int | None]:
-    lo, hi = T._sre_parse.parse(regex).getwidth()
-    return lo, (None if hi >= T._sre_c.MAXREPEAT else hi)
 
 
 def _not_in(names: list[str]) -> str:
