@@ -1,7 +1,7 @@
 """dotvllm-plugin: structured generation for vLLM's V0 engine.
 
 The core (vocabulary, regex/JSON compilers, matcher) works without vLLM; only
-``dotvllm_plugin.vllm_v0`` imports vllm.
+``dotvllm_plugin.integrations`` (its subpackages, at ``register()`` time) imports vllm.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def test_register_is_idempotent_and_forces_v0():
     r = _run("""
         import os
-        from dotvllm_plugin.vllm_v0 import register
+        from dotvllm_plugin.integrations.vllm_v0 import register
         register(); register()
         from vllm.sampling_params import GuidedDecodingParams
         import vllm.engine.async_llm_engine as a, vllm.engine.llm_engine as l
@@ -45,7 +45,7 @@ def test_register_is_idempotent_and_forces_v0():
 def test_opt_out_leaves_vllm_untouched():
     r = _run("""
         import os
-        from dotvllm_plugin.vllm_v0 import register
+        from dotvllm_plugin.integrations.vllm_v0 import register
         register()
         from vllm.sampling_params import GuidedDecodingParams
         assert not getattr(GuidedDecodingParams.__post_init__, "_dotvllm", False)
@@ -58,7 +58,7 @@ def test_opt_out_leaves_vllm_untouched():
 def test_exported_v1_is_refused_clearly():
     r = _run("""
         import vllm.engine.llm_engine
-        from dotvllm_plugin.vllm_v0 import register
+        from dotvllm_plugin.integrations.vllm_v0 import register
         register()
     """, VLLM_USE_V1="1")
     assert r.returncode != 0
@@ -69,7 +69,7 @@ def test_unsupported_vllm_version_is_refused():
     r = _run("""
         import vllm.version
         vllm.version.__version__ = "0.11.0"
-        from dotvllm_plugin.vllm_v0 import register
+        from dotvllm_plugin.integrations.vllm_v0 import register
         register()
     """)
     assert r.returncode != 0
@@ -101,7 +101,7 @@ def guided_params():
          "bad-whitespace", "empty-choice", "lark"],
 )
 def test_early_validation_names_the_problem(guided_params, fields, error, match):
-    from dotvllm_plugin.vllm_v0.constraints import validate
+    from dotvllm_plugin.integrations.vllm_v0.constraints import validate
 
     params = guided_params(**fields)
     with pytest.raises(ValueError, match=match) as info:
@@ -121,7 +121,7 @@ def test_early_validation_names_the_problem(guided_params, fields, error, match)
     ids=["regex", "choice", "json-text", "json-ws", "json-object"],
 )
 def test_valid_specs_pass_the_early_check(guided_params, fields, kind):
-    from dotvllm_plugin.vllm_v0.constraints import validate
+    from dotvllm_plugin.integrations.vllm_v0.constraints import validate
 
     assert validate(guided_params(**fields)).kind == kind
 
@@ -133,6 +133,6 @@ def test_valid_specs_pass_the_early_check(guided_params, fields, kind):
     ids=["unnamed", "dotvllm", "xgrammar", "outlines-options", "lmfe", "guidance"],
 )
 def test_routing_by_backend_name(guided_params, backend, ours):
-    from dotvllm_plugin.vllm_v0.constraints import is_ours
+    from dotvllm_plugin.integrations.vllm_v0.constraints import is_ours
 
     assert is_ours(guided_params(regex="a", backend=backend)) is ours

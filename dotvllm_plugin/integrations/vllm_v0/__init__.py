@@ -1,6 +1,7 @@
 """dotvllm as a vLLM general plugin: every guided request of vLLM's V0 engine uses our compiler.
 
-vLLM calls :func:`register` (entry point ``vllm.general_plugins: dotvllm``) in every process it
+vLLM calls :func:`register` (through :func:`dotvllm_plugin.integrations.register`, the
+``vllm.general_plugins: dotvllm`` entry point) in every process it
 starts: the API server (before argument parsing), the engine process of the multiprocessing
 frontend, and the workers. :func:`register` is idempotent and cheap; it
 
@@ -8,7 +9,7 @@ frontend, and the workers. :func:`register` is idempotent and cheap; it
 2. refuses vLLM versions outside ``>=0.8.5,<0.10.1`` (the V0 engine with guided decoding);
 3. forces the V0 engine (``VLLM_USE_V1=0``, inherited by child processes), and refuses with a
    clear error when ``VLLM_USE_V1=1`` was exported (vLLM then binds its V1 classes at import);
-4. applies the patches listed in :mod:`dotvllm_plugin.vllm_v0._patches` and logs each one.
+4. applies the patches listed in :mod:`dotvllm_plugin.integrations.vllm_v0._patches` and logs each one.
 
 Requests that name one of vLLM's backends in ``guided_decoding_backend`` keep vLLM's behaviour.
 """
@@ -96,6 +97,6 @@ def register() -> None:
 
 
 def _package_version() -> str:
-    from .. import __version__
+    from ... import __version__
 
     return __version__

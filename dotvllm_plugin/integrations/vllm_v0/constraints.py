@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CompilationError, DotvllmError, GrammarError, JSONSchemaError, UnsupportedFeatureError
+from ...errors import CompilationError, DotvllmError, GrammarError, JSONSchemaError, UnsupportedFeatureError
 
 __all__ = ["BACKEND", "Constraint", "GuidedRequestError", "backend_name", "constraint_of", "is_ours", "validate"]
 
@@ -138,19 +138,19 @@ def validate(params) -> Constraint:
             return c
     try:
         if c.kind == "regex":
-            from ..compiler import check_regex
+            from ...compiler import check_regex
 
             check_regex(c.spec)
         elif c.kind == "choice":
-            from ..compiler import choice_regex
+            from ...compiler import choice_regex
 
             choice_regex(c.spec)
         elif c.kind == "json_schema":
-            from ..compiler import check_json_schema
+            from ...compiler import check_json_schema
 
             check_json_schema(c.spec, whitespace_pattern=c.whitespace_pattern)
         elif c.kind == "json_object":
-            from ..json_schema import json_object_regex
+            from ...grammar.json_schema import json_object_regex
 
             json_object_regex(whitespace_pattern=c.whitespace_pattern)
     except GrammarError as e:

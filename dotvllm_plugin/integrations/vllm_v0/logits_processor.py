@@ -31,8 +31,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ..compiler import CompiledGrammar
-from ..matcher import GrammarMatcher
+from ...compiler import CompiledGrammar
+from ...matcher import GrammarMatcher
 
 __all__ = ["DotvllmLogitsProcessor"]
 

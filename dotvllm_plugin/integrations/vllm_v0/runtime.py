@@ -24,8 +24,8 @@ import logging
 import os
 import threading
 
-from ..compilation_manager import CompilationManager
-from ..errors import CompilationError, DotvllmError, GrammarError
+from ...compilation_manager import CompilationManager
+from ...errors import CompilationError, DotvllmError, GrammarError
 from . import metrics
 from .constraints import Constraint, GuidedRequestError, constraint_of
 from .logits_processor import DotvllmLogitsProcessor, register_vocabulary
@@ -64,7 +64,7 @@ def vocabulary_for(tokenizer):
         entry = _vocabularies.get(id(tokenizer))
         if entry is not None and entry[0] is tokenizer:
             return entry[1]
-    from ..vocabulary import Vocabulary
+    from ...vocabulary import Vocabulary
 
     try:
         vocab = Vocabulary.from_hf_tokenizer(tokenizer)
