@@ -57,12 +57,12 @@ __all__ = [
 @functools.lru_cache(maxsize=None)
 def load_tokenizer(name: str = "tekken"):
     """A real Hugging Face fast tokenizer built locally (never from the hub)."""
-    from dotvllm_plugin import local_tokenizers
+    from dotvllm_plugin.devtools import tokenizers
 
     if name == "tekken":
-        return local_tokenizers.tekken()
+        return tokenizers.tekken()
     if name == "mistral32k":
-        return local_tokenizers.mistral_sentencepiece()
+        return tokenizers.mistral_sentencepiece()
     raise ValueError(f"unknown tokenizer {name!r}; expected 'tekken' or 'mistral32k'")
 
 

@@ -38,17 +38,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from dotvllm_plugin.demo import (  # noqa: E402
-    MODEL_NAME,
     PERSON_SCHEMA,
     DemoRequest,
-    ServerProcess,
-    ServerStartError,
     choice_check,
-    ensure_model,
     json_check,
-    plugin_present,
     regex_check,
     send,
+)
+from dotvllm_plugin.devtools.demo_model import ensure_model  # noqa: E402
+from dotvllm_plugin.devtools.server import (  # noqa: E402
+    MODEL_NAME,
+    ServerProcess,
+    ServerStartError,
+    plugin_present,
     start_server,
 )
 

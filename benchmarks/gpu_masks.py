@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher, Vocabulary
-from dotvllm_plugin.vllm_v0.logits_processor import DotvllmLogitsProcessor
+from dotvllm_plugin.integrations.vllm_v0.logits_processor import DotvllmLogitsProcessor
 
 PATTERNS = {
     "date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
@@ -34,7 +34,7 @@ def load_vocab(path: str | None) -> Vocabulary:
     if path:
         table, eos = pickle.load(open(path, "rb"))
         return Vocabulary(table, eos)
-    from dotvllm_plugin.local_tokenizers import tekken
+    from dotvllm_plugin.devtools.tokenizers import tekken
 
     return Vocabulary.from_hf_tokenizer(tekken())
 

@@ -9,327 +9,45 @@
 The model is built locally (no hub access): Llama architecture, hidden size 64, 2 layers, 2 heads
 (head size 32, which vLLM's CPU attention supports), random weights from a fixed seed, float32,
 saved as safetensors, with the real Mistral 32k SentencePiece tokenizer from ``mistral-common``
-(:func:`dotvllm_plugin.local_tokenizers.save_mistral_sentencepiece`, with a chat template). Its
-output is noise, which is the point: whatever the model "wants", every guided output must satisfy
-its constraint.
+(:mod:`dotvllm_plugin.devtools.demo_model`). Its output is noise, which is the point: whatever the
+model "wants", every guided output must satisfy its constraint.
 
 The server is plain ``vllm serve``; dotvllm-plugin takes over guided decoding through vLLM's
 ``vllm.general_plugins`` entry point when it is installed. The demo checks every output with
 ``re`` / ``jsonschema``, prints a table, and exits non-zero when an output violates its constraint
 or a bad request is not answered with HTTP 400.
 
-This module does not import vllm; it runs ``vllm serve`` as a child process. The server helpers
-(:func:`ensure_model`, :func:`start_server`) are also used by the integration tests and the
-end-to-end benchmark.
+This module does not import vllm; it runs ``vllm serve`` as a child process
+(:mod:`dotvllm_plugin.devtools.server`, also used by the integration tests and the end-to-end
+benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
+
+from .devtools.demo_model import SEED, build_model, default_model_dir, ensure_model, model_is_current
+from .devtools.server import MODEL_NAME, ServerStartError, plugin_present, start_server
 
 __all__ = [
-    "MODEL_NAME",
-    "ServerProcess",
-    "ServerStartError",
-    "build_model",
-    "default_model_dir",
-    "ensure_model",
+    "Check",
+    "DemoRequest",
+    "Outcome",
+    "choice_check",
+    "demo_requests",
+    "json_check",
     "main",
-    "plugin_present",
-    "start_server",
+    "regex_check",
+    "send",
 ]
-
-MODEL_NAME = "demo"  # --served-model-name
-SEED = 1234
-
-# Everything that defines the model; written into the model directory so a changed recipe rebuilds.
-MODEL_RECIPE = {
-    "recipe": 1,
-    "architecture": "LlamaForCausalLM",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "vocab_size": 32000,
-    "max_position_embeddings": 2048,
-    "seed": SEED,
-    "dtype": "float32",
-    "tokenizer": "mistral-sentencepiece-v1",
-}
-RECIPE_FILE = "dotvllm-demo-recipe.json"
-
-SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-SERVER_ARGS = ("--dtype", "float32", "--max-model-len", "1024", "--seed", "0")
-
-
-# ------------------------------------------------------------------------------------------------
-# Model
-# ------------------------------------------------------------------------------------------------
-
-
-def default_model_dir() -> Path:
-    """``$DOTVLLM_CACHE_DIR/demo-model``, else ``.cache/demo-model`` in a source checkout, else
-    ``~/.cache/dotvllm/demo-model``."""
-    if os.environ.get("DOTVLLM_CACHE_DIR"):
-        return Path(os.environ["DOTVLLM_CACHE_DIR"]) / "demo-model"
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
-        return repo / ".cache" / "demo-model"
-    return Path.home() / ".cache" / "dotvllm" / "demo-model"
-
-
-def model_is_current(directory: Path) -> bool:
-    try:
-        recipe = json.loads((Path(directory) / RECIPE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return recipe == MODEL_RECIPE
-
-
-def build_model(directory: str | os.PathLike) -> Path:
-    """Build the demo model into ``directory`` (replaced atomically) and return its path."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .local_tokenizers import save_mistral_sentencepiece
-
-    directory = Path(directory).resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp", dir=directory.parent))
-    try:
-        save_mistral_sentencepiece(tmp)
-        r = MODEL_RECIPE
-        config = LlamaConfig(
-            vocab_size=r["vocab_size"],
-            hidden_size=r["hidden_size"],
-            intermediate_size=r["intermediate_size"],
-            num_hidden_layers=r["num_hidden_layers"],
-            num_attention_heads=r["num_attention_heads"],
-            num_key_value_heads=r["num_key_value_heads"],
-            max_position_embeddings=r["max_position_embeddings"],
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=None,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-        )
-        torch.manual_seed(r["seed"])
-        model = LlamaForCausalLM(config).to(torch.float32).eval()
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / RECIPE_FILE).write_text(json.dumps(MODEL_RECIPE, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp made it private
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
-def ensure_model(directory: str | os.PathLike | None = None) -> Path:
-    """Return the demo model directory, building it first if it is missing or outdated."""
-    directory = Path(directory) if directory is not None else default_model_dir()
-    if not model_is_current(directory):
-        build_model(directory)
-    return directory.resolve()
-
-
-# ------------------------------------------------------------------------------------------------
-# Server
-# ------------------------------------------------------------------------------------------------
-
-
-class ServerStartError(RuntimeError):
-    """``vllm serve`` exited or did not become healthy in time; the message ends with its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def vllm_command() -> list[str]:
-    """The ``vllm`` console script of this interpreter's environment."""
-    beside = Path(sys.executable).parent / "vllm"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    found = shutil.which("vllm")
-    if found:
-        return [found]
-    raise ServerStartError(
-        "no `vllm` executable next to this Python or on PATH; run `bash scripts/setup_env.sh` and use "
-        ".venv/bin/python"
-    )
-
-
-def log_tail(path: Path, max_chars: int = 6000) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        return f"(no log: {e})"
-    return text[-max_chars:]
-
-
-@dataclass
-class ServerProcess:
-    """A running ``vllm serve`` in its own process group."""
-
-    process: subprocess.Popen
-    base_url: str  # e.g. http://127.0.0.1:8123
-    log_path: Path
-    command: list[str]
-    startup_s: float = float("nan")  # time from spawn to a healthy /health
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def healthy(self, timeout_s: float = 5.0) -> bool:
-        import requests
-
-        try:
-            return requests.get(self.base_url + "/health", timeout=timeout_s).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def log(self, max_chars: int = 6000) -> str:
-        return log_tail(self.log_path, max_chars)
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM the process group (API server, engine process, workers), SIGKILL after
-        ``timeout_s``; return the exit code."""
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        # Children that outlived the API server (e.g. an engine process) share its group.
-        _signal_group(self.process.pid, signal.SIGKILL)
-        return self.process.returncode
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def start_server(
-    model_dir: str | os.PathLike,
-    *,
-    frontend: str = "mp",
-    extra_env: dict[str, str] | None = None,
-    extra_args: Sequence[str] = (),
-    log_path: str | os.PathLike | None = None,
-    port: int | None = None,
-    startup_timeout_s: float = 300.0,
-) -> ServerProcess:
-    """Start ``vllm serve model_dir`` on 127.0.0.1 and wait until ``/health`` answers 200.
-
-    ``frontend="mp"`` is vLLM's default (API server + engine in a separate process);
-    ``"inprocess"`` adds ``--disable-frontend-multiprocessing``. Raises :class:`ServerStartError`
-    (with the end of the server log) if the server exits or is not healthy within
-    ``startup_timeout_s``; the process group is killed then.
-    """
-    import requests
-
-    if frontend not in ("mp", "inprocess"):
-        raise ValueError(f"frontend must be 'mp' or 'inprocess', got {frontend!r}")
-    port = port or free_port()
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix=f"vllm-serve-{frontend}-", suffix=".log")
-        os.close(fd)
-        log_path = name
-    log_path = Path(log_path)
-    cmd = [
-        *vllm_command(), "serve", str(model_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--served-model-name", MODEL_NAME,
-        *SERVER_ARGS,
-    ]
-    if frontend == "inprocess":
-        cmd.append("--disable-frontend-multiprocessing")
-    cmd.extend(extra_args)
-    env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
-    if not plugin_present() and "VLLM_USE_V1" not in (extra_env or {}):
-        # Without dotvllm_plugin.vllm_v0 nothing forces the V0 engine; do it here so the built-in
-        # guided-decoding backends of V0 answer.
-        env["VLLM_USE_V1"] = "0"
-    with open(log_path, "wb") as log:
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
-        log.flush()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # own process group: stop() kills engine and workers too
-        )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, cmd)
-    deadline = t0 + startup_timeout_s
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise ServerStartError(
-                    f"vllm serve exited with code {proc.returncode} during startup "
-                    f"(log {log_path}):\n{server.log()}"
-                )
-            try:
-                if requests.get(server.base_url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"vllm serve not healthy after {startup_timeout_s:.0f} s (log {log_path}):\n{server.log()}"
-                )
-            time.sleep(0.5)
-    except BaseException:
-        server.stop(timeout_s=10)
-        raise
-    server.startup_s = time.monotonic() - t0
-    return server
-
-
-def plugin_present() -> bool:
-    """Is ``dotvllm_plugin.vllm_v0`` (the target of the ``vllm.general_plugins`` entry point) a real
-    package here? Checked without importing it (it imports vllm)."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("dotvllm_plugin.vllm_v0")
-    except (ImportError, ValueError):
-        return False
-    # A directory without __init__.py is a namespace package: no register() to load.
-    return spec is not None and spec.origin is not None and os.path.isfile(spec.origin)
-
 
 # ------------------------------------------------------------------------------------------------
 # Requests and checks
@@ -633,7 +351,7 @@ def run_demo(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
     print(f"model: {model_dir}" + ("" if model_is_current(model_dir) else " (building)"), flush=True)
     model_dir = ensure_model(model_dir)
-    print(f"plugin: {'dotvllm_plugin.vllm_v0 present' if plugin_present() else 'NOT present (vLLM built-in backends answer)'}")
+    print(f"plugin: {'dotvllm_plugin.integrations.vllm_v0 present' if plugin_present() else 'NOT present (vLLM built-in backends answer)'}")
     print("starting vllm serve (takes 25-60 s on a small CPU) ...", flush=True)
     try:
         server = start_server(model_dir, frontend=args.frontend, log_path=args.log, port=args.port,

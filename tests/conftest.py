@@ -9,14 +9,14 @@ from dotvllm_plugin import GrammarCompiler, Vocabulary
 
 @pytest.fixture(scope="session")
 def mistral_tokenizer():
-    from dotvllm_plugin.local_tokenizers import mistral_sentencepiece
+    from dotvllm_plugin.devtools.tokenizers import mistral_sentencepiece
 
     return mistral_sentencepiece()
 
 
 @pytest.fixture(scope="session")
 def tekken_tokenizer():
-    from dotvllm_plugin.local_tokenizers import tekken
+    from dotvllm_plugin.devtools.tokenizers import tekken
 
     return tekken()
 

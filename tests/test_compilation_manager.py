@@ -39,7 +39,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def vocab(request):
     from dotvllm_plugin import Vocabulary
-    from dotvllm_plugin.local_tokenizers import mistral_sentencepiece
+    from dotvllm_plugin.devtools.tokenizers import mistral_sentencepiece
 
     return Vocabulary.from_hf_tokenizer(mistral_sentencepiece())
 
@@ -81,7 +81,7 @@ def test_compile_matches_in_process_compiler(manager, vocab, kind, spec, good, b
 
 
 def test_json_schema_compiles_in_worker(manager):
-    pytest.importorskip("dotvllm_plugin.json_schema")
+    pytest.importorskip("dotvllm_plugin.grammar.json_schema")
     jsonschema = pytest.importorskip("jsonschema")
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
               "additionalProperties": False}

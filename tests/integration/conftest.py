@@ -8,10 +8,10 @@ deselects them). They need the vLLM CPU build (``bash scripts/setup_env.sh``; ru
 Fixtures
 --------
 ``demo_model_dir`` (session)
-    The tiny random-weight Llama of :mod:`dotvllm_plugin.demo`, built once (cached on disk).
+    The tiny random-weight Llama of :mod:`dotvllm_plugin.devtools.demo_model`, built once (cached on disk).
 ``vllm_server`` (function)
     A factory: ``vllm_server(frontend="mp" | "inprocess", extra_env=None, extra_args=())`` starts a
-    server and returns a :class:`dotvllm_plugin.demo.ServerProcess` (``.base_url``, ``.pid``,
+    server and returns a :class:`dotvllm_plugin.devtools.server.ServerProcess` (``.base_url``, ``.pid``,
     ``.log_path``, ``.stop()``); every server it started is stopped at teardown.
 ``server_mp`` / ``server_inprocess`` (module)
     One server per test module for each frontend (default multiprocessing frontend, and
@@ -33,8 +33,9 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from dotvllm_plugin.demo import ServerProcess, ServerStartError, ensure_model
-from dotvllm_plugin.demo import start_server as _start_server
+from dotvllm_plugin.devtools.demo_model import ensure_model
+from dotvllm_plugin.devtools.server import ServerProcess, ServerStartError
+from dotvllm_plugin.devtools.server import start_server as _start_server
 
 HERE = Path(__file__).resolve().parent
 STARTUP_TIMEOUT_S = float(os.environ.get("DOTVLLM_SERVER_STARTUP_TIMEOUT_S", "300"))

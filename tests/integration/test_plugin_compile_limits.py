@@ -10,7 +10,7 @@ import re
 import pytest
 import requests
 
-from ._client import body_for, metric_values, post
+from dotvllm_plugin.devtools.client import body_for, metric_values, post
 from .conftest import start_server
 
 COMPLETIONS = "/v1/completions"

@@ -12,15 +12,15 @@ import torch
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher, Vocabulary
 from dotvllm_plugin.compilation_manager import compile_key
-from dotvllm_plugin.vllm_v0 import logits_processor as lp_module
-from dotvllm_plugin.vllm_v0.logits_processor import DotvllmLogitsProcessor
+from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp_module
+from dotvllm_plugin.integrations.vllm_v0.logits_processor import DotvllmLogitsProcessor
 
 REGEX = r"(ab|cd)[0-9]{1,3}"
 
 
 @pytest.fixture(scope="module")
 def vocab():
-    from dotvllm_plugin.local_tokenizers import mistral_sentencepiece
+    from dotvllm_plugin.devtools.tokenizers import mistral_sentencepiece
 
     return Vocabulary.from_hf_tokenizer(mistral_sentencepiece())
 

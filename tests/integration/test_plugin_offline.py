@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from dotvllm_plugin.demo import SERVER_ENV
+from dotvllm_plugin.devtools.server import SERVER_ENV
 
 SCRIPT = textwrap.dedent(r'''
     import json, sys

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ._client import body_for, post
+from dotvllm_plugin.devtools.client import body_for, post
 from .conftest import start_server
 
 REGEX = r"[a-z]{40,60}( [a-z]{1,8}){20,30}\."

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from dotvllm_plugin.demo import MODEL_NAME, ServerStartError
+from dotvllm_plugin.devtools.server import MODEL_NAME, ServerStartError
 
 from .conftest import start_server
 

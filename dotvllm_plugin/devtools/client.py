@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from dotvllm_plugin.demo import MODEL_NAME
+from .server import MODEL_NAME
 
 TIMEOUT_S = 300
 

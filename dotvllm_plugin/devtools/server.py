@@ -1,0 +1,208 @@
+"""``vllm serve`` of a model as a child process in its own process group, for the demo, the
+integration tests and the end-to-end benchmark. Does not import vllm."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+__all__ = [
+    "MODEL_NAME",
+    "SERVER_ARGS",
+    "SERVER_ENV",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "log_tail",
+    "plugin_present",
+    "start_server",
+    "vllm_command",
+]
+
+MODEL_NAME = "demo"  # --served-model-name
+SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+SERVER_ARGS = ("--dtype", "float32", "--max-model-len", "1024", "--seed", "0")
+
+
+class ServerStartError(RuntimeError):
+    """``vllm serve`` exited or did not become healthy in time; the message ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_command() -> list[str]:
+    """The ``vllm`` console script of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "vllm"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("vllm")
+    if found:
+        return [found]
+    raise ServerStartError(
+        "no `vllm` executable next to this Python or on PATH; run `bash scripts/setup_env.sh` and use "
+        ".venv/bin/python"
+    )
+
+
+def log_tail(path: Path, max_chars: int = 6000) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        return f"(no log: {e})"
+    return text[-max_chars:]
+
+
+@dataclass
+class ServerProcess:
+    """A running ``vllm serve`` in its own process group."""
+
+    process: subprocess.Popen
+    base_url: str  # e.g. http://127.0.0.1:8123
+    log_path: Path
+    command: list[str]
+    startup_s: float = float("nan")  # time from spawn to a healthy /health
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def healthy(self, timeout_s: float = 5.0) -> bool:
+        import requests
+
+        try:
+            return requests.get(self.base_url + "/health", timeout=timeout_s).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self, max_chars: int = 6000) -> str:
+        return log_tail(self.log_path, max_chars)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM the process group (API server, engine process, workers), SIGKILL after
+        ``timeout_s``; return the exit code."""
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        # Children that outlived the API server (e.g. an engine process) share its group.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        return self.process.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def start_server(
+    model_dir: str | os.PathLike,
+    *,
+    frontend: str = "mp",
+    extra_env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    log_path: str | os.PathLike | None = None,
+    port: int | None = None,
+    startup_timeout_s: float = 300.0,
+) -> ServerProcess:
+    """Start ``vllm serve model_dir`` on 127.0.0.1 and wait until ``/health`` answers 200.
+
+    ``frontend="mp"`` is vLLM's default (API server + engine in a separate process);
+    ``"inprocess"`` adds ``--disable-frontend-multiprocessing``. Raises :class:`ServerStartError`
+    (with the end of the server log) if the server exits or is not healthy within
+    ``startup_timeout_s``; the process group is killed then.
+    """
+    import requests
+
+    if frontend not in ("mp", "inprocess"):
+        raise ValueError(f"frontend must be 'mp' or 'inprocess', got {frontend!r}")
+    port = port or free_port()
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"vllm-serve-{frontend}-", suffix=".log")
+        os.close(fd)
+        log_path = name
+    log_path = Path(log_path)
+    cmd = [
+        *vllm_command(), "serve", str(model_dir),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", MODEL_NAME,
+        *SERVER_ARGS,
+    ]
+    if frontend == "inprocess":
+        cmd.append("--disable-frontend-multiprocessing")
+    cmd.extend(extra_args)
+    env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
+    if not plugin_present() and "VLLM_USE_V1" not in (extra_env or {}):
+        # Without dotvllm_plugin.integrations.vllm_v0 nothing forces the V0 engine; do it here so the built-in
+        # guided-decoding backends of V0 answer.
+        env["VLLM_USE_V1"] = "0"
+    with open(log_path, "wb") as log:
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # own process group: stop() kills engine and workers too
+        )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, cmd)
+    deadline = t0 + startup_timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise ServerStartError(
+                    f"vllm serve exited with code {proc.returncode} during startup "
+                    f"(log {log_path}):\n{server.log()}"
+                )
+            try:
+                if requests.get(server.base_url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"vllm serve not healthy after {startup_timeout_s:.0f} s (log {log_path}):\n{server.log()}"
+                )
+            time.sleep(0.5)
+    except BaseException:
+        server.stop(timeout_s=10)
+        raise
+    server.startup_s = time.monotonic() - t0
+    return server
+
+
+def plugin_present() -> bool:
+    """Is ``dotvllm_plugin.integrations.vllm_v0`` (what the ``vllm.general_plugins`` entry point
+    installs) a real package here? Checked without importing it (it imports vllm)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("dotvllm_plugin.integrations.vllm_v0")
+    except (ImportError, ValueError):
+        return False
+    # A directory without __init__.py is a namespace package: no register() to load.
+    return spec is not None and spec.origin is not None and os.path.isfile(spec.origin)
