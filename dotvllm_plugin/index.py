@@ -24,7 +24,7 @@ from .errors import CompilationTooLargeError, VocabularyCoverageError
 from .regex import ByteDFA, byte_classes, reachable
 from .vocabulary import Vocabulary
 
-__all__ = ["TokenIndex", "build_index"]
+__all__ = ["TokenIndex", "build_index", "byte_view", "token_row", "walk"]
 
 MAX_ROWS_BYTES = 512 * 1024 * 1024
 #: Budget of (state, token-trie node) pairs the walk may produce; it bounds compile time (about a
@@ -849,3 +849,27 @@ def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
     if eos is not None:
         bits[eos] = True
     return np.packbits(bits, bitorder="little").view(np.int32)
+
+
+# -- walks for other engines (the pushdown matcher walks lexer automata from arbitrary trie nodes) --
+
+
+def byte_view(vocab: Vocabulary, byte_class: np.ndarray, n_classes: int) -> ClassTrie:
+    """The vocabulary's byte trie labelled with ``byte_class`` (no merging: node ids are the byte
+    trie's, the same for every automaton, so walks of different automata can hand over nodes)."""
+    return ClassTrie(vocab.byte_trie(), np.asarray(byte_class), n_classes, merge=False)
+
+
+def walk(class_trans: np.ndarray, view: ClassTrie, states=None, *, inject=None, want_exits: bool = False):
+    """Walk ``view`` through ``class_trans`` (-1 dead, -2 exit) from ``states`` at the root and from
+    ``inject`` ``{level: (start index, level-local node, state)}`` entries that consumed that node.
+
+    Returns ``(start index, global node, end state)`` of the surviving token-ending nodes, and with
+    ``want_exits`` also ``(start index, level, level-local node, state before)`` of each step into -2.
+    """
+    return _walk(class_trans, view, states, inject=inject, want_exits=want_exits)
+
+
+def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:
+    """Packed bitmask row (int32 ``[words]``) of the tokens that end at global ``nodes`` of ``view``."""
+    return _materialize(view, nodes, None, words)

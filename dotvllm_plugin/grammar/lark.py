@@ -1,0 +1,145 @@
+"""Lark grammar text → :class:`~dotvllm_plugin.grammar.ir.Grammar`, read by lark's own loader.
+
+Everything lark's grammar language offers that only shapes the parse tree (``?rule`` inlining,
+``_rule`` / ``_TERM`` filtering, ``!`` keep-all, aliases, templates) or that lark expands itself
+(EBNF operators, ``%import common.*``, ``%override``/``%extend``, case-insensitive literals,
+terminal priorities) comes out of lark's loader as plain BNF over terminals: this module only
+translates that result. The language is the one ``Lark(text, parser="lalr")`` accepts (LALR(1) with
+the contextual lexer); the engine refuses what it cannot enforce exactly (see
+:mod:`dotvllm_plugin.pushdown`). ``%declare`` (terminals fed by a post-lexer) is refused: no text
+could produce them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import GrammarError, UnsupportedFeatureError
+from .ir import Grammar, Rule, Terminal
+
+__all__ = ["lark_to_ir", "line_of"]
+
+#: Terminals of lark's ``common.lark`` written with lazy quantifiers or lookbehinds, which lark's
+#: lexer runs as "shortest match"; each has a plain regular equivalent (tests check them against
+#: ``re`` on sampled strings).
+REGULAR_EQUIVALENTS = {
+    # ESCAPED_STRING: a quote, then anything but an unescaped quote or a newline, then a quote.
+    r'".*?(?<!\\)(\\\\)*?"': r'"(?:[^"\\\n]|\\[^\n])*"',
+    # C_COMMENT: from /* to the first */.
+    r"/\*(.|\n)*?\*/": r"/\*(?:[^*]|\*+[^*/])*\*+/",
+}
+
+
+def _has_lazy(regex: str) -> bool:
+    try:
+        import re._parser as sre
+        from re._constants import MIN_REPEAT
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as sre
+        from sre_constants import MIN_REPEAT
+    try:
+        todo = [sre.parse(regex)]
+    except Exception:  # noqa: BLE001 - the regex front end reports syntax errors with positions
+        return False
+    while todo:
+        for op, av in todo.pop():
+            if op is MIN_REPEAT:
+                return True
+            for x in av if isinstance(av, (tuple, list)) else (av,):
+                if isinstance(x, sre.SubPattern):
+                    todo.append(x)
+                elif isinstance(x, (tuple, list)):
+                    todo.extend(y for y in x if isinstance(y, sre.SubPattern))
+    return False
+
+
+def _terminal_regex(name: str, regex: str, where: str) -> str:
+    regex = REGULAR_EQUIVALENTS.get(regex, regex)
+    if _has_lazy(regex):
+        raise UnsupportedFeatureError(
+            f"terminal {name} ({where}) uses a lazy quantifier: lark's lexer then takes the shortest "
+            "match, which a longest-match lexer cannot follow; write it without the lazy quantifier "
+            "(e.g. /\"[^\"]*\"/ instead of /\".*?\"/)",
+            feature="lazy quantifier",
+            where=name,
+        )
+    return regex
+
+
+def line_of(text: str, name: str) -> str:
+    """``"line N"`` of the definition of rule or terminal ``name`` in grammar ``text`` ('' if not found)."""
+    pat = re.compile(rf"^\s*[?!]?{re.escape(name)}\b\s*(\{{[^}}]*\}})?\s*(\.\s*-?\d+)?\s*:", re.M)
+    m = pat.search(text)
+    return f"line {text.count(chr(10), 0, m.start()) + 1 + (text[m.start():m.end()].count(chr(10)))}" if m else ""
+
+
+def _literal_where(text: str, literal: str) -> str:
+    i = text.find(f'"{literal}"')
+    return f"line {text.count(chr(10), 0, i) + 1}" if i >= 0 else ""
+
+
+def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
+    """Parse Lark grammar ``text`` with lark's loader; raise :class:`GrammarError` on a bad grammar."""
+    if not isinstance(text, str):
+        raise GrammarError(f"a Lark grammar must be a string, got {type(text).__name__}")
+    if not isinstance(start, str) or not start:
+        raise GrammarError(f"the start rule must be a non-empty string, got {start!r}")
+    from lark.exceptions import LarkError
+    from lark.load_grammar import load_grammar
+
+    try:
+        loaded, _ = load_grammar(text, "<grammar>", None, False)
+        term_defs, rule_defs, ignore = loaded.compile([start], set())
+    except (LarkError, KeyError, ValueError, AssertionError) as e:
+        msg = str(e).strip() or type(e).__name__
+        raise GrammarError(f"invalid Lark grammar: {msg}") from e
+    except RecursionError as e:
+        raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
+
+    terminals = []
+    for t in term_defs:
+        pattern = t.pattern
+        literal = pattern.value if type(pattern).__name__ == "PatternStr" else None
+        where = _literal_where(text, literal) if literal is not None and t.name.startswith("__") else line_of(text, t.name)
+        try:
+            width = int(pattern.max_width)
+        except (ValueError, TypeError) as e:  # lark could not size the regex (bad syntax)
+            raise GrammarError(f"invalid regex in terminal {t.name} ({where}): {e}") from e
+        terminals.append(
+            Terminal(
+                name=t.name,
+                regex=_terminal_regex(t.name, pattern.to_regexp(), where),
+                priority=int(t.priority),
+                literal=literal,
+                flags=frozenset(pattern.flags),
+                max_width=width,
+                source=pattern.value,
+                where=where,
+            )
+        )
+    known = {t.name for t in terminals}
+    rules = []
+    for r in rule_defs:
+        expansion = []
+        for sym in r.expansion:
+            if sym.is_term and sym.name not in known:
+                raise UnsupportedFeatureError(
+                    f"terminal {sym.name} ({line_of(text, sym.name) or 'declared'}) has no definition "
+                    "(%declare'd terminals come from a post-lexer, which guided generation cannot run); "
+                    "define it with a pattern",
+                    feature="%declare",
+                    where=sym.name,
+                )
+            expansion.append(sym.name)
+        origin = r.origin.name
+        rules.append(Rule(str(origin), tuple(str(s) for s in expansion), where=line_of(text, str(origin).lstrip("_?!"))))
+    grammar = Grammar(
+        terminals=tuple(terminals),
+        rules=tuple(rules),
+        start=start,
+        ignore=tuple(str(n) for n in ignore),
+        kind="grammar",
+        source=text,
+    )
+    grammar.check()
+    return grammar

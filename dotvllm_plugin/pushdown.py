@@ -1,0 +1,957 @@
+"""The pushdown engine: a grammar IR compiled to contextual lexer automata and LALR(1) tables.
+
+Language
+--------
+Exactly what lark's ``Lark(grammar, parser="lalr")`` accepts, restricted where needed so that
+lark never splits our text differently than we do:
+
+* The parser is LALR(1), built by lark's own table construction from the IR's BNF. A grammar with
+  a shift/reduce or reduce/reduce conflict is refused (lark would need Earley for it).
+* Lexing is lark's contextual lexer: in parser state ``p`` the candidates are the terminals ``p``
+  accepts plus the ``%ignore`` ones, in lark's order; a literal that a regex terminal of the same
+  priority also matches is re-typed the way lark's "unless" callback does. lark takes the *first*
+  candidate in its order that matches; we take the *longest* lexeme, ties to lark's order. The two
+  agree unless an earlier terminal ``A`` matches a proper prefix of a text that a later terminal
+  ``B`` matches while ``A`` does not match it whole; such a pair is refused at compile time,
+  with a witness.
+* A lexeme ends when the next byte cannot extend it (greedy, no backtracking). Text whose lexing
+  would need to backtrack (``"abc"`` and ``"a"`` as terminals, text ``ab…``) is never generated:
+  the matcher is sound for every grammar and complete for those whose terminals never need it.
+
+Matching
+--------
+The matcher's state is ``(q, stack)``: ``q`` a state of the current contextual lexer's product
+DFA, ``stack`` an immutable linked list of LALR states (``(state, below, depth)``), so ``copy()`` is
+free. A token is allowed iff its bytes walk the lexer DFA, each lexeme boundary feeding the parser.
+The mask of a state splits in two:
+
+* tokens that stay inside the current lexeme: one walk of the vocabulary trie from ``q`` (the C
+  walk of :mod:`dotvllm_plugin.index`), cached per ``q`` together with the *exits* (trie nodes where
+  a lexeme ends inside a token);
+* tokens that cross a boundary: the exits are fed to the parser and the walk continues from them
+  in the next lexer. The result depends only on the top of the stack that the parser actions
+  read, so it is cached per ``(q, top-k states)`` with ``k`` recorded while computing it.
+
+Stack depth is bounded by :data:`MAX_STACK_DEPTH` (configurable per grammar); nothing recurses in
+Python, so deep nesting never meets Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import struct
+import threading
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from .errors import GrammarError, SerializationError, UnsupportedFeatureError
+from .grammar.ir import Grammar, Terminal
+
+__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "PushdownMatcher", "compile_pushdown"]
+
+logger = logging.getLogger(__name__)
+
+#: Default bound on the parser stack (LALR states); nesting 1,000 deep in the usual grammars needs
+#: 2–4 states per level. Past it a token that would push deeper is not allowed.
+MAX_STACK_DEPTH = 8192
+#: Default number of (lexer state, stack signature) masks cached per grammar and process.
+MASK_CACHE_SIZE = 4096
+#: Rollback history kept per matcher (tokens).
+MAX_ROLLBACK = 256
+
+FORMAT_VERSION = 1
+_MAGIC = b"DOTVLLMP"
+_ACCEPT = "accept"
+_lark_lock = threading.Lock()
+
+
+# -- compile: terminals and contextual lexers -----------------------------------------------------
+
+
+def _terminal_dfas(grammar: Grammar):
+    from .regex import regex_to_dfa
+
+    dfas = []
+    for t in grammar.terminals:
+        try:
+            dfa = regex_to_dfa(t.regex)
+        except GrammarError as e:
+            raise type(e)(f"{t.describe()}: {e}") from e
+        if dfa.accepting[dfa.initial]:
+            raise GrammarError(f"{t.describe()} matches the empty string; lark's lexer refuses zero-width terminals")
+        dfas.append(dfa)
+    return dfas
+
+
+def _unless(members: list[int], terms: tuple[Terminal, ...]):
+    """lark's ``_create_unless``: literals a regex terminal of the same priority matches whole.
+
+    Returns ``(ordered, retype)``: the candidates in lark's order without the embedded literals,
+    and ``{regex terminal: [literals it is re-typed to]}``.
+    """
+    retype: dict[int, list[int]] = {}
+    embedded: set[int] = set()
+    ordered = sorted(members, key=lambda i: terms[i].lark_order())
+    for r in ordered:
+        rt = terms[r]
+        if rt.literal is not None:
+            continue
+        for s in ordered:
+            st = terms[s]
+            if st.literal is None or st.priority != rt.priority:
+                continue
+            try:
+                m = re.match(rt.regex, st.literal)
+            except re.error:
+                continue
+            if m and m.group(0) == st.literal:
+                retype.setdefault(r, []).append(s)
+                if st.flags <= rt.flags:
+                    embedded.add(s)
+    return [i for i in ordered if i not in embedded], retype
+
+
+def _joint_classes(tables: list[np.ndarray]):
+    cols = np.concatenate(tables, axis=0).T  # [256, sum states]
+    _, first, inverse = np.unique(cols, axis=0, return_index=True, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), first  # byte → class, class → a representative byte
+
+
+def _shadow_witness(a, b) -> bytes | None:
+    """A text ``w`` in L(b) with a proper prefix in L(a) and ``w`` not in L(a), else None."""
+    byte_class, rep = _joint_classes([a.transitions, b.transitions])
+    ta, tb = a.transitions[:, rep], b.transitions[:, rep]
+    start = (a.initial, b.initial, False)
+    parent = {start: None}
+    todo = deque([start])
+    while todo:
+        node = todo.popleft()
+        sa, sb, seen = node
+        for c in range(len(rep)):
+            nb = int(tb[sb, c])
+            if nb < 0:
+                continue
+            na = int(ta[sa, c]) if sa >= 0 else -1
+            nseen = seen or (sa >= 0 and bool(a.accepting[sa]) and node != start)
+            nxt = (na, nb, nseen)
+            if nxt in parent:
+                continue
+            parent[nxt] = (node, int(rep[c]))
+            if nseen and b.accepting[nb] and not (na >= 0 and a.accepting[na]):
+                out = []
+                while parent[nxt] is not None:
+                    nxt, byte = parent[nxt]
+                    out.append(byte)
+                return bytes(reversed(out))
+            todo.append(nxt)
+    return None
+
+
+def _build_lexer(members: list[int], terms, dfas):
+    """Product DFA of the candidates of one contextual lexer.
+
+    Returns ``(trans int32 [n, 256], chosen int32 [n])`` with state 0 the lexeme start (never
+    re-entered) and ``chosen[s]`` the terminal a lexeme ending in ``s`` is typed as (-1: none).
+    """
+    ordered, retype = _unless(members, terms)
+    for i, x in enumerate(ordered):
+        for y in ordered[i + 1 :]:
+            w = _shadow_witness(dfas[x], dfas[y])
+            if w is not None:
+                raise UnsupportedFeatureError(
+                    f"{terms[x].describe()} and {terms[y].describe()} overlap: lark's lexer tries "
+                    f"{terms[x].name} first and would split {w.decode('utf-8', 'replace')!r} (which "
+                    f"{terms[y].name} matches whole) differently than a longest-match lexer; give "
+                    f"{terms[y].name} a higher priority or make the terminals disjoint",
+                    feature="terminal collision",
+                    where=terms[x].name,
+                )
+    comps = list(members)  # every member, embedded literals included (their acceptance re-types)
+    k = len(comps)
+    byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
+    n_cls = len(rep)
+    sizes = [dfas[i].n_states for i in comps]
+    offs = np.cumsum([0] + sizes)
+    dead = int(offs[-1])
+    glob = np.full((dead + 1, n_cls), dead, dtype=np.int64)
+    acc = np.zeros(dead + 1, dtype=bool)
+    for j, i in enumerate(comps):
+        t = dfas[i].transitions[:, rep]
+        glob[offs[j] : offs[j + 1]] = np.where(t >= 0, t + offs[j], dead)
+        acc[offs[j] : offs[j + 1]] = dfas[i].accepting
+    pos = {c: j for j, c in enumerate(comps)}
+    order_pos = [pos[i] for i in ordered]
+    retype_pos = {pos[r]: [pos[s] for s in ss] for r, ss in retype.items()}
+
+    start = np.array([offs[j] + dfas[c].initial for j, c in enumerate(comps)], dtype=np.int64)
+    vecs = [start]
+    ids: dict[bytes, int] = {}
+    rows: list[np.ndarray] = []
+    chosen: list[int] = []
+    i = 0
+    while i < len(vecs):
+        v = vecs[i]
+        i += 1
+        a = acc[v]
+        pick = -1
+        for j in order_pos:
+            if a[j]:
+                pick = j
+                for s in retype_pos.get(j, ()):
+                    if a[s]:
+                        pick = s
+                        break
+                break
+        chosen.append(comps[pick] if pick >= 0 else -1)
+        nxt = glob[v]  # [k, n_cls]
+        row = np.full(n_cls, -1, dtype=np.int64)
+        alive = np.flatnonzero((nxt != dead).any(axis=0))
+        for c in alive.tolist():
+            col = nxt[:, c]
+            key = col.tobytes()
+            sid = ids.get(key)
+            if sid is None:
+                sid = ids[key] = len(vecs)
+                vecs.append(col.copy())
+                if len(vecs) > 200_000:
+                    raise GrammarError("the grammar's lexer automaton exceeds 200,000 states; simplify its terminals")
+            row[c] = sid
+        rows.append(row)
+    cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
+    del k
+    return cls_table[:, byte_class].astype(np.int32), np.array(chosen, dtype=np.int32)
+
+
+def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list) -> list:
+    """Per lexer state: the terminals a lexeme in progress there can still become (a tuple,
+    ignored terminals left out), or None when nothing needs the parser's consent (a lexeme start,
+    or a lexeme that can only become an ignored terminal) — then every stack agrees."""
+    n = len(chosen)
+    bits = [0] * n
+    for s_, t in enumerate(chosen.tolist()):
+        if t >= 0:
+            bits[s_] = 1 << t
+    succ = [np.unique(row[row >= 0]).tolist() for row in lex_trans]
+    changed = True
+    while changed:
+        changed = False
+        for s_ in range(n - 1, -1, -1):
+            b = bits[s_]
+            for x in succ[s_]:
+                b |= bits[x]
+            if b != bits[s_]:
+                bits[s_] = b
+                changed = True
+    out: list = []
+    for b in bits:
+        terms = []
+        t = 0
+        while b:
+            if b & 1:
+                terms.append(t)
+            b >>= 1
+            t += 1
+        out.append(None if not terms or any(ignore[t] for t in terms) else tuple(terms))
+    return out
+
+
+# -- compile: LALR(1) tables through lark ---------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _lalr_tables(grammar: Grammar):
+    from lark.common import ParserConf
+    from lark.exceptions import GrammarError as LarkGrammarError
+    from lark.grammar import NonTerminal
+    from lark.grammar import Rule as LarkRule
+    from lark.grammar import Terminal as LarkTerminal
+    from lark.parsers.lalr_analysis import LALR_Analyzer, Shift
+    from lark.utils import logger as lark_logger
+
+    term_names = [t.name for t in grammar.terminals]
+    term_set = set(term_names)
+    rules, seen = [], set()
+    for r in grammar.rules:
+        key = (r.origin, r.expansion)
+        if key in seen:
+            continue
+        seen.add(key)
+        rules.append(LarkRule(NonTerminal(r.origin), [LarkTerminal(s) if s in term_set else NonTerminal(s) for s in r.expansion]))
+    capture = _Capture()
+    with _lark_lock:
+        saved = (lark_logger.handlers[:], lark_logger.level, lark_logger.propagate)
+        lark_logger.handlers[:] = [capture]
+        lark_logger.setLevel(logging.DEBUG)
+        lark_logger.propagate = False
+        try:
+            analyzer = LALR_Analyzer(ParserConf(rules, {}, [grammar.start]), debug=False, strict=False)
+            analyzer.compute_lalr()
+        except LarkGrammarError as e:
+            raise UnsupportedFeatureError(
+                f"the grammar is not LALR(1) ({str(e).strip().splitlines()[0]}); grammars that need lark's "
+                "Earley parser are not supported: rewrite it without the ambiguity",
+                feature="non-LALR(1) grammar",
+            ) from e
+        except RecursionError as e:
+            raise GrammarError("the grammar nests too deeply to analyse") from e
+        finally:
+            lark_logger.handlers[:], level, lark_logger.propagate = saved[0], saved[1], saved[2]
+            lark_logger.setLevel(level)
+    conflicts = [m for m in capture.messages if m.startswith("Shift/Reduce conflict")]
+    if conflicts:
+        detail = capture.messages[capture.messages.index(conflicts[0]) + 1 : capture.messages.index(conflicts[0]) + 2]
+        rule = detail[0].strip(" *") if detail else "?"
+        raise UnsupportedFeatureError(
+            f"the grammar is not LALR(1): {conflicts[0].split(':')[0].lower()} (rule {rule}); lark's LALR "
+            "parser would silently prefer the shift and its Earley parser accept more, so it is refused: "
+            "rewrite the grammar without the conflict",
+            feature="non-LALR(1) grammar",
+        )
+    pt = analyzer.parse_table
+    nonterms = sorted({r.origin for r in grammar.rules})
+    nt_idx = {n: i for i, n in enumerate(nonterms)}
+    t_idx = {n: i for i, n in enumerate(term_names)}
+    end_col = len(term_names)
+    n_states = len(pt.states)
+    action = np.zeros((n_states, end_col + 1), dtype=np.int32)
+    goto = np.full((n_states, len(nonterms)), -1, dtype=np.int32)
+    rule_index: dict[tuple, int] = {}
+    rule_len: list[int] = []
+    rule_origin: list[int] = []
+    accepts: list[list[int]] = []
+    for s in range(n_states):
+        acts = pt.states[s]
+        acc = []
+        for name, (act, arg) in acts.items():
+            if name in nt_idx:
+                goto[s, nt_idx[name]] = arg
+                continue
+            if name == "$END":
+                col = end_col
+            elif name in t_idx:
+                col = t_idx[name]
+                acc.append(col)
+            else:  # pragma: no cover - lark adds no other symbols
+                continue
+            if act is Shift:
+                action[s, col] = arg + 1
+            else:
+                key = (arg.origin.name, tuple(x.name for x in arg.expansion))
+                ri = rule_index.get(key)
+                if ri is None:
+                    ri = rule_index[key] = len(rule_len)
+                    rule_len.append(len(arg.expansion))
+                    rule_origin.append(nt_idx[arg.origin.name])
+                action[s, col] = -(ri + 1)
+        accepts.append(sorted(acc))
+    return dict(
+        action=action,
+        goto=goto,
+        rule_len=np.array(rule_len, dtype=np.int32),
+        rule_origin=np.array(rule_origin, dtype=np.int32),
+        start_state=int(pt.start_states[grammar.start]),
+        end_state=int(pt.end_states[grammar.start]),
+        accepts=accepts,
+    )
+
+
+def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX_STACK_DEPTH) -> PushdownGrammar:
+    """Compile ``grammar`` for ``vocabulary``; raises :class:`GrammarError` for what it cannot enforce."""
+    grammar.check()
+    terms = grammar.terminals
+    dfas = _terminal_dfas(grammar)
+    tables = _lalr_tables(grammar)
+    ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
+    lexer_of_set: dict[tuple, int] = {}
+    lexer_of_state = np.zeros(len(tables["accepts"]), dtype=np.int32)
+    parts = []
+    for s, acc in enumerate(tables["accepts"]):
+        key = tuple(sorted(set(acc) | set(ignore)))
+        li = lexer_of_set.get(key)
+        if li is None:
+            li = lexer_of_set[key] = len(parts)
+            parts.append(_build_lexer(list(key), terms, dfas))
+        lexer_of_state[s] = li
+    offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
+    lex_trans = np.concatenate(
+        [np.where(t >= 0, t + offsets[i], -1) for i, (t, _) in enumerate(parts)]
+    ).astype(np.int32)
+    lex_chosen = np.concatenate([c for _, c in parts]).astype(np.int32)
+    is_ignore = np.zeros(len(terms), dtype=bool)
+    is_ignore[ignore] = True
+    return PushdownGrammar(
+        kind=grammar.kind,
+        source=grammar.source,
+        vocabulary=vocabulary,
+        terminal_names=tuple(t.name for t in terms),
+        start_state=tables["start_state"],
+        end_state=tables["end_state"],
+        max_stack_depth=int(max_stack_depth),
+        arrays=dict(
+            action=tables["action"],
+            goto=tables["goto"],
+            rule_len=tables["rule_len"],
+            rule_origin=tables["rule_origin"],
+            lexer_of_state=lexer_of_state,
+            lex_offsets=offsets,
+            lex_trans=lex_trans,
+            lex_chosen=lex_chosen,
+            is_ignore=is_ignore,
+        ),
+    )
+
+
+# -- the compiled grammar ---------------------------------------------------------------------------
+
+
+class PushdownGrammar:
+    """A compiled context-free constraint for one vocabulary. Immutable tables plus per-process
+    caches of masks; share it between matchers. Build with :func:`compile_pushdown`."""
+
+    engine = "pushdown"
+
+    def __init__(self, *, kind, source, vocabulary, terminal_names, start_state, end_state, max_stack_depth, arrays):
+        self.kind = kind
+        self.source = source
+        self.vocabulary = vocabulary
+        self.terminal_names = tuple(terminal_names)
+        self.start_state = int(start_state)
+        self.end_state = int(end_state)
+        self.max_stack_depth = int(max_stack_depth)
+        self.arrays = arrays
+        a = arrays
+        self._action = a["action"].tolist()
+        self._goto = a["goto"].tolist()
+        self._rule_len = a["rule_len"].tolist()
+        self._rule_origin = a["rule_origin"].tolist()
+        self._lexer_of_state = a["lexer_of_state"].tolist()
+        self._offsets = a["lex_offsets"].tolist()
+        self._trans = a["lex_trans"].ravel().tolist()
+        self._chosen = a["lex_chosen"].tolist()
+        self._ignore = a["is_ignore"].tolist()
+        self._end = len(self.terminal_names)
+        self._owner = np.repeat(np.arange(len(self._offsets) - 1), np.diff(a["lex_offsets"])).tolist()
+        self._is_start = set(self._offsets[:-1])
+        self._W = (vocabulary.size + 31) // 32
+        self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
+        self._max_token_len = max((len(b) for b in vocabulary.token_bytes if b), default=1)
+        self._reach = _reachable_terminals(a["lex_trans"], a["lex_chosen"], self._ignore)
+        for start in self._offsets[:-1]:
+            self._reach[start] = None
+        self._lock = threading.Lock()
+        self._walkers: dict[int, tuple] = {}
+        self._base: dict[int, tuple] = {}
+        self._masks: OrderedDict = OrderedDict()
+        self.mask_cache_size = MASK_CACHE_SIZE
+        self.stats = {"mask_hits": 0, "mask_misses": 0}
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    @property
+    def n_parser_states(self) -> int:
+        return len(self._action)
+
+    @property
+    def n_lexer_states(self) -> int:
+        return len(self._chosen)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(sum(x.nbytes for x in self.arrays.values()))
+
+    def __repr__(self) -> str:
+        return (
+            f"PushdownGrammar(kind={self.kind!r}, parser_states={self.n_parser_states}, "
+            f"lexers={len(self._offsets) - 1}, lexer_states={self.n_lexer_states})"
+        )
+
+    def initial_state(self):
+        s = self.start_state
+        return self._offsets[self._lexer_of_state[s]], (s, None, 1)
+
+    # -- parser ----------------------------------------------------------------------------------
+
+    def feed(self, stack, term: int):
+        """LALR step on a linked stack: the new stack, ``_ACCEPT`` (``$END`` accepted), or None."""
+        action, goto, rule_len, rule_origin = self._action, self._goto, self._rule_len, self._rule_origin
+        limit = self.max_stack_depth
+        while True:
+            code = action[stack[0]][term]
+            if code == 0:
+                return None
+            if code > 0:
+                if stack[2] >= limit:
+                    return None
+                return (code - 1, stack, stack[2] + 1)
+            r = -code - 1
+            for _ in range(rule_len[r]):
+                stack = stack[1]
+            g = goto[stack[0]][rule_origin[r]]
+            stack = (g, stack, stack[2] + 1)
+            if term == self._end and g == self.end_state:
+                return _ACCEPT
+
+    def step(self, q: int, stack, data: bytes):
+        """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (not allowed)."""
+        trans, chosen, ignore = self._trans, self._chosen, self._ignore
+        for b in data:
+            nq = trans[q * 256 + b]
+            if nq >= 0:
+                q = nq
+                continue
+            t = chosen[q]
+            if t < 0:
+                return None
+            if not ignore[t]:
+                stack = self.feed(stack, t)
+                if stack is None:
+                    return None
+            q = trans[self._offsets[self._lexer_of_state[stack[0]]] * 256 + b]
+            if q < 0:
+                return None
+        if not self.viable(q, stack):
+            return None
+        return q, stack
+
+    def viable(self, q: int, stack) -> bool:
+        """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""
+        reach = self._reach[q]
+        if reach is None:  # at a lexeme start, or only ignored terminals ahead
+            return True
+        return any(self.feed(stack, t) is not None for t in reach)
+
+    def can_end(self, q: int, stack) -> bool:
+        """Whether the text so far is a complete sentence."""
+        if q not in self._is_start:
+            t = self._chosen[q]
+            if t < 0:
+                return False
+            if not self._ignore[t]:
+                stack = self.feed(stack, t)
+                if stack is None:
+                    return False
+        return self.feed(stack, self._end) is _ACCEPT
+
+    # -- masks -----------------------------------------------------------------------------------
+
+    def _walker(self, lexer: int):
+        """Per lexer: (class table with -2 at lexeme ends, byte classes, trie view, first-byte row)."""
+        got = self._walkers.get(lexer)
+        if got is None:
+            from .index import byte_view
+            from .regex import byte_classes
+
+            lo, hi = self._offsets[lexer], self._offsets[lexer + 1]
+            t = self.arrays["lex_trans"][lo:hi].astype(np.int64)
+            t = np.where(t >= 0, t - lo, -1)
+            ends = (self.arrays["lex_chosen"][lo:hi] >= 0)[:, None] & (t < 0)
+            t[ends] = -2
+            class_trans, byte_class = byte_classes(t)
+            view = byte_view(self.vocabulary, byte_class, class_trans.shape[1])
+            got = self._walkers[lexer] = (class_trans.astype(np.int64), byte_class, view, t[0].copy())
+        return got
+
+    def _base_of(self, q: int):
+        """Tokens inside the current lexeme from ``q`` (packed row) and the exits, grouped by terminal."""
+        got = self._base.get(q)
+        if got is None:
+            from .index import token_row, walk
+
+            lexer = self._owner[q]
+            ct, _, view, _ = self._walker(lexer)
+            lo = self._offsets[lexer]
+            (_, nodes, ends), exits = walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True)
+            ends = ends + lo
+            groups = []
+            free = np.zeros(self._W, dtype=np.int32)  # tokens whose lexeme is always viable
+            for r in np.unique(ends).tolist():
+                row = token_row(view, nodes[ends == r], self._W)
+                if self._reach[r] is None:
+                    free |= row
+                else:
+                    groups.append((r, row))
+            got = self._base[q] = (free, tuple(groups), self._group_exits(exits, lo))
+        return got
+
+    def _group_exits(self, exits, lo: int):
+        _, level, node, prev = exits
+        if not len(node):
+            return ()
+        terms = np.asarray(self._chosen, dtype=np.int64)[prev + lo]
+        out = []
+        for t in np.unique(terms).tolist():
+            sel = terms == t
+            out.append((t, level[sel], node[sel]))
+        return tuple(out)
+
+    def _continue(self, groups, probe, pos, new, out: list) -> None:
+        """Feed each exit group's terminal, walk on in the next lexer; appends trie nodes to ``out``."""
+        from .index import walk
+
+        trie = self.vocabulary.byte_trie()
+        work = [(groups, pos, new)]
+        while work:
+            groups, pos, new = work.pop()
+            for t, level, node in groups:
+                if self._ignore[t]:
+                    pos2, new2 = pos, new
+                else:
+                    res = probe.feed(pos, new, t)
+                    if res is None:
+                        continue
+                    pos2, new2 = res
+                top = new2[-1] if new2 else probe.state(pos2)
+                lexer = self._lexer_of_state[top]
+                ct, _, view, first = self._walker(lexer)
+                inject: dict[int, list] = {}
+                for d in np.unique(level).tolist():
+                    nd = node[level == d]
+                    q2 = first[trie.byte[d][nd].astype(np.int64)]
+                    ok = q2 >= 0
+                    if ok.any():
+                        inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
+                if not inject:
+                    continue
+                (_, nodes, ends), exits = walk(ct, view, None, inject=inject, want_exits=True)
+                lo = self._offsets[lexer]
+                if len(nodes):
+                    ends = ends + lo
+                    keep = np.zeros(len(nodes), dtype=bool)
+                    for r in np.unique(ends).tolist():
+                        if self._reach[r] is None or probe.viable(pos2, new2, self._reach[r]):
+                            keep |= ends == r
+                    out.append((view, nodes[keep]))
+                more = self._group_exits(exits, lo)
+                if more:
+                    work.append((more, pos2, new2))
+
+    def mask(self, q: int, stack) -> np.ndarray:
+        """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
+        entry = self._masks.get(q)
+        if entry is not None:
+            for depth, table in entry.items():
+                sig, s = [], stack
+                for _ in range(depth):
+                    if s is None:
+                        break
+                    sig.append(s[0])
+                    s = s[1]
+                row = table.get(tuple(sig))
+                if row is not None:
+                    self.stats["mask_hits"] += 1
+                    return row
+        self.stats["mask_misses"] += 1
+        free, pending, groups = self._base_of(q)
+        probe = _Probe(self, stack)
+        row = free.copy()
+        for r, part in pending:
+            if probe.viable(0, (), self._reach[r]):
+                row |= part
+        out: list = []
+        self._continue(groups, probe, 0, (), out)
+        if out:
+            from .index import token_row
+
+            for view, nodes in out:
+                if len(nodes):
+                    row |= token_row(view, nodes, self._W)
+        if probe.can_end(q):
+            for e in self._eos.tolist():
+                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
+        near_limit = stack[2] + self._max_token_len + 2 >= self.max_stack_depth
+        if not near_limit:
+            depth = probe.max_read + 1
+            with self._lock:
+                entry = self._masks.setdefault(q, {})
+                entry.setdefault(depth, {})[tuple(probe.cells[:depth])] = row
+                self._n_cached = getattr(self, "_n_cached", 0) + 1
+                if self._n_cached > self.mask_cache_size:
+                    self._masks.clear()
+                    self._n_cached = 0
+        return row
+
+    # -- serialisation ----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "format_version": FORMAT_VERSION,
+            "engine": self.engine,
+            "kind": self.kind,
+            "source": self.source,
+            "vocabulary_fingerprint": self.vocabulary.fingerprint,
+            "vocabulary_size": self.vocabulary.size,
+            "terminal_names": list(self.terminal_names),
+            "start_state": self.start_state,
+            "end_state": self.end_state,
+            "max_stack_depth": self.max_stack_depth,
+            "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in self.arrays.items()},
+        }
+        hb = json.dumps(header).encode()
+        buf = io.BytesIO()
+        buf.write(_MAGIC)
+        buf.write(struct.pack("<I", len(hb)))
+        buf.write(hb)
+        for a in self.arrays.values():
+            buf.write(np.ascontiguousarray(a).tobytes())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, vocabulary) -> PushdownGrammar:
+        try:
+            if data[: len(_MAGIC)] != _MAGIC:
+                raise SerializationError("not a dotvllm pushdown grammar (bad magic bytes)")
+            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
+            off = len(_MAGIC) + 4
+            header = json.loads(data[off : off + hlen])
+            off += hlen
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, SerializationError):
+                raise
+            raise SerializationError(f"corrupt compiled grammar header: {e}") from e
+        if header.get("format_version") != FORMAT_VERSION:
+            raise SerializationError(
+                f"compiled grammar format version {header.get('format_version')} is not supported "
+                f"(expected {FORMAT_VERSION}); recompile it"
+            )
+        if header["vocabulary_fingerprint"] != vocabulary.fingerprint:
+            raise SerializationError(
+                f"compiled grammar was built for vocabulary {header['vocabulary_fingerprint'][:12]}, "
+                f"not {vocabulary.fingerprint[:12]}"
+            )
+        arrays = {}
+        for name, (dtype, shape) in header["arrays"].items():
+            count = int(np.prod(shape))
+            n = count * np.dtype(dtype).itemsize
+            if off + n > len(data):
+                raise SerializationError(f"compiled grammar is truncated (array {name!r})")
+            arrays[name] = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
+            off += n
+        if off != len(data):
+            raise SerializationError("compiled grammar has trailing bytes")
+        try:
+            return cls(
+                kind=header["kind"],
+                source=header["source"],
+                vocabulary=vocabulary,
+                terminal_names=header["terminal_names"],
+                start_state=header["start_state"],
+                end_state=header["end_state"],
+                max_stack_depth=header["max_stack_depth"],
+                arrays=arrays,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise SerializationError(f"corrupt compiled grammar: {e}") from e
+
+    def __reduce__(self):
+        return (PushdownGrammar.from_bytes, (self.to_bytes(), self.vocabulary))
+
+
+class _Probe:
+    """The parser run against an unknown-depth stack for a mask computation, recording how deep
+    it read: the mask depends only on the top ``max_read + 1`` states."""
+
+    __slots__ = ("g", "stack", "cells", "max_read", "depth")
+
+    def __init__(self, g: PushdownGrammar, stack):
+        self.g = g
+        self.stack = stack  # the unread part
+        self.cells: list[int] = []
+        self.max_read = -1
+        self.depth = stack[2]
+
+    def state(self, i: int) -> int:
+        while len(self.cells) <= i:
+            if self.stack is None:
+                return -1
+            self.cells.append(self.stack[0])
+            self.stack = self.stack[1]
+        if i > self.max_read:
+            self.max_read = i
+        return self.cells[i]
+
+    def feed(self, pos: int, new: tuple, term: int):
+        """As :meth:`PushdownGrammar.feed` on the stack ``new`` (pushed cells, top last) above the
+        original stack with its top ``pos`` cells popped: the new ``(pos, new)``, ``_ACCEPT`` or None."""
+        g = self.g
+        action, goto, rule_len, rule_origin = g._action, g._goto, g._rule_len, g._rule_origin
+        new = list(new)
+        while True:
+            top = new[-1] if new else self.state(pos)
+            if top < 0:
+                return None
+            code = action[top][term]
+            if code == 0:
+                return None
+            if code > 0:
+                if self.depth - pos + len(new) >= g.max_stack_depth:
+                    return None
+                new.append(code - 1)
+                return pos, tuple(new)
+            n = rule_len[-code - 1]
+            k = min(n, len(new))
+            if k:
+                del new[len(new) - k :]
+            pos += n - k
+            below = new[-1] if new else self.state(pos)
+            gs = goto[below][rule_origin[-code - 1]]
+            new.append(gs)
+            if term == g._end and gs == g.end_state:
+                return _ACCEPT
+
+    def viable(self, pos: int, new: tuple, reach) -> bool:
+        return any(self.feed(pos, new, t) is not None for t in reach)
+
+    def can_end(self, q: int) -> bool:
+        g = self.g
+        pos, new = 0, ()
+        if q not in g._is_start:
+            t = g._chosen[q]
+            if t < 0:
+                return False
+            if not g._ignore[t]:
+                res = self.feed(pos, new, t)
+                if res is None:
+                    return False
+                pos, new = res
+        return self.feed(pos, new, g._end) is _ACCEPT
+
+
+class PushdownMatcher:
+    """Per-request state over a :class:`PushdownGrammar`; never raises on model behaviour.
+
+    ``accept_token`` returns ``False`` for a token the grammar does not allow and leaves the state
+    unchanged; ``copy()`` shares everything (the state is two immutable references).
+    """
+
+    __slots__ = ("compiled", "_q", "_stack", "_terminated", "_history", "_eos", "_tb")
+
+    def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):
+        self.compiled = compiled
+        self._q, self._stack = compiled.initial_state()
+        self._terminated = False
+        self._history: deque = deque(maxlen=max_rollback_tokens)
+        self._eos = frozenset(compiled.vocabulary.eos_token_ids)
+        self._tb = compiled.vocabulary.token_bytes
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        token_id = int(token_id)
+        if token_id in self._eos:
+            if not self.compiled.can_end(self._q, self._stack):
+                return False
+            self._history.append((self._q, self._stack, False))
+            self._terminated = True
+            return True
+        if token_id < 0 or token_id >= len(self._tb):
+            return False
+        data = self._tb[token_id]
+        if not data:
+            return False
+        got = self.compiled.step(self._q, self._stack, data)
+        if got is None:
+            return False
+        self._history.append((self._q, self._stack, False))
+        self._q, self._stack = got
+        return True
+
+    def accept_string(self, text: str | bytes) -> bool:
+        if self._terminated:
+            return False
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        got = self.compiled.step(self._q, self._stack, data)
+        if got is None:
+            return False
+        self._history.append((self._q, self._stack, False))
+        self._q, self._stack = got
+        return True
+
+    def validate_tokens(self, token_ids) -> int:
+        """How many of ``token_ids`` (a prefix) would be accepted in turn; the state is unchanged."""
+        q, stack, done, n = self._q, self._stack, self._terminated, 0
+        g = self.compiled
+        for t in token_ids:
+            t = int(t)
+            if done:
+                break
+            if t in self._eos:
+                if not g.can_end(q, stack):
+                    break
+                done = True
+            else:
+                data = self._tb[t] if 0 <= t < len(self._tb) else None
+                got = g.step(q, stack, data) if data else None
+                if got is None:
+                    break
+                q, stack = got
+            n += 1
+        return n
+
+    def rollback(self, n: int) -> None:
+        """Undo the last ``n`` accepted tokens (at most the kept history)."""
+        if n < 0 or n > len(self._history):
+            raise ValueError(f"cannot roll back {n} tokens: {len(self._history)} are kept")
+        for _ in range(n):
+            self._q, self._stack, _ = self._history.pop()
+            self._terminated = False
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
+        row = self._current_row()
+        target = bitmask[index]
+        if hasattr(target, "copy_"):
+            import torch
+
+            target.zero_()
+            target[: len(row)].copy_(torch.from_numpy(row))
+        else:
+            target[: len(row)] = row
+            target[len(row) :] = 0
+
+    def _current_row(self) -> np.ndarray:
+        if self._terminated:
+            row = np.zeros(self.compiled._W, dtype=np.int32)
+            for e in self._eos:
+                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
+            return row
+        return self.compiled.mask(self._q, self._stack)
+
+    def allowed_token_ids(self) -> np.ndarray:
+        bits = np.unpackbits(self._current_row().view(np.uint8), bitorder="little")
+        return np.flatnonzero(bits[: len(self._tb)])
+
+    def is_completed(self) -> bool:
+        return self._terminated or self.compiled.can_end(self._q, self._stack)
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    @property
+    def stack_depth(self) -> int:
+        return self._stack[2]
+
+    def reset(self) -> None:
+        self._q, self._stack = self.compiled.initial_state()
+        self._terminated = False
+        self._history.clear()
+
+    def copy(self) -> PushdownMatcher:
+        m = PushdownMatcher.__new__(PushdownMatcher)
+        m.compiled, m._q, m._stack, m._terminated = self.compiled, self._q, self._stack, self._terminated
+        m._history = deque(self._history, maxlen=self._history.maxlen)
+        m._eos, m._tb = self._eos, self._tb
+        return m
+
+    def __repr__(self) -> str:
+        return f"PushdownMatcher(lexer_state={self._q}, depth={self._stack[2]}, terminated={self._terminated})"
