@@ -1,8 +1,12 @@
-"""GrammarCompiler (stateful, cached) → CompiledGrammar (immutable, serialisable).
+"""GrammarCompiler (stateful, cached) → a compiled constraint (immutable, serialisable).
 
-Every constraint kind becomes a regex, then a byte DFA (:mod:`.fsm`), then a token index
-(:mod:`.index`). The compiled form holds the DFA with its bytes folded into equivalence classes
-(so committing a token is a walk over a small table) and the deduplicated packed mask rows.
+Every constraint kind is a front end that produces the grammar IR (:mod:`.grammar.ir`), registered
+once in :data:`KINDS`; :meth:`GrammarCompiler.compile_ir` compiles any IR. A grammar whose language
+is a single terminal (a regex, a choice, today's JSON Schema translation) becomes a byte DFA
+(:mod:`.regex`) and a token index (:mod:`.index`): :class:`CompiledGrammar` holds the DFA with its
+bytes folded into equivalence classes (committing a token is a walk over a small table) and the
+deduplicated packed mask rows. Any other grammar becomes a
+:class:`~dotvllm_plugin.pushdown.PushdownGrammar` (contextual lexer automata + LALR(1) tables).
 """
 
 from __future__ import annotations
@@ -13,16 +17,29 @@ import logging
 import struct
 import threading
 from collections import OrderedDict
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import CompilationTooLargeError, GrammarError, SerializationError
-from .regex import ByteDFA, check_regex, regex_to_dfa
+from .grammar.ir import Grammar
 from .index import build_index
+from .regex import ByteDFA, check_regex, regex_to_dfa
 from .vocabulary import Vocabulary
 
-__all__ = ["CompiledGrammar", "GrammarCompiler", "check_json_schema", "check_regex", "choice_regex", "escape_literal"]
+__all__ = [
+    "KINDS",
+    "CompiledGrammar",
+    "GrammarCompiler",
+    "Kind",
+    "check_grammar",
+    "check_json_schema",
+    "check_regex",
+    "choice_regex",
+    "escape_literal",
+    "load_compiled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +84,19 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
         json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
     except CompilationTooLargeError:
         json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
+
+
+def check_grammar(text, *, start: str = "start") -> None:
+    """Cheap check of a Lark grammar: everything :meth:`GrammarCompiler.compile_grammar` refuses is
+    refused here (parser tables and lexer automata are built; no token index)."""
+    from .grammar.lark import lark_to_ir
+    from .pushdown import pushdown_tables
+
+    grammar = lark_to_ir(text, start=start)
+    if grammar.single_terminal is not None:
+        check_regex(grammar.single_terminal.regex)
+    else:
+        pushdown_tables(grammar)
 
 
 class CompiledGrammar:
@@ -171,8 +201,11 @@ class CompiledGrammar:
             buf.write(np.ascontiguousarray(a).tobytes())
         return buf.getvalue()
 
+    engine = "dfa"
+
     @classmethod
     def from_bytes(cls, data: bytes, vocabulary: Vocabulary) -> CompiledGrammar:
+        """Load what :meth:`to_bytes` wrote (regular constraints; see :func:`load_compiled` for any)."""
         try:
             if data[: len(_MAGIC)] != _MAGIC:
                 raise SerializationError("not a dotvllm compiled grammar (bad magic bytes)")
@@ -247,18 +280,39 @@ class GrammarCompiler:
                     self._cache.popitem(last=False)
         return compiled
 
+    def compile_ir(self, grammar: Grammar, *, check_syntax: bool = True):
+        """Compile a grammar IR: a :class:`CompiledGrammar` when its language is one terminal's,
+        else a :class:`~dotvllm_plugin.pushdown.PushdownGrammar`."""
+        single = grammar.single_terminal
+        if single is not None:
+            pattern = single.regex
+            return self._cached(
+                ("regex", pattern),
+                lambda: CompiledGrammar._from_dfa(
+                    grammar.kind, grammar.source or pattern, regex_to_dfa(pattern, check_syntax=check_syntax),
+                    self.vocabulary,
+                ),
+            )
+        from .pushdown import compile_pushdown
+
+        return self._cached(("ir", grammar), lambda: compile_pushdown(grammar, self.vocabulary))
+
     def compile_regex(self, pattern: str, *, kind: str = "regex", source: Any = None) -> CompiledGrammar:
         """Compile a regex (full-match semantics) into a :class:`CompiledGrammar`."""
         return self._compile(pattern, kind, source, check_syntax=True)
 
     def _compile(self, pattern: str, kind: str, source: Any, *, check_syntax: bool) -> CompiledGrammar:
-        src = pattern if source is None else source
-        return self._cached(
-            ("regex", pattern),
-            lambda: CompiledGrammar._from_dfa(
-                kind, src, regex_to_dfa(pattern, check_syntax=check_syntax), self.vocabulary
-            ),
-        )
+        if not isinstance(pattern, str):
+            raise TypeError(f"a regex must be a str, got {type(pattern).__name__}")
+        ir = Grammar.from_regex(pattern, kind=kind, source=pattern if source is None else source)
+        return self.compile_ir(ir, check_syntax=check_syntax)
+
+    def compile_grammar(self, text: str, *, start: str = "start"):
+        """A Lark grammar (LALR(1), lark's contextual lexer); see :mod:`dotvllm_plugin.pushdown`
+        for the exact language and what is refused."""
+        from .grammar.lark import lark_to_ir
+
+        return self.compile_ir(lark_to_ir(text, start=start))
 
     def compile_choice(self, choices) -> CompiledGrammar:
         """Exactly one of ``choices`` (strings)."""
@@ -297,3 +351,50 @@ class GrammarCompiler:
 
         regex = json_object_regex(whitespace_pattern=whitespace_pattern)
         return self._compile(regex, "json_object", "{}", check_syntax=False)
+
+
+def load_compiled(data: bytes, vocabulary: Vocabulary):
+    """Load any compiled constraint written by ``to_bytes`` (either engine)."""
+    from .pushdown import _MAGIC as PUSHDOWN_MAGIC
+    from .pushdown import PushdownGrammar
+
+    if bytes(data[: len(PUSHDOWN_MAGIC)]) == PUSHDOWN_MAGIC:
+        return PushdownGrammar.from_bytes(data, vocabulary)
+    return CompiledGrammar.from_bytes(data, vocabulary)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A constraint kind: its cheap request-time check and its compile (one registry, used by the
+    compilation manager and every integration)."""
+
+    name: str
+    check: Callable[[Any, dict], None]
+    compile: Callable[[GrammarCompiler, Any, dict], Any]
+
+
+def _ws(options: dict):
+    return options.get("whitespace_pattern")
+
+
+def _check_json_object(spec, options) -> None:
+    from .grammar.json_schema import json_object_regex
+
+    json_object_regex(whitespace_pattern=_ws(options))
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("regex", lambda spec, o: check_regex(spec), lambda c, spec, o: c.compile_regex(spec)),
+        Kind("choice", lambda spec, o: choice_regex(spec), lambda c, spec, o: c.compile_choice(spec)),
+        Kind(
+            "json_schema",
+            lambda spec, o: check_json_schema(spec, whitespace_pattern=_ws(o)),
+            lambda c, spec, o: c.compile_json_schema(spec, whitespace_pattern=_ws(o)),
+        ),
+        Kind("json_object", _check_json_object, lambda c, spec, o: c.compile_json_object(whitespace_pattern=_ws(o))),
+        Kind("grammar", lambda spec, o: check_grammar(spec), lambda c, spec, o: c.compile_grammar(spec)),
+    )
+}
+"""Every constraint kind, by name."""

@@ -1,26 +1,68 @@
-"""GrammarMatcher: the cheap per-request state over a shared CompiledGrammar."""
+"""GrammarMatcher: the cheap per-request state over a compiled constraint.
+
+Two engines behind one interface: a regular constraint (:class:`~dotvllm_plugin.compiler.CompiledGrammar`)
+is one DFA state with precomputed mask rows; a context-free one
+(:class:`~dotvllm_plugin.pushdown.PushdownGrammar`) is a lexer state plus an immutable parser stack.
+``GrammarMatcher(compiled)`` picks the right one. Neither raises on model behaviour: a token the
+constraint does not allow makes ``accept_token`` return ``False`` and leaves the state unchanged.
+"""
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
 from .compiler import CompiledGrammar
+from .pushdown import PushdownGrammar
 
-__all__ = ["GrammarMatcher"]
+__all__ = ["MAX_ROLLBACK", "GrammarMatcher", "PushdownMatcher"]
+
+#: Tokens of history a matcher keeps for :meth:`GrammarMatcher.rollback` (speculative decoding
+#: rolls back at most the number of draft tokens).
+MAX_ROLLBACK = 256
+
+
+def _eos_row(words: int, eos) -> np.ndarray:
+    row = np.zeros(words, dtype=np.int32)
+    for e in eos:
+        row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
+    return row
+
+
+def _fill(bitmask, index: int, row: np.ndarray) -> None:
+    target = bitmask[index]
+    if hasattr(target, "copy_"):  # torch
+        import torch
+
+        target.zero_()
+        # Rows of a deserialised grammar are read-only views; torch wants writable memory.
+        target[: len(row)].copy_(torch.from_numpy(row if row.flags.writeable else row.copy()))
+    else:
+        target[: len(row)] = row
+        target[len(row) :] = 0
 
 
 class GrammarMatcher:
-    """Tracks one generation against a :class:`CompiledGrammar`.
+    """Tracks one generation against a compiled constraint (regular constraints: one DFA state).
 
-    Never raises on model behaviour: :meth:`accept_token` returns ``False`` for a token the
-    constraint does not allow and leaves the state unchanged.
+    ``GrammarMatcher(compiled)`` returns a :class:`PushdownMatcher` for a context-free constraint.
     """
 
-    __slots__ = ("compiled", "_state", "_terminated", "_eos", "_trans", "_n_cls", "_cls_table", "_rows", "_ros", "_tb")
+    __slots__ = ("compiled", "_state", "_terminated", "_eos", "_trans", "_n_cls", "_cls_table", "_rows", "_ros",
+                 "_tb", "_history")
 
-    def __init__(self, compiled: CompiledGrammar):
+    def __new__(cls, compiled=None, **kwargs):
+        if cls is GrammarMatcher and isinstance(compiled, PushdownGrammar):
+            return super().__new__(PushdownMatcher)
+        return super().__new__(cls)
+
+    def __init__(self, compiled: CompiledGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):
+        if isinstance(compiled, PushdownGrammar):  # GrammarMatcher(...) on a context-free grammar
+            PushdownMatcher.__init__(self, compiled, max_rollback_tokens=max_rollback_tokens)
+            return
         if not isinstance(compiled, CompiledGrammar):
-            raise TypeError(f"GrammarMatcher needs a CompiledGrammar, got {type(compiled).__name__}")
+            raise TypeError(f"GrammarMatcher needs a compiled grammar, got {type(compiled).__name__}")
         self.compiled = compiled
         self._trans, self._n_cls, self._cls_table = compiled._walker()
         self._rows = compiled.rows
@@ -29,30 +71,37 @@ class GrammarMatcher:
         self._eos = frozenset(compiled.vocabulary.eos_token_ids)
         self._state = compiled.initial
         self._terminated = False
+        self._history = deque(maxlen=max_rollback_tokens)
 
     @property
     def state(self) -> int:
         """The current DFA state (for debugging and tests)."""
         return self._state
 
+    def _allowed(self, state: int, token_id: int) -> bool:
+        row = self._rows[self._ros[state]]
+        return bool((int(row[token_id >> 5]) >> (token_id & 31)) & 1)
+
+    def _walk(self, state: int, data: bytes) -> int:
+        trans, n = self._trans, self._n_cls
+        for c in data.translate(self._cls_table):
+            state = trans[state * n + c]
+            if state < 0:
+                return -1
+        return state
+
     def accept_token(self, token_id: int) -> bool:
         """Advance by ``token_id`` if allowed; return whether it was."""
         if self._terminated:
             return False
         token_id = int(token_id)
-        if token_id < 0 or token_id >= len(self._tb):
+        if token_id < 0 or token_id >= len(self._tb) or not self._allowed(self._state, token_id):
             return False
-        row = self._rows[self._ros[self._state]]
-        if not (int(row[token_id >> 5]) >> (token_id & 31)) & 1:
-            return False
+        self._history.append(self._state)
         if token_id in self._eos:
             self._terminated = True
             return True
-        s = self._state
-        trans, n = self._trans, self._n_cls
-        for c in self._tb[token_id].translate(self._cls_table):
-            s = trans[s * n + c]
-        self._state = s
+        self._state = self._walk(self._state, self._tb[token_id])
         return True
 
     def accept_string(self, text: str | bytes) -> bool:
@@ -60,14 +109,35 @@ class GrammarMatcher:
         if self._terminated:
             return False
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        s = self._state
-        trans, n = self._trans, self._n_cls
-        for c in data.translate(self._cls_table):
-            s = trans[s * n + c]
-            if s < 0:
-                return False
+        s = self._walk(self._state, data)
+        if s < 0:
+            return False
+        self._history.append(self._state)
         self._state = s
         return True
+
+    def validate_tokens(self, token_ids) -> int:
+        """How many of ``token_ids`` (a prefix) would be accepted in turn; the state is unchanged."""
+        state, n = self._state, 0
+        if self._terminated:
+            return 0
+        for t in token_ids:
+            t = int(t)
+            if t < 0 or t >= len(self._tb) or not self._allowed(state, t):
+                break
+            n += 1
+            if t in self._eos:
+                break
+            state = self._walk(state, self._tb[t])
+        return n
+
+    def rollback(self, n: int) -> None:
+        """Undo the last ``n`` accepted tokens (at most the history kept, see :data:`MAX_ROLLBACK`)."""
+        if n < 0 or n > len(self._history):
+            raise ValueError(f"cannot roll back {n} tokens: {len(self._history)} are kept")
+        for _ in range(n):
+            self._state = self._history.pop()
+            self._terminated = False
 
     def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
         """Write the allowed-token row into ``bitmask[index]`` (int32, numpy array or torch CPU tensor).
@@ -75,24 +145,11 @@ class GrammarMatcher:
         ``bitmask`` is ``[batch, ceil(V/32)]``; bit ``i % 32`` of word ``i // 32`` set = token ``i``
         allowed. Words beyond this vocabulary's width are zeroed.
         """
-        row = self._current_row()
-        target = bitmask[index]
-        if hasattr(target, "copy_"):  # torch
-            import torch
-
-            target.zero_()
-            # Rows of a deserialised grammar are read-only views; torch wants writable memory.
-            target[: len(row)].copy_(torch.from_numpy(row if row.flags.writeable else row.copy()))
-        else:
-            target[: len(row)] = row
-            target[len(row) :] = 0
+        _fill(bitmask, index, self._current_row())
 
     def _current_row(self) -> np.ndarray:
         if self._terminated:
-            row = np.zeros(self._rows.shape[1], dtype=np.int32)
-            for e in self._eos:
-                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
-            return row
+            return _eos_row(self._rows.shape[1], self._eos)
         return self._rows[self._ros[self._state]]
 
     def allowed_token_ids(self) -> np.ndarray:
@@ -111,12 +168,126 @@ class GrammarMatcher:
     def reset(self) -> None:
         self._state = self.compiled.initial
         self._terminated = False
+        self._history.clear()
 
     def copy(self) -> GrammarMatcher:
-        m = GrammarMatcher.__new__(GrammarMatcher)
+        m = object.__new__(type(self))
         for name in GrammarMatcher.__slots__:
             setattr(m, name, getattr(self, name))
+        m._history = deque(self._history, maxlen=self._history.maxlen)
         return m
 
     def __repr__(self) -> str:
         return f"GrammarMatcher(state={self._state}, completed={self.is_completed()}, terminated={self._terminated})"
+
+
+class PushdownMatcher(GrammarMatcher):
+    """Per-request state over a :class:`PushdownGrammar`; never raises on model behaviour.
+
+    ``accept_token`` returns ``False`` for a token the grammar does not allow and leaves the state
+    unchanged; ``copy()`` shares everything (the state is two immutable references).
+    """
+
+    __slots__ = ("_q", "_stack")
+
+    def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):  # noqa: D107
+        if not isinstance(compiled, PushdownGrammar):
+            raise TypeError(f"PushdownMatcher needs a PushdownGrammar, got {type(compiled).__name__}")
+        self.compiled = compiled
+        self._q, self._stack = compiled.initial_state()
+        self._terminated = False
+        self._history: deque = deque(maxlen=max_rollback_tokens)
+        self._eos = frozenset(compiled.vocabulary.eos_token_ids)
+        self._tb = compiled.vocabulary.token_bytes
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        token_id = int(token_id)
+        if token_id in self._eos:
+            if not self.compiled.can_end(self._q, self._stack):
+                return False
+            self._history.append((self._q, self._stack, False))
+            self._terminated = True
+            return True
+        if token_id < 0 or token_id >= len(self._tb):
+            return False
+        data = self._tb[token_id]
+        if not data:
+            return False
+        got = self.compiled.step(self._q, self._stack, data)
+        if got is None:
+            return False
+        self._history.append((self._q, self._stack, False))
+        self._q, self._stack = got
+        return True
+
+    def accept_string(self, text: str | bytes) -> bool:
+        if self._terminated:
+            return False
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        got = self.compiled.step(self._q, self._stack, data)
+        if got is None:
+            return False
+        self._history.append((self._q, self._stack, False))
+        self._q, self._stack = got
+        return True
+
+    def validate_tokens(self, token_ids) -> int:
+        """How many of ``token_ids`` (a prefix) would be accepted in turn; the state is unchanged."""
+        q, stack, done, n = self._q, self._stack, self._terminated, 0
+        g = self.compiled
+        for t in token_ids:
+            t = int(t)
+            if done:
+                break
+            if t in self._eos:
+                if not g.can_end(q, stack):
+                    break
+                done = True
+            else:
+                data = self._tb[t] if 0 <= t < len(self._tb) else None
+                got = g.step(q, stack, data) if data else None
+                if got is None:
+                    break
+                q, stack = got
+            n += 1
+        return n
+
+    def rollback(self, n: int) -> None:
+        """Undo the last ``n`` accepted tokens (at most the kept history)."""
+        if n < 0 or n > len(self._history):
+            raise ValueError(f"cannot roll back {n} tokens: {len(self._history)} are kept")
+        for _ in range(n):
+            self._q, self._stack, _ = self._history.pop()
+            self._terminated = False
+
+    def _current_row(self) -> np.ndarray:
+        if self._terminated:
+            return _eos_row(self.compiled._W, self._eos)
+        return self.compiled.mask(self._q, self._stack)
+
+    def is_completed(self) -> bool:
+        return self._terminated or self.compiled.can_end(self._q, self._stack)
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    @property
+    def stack_depth(self) -> int:
+        return self._stack[2]
+
+    def reset(self) -> None:
+        self._q, self._stack = self.compiled.initial_state()
+        self._terminated = False
+        self._history.clear()
+
+    def copy(self) -> PushdownMatcher:
+        m = object.__new__(PushdownMatcher)
+        m.compiled, m._q, m._stack, m._terminated = self.compiled, self._q, self._stack, self._terminated
+        m._history = deque(self._history, maxlen=self._history.maxlen)
+        m._eos, m._tb = self._eos, self._tb
+        return m
+
+    def __repr__(self) -> str:
+        return f"PushdownMatcher(lexer_state={self._q}, depth={self._stack[2]}, terminated={self._terminated})"

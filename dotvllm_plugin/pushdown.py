@@ -51,7 +51,7 @@ import numpy as np
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
 
-__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "PushdownMatcher", "compile_pushdown"]
+__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "compile_pushdown", "pushdown_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 MAX_STACK_DEPTH = 8192
 #: Default number of (lexer state, stack signature) masks cached per grammar and process.
 MASK_CACHE_SIZE = 4096
-#: Rollback history kept per matcher (tokens).
-MAX_ROLLBACK = 256
+
+
 
 FORMAT_VERSION = 1
 _MAGIC = b"DOTVLLMP"
@@ -157,6 +157,8 @@ def _build_lexer(members: list[int], terms, dfas):
     Returns ``(trans int32 [n, 256], chosen int32 [n])`` with state 0 the lexeme start (never
     re-entered) and ``chosen[s]`` the terminal a lexeme ending in ``s`` is typed as (-1: none).
     """
+    if not members:  # a parser state that only takes the end of input
+        return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
     ordered, retype = _unless(members, terms)
     for i, x in enumerate(ordered):
         for y in ordered[i + 1 :]:
@@ -367,8 +369,10 @@ def _lalr_tables(grammar: Grammar):
     )
 
 
-def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX_STACK_DEPTH) -> PushdownGrammar:
-    """Compile ``grammar`` for ``vocabulary``; raises :class:`GrammarError` for what it cannot enforce."""
+def pushdown_tables(grammar: Grammar, *, max_stack_depth: int = MAX_STACK_DEPTH) -> dict:
+    """Everything of a :class:`PushdownGrammar` but the vocabulary: parser tables and lexer
+    automata. Raises :class:`GrammarError` for what cannot be enforced exactly (the cheap check the
+    API server runs per request)."""
     grammar.check()
     terms = grammar.terminals
     dfas = _terminal_dfas(grammar)
@@ -391,10 +395,9 @@ def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX
     lex_chosen = np.concatenate([c for _, c in parts]).astype(np.int32)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
-    return PushdownGrammar(
+    return dict(
         kind=grammar.kind,
         source=grammar.source,
-        vocabulary=vocabulary,
         terminal_names=tuple(t.name for t in terms),
         start_state=tables["start_state"],
         end_state=tables["end_state"],
@@ -411,6 +414,11 @@ def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX
             is_ignore=is_ignore,
         ),
     )
+
+
+def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX_STACK_DEPTH) -> PushdownGrammar:
+    """Compile ``grammar`` for ``vocabulary`` (token masks are computed on first visit and cached)."""
+    return PushdownGrammar(vocabulary=vocabulary, **pushdown_tables(grammar, max_stack_depth=max_stack_depth))
 
 
 # -- the compiled grammar ---------------------------------------------------------------------------
@@ -826,132 +834,3 @@ class _Probe:
                     return False
                 pos, new = res
         return self.feed(pos, new, g._end) is _ACCEPT
-
-
-class PushdownMatcher:
-    """Per-request state over a :class:`PushdownGrammar`; never raises on model behaviour.
-
-    ``accept_token`` returns ``False`` for a token the grammar does not allow and leaves the state
-    unchanged; ``copy()`` shares everything (the state is two immutable references).
-    """
-
-    __slots__ = ("compiled", "_q", "_stack", "_terminated", "_history", "_eos", "_tb")
-
-    def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):
-        self.compiled = compiled
-        self._q, self._stack = compiled.initial_state()
-        self._terminated = False
-        self._history: deque = deque(maxlen=max_rollback_tokens)
-        self._eos = frozenset(compiled.vocabulary.eos_token_ids)
-        self._tb = compiled.vocabulary.token_bytes
-
-    def accept_token(self, token_id: int) -> bool:
-        if self._terminated:
-            return False
-        token_id = int(token_id)
-        if token_id in self._eos:
-            if not self.compiled.can_end(self._q, self._stack):
-                return False
-            self._history.append((self._q, self._stack, False))
-            self._terminated = True
-            return True
-        if token_id < 0 or token_id >= len(self._tb):
-            return False
-        data = self._tb[token_id]
-        if not data:
-            return False
-        got = self.compiled.step(self._q, self._stack, data)
-        if got is None:
-            return False
-        self._history.append((self._q, self._stack, False))
-        self._q, self._stack = got
-        return True
-
-    def accept_string(self, text: str | bytes) -> bool:
-        if self._terminated:
-            return False
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        got = self.compiled.step(self._q, self._stack, data)
-        if got is None:
-            return False
-        self._history.append((self._q, self._stack, False))
-        self._q, self._stack = got
-        return True
-
-    def validate_tokens(self, token_ids) -> int:
-        """How many of ``token_ids`` (a prefix) would be accepted in turn; the state is unchanged."""
-        q, stack, done, n = self._q, self._stack, self._terminated, 0
-        g = self.compiled
-        for t in token_ids:
-            t = int(t)
-            if done:
-                break
-            if t in self._eos:
-                if not g.can_end(q, stack):
-                    break
-                done = True
-            else:
-                data = self._tb[t] if 0 <= t < len(self._tb) else None
-                got = g.step(q, stack, data) if data else None
-                if got is None:
-                    break
-                q, stack = got
-            n += 1
-        return n
-
-    def rollback(self, n: int) -> None:
-        """Undo the last ``n`` accepted tokens (at most the kept history)."""
-        if n < 0 or n > len(self._history):
-            raise ValueError(f"cannot roll back {n} tokens: {len(self._history)} are kept")
-        for _ in range(n):
-            self._q, self._stack, _ = self._history.pop()
-            self._terminated = False
-
-    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
-        row = self._current_row()
-        target = bitmask[index]
-        if hasattr(target, "copy_"):
-            import torch
-
-            target.zero_()
-            target[: len(row)].copy_(torch.from_numpy(row))
-        else:
-            target[: len(row)] = row
-            target[len(row) :] = 0
-
-    def _current_row(self) -> np.ndarray:
-        if self._terminated:
-            row = np.zeros(self.compiled._W, dtype=np.int32)
-            for e in self._eos:
-                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
-            return row
-        return self.compiled.mask(self._q, self._stack)
-
-    def allowed_token_ids(self) -> np.ndarray:
-        bits = np.unpackbits(self._current_row().view(np.uint8), bitorder="little")
-        return np.flatnonzero(bits[: len(self._tb)])
-
-    def is_completed(self) -> bool:
-        return self._terminated or self.compiled.can_end(self._q, self._stack)
-
-    def is_terminated(self) -> bool:
-        return self._terminated
-
-    @property
-    def stack_depth(self) -> int:
-        return self._stack[2]
-
-    def reset(self) -> None:
-        self._q, self._stack = self.compiled.initial_state()
-        self._terminated = False
-        self._history.clear()
-
-    def copy(self) -> PushdownMatcher:
-        m = PushdownMatcher.__new__(PushdownMatcher)
-        m.compiled, m._q, m._stack, m._terminated = self.compiled, self._q, self._stack, self._terminated
-        m._history = deque(self._history, maxlen=self._history.maxlen)
-        m._eos, m._tb = self._eos, self._tb
-        return m
-
-    def __repr__(self) -> str:
-        return f"PushdownMatcher(lexer_state={self._q}, depth={self._stack[2]}, terminated={self._terminated})"

@@ -26,7 +26,7 @@ REGULAR_EQUIVALENTS = {
     # ESCAPED_STRING: a quote, then anything but an unescaped quote or a newline, then a quote.
     r'".*?(?<!\\)(\\\\)*?"': r'"(?:[^"\\\n]|\\[^\n])*"',
     # C_COMMENT: from /* to the first */.
-    r"/\*(.|\n)*?\*/": r"/\*(?:[^*]|\*+[^*/])*\*+/",
+    "/\\*(.|\n)*?\\*/": r"/\*(?:[^*]|\*+[^*/])*\*+/",
 }
 
 
@@ -53,7 +53,11 @@ def _has_lazy(regex: str) -> bool:
     return False
 
 
-def _terminal_regex(name: str, regex: str, where: str) -> str:
+def _terminal_regex(name: str, regex: str, where: str, min_width: int) -> str:
+    from ..regex import check_regex
+
+    if min_width == 0:
+        raise GrammarError(f"terminal {name} ({where}) matches the empty string; lark's lexer refuses zero-width terminals")
     regex = REGULAR_EQUIVALENTS.get(regex, regex)
     if _has_lazy(regex):
         raise UnsupportedFeatureError(
@@ -63,6 +67,10 @@ def _terminal_regex(name: str, regex: str, where: str) -> str:
             feature="lazy quantifier",
             where=name,
         )
+    try:
+        check_regex(regex)
+    except GrammarError as e:
+        raise type(e)(f"terminal {name} ({where}): {e}") from e
     return regex
 
 
@@ -108,7 +116,7 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
         terminals.append(
             Terminal(
                 name=t.name,
-                regex=_terminal_regex(t.name, pattern.to_regexp(), where),
+                regex=_terminal_regex(t.name, pattern.to_regexp(), where, int(pattern.min_width)),
                 priority=int(t.priority),
                 literal=literal,
                 flags=frozenset(pattern.flags),

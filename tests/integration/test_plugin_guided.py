@@ -13,6 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
+import lark
 import pytest
 import requests
 
@@ -36,6 +37,17 @@ SCHEMA = {
     "additionalProperties": False,
 }
 WHITESPACE = "[ ]?"
+# Context-free (a parser stack, a contextual lexer, an ignored terminal) but finite, so that a
+# random model ends it within the token budget.
+GRAMMAR = r"""
+?start: call
+call: NAME "(" [arg ("," arg)~0..2] ")"
+?arg: NAME | NUMBER | pair
+pair: "[" NUMBER "," NUMBER "]"
+NAME: /[a-z]{1,6}/
+NUMBER: /[0-9]{1,3}/
+%ignore " "
+"""
 # Valid (passes the early check), but its DFA has 2**18 states: past the compiler's size budget,
 # found only while compiling (or past these servers' 15 s time budget, were the compiler slower).
 RUNAWAY_REGEX = "(a|b)*a(a|b){17}"
@@ -70,6 +82,11 @@ def _check_schema(text, whitespace=None):
     return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
 
 
+def _check_grammar(text):
+    lark.Lark(GRAMMAR, parser="lalr").parse(text)  # raises on text the grammar does not accept
+    return True
+
+
 def _check_json_object(text):
     return isinstance(json.loads(text), dict)
 
@@ -83,6 +100,7 @@ GUIDED = [
                  _check_schema, id="response_format_json_schema"),
     pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": WHITESPACE},
                  lambda t: _check_schema(t, WHITESPACE), id="guided_whitespace_pattern"),
+    pytest.param({"guided_grammar": GRAMMAR}, _check_grammar, id="guided_grammar"),
 ]
 
 
@@ -124,7 +142,9 @@ BAD = [
                  "'uniqueItems' at /uniqueItems", id="schema-uniqueItems"),
     pytest.param({"guided_json": {"type": "array", "uniqueItems": True}}, "uniqueItems", id="schema-uniqueItems"),
     pytest.param({"guided_json": '{"type": "object",'}, "not valid JSON", id="bad-json"),
-    pytest.param({"guided_grammar": 'start: "a" | "b"'}, "Lark grammars are not supported yet", id="lark"),
+    pytest.param({"guided_grammar": 'start: "a" | b'}, "guided_grammar: invalid Lark grammar", id="lark-broken"),
+    pytest.param({"guided_grammar": 'start: a\na: "x" | a a'}, "not LALR\\(1\\)", id="lark-not-lalr"),
+    pytest.param({"guided_grammar": 'start: /".*?"/'}, "lazy quantifier", id="lark-lazy-terminal"),
     pytest.param({"guided_choice": []}, "at least one choice", id="empty-choice"),
     pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": "\\s*"}, "whitespace_pattern",
                  id="unbounded-whitespace"),

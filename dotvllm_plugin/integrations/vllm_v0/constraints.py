@@ -77,13 +77,9 @@ def constraint_of(params) -> Constraint:
     """Translate ``GuidedDecodingParams`` into a :class:`Constraint`; raise GrammarError if unsupported."""
     ws = getattr(params, "whitespace_pattern", None)
     if getattr(params, "grammar", None) is not None:
-        raise UnsupportedFeatureError(
-            "guided_grammar: Lark grammars are not supported yet by the dotvllm backend; use guided_regex or "
-            "guided_json, or pass guided_decoding_backend=\"xgrammar\" (or \"outlines\") to use one of vLLM's "
-            "own backends",
-            feature="guided_grammar",
-            where="guided_grammar",
-        )
+        if not isinstance(params.grammar, str):
+            raise GrammarError(f"guided_grammar must be a string (a Lark grammar), got {type(params.grammar).__name__}")
+        return Constraint("grammar", params.grammar, None, "guided_grammar")
     if getattr(params, "structural_tag", None) is not None:
         raise UnsupportedFeatureError(
             "response_format structural_tag is not supported by the dotvllm backend; pass "
@@ -137,22 +133,9 @@ def validate(params) -> Constraint:
             _checked.move_to_end(memo)
             return c
     try:
-        if c.kind == "regex":
-            from ...compiler import check_regex
+        from ...compiler import KINDS
 
-            check_regex(c.spec)
-        elif c.kind == "choice":
-            from ...compiler import choice_regex
-
-            choice_regex(c.spec)
-        elif c.kind == "json_schema":
-            from ...compiler import check_json_schema
-
-            check_json_schema(c.spec, whitespace_pattern=c.whitespace_pattern)
-        elif c.kind == "json_object":
-            from ...grammar.json_schema import json_object_regex
-
-            json_object_regex(whitespace_pattern=c.whitespace_pattern)
+        KINDS[c.kind].check(c.spec, {"whitespace_pattern": c.whitespace_pattern})
     except GrammarError as e:
         _prefixed(e, c.parameter)
         raise

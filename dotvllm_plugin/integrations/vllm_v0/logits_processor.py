@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ...compiler import CompiledGrammar
+from ...compiler import CompiledGrammar, load_compiled
 from ...matcher import GrammarMatcher
 
 __all__ = ["DotvllmLogitsProcessor"]
@@ -93,7 +93,7 @@ def _grammar_for(key: str, data: bytes, fingerprint: str, vocabulary_blob: bytes
         if vocab.fingerprint != fingerprint:
             raise RuntimeError(f"received vocabulary {vocab.fingerprint[:12]}, expected {fingerprint[:12]}")
         register_vocabulary(vocab)
-    g = CompiledGrammar.from_bytes(data, vocab)
+    g = load_compiled(data, vocab)
     with _process_lock:
         _grammars[key] = g
         while len(_grammars) > _MAX_GRAMMARS_PER_PROCESS:

@@ -1,0 +1,345 @@
+"""The grammar engine (Lark front end, pushdown matcher) against lark itself as the oracle.
+
+* sentences of each grammar (hypothesis' ``from_lark``, kept when lark's LALR parser accepts them),
+  tokenized by both real tokenizers, are accepted token by token and complete;
+* random walks over the allowed tokens produce text that lark parses once EOS was allowed;
+* texts lark rejects are rejected; per-feature tables; refusals name what and where.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import lark
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.lark import from_lark
+
+from dotvllm_plugin import GrammarCompiler, GrammarMatcher, UnsupportedFeatureError, Vocabulary
+from dotvllm_plugin.compiler import CompiledGrammar, check_grammar, load_compiled
+from dotvllm_plugin.errors import GrammarError
+from dotvllm_plugin.grammar.lark import REGULAR_EQUIVALENTS
+from dotvllm_plugin.pushdown import PushdownGrammar
+
+JSON = r"""
+?start: value
+?value: object | array | string | SIGNED_NUMBER -> number | "true" -> true | "false" -> false | "null" -> null
+array  : "[" [value ("," value)*] "]"
+object : "{" [pair ("," pair)*] "}"
+pair   : string ":" value
+string : ESCAPED_STRING
+%import common.ESCAPED_STRING
+%import common.SIGNED_NUMBER
+%import common.WS
+%ignore WS
+"""
+
+ARITHMETIC = r"""
+?start: sum
+?sum: product | sum "+" product -> add | sum "-" product -> sub
+?product: atom | product "*" atom -> mul | product "/" atom -> div
+?atom: NUMBER -> number | "-" atom -> neg | "(" sum ")"
+%import common.NUMBER
+%import common.WS_INLINE
+%ignore WS_INLINE
+"""
+
+SQL = r"""
+start: select
+select: "select"i columns "from"i NAME [where] [order] [limit]
+columns: "*" | NAME ("," NAME)*
+where: "where"i cond (("and"i | "or"i) cond)*
+cond: NAME OP value
+value: NAME | INT | STRING
+order: "order"i "by"i NAME [DIR]
+DIR: "asc"i | "desc"i
+limit: "limit"i INT
+OP: "=" | "<" | ">" | "<=" | ">=" | "<>"
+NAME: /[a-z_][a-z0-9_]*/
+STRING: /'[^']*'/
+%import common.INT
+%import common.WS
+%ignore WS
+"""
+
+CALLS = r"""
+start: call
+call: NAME "(" [arg ("," arg)*] ")"
+arg: NAME "=" value | value
+?value: call | list | ESCAPED_STRING | SIGNED_NUMBER | "true" | "false"
+list: "[" [value ("," value)*] "]"
+%import common.CNAME -> NAME
+%import common.ESCAPED_STRING
+%import common.SIGNED_NUMBER
+%import common.WS
+%ignore WS
+"""
+
+GRAMMARS = {"json": JSON, "arithmetic": ARITHMETIC, "sql": SQL, "calls": CALLS}
+
+STRING = st.from_regex(r'"[a-zA-Z0-9 _.,:\\-]{0,12}"', fullmatch=True)
+EXPLICIT = {"ESCAPED_STRING": STRING, "STRING": st.from_regex(r"'[a-z ]{0,8}'", fullmatch=True)}
+
+
+@pytest.fixture(scope="module")
+def parsers():
+    return {name: lark.Lark(text, parser="lalr") for name, text in GRAMMARS.items()}
+
+
+@pytest.fixture(scope="module")
+def compiled(real):
+    return {name: real.compiler.compile_grammar(text) for name, text in GRAMMARS.items()}
+
+
+def _lark_accepts(parser, text: str) -> bool:
+    try:
+        parser.parse(text)
+    except lark.exceptions.LarkError:
+        return False
+    return True
+
+
+def _eos(vocab) -> int:
+    return vocab.eos_token_ids[0]
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMARS))
+def test_sentences_from_lark_are_accepted(name, real, compiled, parsers):
+    parser = parsers[name]
+    grammar = compiled[name]
+
+    names = {t.name for t in parser.terminals}
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(from_lark(parser, explicit={k: v for k, v in EXPLICIT.items() if k in names}))
+    def check(text):
+        if not _lark_accepts(parser, text) or not real.round_trips(text) or not text.isascii():
+            return
+        ids = real.encode(text)
+        m = GrammarMatcher(grammar)
+        for i, t in enumerate(ids):
+            assert m.accept_token(t), (text, i, real.vocab.token_bytes[t])
+        assert m.is_completed(), text
+        assert m.accept_token(_eos(real.vocab))
+        assert m.is_terminated()
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMARS))
+def test_random_walks_parse_with_lark(name, real, compiled, parsers):
+    parser = parsers[name]
+    grammar = compiled[name]
+    eos = set(real.vocab.eos_token_ids)
+    rng = random.Random(f"{name}-{real.name}")
+    finished = 0
+    closers = {t for t, b in enumerate(real.vocab.token_bytes) if b and len(b) == 1 and b in b")]}\"'0123456789"}
+    for walk in range(12):
+        m = GrammarMatcher(grammar)
+        out = []
+        for step in range(200):
+            allowed = m.allowed_token_ids()
+            assert len(allowed), ("stuck", name, b"".join(out))
+            t = int(rng.choice(allowed))
+            if step > 20:  # steer towards an end: EOS when allowed, else a closing byte
+                ends = [x for x in allowed.tolist() if x in eos]
+                close = [x for x in allowed.tolist() if x in closers]
+                t = ends[0] if ends else int(rng.choice(close)) if close and rng.random() < 0.8 else t
+            assert m.accept_token(t), (name, b"".join(out), t)
+            if t in eos:
+                break
+            out.append(real.vocab.token_bytes[t])
+        text = b"".join(out).decode("utf-8")
+        if m.is_terminated():
+            finished += 1
+            assert _lark_accepts(parser, text), (name, text)
+    # A random walk through SQL rarely spells FROM; completeness is test_sentences_from_lark's job.
+    assert finished >= (0 if name == "sql" else 1)
+
+
+REJECTED = {
+    "json": ['{"a" 1}', "[1,]", '{"a":}', "tru", "[1 2]", '"unterminated', "{} {}", "01x"],
+    "arithmetic": ["1+", "(1", "1)", "*2", "1 2", "--", "()"],
+    "sql": ["select from t", "select a from", "select a, from t", "select a from t where", "selectx a from t"],
+    "calls": ["f(", "f(a=)", "f(a b)", "(1)", "f(1,)", "f(x)(y)"],
+}
+
+
+@pytest.mark.parametrize(("name", "text"), [(n, t) for n, ts in REJECTED.items() for t in ts])
+def test_texts_lark_rejects_are_rejected(name, text, byte_vocab, parsers):
+    assert not _lark_accepts(parsers[name], text)
+    m = GrammarMatcher(GrammarCompiler(byte_vocab).compile_grammar(GRAMMARS[name]))
+    assert not (m.accept_string(text) and m.is_completed()), text
+
+
+# -- features --------------------------------------------------------------------------------------
+
+FEATURES = [
+    # (grammar, accepted, rejected)
+    pytest.param('start: "a" "b"\n%ignore " "', ["ab", " a  b ", "a b"], ["a", "ab b", "a\tb"], id="ignore"),
+    pytest.param('start: A\nA: "ab"i', ["ab", "AB", "aB"], ["a", "abc"], id="case-insensitive-literal"),
+    pytest.param('start: _x "c"\n_x: "a" "b"', ["abc"], ["ab", "abcc"], id="filtered-rule"),
+    pytest.param('?start: x\nx: "a" | "b" x', ["a", "ba", "bbba"], ["b", ""], id="inlined-rule"),
+    pytest.param('start: pair{"x", "y"}\npair{a, b}: a "," b', ["x,y"], ["y,x", "x,"], id="template"),
+    pytest.param('start: NUMBER\n%import common.NUMBER', ["12", "1.5", "3e4"], ["", "1.2.3"], id="import"),
+    pytest.param('start: WORD (" " WORD)*\n%import common.WORD', ["a b c", "hello"], ["a  b", "a1"], id="repeat"),
+    pytest.param('start: kw NAME\nkw: "let"\nNAME: /[a-z]+/\n%ignore " "', ["let x", "let letx", "let let"],
+                 ["letx y", "let"], id="keyword-and-name"),
+    # Both terminals match "abc"; lark's lexer types it A (higher priority), so "abc!" fails.
+    pytest.param('start: A | B "!"\nA.2: /[a-z]+/\nB: /[a-z]+/', ["abc"], ["abc!", ""], id="priority"),
+    pytest.param('start: ESCAPED_STRING\n%import common.ESCAPED_STRING', ['""', '"a\\"b"', '"\\\\"'],
+                 ['"a\\"', '"a"b"', '"\n"'], id="escaped-string"),
+    pytest.param('start: x+\nx: C_COMMENT | "a"\n%import common.C_COMMENT', ["/* x */a", "a/**/"], ["/* */ */"],
+                 id="c-comment"),
+]
+
+
+@pytest.mark.parametrize(("text", "accepted", "rejected"), FEATURES)
+def test_features(text, accepted, rejected, byte_vocab):
+    parser = lark.Lark(text, parser="lalr")
+    grammar = GrammarCompiler(byte_vocab).compile_grammar(text)
+    for s in accepted:
+        assert _lark_accepts(parser, s), s
+        m = GrammarMatcher(grammar)
+        assert m.accept_string(s) and m.is_completed(), s
+    for s in rejected:
+        assert not _lark_accepts(parser, s), s
+        m = GrammarMatcher(grammar)
+        assert not (m.accept_string(s) and m.is_completed()), s
+
+
+REFUSED = [
+    pytest.param("start: a\na: \"x\" | a a", UnsupportedFeatureError, r"not LALR\(1\).*shift/reduce", id="not-lalr"),
+    pytest.param('start: A\n%declare A', UnsupportedFeatureError, r"terminal A .*%declare", id="declare"),
+    pytest.param('start: S\nS: /".*?"/', UnsupportedFeatureError, r"terminal S \(line 2\) uses a lazy quantifier",
+                 id="lazy"),
+    pytest.param('start: A | B\nA.2: /a+/\nB: /a+b/', UnsupportedFeatureError,
+                 r"terminal A \(line 2\) and terminal B \(line 3\) overlap.*'ab'", id="collision"),
+    pytest.param('start: x\nx: "a" | y\ny: x', GrammarError, r"not LALR|Reduce", id="reduce-reduce"),
+    pytest.param('start: "a" | b', GrammarError, r"invalid Lark grammar: .*b", id="undefined-rule"),
+    pytest.param('start: A\nA: /(?<=x)a/', UnsupportedFeatureError, r"terminal A.*lookbehind", id="lookbehind"),
+    pytest.param('start: A\nA: /a*/', GrammarError, r"terminal A .*empty string", id="zero-width"),
+    pytest.param('start: "a"\nstart: "b"', GrammarError, r"invalid Lark grammar", id="duplicate-rule"),
+]
+
+
+@pytest.mark.parametrize(("text", "error", "match"), REFUSED)
+def test_refusals_name_what_and_where(text, error, match):
+    with pytest.raises(error, match=match):
+        check_grammar(text)
+
+
+def test_regular_equivalents_lex_as_lark_does():
+    """lark's lexer takes the *first* match of the lazy originals; ours takes the longest match of
+    the rewrite: they must agree on every sampled text."""
+    import re
+
+    rng = random.Random(7)
+    for lazy, regular in REGULAR_EQUIVALENTS.items():
+        opener = '"' if lazy.startswith('"') else "/*"
+        for _ in range(3000):
+            s = opener + "".join(rng.choice('"\\ab*/\n') for _ in range(rng.randint(0, 9)))
+            m = re.match(lazy, s)
+            longest = next((s[:i] for i in range(len(s), 0, -1) if re.fullmatch(regular, s[:i])), None)
+            assert (m.group(0) if m else None) == longest, (lazy, s)
+
+
+def test_nesting_1000_deep(byte_vocab):
+    grammar = GrammarCompiler(byte_vocab).compile_grammar(JSON)
+    m = GrammarMatcher(grammar)
+    assert m.accept_string("[" * 1000 + "1")
+    assert not m.is_completed()
+    assert m.stack_depth > 1000
+    assert m.accept_string("]" * 1000)
+    assert m.is_completed()
+    assert lark.Lark(JSON, parser="lalr").parse("[" * 1000 + "1" + "]" * 1000)
+
+
+def test_stack_bound_is_enforced(byte_vocab):
+    from dotvllm_plugin.grammar.lark import lark_to_ir
+    from dotvllm_plugin.pushdown import compile_pushdown
+
+    grammar = compile_pushdown(lark_to_ir(JSON), byte_vocab, max_stack_depth=40)
+    m = GrammarMatcher(grammar)
+    assert m.accept_string("[" * 30)
+    assert not m.accept_string("[" * 20)  # past the bound: refused, state unchanged
+    allowed = set(m.allowed_token_ids().tolist())
+    assert ord("1") in allowed and ord("]") in allowed
+
+
+def test_mask_agrees_with_accept_token(real, compiled):
+    """Every token the mask allows is accepted, every other one refused (sampled)."""
+    rng = random.Random(3)
+    grammar = compiled["json"]
+    m = GrammarMatcher(grammar)
+    for prefix in ['{"a', '{"a": [1, 2', '{"a": tr', "[", '{"k": "v"}']:
+        m.reset()
+        assert m.accept_string(prefix)
+        allowed = set(m.allowed_token_ids().tolist())
+        sample = rng.sample(range(real.vocab.size), 400) + sorted(allowed)[:400]
+        for t in sample:
+            c = m.copy()
+            assert c.accept_token(t) == (t in allowed), (prefix, real.vocab.token_bytes[t])
+
+
+def test_rollback_and_validate_tokens(byte_vocab):
+    grammar = GrammarCompiler(byte_vocab).compile_grammar(ARITHMETIC)
+    ids = list(b"(1+2)*3")
+    m = GrammarMatcher(grammar)
+    assert m.validate_tokens(ids + [ord(")")]) == len(ids)
+    assert m.validate_tokens(ids) == len(ids)
+    for t in ids:
+        assert m.accept_token(t)
+    row = m.allowed_token_ids().tolist()
+    m.rollback(3)
+    assert ord(")") in m.allowed_token_ids().tolist()
+    assert m.accept_token(ord(")")) and m.accept_token(ord("*")) and m.accept_token(ord("3"))
+    assert m.accept_token(ord("-"))
+    m.rollback(1)
+    assert m.allowed_token_ids().tolist() == row
+    assert m.accept_token(256) and m.is_terminated()
+    m.rollback(1)
+    assert not m.is_terminated() and m.is_completed()
+    with pytest.raises(ValueError, match="cannot roll back"):
+        m.rollback(100)
+
+
+def test_serialisation_round_trip(real, compiled):
+    grammar = compiled["sql"]
+    data = grammar.to_bytes()
+    loaded = load_compiled(data, real.vocab)
+    assert isinstance(loaded, PushdownGrammar)
+    unpickled = pickle.loads(pickle.dumps(grammar))
+    text = "SELECT a, b FROM t WHERE a >= 3 order by b desc limit 10"
+    for g in (loaded, unpickled):
+        m = GrammarMatcher(g)
+        assert m.accept_string(text) and m.is_completed()
+        mask = np.zeros((1, (real.vocab.size + 31) // 32), dtype=np.int32)
+        m.fill_next_token_bitmask(mask)
+        ref = np.zeros_like(mask)
+        GrammarMatcher(grammar).copy().fill_next_token_bitmask(ref)
+    with pytest.raises(GrammarError.__mro__[1], match="truncated|corrupt"):
+        load_compiled(data[:-7], real.vocab)
+
+
+def test_a_one_terminal_grammar_is_a_dfa(byte_vocab):
+    c = GrammarCompiler(byte_vocab)
+    g = c.compile_grammar("start: /[0-9]{2,3}/")
+    assert isinstance(g, CompiledGrammar)
+    m = GrammarMatcher(g)
+    assert m.accept_string("12") and m.is_completed() and not m.accept_string("345")
+
+
+def test_byte_vocabulary_of_other_sizes():
+    """Masks are exact for vocabularies whose size is not a multiple of 32."""
+    for extra in range(5):
+        tokens = [bytes([i]) for i in range(256)] + [b"ab", b"[1"] + [b"zz"] * extra + [None]
+        vocab = Vocabulary(tokens, eos_token_ids=[len(tokens) - 1])
+        g = GrammarCompiler(vocab).compile_grammar(JSON)
+        m = GrammarMatcher(g)
+        allowed = set(m.allowed_token_ids().tolist())
+        assert 256 + 1 in allowed and 256 not in allowed and len(tokens) - 1 not in allowed
+        assert max(allowed) < len(tokens)
