@@ -15,7 +15,17 @@ would stall token generation), and a pathological regex must not take a worker d
   failures (a bad spec, a size budget) are remembered too, so a repeat costs no worker time;
 * an optional on-disk cache stores :meth:`CompiledGrammar.to_bytes` (a versioned, pickle-free
   format) behind a sha256 integrity hash. Nothing is ever unpickled from disk; a file that fails
-  its hash or format check is deleted and the constraint recompiled.
+  its hash or format check is deleted and the constraint recompiled. A cache directory that cannot
+  be read or written (read-only, disk full) is logged once and the manager compiles without it;
+* workers never outlive the process that started them, however it dies: on Linux each worker
+  asks the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), and everywhere
+  it blocks a thread on a "lifeline" pipe whose only writer is the parent (EOF: the parent is
+  gone, the worker exits). The parent checks that it is still the worker's parent once the
+  watch is armed, so a parent that died during the worker's start is caught too. Workers carry
+  the environment variable ``DOTVLLM_COMPILE_WORKER=<parent pid>`` (and the name
+  ``dotvllm-compile`` on Linux) so that they can be found. At interpreter exit, live managers
+  are closed before ``concurrent.futures`` joins its threads (which would otherwise wait for a
+  running compile): workers are killed, not waited for.
 
 Workers send back bytes (``to_bytes``), never pickled grammars; the parent rebuilds the grammar
 with :meth:`CompiledGrammar.from_bytes` in a dispatcher thread, off the caller's event loop.
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -38,6 +49,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -52,8 +64,8 @@ __all__ = ["KINDS", "CompilationManager", "CompileResult", "compile_key"]
 logger = logging.getLogger("dotvllm_plugin.compilation")
 _DEFAULT_LOGGER = logger
 
-KINDS = ("regex", "choice", "json_schema", "json_object")
-"""Constraint kinds a :class:`CompilationManager` compiles."""
+KINDS = ("regex", "choice", "json_schema", "json_object", "grammar")
+"""Constraint kinds a :class:`CompilationManager` compiles (those of :data:`dotvllm_plugin.compiler.KINDS`)."""
 
 # Test-only kinds, accepted only by a manager built with ``_allow_test_kinds=True``: they let the
 # unit tests exercise the timeout and crash handling deterministically.
@@ -61,6 +73,11 @@ _TEST_SLEEP = "_test_sleep"  # spec = seconds to sleep, then compile the regex "
 _TEST_CRASH = "_test_crash"  # the worker process exits abruptly
 _TEST_ALLOCATE = "_test_allocate"  # spec = MB to allocate
 _TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH, _TEST_ALLOCATE)
+
+WORKER_MARKER_ENV = "DOTVLLM_COMPILE_WORKER"
+"""Environment variable set in every compile worker: the pid of the process that started it."""
+WORKER_NAME = "dotvllm-compile"
+"""Process name (``/proc/PID/comm``) of compile workers on Linux."""
 
 _DISK_MAGIC = b"DOTVLLMC\x01"
 _DISK_SUFFIX = ".dotvllm"
@@ -105,9 +122,55 @@ def compile_key(kind: str, spec: Any, options: dict, vocabulary_fingerprint: str
 _worker_compiler = None
 
 
-def _init_worker(vocabulary, memory_limit_mb: int | None = None) -> None:
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def _prctl(option: int, arg) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _tie_to_parent(parent_pid: int | None, lifeline) -> None:
+    """Make this worker exit when the process that started it dies, however it dies.
+
+    * Linux: ``PR_SET_PDEATHSIG`` = ``SIGKILL``. The kernel sends it when the *thread* that
+      forked this process exits; the manager starts each worker from that slot's dispatcher
+      thread, which lives until the manager is closed (and a closing manager kills its workers
+      anyway), so it fires only when the process is gone or the manager is done. It works while
+      this process is busy in C code holding the GIL.
+    * Everywhere: a daemon thread blocks (no polling) on the read end of a pipe whose only
+      writer is the parent; EOF means the parent died or dropped this worker, and the worker exits.
+    * A parent that died before the watch was armed: this process has been re-parented already.
+    """
+    if sys.platform.startswith("linux"):
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        _prctl(_PR_SET_NAME, WORKER_NAME.encode())
+    if lifeline is not None:
+        threading.Thread(target=_wait_for_eof, args=(lifeline,), name="dotvllm-lifeline", daemon=True).start()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _wait_for_eof(lifeline) -> None:
+    try:
+        while True:
+            lifeline.recv_bytes()  # the parent never writes: returns only on EOF (raises) or error
+    except BaseException:  # noqa: BLE001 - EOFError, OSError: the parent is gone
+        pass
+    os._exit(0)
+
+
+def _init_worker(vocabulary, memory_limit_mb: int | None = None, parent_pid: int | None = None,
+                 lifeline=None) -> None:
     """Pool initializer: runs once per worker process, with the pickled Vocabulary."""
     global _worker_compiler
+    _tie_to_parent(parent_pid, lifeline)
     from .compiler import GrammarCompiler
 
     if memory_limit_mb:
@@ -121,7 +184,7 @@ def _init_worker(vocabulary, memory_limit_mb: int | None = None) -> None:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
-    # A killed parent must not leave workers behind; and Ctrl-C belongs to the parent.
+    # Ctrl-C belongs to the parent (a killed parent is handled by _tie_to_parent).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_compiler = GrammarCompiler(vocabulary, cache_size=0)
 
@@ -138,16 +201,11 @@ def _worker_compile(kind: str, spec: Any, options: dict) -> tuple:
     """
     t0 = time.perf_counter()
     try:
+        from .compiler import KINDS as REGISTRY
+
         c = _worker_compiler
-        ws = options.get("whitespace_pattern")
-        if kind == "regex":
-            cg = c.compile_regex(spec)
-        elif kind == "choice":
-            cg = c.compile_choice(spec)
-        elif kind == "json_schema":
-            cg = c.compile_json_schema(spec, whitespace_pattern=ws)
-        elif kind == "json_object":
-            cg = c.compile_json_object(whitespace_pattern=ws)
+        if kind in REGISTRY:
+            cg = REGISTRY[kind].compile(c, spec, options)
         elif kind == _TEST_SLEEP:
             time.sleep(float(spec))
             cg = c.compile_regex("x")
@@ -187,17 +245,22 @@ def _main_module_hidden():
     of ``__main__`` while the process starts makes ``multiprocessing`` skip that step.
     """
     main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
     missing = object()
-    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")}
+    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")} if main is not None else {}
     with _SPAWN_LOCK:
-        main.__dict__.pop("__file__", None)
-        main.__dict__["__spec__"] = None
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        # The marker of our workers (spawn children inherit the environment at exec time).
+        old_marker = os.environ.get(WORKER_MARKER_ENV)
+        os.environ[WORKER_MARKER_ENV] = str(os.getpid())
         try:
             yield
         finally:
+            if old_marker is None:
+                os.environ.pop(WORKER_MARKER_ENV, None)
+            else:
+                os.environ[WORKER_MARKER_ENV] = old_marker
             for k, v in saved.items():
                 if v is missing:
                     main.__dict__.pop(k, None)
@@ -217,19 +280,38 @@ class _Slot:
         self._memory_limit_mb = memory_limit_mb
         self.executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.pid: int | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+        self._lifeline = None  # write end of the worker's lifeline pipe; closing it ends the worker
 
     def start(self) -> None:
+        """Start the worker; call it from the slot's dispatcher thread (see :func:`_tie_to_parent`)."""
         ctx = multiprocessing.get_context("spawn")
-        self.executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(self._vocabulary, self._memory_limit_mb)
-        )
-        with _main_module_hidden():
-            ping = self.executor.submit(_worker_ping)
+        with self._lock:
+            if self.closed:
+                raise CompilationError("the compilation manager was closed")
+            reader, writer = ctx.Pipe(duplex=False)
+            executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_init_worker,
+                initargs=(self._vocabulary, self._memory_limit_mb, os.getpid(), reader),
+            )
+            try:
+                with _main_module_hidden():
+                    ping = executor.submit(_worker_ping)  # spawns the process, passing it ``reader``
+            finally:
+                reader.close()  # the worker holds its own copy; the parent keeps only the writer
+            self.executor, self._lifeline = executor, writer
         self.pid = ping.result(timeout=_WORKER_START_TIMEOUT_S)
         logger.debug("compile worker %d started (pid %d)", self.index, self.pid)
 
-    def kill(self) -> None:
-        ex, self.executor = self.executor, None
+    def kill(self, *, final: bool = False) -> None:
+        with self._lock:
+            if final:
+                self.closed = True
+            ex, self.executor = self.executor, None
+            lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            lifeline.close()
         if ex is None:
             return
         pids = set(getattr(ex, "_processes", None) or ())
@@ -326,7 +408,10 @@ class CompilationManager:
         self._threads: list[threading.Thread] = []
         self._slots: list[_Slot] = []
         self._closed = False
+        self._disk_problems: set[tuple[str, int]] = set()  # (operation, errno) already logged
+        self._disk_bad: set[str] = set()  # keys whose bad cache file could not be removed
         self.stats = {"hit": 0, "miss": 0, "error": 0, "timeout": 0, "worker_restarts": 0}
+        _live_managers.add(self)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -388,19 +473,27 @@ class CompilationManager:
         with self._lock:
             return self._cache.get(key)
 
-    def close(self) -> None:
-        """Stop the workers; pending compiles fail with :class:`CompilationError`."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the workers (killed, not waited for); pending compiles fail with
+        :class:`CompilationError`. Returns within about ``timeout_s``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             threads = list(self._threads)
+            slots = list(self._slots)
+        _live_managers.discard(self)
+        # Kill first: a dispatcher waiting on a running compile wakes up at once (broken pool).
+        for slot in slots:
+            slot.kill(final=True)
         for _ in threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + timeout_s
         for t in threads:
-            t.join(timeout=5)
-        for slot in self._slots:
-            slot.kill()
+            if t is not threading.current_thread():
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        for slot in slots:
+            slot.kill(final=True)  # in case a dispatcher was starting one
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -444,16 +537,25 @@ class CompilationManager:
                 self._finish(job, error=CompilationError(f"internal error while compiling: {e!r}"))
 
     def _run(self, slot: _Slot, job: _Job) -> None:
+        if self._closed:
+            self._finish(job, error=CompilationError("the compilation manager was closed"))
+            return
         if slot.executor is None:
             try:
                 slot.start()
             except Exception as e:  # noqa: BLE001
                 slot.kill()
-                self._finish(job, error=CompilationError(f"could not start a compile worker: {e!r}"))
+                error = (CompilationError("the compilation manager was closed") if self._closed
+                         else CompilationError(f"could not start a compile worker: {e!r}"))
+                self._finish(job, error=error)
                 return
         t0 = time.perf_counter()
+        executor = slot.executor
+        if executor is None:  # killed by close() meanwhile
+            self._finish(job, error=CompilationError("the compilation manager was closed"))
+            return
         try:
-            reply = slot.executor.submit(_worker_compile, job.kind, job.spec, job.options).result(timeout=self.timeout_s)
+            reply = executor.submit(_worker_compile, job.kind, job.spec, job.options).result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
             elapsed = time.perf_counter() - t0
             pid = slot.pid
@@ -472,9 +574,14 @@ class CompilationManager:
                 seconds=elapsed,
             )
             return
-        except BrokenProcessPool as e:
+        except (BrokenProcessPool, RuntimeError) as e:
+            # RuntimeError: the executor was shut down under us (the manager is closing).
             pid = slot.pid
             slot.kill()
+            if self._closed:
+                self._finish(job, error=CompilationError("the compilation manager was closed"),
+                             seconds=time.perf_counter() - t0)
+                return
             with self._lock:
                 self.stats["worker_restarts"] += 1
             self._log.error("compile worker %s died while compiling a %s constraint; replaced", pid, job.kind)
@@ -494,9 +601,9 @@ class CompilationManager:
             return
         _, data, worker_seconds = reply
         try:
-            from .compiler import CompiledGrammar
+            from .compiler import load_compiled
 
-            grammar = CompiledGrammar.from_bytes(data, self.vocabulary)
+            grammar = load_compiled(data, self.vocabulary)
         except SerializationError as e:
             self._finish(job, error=CompilationError(f"the compiled {job.kind} constraint did not load: {e}"))
             return
@@ -568,7 +675,7 @@ class CompilationManager:
                 f.write(result.data)
             os.replace(tmp, path)
         except OSError as e:
-            self._log.warning("could not write the compile cache file %s: %s", path, e)
+            self._disk_problem("write", path, e)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
@@ -576,12 +683,14 @@ class CompilationManager:
         if self.cache_dir is None:
             return None
         path = self._disk_path(key)
+        if key in self._disk_bad:
+            return None
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
-            self._log.warning("could not read the compile cache file %s: %s", path, e)
+            self._disk_problem("read", path, e)
             return None
         head = len(_DISK_MAGIC)
         data = raw[head + 32 :]
@@ -592,17 +701,63 @@ class CompilationManager:
             problem = "integrity hash mismatch"
         else:
             try:
-                from .compiler import CompiledGrammar
+                from .compiler import load_compiled
 
-                grammar = CompiledGrammar.from_bytes(data, self.vocabulary)
+                grammar = load_compiled(data, self.vocabulary)
             except SerializationError as e:
                 problem = str(e)
         if problem is not None:
             self._log.warning("discarding compile cache file %s (%s); recompiling", path, problem)
-            with contextlib.suppress(OSError):
+            try:
                 path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                # A read-only cache: remember the bad file instead of re-reading it every time.
+                with self._lock:
+                    self._disk_bad.add(key)
+                self._disk_problem("remove", path, e)
             return None
         return CompileResult(key=key, grammar=grammar, data=data, kind=kind)
+
+
+    def _disk_problem(self, operation: str, path: Path, error: OSError) -> None:
+        """Log a cache I/O error once per (operation, errno): a read-only or full disk must not
+        flood the log. The compile goes on without the cache."""
+        tag = (operation, error.errno or 0)
+        with self._lock:
+            first = tag not in self._disk_problems
+            self._disk_problems.add(tag)
+        if first:
+            what = errno.errorcode.get(error.errno or 0, "error")
+            self._log.warning("could not %s the compile cache file %s (%s: %s); compiling without the disk "
+                              "cache where needed (further %s errors of this kind are not logged)",
+                              operation, path, what, error.strerror or error, operation)
+        else:
+            self._log.debug("could not %s the compile cache file %s: %s", operation, path, error)
+
+
+# Live managers, closed at interpreter exit *before* concurrent.futures joins its executor
+# threads: that join waits for a running compile (up to the timeout), so a server stopped with
+# SIGTERM would hang there and be SIGKILLed by its supervisor. threading's exit hooks run last
+# registered first, and this module imported concurrent.futures.process above.
+_live_managers: "weakref.WeakSet[CompilationManager]" = weakref.WeakSet()
+
+
+def _close_live_managers() -> None:
+    for m in list(_live_managers):
+        try:
+            m.close(timeout_s=2.0)
+        except Exception:  # noqa: BLE001 - exiting anyway
+            logger.exception("closing a compilation manager at exit failed")
+
+
+try:
+    threading._register_atexit(_close_live_managers)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # not CPython >= 3.9, or already shutting down
+    import atexit
+
+    atexit.register(_close_live_managers)
 
 
 def _deterministic(type_name: str) -> bool:

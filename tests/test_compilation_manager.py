@@ -316,3 +316,162 @@ def test_closed_manager_refuses_work(vocab):
 def test_messages_name_the_problem(manager):
     with pytest.raises(RegexSyntaxError, match=re.escape("[a-")):
         manager.compile("regex", "[a-")
+
+
+# -- workers never outlive their parent (issue: orphaned compile workers) ---------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from dotvllm_plugin.compilation_manager import WORKER_MARKER_ENV, WORKER_NAME  # noqa: E402
+from dotvllm_plugin.devtools.server import find_processes  # noqa: E402
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="walks /proc")
+
+# A parent that starts 2 workers (byte vocabulary: fast), parks one in a 60 s compile and one
+# idle, prints the worker pids and then either waits to be killed or exits normally.
+_PARENT = r"""
+import os, sys, time, threading
+from dotvllm_plugin import Vocabulary
+from dotvllm_plugin.compilation_manager import CompilationManager
+vocab = Vocabulary([bytes([i]) for i in range(256)] + [None], eos_token_ids=[256])
+m = CompilationManager(vocab, max_workers=2, timeout_s=120, _allow_test_kinds=True)
+m.compile("regex", "a+")
+m.compile("regex", "b+")
+while len(m.worker_pids) < 2:
+    m.compile("regex", "c{%d}" % time.monotonic_ns())
+m.submit("_test_sleep", 60)  # mid-compile from now on
+time.sleep(0.5)
+print(" ".join(map(str, m.worker_pids)), flush=True)
+if sys.argv[1] == "exit":
+    sys.stdin.readline()
+    sys.exit(0)  # interpreter exit with a compile running: must not wait for it
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, timeout_s: float) -> float:
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() - t0 < timeout_s, [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def _start_parent(mode: str):
+    proc = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    assert line.strip(), "parent did not start its workers"
+    workers = [int(p) for p in line.split()]
+    # Everything it started (workers, multiprocessing's resource tracker), found before it dies.
+    children = [i.pid for i in find_processes(proc.pid, include_root=False)]
+    assert set(workers) <= set(children)
+    return proc, workers, children
+
+
+@linux_only
+def test_workers_exit_when_their_parent_is_sigkilled():
+    proc, workers, children = _start_parent("wait")
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    # Workers (one mid-compile), and the resource tracker they kept alive, all gone.
+    assert _wait_gone(children, timeout_s=5.0) < 5.0
+
+
+@linux_only
+def test_interpreter_exit_mid_compile_kills_workers_at_once():
+    proc, workers, children = _start_parent("exit")
+    t0 = time.monotonic()
+    proc.stdin.close()  # the parent exits now
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5.0  # not the 60 s of the running compile
+    _wait_gone(children, timeout_s=5.0)
+
+
+@linux_only
+def test_workers_carry_the_marker_and_name(manager):
+    manager.compile("regex", "marker[0-9]")
+    for pid in manager.worker_pids:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert f"{WORKER_MARKER_ENV}={os.getpid()}".encode() in f.read().split(b"\0")
+        with open(f"/proc/{pid}/comm") as f:
+            assert f.read().strip() == WORKER_NAME
+    # The marker is not left in this process's environment.
+    assert WORKER_MARKER_ENV not in os.environ
+
+
+def test_worker_outlives_the_thread_that_asked_for_it(vocab):
+    # PR_SET_PDEATHSIG fires when the *thread* that forked exits: workers are started by the
+    # manager's dispatcher threads, never by the caller's thread.
+    with CompilationManager(vocab, max_workers=1, timeout_s=120) as m:
+        t = threading.Thread(target=m.compile, args=("regex", "first[0-9]"))
+        t.start()
+        t.join()
+        (pid,) = m.worker_pids
+        time.sleep(0.3)
+        assert _alive(pid)
+        m.compile("regex", "second[0-9]")
+        assert m.worker_pids == [pid]
+
+
+def test_a_worker_exits_when_its_lifeline_closes(vocab):
+    # The portable mechanism (no PDEATHSIG involved): EOF on the lifeline pipe ends the worker.
+    with CompilationManager(vocab, max_workers=1, timeout_s=120) as m:
+        m.compile("regex", "life[0-9]")
+        (slot,) = m._slots
+        pid = slot.pid
+        slot._lifeline.close()
+        _wait_gone([pid], timeout_s=5.0)
+
+
+def test_close_kills_a_running_compile_at_once(vocab):
+    m = CompilationManager(vocab, max_workers=1, timeout_s=120, _allow_test_kinds=True)
+    m.compile("regex", "x")
+    pids = m.worker_pids
+    fut = m.submit(_TEST_SLEEP, 60)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    m.close()
+    assert time.monotonic() - t0 < 3.0
+    with pytest.raises(CompilationError, match="closed"):
+        fut.result(timeout=5)
+    _wait_gone(pids, timeout_s=5.0)
+
+
+@pytest.mark.parametrize("err", [28, 30], ids=["disk-full", "read-only"])
+def test_disk_cache_write_errors_are_logged_once(vocab, tmp_path, monkeypatch, caplog, err):
+    import builtins
+    import errno as errno_mod
+    import logging
+
+    from dotvllm_plugin import compilation_manager as cm
+
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *a, **kw):
+        if "w" in mode and str(file).startswith(str(tmp_path)):
+            raise OSError(err, os.strerror(err), str(file))
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(cm, "open", failing_open, raising=False)
+    with caplog.at_level(logging.WARNING, logger="dotvllm_plugin.compilation"):
+        with CompilationManager(vocab, max_workers=1, cache_dir=tmp_path, cache_size=0) as m:
+            for i in range(3):
+                assert m.compile("regex", f"full{i}[0-9]").grammar is not None
+    warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert errno_mod.errorcode[err] in warnings[0].getMessage()
+    assert not list(tmp_path.iterdir())

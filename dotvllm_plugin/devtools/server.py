@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +21,11 @@ __all__ = [
     "MODEL_NAME",
     "SERVER_ARGS",
     "SERVER_ENV",
+    "SERVER_TAG_ENV",
+    "ProcInfo",
     "ServerProcess",
     "ServerStartError",
+    "find_processes",
     "free_port",
     "log_tail",
     "plugin_present",
@@ -32,6 +36,95 @@ __all__ = [
 MODEL_NAME = "demo"  # --served-model-name
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 SERVER_ARGS = ("--dtype", "float32", "--max-model-len", "1024", "--seed", "0")
+
+
+SERVER_TAG_ENV = "DOTVLLM_SERVER_TAG"
+"""Set (to a fresh uuid) in the environment of every server :func:`start_server` starts: every
+process the server starts inherits it, so they can be found after being re-parented to PID 1."""
+_WORKER_MARKER_ENV = "DOTVLLM_COMPILE_WORKER"  # dotvllm_plugin.compilation_manager.WORKER_MARKER_ENV
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """One process as seen in /proc."""
+
+    pid: int
+    ppid: int
+    state: str  # "R", "S", "Z", ...
+    name: str  # /proc/PID/comm
+    cmdline: str
+    compile_worker_of: int | None  # the pid in DOTVLLM_COMPILE_WORKER (our compile workers)
+    tag: str | None  # the value of DOTVLLM_SERVER_TAG
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")
+
+    @property
+    def role(self) -> str:
+        if self.compile_worker_of is not None:
+            return "compile-worker"
+        if "multiprocessing.resource_tracker" in self.cmdline:
+            return "resource-tracker"
+        if "multiprocessing.spawn" in self.cmdline or "multiprocessing.forkserver" in self.cmdline:
+            return "mp-child"
+        return "other"
+
+
+def _read_proc(pid: int) -> ProcInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().decode(errors="replace").strip()
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            environ = []
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    worker_of = tag = None
+    for item in environ:
+        key, _, value = item.partition(b"=")
+        if key == _WORKER_MARKER_ENV.encode() and value.isdigit():
+            worker_of = int(value)
+        elif key == SERVER_TAG_ENV.encode():
+            tag = value.decode(errors="replace")
+    return ProcInfo(pid, int(fields[1]), fields[0], name, cmdline, worker_of, tag)
+
+
+def find_processes(root_pid: int | None = None, tag: str | None = None, *, include_root: bool = True,
+                   alive_only: bool = True) -> list[ProcInfo]:
+    """Processes of a server, found by walking /proc (Linux): the descendants of ``root_pid``,
+    every process whose environment carries ``DOTVLLM_SERVER_TAG=tag``, and every compile worker
+    (``DOTVLLM_COMPILE_WORKER``) started by one of those — so orphans re-parented to PID 1 are
+    found too. Zombies are left out unless ``alive_only=False``."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _read_proc(int(entry))
+            if info is not None:
+                table[info.pid] = info
+    found: set[int] = set()
+    if root_pid is not None and root_pid in table:
+        found.add(root_pid)
+    if tag:
+        found.update(pid for pid, info in table.items() if info.tag == tag)
+    changed = True
+    while changed:  # close over children and compile workers of found processes
+        changed = False
+        for pid, info in table.items():
+            if pid not in found and (info.ppid in found or info.compile_worker_of in found
+                                     or (root_pid is not None and info.compile_worker_of == root_pid)):
+                found.add(pid)
+                changed = True
+    if not include_root and root_pid is not None:
+        found.discard(root_pid)
+    return sorted((table[p] for p in found if not alive_only or table[p].alive), key=lambda i: i.pid)
 
 
 class ServerStartError(RuntimeError):
@@ -75,10 +168,15 @@ class ServerProcess:
     log_path: Path
     command: list[str]
     startup_s: float = float("nan")  # time from spawn to a healthy /health
+    tag: str = field(default="")  # DOTVLLM_SERVER_TAG of its processes
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def processes(self, *, include_root: bool = True) -> list[ProcInfo]:
+        """Live processes of this server, its orphans included (:func:`find_processes`)."""
+        return find_processes(self.pid, self.tag or None, include_root=include_root)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -157,6 +255,7 @@ def start_server(
         cmd.append("--disable-frontend-multiprocessing")
     cmd.extend(extra_args)
     env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
+    env.setdefault(SERVER_TAG_ENV, uuid.uuid4().hex)
     if not plugin_present() and "VLLM_USE_V1" not in (extra_env or {}):
         # Without dotvllm_plugin.integrations.vllm_v0 nothing forces the V0 engine; do it here so the built-in
         # guided-decoding backends of V0 answer.
@@ -169,7 +268,7 @@ def start_server(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # own process group: stop() kills engine and workers too
         )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, cmd)
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, cmd, tag=env[SERVER_TAG_ENV])
     deadline = t0 + startup_timeout_s
     try:
         while True:
