@@ -75,6 +75,15 @@ ORDER_SCHEMA = {
 }
 PHONE_REGEX = r"\(\d{3}\) \d{3}-\d{4}"
 DATE_REGEX = r"20\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+# A Lark grammar (LALR(1)): a function call with keyword arguments, values nested at most twice.
+CALL_GRAMMAR = r"""
+start: NAME "(" [arg ("," arg)~0..2] ")"
+arg: NAME "=" value
+?value: NUMBER | "true" | "false" | "[" [NUMBER ("," NUMBER)~0..3] "]"
+NAME: /[a-z_]{1,8}/
+NUMBER: /-?[0-9]{1,4}/
+%ignore " "
+"""
 
 
 @dataclass
@@ -131,6 +140,21 @@ def regex_check(pattern: str) -> Check:
         return ok, "valid prefix" if ok else "not a prefix of any match"
 
     return Check(f"regex {pattern}", full, prefix)
+
+
+def grammar_check(grammar: str) -> Check:
+    import lark
+
+    parser = lark.Lark(grammar, parser="lalr")
+
+    def validate(text: str) -> tuple[bool, str]:
+        try:
+            parser.parse(text)
+        except lark.exceptions.LarkError as e:
+            return False, f"lark: {str(e).splitlines()[0]}"
+        return True, "parsed by lark"
+
+    return Check("parsed by lark (LALR)", validate)
 
 
 def choice_check(choices: list[str]) -> Check:
@@ -240,6 +264,12 @@ def demo_requests() -> list[DemoRequest]:
         DemoRequest("chat guided_regex (stream)", "chat",
                     {"messages": user("When?"), "guided_regex": DATE_REGEX, "max_tokens": 30},
                     regex_check(DATE_REGEX), stream=True),
+        DemoRequest("completion guided_grammar (Lark)", "completions",
+                    {"prompt": "plot(", "guided_grammar": CALL_GRAMMAR, "max_tokens": 60},
+                    grammar_check(CALL_GRAMMAR)),
+        DemoRequest("bad guided_grammar (not LALR(1)) -> 400", "chat",
+                    {"messages": user("x"), "guided_grammar": 'start: a\na: "x" | a a', "max_tokens": 5}, None,
+                    expect_status=400),
         DemoRequest("bad guided_regex '(' -> 400", "completions",
                     {"prompt": "x", "guided_regex": "(unclosed", "max_tokens": 5}, None, expect_status=400),
         DemoRequest("bad guided_json (type 5) -> 400", "chat",

@@ -121,9 +121,11 @@ def _joint_classes(tables: list[np.ndarray]):
     return inverse.reshape(-1).astype(np.int64), first  # byte → class, class → a representative byte
 
 
-def _shadow_witness(a, b) -> bytes | None:
-    """A text ``w`` in L(b) with a proper prefix in L(a) and ``w`` not in L(a), else None."""
-    byte_class, rep = _joint_classes([a.transitions, b.transitions])
+def _shadow_witness(a, b, rep: np.ndarray) -> bytes | None:
+    """A text ``w`` in L(b) with a proper prefix in L(a) and ``w`` not in L(a), else None.
+
+    ``rep`` holds one byte per byte class of a partition at least as fine as both automata's.
+    """
     ta, tb = a.transitions[:, rep], b.transitions[:, rep]
     start = (a.initial, b.initial, False)
     parent = {start: None}
@@ -131,10 +133,8 @@ def _shadow_witness(a, b) -> bytes | None:
     while todo:
         node = todo.popleft()
         sa, sb, seen = node
-        for c in range(len(rep)):
+        for c in np.flatnonzero(tb[sb] >= 0).tolist():
             nb = int(tb[sb, c])
-            if nb < 0:
-                continue
             na = int(ta[sa, c]) if sa >= 0 else -1
             nseen = seen or (sa >= 0 and bool(a.accepting[sa]) and node != start)
             nxt = (na, nb, nseen)
@@ -160,9 +160,14 @@ def _build_lexer(members: list[int], terms, dfas):
     if not members:  # a parser state that only takes the end of input
         return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
     ordered, retype = _unless(members, terms)
+    comps = list(members)  # every member, embedded literals included (their acceptance re-types)
+    byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
+    first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist()) for i in ordered}
     for i, x in enumerate(ordered):
         for y in ordered[i + 1 :]:
-            w = _shadow_witness(dfas[x], dfas[y])
+            if not first[x] & first[y]:
+                continue
+            w = _shadow_witness(dfas[x], dfas[y], rep)
             if w is not None:
                 raise UnsupportedFeatureError(
                     f"{terms[x].describe()} and {terms[y].describe()} overlap: lark's lexer tries "
@@ -172,9 +177,6 @@ def _build_lexer(members: list[int], terms, dfas):
                     feature="terminal collision",
                     where=terms[x].name,
                 )
-    comps = list(members)  # every member, embedded literals included (their acceptance re-types)
-    k = len(comps)
-    byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
     n_cls = len(rep)
     sizes = [dfas[i].n_states for i in comps]
     offs = np.cumsum([0] + sizes)
@@ -224,7 +226,6 @@ def _build_lexer(members: list[int], terms, dfas):
             row[c] = sid
         rows.append(row)
     cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
-    del k
     return cls_table[:, byte_class].astype(np.int32), np.array(chosen, dtype=np.int32)
 
 
@@ -461,6 +462,7 @@ class PushdownGrammar:
         self._lock = threading.Lock()
         self._walkers: dict[int, tuple] = {}
         self._base: dict[int, tuple] = {}
+        self._base_shared: dict[bytes, tuple] = {}
         self._masks: OrderedDict = OrderedDict()
         self.mask_cache_size = MASK_CACHE_SIZE
         self.stats = {"mask_hits": 0, "mask_misses": 0}
@@ -571,27 +573,59 @@ class PushdownGrammar:
             got = self._walkers[lexer] = (class_trans.astype(np.int64), byte_class, view, t[0].copy())
         return got
 
+    def _canonical(self, q: int):
+        """States reachable from ``q`` in breadth-first order and a signature of that sub-automaton
+        (transitions relabelled, lexeme types): equal signatures walk the vocabulary identically,
+        so lexers that share a terminal (a string as key and as value) share its walks."""
+        trans = self.arrays["lex_trans"]
+        chosen = self.arrays["lex_chosen"]
+        order = [q]
+        label = {q: 0}
+        i = 0
+        while i < len(order):
+            for x in np.unique(trans[order[i]]).tolist():
+                if x >= 0 and x not in label:
+                    label[x] = len(order)
+                    order.append(x)
+            i += 1
+        states = np.array(order, dtype=np.int64)
+        lut = np.full(len(chosen) + 1, -1, dtype=np.int64)
+        lut[states] = np.arange(len(states))
+        sub = lut[trans[states]]  # -1 (dead) maps through the extra slot
+        sig = sub.astype(np.int32).tobytes() + chosen[states].tobytes()
+        return states, sig
+
     def _base_of(self, q: int):
-        """Tokens inside the current lexeme from ``q`` (packed row) and the exits, grouped by terminal."""
+        """Tokens inside the current lexeme from ``q``, by the state they end in (``(free, ((state,
+        row), ...), exits)``: ``free`` needs no parser check), and the exits grouped by terminal."""
         got = self._base.get(q)
         if got is None:
-            from .index import token_row, walk
-
-            lexer = self._owner[q]
-            ct, _, view, _ = self._walker(lexer)
-            lo = self._offsets[lexer]
-            (_, nodes, ends), exits = walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True)
-            ends = ends + lo
-            groups = []
-            free = np.zeros(self._W, dtype=np.int32)  # tokens whose lexeme is always viable
-            for r in np.unique(ends).tolist():
-                row = token_row(view, nodes[ends == r], self._W)
-                if self._reach[r] is None:
-                    free |= row
-                else:
-                    groups.append((r, row))
-            got = self._base[q] = (free, tuple(groups), self._group_exits(exits, lo))
+            states, sig = self._canonical(q)
+            shared = self._base_shared.get(sig)
+            if shared is None:
+                shared = self._base_shared[sig] = self._walk_base(q, states)
+            free, groups, exits = shared
+            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits)
         return got
+
+    def _walk_base(self, q: int, states: np.ndarray):
+        from .index import token_row, walk
+
+        lexer = self._owner[q]
+        ct, _, view, _ = self._walker(lexer)
+        lo = self._offsets[lexer]
+        (_, nodes, ends), exits = walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True)
+        ends = ends + lo
+        label = {int(x): i for i, x in enumerate(states.tolist())}
+        groups = []
+        free = np.zeros(self._W, dtype=np.int32)  # tokens whose lexeme is always viable
+        for r in np.unique(ends).tolist():
+            row = token_row(view, nodes[ends == r], self._W)
+            if self._reach[r] is None:
+                free |= row
+            else:
+                groups.append((label[r], row))
+        return free, tuple(groups), self._group_exits(exits, lo)
 
     def _group_exits(self, exits, lo: int):
         _, level, node, prev = exits
