@@ -44,7 +44,7 @@ import logging
 import re
 import struct
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 
 import numpy as np
 
@@ -463,7 +463,9 @@ class PushdownGrammar:
         self._walkers: dict[int, tuple] = {}
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
-        self._masks: OrderedDict = OrderedDict()
+        self._cross_cache: dict[tuple, tuple] = {}
+        self._masks: dict = {}
+        self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self.stats = {"mask_hits": 0, "mask_misses": 0}
 
@@ -603,9 +605,9 @@ class PushdownGrammar:
             states, sig = self._canonical(q)
             shared = self._base_shared.get(sig)
             if shared is None:
-                shared = self._base_shared[sig] = self._walk_base(q, states)
-            free, groups, exits = shared
-            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits)
+                shared = self._base_shared[sig] = self._walk_base(q, states) + (len(self._base_shared),)
+            free, groups, exits, sig_id = shared
+            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits, (sig_id,))
         return got
 
     def _walk_base(self, q: int, states: np.ndarray):
@@ -638,14 +640,48 @@ class PushdownGrammar:
             out.append((t, level[sel], node[sel]))
         return tuple(out)
 
-    def _continue(self, groups, probe, pos, new, out: list) -> None:
-        """Feed each exit group's terminal, walk on in the next lexer; appends trie nodes to ``out``."""
-        from .index import walk
+    def _cross(self, key, groups_level_node, lexer: int):
+        """Walk on in ``lexer`` from the exit nodes of one terminal: ``(free row, ((end state,
+        row), ...), exits)``, cached by ``key`` (the lexeme-start signature and the (terminal,
+        lexer) path that led here): the walk itself does not depend on the stack, only which end
+        states are viable does."""
+        got = self._cross_cache.get(key)
+        if got is not None:
+            return got
+        from .index import token_row, walk
 
+        level, node = groups_level_node
         trie = self.vocabulary.byte_trie()
-        work = [(groups, pos, new)]
+        ct, _, view, first = self._walker(lexer)
+        inject: dict[int, tuple] = {}
+        for d in np.unique(level).tolist():
+            nd = node[level == d]
+            q2 = first[trie.byte[d][nd].astype(np.int64)]
+            ok = q2 >= 0
+            if ok.any():
+                inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
+        free = np.zeros(self._W, dtype=np.int32)
+        groups: list = []
+        exits: tuple = ()
+        if inject:
+            (_, nodes, ends), raw_exits = walk(ct, view, None, inject=inject, want_exits=True)
+            lo = self._offsets[lexer]
+            ends = ends + lo
+            for r in np.unique(ends).tolist():
+                row = token_row(view, nodes[ends == r], self._W)
+                if self._reach[r] is None:
+                    free |= row
+                else:
+                    groups.append((r, row))
+            exits = self._group_exits(raw_exits, lo)
+        got = self._cross_cache[key] = (free, tuple(groups), exits)
+        return got
+
+    def _continue(self, base_key, groups, probe, row: np.ndarray) -> None:
+        """Feed each exit group's terminal and OR into ``row`` what the walk on allows."""
+        work = [(base_key, groups, 0, ())]
         while work:
-            groups, pos, new = work.pop()
+            key, groups, pos, new = work.pop()
             for t, level, node in groups:
                 if self._ignore[t]:
                     pos2, new2 = pos, new
@@ -656,28 +692,14 @@ class PushdownGrammar:
                     pos2, new2 = res
                 top = new2[-1] if new2 else probe.state(pos2)
                 lexer = self._lexer_of_state[top]
-                ct, _, view, first = self._walker(lexer)
-                inject: dict[int, list] = {}
-                for d in np.unique(level).tolist():
-                    nd = node[level == d]
-                    q2 = first[trie.byte[d][nd].astype(np.int64)]
-                    ok = q2 >= 0
-                    if ok.any():
-                        inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
-                if not inject:
-                    continue
-                (_, nodes, ends), exits = walk(ct, view, None, inject=inject, want_exits=True)
-                lo = self._offsets[lexer]
-                if len(nodes):
-                    ends = ends + lo
-                    keep = np.zeros(len(nodes), dtype=bool)
-                    for r in np.unique(ends).tolist():
-                        if self._reach[r] is None or probe.viable(pos2, new2, self._reach[r]):
-                            keep |= ends == r
-                    out.append((view, nodes[keep]))
-                more = self._group_exits(exits, lo)
-                if more:
-                    work.append((more, pos2, new2))
+                key2 = key + ((t, lexer),)
+                free, pending, exits = self._cross(key2, (level, node), lexer)
+                row |= free
+                for r, part in pending:
+                    if probe.viable(pos2, new2, self._reach[r]):
+                        row |= part
+                if exits:
+                    work.append((key2, exits, pos2, new2))
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
@@ -695,20 +717,13 @@ class PushdownGrammar:
                     self.stats["mask_hits"] += 1
                     return row
         self.stats["mask_misses"] += 1
-        free, pending, groups = self._base_of(q)
+        free, pending, groups, base_key = self._base_of(q)
         probe = _Probe(self, stack)
         row = free.copy()
         for r, part in pending:
             if probe.viable(0, (), self._reach[r]):
                 row |= part
-        out: list = []
-        self._continue(groups, probe, 0, (), out)
-        if out:
-            from .index import token_row
-
-            for view, nodes in out:
-                if len(nodes):
-                    row |= token_row(view, nodes, self._W)
+        self._continue(base_key, groups, probe, row)
         if probe.can_end(q):
             for e in self._eos.tolist():
                 row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
@@ -718,7 +733,7 @@ class PushdownGrammar:
             with self._lock:
                 entry = self._masks.setdefault(q, {})
                 entry.setdefault(depth, {})[tuple(probe.cells[:depth])] = row
-                self._n_cached = getattr(self, "_n_cached", 0) + 1
+                self._n_cached += 1
                 if self._n_cached > self.mask_cache_size:
                     self._masks.clear()
                     self._n_cached = 0
