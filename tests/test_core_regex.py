@@ -122,11 +122,18 @@ def test_rejected_tokens_leave_the_state_unchanged(real):
     ("pattern", "text", "expected"),
     [
         (r"\d+", "123", True),
-        (r"\d+", "١٢٣", False),  # Arabic-Indic digits: \d is ASCII-only
+        (r"\d+", "١٢٣", True),  # Arabic-Indic digits: \d is re's Unicode \d
+        (r"(?a)\d+", "١٢٣", False),  # ... and ASCII under re.ASCII
+        (r"\D", "١", False),
         (r"\w+", "abc_1", True),
-        (r"\w+", "é", False),
+        (r"\w+", "é", False),  # the one deliberate narrowing: \w adds only ASCII word characters
+        (r"(?u)\w+", "é", True),  # ... unless (?u) is written
+        (r"\W", "é", False),  # \W stays exactly re's (a narrowing must never widen the complement)
         (r"\s", "\t", True),
-        (r"\s", "\u00a0", False),
+        (r"\s", "\u00a0", True),
+        (r"(?a)\s", "\u00a0", False),
+        (r"\d{}-\d{4}", "1{}-1234", True),  # {} is literal text in re
+        (r"\d{}-\d{4}", "-3759", False),
         (r".", "\n", False),
         (r".", "é", True),
         (r"\u00e9", "é", True),
@@ -367,7 +374,6 @@ EQUIVALENCE_CASES = [
     r"(?s)a.b|c(?-s:.)d",
     r"[^\u0100-\uffff]{2}",
     r"x{2,}?y(?:z|)",
-    r"\d{2}[\w-]",
 ]
 
 
@@ -493,12 +499,14 @@ def test_python_parse_tree_builds_the_same_automaton(pattern):
     assert _equivalent(automaton.trim(*from_sre, pattern), automaton.trim(*from_interegular, pattern))
 
 
-def test_python_parse_tree_leaves_categories_to_interegular():
-    from dotvllm_plugin.regex import automaton, charsets, glushkov, parse
+@pytest.mark.parametrize("pattern", [r"\d{2}[\w-]", r"a{}", r"a{,3}"])
+def test_interegular_reference_refuses_what_it_reads_differently_from_re(pattern):
+    """interegular reads \d \w \s as ASCII and {} / {,n} as repetitions; fast=False must refuse them."""
+    from dotvllm_plugin.regex import regex_to_dfa
 
-    with pytest.raises(glushkov.Unhandled):
-        glushkov.sre_glushkov_dfa(parse.sre_parse(r"\d+"), max_states=100, char_ranges=charsets.char_class_ranges,
-                                  utf8_sequences=charsets.utf8_sequences, builder_cls=automaton.Builder)
+    regex_to_dfa(pattern)
+    with pytest.raises(UnsupportedFeatureError, match="fast=False"):
+        regex_to_dfa(pattern, fast=False)
 
 
 @pytest.mark.parametrize("pattern", [*JSONISH.values(), r"(a|ab)(c|bcd)(d*)", r"[^\x00-\x7f]{1,3}"])

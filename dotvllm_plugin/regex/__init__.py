@@ -14,8 +14,8 @@ import re
 from ..errors import RegexSyntaxError, UnsupportedFeatureError
 from .automaton import MAX_DFA_STATES, Builder, ByteDFA, byte_classes, byte_dfa_from_fsm, reachable, trim
 from .charsets import char_class_ranges, utf8_sequences
-from .glushkov import Unhandled, glushkov_dfa, sre_glushkov_dfa
-from .parse import check_regex, checked, clip, parse_interegular, sre_parse
+from .glushkov import Refused, sre_glushkov_dfa
+from .parse import check_regex, clip, explicit_unicode, parse_interegular, parse_tree, refusal, validate_tree
 
 __all__ = ["MAX_DFA_STATES", "ByteDFA", "byte_classes", "check_regex", "reachable", "regex_to_dfa"]
 
@@ -23,44 +23,37 @@ __all__ = ["MAX_DFA_STATES", "ByteDFA", "byte_classes", "check_regex", "reachabl
 def regex_to_dfa(
     pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True, check_syntax: bool = True
 ) -> ByteDFA:
-    """Compile ``pattern`` (full-match semantics) into a trimmed byte-level DFA.
+    """Compile ``pattern`` (full-match semantics, Python ``re`` dialect) into a trimmed byte DFA.
 
-    ``fast=False`` uses interegular's own FSM construction (the reference implementation).
-    ``check_syntax=False`` skips Python's parser, which only serves error messages: for regexes
-    this package generated itself.
+    The pattern is read by Python's own parser, and every character set is the one ``re``
+    matches (see :mod:`.parse` for the one deliberate narrowing, ``\\w``, and the refusals).
+    ``fast=False`` builds with interegular's parser and FSM algebra instead: a reference for the
+    tests, for the plain constructs only (it refuses ``\\d \\w \\s``-style classes outside ``(?a)``
+    and literal braces, which interegular reads differently from ``re``).
+    ``check_syntax=False`` skips the text-only checks, for regexes this package generated itself.
     """
+    tree = parse_tree(pattern, check_text=check_syntax)
     if fast:
-        rewritten = checked(pattern, check_syntax)
         try:
             trans, accepting = sre_glushkov_dfa(
-                sre_parse(rewritten),
+                tree,
                 max_states=max_states,
                 char_ranges=char_class_ranges,
                 utf8_sequences=utf8_sequences,
                 builder_cls=Builder,
+                explicit_unicode=explicit_unicode(pattern),
             )
-        except (Unhandled, re.error, OverflowError):
-            pass  # interegular's parse below handles (or reports) it
+        except Refused as e:
+            raise refusal(pattern, e.args[0]) from None
         except RecursionError as e:
             raise UnsupportedFeatureError(f"regex nests too deeply: {clip(pattern)}", feature="nesting depth") from e
-        else:
-            return trim(trans, accepting, pattern)
-    parsed = parse_interegular(pattern, check_syntax=False) if fast else parse_interegular(pattern, check_syntax)
-    if fast:
-        try:
-            trans, accepting = glushkov_dfa(
-                parsed,
-                max_states=max_states,
-                char_ranges=char_class_ranges,
-                utf8_sequences=utf8_sequences,
-                builder_cls=Builder,
-            )
-        except Unhandled:
-            pass
-        except RecursionError as e:
-            raise UnsupportedFeatureError(f"regex nests too deeply: {clip(pattern)}", feature="nesting depth") from e
-        else:
-            return trim(trans, accepting, pattern)
+        return trim(trans, accepting, pattern)
+    try:
+        validate_tree(tree, explicit_unicode(pattern))
+    except Refused as e:
+        raise refusal(pattern, e.args[0]) from None
+    _refuse_interegular_misreadings(pattern, tree)
+    parsed = parse_interegular(pattern, check_syntax=False)
     try:
         fsm = parsed.to_fsm()
     except RecursionError as e:
@@ -68,3 +61,48 @@ def regex_to_dfa(
     except Exception as e:  # interegular raises bare Exception for e.g. a{3,1}
         raise RegexSyntaxError(f"invalid regex {clip(pattern)}: {e}", pattern=pattern) from e
     return byte_dfa_from_fsm(fsm, pattern, max_states)
+
+
+def _refuse_interegular_misreadings(pattern: str, tree) -> None:
+    """interegular reads ``\\d \\w \\s`` as ASCII and ``{}``/``{,n}`` as repetitions: refuse those
+    (``fast=False`` is a reference for the plain constructs, never a different dialect)."""
+    from .glushkov import _SRE
+
+    def walk(items, ascii_only):
+        for op, av in items:
+            if op is _SRE.SUBPATTERN:
+                add = av[1]
+                walk(av[3], bool(add & _SRE.SRE_FLAG_ASCII) or (ascii_only and not add & _SRE.SRE_FLAG_UNICODE))
+            elif op is _SRE.BRANCH:
+                for alt in av[1]:
+                    walk(alt, ascii_only)
+            elif op is _SRE.MAX_REPEAT or op is _SRE.MIN_REPEAT:
+                walk(av[2], ascii_only)
+            elif op is _SRE.IN and any(k is _SRE.CATEGORY for k, _ in av):
+                raise UnsupportedFeatureError(
+                    f"fast=False (interegular) reads \\d \\w \\s as ASCII, unlike re: {clip(pattern)}",
+                    feature="fast=False",
+                )
+
+    walk(tree, bool(tree.state.flags & _SRE.SRE_FLAG_ASCII))
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):
+                i += 2
+        elif c == "{" and not _QUANTIFIER.match(pattern, i):
+            raise UnsupportedFeatureError(
+                f"fast=False (interegular) reads the brace at position {i} differently from re: {clip(pattern)}",
+                feature="fast=False",
+            )
+        i += 1
+
+
+_QUANTIFIER = re.compile(r"\{[0-9]+(?:,[0-9]*)?\}")

@@ -10,8 +10,12 @@ __all__ = [
     "MAX_CP",
     "SURROGATES",
     "case_fold_ranges",
+    "case_sensitive_chars",
+    "category_ranges",
     "char_class_ranges",
     "complement",
+    "intersect_ranges",
+    "matched_ranges",
     "merge_ranges",
     "ranges_of",
     "remove_surrogates",
@@ -126,3 +130,92 @@ def case_fold_ranges(chars) -> frozenset:
             if len(v) == 1:
                 out.add(v)
     return frozenset(out)
+
+
+# -- Python ``re`` character semantics ------------------------------------------------------------
+# The sets below are computed with ``re`` itself, once per process, so that they are exactly what
+# the running Python's ``re`` matches (its Unicode database included).
+
+_ALL_CHARS: str | None = None
+
+
+def _all_chars() -> str:
+    """Every Unicode scalar value, in order (surrogates left out)."""
+    global _ALL_CHARS
+    if _ALL_CHARS is None:
+        _ALL_CHARS = "".join(map(chr, range(SURROGATES[0]))) + "".join(
+            map(chr, range(SURROGATES[1] + 1, MAX_CP + 1))
+        )
+    return _ALL_CHARS
+
+
+def _cp_of_index(i: int) -> int:
+    return i if i < SURROGATES[0] else i + (SURROGATES[1] - SURROGATES[0] + 1)
+
+
+def matched_ranges(compiled, text: str | None = None) -> tuple:
+    """Code-point ranges of the single characters ``compiled`` (a one-character ``re`` pattern)
+    matches, among ``text`` (default: every scalar value, in order)."""
+    if text is None:
+        out = []
+        for m in compiled.finditer(_all_chars()):
+            out.append((_cp_of_index(m.start()), _cp_of_index(m.start())))
+        return merge_ranges(out)
+    return merge_ranges((ord(m.group()), ord(m.group())) for m in compiled.finditer(text))
+
+
+_CATEGORY_CACHE: dict = {}
+
+
+def category_ranges(escape: str, ascii_only: bool) -> tuple:
+    """Ranges of ``\\d \\D \\w \\W \\s \\S`` (``escape`` is the letter) as ``re`` reads them on a
+    ``str`` pattern: Unicode by default, ASCII with the ``re.ASCII`` flag."""
+    key = (escape, ascii_only)
+    got = _CATEGORY_CACHE.get(key)
+    if got is None:
+        import re
+
+        pattern = re.compile(("(?a)" if ascii_only else "(?u)") + "\\" + escape + "+")
+        out = [
+            (_cp_of_index(m.start()), _cp_of_index(m.end() - 1)) for m in pattern.finditer(_all_chars())
+        ]
+        got = _CATEGORY_CACHE[key] = tuple(remove_surrogates(merge_ranges(out)))
+    return got
+
+
+_CASED: str | None = None
+
+
+def case_sensitive_chars() -> str:
+    """The characters whose matching can change under ``re.IGNORECASE``: every character with a
+    simple lower- or uppercase mapping, their images, and ``re``'s extra case equivalences.
+    Every other character matches case-insensitively exactly when it matches case-sensitively."""
+    global _CASED
+    if _CASED is None:
+        import _sre
+
+        out = set()
+        for c in range(MAX_CP + 1):
+            if _sre.unicode_iscased(c):  # re's extra equivalences (e.g. 'ſ'~'s') are all cased
+                out.add(c)
+                out.add(_sre.unicode_tolower(c))
+                up = chr(c).upper()
+                if len(up) == 1:
+                    out.add(ord(up))
+        _CASED = "".join(chr(c) for c in sorted(out) if not SURROGATES[0] <= c <= SURROGATES[1])
+    return _CASED
+
+
+def intersect_ranges(a, b) -> tuple:
+    """Intersection of two sorted, disjoint range lists."""
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)

@@ -13,9 +13,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CompilationTooLargeError
-from .charsets import case_fold_ranges, char_class_ranges, complement, merge_ranges, remove_surrogates
+from .charsets import (
+    MAX_CP,
+    case_fold_ranges,
+    case_sensitive_chars,
+    category_ranges,
+    char_class_ranges,
+    complement,
+    intersect_ranges,
+    matched_ranges,
+    merge_ranges,
+    remove_surrogates,
+)
 
-__all__ = ["Unhandled", "glushkov_dfa", "sre_glushkov_dfa"]
+__all__ = ["Refused", "Unhandled", "atom_ranges", "glushkov_dfa", "sre_glushkov_dfa"]
 
 try:
     from .. import _cwalk
@@ -47,16 +58,18 @@ def glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_
     return g.to_dfa(first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls)
 
 
-def sre_glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls):
+def sre_glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls, explicit_unicode=False):
     """Like :func:`glushkov_dfa`, from Python's own parse tree (``re._parser.parse``).
 
-    Python's parser is ~10× faster than interegular's on the long regexes JSON schemas produce.
-    Only plain constructs are handled here (literals, classes of literals and ranges, ``.``,
-    groups, alternation, repetition, the ``s`` flag); anything else (``\d``-style categories,
-    anchors, other flags) raises :class:`Unhandled` and the caller uses interegular's parse.
+    This is how :func:`dotvllm_plugin.regex.regex_to_dfa` reads every pattern: Python's parser
+    decides the syntax (``{}`` is literal text, ``{,3}`` is ``{0,3}``, octal escapes, ...), and
+    every character set is what ``re`` matches (see :func:`atom_ranges`). Constructs that are not
+    regular raise :class:`Refused` with the feature's kind; the caller reports it with a position.
+    ``explicit_unicode``: the pattern starts with a ``(?u)`` flag group (full Unicode ``\w``).
     """
     g = _Positions(max_states // 2)
-    first, last, nullable = g.visit_sre(tree, _sre_flags(tree.state.flags))
+    flags = _sre_flags(tree.state.flags) | (_EXPLICIT_U if explicit_unicode else 0)
+    first, last, nullable = g.visit_sre(tree, flags)
     return g.to_dfa(first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls)
 
 
@@ -69,13 +82,144 @@ def _sre_constants():
 
 
 _SRE = _sre_constants()
+#: Private flag bit: ``(?u)`` was written explicitly (``\w`` then means re's full Unicode set).
+_EXPLICIT_U = 1 << 30
+_TYPE_FLAGS = _SRE.SRE_FLAG_ASCII | _SRE.SRE_FLAG_LOCALE | _SRE.SRE_FLAG_UNICODE
+_KNOWN_FLAGS = (
+    _TYPE_FLAGS | _SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_DOTALL | _SRE.SRE_FLAG_MULTILINE
+    | _SRE.SRE_FLAG_VERBOSE | _EXPLICIT_U
+)
+
+
+class Refused(Exception):
+    """A construct that is not regular (or not supported); ``args[0]`` is its kind."""
 
 
 def _sre_flags(flags: int) -> int:
-    """The flags that matter here (DOTALL); any other meaningful flag is not handled."""
-    if flags & ~(_SRE.SRE_FLAG_UNICODE | _SRE.SRE_FLAG_DOTALL):
-        raise Unhandled("flags")
-    return flags & _SRE.SRE_FLAG_DOTALL
+    if flags & _SRE.SRE_FLAG_LOCALE:
+        raise Refused("locale flag")
+    if flags & ~_KNOWN_FLAGS:
+        raise Refused("flags")
+    return flags
+
+
+def _combine_flags(flags: int, add: int, remove: int) -> int:
+    """Scoped flags ``(?a-b:...)`` as ``re`` combines them (a type flag replaces the others)."""
+    if add & _TYPE_FLAGS:
+        flags &= ~(_TYPE_FLAGS | _EXPLICIT_U)
+        if add & _SRE.SRE_FLAG_UNICODE:
+            flags |= _EXPLICIT_U
+    return _sre_flags((flags | add) & ~remove)
+
+
+_REFUSED_OPS = {
+    "AT": "anchor",
+    "ASSERT": "lookaround",
+    "ASSERT_NOT": "lookaround",
+    "GROUPREF": "backreference",
+    "GROUPREF_EXISTS": "conditional",
+    "ATOMIC_GROUP": "atomic group",
+    "POSSESSIVE_REPEAT": "possessive quantifier",
+}
+_BOUNDARY = {"AT_BOUNDARY", "AT_NON_BOUNDARY"}
+
+_WORD = None  # ASCII word characters, as ranges
+_CATEGORY_LETTER = {
+    "CATEGORY_DIGIT": "d", "CATEGORY_NOT_DIGIT": "D", "CATEGORY_WORD": "w", "CATEGORY_NOT_WORD": "W",
+    "CATEGORY_SPACE": "s", "CATEGORY_NOT_SPACE": "S",
+}
+
+
+def _ascii_word_items(negated_class: bool, category) -> list | None:
+    """Default reading of ``\w``: where it *adds* characters (``\w`` in a plain class, ``\W`` in a
+    negated one) only the ASCII word characters; ``None`` where re's exact set is used."""
+    name = str(category)
+    word = ((48, 57), (65, 90), (95, 95), (97, 122))
+    if name == "CATEGORY_WORD" and not negated_class:
+        return [(_SRE.RANGE, r) for r in word]
+    if name == "CATEGORY_NOT_WORD" and negated_class:
+        return [(_SRE.RANGE, r) for r in complement(list(word))]
+    return None
+
+
+def _rewrite_default_word(item, flags: int):
+    """``item`` with the default (ASCII-subset) reading of ``\w`` applied: a subset of re's."""
+    op, av = item
+    if op is not _SRE.IN or flags & (_SRE.SRE_FLAG_ASCII | _EXPLICIT_U):
+        return item
+    negated = any(k is _SRE.NEGATE for k, _ in av)
+    out, changed = [], False
+    for k, a in av:
+        rep = _ascii_word_items(negated, a) if k is _SRE.CATEGORY else None
+        if rep is None:
+            out.append((k, a))
+        else:
+            out.extend(rep)
+            changed = True
+    return (op, out) if changed else item
+
+
+def atom_ranges(item, flags: int) -> tuple:
+    """Code-point ranges (no surrogates) of a one-character item of Python's parse tree, exactly as
+    ``re`` matches it under ``flags`` (``\w`` read as :func:`_rewrite_default_word` says)."""
+    item = _rewrite_default_word(item, flags)
+    key = (repr(item), flags & ~_SRE.SRE_FLAG_VERBOSE & ~_SRE.SRE_FLAG_MULTILINE)
+    got = _ATOM_CACHE.get(key)
+    if got is not None:
+        return got
+    op, av = item
+    ascii_only = bool(flags & _SRE.SRE_FLAG_ASCII)
+    if op is _SRE.LITERAL:
+        base = ((av, av),)
+    elif op is _SRE.NOT_LITERAL:
+        base = tuple(complement([(av, av)]))
+    elif op is _SRE.ANY:
+        base = ((0, MAX_CP),) if flags & _SRE.SRE_FLAG_DOTALL else tuple(complement([(10, 10)]))
+    elif op is _SRE.IN:
+        negated = False
+        ranges = []
+        for kind, arg in av:
+            if kind is _SRE.NEGATE:
+                negated = True
+            elif kind is _SRE.LITERAL:
+                ranges.append((arg, arg))
+            elif kind is _SRE.RANGE:
+                ranges.append(arg)
+            elif kind is _SRE.CATEGORY and str(arg) in _CATEGORY_LETTER:
+                ranges.extend(category_ranges(_CATEGORY_LETTER[str(arg)], ascii_only))
+            else:
+                raise Refused(f"class item {kind}")
+        base = merge_ranges(ranges)
+        if negated:
+            base = tuple(complement(list(base)))
+    else:  # pragma: no cover - callers only pass the ops above
+        raise Refused(str(op))
+    base = merge_ranges(remove_surrogates(base))
+    if flags & _SRE.SRE_FLAG_IGNORECASE:
+        # Characters without case mappings match as without the flag; the others are asked of re.
+        cased = case_sensitive_chars()
+        plain = intersect_ranges(base, tuple(complement(list(merge_ranges((ord(c), ord(c)) for c in cased)))))
+        prog = _sre_compile(item, flags)
+        base = merge_ranges(plain + matched_ranges(prog, cased))
+    if len(_ATOM_CACHE) > 4096:  # a long-running server sees many patterns: keep the cache bounded
+        _ATOM_CACHE.clear()
+    _ATOM_CACHE[key] = base
+    return base
+
+
+_ATOM_CACHE: dict = {}
+
+
+def _sre_compile(item, flags: int):
+    try:
+        from re import _compiler, _parser  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_compile as _compiler
+        import sre_parse as _parser
+    sre_flags = flags & ~_EXPLICIT_U & ~_SRE.SRE_FLAG_VERBOSE
+    if not sre_flags & _TYPE_FLAGS:
+        sre_flags |= _SRE.SRE_FLAG_UNICODE
+    return _compiler.compile(_parser.SubPattern(_parser.State(), [item]), sre_flags)
 
 
 class _Positions:
@@ -128,25 +272,16 @@ class _Positions:
 
     def _sre_item(self, item, flags: int):
         op, av = item
-        if op is _SRE.LITERAL:
-            return self._ranges(((av, av),), False)
-        if op is _SRE.NOT_LITERAL:
-            return self._ranges(((av, av),), True)
-        if op is _SRE.ANY:
-            return self._ranges(() if flags & _SRE.SRE_FLAG_DOTALL else ((10, 10),), True)
-        if op is _SRE.IN:
-            negated = False
-            ranges = []
-            for kind, arg in av:
-                if kind is _SRE.NEGATE:
-                    negated = True
-                elif kind is _SRE.LITERAL:
-                    ranges.append((arg, arg))
-                elif kind is _SRE.RANGE:
-                    ranges.append(arg)
-                else:
-                    raise Unhandled(str(kind))
-            return self._ranges(tuple(ranges), negated)
+        if op is _SRE.LITERAL or op is _SRE.NOT_LITERAL or op is _SRE.ANY or op is _SRE.IN:
+            # Repetition copies visit the same tree objects: key on identity (alive during the build).
+            key = ("atom", op, id(av) if op is _SRE.IN else av, flags)
+            got = self._class_cache.get(key)
+            if got is None:
+                got = self._class_cache[key] = atom_ranges(item, flags)
+            if not got:
+                return set(), set(), False  # matches nothing
+            p = self._new(got)
+            return {p}, {p}, False
         if op is _SRE.BRANCH:
             first, last, nullable = set(), set(), False
             for alt in av[1]:
@@ -157,11 +292,14 @@ class _Positions:
             return first, last, nullable
         if op is _SRE.SUBPATTERN:
             _group, add, remove, sub = av
-            return self.visit_sre(sub, _sre_flags((flags | add) & ~remove))
+            return self.visit_sre(sub, _combine_flags(flags, add, remove))
         if op is _SRE.MAX_REPEAT or op is _SRE.MIN_REPEAT:
             lo, hi, sub = av
             return self._repeat_of(lambda: self.visit_sre(sub, flags), lo, None if hi is _SRE.MAXREPEAT else hi)
-        raise Unhandled(str(op))
+        name = str(op)
+        if name == "AT" and str(av) in _BOUNDARY:
+            raise Refused("word boundary")
+        raise Refused(_REFUSED_OPS.get(name, name))
 
     def _ranges(self, ranges: tuple, negated: bool):
         key = ("ranges", ranges, negated)
