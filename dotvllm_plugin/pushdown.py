@@ -56,8 +56,24 @@ __all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "compile_pushdown", "pushdown_t
 logger = logging.getLogger(__name__)
 
 #: Default bound on the parser stack (LALR states); nesting 1,000 deep in the usual grammars needs
-#: 2–4 states per level. Past it a token that would push deeper is not allowed.
+#: 2–4 states per level. Past it a token that would push deeper is not allowed. The environment
+#: variable ``DOTVLLM_MAX_STACK_DEPTH`` overrides it for every grammar compiled afterwards.
 MAX_STACK_DEPTH = 8192
+
+
+def default_stack_depth() -> int:
+    import os
+
+    raw = os.environ.get("DOTVLLM_MAX_STACK_DEPTH", "").strip()
+    if not raw:
+        return MAX_STACK_DEPTH
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"DOTVLLM_MAX_STACK_DEPTH must be an integer, got {raw!r}") from None
+    if value < 16:
+        raise ValueError(f"DOTVLLM_MAX_STACK_DEPTH must be at least 16, got {value}")
+    return value
 #: Default number of (lexer state, stack signature) masks cached per grammar and process.
 MASK_CACHE_SIZE = 4096
 
@@ -370,7 +386,7 @@ def _lalr_tables(grammar: Grammar):
     )
 
 
-def pushdown_tables(grammar: Grammar, *, max_stack_depth: int = MAX_STACK_DEPTH) -> dict:
+def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> dict:
     """Everything of a :class:`PushdownGrammar` but the vocabulary: parser tables and lexer
     automata. Raises :class:`GrammarError` for what cannot be enforced exactly (the cheap check the
     API server runs per request)."""
@@ -402,7 +418,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int = MAX_STACK_DEPTH)
         terminal_names=tuple(t.name for t in terms),
         start_state=tables["start_state"],
         end_state=tables["end_state"],
-        max_stack_depth=int(max_stack_depth),
+        max_stack_depth=int(default_stack_depth() if max_stack_depth is None else max_stack_depth),
         arrays=dict(
             action=tables["action"],
             goto=tables["goto"],
@@ -417,7 +433,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int = MAX_STACK_DEPTH)
     )
 
 
-def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int = MAX_STACK_DEPTH) -> PushdownGrammar:
+def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int | None = None) -> PushdownGrammar:
     """Compile ``grammar`` for ``vocabulary`` (token masks are computed on first visit and cached)."""
     return PushdownGrammar(vocabulary=vocabulary, **pushdown_tables(grammar, max_stack_depth=max_stack_depth))
 
