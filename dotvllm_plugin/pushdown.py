@@ -51,7 +51,7 @@ import numpy as np
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
 
-__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "compile_pushdown", "pushdown_tables"]
+__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "check_pushdown", "compile_pushdown", "pushdown_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -386,10 +386,24 @@ def _lalr_tables(grammar: Grammar):
     )
 
 
+def check_pushdown(grammar: Grammar) -> None:
+    """The part of :func:`pushdown_tables` that is cheap and bounded by the grammar's size (run in
+    the API server for every request): structure, every terminal's regex, LALR(1) tables. The
+    lexer automata and the terminal-collision check are left to the compile worker."""
+    from .regex import check_regex
+
+    grammar.check()
+    for t in grammar.terminals:
+        try:
+            check_regex(t.regex)
+        except GrammarError as e:
+            raise type(e)(f"{t.describe()}: {e}") from e
+    _lalr_tables(grammar)
+
+
 def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> dict:
     """Everything of a :class:`PushdownGrammar` but the vocabulary: parser tables and lexer
-    automata. Raises :class:`GrammarError` for what cannot be enforced exactly (the cheap check the
-    API server runs per request)."""
+    automata. Raises :class:`GrammarError` for what cannot be enforced exactly."""
     grammar.check()
     terms = grammar.terminals
     dfas = _terminal_dfas(grammar)

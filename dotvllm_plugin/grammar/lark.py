@@ -92,17 +92,18 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
         raise GrammarError(f"a Lark grammar must be a string, got {type(text).__name__}")
     if not isinstance(start, str) or not start:
         raise GrammarError(f"the start rule must be a non-empty string, got {start!r}")
-    from lark.exceptions import LarkError
     from lark.load_grammar import load_grammar
 
     try:
         loaded, _ = load_grammar(text, "<grammar>", None, False)
         term_defs, rule_defs, ignore = loaded.compile([start], set())
-    except (LarkError, KeyError, ValueError, AssertionError) as e:
-        msg = str(e).strip() or type(e).__name__
-        raise GrammarError(f"invalid Lark grammar: {msg}") from e
     except RecursionError as e:
         raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever lark's loader raises on this text, the grammar is bad
+        msg = str(e).strip() or type(e).__name__
+        raise GrammarError(f"invalid Lark grammar: {msg}") from e
 
     terminals = []
     for t in term_defs:
@@ -110,13 +111,13 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
         literal = pattern.value if type(pattern).__name__ == "PatternStr" else None
         where = _literal_where(text, literal) if literal is not None and t.name.startswith("__") else line_of(text, t.name)
         try:
-            width = int(pattern.max_width)
-        except (ValueError, TypeError) as e:  # lark could not size the regex (bad syntax)
+            width, min_width = int(pattern.max_width), int(pattern.min_width)
+        except Exception as e:  # noqa: BLE001 - lark could not size the regex: it does not parse
             raise GrammarError(f"invalid regex in terminal {t.name} ({where}): {e}") from e
         terminals.append(
             Terminal(
                 name=t.name,
-                regex=_terminal_regex(t.name, pattern.to_regexp(), where, int(pattern.min_width)),
+                regex=_terminal_regex(t.name, pattern.to_regexp(), where, min_width),
                 priority=int(t.priority),
                 literal=literal,
                 flags=frozenset(pattern.flags),
