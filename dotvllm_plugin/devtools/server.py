@@ -27,6 +27,7 @@ __all__ = [
     "ServerStartError",
     "find_processes",
     "free_port",
+    "installed_vllm_version",
     "log_tail",
     "plugin_present",
     "start_server",
@@ -292,6 +293,25 @@ def start_server(
         raise
     server.startup_s = time.monotonic() - t0
     return server
+
+
+def installed_vllm_version() -> str | None:
+    """The installed vLLM's version (from ``vllm/_version.py``, without importing vllm), or ``None``."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("vllm")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "_version.py"
+    try:
+        m = re.search(r"""__version__\s*=\s*(?:version\s*=\s*)?['"]([^'"]+)['"]""", path.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 def plugin_present() -> bool:

@@ -1,0 +1,47 @@
+"""dotvllm as a structured-output backend of vLLM's V1 engine (vLLM >= 0.11; tested: see
+:data:`SUPPORTED_VLLM`).
+
+vLLM V1 has no registry for out-of-tree structured-output backends, so :func:`register` (called
+through :func:`dotvllm_plugin.integrations.register` in every vLLM process) patches the two places
+that decide (listed in :mod:`._patches`): the request check in the API-server process routes each
+structured request to us and answers a bad spec with HTTP 400, and the engine core's
+``StructuredOutputManager`` builds :class:`~.backend.DotvllmBackend` for requests marked ours.
+
+Routing: every structured request of a server whose ``structured_outputs_config.backend`` is
+``auto`` (vLLM's default) is ours; a server started with an explicit backend
+(``--structured-outputs-config.backend xgrammar``) keeps vLLM's behaviour, and so does any server
+with ``DOTVLLM_DISABLE=1``. vLLM V1 refuses per-request backend selection. ``structural_tag`` is
+delegated to vLLM's xgrammar backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+__all__ = ["SUPPORTED_VLLM", "register"]
+
+SUPPORTED_VLLM = ">=0.32.0,<0.33"
+"""vLLM releases whose V1 structured-output interfaces this integration was checked against."""
+
+logger = logging.getLogger("vllm.dotvllm_plugin")
+
+_lock = threading.Lock()
+_registered = False
+
+
+def register(version: str = "?") -> None:
+    """Install the V1 integration (idempotent); the caller checked the version and the opt-out."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        from ._patches import apply
+
+        patched = apply()
+        _registered = True
+    from ... import __version__
+
+    logger.info("dotvllm %s on vLLM %s (pid %d): V1 structured-output backend; patched %s", __version__, version,
+                os.getpid(), ", ".join(patched) if patched else "nothing new")

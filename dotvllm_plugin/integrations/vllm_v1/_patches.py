@@ -1,0 +1,190 @@
+"""What the V1 integration changes in vLLM (each patch keeps the original as ``__wrapped__``).
+
+1. ``vllm.sampling_params.SamplingParams._validate_structured_outputs`` (API-server process, and
+   the offline ``LLM``): when the server's structured-output backend is ``auto`` (vLLM's default),
+   a structured request becomes ours (``structured_outputs._backend = "dotvllm"``) after our cheap
+   check (:func:`dotvllm_plugin.integrations._constraints.validate`): a bad spec raises a
+   ``GrammarError`` (a ``ValueError``), which vLLM answers with HTTP 400. ``structural_tag``
+   requests are checked by vLLM's xgrammar validation (our backend delegates them to xgrammar).
+   A server started with an explicit backend (``--structured-outputs-config.backend xgrammar``)
+   keeps vLLM's behaviour for every request.
+2. ``vllm.v1.structured_output.StructuredOutputManager.grammar_init`` (engine-core process): builds
+   :class:`~.backend.DotvllmBackend` when the first request marked ours arrives (vLLM's own
+   code knows only its four backend names and would raise).
+3. ``StructuredOutputManager._create_grammar``: our backend gets the whole request (V1's
+   ``(type, spec)`` key drops ``whitespace_pattern``); it never raises.
+4. ``OpenAIServingChat.create_chat_completion`` / ``OpenAIServingCompletion.create_completion``:
+   a streaming request is checked before its response starts, so a bad spec is an HTTP 400 and
+   not an error event inside a 200 stream (V1 validates only once the stream generator runs).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from .._constraints import BACKEND, V1_NAMES, validate
+from . import metrics
+
+__all__ = ["apply"]
+
+logger = logging.getLogger("vllm.dotvllm_plugin")
+
+
+def _mark(fn, original):
+    fn._dotvllm = True
+    fn.__wrapped__ = original
+    return fn
+
+
+def _patch_validation() -> str | None:
+    from vllm.sampling_params import SamplingParams
+
+    original = SamplingParams._validate_structured_outputs
+    if getattr(original, "_dotvllm", False):
+        return None
+
+    @functools.wraps(original)
+    def _validate_structured_outputs(self, model_config, structured_outputs_config, tokenizer):
+        so = self.structured_outputs
+        if (structured_outputs_config is None or so is None or structured_outputs_config.backend != "auto"
+                or getattr(model_config, "is_diffusion", False) or tokenizer is None
+                or (so._backend is not None and so._backend != BACKEND)):
+            return original(self, model_config, structured_outputs_config, tokenizer)
+        try:
+            kind = _check(self, so)
+        except ValueError as e:
+            # vLLM V1 answers only its own client errors with 400 (a bare ValueError becomes a 500).
+            from vllm.exceptions import VLLMValidationError
+
+            if isinstance(e, VLLMValidationError):
+                raise
+            raise VLLMValidationError(str(e), parameter=getattr(e, "parameter", None)) from e
+        so._backend = BACKEND
+        so._backend_was_auto = True
+        so.__post_init__()
+        metrics.record_request(kind)
+
+    SamplingParams._validate_structured_outputs = _mark(_validate_structured_outputs, original)
+    return "vllm.sampling_params.SamplingParams._validate_structured_outputs"
+
+
+def _check(sampling_params, so) -> str:
+    """Our early check of one request's constraint; returns its kind or raises a ValueError."""
+    if so.structural_tag is not None:
+        # Delegated to xgrammar in the engine: vLLM's xgrammar checks apply.
+        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+        validate_xgrammar_grammar(sampling_params)
+        return "structural_tag"
+    if isinstance(so.choice, list) and not so.choice:
+        raise ValueError("structured_outputs.choice: must list at least one choice, got an empty list")
+    if so.json_object is False:
+        raise ValueError("structured_outputs.json_object must be true if set")
+    return validate(so, names=V1_NAMES).kind
+
+
+def _stream_precheck(serving, request):
+    """Our early check before a streaming response starts (V1 validates the request only when the
+    response generator first runs, which for a stream is after the HTTP 200 went out)."""
+    cfg = getattr(getattr(serving, "engine_client", None), "vllm_config", None)
+    so_cfg = getattr(cfg, "structured_outputs_config", None)
+    if so_cfg is None or so_cfg.backend != "auto":
+        return None
+    try:
+        so = request.extract_structured_outputs()
+        if so is None or so.all_constraints_none() or so.structural_tag is not None:
+            return None
+        _check(None, so)
+    except ValueError as e:
+        from vllm.exceptions import VLLMValidationError
+
+        return serving.create_error_response(VLLMValidationError(str(e)))
+    except Exception:  # noqa: BLE001 - anything else: vLLM's own path reports it
+        return None
+    return None
+
+
+def _patch_streaming() -> list[str]:
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+
+    done = []
+    for cls, name in ((OpenAIServingChat, "create_chat_completion"), (OpenAIServingCompletion, "create_completion")):
+        original = getattr(cls, name)
+        if getattr(original, "_dotvllm", False):
+            continue
+
+        def make(original):
+            @functools.wraps(original)
+            async def create(self, request, *args, **kwargs):
+                if getattr(request, "stream", False):
+                    error = _stream_precheck(self, request)
+                    if error is not None:
+                        return error
+                return await original(self, request, *args, **kwargs)
+
+            return create
+
+        setattr(cls, name, _mark(make(original), original))
+        done.append(f"{cls.__module__}.{cls.__name__}.{name}")
+    return done
+
+
+def _patch_manager() -> list[str]:
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    from .backend import DotvllmBackend
+
+    done = []
+    original_init = StructuredOutputManager.grammar_init
+    if not getattr(original_init, "_dotvllm", False):
+
+        @functools.wraps(original_init)
+        def grammar_init(self, request):
+            sor = request.structured_output_request
+            if sor is not None and self.backend is None and sor.params._backend == BACKEND:
+                self.backend = DotvllmBackend(self.vllm_config, tokenizer=self.tokenizer,
+                                              vocab_size=self.vllm_config.model_config.get_vocab_size())
+            return original_init(self, request)
+
+        StructuredOutputManager.grammar_init = _mark(grammar_init, original_init)
+        done.append("vllm.v1.structured_output.StructuredOutputManager.grammar_init")
+
+    original_create = StructuredOutputManager._create_grammar
+    if not getattr(original_create, "_dotvllm", False):
+
+        @functools.wraps(original_create)
+        def _create_grammar(self, request):
+            if isinstance(self.backend, DotvllmBackend):
+                return self.backend.compile_request(request)
+            return original_create(self, request)
+
+        StructuredOutputManager._create_grammar = _mark(_create_grammar, original_create)
+        done.append("vllm.v1.structured_output.StructuredOutputManager._create_grammar")
+    return done
+
+
+def _register_virtual_subclasses() -> None:
+    from vllm.v1.structured_output.backend_types import StructuredOutputBackend, StructuredOutputGrammar
+
+    from .backend import DotvllmBackend
+    from .grammar import DotvllmGrammar
+
+    StructuredOutputBackend.register(DotvllmBackend)
+    StructuredOutputGrammar.register(DotvllmGrammar)
+
+
+def apply() -> list[str]:
+    """Apply every patch not yet applied (idempotent); return what was patched now."""
+    done = []
+    v = _patch_validation()
+    if v:
+        done.append(v)
+    done.extend(_patch_manager())
+    done.extend(_patch_streaming())
+    _register_virtual_subclasses()
+    done.extend(metrics.install())
+    for name in done:
+        logger.debug("dotvllm: patched %s", name)
+    return done

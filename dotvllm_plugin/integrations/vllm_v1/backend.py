@@ -1,0 +1,163 @@
+"""The engine-level object vLLM V1 builds once: compiles each request's constraint.
+
+vLLM V1 (``StructuredOutputManager`` in the engine-core process) asks the backend for
+``compile_grammar(request_type, grammar_spec, stop_token_ids)`` on its compile thread pool, one call
+per new structured request, and for ``allocate_token_bitmask(max_num_seqs)`` once. V1's key
+``(request_type, grammar_spec)`` drops the per-request options (``whitespace_pattern``), so
+:mod:`._patches` calls :meth:`DotvllmBackend.compile_request` with the whole request instead.
+
+Compiles go through the process's :class:`~dotvllm_plugin.compilation_manager.CompilationManager`
+(worker processes, cache, time and memory limits), so a pathological constraint cannot stall the
+engine core. ``STRUCTURAL_TAG`` requests are delegated to vLLM's own xgrammar backend (built on
+first use); everything else is ours.
+
+Never raises: a constraint that fails to compile (the API server checked it, so this is a time or
+memory budget, or a bug) is logged and gets a dead grammar that ends its request at once.
+
+This module does not import vLLM (the xgrammar delegate is imported lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import torch
+
+from ...matcher import GrammarMatcher
+from .._constraints import V1_NAMES, Constraint, constraint_of
+from .grammar import DotvllmGrammar
+
+__all__ = ["DotvllmBackend"]
+
+logger = logging.getLogger("vllm.dotvllm_plugin.v1")
+
+# vllm.v1.structured_output.backend_types.StructuredOutputOptions member names -> our kinds
+_KIND_OF_OPTION = {"JSON": "json_schema", "JSON_OBJECT": "json_object", "REGEX": "regex", "GRAMMAR": "grammar",
+                   "CHOICE": "choice"}
+
+
+class _Spec:
+    """Duck-typed StructuredOutputsParams for a bare (request_type, spec) key."""
+
+    def __init__(self, kind: str, spec: str):
+        self.json = self.regex = self.choice = self.grammar = self.json_object = None
+        self.structural_tag = self.whitespace_pattern = None
+        if kind == "json_schema":
+            self.json = spec
+        elif kind == "json_object":
+            self.json_object = True
+        elif kind == "regex":
+            self.regex = spec
+        elif kind == "choice":
+            self.choice = json.loads(spec) if isinstance(spec, str) else spec
+        elif kind == "grammar":
+            self.grammar = spec
+
+
+class DotvllmBackend:
+    """Our V1 structured-output backend (a virtual subclass of vLLM's ``StructuredOutputBackend``).
+
+    Parameters
+    ----------
+    vllm_config : vllm.config.VllmConfig
+    tokenizer : the engine's tokenizer (a Hugging Face tokenizer or vLLM's wrapper of one)
+    vocab_size : int
+        The model's logits width (often padded past the tokenizer's vocabulary); bitmask rows
+        have ``ceil(vocab_size / 32)`` words, and ids past the tokenizer are never allowed.
+    """
+
+    name = "dotvllm"
+
+    def __init__(self, vllm_config, *, tokenizer, vocab_size: int):
+        self.vllm_config = vllm_config
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size)
+        self._lock = threading.Lock()
+        self._vocabulary = None
+        self._xgrammar = None
+        logger.info("dotvllm: V1 structured-output backend ready (vocab_size %d)", self.vocab_size)
+
+    # -- vLLM's interface -------------------------------------------------------------------------
+
+    def compile_grammar(self, request_type, grammar_spec: str, stop_token_ids=None):
+        """Compile from V1's key alone (no per-request options)."""
+        option = getattr(request_type, "name", str(request_type))
+        if option == "STRUCTURAL_TAG":
+            return self._structural_tag(request_type, grammar_spec, stop_token_ids)
+        kind = _KIND_OF_OPTION.get(option)
+        if kind is None:
+            logger.error("dotvllm: unknown structured-output request type %r; the request ends", option)
+            return self._dead(f"{option} {grammar_spec!r}"[:200])
+        return self._compile(_Spec(kind, grammar_spec), request_id="?")
+
+    def compile_request(self, request):
+        """Compile a ``vllm.v1.request.Request``'s constraint with all its options; never raises."""
+        params = request.sampling_params.structured_outputs
+        if params.structural_tag is not None:
+            option, spec = request.structured_output_request.structured_output_key
+            return self._structural_tag(option, spec, getattr(request.sampling_params, "all_stop_token_ids", None))
+        return self._compile(params, request_id=request.request_id)
+
+    def allocate_token_bitmask(self, max_num_seqs: int) -> torch.Tensor:
+        return torch.full((max_num_seqs, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+    def destroy(self) -> None:
+        if self._xgrammar is not None:
+            self._xgrammar.destroy()
+
+    # -- ours -------------------------------------------------------------------------------------
+
+    def vocabulary(self):
+        with self._lock:
+            if self._vocabulary is None:
+                from ..vllm_v0.runtime import vocabulary_for
+
+                self._vocabulary = vocabulary_for(self.tokenizer)
+            return self._vocabulary
+
+    def _dead(self, description: str) -> DotvllmGrammar:
+        try:
+            eos = self.vocabulary().eos_token_ids
+        except Exception:  # noqa: BLE001 - the tokenizer itself is unreadable
+            eos = (getattr(self.tokenizer, "eos_token_id", None) or 0,)
+        return DotvllmGrammar(None, description=description, eos_token_ids=eos)
+
+    def _compile(self, params, *, request_id: str) -> DotvllmGrammar:
+        constraint: Constraint | None = None
+        t0 = time.perf_counter()
+        try:
+            constraint = constraint_of(params, names=V1_NAMES)
+            from ..vllm_v0.runtime import manager_for
+
+            vocab = self.vocabulary()
+            result = manager_for(vocab).compile(constraint.kind, constraint.spec,
+                                                whitespace_pattern=constraint.whitespace_pattern)
+            matcher = GrammarMatcher(result.grammar)
+        except Exception as e:  # noqa: BLE001 - never raise in the engine core
+            what = constraint.describe() if constraint is not None else "the constraint"
+            logger.error("dotvllm: request %s: could not compile %s (%s: %s); the request ends", request_id, what,
+                         type(e).__name__, e)
+            return self._dead(what)
+        logger.info("dotvllm: request %s: %s compiled by dotvllm in %.1f ms", request_id, constraint.kind,
+                    (time.perf_counter() - t0) * 1e3)
+        return DotvllmGrammar(matcher, description=constraint.describe(), eos_token_ids=vocab.eos_token_ids)
+
+    def _structural_tag(self, request_type, spec, stop_token_ids):
+        """Delegated to vLLM's xgrammar backend (explicitly; see docs/architecture.md)."""
+        try:
+            with self._lock:
+                if self._xgrammar is None:
+                    from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
+
+                    self._xgrammar = XgrammarBackend(self.vllm_config, tokenizer=self.tokenizer,
+                                                     vocab_size=self.vocab_size)
+            grammar = self._xgrammar.compile_grammar(request_type, spec, stop_token_ids=stop_token_ids)
+        except Exception as e:  # noqa: BLE001
+            logger.error("dotvllm: structural_tag could not be compiled by xgrammar (%s: %s); the request ends",
+                         type(e).__name__, e)
+            return self._dead("structural_tag")
+        logger.info("dotvllm: structural_tag delegated to vLLM's xgrammar backend")
+        return grammar

@@ -1,0 +1,74 @@
+"""register() on a V1 release, in fresh interpreters (patches are process-wide): the right
+integration is installed, the opt-out and an explicit server backend keep vLLM's behaviour, an
+unknown version is refused with one log line and no exception; the early check's messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str, *, prelude: str = "", **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "DOTVLLM_DISABLE"}
+    full_env.update(env)
+    source = textwrap.dedent(prelude) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", source], env=full_env, capture_output=True, text=True, timeout=240)
+
+
+_PARAMS = """
+    from types import SimpleNamespace
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+    def check(backend, **so):
+        sp = SamplingParams(structured_outputs=StructuredOutputsParams(**so))
+        cfg = SimpleNamespace(backend=backend)
+        try:
+            sp._validate_structured_outputs(SimpleNamespace(is_diffusion=False), cfg, object())
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return sp.structured_outputs._backend
+"""
+
+
+def test_register_routes_auto_servers_to_dotvllm():
+    r = _run(prelude=_PARAMS, code="""
+        from dotvllm_plugin.integrations import register
+        register(); register()
+        print("auto", check("auto", regex="a+"))
+        print("bad", check("auto", regex="(a"))
+        print("explicit", check("xgrammar", regex="a+"))
+    """)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "auto dotvllm" in r.stdout
+    assert "bad VLLMValidationError: structured_outputs.regex: invalid regex" in r.stdout
+    assert "explicit xgrammar" in r.stdout
+
+
+def test_opt_out_leaves_vllm_untouched():
+    r = _run(prelude=_PARAMS, code="""
+        from dotvllm_plugin.integrations import register
+        register()
+        assert not getattr(SamplingParams._validate_structured_outputs, "_dotvllm", False)
+        print("auto", check("auto", regex="a+"))
+    """, DOTVLLM_DISABLE="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "auto xgrammar" in r.stdout
+
+
+def test_unknown_version_is_refused_with_one_line_and_no_exception():
+    r = _run("""
+        import logging
+        logging.basicConfig(level=logging.INFO)
+        import vllm.version
+        vllm.version.__version__ = "0.99.0"
+        from dotvllm_plugin.integrations import register
+        register(); register()
+        from vllm.sampling_params import SamplingParams
+        assert not getattr(SamplingParams._validate_structured_outputs, "_dotvllm", False)
+        print("alive")
+    """)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "alive" in r.stdout
+    lines = [line for line in r.stderr.splitlines() if "vLLM 0.99.0 is not supported" in line]
+    assert len(lines) == 1, r.stderr[-3000:]

@@ -1,0 +1,165 @@
+"""The plugin on a real ``vllm serve`` with vLLM's V1 engine: every request kind × completions/chat ×
+stream/not, outputs validated; bad specs → HTTP 400 and the server keeps serving; a constraint that
+fails to compile ends only its request; proof that our backend answered (log and /metrics).
+
+One server for the module. The model has random weights: whatever it "wants", every output must
+satisfy its constraint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import lark
+import pytest
+import requests
+
+from dotvllm_plugin.devtools.client import body_for, metric_values, post
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+REGEX = r"[a-z]{3,8}@(foo|bar)\.(com|org)"
+CHOICES = ["red", "green", "blue"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": CHOICES},
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["ok", "color", "n", "tags"],
+    "additionalProperties": False,
+}
+WHITESPACE = "[ ]?"
+GRAMMAR = r"""
+?start: call
+call: NAME "(" [arg ("," arg)~0..2] ")"
+?arg: NAME | NUMBER | pair
+pair: "[" NUMBER "," NUMBER "]"
+NAME: /[a-z]{1,6}/
+NUMBER: /[0-9]{1,3}/
+%ignore " "
+"""
+RUNAWAY_REGEX = "(a|b)*a(a|b){17}"  # passes the early check; its DFA is over the compile budget
+
+
+def _check_schema(text, whitespace=None):
+    value = json.loads(text)
+    jsonschema.validate(value, SCHEMA)
+    if whitespace is None:
+        return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
+
+
+def _check_grammar(text):
+    lark.Lark(GRAMMAR, parser="lalr").parse(text)
+    return True
+
+
+KINDS = [
+    pytest.param({"structured_outputs": {"regex": REGEX}}, lambda t: re.fullmatch(REGEX, t) is not None, id="regex"),
+    pytest.param({"structured_outputs": {"choice": CHOICES}}, lambda t: t in CHOICES, id="choice"),
+    pytest.param({"structured_outputs": {"json": SCHEMA}}, _check_schema, id="json"),
+    pytest.param({"structured_outputs": {"json": json.dumps(SCHEMA)}}, _check_schema, id="json_string"),
+    pytest.param({"response_format": {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}},
+                 _check_schema, id="response_format_json_schema"),
+    pytest.param({"structured_outputs": {"json": SCHEMA, "whitespace_pattern": WHITESPACE}},
+                 lambda t: _check_schema(t, WHITESPACE), id="whitespace_pattern"),
+    pytest.param({"structured_outputs": {"grammar": GRAMMAR}}, _check_grammar, id="lark_grammar"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+@pytest.mark.parametrize(("params", "check"), KINDS)
+def test_outputs_satisfy_their_constraint(v1_server, endpoint, stream, params, check):
+    body = body_for(endpoint, "Answer:", n=2, max_tokens=160, temperature=1.0, stream=stream, **params)
+    reply = post(v1_server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    assert not reply.error, reply.error
+    assert sorted(reply.texts) == [0, 1]
+    for i, text in reply.texts.items():
+        assert reply.finish[i] == "stop", (i, text, reply.finish[i])
+        assert check(text), (i, text)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_json_object(v1_server, endpoint, stream):
+    body = body_for(endpoint, "JSON:", n=2, max_tokens=200, temperature=1.0, stream=stream,
+                    response_format={"type": "json_object"})
+    reply = post(v1_server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    for i, text in reply.texts.items():
+        if reply.finish[i] == "stop":
+            assert isinstance(json.loads(text), dict), (i, text)
+        else:  # a random model may run out of tokens inside the object
+            assert reply.finish[i] == "length" and text.startswith("{"), (i, text)
+
+
+BAD = [
+    pytest.param({"regex": "(abc"}, r"structured_outputs\.regex: invalid regex.*position", id="broken-regex"),
+    pytest.param({"regex": "a(?=b)c"}, "lookahead", id="lookahead"),
+    pytest.param({"json": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}},
+                 "'uniqueItems' at /uniqueItems", id="schema-uniqueItems"),
+    pytest.param({"json": '{"type": "object",'}, r"structured_outputs\.json: the schema is not valid JSON",
+                 id="bad-json"),
+    pytest.param({"grammar": 'start: "a" | b'}, r"structured_outputs\.grammar: invalid Lark grammar", id="lark-broken"),
+    pytest.param({"grammar": 'start: a\na: "x" | a a'}, r"not LALR\(1\)", id="lark-not-lalr"),
+    pytest.param({"grammar": 'start: /".*?"/'}, "lazy quantifier", id="lark-lazy-terminal"),
+    pytest.param({"choice": []}, "at least one choice", id="empty-choice"),
+    pytest.param({"json": SCHEMA, "whitespace_pattern": "\\s*"}, "whitespace_pattern", id="unbounded-whitespace"),
+]
+
+
+def _still_serving(server):
+    assert requests.get(server.base_url + "/health", timeout=30).status_code == 200
+    ok = post(server.base_url, COMPLETIONS,
+              body_for(COMPLETIONS, "x", max_tokens=8, structured_outputs={"choice": ["yes", "no"]}))
+    assert ok.status == 200 and ok.texts[0] in ("yes", "no"), ok
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(("spec", "message"), BAD)
+def test_bad_spec_is_a_400_and_the_server_keeps_serving(v1_server, spec, message, stream):
+    endpoint = CHAT if stream else COMPLETIONS
+    reply = post(v1_server.base_url, endpoint,
+                 body_for(endpoint, "x", max_tokens=8, stream=stream, structured_outputs=spec))
+    assert reply.status == 400, (reply.status, reply.raw[:500])
+    assert re.search(message, reply.error), reply.error
+    _still_serving(v1_server)
+
+
+def test_a_failed_compile_ends_only_its_request(v1_server):
+    reply = post(v1_server.base_url, COMPLETIONS,
+                 body_for(COMPLETIONS, "x", max_tokens=16, structured_outputs={"regex": RUNAWAY_REGEX}))
+    assert reply.status == 200, reply.error
+    assert reply.texts[0] == "" and reply.finish[0] == "stop", reply
+    assert re.search(r"dotvllm: request \S+: could not compile", v1_server.log(200_000))
+    _still_serving(v1_server)
+
+
+def test_structural_tag_is_delegated_to_xgrammar(v1_server):
+    fmt = {"type": "structural_tag", "format": {"type": "const_string", "value": "<ok/>"}}
+    reply = post(v1_server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=16, response_format=fmt))
+    assert reply.status == 200, reply.error
+    assert reply.texts[0] == "<ok/>", reply.texts
+    assert "structural_tag delegated to vLLM's xgrammar backend" in v1_server.log(200_000)
+
+
+def test_our_backend_answered(v1_server):
+    pattern = "proof-[0-9]{3}"
+    reply = post(v1_server.base_url, COMPLETIONS,
+                 body_for(COMPLETIONS, "x", max_tokens=16, structured_outputs={"regex": pattern}))
+    assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0]), reply
+    log = v1_server.log(500_000)
+    assert "V1 structured-output backend ready" in log
+    for kind in ("regex", "choice", "json_schema", "json_object", "grammar"):
+        assert re.search(rf"dotvllm: request \S+: {kind} compiled by dotvllm", log), kind
+    counts = metric_values(v1_server.base_url, "dotvllm_requests_total")
+    assert counts.get((("kind", "regex"),), 0) >= 1, counts
