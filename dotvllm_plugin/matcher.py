@@ -184,110 +184,115 @@ class GrammarMatcher:
 class PushdownMatcher(GrammarMatcher):
     """Per-request state over a :class:`PushdownGrammar`; never raises on model behaviour.
 
-    ``accept_token`` returns ``False`` for a token the grammar does not allow and leaves the state
-    unchanged; ``copy()`` shares everything (the state is two immutable references).
+    The state is a tuple of configurations ``(lexer state, parser stack)``: one for an LALR(1)
+    grammar, possibly several where a grammar is not (generalised LR). ``accept_token`` returns
+    ``False`` for a token the grammar does not allow and leaves the state unchanged; ``copy()``
+    shares everything (configurations and stacks are immutable).
     """
 
-    __slots__ = ("_q", "_stack")
+    __slots__ = ("_configs", "_intern")
 
     def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):  # noqa: D107
         if not isinstance(compiled, PushdownGrammar):
             raise TypeError(f"PushdownMatcher needs a PushdownGrammar, got {type(compiled).__name__}")
         self.compiled = compiled
-        self._q, self._stack = compiled.initial_state()
+        self._configs = (compiled.initial_state(),)
+        self._intern: dict = {}
         self._terminated = False
         self._history: deque = deque(maxlen=max_rollback_tokens)
         self._eos = frozenset(compiled.vocabulary.eos_token_ids)
         self._tb = compiled.vocabulary.token_bytes
+
+    def _can_end(self, configs) -> bool:
+        return any(self.compiled.can_end(q, st) for q, st in configs)
 
     def accept_token(self, token_id: int) -> bool:
         if self._terminated:
             return False
         token_id = int(token_id)
         if token_id in self._eos:
-            if not self.compiled.can_end(self._q, self._stack):
+            if not self._can_end(self._configs):
                 return False
-            self._history.append((self._q, self._stack, False))
+            self._history.append(self._configs)
             self._terminated = True
             return True
         if token_id < 0 or token_id >= len(self._tb):
             return False
         data = self._tb[token_id]
-        if not data:
+        return bool(data) and self._advance(data)
+
+    def _advance(self, data: bytes) -> bool:
+        got = self.compiled.step_all(self._configs, data, self._intern)
+        if not got:
             return False
-        got = self.compiled.step(self._q, self._stack, data)
-        if got is None:
-            return False
-        self._history.append((self._q, self._stack, False))
-        self._q, self._stack = got
+        self._history.append(self._configs)
+        self._configs = got
         return True
 
     def accept_string(self, text: str | bytes) -> bool:
         if self._terminated:
             return False
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        got = self.compiled.step(self._q, self._stack, data)
-        if got is None:
-            return False
-        self._history.append((self._q, self._stack, False))
-        self._q, self._stack = got
-        return True
+        return self._advance(data)
 
     def validate_tokens(self, token_ids) -> int:
         """How many of ``token_ids`` (a prefix) would be accepted in turn; the state is unchanged."""
-        q, stack, done, n = self._q, self._stack, self._terminated, 0
-        g = self.compiled
+        if self._terminated:
+            return 0
+        configs, n = self._configs, 0
         for t in token_ids:
             t = int(t)
-            if done:
-                break
             if t in self._eos:
-                if not g.can_end(q, stack):
-                    break
-                done = True
-            else:
-                data = self._tb[t] if 0 <= t < len(self._tb) else None
-                got = g.step(q, stack, data) if data else None
-                if got is None:
-                    break
-                q, stack = got
+                if self._can_end(configs):
+                    n += 1
+                break
+            data = self._tb[t] if 0 <= t < len(self._tb) else None
+            configs = self.compiled.step_all(configs, data, self._intern) if data else ()
+            if not configs:
+                break
             n += 1
         return n
 
     def rollback(self, n: int) -> None:
-        """Undo the last ``n`` accepted tokens (at most the kept history)."""
+        """Undo the last ``n`` accepted tokens (at most the history kept)."""
         if n < 0 or n > len(self._history):
             raise ValueError(f"cannot roll back {n} tokens: {len(self._history)} are kept")
         for _ in range(n):
-            self._q, self._stack, _ = self._history.pop()
+            self._configs = self._history.pop()
             self._terminated = False
 
     def _current_row(self) -> np.ndarray:
         if self._terminated:
             return _eos_row(self.compiled._W, self._eos)
-        return self.compiled.mask(self._q, self._stack)
+        configs = self._configs
+        row = self.compiled.mask(*configs[0])
+        if len(configs) > 1:
+            row = row.copy()
+            for q, st in configs[1:]:
+                row |= self.compiled.mask(q, st)
+        return row
 
     def is_completed(self) -> bool:
-        return self._terminated or self.compiled.can_end(self._q, self._stack)
-
-    def is_terminated(self) -> bool:
-        return self._terminated
+        return self._terminated or self._can_end(self._configs)
 
     @property
     def stack_depth(self) -> int:
-        return self._stack[2]
+        """Depth of the deepest parser stack followed."""
+        return max(st[2] for _, st in self._configs)
 
     def reset(self) -> None:
-        self._q, self._stack = self.compiled.initial_state()
+        self._configs = (self.compiled.initial_state(),)
+        self._intern = {}
         self._terminated = False
         self._history.clear()
 
     def copy(self) -> PushdownMatcher:
         m = object.__new__(PushdownMatcher)
-        m.compiled, m._q, m._stack, m._terminated = self.compiled, self._q, self._stack, self._terminated
+        m.compiled, m._configs, m._intern, m._terminated = self.compiled, self._configs, self._intern, self._terminated
         m._history = deque(self._history, maxlen=self._history.maxlen)
         m._eos, m._tb = self._eos, self._tb
         return m
 
     def __repr__(self) -> str:
-        return f"PushdownMatcher(lexer_state={self._q}, depth={self._stack[2]}, terminated={self._terminated})"
+        return (f"PushdownMatcher(configurations={len(self._configs)}, depth={self.stack_depth}, "
+                f"terminated={self._terminated})")

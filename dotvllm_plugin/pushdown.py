@@ -79,8 +79,24 @@ MASK_CACHE_SIZE = 4096
 
 
 
+#: Most parser configurations a matcher follows at once where the grammar is not LALR(1); more
+#: (a very ambiguous text) are dropped, which only narrows what may follow.
+MAX_CONFIGS = 64
+#: Most reductions one terminal may cause (a cyclic grammar could reduce forever).
+MAX_REDUCTIONS = 100_000
+
 FORMAT_VERSION = 1
 _MAGIC = b"DOTVLLMP"
+
+
+def _push(state: int, below, intern: dict | None):
+    if intern is None:
+        return (state, below, below[2] + 1)
+    key = (state, id(below))
+    cell = intern.get(key)
+    if cell is None:
+        cell = intern[key] = (state, below, below[2] + 1)
+    return cell
 _ACCEPT = "accept"
 _lark_lock = threading.Lock()
 
@@ -186,10 +202,10 @@ def _build_lexer(members: list[int], terms, dfas):
             w = _shadow_witness(dfas[x], dfas[y], rep)
             if w is not None:
                 raise UnsupportedFeatureError(
-                    f"{terms[x].describe()} and {terms[y].describe()} overlap: lark's lexer tries "
-                    f"{terms[x].name} first and would split {w.decode('utf-8', 'replace')!r} (which "
-                    f"{terms[y].name} matches whole) differently than a longest-match lexer; give "
-                    f"{terms[y].name} a higher priority or make the terminals disjoint",
+                    f"{terms[x].describe()} and {terms[y].describe()} overlap: lark's lexer tries the "
+                    f"first one first and would split {w.decode('utf-8', 'replace')!r} (which the second "
+                    "matches whole) differently than a longest-match lexer; give the second a higher "
+                    "priority or make the terminals disjoint",
                     feature="terminal collision",
                     where=terms[x].name,
                 )
@@ -281,23 +297,22 @@ def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+#: An action code at or above this value indexes the conflict table: a state where the grammar is
+#: not LALR(1) and several actions are tried at once (generalised LR).
+MULTI = 1 << 30
 
 
 def _lalr_tables(grammar: Grammar):
+    """LALR(1) tables by lark's own analysis (LR(0) item sets and LALR lookaheads), keeping every
+    action where lark's LALR parser would resolve a conflict: such states are run as generalised LR
+    (all actions, each on its own copy of the stack), which accepts what lark's Earley parser
+    accepts."""
     from lark.common import ParserConf
     from lark.exceptions import GrammarError as LarkGrammarError
     from lark.grammar import NonTerminal
     from lark.grammar import Rule as LarkRule
     from lark.grammar import Terminal as LarkTerminal
-    from lark.parsers.lalr_analysis import LALR_Analyzer, Shift
-    from lark.utils import logger as lark_logger
+    from lark.parsers.lalr_analysis import LALR_Analyzer
 
     term_names = [t.name for t in grammar.terminals]
     term_set = set(term_names)
@@ -308,80 +323,77 @@ def _lalr_tables(grammar: Grammar):
             continue
         seen.add(key)
         rules.append(LarkRule(NonTerminal(r.origin), [LarkTerminal(s) if s in term_set else NonTerminal(s) for s in r.expansion]))
-    capture = _Capture()
     with _lark_lock:
-        saved = (lark_logger.handlers[:], lark_logger.level, lark_logger.propagate)
-        lark_logger.handlers[:] = [capture]
-        lark_logger.setLevel(logging.DEBUG)
-        lark_logger.propagate = False
         try:
             analyzer = LALR_Analyzer(ParserConf(rules, {}, [grammar.start]), debug=False, strict=False)
-            analyzer.compute_lalr()
+            analyzer.compute_lr0_states()
+            analyzer.compute_reads_relations()
+            analyzer.compute_includes_lookback()
+            analyzer.compute_lookaheads()
         except LarkGrammarError as e:
-            raise UnsupportedFeatureError(
-                f"the grammar is not LALR(1) ({str(e).strip().splitlines()[0]}); grammars that need lark's "
-                "Earley parser are not supported: rewrite it without the ambiguity",
-                feature="non-LALR(1) grammar",
-            ) from e
+            raise GrammarError(f"the grammar cannot be analysed: {str(e).strip().splitlines()[0]}") from e
         except RecursionError as e:
             raise GrammarError("the grammar nests too deeply to analyse") from e
-        finally:
-            lark_logger.handlers[:], level, lark_logger.propagate = saved[0], saved[1], saved[2]
-            lark_logger.setLevel(level)
-    conflicts = [m for m in capture.messages if m.startswith("Shift/Reduce conflict")]
-    if conflicts:
-        detail = capture.messages[capture.messages.index(conflicts[0]) + 1 : capture.messages.index(conflicts[0]) + 2]
-        rule = detail[0].strip(" *") if detail else "?"
-        raise UnsupportedFeatureError(
-            f"the grammar is not LALR(1): {conflicts[0].split(':')[0].lower()} (rule {rule}); lark's LALR "
-            "parser would silently prefer the shift and its Earley parser accept more, so it is refused: "
-            "rewrite the grammar without the conflict",
-            feature="non-LALR(1) grammar",
-        )
-    pt = analyzer.parse_table
+    itemsets = sorted(analyzer.lr0_itemsets, key=lambda its: sorted(map(repr, its.kernel)))
+    index = {its: i for i, its in enumerate(itemsets)}
     nonterms = sorted({r.origin for r in grammar.rules})
     nt_idx = {n: i for i, n in enumerate(nonterms)}
     t_idx = {n: i for i, n in enumerate(term_names)}
     end_col = len(term_names)
-    n_states = len(pt.states)
+    n_states = len(itemsets)
     action = np.zeros((n_states, end_col + 1), dtype=np.int32)
     goto = np.full((n_states, len(nonterms)), -1, dtype=np.int32)
     rule_index: dict[tuple, int] = {}
     rule_len: list[int] = []
     rule_origin: list[int] = []
     accepts: list[list[int]] = []
-    for s in range(n_states):
-        acts = pt.states[s]
-        acc = []
-        for name, (act, arg) in acts.items():
-            if name in nt_idx:
-                goto[s, nt_idx[name]] = arg
-                continue
-            if name == "$END":
-                col = end_col
-            elif name in t_idx:
-                col = t_idx[name]
-                acc.append(col)
-            else:  # pragma: no cover - lark adds no other symbols
-                continue
-            if act is Shift:
-                action[s, col] = arg + 1
+    conflicts: list[list[int]] = []
+    n_conflicts = 0
+
+    def reduce_code(rule) -> int:
+        key = (rule.origin.name, tuple(x.name for x in rule.expansion))
+        ri = rule_index.get(key)
+        if ri is None:
+            ri = rule_index[key] = len(rule_len)
+            rule_len.append(len(rule.expansion))
+            rule_origin.append(nt_idx[rule.origin.name])
+        return -(ri + 1)
+
+    for i, its in enumerate(itemsets):
+        codes: dict[int, list[int]] = {}
+        for sym, nxt in its.transitions.items():
+            if sym.is_term:
+                codes.setdefault(t_idx[sym.name], []).append(index[nxt] + 1)
             else:
-                key = (arg.origin.name, tuple(x.name for x in arg.expansion))
-                ri = rule_index.get(key)
-                if ri is None:
-                    ri = rule_index[key] = len(rule_len)
-                    rule_len.append(len(arg.expansion))
-                    rule_origin.append(nt_idx[arg.origin.name])
-                action[s, col] = -(ri + 1)
-        accepts.append(sorted(acc))
+                goto[i, nt_idx[sym.name]] = index[nxt]
+        for la, las_rules in its.lookaheads.items():
+            col = end_col if la.name == "$END" else t_idx[la.name]
+            for rule in sorted(las_rules, key=lambda r: (r.origin.name, [x.name for x in r.expansion])):
+                if rule.origin.name.startswith("$root_"):
+                    continue
+                codes.setdefault(col, []).append(reduce_code(rule))
+        for col, cs in codes.items():
+            if len(cs) == 1:
+                action[i, col] = cs[0]
+            else:
+                action[i, col] = MULTI + len(conflicts)
+                conflicts.append(cs)
+                n_conflicts += 1
+        accepts.append(sorted(c for c in codes if c != end_col))
+    start_state = index[analyzer.lr0_start_states[grammar.start]]
+    root = "$root_" + grammar.start
+    ends = [index[its] for its in itemsets if any(rp.rule.origin.name == root and rp.is_satisfied for rp in its.closure)]
+    conf_offsets = np.cumsum([0] + [len(c) for c in conflicts]).astype(np.int32)
+    conf_codes = np.array([x for c in conflicts for x in c], dtype=np.int32)
     return dict(
         action=action,
         goto=goto,
         rule_len=np.array(rule_len, dtype=np.int32),
         rule_origin=np.array(rule_origin, dtype=np.int32),
-        start_state=int(pt.start_states[grammar.start]),
-        end_state=int(pt.end_states[grammar.start]),
+        conf_offsets=conf_offsets,
+        conf_codes=conf_codes,
+        start_state=int(start_state),
+        end_state=int(ends[0]),
         accepts=accepts,
     )
 
@@ -438,6 +450,8 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             goto=tables["goto"],
             rule_len=tables["rule_len"],
             rule_origin=tables["rule_origin"],
+            conf_offsets=tables["conf_offsets"],
+            conf_codes=tables["conf_codes"],
             lexer_of_state=lexer_of_state,
             lex_offsets=offsets,
             lex_trans=lex_trans,
@@ -475,6 +489,9 @@ class PushdownGrammar:
         self._goto = a["goto"].tolist()
         self._rule_len = a["rule_len"].tolist()
         self._rule_origin = a["rule_origin"].tolist()
+        offs, codes = a["conf_offsets"].tolist(), a["conf_codes"].tolist()
+        self._conf = [codes[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
+        self.deterministic = not self._conf
         self._lexer_of_state = a["lexer_of_state"].tolist()
         self._offsets = a["lex_offsets"].tolist()
         self._trans = a["lex_trans"].ravel().tolist()
@@ -526,13 +543,17 @@ class PushdownGrammar:
     # -- parser ----------------------------------------------------------------------------------
 
     def feed(self, stack, term: int):
-        """LALR step on a linked stack: the new stack, ``_ACCEPT`` (``$END`` accepted), or None."""
+        """LALR step on a linked stack (deterministic grammars): the new stack, ``_ACCEPT`` (``$END``
+        accepted), or None."""
         action, goto, rule_len, rule_origin = self._action, self._goto, self._rule_len, self._rule_origin
         limit = self.max_stack_depth
         while True:
             code = action[stack[0]][term]
             if code == 0:
                 return None
+            if code >= MULTI:
+                outcomes = self.feed_all(stack, term, None)
+                return outcomes[0] if outcomes else None
             if code > 0:
                 if stack[2] >= limit:
                     return None
@@ -545,8 +566,42 @@ class PushdownGrammar:
             if term == self._end and g == self.end_state:
                 return _ACCEPT
 
+    def feed_all(self, stack, term: int, intern: dict | None) -> list:
+        """Generalised LR step: every outcome (stacks, or ``_ACCEPT``) of feeding ``term``, trying
+        all actions of a conflict. ``intern`` makes equal stacks one object, so that the many
+        derivations of an ambiguous text collapse."""
+        action, goto, rule_len, rule_origin = self._action, self._goto, self._rule_len, self._rule_origin
+        limit, conf, end = self.max_stack_depth, self._conf, self._end
+        out: list = []
+        work = [stack]
+        seen = {(stack[0], id(stack[1]))}  # a cyclic grammar (x: y, y: x) reduces in circles
+        budget = MAX_REDUCTIONS
+        while work and budget:
+            budget -= 1
+            st = work.pop()
+            code = action[st[0]][term]
+            for c in (code,) if code < MULTI else conf[code - MULTI]:
+                if c == 0:
+                    continue
+                if c > 0:
+                    if st[2] < limit:
+                        out.append(_push(c - 1, st, intern))
+                    continue
+                r = -c - 1
+                below = st
+                for _ in range(rule_len[r]):
+                    below = below[1]
+                g = goto[below[0]][rule_origin[r]]
+                if term == end and g == self.end_state:
+                    out.append(_ACCEPT)
+                    continue
+                if (g, id(below)) not in seen:
+                    seen.add((g, id(below)))
+                    work.append(_push(g, below, intern))
+        return out
+
     def step(self, q: int, stack, data: bytes):
-        """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (not allowed)."""
+        """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (deterministic grammars)."""
         trans, chosen, ignore = self._trans, self._chosen, self._ignore
         for b in data:
             nq = trans[q * 256 + b]
@@ -567,24 +622,57 @@ class PushdownGrammar:
             return None
         return q, stack
 
+    def step_all(self, configs: tuple, data: bytes, intern: dict) -> tuple:
+        """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
+        at most :data:`MAX_CONFIGS`), empty when the text is not allowed."""
+        if self.deterministic:
+            out = []
+            for q, st in configs:
+                got = self.step(q, st, data)
+                if got is not None:
+                    out.append(got)
+            return tuple(out)
+        trans, chosen, ignore, offsets, lexer_of = self._trans, self._chosen, self._ignore, self._offsets, self._lexer_of_state
+        cur = configs
+        for b in data:
+            nxt: dict = {}
+            for q, st in cur:
+                nq = trans[q * 256 + b]
+                if nq >= 0:
+                    nxt.setdefault((nq, id(st)), (nq, st))
+                    continue
+                t = chosen[q]
+                if t < 0:
+                    continue
+                stacks = [st] if ignore[t] else [x for x in self.feed_all(st, t, intern) if x is not _ACCEPT]
+                for s2 in stacks:
+                    q2 = trans[offsets[lexer_of[s2[0]]] * 256 + b]
+                    if q2 >= 0:
+                        nxt.setdefault((q2, id(s2)), (q2, s2))
+            if not nxt:
+                return ()
+            cur = tuple(nxt.values())[:MAX_CONFIGS]
+        return tuple(c for c in cur if self.viable(*c))
+
     def viable(self, q: int, stack) -> bool:
         """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""
         reach = self._reach[q]
         if reach is None:  # at a lexeme start, or only ignored terminals ahead
             return True
-        return any(self.feed(stack, t) is not None for t in reach)
+        if self.deterministic:
+            return any(self.feed(stack, t) is not None for t in reach)
+        return any(self.feed_all(stack, t, None) for t in reach)
 
     def can_end(self, q: int, stack) -> bool:
         """Whether the text so far is a complete sentence."""
+        stacks = [stack]
         if q not in self._is_start:
             t = self._chosen[q]
             if t < 0:
                 return False
             if not self._ignore[t]:
-                stack = self.feed(stack, t)
-                if stack is None:
-                    return False
-        return self.feed(stack, self._end) is _ACCEPT
+                stacks = [x for x in self.feed_all(stack, t, None) if x is not _ACCEPT]
+        return any(_ACCEPT in self.feed_all(st, self._end, None) for st in stacks)
 
     # -- masks -----------------------------------------------------------------------------------
 
@@ -713,23 +801,18 @@ class PushdownGrammar:
         while work:
             key, groups, pos, new = work.pop()
             for t, level, node in groups:
-                if self._ignore[t]:
-                    pos2, new2 = pos, new
-                else:
-                    res = probe.feed(pos, new, t)
-                    if res is None:
-                        continue
-                    pos2, new2 = res
-                top = new2[-1] if new2 else probe.state(pos2)
-                lexer = self._lexer_of_state[top]
-                key2 = key + ((t, lexer),)
-                free, pending, exits = self._cross(key2, (level, node), lexer)
-                row |= free
-                for r, part in pending:
-                    if probe.viable(pos2, new2, self._reach[r]):
-                        row |= part
-                if exits:
-                    work.append((key2, exits, pos2, new2))
+                outcomes = [(pos, new)] if self._ignore[t] else [x for x in probe.feed(pos, new, t) if x is not _ACCEPT]
+                for pos2, new2 in outcomes:
+                    top = new2[-1] if new2 else probe.state(pos2)
+                    lexer = self._lexer_of_state[top]
+                    key2 = key + ((t, lexer),)
+                    free, pending, exits = self._cross(key2, (level, node), lexer)
+                    row |= free
+                    for r, part in pending:
+                        if probe.viable(pos2, new2, self._reach[r]):
+                            row |= part
+                    if exits:
+                        work.append((key2, exits, pos2, new2))
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
@@ -868,48 +951,57 @@ class _Probe:
             self.max_read = i
         return self.cells[i]
 
-    def feed(self, pos: int, new: tuple, term: int):
-        """As :meth:`PushdownGrammar.feed` on the stack ``new`` (pushed cells, top last) above the
-        original stack with its top ``pos`` cells popped: the new ``(pos, new)``, ``_ACCEPT`` or None."""
+    def feed(self, pos: int, new: tuple, term: int) -> list:
+        """Every outcome of :meth:`PushdownGrammar.feed_all` on the stack ``new`` (pushed cells, top
+        last) above the original stack with its top ``pos`` cells popped: ``(pos, new)`` pairs, or
+        ``_ACCEPT``."""
         g = self.g
-        action, goto, rule_len, rule_origin = g._action, g._goto, g._rule_len, g._rule_origin
-        new = list(new)
-        while True:
+        action, goto, rule_len, rule_origin, conf = g._action, g._goto, g._rule_len, g._rule_origin, g._conf
+        out: list = []
+        work = [(pos, tuple(new))]
+        seen = set(work)
+        budget = MAX_REDUCTIONS
+        while work and budget:
+            budget -= 1
+            pos, new = work.pop()
             top = new[-1] if new else self.state(pos)
             if top < 0:
-                return None
+                continue
             code = action[top][term]
-            if code == 0:
-                return None
-            if code > 0:
-                if self.depth - pos + len(new) >= g.max_stack_depth:
-                    return None
-                new.append(code - 1)
-                return pos, tuple(new)
-            n = rule_len[-code - 1]
-            k = min(n, len(new))
-            if k:
-                del new[len(new) - k :]
-            pos += n - k
-            below = new[-1] if new else self.state(pos)
-            gs = goto[below][rule_origin[-code - 1]]
-            new.append(gs)
-            if term == g._end and gs == g.end_state:
-                return _ACCEPT
+            for c in (code,) if code < MULTI else conf[code - MULTI]:
+                if c == 0:
+                    continue
+                if c > 0:
+                    if self.depth - pos + len(new) < g.max_stack_depth:
+                        out.append((pos, new + (c - 1,)))
+                    continue
+                n = rule_len[-c - 1]
+                k = min(n, len(new))
+                new2 = new[: len(new) - k]
+                pos2 = pos + n - k
+                below = new2[-1] if new2 else self.state(pos2)
+                if below < 0:
+                    continue
+                gs = goto[below][rule_origin[-c - 1]]
+                if term == g._end and gs == g.end_state:
+                    out.append(_ACCEPT)
+                    continue
+                item = (pos2, new2 + (gs,))
+                if item not in seen:
+                    seen.add(item)
+                    work.append(item)
+        return out
 
     def viable(self, pos: int, new: tuple, reach) -> bool:
-        return any(self.feed(pos, new, t) is not None for t in reach)
+        return any(self.feed(pos, new, t) for t in reach)
 
     def can_end(self, q: int) -> bool:
         g = self.g
-        pos, new = 0, ()
+        outcomes = [(0, ())]
         if q not in g._is_start:
             t = g._chosen[q]
             if t < 0:
                 return False
             if not g._ignore[t]:
-                res = self.feed(pos, new, t)
-                if res is None:
-                    return False
-                pos, new = res
-        return self.feed(pos, new, g._end) is _ACCEPT
+                outcomes = [x for x in self.feed(0, (), t) if x is not _ACCEPT]
+        return any(_ACCEPT in self.feed(pos, new, g._end) for pos, new in outcomes)

@@ -60,7 +60,12 @@ class Terminal:
         return (-self.priority, -self.max_width, -len(self.source or self.regex), self.name)
 
     def describe(self) -> str:
-        text = f"literal {self.literal!r}" if self.literal is not None else f"terminal {self.name}"
+        if self.literal is not None:
+            text = f"literal {self.literal!r}"
+        elif self.name.startswith("__"):  # an anonymous regex in a rule
+            text = f"regex /{self.source or self.regex}/"
+        else:
+            text = f"terminal {self.name}"
         return f"{text} ({self.where})" if self.where else text
 
 

@@ -54,6 +54,7 @@ def _has_lazy(regex: str) -> bool:
 
 
 def _terminal_regex(name: str, regex: str, where: str, min_width: int) -> str:
+    """The regex of terminal ``name`` (``name`` is how messages call it), checked."""
     from ..regex import check_regex
 
     if min_width == 0:
@@ -81,8 +82,10 @@ def line_of(text: str, name: str) -> str:
     return f"line {text.count(chr(10), 0, m.start()) + 1 + (text[m.start():m.end()].count(chr(10)))}" if m else ""
 
 
-def _literal_where(text: str, literal: str) -> str:
-    i = text.find(f'"{literal}"')
+def _anonymous_where(text: str, pattern) -> str:
+    """Line of an anonymous literal ``"..."`` or regex ``/.../`` in grammar ``text``."""
+    needle = f'"{pattern.value}"' if type(pattern).__name__ == "PatternStr" else f"/{pattern.value}/"
+    i = text.find(needle)
     return f"line {text.count(chr(10), 0, i) + 1}" if i >= 0 else ""
 
 
@@ -109,7 +112,7 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
     for t in term_defs:
         pattern = t.pattern
         literal = pattern.value if type(pattern).__name__ == "PatternStr" else None
-        where = _literal_where(text, literal) if literal is not None and t.name.startswith("__") else line_of(text, t.name)
+        where = _anonymous_where(text, pattern) if t.name.startswith("__") else line_of(text, t.name)
         try:
             width, min_width = int(pattern.max_width), int(pattern.min_width)
         except Exception as e:  # noqa: BLE001 - lark could not size the regex: it does not parse
@@ -117,7 +120,9 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
         terminals.append(
             Terminal(
                 name=t.name,
-                regex=_terminal_regex(t.name, pattern.to_regexp(), where, min_width),
+                regex=_terminal_regex(
+                    f"/{pattern.value}/" if t.name.startswith("__") and literal is None else t.name,
+                    pattern.to_regexp(), where, min_width),
                 priority=int(t.priority),
                 literal=literal,
                 flags=frozenset(pattern.flags),
