@@ -298,9 +298,20 @@ class GrammarCompiler:
                     self.vocabulary,
                 ),
             )
-        from .pushdown import compile_pushdown
+        return self._cached(("ir", grammar), lambda: self._compile_context_free(grammar))
 
-        return self._cached(("ir", grammar), lambda: compile_pushdown(grammar, self.vocabulary))
+    def _compile_context_free(self, grammar: Grammar):
+        from .pushdown import compile_pushdown, nests
+
+        pushdown = compile_pushdown(grammar, self.vocabulary)
+        # A grammar without nesting is regular: compiled to its exact DFA, with precomputed rows.
+        dfa = None if nests(grammar) else pushdown.as_dfa()
+        if dfa is None:
+            return pushdown
+        try:
+            return CompiledGrammar._from_dfa(grammar.kind, grammar.source, dfa, self.vocabulary)
+        except CompilationTooLargeError:
+            return pushdown
 
     def compile_regex(self, pattern: str, *, kind: str = "regex", source: Any = None) -> CompiledGrammar:
         """Compile a regex (full-match semantics) into a :class:`CompiledGrammar`."""

@@ -51,7 +51,7 @@ import numpy as np
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
 
-__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "check_pushdown", "compile_pushdown", "pushdown_tables"]
+__all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "check_pushdown", "compile_pushdown", "nests", "pushdown_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,46 @@ MAX_REDUCTIONS = 100_000
 
 FORMAT_VERSION = 1
 _MAGIC = b"DOTVLLMP"
+
+
+#: A grammar whose reachable (lexer state, stack) configurations stay under these bounds is
+#: compiled as a byte DFA with precomputed rows (see :meth:`PushdownGrammar.as_dfa`).
+REGULAR_MAX_STATES = 4096
+REGULAR_MAX_DEPTH = 48
+
+
+def nests(grammar: Grammar) -> bool:
+    """Whether a rule can contain itself other than at its left edge (``x: "(" x ")"``, ``x: "a"
+    x``): then an LR parser's stack grows with the text and the language is usually not regular.
+    Left recursion (``list: list "," item``, what lark makes of ``*`` and ``+``) keeps it flat."""
+    rules = {r.origin for r in grammar.rules}
+    edges: dict[str, set] = {}
+    inner: list[tuple[str, str]] = []
+    for r in grammar.rules:
+        for i, sym in enumerate(r.expansion):
+            if sym in rules:
+                edges.setdefault(r.origin, set()).add(sym)
+                if i > 0:
+                    inner.append((r.origin, sym))
+    for origin, sym in inner:
+        seen, todo = {sym}, [sym]
+        while todo:
+            x = todo.pop()
+            if x == origin:
+                return True
+            for y in edges.get(x, ()):
+                if y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+    return False
+
+
+def _stack_states(stack) -> tuple:
+    out = []
+    while stack is not None:
+        out.append(stack[0])
+        stack = stack[1]
+    return tuple(out)
 
 
 def _push(state: int, below, intern: dict | None):
@@ -673,6 +713,55 @@ class PushdownGrammar:
             if not self._ignore[t]:
                 stacks = [x for x in self.feed_all(stack, t, None) if x is not _ACCEPT]
         return any(_ACCEPT in self.feed_all(st, self._end, None) for st in stacks)
+
+    # -- a grammar that happens to be regular -----------------------------------------------------
+
+    def as_dfa(self, *, max_states: int = REGULAR_MAX_STATES, max_depth: int = REGULAR_MAX_DEPTH):
+        """The exact byte DFA of this grammar's language (greedy contextual lexing and the parser
+        included) when its reachable configurations are few: a grammar whose parser stack stays
+        shallow (no nesting) is regular, and its masks can be precomputed rows like a regex's.
+        ``None`` when the stack grows past ``max_depth`` (recursion) or the configurations past
+        ``max_states``. Deterministic grammars only. A depth-first search finds recursion fast."""
+        from .regex import ByteDFA
+        from .regex.automaton import trim
+
+        if not self.deterministic:
+            return None
+        byte_class, rep = _joint_classes([self.arrays["lex_trans"]])
+        n_cls = len(rep)
+        start = self.initial_state()
+        key = lambda q, st: (q, _stack_states(st))  # noqa: E731
+        ids = {key(*start): 0}
+        configs = [start]
+        rows: list = [None]
+        todo = [0]
+        while todo:
+            i = todo.pop()
+            q, st = configs[i]
+            row = np.full(n_cls, -1, dtype=np.int32)
+            for c in range(n_cls):
+                got = self.step(q, st, bytes((int(rep[c]),)))
+                if got is None:
+                    continue
+                if got[1][2] > max_depth:
+                    return None
+                k = key(*got)
+                j = ids.get(k)
+                if j is None:
+                    j = ids[k] = len(configs)
+                    if j >= max_states:
+                        return None
+                    configs.append(got)
+                    rows.append(None)
+                    todo.append(j)
+                row[c] = j
+            rows[i] = row
+        accepting = np.array([self.can_end(q, st) for q, st in configs], dtype=bool)
+        if not accepting.any():
+            return None
+        trans = np.stack(rows)[:, byte_class]
+        dfa = trim(trans, accepting, "grammar")
+        return ByteDFA(transitions=dfa.transitions, accepting=dfa.accepting, initial=dfa.initial)
 
     # -- masks -----------------------------------------------------------------------------------
 

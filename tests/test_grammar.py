@@ -358,12 +358,12 @@ def test_rollback_and_validate_tokens(byte_vocab):
 
 
 def test_serialisation_round_trip(real, compiled):
-    grammar = compiled["sql"]
+    grammar = compiled["calls"]
     data = grammar.to_bytes()
     loaded = load_compiled(data, real.vocab)
     assert isinstance(loaded, PushdownGrammar)
     unpickled = pickle.loads(pickle.dumps(grammar))
-    text = "SELECT a, b FROM t WHERE a >= 3 order by b desc limit 10"
+    text = 'plot(x=[1, 2.5], title="a", f(g()), true)'
     for g in (loaded, unpickled):
         m = GrammarMatcher(g)
         assert m.accept_string(text) and m.is_completed()
@@ -373,6 +373,45 @@ def test_serialisation_round_trip(real, compiled):
         GrammarMatcher(grammar).copy().fill_next_token_bitmask(ref)
     with pytest.raises(GrammarError.__mro__[1], match="truncated|corrupt"):
         load_compiled(data[:-7], real.vocab)
+
+
+REGULAR = {"sql": SQL, **{p.id: p.values[0] for p in FEATURES if p.id != "inlined-rule"}}
+
+
+@pytest.mark.parametrize("name", sorted(REGULAR))
+def test_a_grammar_without_nesting_compiles_to_its_exact_dfa(name, byte_vocab):
+    """The DFA of a regular grammar accepts exactly what the pushdown matcher accepts (same
+    greedy lexing), and everything it completes parses with lark."""
+    from dotvllm_plugin.grammar.lark import lark_to_ir
+    from dotvllm_plugin.pushdown import compile_pushdown
+
+    text = REGULAR[name]
+    dfa = GrammarCompiler(byte_vocab).compile_grammar(text)
+    assert isinstance(dfa, CompiledGrammar)
+    pushdown = compile_pushdown(lark_to_ir(text), byte_vocab)
+    parser = lark.Lark(text, parser="lalr")
+    rng = random.Random(name)
+    alphabet = sorted(set(text) | set("0123456789 ,'=<>*abcxyz"))
+    for _ in range(400):
+        walk = GrammarMatcher(dfa)
+        out = []
+        for step in range(30):  # half random walks over the DFA's masks, half random strings
+            allowed = walk.allowed_token_ids().tolist() if rng.random() < 0.5 else [ord(c) for c in alphabet]
+            t = rng.choice(allowed)
+            if t == 256:
+                break
+            out.append(chr(t))
+            if rng.random() < 0.1:
+                break
+        s = "".join(out)
+        a, b = GrammarMatcher(dfa), GrammarMatcher(pushdown)
+        got_a, got_b = a.accept_string(s), b.accept_string(s)
+        assert got_a == got_b, (name, s)
+        if got_a:
+            assert a.is_completed() == b.is_completed(), (name, s)
+            assert a.allowed_token_ids().tolist() == b.allowed_token_ids().tolist(), (name, s)
+            if a.is_completed():
+                assert _lark_accepts(parser, s), (name, s)
 
 
 def test_a_one_terminal_grammar_is_a_dfa(byte_vocab):
