@@ -95,7 +95,7 @@ def guided_params():
         ({"json": 42}, "JSONSchemaError", "object or a boolean"),
         ({"json": {"type": "string"}, "whitespace_pattern": "x"}, "UnsupportedFeatureError", "whitespace_pattern"),
         ({"choice": []}, "GrammarError", "at least one choice"),
-        ({"grammar": "start: A"}, "UnsupportedFeatureError", "Lark grammars are not supported yet"),
+        ({"grammar": "start: A"}, "GrammarError", "guided_grammar: invalid Lark grammar: .*'A' used but not defined"),
     ],
     ids=["regex-syntax", "lookbehind", "word-boundary", "bad-json", "uniqueItems", "schema-not-object",
          "bad-whitespace", "empty-choice", "lark"],
