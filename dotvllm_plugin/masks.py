@@ -1,0 +1,462 @@
+"""Packed token bitmasks applied to logits for a whole batch in one operation.
+
+A bitmask row is the layout :meth:`GrammarMatcher.fill_next_token_bitmask` fills: int32 words,
+bit ``i % 32`` of word ``i // 32`` set = token ``i`` allowed. :func:`apply_token_bitmask_inplace`
+writes ``-inf`` into every disallowed logit of every masked row at once:
+
+* on CUDA, for float32 / bfloat16 / float16 logits whose last dimension is contiguous, one Triton
+  kernel launch (when Triton is importable);
+* elsewhere (CPU, other dtypes, no Triton), :func:`apply_token_bitmask_inplace_reference`, a few
+  torch operations on the logits' device; the kernel is tested against it.
+
+:class:`StepMasker` assembles one decoding step's rows for an integration: rows that depend only
+on a DFA state are cached on the device and picked by index; the others are filled on the host
+into pinned memory and copied asynchronously; then one :func:`apply_token_bitmask_inplace`.
+
+This module does not import vLLM.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "HAS_TRITON",
+    "StepMasker",
+    "apply_token_bitmask_inplace",
+    "apply_token_bitmask_inplace_reference",
+    "bitmask_words",
+]
+
+try:  # Triton is optional: CPU builds of torch come without it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
+HAS_TRITON = triton is not None
+"""Whether the Triton kernel can be used (CUDA logits still required at call time)."""
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_BLOCK = 4096  # logits per program: 128 bitmask words
+
+
+def bitmask_words(vocab_size: int) -> int:
+    """Int32 words per bitmask row for ``vocab_size`` tokens: ``ceil(vocab_size / 32)``."""
+    return (vocab_size + 31) // 32
+
+
+# -- arguments ----------------------------------------------------------------------------------------
+
+def _as_rows(logits: torch.Tensor) -> torch.Tensor:
+    if logits.dim() == 1:
+        return logits.unsqueeze(0)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [batch, width] or [width], got shape {tuple(logits.shape)}")
+    return logits
+
+
+def _check(logits, bitmask, vocab_size, indices, bitmask_indices):
+    """Validate and normalise the arguments; return (rows, n_masked_rows, n_vocab_columns)."""
+    rows = _as_rows(logits)
+    if bitmask.dtype != torch.int32:
+        raise TypeError(f"bitmask must be int32 (packed rows), got {bitmask.dtype}")
+    if bitmask.dim() == 1:
+        bitmask = bitmask.unsqueeze(0)
+    if bitmask.dim() != 2:
+        raise ValueError(f"bitmask must be [rows, words] or [words], got shape {tuple(bitmask.shape)}")
+    if rows.stride(-1) != 1:
+        raise ValueError("logits must be contiguous along the vocabulary (stride 1); rows may be strided")
+    capacity = bitmask.shape[1] * 32
+    if vocab_size is None:
+        vocab_size = min(rows.shape[1], capacity)
+    if not 0 <= vocab_size <= capacity:
+        raise ValueError(f"vocab_size {vocab_size} needs {bitmask_words(vocab_size)} bitmask words per row, "
+                         f"the bitmask has {bitmask.shape[1]}")
+    if indices is not None:
+        k = len(indices)
+    elif bitmask_indices is not None:
+        k = rows.shape[0]
+    else:
+        k = bitmask.shape[0]
+        if k != rows.shape[0]:
+            raise ValueError(f"bitmask has {k} rows and logits {rows.shape[0]}: pass indices= to mask some rows")
+    if bitmask_indices is not None and len(bitmask_indices) != k:
+        raise ValueError(f"bitmask_indices has {len(bitmask_indices)} entries, expected {k} (one per masked row)")
+    return rows, bitmask, k, min(vocab_size, rows.shape[1])
+
+
+def _index_tensor(x, device, dtypes=(torch.int64,)) -> torch.Tensor | None:
+    """``x`` as an index tensor on ``device``, kept as it is when it already fits."""
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        if x.device == device and x.dtype in dtypes:
+            return x
+        return x.to(device=device, dtype=dtypes[0], non_blocking=True)
+    return torch.as_tensor(np.asarray(x, dtype=np.int64), device=device).to(dtypes[0])
+
+
+# -- reference ----------------------------------------------------------------------------------------
+
+def apply_token_bitmask_inplace_reference(
+    logits: torch.Tensor,
+    bitmask: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    bitmask_indices: Sequence[int] | torch.Tensor | None = None,
+) -> None:
+    """Torch implementation of :func:`apply_token_bitmask_inplace` (same contract), on any device."""
+    rows, bitmask, k, n = _check(logits, bitmask, vocab_size, indices, bitmask_indices)
+    if k == 0:
+        return
+    device = rows.device
+    words = bitmask.to(device, non_blocking=True)
+    sel = _index_tensor(bitmask_indices, device)
+    if sel is not None:
+        words = words.index_select(0, sel)
+    words = words[:k, : bitmask_words(n)]
+    if device.type == "cpu":
+        # numpy unpacks bits several times faster than shifts on CPU (little-endian words).
+        bits = np.unpackbits(np.ascontiguousarray(words.numpy()).view(np.uint8), axis=1, bitorder="little")
+        allowed = torch.from_numpy(bits[:, :n].view(np.bool_))
+    else:
+        shifts = torch.arange(32, dtype=torch.int32, device=device)
+        allowed = ((words.unsqueeze(-1) >> shifts) & 1).to(torch.bool).reshape(k, -1)[:, :n]
+    banned = torch.ones((k, rows.shape[1]), dtype=torch.bool, device=device)
+    banned[:, :n] = ~allowed
+    rows_sel = _index_tensor(indices, device)
+    if rows_sel is None:
+        rows.masked_fill_(banned, float("-inf"))
+    else:
+        # Duplicate indices would make index_put_ ambiguous; the contract allows each row once.
+        picked = rows.index_select(0, rows_sel).masked_fill_(banned, float("-inf"))
+        rows.index_copy_(0, rows_sel, picked)
+
+
+# -- Triton kernel ------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _apply_token_bitmask_kernel(
+        logits_ptr,
+        bitmask_ptr,
+        indices_ptr,
+        bitmask_indices_ptr,
+        logits_row_stride,
+        bitmask_row_stride,
+        vocab_size,
+        width,
+        HAS_INDICES: tl.constexpr,
+        HAS_BITMASK_INDICES: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Write ``-inf`` into the disallowed logits of the masked rows, in place.
+
+        Program ``(k, b)`` handles masked row ``k`` and logits columns ``[b*BLOCK, (b+1)*BLOCK)``.
+        Specification (``n = vocab_size``, at most the logits width)::
+
+            for k in range(num_masked_rows):                      # grid axis 0
+                r = indices[k] if HAS_INDICES else k              # logits row
+                m = bitmask_indices[k] if HAS_BITMASK_INDICES else k   # bitmask row
+                for j in range(width):                            # grid axis 1, BLOCK at a time
+                    allowed = j < n and (bitmask[m, j // 32] >> (j % 32)) & 1
+                    if not allowed:
+                        logits[r, j] = -inf                       # row r at r * logits_row_stride
+
+        Columns ``n <= j < width`` (a model's padded embedding rows) are always written ``-inf``.
+        Allowed logits are neither read nor written; the logits themselves are never read.
+        """
+        k = tl.program_id(0)
+        b = tl.program_id(1)
+        if HAS_INDICES:
+            row = tl.load(indices_ptr + k).to(tl.int64)
+        else:
+            row = k.to(tl.int64)
+        if HAS_BITMASK_INDICES:
+            mrow = tl.load(bitmask_indices_ptr + k).to(tl.int64)
+        else:
+            mrow = k.to(tl.int64)
+        word_ids = b * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+        words = tl.load(bitmask_ptr + mrow * bitmask_row_stride + word_ids, mask=word_ids * 32 < vocab_size, other=0)
+        bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
+        cols = b * BLOCK + tl.arange(0, BLOCK)
+        banned = (tl.reshape(bits, (BLOCK,)) == 0) | (cols >= vocab_size)
+        tl.store(logits_ptr + row * logits_row_stride + cols, -float("inf"), mask=(cols < width) & banned)
+
+
+def _use_kernel(rows: torch.Tensor) -> bool:
+    return HAS_TRITON and rows.is_cuda and rows.dtype in _KERNEL_DTYPES
+
+
+def _launch(rows, bitmask, k, n, indices, bitmask_indices) -> None:
+    device = rows.device
+    bitmask = bitmask.to(device, non_blocking=True)
+    if bitmask.stride(-1) != 1:
+        bitmask = bitmask.contiguous()
+    idx = _index_tensor(indices, device, (torch.int32, torch.int64))
+    sel = _index_tensor(bitmask_indices, device, (torch.int32, torch.int64))
+    width = rows.shape[1]
+    grid = (k, triton.cdiv(width, _BLOCK))
+    _apply_token_bitmask_kernel[grid](
+        rows, bitmask, idx if idx is not None else bitmask, sel if sel is not None else bitmask,
+        rows.stride(0), bitmask.stride(0), n, width,
+        HAS_INDICES=idx is not None, HAS_BITMASK_INDICES=sel is not None, BLOCK=_BLOCK, num_warps=8,
+    )
+
+
+def _apply_triton(rows, bitmask, k, n, indices, bitmask_indices) -> None:
+    with torch.cuda.device(rows.device):
+        _launch(rows, bitmask, k, n, indices, bitmask_indices)
+
+
+def apply_token_bitmask_inplace(
+    logits: torch.Tensor,
+    bitmask: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    bitmask_indices: Sequence[int] | torch.Tensor | None = None,
+    backend: str = "auto",
+) -> None:
+    """Set every disallowed logit of the masked rows to ``-inf``, in place, in one operation.
+
+    Masked row ``k`` is logits row ``indices[k]`` (default ``k``) under bitmask row
+    ``bitmask_indices[k]`` (default ``k``)::
+
+        for k in range(K):
+            for j in range(logits.shape[-1]):
+                if not (j < vocab_size and bitmask[bitmask_indices[k], j // 32] >> (j % 32) & 1):
+                    logits[indices[k], j] = -inf
+
+    Unlike xgrammar's function of the same name, ids from ``vocab_size`` to the logits width (a
+    model's padded embedding rows, never text) are masked too, and ``indices`` picks rows of the
+    logits while the bitmask holds only the masked rows (``bitmask_indices`` can pick them from a
+    table of cached rows instead).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``[batch, width]`` (or ``[width]``), float, contiguous along the last dimension; the row
+        stride may be anything (a slice of a wider buffer).
+    bitmask : torch.Tensor
+        int32 ``[rows, words]`` packed rows, ``words >= ceil(vocab_size / 32)``; on the logits'
+        device or on the host (copied; from pinned memory the copy is asynchronous).
+    vocab_size : int, optional
+        Tokens the bitmask describes; default ``min(width, 32 * words)``.
+    indices : sequence of int or torch.Tensor, optional
+        Logits row of each masked row (each row at most once); default: all rows, and then
+        ``K = batch`` and, without ``bitmask_indices``, ``bitmask`` must have ``batch`` rows.
+    bitmask_indices : sequence of int or torch.Tensor, optional
+        Bitmask row of each masked row (rows may repeat); default ``k``.
+    backend : {"auto", "triton", "torch"}
+        ``auto``: the Triton kernel for CUDA float32/bfloat16/float16 logits when Triton is
+        installed, else the torch reference.
+
+    Raises
+    ------
+    TypeError
+        ``bitmask`` is not int32.
+    ValueError
+        Shapes that do not fit together, or ``backend="triton"`` where the kernel cannot run.
+    """
+    rows, bitmask, k, n = _check(logits, bitmask, vocab_size, indices, bitmask_indices)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    use_kernel = _use_kernel(rows) if backend == "auto" else backend == "triton"
+    if use_kernel and not _use_kernel(rows):
+        raise ValueError(f"the Triton kernel needs Triton and CUDA float32/bfloat16/float16 logits "
+                         f"(Triton {'found' if HAS_TRITON else 'missing'}, logits {rows.dtype} on {rows.device})")
+    if k == 0:
+        return
+    if use_kernel:
+        _apply_triton(rows, bitmask, k, n, indices, bitmask_indices)
+    else:
+        apply_token_bitmask_inplace_reference(logits, bitmask, vocab_size=vocab_size, indices=indices,
+                                              bitmask_indices=bitmask_indices)
+
+
+# -- one decoding step ----------------------------------------------------------------------------------
+
+RowFiller = Callable[[np.ndarray, int], None]
+"""``fill(bitmask, index)``: writes one packed row (``GrammarMatcher.fill_next_token_bitmask``)."""
+
+
+class _DeviceRows:
+    """Packed rows resident on one device: an LRU table of cacheable rows plus a per-step scratch
+    region for the rows filled on the host this step; pinned host staging for the upload."""
+
+    def __init__(self, device: torch.device, words: int, capacity: int):
+        self.device = device
+        self.words = words
+        self.capacity = capacity  # cached rows; scratch rows follow them in `table`
+        self.slots: OrderedDict[Hashable, int] = OrderedDict()
+        self.free = list(range(capacity - 1, -1, -1))
+        self.scratch = 0
+        self.table = torch.zeros((capacity, words), dtype=torch.int32, device=device)
+        self.host = self.host_np = None
+        self.index_host = self.index_np = None
+        self.copied: torch.cuda.Event | None = None
+        self.pin = device.type == "cuda"
+
+    def staging(self, n_rows: int, n_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host buffers for this step (previous step's copies have finished reading them)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        if self.host is None or self.host.shape[0] < n_rows:
+            self.host = torch.zeros((_grow(n_rows), self.words), dtype=torch.int32, pin_memory=self.pin)
+            self.host_np = self.host.numpy()
+        if self.index_host is None or self.index_host.shape[1] < n_index:
+            self.index_host = torch.zeros((2, _grow(n_index)), dtype=torch.int32, pin_memory=self.pin)
+            self.index_np = self.index_host.numpy()
+        if self.scratch < n_rows:
+            self.scratch = _grow(n_rows)
+            table = torch.zeros((self.capacity + self.scratch, self.words), dtype=torch.int32, device=self.device)
+            table[: self.capacity].copy_(self.table[: self.capacity])
+            self.table = table
+        return self.host_np, self.index_np
+
+    def slot(self, key: Hashable, used: set) -> tuple[int, bool]:
+        """(slot, hit) for a cacheable row; slot -1 when every slot is in use this step."""
+        s = self.slots.get(key)
+        if s is not None:
+            self.slots.move_to_end(key)
+            return s, True
+        if self.free:
+            s = self.free.pop()
+        else:
+            old, s = next(iter(self.slots.items()))
+            if s in used:
+                return -1, False
+            del self.slots[old]
+        self.slots[key] = s
+        return s, False
+
+
+def _grow(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
+
+
+class StepMasker:
+    """Applies one decoding step's masks to a batch of logits (on CUDA: one :func:`apply_token_bitmask_inplace`).
+
+    Parameters
+    ----------
+    max_cached_bytes : int
+        Device memory for cached rows, per device and vocabulary width.
+
+    Notes
+    -----
+    Each entry is ``(logits_row, key, fill)``. A ``key`` (hashable, not ``None``) says the row
+    depends only on that key (a DFA state of a compiled grammar): on CUDA it is uploaded once and
+    then picked on the device by index, so a step of cached rows copies only ``2·K`` int32
+    indices to the device. Rows with ``key=None`` (a grammar's parser stack) are filled on the
+    host every step. On CPU every row is filled on the host (a 4 kB copy for 32k tokens) and
+    added to the logits row as a cached 0/``-inf`` row (keyed by the packed row).
+    Calls are serialised by a lock (an engine runs one step at a time anyway); the host staging
+    buffers of a device are reused only after the previous step's copies out of them finished.
+    """
+
+    def __init__(self, *, max_cached_bytes: int = 64 * 1024 * 1024):
+        self.max_cached_bytes = max_cached_bytes
+        self._devices: dict[tuple, _DeviceRows] = {}
+        self._additive: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # CPU: packed row -> 0/-inf row
+        self._additive_bytes = 0
+        self._scratch: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, logits: torch.Tensor, entries: Sequence[tuple[int, Hashable | None, RowFiller]], *,
+              vocab_size: int) -> None:
+        """Mask ``logits`` rows ``entry[0]`` with the rows the entries describe; others untouched."""
+        if not entries:
+            return
+        words = bitmask_words(vocab_size)
+        with self._lock:
+            if logits.is_cuda:
+                self._apply_cached(logits, entries, vocab_size, words)
+            else:
+                self._apply_host(logits, entries, vocab_size, words)
+
+    def _apply_host(self, logits, entries, vocab_size, words) -> None:
+        # On CPU, masked_fill_ and friends run at a fraction of memory speed, while adding a
+        # 0/-inf row is a plain vector add: keep one additive mask per distinct packed row.
+        width, dtype = logits.shape[-1], logits.dtype
+        scratch = self._scratch.get(words)
+        if scratch is None:
+            scratch = self._scratch[words] = np.zeros((1, words), dtype=np.int32)
+        rows = _as_rows(logits)
+        for row, _, fill in entries:
+            fill(scratch, 0)
+            key = (scratch.tobytes(), dtype, width)
+            mask = self._additive.get(key)
+            if mask is None:
+                mask = self._additive_mask(scratch[0], vocab_size, width, dtype)
+                self._remember(key, mask)
+            else:
+                self._additive.move_to_end(key)
+            rows[row].add_(mask)
+
+    @staticmethod
+    def _additive_mask(words: np.ndarray, vocab_size: int, width: int, dtype) -> torch.Tensor:
+        n = min(vocab_size, width)
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:n]
+        mask = torch.full((width,), float("-inf"), dtype=dtype)
+        mask[:n] = torch.from_numpy(np.where(bits.astype(bool), np.float32(0), np.float32(-np.inf)))
+        return mask
+
+    def _remember(self, key, mask: torch.Tensor) -> None:
+        self._additive[key] = mask
+        self._additive_bytes += mask.numel() * mask.element_size()
+        while self._additive_bytes > self.max_cached_bytes and len(self._additive) > 1:
+            _, old = self._additive.popitem(last=False)
+            self._additive_bytes -= old.numel() * old.element_size()
+
+    def _apply_cached(self, logits, entries, vocab_size, words) -> None:
+        dev_key = (logits.device, words)
+        rows = self._devices.get(dev_key)
+        if rows is None:
+            capacity = max(16, self.max_cached_bytes // (4 * words))
+            rows = self._devices[dev_key] = _DeviceRows(logits.device, words, capacity)
+        k = len(entries)
+        host, index = rows.staging(k, k)
+        used: set[int] = set()
+        targets, picks = [], []
+        fresh_slots, fresh_src = [], []
+        n_up = 0
+        scratch0 = rows.capacity
+        for row, key, fill in entries:
+            targets.append(row)
+            slot, hit = rows.slot(key, used) if key is not None else (-1, False)
+            if hit:
+                picks.append(slot)
+                used.add(slot)
+                continue
+            fill(host, n_up)
+            picks.append(scratch0 + n_up)
+            if slot >= 0:
+                used.add(slot)
+                fresh_slots.append(slot)
+                fresh_src.append(scratch0 + n_up)
+            n_up += 1
+        index[0, :k] = targets
+        index[1, :k] = picks
+        table = rows.table
+        if n_up:
+            table[rows.capacity: rows.capacity + n_up].copy_(rows.host[:n_up], non_blocking=True)
+        idx = rows.index_host[:, :k].to(logits.device, non_blocking=True)
+        if rows.copied is None:
+            rows.copied = torch.cuda.Event()
+        rows.copied.record()
+        if fresh_slots:
+            src = torch.tensor(fresh_src, dtype=torch.int64).to(logits.device, non_blocking=False)
+            dst = torch.tensor(fresh_slots, dtype=torch.int64).to(logits.device, non_blocking=False)
+            table.index_copy_(0, dst, table.index_select(0, src))
+        apply_token_bitmask_inplace(logits, table, vocab_size=vocab_size, indices=idx[0], bitmask_indices=idx[1])
