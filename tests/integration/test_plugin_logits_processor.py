@@ -171,3 +171,97 @@ def test_masks_are_shared_per_row_device_and_dtype(grammar, vocab):
     b([], torch.zeros(vocab.size + 64))
     assert len(lp_module._masks) == 3
     assert lp_module._mask_bytes == sum(m.numel() * m.element_size() for m in lp_module._masks.values())
+
+
+# -- one masking operation per step (apply_step, the patched _apply_logits_processors) ------------------
+
+def _vllm_apply_logits_processors():
+    from vllm.model_executor.layers import logits_processor as vllm_lp
+
+    fn = vllm_lp._apply_logits_processors
+    return getattr(fn, "__wrapped__", fn)
+
+
+def _group(params, seqs: dict[int, list[int]], rows: list[int]):
+    from types import SimpleNamespace
+
+    data = {sid: SimpleNamespace(output_token_ids=ids, prompt_token_ids=[1]) for sid, ids in seqs.items()}
+    return SimpleNamespace(seq_ids=list(seqs), sampling_params=params, seq_data=data, sample_indices=rows,
+                           prompt_logprob_indices=[])
+
+
+def _step_case(processor, vocab, pad: int, dtype):
+    """A batch of 5 rows: two groups sharing one params object (n > 1), a group whose request also
+    has a user processor, a dead sequence, and an unconstrained row."""
+    from types import SimpleNamespace
+
+    a, b, c = _token(vocab, "a"), _token(vocab, "b"), _token(vocab, "c")
+    bias = lambda ids, row: row.add_(1.0)  # noqa: E731 - a user's logits processor
+    shared = SimpleNamespace(logits_processors=[processor])
+    other = SimpleNamespace(logits_processors=[bias, processor.clone()])
+    plain = SimpleNamespace(logits_processors=None)
+    groups = [
+        _group(shared, {0: [a]}, [3]),
+        _group(shared, {1: [c]}, [0]),
+        _group(other, {2: [a, b], 3: [a, c]}, [1, 4]),  # "ac" is not allowed: seq 3 ends
+        _group(plain, {4: []}, [2]),
+    ]
+    return SimpleNamespace(seq_groups=groups), torch.randn(5, vocab.size + pad + 40)[:, : vocab.size + pad].to(dtype)
+
+
+@pytest.mark.parametrize("pad", [0, 64], ids=["exact-width", "padded-64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_step_masks_equal_vllm_per_row_loop(grammar, vocab, pad, dtype, plugin_log):
+    original = _vllm_apply_logits_processors()
+    key = compile_key("regex", REGEX, {}, vocab.fingerprint)
+    md_row, logits = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype)
+    md_step, _ = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype)
+    expected = original(logits.clone(), md_row)  # vLLM's own per-row loop over our processor
+    got = lp_module.apply_step(original, logits.clone(), md_step)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(expected))
+    assert torch.equal(got[torch.isfinite(got)], expected[torch.isfinite(expected)])
+    assert torch.equal(got[2], logits[2])  # the unconstrained row is untouched
+    # the processor lists are restored, user processors ran once
+    assert [type(p).__name__ for p in md_step.seq_groups[2].sampling_params.logits_processors] == [
+        "function", "DotvllmLogitsProcessor"]
+
+
+def test_step_rejected_token_ends_only_that_sequence(processor, grammar, vocab, plugin_log):
+    from types import SimpleNamespace
+
+    original = _vllm_apply_logits_processors()
+    eos = vocab.eos_token_ids[0]
+    params = SimpleNamespace(logits_processors=[processor])
+    md = SimpleNamespace(seq_groups=[_group(params, {0: [_token(vocab, "1")], 1: []}, [0, 1])])
+    logits = torch.randn(2, vocab.size)
+    logits[0, eos] = float("-inf")  # another processor banned EOS: it must stay choosable
+    out = lp_module.apply_step(original, logits, md)
+    assert _allowed(out[0]) == {eos} and out[0, eos] == 0
+    assert _allowed(out[1]) == set(GrammarMatcher(grammar).allowed_token_ids().tolist())
+    assert "not allowed" in plugin_log.text
+
+
+def test_step_falls_back_to_rows_when_masking_fails(processor, grammar, vocab, plugin_log, monkeypatch):
+    from types import SimpleNamespace
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lp_module._step_masker, "apply", broken)
+    monkeypatch.setattr(lp_module, "_step_error_reported", False)
+    params = SimpleNamespace(logits_processors=[processor])
+    md = SimpleNamespace(seq_groups=[_group(params, {0: []}, [0])])
+    out = lp_module.apply_step(_vllm_apply_logits_processors(), torch.randn(1, vocab.size), md)
+    assert _allowed(out[0]) == set(GrammarMatcher(grammar).allowed_token_ids().tolist())
+    assert "masking row by row instead" in plugin_log.text
+
+
+def test_step_patch_is_applied_once_and_logged():
+    from vllm.model_executor.layers import logits_processor as vllm_lp
+
+    from dotvllm_plugin.integrations.vllm_v0 import _patches
+
+    first = _patches.apply()
+    assert getattr(vllm_lp._apply_logits_processors, "_dotvllm", False)
+    assert "vllm.model_executor.layers.logits_processor._apply_logits_processors" not in _patches.apply()
+    assert first == [] or "vllm.model_executor.layers.logits_processor._apply_logits_processors" in first

@@ -18,6 +18,11 @@ the name in the module that *calls* it (the caller looks its globals up at call 
   compile before a streaming response starts, so compile errors are HTTP 400 too.
 * ``vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params``: ``response_format``
   ``json_schema`` on ``/v1/completions`` (vLLM reads it on chat only).
+* ``vllm.model_executor.layers.logits_processor._apply_logits_processors`` (looked up at call time
+  by ``LogitsProcessor.forward``): one masking operation per decode step for every sequence that
+  carries our processor (:func:`.logits_processor.apply_step`); other processors run as before.
+  Not applied when the function's signature differs or ``DOTVLLM_BATCHED_MASKS=0``: vLLM then
+  calls our processor row by row, as it calls any processor.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import copy
 import functools
 import inspect
 import logging
+import os
 import sys
 
 from .constraints import BACKEND, is_ours, validate
@@ -179,6 +185,36 @@ def _completion_to_sampling_params(original):
     return to_sampling_params
 
 
+# -- one masking operation per step ----------------------------------------------------------------
+
+def _step(original):
+    def _apply_logits_processors(logits, sampling_metadata):
+        from .logits_processor import apply_step
+
+        return apply_step(original, logits, sampling_metadata)
+
+    return _apply_logits_processors
+
+
+def _batched_masks_enabled() -> bool:
+    return os.environ.get("DOTVLLM_BATCHED_MASKS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _patch_step(done: list) -> None:
+    import vllm.model_executor.layers.logits_processor as lp
+
+    name = "_apply_logits_processors"
+    label = f"vllm.model_executor.layers.logits_processor.{name}"
+    fn = getattr(lp, name, None)
+    if fn is None or _patched(lp, name) or not _batched_masks_enabled():
+        return
+    if list(inspect.signature(fn).parameters) != ["logits", "sampling_metadata"]:
+        logger.warning("dotvllm: %s has an unexpected signature %s; guided rows are masked one at a time",
+                       label, inspect.signature(fn))
+        return
+    _patch(lp, name, _step, done, label)
+
+
 # -- apply -------------------------------------------------------------------------------------------
 
 def apply() -> list[str]:
@@ -200,6 +236,7 @@ def apply() -> list[str]:
            "vllm.engine.async_llm_engine.get_guided_decoding_logits_processor")
     _patch(async_llm_engine.AsyncLLMEngine, "add_request", _add_request, done,
            "vllm.engine.async_llm_engine.AsyncLLMEngine.add_request")
+    _patch_step(done)
 
     # The OpenAI layer exists only in the API-server process (which imported it before loading
     # plugins, also when started as `python -m vllm.entrypoints.openai.api_server`); never import

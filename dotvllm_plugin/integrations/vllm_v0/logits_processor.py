@@ -11,8 +11,17 @@ grammar's versioned bytes (:meth:`CompiledGrammar.to_bytes`) plus its cache key 
 (once per process, looked up by fingerprint); the receiving process rebuilds each grammar once
 (per-process LRU keyed by the cache key), so repeated constraints cost a dictionary lookup.
 
-Masking: the matcher fills a packed int32 row; the row is unpacked with torch on the logits'
-device into an additive mask (0 / ``-inf``) once, cached per process, and added to the logits.
+Masking, batched (the default): :func:`apply_step` replaces V0's ``_apply_logits_processors``
+(patched in :mod:`._patches`). It runs the request's other processors as vLLM would, then masks
+every row that carries one of our processors with one :class:`~dotvllm_plugin.masks.StepMasker`
+call: on CUDA one kernel over the whole batch, DFA-state rows cached on the device and picked by
+index, parser-stack rows filled on the host into pinned memory and copied asynchronously; on CPU
+one cached additive row per sequence.
+
+Masking, per row (the fallback when the patch cannot apply, or ``DOTVLLM_BATCHED_MASKS=0``):
+vLLM calls the processor per sequence; the matcher fills a packed int32 row, which is unpacked
+with torch on the logits' device into an additive mask (0 / ``-inf``) once, cached per process,
+and added to the logits row.
 
 Never raises: a token the constraint does not allow (a bug) or any internal error is logged with
 the constraint and that sequence is forced to end (only EOS allowed). Unpickling never raises
@@ -32,9 +41,10 @@ import numpy as np
 import torch
 
 from ...compiler import CompiledGrammar, load_compiled
+from ...masks import StepMasker
 from ...matcher import GrammarMatcher
 
-__all__ = ["DotvllmLogitsProcessor"]
+__all__ = ["DotvllmLogitsProcessor", "apply_step"]
 
 logger = logging.getLogger("dotvllm_plugin.vllm_v0")
 
@@ -112,6 +122,94 @@ def _rebuild(key, data, fingerprint, vocabulary_blob, description, eos_token_ids
     return DotvllmLogitsProcessor(grammar, key=key, data=data, description=description, eos_token_ids=eos_token_ids)
 
 
+_step_masker = StepMasker()
+_step_error_reported = False
+
+
+def apply_step(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
+    """V0's ``_apply_logits_processors`` with our processors' rows masked in one operation.
+
+    ``original`` (vLLM's function) runs every other processor per row, as before, while our
+    processors are hidden from it; then every row of a sequence that carries one of our
+    processors is masked at once. Masking last keeps the constraint whatever other processors
+    did. Never raises because of our processors: on an internal error the rows fall back to the
+    per-row path.
+    """
+    try:
+        hidden, entries = _collect(sampling_metadata)
+    except Exception:  # noqa: BLE001 - an unexpected vLLM structure: the per-row path still works
+        _report_step_error("reading the step's sequences")
+        return original(logits, sampling_metadata)
+    if not entries:
+        return original(logits, sampling_metadata)
+    try:
+        for params, procs in hidden:
+            params.logits_processors = [p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
+        logits = original(logits, sampling_metadata)
+    finally:
+        for params, procs in hidden:
+            params.logits_processors = procs
+    _mask_step(logits, entries)
+    return logits
+
+
+def _collect(sampling_metadata):
+    """(params whose processor lists are hidden, [(logits row, processor, output ids)])."""
+    hidden: dict[int, tuple] = {}
+    entries = []
+    for group in sampling_metadata.seq_groups:
+        params = group.sampling_params
+        procs = hidden[id(params)][1] if id(params) in hidden else params.logits_processors
+        if not procs:
+            continue
+        ours = [p for p in procs if isinstance(p, DotvllmLogitsProcessor)]
+        if len(ours) != 1:  # none, or a request built by hand with two: vLLM's per-row loop
+            continue
+        hidden[id(params)] = (params, procs)
+        for seq_id, row in zip(group.seq_ids, group.sample_indices):
+            entries.append((row, ours[0], group.seq_data[seq_id].output_token_ids))
+    return list(hidden.values()), entries
+
+
+def _mask_step(logits: torch.Tensor, entries) -> None:
+    by_vocab: dict[int, list] = {}
+    eos_rows = []
+    per_row = []
+    for row, proc, ids in entries:
+        if proc.grammar is None:
+            per_row.append((row, proc, ids))
+            continue
+        key, fill, dead = proc._step_entry(ids)
+        by_vocab.setdefault(proc._vocab_size, []).append((row, key, fill))
+        if dead:
+            eos_rows.append((row, proc._eos))
+    try:
+        for vocab_size, rows in by_vocab.items():
+            _step_masker.apply(logits, rows, vocab_size=vocab_size)
+        for row, eos in eos_rows:
+            _keep_eos_choosable(logits[row], eos)
+    except Exception:  # noqa: BLE001 - the per-token path never raises: mask row by row instead
+        _report_step_error("masking the step's rows")
+        per_row = entries
+    for row, proc, ids in per_row:
+        logits[row] = proc(ids, logits[row])
+
+
+def _keep_eos_choosable(row: torch.Tensor, eos) -> None:
+    # An EOS whose logit another processor already set to -inf must still be choosable.
+    keep = [e for e in eos if e < row.shape[-1]]
+    if keep:
+        vals = row[keep]
+        row[keep] = torch.where(torch.isinf(vals), torch.zeros_like(vals), vals)
+
+
+def _report_step_error(what: str) -> None:
+    global _step_error_reported
+    if not _step_error_reported:
+        _step_error_reported = True
+        logger.exception("dotvllm: internal error while %s; masking row by row instead", what)
+
+
 class _SequenceState:
     __slots__ = ("matcher", "dead")
 
@@ -172,6 +270,36 @@ class DotvllmLogitsProcessor:
                 return self._force_eos(logits)
             except Exception:  # noqa: BLE001
                 return logits
+
+    def _step_entry(self, output_token_ids):
+        """``(row key or None, fill, dead)`` of this sequence's mask row for :func:`apply_step`.
+
+        The key names a row that depends only on a DFA state (cached on the device); rows of a
+        grammar's parser stack have none. Never raises: an internal error ends the sequence.
+        """
+        try:
+            with self._lock:
+                state = self._state_for(output_token_ids)
+            if state.dead:
+                return ("eos", self._eos, self._vocab_size), self._fill_eos, True
+            m = state.matcher
+            if m.is_terminated():
+                return ("eos", self._eos, self._vocab_size), m.fill_next_token_bitmask, False
+            if type(m) is GrammarMatcher:
+                return (self.key, int(self.grammar.row_of_state[m.state])), m.fill_next_token_bitmask, False
+            return None, m.fill_next_token_bitmask, False
+        except Exception:  # noqa: BLE001 - the per-token path never raises
+            if not self._reported:
+                self._reported = True
+                logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
+            return ("eos", self._eos, self._vocab_size), self._fill_eos, True
+
+    def _fill_eos(self, bitmask, index: int) -> None:
+        row = bitmask[index]
+        row[:] = 0
+        for e in self._eos:
+            if e < self._vocab_size:
+                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
 
     def clone(self) -> DotvllmLogitsProcessor:
         """A processor for a new request: same grammar, no sequence state."""
