@@ -129,6 +129,9 @@ def _stack_states(stack) -> tuple:
     return tuple(out)
 
 
+_MISSING = object()
+
+
 def _push(state: int, below, intern: dict | None):
     if intern is None:
         return (state, below, below[2] + 1)
@@ -551,6 +554,8 @@ class PushdownGrammar:
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
         self._cross_cache: dict[tuple, tuple] = {}
+        self._sub_cache: dict[tuple, dict] = {}
+        self._sub_count = 0
         self._masks: dict = {}
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
@@ -884,24 +889,59 @@ class PushdownGrammar:
         got = self._cross_cache[key] = (free, tuple(groups), exits)
         return got
 
-    def _continue(self, base_key, groups, probe, row: np.ndarray) -> None:
-        """Feed each exit group's terminal and OR into ``row`` what the walk on allows."""
-        work = [(base_key, groups, 0, ())]
-        while work:
-            key, groups, pos, new = work.pop()
-            for t, level, node in groups:
-                outcomes = [(pos, new)] if self._ignore[t] else [x for x in probe.feed(pos, new, t) if x is not _ACCEPT]
-                for pos2, new2 in outcomes:
-                    top = new2[-1] if new2 else probe.state(pos2)
-                    lexer = self._lexer_of_state[top]
-                    key2 = key + ((t, lexer),)
-                    free, pending, exits = self._cross(key2, (level, node), lexer)
-                    row |= free
-                    for r, part in pending:
-                        if probe.viable(pos2, new2, self._reach[r]):
-                            row |= part
-                    if exits:
-                        work.append((key2, exits, pos2, new2))
+    def _subtree(self, key, groups, probe, pos: int, new: tuple):
+        """OR of what the exits ``groups`` allow on the stack ``(pos, new)`` (pushed cells ``new``
+        above the original stack with its top ``pos`` popped), or None."""
+        row = None
+        for t, level, node in groups:
+            part = self._group(key, t, level, node, probe, pos, new)
+            if part is not None:
+                if row is None:
+                    row = part.copy()
+                else:
+                    row |= part
+        return row
+
+    def _group(self, key, t: int, level, node, probe, pos: int, new: tuple):
+        """What one exit group allows: feed its terminal, walk on in the next lexer, recurse.
+
+        Memoised per (path, terminal, pushed cells, the original states this group read): a
+        token that closes five brackets reads deep, but only its own group is keyed by that
+        depth, so the shallow rest of a mask is reused across stacks."""
+        memo = self._sub_cache.get((key, t, new))
+        if memo is not None:
+            for depth, table in memo.items():
+                hit = table.get(probe.signature(pos, depth), _MISSING)
+                if hit is not _MISSING:
+                    return hit
+        saved = probe.max_read
+        probe.max_read = pos - 1
+        row = None
+        outcomes = [(pos, new)] if self._ignore[t] else [x for x in probe.feed(pos, new, t) if x is not _ACCEPT]
+        for pos2, new2 in outcomes:
+            top = new2[-1] if new2 else probe.state(pos2)
+            lexer = self._lexer_of_state[top]
+            key2 = key + ((t, lexer),)
+            free, pending, exits = self._cross(key2, (level, node), lexer)
+            parts = [free] if free.any() else []
+            for r, part in pending:
+                if probe.viable(pos2, new2, self._reach[r]):
+                    parts.append(part)
+            if exits:
+                sub = self._subtree(key2, exits, probe, pos2, new2)
+                if sub is not None:
+                    parts.append(sub)
+            for part in parts:
+                if row is None:
+                    row = part.copy()
+                else:
+                    row |= part
+        depth = max(0, probe.max_read - pos + 1)
+        probe.max_read = max(saved, probe.max_read)
+        if self._sub_count < self.mask_cache_size * 8:
+            self._sub_count += 1
+            self._sub_cache.setdefault((key, t, new), {}).setdefault(depth, {})[probe.signature(pos, depth)] = row
+        return row
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
@@ -911,7 +951,8 @@ class PushdownGrammar:
                 sig, s = [], stack
                 for _ in range(depth):
                     if s is None:
-                        break
+                        sig.append(-1)
+                        continue
                     sig.append(s[0])
                     s = s[1]
                 row = table.get(tuple(sig))
@@ -925,7 +966,9 @@ class PushdownGrammar:
         for r, part in pending:
             if probe.viable(0, (), self._reach[r]):
                 row |= part
-        self._continue(base_key, groups, probe, row)
+        sub = self._subtree(base_key, groups, probe, 0, ())
+        if sub is not None:
+            row |= sub
         if probe.can_end(q):
             for e in self._eos.tolist():
                 row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
@@ -1030,10 +1073,19 @@ class _Probe:
         self.max_read = -1
         self.depth = stack[2]
 
+    def signature(self, pos: int, depth: int) -> tuple:
+        """The original states ``pos .. pos + depth - 1`` (read, so recorded)."""
+        if depth == 0:
+            return ()
+        self.state(pos + depth - 1)
+        return tuple(self.cells[pos : pos + depth])
+
     def state(self, i: int) -> int:
+        """The ``i``-th state from the top of the original stack (-1 below its bottom), recorded."""
         while len(self.cells) <= i:
             if self.stack is None:
-                return -1
+                self.cells.append(-1)
+                continue
             self.cells.append(self.stack[0])
             self.stack = self.stack[1]
         if i > self.max_read:
@@ -1046,6 +1098,14 @@ class _Probe:
         ``_ACCEPT``."""
         g = self.g
         action, goto, rule_len, rule_origin, conf = g._action, g._goto, g._rule_len, g._rule_origin, g._conf
+        top = new[-1] if new else self.state(pos)
+        if top < 0:
+            return []
+        code = action[top][term]
+        if code == 0:
+            return []
+        if 0 < code < MULTI:  # a plain shift: nothing below the top is read
+            return [(pos, new + (code - 1,))] if self.depth - pos + len(new) < g.max_stack_depth else []
         out: list = []
         work = [(pos, tuple(new))]
         seen = set(work)
@@ -1082,7 +1142,13 @@ class _Probe:
         return out
 
     def viable(self, pos: int, new: tuple, reach) -> bool:
-        return any(self.feed(pos, new, t) for t in reach)
+        top = new[-1] if new else self.state(pos)
+        if top < 0:
+            return False
+        row = self.g._action[top]
+        if any(0 < row[t] < MULTI for t in reach):  # a shift is possible whatever lies below
+            return True
+        return any(self.feed(pos, new, t) for t in reach if row[t])
 
     def can_end(self, q: int) -> bool:
         g = self.g
