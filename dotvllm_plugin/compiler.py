@@ -371,7 +371,7 @@ class GrammarCompiler:
 
 def load_compiled(data: bytes, vocabulary: Vocabulary):
     """Load any compiled constraint written by ``to_bytes`` (either engine)."""
-    from .pushdown import _MAGIC as PUSHDOWN_MAGIC
+    from .pushdown import MAGIC as PUSHDOWN_MAGIC
     from .pushdown import PushdownGrammar
 
     if bytes(data[: len(PUSHDOWN_MAGIC)]) == PUSHDOWN_MAGIC:

@@ -263,7 +263,7 @@ class PushdownMatcher(GrammarMatcher):
 
     def _current_row(self) -> np.ndarray:
         if self._terminated:
-            return _eos_row(self.compiled._W, self._eos)
+            return _eos_row(self.compiled.words, self._eos)
         configs = self._configs
         row = self.compiled.mask(*configs[0])
         if len(configs) > 1:

@@ -86,7 +86,8 @@ MAX_CONFIGS = 64
 MAX_REDUCTIONS = 100_000
 
 FORMAT_VERSION = 1
-_MAGIC = b"DOTVLLMP"
+MAGIC = b"DOTVLLMP"
+"""First bytes of :meth:`PushdownGrammar.to_bytes`."""
 
 
 #: A grammar whose reachable (lexer state, stack) configurations stay under these bounds is
@@ -564,6 +565,11 @@ class PushdownGrammar:
     # -- facts ------------------------------------------------------------------------------------
 
     @property
+    def words(self) -> int:
+        """Width of a packed mask row (int32 words)."""
+        return self._W
+
+    @property
     def n_parser_states(self) -> int:
         return len(self._action)
 
@@ -1002,7 +1008,7 @@ class PushdownGrammar:
         }
         hb = json.dumps(header).encode()
         buf = io.BytesIO()
-        buf.write(_MAGIC)
+        buf.write(MAGIC)
         buf.write(struct.pack("<I", len(hb)))
         buf.write(hb)
         for a in self.arrays.values():
@@ -1012,10 +1018,10 @@ class PushdownGrammar:
     @classmethod
     def from_bytes(cls, data: bytes, vocabulary) -> PushdownGrammar:
         try:
-            if data[: len(_MAGIC)] != _MAGIC:
+            if data[: len(MAGIC)] != MAGIC:
                 raise SerializationError("not a dotvllm pushdown grammar (bad magic bytes)")
-            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
-            off = len(_MAGIC) + 4
+            (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+            off = len(MAGIC) + 4
             header = json.loads(data[off : off + hlen])
             off += hlen
         except (struct.error, ValueError, UnicodeDecodeError) as e:
