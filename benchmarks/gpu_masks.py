@@ -1,26 +1,51 @@
-"""GPU check and timing of the V0 logits processor's mask application (CUDA vs CPU oracle).
+"""Per-decode-step cost of masking a batch of logits on a GPU: V0's per-row path, ours, xgrammar's kernel.
 
-Runs without vLLM. Builds the Tekken 131k vocabulary (from a pickled token table when
-``--vocab-pickle`` is given, e.g. on a machine without ``mistral-common``), compiles a few
-constraints, then for random reachable matcher states compares the CUDA-masked logits row with a
-CPU reference (``allowed_token_ids``) and times the per-row application on both devices, for a
-model width wider than the vocabulary (padding rows must be masked). Prints a table, writes JSON.
+Runs without vLLM (the GPU machine has none). Two steps:
+
+``prepare`` (where ``mistral-common`` is installed): builds the Mistral 32k and Tekken 131k
+vocabularies, compiles the constraints with our compiler and writes them (token tables as
+pickles of ``(token bytes, EOS ids)`` — our own files — and ``CompiledGrammar.to_bytes()``) into
+a folder that travels to the GPU machine::
+
+    python -m benchmarks.gpu_masks prepare --out .benchdata
+
+``run`` (on the GPU machine): for every vocabulary and batch size B, B sequences (a quarter per
+constraint) walk random allowed tokens; each timed step every sequence is one token further (the
+matchers advance, as in decoding), on fresh fp32 logits ``[B, V]`` on the device. Timed per step,
+wall clock from the step's start to ``torch.cuda.synchronize()``, host work and host→device
+copies included:
+
+* ``v0_rows``: vLLM V0's ``_apply_logits_processors`` loop (reproduced; vLLM calls every
+  processor of every sequence with its logits row) over our per-row processor;
+* ``ours``: :func:`~dotvllm_plugin.integrations.vllm_v0.logits_processor.apply_step`, the patched
+  step (one mask operation: device-cached DFA rows picked by index, one Triton kernel);
+* ``ours_upload``: our matchers fill all B rows into pinned memory, one async copy, our kernel;
+* ``xgrammar``: the same host fill and copy, then xgrammar's ``apply_token_bitmask_inplace``;
+
+plus the kernels alone (CUDA events, bitmask already on the device) and the floor: reading and
+writing the logits once, ``2·B·V·4`` bytes at the bandwidth of a device-to-device copy measured
+in the same run. Before timing, every path's mask of the first step is compared with the
+allowed sets of reference matchers. Prints a table; writes JSON, Markdown and a PNG plot::
+
+    python -m benchmarks.gpu_masks run --data .benchdata --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import pickle
+import platform
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-
-from dotvllm_plugin import GrammarCompiler, GrammarMatcher, Vocabulary
-from dotvllm_plugin.integrations.vllm_v0.logits_processor import DotvllmLogitsProcessor
 
 PATTERNS = {
     "date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
@@ -28,97 +53,342 @@ PATTERNS = {
     "words": r"(?:cat|dog|bird|horse)(?: and (?:cat|dog|bird|horse)){0,4}",
     "free_text": r"[^\n]{0,60}",
 }
+VOCABS = ("mistral32k", "tekken131k")
+BATCHES = (1, 32, 256, 1024)
+PATHS = ("v0_rows", "ours", "ours_upload", "xgrammar")
 
 
-def load_vocab(path: str | None) -> Vocabulary:
-    if path:
-        table, eos = pickle.load(open(path, "rb"))
-        return Vocabulary(table, eos)
-    from dotvllm_plugin.devtools.tokenizers import tekken
+# -- prepare (needs mistral-common) -------------------------------------------------------------------
 
-    return Vocabulary.from_hf_tokenizer(tekken())
+def prepare(out: Path) -> None:
+    from dotvllm_plugin import GrammarCompiler, Vocabulary
+    from dotvllm_plugin.devtools.tokenizers import mistral_sentencepiece, tekken
 
-
-def reachable_prefixes(compiled, rng: random.Random, n: int, max_len: int = 12):
-    out = []
-    eos = set(compiled.vocabulary.eos_token_ids)
-    for _ in range(n):
-        m = GrammarMatcher(compiled)
-        ids = []
-        for _ in range(rng.randrange(max_len)):
-            allowed = [t for t in m.allowed_token_ids().tolist() if t not in eos]
-            if not allowed:
-                break
-            t = rng.choice(allowed)
-            m.accept_token(t)
-            ids.append(t)
-        out.append(ids)
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in (("mistral32k", mistral_sentencepiece), ("tekken131k", tekken)):
+        vocab = Vocabulary.from_hf_tokenizer(make())
+        (out / f"{name}.vocab.pkl").write_bytes(
+            pickle.dumps((list(vocab.token_bytes), list(vocab.eos_token_ids)), protocol=pickle.HIGHEST_PROTOCOL))
+        compiler = GrammarCompiler(vocab)
+        for pattern_name, pattern in PATTERNS.items():
+            (out / f"{name}.{pattern_name}.bin").write_bytes(compiler.compile_regex(pattern).to_bytes())
+        print(f"{name}: {vocab.size} ids, {len(PATTERNS)} constraints")
 
 
-def time_calls(fn, repeats: int, sync) -> list[float]:
-    ts = []
+# -- run ----------------------------------------------------------------------------------------------
+
+def load(data: Path, name: str):
+    from dotvllm_plugin import Vocabulary
+    from dotvllm_plugin.compiler import load_compiled
+
+    table, eos = pickle.loads((data / f"{name}.vocab.pkl").read_bytes())  # written by `prepare`
+    vocab = Vocabulary(table, eos)
+    grammars = {p: load_compiled((data / f"{name}.{p}.bin").read_bytes(), vocab) for p in PATTERNS}
+    return vocab, grammars
+
+
+def walk(grammar, rng: random.Random, length: int) -> list[int]:
+    """Random allowed non-EOS tokens; stops early where only EOS is left."""
+    from dotvllm_plugin import GrammarMatcher
+
+    m = GrammarMatcher(grammar)
+    eos = np.asarray(grammar.vocabulary.eos_token_ids)
+    ids: list[int] = []
+    for _ in range(length):
+        allowed = m.allowed_token_ids()
+        allowed = allowed[~np.isin(allowed, eos)]
+        if not len(allowed):
+            break
+        ids.append(int(allowed[rng.randrange(len(allowed))]))
+        m.accept_token(ids[-1])
+    return ids
+
+
+def vllm_apply_logits_processors(logits, sampling_metadata):
+    """vLLM 0.9.2's ``_apply_logits_processors`` (no thread pool), as V0 runs it."""
+    for seq_group in sampling_metadata.seq_groups:
+        procs = seq_group.sampling_params.logits_processors
+        if procs:
+            for seq_id, row in zip(seq_group.seq_ids, seq_group.sample_indices):
+                data = seq_group.seq_data[seq_id]
+                logits_row = logits[row]
+                for p in procs:
+                    if len(inspect.signature(p).parameters) == 3:
+                        logits_row = p(data.prompt_token_ids, data.output_token_ids, logits_row)
+                    else:
+                        logits_row = p(data.output_token_ids, logits_row)
+                logits[row] = logits_row
+    return logits
+
+
+class Batch:
+    """B sequences, one request each (as in serving), with walks long enough for every step."""
+
+    def __init__(self, grammars, batch: int, steps: int, seed: int):
+        from dotvllm_plugin.integrations.vllm_v0.logits_processor import DotvllmLogitsProcessor
+
+        rng = random.Random(seed)
+        names = list(grammars)
+        self.grammars = grammars
+        self.kinds = [names[i % len(names)] for i in range(batch)]
+        self.walks = [walk(grammars[k], rng, rng.randrange(4) + steps) for k in self.kinds]
+        self.starts = [min(len(w), rng.randrange(4)) for w in self.walks]
+        self.templates = {k: DotvllmLogitsProcessor(g, key=f"bench-{k}", description=k) for k, g in grammars.items()}
+        self.reset()
+
+    def reset(self) -> None:
+        """New requests: processors without any sequence state."""
+        self.procs = [self.templates[k].clone() for k in self.kinds]
+
+    def prefix(self, i: int, step: int) -> list[int]:
+        w = self.walks[i]
+        return w[: min(len(w), self.starts[i] + step)]
+
+    def metadata(self, step: int):
+        groups = []
+        for i, proc in enumerate(self.procs):
+            data = {i: SimpleNamespace(output_token_ids=self.prefix(i, step), prompt_token_ids=[1])}
+            groups.append(SimpleNamespace(seq_ids=[i], sampling_params=SimpleNamespace(logits_processors=[proc]),
+                                          seq_data=data, sample_indices=[i], prompt_logprob_indices=[]))
+        return SimpleNamespace(seq_groups=groups)
+
+    def allowed(self, step: int, width: int) -> np.ndarray:
+        from dotvllm_plugin import GrammarMatcher
+
+        out = np.zeros((len(self.procs), width), dtype=bool)
+        for i, k in enumerate(self.kinds):
+            m = GrammarMatcher(self.grammars[k])
+            for t in self.prefix(i, step):
+                m.accept_token(t)
+            out[i, m.allowed_token_ids()] = True
+        return out
+
+
+class Uploader:
+    """Host fill of all B rows (our matchers' states) into pinned memory, one async copy."""
+
+    def __init__(self, batch: int, words: int, device):
+        self.host = torch.zeros((batch, words), dtype=torch.int32, pin_memory=torch.device(device).type == "cuda")
+        self.host_np = self.host.numpy()
+        self.device = device
+
+    def __call__(self, b: Batch, step: int) -> torch.Tensor:
+        for i, proc in enumerate(b.procs):
+            _, fill, _ = proc._step_entry(b.prefix(i, step))
+            fill(self.host_np, i)
+        return self.host.to(self.device, non_blocking=True)
+
+
+def load_xgrammar():
+    try:
+        from importlib.metadata import version
+
+        import xgrammar
+
+        return xgrammar.apply_token_bitmask_inplace, version("xgrammar")
+    except Exception as e:  # noqa: BLE001
+        print(f"xgrammar not importable ({type(e).__name__}: {e}); skipping it")
+        return None, None
+
+
+def bandwidth_bytes_per_s(device) -> float:
+    n = 1 << 28  # 1 GiB of fp32
+    x = torch.empty(n, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 4 * n * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def event_time_us(fn, repeats: int = 50) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
         fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return ts
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / repeats
+
+
+def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
+    from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
+    from dotvllm_plugin.masks import apply_token_bitmask_inplace, bitmask_words
+
+    width = vocab.size
+    words = bitmask_words(vocab.size)
+    steps = args.steps if batch < 256 else max(4, args.steps // 4)
+    b = Batch(grammars, batch, steps + 2, seed=batch)
+    base = torch.randn(batch, width, device=device)
+    upload = Uploader(batch, words, device)
+
+    def v0_rows(step, logits):
+        vllm_apply_logits_processors(logits, b.metadata(step))
+
+    def ours(step, logits):
+        lp.apply_step(vllm_apply_logits_processors, logits, b.metadata(step))
+
+    def ours_upload(step, logits):
+        apply_token_bitmask_inplace(logits, upload(b, step), vocab_size=vocab.size)
+
+    def xgrammar(step, logits):
+        xgr_apply(logits, upload(b, step), vocab_size=vocab.size)
+
+    fns = {"v0_rows": v0_rows, "ours": ours, "ours_upload": ours_upload}
+    if xgr_apply is not None:
+        fns["xgrammar"] = xgrammar
+
+    # correctness: step 0 of fresh requests, every path against reference matchers
+    expected = b.allowed(0, width)
+    mismatches = {}
+    for name, fn in fns.items():
+        b.reset()
+        logits = base.clone()
+        fn(0, logits)
+        torch.cuda.synchronize()
+        mismatches[name] = int((torch.isfinite(logits).cpu().numpy() != expected).any(axis=1).sum())
+
+    row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches}
+    for name, fn in fns.items():
+        b.reset()
+        logits = base.clone()
+        fn(0, logits)  # warm-up: first states, device row cache, pinned buffers, kernel compile
+        fn(1, logits)
+        times = []
+        for step in range(2, steps + 2):
+            logits.copy_(base)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn(step, logits)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        row[f"{name}_us"] = statistics.median(times) * 1e6
+        row[f"{name}_p90_us"] = float(np.percentile(times, 90)) * 1e6
+
+    # kernels alone, bitmask already on the device
+    bm = upload(b, 2)
+    logits = base.clone()
+    row["kernel_ours_us"] = event_time_us(lambda: apply_token_bitmask_inplace(logits, bm, vocab_size=vocab.size))
+    if xgr_apply is not None:
+        row["kernel_xgrammar_us"] = event_time_us(lambda: xgr_apply(logits, bm, vocab_size=vocab.size))
+    row["copy_h2d_us"] = event_time_us(lambda: upload.host.to(device, non_blocking=True))
+    return row
+
+
+def run(args) -> None:
+    device = torch.device("cuda")
+    gpu = torch.cuda.get_device_name(0)
+    xgr_apply, xgr_version = load_xgrammar()
+    bw = bandwidth_bytes_per_s(device)
+    import triton
+
+    meta = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, "xgrammar": xgr_version,
+            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "bandwidth_GBps": bw / 1e9, "dtype": "float32", "patterns": PATTERNS}
+    print(f"GPU {gpu}, torch {torch.__version__}, triton {triton.__version__}, xgrammar {xgr_version}; "
+          f"device-to-device copy {bw / 1e9:.0f} GB/s")
+    rows = []
+    for name in args.vocabs:
+        vocab, grammars = load(Path(args.data), name)
+        for batch in args.batches:
+            r = run_case(vocab, grammars, batch, xgr_apply, args, device)
+            r["vocab_name"] = name
+            r["floor_us"] = 2 * batch * vocab.size * 4 / bw * 1e6
+            rows.append(r)
+            print(fmt_row(r), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_masks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "gpu_masks.md").write_text(markdown(meta, rows))
+    plot(rows, out / "gpu_masks.png")
+    print(markdown(meta, rows))
+    if any(v for r in rows for v in r["mismatches"].values()):
+        raise SystemExit("MISMATCH between a path's masks and the reference matchers")
+
+
+COLS = ["v0_rows_us", "ours_us", "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us",
+        "copy_h2d_us", "floor_us"]
+
+
+def fmt_row(r: dict) -> str:
+    return f"{r['vocab_name']} B={r['batch']}: " + ", ".join(
+        f"{c[:-3]} {r[c]:.1f}" for c in COLS if c in r) + f" µs; mismatches {r['mismatches']}"
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    head = (f"{meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, xgrammar {meta['xgrammar']}, "
+            f"fp32 logits; device-to-device copy {meta['bandwidth_GBps']:.0f} GB/s\n\n")
+    cols = ["vocab", "B"] + [c[:-3] for c in COLS] + ["ours ÷ floor", "v0_rows ÷ ours", "mismatches"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = [str(r["vocab"]), str(r["batch"])] + [f"{r[c]:.1f}" if c in r else "-" for c in COLS]
+        vals += [f"{r['ours_us'] / r['floor_us']:.1f}×", f"{r['v0_rows_us'] / r['ours_us']:.0f}×",
+                 str(sum(r["mismatches"].values()))]
+        lines.append("| " + " | ".join(vals) + " |")
+    notes = ("\nMedian µs per decode step (wall clock to `torch.cuda.synchronize()`, host work and "
+             "host→device copies included) for `v0_rows`, `ours`, `ours_upload`, `xgrammar`; "
+             "`kernel_*` and `copy_h2d` are CUDA-event times of the kernel alone (bitmask on the "
+             "device) and of the B-row bitmask upload from pinned memory; floor = 2·B·V·4 bytes ÷ "
+             "the measured copy bandwidth.\n")
+    return head + "\n".join(lines) + "\n" + notes
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    vocabs = sorted({r["vocab_name"] for r in rows})
+    fig, axes = plt.subplots(1, len(vocabs), figsize=(6 * len(vocabs), 4.5), squeeze=False)
+    for ax, v in zip(axes[0], vocabs):
+        rs = [r for r in rows if r["vocab_name"] == v]
+        bs = [r["batch"] for r in rs]
+        for c, label in (("v0_rows_us", "V0 per-row path"), ("ours_us", "ours (apply_step)"),
+                         ("ours_upload_us", "ours, all rows uploaded"), ("xgrammar_us", "xgrammar kernel + upload"),
+                         ("floor_us", "floor 2·B·V·4 B ÷ bandwidth")):
+            if all(c in r for r in rs):
+                ax.plot(bs, [r[c] for r in rs], marker="o", label=label, linestyle="--" if c == "floor_us" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch (sequences per step)")
+        ax.set_ylabel("µs per step")
+        ax.set_title(f"{v}, fp32 logits")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--vocab-pickle")
-    ap.add_argument("--json-out")
-    ap.add_argument("--width-pad", type=int, default=128, help="model logits width minus vocabulary size")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--out", default=".benchdata")
+    r = sub.add_parser("run")
+    r.add_argument("--data", default=".benchdata")
+    r.add_argument("--out", default="benchmarks/results")
+    r.add_argument("--vocabs", nargs="+", default=list(VOCABS), choices=VOCABS)
+    r.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    r.add_argument("--steps", type=int, default=20, help="timed steps per case (a quarter from B=256 on)")
     args = ap.parse_args()
-    vocab = load_vocab(args.vocab_pickle)
-    width = vocab.size + args.width_pad
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"torch {torch.__version__}, GPU {gpu}, vocabulary {vocab.size} ids, logits width {width}")
-    compiler = GrammarCompiler(vocab)
-    rng = random.Random(0)
-    rows = []
-    for name, pattern in PATTERNS.items():
-        compiled = compiler.compile_regex(pattern)
-        mismatches = 0
-        checked = 0
-        timings = {d: [] for d in devices}
-        for ids in reachable_prefixes(compiled, rng, 20):
-            ref = GrammarMatcher(compiled)
-            for t in ids:
-                ref.accept_token(t)
-            expected = np.zeros(width, dtype=bool)
-            expected[ref.allowed_token_ids()] = True
-            for device in devices:
-                proc = DotvllmLogitsProcessor(compiled, key=name)
-                logits = torch.randn(width, device=device)
-                out = proc(list(ids), logits.clone())
-                got = torch.isfinite(out).cpu().numpy()
-                checked += 1
-                if not np.array_equal(got, expected):
-                    mismatches += 1
-                sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-                base = logits.clone()
-                timings[device].extend(time_calls(lambda: proc(list(ids), base.clone()), 20, sync))
-        row = {"pattern": name, "checked": checked, "mismatches": mismatches}
-        for d in devices:
-            row[f"{d}_p50_us"] = statistics.median(timings[d]) * 1e6
-            row[f"{d}_p99_us"] = float(np.percentile(timings[d], 99)) * 1e6
-        rows.append(row)
-    cols = ["pattern", "checked", "mismatches"] + [f"{d}_{q}_us" for d in devices for q in ("p50", "p99")]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    print("(per call: matcher lookup + mask fill + the processor's cached additive mask applied to one row, incl. a logits clone)")
-    if args.json_out:
-        json.dump({"gpu": gpu, "torch": torch.__version__, "vocab": vocab.size, "width": width, "rows": rows},
-                  open(args.json_out, "w"), indent=2)
-    if any(r["mismatches"] for r in rows):
-        raise SystemExit("MISMATCH between device masks and the CPU reference")
+    if args.cmd == "prepare":
+        prepare(Path(args.out))
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("run needs a CUDA device")
+        run(args)
 
 
 if __name__ == "__main__":
