@@ -343,8 +343,15 @@ class GrammarCompiler:
         A warning says so; if that is still over budget, the first error is raised.
         """
         from .grammar.json_schema import json_schema_to_regex
+        from .grammar.json_schema.any_json import any_json_grammar
 
         source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        try:
+            parsed = json.loads(schema) if isinstance(schema, str) else schema
+        except ValueError:
+            parsed = None  # json_schema_to_regex reports it
+        if parsed is True or parsed == {}:  # any value at all: nesting without a depth bound
+            return self.compile_ir(any_json_grammar(whitespace_pattern=whitespace_pattern, root="value"))
         try:
             regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
             return self._compile(regex, "json_schema", source, check_syntax=False)
@@ -361,12 +368,11 @@ class GrammarCompiler:
             )
             return compiled
 
-    def compile_json_object(self, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
-        """Any JSON object (nesting depth bounded, see :mod:`.json_schema`)."""
-        from .grammar.json_schema import json_object_regex
+    def compile_json_object(self, *, whitespace_pattern: str | None = None):
+        """Any JSON object, nested to any depth (up to the engine's stack bound)."""
+        from .grammar.json_schema.any_json import any_json_grammar
 
-        regex = json_object_regex(whitespace_pattern=whitespace_pattern)
-        return self._compile(regex, "json_object", "{}", check_syntax=False)
+        return self.compile_ir(any_json_grammar(whitespace_pattern=whitespace_pattern, root="object"))
 
 
 def load_compiled(data: bytes, vocabulary: Vocabulary):
@@ -394,9 +400,9 @@ def _ws(options: dict):
 
 
 def _check_json_object(spec, options) -> None:
-    from .grammar.json_schema import json_object_regex
+    from .grammar.json_schema import check_whitespace
 
-    json_object_regex(whitespace_pattern=_ws(options))
+    check_whitespace(_ws(options))
 
 
 KINDS: dict[str, Kind] = {

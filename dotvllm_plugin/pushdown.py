@@ -157,10 +157,22 @@ def _terminal_dfas(grammar: Grammar):
             dfa = regex_to_dfa(t.regex)
         except GrammarError as e:
             raise type(e)(f"{t.describe()}: {e}") from e
+        if dfa.accepting[dfa.initial] and t.nonempty:
+            dfa = _without_empty(dfa)
         if dfa.accepting[dfa.initial]:
             raise GrammarError(f"{t.describe()} matches the empty string; lark's lexer refuses zero-width terminals")
         dfas.append(dfa)
     return dfas
+
+
+def _without_empty(dfa):
+    """The same language minus the empty string: a fresh, non-accepting initial state."""
+    from .regex import ByteDFA
+
+    n = dfa.n_states
+    trans = np.vstack([dfa.transitions, dfa.transitions[dfa.initial][None, :]])
+    accepting = np.append(dfa.accepting, False)
+    return ByteDFA(transitions=trans.astype(np.int32), accepting=accepting, initial=n)
 
 
 def _unless(members: list[int], terms: tuple[Terminal, ...]):

@@ -44,6 +44,9 @@ class Terminal:
         The literal or regex as written (lark breaks ties by its length).
     where : str
         Where it was defined, for error messages (``"line 3"``).
+    nonempty : bool
+        The terminal is the regex's language without the empty string (a terminal never matches
+        empty text; an optional slot is a rule with an empty alternative).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Terminal:
     max_width: int = 1 << 32
     source: str = ""
     where: str = ""
+    nonempty: bool = False
 
     def lark_order(self) -> tuple:
         """Sort key of lark's lexer: the first terminal in this order that matches wins."""

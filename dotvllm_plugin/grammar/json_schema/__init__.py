@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_WHITESPACE",
     "FLEXIBLE_WHITESPACE",
     "MAX_REGEX_CHARS",
+    "check_whitespace",
     "json_object_regex",
     "json_schema_to_regex",
     "json_value_regex",
@@ -158,7 +159,7 @@ def json_schema_to_regex(
         raise JSONSchemaError(
             f"a JSON schema must be an object or a boolean, got {type(schema).__name__}"
         )
-    ws = _check_whitespace(whitespace_pattern)
+    ws = check_whitespace(whitespace_pattern)
     ctx = _Context(schema, ws, max_recursion_depth, max_regex_chars, allow_undeclared_properties)
     ctx.unicode_escapes = unicode_escapes
     ctx.repeat_cap = repeat_cap
@@ -175,12 +176,12 @@ def json_schema_to_regex(
 
 def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
     """Any JSON value with arrays/objects nested at most ``max_depth`` levels."""
-    return _any_value(_check_whitespace(whitespace_pattern), max_depth)
+    return _any_value(check_whitespace(whitespace_pattern), max_depth)
 
 
 def json_object_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
     """Any JSON object, containers nested at most ``max_depth`` levels (the object is level 1)."""
-    ws = _check_whitespace(whitespace_pattern)
+    ws = check_whitespace(whitespace_pattern)
     return _any_object(ws, max_depth)
 
 
@@ -191,7 +192,9 @@ def json_object_regex(*, whitespace_pattern: str | None = None, max_depth: int =
 _JSON_WS = frozenset(" \t\n\r")
 
 
-def _check_whitespace(pattern: str | None) -> str:
+def check_whitespace(pattern: str | None) -> str:
+    """The whitespace regex to put between JSON tokens (``DEFAULT_WHITESPACE`` for None or "");
+    refuses patterns that match non-JSON whitespace or unboundedly long whitespace."""
     if pattern is None or pattern == "":
         return DEFAULT_WHITESPACE
     try:
