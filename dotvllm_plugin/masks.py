@@ -370,6 +370,7 @@ class StepMasker:
         self._devices: dict[tuple, _DeviceRows] = {}
         self._additive: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # CPU: packed row -> 0/-inf row
         self._additive_bytes = 0
+        self._additive_by_key: dict[tuple, torch.Tensor] = {}  # (row key, dtype, width) -> the same masks
         self._scratch: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -393,15 +394,22 @@ class StepMasker:
         if scratch is None:
             scratch = self._scratch[words] = np.zeros((1, words), dtype=np.int32)
         rows = _as_rows(logits)
-        for row, _, fill in entries:
-            fill(scratch, 0)
-            key = (scratch.tobytes(), dtype, width)
-            mask = self._additive.get(key)
+        by_key = self._additive_by_key
+        for row, key, fill in entries:
+            mask = by_key.get((key, dtype, width)) if key is not None else None
             if mask is None:
-                mask = self._additive_mask(scratch[0], vocab_size, width, dtype)
-                self._remember(key, mask)
-            else:
-                self._additive.move_to_end(key)
+                fill(scratch, 0)
+                content = (scratch.tobytes(), dtype, width)
+                mask = self._additive.get(content)
+                if mask is None:
+                    mask = self._additive_mask(scratch[0], vocab_size, width, dtype)
+                    self._remember(content, mask)
+                else:
+                    self._additive.move_to_end(content)
+                if key is not None:
+                    if len(by_key) >= 65536:
+                        by_key.clear()
+                    by_key[(key, dtype, width)] = mask
             rows[row].add_(mask)
 
     @staticmethod
@@ -418,6 +426,7 @@ class StepMasker:
         while self._additive_bytes > self.max_cached_bytes and len(self._additive) > 1:
             _, old = self._additive.popitem(last=False)
             self._additive_bytes -= old.numel() * old.element_size()
+            self._additive_by_key.clear()  # aliases must not keep evicted masks alive
 
     def _apply_cached(self, logits, entries, vocab_size, words) -> None:
         dev_key = (logits.device, words)

@@ -190,7 +190,7 @@ def _group(params, seqs: dict[int, list[int]], rows: list[int]):
                            prompt_logprob_indices=[])
 
 
-def _step_case(processor, vocab, pad: int, dtype):
+def _step_case(processor, vocab, pad: int, dtype, device="cpu"):
     """A batch of 5 rows: two groups sharing one params object (n > 1), a group whose request also
     has a user processor, a dead sequence, and an unconstrained row."""
     from types import SimpleNamespace
@@ -206,16 +206,19 @@ def _step_case(processor, vocab, pad: int, dtype):
         _group(other, {2: [a, b], 3: [a, c]}, [1, 4]),  # "ac" is not allowed: seq 3 ends
         _group(plain, {4: []}, [2]),
     ]
-    return SimpleNamespace(seq_groups=groups), torch.randn(5, vocab.size + pad + 40)[:, : vocab.size + pad].to(dtype)
+    logits = torch.randn(5, vocab.size + pad + 40, generator=torch.Generator().manual_seed(pad))
+    return SimpleNamespace(seq_groups=groups), logits.to(device=device, dtype=dtype)[:, : vocab.size + pad]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("pad", [0, 64], ids=["exact-width", "padded-64"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_step_masks_equal_vllm_per_row_loop(grammar, vocab, pad, dtype, plugin_log):
+def test_step_masks_equal_vllm_per_row_loop(grammar, vocab, pad, dtype, device, plugin_log):
     original = _vllm_apply_logits_processors()
     key = compile_key("regex", REGEX, {}, vocab.fingerprint)
-    md_row, logits = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype)
-    md_step, _ = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype)
+    md_row, logits = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype, device)
+    md_step, _ = _step_case(DotvllmLogitsProcessor(grammar, key=key, description="r"), vocab, pad, dtype, device)
     expected = original(logits.clone(), md_row)  # vLLM's own per-row loop over our processor
     got = lp_module.apply_step(original, logits.clone(), md_step)
     assert torch.equal(torch.isfinite(got), torch.isfinite(expected))
