@@ -165,6 +165,25 @@ BAD = [
 ]
 
 
+MISSING_SCHEMA = [
+    pytest.param({"type": "json_schema"}, "type 'json_schema' needs a 'json_schema' object, got none",
+                 id="no-json_schema"),
+    pytest.param({"type": "json_schema", "json_schema": {"name": "thing"}}, "json_schema 'thing' has no 'schema'",
+                 id="no-schema"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+@pytest.mark.parametrize(("response_format", "message"), MISSING_SCHEMA)
+def test_response_format_json_schema_without_schema_is_a_400(server, endpoint, stream, response_format, message):
+    """vLLM alone: an assertion (HTTP 500) on chat and unconstrained output (200) on completions."""
+    body = body_for(endpoint, "x", max_tokens=8, stream=stream, response_format=response_format)
+    reply = post(server.base_url, endpoint, body)
+    assert reply.status == 400, (reply.status, reply.raw[:500])
+    assert message in reply.error and '"json_schema": {"name"' in reply.error, reply.error
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize(("params", "message"), BAD)
 def test_bad_spec_is_a_400_and_the_server_keeps_serving(server, params, message, stream):

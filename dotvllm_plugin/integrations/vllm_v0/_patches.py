@@ -18,6 +18,10 @@ the name in the module that *calls* it (the caller looks its globals up at call 
   compile before a streaming response starts, so compile errors are HTTP 400 too.
 * ``vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params``: ``response_format``
   ``json_schema`` on ``/v1/completions`` (vLLM reads it on chat only).
+* ``CompletionRequest.to_sampling_params`` / ``ChatCompletionRequest.to_sampling_params``:
+  ``response_format: {"type": "json_schema"}`` without a schema is an HTTP 400 that says what is
+  missing (vLLM: an assertion, HTTP 500, on chat; unconstrained output on completions), whatever
+  the backend.
 * ``vllm.model_executor.layers.logits_processor._apply_logits_processors`` (looked up at call time
   by ``LogitsProcessor.forward``): one masking operation per decode step for every sequence that
   carries our processor (:func:`.logits_processor.apply_step`); other processors run as before.
@@ -174,12 +178,40 @@ def _handler(original):
     return handler
 
 
+_JSON_SCHEMA_FORMAT = ('{"type": "json_schema", "json_schema": {"name": "...", "schema": {...}}} '
+                       '(or {"type": "json_object"} for any JSON object)')
+
+
+def _check_response_format(request) -> None:
+    """``type: json_schema`` must come with the schema; a ``ValueError`` is vLLM's HTTP 400."""
+    rf = getattr(request, "response_format", None)
+    if rf is None or getattr(rf, "type", None) != "json_schema":
+        return
+    from .constraints import GuidedRequestError
+
+    if getattr(rf, "json_schema", None) is None:
+        raise GuidedRequestError(f"response_format: type 'json_schema' needs a 'json_schema' object, got none; "
+                                 f"send {_JSON_SCHEMA_FORMAT}")
+    if rf.json_schema.json_schema is None:
+        raise GuidedRequestError(f"response_format: json_schema {rf.json_schema.name!r} has no 'schema'; "
+                                 f"send {_JSON_SCHEMA_FORMAT}")
+
+
 def _completion_to_sampling_params(original):
     def to_sampling_params(self, *args, **kwargs):
+        _check_response_format(self)
         rf = getattr(self, "response_format", None)
         if (rf is not None and getattr(rf, "type", None) == "json_schema" and self.guided_json is None
                 and getattr(rf, "json_schema", None) is not None):
             self.guided_json = rf.json_schema.json_schema
+        return original(self, *args, **kwargs)
+
+    return to_sampling_params
+
+
+def _chat_to_sampling_params(original):
+    def to_sampling_params(self, *args, **kwargs):
+        _check_response_format(self)
         return original(self, *args, **kwargs)
 
     return to_sampling_params
@@ -242,7 +274,7 @@ def apply() -> list[str]:
     # plugins, also when started as `python -m vllm.entrypoints.openai.api_server`); never import
     # it elsewhere.
     if "vllm.entrypoints.openai.serving_completion" in sys.modules:
-        from vllm.entrypoints.openai.protocol import CompletionRequest
+        from vllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
         from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 
@@ -252,6 +284,8 @@ def apply() -> list[str]:
                "vllm.entrypoints.openai.serving_chat.OpenAIServingChat.create_chat_completion")
         _patch(CompletionRequest, "to_sampling_params", _completion_to_sampling_params, done,
                "vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params")
+        _patch(ChatCompletionRequest, "to_sampling_params", _chat_to_sampling_params, done,
+               "vllm.entrypoints.openai.protocol.ChatCompletionRequest.to_sampling_params")
         from . import metrics
 
         done.extend(metrics.install())
