@@ -1,4 +1,4 @@
-"""dotvllm as a structured-output backend of vLLM's V1 engine (vLLM >= 0.11; tested: see
+"""dotvllm as a structured-output backend of vLLM's V1 engine (tested releases: see
 :data:`SUPPORTED_VLLM`).
 
 vLLM V1 has no registry for out-of-tree structured-output backends, so :func:`register` (called
@@ -22,7 +22,7 @@ import threading
 
 __all__ = ["SUPPORTED_VLLM", "register"]
 
-SUPPORTED_VLLM = ">=0.32.0,<0.33"
+SUPPORTED_VLLM = ">=0.31.0,<0.33"
 """vLLM releases whose V1 structured-output interfaces this integration was checked against."""
 
 logger = logging.getLogger("vllm.dotvllm_plugin")
