@@ -134,17 +134,22 @@ class Batch:
         self.walks = [walk(grammars[k], rng, rng.randrange(4) + steps) for k in self.kinds]
         self.starts = [min(len(w), rng.randrange(4)) for w in self.walks]
         self.templates = {k: DotvllmLogitsProcessor(g, key=f"bench-{k}", description=k) for k, g in grammars.items()}
+        self._prefixes = {}
         self.reset()
 
     def reset(self) -> None:
         """New requests: processors without any sequence state."""
         self.procs = [self.templates[k].clone() for k in self.kinds]
 
+
     def prefix(self, i: int, step: int) -> list[int]:
-        w = self.walks[i]
-        return w[: min(len(w), self.starts[i] + step)]
+        p = self._prefixes.get(step)
+        if p is None:
+            p = self._prefixes[step] = [w[: min(len(w), s + step)] for w, s in zip(self.walks, self.starts)]
+        return p[i]
 
     def metadata(self, step: int):
+        """What vLLM hands ``_apply_logits_processors`` (built before the timed step)."""
         groups = []
         for i, proc in enumerate(self.procs):
             data = {i: SimpleNamespace(output_token_ids=self.prefix(i, step), prompt_token_ids=[1])}
@@ -187,7 +192,19 @@ def load_xgrammar():
 
         return xgrammar.apply_token_bitmask_inplace, version("xgrammar")
     except Exception as e:  # noqa: BLE001
-        print(f"xgrammar not importable ({type(e).__name__}: {e}); skipping it")
+        print(f"xgrammar not importable ({type(e).__name__}: {e}); loading its Triton kernel module alone")
+    try:  # the kernel file needs only torch and Triton; xgrammar's __init__ needs its whole stack
+        import importlib.util
+        from importlib.metadata import distribution, version
+
+        path = distribution("xgrammar").locate_file("xgrammar/kernels/apply_token_bitmask_inplace_triton.py")
+        spec = importlib.util.spec_from_file_location("xgrammar_triton_kernel", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        kernel = module.apply_token_bitmask_inplace_triton
+        return (lambda logits, bitmask, vocab_size=None: kernel(logits, bitmask, vocab_size)), version("xgrammar")
+    except Exception as e:  # noqa: BLE001
+        print(f"xgrammar's kernel not loadable ({type(e).__name__}: {e}); skipping it")
         return None, None
 
 
@@ -230,11 +247,13 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     base = torch.randn(batch, width, device=device)
     upload = Uploader(batch, words, device)
 
+    mds: dict[int, object] = {}
+
     def v0_rows(step, logits):
-        vllm_apply_logits_processors(logits, b.metadata(step))
+        vllm_apply_logits_processors(logits, mds[step])
 
     def ours(step, logits):
-        lp.apply_step(vllm_apply_logits_processors, logits, b.metadata(step))
+        lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
 
     def ours_upload(step, logits):
         apply_token_bitmask_inplace(logits, upload(b, step), vocab_size=vocab.size)
@@ -251,6 +270,8 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     mismatches = {}
     for name, fn in fns.items():
         b.reset()
+        mds.clear()
+        mds.update({s: b.metadata(s) for s in range(steps + 2)})
         logits = base.clone()
         fn(0, logits)
         torch.cuda.synchronize()
@@ -259,6 +280,8 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches}
     for name, fn in fns.items():
         b.reset()
+        mds.clear()
+        mds.update({s: b.metadata(s) for s in range(steps + 2)})
         logits = base.clone()
         fn(0, logits)  # warm-up: first states, device row cache, pinned buffers, kernel compile
         fn(1, logits)

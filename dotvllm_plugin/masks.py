@@ -204,6 +204,8 @@ def _launch(rows, bitmask, k, n, indices, bitmask_indices) -> None:
         bitmask = bitmask.contiguous()
     idx = _index_tensor(indices, device, (torch.int32, torch.int64))
     sel = _index_tensor(bitmask_indices, device, (torch.int32, torch.int64))
+    idx = idx.contiguous() if idx is not None else None  # the kernel reads element k at offset k
+    sel = sel.contiguous() if sel is not None else None
     width = rows.shape[1]
     grid = (k, triton.cdiv(width, _BLOCK))
     _apply_token_bitmask_kernel[grid](
@@ -314,8 +316,8 @@ class _DeviceRows:
         if self.host is None or self.host.shape[0] < n_rows:
             self.host = torch.zeros((_grow(n_rows), self.words), dtype=torch.int32, pin_memory=self.pin)
             self.host_np = self.host.numpy()
-        if self.index_host is None or self.index_host.shape[1] < n_index:
-            self.index_host = torch.zeros((2, _grow(n_index)), dtype=torch.int32, pin_memory=self.pin)
+        if self.index_host is None or self.index_host.shape[0] < 2 * n_index:
+            self.index_host = torch.zeros(2 * _grow(n_index), dtype=torch.int32, pin_memory=self.pin)
             self.index_np = self.index_host.numpy()
         if self.scratch < n_rows:
             self.scratch = _grow(n_rows)
@@ -432,7 +434,7 @@ class StepMasker:
         dev_key = (logits.device, words)
         rows = self._devices.get(dev_key)
         if rows is None:
-            capacity = max(16, self.max_cached_bytes // (4 * words))
+            capacity = max(1, self.max_cached_bytes // (4 * words))
             rows = self._devices[dev_key] = _DeviceRows(logits.device, words, capacity)
         k = len(entries)
         host, index = rows.staging(k, k)
@@ -455,17 +457,18 @@ class StepMasker:
                 fresh_slots.append(slot)
                 fresh_src.append(scratch0 + n_up)
             n_up += 1
-        index[0, :k] = targets
-        index[1, :k] = picks
+        index[:k] = targets
+        index[k: 2 * k] = picks
         table = rows.table
         if n_up:
             table[rows.capacity: rows.capacity + n_up].copy_(rows.host[:n_up], non_blocking=True)
-        idx = rows.index_host[:, :k].to(logits.device, non_blocking=True)
-        if rows.copied is None:
-            rows.copied = torch.cuda.Event()
-        rows.copied.record()
+        idx = rows.index_host[: 2 * k].to(logits.device, non_blocking=True)
+        if rows.pin:
+            if rows.copied is None:
+                rows.copied = torch.cuda.Event()
+            rows.copied.record()
         if fresh_slots:
             src = torch.tensor(fresh_src, dtype=torch.int64).to(logits.device, non_blocking=False)
             dst = torch.tensor(fresh_slots, dtype=torch.int64).to(logits.device, non_blocking=False)
             table.index_copy_(0, dst, table.index_select(0, src))
-        apply_token_bitmask_inplace(logits, table, vocab_size=vocab_size, indices=idx[0], bitmask_indices=idx[1])
+        apply_token_bitmask_inplace(logits, table, vocab_size=vocab_size, indices=idx[:k], bitmask_indices=idx[k:])

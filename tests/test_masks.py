@@ -197,7 +197,7 @@ def _entries(bitmask: np.ndarray, rows, keys):
     return [(r, key, filler(m)) for r, (m, key) in zip(rows, keys)]
 
 
-def _step_masker_case(device: str, dtype, max_cached_bytes: int):
+def _step_masker_case(device: str, dtype, max_cached_bytes: int, *, cached: bool = False):
     rng = np.random.default_rng(5)
     vocab, width = 32001, 32128
     table = random_bitmask(rng, 6, vocab)
@@ -209,7 +209,11 @@ def _step_masker_case(device: str, dtype, max_cached_bytes: int):
         picks = [(step + i) % 6 for i in range(5)]
         keys = [("g", m) if m < 4 else None for m in picks]
         expected = oracle(as_np(logits), table, vocab, indices=rows, bitmask_indices=picks)
-        masker.apply(logits, _entries(table, rows, list(zip(picks, keys))), vocab_size=vocab)
+        entries = _entries(table, rows, list(zip(picks, keys)))
+        if cached:  # the CUDA path's bookkeeping (row cache, scratch rows, indices), run on CPU tensors
+            masker._apply_cached(logits, entries, vocab, bitmask_words(vocab))
+        else:
+            masker.apply(logits, entries, vocab_size=vocab)
         check(logits, expected)
 
 
@@ -217,6 +221,11 @@ def _step_masker_case(device: str, dtype, max_cached_bytes: int):
 def test_step_masker_cpu(dtype):
     _step_masker_case("cpu", dtype, 64 * 1024 * 1024)
     _step_masker_case("cpu", dtype, 1)  # evicts every step
+
+
+@pytest.mark.parametrize("max_cached_bytes", [64 * 1024 * 1024, 4 * 1001 * 2, 1], ids=["roomy", "two-rows", "tiny"])
+def test_step_masker_device_row_cache_logic_on_cpu(max_cached_bytes):
+    _step_masker_case("cpu", torch.float32, max_cached_bytes, cached=True)
 
 
 # -- GPU: the kernel against the reference and the oracle -----------------------------------------------
