@@ -86,10 +86,6 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
         json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
 
 
-#: Longest Lark grammar accepted (characters): the request-time check runs in the API server.
-MAX_GRAMMAR_CHARS = 100_000
-
-
 def check_grammar(text, *, start: str = "start") -> None:
     """Cheap check of a Lark grammar (loader, terminal regexes, LALR(1) tables; no automata). Two
     refusals need the lexer automata and come from the compile instead: colliding terminals and
@@ -97,8 +93,6 @@ def check_grammar(text, *, start: str = "start") -> None:
     from .grammar.lark import lark_to_ir
     from .pushdown import check_pushdown
 
-    if isinstance(text, str) and len(text) > MAX_GRAMMAR_CHARS:
-        raise GrammarError(f"the grammar has {len(text)} characters; at most {MAX_GRAMMAR_CHARS} are accepted")
     grammar = lark_to_ir(text, start=start)
     if grammar.single_terminal is None:
         check_pushdown(grammar)

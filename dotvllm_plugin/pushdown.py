@@ -255,6 +255,10 @@ def _build_lexer(members: list[int], terms, dfas):
         for y in ordered[i + 1 :]:
             if not first[x] & first[y]:
                 continue
+            if terms[x].literal is not None and terms[y].literal is not None and terms[x].priority == terms[y].priority:
+                # lark orders literals of one priority longest first: an earlier literal is never a
+                # proper prefix of a later one.
+                continue
             w = _shadow_witness(dfas[x], dfas[y], rep)
             if w is not None:
                 raise UnsupportedFeatureError(
@@ -781,7 +785,10 @@ class PushdownGrammar:
             rows[i] = row
         accepting = np.array([self.can_end(q, st) for q, st in configs], dtype=bool)
         if not accepting.any():
-            return None
+            raise GrammarError(
+                "the grammar accepts no text: its terminals never end where the next one must start "
+                "(lark's lexer takes the longest match, e.g. NAME NAME without a separator)"
+            )
         trans = np.stack(rows)[:, byte_class]
         dfa = trim(trans, accepting, "grammar")
         return ByteDFA(transitions=dfa.transitions, accepting=dfa.accepting, initial=dfa.initial)

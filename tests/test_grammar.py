@@ -270,6 +270,8 @@ REFUSED = [
     pytest.param('start: A\nA: /(?<=x)a/', UnsupportedFeatureError, r"terminal A.*lookbehind", id="lookbehind"),
     pytest.param('start: A\nA: /a*/', GrammarError, r"terminal A .*empty string", id="zero-width"),
     pytest.param('start: "a"\nstart: "b"', GrammarError, r"invalid Lark grammar", id="duplicate-rule"),
+    pytest.param("start: A A\nA: /[a-z]+/", GrammarError, r"accepts no text", id="empty-language"),
+    pytest.param("start: " + " | ".join(f'"w{i}"' for i in range(9000)), GrammarError, r"at most 32000", id="too-long"),
 ]
 
 
@@ -277,7 +279,7 @@ REFUSED = [
 def test_refusals_name_what_and_where(text, error, match, byte_vocab):
     with pytest.raises(error, match=match):
         GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(text)
-    if "overlap" not in match:  # found by the lexer automata, which only the compile builds
+    if "overlap" not in match and "no text" not in match:  # found by the automata, built by the compile
         with pytest.raises(error, match=match):
             check_grammar(text)
 

@@ -17,7 +17,11 @@ import re
 from ..errors import GrammarError, UnsupportedFeatureError
 from .ir import Grammar, Rule, Terminal
 
-__all__ = ["lark_to_ir", "line_of"]
+__all__ = ["MAX_GRAMMAR_CHARS", "lark_to_ir", "line_of"]
+
+#: Longest grammar accepted (characters): the request-time check runs lark's loader and LALR
+#: analysis in the API server, about 50 ms per thousand characters of rules.
+MAX_GRAMMAR_CHARS = 32_000
 
 #: Terminals of lark's ``common.lark`` written with lazy quantifiers or lookbehinds, which lark's
 #: lexer runs as "shortest match"; each has a plain regular equivalent (tests check them against
@@ -53,14 +57,14 @@ def _has_lazy(regex: str) -> bool:
     return False
 
 
-def _terminal_regex(name: str, regex: str, where: str, min_width: int) -> str:
+def _terminal_regex(name: str, regex: str, where: str, min_width: int, regex_is_literal: bool = False) -> str:
     """The regex of terminal ``name`` (``name`` is how messages call it), checked."""
     from ..regex import check_regex
 
     if min_width == 0:
         raise GrammarError(f"terminal {name} ({where}) matches the empty string; lark's lexer refuses zero-width terminals")
     regex = REGULAR_EQUIVALENTS.get(regex, regex)
-    if _has_lazy(regex):
+    if not regex_is_literal and _has_lazy(regex):
         raise UnsupportedFeatureError(
             f"terminal {name} ({where}) uses a lazy quantifier: lark's lexer then takes the shortest "
             "match, which a longest-match lexer cannot follow; write it without the lazy quantifier "
@@ -69,7 +73,8 @@ def _terminal_regex(name: str, regex: str, where: str, min_width: int) -> str:
             where=name,
         )
     try:
-        check_regex(regex)
+        if not regex_is_literal:
+            check_regex(regex)
     except GrammarError as e:
         raise type(e)(f"terminal {name} ({where}): {e}") from e
     return regex
@@ -93,6 +98,8 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
     """Parse Lark grammar ``text`` with lark's loader; raise :class:`GrammarError` on a bad grammar."""
     if not isinstance(text, str):
         raise GrammarError(f"a Lark grammar must be a string, got {type(text).__name__}")
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise GrammarError(f"the grammar has {len(text)} characters; at most {MAX_GRAMMAR_CHARS} are accepted")
     if not isinstance(start, str) or not start:
         raise GrammarError(f"the start rule must be a non-empty string, got {start!r}")
     from lark.load_grammar import load_grammar
@@ -122,7 +129,7 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
                 name=t.name,
                 regex=_terminal_regex(
                     f"/{pattern.value}/" if t.name.startswith("__") and literal is None else t.name,
-                    pattern.to_regexp(), where, min_width),
+                    pattern.to_regexp(), where, min_width, literal is not None and not pattern.flags),
                 priority=int(t.priority),
                 literal=literal,
                 flags=frozenset(pattern.flags),
