@@ -327,6 +327,27 @@ class _Slot:
         self.kill()
         self.start()
 
+    def dead(self) -> bool:
+        """Did the idle worker die (killed from outside, OOM killer)? Non-blocking.
+
+        The executor's own thread may reap the process concurrently (then ``is_alive`` would say
+        True); it marks the executor broken before reaping, so ``_broken`` is checked last.
+        """
+        ex = self.executor
+        if ex is None:
+            return False
+        procs = getattr(ex, "_processes", None) or {}
+        if any(not p.is_alive() for p in list(procs.values())):  # waitpid(WNOHANG)
+            return True
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:  # already reaped
+                return True
+            except PermissionError:
+                pass
+        return bool(getattr(ex, "_broken", False))
+
 
 @dataclass
 class _Job:
@@ -540,6 +561,13 @@ class CompilationManager:
         if self._closed:
             self._finish(job, error=CompilationError("the compilation manager was closed"))
             return
+        if slot.executor is not None and slot.dead():
+            # An idle worker that died (killed from outside, OOM killer): replace it before it
+            # costs this request its compile.
+            self._log.warning("compile worker %s died while idle; replaced", slot.pid)
+            slot.kill()
+            with self._lock:
+                self.stats["worker_restarts"] += 1
         if slot.executor is None:
             try:
                 slot.start()

@@ -475,3 +475,13 @@ def test_disk_cache_write_errors_are_logged_once(vocab, tmp_path, monkeypatch, c
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert errno_mod.errorcode[err] in warnings[0].getMessage()
     assert not list(tmp_path.iterdir())
+
+
+def test_an_idle_worker_killed_from_outside_costs_no_request(vocab):
+    with CompilationManager(vocab, max_workers=1, timeout_s=120) as m:
+        m.compile("regex", "idle[0-9]")
+        (pid,) = m.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone([pid], timeout_s=5.0)
+        assert m.compile("regex", "next[0-9]").grammar is not None
+        assert m.worker_pids != [pid] and m.stats["worker_restarts"] == 1

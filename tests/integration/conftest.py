@@ -12,7 +12,9 @@ Fixtures
 ``vllm_server`` (function)
     A factory: ``vllm_server(frontend="mp" | "inprocess", extra_env=None, extra_args=())`` starts a
     server and returns a :class:`dotvllm_plugin.devtools.server.ServerProcess` (``.base_url``, ``.pid``,
-    ``.log_path``, ``.stop()``); every server it started is stopped at teardown.
+    ``.log_path``, ``.stop()``; ``.processes()`` lists every live process of the server, orphans
+    re-parented to PID 1 included, found by its ``.tag``); every server it started is stopped at
+    teardown.
 ``server_mp`` / ``server_inprocess`` (module)
     One server per test module for each frontend (default multiprocessing frontend, and
     ``--disable-frontend-multiprocessing``).
