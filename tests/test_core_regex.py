@@ -122,7 +122,8 @@ def test_rejected_tokens_leave_the_state_unchanged(real):
     ("pattern", "text", "expected"),
     [
         (r"\d+", "123", True),
-        (r"\d+", "١٢٣", True),  # Arabic-Indic digits: \d is re's Unicode \d
+        (r"(?u)\d+", "١٢٣", True),  # Arabic-Indic digits: (?u)\d is re's Unicode \d
+        (r"\d+", "١٢٣", False),  # ... and \d alone only ASCII digits (documented narrowing)
         (r"(?a)\d+", "١٢٣", False),  # ... and ASCII under re.ASCII
         (r"\D", "١", False),
         (r"\w+", "abc_1", True),

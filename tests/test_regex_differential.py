@@ -285,9 +285,9 @@ _LEAD = re.compile(r"(?:\(\?[aiLmsux]+\))+")
 
 
 def narrowed(pattern: str) -> str | None:
-    """The pattern with the documented ``\\w`` narrowing spelled out in plain ``re`` syntax:
+    """The pattern with the documented ``\\w``/``\\d`` narrowing spelled out in plain ``re`` syntax:
     ``\\w`` in a plain class (or bare) → ``[0-9A-Z_a-z]``, ``\\W`` in a negated class → its ASCII
-    complement. ``None`` when the narrowing does not apply (``(?a)``/``(?u)``) or cannot be
+    complement, and likewise ``\\d`` → ``[0-9]``, ``\\D`` in a negated class. ``None`` when the narrowing does not apply (``(?a)``/``(?u)``) or cannot be
     spelled textually here (scoped type flags)."""
     m = _LEAD.match(pattern)
     if m and ("a" in m.group() or "u" in m.group()):
@@ -304,6 +304,10 @@ def narrowed(pattern: str) -> str | None:
                 out.append("0-9A-Z_a-z" if class_start >= 0 else "[0-9A-Z_a-z]")
             elif e == "W" and class_start >= 0 and negated:
                 out.append("\\x00-/:-@\\[-\\^`{-\\U0010ffff")
+            elif e == "d" and (class_start < 0 or not negated):
+                out.append("0-9" if class_start >= 0 else "[0-9]")
+            elif e == "D" and class_start >= 0 and negated:
+                out.append("\\x00-/:-\\U0010ffff")
             else:
                 out.append(pattern[i : i + 2])
             i += 2
@@ -459,9 +463,11 @@ def test_differential_against_re_long(seed):
         (r"(?i)s", "ſ", True),
         (r"(?i)[^k]", "\u212a", False),
         (r"(?a)(?i)k", "\u212a", False),
-        (r"\d", "٣", True),
+        (r"(?u)\d", "٣", True),
         (r"(?a)\d", "٣", False),
-        (r"(?a:\d)\d", "1٣", True),
+        (r"(?u)(?a:\d)\d", "1٣", True),
+        (r"[^\D]", "7", True),
+        (r"\D", "٣", False),
         (r"\s", "\u2028", True),
         (r"(?x) a b # comment ^ $", "ab", True),
         (r"[[]", "[", True),
@@ -505,3 +511,11 @@ def test_text_that_only_looks_refused_is_read_as_re_reads_it(pattern):
 
     check_regex(pattern)
     regex_to_dfa(pattern)
+
+
+def test_documented_narrowing():
+    """\\d and \\w add only ASCII characters unless (?u): a subset of re's language (sound)."""
+    for pattern, text in [(r"\d", "٣"), (r"\w+", "héllo"), (r"[\d]", "０"), (r"[^\D]", "٣"), (r"[^\W]", "é")]:
+        assert re_compile(pattern).fullmatch(text)
+        assert not accepts(regex_to_dfa(pattern), text), pattern
+        assert accepts(regex_to_dfa("(?u)" + pattern), text), pattern

@@ -130,15 +130,23 @@ _CATEGORY_LETTER = {
 }
 
 
+_NARROWED = {
+    # category where it adds characters → the ASCII part kept by default
+    "CATEGORY_WORD": ((48, 57), (65, 90), (95, 95), (97, 122)),
+    "CATEGORY_DIGIT": ((48, 57),),
+}
+_NEGATION = {"CATEGORY_NOT_WORD": "CATEGORY_WORD", "CATEGORY_NOT_DIGIT": "CATEGORY_DIGIT"}
+
+
 def _ascii_word_items(negated_class: bool, category) -> list | None:
-    """Default reading of ``\w``: where it *adds* characters (``\w`` in a plain class, ``\W`` in a
-    negated one) only the ASCII word characters; ``None`` where re's exact set is used."""
+    """Default reading of ``\w`` and ``\d``: where they *add* characters (``\w``/``\d`` in a plain
+    class, ``\W``/``\D`` in a negated one) only their ASCII characters; ``None`` where re's exact
+    set is used (complements stay exact: narrowing them would add strings re rejects)."""
     name = str(category)
-    word = ((48, 57), (65, 90), (95, 95), (97, 122))
-    if name == "CATEGORY_WORD" and not negated_class:
-        return [(_SRE.RANGE, r) for r in word]
-    if name == "CATEGORY_NOT_WORD" and negated_class:
-        return [(_SRE.RANGE, r) for r in complement(list(word))]
+    if name in _NARROWED and not negated_class:
+        return [(_SRE.RANGE, r) for r in _NARROWED[name]]
+    if name in _NEGATION and negated_class:
+        return [(_SRE.RANGE, r) for r in complement(list(_NARROWED[_NEGATION[name]]))]
     return None
 
 

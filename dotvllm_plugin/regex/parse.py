@@ -2,12 +2,13 @@
 
 Full-match semantics. The syntax is exactly ``re``'s (``re._parser``): ``{}``/``{ 2}``/a stray
 ``{`` are literal text, ``{,3}`` is ``{0,3}``, octal and ``\\N{...}`` escapes, ``(?x)`` comments.
-Character sets are ``re``'s on a ``str`` pattern (see :mod:`.glushkov`): ``\\d \\D \\s \\S \\W``
+Character sets are ``re``'s on a ``str`` pattern (see :mod:`.glushkov`): ``\\D \\s \\S \\W``
 Unicode, ASCII under ``(?a)``; ``(?i)`` folds case as ``re`` does; ``.`` excludes ``\\n`` unless
-``(?s)``. One deliberate narrowing, sound (it only removes strings): where ``\\w`` adds characters
-(``\\w``, or ``\\W`` in a negated class) it adds only ``[0-9A-Z_a-z]`` unless the pattern starts
-with ``(?u)`` (or inside ``(?u:...)``): Unicode ``\\w`` costs ~300 DFA states per occurrence
-(docs/engine.md has the measurements). Refused, with the position: anchors ``^ $ \\A \\Z``,
+``(?s)``. One deliberate, documented narrowing, sound (it only removes strings): where ``\\w`` or
+``\\d`` adds characters (``\\w``/``\\d``, or ``\\W``/``\\D`` in a negated class) it adds only
+``[0-9A-Z_a-z]`` / ``[0-9]`` unless the pattern starts with ``(?u)`` (or inside ``(?u:...)``):
+Unicode ``\\w`` costs ~300 DFA states per occurrence and Unicode ``\\d`` multiplies a date
+pattern's index by four (docs/engine.md has the measurements). Refused, with the position: anchors ``^ $ \\A \\Z``,
 lookarounds, atomic groups and possessive quantifiers, backreferences, word boundaries,
 conditionals (not regular, or meaningless under full match), surrogate escapes (not UTF-8), and
 POSIX-like ``[[:alpha:]]`` (which ``re`` reads as literal characters). ``(?L)`` is a syntax error
