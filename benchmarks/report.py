@@ -232,6 +232,25 @@ def note_values(mb: dict | None, mb_outlines: dict | None) -> dict[str, str]:
     return out
 
 
+def gpu_masks_section(r: dict) -> str:
+    """Section "GPU masks" from ``gpu_masks.json`` (``benchmarks/gpu_masks.py run`` on a GPU machine)."""
+    md = (RESULTS / "gpu_masks.md").read_text()
+    return "\n".join([
+        "## GPU masks (`gpu_masks.py`)", "",
+        "Cost of masking one decode step's logits on a GPU, per step, host work and host→device copies "
+        "included: vLLM V0's per-row loop over our processor (`v0_rows`), the patched step that masks "
+        "every sequence with our constraint at once (`ours`: DFA rows cached on the device, picked by an "
+        "index tensor, one Triton kernel), our kernel with all B rows filled on the host and uploaded "
+        "from pinned memory (`ours_upload`), and xgrammar's `apply_token_bitmask_inplace` with the same "
+        "host fill and upload (`xgrammar`). B sequences, a quarter on each of four regexes (date, JSON "
+        "string, word list, free text), each one token further every step (the matchers advance as in "
+        "decoding); synthetic fp32 logits `[B, V]`; real constraints compiled by our compiler for the "
+        "Mistral 32k and Tekken 131k vocabularies. Before timing, every path's masks are compared with "
+        "reference matchers (`mismatches`). No vLLM on that machine: the benchmark reproduces vLLM "
+        "0.9.2's `_apply_logits_processors` loop.", "",
+        md, "", "![GPU masks](gpu_masks.png)", ""])
+
+
 def main() -> int:
     regex = load("regex.json")
     mb = load("maskbench.json")
@@ -287,6 +306,9 @@ def main() -> int:
         text, _ = maskbench_section("MaskBench, anchors only (an earlier run, for repeatability)", mb_anchors,
                                     "maskbench_anchors_compile.png", "maskbench_anchors.md")
         body.append(text)
+    gpu_masks = load("gpu_masks.json")
+    if gpu_masks:
+        body.append(gpu_masks_section(gpu_masks))
     if targets:
         parts += ["## Targets (issues 2 and 4) against this run", "",
                   "Compile-time verdicts use **CPU time** of the compiling process: on this shared 2-core machine "
