@@ -11,21 +11,19 @@ deduplicated packed mask rows. Any other grammar becomes a
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 
 from .errors import CompilationTooLargeError, GrammarError, SerializationError
 from .grammar.ir import Grammar
 from .index import build_index
 from .regex import ByteDFA, check_regex, regex_to_dfa
+from .serialization import read_blob, write_blob
 from .vocabulary import Vocabulary
 
 __all__ = [
@@ -182,66 +180,20 @@ class CompiledGrammar:
             "rows": self.rows,
             "row_of_state": self.row_of_state,
         }
-        header = {
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "source": self.source,
-            "vocabulary_fingerprint": self.vocabulary.fingerprint,
-            "vocabulary_size": self.vocabulary.size,
-            "initial": self.initial,
-            "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
-        }
-        hb = json.dumps(header).encode()
-        buf = io.BytesIO()
-        buf.write(_MAGIC)
-        buf.write(struct.pack("<I", len(hb)))
-        buf.write(hb)
-        for a in arrays.values():
-            buf.write(np.ascontiguousarray(a).tobytes())
-        return buf.getvalue()
+        header = {"format_version": FORMAT_VERSION, "kind": self.kind, "source": self.source, "initial": self.initial}
+        return write_blob(_MAGIC, header, arrays, self.vocabulary)
 
     engine = "dfa"
 
     @classmethod
     def from_bytes(cls, data: bytes, vocabulary: Vocabulary) -> CompiledGrammar:
         """Load what :meth:`to_bytes` wrote (regular constraints; see :func:`load_compiled` for any)."""
+        header, arrays = read_blob(data, _MAGIC, FORMAT_VERSION, vocabulary)
         try:
-            if data[: len(_MAGIC)] != _MAGIC:
-                raise SerializationError("not a dotvllm compiled grammar (bad magic bytes)")
-            (hlen,) = struct.unpack_from("<I", data, len(_MAGIC))
-            off = len(_MAGIC) + 4
-            header = json.loads(data[off : off + hlen])
-            off += hlen
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            if isinstance(e, SerializationError):
-                raise
-            raise SerializationError(f"corrupt compiled grammar header: {e}") from e
-        if header.get("format_version") != FORMAT_VERSION:
-            raise SerializationError(
-                f"compiled grammar format version {header.get('format_version')} is not supported "
-                f"(expected {FORMAT_VERSION}); recompile it"
-            )
-        if header["vocabulary_fingerprint"] != vocabulary.fingerprint:
-            raise SerializationError(
-                f"compiled grammar was built for vocabulary {header['vocabulary_fingerprint'][:12]} "
-                f"(size {header['vocabulary_size']}), not {vocabulary.fingerprint[:12]} (size {vocabulary.size})"
-            )
-        arrays = {}
-        for name, (dtype, shape) in header["arrays"].items():
-            n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            if off + n > len(data):
-                raise SerializationError(f"compiled grammar is truncated (array {name!r})")
-            arrays[name] = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=off).reshape(shape)
-            off += n
-        if off != len(data):
-            raise SerializationError("compiled grammar has trailing bytes")
-        return cls(
-            kind=header["kind"],
-            source=header["source"],
-            vocabulary=vocabulary,
-            initial=header["initial"],
-            **arrays,
-        )
+            return cls(kind=header["kind"], source=header["source"], vocabulary=vocabulary,
+                       initial=header["initial"], **arrays)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SerializationError(f"corrupt compiled grammar: {e}") from e
 
     def __reduce__(self):
         return (CompiledGrammar.from_bytes, (self.to_bytes(), self.vocabulary))

@@ -38,11 +38,8 @@ Python, so deep nesting never meets Python's recursion limit.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import re
-import struct
 import threading
 from collections import deque
 
@@ -1012,61 +1009,26 @@ class PushdownGrammar:
     # -- serialisation ----------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        """Versioned binary form (no pickle); the caches are not part of it."""
+        from .serialization import write_blob
+
         header = {
             "format_version": FORMAT_VERSION,
             "engine": self.engine,
             "kind": self.kind,
             "source": self.source,
-            "vocabulary_fingerprint": self.vocabulary.fingerprint,
-            "vocabulary_size": self.vocabulary.size,
             "terminal_names": list(self.terminal_names),
             "start_state": self.start_state,
             "end_state": self.end_state,
             "max_stack_depth": self.max_stack_depth,
-            "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in self.arrays.items()},
         }
-        hb = json.dumps(header).encode()
-        buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(struct.pack("<I", len(hb)))
-        buf.write(hb)
-        for a in self.arrays.values():
-            buf.write(np.ascontiguousarray(a).tobytes())
-        return buf.getvalue()
+        return write_blob(MAGIC, header, self.arrays, self.vocabulary)
 
     @classmethod
     def from_bytes(cls, data: bytes, vocabulary) -> PushdownGrammar:
-        try:
-            if data[: len(MAGIC)] != MAGIC:
-                raise SerializationError("not a dotvllm pushdown grammar (bad magic bytes)")
-            (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
-            off = len(MAGIC) + 4
-            header = json.loads(data[off : off + hlen])
-            off += hlen
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            if isinstance(e, SerializationError):
-                raise
-            raise SerializationError(f"corrupt compiled grammar header: {e}") from e
-        if header.get("format_version") != FORMAT_VERSION:
-            raise SerializationError(
-                f"compiled grammar format version {header.get('format_version')} is not supported "
-                f"(expected {FORMAT_VERSION}); recompile it"
-            )
-        if header["vocabulary_fingerprint"] != vocabulary.fingerprint:
-            raise SerializationError(
-                f"compiled grammar was built for vocabulary {header['vocabulary_fingerprint'][:12]}, "
-                f"not {vocabulary.fingerprint[:12]}"
-            )
-        arrays = {}
-        for name, (dtype, shape) in header["arrays"].items():
-            count = int(np.prod(shape))
-            n = count * np.dtype(dtype).itemsize
-            if off + n > len(data):
-                raise SerializationError(f"compiled grammar is truncated (array {name!r})")
-            arrays[name] = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
-            off += n
-        if off != len(data):
-            raise SerializationError("compiled grammar has trailing bytes")
+        from .serialization import read_blob
+
+        header, arrays = read_blob(data, MAGIC, FORMAT_VERSION, vocabulary)
         try:
             return cls(
                 kind=header["kind"],

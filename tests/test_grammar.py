@@ -102,6 +102,18 @@ def _lark_accepts(parser, text: str) -> bool:
     return True
 
 
+def _check_table(parser, grammar, accepted, rejected) -> None:
+    """lark accepts ``accepted`` and so do we (complete); lark rejects ``rejected`` and so do we."""
+    for s in accepted:
+        assert _lark_accepts(parser, s), s
+        m = GrammarMatcher(grammar)
+        assert m.accept_string(s) and m.is_completed(), s
+    for s in rejected:
+        assert not _lark_accepts(parser, s), s
+        m = GrammarMatcher(grammar)
+        assert not (m.accept_string(s) and m.is_completed()), s
+
+
 def _eos(vocab) -> int:
     return vocab.eos_token_ids[0]
 
@@ -215,14 +227,7 @@ def test_grammars_that_are_not_lalr(text, accepted, rejected, byte_vocab):
     parser = lark.Lark(text)  # Earley: lark's parser for such grammars
     grammar = GrammarCompiler(byte_vocab).compile_grammar(text)
     assert not grammar.deterministic
-    for s in accepted:
-        assert _lark_accepts(parser, s), s
-        m = GrammarMatcher(grammar)
-        assert m.accept_string(s) and m.is_completed(), s
-    for s in rejected:
-        assert not _lark_accepts(parser, s), s
-        m = GrammarMatcher(grammar)
-        assert not (m.accept_string(s) and m.is_completed()), s
+    _check_table(parser, grammar, accepted, rejected)
     rng = random.Random(text)
     for _ in range(30):
         m = GrammarMatcher(grammar)
@@ -250,14 +255,7 @@ def test_ambiguity_stays_small(byte_vocab):
 def test_features(text, accepted, rejected, byte_vocab):
     parser = lark.Lark(text, parser="lalr")
     grammar = GrammarCompiler(byte_vocab).compile_grammar(text)
-    for s in accepted:
-        assert _lark_accepts(parser, s), s
-        m = GrammarMatcher(grammar)
-        assert m.accept_string(s) and m.is_completed(), s
-    for s in rejected:
-        assert not _lark_accepts(parser, s), s
-        m = GrammarMatcher(grammar)
-        assert not (m.accept_string(s) and m.is_completed()), s
+    _check_table(parser, grammar, accepted, rejected)
 
 
 REFUSED = [
