@@ -1,12 +1,14 @@
-"""The pushdown engine: a grammar IR compiled to contextual lexer automata and LALR(1) tables.
+"""The pushdown engine: a grammar IR compiled to contextual lexer automata and LR tables.
 
 Language
 --------
-Exactly what lark's ``Lark(grammar, parser="lalr")`` accepts, restricted where needed so that
-lark never splits our text differently than we do:
+What lark accepts for the grammar — ``Lark(grammar, parser="lalr")`` for an LALR(1) grammar,
+``Lark(grammar)`` (Earley) otherwise — restricted where needed so that lark never splits our text
+differently than we do:
 
-* The parser is LALR(1), built by lark's own table construction from the IR's BNF. A grammar with
-  a shift/reduce or reduce/reduce conflict is refused (lark would need Earley for it).
+* The parser tables come from lark's own LALR analysis of the IR's BNF. Where lark's LALR parser
+  would resolve a conflict (shift over reduce, or refuse a reduce/reduce), every action is kept
+  and run as generalised LR: the language is the grammar's (Earley's).
 * Lexing is lark's contextual lexer: in parser state ``p`` the candidates are the terminals ``p``
   accepts plus the ``%ignore`` ones, in lark's order; a literal that a regex terminal of the same
   priority also matches is re-typed the way lark's "unless" callback does. lark takes the *first*
@@ -20,20 +22,23 @@ lark never splits our text differently than we do:
 
 Matching
 --------
-The matcher's state is ``(q, stack)``: ``q`` a state of the current contextual lexer's product
-DFA, ``stack`` an immutable linked list of LALR states (``(state, below, depth)``), so ``copy()`` is
-free. A token is allowed iff its bytes walk the lexer DFA, each lexeme boundary feeding the parser.
-The mask of a state splits in two:
+A configuration is ``(q, stack)``: ``q`` a state of the current contextual lexer's product DFA,
+``stack`` an immutable linked list of LR states (``(state, below, depth)``), so ``copy()`` is free;
+a matcher follows one configuration, or a few (:data:`MAX_CONFIGS`) where the grammar is not
+LALR(1). A token is allowed iff its bytes walk the lexer DFA, each lexeme boundary feeding the
+parser. The mask of a configuration splits in two:
 
 * tokens that stay inside the current lexeme: one walk of the vocabulary trie from ``q`` (the C
-  walk of :mod:`dotvllm_plugin.index`), cached per ``q`` together with the *exits* (trie nodes where
-  a lexeme ends inside a token);
+  walk of :mod:`dotvllm_plugin.index`), cached per ``q`` (shared by lexer states with equal
+  sub-automata) together with the *exits* (trie nodes where a lexeme ends inside a token);
 * tokens that cross a boundary: the exits are fed to the parser and the walk continues from them
-  in the next lexer. The result depends only on the top of the stack that the parser actions
-  read, so it is cached per ``(q, top-k states)`` with ``k`` recorded while computing it.
+  in the next lexer (that walk is cached per path); which of its results are viable depends on the
+  stack states the parser actions read, so each exit group is memoised per those states, and the
+  whole mask per ``(q, top-k states)``, ``k`` recorded while computing it.
 
-Stack depth is bounded by :data:`MAX_STACK_DEPTH` (configurable per grammar); nothing recurses in
-Python, so deep nesting never meets Python's recursion limit.
+A grammar without nesting is compiled instead to the exact DFA of this language
+(:meth:`PushdownGrammar.as_dfa`). Stack depth is bounded by :data:`MAX_STACK_DEPTH` (configurable
+per grammar); nothing recurses in Python with the depth of the text.
 """
 
 from __future__ import annotations
