@@ -22,7 +22,7 @@ import threading
 
 __all__ = ["SUPPORTED_VLLM", "register"]
 
-SUPPORTED_VLLM = ">=0.31.0,<0.33"
+SUPPORTED_VLLM = ">=0.29.0,<0.33"
 """vLLM releases whose V1 structured-output interfaces this integration was checked against."""
 
 logger = logging.getLogger("vllm.dotvllm_plugin")
