@@ -357,6 +357,7 @@ class _Job:
     options: dict
     future: concurrent.futures.Future
     submitted: float
+    attempts: int = 0  # a job whose worker died is compiled once more in a fresh worker
 
 
 class CompilationManager:
@@ -612,6 +613,15 @@ class CompilationManager:
                 return
             with self._lock:
                 self.stats["worker_restarts"] += 1
+            if job.attempts == 0:
+                # The worker may have died before this job reached it (killed while idle, its
+                # death not yet visible): one more try in a fresh worker. A constraint that
+                # kills its worker kills at most two.
+                self._log.warning("compile worker %s died while compiling a %s constraint; replaced, "
+                                  "compiling it again", pid, job.kind)
+                job.attempts += 1
+                self._run(slot, job)
+                return
             self._log.error("compile worker %s died while compiling a %s constraint; replaced", pid, job.kind)
             self._finish(
                 job,

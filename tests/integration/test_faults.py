@@ -192,9 +192,12 @@ def test_sigkill_of_a_compile_worker_mid_compile(fault_server):
         _signal(old, signal.SIGKILL)
         reply = victim.result(timeout=30)
         answered_s = time.monotonic() - t0
-    assert reply.status == 400, reply.raw[:500]
-    assert "compile worker process died" in reply.error, reply.error
-    assert answered_s < 5, answered_s
+    # Compiled again in a fresh worker (one retry), or a clean 400 if that one died too.
+    if reply.status == 200:
+        _assert_ok(reply, r"victim[0-9]{3}")
+    else:
+        assert reply.status == 400 and "compile worker process died" in reply.error, reply.raw[:500]
+    assert answered_s < 10, answered_s
     # The pool replaced the worker(s) and compiles again.
     _assert_ok(_guided(s, r"after[0-9]{3}"), r"after[0-9]{3}")
     assert not set(_workers(s)) & set(old)
