@@ -332,8 +332,17 @@ class DotvllmLogitsProcessor:
         elif not ids:
             state = _SequenceState(GrammarMatcher(self.grammar))
         else:
-            prev = self._states.get((len(ids) - 1, hash(ids[:-1])))
-            state = self._advance(prev, ids) if prev is not None else self._replay(ids)
+            parent = (len(ids) - 1, hash(ids[:-1]))
+            prev = self._states.get(parent)
+            if prev is None:
+                state = self._replay(ids)
+            else:
+                # Decoding moves on from the parent prefix: its matcher is advanced in place, not
+                # copied (a copy cost as much as the rest of the step). A later request for the
+                # parent prefix (a sibling that sampled the very same tokens, a recomputation)
+                # replays it from the start.
+                del self._states[parent]
+                state = self._advance(prev, ids)
         self._states[key] = state
         while len(self._states) > _MAX_STATES_PER_REQUEST:
             self._states.popitem(last=False)
@@ -342,8 +351,8 @@ class DotvllmLogitsProcessor:
     def _advance(self, prev: _SequenceState, ids: tuple) -> _SequenceState:
         if prev.dead:
             return prev
-        m = prev.matcher.copy()
-        if m.accept_token(ids[-1]):
+        m = prev.matcher
+        if m.accept_token(ids[-1]):  # leaves the matcher unchanged when it returns False
             return _SequenceState(m)
         self._report_rejected(ids, len(ids) - 1)
         return _SequenceState(None, dead=True)
