@@ -197,11 +197,11 @@ def _entries(bitmask: np.ndarray, rows, keys):
     return [(r, key, filler(m)) for r, (m, key) in zip(rows, keys)]
 
 
-def _step_masker_case(device: str, dtype, max_cached_bytes: int, *, cached: bool = False):
+def _step_masker_case(device: str, dtype, max_cached_bytes: int, *, cached: bool = False, upload_all_bytes=0):
     rng = np.random.default_rng(5)
     vocab, width = 32001, 32128
     table = random_bitmask(rng, 6, vocab)
-    masker = StepMasker(max_cached_bytes=max_cached_bytes)
+    masker = StepMasker(max_cached_bytes=max_cached_bytes, upload_all_bytes=upload_all_bytes)
     for step in range(4):
         logits = make_logits(rng, 8, width, dtype, device=device, row_stride=width + 64)
         rows = [7, 0, 3, 5, 2]
@@ -226,6 +226,10 @@ def test_step_masker_cpu(dtype):
 @pytest.mark.parametrize("max_cached_bytes", [64 * 1024 * 1024, 4 * 1001 * 2, 1], ids=["roomy", "two-rows", "tiny"])
 def test_step_masker_device_row_cache_logic_on_cpu(max_cached_bytes):
     _step_masker_case("cpu", torch.float32, max_cached_bytes, cached=True)
+
+
+def test_step_masker_upload_all_logic_on_cpu():
+    _step_masker_case("cpu", torch.float32, 64 * 1024 * 1024, cached=True, upload_all_bytes=1 << 30)
 
 
 # -- GPU: the kernel against the reference and the oracle -----------------------------------------------
@@ -272,6 +276,7 @@ def test_kernel_large_batch_gpu(vocab):
 def test_step_masker_gpu(dtype):
     _step_masker_case("cuda", dtype, 64 * 1024 * 1024)
     _step_masker_case("cuda", dtype, 4 * 1001 * 2)  # two cached rows: evictions, scratch fallbacks
+    _step_masker_case("cuda", dtype, 64 * 1024 * 1024, upload_all_bytes=1 << 30)
 
 
 @pytest.mark.gpu
