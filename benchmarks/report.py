@@ -238,16 +238,19 @@ def gpu_masks_section(r: dict) -> str:
     return "\n".join([
         "## GPU masks (`gpu_masks.py`)", "",
         "Cost of masking one decode step's logits on a GPU, per step, host work and host→device copies "
-        "included: vLLM V0's per-row loop over our processor (`v0_rows`), the patched step that masks "
-        "every sequence with our constraint at once (`ours`: DFA rows cached on the device, picked by an "
-        "index tensor, one Triton kernel), our kernel with all B rows filled on the host and uploaded "
-        "from pinned memory (`ours_upload`), and xgrammar's `apply_token_bitmask_inplace` with the same "
-        "host fill and upload (`xgrammar`). B sequences, a quarter on each of four regexes (date, JSON "
-        "string, word list, free text), each one token further every step (the matchers advance as in "
-        "decoding); synthetic fp32 logits `[B, V]`; real constraints compiled by our compiler for the "
-        "Mistral 32k and Tekken 131k vocabularies. Before timing, every path's masks are compared with "
-        "reference matchers (`mismatches`). No vLLM on that machine: the benchmark reproduces vLLM "
-        "0.9.2's `_apply_logits_processors` loop.", "",
+        "included: vLLM V0's per-row loop over our processor (`v0_rows`); the patched step that masks "
+        "every sequence with our constraint at once (`ours`: as the server runs it, one Triton kernel, "
+        "rows filled on the host and uploaded from pinned memory while they fit in 8 MB, DFA rows "
+        "cached on the device and picked by index above that; `ours_cached`: the device row cache at "
+        "every size, where measured); our kernel called directly on all B rows filled on the host and "
+        "uploaded (`ours_upload`); xgrammar's `apply_token_bitmask_inplace` with the same host fill and "
+        "upload (`xgrammar`). B sequences, a quarter on each of four regexes (date, JSON string, word "
+        "list, free text), each one token further every step (the matchers advance, as in decoding); "
+        "synthetic fp32 logits `[B, V]`; real constraints compiled by our compiler for the Mistral 32k "
+        "and Tekken 131k vocabularies. Before timing, every path's masks are compared with reference "
+        "matchers (`mismatches`). There is no vLLM on that machine: the benchmark reproduces vLLM "
+        "0.9.2's `_apply_logits_processors` loop. Run: `python -m benchmarks.gpu_masks prepare` where "
+        "mistral-common is installed, then `python -m benchmarks.gpu_masks run` on the GPU machine.", "",
         md, "", "![GPU masks](gpu_masks.png)", ""])
 
 

@@ -63,7 +63,7 @@ def _as_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _check(logits, bitmask, vocab_size, indices, bitmask_indices):
-    """Validate and normalise the arguments; return (rows, n_masked_rows, n_vocab_columns)."""
+    """Validate and normalise; return (2-D logits, 2-D bitmask, masked rows K, columns that hold tokens)."""
     rows = _as_rows(logits)
     if bitmask.dtype != torch.int32:
         raise TypeError(f"bitmask must be int32 (packed rows), got {bitmask.dtype}")
@@ -89,6 +89,8 @@ def _check(logits, bitmask, vocab_size, indices, bitmask_indices):
             raise ValueError(f"bitmask has {k} rows and logits {rows.shape[0]}: pass indices= to mask some rows")
     if bitmask_indices is not None and len(bitmask_indices) != k:
         raise ValueError(f"bitmask_indices has {len(bitmask_indices)} entries, expected {k} (one per masked row)")
+    if bitmask_indices is None and bitmask.shape[0] < k:
+        raise ValueError(f"{k} rows to mask and {bitmask.shape[0]} bitmask rows: one bitmask row per masked row")
     return rows, bitmask, k, min(vocab_size, rows.shape[1])
 
 

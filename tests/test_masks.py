@@ -142,9 +142,11 @@ def test_one_dimensional_logits_and_empty_indices():
         ({"vocab_size": 129}, ValueError, "needs 5 bitmask words"),
         ({"indices": [0], "bitmask_indices": [0, 1]}, ValueError, "bitmask_indices has 2 entries"),
         ({"backend": "cuda"}, ValueError, "backend must be"),
+        ({"indices": [0, 1], "bitmask": torch.zeros((1, 4), dtype=torch.int32)}, ValueError, "one bitmask row per"),
         ({"logits": torch.zeros((2, 100)).t()}, ValueError, "contiguous along the vocabulary"),
     ],
-    ids=["int64-bitmask", "row-count", "vocab-too-big", "bitmask-indices-length", "backend", "column-stride"],
+    ids=["int64-bitmask", "row-count", "vocab-too-big", "bitmask-indices-length", "backend", "too-few-bitmask-rows",
+         "column-stride"],
 )
 def test_bad_arguments(kwargs, error, match):
     args = {"logits": torch.zeros((2, 100)), "bitmask": torch.zeros((2, 4), dtype=torch.int32)}
