@@ -251,7 +251,12 @@ def gpu_masks_section(r: dict) -> str:
         "matchers (`mismatches`). There is no vLLM on that machine: the benchmark reproduces vLLM "
         "0.9.2's `_apply_logits_processors` loop. Run: `python -m benchmarks.gpu_masks prepare` where "
         "mistral-common is installed, then `python -m benchmarks.gpu_masks run` on the GPU machine.", "",
-        md, "", "![GPU masks](gpu_masks.png)", "", _gpu_masks_findings(r), ""])
+        md, "", "![GPU masks](gpu_masks.png)", "", _gpu_masks_findings(r), "", _read_optional("gpu_masks_notes.md")])
+
+
+def _read_optional(name: str) -> str:
+    path = RESULTS / name
+    return path.read_text() if path.exists() else ""
 
 
 def _gpu_masks_findings(r: dict) -> str:
