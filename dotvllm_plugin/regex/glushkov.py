@@ -59,7 +59,7 @@ def glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_
 
 
 def sre_glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, builder_cls, explicit_unicode=False):
-    """Like :func:`glushkov_dfa`, from Python's own parse tree (``re._parser.parse``).
+    r"""Like :func:`glushkov_dfa`, from Python's own parse tree (``re._parser.parse``).
 
     This is how :func:`dotvllm_plugin.regex.regex_to_dfa` reads every pattern: Python's parser
     decides the syntax (``{}`` is literal text, ``{,3}`` is ``{0,3}``, octal escapes, ...), and
@@ -139,7 +139,7 @@ _NEGATION = {"CATEGORY_NOT_WORD": "CATEGORY_WORD", "CATEGORY_NOT_DIGIT": "CATEGO
 
 
 def _ascii_word_items(negated_class: bool, category) -> list | None:
-    """Default reading of ``\w`` and ``\d``: where they *add* characters (``\w``/``\d`` in a plain
+    r"""Default reading of ``\w`` and ``\d``: where they *add* characters (``\w``/``\d`` in a plain
     class, ``\W``/``\D`` in a negated one) only their ASCII characters; ``None`` where re's exact
     set is used (complements stay exact: narrowing them would add strings re rejects)."""
     name = str(category)
@@ -151,7 +151,7 @@ def _ascii_word_items(negated_class: bool, category) -> list | None:
 
 
 def _rewrite_default_word(item, flags: int):
-    """``item`` with the default (ASCII-subset) reading of ``\w`` applied: a subset of re's."""
+    r"""``item`` with the default (ASCII-subset) reading of ``\w`` applied: a subset of re's."""
     op, av = item
     if op is not _SRE.IN or flags & (_SRE.SRE_FLAG_ASCII | _EXPLICIT_U):
         return item
@@ -168,7 +168,7 @@ def _rewrite_default_word(item, flags: int):
 
 
 def atom_ranges(item, flags: int) -> tuple:
-    """Code-point ranges (no surrogates) of a one-character item of Python's parse tree, exactly as
+    r"""Code-point ranges (no surrogates) of a one-character item of Python's parse tree, exactly as
     ``re`` matches it under ``flags`` (``\w`` read as :func:`_rewrite_default_word` says)."""
     item = _rewrite_default_word(item, flags)
     key = (repr(item), flags & ~_SRE.SRE_FLAG_VERBOSE & ~_SRE.SRE_FLAG_MULTILINE)
