@@ -53,7 +53,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from benchmarks import _common
-from benchmarks._common import fmt_bytes, fmt_ms, fmt_us, format_table, log, markdown_table, percentiles
+from benchmarks._common import fmt_ms, fmt_us, format_table, log, markdown_table, percentiles
 
 ENGINES = ("ours", "xgrammar", "llguidance")
 

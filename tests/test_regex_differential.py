@@ -155,7 +155,6 @@ def accepts(dfa, text: str) -> bool:
 
 def distances(dfa) -> np.ndarray:
     """Bytes needed from each state to reach an accepting state."""
-    n = dfa.n_states
     dist = np.where(dfa.accepting, 0, 10**9).astype(np.int64)
     trans = dfa.transitions.astype(np.int64)
     while True:
