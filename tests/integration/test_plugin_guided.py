@@ -12,50 +12,33 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-import jsonschema
 import lark
 import pytest
 import requests
 
 from dotvllm_plugin.devtools.client import body_for, metric_values, post
+from guided_cases import (
+    CHAT,
+    CHOICES,
+    COMPLETIONS,
+    GRAMMAR,
+    REGEX,
+    RUNAWAY_REGEX,
+    SCHEMA,
+    WHITESPACE,
+    check_choice,
+    check_grammar,
+    check_regex,
+    check_schema,
+)
+
 from .conftest import start_server
 
-COMPLETIONS = "/v1/completions"
-CHAT = "/v1/chat/completions"
-
-REGEX = r"[a-z]{3,8}@(foo|bar)\.(com|org)"
-CHOICES = ["red", "green", "blue"]
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "ok": {"type": "boolean"},
-        "color": {"enum": CHOICES},
-        "n": {"type": "integer", "minimum": 0, "maximum": 999},
-        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
-    },
-    "required": ["ok", "color", "n", "tags"],
-    "additionalProperties": False,
-}
-WHITESPACE = "[ ]?"
-# Context-free (a parser stack, a contextual lexer, an ignored terminal) but finite, so that a
-# random model ends it within the token budget.
-GRAMMAR = r"""
-?start: call
-call: NAME "(" [arg ("," arg)~0..2] ")"
-?arg: NAME | NUMBER | pair
-pair: "[" NUMBER "," NUMBER "]"
-NAME: /[a-z]{1,6}/
-NUMBER: /[0-9]{1,3}/
-%ignore " "
-"""
 # Not LALR(1) ("aaa" is a·aa or aa·a): served by generalised LR; finite, so a random model ends it.
 AMBIGUOUS = r"""
 start: x x "."
 x: "a" | "a" "a" | "b"
 """
-# Valid (passes the early check), but its DFA has 2**18 states: past the compiler's size budget,
-# found only while compiling (or past these servers' 15 s time budget, were the compiler slower).
-RUNAWAY_REGEX = "(a|b)*a(a|b){17}"
 
 
 @pytest.fixture(scope="module", params=["mp", "inprocess"])
@@ -68,30 +51,6 @@ def server(request, demo_model_dir):
         srv.stop()
 
 
-def _check_regex(pattern):
-    return lambda text: re.fullmatch(pattern, text) is not None
-
-
-def _check_choice(text):
-    return text in CHOICES
-
-
-def _check_schema(text, whitespace=None):
-    value = json.loads(text)
-    jsonschema.validate(value, SCHEMA)
-    if whitespace is None:
-        return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    # Outside strings only spaces, as "[ ]?" allows; a pattern slot on each side of a token, so
-    # at most two in a row (e.g. "[  ]").
-    outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
-
-
-def _check_grammar(text):
-    lark.Lark(GRAMMAR, parser="lalr").parse(text)  # raises on text the grammar does not accept
-    return True
-
-
 def _check_ambiguous(text):
     lark.Lark(AMBIGUOUS).parse(text)  # not LALR(1): lark's Earley parser
     return True
@@ -102,15 +61,15 @@ def _check_json_object(text):
 
 
 GUIDED = [
-    pytest.param({"guided_regex": REGEX}, _check_regex(REGEX), id="guided_regex"),
-    pytest.param({"guided_choice": CHOICES}, _check_choice, id="guided_choice"),
-    pytest.param({"guided_json": SCHEMA}, _check_schema, id="guided_json"),
-    pytest.param({"guided_json": json.dumps(SCHEMA)}, _check_schema, id="guided_json_string"),
+    pytest.param({"guided_regex": REGEX}, check_regex(REGEX), id="guided_regex"),
+    pytest.param({"guided_choice": CHOICES}, check_choice, id="guided_choice"),
+    pytest.param({"guided_json": SCHEMA}, check_schema, id="guided_json"),
+    pytest.param({"guided_json": json.dumps(SCHEMA)}, check_schema, id="guided_json_string"),
     pytest.param({"response_format": {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}},
-                 _check_schema, id="response_format_json_schema"),
+                 check_schema, id="response_format_json_schema"),
     pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": WHITESPACE},
-                 lambda t: _check_schema(t, WHITESPACE), id="guided_whitespace_pattern"),
-    pytest.param({"guided_grammar": GRAMMAR}, _check_grammar, id="guided_grammar"),
+                 lambda t: check_schema(t, WHITESPACE), id="guided_whitespace_pattern"),
+    pytest.param({"guided_grammar": GRAMMAR}, check_grammar, id="guided_grammar"),
     pytest.param({"guided_grammar": AMBIGUOUS}, _check_ambiguous, id="guided_grammar_not_lalr"),
 ]
 
@@ -206,10 +165,10 @@ def test_burst_of_mixed_requests(server):
         if i % 3 == 0:
             params, check = {}, None
         elif i % 3 == 1:
-            params, check = {"guided_regex": REGEX}, _check_regex(REGEX)
+            params, check = {"guided_regex": REGEX}, check_regex(REGEX)
         else:
             pattern = f"item{i}-[a-z]{{2,4}}"
-            params, check = {"guided_regex": pattern}, _check_regex(pattern)
+            params, check = {"guided_regex": pattern}, check_regex(pattern)
         jobs.append((endpoint, body_for(endpoint, f"request {i}", max_tokens=24, temperature=1.0,
                                         stream=stream, **params), check))
 

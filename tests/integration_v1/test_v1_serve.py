@@ -11,66 +11,35 @@ from __future__ import annotations
 import json
 import re
 
-import jsonschema
-import lark
 import pytest
 import requests
 
 from dotvllm_plugin.devtools.client import body_for, metric_values, post
 
-COMPLETIONS = "/v1/completions"
-CHAT = "/v1/chat/completions"
-
-REGEX = r"[a-z]{3,8}@(foo|bar)\.(com|org)"
-CHOICES = ["red", "green", "blue"]
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "ok": {"type": "boolean"},
-        "color": {"enum": CHOICES},
-        "n": {"type": "integer", "minimum": 0, "maximum": 999},
-        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
-    },
-    "required": ["ok", "color", "n", "tags"],
-    "additionalProperties": False,
-}
-WHITESPACE = "[ ]?"
-GRAMMAR = r"""
-?start: call
-call: NAME "(" [arg ("," arg)~0..2] ")"
-?arg: NAME | NUMBER | pair
-pair: "[" NUMBER "," NUMBER "]"
-NAME: /[a-z]{1,6}/
-NUMBER: /[0-9]{1,3}/
-%ignore " "
-"""
-RUNAWAY_REGEX = "(a|b)*a(a|b){17}"  # passes the early check; its DFA is over the compile budget
-
-
-def _check_schema(text, whitespace=None):
-    value = json.loads(text)
-    jsonschema.validate(value, SCHEMA)
-    if whitespace is None:
-        return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
-
-
-def _check_grammar(text):
-    lark.Lark(GRAMMAR, parser="lalr").parse(text)
-    return True
+from guided_cases import (
+    CHAT,
+    CHOICES,
+    COMPLETIONS,
+    GRAMMAR,
+    REGEX,
+    RUNAWAY_REGEX,
+    SCHEMA,
+    WHITESPACE,
+    check_grammar,
+    check_schema,
+)
 
 
 KINDS = [
     pytest.param({"structured_outputs": {"regex": REGEX}}, lambda t: re.fullmatch(REGEX, t) is not None, id="regex"),
     pytest.param({"structured_outputs": {"choice": CHOICES}}, lambda t: t in CHOICES, id="choice"),
-    pytest.param({"structured_outputs": {"json": SCHEMA}}, _check_schema, id="json"),
-    pytest.param({"structured_outputs": {"json": json.dumps(SCHEMA)}}, _check_schema, id="json_string"),
+    pytest.param({"structured_outputs": {"json": SCHEMA}}, check_schema, id="json"),
+    pytest.param({"structured_outputs": {"json": json.dumps(SCHEMA)}}, check_schema, id="json_string"),
     pytest.param({"response_format": {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}},
-                 _check_schema, id="response_format_json_schema"),
+                 check_schema, id="response_format_json_schema"),
     pytest.param({"structured_outputs": {"json": SCHEMA, "whitespace_pattern": WHITESPACE}},
-                 lambda t: _check_schema(t, WHITESPACE), id="whitespace_pattern"),
-    pytest.param({"structured_outputs": {"grammar": GRAMMAR}}, _check_grammar, id="lark_grammar"),
+                 lambda t: check_schema(t, WHITESPACE), id="whitespace_pattern"),
+    pytest.param({"structured_outputs": {"grammar": GRAMMAR}}, check_grammar, id="lark_grammar"),
 ]
 
 

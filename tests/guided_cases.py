@@ -1,0 +1,66 @@
+"""Constraints and output checks shared by the V0 and V1 integration suites (the oracles are
+``re``, ``jsonschema`` and ``lark``)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import lark
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+REGEX = r"[a-z]{3,8}@(foo|bar)\.(com|org)"
+CHOICES = ["red", "green", "blue"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": CHOICES},
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["ok", "color", "n", "tags"],
+    "additionalProperties": False,
+}
+WHITESPACE = "[ ]?"
+# Context-free (a parser stack, a contextual lexer, an ignored terminal) but finite, so that a
+# random model ends it within the token budget.
+GRAMMAR = r"""
+?start: call
+call: NAME "(" [arg ("," arg)~0..2] ")"
+?arg: NAME | NUMBER | pair
+pair: "[" NUMBER "," NUMBER "]"
+NAME: /[a-z]{1,6}/
+NUMBER: /[0-9]{1,3}/
+%ignore " "
+"""
+# Valid (passes the early check), but its DFA has 2**18 states: past the compiler's size budget,
+# found only while compiling.
+RUNAWAY_REGEX = "(a|b)*a(a|b){17}"
+
+
+def check_regex(pattern):
+    return lambda text: re.fullmatch(pattern, text) is not None
+
+
+def check_choice(text):
+    return text in CHOICES
+
+
+def check_schema(text, whitespace=None):
+    value = json.loads(text)
+    jsonschema.validate(value, SCHEMA)
+    if whitespace is None:
+        return text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # Outside strings only spaces, as "[ ]?" allows; a pattern slot on each side of a token, so
+    # at most two in a row (e.g. "[  ]").
+    outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
+
+
+def check_grammar(text):
+    lark.Lark(GRAMMAR, parser="lalr").parse(text)  # raises on text the grammar does not accept
+    return True
