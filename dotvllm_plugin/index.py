@@ -24,7 +24,7 @@ from .errors import CompilationTooLargeError, VocabularyCoverageError
 from .regex import ByteDFA, byte_classes, reachable
 from .vocabulary import Vocabulary
 
-__all__ = ["TokenIndex", "build_index", "byte_view", "token_row", "walk"]
+__all__ = ["TokenIndex", "build_index", "byte_view", "set_token_bits", "token_row", "walk"]
 
 MAX_ROWS_BYTES = 512 * 1024 * 1024
 #: Budget of (state, token-trie node) pairs the walk may produce; it bounds compile time (about a
@@ -668,7 +668,7 @@ def build_index(
         for k in keys.tolist():
             row = rest_rows[k // 2].copy()
             if k % 2:
-                _set_token_bits(row, eos)
+                set_token_bits(row, eos)
             rows_list.append(row)
         row_of_state[packed] = 1 + inverse.reshape(-1)
     h1, h2 = _set_hashes(node, state, n_states)
@@ -830,7 +830,7 @@ def _index_too_large(max_entries: int, n_states: int) -> CompilationTooLargeErro
     )
 
 
-def _set_token_bits(row: np.ndarray, ids: np.ndarray) -> None:
+def set_token_bits(row: np.ndarray, ids: np.ndarray) -> None:
     """Set the bits of token ``ids`` in a packed int32 row (ids may share a word)."""
     np.bitwise_or.at(row.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
 
@@ -842,7 +842,7 @@ def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
             _cwalk.token_bits(csr[0], csr[1], np.ascontiguousarray(nodes, dtype=np.int64), W), dtype=np.int32
         ).copy()
         if eos is not None:
-            _set_token_bits(row, eos)
+            set_token_bits(row, eos)
         return row
     bits = np.zeros(W * 32, dtype=bool)
     bits[: ct.vocab_size] = ct.token_mask(nodes)

@@ -14,6 +14,7 @@ from collections import deque
 import numpy as np
 
 from .compiler import CompiledGrammar
+from .index import set_token_bits
 from .pushdown import PushdownGrammar
 
 __all__ = ["MAX_ROLLBACK", "GrammarMatcher", "PushdownMatcher"]
@@ -25,8 +26,7 @@ MAX_ROLLBACK = 256
 
 def _eos_row(words: int, eos) -> np.ndarray:
     row = np.zeros(words, dtype=np.int32)
-    for e in eos:
-        row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
+    set_token_bits(row, np.array(sorted(eos), dtype=np.int64))
     return row
 
 
@@ -58,9 +58,7 @@ class GrammarMatcher:
         return super().__new__(cls)
 
     def __init__(self, compiled: CompiledGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):
-        if isinstance(compiled, PushdownGrammar):  # GrammarMatcher(...) on a context-free grammar
-            PushdownMatcher.__init__(self, compiled, max_rollback_tokens=max_rollback_tokens)
-            return
+        # (For a PushdownGrammar, __new__ returned a PushdownMatcher, whose own __init__ runs.)
         if not isinstance(compiled, CompiledGrammar):
             raise TypeError(f"GrammarMatcher needs a compiled grammar, got {type(compiled).__name__}")
         self.compiled = compiled

@@ -43,7 +43,6 @@ per grammar); nothing recurses in Python with the depth of the text.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections import deque
@@ -52,10 +51,9 @@ import numpy as np
 
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
+from .index import set_token_bits
 
 __all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "check_pushdown", "compile_pushdown", "nests", "pushdown_tables"]
-
-logger = logging.getLogger(__name__)
 
 #: Default bound on the parser stack (LALR states); nesting 1,000 deep in the usual grammars needs
 #: 2–4 states per level. Past it a token that would push deeper is not allowed. The environment
@@ -578,7 +576,6 @@ class PushdownGrammar:
         self._masks: dict = {}
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
-        self.stats = {"mask_hits": 0, "mask_misses": 0}
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -620,9 +617,6 @@ class PushdownGrammar:
             code = action[stack[0]][term]
             if code == 0:
                 return None
-            if code >= MULTI:
-                outcomes = self.feed_all(stack, term, None)
-                return outcomes[0] if outcomes else None
             if code > 0:
                 if stack[2] >= limit:
                     return None
@@ -798,7 +792,7 @@ class PushdownGrammar:
     # -- masks -----------------------------------------------------------------------------------
 
     def _walker(self, lexer: int):
-        """Per lexer: (class table with -2 at lexeme ends, byte classes, trie view, first-byte row)."""
+        """Per lexer: (class table with -2 at lexeme ends, trie view, first-byte row)."""
         got = self._walkers.get(lexer)
         if got is None:
             from .index import byte_view
@@ -811,7 +805,7 @@ class PushdownGrammar:
             t[ends] = -2
             class_trans, byte_class = byte_classes(t)
             view = byte_view(self.vocabulary, byte_class, class_trans.shape[1])
-            got = self._walkers[lexer] = (class_trans.astype(np.int64), byte_class, view, t[0].copy())
+            got = self._walkers[lexer] = (class_trans.astype(np.int64), view, t[0].copy())
         return got
 
     def _canonical(self, q: int):
@@ -850,22 +844,30 @@ class PushdownGrammar:
         return got
 
     def _walk_base(self, q: int, states: np.ndarray):
-        from .index import token_row, walk
+        from .index import walk
 
         lexer = self._owner[q]
-        ct, _, view, _ = self._walker(lexer)
+        ct, view, _ = self._walker(lexer)
         lo = self._offsets[lexer]
-        (_, nodes, ends), exits = walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True)
-        ends = ends + lo
+        free, groups, exits = self._split(view, lo, *walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True))
         label = {int(x): i for i, x in enumerate(states.tolist())}
+        return free, tuple((label[r], row) for r, row in groups), exits
+
+    def _split(self, view, lo: int, ended, exits):
+        """A walk's result as ``(free row, ((end state, row), ...), exits by terminal)``: tokens
+        whose lexeme is always viable, the others by the lexer state they end in."""
+        from .index import token_row
+
+        _, nodes, ends = ended
+        ends = ends + lo
+        free = np.zeros(self._W, dtype=np.int32)
         groups = []
-        free = np.zeros(self._W, dtype=np.int32)  # tokens whose lexeme is always viable
         for r in np.unique(ends).tolist():
             row = token_row(view, nodes[ends == r], self._W)
             if self._reach[r] is None:
                 free |= row
             else:
-                groups.append((label[r], row))
+                groups.append((r, row))
         return free, tuple(groups), self._group_exits(exits, lo)
 
     def _group_exits(self, exits, lo: int):
@@ -887,11 +889,11 @@ class PushdownGrammar:
         got = self._cross_cache.get(key)
         if got is not None:
             return got
-        from .index import token_row, walk
+        from .index import walk
 
         level, node = groups_level_node
         trie = self.vocabulary.byte_trie()
-        ct, _, view, first = self._walker(lexer)
+        ct, view, first = self._walker(lexer)
         inject: dict[int, tuple] = {}
         for d in np.unique(level).tolist():
             nd = node[level == d]
@@ -899,21 +901,11 @@ class PushdownGrammar:
             ok = q2 >= 0
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
-        free = np.zeros(self._W, dtype=np.int32)
-        groups: list = []
-        exits: tuple = ()
         if inject:
-            (_, nodes, ends), raw_exits = walk(ct, view, None, inject=inject, want_exits=True)
-            lo = self._offsets[lexer]
-            ends = ends + lo
-            for r in np.unique(ends).tolist():
-                row = token_row(view, nodes[ends == r], self._W)
-                if self._reach[r] is None:
-                    free |= row
-                else:
-                    groups.append((r, row))
-            exits = self._group_exits(raw_exits, lo)
-        got = self._cross_cache[key] = (free, tuple(groups), exits)
+            got = self._split(view, self._offsets[lexer], *walk(ct, view, None, inject=inject, want_exits=True))
+        else:
+            got = (np.zeros(self._W, dtype=np.int32), (), ())
+        self._cross_cache[key] = got
         return got
 
     def _subtree(self, key, groups, probe, pos: int, new: tuple):
@@ -935,7 +927,7 @@ class PushdownGrammar:
         Memoised per (path, terminal, pushed cells, the original states this group read): a
         token that closes five brackets reads deep, but only its own group is keyed by that
         depth, so the shallow rest of a mask is reused across stacks."""
-        memo = self._sub_cache.get((key, t, new))
+        memo = self._sub_cache.get((key, t, new)) if probe.cacheable else None
         if memo is not None:
             for depth, table in memo.items():
                 hit = table.get(probe.signature(pos, depth), _MISSING)
@@ -965,14 +957,23 @@ class PushdownGrammar:
                     row |= part
         depth = max(0, probe.max_read - pos + 1)
         probe.max_read = max(saved, probe.max_read)
-        if self._sub_count < self.mask_cache_size * 8:
-            self._sub_count += 1
-            self._sub_cache.setdefault((key, t, new), {}).setdefault(depth, {})[probe.signature(pos, depth)] = row
+        if probe.cacheable:
+            with self._lock:
+                self._sub_count += 1
+                if self._sub_count > self.mask_cache_size * 8:
+                    self._sub_cache.clear()
+                    self._sub_count = 1
+                self._sub_cache.setdefault((key, t, new), {}).setdefault(depth, {})[probe.signature(pos, depth)] = row
         return row
+
+    def cacheable(self, stack) -> bool:
+        """Whether masks on ``stack`` may be cached and served from cache: near the stack bound a
+        push may be refused, which depends on the depth, and no cache key holds the depth."""
+        return stack[2] + self._max_token_len + 2 < self.max_stack_depth
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
-        entry = self._masks.get(q)
+        entry = self._masks.get(q) if self.cacheable(stack) else None
         if entry is not None:
             for depth, table in entry.items():
                 sig, s = [], stack
@@ -984,9 +985,7 @@ class PushdownGrammar:
                     s = s[1]
                 row = table.get(tuple(sig))
                 if row is not None:
-                    self.stats["mask_hits"] += 1
                     return row
-        self.stats["mask_misses"] += 1
         free, pending, groups, base_key = self._base_of(q)
         probe = _Probe(self, stack)
         row = free.copy()
@@ -997,10 +996,8 @@ class PushdownGrammar:
         if sub is not None:
             row |= sub
         if probe.can_end(q):
-            for e in self._eos.tolist():
-                row[e >> 5] |= np.int32(np.uint32(1 << (e & 31)).view(np.int32))
-        near_limit = stack[2] + self._max_token_len + 2 >= self.max_stack_depth
-        if not near_limit:
+            set_token_bits(row, self._eos)
+        if probe.cacheable:
             depth = probe.max_read + 1
             with self._lock:
                 entry = self._masks.setdefault(q, {})
@@ -1056,7 +1053,7 @@ class _Probe:
     """The parser run against an unknown-depth stack for a mask computation, recording how deep
     it read: the mask depends only on the top ``max_read + 1`` states."""
 
-    __slots__ = ("g", "stack", "cells", "max_read", "depth")
+    __slots__ = ("g", "stack", "cells", "max_read", "depth", "cacheable")
 
     def __init__(self, g: PushdownGrammar, stack):
         self.g = g
@@ -1064,6 +1061,7 @@ class _Probe:
         self.cells: list[int] = []
         self.max_read = -1
         self.depth = stack[2]
+        self.cacheable = g.cacheable(stack)
 
     def signature(self, pos: int, depth: int) -> tuple:
         """The original states ``pos .. pos + depth - 1`` (read, so recorded)."""
@@ -1138,7 +1136,8 @@ class _Probe:
         if top < 0:
             return False
         row = self.g._action[top]
-        if any(0 < row[t] < MULTI for t in reach):  # a shift is possible whatever lies below
+        room = self.depth - pos + len(new) < self.g.max_stack_depth
+        if room and any(0 < row[t] < MULTI for t in reach):  # a shift, whatever lies below
             return True
         return any(self.feed(pos, new, t) for t in reach if row[t])
 

@@ -318,6 +318,13 @@ def test_stack_bound_is_enforced(byte_vocab):
     assert not m.accept_string("[" * 20)  # past the bound: refused, state unchanged
     allowed = set(m.allowed_token_ids().tolist())
     assert ord("1") in allowed and ord("]") in allowed
+    # What was computed near the bound is not reused for stacks far from it, nor the reverse.
+    for prefix in ("[", "[" * 38, "[[", "[" * 39):
+        m = GrammarMatcher(grammar)
+        assert m.accept_string(prefix)
+        allowed = set(m.allowed_token_ids().tolist())
+        for t in range(256):
+            assert m.copy().accept_token(t) == (t in allowed), (len(prefix), chr(t))
 
 
 def test_mask_agrees_with_accept_token(real, compiled):
