@@ -85,9 +85,9 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
 
 
 def check_grammar(text, *, start: str = "start") -> None:
-    """Cheap check of a Lark grammar (loader, terminal regexes, LALR(1) tables; no automata). Two
-    refusals need the lexer automata and come from the compile instead: colliding terminals and
-    lexers over the state budget."""
+    """Cheap check of a Lark grammar (loader, terminal regexes, LR tables; no automata). The
+    refusals that need the lexer automata come from the compile instead: colliding terminals,
+    lexers over the state budget, a grammar whose greedy lexing accepts no text."""
     from .grammar.lark import lark_to_ir
     from .pushdown import check_pushdown
 
@@ -270,8 +270,8 @@ class GrammarCompiler:
         return self.compile_ir(ir, check_syntax=check_syntax)
 
     def compile_grammar(self, text: str, *, start: str = "start"):
-        """A Lark grammar (LALR(1), lark's contextual lexer); see :mod:`dotvllm_plugin.pushdown`
-        for the exact language and what is refused."""
+        """A Lark grammar: lark's LALR(1) language where the grammar is LALR(1), its Earley language
+        otherwise (contextual lexer); see :mod:`dotvllm_plugin.pushdown` for what is refused."""
         from .grammar.lark import lark_to_ir
 
         return self.compile_ir(lark_to_ir(text, start=start))

@@ -113,7 +113,7 @@ class Grammar:
             name = by_origin[0].expansion[0]
             for t in self.terminals:
                 if t.name == name:
-                    return t
+                    return None if t.nonempty else t  # the DFA path has no "minus the empty string"
         return None
 
     def terminal(self, name: str) -> Terminal:
