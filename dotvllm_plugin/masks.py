@@ -195,6 +195,16 @@ if HAS_TRITON:
         tl.store(logits_ptr + row * logits_row_stride + cols, -float("inf"), mask=(cols < width) & banned)
 
 
+def _launch_indexed(rows, table, k, n, indices, bitmask_indices) -> None:
+    """The kernel over ``k`` masked rows, both index vectors given as int32 tensors the GPU can read
+    (on the device, or pinned host memory, which CUDA maps into the device's address space)."""
+    width = rows.shape[1]
+    _apply_token_bitmask_kernel[(k, triton.cdiv(width, _BLOCK))](
+        rows, table, indices, bitmask_indices, rows.stride(0), table.stride(0), n, width,
+        HAS_INDICES=True, HAS_BITMASK_INDICES=True, BLOCK=_BLOCK, num_warps=8,
+    )
+
+
 def _use_kernel(rows: torch.Tensor) -> bool:
     return HAS_TRITON and rows.is_cuda and rows.dtype in _KERNEL_DTYPES
 
@@ -218,6 +228,9 @@ def _launch(rows, bitmask, k, n, indices, bitmask_indices) -> None:
 
 
 def _apply_triton(rows, bitmask, k, n, indices, bitmask_indices) -> None:
+    if rows.device.index == torch.cuda.current_device():  # entering torch.cuda.device costs microseconds
+        _launch(rows, bitmask, k, n, indices, bitmask_indices)
+        return
     with torch.cuda.device(rows.device):
         _launch(rows, bitmask, k, n, indices, bitmask_indices)
 
@@ -349,6 +362,95 @@ def _grow(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
 
 
+TableGroup = tuple[Hashable, np.ndarray, Sequence[int], Sequence[int]]
+"""``(key, table, logits_rows, picks)``: logits row ``logits_rows[i]`` is masked with row
+``picks[i]`` of ``table``, the packed ``[n, words]`` int32 rows of one constraint (the DFA state
+rows of a compiled grammar), which depend only on ``key``."""
+
+
+class _Slot:
+    """Pinned host buffers of one step: ``index[0]`` logits rows, ``index[1]`` table rows, and the
+    rows filled on the host; ``done`` is recorded after the step's kernel."""
+
+    __slots__ = ("index", "index_np", "rows", "rows_np", "done")
+
+    def __init__(self):
+        self.index = self.index_np = self.rows = self.rows_np = self.done = None
+
+
+class _RowStore:
+    """Whole row tables of constraints resident on one device (one vocabulary width).
+
+    ``table`` holds every placed constraint's rows contiguously (``placed[key]`` = first row),
+    then ``scratch`` rows that the host fills each step. Tables are uploaded once; when a new
+    one does not fit under ``limit`` rows, only the step's own tables are kept. Host buffers
+    come in a ring of slots, each reused once the event recorded after its last kernel has
+    completed (a step later in practice, so the wait is free).
+    """
+
+    RING = 4
+
+    def __init__(self, device: torch.device, words: int, limit: int):
+        self.device, self.words, self.limit = device, words, limit
+        self.placed: dict[Hashable, int] = {}
+        self.top = self.capacity = self.scratch = 0
+        self.table = torch.zeros((0, words), dtype=torch.int32, device=device)
+        self.pin = device.type == "cuda"
+        self.slots = [_Slot() for _ in range(self.RING)]
+        self.turn = 0
+        self.index_cap = 0
+        self.device_index: torch.Tensor | None = None
+
+    def place(self, tables: Sequence[tuple[Hashable, np.ndarray]], n_scratch: int) -> list[int]:
+        """First row of each table in ``table`` (uploading what is missing); room for ``n_scratch``."""
+        offsets = [self.placed.get(key) for key, _ in tables]
+        missing = [i for i, off in enumerate(offsets) if off is None]
+        if not missing and n_scratch <= self.scratch:
+            return offsets
+        need = sum(len(tables[i][1]) for i in missing)
+        capacity = self.capacity
+        if self.top + need > capacity:
+            if self.top + need <= self.limit:
+                capacity = min(self.limit, _grow(self.top + need))
+            else:  # full: keep this step's tables only (re-uploaded from the host)
+                self.placed.clear()
+                self.top = 0
+                missing = list(range(len(tables)))
+                need = sum(len(rows) for _, rows in tables)
+                capacity = max(capacity, need)
+        scratch = self.scratch if n_scratch <= self.scratch else _grow(n_scratch)
+        if capacity != self.capacity or scratch != self.scratch:
+            table = torch.zeros((capacity + scratch, self.words), dtype=torch.int32, device=self.device)
+            if self.top:
+                table[: self.top].copy_(self.table[: self.top])
+            self.table, self.capacity, self.scratch = table, capacity, scratch
+        for i in missing:
+            key, rows = tables[i]
+            n, w = rows.shape[0], min(rows.shape[1], self.words)
+            src = torch.from_numpy(np.array(rows[:, :w], dtype=np.int32, copy=True))
+            self.table[self.top: self.top + n, :w].copy_(src)
+            if w < self.words:
+                self.table[self.top: self.top + n, w:] = 0
+            self.placed[key] = offsets[i] = self.top
+            self.top += n
+        return offsets
+
+    def slot(self, k: int, n_fill: int) -> _Slot:
+        s = self.slots[self.turn]
+        self.turn = (self.turn + 1) % self.RING
+        if s.done is not None:
+            s.done.synchronize()
+        if k > self.index_cap:
+            self.index_cap = _grow(k)
+        if s.index is None or s.index.shape[1] != self.index_cap:
+            s.index = torch.zeros((2, self.index_cap), dtype=torch.int32, pin_memory=self.pin)
+            s.index_np = s.index.numpy()
+        if n_fill and (s.rows is None or s.rows.shape[0] < n_fill):
+            s.rows = torch.zeros((_grow(n_fill), self.words), dtype=torch.int32, pin_memory=self.pin)
+            s.rows_np = s.rows.numpy()
+        return s
+
+
 class StepMasker:
     """Applies one decoding step's masks to a batch of logits (on CUDA: one :func:`apply_token_bitmask_inplace`).
 
@@ -374,10 +476,13 @@ class StepMasker:
     buffers of a device are reused only after the previous step's copies out of them finished.
     """
 
-    def __init__(self, *, max_cached_bytes: int = 64 * 1024 * 1024, upload_all_bytes: int = 8 * 1024 * 1024):
+    def __init__(self, *, max_cached_bytes: int = 64 * 1024 * 1024, upload_all_bytes: int = 8 * 1024 * 1024,
+                 read_indices_from_host: bool = True):
         self.max_cached_bytes = max_cached_bytes
         self.upload_all_bytes = upload_all_bytes
+        self.read_indices_from_host = read_indices_from_host
         self._devices: dict[tuple, _DeviceRows] = {}
+        self._stores: dict[tuple, _RowStore] = {}
         self._additive: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # CPU: packed row -> 0/-inf row
         self._additive_bytes = 0
         self._additive_by_key: dict[tuple, torch.Tensor] = {}  # (row key, dtype, width) -> the same masks
@@ -395,6 +500,101 @@ class StepMasker:
                 self._apply_cached(logits, entries, vocab_size, words)
             else:
                 self._apply_host(logits, entries, vocab_size, words)
+
+    def apply_tables(self, logits: torch.Tensor, groups: Sequence[TableGroup],
+                     fills: Sequence[tuple[int, RowFiller]] = (), *, vocab_size: int) -> None:
+        """Mask a step's rows given as table picks (and rows filled on the host); others untouched.
+
+        Each :data:`TableGroup` ``(key, table, logits_rows, picks)`` masks ``logits_rows[i]`` with
+        ``table[picks[i]]``; each ``(logits_row, fill)`` of ``fills`` with the row ``fill`` writes.
+        Every logits row at most once. On CUDA (float32/bfloat16/float16, Triton installed) a
+        table is uploaded once per device and then only picked: the step writes ``2·K`` int32
+        indices into pinned memory, which the kernel reads directly (or, with
+        ``read_indices_from_host=False``, after one asynchronous copy), copies the filled rows,
+        and launches one kernel. Elsewhere the rows are gathered on the host and applied with
+        :func:`apply_token_bitmask_inplace_reference` (the same result).
+        """
+        rows = _as_rows(logits)
+        k = sum(len(g[2]) for g in groups) + len(fills)
+        if k == 0:
+            return
+        if rows.stride(-1) != 1:
+            raise ValueError("logits must be contiguous along the vocabulary (stride 1); rows may be strided")
+        words = bitmask_words(vocab_size)
+        with self._lock:
+            if _use_kernel(rows):
+                self._apply_tables_kernel(rows, groups, fills, vocab_size, words, k)
+            else:
+                self._apply_tables_host(rows, groups, fills, vocab_size, words, k)
+
+    @staticmethod
+    def _apply_tables_host(rows, groups, fills, vocab_size, words, k) -> None:
+        bitmask = np.zeros((k, words), dtype=np.int32)
+        targets = np.empty(k, dtype=np.int64)
+        a = 0
+        for _, table, logits_rows, picks in groups:
+            n = len(logits_rows)
+            w = min(table.shape[1], words)
+            bitmask[a: a + n, :w] = table[np.asarray(picks, dtype=np.int64), :w]
+            targets[a: a + n] = logits_rows
+            a += n
+        for j, (target, fill) in enumerate(fills):
+            fill(bitmask, a + j)
+            targets[a + j] = target
+        apply_token_bitmask_inplace_reference(rows, torch.from_numpy(bitmask), vocab_size=vocab_size,
+                                              indices=torch.from_numpy(targets))
+
+    def _apply_tables_kernel(self, rows, groups, fills, vocab_size, words, k) -> None:
+        device = rows.device
+        store, s = self._stage_tables(device, groups, fills, words, k)
+        n = min(vocab_size, rows.shape[1])
+        if device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                self._launch_tables(rows, store, s, k, n)
+        else:
+            self._launch_tables(rows, store, s, k, n)
+        if s.done is None:
+            s.done = torch.cuda.Event()
+        s.done.record()
+
+    def _stage_tables(self, device, groups, fills, words, k) -> tuple[_RowStore, _Slot]:
+        """Place the tables, write the ``2·K`` indices and the filled rows; masked row ``i`` is
+        logits row ``slot.index[0, i]`` under ``store.table`` row ``slot.index[1, i]``."""
+        store = self._stores.get((device, words))
+        if store is None:
+            store = self._stores[(device, words)] = _RowStore(device, words, max(1, self.max_cached_bytes // (4 * words)))
+        offsets = store.place([(g[0], g[1]) for g in groups], len(fills))
+        s = store.slot(k, len(fills))
+        index = s.index_np
+        a = 0
+        for (_, _, logits_rows, picks), off in zip(groups, offsets):
+            n = len(logits_rows)
+            index[0, a: a + n] = logits_rows
+            index[1, a: a + n] = picks
+            if off:
+                index[1, a: a + n] += off
+            a += n
+        if fills:
+            scratch0 = store.capacity
+            for j, (target, fill) in enumerate(fills):
+                fill(s.rows_np, j)
+                index[0, a + j] = target
+                index[1, a + j] = scratch0 + j
+            store.table[scratch0: scratch0 + len(fills)].copy_(s.rows[: len(fills)], non_blocking=True)
+        return store, s
+
+    def _launch_tables(self, rows, store: _RowStore, s: _Slot, k: int, n: int) -> None:
+        if self.read_indices_from_host:
+            try:
+                _launch_indexed(rows, store.table, k, n, s.index[0], s.index[1])
+                return
+            except Exception:  # noqa: BLE001 - host memory this device cannot read: copy the indices instead
+                self.read_indices_from_host = False
+        dev = store.device_index
+        if dev is None or dev.shape != s.index.shape:
+            dev = store.device_index = torch.empty(s.index.shape, dtype=torch.int32, device=store.device)
+        dev.copy_(s.index, non_blocking=True)
+        _launch_indexed(rows, store.table, k, n, dev[0], dev[1])
 
     def _apply_host(self, logits, entries, vocab_size, words) -> None:
         # On CPU, masked_fill_ and friends run at a fraction of memory speed, while adding a

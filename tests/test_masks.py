@@ -234,6 +234,77 @@ def test_step_masker_upload_all_logic_on_cpu():
     _step_masker_case("cpu", torch.float32, 64 * 1024 * 1024, cached=True, upload_all_bytes=1 << 30)
 
 
+# -- StepMasker.apply_tables: whole row tables on the device, picked by index -----------------------------
+
+def _tables_case(device: str, dtype, max_cached_bytes: int, *, staged: bool = False, masker=None):
+    """Steps over three "grammars" (tables of 2, 5 and 3 rows) plus rows filled on the host; each
+    step masks a different subset of a batch of 9 rows. ``staged``: the device path's placement,
+    ring and indices, run on CPU tensors and applied with the reference."""
+    rng = np.random.default_rng(11)
+    vocab, width = 32001, 32128
+    words = bitmask_words(vocab)
+    tables = {"a": random_bitmask(rng, 2, vocab), "b": random_bitmask(rng, 5, vocab), "c": random_bitmask(rng, 3, vocab)}
+    extra = random_bitmask(rng, 4, vocab)  # rows the host fills
+    masker = masker or StepMasker(max_cached_bytes=max_cached_bytes)
+    for step in range(6):
+        logits = make_logits(rng, 9, width, dtype, device=device, row_stride=width + 64)
+        perm = rng.permutation(9)
+        used = ["abc"[(step + i) % 3] for i in range(2 + step % 2)]
+        groups, all_rows, all_picks, a = [], [], [], 0
+        combined = np.concatenate([tables[k] for k in "abc"] + [extra])
+        base = {"a": 0, "b": 2, "c": 7}
+        for key in used:
+            n = 2
+            rows_, picks = perm[a: a + n].tolist(), rng.integers(0, len(tables[key]), n).tolist()
+            a += n
+            groups.append((key, tables[key], rows_, picks))
+            all_rows += rows_
+            all_picks += [base[key] + p for p in picks]
+        fills = []
+        for j in range(step % 3):
+            r, m = int(perm[a]), j + step % 2
+            a += 1
+            fills.append((r, lambda dst, i, m=m: dst.__setitem__(i, extra[m])))
+            all_rows.append(r)
+            all_picks.append(10 + m)
+        before = as_np(logits)
+        expected = oracle(before, combined, vocab, indices=all_rows, bitmask_indices=all_picks)
+        if staged:
+            k = len(all_rows)
+            store, slot = masker._stage_tables(logits.device, groups, fills, words, k)
+            index = torch.from_numpy(slot.index_np[:, :k].astype(np.int64))
+            apply_token_bitmask_inplace_reference(logits, store.table, vocab_size=vocab, indices=index[0],
+                                                  bitmask_indices=index[1])
+        else:
+            masker.apply_tables(logits, groups, fills, vocab_size=vocab)
+        check(logits, expected)
+        untouched = sorted(set(range(9)) - set(all_rows))
+        assert np.array_equal(as_np(logits)[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_apply_tables_cpu(dtype):
+    _tables_case("cpu", dtype, 64 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("max_cached_bytes", [64 * 1024 * 1024, 4 * 1001 * 6, 1], ids=["roomy", "six-rows", "tiny"])
+def test_apply_tables_device_staging_on_cpu(max_cached_bytes):
+    """Placement (growth, eviction to the step's own tables), scratch rows and indices, against the oracle."""
+    _tables_case("cpu", torch.float32, max_cached_bytes, staged=True)
+
+
+def test_apply_tables_places_each_table_once():
+    masker = StepMasker()
+    rng = np.random.default_rng(12)
+    table = random_bitmask(rng, 3, 100)
+    for _ in range(3):
+        store, _ = masker._stage_tables(torch.device("cpu"), [("g", table, [0], [2])], [], bitmask_words(100), 1)
+    assert store.placed == {"g": 0} and store.top == 3
+    store, _ = masker._stage_tables(torch.device("cpu"), [("h", table[:1], [0], [0]), ("g", table, [1], [1])], [],
+                                    bitmask_words(100), 2)
+    assert store.placed == {"g": 0, "h": 3} and store.top == 4
+
+
 # -- GPU: the kernel against the reference and the oracle -----------------------------------------------
 
 @pytest.mark.gpu
@@ -290,3 +361,66 @@ def test_host_bitmask_for_device_logits_gpu():
     expected = oracle(as_np(logits), bitmask.numpy(), 32010)
     apply_token_bitmask_inplace(logits, bitmask)
     check(logits, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("host_indices", [True, False], ids=["indices-read-from-pinned", "indices-copied"])
+def test_apply_tables_gpu(dtype, host_indices):
+    masker = StepMasker(read_indices_from_host=host_indices)
+    _tables_case("cuda", dtype, 64 * 1024 * 1024, masker=masker)
+    assert masker.read_indices_from_host == host_indices  # the pinned read did not fall back
+    _tables_case("cuda", dtype, 4 * 1001 * 6, masker=StepMasker(max_cached_bytes=4 * 1001 * 6,
+                                                              read_indices_from_host=host_indices))
+
+
+# -- the V0 processor's batched step on the table path ---------------------------------------------------
+
+def test_v0_step_on_tables_equals_per_row_processor(monkeypatch):
+    """apply_step's device path (tables, sequence-id states), run on CPU, over several decoding
+    steps against the processor called row by row: sequences that advance, repeat a step, get
+    preempted (shorter ids), end by EOS, or take a token the constraint rejects."""
+    from types import SimpleNamespace
+
+    from dotvllm_plugin import GrammarCompiler, Vocabulary
+    from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
+
+    tokens = [b"</s>", b"a", b"b", b"c", b"d", b"ab", b"cd"] + [str(i).encode() for i in range(10)] + [b"12", b"x"]
+    vocab = Vocabulary(tokens, [0])
+    grammar = GrammarCompiler(vocab).compile_regex(r"(ab|cd)[0-9]{1,3}")
+    monkeypatch.setattr(lp, "_TABLES_ON_CPU", True)
+    monkeypatch.setattr(lp, "_step_masker", StepMasker())
+    t = {tok.decode(): i for i, tok in enumerate(tokens)}
+    # per step, each sequence's output ids (seq 2 is preempted at step 3 and restarts)
+    seqs = {
+        0: [[], [t["ab"]], [t["ab"], t["1"]], [t["ab"], t["1"], t["2"]], [t["ab"], t["1"], t["2"], 0]],
+        1: [[], [t["c"]], [t["c"], t["d"]], [t["c"], t["d"]], [t["c"], t["d"], t["12"]]],
+        2: [[t["a"]], [t["a"], t["b"]], [t["a"], t["b"], t["3"]], [t["a"]], [t["a"], t["b"]]],
+        3: [[], [t["x"]], [t["x"], t["a"]], [t["x"], t["a"]], [t["x"], t["a"], t["b"]]],  # "x" is rejected
+    }
+    proc = lp.DotvllmLogitsProcessor(grammar, key="k", description="r")
+    ref = proc.clone()
+    other = lp.DotvllmLogitsProcessor(grammar, key="k", description="r")
+    plain = SimpleNamespace(logits_processors=None)
+    shared = SimpleNamespace(logits_processors=[proc])
+    for step in range(5):
+        ids = {s: v[step] for s, v in seqs.items()}
+        groups = [
+            SimpleNamespace(seq_ids=[0, 1], sampling_params=shared, sample_indices=[4, 1],
+                            seq_data={s: SimpleNamespace(output_token_ids=tuple(ids[s])) for s in (0, 1)}),
+            SimpleNamespace(seq_ids=[9], sampling_params=plain, sample_indices=[0],
+                            seq_data={9: SimpleNamespace(output_token_ids=())}),
+            SimpleNamespace(seq_ids=[2, 3], sampling_params=SimpleNamespace(logits_processors=[other]),
+                            sample_indices=[3, 2], seq_data={s: SimpleNamespace(output_token_ids=list(ids[s]))
+                                                             for s in (2, 3)}),
+        ]
+        logits = torch.randn(5, len(tokens) + 5, generator=torch.Generator().manual_seed(step))
+        expected = logits.clone()
+        for s, row in ((0, 4), (1, 1), (2, 3), (3, 2)):
+            expected[row] = ref(ids[s], expected[row].clone())
+        got = lp.apply_step(lambda lg, md: lg, logits.clone(), SimpleNamespace(seq_groups=groups))
+        assert torch.equal(torch.isfinite(got), torch.isfinite(expected)), step
+        assert torch.equal(got[torch.isfinite(got)], expected[torch.isfinite(expected)]), step
+        assert torch.equal(got[0], logits[0])
+        assert shared.logits_processors == [proc]

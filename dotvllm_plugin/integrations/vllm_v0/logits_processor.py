@@ -14,9 +14,11 @@ grammar's versioned bytes (:meth:`CompiledGrammar.to_bytes`) plus its cache key 
 Masking, batched (the default): :func:`apply_step` replaces V0's ``_apply_logits_processors``
 (patched in :mod:`._patches`). It runs the request's other processors as vLLM would, then masks
 every row that carries one of our processors with one :class:`~dotvllm_plugin.masks.StepMasker`
-call: on CUDA one kernel over the whole batch, DFA-state rows cached on the device and picked by
-index, parser-stack rows filled on the host into pinned memory and copied asynchronously; on CPU
-one cached additive row per sequence.
+call: on CUDA one kernel over the whole batch, each grammar's table of DFA-state rows uploaded
+once and picked by index (per sequence the host only advances its matcher, keyed by vLLM's
+sequence id, and notes a row number; the kernel reads the indices from pinned memory),
+parser-stack rows filled on the host into pinned memory and copied asynchronously; on CPU one
+cached additive row per sequence.
 
 Masking, per row (the fallback when the patch cannot apply, or ``DOTVLLM_BATCHED_MASKS=0``):
 vLLM calls the processor per sequence; the matcher fills a packed int32 row, which is unpacked
@@ -126,6 +128,12 @@ _step_masker = StepMasker()
 _step_error_reported = False
 
 
+_TABLES_ON_CPU = False  # tests: run the device path's tables and indices on CPU logits too
+
+# _step_row's answers other than a row of the grammar's table
+_EOS_ROW, _DEAD, _HOST_ROW = -1, -2, -3
+
+
 def apply_step(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
     """V0's ``_apply_logits_processors`` with our processors' rows masked in one operation.
 
@@ -134,7 +142,18 @@ def apply_step(original, logits: torch.Tensor, sampling_metadata) -> torch.Tenso
     processors is masked at once. Masking last keeps the constraint whatever other processors
     did. Never raises because of our processors: on an internal error the rows fall back to the
     per-row path.
+
+    On CUDA the step's rows are picks from each grammar's table of DFA-state rows, uploaded once
+    per device (:meth:`~dotvllm_plugin.masks.StepMasker.apply_tables`): per sequence the host
+    advances the matcher by the newest token and notes a row number, nothing else.
     """
+    if logits.is_cuda or _TABLES_ON_CPU:
+        return _apply_step_tables(original, logits, sampling_metadata)
+    return _apply_step_entries(original, logits, sampling_metadata)
+
+
+def _apply_step_entries(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
+    """The CPU path: a row key and a fill per sequence, :meth:`StepMasker.apply` (additive rows)."""
     try:
         hidden, entries = _collect(sampling_metadata)
     except Exception:  # noqa: BLE001 - an unexpected vLLM structure: the per-row path still works
@@ -150,6 +169,81 @@ def apply_step(original, logits: torch.Tensor, sampling_metadata) -> torch.Tenso
         for params, procs in hidden:
             params.logits_processors = procs
     _mask_step(logits, entries)
+    return logits
+
+
+def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
+    hidden: dict[int, tuple] = {}
+    steps: dict[int, tuple[dict, list]] = {}  # vocabulary size -> ({grammar key: group}, fills)
+    entries = []  # (row, processor, output ids): the per-row fallback
+    dead = []
+    try:
+        for group in sampling_metadata.seq_groups:
+            params = group.sampling_params
+            procs = params.logits_processors
+            if not procs:
+                continue
+            if len(procs) == 1:
+                proc = procs[0]
+                if type(proc) is not DotvllmLogitsProcessor:
+                    continue
+            else:
+                ours = [p for p in procs if isinstance(p, DotvllmLogitsProcessor)]
+                if len(ours) != 1:  # none, or a request built by hand with two: vLLM's per-row loop
+                    continue
+                proc = ours[0]
+            hidden[id(params)] = (params, procs)
+            seq_data = group.seq_data
+            if proc.grammar is None:
+                for seq_id, row in zip(group.seq_ids, group.sample_indices):
+                    entries.append((row, proc, seq_data[seq_id].output_token_ids))
+                continue
+            step = steps.get(proc._vocab_size)
+            if step is None:
+                step = steps[proc._vocab_size] = ({}, [])
+            tables, fills = step
+            table = tables.get(proc.key)
+            if table is None:
+                table = tables[proc.key] = (proc.key, proc.grammar.rows, [], [])
+            targets, picks = table[2], table[3]
+            for seq_id, row in zip(group.seq_ids, group.sample_indices):
+                r, m = proc._step_row(seq_id, seq_data[seq_id].output_token_ids)
+                if r >= 0:
+                    targets.append(row)
+                    picks.append(r)
+                elif r == _HOST_ROW:
+                    fills.append((row, m.fill_next_token_bitmask))
+                else:
+                    eos = tables.get(proc._eos_key)
+                    if eos is None:
+                        eos = tables[proc._eos_key] = (proc._eos_key, proc._eos_table(), [], [])
+                    eos[2].append(row)
+                    eos[3].append(0)
+                    if r == _DEAD:
+                        dead.append((row, proc._eos))
+    except Exception:  # noqa: BLE001 - an unexpected vLLM structure: the per-row path still works
+        _report_step_error("reading the step's sequences")
+        return original(logits, sampling_metadata)
+    if not hidden:
+        return original(logits, sampling_metadata)
+    try:
+        for params, procs in hidden.values():
+            params.logits_processors = [] if len(procs) == 1 else [
+                p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
+        logits = original(logits, sampling_metadata)
+    finally:
+        for params, procs in hidden.values():
+            params.logits_processors = procs
+    try:
+        for vocab_size, (tables, fills) in steps.items():
+            _step_masker.apply_tables(logits, [t for t in tables.values() if t[2]], fills, vocab_size=vocab_size)
+        for row, eos in dead:
+            _keep_eos_choosable(logits[row], eos)
+    except Exception:  # noqa: BLE001 - the per-token path never raises: mask row by row instead
+        _report_step_error("masking the step's rows")
+        _, entries = _collect(sampling_metadata)
+    for row, proc, ids in entries:
+        logits[row] = proc(ids, logits[row])
     return logits
 
 
@@ -246,6 +340,9 @@ class DotvllmLogitsProcessor:
         self._eos = tuple(vocab.eos_token_ids) if vocab is not None else tuple(eos_token_ids)
         self._lock = threading.Lock()
         self._states: OrderedDict[tuple[int, int], _SequenceState] = OrderedDict()
+        # The batched device path's states, per vLLM sequence id: [tokens seen, last token, state]
+        self._by_seq: dict[int, list] = {}
+        self._eos_key = ("eos", self._eos, self._vocab_size)
         # Filled by the matcher as numpy; the torch tensor shares its memory.
         self._words_np = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
         self._words = torch.from_numpy(self._words_np)
@@ -293,6 +390,58 @@ class DotvllmLogitsProcessor:
                 self._reported = True
                 logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
             return ("eos", self._eos, self._vocab_size), self._fill_eos, True
+
+    def _step_row(self, seq_id: int, output_token_ids) -> tuple[int, GrammarMatcher | None]:
+        """``(row, matcher)`` of this sequence's mask for the batched device path.
+
+        ``row >= 0``: row of ``grammar.rows`` (a DFA state); ``_EOS_ROW`` (terminated) or
+        ``_DEAD`` (ended by an error): only EOS; ``_HOST_ROW``: ``matcher`` fills the row (a
+        parser stack). States are kept per sequence id: a sequence one token longer than last
+        time, with the same token where the last step ended, advances in place (no prefix is
+        hashed); anything else (a new sequence, preemption, a fork) replays its tokens. Never
+        raises: an internal error ends the sequence.
+        """
+        try:
+            with self._lock:
+                n = len(output_token_ids)
+                entry = self._by_seq.get(seq_id)
+                if (entry is not None and entry[0] == n - 1
+                        and (n == 1 or entry[1] == output_token_ids[n - 2])):
+                    state = entry[2]
+                    last = output_token_ids[n - 1]
+                    if not state.dead and not state.matcher.accept_token(last):  # advanced in place
+                        self._report_rejected(output_token_ids, n - 1)
+                        state = entry[2] = _SequenceState(None, dead=True)
+                    entry[0] = n
+                    entry[1] = last
+                elif entry is not None and entry[0] == n and (n == 0 or entry[1] == output_token_ids[n - 1]):
+                    state = entry[2]  # the same step again
+                else:
+                    state = self._replay(tuple(output_token_ids)) if self.grammar is not None else \
+                        _SequenceState(None, dead=True)
+                    if len(self._by_seq) >= _MAX_STATES_PER_REQUEST:
+                        self._by_seq.clear()
+                    self._by_seq[seq_id] = [n, output_token_ids[n - 1] if n else None, state]
+            if state.dead:
+                return _DEAD, None
+            m = state.matcher
+            if type(m) is GrammarMatcher:
+                if m._terminated:
+                    return _EOS_ROW, None
+                return int(m._ros[m._state]), None
+            if m.is_terminated():
+                return _EOS_ROW, None
+            return _HOST_ROW, m
+        except Exception:  # noqa: BLE001 - the per-token path never raises
+            if not self._reported:
+                self._reported = True
+                logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
+            return _DEAD, None
+
+    def _eos_table(self) -> np.ndarray:
+        table = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
+        self._fill_eos(table, 0)
+        return table
 
     def _fill_eos(self, bitmask, index: int) -> None:
         row = bitmask[index]
