@@ -1,6 +1,7 @@
 """The plugin on a real ``vllm serve`` with vLLM's V1 engine: every request kind × completions/chat ×
 stream/not, outputs validated; bad specs → HTTP 400 and the server keeps serving; a constraint that
-fails to compile ends only its request; proof that our backend answered (log and /metrics).
+fails to compile in the engine core is an error for its request only; proof that our backend
+answered (log and /metrics).
 
 One server for the module. The model has random weights: whatever it "wants", every output must
 satisfy its constraint.
@@ -103,12 +104,19 @@ def test_bad_spec_is_a_400_and_the_server_keeps_serving(v1_server, spec, message
     _still_serving(v1_server)
 
 
-def test_a_failed_compile_ends_only_its_request(v1_server):
-    reply = post(v1_server.base_url, COMPLETIONS,
-                 body_for(COMPLETIONS, "x", max_tokens=16, structured_outputs={"regex": RUNAWAY_REGEX}))
-    assert reply.status == 200, reply.error
-    assert reply.texts[0] == "" and reply.finish[0] == "stop", reply
-    assert re.search(r"dotvllm: request \S+: could not compile", v1_server.log(200_000))
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_a_compile_over_budget_is_an_error_for_its_request_only(v1_server, endpoint, stream):
+    # RUNAWAY_REGEX passes the API server's cheap check; its automaton exceeds the compiler's
+    # size budget only when the engine core compiles it.
+    body = body_for(endpoint, "x", max_tokens=16, stream=stream, structured_outputs={"regex": RUNAWAY_REGEX})
+    reply = post(v1_server.base_url, endpoint, body)
+    # The stream's 200 went out before the engine compiled: the error is an event inside it.
+    assert reply.status == (200 if stream else 400), (reply.status, reply.raw[:500])
+    assert re.search(r"structured_outputs\.regex: .*exceeds \d+ states", reply.error), (reply.error, reply.raw[:500])
+    assert not "".join(reply.texts.values()), reply.texts
+    log = v1_server.log(500_000)
+    assert re.search(r"WARNING.*dotvllm: request \S+: could not compile", log)
     _still_serving(v1_server)
 
 
@@ -131,3 +139,19 @@ def test_our_backend_answered(v1_server):
         assert re.search(rf"dotvllm: request \S+: {kind} compiled by dotvllm", log), kind
     counts = metric_values(v1_server.base_url, "dotvllm_requests_total")
     assert counts.get((("kind", "regex"),), 0) >= 1, counts
+
+
+def test_compile_metrics_of_the_engine_core_are_on_metrics(v1_server):
+    # The engine core compiles; /metrics is the API server's.
+    pattern = "metrics-[0-9]{4}"
+    before = metric_values(v1_server.base_url, "dotvllm_compile_total")
+    misses = before.get((("kind", "regex"), ("outcome", "miss")), 0)
+    for _ in range(2):  # a miss, then a hit
+        reply = post(v1_server.base_url, COMPLETIONS,
+                     body_for(COMPLETIONS, "x", max_tokens=16, structured_outputs={"regex": pattern}))
+        assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0]), reply
+    after = metric_values(v1_server.base_url, "dotvllm_compile_total")
+    assert after.get((("kind", "regex"), ("outcome", "miss")), 0) == misses + 1, after
+    assert after.get((("kind", "regex"), ("outcome", "hit")), 0) >= 1, after
+    buckets = metric_values(v1_server.base_url, "dotvllm_compile_seconds_bucket")
+    assert buckets.get((("kind", "regex"), ("le", "+Inf")), 0) >= misses + 1, buckets

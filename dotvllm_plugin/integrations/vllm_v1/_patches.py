@@ -16,6 +16,17 @@
 4. ``OpenAIServingChat.create_chat_completion`` / ``OpenAIServingCompletion.create_completion``:
    a streaming request is checked before its response starts, so a bad spec is an HTTP 400 and
    not an error event inside a 200 stream (V1 validates only once the stream generator runs).
+5. ``vllm.v1.engine.output_processor.RequestState._new_completion_output`` (API-server process,
+   and the offline ``LLM``): a request whose constraint failed to compile in the engine core
+   arrives finished with ``stop_reason = "dotvllm compile error: <message>"`` (set by
+   :meth:`~.backend.DotvllmBackend.compile_request`); its output gets ``finish_reason="error"``
+   and ``stop_reason=<message>``.
+6. ``vllm.entrypoints.generate.base.serving.GenerateBaseServing._raise_if_error`` and
+   ``._convert_generation_error_to_streaming_response``: such an output is answered with a
+   ``VLLMValidationError(<message>)`` (HTTP 400 ``BadRequestError``, or that error as an event in
+   a stream that already started) instead of vLLM's generic "Internal server error".
+   Without patches 5 and 6 (a vLLM whose classes differ) the client still sees the message in
+   ``stop_reason``, with ``finish_reason: "stop"`` and an empty text.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import logging
 
 from .._constraints import BACKEND, V1_NAMES, validate
 from . import metrics
+from .backend import compile_error_message
 
 __all__ = ["apply"]
 
@@ -165,6 +177,86 @@ def _patch_manager() -> list[str]:
     return done
 
 
+class CompileFailure(str):
+    """``finish_reason`` ``"error"`` of an output whose constraint failed to compile; ``.message`` says why."""
+
+    message: str = ""
+
+    def __new__(cls, message: str):
+        self = super().__new__(cls, "error")
+        self.message = message
+        return self
+
+
+def _patch_compile_errors() -> list[str]:
+    done = []
+    try:
+        from vllm.v1.engine.output_processor import RequestState
+    except ImportError:  # pragma: no cover - another vLLM layout: stop_reason still carries the message
+        logger.warning("dotvllm: vllm.v1.engine.output_processor.RequestState not found; a compile failure in the "
+                       "engine core reaches the client only as stop_reason")
+        return done
+    original = getattr(RequestState, "_new_completion_output", None)
+    if original is not None and not getattr(original, "_dotvllm", False):
+
+        @functools.wraps(original)
+        def _new_completion_output(self, token_ids, finish_reason, stop_reason):
+            output = original(self, token_ids, finish_reason, stop_reason)
+            message = compile_error_message(stop_reason) if finish_reason is not None else None
+            if message is not None:
+                output.finish_reason = CompileFailure(message)
+                output.stop_reason = message
+            return output
+
+        RequestState._new_completion_output = _mark(_new_completion_output, original)
+        done.append("vllm.v1.engine.output_processor.RequestState._new_completion_output")
+    try:
+        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
+    except ImportError:  # pragma: no cover
+        return done
+    error_class = _compile_error_class()
+    original_raise = getattr(GenerateBaseServing, "_raise_if_error", None)
+    if original_raise is not None and not getattr(original_raise, "_dotvllm", False):
+
+        @functools.wraps(original_raise)
+        def _raise_if_error(self, finish_reason, request_id):
+            if isinstance(finish_reason, CompileFailure):
+                raise error_class(finish_reason.message)
+            return original_raise(self, finish_reason, request_id)
+
+        GenerateBaseServing._raise_if_error = _mark(_raise_if_error, original_raise)
+        done.append("vllm.entrypoints.generate.base.serving.GenerateBaseServing._raise_if_error")
+    original_stream = getattr(GenerateBaseServing, "_convert_generation_error_to_streaming_response", None)
+    if original_stream is not None and not getattr(original_stream, "_dotvllm", False):
+
+        @functools.wraps(original_stream)
+        def _convert_generation_error_to_streaming_response(self, e):
+            if isinstance(e, error_class):  # a client error: BadRequestError 400, as before the stream
+                return self.create_streaming_error_response(e)
+            return original_stream(self, e)
+
+        GenerateBaseServing._convert_generation_error_to_streaming_response = _mark(
+            _convert_generation_error_to_streaming_response, original_stream)
+        done.append("vllm.entrypoints.generate.base.serving.GenerateBaseServing."
+                    "_convert_generation_error_to_streaming_response")
+    return done
+
+
+def _compile_error_class():
+    """vLLM's client error (HTTP 400) that its stream generators also catch without a traceback
+    (they catch ``GenerationError`` quietly, anything else with ``logger.exception``)."""
+    from http import HTTPStatus
+
+    from vllm.exceptions import GenerationError, VLLMValidationError
+
+    class DotvllmCompileError(VLLMValidationError, GenerationError):
+        def __init__(self, message: str):
+            VLLMValidationError.__init__(self, message)
+            self.status_code = HTTPStatus.BAD_REQUEST
+
+    return DotvllmCompileError
+
+
 def _register_virtual_subclasses() -> None:
     from vllm.v1.structured_output.backend_types import StructuredOutputBackend, StructuredOutputGrammar
 
@@ -183,6 +275,7 @@ def apply() -> list[str]:
         done.append(v)
     done.extend(_patch_manager())
     done.extend(_patch_streaming())
+    done.extend(_patch_compile_errors())
     _register_virtual_subclasses()
     done.extend(metrics.install())
     for name in done:

@@ -11,8 +11,12 @@ Compiles go through the process's :class:`~dotvllm_plugin.compilation_manager.Co
 engine core. ``STRUCTURAL_TAG`` requests are delegated to vLLM's own xgrammar backend (built on
 first use); everything else is ours.
 
-Never raises: a constraint that fails to compile (the API server checked it, so this is a time or
-memory budget, or a bug) is logged and gets a dead grammar that ends its request at once.
+Never raises: a constraint that fails to compile (the API server checked it, so this is a size,
+time or memory budget, or a bug) is logged (one warning per request) and gets a dead grammar that
+ends its request at once. :meth:`DotvllmBackend.compile_request` also writes the error into the
+request's ``stop_reason`` (prefixed with :data:`COMPILE_ERROR_PREFIX`), which travels to the
+API-server process with the request's last output; there :mod:`._patches` turns it into an error
+the client sees (HTTP 400, or an error event in a stream).
 
 This module does not import vLLM (the xgrammar delegate is imported lazily).
 """
@@ -30,7 +34,17 @@ from ...matcher import GrammarMatcher
 from .._constraints import V1_NAMES, Constraint, constraint_of
 from .grammar import DotvllmGrammar
 
-__all__ = ["DotvllmBackend"]
+__all__ = ["COMPILE_ERROR_PREFIX", "DotvllmBackend", "compile_error_message"]
+
+COMPILE_ERROR_PREFIX = "dotvllm compile error: "
+"""Start of the ``stop_reason`` of a request whose constraint failed to compile in the engine core."""
+
+
+def compile_error_message(stop_reason) -> str | None:
+    """The error text of a request ended by a failed compile, or ``None``."""
+    if isinstance(stop_reason, str) and stop_reason.startswith(COMPILE_ERROR_PREFIX):
+        return stop_reason[len(COMPILE_ERROR_PREFIX):]
+    return None
 
 logger = logging.getLogger("vllm.dotvllm_plugin.v1")
 
@@ -94,12 +108,26 @@ class DotvllmBackend:
         return self._compile(_Spec(kind, grammar_spec), request_id="?")
 
     def compile_request(self, request):
-        """Compile a ``vllm.v1.request.Request``'s constraint with all its options; never raises."""
-        params = request.sampling_params.structured_outputs
+        """Compile a ``vllm.v1.request.Request``'s constraint with all its options; never raises.
+
+        On failure the request gets a dead grammar (EOS only: it ends at its first step) and its
+        ``stop_reason`` says why (see :func:`compile_error_message`)."""
+        sampling_params = request.sampling_params
+        params = sampling_params.structured_outputs
         if params.structural_tag is not None:
             option, spec = request.structured_output_request.structured_output_key
-            return self._structural_tag(option, spec, getattr(request.sampling_params, "all_stop_token_ids", None))
-        return self._compile(params, request_id=request.request_id)
+            return self._structural_tag(option, spec, getattr(sampling_params, "all_stop_token_ids", None))
+        grammar = self._compile(params, request_id=request.request_id)
+        if grammar.dead:
+            # vLLM ends the request with stop_reason untouched when the sampled token is its EOS id.
+            eos = getattr(sampling_params, "eos_token_id", None)
+            if eos is not None:
+                grammar.eos_token_ids = (int(eos),)
+            try:
+                request.stop_reason = COMPILE_ERROR_PREFIX + (grammar.error or grammar.description)
+            except Exception:  # noqa: BLE001 - a Request without the attribute: the log line remains
+                pass
+        return grammar
 
     def allocate_token_bitmask(self, max_num_seqs: int) -> torch.Tensor:
         return torch.full((max_num_seqs, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
@@ -113,24 +141,26 @@ class DotvllmBackend:
     def vocabulary(self):
         with self._lock:
             if self._vocabulary is None:
-                from ..vllm_v0.runtime import vocabulary_for
+                from .._runtime import vocabulary_for
 
                 self._vocabulary = vocabulary_for(self.tokenizer)
             return self._vocabulary
 
-    def _dead(self, description: str) -> DotvllmGrammar:
+    def _dead(self, description: str, error: str = "") -> DotvllmGrammar:
         try:
             eos = self.vocabulary().eos_token_ids
         except Exception:  # noqa: BLE001 - the tokenizer itself is unreadable
             eos = (getattr(self.tokenizer, "eos_token_id", None) or 0,)
-        return DotvllmGrammar(None, description=description, eos_token_ids=eos)
+        g = DotvllmGrammar(None, description=description, eos_token_ids=eos)
+        g.error = error
+        return g
 
     def _compile(self, params, *, request_id: str) -> DotvllmGrammar:
         constraint: Constraint | None = None
         t0 = time.perf_counter()
         try:
             constraint = constraint_of(params, names=V1_NAMES)
-            from ..vllm_v0.runtime import manager_for
+            from .._runtime import manager_for
 
             vocab = self.vocabulary()
             result = manager_for(vocab).compile(constraint.kind, constraint.spec,
@@ -138,9 +168,11 @@ class DotvllmBackend:
             matcher = GrammarMatcher(result.grammar)
         except Exception as e:  # noqa: BLE001 - never raise in the engine core
             what = constraint.describe() if constraint is not None else "the constraint"
-            logger.error("dotvllm: request %s: could not compile %s (%s: %s); the request ends", request_id, what,
-                         type(e).__name__, e)
-            return self._dead(what)
+            where = f"{constraint.parameter}: " if constraint is not None and constraint.parameter else ""
+            error = str(e) if str(e).startswith(where) else f"{where}{e}"
+            logger.warning("dotvllm: request %s: could not compile %s (%s: %s); the request ends with this error",
+                           request_id, what, type(e).__name__, e)
+            return self._dead(what, error)
         logger.info("dotvllm: request %s: %s compiled by dotvllm in %.1f ms", request_id, constraint.kind,
                     (time.perf_counter() - t0) * 1e3)
         return DotvllmGrammar(matcher, description=constraint.describe(), eos_token_ids=vocab.eos_token_ids)

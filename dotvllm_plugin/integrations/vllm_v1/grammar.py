@@ -46,12 +46,14 @@ class DotvllmGrammar:
         Used by a dead grammar.
     """
 
-    __slots__ = ("matcher", "description", "eos_token_ids", "num_processed_tokens", "_dead_terminated", "_warned")
+    __slots__ = ("matcher", "description", "eos_token_ids", "error", "num_processed_tokens", "_dead_terminated",
+                 "_warned")
 
     def __init__(self, matcher: GrammarMatcher | None, *, description: str = "", eos_token_ids=()):
         self.matcher = matcher
         self.description = description
         self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
+        self.error = ""  # why a dead grammar is dead (the compile error), for the client
         self.num_processed_tokens = 0
         self._dead_terminated = False
         self._warned = False
