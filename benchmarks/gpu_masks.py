@@ -18,16 +18,21 @@ copies included:
 * ``v0_rows``: vLLM V0's ``_apply_logits_processors`` loop (reproduced; vLLM calls every
   processor of every sequence with its logits row) over our per-row processor;
 * ``ours``: :func:`~dotvllm_plugin.integrations.vllm_v0.logits_processor.apply_step`, the patched
-  step as it runs in the server (one Triton kernel; up to 8 MB of rows filled on the host and
-  uploaded, above that DFA rows cached on the device and picked by index);
-* ``ours_cached``: the same with the device row cache at every batch size;
+  step as it runs in the server: each grammar's DFA-state rows resident on the device, per
+  sequence a matcher advance and a row number, ``2·B`` int32 indices the kernel reads from
+  pinned memory, one Triton kernel;
+* ``ours_copy``: the same with the indices copied to the device first (one async copy);
+* ``ours_prev``: the previous server path (a row key and a fill per sequence, rows filled on the
+  host and uploaded up to 8 MB, a device row cache above);
+* ``ours_host``: ``ours`` with the device work left out (host work alone);
 * ``ours_upload``: our matchers fill all B rows into pinned memory, one async copy, our kernel;
 * ``xgrammar``: the same host fill and copy, then xgrammar's ``apply_token_bitmask_inplace``;
 
-plus the kernels alone (CUDA events, bitmask already on the device) and the floor: reading and
+plus ``sync_only`` (an empty step: the timer and ``torch.cuda.synchronize()``), the kernels
+alone (CUDA events, bitmask already on the device) and the floor: reading and
 writing the logits once, ``2·B·V·4`` bytes at the bandwidth of a device-to-device copy measured
 in the same run. Before timing, every path's mask of the first step is compared with the
-allowed sets of reference matchers. Prints a table; writes JSON, Markdown and a PNG plot::
+allowed sets of reference matchers, and for ``ours*`` the masks after the last timed step too. Prints a table; writes JSON, Markdown and a PNG plot::
 
     python -m benchmarks.gpu_masks run --data .benchdata --out benchmarks/results
 """
@@ -257,14 +262,39 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     def ours(step, logits):
         lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
 
-    cached_masker = StepMasker(upload_all_bytes=0)
+    copy_masker = StepMasker(read_indices_from_host=False)
 
-    def ours_cached(step, logits):
-        default, lp._step_masker = lp._step_masker, cached_masker
+    def ours_copy(step, logits):
+        default, lp._step_masker = lp._step_masker, copy_masker
         try:
             lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
         finally:
             lp._step_masker = default
+
+    prev_masker = StepMasker()
+
+    def ours_prev(step, logits):  # the previous server path: a key and a fill per sequence, StepMasker.apply
+        default, lp._step_masker = lp._step_masker, prev_masker
+        try:
+            lp._apply_step_entries(vllm_apply_logits_processors, logits, mds[step])
+        finally:
+            lp._step_masker = default
+
+    class NoMask:  # host work of `ours` alone: the same step with the device work left out
+        def apply_tables(self, *args, **kwargs):
+            pass
+
+    no_mask = NoMask()
+
+    def ours_host(step, logits):
+        default, lp._step_masker = lp._step_masker, no_mask
+        try:
+            lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
+        finally:
+            lp._step_masker = default
+
+    def sync_only(step, logits):
+        pass
 
     def ours_upload(step, logits):
         apply_token_bitmask_inplace(logits, upload(b, step), vocab_size=vocab.size)
@@ -272,9 +302,12 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     def xgrammar(step, logits):
         xgr_apply(logits, upload(b, step), vocab_size=vocab.size)
 
-    fns = {"v0_rows": v0_rows, "ours": ours, "ours_cached": ours_cached, "ours_upload": ours_upload}
+    fns = {"v0_rows": v0_rows, "ours": ours, "ours_copy": ours_copy, "ours_prev": ours_prev,
+           "ours_upload": ours_upload}
     if xgr_apply is not None:
         fns["xgrammar"] = xgrammar
+    checked = ("ours", "ours_copy", "ours_prev")
+    timed_only = {"ours_host": ours_host, "sync_only": sync_only}
 
     # correctness: step 0 of fresh requests, every path against reference matchers
     expected = b.allowed(0, width)
@@ -289,7 +322,8 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
         mismatches[name] = int((torch.isfinite(logits).cpu().numpy() != expected).any(axis=1).sum())
 
     row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches}
-    for name, fn in fns.items():
+    last = b.allowed(steps + 1, width)
+    for name, fn in {**fns, **timed_only}.items():
         b.reset()
         mds.clear()
         mds.update({s: b.metadata(s) for s in range(steps + 2)})
@@ -306,6 +340,8 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
             times.append(time.perf_counter() - t)
         row[f"{name}_us"] = statistics.median(times) * 1e6
         row[f"{name}_p90_us"] = float(np.percentile(times, 90)) * 1e6
+        if name in checked:  # the masks after the last timed step (matchers advanced step by step)
+            mismatches[f"{name}_last"] = int((torch.isfinite(logits).cpu().numpy() != last).any(axis=1).sum())
 
     # kernels alone, bitmask already on the device
     bm = upload(b, 2)
@@ -348,8 +384,8 @@ def run(args) -> None:
         raise SystemExit("MISMATCH between a path's masks and the reference matchers")
 
 
-COLS = ["v0_rows_us", "ours_us", "ours_cached_us", "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us",
-        "copy_h2d_us", "floor_us"]
+COLS = ["v0_rows_us", "ours_prev_us", "ours_us", "ours_copy_us", "ours_host_us", "ours_upload_us", "xgrammar_us",
+        "kernel_ours_us", "kernel_xgrammar_us", "copy_h2d_us", "sync_only_us", "floor_us"]
 
 
 def fmt_row(r: dict) -> str:
@@ -368,7 +404,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                  str(sum(r["mismatches"].values()))]
         lines.append("| " + " | ".join(vals) + " |")
     notes = ("\nMedian µs per decode step (wall clock to `torch.cuda.synchronize()`, host work and "
-             "host→device copies included) for `v0_rows`, `ours`, `ours_upload`, `xgrammar`; "
+             "host→device copies included) for `v0_rows`, `ours_prev`, `ours`, `ours_copy`, `ours_upload`, "
+             "`xgrammar`; `ours_host` is `ours` without its device work, `sync_only` an empty step; "
              "`kernel_*` and `copy_h2d` are CUDA-event times of the kernel alone (bitmask on the "
              "device) and of the B-row bitmask upload from pinned memory; floor = 2·B·V·4 bytes ÷ "
              "the measured copy bandwidth.\n")
@@ -389,8 +426,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, v in zip(axes[0], vocabs):
         rs = [r for r in rows if r["vocab_name"] == v]
         bs = [r["batch"] for r in rs]
-        for c, label in (("v0_rows_us", "V0 per-row path"), ("ours_us", "ours (apply_step)"),
-                         ("ours_cached_us", "ours, device row cache always"),
+        for c, label in (("v0_rows_us", "V0 per-row path"), ("ours_prev_us", "ours before (row fills + upload)"),
+                         ("ours_us", "ours (apply_step: device tables)"),
                          ("ours_upload_us", "ours, all rows uploaded"), ("xgrammar_us", "xgrammar kernel + upload"),
                          ("floor_us", "floor 2·B·V·4 B ÷ bandwidth")):
             if all(c in r for r in rs):

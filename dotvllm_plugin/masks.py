@@ -372,10 +372,11 @@ class _Slot:
     """Pinned host buffers of one step: ``index[0]`` logits rows, ``index[1]`` table rows, and the
     rows filled on the host; ``done`` is recorded after the step's kernel."""
 
-    __slots__ = ("index", "index_np", "rows", "rows_np", "done")
+    __slots__ = ("done", "index", "index_np", "logits_rows", "rows", "rows_np", "table_rows")
 
     def __init__(self):
         self.index = self.index_np = self.rows = self.rows_np = self.done = None
+        self.logits_rows = self.table_rows = None  # index[0], index[1] (views made once)
 
 
 class _RowStore:
@@ -399,7 +400,7 @@ class _RowStore:
         self.slots = [_Slot() for _ in range(self.RING)]
         self.turn = 0
         self.index_cap = 0
-        self.device_index: torch.Tensor | None = None
+        self.device_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (buffer, rows 0, 1)
 
     def place(self, tables: Sequence[tuple[Hashable, np.ndarray]], n_scratch: int) -> list[int]:
         """First row of each table in ``table`` (uploading what is missing); room for ``n_scratch``."""
@@ -445,6 +446,7 @@ class _RowStore:
         if s.index is None or s.index.shape[1] != self.index_cap:
             s.index = torch.zeros((2, self.index_cap), dtype=torch.int32, pin_memory=self.pin)
             s.index_np = s.index.numpy()
+            s.logits_rows, s.table_rows = s.index[0], s.index[1]
         if n_fill and (s.rows is None or s.rows.shape[0] < n_fill):
             s.rows = torch.zeros((_grow(n_fill), self.words), dtype=torch.int32, pin_memory=self.pin)
             s.rows_np = s.rows.numpy()
@@ -586,15 +588,16 @@ class StepMasker:
     def _launch_tables(self, rows, store: _RowStore, s: _Slot, k: int, n: int) -> None:
         if self.read_indices_from_host:
             try:
-                _launch_indexed(rows, store.table, k, n, s.index[0], s.index[1])
+                _launch_indexed(rows, store.table, k, n, s.logits_rows, s.table_rows)
                 return
             except Exception:  # noqa: BLE001 - host memory this device cannot read: copy the indices instead
                 self.read_indices_from_host = False
         dev = store.device_index
-        if dev is None or dev.shape != s.index.shape:
-            dev = store.device_index = torch.empty(s.index.shape, dtype=torch.int32, device=store.device)
-        dev.copy_(s.index, non_blocking=True)
-        _launch_indexed(rows, store.table, k, n, dev[0], dev[1])
+        if dev is None or dev[0].shape != s.index.shape:
+            t = torch.empty(s.index.shape, dtype=torch.int32, device=store.device)
+            dev = store.device_index = (t, t[0], t[1])
+        dev[0].copy_(s.index, non_blocking=True)
+        _launch_indexed(rows, store.table, k, n, dev[1], dev[2])
 
     def _apply_host(self, logits, entries, vocab_size, words) -> None:
         # On CPU, masked_fill_ and friends run at a fraction of memory speed, while adding a

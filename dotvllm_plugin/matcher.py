@@ -110,6 +110,25 @@ class GrammarMatcher:
         self._state = s
         return True
 
+    def accept_token_memo(self, token_id: int, memo: dict) -> bool:
+        """:meth:`accept_token` with ``memo``, a dict ``state * vocabulary size + token → next
+        state`` that the caller keeps per compiled grammar (shared by its matchers): a repeated
+        step is one lookup instead of a walk over the token's bytes."""
+        if self._terminated:
+            return False
+        s = self._state
+        n = len(self._tb)
+        nxt = memo.get(s * n + token_id) if 0 <= token_id < n else None
+        if nxt is not None:  # only allowed, non-EOS steps are remembered
+            self._history.append(s)
+            self._state = nxt
+            return True
+        if not self.accept_token(token_id):
+            return False
+        if not self._terminated and len(memo) < 1 << 20:
+            memo[s * n + token_id] = self._state
+        return True
+
     def accept_string(self, text: str | bytes) -> bool:
         """Advance by raw text (bytes), ignoring token boundaries; for tests and forced prefixes."""
         if self._terminated:

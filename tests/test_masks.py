@@ -424,3 +424,21 @@ def test_v0_step_on_tables_equals_per_row_processor(monkeypatch):
         assert torch.equal(got[torch.isfinite(got)], expected[torch.isfinite(expected)]), step
         assert torch.equal(got[0], logits[0])
         assert shared.logits_processors == [proc]
+
+
+def test_accept_token_memo_matches_accept_token():
+    from dotvllm_plugin import GrammarCompiler, GrammarMatcher, Vocabulary
+
+    tokens = [b"</s>", b"a", b"b", b"ab", b"ba", b"1", b"12", b"x"]
+    grammar = GrammarCompiler(Vocabulary(tokens, [0])).compile_regex(r"(ab|ba)+[12]{0,3}")
+    rng = np.random.default_rng(13)
+    memo: dict = {}
+    for _ in range(40):
+        plain, memoed = GrammarMatcher(grammar), GrammarMatcher(grammar)
+        for _ in range(8):
+            t = int(rng.integers(-1, len(tokens) + 2))
+            assert memoed.accept_token_memo(t, memo) == plain.accept_token(t)
+            assert (memoed.state, memoed.is_terminated()) == (plain.state, plain.is_terminated())
+    assert memo
+    m = GrammarMatcher(grammar)
+    assert not m.accept_token_memo(len(tokens) + 1, memo)  # out of range, even where a memo key would exist

@@ -124,6 +124,20 @@ def _rebuild(key, data, fingerprint, vocabulary_blob, description, eos_token_ids
     return DotvllmLogitsProcessor(grammar, key=key, data=data, description=description, eos_token_ids=eos_token_ids)
 
 
+_memos: OrderedDict[tuple, dict] = OrderedDict()  # (grammar key, vocabulary) -> {DFA state·V + token: next state}
+
+
+def _token_memo(key: tuple) -> dict:
+    """The DFA step memo shared by every request of one grammar in this process."""
+    with _process_lock:
+        memo = _memos.get(key)
+        if memo is None:
+            memo = _memos[key] = {}
+            while len(_memos) > _MAX_GRAMMARS_PER_PROCESS:
+                _memos.popitem(last=False)
+        return memo
+
+
 _step_masker = StepMasker()
 _step_error_reported = False
 
@@ -202,9 +216,9 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
             if step is None:
                 step = steps[proc._vocab_size] = ({}, [])
             tables, fills = step
-            table = tables.get(proc.key)
+            table = tables.get(proc._table_key)
             if table is None:
-                table = tables[proc.key] = (proc.key, proc.grammar.rows, [], [])
+                table = tables[proc._table_key] = (proc._table_key, proc.grammar.rows, [], [])
             targets, picks = table[2], table[3]
             for seq_id, row in zip(group.seq_ids, group.sample_indices):
                 r, m = proc._step_row(seq_id, seq_data[seq_id].output_token_ids)
@@ -343,6 +357,10 @@ class DotvllmLogitsProcessor:
         # The batched device path's states, per vLLM sequence id: [tokens seen, last token, state]
         self._by_seq: dict[int, list] = {}
         self._eos_key = ("eos", self._eos, self._vocab_size)
+        # Names this grammar's row table on the device and its step memo: the compile key (which
+        # covers the vocabulary in the server) and the vocabulary's fingerprint.
+        self._table_key = (key, vocab.fingerprint) if vocab is not None else (key,)
+        self._memo = _token_memo(self._table_key) if grammar is not None else {}
         # Filled by the matcher as numpy; the torch tensor shares its memory.
         self._words_np = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
         self._words = torch.from_numpy(self._words_np)
@@ -409,7 +427,9 @@ class DotvllmLogitsProcessor:
                         and (n == 1 or entry[1] == output_token_ids[n - 2])):
                     state = entry[2]
                     last = output_token_ids[n - 1]
-                    if not state.dead and not state.matcher.accept_token(last):  # advanced in place
+                    m = state.matcher
+                    if not state.dead and not (m.accept_token_memo(last, self._memo) if type(m) is GrammarMatcher
+                                               else m.accept_token(last)):  # advanced in place
                         self._report_rejected(output_token_ids, n - 1)
                         state = entry[2] = _SequenceState(None, dead=True)
                     entry[0] = n
