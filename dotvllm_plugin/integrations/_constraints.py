@@ -2,8 +2,14 @@
 
 Shared by both integrations: V0's ``GuidedDecodingParams`` and V1's ``StructuredOutputsParams``
 carry the same fields (``json``, ``regex``, ``choice``, ``grammar``, ``json_object``,
-``structural_tag``, ``whitespace_pattern``); only the names a user sees in error messages differ
+``structural_tag``, ``whitespace_pattern``, ``disable_any_whitespace``,
+``disable_additional_properties``); only the names a user sees in error messages differ
 (:data:`V0_NAMES`: ``guided_regex``; :data:`V1_NAMES`: ``structured_outputs.regex``).
+
+Per-request options of the JSON kinds (``json_schema``, ``json_object``) travel in
+:attr:`Constraint.options`, the dict handed to ``KINDS[kind].check`` / ``.compile`` and hashed into
+the compile cache key: ``whitespace_pattern`` (when set) and the flags
+:data:`REQUEST_FLAGS` (only when true, so a request without them keeps the key it always had).
 
 Routing (V0): a request is ours unless it names another backend in ``guided_decoding_backend``
 (``xgrammar``, ``outlines``, ``lm-format-enforcer``, ``guidance``, ``auto``, …); then vLLM handles
@@ -65,6 +71,10 @@ V1_NAMES = {
 """The same for V1 (``response_format`` json_schema / json_object arrive as ``json`` / ``json_object``)."""
 
 
+REQUEST_FLAGS = ("disable_any_whitespace", "disable_additional_properties")
+"""Boolean request fields passed to the core as options (when true) for the JSON kinds."""
+
+
 class GuidedRequestError(DotvllmError, ValueError):
     """A guided request the server cannot serve (a compile timeout, a failed compile worker).
 
@@ -80,6 +90,16 @@ class Constraint:
     spec: Any
     whitespace_pattern: str | None = None
     parameter: str = ""
+    flags: tuple[str, ...] = ()
+    """Names of the :data:`REQUEST_FLAGS` the request set."""
+
+    @property
+    def options(self) -> dict:
+        """The per-request options dict of ``KINDS[kind].check`` / ``.compile`` and of the cache key."""
+        options: dict = {name: True for name in self.flags}
+        if self.whitespace_pattern is not None:
+            options["whitespace_pattern"] = self.whitespace_pattern
+        return options
 
     def describe(self, limit: int = 120) -> str:
         """Short form for log messages."""
@@ -125,8 +145,9 @@ def constraint_of(params, *, names: dict = V0_NAMES) -> Constraint:
             feature="structural_tag",
             where="response_format",
         )
+    flags = tuple(name for name in REQUEST_FLAGS if getattr(params, name, False))
     if params.json is not None:
-        return Constraint("json_schema", _schema(params.json, names["json"]), ws, names["json"])
+        return Constraint("json_schema", _schema(params.json, names["json"]), ws, names["json"], flags)
     if params.regex is not None:
         if not isinstance(params.regex, str):
             raise GrammarError(f"{names['regex']} must be a string, got {type(params.regex).__name__}")
@@ -135,7 +156,7 @@ def constraint_of(params, *, names: dict = V0_NAMES) -> Constraint:
         return Constraint("choice", list(params.choice) if isinstance(params.choice, (list, tuple)) else params.choice,
                           None, names["choice"])
     if params.json_object:
-        return Constraint("json_object", None, ws, names["json_object"])
+        return Constraint("json_object", None, ws, names["json_object"], flags)
     raise GrammarError("the guided decoding parameters name no constraint")
 
 
@@ -165,7 +186,7 @@ _CHECKED_MAX = 1024
 def validate(params, *, names: dict = V0_NAMES) -> Constraint:
     """Cheap check of a request's constraint (no automaton, no token index); raise GrammarError."""
     c = constraint_of(params, names=names)
-    memo = json.dumps([c.kind, c.spec, c.whitespace_pattern], sort_keys=True, default=str)
+    memo = json.dumps([c.kind, c.spec, c.options], sort_keys=True, default=str)
     with _checked_lock:
         if memo in _checked:
             _checked.move_to_end(memo)
@@ -173,7 +194,7 @@ def validate(params, *, names: dict = V0_NAMES) -> Constraint:
     try:
         from ..compiler import KINDS
 
-        KINDS[c.kind].check(c.spec, {"whitespace_pattern": c.whitespace_pattern})
+        KINDS[c.kind].check(c.spec, c.options)
     except GrammarError as e:
         _prefixed(e, c.parameter)
         raise

@@ -50,6 +50,7 @@ from ._constraints import GuidedRequestError
 
 __all__ = [
     "add_vocabulary_hook",
+    "compile_kwargs",
     "install_metrics",
     "manager_for",
     "metrics_snapshot",
@@ -141,6 +142,31 @@ def manager_for(vocabulary) -> CompilationManager:
                         m.max_workers, m.timeout_s, m.cache_size,
                         f", disk cache {m.cache_dir}" if m.cache_dir else "")
         return m
+
+
+def compile_kwargs(manager: CompilationManager, constraint) -> dict:
+    """Keyword arguments of ``manager.compile`` / ``compile_async`` for a :class:`Constraint`: its
+    whole options dict (``options=``), or only ``whitespace_pattern`` for a manager without the
+    ``options`` parameter."""
+    if _takes_options(type(manager)):
+        return {"options": constraint.options}
+    return {"whitespace_pattern": constraint.whitespace_pattern}
+
+
+_takes_options_cache: dict[type, bool] = {}
+
+
+def _takes_options(cls) -> bool:
+    known = _takes_options_cache.get(cls)
+    if known is None:
+        import inspect
+
+        try:
+            known = "options" in inspect.signature(cls.submit).parameters
+        except (TypeError, ValueError):
+            known = False
+        _takes_options_cache[cls] = known
+    return known
 
 
 def _close_all() -> None:

@@ -136,3 +136,41 @@ def test_routing_by_backend_name(guided_params, backend, ours):
     from dotvllm_plugin.integrations.vllm_v0.constraints import is_ours
 
     assert is_ours(guided_params(regex="a", backend=backend)) is ours
+
+
+def test_request_options_reach_the_compilation_manager():
+    # V0 0.9.2's GuidedDecodingParams carries disable_any_whitespace / disable_additional_properties
+    # (also set by the deprecated "backend:options" form) and whitespace_pattern.
+    r = _run("""
+        from dotvllm_plugin.integrations.vllm_v0 import register, runtime
+        register()
+        from vllm.sampling_params import GuidedDecodingParams
+
+        seen = []
+        class Manager:
+            def submit(self, kind, spec=None, *, whitespace_pattern=None, options=None): ...
+            def compile(self, kind, spec=None, **kwargs):
+                seen.append((kind, kwargs))
+                raise RuntimeError("recorded")
+        runtime.vocabulary_for = lambda tokenizer: None
+        runtime.manager_for = lambda vocabulary: Manager()
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        for params in (GuidedDecodingParams(json=schema),
+                       GuidedDecodingParams(json=schema, disable_any_whitespace=True, whitespace_pattern="[ ]?"),
+                       GuidedDecodingParams(json=schema, backend="dotvllm:disable-any-whitespace,no-additional-properties"),
+                       GuidedDecodingParams(json_object=True, disable_additional_properties=True)):
+            try:
+                runtime.build_processor(params, tokenizer=None)
+            except ValueError:
+                pass
+        for kind, kwargs in seen:
+            print("SEEN", kind, sorted(kwargs["options"].items()))
+    """)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = [line for line in r.stdout.splitlines() if line.startswith("SEEN")]
+    assert seen == [
+        "SEEN json_schema []",
+        "SEEN json_schema [('disable_any_whitespace', True), ('whitespace_pattern', '[ ]?')]",
+        "SEEN json_schema [('disable_additional_properties', True), ('disable_any_whitespace', True)]",
+        "SEEN json_object [('disable_additional_properties', True)]",
+    ], r.stdout[-3000:] + r.stderr[-3000:]

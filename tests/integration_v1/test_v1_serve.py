@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+import jsonschema
 import pytest
 import requests
 
@@ -155,3 +156,21 @@ def test_compile_metrics_of_the_engine_core_are_on_metrics(v1_server):
     assert after.get((("kind", "regex"), ("outcome", "hit")), 0) >= 1, after
     buckets = metric_values(v1_server.base_url, "dotvllm_compile_seconds_bucket")
     assert buckets.get((("kind", "regex"), ("le", "+Inf")), 0) >= misses + 1, buckets
+
+
+def test_request_options_reach_the_engine_core_compile(v1_server):
+    # whitespace_pattern, disable_any_whitespace and disable_additional_properties are part of the
+    # compile (its options and cache key): each variant of one schema is its own cache miss.
+    schema = {"type": "object", "properties": {"options": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["options"], "additionalProperties": False}
+    key = (("kind", "json_schema"), ("outcome", "miss"))
+    before = metric_values(v1_server.base_url, "dotvllm_compile_total").get(key, 0)
+    variants = [{}, {}, {"disable_any_whitespace": True}, {"disable_additional_properties": True},
+                {"whitespace_pattern": "[ ]?"}]
+    for extra in variants:
+        reply = post(v1_server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=60,
+                                                               structured_outputs={"json": schema, **extra}))
+        assert reply.status == 200 and reply.finish[0] == "stop", reply
+        jsonschema.validate(json.loads(reply.texts[0]), schema)
+    after = metric_values(v1_server.base_url, "dotvllm_compile_total").get(key, 0)
+    assert after == before + 4, (before, after)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from ...errors import CompilationError, DotvllmError, GrammarError
-from .._runtime import _lock, _vocabularies, add_vocabulary_hook, manager_for, vocabulary_for
+from .._runtime import _lock, _vocabularies, add_vocabulary_hook, compile_kwargs, manager_for, vocabulary_for
 from .constraints import Constraint, GuidedRequestError, constraint_of
 from .logits_processor import DotvllmLogitsProcessor, register_vocabulary
 
@@ -45,8 +45,8 @@ async def build_processor_async(guided_params, tokenizer) -> DotvllmLogitsProces
     try:
         constraint = constraint_of(guided_params)
         vocab = await _vocabulary_async(tokenizer)
-        result = await manager_for(vocab).compile_async(
-            constraint.kind, constraint.spec, whitespace_pattern=constraint.whitespace_pattern)
+        manager = manager_for(vocab)
+        result = await manager.compile_async(constraint.kind, constraint.spec, **compile_kwargs(manager, constraint))
         return _processor(constraint, result)
     except Exception as e:  # noqa: BLE001
         err = _as_request_error(e, constraint)
@@ -61,8 +61,8 @@ def build_processor(guided_params, tokenizer) -> DotvllmLogitsProcessor:
     try:
         constraint = constraint_of(guided_params)
         vocab = vocabulary_for(tokenizer)
-        result = manager_for(vocab).compile(
-            constraint.kind, constraint.spec, whitespace_pattern=constraint.whitespace_pattern)
+        manager = manager_for(vocab)
+        result = manager.compile(constraint.kind, constraint.spec, **compile_kwargs(manager, constraint))
         return _processor(constraint, result)
     except Exception as e:  # noqa: BLE001
         err = _as_request_error(e, constraint)

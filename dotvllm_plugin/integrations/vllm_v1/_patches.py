@@ -191,13 +191,18 @@ class CompileFailure(str):
 def _patch_compile_errors() -> list[str]:
     done = []
     try:
+        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
         from vllm.v1.engine.output_processor import RequestState
-    except ImportError:  # pragma: no cover - another vLLM layout: stop_reason still carries the message
-        logger.warning("dotvllm: vllm.v1.engine.output_processor.RequestState not found; a compile failure in the "
-                       "engine core reaches the client only as stop_reason")
+    except ImportError:  # another vLLM layout: stop_reason still carries the message
+        logger.warning("dotvllm: this vLLM has no RequestState/GenerateBaseServing where expected; a compile "
+                       "failure in the engine core reaches the client only as stop_reason")
         return done
-    original = getattr(RequestState, "_new_completion_output", None)
-    if original is not None and not getattr(original, "_dotvllm", False):
+    if not hasattr(GenerateBaseServing, "_raise_if_error") or not hasattr(RequestState, "_new_completion_output"):
+        logger.warning("dotvllm: this vLLM's output classes differ from 0.32's; a compile failure in the engine "
+                       "core reaches the client only as stop_reason")
+        return done
+    original = RequestState._new_completion_output
+    if not getattr(original, "_dotvllm", False):
 
         @functools.wraps(original)
         def _new_completion_output(self, token_ids, finish_reason, stop_reason):
@@ -210,10 +215,6 @@ def _patch_compile_errors() -> list[str]:
 
         RequestState._new_completion_output = _mark(_new_completion_output, original)
         done.append("vllm.v1.engine.output_processor.RequestState._new_completion_output")
-    try:
-        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
-    except ImportError:  # pragma: no cover
-        return done
     error_class = _compile_error_class()
     original_raise = getattr(GenerateBaseServing, "_raise_if_error", None)
     if original_raise is not None and not getattr(original_raise, "_dotvllm", False):

@@ -3,7 +3,8 @@
 vLLM V1 (``StructuredOutputManager`` in the engine-core process) asks the backend for
 ``compile_grammar(request_type, grammar_spec, stop_token_ids)`` on its compile thread pool, one call
 per new structured request, and for ``allocate_token_bitmask(max_num_seqs)`` once. V1's key
-``(request_type, grammar_spec)`` drops the per-request options (``whitespace_pattern``), so
+``(request_type, grammar_spec)`` drops the per-request options (``whitespace_pattern``,
+``disable_any_whitespace``, ``disable_additional_properties``), so
 :mod:`._patches` calls :meth:`DotvllmBackend.compile_request` with the whole request instead.
 
 Compiles go through the process's :class:`~dotvllm_plugin.compilation_manager.CompilationManager`
@@ -59,6 +60,7 @@ class _Spec:
     def __init__(self, kind: str, spec: str):
         self.json = self.regex = self.choice = self.grammar = self.json_object = None
         self.structural_tag = self.whitespace_pattern = None
+        self.disable_any_whitespace = self.disable_additional_properties = False
         if kind == "json_schema":
             self.json = spec
         elif kind == "json_object":
@@ -160,11 +162,11 @@ class DotvllmBackend:
         t0 = time.perf_counter()
         try:
             constraint = constraint_of(params, names=V1_NAMES)
-            from .._runtime import manager_for
+            from .._runtime import compile_kwargs, manager_for
 
             vocab = self.vocabulary()
-            result = manager_for(vocab).compile(constraint.kind, constraint.spec,
-                                                whitespace_pattern=constraint.whitespace_pattern)
+            manager = manager_for(vocab)
+            result = manager.compile(constraint.kind, constraint.spec, **compile_kwargs(manager, constraint))
             matcher = GrammarMatcher(result.grammar)
         except Exception as e:  # noqa: BLE001 - never raise in the engine core
             what = constraint.describe() if constraint is not None else "the constraint"
