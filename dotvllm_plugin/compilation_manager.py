@@ -437,11 +437,20 @@ class CompilationManager:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def submit(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> concurrent.futures.Future:
-        """Start compiling (or find the cached result); the future resolves to a :class:`CompileResult`."""
+    def submit(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None,
+               options: dict | None = None) -> concurrent.futures.Future:
+        """Start compiling (or find the cached result); the future resolves to a :class:`CompileResult`.
+
+        ``options`` are the kind's request options (:data:`~dotvllm_plugin.compiler.OPTION_NAMES`: ``whitespace_pattern``,
+        ``disable_any_whitespace``, ``disable_additional_properties``); ``None``/``False`` values
+        are left out, so they never split the cache.
+        """
+        from .compiler import normalize_options
+
         if kind not in self._kinds:
             raise ValueError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
-        options = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
+        options = normalize_options(dict(options or {}, **({} if whitespace_pattern is None else
+                                                           {"whitespace_pattern": whitespace_pattern})))
         key = compile_key(kind, spec, options, self.vocabulary.fingerprint)
         with self._lock:
             if self._closed:
@@ -482,13 +491,15 @@ class CompilationManager:
             return shared
         return fut
 
-    def compile(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> CompileResult:
+    def compile(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None,
+                options: dict | None = None) -> CompileResult:
         """Blocking :meth:`submit`; raises the compile error."""
-        return self.submit(kind, spec, whitespace_pattern=whitespace_pattern).result()
+        return self.submit(kind, spec, whitespace_pattern=whitespace_pattern, options=options).result()
 
-    async def compile_async(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None) -> CompileResult:
+    async def compile_async(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None,
+                            options: dict | None = None) -> CompileResult:
         """Await a compile without blocking the event loop; raises the compile error."""
-        fut = self.submit(kind, spec, whitespace_pattern=whitespace_pattern)
+        fut = self.submit(kind, spec, whitespace_pattern=whitespace_pattern, options=options)
         return await asyncio.shield(asyncio.wrap_future(fut))
 
     def cached(self, key: str) -> CompileResult | None:

@@ -37,6 +37,8 @@ __all__ = [
     "choice_regex",
     "escape_literal",
     "load_compiled",
+    "normalize_options",
+    "OPTION_NAMES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,15 +75,18 @@ def choice_regex(choices) -> str:
     return "|".join(f"(?:{escape_literal(c)})" for c in dict.fromkeys(choices))
 
 
-def check_json_schema(schema, *, whitespace_pattern: str | None = None) -> None:
+def check_json_schema(schema, *, whitespace_pattern: str | None = None,
+                      allow_undeclared_properties: bool = True) -> None:
     """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAP`
-    fallback of :meth:`GrammarCompiler.compile_json_schema`); raises what compiling would."""
-    from .grammar.json_schema import json_schema_to_regex
+    fallback of :meth:`GrammarCompiler.compile_json_schema`): the translation to the grammar IR,
+    without automata; raises what compiling would."""
+    from .grammar.json_schema import json_schema_to_ir
 
+    options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
     try:
-        json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
+        json_schema_to_ir(schema, **options)
     except CompilationTooLargeError:
-        json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
+        json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options)
 
 
 def check_grammar(text, *, start: str = "start") -> None:
@@ -280,31 +285,33 @@ class GrammarCompiler:
         """Exactly one of ``choices`` (strings)."""
         return self.compile_regex(choice_regex(choices), kind="choice", source=json.dumps(list(choices)))
 
-    def compile_json_schema(self, schema, *, whitespace_pattern: str | None = None) -> CompiledGrammar:
-        """A JSON value valid under ``schema`` (a dict, bool, or JSON string).
+    def compile_json_schema(self, schema, *, whitespace_pattern: str | None = None,
+                            allow_undeclared_properties: bool = True):
+        """A JSON value valid under ``schema`` (a dict, bool, or JSON string): the grammar IR of
+        :func:`~dotvllm_plugin.grammar.json_schema.json_schema_to_ir` compiled (one DFA where a
+        regex says the schema exactly, else the pushdown engine).
 
-        When the exact automaton is over budget, the schema is compiled once more with long
+        When the exact automata are over budget, the schema is compiled once more with long
         ``maxLength``/``maxItems`` bounds lowered to :data:`REPEAT_CAP` (never below the
         minimum): every output still validates, only long strings and arrays are not generated.
         A warning says so; if that is still over budget, the first error is raised.
         """
-        from .grammar.json_schema import json_schema_to_regex
+        from .grammar.json_schema import json_schema_to_ir
         from .grammar.json_schema.any_json import any_json_grammar
 
-        source = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
         try:
             parsed = json.loads(schema) if isinstance(schema, str) else schema
         except ValueError:
-            parsed = None  # json_schema_to_regex reports it
-        if parsed is True or parsed == {}:  # any value at all: nesting without a depth bound
+            parsed = None  # json_schema_to_ir reports it
+        if parsed is True or parsed == {}:  # any value at all
             return self.compile_ir(any_json_grammar(whitespace_pattern=whitespace_pattern, root="value"))
+        options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
         try:
-            regex = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
-            return self._compile(regex, "json_schema", source, check_syntax=False)
+            return self.compile_ir(json_schema_to_ir(schema, **options), check_syntax=False)
         except CompilationTooLargeError as exact_error:
             try:
-                capped = json_schema_to_regex(schema, whitespace_pattern=whitespace_pattern, repeat_cap=REPEAT_CAP)
-                compiled = self._compile(capped, "json_schema", source, check_syntax=False)
+                compiled = self.compile_ir(json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options),
+                                           check_syntax=False)
             except CompilationTooLargeError:
                 raise exact_error from None
             logger.warning(
@@ -341,8 +348,31 @@ class Kind:
     compile: Callable[[GrammarCompiler, Any, dict], Any]
 
 
+#: The request options a constraint kind may read (vLLM's names).
+OPTION_NAMES = ("whitespace_pattern", "disable_any_whitespace", "disable_additional_properties")
+
+
+def normalize_options(options: dict) -> dict:
+    """``options`` without unset values (``None``, ``False``, ``""``); refuses unknown names."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"unknown constraint options {sorted(unknown)}; expected some of {list(OPTION_NAMES)}")
+    return {k: v for k, v in sorted(options.items()) if v not in (None, False, "")}
+
+
 def _ws(options: dict):
+    """The whitespace between JSON tokens: none when ``disable_any_whitespace`` (vLLM's name for
+    compact output, which is also our default), else ``whitespace_pattern``."""
+    if options.get("disable_any_whitespace"):
+        return None
     return options.get("whitespace_pattern")
+
+
+def _json_options(options: dict) -> dict:
+    return dict(
+        whitespace_pattern=_ws(options),
+        allow_undeclared_properties=not options.get("disable_additional_properties", False),
+    )
 
 
 def _check_json_object(spec, options) -> None:
@@ -358,8 +388,8 @@ KINDS: dict[str, Kind] = {
         Kind("choice", lambda spec, o: choice_regex(spec), lambda c, spec, o: c.compile_choice(spec)),
         Kind(
             "json_schema",
-            lambda spec, o: check_json_schema(spec, whitespace_pattern=_ws(o)),
-            lambda c, spec, o: c.compile_json_schema(spec, whitespace_pattern=_ws(o)),
+            lambda spec, o: check_json_schema(spec, **_json_options(o)),
+            lambda c, spec, o: c.compile_json_schema(spec, **_json_options(o)),
         ),
         Kind("json_object", _check_json_object, lambda c, spec, o: c.compile_json_object(whitespace_pattern=_ws(o))),
         Kind("grammar", lambda spec, o: check_grammar(spec), lambda c, spec, o: c.compile_grammar(spec)),

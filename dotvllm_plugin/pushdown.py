@@ -239,7 +239,7 @@ def _shadow_witness(a, b, rep: np.ndarray) -> bytes | None:
     return None
 
 
-def _build_lexer(members: list[int], terms, dfas):
+def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True):
     """Product DFA of the candidates of one contextual lexer.
 
     Returns ``(trans int32 [n, 256], chosen int32 [n])`` with state 0 the lexeme start (never
@@ -251,7 +251,7 @@ def _build_lexer(members: list[int], terms, dfas):
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
     byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
     first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist()) for i in ordered}
-    for i, x in enumerate(ordered):
+    for i, x in enumerate(ordered if lark_fidelity else ()):
         for y in ordered[i + 1 :]:
             if not first[x] & first[y]:
                 continue
@@ -352,6 +352,31 @@ def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list
             t += 1
         out.append(None if not terms or any(ignore[t] for t in terms) else tuple(terms))
     return out
+
+
+class _LazyReach:
+    """``_reachable_terminals`` per lexer state, computed one lexer at a time on first use (a
+    grammar with hundreds of contextual lexers visits few of them per request)."""
+
+    _UNSET = object()
+
+    def __init__(self, lex_trans, chosen, ignore, offsets, owner):
+        self._trans, self._chosen, self._ignore = lex_trans, chosen, ignore
+        self._offsets, self._owner = offsets, owner
+        self._values = [self._UNSET] * len(chosen)
+
+    def __getitem__(self, q: int):
+        v = self._values[q]
+        if v is self._UNSET:
+            lexer = self._owner[q]
+            lo, hi = self._offsets[lexer], self._offsets[lexer + 1]
+            block = self._trans[lo:hi]
+            block = np.where(block >= 0, block - lo, -1)
+            values = _reachable_terminals(block, self._chosen[lo:hi], self._ignore)
+            values[0] = None  # the lexeme start
+            self._values[lo:hi] = values
+            v = self._values[q]
+        return v
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
@@ -489,7 +514,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         li = lexer_of_set.get(key)
         if li is None:
             li = lexer_of_set[key] = len(parts)
-            parts.append(_build_lexer(list(key), terms, dfas))
+            parts.append(_build_lexer(list(key), terms, dfas, grammar.lexing == "lark"))
         lexer_of_state[s] = li
     offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
     lex_trans = np.concatenate(
@@ -562,10 +587,8 @@ class PushdownGrammar:
         self._is_start = set(self._offsets[:-1])
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
-        self._max_token_len = max((len(b) for b in vocabulary.token_bytes if b), default=1)
-        self._reach = _reachable_terminals(a["lex_trans"], a["lex_chosen"], self._ignore)
-        for start in self._offsets[:-1]:
-            self._reach[start] = None
+        self._max_token_len = vocabulary.max_token_len
+        self._reach = _LazyReach(a["lex_trans"], a["lex_chosen"], self._ignore, self._offsets, self._owner)
         self._lock = threading.Lock()
         self._walkers: dict[int, tuple] = {}
         self._base: dict[int, tuple] = {}

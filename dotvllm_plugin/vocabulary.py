@@ -126,6 +126,14 @@ class Vocabulary:
 
     # -- derived arrays, computed once per vocabulary ----------------------------------------------
 
+    @property
+    def max_token_len(self) -> int:
+        """Length in bytes of the longest token (1 for an empty vocabulary)."""
+        n = self._cache.get("max_len")
+        if n is None:
+            n = self._cache["max_len"] = max((len(b) for b in self._token_bytes if b), default=1)
+        return n
+
     def byte_trie(self) -> "ByteTrie":
         trie = self._cache.get("trie")
         if trie is None:

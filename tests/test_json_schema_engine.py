@@ -88,18 +88,26 @@ def test_random_walks_validate(compiler, tekken_vocab, schema):
     cg = compiler.compile_json_schema(schema)
     rng = np.random.default_rng(0)
     eos = np.array(tekken_vocab.eos_token_ids)
+    lengths = np.array([len(b or b"") for b in tekken_vocab.token_bytes])
+    closing = np.array([bool(b) and set(b) <= set(b'"]}') for b in tekken_vocab.token_bytes])
     finished = 0
     for _ in range(8):
         m = GrammarMatcher(cg)
         out = b""
-        for _ in range(80):
+        for _ in range(160):
             allowed = m.allowed_token_ids()
             allowed = allowed[~np.isin(allowed, eos)]
             if m.is_completed() and (allowed.size == 0 or rng.random() < 0.3):
                 break
             if allowed.size == 0:
                 break
-            t = int(rng.choice(allowed))
+            # biased to short tokens and closing quotes/brackets, so that free-form values (any
+            # depth) and strings end within the budget
+            closers = allowed[closing[allowed]]
+            short = allowed[lengths[allowed] <= 2]
+            pick = rng.random()
+            pool = closers if closers.size and pick < 0.3 else short if short.size and pick < 0.8 else allowed
+            t = int(rng.choice(pool))
             assert m.accept_token(t)
             out += tekken_vocab.token_bytes[t]
         if m.is_completed():

@@ -36,7 +36,9 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from ..ir import Grammar
 from ...errors import CompilationTooLargeError, GrammarError, JSONSchemaError, UnsupportedFeatureError
+from . import rules as R
 from . import text as T
 from .formats import FORMATS, UNSUPPORTED_FORMATS
 from .numbers import NUMBER, integer_range, number_range
@@ -47,6 +49,8 @@ __all__ = [
     "MAX_REGEX_CHARS",
     "check_whitespace",
     "json_object_regex",
+    "NeedsGrammar",
+    "json_schema_to_ir",
     "json_schema_to_regex",
     "json_value_regex",
     "order_properties",
@@ -62,6 +66,8 @@ MAX_REGEX_CHARS = 200_000
 MAX_WORK = 20_000
 #: Nesting depth of free-form JSON values (``{}``/``true`` schemas, unconstrained items).
 ANY_VALUE_DEPTH = 1
+#: In grammar mode, an object member's regex longer than this becomes a rule of its own.
+RULE_MIN_CHARS = 64
 
 _ANNOTATIONS = frozenset({
     "title", "description", "examples", "example", "$comment", "default", "deprecated",
@@ -172,6 +178,74 @@ def json_schema_to_regex(
             where="/",
         )
     return ctx.check_size(regex, "")
+
+
+class NeedsGrammar(Exception):
+    """Raised by the translator in probe mode where a regex cannot say the schema exactly."""
+
+
+def json_schema_to_ir(
+    schema: dict | str | bool,
+    *,
+    whitespace_pattern: str | None = None,
+    allow_undeclared_properties: bool = True,
+    max_regex_chars: int = MAX_REGEX_CHARS,
+    repeat_cap: int | None = None,
+) -> Grammar:
+    """The grammar IR of the JSON documents valid under ``schema``.
+
+    A schema a regex can say exactly (no free-form value, no recursion, undeclared properties
+    forbidden or impossible) is one terminal: the regex of :func:`json_schema_to_regex`, compiled
+    to a DFA. Any other schema — or one whose regex is over budget — is written as rules (see
+    :mod:`.rules`): every ``$ref`` target one rule compiled once, recursion without a depth bound,
+    free-form values any JSON value at any depth, strings with every escape, undeclared
+    properties after the declared ones where ``additionalProperties`` allows them.
+
+    ``allow_undeclared_properties=False`` (vLLM's ``disable_additional_properties``) generates
+    only declared properties where ``additionalProperties`` is absent (a sound restriction).
+    Raises what :func:`json_schema_to_regex` raises.
+    """
+    from ..ir import Grammar
+
+    text = schema if isinstance(schema, str) else None
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except ValueError as e:
+            raise JSONSchemaError(f"the schema is not valid JSON: {e}") from e
+    if not isinstance(schema, (dict, bool)):
+        raise JSONSchemaError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
+    source = text if text is not None else json.dumps(schema, sort_keys=True)
+    ws = check_whitespace(whitespace_pattern)
+    try:
+        ctx = _Context(schema, ws, 3, max_regex_chars, allow_undeclared_properties, mode="probe")
+        ctx.repeat_cap = repeat_cap
+        regex = ctx.compile(schema, "")
+        if regex is not None:
+            regex = ctx.check_size(regex, "")
+            return Grammar.from_regex(regex, kind="json_schema", source=source)
+    except (NeedsGrammar, CompilationTooLargeError):
+        pass
+    if R.has_placeholders(json.dumps(schema, ensure_ascii=False)):
+        raise _refuse("enum", "/", "characters of Unicode's Supplementary Private Use Area-B in a schema "
+                      "that needs rules (recursion, free-form values or undeclared properties)")
+    ctx = _Context(schema, ws, 3, max_regex_chars, allow_undeclared_properties, mode="grammar")
+    ctx.repeat_cap = repeat_cap
+    root = ctx.compile(schema, "")
+    if root is None:
+        raise UnsupportedFeatureError(
+            "the schema accepts no JSON value: it is equivalent to false, nothing can be generated",
+            feature="false",
+            where="/",
+        )
+    ctx.check_size(root, "")
+    empty = [ref for ref, ph in ctx.ref_placeholder.items() if ctx.bodies.get(ph) is None]
+    bodies = {ph: b for ph, b in ctx.bodies.items() if b is not None}
+    used = root + "".join(bodies.values())
+    for ref in empty:
+        if ctx.ref_placeholder[ref] in used:
+            raise _refuse("$ref", ref.lstrip("#") or "/", "a recursive definition that accepts no finite value")
+    return R.regex_to_grammar(root, bodies, kind="json_schema", source=source)
 
 
 def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
@@ -341,9 +415,24 @@ def _canon(value) -> str:
 
 
 class _Context:
-    def __init__(self, root, ws: str, max_depth: int, max_chars: int, undeclared: bool = False):
+    def __init__(self, root, ws: str, max_depth: int, max_chars: int, undeclared: bool = False,
+                 mode: str = "regex"):
+        #: "regex": one regex; "probe": one regex, or :class:`NeedsGrammar` at the first spot a
+        #: regex cannot say exactly (a free-form value, recursion); "grammar": placeholders
+        #: (see :mod:`.rules`) for those, rule bodies in :attr:`bodies`
+        self.mode = mode
         self.undeclared = undeclared
-        self.unicode_escapes = False
+        self.unicode_escapes = mode == "grammar"
+        m = R.MARK if mode == "grammar" else ""
+        # structural pieces, with lexeme boundaries in grammar mode
+        self.lb, self.rb = f"\\{{{m}{ws}", f"{ws}{m}\\}}"
+        self.lsq, self.rsq = f"\\[{m}{ws}", f"{ws}{m}\\]"
+        self.sep = f"{ws}{m},{m}{ws}"
+        self.colon = f"{ws}:{m}{ws}"
+        self.bodies: dict[str, str | None] = {}
+        self.ref_placeholder: dict[str, str] = {}
+        self.rule_of_regex: dict[str, str] = {}
+        self.n_rules = 0
         self.repeat_cap: int | None = None
         self.root = root
         self.ws = ws
@@ -370,9 +459,55 @@ class _Context:
         return max(self.repeat_cap, lo)
 
     def any_value(self) -> str:
+        if self.mode == "probe":
+            raise NeedsGrammar("a free-form value")
+        if self.mode == "grammar":
+            if R.ANY not in self.bodies:
+                self.bodies[R.ANY] = self.any_value_body()
+            return R.ANY
         if self._any is None:
             self._any = _any_value(self.ws, ANY_VALUE_DEPTH)
         return self._any
+
+    def any_value_body(self) -> str:
+        """Any JSON value (grammar mode): containers hold :data:`.rules.ANY` itself; strings take
+        every escape."""
+        string = '"' + T.ANY_CHAR + '*"'
+        v, sep = R.ANY, self.sep
+        array = f"{self.lsq}(?:{v}(?:{sep}{v})*)?{self.rsq}"
+        member = f"{string}{self.colon}{v}"
+        obj = f"{self.lb}(?:{member}(?:{sep}{member})*)?{self.rb}"
+        return f"(?:null|true|false|{NUMBER}|{string}|{array}|{obj})"
+
+    def new_placeholder(self) -> str:
+        self.n_rules += 1
+        if self.n_rules > R.MAX_RULES:
+            raise CompilationTooLargeError(f"the schema needs more than {R.MAX_RULES} rules; reduce reuse or nesting")
+        return R.placeholder(R.FIRST_REF + self.n_rules)
+
+    def as_rule(self, regex: str) -> str:
+        """Grammar mode: a long regex as a rule of its own (written once however often used)."""
+        if self.mode != "grammar" or len(regex) <= RULE_MIN_CHARS:
+            return regex
+        ph = self.rule_of_regex.get(regex)
+        if ph is None:
+            ph = self.rule_of_regex[regex] = self.new_placeholder()
+            self.bodies[ph] = regex
+        return ph
+
+    def rule_for_ref(self, ref: str, where: str) -> str | None:
+        """Grammar mode: the placeholder of the rule for ``ref`` (compiled once, on first use);
+        ``None`` when its schema accepts nothing."""
+        ph = self.ref_placeholder.get(ref)
+        if ph is None:
+            ph = self.ref_placeholder[ref] = self.new_placeholder()
+            target = self.resolve(ref, _ptr(where, "$ref"))
+            saved, self.ref_stack = self.ref_stack, [ref]
+            try:
+                self.bodies[ph] = self.compile(target, ref.lstrip("#") or "")
+            finally:
+                self.ref_stack = saved
+        return None if self.bodies.get(ph, "") is None else ph
 
     def resolve(self, ref: Any, where: str):
         if not isinstance(ref, str):
@@ -419,6 +554,8 @@ class _Context:
         """Inline a ``$ref`` into ``kw``; returns (schema, pushed) with ``None`` = depth cut."""
         ref = kw["$ref"]
         if self.ref_stack.count(ref) >= self.max_depth:
+            if self.mode == "probe":
+                raise NeedsGrammar(f"recursion through {ref}")
             return None, False
         target = self.resolve(ref, _ptr(where, "$ref"))
         rest = {k: v for k, v in kw.items() if k != "$ref"}
@@ -486,6 +623,8 @@ class _Context:
         if any(k in kw for k in ("dependencies", "dependentRequired", "dependentSchemas")):
             return self.compile(self.expand_dependencies(kw, where), where)
         if "$ref" in kw:
+            if self.mode == "grammar" and set(kw) == {"$ref"} and isinstance(kw["$ref"], str):
+                return self.rule_for_ref(kw["$ref"], where)
             target, pushed = self.expand_ref(kw, where)
             if target is None:
                 return None
@@ -1126,7 +1265,7 @@ class _Context:
             return None
         if rest_re is None and len(elems) < lo:
             return None
-        sep = f"{ws},{ws}"
+        sep = self.sep
         # tail after all prefix elements: more items from `rest`
         n = len(elems)
         tail = ""
@@ -1152,8 +1291,9 @@ class _Context:
                     body = f"{rest_re}{more}"
                     if t_lo == 0:
                         body = f"(?:{body})?"
-        inner = f"{body}{ws}" if body else ""
-        return self.check_size(f"\\[{ws}{inner}\\]", where)
+        if not body:
+            return self.check_size(f"\\[{ws}\\]", where)
+        return self.check_size(f"{self.lsq}{body}{self.rsq}", where)
 
     def compile_contains(self, kw, prefix, rest, lo, hi, where) -> str | None:
         w = _ptr(where, "contains")
@@ -1165,8 +1305,7 @@ class _Context:
                           "counted contains is not supported")
         if min_c == 0:
             return self.compile_array({k: v for k, v in kw.items() if k != "contains"}, where)
-        ws = self.ws
-        sep = f"{ws},{ws}"
+        sep = self.sep
         item = self.compile(rest, _ptr(where, "items"))
         witness = self.compile({"allOf": [rest, kw["contains"]]}, w)
         if witness is None or (hi is not None and hi < 1):
@@ -1185,8 +1324,8 @@ class _Context:
                 after = T.repeat(f"{sep}{item}", max(0, lo - 1), hi - 1)
                 alts = [f"{T.repeat(item + sep, i, i)}{witness}{T.repeat(sep + item, max(0, lo - 1 - i), hi - 1 - i)}"
                         for i in range(hi)]
-                return self.check_size(f"\\[{ws}{T.alternation(alts)}{ws}\\]", where)
-        return self.check_size(f"\\[{ws}{before}{witness}{after}{ws}\\]", where)
+                return self.check_size(f"{self.lsq}{T.alternation(alts)}{self.rsq}", where)
+        return self.check_size(f"{self.lsq}{before}{witness}{after}{self.rsq}", where)
 
     # ---- objects -------------------------------------------------------------------------
 
@@ -1239,7 +1378,7 @@ class _Context:
                 if req:
                     return None
                 continue
-            items.append((f'"{T.encode_text(name)}"{ws}:{ws}{val}', req))
+            items.append((self.as_rule(f'"{T.encode_text(name)}"{self.colon}{val}'), req))
         # extra (undeclared) properties
         extra = self.extra_entries(order, pattern_props, additional, names_re, where)
         n_req = sum(1 for _, r in items if r)
@@ -1305,7 +1444,7 @@ class _Context:
                 val = self.compile({"allOf": everything} if len(everything) > 1 else s,
                                    _ptr(where, "patternProperties", p))
                 if val is not None:
-                    alts.append(f"{key}{ws}:{ws}{val}")
+                    alts.append(self.as_rule(f"{key}{self.colon}{val}"))
             # keys matching no pattern (additionalProperties) are not generated: sound restriction
         elif additional is not False:
             val = self.compile(additional, _ptr(where, "additionalProperties"))
@@ -1316,7 +1455,7 @@ class _Context:
                     key = names_re
                 else:
                     key = '"' + _not_in(declared) + '"'
-                alts.append(f"{key}{ws}:{ws}{val}")
+                alts.append(self.as_rule(f"{key}{self.colon}{val}"))
         return T.alternation(alts)
 
     def object_regex(self, items: list[tuple[str, bool]], extra: str | None, e_lo: int,
@@ -1330,7 +1469,7 @@ class _Context:
         and G the comma-prefixed rest.
         """
         ws = self.ws
-        sep = f"{ws},{ws}"
+        sep = self.sep
         has_extra = extra is not None and e_hi != 0
         # (non-empty form, comma-prefixed form, required)
         parts: list[tuple[str, str, bool]] = [(it, f"{sep}{it}", req) for it, req in items]
@@ -1354,7 +1493,7 @@ class _Context:
             body += parts[first_req][0] + rest(first_req + 1, len(parts))
         else:
             body = f"(?:{self._non_empty(parts, 0, len(parts), rest)})?"
-        return f"\\{{{ws}{body}{ws}\\}}"
+        return f"{self.lb}{body}{self.rb}"
 
     def _non_empty(self, parts, i: int, j: int, rest) -> str:
         """A non-empty in-order, comma-separated selection of the optional ``parts[i:j]``."""

@@ -1,0 +1,304 @@
+"""From the translator's regexes with *placeholders* to the grammar IR.
+
+In grammar mode the translator still writes regexes, with three kinds of private code points
+(Supplementary Private Use Area-B, refused in schemas that would be compiled this way) standing
+for what a regex cannot say:
+
+* :data:`MARK` — a lexeme boundary (after ``{`` ``[`` ``,`` ``:``, before ``}`` ``]`` ``,``): the
+  structure of objects and arrays becomes rules, and terminals are JSON lexemes (a key with its
+  colon, a scalar value, punctuation), so the branches of a rule never overlap inside one lexeme;
+* ``ref`` placeholders — a sub-schema compiled once as its own rule (a ``$ref`` target: recursion
+  without a depth bound, and every use shares one definition);
+* :data:`ANY` — any JSON value at any depth.
+
+:func:`regex_to_grammar` parses each regex with Python's own parser and writes it as BNF: every
+maximal run of placeholder-free items between boundaries becomes one terminal (its regex written
+back from the parse tree; behind an optional rule when the run matches the empty text), every
+alternation or repetition that contains a placeholder a rule. Since every comma and bracket is a
+boundary, a lexeme never extends greedily into an optional tail that the next lexeme needed.
+"""
+
+from __future__ import annotations
+
+import re._constants as C  # noqa: N812 - the names are re's own
+import re._parser as P  # noqa: N812
+
+from ...errors import GrammarError
+from ..ir import Grammar, Rule, Terminal
+
+__all__ = ["ANY", "FIRST_REF", "MARK", "is_placeholder", "placeholder", "regex_to_grammar", "unparse"]
+
+_BASE = 0x100000
+MARK = chr(_BASE)
+ANY = chr(_BASE + 1)
+FIRST_REF = 16
+#: Most rule placeholders one schema may use.
+MAX_RULES = 0x10FFFF - _BASE - FIRST_REF - 1
+
+
+def placeholder(i: int) -> str:
+    """The ``i``-th rule placeholder (``i >= FIRST_REF``)."""
+    return chr(_BASE + i)
+
+
+def is_placeholder(cp: int) -> bool:
+    return cp >= _BASE
+
+
+def has_placeholders(text: str) -> bool:
+    return any(ord(c) >= _BASE for c in text)
+
+
+# -- writing a parse tree back as a regex --------------------------------------------------------
+
+_META = set("\\.^$*+?{}[]|()#")
+_CLASS_META = set("\\]^-[")
+_CATEGORIES = {
+    C.CATEGORY_DIGIT: r"\d", C.CATEGORY_NOT_DIGIT: r"\D", C.CATEGORY_SPACE: r"\s",
+    C.CATEGORY_NOT_SPACE: r"\S", C.CATEGORY_WORD: r"\w", C.CATEGORY_NOT_WORD: r"\W",
+}
+_FLAG_LETTERS = ((C.SRE_FLAG_IGNORECASE, "i"), (C.SRE_FLAG_MULTILINE, "m"), (C.SRE_FLAG_DOTALL, "s"),
+                 (C.SRE_FLAG_ASCII, "a"), (C.SRE_FLAG_UNICODE, "u"))
+
+
+class _Unwritable(GrammarError):
+    pass
+
+
+def _char(cp: int, meta: set) -> str:
+    ch = chr(cp)
+    if cp < 0x20 or cp == 0x7F:
+        return f"\\x{cp:02x}"
+    if ch in meta or ch.isspace():
+        return "\\" + ch if ch in meta else f"\\x{cp:02x}" if cp < 0x100 else ch
+    return ch
+
+
+def _flags(add: int, remove: int) -> str:
+    a = "".join(ch for f, ch in _FLAG_LETTERS if add & f)
+    r = "".join(ch for f, ch in _FLAG_LETTERS if remove & f)
+    return a + (f"-{r}" if r else "")
+
+
+def _class_items(items) -> str:
+    out = []
+    for op, av in items:
+        if op is C.NEGATE:
+            continue
+        if op is C.LITERAL:
+            out.append(_char(av, _CLASS_META))
+        elif op is C.RANGE:
+            out.append(f"{_char(av[0], _CLASS_META)}-{_char(av[1], _CLASS_META)}")
+        elif op is C.CATEGORY:
+            out.append(_CATEGORIES[av])
+        else:
+            raise _Unwritable(f"cannot write back class item {op}")
+    neg = "^" if items and items[0][0] is C.NEGATE else ""
+    return f"[{neg}{''.join(out)}]"
+
+
+def unparse(items) -> str:
+    """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``)."""
+    return "".join(_unparse_item(op, av) for op, av in items)
+
+
+def _unparse_item(op, av) -> str:
+    if op is C.LITERAL:
+        return _char(av, _META)
+    if op is C.NOT_LITERAL:
+        return f"[^{_char(av, _CLASS_META)}]"
+    if op is C.IN:
+        return _class_items(av)
+    if op is C.ANY:
+        return "."
+    if op is C.CATEGORY:
+        return _CATEGORIES[av]
+    if op is C.BRANCH:
+        return "(?:" + "|".join(unparse(seq) for seq in av[1]) + ")"
+    if op is C.SUBPATTERN:
+        _group, add, remove, body = av
+        f = _flags(add, remove)
+        return f"(?{f}:{unparse(body)})"
+    if op is C.MAX_REPEAT:
+        lo, hi, body = av
+        inner = f"(?:{unparse(body)})"
+        if (lo, hi) == (0, 1):
+            return inner + "?"
+        if (lo, hi) == (0, C.MAXREPEAT):
+            return inner + "*"
+        if (lo, hi) == (1, C.MAXREPEAT):
+            return inner + "+"
+        return inner + (f"{{{lo},}}" if hi == C.MAXREPEAT else f"{{{lo},{hi}}}")
+    raise _Unwritable(f"the regex construct {op} cannot be written back")
+
+
+# -- regex with placeholders → BNF ---------------------------------------------------------------
+
+def _ph_in(op, av) -> bool:
+    if op is C.LITERAL:
+        return is_placeholder(av)
+    if op is C.IN:
+        return any(o is C.LITERAL and is_placeholder(a) for o, a in av)
+    if op is C.BRANCH:
+        return any(_ph_in(o, a) for seq in av[1] for o, a in seq)
+    if op is C.SUBPATTERN:
+        return any(_ph_in(o, a) for o, a in av[3])
+    if op in (C.MAX_REPEAT, C.MIN_REPEAT):
+        return any(_ph_in(o, a) for o, a in av[2])
+    return False
+
+
+def _nullable(items) -> bool:
+    for op, av in items:
+        if op is C.BRANCH:
+            if not any(_nullable(seq) for seq in av[1]):
+                return False
+        elif op is C.SUBPATTERN:
+            if not _nullable(av[3]):
+                return False
+        elif op is C.MAX_REPEAT:
+            if av[0] > 0 and not _nullable(av[2]):
+                return False
+        elif op is C.AT:
+            continue
+        else:
+            return False
+    return True
+
+
+#: Most copies of one repeated placeholder body (``{lo,hi}``) written out as rules; longer
+#: optional tails are cut there (a sound restriction: fewer items, never an invalid document).
+MAX_RULE_REPEAT = 256
+
+
+class _Writer:
+    def __init__(self, flag_prefix: str, names: dict[int, str]):
+        self.flag_prefix = flag_prefix
+        self.names = names  # placeholder code point → rule name
+        self.terminals: dict[str, Terminal] = {}
+        self.rules: list[Rule] = []
+        self._n = 0
+        self._memo: dict[tuple, str] = {}
+
+    def fresh(self, stem: str) -> str:
+        self._n += 1
+        return f"{stem}_{self._n}"
+
+    def terminal(self, regex: str, nonempty: bool) -> str:
+        key = self.flag_prefix + regex
+        t = self.terminals.get((key, nonempty))
+        if t is None:
+            t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex)
+            self.terminals[(key, nonempty)] = t
+        return t.name
+
+    def rule(self, stem: str, alternatives: list[tuple[str, ...]]) -> str:
+        key = (stem, tuple(alternatives))
+        name = self._memo.get(key)
+        if name is None:
+            name = self._memo[key] = self.fresh(stem)
+            self.rules += [Rule(name, alt) for alt in dict.fromkeys(alternatives)]
+        return name
+
+    def seq(self, items) -> tuple[str, ...]:
+        out: list[str] = []
+        run: list = []
+
+        def flush():
+            if run:
+                out.extend(self.plain(list(run)))
+                run.clear()
+
+        for op, av in items:
+            if op is C.AT:
+                raise _Unwritable("anchors")
+            if not _ph_in(op, av):
+                run.append((op, av))
+                continue
+            alternatives = self.alternatives(op, av)
+            if alternatives is not None:
+                # Python's parser moves a prefix that all branches share out of the alternation; the
+                # run before it is part of each branch's first lexeme: put it back (no boundary
+                # separates them, or the run would have been flushed)
+                alternatives = [list(run) + a for a in alternatives]
+                run.clear()
+                out.append(self.rule("alt", [self.seq(a) for a in alternatives]))
+                continue
+            flush()
+            out.extend(self.node(op, av))
+        flush()
+        return tuple(out)
+
+    @staticmethod
+    def alternatives(op, av) -> list[list] | None:
+        """The branches of an alternation that holds a placeholder, as item lists; else None."""
+        if op is C.BRANCH:
+            return [list(seq) for seq in av[1]]
+        if op is C.IN:
+            phs = [[(C.LITERAL, a)] for o, a in av if o is C.LITERAL and is_placeholder(a)]
+            rest = [(o, a) for o, a in av if not (o is C.LITERAL and is_placeholder(a))]
+            if rest and any(o is C.NEGATE for o, _ in rest):
+                raise _Unwritable("a negated class around a placeholder")
+            return phs + ([[(C.IN, rest)]] if rest else [])
+        return None
+
+    def plain(self, items) -> tuple[str, ...]:
+        """A placeholder-free run: one terminal, optional when the run matches the empty text."""
+        regex = unparse(items)
+        if not _nullable(items):
+            return (self.terminal(regex, False),)
+        if regex in ("", "(?:)"):
+            return ()
+        t = self.terminal(regex, True)
+        return (self.rule("opt", [(), (t,)]),)
+
+    def node(self, op, av) -> tuple[str, ...]:
+        if op is C.LITERAL:
+            return () if av == ord(MARK) else (self.names[av],)
+        if op is C.SUBPATTERN:
+            if av[1] or av[2]:
+                raise _Unwritable("flags around a placeholder")
+            return self.seq(av[3])
+        if op is C.MAX_REPEAT:
+            lo, hi, body = av
+            b = self.seq(body)
+            head = b * lo
+            if hi == C.MAXREPEAT:
+                star = self.fresh("star")
+                self.rules += [Rule(star, ()), Rule(star, (star, *b))]
+                return (*head, star)
+            tail: tuple[str, ...] = ()
+            for _ in range(min(hi - lo, MAX_RULE_REPEAT)):
+                tail = (self.rule("opt", [(), (*b, *tail)]),)
+            return (*head, *tail)
+        raise _Unwritable(f"the regex construct {op} around a placeholder")
+
+
+def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_schema", source: str = "",
+                     flag_prefix: str = "") -> Grammar:
+    """The grammar whose start rule is ``root`` and whose rule placeholders (keys of ``bodies``,
+    each a one-character placeholder) stand for their bodies; see the module docstring."""
+    names = {ord(ph): ("any_value" if ph == ANY else f"def_{ord(ph) - _BASE - FIRST_REF}") for ph in bodies}
+    w = _Writer(flag_prefix, names)
+    try:
+        rules = [Rule("start", w.seq(P.parse(root)))]
+        for ph, body in bodies.items():
+            rules += [Rule(names[ord(ph)], alt) for alt in [w.seq(P.parse(body))]]
+    except _Unwritable as e:
+        raise GrammarError(f"the schema's regex cannot be split into rules: {e}") from None
+    except RecursionError:
+        raise GrammarError("the schema's regex nests too deeply to split into rules") from None
+    unknown = {r.origin for r in rules} | {r.origin for r in w.rules}
+    for r in rules + w.rules:
+        for s in r.expansion:
+            if s.startswith("def_") or s == "any_value":
+                if s not in unknown:
+                    raise GrammarError(f"internal: rule {s} referenced but not defined")
+    return Grammar(
+        terminals=tuple(w.terminals.values()),
+        rules=tuple(rules + w.rules),
+        start="start",
+        kind=kind,
+        source=source,
+        lexing="longest",
+    )
