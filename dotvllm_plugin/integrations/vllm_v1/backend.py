@@ -118,9 +118,10 @@ class DotvllmBackend:
         params = sampling_params.structured_outputs
         if params.structural_tag is not None:
             option, spec = request.structured_output_request.structured_output_key
-            return self._structural_tag(option, spec, getattr(sampling_params, "all_stop_token_ids", None))
-        grammar = self._compile(params, request_id=request.request_id)
-        if grammar.dead:
+            grammar = self._structural_tag(option, spec, getattr(sampling_params, "all_stop_token_ids", None))
+        else:
+            grammar = self._compile(params, request_id=request.request_id)
+        if isinstance(grammar, DotvllmGrammar) and grammar.dead:
             # vLLM ends the request with stop_reason untouched when the sampled token is its EOS id.
             eos = getattr(sampling_params, "eos_token_id", None)
             if eos is not None:
@@ -190,8 +191,9 @@ class DotvllmBackend:
                                                      vocab_size=self.vocab_size)
             grammar = self._xgrammar.compile_grammar(request_type, spec, stop_token_ids=stop_token_ids)
         except Exception as e:  # noqa: BLE001
-            logger.error("dotvllm: structural_tag could not be compiled by xgrammar (%s: %s); the request ends",
-                         type(e).__name__, e)
-            return self._dead("structural_tag")
+            logger.warning("dotvllm: structural_tag could not be compiled by xgrammar (%s: %s); the request ends "
+                           "with this error", type(e).__name__, e)
+            return self._dead("structural_tag", f"structured_outputs.structural_tag: xgrammar could not compile it "
+                                                f"({type(e).__name__}: {e})")
         logger.info("dotvllm: structural_tag delegated to vLLM's xgrammar backend")
         return grammar
