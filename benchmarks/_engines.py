@@ -10,6 +10,12 @@ matcher; per token: zero the bitmask row (untimed), fill it (timed: *mask*), che
 (untimed), commit it (timed: *commit*). A token whose bit is clear is a rejection; a commit that
 fails although the bit was set is counted as a mask/commit mismatch. At the end the engine's own
 "complete" predicate decides acceptance.
+
+JSON language. Every engine is asked for the language closest to what our plugin generates by
+default (``DOTVLLM_BENCH_JSON_LANGUAGE=closest``, the default): compact output (no whitespace
+between JSON tokens, separators ``,`` and ``:``) and undeclared properties allowed where
+``additionalProperties`` is absent. ``DOTVLLM_BENCH_JSON_LANGUAGE=default`` asks the anchors for
+their own defaults instead. Each adapter's ``json_language()`` states what it was asked for.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import pickle
 import time
 from importlib import metadata
@@ -30,6 +37,17 @@ __all__ = ["ENGINES", "make_engine", "ours_token_bytes", "run_case"]
 ENGINES = ("ours", "xgrammar", "llguidance", "outlines_core")
 
 _WARMUP_REGEX = r"[a-z]{1,8}@[a-z]{1,8}\.com"
+JSON_LANGUAGES = ("closest", "default")
+
+
+def json_language_choice() -> str:
+    """Which JSON language the anchors are asked for (see the module docstring)."""
+    choice = os.environ.get("DOTVLLM_BENCH_JSON_LANGUAGE", "closest") or "closest"
+    if choice not in JSON_LANGUAGES:
+        raise ValueError(f"DOTVLLM_BENCH_JSON_LANGUAGE={choice!r}; expected one of {JSON_LANGUAGES}")
+    return choice
+
+
 _WARMUP_SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
                   "required": ["a"]}
 
@@ -54,9 +72,14 @@ class Engine:
         return {"engine": self.name, "package": self.package, "version": version,
                 "vocab_size": self.vocab_size, "eos": self.eos, "index_bytes_kind": self.index_bytes_kind,
                 "warm_up": getattr(self, "warm_up_s", None),
-                "settings": self.settings()}
+                "settings": self.settings(), "json_language": self.json_language()}
 
     def settings(self) -> dict:
+        return {}
+
+    def json_language(self) -> dict:
+        """What JSON language the engine's compile call asks for: ``whitespace``, ``undeclared
+        properties``, ``property order``, ``call`` (the exact arguments) and ``differs from ours``."""
         return {}
 
     # compile -----------------------------------------------------------------------------
@@ -119,12 +142,31 @@ class Ours(Engine):
     def settings(self):
         from dotvllm_plugin import index
 
-        return {"cache_size": 0, "json_whitespace": "default (compact)", "vocab_fingerprint": self.vocab.fingerprint,
-                "c_walk": index._cwalk is not None}
+        return {"cache_size": 0, "vocab_fingerprint": self.vocab.fingerprint, "c_walk": index._cwalk is not None,
+                "json_path": "KINDS['json_schema'].compile(compiler, schema, {})" if self._json_kind is not None
+                else "GrammarCompiler.compile_json_schema(schema)"}
+
+    def json_language(self):
+        return {"whitespace": "none (compact; separators ',' and ':')",
+                "undeclared properties": "allowed where additionalProperties is absent, after the declared ones",
+                "property order": "declared order",
+                "call": "the plugin's path with no request options: KINDS['json_schema'].compile(compiler, schema, {}) "
+                        "= compile_json_schema(schema, whitespace_pattern=None, allow_undeclared_properties=True)",
+                "differs from ours": "-"}
+
+    @functools.cached_property
+    def _json_kind(self):
+        try:
+            from dotvllm_plugin.compiler import KINDS
+        except ImportError:  # an older core (--core-ref) without the kind registry
+            return None
+        return KINDS.get("json_schema")
 
     def compile(self, kind, spec):
         if kind == "regex":
             return self.compiler.compile_regex(spec)
+        if self._json_kind is not None:  # exactly what the plugin runs for a request without options
+            return self._json_kind.compile(self.compiler, spec, {})
         return self.compiler.compile_json_schema(spec)
 
     def classify_error(self, e):
@@ -159,14 +201,31 @@ class XGrammar(Engine):
         self.info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=self.vocab_size, stop_token_ids=[self.eos])
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
 
+        self.json_kwargs = ({"any_whitespace": False, "separators": (",", ":"), "strict_mode": False}
+                            if json_language_choice() == "closest" else {})
+
     def settings(self):
-        return {"max_threads": 1, "cache_enabled": False, "json": "compile_json_schema defaults (any_whitespace=True, strict_mode=True)",
-                "vocab_type": str(self.info.vocab_type)}
+        return {"max_threads": 1, "cache_enabled": False, "vocab_type": str(self.info.vocab_type)}
+
+    def json_language(self):
+        if self.json_kwargs:
+            return {"whitespace": "none (any_whitespace=False, separators=(',', ':'))",
+                    "undeclared properties": "allowed where additionalProperties is absent (strict_mode=False)",
+                    "property order": "declared order (any_order=False, the default)",
+                    "call": "compile_json_schema(schema, any_whitespace=False, separators=(',', ':'), strict_mode=False)",
+                    "differs from ours": "strict_mode=False is one switch for undeclared properties and unevaluated "
+                                         "array items (prefixItems without items: extra items allowed, as JSON Schema "
+                                         "says); xgrammar has no separate switch"}
+        return {"whitespace": "any JSON whitespace between tokens (any_whitespace=True)",
+                "undeclared properties": "forbidden (strict_mode=True)",
+                "property order": "declared order",
+                "call": "compile_json_schema(schema) (defaults)",
+                "differs from ours": "flexible whitespace; undeclared properties forbidden"}
 
     def compile(self, kind, spec):
         if kind == "regex":
             return self.compiler.compile_regex(spec)
-        return self.compiler.compile_json_schema(json.dumps(spec))
+        return self.compiler.compile_json_schema(json.dumps(spec), **self.json_kwargs)
 
     def index_bytes(self, handle):
         return int(handle.memory_size_bytes)
@@ -188,14 +247,31 @@ class LLGuidance(Engine):
 
         self.llg = llguidance
         self.lltok = llguidance.hf.from_tokenizer(self.tok, n_vocab=self.vocab_size, eos_token=self.eos)
+        self.json_overrides = ({"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+                               if json_language_choice() == "closest" else None)
 
     def settings(self):
-        return {"json": "grammar_from_json_schema defaults (flexible whitespace, ',' ':' separators)",
-                "compile": "LLMatcher construction (llguidance builds lexer/parser tables lazily)"}
+        return {"compile": "LLMatcher construction (llguidance builds lexer/parser tables lazily)"}
+
+    def json_language(self):
+        undeclared = "allowed where additionalProperties is absent, after the declared ones (llguidance's only behaviour)"
+        if self.json_overrides:
+            return {"whitespace": "none (whitespace_flexible=False, item_separator ',', key_separator ':')",
+                    "undeclared properties": undeclared,
+                    "property order": "declared order",
+                    "call": "grammar_from_json_schema(schema, overrides={'whitespace_flexible': False, "
+                            "'item_separator': ',', 'key_separator': ':'})",
+                    "differs from ours": "-"}
+        return {"whitespace": "any JSON whitespace between tokens (whitespace_flexible defaults to true)",
+                "undeclared properties": undeclared,
+                "property order": "declared order",
+                "call": "grammar_from_json_schema(schema) (defaults)",
+                "differs from ours": "flexible whitespace"}
 
     def compile(self, kind, spec):
         M = self.llg.LLMatcher
-        grammar = M.grammar_from_regex(spec) if kind == "regex" else M.grammar_from_json_schema(spec)
+        grammar = (M.grammar_from_regex(spec) if kind == "regex"
+                   else M.grammar_from_json_schema(spec, overrides=self.json_overrides))
         m = M(self.lltok, grammar, log_level=0)
         if m.is_error():
             raise ValueError(m.get_error())
@@ -225,8 +301,15 @@ class OutlinesCore(Engine):
         self.vocab = outlines_core.Vocabulary(self.eos, by_bytes)
 
     def settings(self):
-        return {"json": "build_regex_from_schema defaults (whitespace_pattern=None, max_recursion_depth=3)",
-                "vocabulary": "ordinary tokens only (special ids excluded), EOS = </s>"}
+        return {"vocabulary": "ordinary tokens only (special ids excluded), EOS = </s>"}
+
+    def json_language(self):
+        return {"whitespace": "outlines-core's default whitespace pattern (whitespace_pattern=None)",
+                "undeclared properties": "forbidden where additionalProperties is absent (outlines-core has no "
+                                         "switch that allows them)",
+                "property order": "declared order",
+                "call": "build_regex_from_schema(json.dumps(schema)) (defaults; max_recursion_depth=3)",
+                "differs from ours": "whitespace allowed; undeclared properties forbidden; recursion bounded"}
 
     def compile(self, kind, spec):
         regex = spec if kind == "regex" else self.oc.json_schema.build_regex_from_schema(json.dumps(spec))

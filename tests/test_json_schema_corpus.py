@@ -1,11 +1,24 @@
-"""JSONSchemaBench sample (795 real schemas with labelled instances): soundness and coverage.
+"""JSONSchemaBench sample (795 real schemas with labelled instances): soundness and coverage of
+what the plugin compiles.
 
-For every schema the front end accepts, every instance labelled VALID, serialised our way
-(``order_properties`` then ``json.dumps(x, separators=(",", ":"), ensure_ascii=False)``), should
-match the regex (coverage, reported) and no instance labelled INVALID may match (soundness,
-asserted per schema). Python's ``re`` runs in a forked worker with a per-schema timeout.
+For every schema, ``GrammarCompiler.compile_json_schema`` with the default options (what a
+request without options gets: compact output, undeclared properties allowed) on the real Tekken
+vocabulary; every instance serialised compactly in its own key order, as the corpus file has it
+(``json.dumps(x, separators=(",", ":"), ensure_ascii=False)``, no reordering), is walked with
+``GrammarMatcher.accept_string`` and must leave the matcher completed to count as accepted.
 
-By default every 4th schema runs; ``DOTVLLM_JSON_CORPUS=all`` runs the whole sample.
+* Soundness (asserted per schema): no instance labelled INVALID is accepted, and every accepted
+  instance validates with the ``jsonschema`` package.
+* Coverage (reported, with floors): instances labelled VALID that are accepted. A valid instance
+  rejected in its own order is tried once more in the schema's declared order
+  (``order_properties``), only to report how many rejections are due to property order.
+
+Each schema runs in a forked worker with a per-schema timeout (a timeout is reported, never a
+pass). The regex translator (``json_schema_to_regex``) keeps a cheap soundness check with
+Python's ``re`` on the schemas it translates.
+
+By default every 4th schema runs; ``DOTVLLM_JSON_CORPUS=all`` runs the whole sample, and
+``DOTVLLM_JSON_CORPUS=N`` every N-th schema.
 """
 
 from __future__ import annotations
@@ -22,55 +35,107 @@ import pytest
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "jsonschemabench-dev")
 FILES = sorted(glob.glob(os.path.join(CORPUS, "*.json")))
-if os.environ.get("DOTVLLM_JSON_CORPUS", "") != "all":
-    FILES = FILES[::4]
+_SAMPLE = os.environ.get("DOTVLLM_JSON_CORPUS", "")
+if _SAMPLE != "all":
+    FILES = FILES[:: int(_SAMPLE) if _SAMPLE.isdigit() and int(_SAMPLE) > 0 else 4]
 TIMEOUT_S = 20
+#: Regexes longer than this are not run through Python's ``re`` (its compile is the slow part).
+RE_MAX_CHARS = 20_000
 
 pytestmark = pytest.mark.skipif(not FILES, reason="corpus not present")
 
+# Set in the parent before the worker pool forks (the workers inherit it).
+_COMPILER = None
 
-def serialise(instance, schema) -> str:
-    from dotvllm_plugin.grammar.json_schema import order_properties
 
-    return json.dumps(order_properties(instance, schema), separators=(",", ":"), ensure_ascii=False)
+def serialise(data) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _validator(schema):
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema) if isinstance(schema, dict) else jsonschema.Draft202012Validator
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _accepts(compiled, text: str) -> bool:
+    from dotvllm_plugin.matcher import GrammarMatcher
+
+    m = GrammarMatcher(compiled)
+    return bool(m.accept_string(text)) and bool(m.is_completed())
 
 
 def check_file(path: str) -> dict:
+    """Compile one corpus schema the plugin's way and walk its instances (runs in a worker)."""
     from dotvllm_plugin.errors import CompilationError, GrammarError
-    from dotvllm_plugin.grammar.json_schema import json_schema_to_regex
+    from dotvllm_plugin.grammar.json_schema import order_properties
 
     with open(path) as f:
         doc = json.load(f)
+    schema = doc["schema"]
     t0 = time.perf_counter()
     try:
-        regex = json_schema_to_regex(doc["schema"])
+        compiled = _COMPILER.compile_json_schema(schema)
     except GrammarError as e:
         return {"status": "refused", "feature": getattr(e, "feature", None), "error": str(e)[:200]}
     except CompilationError as e:
         return {"status": "too large", "error": str(e)[:200]}
-    compile_s = time.perf_counter() - t0
-    pattern = re.compile(regex)
-    out = {"status": "compiled", "chars": len(regex), "compile_s": compile_s,
-           "valid": 0, "valid_matched": 0, "invalid": 0, "invalid_matched": 0, "accepted_invalid": [],
-           "rejected_valid": []}
+    out = {"status": "compiled", "engine": type(compiled).__name__, "compile_s": time.perf_counter() - t0,
+           "valid": 0, "valid_accepted": 0, "valid_accepted_declared_order": 0, "invalid": 0,
+           "invalid_accepted": 0, "accepted_invalid": [], "rejected_valid": [], "accepted_not_validating": []}
+    try:
+        validator = _validator(schema)
+    except Exception as e:  # noqa: BLE001 - a schema jsonschema itself cannot load
+        validator, out["jsonschema_error"] = None, f"{type(e).__name__}: {e}"[:200]
     for test in doc["tests"]:
-        text = serialise(test["data"], doc["schema"])
-        matched = pattern.fullmatch(text) is not None
+        text = serialise(test["data"])
+        accepted = _accepts(compiled, text)
+        if accepted and validator is not None and not validator.is_valid(test["data"]):
+            out["accepted_not_validating"].append(text[:300])
         if test["valid"]:
             out["valid"] += 1
-            out["valid_matched"] += matched
-            if not matched:
-                out["rejected_valid"].append(text[:200])
+            out["valid_accepted"] += accepted
+            if not accepted:
+                declared = serialise(order_properties(test["data"], schema))
+                by_order = declared != text and _accepts(compiled, declared)
+                out["valid_accepted_declared_order"] += by_order
+                out["rejected_valid"].append({"text": text[:200], "accepted_in_declared_order": by_order})
         else:
             out["invalid"] += 1
-            out["invalid_matched"] += matched
-            if matched:
+            out["invalid_accepted"] += accepted
+            if accepted:
                 out["accepted_invalid"].append(text[:300])
+    out["regex"] = _regex_check(doc)
     return out
 
 
+def _regex_check(doc: dict) -> dict:
+    """Soundness of the regex translator alone (instances in declared order, Python's ``re``)."""
+    from dotvllm_plugin.errors import CompilationError, GrammarError
+    from dotvllm_plugin.grammar.json_schema import NeedsGrammar, json_schema_to_regex, order_properties
+
+    try:
+        regex = json_schema_to_regex(doc["schema"])
+    except (GrammarError, CompilationError, NeedsGrammar) as e:
+        return {"status": type(e).__name__}
+    if len(regex) > RE_MAX_CHARS:
+        return {"status": "skipped (long)"}
+    try:
+        pattern = re.compile(regex)
+    except (re.error, RecursionError, OverflowError) as e:
+        return {"status": f"re: {type(e).__name__}"}
+    matched_invalid = [serialise(t["data"])[:300] for t in doc["tests"] if not t["valid"]
+                       and pattern.fullmatch(serialise(order_properties(t["data"], doc["schema"])))]
+    return {"status": "checked", "matched_invalid": matched_invalid}
+
+
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict]:
+def results(tekken_vocab) -> dict[str, dict]:
+    from dotvllm_plugin import GrammarCompiler
+
+    global _COMPILER
+    _COMPILER = GrammarCompiler(tekken_vocab, cache_size=0)
     ctx = mp.get_context("fork")
     pool = ctx.Pool(1)
     res = {}
@@ -86,31 +151,49 @@ def results() -> dict[str, dict]:
     finally:
         pool.terminate()
         pool.join()
+        _COMPILER = None
     return res
 
 
 @pytest.mark.parametrize("name", [os.path.basename(p) for p in FILES])
-def test_no_invalid_instance_matches(results, name):
+def test_no_invalid_instance_accepted(results, name):
     r = results[name]
     if r["status"] != "compiled":
         pytest.skip(f"{r['status']}: {r.get('error', '')[:120]}")
-    assert not r["accepted_invalid"], f"invalid instances accepted: {r['accepted_invalid']}"
+    assert not r["accepted_invalid"], f"instances labelled invalid accepted: {r['accepted_invalid']}"
+    assert not r["accepted_not_validating"], f"accepted, but jsonschema rejects: {r['accepted_not_validating']}"
+    regex = r["regex"]
+    assert not regex.get("matched_invalid"), f"the regex translator matches invalid: {regex['matched_invalid']}"
 
 
 def test_coverage_report(results, capsys):
     status = Counter(r["status"] for r in results.values())
-    ok = [r for r in results.values() if r["status"] == "compiled"]
-    valid = sum(r["valid"] for r in ok)
-    valid_matched = sum(r["valid_matched"] for r in ok)
-    invalid = sum(r["invalid"] for r in ok)
-    invalid_matched = sum(r["invalid_matched"] for r in ok)
-    passing = sum(1 for r in ok if r["valid_matched"] == r["valid"] and r["invalid_matched"] == 0)
+    ok = {n: r for n, r in results.items() if r["status"] == "compiled"}
+    valid = sum(r["valid"] for r in ok.values())
+    valid_accepted = sum(r["valid_accepted"] for r in ok.values())
+    by_order = sum(r["valid_accepted_declared_order"] for r in ok.values())
+    invalid = sum(r["invalid"] for r in ok.values())
+    invalid_accepted = sum(r["invalid_accepted"] for r in ok.values())
+    passing = [n for n, r in ok.items() if r["valid_accepted"] == r["valid"] and r["invalid_accepted"] == 0]
+    failing = sorted(n for n, r in ok.items() if r["valid_accepted"] < r["valid"])
     refused = Counter(r.get("feature") for r in results.values() if r["status"] == "refused")
+    engines = Counter(r["engine"] for r in ok.values())
+    regex = Counter(r["regex"]["status"] for r in ok.values())
+    compile_s = sorted(r["compile_s"] for r in ok.values())
     with capsys.disabled():
-        print(f"\njsonschemabench-dev: {len(results)} schemas: {dict(status)}; all tests pass on {passing}; "
-              f"valid matched {valid_matched}/{valid}; invalid rejected {invalid - invalid_matched}/{invalid}; "
-              f"refused by keyword: {dict(refused.most_common(12))}")
-    assert invalid_matched == 0
-    # coverage floors measured on this sample (drops mean a regression)
-    assert status["compiled"] >= 0.8 * len(results)
-    assert valid_matched >= 0.9 * valid  # misses: undeclared properties (policy), depth bounds
+        print(f"\njsonschemabench-dev through compile_json_schema (Tekken): {len(results)} schemas: {dict(status)} "
+              f"({dict(engines)}); all tests pass on {len(passing)}; valid accepted {valid_accepted}/{valid} "
+              f"(another {by_order} of the rejected are accepted in declared order); invalid rejected "
+              f"{invalid - invalid_accepted}/{invalid}; compile p50 {compile_s[len(compile_s) // 2] * 1e3:.0f} ms, "
+              f"max {compile_s[-1] * 1e3:.0f} ms (wall, shared machine)" if compile_s else "")
+        print(f"refused by keyword: {dict(refused.most_common(12))}")
+        print(f"regex translator check: {dict(regex)}")
+        print(f"valid instances rejected on {len(failing)} schemas: {failing[:40]}")
+    assert invalid_accepted == 0
+    assert not any(r["accepted_not_validating"] for r in ok.values())
+    # Coverage floors measured on this sample (a drop means a regression).
+    assert status["compiled"] >= 0.85 * len(results)
+    # 215/227 on the default sample at 3f65610 (9 of the 12 misses are key order: an undeclared
+    # property written before a declared one, or declared properties out of order).
+    assert valid_accepted >= 0.92 * valid
+    assert status["timeout"] <= max(1, len(results) // 100)
