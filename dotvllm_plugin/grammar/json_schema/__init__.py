@@ -36,8 +36,13 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from ...errors import (
+    CompilationTooLargeError,
+    GrammarError,
+    JSONSchemaError,
+    UnsupportedFeatureError,
+)
 from ..ir import Grammar
-from ...errors import CompilationTooLargeError, GrammarError, JSONSchemaError, UnsupportedFeatureError
 from . import rules as R
 from . import text as T
 from .formats import FORMATS, UNSUPPORTED_FORMATS
@@ -191,6 +196,7 @@ def json_schema_to_ir(
     allow_undeclared_properties: bool = True,
     max_regex_chars: int = MAX_REGEX_CHARS,
     repeat_cap: int | None = None,
+    mode: str = "auto",
 ) -> Grammar:
     """The grammar IR of the JSON documents valid under ``schema``.
 
@@ -203,10 +209,11 @@ def json_schema_to_ir(
 
     ``allow_undeclared_properties=False`` (vLLM's ``disable_additional_properties``) generates
     only declared properties where ``additionalProperties`` is absent (a sound restriction).
+    ``mode="grammar"`` writes rules even where one regex would do (tests compare the two).
     Raises what :func:`json_schema_to_regex` raises.
     """
-    from ..ir import Grammar
-
+    if mode not in ("auto", "grammar"):
+        raise ValueError(f"mode must be 'auto' or 'grammar', got {mode!r}")
     text = schema if isinstance(schema, str) else None
     if isinstance(schema, (str, bytes)):
         try:
@@ -218,6 +225,8 @@ def json_schema_to_ir(
     source = text if text is not None else json.dumps(schema, sort_keys=True)
     ws = check_whitespace(whitespace_pattern)
     try:
+        if mode == "grammar":
+            raise NeedsGrammar("asked for")
         ctx = _Context(schema, ws, 3, max_regex_chars, allow_undeclared_properties, mode="probe")
         ctx.repeat_cap = repeat_cap
         regex = ctx.compile(schema, "")
@@ -1305,7 +1314,11 @@ class _Context:
                           "counted contains is not supported")
         if min_c == 0:
             return self.compile_array({k: v for k, v in kw.items() if k != "contains"}, where)
-        sep = self.sep
+        # No lexeme boundaries here: the items and the witness overlap (an item may be the witness),
+        # and only one automaton over the whole array tells them apart.
+        ws = self.ws
+        sep = f"{ws},{ws}"
+        lsq, rsq = f"\\[{ws}", f"{ws}\\]"
         item = self.compile(rest, _ptr(where, "items"))
         witness = self.compile({"allOf": [rest, kw["contains"]]}, w)
         if witness is None or (hi is not None and hi < 1):
@@ -1324,13 +1337,12 @@ class _Context:
                 after = T.repeat(f"{sep}{item}", max(0, lo - 1), hi - 1)
                 alts = [f"{T.repeat(item + sep, i, i)}{witness}{T.repeat(sep + item, max(0, lo - 1 - i), hi - 1 - i)}"
                         for i in range(hi)]
-                return self.check_size(f"{self.lsq}{T.alternation(alts)}{self.rsq}", where)
-        return self.check_size(f"{self.lsq}{before}{witness}{after}{self.rsq}", where)
+                return self.check_size(f"{lsq}{T.alternation(alts)}{rsq}", where)
+        return self.check_size(f"{lsq}{before}{witness}{after}{rsq}", where)
 
     # ---- objects -------------------------------------------------------------------------
 
     def compile_object(self, kw: dict, where: str) -> str | None:
-        ws = self.ws
         props = kw.get("properties", {})
         if not isinstance(props, dict):
             raise _bad(_ptr(where, "properties"), "properties must be an object")
@@ -1424,7 +1436,6 @@ class _Context:
         return r if r is not None else ""
 
     def extra_entries(self, declared, pattern_props, additional, names_re, where) -> str | None:
-        ws = self.ws
         alts = []
         if names_re == "":
             return None

@@ -20,8 +20,8 @@ boundary, a lexeme never extends greedily into an optional tail that the next le
 
 from __future__ import annotations
 
-import re._constants as C  # noqa: N812 - the names are re's own
-import re._parser as P  # noqa: N812
+import re._constants as C
+import re._parser as P
 
 from ...errors import GrammarError
 from ..ir import Grammar, Rule, Terminal
@@ -178,7 +178,6 @@ class _Writer:
         self.terminals: dict[str, Terminal] = {}
         self.rules: list[Rule] = []
         self._n = 0
-        self._memo: dict[tuple, str] = {}
 
     def fresh(self, stem: str) -> str:
         self._n += 1
@@ -193,11 +192,12 @@ class _Writer:
         return t.name
 
     def rule(self, stem: str, alternatives: list[tuple[str, ...]]) -> str:
-        key = (stem, tuple(alternatives))
-        name = self._memo.get(key)
-        if name is None:
-            name = self._memo[key] = self.fresh(stem)
-            self.rules += [Rule(name, alt) for alt in dict.fromkeys(alternatives)]
+        """A fresh rule, never shared between two places: the parser states at its end then see
+        only what follows this place, so each contextual lexer holds the lexemes of one context
+        (a shared rule would merge the followers of all its places, and a declared key could be
+        lexed as another place's free-form key)."""
+        name = self.fresh(stem)
+        self.rules += [Rule(name, alt) for alt in dict.fromkeys(alternatives)]
         return name
 
     def seq(self, items) -> tuple[str, ...]:
@@ -288,12 +288,11 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
         raise GrammarError(f"the schema's regex cannot be split into rules: {e}") from None
     except RecursionError:
         raise GrammarError("the schema's regex nests too deeply to split into rules") from None
-    unknown = {r.origin for r in rules} | {r.origin for r in w.rules}
+    defined = {r.origin for r in rules} | {r.origin for r in w.rules}
     for r in rules + w.rules:
         for s in r.expansion:
-            if s.startswith("def_") or s == "any_value":
-                if s not in unknown:
-                    raise GrammarError(f"internal: rule {s} referenced but not defined")
+            if (s.startswith("def_") or s == "any_value") and s not in defined:
+                raise GrammarError(f"internal: rule {s} referenced but not defined")
     return Grammar(
         terminals=tuple(w.terminals.values()),
         rules=tuple(rules + w.rules),

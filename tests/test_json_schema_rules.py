@@ -1,0 +1,181 @@
+"""JSON Schema written as rules (grammar mode): the keyword table of ``test_json_schema`` through the
+pushdown engine, what only rules can say (recursion without a depth bound, free-form values at any
+depth, undeclared properties, ``\\uXXXX`` escapes), the request options, and the regex writer
+behind the rules. Oracles: ``jsonschema`` and the table's labels, Python's ``re``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import re._parser as sre
+
+import jsonschema
+import pytest
+from test_json_schema import CASES, _is_json, _text, _unchecked_format, is_valid, ser
+
+from dotvllm_plugin import GrammarCompiler, GrammarMatcher
+from dotvllm_plugin.compiler import KINDS
+from dotvllm_plugin.errors import GrammarError
+from dotvllm_plugin.grammar.json_schema import (
+    json_schema_to_ir,
+    json_schema_to_regex,
+    order_properties,
+)
+from dotvllm_plugin.grammar.json_schema.rules import unparse
+from dotvllm_plugin.pushdown import PushdownGrammar
+
+
+@pytest.fixture(scope="module")
+def compiler(byte_vocab):
+    return GrammarCompiler(byte_vocab)
+
+
+def accepts(compiled, text: str) -> bool:
+    m = GrammarMatcher(compiled)
+    return m.accept_string(text) and m.is_completed()
+
+
+@pytest.mark.parametrize("undeclared", [False, True], ids=["declared-only", "undeclared-allowed"])
+@pytest.mark.parametrize("schema, valid, invalid", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_keyword_table_as_rules(compiler, schema, valid, invalid, undeclared):
+    """Every keyword of the regex translator's table, written as rules, gives the same verdicts."""
+    g = compiler.compile_ir(json_schema_to_ir(schema, mode="grammar", allow_undeclared_properties=undeclared))
+    for inst in valid:
+        text = _text(inst) if isinstance(inst, str) and inst.startswith(('"', "{", "[")) else ser(
+            order_properties(inst, schema))
+        assert accepts(g, text), f"valid instance rejected: {text}"
+    for inst in invalid:
+        text = _text(inst) if isinstance(inst, str) and inst.startswith(('"', "{", "[")) else ser(inst)
+        if _is_json(text) and is_valid(schema, json.loads(text)) and not _unchecked_format(schema):
+            continue  # a duplicate key: valid for jsonschema, refused by us on purpose
+        assert not accepts(g, text), f"invalid instance accepted: {text}"
+
+
+TREE = {"$defs": {"node": {"type": "object", "properties": {
+    "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+    "required": ["v"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
+
+
+def _deep_tree(depth: int) -> dict:
+    node = {"v": depth}
+    for i in range(depth):
+        node = {"v": i, "kids": [node]}
+    return node
+
+
+def test_recursion_has_no_depth_bound(real):
+    g = real.compiler.compile_json_schema(TREE)
+    assert isinstance(g, PushdownGrammar)
+    assert accepts(g, ser(_deep_tree(200)))
+    assert not accepts(g, ser(_deep_tree(200)).replace('"v":7,', '"v":"7",', 1))
+    # the regex translator stops at its depth bound
+    assert not re.fullmatch(json_schema_to_regex(TREE), ser(_deep_tree(5)))
+
+
+def test_free_form_values_any_depth_and_escapes(real):
+    schema = {"type": "object", "properties": {"meta": {}, "note": {"type": "string"}}, "required": ["meta"]}
+    g = real.compiler.compile_json_schema(schema)
+    deep = {"meta": {"a": [[[[{"b": [1, {"c": None}]}]]]]}, "note": "tab\there \u0001 \u00e9 \U0001F600"}
+    assert accepts(g, json.dumps(deep, separators=(",", ":"), ensure_ascii=True))  # \uXXXX escapes
+    assert accepts(g, ser(deep))
+    assert not accepts(g, '{"meta":{"a":[1,]}}')
+    assert not accepts(g, '{"note":"x"}')
+
+
+def test_undeclared_properties_follow_jsonschema(real):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+              "required": ["a"]}
+    default = real.compiler.compile_json_schema(schema)
+    strict = real.compiler.compile_json_schema(schema, allow_undeclared_properties=False)
+    extra = '{"a":1,"b":"x","zz":{"q":[true,null]},"k":2}'
+    assert accepts(default, extra) and not accepts(strict, extra)
+    assert accepts(default, '{"a":1}') and accepts(strict, '{"a":1}')
+    for bad in ['{"a":1,"a":2}', '{"a":1,"b":2}', '{"a":1,"zz":1,"b":"x","zz":2}', '{"zz":1}']:
+        assert not accepts(default, bad), bad
+    closed = real.compiler.compile_json_schema({**schema, "additionalProperties": False})
+    assert not accepts(closed, extra)
+
+
+def test_request_options_reach_the_compile(byte_vocab):
+    compiler = GrammarCompiler(byte_vocab)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    kind = KINDS["json_schema"]
+    spaced = '{ "a": 1 }'
+    assert accepts(kind.compile(compiler, schema, {"whitespace_pattern": "[ ]?"}), spaced)
+    assert not accepts(kind.compile(compiler, schema, {"whitespace_pattern": "[ ]?", "disable_any_whitespace": True}),
+                       spaced)
+    assert accepts(kind.compile(compiler, schema, {}), '{"a":1,"b":2}')
+    assert not accepts(kind.compile(compiler, schema, {"disable_additional_properties": True}), '{"a":1,"b":2}')
+
+
+def _random_walk(compiled, vocab, rng, steps=300):
+    eos = set(vocab.eos_token_ids)
+    m = GrammarMatcher(compiled)
+    out = b""
+    for _ in range(steps):
+        allowed = m.allowed_token_ids().tolist()
+        assert allowed, ("stuck", out)
+        ends = [t for t in allowed if t in eos]
+        if ends and rng.random() < 0.2:
+            return out
+        short = [t for t in allowed if t not in eos and len(vocab.token_bytes[t]) <= 2]
+        closing = [t for t in short if set(vocab.token_bytes[t]) <= set(b'"]}')]
+        pool = closing if closing and rng.random() < 0.3 else short or allowed
+        t = rng.choice(pool)
+        if t in eos:
+            return out
+        assert m.accept_token(t)
+        out += vocab.token_bytes[t]
+    return None
+
+
+@pytest.mark.parametrize("name", ["tree", "free", "open"])
+def test_random_walks_validate(real, name):
+    """Every document a random walk over the masks finishes validates (jsonschema)."""
+    schema = {
+        "tree": TREE,
+        "free": {"type": "object", "properties": {"x": {}, "y": {"type": "array", "items": {}}}, "required": ["x"]},
+        "open": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0}, "tags": {
+            "type": "array", "items": {"enum": ["a", "b"]}}}, "required": ["id"]},
+    }[name]
+    g = real.compiler.compile_json_schema(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    rng = random.Random(f"{real.name}-{name}")
+    finished = 0
+    for _ in range(12):
+        out = _random_walk(g, real.vocab, rng)
+        if out is None:
+            continue
+        data = json.loads(out.decode("utf-8"))
+        assert validator.is_valid(data), out
+        finished += 1
+    assert finished >= 3
+
+
+def _corpus_regexes():
+    """Regexes the translator writes for a few kinds of schema (placeholder-free)."""
+    from test_json_schema import CASES as table
+
+    out = []
+    for _, schema, _, _ in table:
+        with contextlib.suppress(GrammarError):  # refused schemas write no regex
+            out.append(json_schema_to_regex(schema))
+    return out
+
+
+def test_unparse_keeps_the_language():
+    """Writing Python's parse tree back gives a regex with the same matches (``re`` as oracle)."""
+    rng = random.Random(0)
+    alphabet = '{}[]:,"\\ab01-.eE+ntrufl\u00e9\U0001F600'
+    checked = 0
+    for regex in _corpus_regexes():
+        again = unparse(sre.parse(regex))
+        a, b = re.compile(regex), re.compile(again)
+        samples = [ser(x) for x in (0, 1.5, -2, "a", "", None, True, [1], {"a": 1})]
+        samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(200)]
+        for s in samples:
+            assert bool(a.fullmatch(s)) == bool(b.fullmatch(s)), (regex, again, s)
+        checked += 1
+    assert checked > 20
