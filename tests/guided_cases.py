@@ -25,6 +25,15 @@ SCHEMA = {
     "required": ["ok", "color", "n", "tags"],
     "additionalProperties": False,
 }
+# Recursive without a depth bound and open to undeclared properties (written as rules, not one
+# regex); small leaves so that a random model often ends it within the token budget.
+TREE_SCHEMA = {
+    "$defs": {"node": {"type": "object", "properties": {
+        "v": {"enum": [1, 2, 3]},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2},
+    }, "required": ["v"]}},
+    "$ref": "#/$defs/node",
+}
 WHITESPACE = "[ ]?"
 # Context-free (a parser stack, a contextual lexer, an ignored terminal) but finite, so that a
 # random model ends it within the token budget.
@@ -59,6 +68,11 @@ def check_schema(text, whitespace=None):
     # at most two in a row (e.g. "[  ]").
     outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
     return re.fullmatch(r"[^\s]*(?: {1,2}[^\s]+)*", outside) is not None
+
+
+def check_tree(text):
+    jsonschema.validate(json.loads(text), TREE_SCHEMA)
+    return True
 
 
 def check_grammar(text):

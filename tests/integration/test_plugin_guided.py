@@ -25,11 +25,13 @@ from guided_cases import (
     REGEX,
     RUNAWAY_REGEX,
     SCHEMA,
+    TREE_SCHEMA,
     WHITESPACE,
     check_choice,
     check_grammar,
     check_regex,
     check_schema,
+    check_tree,
 )
 
 from .conftest import start_server
@@ -103,6 +105,19 @@ def test_response_format_json_object(server, endpoint):
             assert _check_json_object(text), (i, text)
         else:  # a random model may run out of tokens inside the object: the prefix must still fit
             assert reply.finish[i] == "length" and text.startswith("{"), (i, text)
+
+
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_guided_json_recursive_open_schema(server, endpoint):
+    """A schema only rules can say (unbounded recursion, undeclared properties allowed)."""
+    body = body_for(endpoint, "JSON:", n=4, max_tokens=200, temperature=1.0, guided_json=TREE_SCHEMA)
+    reply = post(server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    for i, text in reply.texts.items():
+        if reply.finish[i] == "stop":
+            assert check_tree(text), (i, text)
+        else:  # a random model may run out of tokens inside the document
+            assert reply.finish[i] == "length" and text.startswith('{"v":'), (i, text)
 
 
 BAD = [
