@@ -26,9 +26,11 @@ from guided_cases import (
     REGEX,
     RUNAWAY_REGEX,
     SCHEMA,
+    TREE_SCHEMA,
     WHITESPACE,
     check_grammar,
     check_schema,
+    check_tree,
 )
 
 
@@ -71,6 +73,20 @@ def test_json_object(v1_server, endpoint, stream):
             assert isinstance(json.loads(text), dict), (i, text)
         else:  # a random model may run out of tokens inside the object
             assert reply.finish[i] == "length" and text.startswith("{"), (i, text)
+
+
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_recursive_open_schema(v1_server, endpoint):
+    """A schema only rules can say (unbounded recursion, undeclared properties allowed)."""
+    body = body_for(endpoint, "JSON:", n=4, max_tokens=200, temperature=1.0,
+                    structured_outputs={"json": TREE_SCHEMA})
+    reply = post(v1_server.base_url, endpoint, body)
+    assert reply.status == 200, reply.error
+    for i, text in reply.texts.items():
+        if reply.finish[i] == "stop":
+            assert check_tree(text), (i, text)
+        else:  # a random model may run out of tokens inside the document
+            assert reply.finish[i] == "length" and text.startswith('{"v":'), (i, text)
 
 
 BAD = [
