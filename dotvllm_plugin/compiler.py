@@ -78,11 +78,13 @@ def choice_regex(choices) -> str:
 def check_json_schema(schema, *, whitespace_pattern: str | None = None,
                       allow_undeclared_properties: bool = True) -> None:
     """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAP`
-    fallback of :meth:`GrammarCompiler.compile_json_schema`): the translation to the grammar IR,
-    without automata; raises what compiling would."""
+    fallback of :meth:`GrammarCompiler.compile_json_schema`): the translation (every keyword
+    checked), without rules or automata; raises what compiling would, but the rare failures of
+    writing the rules, which the compile reports."""
     from .grammar.json_schema import json_schema_to_ir
 
-    options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
+    options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties,
+                   translate_only=True)
     try:
         json_schema_to_ir(schema, **options)
     except CompilationTooLargeError:

@@ -197,7 +197,8 @@ def json_schema_to_ir(
     max_regex_chars: int = MAX_REGEX_CHARS,
     repeat_cap: int | None = None,
     mode: str = "auto",
-) -> Grammar:
+    translate_only: bool = False,
+) -> Grammar | None:
     """The grammar IR of the JSON documents valid under ``schema``.
 
     A schema a regex can say exactly (no free-form value, no recursion, undeclared properties
@@ -210,7 +211,9 @@ def json_schema_to_ir(
     ``allow_undeclared_properties=False`` (vLLM's ``disable_additional_properties``) generates
     only declared properties where ``additionalProperties`` is absent (a sound restriction).
     ``mode="grammar"`` writes rules even where one regex would do (tests compare the two).
-    Raises what :func:`json_schema_to_regex` raises.
+    ``translate_only=True`` stops after the translation (every keyword checked, nothing parsed
+    back into rules) and returns None: the request-time check. Raises what
+    :func:`json_schema_to_regex` raises.
     """
     if mode not in ("auto", "grammar"):
         raise ValueError(f"mode must be 'auto' or 'grammar', got {mode!r}")
@@ -232,7 +235,7 @@ def json_schema_to_ir(
         regex = ctx.compile(schema, "")
         if regex is not None:
             regex = ctx.check_size(regex, "")
-            return Grammar.from_regex(regex, kind="json_schema", source=source)
+            return None if translate_only else Grammar.from_regex(regex, kind="json_schema", source=source)
     except (NeedsGrammar, CompilationTooLargeError):
         pass
     if R.has_placeholders(json.dumps(schema, ensure_ascii=False)):
@@ -254,6 +257,8 @@ def json_schema_to_ir(
     for ref in empty:
         if ctx.ref_placeholder[ref] in used:
             raise _refuse("$ref", ref.lstrip("#") or "/", "a recursive definition that accepts no finite value")
+    if translate_only:
+        return None
     return R.regex_to_grammar(root, bodies, kind="json_schema", source=source)
 
 
