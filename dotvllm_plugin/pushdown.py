@@ -148,21 +148,41 @@ _lark_lock = threading.Lock()
 # -- compile: terminals and contextual lexers -----------------------------------------------------
 
 
-def _terminal_dfas(grammar: Grammar):
+def _terminal_dfa(t: Terminal):
     from .regex import regex_to_dfa
 
-    dfas = []
-    for t in grammar.terminals:
-        try:
-            dfa = regex_to_dfa(t.regex)
-        except GrammarError as e:
-            raise type(e)(f"{t.describe()}: {e}") from e
-        if dfa.accepting[dfa.initial] and t.nonempty:
-            dfa = _without_empty(dfa)
-        if dfa.accepting[dfa.initial]:
-            raise GrammarError(f"{t.describe()} matches the empty string; lark's lexer refuses zero-width terminals")
-        dfas.append(dfa)
-    return dfas
+    try:
+        dfa = regex_to_dfa(t.regex)
+    except GrammarError as e:
+        raise type(e)(f"{t.describe()}: {e}") from e
+    if dfa.accepting[dfa.initial] and t.nonempty:
+        dfa = _without_empty(dfa)
+    if dfa.accepting[dfa.initial]:
+        raise GrammarError(f"{t.describe()} matches the empty string; lark's lexer refuses zero-width terminals")
+    return dfa
+
+
+def _terminal_dfas(grammar: Grammar, lazy=None):
+    """Every terminal's byte DFA; ``None`` for those ``lazy(terminal)`` leaves to first use."""
+    return [None if lazy is not None and lazy(t) else _terminal_dfa(t) for t in grammar.terminals]
+
+
+#: A terminal of a generated grammar is compiled on first use unless its automaton could be large
+#: (a counted repetition over this bound, a long regex): those are compiled, and refused when over
+#: budget, at compile time.
+LAZY_MAX_REPEAT = 16
+LAZY_MAX_CHARS = 3000
+
+
+_COUNTED = re.compile(r"(?<!\\)\{(?:\d*,)?(\d+)\}")
+
+
+def _small_terminal(t: Terminal) -> bool:
+    """Whether ``t``'s automaton is surely small: a short regex (of a generated grammar, so its
+    syntax is the translator's) without a counted repetition over :data:`LAZY_MAX_REPEAT`."""
+    if len(t.regex) > LAZY_MAX_CHARS:
+        return False
+    return all(int(m.group(1)) <= LAZY_MAX_REPEAT for m in _COUNTED.finditer(t.regex))
 
 
 def _without_empty(dfa):
@@ -201,6 +221,15 @@ def _unless(members: list[int], terms: tuple[Terminal, ...]):
                 if st.flags <= rt.flags:
                     embedded.add(s)
     return [i for i in ordered if i not in embedded], retype
+
+
+def _ranks(terms) -> list[int]:
+    """Each terminal's position in lark's order (ties between equal lexemes go to the first)."""
+    order = sorted(range(len(terms)), key=lambda i: terms[i].lark_order())
+    rank = [0] * len(terms)
+    for r, i in enumerate(order):
+        rank[i] = r
+    return rank
 
 
 def _joint_classes(tables: list[np.ndarray]):
@@ -358,25 +387,23 @@ class _LazyReach:
     """``_reachable_terminals`` per lexer state, computed one lexer at a time on first use (a
     grammar with hundreds of contextual lexers visits few of them per request)."""
 
-    _UNSET = object()
-
-    def __init__(self, lex_trans, chosen, ignore, offsets, owner):
-        self._trans, self._chosen, self._ignore = lex_trans, chosen, ignore
-        self._offsets, self._owner = offsets, owner
-        self._values = [self._UNSET] * len(chosen)
+    def __init__(self, grammar: PushdownGrammar):
+        self._g = grammar
+        self._values: dict[int, object] = {}
 
     def __getitem__(self, q: int):
-        v = self._values[q]
-        if v is self._UNSET:
-            lexer = self._owner[q]
-            lo, hi = self._offsets[lexer], self._offsets[lexer + 1]
-            block = self._trans[lo:hi]
-            block = np.where(block >= 0, block - lo, -1)
-            values = _reachable_terminals(block, self._chosen[lo:hi], self._ignore)
-            values[0] = None  # the lexeme start
-            self._values[lo:hi] = values
-            v = self._values[q]
-        return v
+        try:
+            return self._values[q]
+        except KeyError:
+            pass
+        g = self._g
+        lexer = g._owner[q]
+        lo = g._lexer_lo[lexer]
+        trans, chosen = g._blocks[lexer]
+        values = _reachable_terminals(np.where(trans >= 0, trans - lo, -1), chosen, g._ignore)
+        values[0] = None  # the lexeme start
+        self._values.update(zip(range(lo, lo + len(values)), values))
+        return self._values[q]
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
@@ -483,18 +510,22 @@ def _lalr_tables(grammar: Grammar):
     )
 
 
+def _check_terminal_regex(t: Terminal) -> None:
+    from .regex import check_regex
+
+    try:
+        check_regex(t.regex)
+    except GrammarError as e:
+        raise type(e)(f"{t.describe()}: {e}") from e
+
+
 def check_pushdown(grammar: Grammar) -> None:
     """The part of :func:`pushdown_tables` that is cheap and bounded by the grammar's size (run in
     the API server for every request): structure, every terminal's regex, LALR(1) tables. The
     lexer automata and the terminal-collision check are left to the compile worker."""
-    from .regex import check_regex
-
     grammar.check()
     for t in grammar.terminals:
-        try:
-            check_regex(t.regex)
-        except GrammarError as e:
-            raise type(e)(f"{t.describe()}: {e}") from e
+        _check_terminal_regex(t)
     _lalr_tables(grammar)
 
 
@@ -503,26 +534,48 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     automata. Raises :class:`GrammarError` for what cannot be enforced exactly."""
     grammar.check()
     terms = grammar.terminals
-    dfas = _terminal_dfas(grammar)
+    lazy = grammar.lexing != "lark"
+    dfas = _terminal_dfas(grammar, _small_terminal if lazy else None)
     tables = _lalr_tables(grammar)
     ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
     lexer_of_set: dict[tuple, int] = {}
     lexer_of_state = np.zeros(len(tables["accepts"]), dtype=np.int32)
-    parts = []
     for s, acc in enumerate(tables["accepts"]):
         key = tuple(sorted(set(acc) | set(ignore)))
-        li = lexer_of_set.get(key)
-        if li is None:
-            li = lexer_of_set[key] = len(parts)
-            parts.append(_build_lexer(list(key), terms, dfas, grammar.lexing == "lark"))
-        lexer_of_state[s] = li
-    offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
-    lex_trans = np.concatenate(
-        [np.where(t >= 0, t + offsets[i], -1) for i, (t, _) in enumerate(parts)]
-    ).astype(np.int32)
-    lex_chosen = np.concatenate([c for _, c in parts]).astype(np.int32)
+        lexer_of_state[s] = lexer_of_set.setdefault(key, len(lexer_of_set))
+    members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
+    if not lazy:
+        # every lexer now: the collision check refuses at compile time what lark would split
+        # differently
+        parts = [_build_lexer(list(key), terms, dfas, True) for key in members]
+        offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
+        lexers = dict(
+            lex_offsets=offsets,
+            lex_trans=np.concatenate([np.where(t >= 0, t + offsets[i], -1) for i, (t, _) in enumerate(parts)]
+                                     ).astype(np.int32),
+            lex_chosen=np.concatenate([c for _, c in parts]).astype(np.int32),
+        )
+    else:
+        # lexers built on first visit (one per parser state with its own candidates; a request
+        # visits few), and small terminals' automata too (their regexes travel as text)
+        built = [d for d in dfas if d is not None]
+        regex_bytes = [b"" if d is not None else t.regex.encode() for t, d in zip(terms, dfas)]
+        lexers = dict(
+            lexer_members=np.array([t for key in members for t in key], dtype=np.int32),
+            lexer_member_offsets=np.cumsum([0] + [len(key) for key in members]).astype(np.int64),
+            tdfa_trans=(np.concatenate([d.transitions for d in built]) if built
+                        else np.zeros((0, 256), dtype=np.int32)).astype(np.int32),
+            tdfa_offsets=np.cumsum([0] + [0 if d is None else d.n_states for d in dfas]).astype(np.int64),
+            tdfa_accepting=(np.concatenate([d.accepting for d in built]) if built
+                            else np.zeros(0, dtype=bool)).astype(bool),
+            tdfa_initial=np.array([-1 if d is None else d.initial for d in dfas], dtype=np.int64),
+            lazy_regex=np.frombuffer(b"".join(regex_bytes), dtype=np.uint8).copy(),
+            lazy_regex_offsets=np.cumsum([0] + [len(b) for b in regex_bytes]).astype(np.int64),
+            term_nonempty=np.array([t.nonempty for t in terms], dtype=bool),
+            term_rank=np.array(_ranks(terms), dtype=np.int64),
+        )
     return dict(
         kind=grammar.kind,
         source=grammar.source,
@@ -538,10 +591,8 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             conf_offsets=tables["conf_offsets"],
             conf_codes=tables["conf_codes"],
             lexer_of_state=lexer_of_state,
-            lex_offsets=offsets,
-            lex_trans=lex_trans,
-            lex_chosen=lex_chosen,
             is_ignore=is_ignore,
+            **lexers,
         ),
     )
 
@@ -578,17 +629,33 @@ class PushdownGrammar:
         self._conf = [codes[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
         self.deterministic = not self._conf
         self._lexer_of_state = a["lexer_of_state"].tolist()
-        self._offsets = a["lex_offsets"].tolist()
-        self._trans = a["lex_trans"].ravel().tolist()
-        self._chosen = a["lex_chosen"].tolist()
         self._ignore = a["is_ignore"].tolist()
         self._end = len(self.terminal_names)
-        self._owner = np.repeat(np.arange(len(self._offsets) - 1), np.diff(a["lex_offsets"])).tolist()
-        self._is_start = set(self._offsets[:-1])
+        # Lexers: global state ids in the order lexers are built; each lexer's block of rows.
+        self._build_lock = threading.Lock()
+        self._trans: list[int] = []  # [state * 256 + byte] → state, -1
+        self._chosen: list[int] = []
+        self._owner: list[int] = []
+        self._is_start: set[int] = set()
+        self._blocks: dict[int, tuple] = {}  # lexer → (trans int32 [n, 256] global ids, chosen)
+        if "lex_trans" in a:
+            self.n_lexers = len(a["lex_offsets"]) - 1
+            self._lexer_lo = a["lex_offsets"][:-1].tolist()
+            lo = a["lex_offsets"].tolist()
+            self._trans = a["lex_trans"].ravel().tolist()
+            self._chosen = a["lex_chosen"].tolist()
+            self._owner = np.repeat(np.arange(self.n_lexers), np.diff(a["lex_offsets"])).tolist()
+            self._is_start = set(self._lexer_lo)
+            for i in range(self.n_lexers):
+                self._blocks[i] = (a["lex_trans"][lo[i] : lo[i + 1]], a["lex_chosen"][lo[i] : lo[i + 1]])
+        else:
+            self.n_lexers = len(a["lexer_member_offsets"]) - 1
+            self._lexer_lo = [-1] * self.n_lexers
+            self._term_dfas: list = [None] * len(self.terminal_names)
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
         self._max_token_len = vocabulary.max_token_len
-        self._reach = _LazyReach(a["lex_trans"], a["lex_chosen"], self._ignore, self._offsets, self._owner)
+        self._reach = _LazyReach(self)
         self._lock = threading.Lock()
         self._walkers: dict[int, tuple] = {}
         self._base: dict[int, tuple] = {}
@@ -599,6 +666,58 @@ class PushdownGrammar:
         self._masks: dict = {}
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
+
+    # -- lexers -----------------------------------------------------------------------------------
+
+    def _start(self, lexer: int) -> int:
+        """The lexeme-start state of ``lexer`` (built now if it was not yet)."""
+        lo = self._lexer_lo[lexer]
+        return lo if lo >= 0 else self._build(lexer)
+
+    def _terminal_dfa(self, t: int):
+        from .regex import ByteDFA
+
+        d = self._term_dfas[t]
+        if d is None:
+            a = self.arrays
+            if a["tdfa_initial"][t] < 0:  # compiled on first use (small by construction)
+                r0, r1 = int(a["lazy_regex_offsets"][t]), int(a["lazy_regex_offsets"][t + 1])
+                regex = bytes(a["lazy_regex"][r0:r1]).decode()
+                d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t])))
+            else:
+                lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
+                d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],
+                            initial=int(a["tdfa_initial"][t]))
+            self._term_dfas[t] = d
+        return d
+
+    def _build(self, lexer: int) -> int:
+        with self._build_lock:
+            if self._lexer_lo[lexer] >= 0:
+                return self._lexer_lo[lexer]
+            a = self.arrays
+            m0, m1 = int(a["lexer_member_offsets"][lexer]), int(a["lexer_member_offsets"][lexer + 1])
+            members = a["lexer_members"][m0:m1].tolist()
+            dfas = [None] * len(self.terminal_names)
+            for t in members:
+                dfas[t] = self._terminal_dfa(t)
+            # the candidates' order (ties between equal lexemes) as the compile computed it
+            rank = a["term_rank"].tolist()
+            terms = tuple(Terminal(name, "", priority=-rank[i]) for i, name in enumerate(self.terminal_names))
+            trans, chosen = _build_lexer(members, terms, dfas, False)
+            lo = len(self._chosen)
+            trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32)
+            self._blocks[lexer] = (trans, chosen)
+            self._trans.extend(trans.ravel().tolist())
+            self._chosen.extend(chosen.tolist())
+            self._owner.extend([lexer] * len(chosen))
+            self._is_start.add(lo)
+            self._lexer_lo[lexer] = lo  # last: other threads read it without the lock
+            return lo
+
+    def _build_all(self) -> None:
+        for lexer in range(self.n_lexers):
+            self._start(lexer)
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -622,12 +741,12 @@ class PushdownGrammar:
     def __repr__(self) -> str:
         return (
             f"PushdownGrammar(kind={self.kind!r}, parser_states={self.n_parser_states}, "
-            f"lexers={len(self._offsets) - 1}, lexer_states={self.n_lexer_states})"
+            f"lexers={self.n_lexers}, lexer_states={self.n_lexer_states})"
         )
 
     def initial_state(self):
         s = self.start_state
-        return self._offsets[self._lexer_of_state[s]], (s, None, 1)
+        return self._start(self._lexer_of_state[s]), (s, None, 1)
 
     # -- parser ----------------------------------------------------------------------------------
 
@@ -701,7 +820,7 @@ class PushdownGrammar:
                 stack = self.feed(stack, t)
                 if stack is None:
                     return None
-            q = trans[self._offsets[self._lexer_of_state[stack[0]]] * 256 + b]
+            q = trans[self._start(self._lexer_of_state[stack[0]]) * 256 + b]
             if q < 0:
                 return None
         if not self.viable(q, stack):
@@ -718,7 +837,7 @@ class PushdownGrammar:
                 if got is not None:
                     out.append(got)
             return tuple(out)
-        trans, chosen, ignore, offsets, lexer_of = self._trans, self._chosen, self._ignore, self._offsets, self._lexer_of_state
+        trans, chosen, ignore, start, lexer_of = self._trans, self._chosen, self._ignore, self._start, self._lexer_of_state
         cur = configs
         for b in data:
             nxt: dict = {}
@@ -732,7 +851,7 @@ class PushdownGrammar:
                     continue
                 stacks = [st] if ignore[t] else [x for x in self.feed_all(st, t, intern) if x is not _ACCEPT]
                 for s2 in stacks:
-                    q2 = trans[offsets[lexer_of[s2[0]]] * 256 + b]
+                    q2 = trans[start(lexer_of[s2[0]]) * 256 + b]
                     if q2 >= 0:
                         nxt.setdefault((q2, id(s2)), (q2, s2))
             if not nxt:
@@ -773,7 +892,8 @@ class PushdownGrammar:
 
         if not self.deterministic:
             return None
-        byte_class, rep = _joint_classes([self.arrays["lex_trans"]])
+        self._build_all()
+        byte_class, rep = _joint_classes([self._blocks[i][0] for i in range(self.n_lexers)])
         n_cls = len(rep)
         start = self.initial_state()
         key = lambda q, st: (q, _stack_states(st))  # noqa: E731
@@ -821,10 +941,11 @@ class PushdownGrammar:
             from .index import byte_view
             from .regex import byte_classes
 
-            lo, hi = self._offsets[lexer], self._offsets[lexer + 1]
-            t = self.arrays["lex_trans"][lo:hi].astype(np.int64)
+            lo = self._start(lexer)
+            block, chosen = self._blocks[lexer]
+            t = block.astype(np.int64)
             t = np.where(t >= 0, t - lo, -1)
-            ends = (self.arrays["lex_chosen"][lo:hi] >= 0)[:, None] & (t < 0)
+            ends = (chosen >= 0)[:, None] & (t < 0)
             t[ends] = -2
             class_trans, byte_class = byte_classes(t)
             view = byte_view(self.vocabulary, byte_class, class_trans.shape[1])
@@ -835,8 +956,11 @@ class PushdownGrammar:
         """States reachable from ``q`` in breadth-first order and a signature of that sub-automaton
         (transitions relabelled, lexeme types): equal signatures walk the vocabulary identically,
         so lexers that share a terminal (a string as key and as value) share its walks."""
-        trans = self.arrays["lex_trans"]
-        chosen = self.arrays["lex_chosen"]
+        lexer = self._owner[q]
+        lo = self._lexer_lo[lexer]
+        block, chosen = self._blocks[lexer]
+        trans = np.where(block >= 0, block - lo, -1)
+        q -= lo
         order = [q]
         label = {q: 0}
         i = 0
@@ -850,8 +974,8 @@ class PushdownGrammar:
         lut = np.full(len(chosen) + 1, -1, dtype=np.int64)
         lut[states] = np.arange(len(states))
         sub = lut[trans[states]]  # -1 (dead) maps through the extra slot
-        sig = sub.astype(np.int32).tobytes() + chosen[states].tobytes()
-        return states, sig
+        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes()
+        return states + lo, sig
 
     def _base_of(self, q: int):
         """Tokens inside the current lexeme from ``q``, by the state they end in (``(free, ((state,
@@ -871,7 +995,7 @@ class PushdownGrammar:
 
         lexer = self._owner[q]
         ct, view, _ = self._walker(lexer)
-        lo = self._offsets[lexer]
+        lo = self._lexer_lo[lexer]
         free, groups, exits = self._split(view, lo, *walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True))
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
@@ -897,7 +1021,7 @@ class PushdownGrammar:
         _, level, node, prev = exits
         if not len(node):
             return ()
-        terms = np.asarray(self._chosen, dtype=np.int64)[prev + lo]
+        terms = self._blocks[self._owner[lo]][1].astype(np.int64)[prev]
         out = []
         for t in np.unique(terms).tolist():
             sel = terms == t
@@ -925,7 +1049,7 @@ class PushdownGrammar:
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
         if inject:
-            got = self._split(view, self._offsets[lexer], *walk(ct, view, None, inject=inject, want_exits=True))
+            got = self._split(view, self._start(lexer), *walk(ct, view, None, inject=inject, want_exits=True))
         else:
             got = (np.zeros(self._W, dtype=np.int32), (), ())
         self._cross_cache[key] = got

@@ -179,3 +179,25 @@ def test_unparse_keeps_the_language():
             assert bool(a.fullmatch(s)) == bool(b.fullmatch(s)), (regex, again, s)
         checked += 1
     assert checked > 20
+
+
+def test_lexers_built_on_first_visit_and_serialised(real):
+    """A schema grammar builds its contextual lexers when a text first reaches them; a serialised
+    copy (what compile workers send) builds its own and gives the same masks."""
+    from dotvllm_plugin.compiler import load_compiled
+
+    schema = {"$defs": TREE["$defs"], "type": "object", "required": ["a"],
+              "properties": {"a": {"type": "integer"}, "t": {"$ref": "#/$defs/node"}}}
+    g = real.compiler.compile_json_schema(schema)
+    assert isinstance(g, PushdownGrammar)
+    built = sum(lo >= 0 for lo in g._lexer_lo)
+    assert built < g.n_lexers
+    copy = load_compiled(g.to_bytes(), real.vocab)
+    assert sum(lo >= 0 for lo in copy._lexer_lo) == 0
+    text = '{"a":12,"t":{"v":1,"kids":[{"v":2}]},"x":[{"y":"\\u00e9"}]}'
+    for prefix in (text[:i] for i in range(0, len(text), 3)):
+        m1, m2 = GrammarMatcher(g), GrammarMatcher(copy)
+        assert m1.accept_string(prefix) and m2.accept_string(prefix)
+        assert (m1.allowed_token_ids() == m2.allowed_token_ids()).all(), prefix
+    assert accepts(copy, text)
+    assert sum(lo >= 0 for lo in copy._lexer_lo) > built
