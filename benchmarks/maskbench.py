@@ -270,6 +270,22 @@ def language_table(infos: dict):
     return headers, rows
 
 
+def failures_table(verdicts: list[dict], limit: int = 40):
+    """Schemas an engine compiled but did not pass: the first error of each."""
+    headers = ["schema", "error", "instance (compact JSON, cut)"]
+    rows = []
+    for v in verdicts:
+        if v["status"] != "ok" or v["passed"]:
+            continue
+        if v["invalidation_errors"]:
+            e = v["invalidation_errors"][0]
+            rows.append([f"`{v['name']}`", "invalid accepted", f"`{e['text'][:120]}`"])
+        else:
+            e = v["validation_errors"][0]
+            rows.append([f"`{v['name']}`", f"valid rejected at token {e['rejected_at']}", f"`{e['text'][:120]}`"])
+    return headers, rows[:limit]
+
+
 def common_subset_table(verdicts: dict, summaries: dict):
     """Passing counts restricted to the schemas every engine compiled, and pairwise vs ours."""
     engines = list(verdicts)
@@ -450,6 +466,9 @@ def main(argv=None) -> int:
           markdown_table(h1, r1), "", f"Compile time, CPU and wall, {COLD}:", "", markdown_table(hp, rp), "",
           "Per-token mask + commit (all tokens of all instances walked):", "",
           markdown_table(h2, r2), "", markdown_table(hc, rc), ""]
+    if "ours" in verdicts:
+        hf, rf = failures_table(verdicts["ours"])
+        md += ["ours: compiled but not passing (first error per schema):", "", markdown_table(hf, rf), ""]
     args.json.with_suffix(".md").write_text("\n".join(md))
     try:
         plot(args.plot, verdicts, done, f"JSONSchemaBench dev ({done} schemas): compile time, {args.tokenizer} vocabulary")
