@@ -167,6 +167,11 @@ def _terminal_dfas(grammar: Grammar, lazy=None):
     return [None if lazy is not None and lazy(t) else _terminal_dfa(t) for t in grammar.terminals]
 
 
+#: A generated grammar with at least this many contextual lexers builds them on first visit (a
+#: request visits few of a large schema's); smaller ones build them at compile time, in the compile
+#: worker, so that the engine's step does less on first visits. Lark grammars always build them at
+#: compile time (the collision check needs them).
+LAZY_MIN_LEXERS = 64
 #: A terminal of a generated grammar is compiled on first use unless its automaton could be large
 #: (a counted repetition over this bound, a long regex): those are compiled, and refused when over
 #: budget, at compile time.
@@ -534,8 +539,8 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     automata. Raises :class:`GrammarError` for what cannot be enforced exactly."""
     grammar.check()
     terms = grammar.terminals
-    lazy = grammar.lexing != "lark"
-    dfas = _terminal_dfas(grammar, _small_terminal if lazy else None)
+    if grammar.lexing == "lark":
+        dfas = _terminal_dfas(grammar)  # a bad terminal is reported before the parser tables
     tables = _lalr_tables(grammar)
     ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
     lexer_of_set: dict[tuple, int] = {}
@@ -546,6 +551,9 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
+    lazy = grammar.lexing != "lark" and len(members) >= LAZY_MIN_LEXERS
+    if grammar.lexing != "lark":
+        dfas = _terminal_dfas(grammar, _small_terminal if lazy else None)
     if not lazy:
         # every lexer now: the collision check refuses at compile time what lark would split
         # differently

@@ -181,14 +181,17 @@ def test_unparse_keeps_the_language():
     assert checked > 20
 
 
-def test_lexers_built_on_first_visit_and_serialised(real):
-    """A schema grammar builds its contextual lexers when a text first reaches them; a serialised
-    copy (what compile workers send) builds its own and gives the same masks."""
+def test_lexers_built_on_first_visit_and_serialised(real, monkeypatch):
+    """A large schema grammar builds its contextual lexers when a text first reaches them (here
+    the threshold is lowered to every grammar); a serialised copy (what compile workers send)
+    builds its own and gives the same masks."""
+    from dotvllm_plugin import pushdown
     from dotvllm_plugin.compiler import load_compiled
 
+    monkeypatch.setattr(pushdown, "LAZY_MIN_LEXERS", 0)
     schema = {"$defs": TREE["$defs"], "type": "object", "required": ["a"],
               "properties": {"a": {"type": "integer"}, "t": {"$ref": "#/$defs/node"}}}
-    g = real.compiler.compile_json_schema(schema)
+    g = GrammarCompiler(real.vocab).compile_json_schema(schema)  # not the shared compiler's cache
     assert isinstance(g, PushdownGrammar)
     built = sum(lo >= 0 for lo in g._lexer_lo)
     assert built < g.n_lexers
