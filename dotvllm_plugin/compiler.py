@@ -293,10 +293,11 @@ class GrammarCompiler:
         :func:`~dotvllm_plugin.grammar.json_schema.json_schema_to_ir` compiled (one DFA where a
         regex says the schema exactly, else the pushdown engine).
 
-        When the exact automata are over budget, the schema is compiled once more with long
-        ``maxLength``/``maxItems`` bounds lowered to :data:`REPEAT_CAP` (never below the
-        minimum): every output still validates, only long strings and arrays are not generated.
-        A warning says so; if that is still over budget, the first error is raised.
+        When the exact automata are over budget, a one-regex schema is compiled as rules instead
+        (many small automata), and then both forms once more with long ``maxLength``/``maxItems``
+        bounds lowered to :data:`REPEAT_CAP` (never below the minimum): every output still
+        validates, only long strings and arrays are not generated. A warning says so; if all are
+        over budget, the first error is raised.
         """
         from .grammar.json_schema import json_schema_to_ir
         from .grammar.json_schema.any_json import any_json_grammar
@@ -308,20 +309,27 @@ class GrammarCompiler:
         if parsed is True or parsed == {}:  # any value at all
             return self.compile_ir(any_json_grammar(whitespace_pattern=whitespace_pattern, root="value"))
         options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
-        try:
-            return self.compile_ir(json_schema_to_ir(schema, **options), check_syntax=False)
-        except CompilationTooLargeError as exact_error:
-            try:
-                compiled = self.compile_ir(json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options),
-                                           check_syntax=False)
-            except CompilationTooLargeError:
-                raise exact_error from None
-            logger.warning(
-                "JSON schema over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
-                exact_error,
-                REPEAT_CAP,
-            )
-            return compiled
+        # Exact first; a one-regex schema whose automaton is over budget is tried as rules (small
+        # terminals); then both with long bounds lowered.
+        first_error = None
+        for cap in (None, REPEAT_CAP):
+            for mode in ("auto", "grammar"):
+                ir = None
+                try:
+                    ir = json_schema_to_ir(schema, repeat_cap=cap, mode=mode, **options)
+                    compiled = self.compile_ir(ir, check_syntax=False)
+                except CompilationTooLargeError as e:
+                    first_error = first_error or e
+                    if mode == "auto" and ir is not None and ir.single_terminal is None:
+                        break  # already rules: the grammar-mode attempt would be the same
+                    continue
+                if cap is not None:
+                    logger.warning(
+                        "JSON schema over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
+                        first_error, REPEAT_CAP,
+                    )
+                return compiled
+        raise first_error
 
     def compile_json_object(self, *, whitespace_pattern: str | None = None):
         """Any JSON object, nested to any depth (up to the engine's stack bound)."""
