@@ -112,6 +112,18 @@ _NUMBER_KW = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "mul
 # --------------------------------------------------------------------------------------------
 
 
+def _load(schema):
+    """The schema as a dict or bool (parsed when given as JSON text)."""
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except ValueError as e:
+            raise JSONSchemaError(f"the schema is not valid JSON: {e}") from e
+    if not isinstance(schema, (dict, bool)):
+        raise JSONSchemaError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
+    return schema
+
+
 def json_schema_to_regex(
     schema: dict | str | bool,
     *,
@@ -161,15 +173,7 @@ def json_schema_to_regex(
     CompilationTooLargeError
         The regex would exceed ``max_regex_chars``.
     """
-    if isinstance(schema, (str, bytes)):
-        try:
-            schema = json.loads(schema)
-        except ValueError as e:
-            raise JSONSchemaError(f"the schema is not valid JSON: {e}") from e
-    if not isinstance(schema, (dict, bool)):
-        raise JSONSchemaError(
-            f"a JSON schema must be an object or a boolean, got {type(schema).__name__}"
-        )
+    schema = _load(schema)
     ws = check_whitespace(whitespace_pattern)
     ctx = _Context(schema, ws, max_recursion_depth, max_regex_chars, allow_undeclared_properties)
     ctx.unicode_escapes = unicode_escapes
@@ -218,13 +222,7 @@ def json_schema_to_ir(
     if mode not in ("auto", "grammar"):
         raise ValueError(f"mode must be 'auto' or 'grammar', got {mode!r}")
     text = schema if isinstance(schema, str) else None
-    if isinstance(schema, (str, bytes)):
-        try:
-            schema = json.loads(schema)
-        except ValueError as e:
-            raise JSONSchemaError(f"the schema is not valid JSON: {e}") from e
-    if not isinstance(schema, (dict, bool)):
-        raise JSONSchemaError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
+    schema = _load(schema)
     source = text if text is not None else json.dumps(schema, sort_keys=True)
     ws = check_whitespace(whitespace_pattern)
     try:
