@@ -355,7 +355,15 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True):
     return cls_table[:, byte_class].astype(np.int32), np.array(chosen, dtype=np.int32)
 
 
-def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list) -> list:
+def _successors(lex_trans: np.ndarray) -> list[list[int]]:
+    """Per state of a transition table ``[n, 256]``: its distinct successor states, ascending."""
+    t = np.sort(lex_trans, axis=1)
+    keep = t >= 0
+    keep[:, 1:] &= t[:, 1:] != t[:, :-1]
+    return [row[k].tolist() for row, k in zip(t, keep)]
+
+
+def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list, succ=None) -> list:
     """Per lexer state: the terminals a lexeme in progress there can still become (a tuple,
     ignored terminals left out), or None when nothing needs the parser's consent (a lexeme start,
     or a lexeme that can only become an ignored terminal) — then every stack agrees."""
@@ -364,7 +372,8 @@ def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list
     for s_, t in enumerate(chosen.tolist()):
         if t >= 0:
             bits[s_] = 1 << t
-    succ = [np.unique(row[row >= 0]).tolist() for row in lex_trans]
+    if succ is None:
+        succ = _successors(lex_trans)
     changed = True
     while changed:
         changed = False
@@ -405,7 +414,7 @@ class _LazyReach:
         lexer = g._owner[q]
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
-        values = _reachable_terminals(np.where(trans >= 0, trans - lo, -1), chosen, g._ignore)
+        values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer))
         values[0] = None  # the lexeme start
         self._values.update(zip(range(lo, lo + len(values)), values))
         return self._values[q]
@@ -646,6 +655,7 @@ class PushdownGrammar:
         self._owner: list[int] = []
         self._is_start: set[int] = set()
         self._blocks: dict[int, tuple] = {}  # lexer → (trans int32 [n, 256] global ids, chosen)
+        self._succ: dict[int, list] = {}
         if "lex_trans" in a:
             self.n_lexers = len(a["lex_offsets"]) - 1
             self._lexer_lo = a["lex_offsets"][:-1].tolist()
@@ -722,6 +732,15 @@ class PushdownGrammar:
             self._is_start.add(lo)
             self._lexer_lo[lexer] = lo  # last: other threads read it without the lock
             return lo
+
+    def _local_successors(self, lexer: int) -> list[list[int]]:
+        """Distinct successors of each state of a built ``lexer``, in its local numbering."""
+        got = self._succ.get(lexer)
+        if got is None:
+            lo = self._lexer_lo[lexer]
+            block = self._blocks[lexer][0]
+            got = self._succ[lexer] = _successors(np.where(block >= 0, block - lo, -1))
+        return got
 
     def _build_all(self) -> None:
         for lexer in range(self.n_lexers):
@@ -968,13 +987,14 @@ class PushdownGrammar:
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
         trans = np.where(block >= 0, block - lo, -1)
+        succ = self._local_successors(lexer)
         q -= lo
         order = [q]
         label = {q: 0}
         i = 0
         while i < len(order):
-            for x in np.unique(trans[order[i]]).tolist():
-                if x >= 0 and x not in label:
+            for x in succ[order[i]]:
+                if x not in label:
                     label[x] = len(order)
                     order.append(x)
             i += 1
