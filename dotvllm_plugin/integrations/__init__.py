@@ -33,7 +33,7 @@ def supported_engine(vllm_version: str) -> str | None:
     from packaging.version import InvalidVersion, Version
 
     from .vllm_v0 import SUPPORTED_VLLM as V0
-    from .vllm_v1 import SUPPORTED_VLLM as V1
+    from .vllm_v1 import supports as v1_supports
 
     try:
         v = Version(vllm_version)
@@ -41,7 +41,7 @@ def supported_engine(vllm_version: str) -> str | None:
         return None
     if SpecifierSet(V0).contains(v, prereleases=True):
         return "v0"
-    if SpecifierSet(V1).contains(v, prereleases=True):
+    if v1_supports(v):
         return "v1"
     return None
 
@@ -70,5 +70,5 @@ def register() -> None:
         from .vllm_v1 import SUPPORTED_VLLM as V1
 
         logger.error("dotvllm-plugin: vLLM %s is not supported (V0 engine: %s; V1 engine: %s); the plugin is "
-                     "not active and vLLM runs without it", vllm_version, V0, V1)
+                     "not active and vLLM runs without it", vllm_version, V0, " or ".join(V1))
     return None

@@ -20,10 +20,21 @@ import logging
 import os
 import threading
 
-__all__ = ["SUPPORTED_VLLM", "register"]
+__all__ = ["SUPPORTED_VLLM", "register", "supports"]
 
-SUPPORTED_VLLM = ">=0.29.0,<0.33"
-"""vLLM releases whose V1 structured-output interfaces this integration was checked against."""
+SUPPORTED_VLLM = (">=0.11.2,<0.12", ">=0.29.0,<0.33")
+"""vLLM releases whose V1 structured-output interfaces this integration was checked against (any
+one of these version ranges; the releases between them are refused until checked, see
+docs/installation.md)."""
+
+
+def supports(version) -> bool:
+    """Whether a vLLM version (string or ``packaging.version.Version``) is in :data:`SUPPORTED_VLLM`."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    v = Version(str(version))
+    return any(SpecifierSet(r).contains(v, prereleases=True) for r in SUPPORTED_VLLM)
 
 logger = logging.getLogger("vllm.dotvllm_plugin")
 

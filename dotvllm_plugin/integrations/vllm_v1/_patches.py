@@ -1,21 +1,26 @@
 """What the V1 integration changes in vLLM (each patch keeps the original as ``__wrapped__``).
 
-1. ``vllm.sampling_params.SamplingParams._validate_structured_outputs`` (API-server process, and
+Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in brackets.
+
+1. ``vllm.sampling_params.SamplingParams._validate_structured_outputs`` [0.11:
+   ``vllm.v1.engine.processor.Processor._validate_structured_output``] (API-server process, and
    the offline ``LLM``): when the server's structured-output backend is ``auto`` (vLLM's default),
    a structured request becomes ours (``structured_outputs._backend = "dotvllm"``) after our cheap
    check (:func:`dotvllm_plugin.integrations._constraints.validate`): a bad spec raises a
-   ``GrammarError`` (a ``ValueError``), which vLLM answers with HTTP 400. ``structural_tag``
-   requests are checked by vLLM's xgrammar validation (our backend delegates them to xgrammar).
-   A server started with an explicit backend (``--structured-outputs-config.backend xgrammar``)
-   keeps vLLM's behaviour for every request.
+   ``VLLMValidationError`` [0.11: our ``GrammarError``, a ``ValueError``], which vLLM answers with
+   HTTP 400. ``structural_tag`` requests are checked by vLLM's xgrammar validation (our backend
+   delegates them to xgrammar). A server started with an explicit backend
+   (``--structured-outputs-config.backend xgrammar``) keeps vLLM's behaviour for every request.
 2. ``vllm.v1.structured_output.StructuredOutputManager.grammar_init`` (engine-core process): builds
    :class:`~.backend.DotvllmBackend` when the first request marked ours arrives (vLLM's own
    code knows only its four backend names and would raise).
-3. ``StructuredOutputManager._create_grammar``: our backend gets the whole request (V1's
-   ``(type, spec)`` key drops ``whitespace_pattern``); it never raises.
-4. ``OpenAIServingChat.create_chat_completion`` / ``OpenAIServingCompletion.create_completion``:
-   a streaming request is checked before its response starts, so a bad spec is an HTTP 400 and
-   not an error event inside a 200 stream (V1 validates only once the stream generator runs).
+3. ``StructuredOutputManager._create_grammar`` [0.11: ``_async_create_grammar``]: our backend gets
+   the whole request (V1's ``(type, spec)`` key drops ``whitespace_pattern``); it never raises
+   (on 0.11 to ~0.21 an exception there would stop the engine core).
+4. ``OpenAIServingChat.create_chat_completion`` / ``OpenAIServingCompletion.create_completion``
+   [0.11: in ``vllm.entrypoints.openai.serving_chat`` / ``serving_completion``]: a streaming
+   request is checked before its response starts, so a bad spec is an HTTP 400 and not an error
+   event inside a 200 stream (V1 validates only once the stream generator runs).
 5. ``vllm.v1.engine.output_processor.RequestState._new_completion_output`` (API-server process,
    and the offline ``LLM``): a request whose constraint failed to compile in the engine core
    arrives finished with ``stop_reason = "dotvllm compile error: <message>"`` (set by
@@ -25,6 +30,8 @@
    ``._convert_generation_error_to_streaming_response``: such an output is answered with a
    ``VLLMValidationError(<message>)`` (HTTP 400 ``BadRequestError``, or that error as an event in
    a stream that already started) instead of vLLM's generic "Internal server error".
+   [0.11: ``vllm.v1.engine.async_llm.AsyncLLM.generate`` raises ``ValueError(<message>)`` for such
+   an output; the OpenAI servers answer it the same way.]
    Without patches 5 and 6 (a vLLM whose classes differ) the client still sees the message in
    ``stop_reason``, with ``finish_reason: "stop"`` and an empty text.
 """
@@ -49,9 +56,37 @@ def _mark(fn, original):
     return fn
 
 
+def _client_error(e: ValueError) -> ValueError:
+    """The error vLLM answers with HTTP 400: ``VLLMValidationError`` where vLLM has it (there a bare
+    ``ValueError`` becomes a 500), else the ``ValueError`` itself (vLLM 0.11 answers it with 400)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:
+        return e
+    if isinstance(e, VLLMValidationError):
+        return e
+    return VLLMValidationError(str(e), parameter=getattr(e, "parameter", None))
+
+
+def _route(sampling_params, so) -> None:
+    """Check one request's constraint (raising the client error) and mark the request ours."""
+    try:
+        kind = _check(sampling_params, so)
+    except ValueError as e:
+        error = _client_error(e)
+        if error is e:
+            raise
+        raise error from e
+    so._backend = BACKEND
+    so._backend_was_auto = True
+    metrics.record_request(kind)
+
+
 def _patch_validation() -> str | None:
     from vllm.sampling_params import SamplingParams
 
+    if not hasattr(SamplingParams, "_validate_structured_outputs"):
+        return _patch_processor_validation()
     original = SamplingParams._validate_structured_outputs
     if getattr(original, "_dotvllm", False):
         return None
@@ -63,22 +98,33 @@ def _patch_validation() -> str | None:
                 or getattr(model_config, "is_diffusion", False) or tokenizer is None
                 or (so._backend is not None and so._backend != BACKEND)):
             return original(self, model_config, structured_outputs_config, tokenizer)
-        try:
-            kind = _check(self, so)
-        except ValueError as e:
-            # vLLM V1 answers only its own client errors with 400 (a bare ValueError becomes a 500).
-            from vllm.exceptions import VLLMValidationError
-
-            if isinstance(e, VLLMValidationError):
-                raise
-            raise VLLMValidationError(str(e), parameter=getattr(e, "parameter", None)) from e
-        so._backend = BACKEND
-        so._backend_was_auto = True
+        _route(self, so)
         so.__post_init__()
-        metrics.record_request(kind)
 
     SamplingParams._validate_structured_outputs = _mark(_validate_structured_outputs, original)
     return "vllm.sampling_params.SamplingParams._validate_structured_outputs"
+
+
+def _patch_processor_validation() -> str | None:
+    """vLLM 0.11: the API-server check is ``Processor._validate_structured_output(params)``."""
+    from vllm.v1.engine.processor import Processor
+
+    original = Processor._validate_structured_output
+    if getattr(original, "_dotvllm", False):
+        return None
+
+    @functools.wraps(original)
+    def _validate_structured_output(self, params):
+        so = params.structured_outputs
+        so_config = self.structured_outputs_config
+        if (so is None or so_config is None or so_config.backend != "auto"
+                or getattr(self.model_config, "skip_tokenizer_init", False)
+                or (so._backend is not None and so._backend != BACKEND)):
+            return original(self, params)
+        _route(params, so)
+
+    Processor._validate_structured_output = _mark(_validate_structured_output, original)
+    return "vllm.v1.engine.processor.Processor._validate_structured_output"
 
 
 def _check(sampling_params, so) -> str:
@@ -104,22 +150,63 @@ def _stream_precheck(serving, request):
     if so_cfg is None or so_cfg.backend != "auto":
         return None
     try:
-        so = request.extract_structured_outputs()
-        if so is None or so.all_constraints_none() or so.structural_tag is not None:
+        so = _structured_outputs_of(request)
+        if so is None or so.structural_tag is not None or all(
+                getattr(so, f, None) is None for f in ("json", "regex", "choice", "grammar", "json_object")):
             return None
         _check(None, so)
     except ValueError as e:
-        from vllm.exceptions import VLLMValidationError
-
+        try:
+            from vllm.exceptions import VLLMValidationError
+        except ImportError:  # vLLM 0.11: a message
+            return serving.create_error_response(str(e))
         return serving.create_error_response(VLLMValidationError(str(e)))
     except Exception:  # noqa: BLE001 - anything else: vLLM's own path reports it
         return None
     return None
 
 
+def _structured_outputs_of(request):
+    """The request's ``StructuredOutputsParams`` as vLLM will build it, without changing the request.
+
+    vLLM >= 0.29 has ``request.extract_structured_outputs()``; on 0.11 ``to_sampling_params`` builds
+    them (and writes them into the request) from ``structured_outputs``, the deprecated
+    ``guided_*`` fields and ``response_format``."""
+    extract = getattr(request, "extract_structured_outputs", None)
+    if callable(extract):
+        return extract()
+    import copy
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    so = getattr(request, "structured_outputs", None)
+    if so is not None:
+        so = copy.copy(so)
+    else:
+        kwargs = {k: getattr(request, f"guided_{k}", None) for k in ("json", "regex", "choice", "grammar")}
+        kwargs["whitespace_pattern"] = getattr(request, "guided_whitespace_pattern", None)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        so = StructuredOutputsParams(**kwargs) if kwargs else None
+    response_format = getattr(request, "response_format", None)
+    kind = getattr(response_format, "type", None)
+    if kind == "json_object":
+        so = so or StructuredOutputsParams()
+        so.json_object = True
+    elif kind == "json_schema" and getattr(response_format, "json_schema", None) is not None:
+        so = so or StructuredOutputsParams()
+        so.json = response_format.json_schema.json_schema
+    elif kind == "structural_tag":
+        return None  # checked by vLLM (xgrammar) when the request reaches the processor
+    return so
+
+
 def _patch_streaming() -> list[str]:
-    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+    try:
+        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+        from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+    except ImportError:  # vLLM 0.11
+        from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
+        from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 
     done = []
     for cls, name in ((OpenAIServingChat, "create_chat_completion"), (OpenAIServingCompletion, "create_completion")):
@@ -163,17 +250,22 @@ def _patch_manager() -> list[str]:
         StructuredOutputManager.grammar_init = _mark(grammar_init, original_init)
         done.append("vllm.v1.structured_output.StructuredOutputManager.grammar_init")
 
-    original_create = StructuredOutputManager._create_grammar
+    # The compile thread's entry: _create_grammar (vLLM >= 0.29), _async_create_grammar (0.11).
+    name = "_create_grammar" if hasattr(StructuredOutputManager, "_create_grammar") else "_async_create_grammar"
+    original_create = getattr(StructuredOutputManager, name)
     if not getattr(original_create, "_dotvllm", False):
 
-        @functools.wraps(original_create)
-        def _create_grammar(self, request):
-            if isinstance(self.backend, DotvllmBackend):
-                return self.backend.compile_request(request)
-            return original_create(self, request)
+        def make(original_create):
+            @functools.wraps(original_create)
+            def _create_grammar(self, request):
+                if isinstance(self.backend, DotvllmBackend):
+                    return self.backend.compile_request(request)
+                return original_create(self, request)
 
-        StructuredOutputManager._create_grammar = _mark(_create_grammar, original_create)
-        done.append("vllm.v1.structured_output.StructuredOutputManager._create_grammar")
+            return _create_grammar
+
+        setattr(StructuredOutputManager, name, _mark(make(original_create), original_create))
+        done.append(f"vllm.v1.structured_output.StructuredOutputManager.{name}")
     return done
 
 
@@ -191,15 +283,12 @@ class CompileFailure(str):
 def _patch_compile_errors() -> list[str]:
     done = []
     try:
-        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
         from vllm.v1.engine.output_processor import RequestState
-    except ImportError:  # another vLLM layout: stop_reason still carries the message
-        logger.warning("dotvllm: this vLLM has no RequestState/GenerateBaseServing where expected; a compile "
-                       "failure in the engine core reaches the client only as stop_reason")
-        return done
-    if not hasattr(GenerateBaseServing, "_raise_if_error") or not hasattr(RequestState, "_new_completion_output"):
-        logger.warning("dotvllm: this vLLM's output classes differ from 0.32's; a compile failure in the engine "
-                       "core reaches the client only as stop_reason")
+    except ImportError:
+        RequestState = None
+    if RequestState is None or not hasattr(RequestState, "_new_completion_output"):
+        logger.warning("dotvllm: this vLLM's output classes differ from the checked releases'; a compile failure "
+                       "in the engine core reaches the client only as stop_reason")
         return done
     original = RequestState._new_completion_output
     if not getattr(original, "_dotvllm", False):
@@ -215,6 +304,15 @@ def _patch_compile_errors() -> list[str]:
 
         RequestState._new_completion_output = _mark(_new_completion_output, original)
         done.append("vllm.v1.engine.output_processor.RequestState._new_completion_output")
+    try:
+        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
+    except ImportError:  # vLLM 0.11: the OpenAI servers answer a ValueError from generate() with a 400
+        done.extend(_patch_generate_raises())
+        return done
+    if not hasattr(GenerateBaseServing, "_raise_if_error"):
+        logger.warning("dotvllm: this vLLM's serving classes differ from the checked releases'; a compile "
+                       "failure in the engine core reaches the client only as stop_reason")
+        return done
     error_class = _compile_error_class()
     original_raise = getattr(GenerateBaseServing, "_raise_if_error", None)
     if original_raise is not None and not getattr(original_raise, "_dotvllm", False):
@@ -241,6 +339,28 @@ def _patch_compile_errors() -> list[str]:
         done.append("vllm.entrypoints.generate.base.serving.GenerateBaseServing."
                     "_convert_generation_error_to_streaming_response")
     return done
+
+
+def _patch_generate_raises() -> list[str]:
+    """vLLM 0.11: ``AsyncLLM.generate`` raises a ``ValueError(<message>)`` for an output whose
+    constraint failed to compile; the OpenAI servers answer it with HTTP 400 (or an error event in a
+    stream that already started), as they do for the processor's own checks."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    original = AsyncLLM.generate
+    if getattr(original, "_dotvllm", False):
+        return []
+
+    @functools.wraps(original)
+    async def generate(self, *args, **kwargs):
+        async for output in original(self, *args, **kwargs):
+            for completion in getattr(output, "outputs", None) or ():
+                if isinstance(completion.finish_reason, CompileFailure):
+                    raise ValueError(completion.finish_reason.message)
+            yield output
+
+    AsyncLLM.generate = _mark(generate, original)
+    return ["vllm.v1.engine.async_llm.AsyncLLM.generate"]
 
 
 def _compile_error_class():

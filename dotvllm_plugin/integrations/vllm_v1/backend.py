@@ -24,6 +24,7 @@ This module does not import vLLM (the xgrammar delegate is imported lazily).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -189,7 +190,11 @@ class DotvllmBackend:
 
                     self._xgrammar = XgrammarBackend(self.vllm_config, tokenizer=self.tokenizer,
                                                      vocab_size=self.vocab_size)
-            grammar = self._xgrammar.compile_grammar(request_type, spec, stop_token_ids=stop_token_ids)
+            compile_grammar = self._xgrammar.compile_grammar
+            if "stop_token_ids" in inspect.signature(compile_grammar).parameters:
+                grammar = compile_grammar(request_type, spec, stop_token_ids=stop_token_ids)
+            else:  # vLLM 0.11
+                grammar = compile_grammar(request_type, spec)
         except Exception as e:  # noqa: BLE001
             logger.warning("dotvllm: structural_tag could not be compiled by xgrammar (%s: %s); the request ends "
                            "with this error", type(e).__name__, e)
