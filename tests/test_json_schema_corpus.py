@@ -193,7 +193,8 @@ def test_coverage_report(results, capsys):
     assert not any(r["accepted_not_validating"] for r in ok.values())
     # Coverage floors measured on this sample (a drop means a regression).
     assert status["compiled"] >= 0.85 * len(results)
-    # 215/227 on the default sample at 3f65610 (9 of the 12 misses are key order: an undeclared
-    # property written before a declared one, or declared properties out of order).
+    # 215/227 on the default sample at 3f65610 and at fbb4240: 9 of the 12 misses are instances
+    # whose declared properties are not in declared order; the others are a format the labels do
+    # not check (uri), a string over the lowered length cap, and an anyOf the rules path rejects.
     assert valid_accepted >= 0.92 * valid
     assert status["timeout"] <= max(1, len(results) // 100)
