@@ -19,6 +19,7 @@ def _run(code: str, *, prelude: str = "", **env) -> subprocess.CompletedProcess:
 
 
 _PARAMS = """
+    import inspect
     from types import SimpleNamespace
     from vllm.sampling_params import SamplingParams, StructuredOutputsParams
     def validator():
@@ -32,7 +33,11 @@ _PARAMS = """
         cfg = SimpleNamespace(backend=backend)
         try:
             if hasattr(SamplingParams, "_validate_structured_outputs"):
-                sp._validate_structured_outputs(SimpleNamespace(is_diffusion=False), cfg, object())
+                # (model_config, structured_outputs_config, tokenizer); 0.20 has no model_config
+                args = {"model_config": SimpleNamespace(is_diffusion=False), "structured_outputs_config": cfg,
+                        "tokenizer": object()}
+                names = inspect.signature(SamplingParams._validate_structured_outputs).parameters
+                sp._validate_structured_outputs(**{k: v for k, v in args.items() if k in names})
             else:
                 processor = SimpleNamespace(structured_outputs_config=cfg,
                                             model_config=SimpleNamespace(skip_tokenizer_init=False))
