@@ -39,6 +39,7 @@ Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in br
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 from .._constraints import BACKEND, V1_NAMES, validate
@@ -91,13 +92,18 @@ def _patch_validation() -> str | None:
     if getattr(original, "_dotvllm", False):
         return None
 
+    # (self, model_config, structured_outputs_config, tokenizer) on 0.32, without model_config on 0.20
+    names = list(inspect.signature(original).parameters)[1:]
+
     @functools.wraps(original)
-    def _validate_structured_outputs(self, model_config, structured_outputs_config, tokenizer):
+    def _validate_structured_outputs(self, *args, **kwargs):
+        bound = dict(zip(names, args), **kwargs)
+        so_config = bound.get("structured_outputs_config")
         so = self.structured_outputs
-        if (structured_outputs_config is None or so is None or structured_outputs_config.backend != "auto"
-                or getattr(model_config, "is_diffusion", False) or tokenizer is None
+        if (so_config is None or so is None or so_config.backend != "auto"
+                or getattr(bound.get("model_config"), "is_diffusion", False) or bound.get("tokenizer") is None
                 or (so._backend is not None and so._backend != BACKEND)):
-            return original(self, model_config, structured_outputs_config, tokenizer)
+            return original(self, *args, **kwargs)
         _route(self, so)
         so.__post_init__()
 
@@ -304,15 +310,11 @@ def _patch_compile_errors() -> list[str]:
 
         RequestState._new_completion_output = _mark(_new_completion_output, original)
         done.append("vllm.v1.engine.output_processor.RequestState._new_completion_output")
-    try:
-        from vllm.entrypoints.generate.base.serving import GenerateBaseServing
-    except ImportError:  # vLLM 0.11: the OpenAI servers answer a ValueError from generate() with a 400
+    GenerateBaseServing = _serving_base()
+    if GenerateBaseServing is None:  # vLLM 0.11: the OpenAI servers answer a ValueError from generate() with 400
         done.extend(_patch_generate_raises())
         return done
-    if not hasattr(GenerateBaseServing, "_raise_if_error"):
-        logger.warning("dotvllm: this vLLM's serving classes differ from the checked releases'; a compile "
-                       "failure in the engine core reaches the client only as stop_reason")
-        return done
+    where = f"{GenerateBaseServing.__module__}.{GenerateBaseServing.__name__}"
     error_class = _compile_error_class()
     original_raise = getattr(GenerateBaseServing, "_raise_if_error", None)
     if original_raise is not None and not getattr(original_raise, "_dotvllm", False):
@@ -324,7 +326,7 @@ def _patch_compile_errors() -> list[str]:
             return original_raise(self, finish_reason, request_id)
 
         GenerateBaseServing._raise_if_error = _mark(_raise_if_error, original_raise)
-        done.append("vllm.entrypoints.generate.base.serving.GenerateBaseServing._raise_if_error")
+        done.append(f"{where}._raise_if_error")
     original_stream = getattr(GenerateBaseServing, "_convert_generation_error_to_streaming_response", None)
     if original_stream is not None and not getattr(original_stream, "_dotvllm", False):
 
@@ -336,9 +338,25 @@ def _patch_compile_errors() -> list[str]:
 
         GenerateBaseServing._convert_generation_error_to_streaming_response = _mark(
             _convert_generation_error_to_streaming_response, original_stream)
-        done.append("vllm.entrypoints.generate.base.serving.GenerateBaseServing."
-                    "_convert_generation_error_to_streaming_response")
+        done.append(f"{where}._convert_generation_error_to_streaming_response")
     return done
+
+
+def _serving_base():
+    """The OpenAI servers' base class that turns ``finish_reason == "error"`` into a
+    ``GenerationError`` (``_raise_if_error``): ``GenerateBaseServing`` (0.32),
+    ``OpenAIServing`` (0.20); ``None`` where there is none (0.11)."""
+    import importlib
+
+    for module, name in (("vllm.entrypoints.generate.base.serving", "GenerateBaseServing"),
+                         ("vllm.entrypoints.openai.engine.serving", "OpenAIServing")):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if hasattr(cls, "_raise_if_error"):
+            return cls
+    return None
 
 
 def _patch_generate_raises() -> list[str]:
@@ -368,7 +386,12 @@ def _compile_error_class():
     (they catch ``GenerationError`` quietly, anything else with ``logger.exception``)."""
     from http import HTTPStatus
 
-    from vllm.exceptions import GenerationError, VLLMValidationError
+    from vllm.exceptions import VLLMValidationError
+
+    try:
+        from vllm.exceptions import GenerationError
+    except ImportError:  # vLLM 0.20
+        from vllm.entrypoints.openai.engine.protocol import GenerationError
 
     class DotvllmCompileError(VLLMValidationError, GenerationError):
         def __init__(self, message: str):
