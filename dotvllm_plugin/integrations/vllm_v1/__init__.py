@@ -22,7 +22,7 @@ import threading
 
 __all__ = ["SUPPORTED_VLLM", "register", "supports"]
 
-SUPPORTED_VLLM = (">=0.11.2,<0.12", ">=0.29.0,<0.33")
+SUPPORTED_VLLM = (">=0.11.2,<0.12", ">=0.20.2,<0.21", ">=0.29.0,<0.33")
 """vLLM releases whose V1 structured-output interfaces this integration was checked against (any
 one of these version ranges; the releases between them are refused until checked, see
 docs/installation.md)."""

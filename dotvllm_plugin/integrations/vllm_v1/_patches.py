@@ -175,9 +175,9 @@ def _stream_precheck(serving, request):
 def _structured_outputs_of(request):
     """The request's ``StructuredOutputsParams`` as vLLM will build it, without changing the request.
 
-    vLLM >= 0.29 has ``request.extract_structured_outputs()``; on 0.11 ``to_sampling_params`` builds
-    them (and writes them into the request) from ``structured_outputs``, the deprecated
-    ``guided_*`` fields and ``response_format``."""
+    vLLM 0.29 – 0.32 have ``request.extract_structured_outputs()``; on 0.11 and 0.20
+    ``to_sampling_params`` builds them (and writes them into the request) from
+    ``structured_outputs``, the deprecated ``guided_*`` fields (0.11) and ``response_format``."""
     extract = getattr(request, "extract_structured_outputs", None)
     if callable(extract):
         return extract()
@@ -185,25 +185,29 @@ def _structured_outputs_of(request):
 
     from vllm.sampling_params import StructuredOutputsParams
 
+    response_format = getattr(request, "response_format", None)
+    kind = getattr(response_format, "type", None)
+    if kind == "structural_tag":
+        return None  # checked by vLLM (xgrammar) when the request reaches the processor
+    extra = {}
+    if kind == "json_object":
+        extra["json_object"] = True
+    elif kind == "json_schema" and getattr(response_format, "json_schema", None) is not None:
+        extra["json"] = response_format.json_schema.json_schema
     so = getattr(request, "structured_outputs", None)
     if so is not None:
         so = copy.copy(so)
-    else:
-        kwargs = {k: getattr(request, f"guided_{k}", None) for k in ("json", "regex", "choice", "grammar")}
-        kwargs["whitespace_pattern"] = getattr(request, "guided_whitespace_pattern", None)
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        so = StructuredOutputsParams(**kwargs) if kwargs else None
-    response_format = getattr(request, "response_format", None)
-    kind = getattr(response_format, "type", None)
-    if kind == "json_object":
-        so = so or StructuredOutputsParams()
-        so.json_object = True
-    elif kind == "json_schema" and getattr(response_format, "json_schema", None) is not None:
-        so = so or StructuredOutputsParams()
-        so.json = response_format.json_schema.json_schema
-    elif kind == "structural_tag":
-        return None  # checked by vLLM (xgrammar) when the request reaches the processor
-    return so
+        for k, v in extra.items():
+            setattr(so, k, v)
+        return so
+    kwargs = {k: getattr(request, f"guided_{k}", None) for k in ("json", "regex", "choice", "grammar")}
+    kwargs["whitespace_pattern"] = getattr(request, "guided_whitespace_pattern", None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(extra)
+    # (a StructuredOutputsParams without a constraint is an error on 0.20: build it only with one)
+    if not kwargs.keys() & {"json", "regex", "choice", "grammar", "json_object"}:
+        return None
+    return StructuredOutputsParams(**kwargs)
 
 
 def _patch_streaming() -> list[str]:
@@ -300,8 +304,9 @@ def _patch_compile_errors() -> list[str]:
     if not getattr(original, "_dotvllm", False):
 
         @functools.wraps(original)
-        def _new_completion_output(self, token_ids, finish_reason, stop_reason):
-            output = original(self, token_ids, finish_reason, stop_reason)
+        def _new_completion_output(self, token_ids, finish_reason, stop_reason, *args, **kwargs):
+            # (0.20 adds routed_experts after stop_reason)
+            output = original(self, token_ids, finish_reason, stop_reason, *args, **kwargs)
             message = compile_error_message(stop_reason) if finish_reason is not None else None
             if message is not None:
                 output.finish_reason = CompileFailure(message)
