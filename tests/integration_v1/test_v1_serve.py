@@ -132,13 +132,27 @@ def test_a_compile_over_budget_is_an_error_for_its_request_only(v1_server, endpo
     _still_serving(v1_server)
 
 
+def _before(version: str) -> bool:
+    from packaging.version import Version
+
+    installed = installed_vllm_version()
+    return installed is not None and Version(installed) < Version(version)
+
+
+@pytest.mark.skipif(not _before("0.12"), reason="vLLM ignores the deprecated guided_* fields from 0.12 on")
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_deprecated_guided_fields_on_0_11(v1_server, endpoint):
+    pattern = "guided-[0-9]{2}"
+    reply = post(v1_server.base_url, endpoint, body_for(endpoint, "x", max_tokens=16, guided_regex=pattern))
+    assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0]), reply
+    bad = post(v1_server.base_url, endpoint, body_for(endpoint, "x", max_tokens=8, guided_regex="(abc"))
+    assert bad.status == 400 and "structured_outputs.regex: invalid regex" in bad.error, bad
+
+
 def _structural_tag_endpoint() -> str:
     # vLLM 0.11's CompletionRequest drops response_format structural_tag (its guided_* forwarding
     # to structured_outputs leaves it out), so there only the chat endpoint constrains with it.
-    from packaging.version import Version
-
-    version = installed_vllm_version()
-    return CHAT if version is not None and Version(version) < Version("0.12") else COMPLETIONS
+    return CHAT if _before("0.12") else COMPLETIONS
 
 
 def test_structural_tag_is_delegated_to_xgrammar(v1_server):
