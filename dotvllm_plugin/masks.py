@@ -199,10 +199,87 @@ def _launch_indexed(rows, table, k, n, indices, bitmask_indices) -> None:
     """The kernel over ``k`` masked rows, both index vectors given as int32 tensors the GPU can read
     (on the device, or pinned host memory, which CUDA maps into the device's address space)."""
     width = rows.shape[1]
-    _apply_token_bitmask_kernel[(k, triton.cdiv(width, _BLOCK))](
-        rows, table, indices, bitmask_indices, rows.stride(0), table.stride(0), n, width,
-        HAS_INDICES=True, HAS_BITMASK_INDICES=True, BLOCK=_BLOCK, num_warps=8,
+    args = (rows, table, indices, bitmask_indices, rows.stride(0), table.stride(0), n, width)
+    grid = (k, triton.cdiv(width, _BLOCK))
+    if DIRECT_LAUNCH and _direct.launch(grid, args):
+        return
+    compiled = _apply_token_bitmask_kernel[grid](
+        *args, HAS_INDICES=True, HAS_BITMASK_INDICES=True, BLOCK=_BLOCK, num_warps=8,
     )
+    if DIRECT_LAUNCH:
+        _direct.remember(args, compiled)
+
+
+DIRECT_LAUNCH = True
+"""Whether :func:`_launch_indexed` calls Triton's compiled kernel directly once Triton has
+compiled it for the arguments' specialisation (set to ``False`` to always go through Triton's
+launcher; the GPU tests compare both)."""
+
+
+class _DirectLaunch:
+    """Calls the compiled kernel without Triton's Python launcher (binding, specialisation key and
+    cache lookup: most of a launch's 20 µs on the host).
+
+    Triton compiles one kernel per *specialisation* of the arguments: integers equal to 1 or
+    divisible by 16, pointers aligned to 16 bytes, 64-bit integers. The compiled kernels are kept
+    per such key, computed here the same way, and only a kernel that Triton itself returned for
+    an equal key is called. The call follows Triton 3.3+ (``CompiledKernel.run`` with every bound
+    argument, constexprs included); on any other Triton, with launch hooks set, or on any error
+    the launcher is turned off for good and Triton's own launch is used.
+    """
+
+    def __init__(self):
+        self.kernels: dict[tuple, tuple] = {}
+        self.ok = HAS_TRITON and _triton_version() >= (3, 3)
+        self.constexprs = (True, True, _BLOCK)  # HAS_INDICES, HAS_BITMASK_INDICES, BLOCK
+        self._stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+    @staticmethod
+    def key(args) -> tuple:
+        rows, table, idx, sel = args[:4]
+        return (rows.device.index, rows.dtype,
+                rows.data_ptr() % 16 == 0, table.data_ptr() % 16 == 0, idx.data_ptr() % 16 == 0,
+                sel.data_ptr() % 16 == 0,
+                *((v == 1, v % 16 == 0, v >= 1 << 31) for v in args[4:]))
+
+    def remember(self, args, compiled) -> None:
+        if not self.ok or self._hooks():
+            return
+        try:
+            self.kernels[self.key(args)] = (compiled.run, compiled.function, compiled.packed_metadata)
+        except AttributeError:  # another Triton API
+            self.ok = False
+
+    @staticmethod
+    def _hooks() -> bool:
+        knobs = getattr(triton, "knobs", None)
+        rt = getattr(knobs, "runtime", None)
+        return rt is None or rt.launch_enter_hook is not None or rt.launch_exit_hook is not None
+
+    def launch(self, grid, args) -> bool:
+        if not self.ok:
+            return False
+        got = self.kernels.get(self.key(args))
+        if got is None:
+            return False
+        run, function, metadata = got
+        try:
+            stream = self._stream(args[0].device.index)
+            run(grid[0], grid[1], 1, stream, function, metadata, None, None, None, *args, *self.constexprs)
+            return True
+        except Exception:  # noqa: BLE001 - an unexpected launcher: Triton's own path from now on
+            self.ok = False
+            return False
+
+
+def _triton_version() -> tuple[int, int]:
+    try:
+        return tuple(int(x) for x in triton.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return (0, 0)
+
+
+_direct = _DirectLaunch()
 
 
 def _use_kernel(rows: torch.Tensor) -> bool:
@@ -368,6 +445,17 @@ TableGroup = tuple[Hashable, np.ndarray, Sequence[int], Sequence[int]]
 rows of a compiled grammar), which depend only on ``key``."""
 
 
+def _group_arrays(groups: Sequence[TableGroup]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits rows, table number, picks) of :data:`TableGroup` entries, as int64 arrays."""
+    if not groups:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    logits_rows = np.concatenate([np.asarray(g[2], dtype=np.int64) for g in groups])
+    picks = np.concatenate([np.asarray(g[3], dtype=np.int64) for g in groups])
+    table_of = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g[2]) for g in groups])
+    return logits_rows, table_of, picks
+
+
 class _Slot:
     """Pinned host buffers of one step: ``index[0]`` logits rows, ``index[1]`` table rows, and the
     rows filled on the host; ``done`` is recorded after the step's kernel."""
@@ -516,8 +604,19 @@ class StepMasker:
         and launches one kernel. Elsewhere the rows are gathered on the host and applied with
         :func:`apply_token_bitmask_inplace_reference` (the same result).
         """
+        logits_rows, table_of, picks = _group_arrays(groups)
+        self.apply_picks(logits, [(g[0], g[1]) for g in groups], logits_rows, table_of, picks, fills,
+                         vocab_size=vocab_size)
+
+    def apply_picks(self, logits: torch.Tensor, tables: Sequence[tuple[Hashable, np.ndarray]],
+                    logits_rows: np.ndarray, table_of: np.ndarray, picks: np.ndarray,
+                    fills: Sequence[tuple[int, RowFiller]] = (), *, vocab_size: int) -> None:
+        """:meth:`apply_tables` with the step given as arrays: masked row ``i`` is logits row
+        ``logits_rows[i]`` under row ``picks[i]`` of ``tables[table_of[i]]`` (``(key, rows)``
+        pairs, as for :data:`TableGroup`); then the ``fills``. The arrays are int64 (or int32)
+        numpy arrays of one length; each logits row at most once."""
         rows = _as_rows(logits)
-        k = sum(len(g[2]) for g in groups) + len(fills)
+        k = len(logits_rows) + len(fills)
         if k == 0:
             return
         if rows.stride(-1) != 1:
@@ -525,30 +624,32 @@ class StepMasker:
         words = bitmask_words(vocab_size)
         with self._lock:
             if _use_kernel(rows):
-                self._apply_tables_kernel(rows, groups, fills, vocab_size, words, k)
+                self._apply_picks_kernel(rows, tables, logits_rows, table_of, picks, fills, vocab_size, words, k)
             else:
-                self._apply_tables_host(rows, groups, fills, vocab_size, words, k)
+                self._apply_picks_host(rows, tables, logits_rows, table_of, picks, fills, vocab_size, words, k)
 
     @staticmethod
-    def _apply_tables_host(rows, groups, fills, vocab_size, words, k) -> None:
+    def _apply_picks_host(rows, tables, logits_rows, table_of, picks, fills, vocab_size, words, k) -> None:
         bitmask = np.zeros((k, words), dtype=np.int32)
         targets = np.empty(k, dtype=np.int64)
-        a = 0
-        for _, table, logits_rows, picks in groups:
-            n = len(logits_rows)
-            w = min(table.shape[1], words)
-            bitmask[a: a + n, :w] = table[np.asarray(picks, dtype=np.int64), :w]
-            targets[a: a + n] = logits_rows
-            a += n
+        m = len(logits_rows)
+        targets[:m] = logits_rows
+        picks = np.asarray(picks, dtype=np.int64)
+        table_of = np.asarray(table_of, dtype=np.int64)
+        for t, (_, table) in enumerate(tables):
+            sel = np.flatnonzero(table_of == t)
+            if len(sel):
+                w = min(table.shape[1], words)
+                bitmask[sel, :w] = table[picks[sel], :w]
         for j, (target, fill) in enumerate(fills):
-            fill(bitmask, a + j)
-            targets[a + j] = target
+            fill(bitmask, m + j)
+            targets[m + j] = target
         apply_token_bitmask_inplace_reference(rows, torch.from_numpy(bitmask), vocab_size=vocab_size,
                                               indices=torch.from_numpy(targets))
 
-    def _apply_tables_kernel(self, rows, groups, fills, vocab_size, words, k) -> None:
+    def _apply_picks_kernel(self, rows, tables, logits_rows, table_of, picks, fills, vocab_size, words, k) -> None:
         device = rows.device
-        store, s = self._stage_tables(device, groups, fills, words, k)
+        store, s = self._stage_picks(device, tables, logits_rows, table_of, picks, fills, words)
         n = min(vocab_size, rows.shape[1])
         if device.index != torch.cuda.current_device():
             with torch.cuda.device(device):
@@ -562,26 +663,31 @@ class StepMasker:
     def _stage_tables(self, device, groups, fills, words, k) -> tuple[_RowStore, _Slot]:
         """Place the tables, write the ``2·K`` indices and the filled rows; masked row ``i`` is
         logits row ``slot.index[0, i]`` under ``store.table`` row ``slot.index[1, i]``."""
+        logits_rows, table_of, picks = _group_arrays(groups)
+        return self._stage_picks(device, [(g[0], g[1]) for g in groups], logits_rows, table_of, picks, fills, words)
+
+    def _stage_picks(self, device, tables, logits_rows, table_of, picks, fills, words) -> tuple[_RowStore, _Slot]:
         store = self._stores.get((device, words))
         if store is None:
             store = self._stores[(device, words)] = _RowStore(device, words, max(1, self.max_cached_bytes // (4 * words)))
-        offsets = store.place([(g[0], g[1]) for g in groups], len(fills))
-        s = store.slot(k, len(fills))
+        offsets = store.place(tables, len(fills))
+        m = len(logits_rows)
+        s = store.slot(m + len(fills), len(fills))
         index = s.index_np
-        a = 0
-        for (_, _, logits_rows, picks), off in zip(groups, offsets):
-            n = len(logits_rows)
-            index[0, a: a + n] = logits_rows
-            index[1, a: a + n] = picks
-            if off:
-                index[1, a: a + n] += off
-            a += n
+        if m:
+            index[0, :m] = logits_rows
+            if len(tables) == 1:
+                index[1, :m] = picks
+                if offsets[0]:
+                    index[1, :m] += offsets[0]
+            else:
+                index[1, :m] = np.asarray(offsets, dtype=np.int64)[table_of] + picks
         if fills:
             scratch0 = store.capacity
             for j, (target, fill) in enumerate(fills):
                 fill(s.rows_np, j)
-                index[0, a + j] = target
-                index[1, a + j] = scratch0 + j
+                index[0, m + j] = target
+                index[1, m + j] = scratch0 + j
             store.table[scratch0: scratch0 + len(fills)].copy_(s.rows[: len(fills)], non_blocking=True)
         return store, s
 

@@ -37,14 +37,16 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from ...compiler import CompiledGrammar, load_compiled
-from ...masks import StepMasker
+from ...masks import StepMasker, _group_arrays
 from ...matcher import GrammarMatcher
+from ...transitions import DEAD, DONE, TokenTransitions
 
 __all__ = ["DotvllmLogitsProcessor", "apply_step"]
 
@@ -186,9 +188,67 @@ def _apply_step_entries(original, logits: torch.Tensor, sampling_metadata) -> to
     return logits
 
 
+class _Sequences:
+    """The vectorised step's per-sequence rows for one vocabulary: state (a
+    :class:`~dotvllm_plugin.transitions.TokenTransitions` number), tokens seen, last token seen.
+
+    A processor owns the slots of its sequences (``seq_id → slot``) and hands them back when it is
+    garbage collected (its request has finished). ``n = -2`` marks a slot whose state is unknown:
+    its sequence is replayed from its tokens.
+    """
+
+    def __init__(self, transitions: TokenTransitions):
+        self.transitions = transitions
+        self.epoch = transitions.epoch
+        self.state = np.zeros(0, dtype=np.int64)
+        self.n = np.zeros(0, dtype=np.int64)
+        self.last = np.zeros(0, dtype=np.int64)
+        self.free: list[int] = []
+
+    def take(self) -> int:
+        if not self.free:
+            old = len(self.n)
+            cap = max(256, 2 * old)
+            self.state = np.concatenate([self.state, np.zeros(cap - old, dtype=np.int64)])
+            self.n = np.concatenate([self.n, np.full(cap - old, -2, dtype=np.int64)])
+            self.last = np.concatenate([self.last, np.full(cap - old, -1, dtype=np.int64)])
+            self.free = list(range(cap - 1, old - 1, -1))
+        slot = self.free.pop()
+        self.n[slot] = -2
+        return slot
+
+    def release(self, slots: dict) -> None:
+        self.free.extend(slots.values())
+        slots.clear()
+
+
+_sequences: dict[str, _Sequences] = {}  # vocabulary fingerprint -> its step state
+
+
+def _sequences_for(vocabulary) -> _Sequences:
+    with _process_lock:
+        got = _sequences.get(vocabulary.fingerprint)
+        if got is None:
+            got = _sequences[vocabulary.fingerprint] = _Sequences(TokenTransitions(vocabulary))
+        return got
+
+
+class _Batch:
+    """One step's sequences on the vectorised path, for one vocabulary (filled by the loop over
+    V0's metadata, then advanced and masked as arrays)."""
+
+    __slots__ = ("seqs", "slot", "row", "n", "last", "before", "ids", "procs")
+
+    def __init__(self, seqs: _Sequences):
+        self.seqs = seqs
+        self.slot, self.row, self.n, self.last, self.before, self.ids, self.procs = [], [], [], [], [], [], []
+
+
 def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
-    hidden: dict[int, tuple] = {}
-    steps: dict[int, tuple[dict, list]] = {}  # vocabulary size -> ({grammar key: group}, fills)
+    hidden = []  # (params, processors) of groups whose list holds ours among others
+    others = False  # some group has processors vLLM must run itself
+    batches: dict[int, _Batch] = {}  # id(_Sequences) -> this step's sequences on the vectorised path
+    steps: dict[int, tuple[dict, list]] = {}  # vocabulary size -> ({key: group}, fills): per-sequence path
     entries = []  # (row, processor, output ids): the per-row fallback
     dead = []
     try:
@@ -197,17 +257,39 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
             procs = params.logits_processors
             if not procs:
                 continue
-            if len(procs) == 1:
-                proc = procs[0]
-                if type(proc) is not DotvllmLogitsProcessor:
-                    continue
-            else:
+            proc = procs[0]
+            if len(procs) != 1 or type(proc) is not DotvllmLogitsProcessor:
+                others = True
                 ours = [p for p in procs if isinstance(p, DotvllmLogitsProcessor)]
                 if len(ours) != 1:  # none, or a request built by hand with two: vLLM's per-row loop
                     continue
                 proc = ours[0]
-            hidden[id(params)] = (params, procs)
+                hidden.append((params, procs))
             seq_data = group.seq_data
+            seqs = proc._seqs
+            if seqs is not None:
+                batch = batches.get(id(seqs))
+                if batch is None:
+                    batch = batches[id(seqs)] = _Batch(seqs)
+                slots = proc._slots
+                for seq_id, row in zip(group.seq_ids, group.sample_indices):
+                    data = seq_data[seq_id]
+                    try:
+                        ids = data._output_token_ids  # vLLM's array; the property copies it into a tuple
+                    except AttributeError:
+                        ids = data.output_token_ids
+                    n = len(ids)
+                    slot = slots.get(seq_id)
+                    if slot is None:
+                        slot = slots[seq_id] = seqs.take()
+                    batch.slot.append(slot)
+                    batch.row.append(row)
+                    batch.n.append(n)
+                    batch.last.append(ids[n - 1] if n else -1)
+                    batch.before.append(ids[n - 2] if n > 1 else -1)
+                    batch.ids.append(ids)
+                    batch.procs.append(proc)
+                continue
             if proc.grammar is None:
                 for seq_id, row in zip(group.seq_ids, group.sample_indices):
                     entries.append((row, proc, seq_data[seq_id].output_token_ids))
@@ -238,19 +320,18 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
     except Exception:  # noqa: BLE001 - an unexpected vLLM structure: the per-row path still works
         _report_step_error("reading the step's sequences")
         return original(logits, sampling_metadata)
-    if not hidden:
+    if not batches and not steps and not entries:
         return original(logits, sampling_metadata)
+    if others:  # vLLM runs the other processors per row, ours hidden from it; masking comes last
+        try:
+            for params, procs in hidden:
+                params.logits_processors = [p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
+            logits = original(logits, sampling_metadata)
+        finally:
+            for params, procs in hidden:
+                params.logits_processors = procs
     try:
-        for params, procs in hidden.values():
-            params.logits_processors = [] if len(procs) == 1 else [
-                p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
-        logits = original(logits, sampling_metadata)
-    finally:
-        for params, procs in hidden.values():
-            params.logits_processors = procs
-    try:
-        for vocab_size, (tables, fills) in steps.items():
-            _step_masker.apply_tables(logits, [t for t in tables.values() if t[2]], fills, vocab_size=vocab_size)
+        _mask_step_tables(logits, batches, steps, dead)
         for row, eos in dead:
             _keep_eos_choosable(logits[row], eos)
     except Exception:  # noqa: BLE001 - the per-token path never raises: mask row by row instead
@@ -259,6 +340,105 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
     for row, proc, ids in entries:
         logits[row] = proc(ids, logits[row])
     return logits
+
+
+def _mask_step_tables(logits, batches: dict, steps: dict, dead: list) -> None:
+    """Advance the vectorised sequences, then one :meth:`StepMasker.apply_picks` per vocabulary size."""
+    by_size: dict[int, list] = {}  # vocabulary size -> [(tables, logits rows, table numbers, picks)]
+    for batch in batches.values():
+        tt = batch.seqs.transitions
+        states, rows = _advance_batch(batch)
+        table_of, picks = tt.masks(states)
+        used = np.flatnonzero(np.bincount(table_of, minlength=len(tt.tables)))
+        if len(used) != len(tt.tables):
+            position = np.zeros(len(tt.tables), dtype=np.int64)
+            position[used] = np.arange(len(used))
+            table_of = position[table_of]
+        by_size.setdefault(tt.size, []).append(([tt.tables[g] for g in used.tolist()], rows, table_of, picks))
+        for i in np.flatnonzero(states == DEAD).tolist():
+            dead.append((int(rows[i]), batch.procs[i]._eos))
+    for size, (tables, fills) in steps.items():
+        groups = [t for t in tables.values() if t[2]]
+        if groups:
+            by_size.setdefault(size, []).append(([(g[0], g[1]) for g in groups], *_group_arrays(groups)))
+        elif fills:
+            by_size.setdefault(size, [])
+    for size in set(by_size) | set(steps):
+        parts = by_size.get(size, [])
+        fills = steps[size][1] if size in steps else []
+        if len(parts) == 1:
+            tables, rows, table_of, picks = parts[0]
+        else:
+            tables, rows, table_of, picks = _merge_parts(parts)
+        _step_masker.apply_picks(logits, tables, rows, table_of, picks, fills, vocab_size=size)
+
+
+def _merge_parts(parts):
+    """One (tables, rows, table numbers, picks) from several, each table key once."""
+    keys: dict = {}
+    tables, rows, table_of, picks = [], [], [], []
+    for part_tables, r, t, p in parts:
+        remap = np.empty(len(part_tables), dtype=np.int64)
+        for j, (key, table) in enumerate(part_tables):
+            at = keys.get(key)
+            if at is None:
+                at = keys[key] = len(tables)
+                tables.append((key, table))
+            remap[j] = at
+        rows.append(np.asarray(r, dtype=np.int64))
+        table_of.append(remap[np.asarray(t, dtype=np.int64)] if len(t) else np.zeros(0, dtype=np.int64))
+        picks.append(np.asarray(p, dtype=np.int64))
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return tables, empty, empty, empty
+    return tables, np.concatenate(rows), np.concatenate(table_of), np.concatenate(picks)
+
+
+def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    """(state after this step, logits row) of every sequence of the batch, as arrays.
+
+    A sequence one token longer than at its last step, whose previous last token is where that
+    step ended, advances by its newest token in one gather with every other; one at the same
+    length and token as last time keeps its state (the same step again); anything else (a new
+    sequence, preemption, a fork, a registry that started over) is replayed from its tokens.
+    """
+    seqs = batch.seqs
+    tt = seqs.transitions
+    slots = np.array(batch.slot, dtype=np.int64)
+    n = np.array(batch.n, dtype=np.int64)
+    last = np.array(batch.last, dtype=np.int64)
+    before = np.array(batch.before, dtype=np.int64)
+    if seqs.epoch != tt.epoch:
+        seqs.n[:] = -2
+        seqs.epoch = tt.epoch
+    seen_n, seen_last = seqs.n[slots], seqs.last[slots]
+    advance = (seen_n == n - 1) & (seen_last == before)
+    same = (seen_n == n) & (seen_last == last)
+    replay = np.flatnonzero(~(advance | same))
+    new = seqs.state[slots]
+    if len(replay):
+        epoch = tt.epoch
+        for i in replay.tolist():
+            new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
+        if tt.epoch != epoch:  # registering started the numbering over: every state is void
+            seqs.n[:] = -2
+            seqs.epoch = tt.epoch
+            for i in range(len(slots)):
+                new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
+            advance[:] = False
+    if advance.any():
+        old = new[advance]
+        got = tt.advance(old, last[advance])
+        new[advance] = got
+        rejected = (got == DEAD) & (old != DEAD)
+        if rejected.any():
+            for i in np.flatnonzero(advance)[rejected].tolist():
+                ids = batch.ids[i]
+                batch.procs[i]._report_rejected(tuple(ids), len(ids) - 1)
+    seqs.state[slots] = new
+    seqs.n[slots] = n
+    seqs.last[slots] = last
+    return new, np.array(batch.row, dtype=np.int64)
 
 
 def _collect(sampling_metadata):
@@ -361,6 +541,12 @@ class DotvllmLogitsProcessor:
         # covers the vocabulary in the server) and the vocabulary's fingerprint.
         self._table_key = (key, vocab.fingerprint) if vocab is not None else (key,)
         self._memo = _token_memo(self._table_key) if grammar is not None else {}
+        # The vectorised step (DFA grammars): this vocabulary's sequence rows, and this request's
+        # slots in them (seq_id -> slot), handed back when the processor is collected.
+        self._seqs = _sequences_for(vocab) if grammar is not None and grammar.engine == "dfa" else None
+        self._slots: dict[int, int] = {}
+        if self._seqs is not None:
+            weakref.finalize(self, self._seqs.release, self._slots)
         # Filled by the matcher as numpy; the torch tensor shares its memory.
         self._words_np = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
         self._words = torch.from_numpy(self._words_np)
@@ -457,6 +643,22 @@ class DotvllmLogitsProcessor:
                 self._reported = True
                 logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
             return _DEAD, None
+
+    def _replay_state(self, transitions: TokenTransitions, ids) -> int:
+        """The :class:`TokenTransitions` state after ``ids`` (walked from the start); never raises."""
+        try:
+            base = transitions.register(self._table_key, self.grammar)
+            m = GrammarMatcher(self.grammar)
+            for i, t in enumerate(ids):
+                if not m.accept_token(t):
+                    self._report_rejected(tuple(ids), i)
+                    return DEAD
+            return DONE if m.is_terminated() else base + m.state
+        except Exception:  # noqa: BLE001 - the per-token path never raises
+            if not self._reported:
+                self._reported = True
+                logger.exception("dotvllm: internal error while masking for %s; forcing EOS", self.description)
+            return DEAD
 
     def _eos_table(self) -> np.ndarray:
         table = np.zeros((1, (self._vocab_size + 31) // 32), dtype=np.int32)
