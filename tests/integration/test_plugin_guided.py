@@ -8,7 +8,10 @@ every output must satisfy its constraint.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -219,3 +222,71 @@ def test_metrics_count_compiles(server):
     assert counts[(("kind", "regex"), ("outcome", "hit"))] >= 1
     buckets = metric_values(server.base_url, "dotvllm_compile_seconds_bucket")
     assert any(dict(k).get("kind") == "regex" and v >= 1 for k, v in buckets.items())
+
+
+# -- a sample of the JSONSchemaBench corpus through the server -------------------------------------
+
+_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpus", "jsonschemabench-dev")
+_CORPUS_FILES = sorted(glob.glob(os.path.join(_CORPUS, "*.json")))
+#: Schemas per frontend (a different seeded sample for each, so a run covers twice as many).
+CORPUS_SAMPLE = 6
+#: Tokens the closing bias is applied to: text made only of these characters.
+_CLOSERS = set('"}]')
+
+
+def _corpus_sample(frontend: str) -> list[str]:
+    rng = random.Random(f"corpus-{frontend}")
+    return rng.sample(_CORPUS_FILES, min(CORPUS_SAMPLE, len(_CORPUS_FILES)))
+
+
+def _closing_bias(tokenizer) -> dict[str, float]:
+    """A strong bias towards tokens that close a string, object or array: a random model then
+    finishes most documents within the token budget (the constraint still decides what is allowed)."""
+    out = {}
+    for token, i in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if text and set(text) <= _CLOSERS:
+            out[str(i)] = 100.0
+    return out
+
+
+@pytest.mark.skipif(not _CORPUS_FILES, reason="JSONSchemaBench corpus not present (../shared/corpus)")
+def test_corpus_schemas_round_trip(server, mistral_vocab, mistral_tokenizer):
+    """Seeded corpus schemas sent as guided_json: what our compiler compiles is served (outputs that
+    finish validate with ``jsonschema``), what it refuses is a 400 with the compiler's message."""
+    import jsonschema
+
+    from dotvllm_plugin import GrammarCompiler
+    from dotvllm_plugin.errors import DotvllmError
+
+    compiler = GrammarCompiler(mistral_vocab, cache_size=0)
+    bias = _closing_bias(mistral_tokenizer)
+    finished = 0
+    frontend = "inprocess" if "--disable-frontend-multiprocessing" in server.command else "mp"
+    for path in _corpus_sample(frontend):
+        name = os.path.basename(path)
+        with open(path) as f:
+            schema = json.load(f)["schema"]
+        try:
+            compiler.compile_json_schema(schema)
+            refused = None
+        except DotvllmError as e:
+            refused = str(e)
+        body = body_for(COMPLETIONS, "JSON:", n=4, max_tokens=160, temperature=1.0, seed=7,
+                        guided_json=schema, logit_bias=bias)
+        reply = post(server.base_url, COMPLETIONS, body)
+        if refused is not None:
+            assert reply.status == 400, (name, reply.status, refused)
+            assert refused.splitlines()[0][:80] in reply.error, (name, refused, reply.error)
+            continue
+        assert reply.status == 200, (name, reply.error)
+        validator_cls = jsonschema.validators.validator_for(schema)
+        validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+        for i, text in reply.texts.items():
+            if reply.finish[i] == "stop":
+                errors = [e.message for e in validator.iter_errors(json.loads(text))]
+                assert not errors, (name, text, errors)
+                finished += 1
+            else:
+                assert reply.finish[i] == "length", (name, i, reply.finish[i], text)
+    assert finished > 0, "no output of the sample finished within its token budget"
