@@ -56,7 +56,8 @@ class TokenTransitions:
     eager_bytes : int
         A grammar whose rows for all states fit this is built whole on first use.
     max_states : int
-        States over all registered grammars before the registry starts over (see :attr:`epoch`).
+        States over all registered grammars past which :attr:`full` asks the caller to
+        :meth:`start_over`.
 
     Notes
     -----
@@ -88,6 +89,7 @@ class TokenTransitions:
         self.row_of = np.zeros(_FIRST, dtype=np.int64)  # state -> row of that table
         self._slot = np.array([0, 1], dtype=np.int64)  # state -> row of self._next (-1: not built)
         self._tries: dict[int, ClassTrie] = {}
+        self.full = False
         self._drop_rows()
 
     def _drop_rows(self) -> None:
@@ -101,8 +103,8 @@ class TokenTransitions:
     def register(self, key: Hashable, grammar) -> int:
         """The base of ``grammar``'s states (its state ``s`` is ``base + s``), registering it once.
 
-        Starting over (more than ``max_states`` states registered) increments :attr:`epoch`:
-        every state number handed out before is void.
+        Past ``max_states`` registered states :attr:`full` is set; the caller starts over with
+        :meth:`start_over` between steps (never within one, so a step's numbers stay valid).
         """
         base = self._bases.get(key)
         if base is not None:
@@ -114,9 +116,6 @@ class TokenTransitions:
             if grammar.vocabulary.fingerprint != self.vocabulary.fingerprint:
                 raise ValueError("the grammar was compiled for another vocabulary")
             n = grammar.n_states
-            if len(self.table_of) + n > self.max_states:
-                self.epoch += 1
-                self._reset()
             base = len(self.table_of)
             g = len(self.tables)
             self.tables.append((key, grammar.rows))
@@ -125,9 +124,16 @@ class TokenTransitions:
             self.row_of = np.concatenate([self.row_of, grammar.row_of_state.astype(np.int64)])
             self._slot = np.concatenate([self._slot, np.full(n, -1, dtype=np.int64)])
             self._bases[key] = base
+            self.full = len(self.table_of) > self.max_states
             if n * self.size * 4 <= self.eager_bytes:
-                self._build(base + np.arange(n, dtype=np.int64))
+                self._ensure(base + np.arange(n, dtype=np.int64))
             return base
+
+    def start_over(self) -> None:
+        """Forget every grammar and row; increments :attr:`epoch` (state numbers handed out before are void)."""
+        with self._lock:
+            self.epoch += 1
+            self._reset()
 
     # -- stepping ----------------------------------------------------------------------------------
 
@@ -135,7 +141,7 @@ class TokenTransitions:
         """Next state of each ``(state, token)`` pair (int64 arrays of one length)."""
         slot = self._slot[states]
         if (slot < 0).any():
-            self._build(np.unique(states[slot < 0]))
+            self._ensure(np.unique(states))
             slot = self._slot[states]
         ok = (tokens >= 0) & (tokens < self.size)
         if ok.all():
@@ -156,19 +162,26 @@ class TokenTransitions:
 
     # -- building rows -----------------------------------------------------------------------------
 
-    def _build(self, states: np.ndarray) -> None:
-        """Fill the rows of ``states`` (global numbers, distinct, none built yet)."""
-        need = len(states)
-        if self._used + need > self._next.shape[0]:
-            limit = max(_FIRST + need, self.max_bytes // (4 * self.size))
-            if self._used + need > limit:
-                self._drop_rows()
-                self._slot[states] = -1
-            cap = min(limit, max(self._used + need, 2 * self._next.shape[0]))
-            if cap > self._next.shape[0]:
-                grown = np.zeros((cap, self.size), dtype=np.int32)
-                grown[: self._used] = self._next[: self._used]
-                self._next = grown
+    def _ensure(self, states: np.ndarray) -> None:
+        """Rows for all of ``states`` (distinct): the missing ones built, after dropping every row
+        when they would not fit (rows needed at once are never dropped)."""
+        missing = states[self._slot[states] < 0]
+        if not len(missing):
+            return
+        limit = max(_FIRST + len(states), self.max_bytes // (4 * self.size))
+        if self._used + len(missing) > limit:
+            self._drop_rows()
+            missing = states[self._slot[states] < 0]
+        self._build(missing, limit)
+
+    def _build(self, states: np.ndarray, limit: int | None = None) -> None:
+        """Fill the rows of ``states`` (global numbers, distinct, none built yet), within ``limit`` rows."""
+        need = self._used + len(states)
+        if need > self._next.shape[0]:
+            cap = max(need, min(2 * self._next.shape[0], limit or need))
+            grown = np.zeros((cap, self.size), dtype=np.int32)
+            grown[: self._used] = self._next[: self._used]
+            self._next = grown
         tables = self.table_of[states]
         for g in np.unique(tables).tolist():
             grammar, base = self._grammars[g]

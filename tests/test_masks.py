@@ -375,6 +375,22 @@ def test_apply_tables_gpu(dtype, host_indices):
                                                               read_indices_from_host=host_indices))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_direct_launch_gpu(dtype, monkeypatch):
+    """The compiled kernel called without Triton's launcher, against the oracle, then Triton's own launch."""
+    if not masks._direct.ok:
+        pytest.skip(f"direct launch not available with Triton {masks.triton.__version__}")
+    before = masks._direct.calls
+    _tables_case("cuda", dtype, 64 * 1024 * 1024, masker=StepMasker())
+    assert masks._direct.ok and masks._direct.calls > before
+    monkeypatch.setattr(masks, "DIRECT_LAUNCH", False)
+    calls = masks._direct.calls
+    _tables_case("cuda", dtype, 64 * 1024 * 1024, masker=StepMasker())
+    assert masks._direct.calls == calls
+
+
 # -- the V0 processor's batched step on the table path ---------------------------------------------------
 
 def test_v0_step_on_tables_equals_per_row_processor(monkeypatch):

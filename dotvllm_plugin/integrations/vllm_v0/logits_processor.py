@@ -400,7 +400,7 @@ def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     A sequence one token longer than at its last step, whose previous last token is where that
     step ended, advances by its newest token in one gather with every other; one at the same
     length and token as last time keeps its state (the same step again); anything else (a new
-    sequence, preemption, a fork, a registry that started over) is replayed from its tokens.
+    sequence, preemption, a fork, a numbering started over) is replayed from its tokens.
     """
     seqs = batch.seqs
     tt = seqs.transitions
@@ -408,6 +408,8 @@ def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     n = np.array(batch.n, dtype=np.int64)
     last = np.array(batch.last, dtype=np.int64)
     before = np.array(batch.before, dtype=np.int64)
+    if tt.full:  # too many grammars registered: number again from scratch, between steps
+        tt.start_over()
     if seqs.epoch != tt.epoch:
         seqs.n[:] = -2
         seqs.epoch = tt.epoch
@@ -416,16 +418,8 @@ def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     same = (seen_n == n) & (seen_last == last)
     replay = np.flatnonzero(~(advance | same))
     new = seqs.state[slots]
-    if len(replay):
-        epoch = tt.epoch
-        for i in replay.tolist():
-            new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
-        if tt.epoch != epoch:  # registering started the numbering over: every state is void
-            seqs.n[:] = -2
-            seqs.epoch = tt.epoch
-            for i in range(len(slots)):
-                new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
-            advance[:] = False
+    for i in replay.tolist():
+        new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
     if advance.any():
         old = new[advance]
         got = tt.advance(old, last[advance])
