@@ -11,20 +11,27 @@ a folder that travels to the GPU machine::
 
 ``run`` (on the GPU machine): for every vocabulary and batch size B, B sequences (a quarter per
 constraint) walk random allowed tokens; each timed step every sequence is one token further (the
-matchers advance, as in decoding), on fresh fp32 logits ``[B, V]`` on the device. Timed per step,
+matchers advance, as in decoding), on fresh fp32 logits ``[B, V]`` on the device; the sequence
+data mirrors vLLM's (an ``array`` of output ids that ``output_token_ids`` copies into a tuple).
+Transition rows of the states the walks visit are built before timing (their first-visit cost is
+reported apart: ``rows_built_first_visit``, ``first_visit_steps_ms``). Timed per step,
 wall clock from the step's start to ``torch.cuda.synchronize()``, host work and host→device
 copies included:
 
 * ``v0_rows``: vLLM V0's ``_apply_logits_processors`` loop (reproduced; vLLM calls every
   processor of every sequence with its logits row) over our per-row processor;
 * ``ours``: :func:`~dotvllm_plugin.integrations.vllm_v0.logits_processor.apply_step`, the patched
-  step as it runs in the server: each grammar's DFA-state rows resident on the device, per
-  sequence a matcher advance and a row number, ``2·B`` int32 indices the kernel reads from
-  pinned memory, one Triton kernel;
-* ``ours_copy``: the same with the indices copied to the device first (one async copy);
-* ``ours_prev``: the previous server path (a row key and a fill per sequence, rows filled on the
-  host and uploaded up to 8 MB, a device row cache above);
+  step as it runs in the server: per sequence the host reads its row, output length and last two
+  tokens from V0's metadata; then the step's DFA advances are one gather over
+  :class:`~dotvllm_plugin.transitions.TokenTransitions` rows, the mask rows are picks from each
+  grammar's table resident on the device, ``2·B`` int32 indices the kernel reads from pinned
+  memory, one Triton kernel called without Triton's Python launcher;
+* ``ours_launcher``: the same through Triton's own launcher;
+* ``ours_per_seq``: the per-sequence path (what pushdown grammars take, and what DFA grammars
+  took before): a matcher advance (with the DFA step memo) and a row number per sequence;
 * ``ours_host``: ``ours`` with the device work left out (host work alone);
+* ``read_metadata``: only the loop over V0's metadata that any V0 step needs (each sequence's
+  row, output length and last token), the floor of the host share on V0;
 * ``ours_upload``: our matchers fill all B rows into pinned memory, one async copy, our kernel;
 * ``xgrammar``: the same host fill and copy, then xgrammar's ``apply_token_bitmask_inplace``;
 
@@ -40,6 +47,7 @@ allowed sets of reference matchers, and for ``ours*`` the masks after the last t
 from __future__ import annotations
 
 import argparse
+from array import array
 import inspect
 import json
 import pickle
@@ -128,6 +136,21 @@ def vllm_apply_logits_processors(logits, sampling_metadata):
     return logits
 
 
+class SequenceData:
+    """vLLM 0.9.2's ``SequenceData`` as the logits processors see it: output ids in an ``array``,
+    and an ``output_token_ids`` property that copies them into a tuple on every read."""
+
+    __slots__ = ("_output_token_ids", "prompt_token_ids")
+
+    def __init__(self, ids):
+        self._output_token_ids = array("l", ids)
+        self.prompt_token_ids = (1,)
+
+    @property
+    def output_token_ids(self):
+        return tuple(self._output_token_ids)
+
+
 class Batch:
     """B sequences, one request each (as in serving), with walks long enough for every step."""
 
@@ -144,9 +167,13 @@ class Batch:
         self._prefixes = {}
         self.reset()
 
-    def reset(self) -> None:
-        """New requests: processors without any sequence state."""
+    def reset(self, per_sequence: bool = False) -> None:
+        """New requests: processors without any sequence state (``per_sequence``: kept off the
+        vectorised step, as pushdown grammars are)."""
         self.procs = [self.templates[k].clone() for k in self.kinds]
+        if per_sequence:
+            for p in self.procs:
+                p._seqs = None
 
 
     def prefix(self, i: int, step: int) -> list[int]:
@@ -159,7 +186,7 @@ class Batch:
         """What vLLM hands ``_apply_logits_processors`` (built before the timed step)."""
         groups = []
         for i, proc in enumerate(self.procs):
-            data = {i: SimpleNamespace(output_token_ids=self.prefix(i, step), prompt_token_ids=[1])}
+            data = {i: SequenceData(self.prefix(i, step))}
             groups.append(SimpleNamespace(seq_ids=[i], sampling_params=SimpleNamespace(logits_processors=[proc]),
                                           seq_data=data, sample_indices=[i], prompt_logprob_indices=[]))
         return SimpleNamespace(seq_groups=groups)
@@ -243,9 +270,18 @@ def event_time_us(fn, repeats: int = 50) -> float:
     return start.elapsed_time(end) * 1e3 / repeats
 
 
-def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
+def _rows_built(vocab) -> int:
+    """Transition rows built so far for ``vocab`` (its TokenTransitions), dropped ones included."""
     from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
-    from dotvllm_plugin.masks import StepMasker, apply_token_bitmask_inplace, bitmask_words
+
+    seqs = lp._sequences.get(vocab.fingerprint)
+    return 0 if seqs is None else seqs.transitions.rows_built
+
+
+def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
+    from dotvllm_plugin import masks
+    from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
+    from dotvllm_plugin.masks import apply_token_bitmask_inplace, bitmask_words
 
     width = vocab.size
     words = bitmask_words(vocab.size)
@@ -262,26 +298,17 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     def ours(step, logits):
         lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
 
-    copy_masker = StepMasker(read_indices_from_host=False)
-
-    def ours_copy(step, logits):
-        default, lp._step_masker = lp._step_masker, copy_masker
+    def ours_launcher(step, logits):  # `ours` through Triton's own launcher
+        masks.DIRECT_LAUNCH = False
         try:
             lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
         finally:
-            lp._step_masker = default
+            masks.DIRECT_LAUNCH = True
 
-    prev_masker = StepMasker()
-
-    def ours_prev(step, logits):  # the previous server path: a key and a fill per sequence, StepMasker.apply
-        default, lp._step_masker = lp._step_masker, prev_masker
-        try:
-            lp._apply_step_entries(vllm_apply_logits_processors, logits, mds[step])
-        finally:
-            lp._step_masker = default
+    ours_per_seq = ours  # run on processors kept off the vectorised step (see `per_sequence` below)
 
     class NoMask:  # host work of `ours` alone: the same step with the device work left out
-        def apply_tables(self, *args, **kwargs):
+        def apply_picks(self, *args, **kwargs):
             pass
 
     no_mask = NoMask()
@@ -293,6 +320,18 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
         finally:
             lp._step_masker = default
 
+    def read_metadata(step, logits):
+        """What no V0 step can avoid: per sequence, its row, its output length and last token."""
+        rows, lens, last = [], [], []
+        for group in mds[step].seq_groups:
+            if group.sampling_params.logits_processors:
+                seq_data = group.seq_data
+                for seq_id, row in zip(group.seq_ids, group.sample_indices):
+                    ids = seq_data[seq_id]._output_token_ids
+                    rows.append(row)
+                    lens.append(len(ids))
+                    last.append(ids[-1] if ids else -1)
+
     def sync_only(step, logits):
         pass
 
@@ -302,18 +341,32 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     def xgrammar(step, logits):
         xgr_apply(logits, upload(b, step), vocab_size=vocab.size)
 
-    fns = {"v0_rows": v0_rows, "ours": ours, "ours_copy": ours_copy, "ours_prev": ours_prev,
+    fns = {"v0_rows": v0_rows, "ours": ours, "ours_launcher": ours_launcher, "ours_per_seq": ours_per_seq,
            "ours_upload": ours_upload}
     if xgr_apply is not None:
         fns["xgrammar"] = xgrammar
-    checked = ("ours", "ours_copy", "ours_prev")
-    timed_only = {"ours_host": ours_host, "sync_only": sync_only}
+    checked = ("ours", "ours_launcher", "ours_per_seq")
+    per_sequence = ("ours_per_seq",)
+    timed_only = {"ours_host": ours_host, "read_metadata": read_metadata, "sync_only": sync_only}
+
+    # Rows of the DFA states the walks visit, built as a server builds them on first visit; timed
+    # apart, then the timed steps run in the steady state (every visited state's row built).
+    b.reset()
+    mds.clear()
+    mds.update({s: b.metadata(s) for s in range(steps + 2)})
+    logits = base.clone()
+    built = _rows_built(vocab)
+    t0 = time.perf_counter()
+    for step in range(steps + 2):
+        ours_host(step, logits)
+    first_visit_s = time.perf_counter() - t0
+    built = _rows_built(vocab) - built
 
     # correctness: step 0 of fresh requests, every path against reference matchers
     expected = b.allowed(0, width)
     mismatches = {}
     for name, fn in fns.items():
-        b.reset()
+        b.reset(name in per_sequence)
         mds.clear()
         mds.update({s: b.metadata(s) for s in range(steps + 2)})
         logits = base.clone()
@@ -321,10 +374,11 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
         torch.cuda.synchronize()
         mismatches[name] = int((torch.isfinite(logits).cpu().numpy() != expected).any(axis=1).sum())
 
-    row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches}
+    row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches,
+           "rows_built_first_visit": built, "first_visit_steps_ms": first_visit_s * 1e3}
     last = b.allowed(steps + 1, width)
     for name, fn in {**fns, **timed_only}.items():
-        b.reset()
+        b.reset(name in per_sequence)
         mds.clear()
         mds.update({s: b.metadata(s) for s in range(steps + 2)})
         logits = base.clone()
@@ -384,8 +438,9 @@ def run(args) -> None:
         raise SystemExit("MISMATCH between a path's masks and the reference matchers")
 
 
-COLS = ["v0_rows_us", "ours_prev_us", "ours_us", "ours_copy_us", "ours_host_us", "ours_upload_us", "xgrammar_us",
-        "kernel_ours_us", "kernel_xgrammar_us", "copy_h2d_us", "sync_only_us", "floor_us"]
+COLS = ["v0_rows_us", "ours_per_seq_us", "ours_us", "ours_launcher_us", "ours_host_us", "read_metadata_us",
+        "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us", "copy_h2d_us", "sync_only_us",
+        "floor_us"]
 
 
 def fmt_row(r: dict) -> str:
@@ -404,8 +459,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                  str(sum(r["mismatches"].values()))]
         lines.append("| " + " | ".join(vals) + " |")
     notes = ("\nMedian µs per decode step (wall clock to `torch.cuda.synchronize()`, host work and "
-             "host→device copies included) for `v0_rows`, `ours_prev`, `ours`, `ours_copy`, `ours_upload`, "
-             "`xgrammar`; `ours_host` is `ours` without its device work, `sync_only` an empty step; "
+             "host→device copies included) for `v0_rows`, `ours_per_seq`, `ours`, `ours_launcher`, `ours_upload`, "
+             "`xgrammar`; `ours_host` is `ours` without its device work, `read_metadata` the loop over V0's "
+             "metadata alone, `sync_only` an empty step; "
              "`kernel_*` and `copy_h2d` are CUDA-event times of the kernel alone (bitmask on the "
              "device) and of the B-row bitmask upload from pinned memory; floor = 2·B·V·4 bytes ÷ "
              "the measured copy bandwidth.\n")
@@ -426,8 +482,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, v in zip(axes[0], vocabs):
         rs = [r for r in rows if r["vocab_name"] == v]
         bs = [r["batch"] for r in rs]
-        for c, label in (("v0_rows_us", "V0 per-row path"), ("ours_prev_us", "ours before (row fills + upload)"),
-                         ("ours_us", "ours (apply_step: device tables)"),
+        for c, label in (("v0_rows_us", "V0 per-row path"), ("ours_per_seq_us", "ours per sequence (before)"),
+                         ("ours_us", "ours (vectorised step)"), ("ours_host_us", "ours, host share"),
+                         ("read_metadata_us", "reading V0's metadata alone"),
                          ("ours_upload_us", "ours, all rows uploaded"), ("xgrammar_us", "xgrammar kernel + upload"),
                          ("floor_us", "floor 2·B·V·4 B ÷ bandwidth")):
             if all(c in r for r in rs):

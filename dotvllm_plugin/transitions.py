@@ -79,6 +79,7 @@ class TokenTransitions:
         self.eos_key = ("eos", tuple(vocabulary.eos_token_ids), self.size)
         self._eos_table = eos_row
         self.epoch = 0
+        self.rows_built = 0  # over this object's life (tests, benchmarks)
         self._reset()
 
     def _reset(self) -> None:
@@ -138,15 +139,25 @@ class TokenTransitions:
     # -- stepping ----------------------------------------------------------------------------------
 
     def advance(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Next state of each ``(state, token)`` pair (int64 arrays of one length)."""
+        """Next state of each ``(state, token)`` pair (integer arrays of one length; int32 out)."""
         slot = self._slot[states]
         if (slot < 0).any():
             self._ensure(np.unique(states))
             slot = self._slot[states]
+        if tokens.min(initial=0) >= 0 and tokens.max(initial=0) < self.size:
+            return self._next[slot, tokens]
         ok = (tokens >= 0) & (tokens < self.size)
-        if ok.all():
-            return self._next[slot, tokens].astype(np.int64)
-        return np.where(ok, self._next[slot, np.where(ok, tokens, 0)], DEAD).astype(np.int64)
+        return np.where(ok, self._next[slot, np.where(ok, tokens, 0)], DEAD).astype(np.int32)
+
+    def advance_one(self, state: int, token: int) -> int:
+        """:meth:`advance` for one pair, without array overhead."""
+        slot = self._slot.item(state)
+        if slot < 0:
+            self._ensure(np.array([state], dtype=np.int64))
+            slot = self._slot.item(state)
+        if 0 <= token < self.size:
+            return self._next.item(slot, token)
+        return DEAD
 
     def masks(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(table, row)`` of each state's mask: ``tables[table][1][row]``."""
@@ -192,6 +203,7 @@ class TokenTransitions:
                 self._next[self._used: self._used + len(chunk)] = rows
                 self._slot[chunk] = np.arange(self._used, self._used + len(chunk))
                 self._used += len(chunk)
+                self.rows_built += len(chunk)
 
     def _trie(self, g: int, grammar) -> ClassTrie:
         ct = self._tries.get(g)

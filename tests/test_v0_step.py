@@ -68,19 +68,21 @@ def _vocab(request, name):
 
 
 CUDA = torch.cuda.is_available()
-CASES = [
-    pytest.param("synthetic", "cpu", 1 << 22, id="synthetic"),
-    pytest.param("mistral", "cpu", 1 << 22, id="mistral"),
-    pytest.param("synthetic", "cpu", 40, id="numbering-starts-over"),
-    pytest.param("synthetic", "cuda", 1 << 22, id="synthetic-cuda",
-                 marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
-    pytest.param("synthetic", "cuda", 40, id="numbering-starts-over-cuda",
-                 marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]
+CASES = [  # 24 requests: the array path; 3 requests (7 sequences): the scalar path for small batches
+    pytest.param("synthetic", "cpu", 1 << 22, 24, id="synthetic"),
+    pytest.param("mistral", "cpu", 1 << 22, 24, id="mistral"),
+    pytest.param("synthetic", "cpu", 40, 24, id="numbering-starts-over"),
+    pytest.param("synthetic", "cpu", 1 << 22, 3, id="few-sequences"),
+    pytest.param("synthetic", "cpu", 40, 3, id="few-sequences-numbering-starts-over"),
+    pytest.param("synthetic", "cuda", 1 << 22, 24, id="synthetic-cuda", marks=GPU),
+    pytest.param("synthetic", "cuda", 40, 24, id="numbering-starts-over-cuda", marks=GPU),
+    pytest.param("synthetic", "cuda", 1 << 22, 3, id="few-sequences-cuda", marks=GPU),
 ]
 
 
-@pytest.mark.parametrize("vocab_name, device, max_states", CASES)
-def test_v0_vectorised_step_equals_per_row_processor(monkeypatch, request, vocab_name, device, max_states):
+@pytest.mark.parametrize("vocab_name, device, max_states, n_req", CASES)
+def test_v0_vectorised_step_equals_per_row_processor(monkeypatch, request, vocab_name, device, max_states, n_req):
     from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
     from dotvllm_plugin.transitions import TokenTransitions
 
@@ -93,7 +95,6 @@ def test_v0_vectorised_step_equals_per_row_processor(monkeypatch, request, vocab
     compiler = GrammarCompiler(vocab)
     grammars = [compiler.compile_regex(p) for p in REGEXES] + [compiler.compile_grammar(LARK)]
     rng = np.random.default_rng(5)
-    n_req = 24
     procs = [lp.DotvllmLogitsProcessor(grammars[i % len(grammars)], key=f"g{i % len(grammars)}", description="t")
              for i in range(n_req)]
     procs.append(lp.DotvllmLogitsProcessor(None, key="broken", description="t", eos_token_ids=(eos,)))

@@ -234,20 +234,44 @@ def _sequences_for(vocabulary) -> _Sequences:
 
 
 class _Batch:
-    """One step's sequences on the vectorised path, for one vocabulary (filled by the loop over
-    V0's metadata, then advanced and masked as arrays)."""
+    """One step's sequences on the vectorised path, for one vocabulary: filled by the loop over
+    V0's metadata, then advanced and masked as arrays."""
 
-    __slots__ = ("seqs", "slot", "row", "n", "last", "before", "ids", "procs")
+    __slots__ = ("seqs", "metadata", "slot", "row", "n", "last", "before")
 
-    def __init__(self, seqs: _Sequences):
-        self.seqs = seqs
-        self.slot, self.row, self.n, self.last, self.before, self.ids, self.procs = [], [], [], [], [], [], []
+    def __init__(self, seqs: _Sequences, metadata):
+        self.seqs, self.metadata = seqs, metadata
+        self.slot, self.row, self.n, self.last, self.before = [], [], [], [], []
+
+    def sequence(self, i: int):
+        """``(processor, output ids)`` of the batch's ``i``-th sequence, found again in the
+        metadata (for the rare sequences that need their tokens: replays, reports)."""
+        for group in self.metadata.seq_groups:
+            proc = _our_processor(group.sampling_params.logits_processors)
+            if proc is None or proc._seqs is not self.seqs:
+                continue
+            k = len(group.seq_ids)
+            if i < k:
+                data = group.seq_data[group.seq_ids[i]]
+                ids = getattr(data, "_output_token_ids", None)
+                return proc, ids if ids is not None else data.output_token_ids
+            i -= k
+        raise IndexError(i)
+
+
+def _our_processor(procs):
+    """The one processor of ours in a request's list, or ``None`` (none, or two built by hand)."""
+    if not procs:
+        return None
+    ours = [p for p in procs if isinstance(p, DotvllmLogitsProcessor)]
+    return ours[0] if len(ours) == 1 else None
 
 
 def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
     hidden = []  # (params, processors) of groups whose list holds ours among others
     others = False  # some group has processors vLLM must run itself
     batches: dict[int, _Batch] = {}  # id(_Sequences) -> this step's sequences on the vectorised path
+    current = None  # the _Sequences of the last vectorised group
     steps: dict[int, tuple[dict, list]] = {}  # vocabulary size -> ({key: group}, fills): per-sequence path
     entries = []  # (row, processor, output ids): the per-row fallback
     dead = []
@@ -268,9 +292,13 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
             seq_data = group.seq_data
             seqs = proc._seqs
             if seqs is not None:
-                batch = batches.get(id(seqs))
-                if batch is None:
-                    batch = batches[id(seqs)] = _Batch(seqs)
+                if seqs is not current:  # bound appends, rebound only when the vocabulary changes
+                    batch = batches.get(id(seqs))
+                    if batch is None:
+                        batch = batches[id(seqs)] = _Batch(seqs, sampling_metadata)
+                    current = seqs
+                    add_slot, add_row, add_n = batch.slot.append, batch.row.append, batch.n.append
+                    add_last, add_before = batch.last.append, batch.before.append
                 slots = proc._slots
                 for seq_id, row in zip(group.seq_ids, group.sample_indices):
                     data = seq_data[seq_id]
@@ -282,13 +310,15 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
                     slot = slots.get(seq_id)
                     if slot is None:
                         slot = slots[seq_id] = seqs.take()
-                    batch.slot.append(slot)
-                    batch.row.append(row)
-                    batch.n.append(n)
-                    batch.last.append(ids[n - 1] if n else -1)
-                    batch.before.append(ids[n - 2] if n > 1 else -1)
-                    batch.ids.append(ids)
-                    batch.procs.append(proc)
+                    add_slot(slot)
+                    add_row(row)
+                    add_n(n)
+                    if n > 1:
+                        add_last(ids[n - 1])
+                        add_before(ids[n - 2])
+                    else:
+                        add_last(ids[0] if n else -1)
+                        add_before(-1)
                 continue
             if proc.grammar is None:
                 for seq_id, row in zip(group.seq_ids, group.sample_indices):
@@ -347,6 +377,9 @@ def _mask_step_tables(logits, batches: dict, steps: dict, dead: list) -> None:
     by_size: dict[int, list] = {}  # vocabulary size -> [(tables, logits rows, table numbers, picks)]
     for batch in batches.values():
         tt = batch.seqs.transitions
+        if len(batch.slot) <= _SMALL_BATCH:
+            by_size.setdefault(tt.size, []).append(_advance_small(batch, dead))
+            continue
         states, rows = _advance_batch(batch)
         table_of, picks = tt.masks(states)
         used = np.flatnonzero(np.bincount(table_of, minlength=len(tt.tables)))
@@ -356,7 +389,7 @@ def _mask_step_tables(logits, batches: dict, steps: dict, dead: list) -> None:
             table_of = position[table_of]
         by_size.setdefault(tt.size, []).append(([tt.tables[g] for g in used.tolist()], rows, table_of, picks))
         for i in np.flatnonzero(states == DEAD).tolist():
-            dead.append((int(rows[i]), batch.procs[i]._eos))
+            dead.append((int(rows[i]), batch.sequence(i)[0]._eos))
     for size, (tables, fills) in steps.items():
         groups = [t for t in tables.values() if t[2]]
         if groups:
@@ -394,6 +427,56 @@ def _merge_parts(parts):
     return tables, np.concatenate(rows), np.concatenate(table_of), np.concatenate(picks)
 
 
+_SMALL_BATCH = 16  # up to this many sequences, scalar steps cost less than numpy's per-call overhead
+
+
+def _start_step(seqs: _Sequences) -> None:
+    tt = seqs.transitions
+    if tt.full:  # too many grammars registered: number again from scratch, between steps
+        tt.start_over()
+    if seqs.epoch != tt.epoch:
+        seqs.n[:] = -2
+        seqs.epoch = tt.epoch
+
+
+def _advance_small(batch: _Batch, dead: list):
+    """:func:`_advance_batch` and the mask picks one sequence at a time, for a few sequences:
+    ``(tables, logits rows, table numbers, picks)``; rows of dead sequences go to ``dead``."""
+    seqs = batch.seqs
+    tt = seqs.transitions
+    _start_step(seqs)
+    seen_n, seen_last, state = seqs.n, seqs.last, seqs.state
+    tables, position = [], {}
+    table_of, picks = [], []
+    for i, slot in enumerate(batch.slot):
+        n, last = batch.n[i], batch.last[i]
+        sn, sl = seen_n.item(slot), seen_last.item(slot)
+        if sn == n - 1 and sl == batch.before[i]:
+            old = state.item(slot)
+            new = tt.advance_one(old, last)
+            if new == DEAD and old != DEAD:
+                proc, ids = batch.sequence(i)
+                proc._report_rejected(tuple(ids), len(ids) - 1)
+        elif sn == n and sl == last:
+            new = state.item(slot)
+        else:
+            proc, ids = batch.sequence(i)
+            new = proc._replay_state(tt, ids)
+        state[slot] = new
+        seen_n[slot] = n
+        seen_last[slot] = last
+        g = tt.table_of.item(new)
+        at = position.get(g)
+        if at is None:
+            at = position[g] = len(tables)
+            tables.append(tt.tables[g])
+        table_of.append(at)
+        picks.append(tt.row_of.item(new))
+        if new == DEAD:
+            dead.append((batch.row[i], batch.sequence(i)[0]._eos))
+    return tables, batch.row, table_of, picks
+
+
 def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     """(state after this step, logits row) of every sequence of the batch, as arrays.
 
@@ -404,35 +487,34 @@ def _advance_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     """
     seqs = batch.seqs
     tt = seqs.transitions
-    slots = np.array(batch.slot, dtype=np.int64)
-    n = np.array(batch.n, dtype=np.int64)
-    last = np.array(batch.last, dtype=np.int64)
-    before = np.array(batch.before, dtype=np.int64)
-    if tt.full:  # too many grammars registered: number again from scratch, between steps
-        tt.start_over()
-    if seqs.epoch != tt.epoch:
-        seqs.n[:] = -2
-        seqs.epoch = tt.epoch
-    seen_n, seen_last = seqs.n[slots], seqs.last[slots]
-    advance = (seen_n == n - 1) & (seen_last == before)
-    same = (seen_n == n) & (seen_last == last)
-    replay = np.flatnonzero(~(advance | same))
-    new = seqs.state[slots]
-    for i in replay.tolist():
-        new[i] = batch.procs[i]._replay_state(tt, batch.ids[i])
-    if advance.any():
-        old = new[advance]
-        got = tt.advance(old, last[advance])
-        new[advance] = got
-        rejected = (got == DEAD) & (old != DEAD)
-        if rejected.any():
-            for i in np.flatnonzero(advance)[rejected].tolist():
-                ids = batch.ids[i]
-                batch.procs[i]._report_rejected(tuple(ids), len(ids) - 1)
+    slots, n, last, before, rows = np.array((batch.slot, batch.n, batch.last, batch.before, batch.row), dtype=np.int64)
+    _start_step(seqs)
+    advance = seqs.n[slots] == n - 1
+    advance &= seqs.last[slots] == before
+    old = seqs.state[slots]
+    if advance.all():  # the steady state: every sequence one token further
+        new = tt.advance(old, last)
+        rejected = new == DEAD
+        rejected &= old != DEAD
+    else:
+        new = old.copy()
+        same = (seqs.n[slots] == n) & (seqs.last[slots] == last)
+        for i in np.flatnonzero(~(advance | same)).tolist():
+            proc, ids = batch.sequence(i)
+            new[i] = proc._replay_state(tt, ids)
+        rejected = np.zeros(len(new), dtype=bool)
+        if advance.any():
+            got = tt.advance(old[advance], last[advance])
+            new[advance] = got
+            rejected[advance] = (got == DEAD) & (old[advance] != DEAD)
+    if rejected.any():
+        for i in np.flatnonzero(rejected).tolist():
+            proc, ids = batch.sequence(i)
+            proc._report_rejected(tuple(ids), len(ids) - 1)
     seqs.state[slots] = new
     seqs.n[slots] = n
     seqs.last[slots] = last
-    return new, np.array(batch.row, dtype=np.int64)
+    return new, rows
 
 
 def _collect(sampling_metadata):
