@@ -428,14 +428,17 @@ def run(args) -> None:
             r["floor_us"] = 2 * batch * vocab.size * 4 / bw * 1e6
             rows.append(r)
             print(fmt_row(r), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_masks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "gpu_masks.md").write_text(markdown(meta, rows))
-    plot(rows, out / "gpu_masks.png")
+            write(Path(args.out), meta, rows)  # after every case: a run cut short keeps what it measured
+    plot(rows, Path(args.out) / "gpu_masks.png")
     print(markdown(meta, rows))
     if any(v for r in rows for v in r["mismatches"].values()):
         raise SystemExit("MISMATCH between a path's masks and the reference matchers")
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_masks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "gpu_masks.md").write_text(markdown(meta, rows))
 
 
 COLS = ["v0_rows_us", "ours_per_seq_us", "ours_us", "ours_launcher_us", "ours_host_us", "read_metadata_us",
