@@ -23,7 +23,8 @@ Metrics (served on vLLM's ``/metrics`` by :func:`install_metrics`):
 
 V0 compiles in the API-server process, V1 in the engine-core process, while ``/metrics`` is served
 by the API server. So every process keeps its values in plain counters and, as soon as it has
-any, writes a snapshot (JSON, replaced atomically) into one directory per server,
+any, writes a snapshot (JSON, replaced atomically; from a daemon thread, off the request's path)
+into one directory per server,
 ``DOTVLLM_METRICS_DIR`` (created by the first process that registers the plugin, a temporary
 directory removed when that process exits; child processes inherit the variable). The collector
 bridged into vLLM's registry yields this process's values plus the latest snapshot of every other
@@ -225,6 +226,51 @@ def metrics_snapshot() -> dict:
         return _snapshot_locked()
 
 
+_publish_wanted = threading.Event()
+_publisher: threading.Thread | None = None
+_publisher_pid: int | None = None
+
+
+def _publish_soon() -> None:
+    """Have this process's snapshot written by its publisher thread (started on first use).
+
+    Counting happens on hot paths (the engine core's ``grammar_init``, the API server's request
+    check); the file write happens on a daemon thread, and counts that arrive while it writes are
+    coalesced into its next write. Never raises."""
+    global _publisher, _publisher_pid
+    if _metrics_dir() is None:
+        return
+    _publish_wanted.set()
+    pid = os.getpid()
+    if _publisher_pid == pid:  # (a thread does not survive fork: a child starts its own)
+        return
+    with _metrics_lock:
+        if _publisher_pid == pid:
+            return
+        try:
+            thread = threading.Thread(target=_publish_loop, name="dotvllm-metrics", daemon=True)
+            thread.start()
+        except RuntimeError:  # interpreter shutting down: write now
+            _publisher_pid = None
+        else:
+            _publisher, _publisher_pid = thread, pid
+            atexit.register(_publish_at_exit, pid)
+            return
+    _publish()
+
+
+def _publish_loop() -> None:
+    while True:
+        _publish_wanted.wait()
+        _publish_wanted.clear()
+        _publish()
+
+
+def _publish_at_exit(pid: int) -> None:
+    if os.getpid() == pid and _publish_wanted.is_set():
+        _publish()
+
+
 def _publish() -> None:
     """Write this process's snapshot for the process that serves /metrics; never raises."""
     path = _metrics_dir()
@@ -252,14 +298,14 @@ def record_compile(kind: str, outcome: str, seconds: float, error: BaseException
             entry[0][i] += 1
             entry[1] += seconds
             entry[2] += 1
-    _publish()
+    _publish_soon()
 
 
 def record_request(kind: str) -> None:
     """V1: one structured request routed to the dotvllm backend (API-server process)."""
     with _metrics_lock:
         _requests[kind] += 1
-    _publish()
+    _publish_soon()
 
 
 def _merged() -> dict:

@@ -13,7 +13,9 @@ Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in br
    (``--structured-outputs-config.backend xgrammar``) keeps vLLM's behaviour for every request.
 2. ``vllm.v1.structured_output.StructuredOutputManager.grammar_init`` (engine-core process): builds
    :class:`~.backend.DotvllmBackend` when the first request marked ours arrives (vLLM's own
-   code knows only its four backend names and would raise).
+   code knows only its four backend names and would raise); a later request whose constraint is
+   in the compile cache gets its grammar here at once
+   (:meth:`~.backend.DotvllmBackend.cached_grammar`), the others go to vLLM's compile thread.
 3. ``StructuredOutputManager._create_grammar`` [0.11: ``_async_create_grammar``]: our backend gets
    the whole request (V1's ``(type, spec)`` key drops ``whitespace_pattern``); it never raises
    (on 0.11 to ~0.21 an exception there would stop the engine core).
@@ -252,9 +254,15 @@ def _patch_manager() -> list[str]:
         @functools.wraps(original_init)
         def grammar_init(self, request):
             sor = request.structured_output_request
-            if sor is not None and self.backend is None and sor.params._backend == BACKEND:
-                self.backend = DotvllmBackend(self.vllm_config, tokenizer=self.tokenizer,
-                                              vocab_size=self.vllm_config.model_config.get_vocab_size())
+            if sor is not None and sor.params._backend == BACKEND:
+                if self.backend is None:
+                    self.backend = DotvllmBackend(self.vllm_config, tokenizer=self.tokenizer,
+                                                  vocab_size=self.vllm_config.model_config.get_vocab_size())
+                elif isinstance(self.backend, DotvllmBackend):
+                    grammar = self.backend.cached_grammar(request)
+                    if grammar is not None:  # ready now: no trip through the compile thread
+                        sor.grammar = grammar
+                        return None
             return original_init(self, request)
 
         StructuredOutputManager.grammar_init = _mark(grammar_init, original_init)

@@ -32,6 +32,27 @@ __all__ = ["DotvllmGrammar"]
 logger = logging.getLogger("vllm.dotvllm_plugin.v1")
 
 
+_view_of: tuple = (None, None)  # (the last bitmask tensor seen, its numpy view)
+
+
+def _numpy_view(bitmask):
+    """A numpy array sharing ``bitmask``'s memory where it is a CPU tensor, else ``bitmask``.
+
+    vLLM fills every row of one long-lived tensor (from ``allocate_token_bitmask``); writing a row
+    through numpy costs about 2 µs against about 20 µs through torch's indexing and ``copy_``.
+    """
+    global _view_of
+    tensor, view = _view_of
+    if tensor is bitmask:
+        return view
+    try:
+        view = bitmask.numpy()
+    except (AttributeError, TypeError, RuntimeError):  # a numpy array already, or not on the CPU
+        return bitmask
+    _view_of = (bitmask, view)
+    return view
+
+
 class DotvllmGrammar:
     """One request's constraint state (a :class:`~dotvllm_plugin.matcher.GrammarMatcher`).
 
@@ -107,7 +128,7 @@ class DotvllmGrammar:
 
     def fill_bitmask(self, bitmask, batch_index: int) -> None:
         if self.matcher is not None:
-            self.matcher.fill_next_token_bitmask(bitmask, batch_index)
+            self.matcher.fill_next_token_bitmask(_numpy_view(bitmask), batch_index)
             return
         row = bitmask[batch_index]
         row.zero_() if hasattr(row, "zero_") else row.fill(0)
