@@ -374,24 +374,25 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
         torch.cuda.synchronize()
         mismatches[name] = int((torch.isfinite(logits).cpu().numpy() != expected).any(axis=1).sum())
 
-    row = {"vocab": vocab.size, "batch": batch, "steps": steps, "mismatches": mismatches,
+    row = {"vocab": vocab.size, "batch": batch, "steps": steps, "repeats": args.repeats, "mismatches": mismatches,
            "rows_built_first_visit": built, "first_visit_steps_ms": first_visit_s * 1e3}
     last = b.allowed(steps + 1, width)
     for name, fn in {**fns, **timed_only}.items():
-        b.reset(name in per_sequence)
-        mds.clear()
-        mds.update({s: b.metadata(s) for s in range(steps + 2)})
-        logits = base.clone()
-        fn(0, logits)  # warm-up: first states, device row cache, pinned buffers, kernel compile
-        fn(1, logits)
         times = []
-        for step in range(2, steps + 2):
-            logits.copy_(base)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn(step, logits)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+        for _ in range(args.repeats):  # fresh requests each time; all samples pooled
+            b.reset(name in per_sequence)
+            mds.clear()
+            mds.update({s: b.metadata(s) for s in range(steps + 2)})
+            logits = base.clone()
+            fn(0, logits)  # warm-up: first states, device row cache, pinned buffers, kernel compile
+            fn(1, logits)
+            for step in range(2, steps + 2):
+                logits.copy_(base)
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                fn(step, logits)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
         row[f"{name}_us"] = statistics.median(times) * 1e6
         row[f"{name}_p90_us"] = float(np.percentile(times, 90)) * 1e6
         if name in checked:  # the masks after the last timed step (matchers advanced step by step)
@@ -404,6 +405,15 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     if xgr_apply is not None:
         row["kernel_xgrammar_us"] = event_time_us(lambda: xgr_apply(logits, bm, vocab_size=vocab.size))
     row["copy_h2d_us"] = event_time_us(lambda: upload.host.to(device, non_blocking=True))
+    # one launch of the step's kernel over rows picked by index, back to back: through Triton's
+    # launcher, and called directly (host-bound at small B: the launch cost itself)
+    sel = torch.arange(batch, dtype=torch.int32, device=device)
+    launch = lambda: masks._launch_indexed(logits, bm, batch, vocab.size, sel, sel)  # noqa: E731
+    masks.DIRECT_LAUNCH = False
+    row["launch_triton_us"] = event_time_us(launch)
+    masks.DIRECT_LAUNCH = True
+    row["launch_direct_us"] = event_time_us(launch)
+    row["direct_launch_used"] = masks._direct.calls > 0
     return row
 
 
@@ -442,8 +452,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
 
 
 COLS = ["v0_rows_us", "ours_per_seq_us", "ours_us", "ours_launcher_us", "ours_host_us", "read_metadata_us",
-        "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us", "copy_h2d_us", "sync_only_us",
-        "floor_us"]
+        "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us", "launch_triton_us", "launch_direct_us",
+        "copy_h2d_us", "sync_only_us", "floor_us"]
 
 
 def fmt_row(r: dict) -> str:
@@ -466,7 +476,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              "`xgrammar`; `ours_host` is `ours` without its device work, `read_metadata` the loop over V0's "
              "metadata alone, `sync_only` an empty step; "
              "`kernel_*` and `copy_h2d` are CUDA-event times of the kernel alone (bitmask on the "
-             "device) and of the B-row bitmask upload from pinned memory; floor = 2·B·V·4 bytes ÷ "
+             "device) and of the B-row bitmask upload from pinned memory; `launch_*` the same for the step's "
+             "indexed launch through Triton's launcher and called directly; floor = 2·B·V·4 bytes ÷ "
              "the measured copy bandwidth.\n")
     return head + "\n".join(lines) + "\n" + notes
 
@@ -514,6 +525,7 @@ def main() -> None:
     r.add_argument("--vocabs", nargs="+", default=list(VOCABS), choices=VOCABS)
     r.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     r.add_argument("--steps", type=int, default=20, help="timed steps per case (a quarter from B=256 on)")
+    r.add_argument("--repeats", type=int, default=3, help="times each path's steps are run (samples pooled)")
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(Path(args.out))

@@ -217,21 +217,23 @@ launcher; the GPU tests compare both)."""
 
 
 class _DirectLaunch:
-    """Calls the compiled kernel without Triton's Python launcher (binding, specialisation key and
-    cache lookup: most of a launch's 20 µs on the host).
+    """Calls the compiled kernel without Triton's Python launcher (argument binding, the
+    specialisation key, the cache lookup: most of a launch's host time).
 
     Triton compiles one kernel per *specialisation* of the arguments: integers equal to 1 or
     divisible by 16, pointers aligned to 16 bytes, 64-bit integers. The compiled kernels are kept
     per such key, computed here the same way, and only a kernel that Triton itself returned for
-    an equal key is called. The call follows Triton 3.3+ (``CompiledKernel.run`` with every bound
-    argument, constexprs included); on any other Triton, with launch hooks set, or on any error
-    the launcher is turned off for good and Triton's own launch is used.
+    an equal key is called, the way Triton 3.3+ calls it (``CompiledKernel.run`` with the launch
+    metadata, the launch hooks of ``triton.knobs`` and every bound argument, constexprs included).
+    On an older Triton, or on any error, it turns itself off for good and Triton's own launch is
+    used.
     """
 
     def __init__(self):
         self.kernels: dict[tuple, tuple] = {}
         self.calls = 0  # launches made directly (tests)
-        self.ok = HAS_TRITON and _triton_version() >= (3, 3)
+        self.runtime = getattr(getattr(triton, "knobs", None), "runtime", None) if HAS_TRITON else None
+        self.ok = self.runtime is not None and _triton_version() >= (3, 3)
         self.constexprs = (True, True, _BLOCK)  # HAS_INDICES, HAS_BITMASK_INDICES, BLOCK
         self._stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
@@ -244,18 +246,13 @@ class _DirectLaunch:
                 *((v == 1, v % 16 == 0, v >= 1 << 31) for v in args[4:]))
 
     def remember(self, args, compiled) -> None:
-        if not self.ok or self._hooks():
+        if not self.ok:
             return
         try:
-            self.kernels[self.key(args)] = (compiled.run, compiled.function, compiled.packed_metadata)
+            self.kernels[self.key(args)] = (compiled.run, compiled.function, compiled.packed_metadata,
+                                            compiled.launch_metadata)
         except AttributeError:  # another Triton API
             self.ok = False
-
-    @staticmethod
-    def _hooks() -> bool:
-        knobs = getattr(triton, "knobs", None)
-        rt = getattr(knobs, "runtime", None)
-        return rt is None or rt.launch_enter_hook is not None or rt.launch_exit_hook is not None
 
     def launch(self, grid, args) -> bool:
         if not self.ok:
@@ -263,10 +260,12 @@ class _DirectLaunch:
         got = self.kernels.get(self.key(args))
         if got is None:
             return False
-        run, function, metadata = got
+        run, function, packed, launch_metadata = got
         try:
             stream = self._stream(args[0].device.index)
-            run(grid[0], grid[1], 1, stream, function, metadata, None, None, None, *args, *self.constexprs)
+            rt = self.runtime
+            run(grid[0], grid[1], 1, stream, function, packed, launch_metadata(grid, stream, *args, *self.constexprs),
+                rt.launch_enter_hook, rt.launch_exit_hook, *args, *self.constexprs)
             self.calls += 1
             return True
         except Exception:  # noqa: BLE001 - an unexpected launcher: Triton's own path from now on
