@@ -55,9 +55,9 @@ class TokenTransitions:
         Rows kept (``4·V`` bytes each) before all are dropped and rebuilt on demand.
     eager_bytes : int
         A grammar whose rows for all states fit this is built whole on first use.
-    max_states : int
-        States over all registered grammars past which :attr:`full` asks the caller to
-        :meth:`start_over`.
+    max_states, max_grammars : int
+        States over all registered grammars, or grammars, past which :attr:`full` asks the caller
+        to :meth:`start_over` (registered grammars stay referenced until then).
 
     Notes
     -----
@@ -66,13 +66,14 @@ class TokenTransitions:
     """
 
     def __init__(self, vocabulary, *, max_bytes: int = 512 << 20, eager_bytes: int = 64 << 20,
-                 max_states: int = 1 << 22):
+                 max_states: int = 1 << 22, max_grammars: int = 512):
         self.vocabulary = vocabulary
         self.size = vocabulary.size
         self.words = (self.size + 31) // 32
         self.max_bytes = max_bytes
         self.eager_bytes = eager_bytes
         self.max_states = max_states
+        self.max_grammars = max_grammars
         self._lock = threading.Lock()
         eos_row = np.zeros((1, self.words), dtype=np.int32)
         set_token_bits(eos_row[0], np.asarray(vocabulary.eos_token_ids, dtype=np.int64))
@@ -86,10 +87,12 @@ class TokenTransitions:
         self.tables: list[tuple[Hashable, np.ndarray]] = [(self.eos_key, self._eos_table)]
         self._grammars: list = [None]
         self._bases: dict[Hashable, int] = {}
+        # Per state, with room to grow (entries past self._states unused):
         self.table_of = np.zeros(_FIRST, dtype=np.int64)  # state -> table (0: EOS only)
         self.row_of = np.zeros(_FIRST, dtype=np.int64)  # state -> row of that table
         self._slot = np.array([0, 1], dtype=np.int64)  # state -> row of self._next (-1: not built)
-        self._tries: dict[int, ClassTrie] = {}
+        self._states = _FIRST
+        self._tries: dict[int, ClassTrie] = {}  # the last few grammars' tries (rows still to build)
         self.full = False
         self._drop_rows()
 
@@ -117,17 +120,23 @@ class TokenTransitions:
             if grammar.vocabulary.fingerprint != self.vocabulary.fingerprint:
                 raise ValueError("the grammar was compiled for another vocabulary")
             n = grammar.n_states
-            base = len(self.table_of)
+            base = self._states
+            if base + n > len(self.table_of):  # doubling: registering many grammars stays linear
+                cap = max(base + n, 2 * len(self.table_of))
+                self.table_of, self.row_of, self._slot = (
+                    np.concatenate([a, np.full(cap - len(a), fill, dtype=np.int64)])
+                    for a, fill in ((self.table_of, 0), (self.row_of, 0), (self._slot, -1)))
             g = len(self.tables)
             self.tables.append((key, grammar.rows))
             self._grammars.append((grammar, base))
-            self.table_of = np.concatenate([self.table_of, np.full(n, g, dtype=np.int64)])
-            self.row_of = np.concatenate([self.row_of, grammar.row_of_state.astype(np.int64)])
-            self._slot = np.concatenate([self._slot, np.full(n, -1, dtype=np.int64)])
+            self.table_of[base: base + n] = g
+            self.row_of[base: base + n] = grammar.row_of_state
+            self._states = base + n
             self._bases[key] = base
-            self.full = len(self.table_of) > self.max_states
+            self.full = self._states > self.max_states or g >= self.max_grammars
             if n * self.size * 4 <= self.eager_bytes:
                 self._ensure(base + np.arange(n, dtype=np.int64))
+                self._tries.pop(g, None)  # every row built: the trie is not needed again
             return base
 
     def start_over(self) -> None:
@@ -208,6 +217,8 @@ class TokenTransitions:
     def _trie(self, g: int, grammar) -> ClassTrie:
         ct = self._tries.get(g)
         if ct is None:
+            while len(self._tries) >= 8:  # a few MB each: keep the latest grammars'
+                self._tries.pop(next(iter(self._tries)))
             n_cls = int(grammar.class_transitions.shape[1])
             ct = self._tries[g] = ClassTrie(self.vocabulary.byte_trie(), np.asarray(grammar.byte_class, dtype=np.int64),
                                             n_cls, merge=True)

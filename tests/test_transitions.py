@@ -122,6 +122,17 @@ def test_registry_starts_over_past_max_states():
     assert tt.local(tt.register("b", b) + b.initial) == (b, b.initial)
 
 
+def test_registry_full_past_max_grammars():
+    vocab = toy_vocab()
+    compiler = GrammarCompiler(vocab)
+    tt = TokenTransitions(vocab, max_grammars=3)
+    grammars = [compiler.compile_regex(p) for p in ("a", "b", "ab", "ba")]
+    bases = [tt.register(i, g) for i, g in enumerate(grammars)]
+    assert bases == sorted(bases) and tt.full
+    for (i, g), base in zip(enumerate(grammars), bases):  # numbers stay valid until started over
+        assert tt.local(base + g.initial) == (g, g.initial)
+
+
 def test_other_vocabulary_refused():
     vocab = toy_vocab()
     other = Vocabulary([b"a", b"b", None], [2])
