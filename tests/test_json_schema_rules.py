@@ -204,3 +204,41 @@ def test_lexers_built_on_first_visit_and_serialised(real, monkeypatch):
         assert (m1.allowed_token_ids() == m2.allowed_token_ids()).all(), prefix
     assert accepts(copy, text)
     assert sum(lo >= 0 for lo in copy._lexer_lo) > built
+
+
+OVERLAPS = {
+    # a free string in one branch, an enum value in the other: '"X"' is a lexeme of both
+    "anyOf-string-enum": ({"anyOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False},
+        {"type": "object", "properties": {"a": {"enum": ["X"]}, "b": {}}, "required": ["a", "b"],
+         "additionalProperties": False}]},
+        ['{"a":"X","b":1}', '{"a":"X"}', '{"a":"Y"}', '{"a":"Y","b":1}', '{"a":"X","b":[]}', '{"a":"XX","b":2}']),
+    # an enum object beside a recursive one: '{"n":' starts either
+    "anyOf-enum-recursive": ({"$defs": {"r": {"type": "object", "properties": {"n": {"anyOf": [
+        {"type": "integer"}, {"$ref": "#/$defs/r"}]}}, "required": ["n"], "additionalProperties": False}},
+        "anyOf": [{"enum": [{"n": 1}]}, {"$ref": "#/$defs/r"}]},
+        ['{"n":1}', '{"n":2}', '{"n":{"n":1}}', '{"n":{"n":{"n":-3}}}', '{"n":"1"}', '{"n":{}}']),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAPS))
+def test_lexemes_with_several_readings(byte_vocab, name):
+    """Where two terminals match one lexeme, the parser follows both readings: verdicts agree with
+    jsonschema, and every mask along the valid texts equals what accept_token allows."""
+    schema, texts = OVERLAPS[name]
+    g = GrammarCompiler(byte_vocab).compile_ir(json_schema_to_ir(schema, mode="grammar"))
+    assert isinstance(g, PushdownGrammar)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for text in texts:
+        assert accepts(g, text) == validator.is_valid(json.loads(text)), text
+    for text in texts:
+        if not validator.is_valid(json.loads(text)):
+            continue
+        m = GrammarMatcher(g)
+        for ch in text.encode():
+            allowed = set(m.allowed_token_ids().tolist())
+            for t in range(256):
+                probe = m.copy()
+                assert probe.accept_token(t) == (t in allowed), (text, m, t)
+            assert m.accept_token(ch)
+        assert m.is_completed()

@@ -90,8 +90,9 @@ class Grammar:
     ignore: tuple[str, ...] = ()
     kind: str = "grammar"
     #: "lark": lexing must agree with lark's lexer (terminal collisions lark would split differently
-    #: are refused); "longest": the engine's own longest-match lexing is the definition (front ends
-    #: that generate the grammar and need no lark fidelity)
+    #: are refused); "longest": the engine's own longest-match lexing is the definition, a lexeme
+    #: several terminals match being typed as all of them (front ends that generate the grammar
+    #: and need no lark fidelity)
     lexing: str = "lark"
     #: what the front end was given (a regex, a schema, grammar text): error messages and caching
     source: str = field(default="", compare=False)

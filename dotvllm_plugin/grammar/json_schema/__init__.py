@@ -435,7 +435,7 @@ class _Context:
         self.mode = mode
         self.undeclared = undeclared
         self.unicode_escapes = mode == "grammar"
-        m = R.MARK if mode == "grammar" else ""
+        self.m = m = R.MARK if mode == "grammar" else ""
         # structural pieces, with lexeme boundaries in grammar mode
         self.lb, self.rb = f"\\{{{m}{ws}", f"{ws}{m}\\}}"
         self.lsq, self.rsq = f"\\[{m}{ws}", f"{ws}{m}\\]"
@@ -1099,12 +1099,14 @@ class _Context:
         ws = self.ws
         if _has_non_finite(value):
             return None  # NaN / Infinity (accepted by Python's json.loads) are not JSON
+        # the structural pieces carry the lexeme boundaries of grammar mode, so an enum object
+        # and an object of another branch lex alike ("{" alone, then the key)
         if isinstance(value, dict):
-            items = [f'"{T.encode_text(k)}"{ws}:{ws}{self.literal(v)}' for k, v in value.items()]
-            return "\\{" + ws + f"{ws},{ws}".join(items) + ws + "\\}" if items else f"\\{{{ws}\\}}"
+            items = [f'"{T.encode_text(k)}"{self.colon}{self.literal(v)}' for k, v in value.items()]
+            return self.lb + self.sep.join(items) + self.rb if items else f"\\{{{self.m}{ws}{self.m}\\}}"
         if isinstance(value, list):
             items = [self.literal(v) for v in value]
-            return "\\[" + ws + f"{ws},{ws}".join(items) + ws + "\\]" if items else f"\\[{ws}\\]"
+            return self.lsq + self.sep.join(items) + self.rsq if items else f"\\[{self.m}{ws}{self.m}\\]"
         if isinstance(value, str):
             return '"' + T.encode_text(value) + '"'
         if isinstance(value, float) and not math.isfinite(value):
