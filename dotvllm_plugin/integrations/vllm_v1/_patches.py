@@ -3,7 +3,8 @@
 Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in brackets.
 
 1. ``vllm.sampling_params.SamplingParams._validate_structured_outputs`` [0.11:
-   ``vllm.v1.engine.processor.Processor._validate_structured_output``] (API-server process, and
+   ``vllm.v1.engine.processor.Processor._validate_structured_output``; 0.12 – 0.19:
+   ``vllm.v1.engine.input_processor.InputProcessor._validate_structured_output``] (API-server process, and
    the offline ``LLM``): when the server's structured-output backend is ``auto`` (vLLM's default),
    a structured request becomes ours (``structured_outputs._backend = "dotvllm"``) after our cheap
    check (:func:`dotvllm_plugin.integrations._constraints.validate`): a bad spec raises a
@@ -114,12 +115,19 @@ def _patch_validation() -> str | None:
 
 
 def _patch_processor_validation() -> str | None:
-    """vLLM 0.11: the API-server check is ``Processor._validate_structured_output(params)``."""
-    from vllm.v1.engine.processor import Processor
+    """vLLM 0.11 – 0.19: the API-server check is ``Processor._validate_structured_output(params)``
+    (0.11), ``InputProcessor._validate_structured_output(params)`` from 0.12 on."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm.v1.engine.input_processor") is not None:
+        from vllm.v1.engine.input_processor import InputProcessor as Processor
+    else:  # vLLM 0.11
+        from vllm.v1.engine.processor import Processor
 
     original = Processor._validate_structured_output
     if getattr(original, "_dotvllm", False):
         return None
+    where = f"{Processor.__module__}.{Processor.__name__}._validate_structured_output"
 
     @functools.wraps(original)
     def _validate_structured_output(self, params):
@@ -130,9 +138,10 @@ def _patch_processor_validation() -> str | None:
                 or (so._backend is not None and so._backend != BACKEND)):
             return original(self, params)
         _route(params, so)
+        so.__post_init__()  # (0.12+ does this after its own check: the params travel to the engine core)
 
     Processor._validate_structured_output = _mark(_validate_structured_output, original)
-    return "vllm.v1.engine.processor.Processor._validate_structured_output"
+    return where
 
 
 def _check(sampling_params, so) -> str:
@@ -328,7 +337,12 @@ def _patch_compile_errors() -> list[str]:
         done.extend(_patch_generate_raises())
         return done
     where = f"{GenerateBaseServing.__module__}.{GenerateBaseServing.__name__}"
-    error_class = _compile_error_class()
+    try:
+        error_class = _compile_error_class()
+    except ImportError:
+        logger.warning("dotvllm: this vLLM's error classes differ from the checked releases'; a compile failure "
+                       "in the engine core reaches the client as an error finish_reason with the message")
+        return done
     original_raise = getattr(GenerateBaseServing, "_raise_if_error", None)
     if original_raise is not None and not getattr(original_raise, "_dotvllm", False):
 
@@ -399,12 +413,20 @@ def _compile_error_class():
     (they catch ``GenerationError`` quietly, anything else with ``logger.exception``)."""
     from http import HTTPStatus
 
+    import importlib
+
     from vllm.exceptions import VLLMValidationError
 
-    try:
-        from vllm.exceptions import GenerationError
-    except ImportError:  # vLLM 0.20
-        from vllm.entrypoints.openai.engine.protocol import GenerationError
+    # vllm.exceptions (0.29+), …openai.engine.protocol (0.18 – 0.28), …openai.engine.serving (0.16)
+    for module in ("vllm.exceptions", "vllm.entrypoints.openai.engine.protocol",
+                   "vllm.entrypoints.openai.engine.serving"):
+        try:
+            GenerationError = importlib.import_module(module).GenerationError
+            break
+        except (ImportError, AttributeError):
+            continue
+    else:
+        raise ImportError("vLLM's GenerationError was not found")
 
     class DotvllmCompileError(VLLMValidationError, GenerationError):
         def __init__(self, message: str):
