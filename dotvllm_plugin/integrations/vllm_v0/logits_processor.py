@@ -168,6 +168,18 @@ def apply_step(original, logits: torch.Tensor, sampling_metadata) -> torch.Tenso
     return _apply_step_entries(original, logits, sampling_metadata)
 
 
+def _run_others(original, logits: torch.Tensor, sampling_metadata, hidden: list) -> torch.Tensor:
+    """vLLM's per-row loop for every other processor, ours hidden from it (``hidden``: the
+    ``(params, processors)`` of groups whose list holds ours)."""
+    try:
+        for params, procs in hidden:
+            params.logits_processors = [p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
+        return original(logits, sampling_metadata)
+    finally:
+        for params, procs in hidden:
+            params.logits_processors = procs
+
+
 def _apply_step_entries(original, logits: torch.Tensor, sampling_metadata) -> torch.Tensor:
     """The CPU path: a row key and a fill per sequence, :meth:`StepMasker.apply` (additive rows)."""
     try:
@@ -177,13 +189,7 @@ def _apply_step_entries(original, logits: torch.Tensor, sampling_metadata) -> to
         return original(logits, sampling_metadata)
     if not entries:
         return original(logits, sampling_metadata)
-    try:
-        for params, procs in hidden:
-            params.logits_processors = [p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
-        logits = original(logits, sampling_metadata)
-    finally:
-        for params, procs in hidden:
-            params.logits_processors = procs
+    logits = _run_others(original, logits, sampling_metadata, hidden)
     _mask_step(logits, entries)
     return logits
 
@@ -352,14 +358,8 @@ def _apply_step_tables(original, logits: torch.Tensor, sampling_metadata) -> tor
         return original(logits, sampling_metadata)
     if not batches and not steps and not entries:
         return original(logits, sampling_metadata)
-    if others:  # vLLM runs the other processors per row, ours hidden from it; masking comes last
-        try:
-            for params, procs in hidden:
-                params.logits_processors = [p for p in procs if not isinstance(p, DotvllmLogitsProcessor)]
-            logits = original(logits, sampling_metadata)
-        finally:
-            for params, procs in hidden:
-                params.logits_processors = procs
+    if others:  # masking comes last
+        logits = _run_others(original, logits, sampling_metadata, hidden)
     try:
         _mask_step_tables(logits, batches, steps, dead)
         for row, eos in dead:
