@@ -2,17 +2,25 @@
 
 One question: on the V1 CPU demo server, with 16 concurrent guided requests, is the throughput
 with dotvllm at least that of the same server with vLLM's default backend (``auto`` → xgrammar),
-and is every output valid? vLLM V1 refuses per-request backend selection, so it starts two
-servers one after the other: ours (the plugin, default ``auto``) and vLLM's (``DOTVLLM_DISABLE=1``,
-same arguments). Each spec is sent once before timing (its compile is not in the timed runs);
-then ``--repeats`` rounds of ``--concurrency`` concurrent completions of ``--max-tokens`` tokens.
-Correctness first: every timed output is checked (``re`` / ``jsonschema``); a case with an invalid
-output reports it and its throughput is not compared. Tokens per request are reported beside
-tokens per second: the two backends do not constrain to the same language (vLLM's default JSON
-allows whitespace between tokens, ours none unless ``whitespace_pattern`` says so), so a random
-model's outputs differ in length, and each round lasts as long as its longest request.
+and is every output valid? vLLM V1 refuses per-request backend selection, so two servers run side
+by side with the same arguments: ours (the plugin, default ``auto``) and vLLM's
+(``DOTVLLM_DISABLE=1``). Both stay up for the whole run and the timed rounds alternate between
+them (ours, default, default, ours, ...), so a load change on a shared machine falls on both alike;
+the server not being timed is paused (SIGSTOP to its process group, SIGCONT after), because both
+bind their model threads to the same core and an idle vLLM CPU worker keeps polling for a while. Each spec is sent once to each server
+before timing (its compile is not in the timed runs); then ``--repeats`` rounds per server of
+``--concurrency`` concurrent completions of ``--max-tokens`` tokens. Correctness first: every
+timed output is checked (``re`` / ``jsonschema``); a case with an invalid output reports it and its
+throughput is not compared. The ratio is ours / default of tokens per second over all rounds;
+the median of the per-pair ratios (each round of ours against the other server's round next to
+it) is printed beside it, and so is the CPU time the server's processes (API server, engine core,
+compile workers) spent per request during its rounds, which other load on the machine hardly
+changes. Tokens per request are reported too: the two backends do not constrain
+to the same language (vLLM's default JSON allows whitespace between tokens, ours none unless
+``whitespace_pattern`` says so), so a random model's outputs differ in length, and each round
+lasts as long as its longest request.
 
-    .venv-v1/bin/python benchmarks/e2e_serving_v1.py [--concurrency 16] [--repeats 3] [--max-tokens 96]
+    .venv-v1/bin/python benchmarks/e2e_serving_v1.py [--concurrency 16] [--repeats 6] [--max-tokens 96]
 
 Prints a table and writes ``benchmarks/results/e2e_serving_v1.json``.
 """
@@ -21,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import re
+import signal
 import statistics
 import sys
 import time
@@ -89,81 +99,154 @@ def complete(base_url: str, so, max_tokens: int, seed: int) -> tuple[str, str, i
     return d["choices"][0]["text"], d["choices"][0]["finish_reason"], d["usage"]["completion_tokens"]
 
 
-def run_server(label: str, env: dict, args) -> dict:
-    log(f"starting server: {label}")
-    server = start_server(ensure_model(), extra_env={**SERVER_ENV, **env}, log_path=Path(f"/tmp/e2e-v1-{label}.log"),
-                          startup_timeout_s=600)
-    out = {"startup_s": round(server.startup_s, 1), "cases": {}}
-    try:
-        for name, so, check in CASES:
-            complete(server.base_url, so, args.max_tokens, 0)  # warm-up: compile outside the timing
-            walls, tokens, invalid = [], 0, []
-            for rep in range(args.repeats):
-                seeds = range(rep * 1000, rep * 1000 + args.concurrency)
-                t0 = time.perf_counter()
-                with cf.ThreadPoolExecutor(args.concurrency) as pool:
-                    results = list(pool.map(lambda s: complete(server.base_url, so, args.max_tokens, s), seeds))
-                walls.append(time.perf_counter() - t0)
-                for text, finish, n in results:
-                    tokens += n
-                    try:
-                        ok = check is None or check(text, finish)
-                    except Exception:  # noqa: BLE001 - an invalid output is reported, not raised
-                        ok = False
-                    if not ok:
-                        invalid.append(text[:80])
-            n_req = args.repeats * args.concurrency
-            out["cases"][name] = {"wall_s_median": round(statistics.median(walls), 3),
-                                  "tokens_per_s": round(tokens / sum(walls), 1), "invalid": invalid,
-                                  "requests": n_req, "tokens_per_request": round(tokens / n_req, 1),
-                                  "requests_per_s": round(n_req / sum(walls), 2)}
-            log(f"  {label} {name}: {out['cases'][name]['tokens_per_s']} tok/s, invalid {len(invalid)}")
-        out["compiled_by_dotvllm"] = "compiled by dotvllm" in server.log(2_000_000)
-    finally:
-        server.stop()
+def cpu_seconds(server) -> float:
+    """User + system CPU time of the server's processes so far (API server, engine core, workers)."""
+    ticks = 0
+    for proc in server.processes():
+        try:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed_round(server, so, check, args, rep: int) -> tuple[float, float, int, list[str]]:
+    seeds = range(rep * 1000, rep * 1000 + args.concurrency)
+    cpu0 = cpu_seconds(server)
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(args.concurrency) as pool:
+        results = list(pool.map(lambda s: complete(server.base_url, so, args.max_tokens, s), seeds))
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds(server) - cpu0
+    tokens, invalid = 0, []
+    for text, finish, n in results:
+        tokens += n
+        try:
+            ok = check is None or check(text, finish)
+        except Exception:  # noqa: BLE001 - an invalid output is reported, not raised
+            ok = False
+        if not ok:
+            invalid.append(text[:80])
+    return wall, cpu, tokens, invalid
+
+
+def summary(walls: list[float], cpus: list[float], tokens: int, invalid: list[str], args) -> dict:
+    n_req = len(walls) * args.concurrency
+    return {"wall_s_median": round(statistics.median(walls), 3), "wall_s": [round(w, 3) for w in walls],
+            "server_cpu_s": [round(c, 2) for c in cpus], "server_cpu_s_per_request": round(sum(cpus) / n_req, 4),
+            "tokens_per_s": round(tokens / sum(walls), 1), "invalid": invalid, "requests": n_req,
+            "tokens_per_request": round(tokens / n_req, 1), "requests_per_s": round(n_req / sum(walls), 2)}
+
+
+def pause(server, paused: bool) -> None:
+    """Stop (SIGSTOP) or continue (SIGCONT) every process of an idle server's process group.
+
+    Both servers bind their model threads to the same core, and an idle vLLM CPU worker keeps
+    polling for work for a while after its last step: without this, the server that is not being
+    timed takes CPU from the one that is, unevenly between short and long rounds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(server.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+def run_cases(servers: dict, args) -> dict:
+    """Every case on both servers, rounds interleaved; returns per-server results and pair ratios."""
+    labels = list(servers)
+    out = {label: {"cases": {}} for label in labels}
+    pairs = {}
+    for name, so, check in CASES:
+        for label in labels:
+            for other in labels:
+                pause(servers[other], other != label)
+            complete(servers[label].base_url, so, args.max_tokens, 0)  # warm-up: compile outside the timing
+        walls = {label: [] for label in labels}
+        cpus = {label: [] for label in labels}
+        tokens = dict.fromkeys(labels, 0)
+        invalid = {label: [] for label in labels}
+        for rep in range(args.repeats):
+            order = labels if rep % 2 == 0 else labels[::-1]
+            for label in order:
+                for other in labels:
+                    pause(servers[other], other != label)
+                wall, cpu, n, bad = timed_round(servers[label], so, check, args, rep)
+                walls[label].append(wall)
+                cpus[label].append(cpu)
+                tokens[label] += n
+                invalid[label].extend(bad)
+        for label in labels:
+            out[label]["cases"][name] = summary(walls[label], cpus[label], tokens[label], invalid[label], args)
+        # tokens per round are equal between servers when outputs have the same length; per-pair
+        # ratios of round times are then the throughput ratios of neighbouring rounds
+        pairs[name] = [round(d / o, 3) for o, d in zip(walls["dotvllm"], walls["vllm-default"])]
+        log(f"  {name}: " + ", ".join(f"{label} {out[label]['cases'][name]['tokens_per_s']} tok/s "
+                                      f"(invalid {len(invalid[label])})" for label in labels))
+    out["pair_time_ratios"] = pairs
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=6, help="timed rounds per case and server")
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--default-first", action="store_true", help="start vLLM's default backend's server first")
+    ap.add_argument("--default-first", action="store_true",
+                    help="vLLM's default backend's server starts first and takes the first round")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
+    configs = [("dotvllm", {}), ("vllm-default", {"DOTVLLM_DISABLE": "1"})]
     if args.default_first:
-        vllm_default = run_server("vllm-default", {"DOTVLLM_DISABLE": "1"}, args)
-        ours = run_server("dotvllm", {}, args)
-    else:
-        ours = run_server("dotvllm", {}, args)
-        vllm_default = run_server("vllm-default", {"DOTVLLM_DISABLE": "1"}, args)
+        configs.reverse()
+    servers = {}
+    try:
+        for label, env in configs:
+            log(f"starting server: {label}")
+            servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
+                                          log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
+        results = run_cases(servers, args)
+        answered = {label: "compiled by dotvllm" in servers[label].log(2_000_000) for label in servers}
+    finally:
+        for server in servers.values():
+            pause(server, False)
+            server.stop()
+    ours, vllm_default = results["dotvllm"], results["vllm-default"]
+    ours["startup_s"] = round(servers["dotvllm"].startup_s, 1)
+    vllm_default["startup_s"] = round(servers["vllm-default"].startup_s, 1)
+    ours["compiled_by_dotvllm"], vllm_default["compiled_by_dotvllm"] = answered["dotvllm"], answered["vllm-default"]
     rows = []
     for name, _, _ in CASES:
         a, b = ours["cases"][name], vllm_default["cases"][name]
         valid = not a["invalid"] and not b["invalid"]
         ratio = a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else float("nan")
+        pair = statistics.median(results["pair_time_ratios"][name])
+        cpu = b["server_cpu_s_per_request"] / a["server_cpu_s_per_request"] if a["server_cpu_s_per_request"] else 0
         rows.append((name, a["tokens_per_s"], b["tokens_per_s"], f"{ratio:.2f}×" if valid else "invalid output",
-                     f'{a["tokens_per_request"]} / {b["tokens_per_request"]}',
+                     f"{pair:.2f}×", f'{a["server_cpu_s_per_request"] * 1e3:.0f} / {b["server_cpu_s_per_request"] * 1e3:.0f}'
+                     f" ({cpu:.2f}×)", f'{a["tokens_per_request"]} / {b["tokens_per_request"]}',
                      f'{a["requests_per_s"]} / {b["requests_per_s"]}', len(a["invalid"]), len(b["invalid"])))
-    headers = ("case", "dotvllm tok/s", "vLLM default tok/s", "ours / default", "tokens/request (ours / default)",
-               "requests/s (ours / default)", "invalid (ours)", "invalid (default)")
+    headers = ("case", "dotvllm tok/s", "vLLM default tok/s", "ours / default", "default time / ours (median pair)",
+               "server CPU ms/request (ours / default; default ÷ ours)",
+               "tokens/request (ours / default)", "requests/s (ours / default)", "invalid (ours)",
+               "invalid (default)")
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     print(f"vLLM {metadata.version('vllm')} V1, {platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.concurrency} concurrent × {args.repeats} rounds × {args.max_tokens} tokens, demo model "
-          f"(Mistral 32k vocabulary); startup {ours['startup_s']} s / {vllm_default['startup_s']} s")
+          f"{args.concurrency} concurrent × {args.repeats} rounds per server × {args.max_tokens} tokens, "
+          f"rounds interleaved, demo model (Mistral 32k vocabulary); "
+          f"startup {ours['startup_s']} s / {vllm_default['startup_s']} s")
     for r in (headers, *rows):
         print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths)))
-    print(f"dotvllm answered on the first server: {ours['compiled_by_dotvllm']}; "
-          f"not on the second: {not vllm_default['compiled_by_dotvllm']}")
+    print(f"dotvllm answered on its server: {ours['compiled_by_dotvllm']}; "
+          f"not on the default one: {not vllm_default['compiled_by_dotvllm']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "vllm": metadata.version("vllm"), "machine": platform.machine(), "cores": os.cpu_count(),
-        "args": {k: str(v) for k, v in vars(args).items()}, "dotvllm": ours, "vllm_default": vllm_default,
+        "load_average": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
+        "mode": "both servers up, rounds interleaved", "dotvllm": ours, "vllm_default": vllm_default,
+        "pair_time_ratios": results["pair_time_ratios"],
     }, indent=2))
-    return 0 if all(not r[6] and not r[7] for r in rows) else 1
+    return 0 if all(not r[-2] and not r[-1] for r in rows) else 1
 
 
 if __name__ == "__main__":
