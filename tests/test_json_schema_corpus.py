@@ -17,7 +17,8 @@ Each schema runs in a forked worker with a per-schema timeout (a timeout is repo
 pass). The regex translator (``json_schema_to_regex``) keeps a cheap soundness check with
 Python's ``re`` on the schemas it translates.
 
-By default every 4th schema runs; ``DOTVLLM_JSON_CORPUS=all`` runs the whole sample, and
+By default every 8th schema runs (~1 min; the CI budget); ``DOTVLLM_JSON_CORPUS=all`` runs the whole
+sample (723 of 795 schemas with every instance right at 4f22fbe), ``DOTVLLM_JSON_CORPUS=4`` every 4th, and
 ``DOTVLLM_JSON_CORPUS=N`` every N-th schema.
 """
 
@@ -37,7 +38,7 @@ CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus",
 FILES = sorted(glob.glob(os.path.join(CORPUS, "*.json")))
 _SAMPLE = os.environ.get("DOTVLLM_JSON_CORPUS", "")
 if _SAMPLE != "all":
-    FILES = FILES[:: int(_SAMPLE) if _SAMPLE.isdigit() and int(_SAMPLE) > 0 else 4]
+    FILES = FILES[:: int(_SAMPLE) if _SAMPLE.isdigit() and int(_SAMPLE) > 0 else 8]
 #: Per schema, wall clock: generous because the machine may be shared (the slowest dev-corpus
 #: compile, Github_hard---o9830, takes ~20 s of CPU on its own).
 TIMEOUT_S = 60
@@ -195,8 +196,8 @@ def test_coverage_report(results, capsys):
     assert not any(r["accepted_not_validating"] for r in ok.values())
     # Coverage floors measured on this sample (a drop means a regression).
     assert status["compiled"] >= 0.85 * len(results)
-    # 215/227 on the default sample at 3f65610 and at fbb4240: 9 of the 12 misses are instances
-    # whose declared properties are not in declared order; the others are a format the labels do
-    # not check (uri), a string over the lowered length cap, and an anyOf the rules path rejects.
+    # Every 8th schema: 112/112 at 4f22fbe. Every 4th: 215/227 at fbb4240, 216/228 at 4f22fbe; 9 of
+    # the 12 misses are instances whose declared properties are not in declared order, the others a
+    # format the labels do not check (uri) and strings over the lowered length cap.
     assert valid_accepted >= 0.92 * valid
     assert status["timeout"] <= max(1, len(results) // 100)
