@@ -445,13 +445,9 @@ class CompilationManager:
         ``disable_any_whitespace``, ``disable_additional_properties``); ``None``/``False`` values
         are left out, so they never split the cache.
         """
-        from .compiler import normalize_options
-
         if kind not in self._kinds:
             raise ValueError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
-        options = normalize_options(dict(options or {}, **({} if whitespace_pattern is None else
-                                                           {"whitespace_pattern": whitespace_pattern})))
-        key = compile_key(kind, spec, options, self.vocabulary.fingerprint)
+        key, options = self._key(kind, spec, whitespace_pattern, options)
         with self._lock:
             if self._closed:
                 raise RuntimeError("CompilationManager is closed")
@@ -505,6 +501,20 @@ class CompilationManager:
     def cached(self, key: str) -> CompileResult | None:
         with self._lock:
             return self._cache.get(key)
+
+    def lookup(self, kind: str, spec: Any = None, *, options: dict | None = None) -> CompileResult | None:
+        """The cached result :meth:`submit` would return at once for these arguments, else ``None``
+        (no compile, no metrics, no I/O)."""
+        return self.cached(self._key(kind, spec, None, options)[0])
+
+    def _key(self, kind: str, spec: Any, whitespace_pattern: str | None, options: dict | None) -> tuple[str, dict]:
+        """``(cache key, normalised options)``: ``None``/``False`` options left out, so they never
+        split the cache."""
+        from .compiler import normalize_options
+
+        options = normalize_options(dict(options or {}, **({} if whitespace_pattern is None else
+                                                           {"whitespace_pattern": whitespace_pattern})))
+        return compile_key(kind, spec, options, self.vocabulary.fingerprint), options
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the workers (killed, not waited for); pending compiles fail with

@@ -249,6 +249,16 @@ def test_cache_key_covers_options_and_vocabulary(vocab):
     assert compile_key("json_schema", '{"type": "string"}', {}, "v") == compile_key("json_schema", {"type": "string"}, {}, "v")
 
 
+def test_lookup_finds_what_submit_would_hit(vocab):
+    with CompilationManager(vocab) as m:
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        assert m.lookup("json_schema", schema, options={"disable_additional_properties": True}) is None
+        done = m.compile("json_schema", schema, options={"disable_additional_properties": True})
+        assert m.lookup("json_schema", json.dumps(schema),
+                        options={"disable_additional_properties": True, "disable_any_whitespace": False}) is done
+        assert m.lookup("json_schema", schema) is None  # other options, other entry
+
+
 def test_lru_evicts_oldest(vocab):
     with CompilationManager(vocab, cache_size=2) as m:
         first = m.compile("regex", "lru-a")

@@ -166,15 +166,10 @@ class DotvllmBackend:
             if params.structural_tag is not None or self._vocabulary is None:
                 return None
             constraint = constraint_of(params, names=V1_NAMES)
-            from ...compilation_manager import compile_key
-            from ...compiler import normalize_options
             from .._runtime import manager_for, record_compile
 
             vocab = self._vocabulary
-            manager = manager_for(vocab)
-            key = compile_key(constraint.kind, constraint.spec, normalize_options(constraint.options),
-                              vocab.fingerprint)
-            result = manager.cached(key)
+            result = manager_for(vocab).lookup(constraint.kind, constraint.spec, options=constraint.options)
             if result is None:
                 return None
             grammar = DotvllmGrammar(GrammarMatcher(result.grammar), description=_LazyDescription(constraint),
