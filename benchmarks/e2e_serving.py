@@ -94,8 +94,8 @@ def with_backend(body: dict, backend: str) -> dict:
 class Servers:
     """One live server; ``ensure()`` restarts it when a request has killed it."""
 
-    def __init__(self, model_dir: Path, frontend: str, log_dir: Path):
-        self.model_dir, self.frontend, self.log_dir = model_dir, frontend, log_dir
+    def __init__(self, model_dir: Path, frontend: str, log_dir: Path, extra_env: dict | None = None):
+        self.model_dir, self.frontend, self.log_dir, self.extra_env = model_dir, frontend, log_dir, extra_env
         self.server: ServerProcess | None = None
         self.startups_s: list[float] = []
         self.restarts = 0
@@ -109,7 +109,7 @@ class Servers:
             self.restarts += 1
             log(f"server dead; restarting (restart #{self.restarts})")
         path = self.log_dir / f"e2e-serve-{len(self.startups_s)}.log"
-        self.server = start_server(self.model_dir, frontend=self.frontend, log_path=path)
+        self.server = start_server(self.model_dir, frontend=self.frontend, log_path=path, extra_env=self.extra_env)
         self.startups_s.append(self.server.startup_s)
         log(f"server pid {self.server.pid} healthy after {self.server.startup_s:.1f} s")
         return self.server
