@@ -23,17 +23,21 @@ _PARAMS = """
     from types import SimpleNamespace
     from vllm.sampling_params import SamplingParams, StructuredOutputsParams
     def validator():
-        # vLLM >= 0.29: SamplingParams._validate_structured_outputs; 0.11: the V1 Processor's check.
+        # vLLM >= 0.17: SamplingParams._validate_structured_outputs; 0.12 - 0.16: the V1 InputProcessor's
+        # check; 0.11: the V1 Processor's.
         if hasattr(SamplingParams, "_validate_structured_outputs"):
             return SamplingParams._validate_structured_outputs
-        from vllm.v1.engine.processor import Processor
+        try:
+            from vllm.v1.engine.input_processor import InputProcessor as Processor
+        except ImportError:
+            from vllm.v1.engine.processor import Processor
         return Processor._validate_structured_output
     def check(backend, **so):
         sp = SamplingParams(structured_outputs=StructuredOutputsParams(**so))
         cfg = SimpleNamespace(backend=backend)
         try:
             if hasattr(SamplingParams, "_validate_structured_outputs"):
-                # (model_config, structured_outputs_config, tokenizer); 0.20 has no model_config
+                # (model_config, structured_outputs_config, tokenizer); 0.17 - 0.23 have no model_config
                 args = {"model_config": SimpleNamespace(is_diffusion=False), "structured_outputs_config": cfg,
                         "tokenizer": object()}
                 names = inspect.signature(SamplingParams._validate_structured_outputs).parameters

@@ -3,8 +3,9 @@
 Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in brackets.
 
 1. ``vllm.sampling_params.SamplingParams._validate_structured_outputs`` [0.11:
-   ``vllm.v1.engine.processor.Processor._validate_structured_output``; 0.12 – 0.19:
-   ``vllm.v1.engine.input_processor.InputProcessor._validate_structured_output``] (API-server process, and
+   ``vllm.v1.engine.processor.Processor._validate_structured_output``; 0.12 – 0.16:
+   ``vllm.v1.engine.input_processor.InputProcessor._validate_structured_output``; 0.17 – 0.23 have
+   ``SamplingParams._validate_structured_outputs`` without its ``model_config``] (API-server process, and
    the offline ``LLM``): when the server's structured-output backend is ``auto`` (vLLM's default),
    a structured request becomes ours (``structured_outputs._backend = "dotvllm"``) after our cheap
    check (:func:`dotvllm_plugin.integrations._constraints.validate`): a bad spec raises a
@@ -17,7 +18,7 @@ Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in br
    code knows only its four backend names and would raise); a later request whose constraint is
    in the compile cache gets its grammar here at once
    (:meth:`~.backend.DotvllmBackend.cached_grammar`), the others go to vLLM's compile thread.
-3. ``StructuredOutputManager._create_grammar`` [0.11: ``_async_create_grammar``]: our backend gets
+3. ``StructuredOutputManager._create_grammar`` [0.11, 0.12: ``_async_create_grammar``]: our backend gets
    the whole request (V1's ``(type, spec)`` key drops ``whitespace_pattern``); it never raises
    (on 0.11 to ~0.21 an exception there would stop the engine core).
 4. ``OpenAIServingChat.create_chat_completion`` / ``OpenAIServingCompletion.create_completion``
@@ -30,10 +31,12 @@ Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in br
    :meth:`~.backend.DotvllmBackend.compile_request`); its output gets ``finish_reason="error"``
    and ``stop_reason=<message>``.
 6. ``vllm.entrypoints.generate.base.serving.GenerateBaseServing._raise_if_error`` and
-   ``._convert_generation_error_to_streaming_response``: such an output is answered with a
+   ``._convert_generation_error_to_streaming_response`` [0.15 – 0.24: on
+   ``vllm.entrypoints.openai.engine.serving.OpenAIServing``; 0.13 – 0.14:
+   ``vllm.entrypoints.openai.serving_engine.OpenAIServing``]: such an output is answered with a
    ``VLLMValidationError(<message>)`` (HTTP 400 ``BadRequestError``, or that error as an event in
    a stream that already started) instead of vLLM's generic "Internal server error".
-   [0.11: ``vllm.v1.engine.async_llm.AsyncLLM.generate`` raises ``ValueError(<message>)`` for such
+   [0.11, 0.12: ``vllm.v1.engine.async_llm.AsyncLLM.generate`` raises ``ValueError(<message>)`` for such
    an output; the OpenAI servers answer it the same way.]
    Without patches 5 and 6 (a vLLM whose classes differ) the client still sees the message in
    ``stop_reason``, with ``finish_reason: "stop"`` and an empty text.
@@ -115,8 +118,8 @@ def _patch_validation() -> str | None:
 
 
 def _patch_processor_validation() -> str | None:
-    """vLLM 0.11 – 0.19: the API-server check is ``Processor._validate_structured_output(params)``
-    (0.11), ``InputProcessor._validate_structured_output(params)`` from 0.12 on."""
+    """vLLM 0.11 – 0.16: the API-server check is ``Processor._validate_structured_output(params)``
+    (0.11), ``InputProcessor._validate_structured_output(params)`` (0.12 – 0.16)."""
     import importlib.util
 
     if importlib.util.find_spec("vllm.v1.engine.input_processor") is not None:
@@ -371,12 +374,14 @@ def _patch_compile_errors() -> list[str]:
 
 def _serving_base():
     """The OpenAI servers' base class that turns ``finish_reason == "error"`` into a
-    ``GenerationError`` (``_raise_if_error``): ``GenerateBaseServing`` (0.32),
-    ``OpenAIServing`` (0.20); ``None`` where there is none (0.11)."""
+    ``GenerationError`` (``_raise_if_error``): ``GenerateBaseServing`` (0.25+),
+    ``…openai.engine.serving.OpenAIServing`` (0.15 – 0.24), ``…openai.serving_engine.OpenAIServing``
+    (0.13 – 0.14); ``None`` where there is none (0.11, 0.12)."""
     import importlib
 
     for module, name in (("vllm.entrypoints.generate.base.serving", "GenerateBaseServing"),
-                         ("vllm.entrypoints.openai.engine.serving", "OpenAIServing")):
+                         ("vllm.entrypoints.openai.engine.serving", "OpenAIServing"),
+                         ("vllm.entrypoints.openai.serving_engine", "OpenAIServing")):
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
@@ -417,9 +422,10 @@ def _compile_error_class():
 
     from vllm.exceptions import VLLMValidationError
 
-    # vllm.exceptions (0.29+), …openai.engine.protocol (0.18 – 0.28), …openai.engine.serving (0.16)
+    # vllm.exceptions (0.29+), …openai.engine.protocol (0.18 – 0.28), …openai.engine.serving (0.15 – 0.17),
+    # …openai.serving_engine (0.13 – 0.14)
     for module in ("vllm.exceptions", "vllm.entrypoints.openai.engine.protocol",
-                   "vllm.entrypoints.openai.engine.serving"):
+                   "vllm.entrypoints.openai.engine.serving", "vllm.entrypoints.openai.serving_engine"):
         try:
             GenerationError = importlib.import_module(module).GenerationError
             break
