@@ -577,7 +577,7 @@ def print_tables(agg: dict, target_c: int) -> None:
                             "TTFT p99", "TPOT p50", "TPOT p99", "vs unconstr.", "CPU s/1k tok", "valid", "err"], rows))
 
 
-def plot(agg: dict, prefix: Path, title: str) -> list[str]:
+def plot(agg: dict, prefix: Path, title: str, runs: list[dict] | None = None) -> list[str]:
     try:
         import matplotlib
 
@@ -599,12 +599,13 @@ def plot(agg: dict, prefix: Path, title: str) -> list[str]:
             for j, (key, name) in enumerate(metrics):
                 ax = axes[i][j]
                 for b in [NONE, *backends]:
+                    name_b = "unconstrained (ratio 0)" if b == NONE else b
                     pts = sorted((s["concurrency"], s[key]) for s in sweep
                                  if s["backend"] == b and (s["ratio"] == ratio or b == NONE) and s[key] is not None)
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                                 linestyle="--" if b == NONE else "-", color="black" if b == NONE else None,
-                                linewidth=2.4 if b == OURS else 1.4, label=b)
+                                linewidth=2.4 if b == OURS else 1.4, label=name_b)
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(sorted({s["concurrency"] for s in sweep}))
                 ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -620,20 +621,29 @@ def plot(agg: dict, prefix: Path, title: str) -> list[str]:
         written.append(str(path))
     target = [s for s in agg["target"] if s["label"] != NONE]
     if target:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
+        fig, ax = plt.subplots(figsize=(9.5, 3.8))
         labels = [s["label"] for s in target]
         vals = [s.get("vs_unconstrained_tok_s") or 0 for s in target]
         colors = ["tab:blue" if s["backend"] == OURS else "tab:gray" for s in target]
-        ax.bar(range(len(vals)), vals, color=colors)
+        ax.bar(range(len(vals)), vals, color=colors, alpha=0.8, label="pooled tok/s ÷ unconstrained")
+        top = max(vals + [1.0])
+        for k, s in enumerate(target):  # each run against the unconstrained run nearest in time
+            per_run = [x for x in (nearest_ratio(runs or [], r, NONE) for r in (runs or [])
+                                   if r["phase"] == "target" and r["label"] == s["label"]) if x is not None]
+            if per_run:
+                ax.scatter([k] * len(per_run), per_run, color="black", s=12, zorder=3,
+                           label="single runs ÷ nearest unconstrained run" if k == 0 else None)
+                top = max(top, *per_run)
         for k, (v, s) in enumerate(zip(vals, target)):
-            ax.text(k, v + 0.02, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
-                    ha="center", fontsize=8)
+            ax.text(k + 0.42, v, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
+                    ha="right", va="bottom", fontsize=8)
+        ax.set_ylim(0, top * 1.15)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.9, color="tab:red", linestyle="--", linewidth=1, label="target 0.9x")
         ax.set_xticks(range(len(vals)), labels, rotation=20, fontsize=8)
         ax.set_ylabel("output tok/s ÷ unconstrained")
         ax.set_title(f"{title}\n{target[0]['concurrency']} concurrent, guided vs unconstrained", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = prefix.with_name(prefix.name + "_target.png")
         fig.savefig(path, dpi=110)
@@ -704,7 +714,16 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-prefix", type=Path, default=PLOT_PREFIX, help="writes PREFIX_sweep.png, PREFIX_target.png")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="print the tables and draw the plots of a results file; runs nothing")
     args = ap.parse_args(argv)
+
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        print_tables(results["summary"], args.target_concurrency)
+        if not args.no_plot:
+            print(plot(results["summary"], args.plot_prefix, results.get("plot_title", ""), results["runs"]))
+        return 0
 
     t_start = time.monotonic()
     if args.backends:
@@ -790,8 +809,9 @@ def main(argv=None) -> int:
     if not args.no_plot:
         title = (f"vLLM V0 CPU demo server ({info.get('cpus', '?')} CPUs), {args.max_tokens}-token completions"
                  if not args.base_url else f"{args.base_url} ({model}), {args.max_tokens}-token completions")
+        results["plot_title"] = title
         results["plots"] = [str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else p
-                            for p in plot(agg, args.plot_prefix, title)]
+                            for p in plot(agg, args.plot_prefix, title, bench.runs)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_name(args.json.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
