@@ -437,7 +437,7 @@ def _ms(x) -> str:
 def summarize(runs: list[dict]) -> dict:
     """Pooled over runs: tokens and requests over the summed wall time; latency percentiles over
     every request; validity counts over every guided output."""
-    res = [r for run in runs for r in run["results"]]
+    res = [r for run in runs for r in run.get("results", run.get("per_request", []))]
     ok = [r for r in res if r["status"] == 200]
     wall = sum(run["wall_s"] for run in runs)
     tokens = sum(r["tokens"] for r in ok)
@@ -453,6 +453,10 @@ def summarize(runs: list[dict]) -> dict:
         d["tokens"] += r["tokens"]
         if r["verdict"]:
             d[r["verdict"]] += 1
+    for kind, d in by_kind.items():
+        mine = [r for r in ok if r["kind"] == kind]
+        d["ttft_ms_p50"] = percentile([r["ttft"] * 1000 for r in mine if r["ttft"] is not None], 50)
+        d["latency_s_p50"] = percentile([r["latency"] for r in mine if r["latency"] is not None], 50)
     out = {
         "n_requests": len(res), "ok": len(ok), "errors": len(res) - len(ok),
         "output_tokens": tokens, "output_tok_s": tokens / wall if wall else 0.0,
@@ -515,10 +519,10 @@ def sweep_phase(bench: Bench, backends: list[str], concurrencies: list[int], rat
             bench.run("sweep", backend, ratio, c, max(4, 2 * c), kinds, label=label, rnd=rnd)
 
 
-def aggregate(bench: Bench) -> dict:
+def aggregate(all_runs: list[dict]) -> dict:
     agg: dict = {"target": [], "sweep": []}
     groups: dict = {}
-    for run in bench.runs:
+    for run in all_runs:
         groups.setdefault((run["phase"], run["label"], run["backend"], run["ratio"], run["concurrency"]), []).append(run)
     for (phase, label, backend, ratio, c), runs in groups.items():
         s = summarize(runs)
@@ -528,7 +532,7 @@ def aggregate(bench: Bench) -> dict:
             b = summarize(base)
             s["vs_unconstrained_tok_s"] = s["output_tok_s"] / b["output_tok_s"] if b["output_tok_s"] else None
             s["vs_unconstrained_req_s"] = s["request_s"] / b["request_s"] if b["request_s"] else None
-            pairs = [x for x in (nearest_ratio(bench.runs, r, NONE) for r in runs) if x is not None]
+            pairs = [x for x in (nearest_ratio(all_runs, r, NONE) for r in runs) if x is not None]
             s["vs_unconstrained_pair_median"] = percentile(pairs, 50)
         agg[phase].append(s)
     return agg
@@ -575,6 +579,26 @@ def print_tables(agg: dict, target_c: int) -> None:
                 for s in sorted(agg["sweep"], key=lambda s: (s["concurrency"], s["ratio"], s["backend"]))]
         print(format_table(["C", "ratio", "backend", "runs", "reqs", "tok/s", "req/s", "tok/req", "TTFT p50",
                             "TTFT p99", "TPOT p50", "TPOT p99", "vs unconstr.", "CPU s/1k tok", "valid", "err"], rows))
+
+
+def print_by_kind(agg: dict) -> None:
+    cells = [s for s in agg["sweep"] if s["ratio"] == 1.0]
+    if not cells:
+        return
+    kinds = sorted({k for s in cells for k in s["by_kind"]})
+    print("\n## Sweep, ratio 1.0: median TTFT ms / median latency s / outputs per kind")
+    rows = [(s["concurrency"], s["backend"], *(
+        "-" if k not in s["by_kind"] else
+        f"{_f(s['by_kind'][k].get('ttft_ms_p50'), 0)} / {_f(s['by_kind'][k].get('latency_s_p50'), 2)} / "
+        f"{s['by_kind'][k]['n']}" for k in kinds))
+            for s in sorted(cells, key=lambda s: (s["concurrency"], s["backend"]))]
+    print(format_table(["C", "backend", *kinds], rows))
+
+
+def print_fallbacks(eff: dict | None) -> None:
+    if eff:
+        print("\nserved by another backend (vLLM V0's fallback rules): " + "; ".join(
+            f"{b} {k} -> {e}" for b, d in eff.items() for k, e in d.items()))
 
 
 def plot(agg: dict, prefix: Path, title: str, runs: list[dict] | None = None) -> list[str]:
@@ -657,6 +681,31 @@ def plot(agg: dict, prefix: Path, title: str, runs: list[dict] | None = None) ->
 # ------------------------------------------------------------------------------------------------
 
 
+def effective_backends(backends: list[str], kinds: list[str]) -> dict | None:
+    """Which backend vLLM V0 really uses for each (backend, kind): vLLM's own fallback rules
+    (``maybe_backend_fallback``: xgrammar hands JSON Schemas with maxLength / maxItems / ... to
+    outlines, lm-format-enforcer hands grammars to xgrammar), applied to the specs sent. Needs vLLM
+    V0 (≤ 0.10) importable here; None otherwise."""
+    try:
+        from vllm.model_executor.guided_decoding import maybe_backend_fallback
+        from vllm.sampling_params import GuidedDecodingParams
+    except Exception:  # noqa: BLE001 - no vLLM, or one without V0 guided decoding
+        return None
+    out: dict = {}
+    for b in backends:
+        if b == OURS:
+            continue
+        for kind in kinds:
+            fields = {k.removeprefix("guided_"): v for k, v in SPECS[kind][0].items()}
+            try:
+                eff = maybe_backend_fallback(GuidedDecodingParams(**fields, backend=b)).backend
+            except Exception as e:  # noqa: BLE001
+                eff = f"error: {type(e).__name__}"
+            if eff != b:
+                out.setdefault(b, {})[kind] = eff
+    return out
+
+
 def loaded_plugin_paths(server) -> list[str]:
     """Where the server's processes loaded dotvllm_plugin's C extension from (/proc/PID/maps)."""
     found = set()
@@ -716,11 +765,25 @@ def main(argv=None) -> int:
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--from-json", type=Path, default=None,
                     help="print the tables and draw the plots of a results file; runs nothing")
+    ap.add_argument("--rewrite", action="store_true", help="with --from-json: write the recomputed summary back")
     args = ap.parse_args(argv)
 
     if args.from_json:
         results = json.loads(args.from_json.read_text())
+        results["summary"] = aggregate(results["runs"])  # this version's statistics
+        if results.get("effective_backend") is None and results.get("api", "v0") == "v0" and not results.get(
+                "machine", {}).get("client_only"):
+            kinds_sent = sorted({k for r in results["runs"] for k in r.get("kinds", [])} | set(results["kinds"])
+                                | {"regex_long", "json_long"}, key=list(SPECS).index)
+            results["effective_backend"] = effective_backends(results["backends"], kinds_sent)
+            results["effective_backend_note"] = "computed after the run by --from-json (vLLM's fallback rules)"
         print_tables(results["summary"], args.target_concurrency)
+        print_by_kind(results["summary"])
+        print_fallbacks(results.get("effective_backend"))
+        if args.rewrite:
+            tmp = args.from_json.with_name(args.from_json.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+            os.replace(tmp, args.from_json)
         if not args.no_plot:
             print(plot(results["summary"], args.plot_prefix, results.get("plot_title", ""), results["runs"]))
         return 0
@@ -778,6 +841,8 @@ def main(argv=None) -> int:
             info["plugin_loaded_from"] = loaded_plugin_paths(servers.server)
             log(f"dotvllm_plugin C extension mapped by the server from: {info['plugin_loaded_from']}")
         results["unsupported"] = bench.unsupported
+        if args.api == "v0":
+            results["effective_backend"] = effective_backends(backends, needed)
         if not args.skip_target:
             target_phase(bench, target_backends)
         if not args.skip_sweep:
@@ -790,7 +855,7 @@ def main(argv=None) -> int:
     info["uptime_after"] = uptime()
     results["wall_s"] = round(time.monotonic() - t_start, 1)
     results["skipped"] = bench.skipped
-    agg = aggregate(bench)
+    agg = aggregate(bench.runs)
     results["summary"] = agg
     results["runs"] = [{k: v for k, v in r.items() if k != "results"} | {"per_request": [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()} for x in r["results"]]}
@@ -804,6 +869,8 @@ def main(argv=None) -> int:
         print("not sent (refused or broke at warm-up): " + "; ".join(
             f"{b}/{k}: {why[:80]}" for b, d in bench.unsupported.items() for k, why in d.items()))
     print_tables(agg, args.target_concurrency)
+    print_by_kind(agg)
+    print_fallbacks(results.get("effective_backend"))
     if bench.skipped:
         print(f"\n{len(bench.skipped)} runs skipped (time budget or server)")
     if not args.no_plot:
