@@ -72,7 +72,8 @@ KINDS = ("regex", "choice", "json_schema", "json_object", "grammar")
 _TEST_SLEEP = "_test_sleep"  # spec = seconds to sleep, then compile the regex "x"
 _TEST_CRASH = "_test_crash"  # the worker process exits abruptly
 _TEST_ALLOCATE = "_test_allocate"  # spec = MB to allocate
-_TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH, _TEST_ALLOCATE)
+_TEST_SPIN = "_test_spin"  # spec = CPU seconds to burn, then compile the regex "x"
+_TEST_KINDS = (_TEST_SLEEP, _TEST_CRASH, _TEST_ALLOCATE, _TEST_SPIN)
 
 WORKER_MARKER_ENV = "DOTVLLM_COMPILE_WORKER"
 """Environment variable set in every compile worker: the pid of the process that started it."""
@@ -82,6 +83,23 @@ WORKER_NAME = "dotvllm-compile"
 _DISK_MAGIC = b"DOTVLLMC\x01"
 _DISK_SUFFIX = ".dotvllm"
 _WORKER_START_TIMEOUT_S = 300.0
+#: A compile past its timeout whose worker is still runnable but has had less CPU than the
+#: timeout (other processes, e.g. the engine of a busy CPU server, had priority over it) is given
+#: until this many times the timeout in wall-clock time before it is stopped.
+STARVED_WALL_FACTOR = 4.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_state(pid: int | None) -> tuple[str, float] | None:
+    """(scheduler state letter, CPU seconds used) of a process, from ``/proc``; None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -167,10 +185,15 @@ def _wait_for_eof(lifeline) -> None:
 
 
 def _init_worker(vocabulary, memory_limit_mb: int | None = None, parent_pid: int | None = None,
-                 lifeline=None) -> None:
+                 lifeline=None, nice: int = 0) -> None:
     """Pool initializer: runs once per worker process, with the pickled Vocabulary."""
     global _worker_compiler
     _tie_to_parent(parent_pid, lifeline)
+    if nice > 0:
+        # A long compile yields the CPU to the process it serves (on a server: the engine's decode
+        # steps and the API server's event loop) instead of competing with it as an equal.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     from .compiler import GrammarCompiler
 
     if memory_limit_mb:
@@ -214,6 +237,11 @@ def _worker_compile(kind: str, spec: Any, options: dict) -> tuple:
         elif kind == _TEST_ALLOCATE:
             block = bytearray(int(spec) * 1024 * 1024)
             cg = c.compile_regex("x" if block else "y")
+        elif kind == _TEST_SPIN:
+            end = time.process_time() + float(spec)
+            while time.process_time() < end:
+                pass
+            cg = c.compile_regex("x")
         else:
             raise CompilationError(f"unknown constraint kind {kind!r}; expected one of {', '.join(KINDS)}")
         return ("ok", cg.to_bytes(), time.perf_counter() - t0)
@@ -274,10 +302,11 @@ _SPAWN_LOCK = threading.Lock()
 class _Slot:
     """One worker process in its own executor, so that it can be killed without touching others."""
 
-    def __init__(self, vocabulary, index: int, memory_limit_mb: int | None = None):
+    def __init__(self, vocabulary, index: int, memory_limit_mb: int | None = None, nice: int = 0):
         self.index = index
         self._vocabulary = vocabulary
         self._memory_limit_mb = memory_limit_mb
+        self._nice = nice
         self.executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.pid: int | None = None
         self.closed = False
@@ -293,7 +322,7 @@ class _Slot:
             reader, writer = ctx.Pipe(duplex=False)
             executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=ctx, initializer=_init_worker,
-                initargs=(self._vocabulary, self._memory_limit_mb, os.getpid(), reader),
+                initargs=(self._vocabulary, self._memory_limit_mb, os.getpid(), reader, self._nice),
             )
             try:
                 with _main_module_hidden():
@@ -349,6 +378,9 @@ class _Slot:
         return bool(getattr(ex, "_broken", False))
 
 
+_START = "__start_worker__"  # the kind of the job :meth:`CompilationManager.start_workers` queues
+
+
 @dataclass
 class _Job:
     key: str
@@ -374,7 +406,10 @@ class CompilationManager:
     cache_dir : str or os.PathLike, optional
         Directory of the persistent cache; ``None`` disables it.
     timeout_s : float
-        Longest a single compile may run in a worker; it is then killed and replaced.
+        Longest a single compile may run in a worker; it is then killed and replaced. Counted in
+        wall-clock time, except that a worker still running that has had less CPU time than this
+        (it ran at ``worker_nice`` on a busy machine) is given up to ``STARVED_WALL_FACTOR`` times
+        as long.
     on_compile : callable, optional
         ``on_compile(kind, outcome, seconds, error)`` after every request, with ``outcome`` one of
         ``"hit"``, ``"miss"``, ``"error"`` (``error`` is the exception or ``None``). For metrics;
@@ -383,6 +418,9 @@ class CompilationManager:
         Address-space limit of each worker process (``RLIMIT_AS``); a compile that exceeds it
         fails with :class:`~dotvllm_plugin.errors.CompilationTooLargeError` and the worker is
         replaced. ``None``: no limit.
+    worker_nice : int
+        Niceness added to each worker process (``os.nice``; 0 = the parent's priority). A server
+        passes a positive value so that a long compile does not slow down the requests it serves.
     logger : logging.Logger, optional
         Where each compile is logged (kind, milliseconds, hit or miss, errors); default
         ``dotvllm_plugin.compilation``.
@@ -403,6 +441,7 @@ class CompilationManager:
         timeout_s: float = 60.0,
         on_compile: Callable[[str, str, float, BaseException | None], None] | None = None,
         memory_limit_mb: int | None = None,
+        worker_nice: int = 0,
         logger: logging.Logger | None = None,
         _allow_test_kinds: bool = False,
     ):
@@ -415,6 +454,7 @@ class CompilationManager:
         self.cache_size = int(cache_size)
         self.timeout_s = float(timeout_s)
         self.memory_limit_mb = memory_limit_mb
+        self.worker_nice = max(0, int(worker_nice))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -487,6 +527,23 @@ class CompilationManager:
             return shared
         return fut
 
+    def start_workers(self) -> concurrent.futures.Future:
+        """Start the worker processes now instead of at the first compile.
+
+        A server calls this while it starts, so that its first guided request does not pay for a
+        process start (and the streams already running do not wait while the parent spawns it).
+        The future resolves to the number of workers running once the job reached a dispatcher;
+        a worker that fails to start is logged and started again by the next compile.
+        """
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("CompilationManager is closed")
+            self._ensure_started()
+            self._jobs.put(_Job("", _START, None, {}, fut, time.perf_counter()))
+        return fut
+
     def compile(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None,
                 options: dict | None = None) -> CompileResult:
         """Blocking :meth:`submit`; raises the compile error."""
@@ -542,7 +599,9 @@ class CompilationManager:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if job is not None and job.kind == _START:
+                job.future.set_result(0)
+            elif job is not None:
                 self._finish(job, error=CompilationError("the compilation manager was closed"))
 
     def __enter__(self):
@@ -562,7 +621,7 @@ class CompilationManager:
         if self._threads:
             return
         for i in range(self.max_workers):
-            slot = _Slot(self.vocabulary, i, self.memory_limit_mb)
+            slot = _Slot(self.vocabulary, i, self.memory_limit_mb, self.worker_nice)
             self._slots.append(slot)
             t = threading.Thread(target=self._dispatch, args=(slot,), name=f"dotvllm-compile-{i}", daemon=True)
             self._threads.append(t)
@@ -580,6 +639,9 @@ class CompilationManager:
                 self._finish(job, error=CompilationError(f"internal error while compiling: {e!r}"))
 
     def _run(self, slot: _Slot, job: _Job) -> None:
+        if self._closed and job.kind == _START:
+            job.future.set_result(0)
+            return
         if self._closed:
             self._finish(job, error=CompilationError("the compilation manager was closed"))
             return
@@ -590,6 +652,15 @@ class CompilationManager:
             slot.kill()
             with self._lock:
                 self.stats["worker_restarts"] += 1
+        if job.kind == _START:
+            try:
+                if slot.executor is None:
+                    slot.start()
+            except Exception as e:  # noqa: BLE001
+                slot.kill()
+                self._log.warning("could not start a compile worker ahead of time: %r", e)
+            job.future.set_result(len(self.worker_pids))
+            return
         if slot.executor is None:
             try:
                 slot.start()
@@ -605,7 +676,7 @@ class CompilationManager:
             self._finish(job, error=CompilationError("the compilation manager was closed"))
             return
         try:
-            reply = executor.submit(_worker_compile, job.kind, job.spec, job.options).result(timeout=self.timeout_s)
+            reply = self._await_reply(executor.submit(_worker_compile, job.kind, job.spec, job.options), slot, t0)
         except concurrent.futures.TimeoutError:
             elapsed = time.perf_counter() - t0
             pid = slot.pid
@@ -670,6 +741,34 @@ class CompilationManager:
         self._remember(result)
         self._store_on_disk(result)
         self._finish(job, result=result, seconds=worker_seconds)
+
+    def _await_reply(self, future: concurrent.futures.Future, slot: _Slot, t0: float):
+        """The worker's reply, or ``TimeoutError`` once the compile has used ``timeout_s`` of CPU
+        time — or has stopped using CPU (a hung worker), or ran past ``STARVED_WALL_FACTOR`` times
+        the timeout in wall-clock time. Workers run at a lower priority (``worker_nice``): on a
+        saturated machine a compile gets less than a core, and counting wall-clock time alone
+        would stop compiles that were merely waiting their turn."""
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            pass
+        wall_limit = t0 + self.timeout_s * STARVED_WALL_FACTOR
+        logged = False
+        while True:
+            state = _cpu_state(slot.pid)
+            if state is None or state[0] != "R" or state[1] >= self.timeout_s:
+                raise concurrent.futures.TimeoutError
+            remaining = wall_limit - time.perf_counter()
+            if remaining <= 0:
+                raise concurrent.futures.TimeoutError
+            if not logged:
+                logged = True
+                self._log.info("compile worker %s: %.1f s of CPU time in %.1f s; waiting for it (machine busy)",
+                               slot.pid, state[1], time.perf_counter() - t0)
+            try:
+                return future.result(timeout=min(1.0, remaining))
+            except concurrent.futures.TimeoutError:
+                continue
 
     def _finish(self, job: _Job, *, result: CompileResult | None = None, error: BaseException | None = None,
                 seconds: float = 0.0) -> None:

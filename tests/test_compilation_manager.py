@@ -11,7 +11,14 @@ import time
 import pytest
 
 from dotvllm_plugin import CompiledGrammar, GrammarCompiler, GrammarMatcher
-from dotvllm_plugin.compilation_manager import _TEST_ALLOCATE, _TEST_CRASH, _TEST_SLEEP, CompilationManager, compile_key
+from dotvllm_plugin.compilation_manager import (
+    _TEST_ALLOCATE,
+    _TEST_CRASH,
+    _TEST_SLEEP,
+    _TEST_SPIN,
+    CompilationManager,
+    compile_key,
+)
 from dotvllm_plugin.errors import (
     CompilationError,
     CompilationTooLargeError,
@@ -495,3 +502,67 @@ def test_an_idle_worker_killed_from_outside_costs_no_request(vocab):
         _wait_gone([pid], timeout_s=5.0)
         assert m.compile("regex", "next[0-9]").grammar is not None
         assert m.worker_pids != [pid] and m.stats["worker_restarts"] == 1
+
+
+def test_start_workers_starts_them_before_any_compile(vocab):
+    rec = Recorder()
+    with CompilationManager(vocab, max_workers=1, on_compile=rec, worker_nice=5) as m:
+        assert m.worker_pids == []
+        assert m.start_workers().result(timeout=120) == 1
+        pid = m.worker_pids[0]
+        assert not _process_gone(pid, wait_s=0.2)
+        # Lower priority than ours by worker_nice (capped at 19 by the kernel).
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        assert rec.events == []  # not a compile: no metrics
+        # The first compile uses that worker.
+        assert m.compile("regex", "ab").grammar is not None
+        assert m.worker_pids == [pid]
+    # Closed: start_workers refuses, like submit.
+    with pytest.raises(RuntimeError):
+        m.start_workers()
+
+
+def test_a_starved_compile_is_not_stopped_at_the_wall_clock_timeout(vocab, monkeypatch):
+    """Past the wall-clock timeout, a worker that is runnable but has had little CPU time (lower
+    priority on a busy machine) is waited for, up to STARVED_WALL_FACTOR × the timeout. The
+    starvation is simulated: the worker sleeps 2.5 s while /proc is made to say "runnable, 0.1 s"."""
+    import dotvllm_plugin.compilation_manager as cm
+
+    with CompilationManager(vocab, max_workers=1, timeout_s=1.0, _allow_test_kinds=True) as m:
+        m.start_workers().result(timeout=120)
+        pid = m.worker_pids[0]
+        monkeypatch.setattr(cm, "_cpu_state", lambda p: ("R", 0.1) if p == pid else None)
+        assert m.compile(_TEST_SLEEP, 2.5).grammar is not None
+        assert m.stats["timeout"] == 0 and m.worker_pids == [pid]
+        # ... but not past STARVED_WALL_FACTOR × the timeout.
+        t0 = time.monotonic()
+        with pytest.raises(CompilationTimeoutError, match="took longer than 1 s"):
+            m.compile(_TEST_SLEEP, 30)
+        assert cm.STARVED_WALL_FACTOR * 1.0 <= time.monotonic() - t0 < cm.STARVED_WALL_FACTOR * 1.0 + 3
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_cpu_state_reads_proc():
+    from dotvllm_plugin.compilation_manager import _cpu_state
+
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    state, cpu = _cpu_state(os.getpid())
+    assert state == "R" and cpu >= 0.2
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        assert _cpu_state(sleeper.pid)[0] == "S"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert _cpu_state(None) is None and _cpu_state(2**22 + 12345) is None
+
+
+def test_a_compile_that_keeps_the_cpu_is_stopped_at_its_timeout(vocab):
+    with CompilationManager(vocab, max_workers=1, timeout_s=1.0, _allow_test_kinds=True) as m:
+        t0 = time.monotonic()
+        with pytest.raises(CompilationTimeoutError, match="took longer than 1 s"):
+            m.compile(_TEST_SPIN, 30)
+        assert time.monotonic() - t0 < 4.0  # not extended: it had its CPU time

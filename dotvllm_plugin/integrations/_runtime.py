@@ -133,6 +133,7 @@ def manager_for(vocabulary) -> CompilationManager:
                 cache_dir=os.environ.get("DOTVLLM_COMPILE_CACHE_DIR") or None,
                 timeout_s=_env_float("DOTVLLM_COMPILE_TIMEOUT_S", 60.0),
                 memory_limit_mb=_env_int("DOTVLLM_COMPILE_MEMORY_MB", 4096) or None,
+                worker_nice=_env_int("DOTVLLM_COMPILE_NICE", 19),
                 on_compile=record_compile,
                 logger=logging.getLogger("vllm.dotvllm_plugin.compilation"),
             )
@@ -188,6 +189,7 @@ _metrics_lock = threading.Lock()
 _compiles: dict[tuple[str, str], float] = defaultdict(float)  # (kind, outcome) -> count
 _seconds: dict[str, list] = {}  # kind -> [per-bucket counts (non-cumulative, + the +Inf bucket), sum, count]
 _requests: dict[str, float] = defaultdict(float)  # kind -> count (V1)
+_loads: dict[str, float] = defaultdict(float)  # "processor" / "grammar" -> count (V0 engine side)
 _installed = False
 
 
@@ -217,6 +219,7 @@ def _snapshot_locked() -> dict:
         "compiles": [[k, o, v] for (k, o), v in _compiles.items()],
         "seconds": {k: [list(v[0]), v[1], v[2]] for k, v in _seconds.items()},
         "requests": dict(_requests),
+        "loads": dict(_loads),
     }
 
 
@@ -308,6 +311,14 @@ def record_request(kind: str) -> None:
     _publish_soon()
 
 
+def record_load(what: str) -> None:
+    """V0: a logits processor unpickled (``"processor"``) or a compiled grammar rebuilt from its
+    bytes (``"grammar"``) in this process. Never raises."""
+    with _metrics_lock:
+        _loads[what] += 1
+    _publish_soon()
+
+
 def _merged() -> dict:
     """This process's values plus the latest snapshot of every other process of the server."""
     with _metrics_lock:
@@ -327,6 +338,7 @@ def _merged() -> dict:
     compiles: dict[tuple[str, str], float] = defaultdict(float)
     seconds: dict[str, list] = {}
     requests: dict[str, float] = defaultdict(float)
+    loads: dict[str, float] = defaultdict(float)
     for snap in snapshots:
         try:
             for kind, outcome, value in snap.get("compiles", ()):
@@ -339,9 +351,11 @@ def _merged() -> dict:
                 entry[2] += count
             for kind, value in snap.get("requests", {}).items():
                 requests[kind] += value
+            for what, value in snap.get("loads", {}).items():
+                loads[what] += value
         except (TypeError, ValueError):  # a snapshot of another format: skipped
             continue
-    return {"compiles": compiles, "seconds": seconds, "requests": requests}
+    return {"compiles": compiles, "seconds": seconds, "requests": requests, "loads": loads}
 
 
 class _Collector:
@@ -374,6 +388,14 @@ class _Collector:
             for kind, value in sorted(data["requests"].items()):
                 requests.add_metric([kind], value)
             yield requests
+        if data["loads"]:
+            loads = CounterMetricFamily("dotvllm_constraint_loads",
+                                        "V0: logits processors unpickled and compiled grammars rebuilt from bytes, "
+                                        "summed over the server's processes.",
+                                        labels=["what"])
+            for what, value in sorted(data["loads"].items()):
+                loads.add_metric([what], value)
+            yield loads
 
     def describe(self):
         return []

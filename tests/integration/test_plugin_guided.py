@@ -13,6 +13,9 @@ import json
 import os
 import random
 import re
+import statistics
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import lark
@@ -290,3 +293,61 @@ def test_corpus_schemas_round_trip(server, mistral_vocab, mistral_tokenizer):
             else:
                 assert reply.finish[i] == "length", (name, i, reply.finish[i], text)
     assert finished > 0, "no output of the sample finished within its token budget"
+
+
+# -- a compile never stalls the others -------------------------------------------------------------
+
+#: Compiles for about a second on a quiet 2-core machine (a 2^15-state DFA), several under load.
+SLOW_REGEX = "(a|b)*a(a|b){{14}}-{tag}"
+
+
+def _stream_times(base_url: str, body: dict, out: dict, started=None) -> None:
+    """Stream a completion; note the arrival time of every chunk that carries text."""
+    times, texts = [], []
+    with requests.post(base_url + COMPLETIONS, json={**body, "stream": True}, stream=True, timeout=300) as r:
+        out["status"] = r.status_code
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices"):
+                times.append(time.monotonic())
+                texts.append(chunk["choices"][0].get("text", ""))
+                if started is not None and len(times) == 80:
+                    started.set()
+    out["times"], out["text"] = times, "".join(texts)
+
+
+def test_a_long_compile_leaves_other_streams_unchanged(server):
+    """Issue [6 of 7]: while one request's constraint compiles for seconds, the unconstrained
+    streams beside it keep their inter-token latency (compile workers run at a lower priority and
+    start with the server, not at the first guided request)."""
+    streams = [{} for _ in range(2)]
+    started = threading.Event()
+    body = body_for(COMPLETIONS, "hello", max_tokens=900, temperature=1.0, ignore_eos=True)
+    threads = [threading.Thread(target=_stream_times, args=(server.base_url, body, out, started if i == 0 else None))
+               for i, out in enumerate(streams)]
+    for t in threads:
+        t.start()
+    assert started.wait(120), "the unconstrained streams did not start"
+    pattern = SLOW_REGEX.format(tag="".join(random.choices("xyz", k=12)))  # never in the cache
+    guided: dict = {}
+    sent = time.monotonic()
+    _stream_times(server.base_url, body_for(COMPLETIONS, "x", max_tokens=40, temperature=1.0,
+                                             guided_regex=pattern), guided)
+    for t in threads:
+        t.join(300)
+    assert guided["status"] == 200 and re.fullmatch(pattern, guided["text"]), guided
+    compiled = guided["times"][0]  # its first token: compile and prefill done
+    during, outside = [], []
+    for out in streams:
+        assert out["status"] == 200 and len(out["times"]) == 900, (out.get("status"), len(out.get("times", ())))
+        for a, b in zip(out["times"], out["times"][1:]):
+            (during if sent <= a and b <= compiled else outside).append(b - a)
+    # The guided request waited for its compile (it is not cached) while the others streamed.
+    assert len(during) >= 40, f"only {len(during)} tokens streamed while compiling; the test needs a slower compile"
+    assert len(outside) >= 100, f"only {len(outside)} tokens outside the compile"  # ≥ 158 before it
+    base, busy = statistics.median(outside), statistics.median(during)
+    assert busy <= 1.5 * base + 0.003, (
+        f"median inter-token latency {busy * 1e3:.1f} ms while compiling vs {base * 1e3:.1f} ms otherwise "
+        f"({len(during)} / {len(outside)} gaps; compile + prefill {compiled - sent:.2f} s)")

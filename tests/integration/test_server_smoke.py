@@ -73,3 +73,12 @@ def test_stop_kills_the_whole_process_group(vllm_server):
 def test_failed_startup_surfaces_the_server_log(demo_model_dir):
     with pytest.raises(ServerStartError, match=r"exited with code [1-9](?s:.*)invalid choice"):
         start_server(model_dir=demo_model_dir, extra_args=("--dtype", "no-such-dtype"), startup_timeout_s=120)
+
+
+def test_compile_workers_start_with_the_server(server):
+    """No guided request was sent in this module: the vocabulary and the compile worker come from
+    the start-up warm-up, and the worker runs at the lowest priority (DOTVLLM_COMPILE_NICE=19)."""
+    workers = [p for p in server.processes() if p.role == "compile-worker"]
+    assert len(workers) == 1, [(p.pid, p.role) for p in server.processes()]
+    assert os.getpriority(os.PRIO_PROCESS, workers[0].pid) == 19
+    assert "dotvllm: warm-up: vocabulary of 32000 tokens and 1 compile worker(s) ready" in server.log(max_chars=10**7)

@@ -22,6 +22,10 @@ the name in the module that *calls* it (the caller looks its globals up at call 
   ``response_format: {"type": "json_schema"}`` without a schema is an HTTP 400 that says what is
   missing (vLLM: an assertion, HTTP 500, on chat; unconstrained output on completions), whatever
   the backend.
+* ``vllm.entrypoints.openai.api_server.init_app_state`` (called by name from ``run_server``):
+  after it, build the vocabulary and start the compile workers (:func:`.runtime.warm_up`), so
+  the server is healthy only once they are ready and its first guided request does not stall the
+  requests already streaming. ``DOTVLLM_WARMUP=0`` turns it off.
 * ``vllm.model_executor.layers.logits_processor._apply_logits_processors`` (looked up at call time
   by ``LogitsProcessor.forward``): one masking operation per decode step for every sequence that
   carries our processor (:func:`.logits_processor.apply_step`); other processors run as before.
@@ -247,6 +251,31 @@ def _patch_step(done: list) -> None:
     _patch(lp, name, _step, done, label)
 
 
+def _warm_up_enabled() -> bool:
+    return os.environ.get("DOTVLLM_WARMUP", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _init_app_state(original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    async def init_app_state(*args, **kwargs):
+        result = await original(*args, **kwargs)
+        engine_client = signature.bind(*args, **kwargs).arguments.get("engine_client")
+        if engine_client is not None and _warm_up_enabled():
+            from .runtime import warm_up
+
+            try:
+                tokenizer = await engine_client.get_tokenizer()
+            except Exception as e:  # noqa: BLE001 - warm-up is an optimisation
+                logger.warning("dotvllm: no tokenizer to warm up with (%s: %s)", type(e).__name__, e)
+            else:
+                await warm_up(tokenizer)
+        return result
+
+    return init_app_state
+
+
 # -- apply -------------------------------------------------------------------------------------------
 
 def apply() -> list[str]:
@@ -286,6 +315,10 @@ def apply() -> list[str]:
                "vllm.entrypoints.openai.protocol.CompletionRequest.to_sampling_params")
         _patch(ChatCompletionRequest, "to_sampling_params", _chat_to_sampling_params, done,
                "vllm.entrypoints.openai.protocol.ChatCompletionRequest.to_sampling_params")
+        api_server = sys.modules.get("vllm.entrypoints.openai.api_server")
+        if api_server is not None and hasattr(api_server, "init_app_state"):
+            _patch(api_server, "init_app_state", _init_app_state, done,
+                   "vllm.entrypoints.openai.api_server.init_app_state")
         from . import metrics
 
         done.extend(metrics.install())

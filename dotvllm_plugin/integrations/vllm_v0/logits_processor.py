@@ -47,6 +47,7 @@ from ...compiler import CompiledGrammar, load_compiled
 from ...masks import StepMasker, _group_arrays
 from ...matcher import GrammarMatcher
 from ...transitions import DEAD, DONE, TokenTransitions
+from .._runtime import record_load
 
 __all__ = ["DotvllmLogitsProcessor", "apply_step"]
 
@@ -108,6 +109,7 @@ def _grammar_for(key: str, data: bytes, fingerprint: str, vocabulary_blob: bytes
             raise RuntimeError(f"received vocabulary {vocab.fingerprint[:12]}, expected {fingerprint[:12]}")
         register_vocabulary(vocab)
     g = load_compiled(data, vocab)
+    record_load("grammar")
     with _process_lock:
         _grammars[key] = g
         while len(_grammars) > _MAX_GRAMMARS_PER_PROCESS:
@@ -117,6 +119,7 @@ def _grammar_for(key: str, data: bytes, fingerprint: str, vocabulary_blob: bytes
 
 def _rebuild(key, data, fingerprint, vocabulary_blob, description, eos_token_ids=()):
     """Unpickle hook. Never raises (vLLM's engine process dies on an unpickling error)."""
+    record_load("processor")
     try:
         grammar = _grammar_for(key, data, fingerprint, vocabulary_blob)
     except Exception as e:  # noqa: BLE001

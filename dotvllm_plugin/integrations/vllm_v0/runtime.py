@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ...errors import CompilationError, DotvllmError, GrammarError
 from .._runtime import _lock, _vocabularies, add_vocabulary_hook, compile_kwargs, manager_for, vocabulary_for
 from .constraints import Constraint, GuidedRequestError, constraint_of
 from .logits_processor import DotvllmLogitsProcessor, register_vocabulary
 
-__all__ = ["build_processor", "build_processor_async", "manager_for", "precompile", "vocabulary_for"]
+__all__ = ["build_processor", "build_processor_async", "manager_for", "precompile", "vocabulary_for", "warm_up"]
 
 logger = logging.getLogger("vllm.dotvllm_plugin")
 
@@ -74,6 +75,25 @@ def build_processor(guided_params, tokenizer) -> DotvllmLogitsProcessor:
 async def precompile(constraints, tokenizer) -> None:
     """Compile ``constraints`` (warming the cache) before a response starts; raise ValueError subclasses."""
     await asyncio.gather(*(build_processor_async(c, tokenizer) for c in constraints))
+
+
+async def warm_up(tokenizer) -> None:
+    """Build the tokenizer's vocabulary and start the compile workers; never raises.
+
+    Called while the API server starts (before it answers ``/health``): otherwise the first guided
+    request pays for both, and the vocabulary build (pure Python, ~0.3 s for a 32k vocabulary,
+    ~1.6 s for 131k) holds the API server's interpreter while other requests stream.
+    """
+    t0 = time.perf_counter()
+    try:
+        vocab = await _vocabulary_async(tokenizer)
+        workers = await asyncio.wrap_future(manager_for(vocab).start_workers())
+    except Exception as e:  # noqa: BLE001 - the first request builds them instead
+        logger.warning("dotvllm: warm-up failed (%s: %s); the first guided request builds the vocabulary",
+                       type(e).__name__, e)
+        return
+    logger.info("dotvllm: warm-up: vocabulary of %d tokens and %d compile worker(s) ready in %.2f s",
+                len(vocab), workers, time.perf_counter() - t0)
 
 
 async def _vocabulary_async(tokenizer):

@@ -1,0 +1,85 @@
+"""Tensor parallel on the CPU build: ``vllm serve --tensor-parallel-size 2`` with the plugin.
+
+V0 runs the first rank (the driver) in the engine process and the second in a worker process it
+starts; logits processors run on the driver only, and the other ranks receive tensors, not
+sampling parameters. So our processor travels once per request (API server → engine process),
+is unpickled there once per request, its compiled grammar rebuilt once per process and cached, and
+nothing of ours is pickled per decoding step: the ``dotvllm_constraint_loads`` counters, summed
+over the server's processes, show it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import requests
+
+from dotvllm_plugin.devtools.client import body_for, metric_values, post
+from guided_cases import (
+    CHAT,
+    COMPLETIONS,
+    GRAMMAR,
+    REGEX,
+    SCHEMA,
+    check_choice,
+    check_grammar,
+    check_regex,
+    check_schema,
+)
+
+from .conftest import start_server
+
+TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def tp_server(demo_model_dir):
+    # One core per rank (the CPU build's automatic binding needs one NUMA node per rank).
+    srv = start_server(frontend="mp", model_dir=demo_model_dir,
+                       extra_args=["--tensor-parallel-size", "2"],
+                       extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _loads(server) -> dict[str, float]:
+    return {dict(k)["what"]: v for k, v in metric_values(server.base_url, "dotvllm_constraint_loads_total").items()}
+
+
+def test_two_ranks_serve_every_kind(tp_server):
+    assert "tensor_parallel_size=2" in tp_server.log(max_chars=10**7)
+    roles = [p.role for p in tp_server.processes()]
+    assert roles.count("mp-child") >= 2, roles  # the engine process and the second rank
+    cases = [
+        (COMPLETIONS, {"guided_regex": REGEX}, check_regex(REGEX)),
+        (CHAT, {"guided_json": SCHEMA}, check_schema),
+        (COMPLETIONS, {"guided_choice": ["red", "green", "blue"]}, check_choice),
+        (CHAT, {"guided_grammar": GRAMMAR}, check_grammar),
+    ]
+    for endpoint, params, check in cases:
+        for stream in (False, True):
+            reply = post(tp_server.base_url, endpoint,
+                         body_for(endpoint, "x", max_tokens=96, temperature=1.0, stream=stream, **params))
+            assert reply.status == 200, (params, reply.error)
+            assert reply.finish[0] == "stop" and check(reply.texts[0]), (params, reply.texts)
+    bad = post(tp_server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=8, guided_regex="(("))
+    assert bad.status == 400 and "guided_regex" in bad.error, bad.error
+    assert requests.get(tp_server.base_url + "/health", timeout=30).status_code == 200
+
+
+def test_constraints_are_loaded_once_per_request_not_per_step(tp_server):
+    pattern = "tp-[a-z]{30}"  # a new constraint: one grammar rebuilt in the engine process
+    before = _loads(tp_server)
+    requests_sent = 4
+    for _ in range(requests_sent):
+        reply = post(tp_server.base_url, COMPLETIONS,
+                     body_for(COMPLETIONS, "x", max_tokens=TOKENS, temperature=1.0, guided_regex=pattern))
+        assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0]), reply.texts
+    after = _loads(tp_server)
+    # One processor unpickled per request (each request generated 34 tokens: per step would be
+    # 4 × 34), one grammar rebuilt in the whole server.
+    assert after.get("processor", 0) - before.get("processor", 0) == requests_sent, (before, after)
+    assert after.get("grammar", 0) - before.get("grammar", 0) == 1, (before, after)
