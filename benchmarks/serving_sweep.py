@@ -649,18 +649,28 @@ def plot(agg: dict, prefix: Path, title: str, runs: list[dict] | None = None) ->
         labels = [s["label"] for s in target]
         vals = [s.get("vs_unconstrained_tok_s") or 0 for s in target]
         colors = ["tab:blue" if s["backend"] == OURS else "tab:gray" for s in target]
-        ax.bar(range(len(vals)), vals, color=colors, alpha=0.8, label="pooled tok/s ÷ unconstrained")
+        ax.bar([k - 0.2 for k in range(len(vals))], vals, width=0.4, color=colors, alpha=0.8,
+               label="pooled tok/s ÷ unconstrained (wall clock)")
+        base = next((s for s in agg["target"] if s["label"] == NONE), {})
+        cpu = [base.get("server_cpu_s_per_1k_tokens") / s["server_cpu_s_per_1k_tokens"]
+               if base.get("server_cpu_s_per_1k_tokens") and s.get("server_cpu_s_per_1k_tokens") else 0
+               for s in target]
+        if any(cpu):
+            ax.bar([k + 0.2 for k in range(len(cpu))], cpu, width=0.4, color=colors, alpha=0.35, hatch="//",
+                   label="unconstrained's server CPU s/token ÷ this one's")
+            for k, v in enumerate(cpu):
+                ax.text(k + 0.2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
         top = max(vals + [1.0])
         for k, s in enumerate(target):  # each run against the unconstrained run nearest in time
             per_run = [x for x in (nearest_ratio(runs or [], r, NONE) for r in (runs or [])
                                    if r["phase"] == "target" and r["label"] == s["label"]) if x is not None]
             if per_run:
-                ax.scatter([k] * len(per_run), per_run, color="black", s=12, zorder=3,
+                ax.scatter([k - 0.2] * len(per_run), per_run, color="black", s=12, zorder=3,
                            label="single runs ÷ nearest unconstrained run" if k == 0 else None)
                 top = max(top, *per_run)
         for k, (v, s) in enumerate(zip(vals, target)):
-            ax.text(k + 0.42, v, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
-                    ha="right", va="bottom", fontsize=8)
+            ax.text(k - 0.2, v, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
+                    ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, top * 1.15)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.9, color="tab:red", linestyle="--", linewidth=1, label="target 0.9x")
