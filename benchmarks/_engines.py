@@ -163,6 +163,7 @@ class Ours(Engine):
         return KINDS.get("json_schema")
 
     def compile(self, kind, spec):
+        _clear_memo_tables()
         if kind == "regex":
             return self.compiler.compile_regex(spec)
         if self._json_kind is not None:  # exactly what the plugin runs for a request without options
@@ -186,6 +187,18 @@ class Ours(Engine):
     def ops(self, handle, bitmask):
         m = self._matcher_cls(handle)
         return functools.partial(m.fill_next_token_bitmask, bitmask), m.accept_token, m.is_completed
+
+
+def _clear_memo_tables() -> None:
+    """Cold compiles: empty the process-wide memo tables of the JSON Schema translator (pure
+    functions of code-point sets, kept across requests in a server's compile worker)."""
+    try:
+        from dotvllm_plugin.grammar.json_schema import text
+    except ImportError:  # an older core (--core-ref)
+        return
+    for fn in (getattr(text, "encode_set", None), getattr(text, "intersect", None)):
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
 
 
 class XGrammar(Engine):

@@ -224,7 +224,8 @@ def tables(summaries: dict, n: int):
     return (h1, r1), (h2, r2)
 
 
-COLD = ("cold: one long-lived worker per engine with result caches off (ours cache_size=0, xgrammar "
+COLD = ("cold: one long-lived worker per engine with result caches off (ours cache_size=0 and the JSON "
+        "Schema translator's memo tables emptied before each compile, xgrammar "
         "cache_enabled=False, llguidance/outlines-core keep none), so no cache outlives a schema; "
         "per-vocabulary tables built at start-up stay warm")
 

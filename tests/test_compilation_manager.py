@@ -560,9 +560,28 @@ def test_cpu_state_reads_proc():
     assert _cpu_state(None) is None and _cpu_state(2**22 + 12345) is None
 
 
-def test_a_compile_that_keeps_the_cpu_is_stopped_at_its_timeout(vocab):
+def test_a_compile_that_had_its_cpu_time_is_stopped_at_its_timeout(vocab, monkeypatch):
+    """Runnable and past the timeout in CPU time too: stopped at the timeout, not extended."""
+    import dotvllm_plugin.compilation_manager as cm
+
     with CompilationManager(vocab, max_workers=1, timeout_s=1.0, _allow_test_kinds=True) as m:
+        m.start_workers().result(timeout=120)
+        pid = m.worker_pids[0]
+        monkeypatch.setattr(cm, "_cpu_state", lambda p: ("R", 1.0) if p == pid else None)
         t0 = time.monotonic()
         with pytest.raises(CompilationTimeoutError, match="took longer than 1 s"):
-            m.compile(_TEST_SPIN, 30)
-        assert time.monotonic() - t0 < 4.0  # not extended: it had its CPU time
+            m.compile(_TEST_SLEEP, 30)
+        assert time.monotonic() - t0 < 3.0
+        assert _process_gone(pid)
+
+
+def test_a_spinning_compile_is_stopped(vocab):
+    """A real CPU-bound runaway (no simulation): stopped within the starved-worker allowance."""
+    import dotvllm_plugin.compilation_manager as cm
+
+    with CompilationManager(vocab, max_workers=1, timeout_s=1.0, _allow_test_kinds=True) as m:
+        m.start_workers().result(timeout=120)
+        t0 = time.monotonic()
+        with pytest.raises(CompilationTimeoutError, match="took longer than 1 s"):
+            m.compile(_TEST_SPIN, 60)
+        assert time.monotonic() - t0 < cm.STARVED_WALL_FACTOR * 1.0 + 5

@@ -20,6 +20,7 @@ literally), no surrogate code points anywhere in the regex text, only positive c
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Iterable, Sequence
 
@@ -43,6 +44,7 @@ def complement(ranges: Ranges) -> Ranges:
     return tuple(charsets.complement(ranges))
 
 
+@functools.lru_cache(maxsize=8192)
 def intersect(a: Ranges, b: Ranges) -> Ranges:
     return complement(normalize(complement(a) + complement(b)))
 
@@ -137,6 +139,7 @@ _ESCAPABLE = {0x22: '\\\\"', 0x5C: "\\\\\\\\", 0x08: "\\\\b", 0x0C: "\\\\f", 0x0
               0x09: "\\\\t", 0x2F: "\\\\/"}
 
 
+@functools.lru_cache(maxsize=8192)  # "any character but these few" is asked for at every node of a name trie
 def encode_set(ranges: Ranges) -> str | None:
     """Regex for one JSON character from ``ranges`` (``None`` when empty).
 
