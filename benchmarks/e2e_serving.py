@@ -16,6 +16,10 @@ Correctness first: every output in the throughput runs is checked against its co
 Prints tables and writes ``benchmarks/results/e2e_serving.json``. Bounded in time (``--budget-s``).
 
     .venv/bin/python benchmarks/e2e_serving.py [--budget-s 900] [--backends ours,xgrammar,...]
+
+The sweep over structured-output ratio and concurrency (TTFT, TPOT, tokens/s and requests/s,
+every output validated, backends interleaved ABBA, ``--base-url`` for a running server) is
+``benchmarks/serving_sweep.py``, which reuses this file's server handling and helpers.
 """
 
 from __future__ import annotations

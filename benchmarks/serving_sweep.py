@@ -523,7 +523,8 @@ def aggregate(all_runs: list[dict]) -> dict:
     agg: dict = {"target": [], "sweep": []}
     groups: dict = {}
     for run in all_runs:
-        groups.setdefault((run["phase"], run["label"], run["backend"], run["ratio"], run["concurrency"]), []).append(run)
+        key = (run["phase"], run["label"], run["backend"], run["ratio"], run["concurrency"])
+        groups.setdefault(key, []).append(run)
     for (phase, label, backend, ratio, c), runs in groups.items():
         s = summarize(runs)
         s.update({"label": label, "backend": backend, "ratio": ratio, "concurrency": c, "runs": len(runs)})
