@@ -845,8 +845,8 @@ def main(argv=None) -> int:
     try:
         if servers:
             servers.ensure()
-        needed = sorted(set(kinds) | ({"regex_long", "json_long"} if not args.skip_target else set()),
-                        key=list(SPECS).index)
+        needed = sorted((set(kinds) if not args.skip_sweep else set())
+                        | ({"regex_long", "json_long"} if not args.skip_target else set()), key=list(SPECS).index)
         results["warm_up"] = bench.warm_up(backends, needed)
         if servers and servers.server is not None:
             info["plugin_loaded_from"] = loaded_plugin_paths(servers.server)
