@@ -666,12 +666,13 @@ def plot(agg: dict, prefix: Path, title: str, runs: list[dict] | None = None) ->
             per_run = [x for x in (nearest_ratio(runs or [], r, NONE) for r in (runs or [])
                                    if r["phase"] == "target" and r["label"] == s["label"]) if x is not None]
             if per_run:
-                ax.scatter([k - 0.2] * len(per_run), per_run, color="black", s=12, zorder=3,
+                ax.scatter([k - 0.32] * len(per_run), per_run, color="black", s=12, zorder=3,
                            label="single runs ÷ nearest unconstrained run" if k == 0 else None)
                 top = max(top, *per_run)
         for k, (v, s) in enumerate(zip(vals, target)):
-            ax.text(k - 0.2, v, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
-                    ha="center", va="bottom", fontsize=8)
+            ax.text(k - 0.2, v + 0.01, f"{v:.2f}x" + ("" if not s["invalid"] else f"\n{s['invalid']} invalid"),
+                    ha="center", va="bottom", fontsize=8, bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
+                    zorder=4)
         ax.set_ylim(0, top * 1.15)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.9, color="tab:red", linestyle="--", linewidth=1, label="target 0.9x")
