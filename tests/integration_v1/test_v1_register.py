@@ -101,9 +101,11 @@ def test_unknown_version_is_refused_with_one_line_and_no_exception():
 def test_version_gate_knows_the_checked_v1_releases_only():
     from dotvllm_plugin.integrations import supported_engine
 
-    for version in ("0.11.2", "0.11.2.post2", "0.20.2", "0.28.0", "0.29.0", "0.32.0", "0.32.0+cpu", "0.33.0",
+    for version in ("0.11.2", "0.11.2.post2", "0.14.1", "0.15.0", "0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2",
+                    "0.21.0", "0.22.1", "0.24.0", "0.27.1", "0.28.0", "0.29.0", "0.32.0", "0.32.0+cpu", "0.33.0",
                     "0.34.0"):
         assert supported_engine(version) == "v1", version
-    for version in ("0.10.2", "0.11.1", "0.12.0", "0.20.1", "0.21.0", "0.27.0", "0.35.0", "not-a-version"):
+    for version in ("0.10.2", "0.11.1", "0.12.0", "0.12.0.post2", "0.13.0", "0.14.0", "0.25.0", "0.26.0", "0.27.0",
+                    "0.35.0", "not-a-version"):
         assert supported_engine(version) is None, version
     assert supported_engine("0.9.2") == "v0"
