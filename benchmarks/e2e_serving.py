@@ -28,7 +28,6 @@ import argparse
 import concurrent.futures as cf
 import datetime as dt
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from dotvllm_plugin.demo import (  # noqa: E402
     PERSON_SCHEMA,
     DemoRequest,
@@ -428,10 +428,7 @@ def main(argv=None) -> int:
             summary[r["backend"]][1] += 1
         results["matrix_summary"] = {b: {"ok": ok, "total": n} for b, (ok, n) in summary.items()}
         print("\n" + format_table(["backend", "ok / total"], [(b, f"{ok}/{n}") for b, (ok, n) in summary.items()]))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.json)
+    write_json(args.json, results)
     print(f"\nwrote {args.json} ({results['wall_s']:.0f} s)")
     return 0
 

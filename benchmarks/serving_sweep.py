@@ -65,6 +65,7 @@ from e2e_serving import (  # noqa: E402
     machine_info,
 )
 
+from benchmarks._common import write_json  # noqa: E402
 from dotvllm_plugin.demo import Check, choice_check, grammar_check, json_check, judge, regex_check  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "e2e_sweep.json"
@@ -891,10 +892,7 @@ def main(argv=None) -> int:
         results["plot_title"] = title
         results["plots"] = [str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else p
                             for p in plot(agg, args.plot_prefix, title, bench.runs)]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.json)
+    write_json(args.json, results)
     print(f"\nwrote {args.json} ({results['wall_s']:.0f} s){' and ' + ', '.join(results.get('plots', []))}")
     return 0
 
