@@ -26,8 +26,8 @@ SUPPORTED_VLLM = (">=0.11.2,<0.12", ">=0.14.1,<0.25", ">=0.27.1,<0.35")
 """vLLM releases whose V1 structured-output interfaces this integration was checked against (any
 one of these version ranges; the releases between them are refused until checked, see
 docs/installation.md#other-v1-releases): served and tested on the CPU builds of 0.11.2, 0.14.1,
-0.16.0, 0.17.1, 0.20.2, 0.21.0, 0.24.0 and 0.27.1 - 0.32.0. The releases inside
-``>=0.14.1,<0.25`` that were not served (0.15, 0.17.0, 0.18, 0.19, 0.20.0 - 0.20.1, 0.22, 0.23) are
+0.16.0, 0.17.1, 0.18.1, 0.20.2, 0.21.0, 0.24.0 and 0.27.1 - 0.32.0. The releases inside
+``>=0.14.1,<0.25`` that were not served (0.15, 0.17.0, 0.18.0, 0.19, 0.20.0 - 0.20.1, 0.22, 0.23) are
 accepted because each vLLM function the integration wraps or most directly depends on (listed in
 docs/installation.md) has there the same source as in a served release; no server of them was run;
 0.33 and 0.34, which have no CPU build, at import level (every patch applies, the routing tests
