@@ -532,17 +532,35 @@ class CompilationManager:
 
         A server calls this while it starts, so that its first guided request does not pay for a
         process start (and the streams already running do not wait while the parent spawns it).
-        The future resolves to the number of workers running once the job reached a dispatcher;
-        a worker that fails to start is logged and started again by the next compile.
+        One start job per worker is queued (an idle dispatcher takes each; one that is busy
+        leaves its worker to the next compile). The future resolves to the number of workers
+        running once every job is done; a worker that fails to start is logged and started again
+        by the next compile.
         """
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        fut.set_running_or_notify_cancel()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_running_or_notify_cancel()
+        jobs = [concurrent.futures.Future() for _ in range(self.max_workers)]
+        for f in jobs:
+            f.set_running_or_notify_cancel()
         with self._lock:
             if self._closed:
                 raise RuntimeError("CompilationManager is closed")
             self._ensure_started()
-            self._jobs.put(_Job("", _START, None, {}, fut, time.perf_counter()))
-        return fut
+            for f in jobs:
+                self._jobs.put(_Job("", _START, None, {}, f, time.perf_counter()))
+        remaining = [len(jobs)]
+        count_lock = threading.Lock()
+
+        def one_done(_):
+            with count_lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                done.set_result(len(self.worker_pids))
+
+        for f in jobs:
+            f.add_done_callback(one_done)
+        return done
 
     def compile(self, kind: str, spec: Any = None, *, whitespace_pattern: str | None = None,
                 options: dict | None = None) -> CompileResult:
@@ -600,7 +618,7 @@ class CompilationManager:
             except queue.Empty:
                 break
             if job is not None and job.kind == _START:
-                job.future.set_result(0)
+                job.future.set_result(None)
             elif job is not None:
                 self._finish(job, error=CompilationError("the compilation manager was closed"))
 
@@ -640,7 +658,7 @@ class CompilationManager:
 
     def _run(self, slot: _Slot, job: _Job) -> None:
         if self._closed and job.kind == _START:
-            job.future.set_result(0)
+            job.future.set_result(None)
             return
         if self._closed:
             self._finish(job, error=CompilationError("the compilation manager was closed"))
@@ -659,7 +677,7 @@ class CompilationManager:
             except Exception as e:  # noqa: BLE001
                 slot.kill()
                 self._log.warning("could not start a compile worker ahead of time: %r", e)
-            job.future.set_result(len(self.worker_pids))
+            job.future.set_result(None)
             return
         if slot.executor is None:
             try:

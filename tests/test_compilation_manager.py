@@ -522,6 +522,12 @@ def test_start_workers_starts_them_before_any_compile(vocab):
         m.start_workers()
 
 
+def test_start_workers_starts_every_worker(vocab):
+    with CompilationManager(vocab, max_workers=2) as m:
+        assert m.start_workers().result(timeout=240) == 2
+        assert len(set(m.worker_pids)) == 2
+
+
 def test_a_starved_compile_is_not_stopped_at_the_wall_clock_timeout(vocab, monkeypatch):
     """Past the wall-clock timeout, a worker that is runnable but has had little CPU time (lower
     priority on a busy machine) is waited for, up to STARVED_WALL_FACTOR × the timeout. The
