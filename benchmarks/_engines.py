@@ -193,12 +193,10 @@ def _clear_memo_tables() -> None:
     """Cold compiles: empty the process-wide memo tables of the JSON Schema translator (pure
     functions of code-point sets, kept across requests in a server's compile worker)."""
     try:
-        from dotvllm_plugin.grammar.json_schema import text
+        from dotvllm_plugin.grammar.json_schema.text import clear_memos
     except ImportError:  # an older core (--core-ref)
         return
-    for fn in (getattr(text, "encode_set", None), getattr(text, "intersect", None)):
-        if hasattr(fn, "cache_clear"):
-            fn.cache_clear()
+    clear_memos()
 
 
 class XGrammar(Engine):
