@@ -147,6 +147,39 @@ _ACCEPT = "accept"
 #: :meth:`PushdownGrammar.step` met a lexeme several terminals type: the caller follows every reading.
 _FORK = "fork"
 _lark_lock = threading.Lock()
+_lark_scope = threading.local()
+
+
+def _nullable(rules) -> set:
+    """The nullable non-terminals of lark rules: a worklist over each rule's count of symbols not
+    yet known nullable, linear in the grammar's size."""
+    pending, users, nullable, work = [], {}, set(), []
+    for i, rule in enumerate(rules):
+        pending.append(len(rule.expansion))
+        for sym in rule.expansion:
+            users.setdefault(sym, []).append(i)
+        if not rule.expansion:
+            work.append(rule.origin)
+    while work:
+        sym = work.pop()
+        if sym in nullable:
+            continue
+        nullable.add(sym)
+        for i in users.get(sym, ()):
+            pending[i] -= 1  # once per occurrence of sym in rule i
+            if pending[i] == 0:
+                work.append(rules[i].origin)
+    return nullable
+
+
+def _calculate_sets(rules):
+    """lark's ``grammar_analysis.calculate_sets`` while :func:`_lalr_tables` runs lark's LALR analysis
+    (in that scope only, and on this thread only): LALR needs NULLABLE alone, and lark's fixpoint
+    for FIRST and FOLLOW is quadratic in the length of a rule (a large share of a JSON Schema's
+    compile). Any other caller gets lark's own function."""
+    if getattr(_lark_scope, "nullable_only", False):
+        return {}, {}, _nullable(rules)
+    return _calculate_sets.original(rules)
 
 
 # -- compile: terminals and contextual lexers -----------------------------------------------------
@@ -485,6 +518,7 @@ def _lalr_tables(grammar: Grammar):
     from lark.grammar import NonTerminal
     from lark.grammar import Rule as LarkRule
     from lark.grammar import Terminal as LarkTerminal
+    from lark.parsers import grammar_analysis
     from lark.parsers.lalr_analysis import LALR_Analyzer
 
     term_names = [t.name for t in grammar.terminals]
@@ -497,6 +531,10 @@ def _lalr_tables(grammar: Grammar):
         seen.add(key)
         rules.append(LarkRule(NonTerminal(r.origin), [LarkTerminal(s) if s in term_set else NonTerminal(s) for s in r.expansion]))
     with _lark_lock:
+        if grammar_analysis.calculate_sets is not _calculate_sets:
+            _calculate_sets.original = grammar_analysis.calculate_sets
+            grammar_analysis.calculate_sets = _calculate_sets
+        _lark_scope.nullable_only = True
         try:
             analyzer = LALR_Analyzer(ParserConf(rules, {}, [grammar.start]), debug=False, strict=False)
             analyzer.compute_lr0_states()
@@ -507,6 +545,8 @@ def _lalr_tables(grammar: Grammar):
             raise GrammarError(f"the grammar cannot be analysed: {str(e).strip().splitlines()[0]}") from e
         except RecursionError as e:
             raise GrammarError("the grammar nests too deeply to analyse") from e
+        finally:
+            _lark_scope.nullable_only = False
     itemsets = sorted(analyzer.lr0_itemsets, key=lambda its: sorted(map(repr, its.kernel)))
     index = {its: i for i, its in enumerate(itemsets)}
     nonterms = sorted({r.origin for r in grammar.rules})
