@@ -189,7 +189,7 @@ def _terminal_dfa(t: Terminal):
     from .regex import regex_to_dfa
 
     try:
-        dfa = regex_to_dfa(t.regex)
+        dfa = regex_to_dfa(t.regex, tree=t.tree)
     except GrammarError as e:
         raise type(e)(f"{t.describe()}: {e}") from e
     if dfa.accepting[dfa.initial] and t.nonempty:

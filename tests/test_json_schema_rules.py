@@ -242,3 +242,36 @@ def test_lexemes_with_several_readings(byte_vocab, name):
                 assert probe.accept_token(t) == (t in allowed), (text, m, t)
             assert m.accept_token(ch)
         assert m.is_completed()
+
+
+def test_terminal_trees_build_the_same_automata_as_their_text():
+    """The translator hands each terminal's parse tree to the engine (no second parse of the text):
+    on every 16th corpus schema, every terminal's automaton from its tree equals the one Python's
+    parser reads from its regex text, state for state."""
+    import glob
+    import os
+
+    import numpy as np
+
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    corpus = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "jsonschemabench-dev")
+    files = sorted(glob.glob(os.path.join(corpus, "*.json")))[::16]
+    if not files:
+        pytest.skip("the JSONSchemaBench corpus is not beside the repository")
+    checked = 0
+    for path in files:
+        with open(path) as f:
+            doc = json.load(f)
+        try:
+            grammar = json_schema_to_ir(doc.get("schema", doc))
+        except GrammarError:
+            continue
+        for t in getattr(grammar, "terminals", ()):
+            if t.tree is None or len(t.regex) > 2000:
+                continue
+            a, b = regex_to_dfa(t.regex), regex_to_dfa(t.regex, tree=t.tree)
+            assert a.initial == b.initial and np.array_equal(a.accepting, b.accepting), (path, t.regex)
+            assert np.array_equal(a.transitions, b.transitions), (path, t.regex)
+            checked += 1
+    assert checked > 200

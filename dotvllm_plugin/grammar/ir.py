@@ -58,6 +58,9 @@ class Terminal:
     source: str = ""
     where: str = ""
     nonempty: bool = False
+    #: Python's parse tree of ``regex`` where the front end already holds it (generated grammars):
+    #: the automaton is built from it without parsing the text again
+    tree: object = field(default=None, compare=False, repr=False)
 
     def lark_order(self) -> tuple:
         """Sort key of lark's lexer: the first terminal in this order that matches wins."""

@@ -21,7 +21,7 @@ __all__ = ["MAX_DFA_STATES", "ByteDFA", "byte_classes", "check_regex", "reachabl
 
 
 def regex_to_dfa(
-    pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True, check_syntax: bool = True
+    pattern: str, *, max_states: int = MAX_DFA_STATES, fast: bool = True, check_syntax: bool = True, tree=None
 ) -> ByteDFA:
     """Compile ``pattern`` (full-match semantics, Python ``re`` dialect) into a trimmed byte DFA.
 
@@ -31,8 +31,11 @@ def regex_to_dfa(
     tests, for the plain constructs only (it refuses ``\\d \\w \\s``-style classes outside ``(?a)``
     and literal braces, which interegular reads differently from ``re``).
     ``check_syntax=False`` skips the text-only checks, for regexes this package generated itself.
+    ``tree``: ``pattern``'s parse tree (``re._parser.parse``) where the caller already has it (a
+    generated regex: the text checks are skipped too).
     """
-    tree = parse_tree(pattern, check_text=check_syntax)
+    if tree is None or not fast:
+        tree = parse_tree(pattern, check_text=check_syntax)
     if fast:
         try:
             trans, accepting = sre_glushkov_dfa(

@@ -171,6 +171,11 @@ def _nullable(items) -> bool:
 MAX_RULE_REPEAT = 256
 
 
+#: A parse of the empty pattern: its state (flags as ``re`` sets them for a ``str`` pattern) is what
+#: every terminal's tree shares (the translator's regexes set no global flags).
+_UNFLAGGED = P.parse("")
+
+
 class _Writer:
     def __init__(self, flag_prefix: str, names: dict[int, str]):
         self.flag_prefix = flag_prefix
@@ -183,11 +188,14 @@ class _Writer:
         self._n += 1
         return f"{stem}_{self._n}"
 
-    def terminal(self, regex: str, nonempty: bool) -> str:
+    def terminal(self, regex: str, nonempty: bool, items=None) -> str:
         key = self.flag_prefix + regex
         t = self.terminals.get((key, nonempty))
         if t is None:
-            t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex)
+            # the parse tree travels with the text (the automaton is built without parsing it again)
+            # where no flag prefix changes how the text reads
+            tree = P.SubPattern(_UNFLAGGED.state, list(items)) if items is not None and not self.flag_prefix else None
+            t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree)
             self.terminals[(key, nonempty)] = t
         return t.name
 
@@ -246,10 +254,10 @@ class _Writer:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
         regex = unparse(items)
         if not _nullable(items):
-            return (self.terminal(regex, False),)
+            return (self.terminal(regex, False, items),)
         if regex in ("", "(?:)"):
             return ()
-        t = self.terminal(regex, True)
+        t = self.terminal(regex, True, items)
         return (self.rule("opt", [(), (t,)]),)
 
     def node(self, op, av) -> tuple[str, ...]:
