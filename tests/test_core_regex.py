@@ -618,3 +618,20 @@ def test_every_eos_id_is_allowed_where_complete_even_in_one_mask_word(use_c, mon
     matcher.fill_next_token_bitmask(mask)
     allowed = {i for i in range(vocab.size) if mask[0, i // 32] >> (i % 32) & 1}
     assert {1, 2, 3 + ord("a"), 259} <= allowed and 0 not in allowed
+
+
+@pytest.mark.parametrize("pattern", ['"name":', ",", r"\{", "null", "a", "h\u00e9llo \u4e16\U0001F600", r"a\.b\*", "(?i)Ab", r"\ud800x"])
+def test_literal_patterns_build_the_general_automaton(pattern):
+    """A pattern that is one literal string takes a direct construction: the same automaton, state
+    for state, as the general construction builds for the same string inside a group (which the
+    shortcut does not take); flags that change matching and surrogates keep the general path."""
+    try:
+        direct = regex_to_dfa(pattern)
+    except Exception as e:  # noqa: BLE001 - refused texts must be refused alike
+        with pytest.raises(type(e)):
+            regex_to_dfa(f"(?:{pattern})")
+        return
+    general = regex_to_dfa(f"(?:{pattern})" if not pattern.startswith("(?i)") else f"(?i)(?:{pattern[4:]})")
+    assert direct.initial == general.initial
+    assert np.array_equal(direct.accepting, general.accepting)
+    assert np.array_equal(direct.transitions, general.transitions)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..errors import RegexSyntaxError, UnsupportedFeatureError
 from .automaton import MAX_DFA_STATES, Builder, ByteDFA, byte_classes, byte_dfa_from_fsm, reachable, trim
 from .charsets import char_class_ranges, utf8_sequences
@@ -37,6 +39,9 @@ def regex_to_dfa(
     if tree is None or not fast:
         tree = parse_tree(pattern, check_text=check_syntax)
     if fast:
+        literal = _literal_bytes(tree)
+        if literal is not None and len(literal) < max_states:
+            return _chain(literal)
         try:
             trans, accepting = sre_glushkov_dfa(
                 tree,
@@ -64,6 +69,33 @@ def regex_to_dfa(
     except Exception as e:  # interegular raises bare Exception for e.g. a{3,1}
         raise RegexSyntaxError(f"invalid regex {clip(pattern)}: {e}", pattern=pattern) from e
     return byte_dfa_from_fsm(fsm, pattern, max_states)
+
+
+def _literal_bytes(tree) -> bytes | None:
+    """The UTF-8 text of a pattern that is one literal string (no flag that changes how it
+    matches, no surrogate), else None."""
+    from .glushkov import _SRE
+
+    if not len(tree) or tree.state.flags & (_SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_VERBOSE):
+        return None
+    literal = _SRE.LITERAL
+    cps = []
+    for op, av in tree:
+        if op is not literal or 0xD800 <= av <= 0xDFFF:
+            return None
+        cps.append(av)
+    return "".join(map(chr, cps)).encode("utf-8")
+
+
+def _chain(data: bytes) -> ByteDFA:
+    """The trimmed minimal DFA of one literal byte string (what the general path builds for it,
+    state for state, without the automaton construction; keys and punctuation of JSON grammars)."""
+    n = len(data)
+    trans = np.full((n + 1, 256), -1, dtype=np.int32)
+    trans[np.arange(n), np.frombuffer(data, dtype=np.uint8)] = np.arange(1, n + 1, dtype=np.int32)
+    accepting = np.zeros(n + 1, dtype=bool)
+    accepting[n] = True
+    return ByteDFA(transitions=trans, accepting=accepting, initial=0)
 
 
 def _refuse_interegular_misreadings(pattern: str, tree) -> None:
