@@ -620,18 +620,33 @@ def test_every_eos_id_is_allowed_where_complete_even_in_one_mask_word(use_c, mon
     assert {1, 2, 3 + ord("a"), 259} <= allowed and 0 not in allowed
 
 
-@pytest.mark.parametrize("pattern", ['"name":', ",", r"\{", "null", "a", "h\u00e9llo \u4e16\U0001F600", r"a\.b\*", "(?i)Ab", r"\ud800x"])
+@pytest.mark.parametrize("pattern", ['"name":', ",", r"\{", "null", "a", "h\u00e9llo \u4e16\U0001F600", r"a\.b\*", "(?i)Ab"])
 def test_literal_patterns_build_the_general_automaton(pattern):
     """A pattern that is one literal string takes a direct construction: the same automaton, state
     for state, as the general construction builds for the same string inside a group (which the
-    shortcut does not take); flags that change matching and surrogates keep the general path."""
-    try:
-        direct = regex_to_dfa(pattern)
-    except Exception as e:  # noqa: BLE001 - refused texts must be refused alike
-        with pytest.raises(type(e)):
-            regex_to_dfa(f"(?:{pattern})")
-        return
+    shortcut does not take); a flag that changes matching keeps the general path."""
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    direct = regex_to_dfa(pattern)
     general = regex_to_dfa(f"(?:{pattern})" if not pattern.startswith("(?i)") else f"(?i)(?:{pattern[4:]})")
     assert direct.initial == general.initial
     assert np.array_equal(direct.accepting, general.accepting)
     assert np.array_equal(direct.transitions, general.transitions)
+    text = pattern[4:] if pattern.startswith("(?i)") else re.sub(r"\\(.)", r"\1", pattern)
+    assert _walk(direct, text.encode()) and not _walk(direct, text.encode()[:-1])
+
+
+def _walk(dfa, data: bytes) -> bool:
+    q = dfa.initial
+    for b in data:
+        q = int(dfa.transitions[q, b])
+        if q < 0:
+            return False
+    return bool(dfa.accepting[q])
+
+
+def test_a_literal_surrogate_is_refused_as_before():
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    with pytest.raises(UnsupportedFeatureError):
+        regex_to_dfa(r"\ud800x")
