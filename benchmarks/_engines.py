@@ -190,13 +190,19 @@ class Ours(Engine):
 
 
 def _clear_memo_tables() -> None:
-    """Cold compiles: empty the process-wide memo tables of the JSON Schema translator (pure
-    functions of code-point sets, kept across requests in a server's compile worker)."""
+    """Cold compiles: empty the process-wide memo tables of the JSON Schema translator and of the
+    regex front end's character classes (pure functions of code-point sets and of the classes a
+    pattern names, kept across requests in a server's compile worker)."""
     try:
         from dotvllm_plugin.grammar.json_schema.text import clear_memos
     except ImportError:  # an older core (--core-ref)
         return
     clear_memos()
+    try:
+        from dotvllm_plugin.regex.glushkov import clear_memos as clear_class_memo
+    except ImportError:  # an older core (--core-ref)
+        return
+    clear_class_memo()
 
 
 class XGrammar(Engine):
