@@ -23,6 +23,13 @@ lasts as long as its longest request.
     .venv-v1/bin/python benchmarks/e2e_serving_v1.py [--concurrency 16] [--repeats 6] [--max-tokens 96]
 
 Prints a table and writes ``benchmarks/results/e2e_serving_v1.json``.
+
+``--servers A,B`` picks the two servers (default ``dotvllm,vllm-default``): ``dotvllm`` (the plugin,
+routing on), ``vllm-default`` (the plugin loaded, ``DOTVLLM_DISABLE=1``: xgrammar), ``no-plugin``
+(``VLLM_PLUGINS`` lists every other general plugin: ours is not even imported). The same name
+twice is an A/A control: two identical servers, whose ratio shows what start order and load alone
+do. The CPU time per request is also split by process (API server, engine core, model worker,
+compile workers), and the 1-minute load average is recorded at every round.
 """
 
 from __future__ import annotations
@@ -53,6 +60,19 @@ from dotvllm_plugin.devtools.server import MODEL_NAME, start_server  # noqa: E40
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "e2e_serving_v1.json"
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def _other_general_plugins() -> str:
+    from importlib.metadata import entry_points
+
+    return ",".join(e.name for e in entry_points(group="vllm.general_plugins") if e.name != "dotvllm") or "none"
+
+
+SERVER_KINDS = {
+    "dotvllm": {},
+    "vllm-default": {"DOTVLLM_DISABLE": "1"},
+    "no-plugin": {"VLLM_PLUGINS": _other_general_plugins()},
+}
 
 ARRAY_SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
     "id": {"type": "integer", "minimum": 0, "maximum": 9999}, "name": {"type": "string", "maxLength": 12},
@@ -99,27 +119,42 @@ def complete(base_url: str, so, max_tokens: int, seed: int) -> tuple[str, str, i
     return d["choices"][0]["text"], d["choices"][0]["finish_reason"], d["usage"]["completion_tokens"]
 
 
-def cpu_seconds(server) -> float:
-    """User + system CPU time of the server's processes so far (API server, engine core, workers)."""
-    ticks = 0
+def _role(proc, server) -> str:
+    if proc.pid == server.pid:
+        return "api_server"
+    if proc.compile_worker_of is not None:
+        return "compile_workers"
+    if "EngineCor" in proc.name:
+        return "engine_core"
+    if "Worker" in proc.name:
+        return "model_worker"
+    return "other"
+
+
+def cpu_seconds(server) -> dict[str, float]:
+    """User + system CPU time so far of the server's processes, by role (API server, engine core,
+    model worker, compile workers, other)."""
+    ticks: dict[str, int] = {}
     for proc in server.processes():
         try:
             with open(f"/proc/{proc.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            role = _role(proc, server)
+            ticks[role] = ticks.get(role, 0) + int(fields[11]) + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             continue
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return {role: t / os.sysconf("SC_CLK_TCK") for role, t in ticks.items()}
 
 
-def timed_round(server, so, check, args, rep: int) -> tuple[float, float, int, list[str]]:
+def timed_round(server, so, check, args, rep: int) -> tuple[float, dict, int, list[str]]:
     seeds = range(rep * 1000, rep * 1000 + args.concurrency)
     cpu0 = cpu_seconds(server)
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(args.concurrency) as pool:
         results = list(pool.map(lambda s: complete(server.base_url, so, args.max_tokens, s), seeds))
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(server) - cpu0
+    cpu1 = cpu_seconds(server)
+    cpu = {role: cpu1.get(role, 0.0) - cpu0.get(role, 0.0) for role in cpu1.keys() | cpu0.keys()}
     tokens, invalid = 0, []
     for text, finish, n in results:
         tokens += n
@@ -132,10 +167,15 @@ def timed_round(server, so, check, args, rep: int) -> tuple[float, float, int, l
     return wall, cpu, tokens, invalid
 
 
-def summary(walls: list[float], cpus: list[float], tokens: int, invalid: list[str], args) -> dict:
+def summary(walls: list[float], cpus: list[dict], loads: list[float], tokens: int, invalid: list[str], args) -> dict:
     n_req = len(walls) * args.concurrency
+    totals = [sum(c.values()) for c in cpus]
+    roles = sorted({role for c in cpus for role in c})
     return {"wall_s_median": round(statistics.median(walls), 3), "wall_s": [round(w, 3) for w in walls],
-            "server_cpu_s": [round(c, 2) for c in cpus], "server_cpu_s_per_request": round(sum(cpus) / n_req, 4),
+            "load_1min": [round(x, 2) for x in loads],
+            "server_cpu_s": [round(c, 2) for c in totals], "server_cpu_s_per_request": round(sum(totals) / n_req, 4),
+            "cpu_ms_per_request_by_process": {role: round(sum(c.get(role, 0.0) for c in cpus) / n_req * 1e3, 2)
+                                              for role in roles},
             "tokens_per_s": round(tokens / sum(walls), 1), "invalid": invalid, "requests": n_req,
             "tokens_per_request": round(tokens / n_req, 1), "requests_per_s": round(n_req / sum(walls), 2)}
 
@@ -150,18 +190,22 @@ def pause(server, paused: bool) -> None:
         os.killpg(server.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
-def run_cases(servers: dict, args) -> dict:
-    """Every case on both servers, rounds interleaved; returns per-server results and pair ratios."""
+def run_cases(servers: dict, a: str, b: str, args) -> dict:
+    """Every case on both servers, rounds interleaved; returns per-server results and the pair
+    ratios (B's round time / A's)."""
     labels = list(servers)
     out = {label: {"cases": {}} for label in labels}
     pairs = {}
     for name, so, check in CASES:
+        if name not in args.cases:
+            continue
         for label in labels:
             for other in labels:
                 pause(servers[other], other != label)
             complete(servers[label].base_url, so, args.max_tokens, 0)  # warm-up: compile outside the timing
         walls = {label: [] for label in labels}
         cpus = {label: [] for label in labels}
+        loads = {label: [] for label in labels}
         tokens = dict.fromkeys(labels, 0)
         invalid = {label: [] for label in labels}
         for rep in range(args.repeats):
@@ -169,16 +213,18 @@ def run_cases(servers: dict, args) -> dict:
             for label in order:
                 for other in labels:
                     pause(servers[other], other != label)
+                loads[label].append(os.getloadavg()[0])
                 wall, cpu, n, bad = timed_round(servers[label], so, check, args, rep)
                 walls[label].append(wall)
                 cpus[label].append(cpu)
                 tokens[label] += n
                 invalid[label].extend(bad)
         for label in labels:
-            out[label]["cases"][name] = summary(walls[label], cpus[label], tokens[label], invalid[label], args)
+            out[label]["cases"][name] = summary(walls[label], cpus[label], loads[label], tokens[label],
+                                                invalid[label], args)
         # tokens per round are equal between servers when outputs have the same length; per-pair
         # ratios of round times are then the throughput ratios of neighbouring rounds
-        pairs[name] = [round(d / o, 3) for o, d in zip(walls["dotvllm"], walls["vllm-default"])]
+        pairs[name] = [round(wb / wa, 3) for wa, wb in zip(walls[a], walls[b])]
         log(f"  {name}: " + ", ".join(f"{label} {out[label]['cases'][name]['tokens_per_s']} tok/s "
                                       f"(invalid {len(invalid[label])})" for label in labels))
     out["pair_time_ratios"] = pairs
@@ -190,60 +236,79 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=6, help="timed rounds per case and server")
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--servers", default="dotvllm,vllm-default",
+                    help=f"A,B: the two servers compared (A / B), each one of {', '.join(SERVER_KINDS)}; "
+                         "the same name twice is an A/A control")
+    ap.add_argument("--cases", default=",".join(name for name, _, _ in CASES),
+                    help="comma-separated case names (default: all)")
     ap.add_argument("--default-first", action="store_true",
-                    help="vLLM's default backend's server starts first and takes the first round")
+                    help="server B (vLLM's default backend by default) starts first and takes the first round")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-
-    configs = [("dotvllm", {}), ("vllm-default", {"DOTVLLM_DISABLE": "1"})]
+    kinds = args.servers.split(",")
+    if len(kinds) != 2 or any(k not in SERVER_KINDS for k in kinds):
+        ap.error(f"--servers: two of {', '.join(SERVER_KINDS)}, got {args.servers!r}")
+    args.cases = args.cases.split(",")
+    unknown = set(args.cases) - {name for name, _, _ in CASES}
+    if unknown:
+        ap.error(f"--cases: unknown {sorted(unknown)}")
+    a, b = kinds[0], kinds[1] if kinds[1] != kinds[0] else kinds[1] + "-2"
+    configs = [(a, SERVER_KINDS[kinds[0]]), (b, SERVER_KINDS[kinds[1]])]
     if args.default_first:
         configs.reverse()
     servers = {}
+    load_before = os.getloadavg()
     try:
         for label, env in configs:
             log(f"starting server: {label}")
             servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
                                           log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
-        results = run_cases(servers, args)
+        results = run_cases(servers, a, b, args)
         answered = {label: "compiled by dotvllm" in servers[label].log(2_000_000) for label in servers}
     finally:
         for server in servers.values():
             pause(server, False)
             server.stop()
-    ours, vllm_default = results["dotvllm"], results["vllm-default"]
-    ours["startup_s"] = round(servers["dotvllm"].startup_s, 1)
-    vllm_default["startup_s"] = round(servers["vllm-default"].startup_s, 1)
-    ours["compiled_by_dotvllm"], vllm_default["compiled_by_dotvllm"] = answered["dotvllm"], answered["vllm-default"]
+    for label in servers:
+        results[label]["startup_s"] = round(servers[label].startup_s, 1)
+        results[label]["compiled_by_dotvllm"] = answered[label]
+    ra, rb = results[a], results[b]
     rows = []
-    for name, _, _ in CASES:
-        a, b = ours["cases"][name], vllm_default["cases"][name]
-        valid = not a["invalid"] and not b["invalid"]
-        ratio = a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else float("nan")
+    for name in args.cases:
+        ca, cb = ra["cases"][name], rb["cases"][name]
+        valid = not ca["invalid"] and not cb["invalid"]
+        ratio = ca["tokens_per_s"] / cb["tokens_per_s"] if cb["tokens_per_s"] else float("nan")
         pair = statistics.median(results["pair_time_ratios"][name])
-        cpu = b["server_cpu_s_per_request"] / a["server_cpu_s_per_request"] if a["server_cpu_s_per_request"] else 0
-        rows.append((name, a["tokens_per_s"], b["tokens_per_s"], f"{ratio:.2f}×" if valid else "invalid output",
-                     f"{pair:.2f}×", f'{a["server_cpu_s_per_request"] * 1e3:.0f} / {b["server_cpu_s_per_request"] * 1e3:.0f}'
-                     f" ({cpu:.2f}×)", f'{a["tokens_per_request"]} / {b["tokens_per_request"]}',
-                     f'{a["requests_per_s"]} / {b["requests_per_s"]}', len(a["invalid"]), len(b["invalid"])))
-    headers = ("case", "dotvllm tok/s", "vLLM default tok/s", "ours / default", "default time / ours (median pair)",
-               "server CPU ms/request (ours / default; default ÷ ours)",
-               "tokens/request (ours / default)", "requests/s (ours / default)", "invalid (ours)",
-               "invalid (default)")
+        cpu = cb["server_cpu_s_per_request"] / ca["server_cpu_s_per_request"] if ca["server_cpu_s_per_request"] else 0
+        by_process = " | ".join(
+            f"{ca['cpu_ms_per_request_by_process'].get(role, 0):.1f} / {cb['cpu_ms_per_request_by_process'].get(role, 0):.1f}"
+            for role in ("api_server", "engine_core", "model_worker"))
+        rows.append((name, ca["tokens_per_s"], cb["tokens_per_s"], f"{ratio:.2f}×" if valid else "invalid output",
+                     f"{pair:.2f}×", f'{ca["server_cpu_s_per_request"] * 1e3:.0f} / {cb["server_cpu_s_per_request"] * 1e3:.0f}'
+                     f" ({cpu:.2f}×)", by_process, f'{ca["tokens_per_request"]} / {cb["tokens_per_request"]}',
+                     f'{ca["requests_per_s"]} / {cb["requests_per_s"]}', len(ca["invalid"]), len(cb["invalid"])))
+    headers = ("case", f"{a} tok/s", f"{b} tok/s", "A / B", "B time / A (median pair)",
+               "server CPU ms/request (A / B; B ÷ A)", "CPU ms/request A / B: API server | engine core | worker",
+               "tokens/request (A / B)", "requests/s (A / B)", "invalid (A)", "invalid (B)")
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    load_after = os.getloadavg()
     print(f"vLLM {metadata.version('vllm')} V1, {platform.machine()}, {os.cpu_count()} cores, "
           f"{args.concurrency} concurrent × {args.repeats} rounds per server × {args.max_tokens} tokens, "
-          f"rounds interleaved, demo model (Mistral 32k vocabulary); "
-          f"startup {ours['startup_s']} s / {vllm_default['startup_s']} s")
+          f"rounds interleaved, demo model (Mistral 32k vocabulary); A = {a}, B = {b}, started "
+          f"{' then '.join(label for label, _ in configs)}; startup {ra['startup_s']} s / {rb['startup_s']} s; "
+          f"load average before {', '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {', '.join(f'{x:.2f}' for x in load_after)}")
     for r in (headers, *rows):
         print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths)))
-    print(f"dotvllm answered on its server: {ours['compiled_by_dotvllm']}; "
-          f"not on the default one: {not vllm_default['compiled_by_dotvllm']}")
+    print("dotvllm answered: " + ", ".join(f"{label} {answered[label]}" for label in servers))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "vllm": metadata.version("vllm"), "machine": platform.machine(), "cores": os.cpu_count(),
-        "load_average": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
-        "mode": "both servers up, rounds interleaved", "dotvllm": ours, "vllm_default": vllm_default,
+        "load_average_before": load_before, "load_average_after": load_after,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "mode": "both servers up, rounds interleaved", "a": a, "b": b,
+        "start_order": [label for label, _ in configs], "servers": {label: results[label] for label in servers},
         "pair_time_ratios": results["pair_time_ratios"],
     }, indent=2))
     return 0 if all(not r[-2] and not r[-1] for r in rows) else 1

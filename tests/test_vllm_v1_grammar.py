@@ -103,3 +103,28 @@ def test_rollback_past_the_history_does_not_raise(byte_vocab):
     g = DotvllmGrammar(GrammarMatcher(_compiled(byte_vocab, "regex", "a+")), eos_token_ids=(EOS,))
     assert g.accept_tokens("r", [ord("a")])
     g.rollback(5)  # logged, never raised: an exception here would stop vLLM's engine core
+
+
+def test_per_request_counts_reach_the_shared_metrics_in_batches(monkeypatch):
+    # Routed requests (API server) and compile-cache hits (engine core) are handed to the
+    # process's shared metrics in batches: each hand-over costs a snapshot file write.
+    from dotvllm_plugin.integrations import _runtime
+    from dotvllm_plugin.integrations.vllm_v1 import metrics
+
+    monkeypatch.setattr(metrics, "FLUSH_INTERVAL_S", 3600.0)  # only flush() hands over in this test
+    metrics.flush()
+    before = _runtime.metrics_snapshot()
+    for _ in range(3):
+        metrics.record_request("choice")
+        metrics.record_cache_hit("regex")
+    assert _runtime.metrics_snapshot() == before
+    metrics.flush()
+    after = _runtime.metrics_snapshot()
+
+    def hits(snapshot):
+        return sum(v for kind, outcome, v in snapshot["compiles"] if (kind, outcome) == ("regex", "hit"))
+
+    assert after["requests"].get("choice", 0) == before["requests"].get("choice", 0) + 3
+    assert hits(after) == hits(before) + 3
+    metrics.flush()
+    assert _runtime.metrics_snapshot() == after  # nothing counted twice

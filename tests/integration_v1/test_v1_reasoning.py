@@ -21,11 +21,11 @@ import jsonschema
 import pytest
 import requests
 
-from dotvllm_plugin.devtools.client import MODEL_NAME, metric_values
+from dotvllm_plugin.devtools.client import MODEL_NAME
 from dotvllm_plugin.devtools.demo_model import ensure_model
 from dotvllm_plugin.devtools.server import ServerProcess, start_server
 
-from .conftest import STARTUP_TIMEOUT_S, V1_SERVER_ENV
+from .conftest import STARTUP_TIMEOUT_S, V1_SERVER_ENV, metric_values_when
 
 pytestmark = pytest.mark.skipif(os.environ.get("DOTVLLM_V1_REASONING") != "1",
                                 reason="starts a server of its own: DOTVLLM_V1_REASONING=1 runs it")
@@ -159,5 +159,6 @@ def test_our_backend_compiled_them(reasoning_server):
     assert re.search(r"dotvllm: request \S+: regex compiled by dotvllm", log)
     assert re.search(r"dotvllm: request \S+: json_schema compiled by dotvllm", log)
     assert "grammar terminated or rejected" not in log and "not allowed by" not in log
-    counts = metric_values(reasoning_server.base_url, "dotvllm_requests_total")
-    assert counts.get((("kind", "regex"),), 0) >= 5, counts
+    regex = (("kind", "regex"),)
+    counts = metric_values_when(reasoning_server.base_url, "dotvllm_requests_total", lambda c: c.get(regex, 0) >= 5)
+    assert counts.get(regex, 0) >= 5, counts

@@ -34,6 +34,7 @@ import torch
 
 from ...matcher import GrammarMatcher
 from .._constraints import V1_NAMES, Constraint, constraint_of
+from . import metrics
 from .grammar import DotvllmGrammar
 
 __all__ = ["COMPILE_ERROR_PREFIX", "DotvllmBackend", "compile_error_message"]
@@ -166,7 +167,7 @@ class DotvllmBackend:
             if params.structural_tag is not None or self._vocabulary is None:
                 return None
             constraint = constraint_of(params, names=V1_NAMES)
-            from .._runtime import manager_for, record_compile
+            from .._runtime import manager_for
 
             vocab = self._vocabulary
             result = manager_for(vocab).lookup(constraint.kind, constraint.spec, options=constraint.options)
@@ -176,7 +177,7 @@ class DotvllmBackend:
                                      eos_token_ids=vocab.eos_token_ids)
         except Exception:  # noqa: BLE001 - the compile thread's path reports it
             return None
-        record_compile(constraint.kind, "hit", 0.0)
+        metrics.record_cache_hit(constraint.kind)  # batched: no snapshot write per request
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dotvllm: request %s: %s compiled by dotvllm (cache hit)", request.request_id,
                          constraint.kind)
