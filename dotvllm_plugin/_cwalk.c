@@ -429,6 +429,74 @@ done:
     return result;
 }
 
+/* product(glob, n_classes, dead, start, max_states) -> (trans bytes of int64[n * n_classes],
+ *                                                      vecs bytes of int64[n * k]) or None
+ * Breadth-first product automaton of k component automata laid out in one class table ``glob``
+ * ([N, n_classes], component states offset to be disjoint; ``dead`` is the shared dead state).
+ * Product state 0 is ``start`` (k component states); a class whose successor vector is all dead
+ * is -1; new vectors are numbered in discovery order (states in order, classes ascending), as the
+ * reference in dotvllm_plugin.pushdown._build_lexer numbers them. None when more than max_states. */
+static PyObject *product(PyObject *self, PyObject *args) {
+    Py_buffer b_glob, b_start;
+    Py_ssize_t n_cls, max_states;
+    long long dead;
+    if (!PyArg_ParseTuple(args, "y*nLy*n", &b_glob, &n_cls, &dead, &b_start, &max_states)) return NULL;
+    const int64_t *glob = b_glob.buf, *st = b_start.buf;
+    Py_ssize_t k = b_start.len / 8, n = 1;
+    PyObject *result = NULL;
+    vec pool = {0}, trans = {0};
+    table tab = {0};
+    int64_t *buf = malloc((size_t)(k > 0 ? k : 1) * 8);
+    int nomem = 0, over = 0;
+
+    if (!buf || table_init(&tab, 1024)) { nomem = 1; goto done; }
+    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, st[j])) { nomem = 1; goto done; }
+    {
+        uint64_t h = set_hash(st, k);
+        if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
+    }
+    for (Py_ssize_t d = 0; d < n; d++) {
+        for (Py_ssize_t c = 0; c < n_cls; c++) {
+            int alive = 0;
+            for (Py_ssize_t j = 0; j < k; j++) {
+                int64_t t = glob[pool.p[d * k + j] * n_cls + c];
+                buf[j] = t;
+                alive |= t != dead;
+            }
+            int64_t target = -1;
+            if (alive) {
+                uint64_t h = set_hash(buf, k);
+                Py_ssize_t slot = table_slot(&tab, h);
+                for (;;) {
+                    int64_t id = tab.slots[slot];
+                    if (id < 0) break;
+                    if (memcmp(pool.p + id * k, buf, (size_t)k * 8) == 0) { target = id; break; }
+                    slot = (slot + 1) & (tab.cap - 1);
+                }
+                if (target < 0) {
+                    if (n >= max_states) { over = 1; goto done; }
+                    target = n++;
+                    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, buf[j])) { nomem = 1; goto done; }
+                    if (table_add(&tab, slot, h)) { nomem = 1; goto done; }
+                }
+            }
+            if (vec_push(&trans, target)) { nomem = 1; goto done; }
+        }
+    }
+done:
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (over) {
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        result = Py_BuildValue("(NN)", vec_bytes(&trans), vec_bytes(&pool));
+    }
+    free(pool.p); free(trans.p); table_free(&tab); free(buf);
+    PyBuffer_Release(&b_glob); PyBuffer_Release(&b_start);
+    return result;
+}
+
 /* walk_rows(trans, n_classes, cls, child_lo, child_hi, has, n_roots, starts, tok_start, tok_ids,
  *           n_words, max_produced)
  *   -> (rows bytes of uint32[m * n_words], row_of_start bytes of int64[k]), or None when more
@@ -658,6 +726,7 @@ static PyMethodDef methods[] = {
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
+    {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},

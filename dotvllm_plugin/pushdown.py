@@ -55,6 +55,14 @@ from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
 from .index import set_token_bits
 
+try:
+    from . import _cwalk
+
+    if not hasattr(_cwalk, "product"):  # an extension built before the product construction
+        _cwalk = None
+except ImportError:  # pragma: no cover - the C extension is optional
+    _cwalk = None
+
 __all__ = ["MAX_STACK_DEPTH", "PushdownGrammar", "check_pushdown", "compile_pushdown", "nests", "pushdown_tables"]
 
 #: Default bound on the parser stack (LALR states); nesting 1,000 deep in the usual grammars needs
@@ -147,6 +155,10 @@ _ACCEPT = "accept"
 #: :meth:`PushdownGrammar.step` met a lexeme several terminals type: the caller follows every reading.
 _FORK = "fork"
 _lark_lock = threading.Lock()
+#: The product construction of contextual lexers in C (``_cwalk.product``) where it is built; the
+#: Python loop of :func:`_build_lexer` is the reference (tests compare them).
+USE_C_PRODUCT = True
+MAX_LEXER_STATES = 200_000
 _lark_scope = threading.local()
 
 
@@ -361,6 +373,13 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     retype_pos = {pos[r]: [pos[s] for s in ss] for r, ss in retype.items()}
 
     start = np.array([offs[j] + dfas[c].initial for j, c in enumerate(comps)], dtype=np.int64)
+    if _cwalk is not None and USE_C_PRODUCT:
+        res = _cwalk.product(np.ascontiguousarray(glob), n_cls, dead, start, MAX_LEXER_STATES)
+        if res is None:
+            raise GrammarError("the grammar's lexer automaton exceeds 200,000 states; simplify its terminals")
+        cls_table = np.frombuffer(res[0], dtype=np.int64).reshape(-1, n_cls)
+        vecs_arr = np.frombuffer(res[1], dtype=np.int64).reshape(-1, len(comps))
+        return cls_table[:, byte_class].astype(np.int32), _chosen(acc[vecs_arr], comps, order_arr, retype_pos, compounds)
     vecs = [start]
     ids: dict[bytes, int] = {}
     rows: list[np.ndarray] = []
@@ -395,12 +414,36 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
             if sid is None:
                 sid = ids[key] = len(vecs)
                 vecs.append(col.copy())
-                if len(vecs) > 200_000:
+                if len(vecs) > MAX_LEXER_STATES:
                     raise GrammarError("the grammar's lexer automaton exceeds 200,000 states; simplify its terminals")
             row[c] = sid
         rows.append(row)
     cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
     return cls_table[:, byte_class].astype(np.int32), np.array(chosen, dtype=np.int32)
+
+
+def _chosen(accepted: np.ndarray, comps: list, order_arr: np.ndarray, retype_pos: dict, compounds) -> np.ndarray:
+    """``chosen`` of :func:`_build_lexer` for every product state at once, from ``accepted``
+    ([states, members]: which members accept there): the first member in lexing order, re-typed
+    as ``retype_pos`` says; a compound id where several members accept and ``compounds`` forms
+    one (asked in state order, as the reference loop asks)."""
+    ordered = accepted[:, order_arr]
+    count = ordered.sum(axis=1)
+    comps_arr = np.asarray(comps, dtype=np.int64)
+    pick = order_arr[ordered.argmax(axis=1)]
+    if retype_pos:
+        for s in np.flatnonzero(count > 0).tolist():
+            for r in retype_pos.get(int(pick[s]), ()):
+                if accepted[s, r]:
+                    pick[s] = r
+                    break
+    chosen = np.where(count > 0, comps_arr[pick], -1)
+    if compounds is not None:
+        for s in np.flatnonzero(count > 1).tolist():
+            cid = compounds(tuple(sorted(comps[j] for j in order_arr[ordered[s]].tolist())))
+            if cid is not None:
+                chosen[s] = cid
+    return chosen.astype(np.int32)
 
 
 class _Compounds:
