@@ -393,7 +393,22 @@ def peak_rss_bytes() -> int:
 # Isolated engine workers
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the benchmark process that started it dies (a worker
+    busy in an engine's C code would otherwise finish its case first, orphaned)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn, engine_name: str, tokenizer_name: str, warm_up: tuple) -> None:
+    _die_with_parent()
     try:
         from benchmarks import _engines
 
