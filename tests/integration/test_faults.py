@@ -18,7 +18,8 @@ Each fault, with what must happen (the table in docs/architecture.md points here
 * a burst of 50 identical heavy specs → compiled once, all answered.
 
 To keep the run cheap, one server per frontend (``fault_server``, module scope) takes every fault
-it survives, in order; the SIGKILL test needs a second one per frontend: 4 server starts in all.
+it survives, in order; the SIGKILL test needs a second one per frontend: 4 server starts in all,
+two at a time (both frontends' fault servers, then both SIGKILL servers).
 "Mid-compile" is made deterministic by stopping (SIGSTOP) compile workers: a compile sent to a
 stopped worker is in flight until the worker is continued or killed. Processes are found by
 walking /proc (:func:`dotvllm_plugin.devtools.server.find_processes`): descendants of the server,
@@ -46,7 +47,7 @@ import requests
 from dotvllm_plugin.devtools.client import body_for, post
 from dotvllm_plugin.devtools.server import find_processes
 
-from .conftest import start_server
+from .conftest import start_servers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="walks /proc, signals")
 
@@ -137,28 +138,46 @@ def _tmpfs(path: Path, size: str):
 
 # -- the module's server, one per frontend -------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["mp", "inprocess"])
-def fault_server(request, demo_model_dir, tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp(f"compile-cache-{request.param}")
-    with _tmpfs(cache_dir, "16m") as mounted:
-        server = start_server(frontend=request.param, model_dir=demo_model_dir, extra_env={
+FRONTENDS = ("mp", "inprocess")
+
+
+@pytest.fixture(scope="module")
+def _fault_servers(demo_model_dir, tmp_path_factory):
+    """Both frontends' fault servers, started at the same time (the inprocess one waits, idle,
+    while the mp one takes its faults)."""
+    with contextlib.ExitStack() as stack:
+        cache_dirs = {f: tmp_path_factory.mktemp(f"compile-cache-{f}") for f in FRONTENDS}
+        mounted = {f: stack.enter_context(_tmpfs(cache_dirs[f], "16m")) for f in FRONTENDS}
+        servers = start_servers([{"frontend": f, "extra_env": {
             "DOTVLLM_COMPILE_WORKERS": "1",  # one slot: a stopped worker certainly holds the next compile
             "DOTVLLM_COMPILE_TIMEOUT_S": str(TIMEOUT_S),
             "DOTVLLM_COMPILE_MEMORY_MB": str(MEMORY_MB),
-            "DOTVLLM_COMPILE_CACHE_DIR": str(cache_dir),
+            "DOTVLLM_COMPILE_CACHE_DIR": str(cache_dirs[f]),
             "DOTVLLM_COMPILE_CACHE_SIZE": "0",  # every repeat goes through the disk cache
-        })
-        server.cache_dir, server.cache_is_tmpfs, server.frontend = cache_dir, mounted, request.param
-        try:
-            _assert_ok(_guided(server, r"warm[0-9]{3}"), r"warm[0-9]{3}")
-            yield server
-        finally:
-            for p in server.processes():  # continue anything a failed test left stopped
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGCONT)
-            server.stop()
-            left, _ = _leftovers(server.pid, server.tag)
-            _kill_all(left)
+        }} for f in FRONTENDS], demo_model_dir)
+        for f, server in zip(FRONTENDS, servers):
+            server.cache_dir, server.cache_is_tmpfs, server.frontend = cache_dirs[f], mounted[f], f
+            stack.callback(_stop_fault_server, server)
+        yield dict(zip(FRONTENDS, servers))
+
+
+def _stop_fault_server(server) -> None:
+    for p in server.processes():  # continue anything a failed test left stopped
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGCONT)
+    server.stop()
+    left, _ = _leftovers(server.pid, server.tag)
+    _kill_all(left)
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def fault_server(request, _fault_servers):
+    server = _fault_servers[request.param]
+    try:
+        _assert_ok(_guided(server, r"warm[0-9]{3}"), r"warm[0-9]{3}")
+        yield server
+    finally:
+        _stop_fault_server(server)
 
 
 def _new_file(cache_dir: Path, before: set) -> Path:
@@ -360,10 +379,27 @@ def test_sigterm_under_load(fault_server):
         assert isinstance(r, requests.RequestException) or r.status in (200, 400, 500, 503), r
 
 
-@pytest.mark.parametrize("frontend", ["mp", "inprocess"])
-def test_sigkill_of_the_server_leaves_no_process(vllm_server, frontend):
+@pytest.fixture(scope="module")
+def _sigkill_servers(demo_model_dir):
+    """A server of its own per frontend for the SIGKILL test, both started at the same time."""
+    servers = start_servers([{"frontend": f, "extra_env": {"DOTVLLM_COMPILE_WORKERS": "2"}} for f in FRONTENDS],
+                            demo_model_dir)
+    try:
+        yield dict(zip(FRONTENDS, servers))
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(params=FRONTENDS)
+def sigkill_server(request, _sigkill_servers):
+    return _sigkill_servers[request.param]
+
+
+def test_sigkill_of_the_server_leaves_no_process(sigkill_server):
     """SIGKILL of the API server (only it, as ``kill -9 PID``) mid-compile and mid-generation."""
-    s = vllm_server(frontend=frontend, extra_env={"DOTVLLM_COMPILE_WORKERS": "2"})
+    s = sigkill_server
+    frontend = "inprocess" if "--disable-frontend-multiprocessing" in s.command else "mp"
     _assert_ok(_guided(s, r"warm[0-9]{3}"))
     _assert_ok(_guided(s, r"warm2[0-9]{2}"))
     workers = _wait_until(lambda: len(_workers(s)) == 2 and _workers(s), 30)

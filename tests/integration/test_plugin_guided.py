@@ -1,9 +1,9 @@
 """The plugin on real ``vllm serve`` servers, both frontends: every guided parameter, bad specs,
 a burst of concurrent requests, routing to vLLM's own backends, metrics.
 
-One server per frontend for the whole module (started with ``DOTVLLM_COMPILE_TIMEOUT_S=15``, so
-that a runaway compile is stopped quickly). The model has random weights: whatever it "wants",
-every output must satisfy its constraint.
+The suite's standard servers, one per frontend (shared with ``test_server_smoke.py``; started
+with ``DOTVLLM_COMPILE_TIMEOUT_S=15``, so that a runaway compile is stopped quickly). The model has
+random weights: whatever it "wants", every output must satisfy its constraint.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from guided_cases import (
     check_tree_reply,
 )
 
-from .conftest import start_server
+from .conftest import standard_server
 
 # Not LALR(1) ("aaa" is a·aa or aa·a): served by generalised LR; finite, so a random model ends it.
 AMBIGUOUS = r"""
@@ -50,13 +50,13 @@ x: "a" | "a" "a" | "b"
 
 
 @pytest.fixture(scope="module", params=["mp", "inprocess"])
-def server(request, demo_model_dir):
-    srv = start_server(frontend=request.param, model_dir=demo_model_dir,
-                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "15"})
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def frontend(request):
+    return request.param
+
+
+@pytest.fixture
+def server(frontend, server_pool):
+    return standard_server(server_pool, frontend)
 
 
 def _check_ambiguous(text):

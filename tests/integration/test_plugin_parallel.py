@@ -7,11 +7,18 @@ sampling parameters. So our processor travels once per request (API server → e
 is unpickled there once per request, its compiled grammar rebuilt once per process and cached, and
 nothing of ours is pickled per decoding step: the ``dotvllm_constraint_loads`` counters, summed
 over the server's processes, show it.
+
+Opt-in: ``DOTVLLM_TEST_TP=1`` (its server adds ~2.5 min to CI, which runs without it). What the
+default run still covers of this path: every guided kind and a bad spec through real servers with
+vLLM's multiprocessing frontend (``test_plugin_guided.py``), and the processor pickled, unpickled
+once per process and its grammar rebuilt once (``test_plugin_logits_processor.py``); only the
+second rank (a worker process that gets tensors, not sampling parameters) is not.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 
 import pytest
@@ -33,6 +40,9 @@ from guided_cases import (
 from .conftest import start_server
 
 TOKENS = 48
+
+pytestmark = pytest.mark.skipif(os.environ.get("DOTVLLM_TEST_TP") != "1",
+                                reason="tensor parallel is opt-in: DOTVLLM_TEST_TP=1")
 
 
 @pytest.fixture(scope="module", params=["mp", "ray"])

@@ -1,4 +1,10 @@
-"""The harness itself: real ``vllm serve`` of the demo model comes up, answers, and goes away."""
+"""The harness itself: real ``vllm serve`` of the demo model comes up, answers, and goes away.
+
+Uses the shared standard servers (``server_mp``, ``server_inprocess``). The conftest runs this
+module before the other integration modules (no guided request has reached those servers yet when
+``test_compile_workers_start_with_the_server`` looks) and its stop test after all of them: that
+test stops the shared ``mp`` server, which by then has served every module that uses it.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +64,8 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_stop_kills_the_whole_process_group(vllm_server):
-    server = vllm_server(frontend="mp")
+def test_stop_kills_the_whole_process_group(server_mp):
+    server = server_mp
     assert server.healthy()
     assert _group_alive(server.pid)
     server.stop()
@@ -76,8 +82,9 @@ def test_failed_startup_surfaces_the_server_log(demo_model_dir):
 
 
 def test_compile_workers_start_with_the_server(server):
-    """No guided request was sent in this module: the vocabulary and the compile worker come from
-    the start-up warm-up, and the worker runs at the lowest priority (DOTVLLM_COMPILE_NICE=19)."""
+    """No guided request has reached the server yet (this module runs first): the vocabulary and
+    the compile worker come from the start-up warm-up, and the worker runs at the lowest priority
+    (DOTVLLM_COMPILE_NICE=19)."""
     workers = [p for p in server.processes() if p.role == "compile-worker"]
     assert len(workers) == 1, [(p.pid, p.role) for p in server.processes()]
     assert os.getpriority(os.PRIO_PROCESS, workers[0].pid) == 19
