@@ -32,7 +32,8 @@ server gets the end of that server's log attached to its report.
 
 Order: ``test_server_smoke.py`` runs first (its warm-up check needs standard servers that no
 guided request has reached yet), except its stop test, which runs after every other integration
-test because it stops the shared ``mp`` server (:func:`pytest_collection_modifyitems`).
+test because it stops the shared ``mp`` server; then ``test_plugin_compile_limits.py`` and
+``test_plugin_preemption.py``, whose servers start together (:func:`pytest_collection_modifyitems`).
 Environment: ``DOTVLLM_SERVER_STARTUP_TIMEOUT_S`` (default 300).
 """
 
@@ -61,8 +62,15 @@ STARTUP_TIMEOUT_S = float(os.environ.get("DOTVLLM_SERVER_STARTUP_TIMEOUT_S", "30
 #: Environment of the standard servers: a runaway compile (test_plugin_guided) is stopped after 15 s.
 STANDARD_ENV = {"DOTVLLM_COMPILE_TIMEOUT_S": "15"}
 STANDARD = ({"frontend": "mp", "extra_env": STANDARD_ENV}, {"frontend": "inprocess", "extra_env": STANDARD_ENV})
+#: The servers of test_plugin_compile_limits.py and test_plugin_preemption.py, which run one after
+#: the other: the first starts both (the second's server idles for seconds).
+COMPILE_LIMITS_SERVER = {"frontend": "mp",
+                         "extra_env": {"DOTVLLM_COMPILE_TIMEOUT_S": "0.001", "DOTVLLM_COMPILE_WORKERS": "1"}}
+PREEMPTION_SERVER = {"frontend": "mp", "extra_args": ("--num-gpu-blocks-override", "24", "--max-model-len", "256",
+                                                      "--max-num-seqs", "16")}
 
-__all__ = ["STANDARD_ENV", "ServerPool", "ServerProcess", "ServerStartError", "start_server", "start_servers"]
+__all__ = ["COMPILE_LIMITS_SERVER", "PREEMPTION_SERVER", "STANDARD_ENV", "ServerPool", "ServerProcess",
+           "ServerStartError", "runs_module", "start_server", "start_servers"]
 
 
 def _vllm_missing_reason() -> str | None:
@@ -89,14 +97,22 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-_SMOKE = "test_server_smoke.py"
-_LAST = "test_stop_kills_the_whole_process_group"
+#: Integration modules that run first, in this order; the rest keep pytest's order after them.
+_FIRST = ("test_server_smoke.py", "test_plugin_compile_limits.py", "test_plugin_preemption.py")
+_LAST = ("test_server_smoke.py", "test_stop_kills_the_whole_process_group")
+_SELECTED_MODULES: set[str] = set()
 
 
-def _order(item) -> int:
-    if Path(str(item.path)).name != _SMOKE:
-        return 1
-    return 2 if item.originalname == _LAST else 0
+def _order(item) -> tuple[int, int]:
+    name = Path(str(item.path)).name
+    if (name, item.originalname) == _LAST:
+        return (2, 0)
+    return (0, _FIRST.index(name)) if name in _FIRST else (1, 0)
+
+
+def runs_module(name: str) -> bool:
+    """Whether this session runs a test of the integration module ``name`` (a file name)."""
+    return name in _SELECTED_MODULES
 
 
 @pytest.hookimpl(wrapper=True)
@@ -112,10 +128,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
         # With DOTVLLM_REQUIRE_INTEGRATION=1 they run anyway and fail on the missing `vllm`.
     yield
-    # After pytest's own reordering by fixture parameters: the smoke module first, its stop test
-    # after every other integration test (module docstring); a stable sort of the integration
-    # items only, in the places they had.
+    # After pytest's own reordering by fixture parameters and `-m` / `-k`: the smoke module first,
+    # its stop test after every other integration test (module docstring); a stable sort of the
+    # integration items only, in the places they had.
     slots = [i for i, item in enumerate(items) if HERE in Path(str(item.path)).resolve().parents]
+    _SELECTED_MODULES.clear()
+    _SELECTED_MODULES.update(Path(str(items[i].path)).name for i in slots)
     for i, item in zip(slots, sorted([items[i] for i in slots], key=_order)):
         items[i] = item
 
@@ -208,9 +226,18 @@ class ServerPool:
     def __init__(self, model_dir: Path):
         self.model_dir = model_dir
         self._servers: dict[tuple, ServerProcess] = {}
+        self._ever: set[tuple] = set()
 
-    def get(self, **spec) -> ServerProcess:
-        return self.start_all([spec])[0]
+    def get(self, spec: dict[str, Any], *, ahead: Sequence[dict[str, Any]] = ()) -> ServerProcess:
+        """The server of ``spec``. ``ahead``: configurations a later module needs, started at the
+        same time unless started before in this session."""
+        return self.start_all([spec, *(s for s in ahead if _key(s) not in self._ever)])[0]
+
+    def release(self, spec: dict[str, Any]) -> None:
+        """Stop the server of ``spec`` (its last user is done with it)."""
+        server = self._servers.pop(_key(spec), None)
+        if server is not None:
+            server.stop()
 
     def start_all(self, specs: Sequence[dict[str, Any]]) -> list[ServerProcess]:
         """The servers of ``specs``, the missing ones started at the same time."""
@@ -224,6 +251,7 @@ class ServerPool:
                 missing.setdefault(key, spec)
         for key, server in zip(missing, start_servers(list(missing.values()), self.model_dir)):
             self._servers[key] = server
+            self._ever.add(key)
         return [self._servers[key] for key in keys]
 
     def stop_all(self) -> None:

@@ -11,20 +11,21 @@ import pytest
 import requests
 
 from dotvllm_plugin.devtools.client import body_for, metric_values, post
-from .conftest import start_server
+from .conftest import COMPILE_LIMITS_SERVER, PREEMPTION_SERVER, runs_module
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def server(demo_model_dir):
-    srv = start_server(frontend="mp", model_dir=demo_model_dir,
-                       extra_env={"DOTVLLM_COMPILE_TIMEOUT_S": "0.001", "DOTVLLM_COMPILE_WORKERS": "1"})
+def server(server_pool):
+    """DOTVLLM_COMPILE_TIMEOUT_S=0.001, one compile worker; started together with the server of
+    test_plugin_preemption.py, which runs next (conftest)."""
+    ahead = [PREEMPTION_SERVER] if runs_module("test_plugin_preemption.py") else []
     try:
-        yield srv
+        yield server_pool.get(COMPILE_LIMITS_SERVER, ahead=ahead)
     finally:
-        srv.stop()
+        server_pool.release(COMPILE_LIMITS_SERVER)
 
 
 def _group_size(pgid: int) -> int:

@@ -10,20 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dotvllm_plugin.devtools.client import body_for, post
-from .conftest import start_server
+from .conftest import PREEMPTION_SERVER
 
 REGEX = r"[a-z]{40,60}( [a-z]{1,8}){20,30}\."
 
 
 @pytest.fixture(scope="module")
-def server(demo_model_dir):
-    srv = start_server(frontend="mp", model_dir=demo_model_dir,
-                       extra_args=["--num-gpu-blocks-override", "24", "--max-model-len", "256",
-                                   "--max-num-seqs", "16"])
+def server(server_pool):
+    """24 KV blocks, 256 tokens, 16 sequences (PREEMPTION_SERVER; usually already started by
+    test_plugin_compile_limits.py, which runs just before)."""
     try:
-        yield srv
+        yield server_pool.get(PREEMPTION_SERVER)
     finally:
-        srv.stop()
+        server_pool.release(PREEMPTION_SERVER)
 
 
 def test_guided_outputs_survive_preemption(server):
