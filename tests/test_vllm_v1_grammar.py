@@ -128,3 +128,29 @@ def test_per_request_counts_reach_the_shared_metrics_in_batches(monkeypatch):
     assert hits(after) == hits(before) + 3
     metrics.flush()
     assert _runtime.metrics_snapshot() == after  # nothing counted twice
+
+
+def test_counts_batched_at_exit_are_written(tmp_path):
+    # A process that exits with counts still batched writes them on its way out (the publisher
+    # thread would not live to; runtime's own exit write may already have run).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dotvllm_plugin.integrations import _runtime
+
+    code = (
+        "from dotvllm_plugin.integrations.vllm_v1 import metrics\n"
+        "metrics.FLUSH_INTERVAL_S = 3600.0\n"
+        "metrics.record_request('choice')\n"
+        "metrics.flush()\n"  # starts runtime's publisher and its exit hook first
+        "for _ in range(4): metrics.record_request('choice')\n"
+        "metrics.record_cache_hit('regex')\n"
+    )
+    env = {**os.environ, _runtime.METRICS_DIR_ENV: str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    (snapshot,) = tmp_path.glob("*.json")
+    data = json.loads(snapshot.read_text())
+    assert data["requests"] == {"choice": 5}
+    assert [list(c) for c in data["compiles"] if c[0] == "regex"] == [["regex", "hit", 1]]

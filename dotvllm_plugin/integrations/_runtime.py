@@ -274,6 +274,15 @@ def _publish_at_exit(pid: int) -> None:
         _publish()
 
 
+def publish_now() -> None:
+    """Write this process's snapshot now, on the calling thread (an exit path whose counts the
+    publisher thread would not live to write); never raises."""
+    try:
+        _publish()
+    except Exception:  # noqa: BLE001 - metrics never break serving
+        pass
+
+
 def _publish() -> None:
     """Write this process's snapshot for the process that serves /metrics; never raises."""
     path = _metrics_dir()

@@ -71,7 +71,7 @@ def _start_flusher() -> None:
             _flusher_pid = None
         else:
             _flusher_pid = os.getpid()
-            atexit.register(flush)
+            atexit.register(_flush_at_exit)
             return
     flush()
 
@@ -84,8 +84,16 @@ def _flush_loop() -> None:
         flush()
 
 
-def flush() -> None:
-    """Hand every batched count to :mod:`.._runtime` now (one snapshot write follows); never raises."""
+def _flush_at_exit() -> None:
+    """At exit: hand over what is batched and write the snapshot on this thread (``_runtime``'s own
+    exit write may already have run: exit handlers run in reverse order of registration)."""
+    if flush():
+        _runtime.publish_now()
+
+
+def flush() -> bool:
+    """Hand every batched count to :mod:`.._runtime` now (one snapshot write follows); whether
+    there was any; never raises."""
     with _lock:
         pending = dict(_pending)
         _pending.clear()
@@ -98,3 +106,4 @@ def flush() -> None:
                     _runtime.record_compile(kind, "hit", 0.0)
         except Exception:  # noqa: BLE001 - metrics never break serving
             continue
+    return bool(pending)
