@@ -244,34 +244,44 @@ def test_lexemes_with_several_readings(byte_vocab, name):
         assert m.is_completed()
 
 
-def test_terminal_trees_build_the_same_automata_as_their_text():
-    """The translator hands each terminal's parse tree to the engine (no second parse of the text):
-    on every 16th corpus schema, every terminal's automaton from its tree equals the one Python's
-    parser reads from its regex text, state for state."""
+def corpus_grammars(every: int) -> list:
+    """The grammar IR of every ``every``-th JSONSchemaBench corpus schema that compiles as rules
+    (the corpus lies beside the repository, in ``../shared``); empty without the corpus."""
     import glob
     import os
 
-    import numpy as np
-
-    from dotvllm_plugin.regex import regex_to_dfa
-
     corpus = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "jsonschemabench-dev")
-    files = sorted(glob.glob(os.path.join(corpus, "*.json")))[::16]
-    if not files:
-        pytest.skip("the JSONSchemaBench corpus is not beside the repository")
-    checked = 0
-    for path in files:
+    out = []
+    for path in sorted(glob.glob(os.path.join(corpus, "*.json")))[::every]:
         with open(path) as f:
             doc = json.load(f)
         try:
             grammar = json_schema_to_ir(doc.get("schema", doc))
         except GrammarError:
             continue
-        for t in getattr(grammar, "terminals", ()):
+        if grammar is not None and hasattr(grammar, "terminals"):
+            out.append(grammar)
+    return out
+
+
+def test_terminal_trees_build_the_same_automata_as_their_text():
+    """The translator hands each terminal's parse tree to the engine (no second parse of the text):
+    on every 16th corpus schema, every terminal's automaton from its tree equals the one Python's
+    parser reads from its regex text, state for state."""
+    import numpy as np
+
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    grammars = corpus_grammars(16)
+    if not grammars:
+        pytest.skip("the JSONSchemaBench corpus is not beside the repository")
+    checked = 0
+    for grammar in grammars:
+        for t in grammar.terminals:
             if t.tree is None or len(t.regex) > 2000:
                 continue
             a, b = regex_to_dfa(t.regex), regex_to_dfa(t.regex, tree=t.tree)
-            assert a.initial == b.initial and np.array_equal(a.accepting, b.accepting), (path, t.regex)
-            assert np.array_equal(a.transitions, b.transitions), (path, t.regex)
+            assert a.initial == b.initial and np.array_equal(a.accepting, b.accepting), t.regex
+            assert np.array_equal(a.transitions, b.transitions), t.regex
             checked += 1
     assert checked > 200
