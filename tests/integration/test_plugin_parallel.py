@@ -8,7 +8,7 @@ is unpickled there once per request, its compiled grammar rebuilt once per proce
 nothing of ours is pickled per decoding step: the ``dotvllm_constraint_loads`` counters, summed
 over the server's processes, show it.
 
-Opt-in: ``DOTVLLM_TEST_TP=1`` (its server adds ~2.5 min to CI, which runs without it). What the
+Opt-in: ``DOTVLLM_TEST_TP=1`` (its server adds ~2.5 min; ``.ci/run`` sets it). What the
 default run still covers of this path: every guided kind and a bad spec through real servers with
 vLLM's multiprocessing frontend (``test_plugin_guided.py``), and the processor pickled, unpickled
 once per process and its grammar rebuilt once (``test_plugin_logits_processor.py``); only the
