@@ -188,7 +188,7 @@ def _process_gone(pid: int, wait_s: float = 10.0) -> bool:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read
             return True
         time.sleep(0.05)
     return False
