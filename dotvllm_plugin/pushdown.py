@@ -159,6 +159,7 @@ _lark_lock = threading.Lock()
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
 MAX_LEXER_STATES = 200_000
+_TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STATES:,} states; simplify its terminals"
 _lark_scope = threading.local()
 
 
@@ -376,7 +377,7 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     if _cwalk is not None and USE_C_PRODUCT:
         res = _cwalk.product(np.ascontiguousarray(glob), n_cls, dead, start, MAX_LEXER_STATES)
         if res is None:
-            raise GrammarError("the grammar's lexer automaton exceeds 200,000 states; simplify its terminals")
+            raise GrammarError(_TOO_MANY_LEXER_STATES)
         cls_table = np.frombuffer(res[0], dtype=np.int64).reshape(-1, n_cls)
         vecs_arr = np.frombuffer(res[1], dtype=np.int64).reshape(-1, len(comps))
         return cls_table[:, byte_class].astype(np.int32), _chosen(acc[vecs_arr], comps, order_arr, retype_pos, compounds)
@@ -415,7 +416,7 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
                 sid = ids[key] = len(vecs)
                 vecs.append(col.copy())
                 if len(vecs) > MAX_LEXER_STATES:
-                    raise GrammarError("the grammar's lexer automaton exceeds 200,000 states; simplify its terminals")
+                    raise GrammarError(_TOO_MANY_LEXER_STATES)
             row[c] = sid
         rows.append(row)
     cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
