@@ -27,6 +27,8 @@ copies included:
   grammar's table resident on the device, ``2·B`` int32 indices the kernel reads from pinned
   memory, one Triton kernel called without Triton's Python launcher;
 * ``ours_launcher``: the same through Triton's own launcher;
+* ``ours_index_copy``: the same with the step's ``2·B`` indices copied to the device (one
+  asynchronous copy) instead of read by the kernel from pinned host memory;
 * ``ours_per_seq``: the per-sequence path (what pushdown grammars take, and what DFA grammars
   took before): a matcher advance (with the DFA step memo) and a row number per sequence;
 * ``ours_host``: ``ours`` with the device work left out (host work alone);
@@ -38,7 +40,16 @@ copies included:
 plus ``sync_only`` (an empty step: the timer and ``torch.cuda.synchronize()``), the kernels
 alone (CUDA events, bitmask already on the device) and the floor: reading and
 writing the logits once, ``2·B·V·4`` bytes at the bandwidth of a device-to-device copy measured
-in the same run. Before timing, every path's mask of the first step is compared with the
+in the same run.
+
+Then ``ours``, ``xgrammar`` and ``v0_rows`` again inside decode steps (``--forward-gb``, default 16:
+the weights of an 8B bf16 model): each step first launches a CUDA graph that streams that many
+bytes of bf16 weights through GEMMs and writes the logits with an lm_head GEMM (:class:`Forward`),
+as a model's forward is launched before vLLM processes the logits; the path then runs while the
+device computes (``kernel_only``: our kernel alone on a bitmask already on the device, the least
+any path can add). Steps with and without the path alternate; ``added_<path>`` is the median of the
+per-pair differences: what masking adds to a decode step, its host work counted where it
+outlasts the forward. Before timing, every path's mask of the first step is compared with the
 allowed sets of reference matchers, and for ``ours*`` the masks after the last timed step too. Prints a table; writes JSON, Markdown and a PNG plot::
 
     python -m benchmarks.gpu_masks run --data .benchdata --out benchmarks/results
@@ -71,6 +82,7 @@ PATTERNS = {
 VOCABS = ("mistral32k", "tekken131k")
 BATCHES = (1, 32, 256, 1024)
 PATHS = ("v0_rows", "ours", "ours_upload", "xgrammar")
+IN_STEP = ("ours", "ours_index_copy", "xgrammar", "v0_rows")
 
 
 # -- prepare (needs mistral-common) -------------------------------------------------------------------
@@ -218,6 +230,53 @@ class Uploader:
         return self.host.to(self.device, non_blocking=True)
 
 
+class Forward:
+    """The GPU work of a decode step before its logits exist, replayed as one CUDA graph (V0
+    replays captured graphs for decode): GEMMs that stream ``weight_gb`` of bf16 weights (up/down
+    projection pairs of a 4096-wide model, batch B), then the lm_head GEMM, written as the step's
+    fp32 logits ``[B, V]``. Launched asynchronously, as a model's forward is: the host runs the
+    step's logits processing while the device computes, so a mask path's host work costs the step
+    only where it outlasts the forward, and its device work comes after the forward's."""
+
+    HIDDEN, FFN = 4096, 14336
+
+    def __init__(self, vocab_size: int, weight_gb: float, device):
+        gen = torch.Generator(device=device).manual_seed(0)
+        pair_bytes = 2 * self.HIDDEN * self.FFN * 2
+        n = max(1, round(weight_gb * 1e9 / pair_bytes))
+
+        def weight(rows, cols):
+            return (torch.randn(rows, cols, device=device, generator=gen) * rows ** -0.5).to(torch.bfloat16)
+
+        self.layers = [(weight(self.HIDDEN, self.FFN), weight(self.FFN, self.HIDDEN)) for _ in range(n)]
+        self.lm_head = weight(self.HIDDEN, vocab_size)
+        self.weight_bytes = (n * pair_bytes + self.lm_head.numel() * 2)
+        self.device = device
+
+    def graph(self, batch: int):
+        """(fp32 logits [B, V] the graph writes, replay)."""
+        x = torch.randn(batch, self.HIDDEN, device=self.device).to(torch.bfloat16)
+        logits = torch.empty(batch, self.lm_head.shape[1], device=self.device, dtype=torch.float32)
+
+        def body():
+            h = x
+            for up, down in self.layers:
+                h = torch.nn.functional.rms_norm((h @ up) @ down, (self.HIDDEN,))  # (keeps the logits finite)
+            logits.copy_(h @ self.lm_head)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            body()
+        torch.cuda.synchronize()
+        return logits, g.replay
+
+
 def load_xgrammar():
     try:
         from importlib.metadata import version
@@ -278,7 +337,7 @@ def _rows_built(vocab) -> int:
     return 0 if seqs is None else seqs.transitions.rows_built
 
 
-def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
+def run_case(vocab, grammars, batch: int, xgr_apply, args, device, forward=None) -> dict:
     from dotvllm_plugin import masks
     from dotvllm_plugin.integrations.vllm_v0 import logits_processor as lp
     from dotvllm_plugin.masks import apply_token_bitmask_inplace, bitmask_words
@@ -304,6 +363,13 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
             lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
         finally:
             masks.DIRECT_LAUNCH = True
+
+    def ours_index_copy(step, logits):  # `ours` with the step's indices copied to the device first
+        lp._step_masker.read_indices_from_host = False
+        try:
+            lp.apply_step(vllm_apply_logits_processors, logits, mds[step])
+        finally:
+            lp._step_masker.read_indices_from_host = True
 
     ours_per_seq = ours  # run on processors kept off the vectorised step (see `per_sequence` below)
 
@@ -341,11 +407,11 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     def xgrammar(step, logits):
         xgr_apply(logits, upload(b, step), vocab_size=vocab.size)
 
-    fns = {"v0_rows": v0_rows, "ours": ours, "ours_launcher": ours_launcher, "ours_per_seq": ours_per_seq,
-           "ours_upload": ours_upload}
+    fns = {"v0_rows": v0_rows, "ours": ours, "ours_launcher": ours_launcher, "ours_index_copy": ours_index_copy,
+           "ours_per_seq": ours_per_seq, "ours_upload": ours_upload}
     if xgr_apply is not None:
         fns["xgrammar"] = xgrammar
-    checked = ("ours", "ours_launcher", "ours_per_seq")
+    checked = ("ours", "ours_launcher", "ours_index_copy", "ours_per_seq")
     per_sequence = ("ours_per_seq",)
     timed_only = {"ours_host": ours_host, "read_metadata": read_metadata, "sync_only": sync_only}
 
@@ -414,6 +480,60 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device) -> dict:
     masks.DIRECT_LAUNCH = True
     row["launch_direct_us"] = event_time_us(launch)
     row["direct_launch_used"] = masks._direct.calls > 0
+
+    if forward is not None:  # the same paths inside a decode step: what each adds to the step
+        in_logits, replay = forward.graph(batch)
+        fwd_times = []
+        replay()
+        torch.cuda.synchronize()
+        row["forward_nonfinite_logits"] = int((~torch.isfinite(in_logits)).sum())
+        bm_dev = []  # uploaded when its turn comes (after the other paths' checks)
+
+        def kernel_only(step, logits):
+            if not bm_dev:
+                bm_dev.append(upload(b, 2))
+            apply_token_bitmask_inplace(logits, bm_dev[0], vocab_size=vocab.size)
+
+        for name in (*IN_STEP, "kernel_only"):
+            fn = fns.get(name, kernel_only if name == "kernel_only" else None)
+            if fn is None:
+                continue
+            added = []
+            for _ in range(args.repeats):
+                b.reset(name in per_sequence)
+                mds.clear()
+                mds.update({s: b.metadata(s) for s in range(steps + 2)})
+                for step in (0, 1):  # warm-up, as above
+                    replay()
+                    fn(step, in_logits)
+                for step in range(2, steps + 2):
+                    # a step without masks, then the next with them: each pair's difference
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    replay()
+                    torch.cuda.synchronize()
+                    t_plain = time.perf_counter() - t
+                    t = time.perf_counter()
+                    replay()
+                    fn(step, in_logits)
+                    torch.cuda.synchronize()
+                    added.append(time.perf_counter() - t - t_plain)
+                    fwd_times.append(t_plain)
+            row[f"added_{name}_us"] = statistics.median(added) * 1e6
+            row[f"added_{name}_p90_us"] = float(np.percentile(added, 90)) * 1e6
+            if name in checked:  # masks after the last step, as above (the forward rewrote the logits)
+                finite = torch.isfinite(in_logits).cpu().numpy()
+                mismatches[f"{name}_in_step_last"] = int((finite != last).any(axis=1).sum())
+                if mismatches[f"{name}_in_step_last"]:  # which rows, and which way
+                    bad = np.flatnonzero((finite != last).any(axis=1))
+                    row[f"{name}_in_step_mismatch"] = {
+                        "kinds": {k: int(sum(b.kinds[i] == k for i in bad)) for k in set(b.kinds)},
+                        "allowed_but_masked": int((last & ~finite).sum()),
+                        "banned_but_finite": int((~last & finite).sum()),
+                        "first_rows": bad[:8].tolist()}
+        row["forward_us"] = statistics.median(fwd_times) * 1e6
+        row["forward_p10_p90_us"] = [float(np.percentile(fwd_times, q)) * 1e6 for q in (10, 90)]
+        del in_logits, replay
     return row
 
 
@@ -432,13 +552,18 @@ def run(args) -> None:
     rows = []
     for name in args.vocabs:
         vocab, grammars = load(Path(args.data), name)
+        forward = Forward(vocab.size, args.forward_gb, device) if args.forward_gb > 0 else None
         for batch in args.batches:
-            r = run_case(vocab, grammars, batch, xgr_apply, args, device)
+            r = run_case(vocab, grammars, batch, xgr_apply, args, device, forward)
+            if forward is not None:
+                r["forward_weight_GB"] = forward.weight_bytes / 1e9
             r["vocab_name"] = name
             r["floor_us"] = 2 * batch * vocab.size * 4 / bw * 1e6
             rows.append(r)
             print(fmt_row(r), flush=True)
             write(Path(args.out), meta, rows)  # after every case: a run cut short keeps what it measured
+        del forward
+        torch.cuda.empty_cache()
     plot(rows, Path(args.out) / "gpu_masks.png")
     print(markdown(meta, rows))
     if any(v for r in rows for v in r["mismatches"].values()):
@@ -451,7 +576,7 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
     (out / "gpu_masks.md").write_text(markdown(meta, rows))
 
 
-COLS = ["v0_rows_us", "ours_per_seq_us", "ours_us", "ours_launcher_us", "ours_host_us", "read_metadata_us",
+COLS = ["added_ours_us", "added_ours_index_copy_us", "added_kernel_only_us", "added_xgrammar_us", "added_v0_rows_us", "forward_us", "v0_rows_us", "ours_per_seq_us", "ours_us", "ours_launcher_us", "ours_host_us", "read_metadata_us",
         "ours_upload_us", "xgrammar_us", "kernel_ours_us", "kernel_xgrammar_us", "launch_triton_us", "launch_direct_us",
         "copy_h2d_us", "sync_only_us", "floor_us"]
 
@@ -464,12 +589,17 @@ def fmt_row(r: dict) -> str:
 def markdown(meta: dict, rows: list[dict]) -> str:
     head = (f"{meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, xgrammar {meta['xgrammar']}, "
             f"fp32 logits; device-to-device copy {meta['bandwidth_GBps']:.0f} GB/s\n\n")
-    cols = ["vocab", "B"] + [c[:-3] for c in COLS] + ["ours ÷ floor", "v0_rows ÷ ours", "mismatches"]
+    cols = ["vocab", "B"] + [c[:-3] for c in COLS] + ["ours ÷ floor", "v0_rows ÷ ours", "added: ours ÷ floor",
+                                                       "added: v0_rows ÷ ours", "mismatches"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = [str(r["vocab"]), str(r["batch"])] + [f"{r[c]:.1f}" if c in r else "-" for c in COLS]
-        vals += [f"{r['ours_us'] / r['floor_us']:.1f}×", f"{r['v0_rows_us'] / r['ours_us']:.0f}×",
-                 str(sum(r["mismatches"].values()))]
+        vals += [f"{r['ours_us'] / r['floor_us']:.1f}×", f"{r['v0_rows_us'] / r['ours_us']:.0f}×"]
+        if r.get("added_ours_us", 0) > 0 and "added_v0_rows_us" in r:
+            vals += [f"{r['added_ours_us'] / r['floor_us']:.1f}×", f"{r['added_v0_rows_us'] / r['added_ours_us']:.0f}×"]
+        else:
+            vals += ["-", "-"]
+        vals.append(str(sum(r["mismatches"].values())))
         lines.append("| " + " | ".join(vals) + " |")
     notes = ("\nMedian µs per decode step (wall clock to `torch.cuda.synchronize()`, host work and "
              "host→device copies included) for `v0_rows`, `ours_per_seq`, `ours`, `ours_launcher`, `ours_upload`, "
@@ -478,7 +608,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              "`kernel_*` and `copy_h2d` are CUDA-event times of the kernel alone (bitmask on the "
              "device) and of the B-row bitmask upload from pinned memory; `launch_*` the same for the step's "
              "indexed launch through Triton's launcher and called directly; floor = 2·B·V·4 bytes ÷ "
-             "the measured copy bandwidth.\n")
+             "the measured copy bandwidth. `added_*`: the same paths inside a decode step (a CUDA graph that "
+             "streams the `forward_weight_GB` of bf16 weights and writes the logits, launched before the "
+             "path runs, as a model's forward is): median over pairs of steps of (step with the path − the "
+             "step before it without), i.e. what the path adds to a decode step; `forward` the step without "
+             "masks.\n")
     return head + "\n".join(lines) + "\n" + notes
 
 
@@ -526,6 +660,9 @@ def main() -> None:
     r.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     r.add_argument("--steps", type=int, default=20, help="timed steps per case (a quarter from B=256 on)")
     r.add_argument("--repeats", type=int, default=3, help="times each path's steps are run (samples pooled)")
+    r.add_argument("--forward-gb", type=float, default=16.0,
+                   help="bf16 weights a synthetic decode step streams before its logits (16: an 8B model); "
+                        "each path is also timed inside such steps (0: not)")
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(Path(args.out))
