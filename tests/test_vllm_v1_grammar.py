@@ -105,34 +105,27 @@ def test_rollback_past_the_history_does_not_raise(byte_vocab):
     g.rollback(5)  # logged, never raised: an exception here would stop vLLM's engine core
 
 
-def test_per_request_counts_reach_the_shared_metrics_in_batches(monkeypatch):
-    # Routed requests (API server) and compile-cache hits (engine core) are handed to the
-    # process's shared metrics in batches: each hand-over costs a snapshot file write.
+def test_per_request_counts_are_counted_in_this_process():
     from dotvllm_plugin.integrations import _runtime
     from dotvllm_plugin.integrations.vllm_v1 import metrics
-
-    monkeypatch.setattr(metrics, "FLUSH_INTERVAL_S", 3600.0)  # only flush() hands over in this test
-    metrics.flush()
-    before = _runtime.metrics_snapshot()
-    for _ in range(3):
-        metrics.record_request("choice")
-        metrics.record_cache_hit("regex")
-    assert _runtime.metrics_snapshot() == before
-    metrics.flush()
-    after = _runtime.metrics_snapshot()
 
     def hits(snapshot):
         return sum(v for kind, outcome, v in snapshot["compiles"] if (kind, outcome) == ("regex", "hit"))
 
+    before = _runtime.metrics_snapshot()
+    for _ in range(3):
+        metrics.record_request("choice")
+        metrics.record_cache_hit("regex")
+    after = _runtime.metrics_snapshot()
     assert after["requests"].get("choice", 0) == before["requests"].get("choice", 0) + 3
     assert hits(after) == hits(before) + 3
-    metrics.flush()
-    assert _runtime.metrics_snapshot() == after  # nothing counted twice
 
 
-def test_counts_batched_at_exit_are_written(tmp_path):
-    # A process that exits with counts still batched writes them on its way out (the publisher
-    # thread would not live to; runtime's own exit write may already have run).
+def test_snapshot_writes_are_rate_limited_and_the_last_counts_written_at_exit(tmp_path):
+    # A burst of counts costs one snapshot write, not one per count (the write is the expensive
+    # part); counts still waiting for the publisher's next write when the process exits are
+    # written on the way out. With an interval of an hour, a run that writes more than twice
+    # (the first count at once, the rest at exit) or loses a count fails.
     import json
     import os
     import subprocess
@@ -140,17 +133,34 @@ def test_counts_batched_at_exit_are_written(tmp_path):
 
     from dotvllm_plugin.integrations import _runtime
 
-    code = (
-        "from dotvllm_plugin.integrations.vllm_v1 import metrics\n"
-        "metrics.FLUSH_INTERVAL_S = 3600.0\n"
-        "metrics.record_request('choice')\n"
-        "metrics.flush()\n"  # starts runtime's publisher and its exit hook first
-        "for _ in range(4): metrics.record_request('choice')\n"
-        "metrics.record_cache_hit('regex')\n"
-    )
-    env = {**os.environ, _runtime.METRICS_DIR_ENV: str(tmp_path)}
+    writes = tmp_path / "writes.log"
+    code = f"""
+import os, time
+from dotvllm_plugin.integrations import _runtime
+from dotvllm_plugin.integrations.vllm_v1 import metrics
+_runtime.PUBLISH_INTERVAL_S = 3600.0
+original = _runtime._publish
+def counted():
+    with open({str(writes)!r}, "a") as f:
+        f.write("write\\n")
+    original()
+_runtime._publish = counted
+metrics.record_request("choice")
+deadline = time.monotonic() + 60
+while not os.path.exists({str(writes)!r}) and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert os.path.exists({str(writes)!r}), "the first count was not written"
+for _ in range(50):
+    metrics.record_request("choice")
+    metrics.record_cache_hit("regex")
+time.sleep(0.3)
+"""
+    metrics_dir = tmp_path / "snapshots"
+    metrics_dir.mkdir()
+    env = {**os.environ, _runtime.METRICS_DIR_ENV: str(metrics_dir)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-    (snapshot,) = tmp_path.glob("*.json")
+    (snapshot,) = metrics_dir.glob("*.json")
     data = json.loads(snapshot.read_text())
-    assert data["requests"] == {"choice": 5}
-    assert [list(c) for c in data["compiles"] if c[0] == "regex"] == [["regex", "hit", 1]]
+    assert data["requests"] == {"choice": 51}
+    assert [list(c) for c in data["compiles"] if c[0] == "regex"] == [["regex", "hit", 50]]
+    assert writes.read_text().splitlines() == ["write", "write"]

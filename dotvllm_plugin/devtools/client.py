@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 
 import requests
@@ -85,3 +86,30 @@ def metric_values(base_url: str, name: str) -> dict[tuple, float]:
             labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(1))))
             out[labels] = float(m.group(2))
     return out
+
+
+def metric_values_when(base_url: str, name: str, ready, timeout_s: float = 15.0) -> dict[tuple, float]:
+    """``metric_values(base_url, name)`` once ``ready(values)`` holds, or the last values read after
+    ``timeout_s`` (the caller's assertion then shows them). Counts of other processes than the API
+    server reach /metrics through snapshot files written at most every
+    ``integrations._runtime.PUBLISH_INTERVAL_S``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = metric_values(base_url, name)
+        if ready(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.2)
+
+
+def metric_values_settled(base_url: str, name: str, quiet_s: float = 1.2, timeout_s: float = 15.0) -> dict[tuple, float]:
+    """``metric_values(base_url, name)`` once two reads ``quiet_s`` apart agree (counts of earlier
+    requests still on their way through snapshot files have arrived), or the last read after
+    ``timeout_s``: the value to compare a later read with."""
+    deadline = time.monotonic() + timeout_s
+    values = metric_values(base_url, name)
+    while True:
+        time.sleep(quiet_s)
+        again = metric_values(base_url, name)
+        if again == values or time.monotonic() > deadline:
+            return again
+        values = again

@@ -44,6 +44,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import defaultdict
 
 from ..compilation_manager import CompilationManager
@@ -229,6 +230,14 @@ def metrics_snapshot() -> dict:
         return _snapshot_locked()
 
 
+PUBLISH_INTERVAL_S = 0.5
+"""Least time between two snapshot writes of one process. A write costs 0.1–0.2 ms of CPU and
+1–2.5 ms on its thread (more under load); one per counted event (every routed request, every
+compile-cache hit: several a second on a busy server) cost the API server and the engine core
+10–15 % of their sampled time on short requests (py-spy; docs/benchmarks.md). The first count
+after a quiet spell is written at once; counts within the interval after a write join the next
+one, so ``/metrics`` shows another process's counts at most this late."""
+
 _publish_wanted = threading.Event()
 _publisher: threading.Thread | None = None
 _publisher_pid: int | None = None
@@ -238,8 +247,9 @@ def _publish_soon() -> None:
     """Have this process's snapshot written by its publisher thread (started on first use).
 
     Counting happens on hot paths (the engine core's ``grammar_init``, the API server's request
-    check); the file write happens on a daemon thread, and counts that arrive while it writes are
-    coalesced into its next write. Never raises."""
+    check); the file write happens on a daemon thread, at most once per
+    :data:`PUBLISH_INTERVAL_S`, and counts that arrive meanwhile are coalesced into its next
+    write. Never raises."""
     global _publisher, _publisher_pid
     if _metrics_dir() is None:
         return
@@ -267,20 +277,14 @@ def _publish_loop() -> None:
         _publish_wanted.wait()
         _publish_wanted.clear()
         _publish()
+        time.sleep(PUBLISH_INTERVAL_S)  # counts arriving meanwhile join the next write
 
 
 def _publish_at_exit(pid: int) -> None:
+    """Counts the publisher thread has not written yet (it may be waiting out its interval) are
+    written on the exiting thread."""
     if os.getpid() == pid and _publish_wanted.is_set():
         _publish()
-
-
-def publish_now() -> None:
-    """Write this process's snapshot now, on the calling thread (an exit path whose counts the
-    publisher thread would not live to write); never raises."""
-    try:
-        _publish()
-    except Exception:  # noqa: BLE001 - metrics never break serving
-        pass
 
 
 def _publish() -> None:

@@ -24,7 +24,7 @@ import re
 import pytest
 import requests
 
-from dotvllm_plugin.devtools.client import body_for, metric_values, post
+from dotvllm_plugin.devtools.client import body_for, metric_values_settled, metric_values_when, post
 from guided_cases import (
     CHAT,
     COMPLETIONS,
@@ -65,8 +65,18 @@ def tp_server(request, demo_model_dir):
         srv.stop()
 
 
-def _loads(server) -> dict[str, float]:
-    return {dict(k)["what"]: v for k, v in metric_values(server.base_url, "dotvllm_constraint_loads_total").items()}
+def _named(values) -> dict[str, float]:
+    return {dict(k)["what"]: v for k, v in values.items()}
+
+
+def _loads(server, ready=None) -> dict[str, float]:
+    """Loads counted by the engine's processes. They reach /metrics in snapshots, up to
+    ``_runtime.PUBLISH_INTERVAL_S`` late: without ``ready``, the values once they have settled;
+    with it, once ``ready(values)`` holds."""
+    name = "dotvllm_constraint_loads_total"
+    if ready is None:
+        return _named(metric_values_settled(server.base_url, name))
+    return _named(metric_values_when(server.base_url, name, lambda v: ready(_named(v))))
 
 
 def test_two_ranks_serve_every_kind(tp_server):
@@ -96,7 +106,8 @@ def test_constraints_are_loaded_once_per_request_not_per_step(tp_server):
         reply = post(tp_server.base_url, COMPLETIONS,
                      body_for(COMPLETIONS, "x", max_tokens=TOKENS, temperature=1.0, guided_regex=pattern))
         assert reply.status == 200 and re.fullmatch(pattern, reply.texts[0]), reply.texts
-    after = _loads(tp_server)
+    after = _loads(tp_server, lambda a: a.get("processor", 0) - before.get("processor", 0) >= requests_sent
+                   and a.get("grammar", 0) - before.get("grammar", 0) >= 1)
     # One processor unpickled per request (each request generated 34 tokens: per step would be
     # 4 × 34), one grammar rebuilt in the whole server.
     assert after.get("processor", 0) - before.get("processor", 0) == requests_sent, (before, after)

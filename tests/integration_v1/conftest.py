@@ -19,7 +19,6 @@ from typing import Iterator
 
 import pytest
 
-from dotvllm_plugin.devtools.client import metric_values
 from dotvllm_plugin.devtools.demo_model import ensure_model
 from dotvllm_plugin.devtools.server import ServerProcess, installed_vllm_version, start_server
 from dotvllm_plugin.integrations import supported_engine
@@ -48,18 +47,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.v1)
         if reason and not required:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def metric_values_when(base_url: str, name: str, ready, timeout_s: float = 15.0) -> dict:
-    """``metric_values(base_url, name)`` once ``ready(values)`` holds, or the last values read after
-    ``timeout_s`` (the caller's assertion then shows them). Per-request counts reach /metrics in
-    batches (``vllm_v1.metrics.FLUSH_INTERVAL_S``), engine-core counts through a snapshot file."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        values = metric_values(base_url, name)
-        if ready(values) or time.monotonic() > deadline:
-            return values
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

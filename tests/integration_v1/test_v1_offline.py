@@ -18,7 +18,7 @@ from dotvllm_plugin.devtools.server import SERVER_ENV
 from guided_cases import RUNAWAY_REGEX
 
 SCRIPT = textwrap.dedent(r'''
-    import json, sys
+    import json, sys, time
     from prometheus_client import REGISTRY, generate_latest
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
@@ -27,10 +27,17 @@ SCRIPT = textwrap.dedent(r'''
     so = lambda **kw: SamplingParams(max_tokens=40, temperature=1.0, structured_outputs=StructuredOutputsParams(**kw))
     params = [so(regex=r"[a-z]{2,6}-[0-9]{2}"), so(choice=["yes", "no"]), so(regex=sys.argv[2])]
     outs = llm.generate(["a", "b", "c"], params, use_tqdm=False)
+    # The engine core's counts arrive in snapshots, up to _runtime.PUBLISH_INTERVAL_S late: read
+    # until all three compiles are counted (or 15 s have passed; the test then shows what was read).
+    deadline = time.monotonic() + 15
+    while True:
+        metrics = [line for line in generate_latest(REGISTRY).decode().splitlines()
+                   if line.startswith("dotvllm_compile_total")]
+        if sum(float(line.rsplit(" ", 1)[1]) for line in metrics) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     result = {"texts": [o.outputs[0].text for o in outs], "finish": [o.outputs[0].finish_reason for o in outs],
-              "stop_reason": [o.outputs[0].stop_reason for o in outs],
-              "metrics": [line for line in generate_latest(REGISTRY).decode().splitlines()
-                          if line.startswith("dotvllm_compile_total")]}
+              "stop_reason": [o.outputs[0].stop_reason for o in outs], "metrics": metrics}
     print("RESULT " + json.dumps(result))
 ''')
 

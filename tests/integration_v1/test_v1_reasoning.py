@@ -25,7 +25,9 @@ from dotvllm_plugin.devtools.client import MODEL_NAME
 from dotvllm_plugin.devtools.demo_model import ensure_model
 from dotvllm_plugin.devtools.server import ServerProcess, start_server
 
-from .conftest import STARTUP_TIMEOUT_S, V1_SERVER_ENV, metric_values_when
+from dotvllm_plugin.devtools.client import metric_values_when
+
+from .conftest import STARTUP_TIMEOUT_S, V1_SERVER_ENV
 
 pytestmark = pytest.mark.skipif(os.environ.get("DOTVLLM_V1_REASONING") != "1",
                                 reason="starts a server of its own: DOTVLLM_V1_REASONING=1 runs it")

@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 import requests
 
-from dotvllm_plugin.devtools.client import body_for, metric_values, post
+from dotvllm_plugin.devtools.client import (body_for, metric_values, metric_values_settled,
+                                         metric_values_when, post)
 from dotvllm_plugin.devtools.server import installed_vllm_version
 
 from guided_cases import (
@@ -34,7 +35,6 @@ from guided_cases import (
     check_tree_reply,
 )
 
-from .conftest import metric_values_when
 
 
 KINDS = [
@@ -183,7 +183,7 @@ def test_our_backend_answered(v1_server):
 def test_compile_metrics_of_the_engine_core_are_on_metrics(v1_server):
     # The engine core compiles; /metrics is the API server's.
     pattern = "metrics-[0-9]{4}"
-    before = metric_values(v1_server.base_url, "dotvllm_compile_total")
+    before = metric_values_settled(v1_server.base_url, "dotvllm_compile_total")
     misses = before.get((("kind", "regex"), ("outcome", "miss")), 0)
     for _ in range(2):  # a miss, then a hit
         reply = post(v1_server.base_url, COMPLETIONS,
@@ -204,7 +204,7 @@ def test_request_options_reach_the_engine_core_compile(v1_server):
     schema = {"type": "object", "properties": {"options": {"type": "integer", "minimum": 0, "maximum": 9}},
               "required": ["options"], "additionalProperties": False}
     key = (("kind", "json_schema"), ("outcome", "miss"))
-    before = metric_values(v1_server.base_url, "dotvllm_compile_total").get(key, 0)
+    before = metric_values_settled(v1_server.base_url, "dotvllm_compile_total").get(key, 0)
     variants = [{}, {}, {"disable_any_whitespace": True}, {"disable_additional_properties": True},
                 {"whitespace_pattern": "[ ]?"}]
     for extra in variants:
