@@ -170,6 +170,7 @@ class ServerProcess:
     command: list[str]
     startup_s: float = float("nan")  # time from spawn to a healthy /health
     tag: str = field(default="")  # DOTVLLM_SERVER_TAG of its processes
+    lifeline: "Lifeline | None" = None  # kills the group if the starting process dies first
 
     @property
     def pid(self) -> int:
@@ -205,6 +206,8 @@ class ServerProcess:
                 self.process.wait(timeout=30)
         # Children that outlived the API server (e.g. an engine process) share its group.
         _signal_group(self.process.pid, signal.SIGKILL)
+        if self.lifeline is not None:
+            self.lifeline.close()
         return self.process.returncode
 
     def __enter__(self) -> "ServerProcess":
@@ -212,6 +215,47 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_WATCHDOG = (
+    "import os, signal, sys\n"
+    "fd, pgid = int(sys.argv[1]), int(sys.argv[2])\n"
+    "while os.read(fd, 4096):\n"
+    "    pass\n"
+    "try:\n"
+    "    os.killpg(pgid, signal.SIGKILL)\n"
+    "except OSError:\n"
+    "    pass\n"
+)
+
+
+class Lifeline:
+    """Kills a process group when the process that made this object dies, however it dies.
+
+    A watchdog process blocks reading a pipe whose only write end this process holds (not
+    inherited by anything it starts): when this process exits — SIGKILL included, where no
+    ``finally`` or exit handler runs — the read sees EOF and the watchdog SIGKILLs the group.
+    :meth:`close` (after a normal stop) ends the watchdog the same way; the group is gone by then.
+    A ``vllm serve`` runs in its own session (so :meth:`ServerProcess.stop` reaches its engine and
+    workers), which is why the kernel's parent-death signal alone would not do: it reaches only
+    the direct child, and only while the thread that started it lives.
+    """
+
+    def __init__(self, pgid: int):
+        read_end, self._write_end = os.pipe()  # both non-inheritable
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(read_end), str(pgid)], pass_fds=(read_end,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            os.close(read_end)
+
+    def close(self) -> None:
+        if self._write_end is not None:
+            os.close(self._write_end)
+            self._write_end = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(timeout=10)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -270,6 +314,11 @@ def start_server(
             start_new_session=True,  # own process group: stop() kills engine and workers too
         )
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, cmd, tag=env[SERVER_TAG_ENV])
+    try:
+        server.lifeline = Lifeline(proc.pid)  # the server's group = its pid (start_new_session)
+    except BaseException:
+        server.stop(timeout_s=10)
+        raise
     deadline = t0 + startup_timeout_s
     try:
         while True:
