@@ -30,6 +30,13 @@ routing on), ``vllm-default`` (the plugin loaded, ``DOTVLLM_DISABLE=1``: xgramma
 twice is an A/A control: two identical servers, whose ratio shows what start order and load alone
 do. The CPU time per request is also split by process (API server, engine core, model worker,
 compile workers), and the 1-minute load average is recorded at every round.
+
+``--one-at-a-time N`` measures differently: N blocks, each starting a fresh server of each kind
+in turn (the order alternating between blocks) and timing it while it is the only server up;
+the ratio column is then the median over blocks of the two servers' median round times. On the
+2-core machine of docs/benchmarks.md two co-resident servers, one of them paused, differ by up
+to 2× with identical code (an A/A run), which is why this mode exists; round times of a single
+server are bimodal there too (see the docs), so read either mode's short-request ratios with that.
 """
 
 from __future__ import annotations
@@ -231,6 +238,62 @@ def run_cases(servers: dict, a: str, b: str, args) -> dict:
     return out
 
 
+def measure_alone(server, args) -> dict:
+    """Every case on one server (the only one up): per case its rounds' walls, CPU, loads, tokens,
+    invalid outputs."""
+    raw = {}
+    for name, so, check in CASES:
+        if name not in args.cases:
+            continue
+        complete(server.base_url, so, args.max_tokens, 0)  # warm-up: compile outside the timing
+        r = raw[name] = {"walls": [], "cpus": [], "loads": [], "tokens": 0, "invalid": []}
+        for rep in range(args.repeats):
+            r["loads"].append(os.getloadavg()[0])
+            wall, cpu, n, bad = timed_round(server, so, check, args, rep)
+            r["walls"].append(wall)
+            r["cpus"].append(cpu)
+            r["tokens"] += n
+            r["invalid"].extend(bad)
+    return raw
+
+
+def run_one_at_a_time(configs, a: str, b: str, args) -> tuple[dict, dict, dict]:
+    """``--one-at-a-time N``: N blocks; in each, a fresh server of each kind, one after the other
+    (the order alternating between blocks), each measured while it is the only server up.
+    Returns (results as ``run_cases`` gives them, with the per-block ratios of median round times
+    in ``pair_time_ratios``; startup seconds per label; whether dotvllm answered, per label)."""
+    raws = {label: [] for label, _ in configs}
+    startups = {label: [] for label, _ in configs}
+    answered = {label: True for label, _ in configs}
+    for block in range(args.one_at_a_time):
+        order = configs if block % 2 == 0 else configs[::-1]
+        for label, env in order:
+            log(f"block {block + 1}/{args.one_at_a_time}: starting server {label}")
+            server = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
+                                  log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
+            try:
+                raws[label].append(measure_alone(server, args))
+                answered[label] = answered[label] and "compiled by dotvllm" in server.log(2_000_000)
+                startups[label].append(server.startup_s)
+            finally:
+                server.stop()
+    results = {label: {"cases": {}} for label in raws}
+    pairs = {}
+    for name in args.cases:
+        for label, blocks in raws.items():
+            out = results[label]["cases"][name] = summary(
+                [w for r in blocks for w in r[name]["walls"]], [c for r in blocks for c in r[name]["cpus"]],
+                [x for r in blocks for x in r[name]["loads"]], sum(r[name]["tokens"] for r in blocks),
+                [t for r in blocks for t in r[name]["invalid"]], args)
+            out["wall_s_median_by_block"] = [round(statistics.median(r[name]["walls"]), 3) for r in blocks]
+        pairs[name] = [round(wb / wa, 3) for wa, wb in zip(results[a]["cases"][name]["wall_s_median_by_block"],
+                                                           results[b]["cases"][name]["wall_s_median_by_block"])]
+        log(f"  {name}: " + ", ".join(f"{label} {results[label]['cases'][name]['tokens_per_s']} tok/s "
+                                      f"(invalid {len(results[label]['cases'][name]['invalid'])})" for label in raws))
+    results["pair_time_ratios"] = pairs
+    return results, {label: statistics.median(v) for label, v in startups.items()}, answered
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=int, default=16)
@@ -243,6 +306,9 @@ def main(argv=None) -> int:
                     help="comma-separated case names (default: all)")
     ap.add_argument("--default-first", action="store_true",
                     help="server B (vLLM's default backend by default) starts first and takes the first round")
+    ap.add_argument("--one-at-a-time", type=int, default=0, metavar="N",
+                    help="instead of both servers up with rounds interleaved: N blocks, each a fresh server "
+                         "of each kind measured alone, one after the other (order alternating by block)")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     kinds = args.servers.split(",")
@@ -258,19 +324,26 @@ def main(argv=None) -> int:
         configs.reverse()
     servers = {}
     load_before = os.getloadavg()
-    try:
-        for label, env in configs:
-            log(f"starting server: {label}")
-            servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
-                                          log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
-        results = run_cases(servers, a, b, args)
-        answered = {label: "compiled by dotvllm" in servers[label].log(2_000_000) for label in servers}
-    finally:
-        for server in servers.values():
-            pause(server, False)
-            server.stop()
+    if args.one_at_a_time:
+        results, startups, answered = run_one_at_a_time(configs, a, b, args)
+        servers = dict(configs)
+    else:
+        try:
+            for label, env in configs:
+                log(f"starting server: {label}")
+                servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
+                                              log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
+            results = run_cases(servers, a, b, args)
+            answered = {label: "compiled by dotvllm" in servers[label].log(2_000_000) for label in servers}
+            startups = {label: servers[label].startup_s for label in servers}
+        finally:
+            for server in servers.values():
+                pause(server, False)
+                server.stop()
+    mode = (f"one server at a time, {args.one_at_a_time} blocks of a fresh server each" if args.one_at_a_time
+            else "both servers up, rounds interleaved")
     for label in servers:
-        results[label]["startup_s"] = round(servers[label].startup_s, 1)
+        results[label]["startup_s"] = round(startups[label], 1)
         results[label]["compiled_by_dotvllm"] = answered[label]
     ra, rb = results[a], results[b]
     rows = []
@@ -287,14 +360,15 @@ def main(argv=None) -> int:
                      f"{pair:.2f}×", f'{ca["server_cpu_s_per_request"] * 1e3:.0f} / {cb["server_cpu_s_per_request"] * 1e3:.0f}'
                      f" ({cpu:.2f}×)", by_process, f'{ca["tokens_per_request"]} / {cb["tokens_per_request"]}',
                      f'{ca["requests_per_s"]} / {cb["requests_per_s"]}', len(ca["invalid"]), len(cb["invalid"])))
-    headers = ("case", f"{a} tok/s", f"{b} tok/s", "A / B", "B time / A (median pair)",
+    headers = ("case", f"{a} tok/s", f"{b} tok/s", "A / B",
+               "B time / A (median block)" if args.one_at_a_time else "B time / A (median pair)",
                "server CPU ms/request (A / B; B ÷ A)", "CPU ms/request A / B: API server | engine core | worker",
                "tokens/request (A / B)", "requests/s (A / B)", "invalid (A)", "invalid (B)")
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     load_after = os.getloadavg()
     print(f"vLLM {metadata.version('vllm')} V1, {platform.machine()}, {os.cpu_count()} cores, "
           f"{args.concurrency} concurrent × {args.repeats} rounds per server × {args.max_tokens} tokens, "
-          f"rounds interleaved, demo model (Mistral 32k vocabulary); A = {a}, B = {b}, started "
+          f"{mode}, demo model (Mistral 32k vocabulary); A = {a}, B = {b}, started "
           f"{' then '.join(label for label, _ in configs)}; startup {ra['startup_s']} s / {rb['startup_s']} s; "
           f"load average before {', '.join(f'{x:.2f}' for x in load_before)}, "
           f"after {', '.join(f'{x:.2f}' for x in load_after)}")
@@ -307,7 +381,7 @@ def main(argv=None) -> int:
         "vllm": metadata.version("vllm"), "machine": platform.machine(), "cores": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_after,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "mode": "both servers up, rounds interleaved", "a": a, "b": b,
+        "mode": mode, "a": a, "b": b,
         "start_order": [label for label, _ in configs], "servers": {label: results[label] for label in servers},
         "pair_time_ratios": results["pair_time_ratios"],
     }, indent=2))
