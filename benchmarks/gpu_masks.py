@@ -274,7 +274,12 @@ class Forward:
         with torch.cuda.graph(g):
             body()
         torch.cuda.synchronize()
-        return logits, g.replay
+
+        def replay():  # holds ``x``: the graph reads it by address, and a freed ``x`` is reused by later allocations
+            g.replay()
+
+        replay.static_input = x
+        return logits, replay
 
 
 def load_xgrammar():
