@@ -195,10 +195,10 @@ if HAS_TRITON:
         words = tl.load(bitmask_ptr + mrow * bitmask_row_stride + word_ids, mask=word_ids * 32 < vocab_size, other=0)
         bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
         cols = b * BLOCK + tl.arange(0, BLOCK)
-        banned = (tl.reshape(bits, (BLOCK,)) == 0) | (cols >= vocab_size)
+        allowed = (tl.reshape(bits, (BLOCK,)) != 0) & (cols < vocab_size)
         ptrs = logits_ptr + row * logits_row_stride + cols
         in_row = cols < width
-        kept = tl.load(ptrs, mask=in_row & ~banned, other=-float("inf"))
+        kept = tl.load(ptrs, mask=in_row & allowed, other=-float("inf"))
         tl.store(ptrs, kept, mask=in_row)
 
 
