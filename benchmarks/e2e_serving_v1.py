@@ -238,6 +238,65 @@ def run_cases(servers: dict, a: str, b: str, args) -> dict:
     return out
 
 
+def closed_loop(server, so, check, args, seconds: float, seed0: int) -> dict:
+    """``args.concurrency`` clients, each sending its next request as soon as its last one is
+    answered, for ``seconds``: the steady state, with no idle gap between rounds. Requests still
+    in flight at the end are answered but not counted."""
+    import itertools
+    import threading
+
+    seeds = itertools.count(seed0)
+    lock = threading.Lock()
+    done = {"requests": 0, "tokens": 0, "invalid": []}
+    cpu0 = cpu_seconds(server)
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+
+    def client():
+        while time.perf_counter() < deadline:
+            with lock:
+                seed = next(seeds)
+            text, finish, n = complete(server.base_url, so, args.max_tokens, seed)
+            if time.perf_counter() > deadline:
+                return
+            try:
+                ok = check is None or check(text, finish)
+            except Exception:  # noqa: BLE001 - an invalid output is reported, not raised
+                ok = False
+            with lock:
+                done["requests"] += 1
+                done["tokens"] += n
+                if not ok:
+                    done["invalid"].append(text[:80])
+
+    threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cpu1 = cpu_seconds(server)
+    done["cpu"] = {role: cpu1.get(role, 0.0) - cpu0.get(role, 0.0) for role in cpu1.keys() | cpu0.keys()}
+    done["seconds"] = seconds
+    done["load_1min"] = os.getloadavg()[0]
+    return done
+
+
+def closed_loop_summary(windows: list[dict]) -> dict:
+    n = sum(w["requests"] for w in windows)
+    secs = sum(w["seconds"] for w in windows)
+    roles = sorted({role for w in windows for role in w["cpu"]})
+    total_cpu = sum(sum(w["cpu"].values()) for w in windows)
+    return {"requests": n, "seconds": secs, "requests_per_s": round(n / secs, 2),
+            "tokens_per_s": round(sum(w["tokens"] for w in windows) / secs, 1),
+            "tokens_per_request": round(sum(w["tokens"] for w in windows) / max(n, 1), 1),
+            "requests_per_s_by_block": [round(w["requests"] / w["seconds"], 2) for w in windows],
+            "server_cpu_s_per_request": round(total_cpu / max(n, 1), 4),
+            "cpu_ms_per_request_by_process": {role: round(sum(w["cpu"].get(role, 0.0) for w in windows) / max(n, 1) * 1e3, 2)
+                                              for role in roles},
+            "load_1min": [round(w["load_1min"], 2) for w in windows],
+            "invalid": [t for w in windows for t in w["invalid"]]}
+
+
 def measure_alone(server, args) -> dict:
     """Every case on one server (the only one up): per case its rounds' walls, CPU, loads, tokens,
     invalid outputs."""
@@ -246,6 +305,9 @@ def measure_alone(server, args) -> dict:
         if name not in args.cases:
             continue
         complete(server.base_url, so, args.max_tokens, 0)  # warm-up: compile outside the timing
+        if args.closed_loop:
+            raw[name] = closed_loop(server, so, check, args, args.closed_loop, 10_000)
+            continue
         r = raw[name] = {"walls": [], "cpus": [], "loads": [], "tokens": 0, "invalid": []}
         for rep in range(args.repeats):
             r["loads"].append(os.getloadavg()[0])
@@ -279,6 +341,16 @@ def run_one_at_a_time(configs, a: str, b: str, args) -> tuple[dict, dict, dict]:
                 server.stop()
     results = {label: {"cases": {}} for label in raws}
     pairs = {}
+    if args.closed_loop:
+        for name in args.cases:
+            for label, blocks in raws.items():
+                results[label]["cases"][name] = closed_loop_summary([r[name] for r in blocks])
+            pairs[name] = [round(x / y, 3) if y else float("nan") for x, y in zip(
+                results[a]["cases"][name]["requests_per_s_by_block"], results[b]["cases"][name]["requests_per_s_by_block"])]
+            log(f"  {name}: " + ", ".join(f"{label} {results[label]['cases'][name]['requests_per_s']} req/s "
+                                          f"(invalid {len(results[label]['cases'][name]['invalid'])})" for label in raws))
+        results["pair_time_ratios"] = pairs
+        return results, {label: statistics.median(v) for label, v in startups.items()}, answered
     for name in args.cases:
         for label, blocks in raws.items():
             out = results[label]["cases"][name] = summary(
@@ -309,11 +381,17 @@ def main(argv=None) -> int:
     ap.add_argument("--one-at-a-time", type=int, default=0, metavar="N",
                     help="instead of both servers up with rounds interleaved: N blocks, each a fresh server "
                          "of each kind measured alone, one after the other (order alternating by block)")
+    ap.add_argument("--closed-loop", type=float, default=0.0, metavar="SECONDS",
+                    help="with --one-at-a-time: per case and server, one window of SECONDS in which each of the "
+                         "--concurrency clients sends its next request as soon as the last is answered "
+                         "(steady state, no gaps between rounds) instead of --repeats rounds")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     kinds = args.servers.split(",")
     if len(kinds) != 2 or any(k not in SERVER_KINDS for k in kinds):
         ap.error(f"--servers: two of {', '.join(SERVER_KINDS)}, got {args.servers!r}")
+    if args.closed_loop and not args.one_at_a_time:
+        ap.error("--closed-loop needs --one-at-a-time N")
     args.cases = args.cases.split(",")
     unknown = set(args.cases) - {name for name, _, _ in CASES}
     if unknown:
@@ -342,6 +420,8 @@ def main(argv=None) -> int:
                 server.stop()
     mode = (f"one server at a time, {args.one_at_a_time} blocks of a fresh server each" if args.one_at_a_time
             else "both servers up, rounds interleaved")
+    if args.closed_loop:
+        mode += f", closed loop: {args.concurrency} clients for {args.closed_loop:g} s per case"
     for label in servers:
         results[label]["startup_s"] = round(startups[label], 1)
         results[label]["compiled_by_dotvllm"] = answered[label]
@@ -361,7 +441,8 @@ def main(argv=None) -> int:
                      f" ({cpu:.2f}×)", by_process, f'{ca["tokens_per_request"]} / {cb["tokens_per_request"]}',
                      f'{ca["requests_per_s"]} / {cb["requests_per_s"]}', len(ca["invalid"]), len(cb["invalid"])))
     headers = ("case", f"{a} tok/s", f"{b} tok/s", "A / B",
-               "B time / A (median block)" if args.one_at_a_time else "B time / A (median pair)",
+               ("A / B requests/s (median block)" if args.closed_loop else "B time / A (median block)")
+               if args.one_at_a_time else "B time / A (median pair)",
                "server CPU ms/request (A / B; B ÷ A)", "CPU ms/request A / B: API server | engine core | worker",
                "tokens/request (A / B)", "requests/s (A / B)", "invalid (A)", "invalid (B)")
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
