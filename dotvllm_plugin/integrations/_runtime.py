@@ -318,7 +318,7 @@ def record_compile(kind: str, outcome: str, seconds: float, error: BaseException
 
 
 def record_request(kind: str) -> None:
-    """V1: one structured request routed to the dotvllm backend (API-server process)."""
+    """V1: one structured request routed to the dotvllm backend (API-server process); never raises."""
     with _metrics_lock:
         _requests[kind] += 1
     _publish_soon()

@@ -177,7 +177,7 @@ class DotvllmBackend:
                                      eos_token_ids=vocab.eos_token_ids)
         except Exception:  # noqa: BLE001 - the compile thread's path reports it
             return None
-        metrics.record_cache_hit(constraint.kind)  # batched: no snapshot write per request
+        metrics.record_cache_hit(constraint.kind)  # (the snapshot is written later, on a thread)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dotvllm: request %s: %s compiled by dotvllm (cache hit)", request.request_id,
                          constraint.kind)

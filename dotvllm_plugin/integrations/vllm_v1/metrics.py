@@ -22,15 +22,9 @@ __all__ = ["install", "record_cache_hit", "record_request"]
 
 def record_request(kind: str) -> None:
     """One structured request routed to the dotvllm backend (API-server process); never raises."""
-    try:
-        _runtime.record_request(kind)
-    except Exception:  # noqa: BLE001 - metrics never break serving
-        pass
+    _runtime.record_request(kind)
 
 
 def record_cache_hit(kind: str) -> None:
     """One constraint served from the compile cache in ``grammar_init`` (engine core); never raises."""
-    try:
-        _runtime.record_compile(kind, "hit", 0.0)
-    except Exception:  # noqa: BLE001 - metrics never break serving
-        pass
+    _runtime.record_compile(kind, "hit", 0.0)
