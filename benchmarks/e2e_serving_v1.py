@@ -45,6 +45,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ import re
 import signal
 import statistics
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -242,15 +244,11 @@ def closed_loop(server, so, check, args, seconds: float, seed0: int) -> dict:
     """``args.concurrency`` clients, each sending its next request as soon as its last one is
     answered, for ``seconds``: the steady state, with no idle gap between rounds. Requests still
     in flight at the end are answered but not counted."""
-    import itertools
-    import threading
-
     seeds = itertools.count(seed0)
     lock = threading.Lock()
     done = {"requests": 0, "tokens": 0, "invalid": []}
     cpu0 = cpu_seconds(server)
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
+    deadline = time.perf_counter() + seconds
 
     def client():
         while time.perf_counter() < deadline:
@@ -341,25 +339,22 @@ def run_one_at_a_time(configs, a: str, b: str, args) -> tuple[dict, dict, dict]:
                 server.stop()
     results = {label: {"cases": {}} for label in raws}
     pairs = {}
-    if args.closed_loop:
-        for name in args.cases:
-            for label, blocks in raws.items():
-                results[label]["cases"][name] = closed_loop_summary([r[name] for r in blocks])
-            pairs[name] = [round(x / y, 3) if y else float("nan") for x, y in zip(
-                results[a]["cases"][name]["requests_per_s_by_block"], results[b]["cases"][name]["requests_per_s_by_block"])]
-            log(f"  {name}: " + ", ".join(f"{label} {results[label]['cases'][name]['requests_per_s']} req/s "
-                                          f"(invalid {len(results[label]['cases'][name]['invalid'])})" for label in raws))
-        results["pair_time_ratios"] = pairs
-        return results, {label: statistics.median(v) for label, v in startups.items()}, answered
     for name in args.cases:
         for label, blocks in raws.items():
+            if args.closed_loop:
+                results[label]["cases"][name] = closed_loop_summary([r[name] for r in blocks])
+                continue
             out = results[label]["cases"][name] = summary(
                 [w for r in blocks for w in r[name]["walls"]], [c for r in blocks for c in r[name]["cpus"]],
                 [x for r in blocks for x in r[name]["loads"]], sum(r[name]["tokens"] for r in blocks),
                 [t for r in blocks for t in r[name]["invalid"]], args)
             out["wall_s_median_by_block"] = [round(statistics.median(r[name]["walls"]), 3) for r in blocks]
-        pairs[name] = [round(wb / wa, 3) for wa, wb in zip(results[a]["cases"][name]["wall_s_median_by_block"],
-                                                           results[b]["cases"][name]["wall_s_median_by_block"])]
+        ca, cb = results[a]["cases"][name], results[b]["cases"][name]
+        if args.closed_loop:  # A's requests/s over B's, block by block
+            pairs[name] = [round(x / y, 3) if y else float("nan")
+                           for x, y in zip(ca["requests_per_s_by_block"], cb["requests_per_s_by_block"])]
+        else:  # B's median round time over A's, block by block
+            pairs[name] = [round(wb / wa, 3) for wa, wb in zip(ca["wall_s_median_by_block"], cb["wall_s_median_by_block"])]
         log(f"  {name}: " + ", ".join(f"{label} {results[label]['cases'][name]['tokens_per_s']} tok/s "
                                       f"(invalid {len(results[label]['cases'][name]['invalid'])})" for label in raws))
     results["pair_time_ratios"] = pairs
@@ -402,9 +397,9 @@ def main(argv=None) -> int:
         configs.reverse()
     servers = {}
     load_before = os.getloadavg()
+    labels = [label for label, _ in configs]
     if args.one_at_a_time:
         results, startups, answered = run_one_at_a_time(configs, a, b, args)
-        servers = dict(configs)
     else:
         try:
             for label, env in configs:
@@ -422,7 +417,7 @@ def main(argv=None) -> int:
             else "both servers up, rounds interleaved")
     if args.closed_loop:
         mode += f", closed loop: {args.concurrency} clients for {args.closed_loop:g} s per case"
-    for label in servers:
+    for label in labels:
         results[label]["startup_s"] = round(startups[label], 1)
         results[label]["compiled_by_dotvllm"] = answered[label]
     ra, rb = results[a], results[b]
@@ -455,7 +450,7 @@ def main(argv=None) -> int:
           f"after {', '.join(f'{x:.2f}' for x in load_after)}")
     for r in (headers, *rows):
         print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths)))
-    print("dotvllm answered: " + ", ".join(f"{label} {answered[label]}" for label in servers))
+    print("dotvllm answered: " + ", ".join(f"{label} {answered[label]}" for label in labels))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -463,7 +458,7 @@ def main(argv=None) -> int:
         "load_average_before": load_before, "load_average_after": load_after,
         "args": {k: str(v) for k, v in vars(args).items()},
         "mode": mode, "a": a, "b": b,
-        "start_order": [label for label, _ in configs], "servers": {label: results[label] for label in servers},
+        "start_order": labels, "servers": {label: results[label] for label in labels},
         "pair_time_ratios": results["pair_time_ratios"],
     }, indent=2))
     return 0 if all(not r[-2] and not r[-1] for r in rows) else 1

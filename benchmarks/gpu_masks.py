@@ -492,17 +492,10 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device, forward=None)
         replay()
         torch.cuda.synchronize()
         row["forward_nonfinite_logits"] = int((~torch.isfinite(in_logits)).sum())
-        bm_dev = []  # uploaded when its turn comes (after the other paths' checks)
-
-        def kernel_only(step, logits):
-            if not bm_dev:
-                bm_dev.append(upload(b, 2))
-            apply_token_bitmask_inplace(logits, bm_dev[0], vocab_size=vocab.size)
-
-        for name in (*IN_STEP, "kernel_only"):
-            fn = fns.get(name, kernel_only if name == "kernel_only" else None)
-            if fn is None:
-                continue
+        bm_dev = upload(b, 2)
+        in_step = {name: fns[name] for name in IN_STEP if name in fns}
+        in_step["kernel_only"] = lambda step, logits: apply_token_bitmask_inplace(logits, bm_dev, vocab_size=vocab.size)
+        for name, fn in in_step.items():
             added = []
             for _ in range(args.repeats):
                 b.reset(name in per_sequence)
@@ -528,9 +521,9 @@ def run_case(vocab, grammars, batch: int, xgr_apply, args, device, forward=None)
             row[f"added_{name}_p90_us"] = float(np.percentile(added, 90)) * 1e6
             if name in checked:  # masks after the last step, as above (the forward rewrote the logits)
                 finite = torch.isfinite(in_logits).cpu().numpy()
-                mismatches[f"{name}_in_step_last"] = int((finite != last).any(axis=1).sum())
-                if mismatches[f"{name}_in_step_last"]:  # which rows, and which way
-                    bad = np.flatnonzero((finite != last).any(axis=1))
+                bad = np.flatnonzero((finite != last).any(axis=1))
+                mismatches[f"{name}_in_step_last"] = len(bad)
+                if len(bad):  # which rows, and which way
                     row[f"{name}_in_step_mismatch"] = {
                         "kinds": {k: int(sum(b.kinds[i] == k for i in bad)) for k in set(b.kinds)},
                         "allowed_but_masked": int((last & ~finite).sum()),

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from test_compilation_manager import _process_gone
 

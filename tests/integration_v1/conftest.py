@@ -13,7 +13,6 @@ failure.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterator
 
