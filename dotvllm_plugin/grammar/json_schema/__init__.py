@@ -1611,50 +1611,61 @@ def _type_ok(value, types: list[str]) -> bool:
 
 
 def _not_in(names: list[str]) -> str:
-    """Canonically encoded string bodies whose content is none of ``names``."""
+    """Canonically encoded string bodies whose content is none of ``names``.
+
+    Such a body is a proper prefix of a name that is no name itself, or a prefix followed by a
+    character that leaves the name trie and then any rest. Characters that occur in no name leave
+    the trie at every node: they and the rest are written once, after a regex of all prefixes,
+    instead of once per trie node (every large class costs the automaton its own UTF-8 states; one
+    per node made this terminal the costliest of a typical schema).
+    """
+    if not names:
+        return T.repeat(T.PLAIN_CHAR, 0, None)
     trie: dict = {}
     for n in names:
         node = trie
         for c in n:
             node = node.setdefault(c, {})
         node[None] = True
-    return _not_in_node(trie) if names else T.repeat(T.PLAIN_CHAR, 0, None)
+    used = T.intersect(T.chars("".join(names)), T.ENCODABLE)
+    prefixes = _name_paths(trie, lambda node: "")
+    leave = T.encode_set(T.subtract(T.ENCODABLE, used))  # nonempty: names are finitely many
+    turns = _name_paths(trie, lambda node: T.encode_set(T.subtract(used, T.chars("".join(filter(None, node))))))
+    stops = _name_paths(trie, lambda node: None if None in node else "")
+    # (what _name_paths writes needs no group to be followed by more)
+    out = T.alternation([prefixes + leave, *([turns] if turns else [])]) + T.repeat(T.PLAIN_CHAR, 0, None)
+    return T.alternation([out, stops]) if stops else out if stops is None else T.repeat(out, 0, 1)
 
 
-def _not_in_node(node: dict) -> str:
-    any_rest = T.repeat(T.PLAIN_CHAR, 0, None)
-    # A run of single-child, non-terminal nodes is spelled flat (one alternative per place the
-    # string can stop or diverge): nesting one group per character overflows parsers.
-    chain: list[str] = []
-    cur = node
-    while len(chain) < 12 and None not in cur and len(cur) == 1:
-        (c, cur), = cur.items()
-        chain.append(c)
-    if chain:
-        alts = []
-        for i, c in enumerate(chain):
-            pre = T.encode_text("".join(chain[:i]))
-            others = T.encode_set(T.subtract(T.ENCODABLE, T.chars(c)))
-            if others is not None:
-                alts.append(pre + others + any_rest)
-            if i:
-                alts.append(pre)
-        alts.append(T.encode_text("".join(chain)) + T.group(_not_in_node(cur)))
-        return f"(?:{'|'.join(alts)})?"
-    children = [c for c in node if c is not None]
-    alts = []
-    if None not in node:
-        alts.append("")
-    others = T.encode_set(T.subtract(T.ENCODABLE, T.chars("".join(children))))
-    if others is not None:
-        alts.append(others + any_rest)
-    for c in children:
-        alts.append(T.encode_char(ord(c)) + T.group(_not_in_node(node[c])))
-    if not children:
-        return T.repeat(T.PLAIN_CHAR, 1, None)
-    nonempty = [a for a in alts if a]
-    r = T.alternation(nonempty) or ""
-    return f"(?:{r})?" if "" in alts else r
+def _name_paths(node: dict, own) -> str | None:
+    """The paths from ``node`` down a name trie, each followed by ``own(the node it ends at)``
+    (``None``: no path may end there); ``None`` when no path is left."""
+    nodes, chars = [node], ""
+    while len(chars) < 12 and len(kids := [c for c in nodes[-1] if c is not None]) == 1:
+        chars += kids[0]
+        nodes.append(nodes[-1][kids[0]])
+    end = nodes[-1]
+    kids = [c for c in end if c is not None]
+    below = _optional([own(end), *(T.encode_char(ord(c)) + sub for c in kids
+                                   if (sub := _name_paths(end[c], own)) is not None)])
+    # A run of single-child nodes nests one group per character, at most 12 deep: where more
+    # branches follow, they are written after the whole run once more, one group down (one group
+    # per character of a long name overflows parsers).
+    split = bool(kids and chars)
+    inside = None if split else below
+    for i in range(len(chars) - 1, -1, -1):
+        inside = _optional([own(nodes[i]), None if inside is None else T.encode_char(ord(chars[i])) + inside])
+    if split:
+        return _optional([inside, None if below is None else T.encode_text(chars) + below])
+    return inside
+
+
+def _optional(alts: list) -> str | None:
+    """Alternation of ``alts`` without the ``None`` ones; ``""`` makes it optional."""
+    r = T.alternation([a for a in alts if a])
+    if r is None:
+        return None if all(a is None for a in alts) else ""
+    return T.repeat(r, 0, 1) if "" in alts else r
 
 
 def _multiples(m: int, lo, lo_x, hi, hi_x, where: str) -> str | None:

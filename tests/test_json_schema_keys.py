@@ -1,0 +1,195 @@
+"""``_not_in``: the string bodies of undeclared keys (and of ``not`` with string values).
+
+Oracle: Python's ``re`` on what ``json.dumps(s, ensure_ascii=False)`` writes must accept exactly
+the strings that are no name. One restriction is deliberate and checked as such: past the last
+character a name shares, controls without a short escape (``\\u0001``) are not generated
+(``encode_set`` leaves them out). The old regex (one copy of "any rest" per trie node, kept
+below as the reference) must agree on every candidate, and its automaton must be equivalent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+
+from dotvllm_plugin.grammar.json_schema import _not_in
+from dotvllm_plugin.grammar.json_schema import text as T
+from dotvllm_plugin.regex import regex_to_dfa
+
+# Control characters json.dumps writes as \u00XX: outside the names they are not generated.
+NO_SHORT_ESCAPE = {chr(c) for c in range(0x20)} - set("\b\t\n\f\r")
+ALPHABET = 'ab/"\\\n\x01\x7fé日😀 '
+
+
+def _random_names(seed: int) -> list[str]:
+    """A few short names over a small alphabet: prefixes of each other, shared runs, escapes."""
+    rng = random.Random(seed)
+    alphabet = ALPHABET[: 3 + seed % 10]
+    return sorted({"".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(1 + seed % 6)})
+
+
+NAME_SETS = {
+    "shapes": ["base", "height", "radius", "side"],
+    "one": ["a"],
+    "empty_name": [""],
+    "empty_and_a": ["", "a"],
+    "prefix_chain": ["a", "ab", "abc"],
+    "escapes": ['a"b', "c\\d", "e\nf", "g\x01h", "tab\t", "/slash", "a/b", "\x7f"],
+    "non_ascii": ["héllo", "hé", "日本", "日本語", "😀x", "é"],
+    "long_runs": ["abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnopqrstuvwxyzX",
+                  "abcdefghijklmnopQ", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLM"],
+    **{f"random{i}": _random_names(i) for i in range(16)},
+}
+
+
+def _old_not_in(names: list[str]) -> str:
+    """The regex before the shared tail (the reference: same language)."""
+    trie: dict = {}
+    for n in names:
+        node = trie
+        for c in n:
+            node = node.setdefault(c, {})
+        node[None] = True
+    return _old_node(trie) if names else T.repeat(T.PLAIN_CHAR, 0, None)
+
+
+def _old_node(node: dict) -> str:
+    any_rest = T.repeat(T.PLAIN_CHAR, 0, None)
+    chain: list[str] = []
+    cur = node
+    while len(chain) < 12 and None not in cur and len(cur) == 1:
+        (c, cur), = cur.items()
+        chain.append(c)
+    if chain:
+        alts = []
+        for i, c in enumerate(chain):
+            pre = T.encode_text("".join(chain[:i]))
+            others = T.encode_set(T.subtract(T.ENCODABLE, T.chars(c)))
+            if others is not None:
+                alts.append(pre + others + any_rest)
+            if i:
+                alts.append(pre)
+        alts.append(T.encode_text("".join(chain)) + T.group(_old_node(cur)))
+        return f"(?:{'|'.join(alts)})?"
+    children = [c for c in node if c is not None]
+    alts = []
+    if None not in node:
+        alts.append("")
+    others = T.encode_set(T.subtract(T.ENCODABLE, T.chars("".join(children))))
+    if others is not None:
+        alts.append(others + any_rest)
+    for c in children:
+        alts.append(T.encode_char(ord(c)) + T.group(_old_node(node[c])))
+    if not children:
+        return T.repeat(T.PLAIN_CHAR, 1, None)
+    nonempty = [a for a in alts if a]
+    r = T.alternation(nonempty) or ""
+    return f"(?:{r})?" if "" in alts else r
+
+
+def _candidates(names: list[str], rng: random.Random) -> set[str]:
+    chars = sorted(set(ALPHABET) | set("".join(names)) | {"z", "\x02"})
+    out = {""}
+    for n in names:
+        out |= {n[:i] for i in range(len(n) + 1)}
+        out |= {n + c for c in chars} | {n + c + c for c in "a\x01é"}
+        for i in range(len(n) + 1):
+            out.add(n[:i] + n[i + 1:])
+            out |= {n[:i] + c + n[i + 1:] for c in chars}
+            out |= {n[:i] + c + n[i:] for c in rng.sample(chars, 4)}
+    out |= {"".join(rng.choices(chars, k=rng.randint(0, 8))) for _ in range(200)}
+    return out
+
+
+def _expected(s: str, names: list[str]) -> bool:
+    if s in names:
+        return False
+    paths = {n[:i] for n in names for i in range(len(n) + 1)}
+    shared = max(i for i in range(len(s) + 1) if s[:i] in paths)
+    return not NO_SHORT_ESCAPE.intersection(s[shared:])
+
+
+def _body(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)[1:-1]
+
+
+def _other_spellings(names: list[str], rng: random.Random) -> set[str]:
+    """Non-canonical bodies (``\\/``, ``\\u`` escapes) and random escape soup."""
+    frags = ["a", "b", "/", "\\/", '\\"', "\\\\", "\\n", "\\b", "\\u0041", "\\u0061", "\\u00e9", "é", "\\t"]
+    out = {_body(n).replace("/", "\\/") for n in names}
+    out |= {_body(n).replace("a", "\\u0061", 1) for n in names}
+    out |= {"".join(rng.choices(frags, k=rng.randint(0, 6))) for _ in range(200)}
+    return out
+
+
+def _walk(dfa, data: bytes) -> bool:
+    q = dfa.initial
+    for b in data:
+        q = int(dfa.transitions[q, b])
+        if q < 0:
+            return False
+    return bool(dfa.accepting[q])
+
+
+def _equivalent(d1, d2) -> bool:
+    """Exact language equivalence of two trimmed byte DFAs (product walk)."""
+    seen = {(d1.initial, d2.initial)}
+    stack = [(d1.initial, d2.initial)]
+    while stack:
+        a, b = stack.pop()
+        if bool(d1.accepting[a]) != bool(d2.accepting[b]):
+            return False
+        ta, tb = d1.transitions[a], d2.transitions[b]
+        if not np.array_equal(ta >= 0, tb >= 0):
+            return False
+        for byte in np.flatnonzero(ta >= 0).tolist():
+            pair = (int(ta[byte]), int(tb[byte]))
+            if pair not in seen:
+                seen.add(pair)
+                stack.append(pair)
+    return True
+
+
+@pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
+def test_not_in_accepts_exactly_the_other_strings(names):
+    rng = random.Random(len(names))
+    regex = _not_in(names)
+    old = re.compile(_old_not_in(names))
+    new = re.compile(regex)
+    for s in _candidates(names, rng):
+        got = new.fullmatch(_body(s)) is not None
+        assert not (got and s in names), (names, s)  # soundness, whatever the restriction
+        assert got == _expected(s, names), (names, s)
+        assert got == (old.fullmatch(_body(s)) is not None), (names, s)
+    for body in _other_spellings(names, rng):
+        got = new.fullmatch(body) is not None
+        assert got == (old.fullmatch(body) is not None), (names, body)
+        if got:
+            assert json.loads('"' + body + '"') not in names, (names, body)
+
+
+@pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
+def test_not_in_automaton_agrees_with_re_and_the_old_regex(names):
+    rng = random.Random(len(names))
+    regex = _not_in(names)
+    dfa = regex_to_dfa(regex)
+    new = re.compile(regex)
+    for body in {_body(s) for s in _candidates(names, rng)} | _other_spellings(names, rng):
+        assert _walk(dfa, body.encode()) == (new.fullmatch(body) is not None), (names, body)
+    assert _equivalent(dfa, regex_to_dfa(_old_not_in(names)))
+
+
+def test_not_in_without_names_is_any_plain_body():
+    assert _not_in([]) == T.repeat(T.PLAIN_CHAR, 0, None)
+
+
+def test_not_in_long_names_stay_shallow():
+    # one group per character would overflow the parsers (Python's and the engine's)
+    names = ["k" * 400, "k" * 200 + "x", "k" * 399]
+    dfa = regex_to_dfa('"' + _not_in(names) + '"')
+    for s, ok in [("k" * 400, False), ("k" * 399, False), ("k" * 398, True), ("k" * 401, True), ("k" * 200 + "y", True)]:
+        assert _walk(dfa, f'"{s}"'.encode()) == ok
