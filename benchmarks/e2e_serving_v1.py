@@ -69,6 +69,16 @@ from dotvllm_plugin.devtools.server import MODEL_NAME, start_server  # noqa: E40
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "e2e_serving_v1.json"
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+QUEUE_SLEEP_DIR = REPO_ROOT / "benchmarks" / "_queue_sleep"
+
+
+def queue_sleep_env(sleep_us: float) -> dict[str, str]:
+    """Environment that makes vLLM's shared-memory queue sleep instead of yield while it waits
+    (``benchmarks/_queue_sleep/sitecustomize.py``); empty for ``sleep_us`` 0 (vLLM as shipped)."""
+    if not sleep_us:
+        return {}
+    path = os.pathsep.join(p for p in (str(QUEUE_SLEEP_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "DOTVLLM_BENCH_QUEUE_SLEEP_US": f"{sleep_us:g}"}
 
 
 def _other_general_plugins() -> str:
@@ -329,7 +339,7 @@ def run_one_at_a_time(configs, a: str, b: str, args) -> tuple[dict, dict, dict]:
         order = configs if block % 2 == 0 else configs[::-1]
         for label, env in order:
             log(f"block {block + 1}/{args.one_at_a_time}: starting server {label}")
-            server = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
+            server = start_server(ensure_model(), extra_env={**SERVER_ENV, **queue_sleep_env(args.queue_sleep_us), **env},
                                   log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
             try:
                 raws[label].append(measure_alone(server, args))
@@ -380,6 +390,9 @@ def main(argv=None) -> int:
                     help="with --one-at-a-time: per case and server, one window of SECONDS in which each of the "
                          "--concurrency clients sends its next request as soon as the last is answered "
                          "(steady state, no gaps between rounds) instead of --repeats rounds")
+    ap.add_argument("--queue-sleep-us", type=float, default=0.0, metavar="US",
+                    help="both servers' vLLM shared-memory queues sleep US microseconds per poll instead of "
+                         "calling sched_yield (benchmarks/_queue_sleep/sitecustomize.py); 0: vLLM as shipped")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     kinds = args.servers.split(",")
@@ -404,7 +417,7 @@ def main(argv=None) -> int:
         try:
             for label, env in configs:
                 log(f"starting server: {label}")
-                servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **env},
+                servers[label] = start_server(ensure_model(), extra_env={**SERVER_ENV, **queue_sleep_env(args.queue_sleep_us), **env},
                                               log_path=Path(f"/tmp/e2e-v1-{label}.log"), startup_timeout_s=600)
             results = run_cases(servers, a, b, args)
             answered = {label: "compiled by dotvllm" in servers[label].log(2_000_000) for label in servers}
@@ -415,6 +428,8 @@ def main(argv=None) -> int:
                 server.stop()
     mode = (f"one server at a time, {args.one_at_a_time} blocks of a fresh server each" if args.one_at_a_time
             else "both servers up, rounds interleaved")
+    if args.queue_sleep_us:
+        mode += f", vLLM's queue wait sleeps {args.queue_sleep_us:g} µs per poll instead of yielding"
     if args.closed_loop:
         mode += f", closed loop: {args.concurrency} clients for {args.closed_loop:g} s per case"
     for label in labels:
