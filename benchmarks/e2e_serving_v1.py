@@ -37,6 +37,12 @@ the ratio column is then the median over blocks of the two servers' median round
 2-core machine of docs/benchmarks.md two co-resident servers, one of them paused, differ by up
 to 2× with identical code (an A/A run), which is why this mode exists; round times of a single
 server are bimodal there too (see the docs), so read either mode's short-request ratios with that.
+
+``--queue-sleep-us N`` starts both servers with ``benchmarks/_queue_sleep`` on ``PYTHONPATH``: vLLM's
+shared-memory queue then sleeps N µs per poll where it would call ``sched_yield``. That yielding
+wait is what made instances swing: a process that yields in a loop hands its core to anything
+runnable, so on 2 cores a server's speed followed whatever else ran (docs/benchmarks.md, "What made
+server instances slow"). With it, the unconstrained control comes out at 0.98×.
 """
 
 from __future__ import annotations
