@@ -213,8 +213,22 @@ def _terminal_dfa(t: Terminal):
 
 
 def _terminal_dfas(grammar: Grammar, lazy=None):
-    """Every terminal's byte DFA; ``None`` for those ``lazy(terminal)`` leaves to first use."""
-    return [None if lazy is not None and lazy(t) else _terminal_dfa(t) for t in grammar.terminals]
+    """Every terminal's byte DFA; ``None`` for those ``lazy(terminal)`` leaves to first use.
+
+    Built largest counted repetition first: when one automaton is over budget the whole compile is
+    refused (and a JSON schema retried with lower bounds), so the likeliest refusal comes before
+    the time spent on the others (seconds, with several ``maxLength`` in the thousands)."""
+    terms = grammar.terminals
+    dfas = [None] * len(terms)
+    for i in sorted(range(len(terms)), key=lambda i: -_largest_count(terms[i].regex)):
+        if lazy is None or not lazy(terms[i]):
+            dfas[i] = _terminal_dfa(terms[i])
+    return dfas
+
+
+def _largest_count(regex: str) -> int:
+    """The largest upper bound of a counted repetition in ``regex`` (0 if none)."""
+    return max((int(m.group(1)) for m in _COUNTED.finditer(regex)), default=0)
 
 
 #: A generated grammar with at least this many contextual lexers builds them on first visit (a
@@ -235,9 +249,7 @@ _COUNTED = re.compile(r"(?<!\\)\{(?:\d*,)?(\d+)\}")
 def _small_terminal(t: Terminal) -> bool:
     """Whether ``t``'s automaton is surely small: a short regex (of a generated grammar, so its
     syntax is the translator's) without a counted repetition over :data:`LAZY_MAX_REPEAT`."""
-    if len(t.regex) > LAZY_MAX_CHARS:
-        return False
-    return all(int(m.group(1)) <= LAZY_MAX_REPEAT for m in _COUNTED.finditer(t.regex))
+    return len(t.regex) <= LAZY_MAX_CHARS and _largest_count(t.regex) <= LAZY_MAX_REPEAT
 
 
 def _without_empty(dfa):
