@@ -33,6 +33,7 @@ __all__ = [
     "Kind",
     "check_grammar",
     "check_json_schema",
+    "check_structural_tag",
     "check_regex",
     "choice_regex",
     "escape_literal",
@@ -89,6 +90,21 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None,
         json_schema_to_ir(schema, **options)
     except CompilationTooLargeError:
         json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options)
+
+
+def check_structural_tag(spec, *, whitespace_pattern: str | None = None,
+                         allow_undeclared_properties: bool = True) -> None:
+    """Cheap check of a structural tag (fields, triggers, every schema translated; no automata)."""
+    from .grammar.structural_tag import parse_structural_tag
+
+    structures, _ = parse_structural_tag(spec)
+    for i, (_, schema, _) in enumerate(structures):
+        try:
+            check_json_schema(schema, whitespace_pattern=whitespace_pattern,
+                              allow_undeclared_properties=allow_undeclared_properties)
+        except GrammarError as e:
+            e.args = (f"structural_tag: /structures/{i}/schema: {e.args[0] if e.args else e}",) + tuple(e.args[1:])
+            raise
 
 
 def check_grammar(text, *, start: str = "start") -> None:
@@ -331,6 +347,23 @@ class GrammarCompiler:
                 return compiled
         raise first_error
 
+    def compile_structural_tag(self, spec, *, whitespace_pattern: str | None = None,
+                               allow_undeclared_properties: bool = True):
+        """Free text in which each trigger starts one of the structures (begin, a JSON value valid
+        under its schema, end): see :mod:`dotvllm_plugin.grammar.structural_tag`. Long
+        ``maxLength``/``maxItems`` are lowered to :data:`REPEAT_CAP` when the exact automata are over
+        budget, as for JSON schemas (a warning says so)."""
+        from .grammar.structural_tag import structural_tag_to_ir
+
+        options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
+        try:
+            return self.compile_ir(structural_tag_to_ir(spec, **options), check_syntax=False)
+        except CompilationTooLargeError as e:
+            compiled = self.compile_ir(structural_tag_to_ir(spec, repeat_cap=REPEAT_CAP, **options), check_syntax=False)
+            logger.warning("structural tag over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
+                           e, REPEAT_CAP)
+            return compiled
+
     def compile_json_object(self, *, whitespace_pattern: str | None = None):
         """Any JSON object, nested to any depth (up to the engine's stack bound)."""
         from .grammar.json_schema.any_json import any_json_grammar
@@ -403,6 +436,11 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("json_object", _check_json_object, lambda c, spec, o: c.compile_json_object(whitespace_pattern=_ws(o))),
         Kind("grammar", lambda spec, o: check_grammar(spec), lambda c, spec, o: c.compile_grammar(spec)),
+        Kind(
+            "structural_tag",
+            lambda spec, o: check_structural_tag(spec, **_json_options(o)),
+            lambda c, spec, o: c.compile_structural_tag(spec, **_json_options(o)),
+        ),
     )
 }
 """Every constraint kind, by name."""
