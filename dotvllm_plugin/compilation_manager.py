@@ -64,7 +64,7 @@ __all__ = ["KINDS", "CompilationManager", "CompileResult", "compile_key"]
 logger = logging.getLogger("dotvllm_plugin.compilation")
 _DEFAULT_LOGGER = logger
 
-KINDS = ("regex", "choice", "json_schema", "json_object", "grammar")
+KINDS = ("regex", "choice", "json_schema", "json_object", "grammar", "structural_tag")
 """Constraint kinds a :class:`CompilationManager` compiles (those of :data:`dotvllm_plugin.compiler.KINDS`)."""
 
 # Test-only kinds, accepted only by a manager built with ``_allow_test_kinds=True``: they let the
@@ -113,13 +113,14 @@ class CompileResult:
 
 
 def _canonical_spec(kind: str, spec: Any) -> Any:
-    if kind == "json_schema":
+    if kind in ("json_schema", "structural_tag"):
         if isinstance(spec, (str, bytes)):
             try:
                 spec = json.loads(spec)
             except ValueError:
                 return spec if isinstance(spec, str) else spec.decode("utf-8", "replace")
-        return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # key order kept: a schema's declared property order is the order of the output
+        return json.dumps(spec, separators=(",", ":"), ensure_ascii=False)
     if kind == "choice":
         return list(spec) if isinstance(spec, (list, tuple)) else spec
     return spec

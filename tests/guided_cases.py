@@ -83,3 +83,33 @@ def check_tree_reply(reply):
 def check_grammar(text):
     lark.Lark(GRAMMAR, parser="lalr").parse(text)  # raises on text the grammar does not accept
     return True
+
+
+# Structural tag (structures + triggers form): one tool whose argument is a digit.
+STRUCTURAL_TAG = {"type": "structural_tag", "triggers": ["<function="],
+                  "structures": [{"begin": "<function=lookup>", "schema": {"type": "integer", "minimum": 0, "maximum": 9},
+                                  "end": "</function>"}]}
+# Triggers sharing a first character: valid for xgrammar (which vLLM 0.32 validates with first),
+# refused by ours.
+STRUCTURAL_TAG_UNSUPPORTED = {**STRUCTURAL_TAG, "triggers": ["<function=", "<tool="],
+                              "structures": STRUCTURAL_TAG["structures"]
+                              + [{"begin": "<tool=x>", "schema": {"type": "integer"}, "end": "."}]}
+_TAG_WHOLE = [f"<function=lookup>{d}</function>" for d in range(10)]
+
+
+def trigger_bias(tokenizer, bias: int = 12) -> dict:
+    """``logit_bias`` towards the trigger's tokens, so that the random model writes triggers (the
+    constraint decides what follows one)."""
+    return {str(t): bias for t in tokenizer.encode("<function=", add_special_tokens=False)}
+
+
+def check_structural_tag(text: str, finish: str | None) -> tuple[bool, int]:
+    """(every trigger in ``text`` starts a whole structure — the last may be cut by the token
+    limit —, how many whole structures)."""
+    pos = n = 0
+    while (i := text.find("<function=", pos)) >= 0:
+        whole = next((f for f in _TAG_WHOLE if text.startswith(f, i)), None)
+        if whole is None:
+            return finish == "length" and any(f.startswith(text[i:]) for f in _TAG_WHOLE), n
+        pos, n = i + len(whole), n + 1
+    return True, n

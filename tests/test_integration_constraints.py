@@ -54,9 +54,27 @@ def test_messages_name_the_parameter_of_each_api(fields, v0, v1):
         validate(params(**fields), names=V1_NAMES)
 
 
-def test_structural_tag_is_not_ours():
-    with pytest.raises(GrammarError, match="structural_tag is not supported by the dotvllm backend"):
-        constraint_of(params(structural_tag="{}"), names=V1_NAMES)
+STRUCTURES = {"type": "structural_tag", "structures": [{"begin": "<f=a>", "schema": {"type": "integer"}, "end": "</f>"}],
+              "triggers": ["<f="]}
+
+
+def test_structural_tag_structures_form_is_ours():
+    import json
+
+    for spec in (STRUCTURES, json.dumps(STRUCTURES)):
+        c = validate(params(structural_tag=spec, disable_any_whitespace=True), names=V1_NAMES)
+        assert (c.kind, c.spec, c.options) == ("structural_tag", STRUCTURES, {"disable_any_whitespace": True})
+    bad = {**STRUCTURES, "triggers": ["<f=", "<g"]}
+    with pytest.raises(GrammarError, match=r"^structured_outputs\.structural_tag: .*share a first character"):
+        validate(params(structural_tag=bad), names=V1_NAMES)
+    with pytest.raises(GrammarError, match=r"^response_format structural_tag: .*share a first character"):
+        validate(params(structural_tag=bad), names=V0_NAMES)
+
+
+def test_structural_tag_format_form_is_not_ours():
+    fmt = '{"type": "structural_tag", "format": {"type": "const_string", "value": "x"}}'
+    with pytest.raises(GrammarError, match="only the 'structures' \\+ 'triggers' form is supported"):
+        constraint_of(params(structural_tag=fmt), names=V1_NAMES)
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,9 @@ def parse_structural_tag(spec: Any) -> tuple[list[tuple[str, Any, str]], list[st
         where = f"/structures/{i}"
         if not isinstance(s, dict) or set(s) - {"begin", "schema", "end"} or "begin" not in s:
             raise GrammarError(f"structural_tag: {where} must be an object with 'begin', 'schema' and 'end'")
-        begin, end, schema = s["begin"], s.get("end", ""), s.get("schema", True)
+        begin, end, schema = s["begin"], s.get("end", ""), s.get("schema")
+        if schema is None:  # (vLLM sends "schema": null for a structure without one: any JSON value)
+            schema = True
         if not isinstance(begin, str) or not isinstance(end, str):
             raise GrammarError(f"structural_tag: {where}: 'begin' and 'end' must be strings")
         if not any(begin.startswith(t) for t in triggers):

@@ -6,7 +6,7 @@ carry the same fields (``json``, ``regex``, ``choice``, ``grammar``, ``json_obje
 ``disable_additional_properties``); only the names a user sees in error messages differ
 (:data:`V0_NAMES`: ``guided_regex``; :data:`V1_NAMES`: ``structured_outputs.regex``).
 
-Per-request options of the JSON kinds (``json_schema``, ``json_object``) travel in
+Per-request options of the JSON kinds (``json_schema``, ``json_object``, ``structural_tag``) travel in
 :attr:`Constraint.options`, the dict handed to ``KINDS[kind].check`` / ``.compile`` and hashed into
 the compile cache key: ``whitespace_pattern`` (when set) and the flags
 :data:`REQUEST_FLAGS` (only when true, so a request without them keeps the key it always had).
@@ -138,14 +138,20 @@ def constraint_of(params, *, names: dict = V0_NAMES) -> Constraint:
             raise GrammarError(f"{names['grammar']} must be a string (a Lark grammar), got "
                                f"{type(params.grammar).__name__}")
         return Constraint("grammar", params.grammar, None, names["grammar"])
-    if getattr(params, "structural_tag", None) is not None:
-        raise UnsupportedFeatureError(
-            "response_format structural_tag is not supported by the dotvllm backend; pass "
-            "guided_decoding_backend=\"xgrammar\" to use vLLM's",
-            feature="structural_tag",
-            where="response_format",
-        )
     flags = tuple(name for name in REQUEST_FLAGS if getattr(params, name, False))
+    if getattr(params, "structural_tag", None) is not None:
+        from ..grammar.structural_tag import is_structures_form
+
+        if not is_structures_form(params.structural_tag):
+            raise UnsupportedFeatureError(
+                f"{names['structural_tag']}: only the 'structures' + 'triggers' form is supported by the dotvllm "
+                "backend (xgrammar's 'format' form is not)",
+                feature="structural_tag",
+                where="format",
+            )
+        spec = params.structural_tag
+        return Constraint("structural_tag", json.loads(spec) if isinstance(spec, (str, bytes, bytearray)) else spec,
+                          ws, names["structural_tag"], flags)
     if params.json is not None:
         return Constraint("json_schema", _schema(params.json, names["json"]), ws, names["json"], flags)
     if params.regex is not None:

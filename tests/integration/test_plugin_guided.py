@@ -31,13 +31,17 @@ from guided_cases import (
     REGEX,
     RUNAWAY_REGEX,
     SCHEMA,
+    STRUCTURAL_TAG,
+    STRUCTURAL_TAG_UNSUPPORTED,
     TREE_SCHEMA,
     WHITESPACE,
     check_choice,
     check_grammar,
     check_regex,
     check_schema,
+    check_structural_tag,
     check_tree_reply,
+    trigger_bias,
 )
 
 from .conftest import standard_server
@@ -169,6 +173,25 @@ def test_bad_spec_is_a_400_and_the_server_keeps_serving(server, params, message,
     assert requests.get(server.base_url + "/health", timeout=30).status_code == 200
     ok = post(server.base_url, COMPLETIONS, body_for(COMPLETIONS, "x", max_tokens=8, guided_choice=["yes", "no"]))
     assert ok.status == 200 and ok.texts[0] in ("yes", "no"), ok
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_response_format_structural_tag(server, stream, mistral_tokenizer):
+    """The structures + triggers form on our engine (vLLM 0.9 takes it on the chat endpoint): every
+    trigger the random model writes starts a whole structure; an unsupported trigger set is a 400."""
+    reply = post(server.base_url, CHAT, body_for(CHAT, "x", max_tokens=64, n=2, seed=3, stream=stream,
+                                                 logit_bias=trigger_bias(mistral_tokenizer),
+                                                 response_format=STRUCTURAL_TAG))
+    assert reply.status == 200, reply.error
+    whole = 0
+    for i, text in reply.texts.items():
+        ok, n = check_structural_tag(text, reply.finish.get(i))
+        assert ok, (text, reply.finish.get(i))
+        whole += n
+    assert whole > 0
+    bad = post(server.base_url, CHAT, body_for(CHAT, "x", max_tokens=8, stream=stream,
+                                               response_format=STRUCTURAL_TAG_UNSUPPORTED))
+    assert bad.status == 400 and "share a first character" in bad.error, bad
 
 
 def test_burst_of_mixed_requests(server):

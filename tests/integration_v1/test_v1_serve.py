@@ -28,11 +28,15 @@ from guided_cases import (
     REGEX,
     RUNAWAY_REGEX,
     SCHEMA,
+    STRUCTURAL_TAG,
+    STRUCTURAL_TAG_UNSUPPORTED,
     TREE_SCHEMA,
     WHITESPACE,
     check_grammar,
     check_schema,
+    check_structural_tag,
     check_tree_reply,
+    trigger_bias,
 )
 
 
@@ -164,6 +168,32 @@ def test_structural_tag_is_delegated_to_xgrammar(v1_server):
     assert reply.status == 200, reply.error
     assert reply.texts[0] == "<ok/>", reply.texts
     assert "structural_tag delegated to vLLM's xgrammar backend" in v1_server.log(200_000)
+
+
+def test_structural_tag_structures_form_is_ours(v1_server):
+    from transformers import AutoTokenizer
+
+    from dotvllm_plugin.devtools.demo_model import ensure_model
+
+    bias = trigger_bias(AutoTokenizer.from_pretrained(str(ensure_model())))
+    endpoint = _structural_tag_endpoint()
+    whole = 0
+    for seed, stream in ((1, False), (2, True)):
+        reply = post(v1_server.base_url, endpoint, body_for(endpoint, "x", max_tokens=64, n=2, seed=seed, stream=stream,
+                                                             logit_bias=bias, response_format=STRUCTURAL_TAG))
+        assert reply.status == 200, reply.error
+        for i, text in reply.texts.items():
+            finish = reply.finish.get(i)
+            ok, n = check_structural_tag(text, finish)
+            assert ok, (text, finish)
+            whole += n
+    assert whole > 0
+    assert "structural_tag compiled by dotvllm" in v1_server.log(500_000)
+    # (valid for xgrammar, which vLLM validates with first: the refusal is ours)
+    for stream in (False, True):
+        reply = post(v1_server.base_url, endpoint, body_for(endpoint, "x", max_tokens=8, stream=stream,
+                                                             response_format=STRUCTURAL_TAG_UNSUPPORTED))
+        assert reply.status == 400 and "share a first character" in reply.error, reply
 
 
 def test_our_backend_answered(v1_server):

@@ -10,8 +10,9 @@ structured request to us and answers a bad spec with HTTP 400, and the engine co
 Routing: every structured request of a server whose ``structured_outputs_config.backend`` is
 ``auto`` (vLLM's default) is ours; a server started with an explicit backend
 (``--structured-outputs-config.backend xgrammar``) keeps vLLM's behaviour, and so does any server
-with ``DOTVLLM_DISABLE=1``. vLLM V1 refuses per-request backend selection. ``structural_tag`` is
-delegated to vLLM's xgrammar backend.
+with ``DOTVLLM_DISABLE=1``. vLLM V1 refuses per-request backend selection. ``structural_tag`` in the
+``structures`` + ``triggers`` form is ours; xgrammar's ``format`` form is delegated to vLLM's
+xgrammar backend.
 """
 
 from __future__ import annotations

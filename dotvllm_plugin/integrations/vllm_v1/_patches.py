@@ -10,8 +10,9 @@ Names are those of vLLM 0.29 to 0.32; where 0.11 differs, its name follows in br
    a structured request becomes ours (``structured_outputs._backend = "dotvllm"``) after our cheap
    check (:func:`dotvllm_plugin.integrations._constraints.validate`): a bad spec raises a
    ``VLLMValidationError`` [0.11: our ``GrammarError``, a ``ValueError``], which vLLM answers with
-   HTTP 400. ``structural_tag`` requests are checked by vLLM's xgrammar validation (our backend
-   delegates them to xgrammar). A server started with an explicit backend
+   HTTP 400. ``structural_tag`` requests in the ``structures`` + ``triggers`` form are checked and
+   compiled by us; xgrammar's ``format`` form is checked by vLLM's xgrammar validation (our backend
+   delegates it to xgrammar). A server started with an explicit backend
    (``--structured-outputs-config.backend xgrammar``) keeps vLLM's behaviour for every request.
 2. ``vllm.v1.structured_output.StructuredOutputManager.grammar_init`` (engine-core process): builds
    :class:`~.backend.DotvllmBackend` when the first request marked ours arrives (vLLM's own
@@ -48,6 +49,7 @@ import functools
 import inspect
 import logging
 
+from ...grammar.structural_tag import is_structures_form
 from .._constraints import BACKEND, V1_NAMES, validate
 from . import metrics
 from .backend import compile_error_message
@@ -149,8 +151,8 @@ def _patch_processor_validation() -> str | None:
 
 def _check(sampling_params, so) -> str:
     """Our early check of one request's constraint; returns its kind or raises a ValueError."""
-    if so.structural_tag is not None:
-        # Delegated to xgrammar in the engine: vLLM's xgrammar checks apply.
+    if so.structural_tag is not None and not is_structures_form(so.structural_tag):
+        # xgrammar's "format" form, delegated to xgrammar in the engine: vLLM's xgrammar checks apply.
         from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
 
         validate_xgrammar_grammar(sampling_params)
@@ -171,8 +173,9 @@ def _stream_precheck(serving, request):
         return None
     try:
         so = _structured_outputs_of(request)
-        if so is None or so.structural_tag is not None or all(
-                getattr(so, f, None) is None for f in ("json", "regex", "choice", "grammar", "json_object")):
+        if so is None or (so.structural_tag is not None and not is_structures_form(so.structural_tag)) or all(
+                getattr(so, f, None) is None
+                for f in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")):
             return None
         _check(None, so)
     except ValueError as e:
@@ -202,7 +205,7 @@ def _structured_outputs_of(request):
     response_format = getattr(request, "response_format", None)
     kind = getattr(response_format, "type", None)
     if kind == "structural_tag":
-        return None  # checked by vLLM (xgrammar) when the request reaches the processor
+        return None  # checked when the request reaches the processor
     extra = {}
     if kind == "json_object":
         extra["json_object"] = True

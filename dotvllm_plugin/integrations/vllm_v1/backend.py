@@ -9,8 +9,8 @@ per new structured request, and for ``allocate_token_bitmask(max_num_seqs)`` onc
 
 Compiles go through the process's :class:`~dotvllm_plugin.compilation_manager.CompilationManager`
 (worker processes, cache, time and memory limits), so a pathological constraint cannot stall the
-engine core. ``STRUCTURAL_TAG`` requests are delegated to vLLM's own xgrammar backend (built on
-first use); everything else is ours.
+engine core. ``STRUCTURAL_TAG`` requests in the ``structures`` + ``triggers`` form are ours too;
+xgrammar's ``format`` form is delegated to vLLM's own xgrammar backend (built on first use).
 
 Never raises: a constraint that fails to compile (the API server checked it, so this is a size,
 time or memory budget, or a bug) is logged (one warning per request) and gets a dead grammar that
@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from ...grammar.structural_tag import is_structures_form
 from ...matcher import GrammarMatcher
 from .._constraints import V1_NAMES, Constraint, constraint_of
 from . import metrics
@@ -53,7 +54,7 @@ logger = logging.getLogger("vllm.dotvllm_plugin.v1")
 
 # vllm.v1.structured_output.backend_types.StructuredOutputOptions member names -> our kinds
 _KIND_OF_OPTION = {"JSON": "json_schema", "JSON_OBJECT": "json_object", "REGEX": "regex", "GRAMMAR": "grammar",
-                   "CHOICE": "choice"}
+                   "CHOICE": "choice", "STRUCTURAL_TAG": "structural_tag"}
 
 
 class _Spec:
@@ -73,6 +74,8 @@ class _Spec:
             self.choice = json.loads(spec) if isinstance(spec, str) else spec
         elif kind == "grammar":
             self.grammar = spec
+        elif kind == "structural_tag":
+            self.structural_tag = spec
 
 
 class _LazyDescription:
@@ -122,7 +125,7 @@ class DotvllmBackend:
     def compile_grammar(self, request_type, grammar_spec: str, stop_token_ids=None):
         """Compile from V1's key alone (no per-request options)."""
         option = getattr(request_type, "name", str(request_type))
-        if option == "STRUCTURAL_TAG":
+        if option == "STRUCTURAL_TAG" and not is_structures_form(grammar_spec):
             return self._structural_tag(request_type, grammar_spec, stop_token_ids)
         kind = _KIND_OF_OPTION.get(option)
         if kind is None:
@@ -137,7 +140,7 @@ class DotvllmBackend:
         ``stop_reason`` says why (see :func:`compile_error_message`)."""
         sampling_params = request.sampling_params
         params = sampling_params.structured_outputs
-        if params.structural_tag is not None:
+        if params.structural_tag is not None and not is_structures_form(params.structural_tag):
             option, spec = request.structured_output_request.structured_output_key
             grammar = self._structural_tag(option, spec, getattr(sampling_params, "all_stop_token_ids", None))
         else:
@@ -164,7 +167,8 @@ class DotvllmBackend:
         """
         try:
             params = request.sampling_params.structured_outputs
-            if params.structural_tag is not None or self._vocabulary is None:
+            if (params.structural_tag is not None and not is_structures_form(params.structural_tag)) \
+                    or self._vocabulary is None:
                 return None
             constraint = constraint_of(params, names=V1_NAMES)
             from .._runtime import manager_for
@@ -232,7 +236,8 @@ class DotvllmBackend:
         return DotvllmGrammar(matcher, description=constraint.describe(), eos_token_ids=vocab.eos_token_ids)
 
     def _structural_tag(self, request_type, spec, stop_token_ids):
-        """Delegated to vLLM's xgrammar backend (explicitly; see docs/architecture.md)."""
+        """xgrammar's ``format`` form, delegated to vLLM's xgrammar backend (explicitly; see
+        docs/architecture.md); the ``structures`` form is ours."""
         try:
             with self._lock:
                 if self._xgrammar is None:
