@@ -145,7 +145,7 @@ def constraint_of(params, *, names: dict = V0_NAMES) -> Constraint:
         if not is_structures_form(params.structural_tag):
             raise UnsupportedFeatureError(
                 f"{names['structural_tag']}: only the 'structures' + 'triggers' form is supported by the dotvllm "
-                "backend (xgrammar's 'format' form is not)",
+                "backend; for xgrammar's 'format' form name vLLM's backend (guided_decoding_backend=\"xgrammar\")",
                 feature="structural_tag",
                 where="format",
             )
