@@ -198,3 +198,42 @@ def test_the_kind_and_its_check(compiler):
 def test_bad_specs_are_refused_with_where(spec, error, match):
     with pytest.raises(error, match=re.escape(match) if "(" not in match else match):
         check_structural_tag(spec)
+
+
+def test_fuzzed_specs_agree_with_the_reference(compiler):
+    """Random trigger sets, begins and ends (one-digit values): a spec is refused with
+    UnsupportedFeatureError exactly when its triggers are outside what the free-text regex
+    handles, and otherwise the engine and the reference agree on every random text."""
+    from dotvllm_plugin.grammar.structural_tag import parse_structural_tag
+
+    rng = random.Random(2)
+    digit = {"type": "integer", "minimum": 0, "maximum": 9}
+    compiled = refused = with_structure = 0
+    for _ in range(40):
+        triggers = list(dict.fromkeys("".join(rng.choice("<ab=") for _ in range(rng.randint(1, 3)))
+                                      for _ in range(rng.randint(1, 2))))
+        structures = [{"begin": rng.choice(triggers) + "".join(rng.choice("xy>") for _ in range(rng.randint(0, 2))),
+                       "schema": digit, "end": rng.choice([">", ";", "</x>"])} for _ in range(rng.randint(1, 2))]
+        spec = {"type": "structural_tag", "structures": structures, "triggers": triggers}
+        firsts = [t[0] for t in triggers]
+        expect_refused = len(set(firsts)) < len(firsts) or any(set(t[1:]) & set(firsts) for t in triggers)
+        try:
+            parse_structural_tag(spec)
+        except UnsupportedFeatureError:
+            assert expect_refused, spec
+            refused += 1
+            continue
+        assert not expect_refused, spec
+        cg = compiler.compile_structural_tag(spec)
+        compiled += 1
+        pieces = triggers + [s["begin"] for s in structures] + [s["end"] for s in structures] + list("<ab=xy>;0579 ")
+        for i in range(150):
+            if i % 3 == 0:  # one well-formed structure in free text
+                s = rng.choice(structures)
+                text = rng.choice(pieces) + s["begin"] + rng.choice("0579") + s["end"] + rng.choice(pieces)
+            else:
+                text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 7)))
+            ours = accepts(cg, text)
+            assert ours == reference_accepts(text, spec), (spec, text)
+            with_structure += ours and any(s["begin"] in text for s in structures)
+    assert compiled > 5 and refused > 5 and with_structure > 100
