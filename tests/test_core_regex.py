@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from dfa_helpers import equivalent
 from dotvllm_plugin import (
     CompiledGrammar,
     GrammarCompiler,
@@ -342,25 +343,6 @@ def test_shared_loop_walks_equal_the_reference(real, name):
         assert np.array_equal(fast.rows[fast.row_of_state[s]], ref.rows[ref.row_of_state[s]]), f"state {s}"
 
 
-def _equivalent(d1, d2) -> bool:
-    """Exact language equivalence of two trimmed byte DFAs (product walk)."""
-    seen = {(d1.initial, d2.initial)}
-    stack = [(d1.initial, d2.initial)]
-    while stack:
-        a, b = stack.pop()
-        if bool(d1.accepting[a]) != bool(d2.accepting[b]):
-            return False
-        ta, tb = d1.transitions[a], d2.transitions[b]
-        if not np.array_equal(ta >= 0, tb >= 0):
-            return False
-        for byte in np.flatnonzero(ta >= 0).tolist():
-            pair = (int(ta[byte]), int(tb[byte]))
-            if pair not in seen:
-                seen.add(pair)
-                stack.append(pair)
-    return True
-
-
 EQUIVALENCE_CASES = [
     *PATTERNS.values(),
     *JSONISH.values(),
@@ -382,7 +364,7 @@ EQUIVALENCE_CASES = [
 def test_fast_dfa_construction_equals_interegular(pattern):
     from dotvllm_plugin.regex import regex_to_dfa
 
-    assert _equivalent(regex_to_dfa(pattern), regex_to_dfa(pattern, fast=False))
+    assert equivalent(regex_to_dfa(pattern), regex_to_dfa(pattern, fast=False))
 
 
 def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
@@ -497,7 +479,7 @@ def test_python_parse_tree_builds_the_same_automaton(pattern):
               builder_cls=automaton.Builder)
     from_sre = glushkov.sre_glushkov_dfa(parse.sre_parse(parse.checked(pattern)), **kw)
     from_interegular = glushkov.glushkov_dfa(parse.parse_interegular(pattern), **kw)
-    assert _equivalent(automaton.trim(*from_sre, pattern), automaton.trim(*from_interegular, pattern))
+    assert equivalent(automaton.trim(*from_sre, pattern), automaton.trim(*from_interegular, pattern))
 
 
 @pytest.mark.parametrize("pattern", [r"\d{2}[\w-]", r"a{}", r"a{,3}"])
@@ -518,7 +500,7 @@ def test_c_subset_construction_equals_the_numpy_one(pattern, monkeypatch):
         pytest.skip("the C extension is not built here")
     fast = regex_to_dfa(pattern)
     monkeypatch.setattr(glushkov, "USE_C_SUBSET", False)
-    assert _equivalent(fast, regex_to_dfa(pattern))
+    assert equivalent(fast, regex_to_dfa(pattern))
 
 
 @pytest.mark.parametrize("use_c", [True, False])
@@ -561,7 +543,7 @@ def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
     ref_rows, ref_bc = automaton.byte_classes(fast.transitions)
     assert len(set(zip(fast_bc.tolist(), ref_bc.tolist()))) == len(set(ref_bc.tolist())) == fast_rows.shape[1]
     assert np.array_equal(fast_rows[:, fast_bc], ref_rows[:, ref_bc])
-    assert fast.n_states == ref.n_states and _equivalent(fast, ref)
+    assert fast.n_states == ref.n_states and equivalent(fast, ref)
 
 
 _ATOMS = st.sampled_from(["a", "b", "é", "[ab]", "[^a]", "[a-zé]", ".", "\\.", "ab", "😀"])
@@ -599,7 +581,7 @@ def test_c_extension_equals_numpy_on_random_regexes(mistral_vocab, pattern):
     finally:
         for module, name in flags:
             setattr(module, name, True)
-    assert _equivalent(fast, ref)
+    assert equivalent(fast, ref)
     for s in range(fast.n_states):
         assert np.array_equal(fast_index.rows[fast_index.row_of_state[s]], ref_index.rows[ref_index.row_of_state[s]])
 

@@ -13,9 +13,9 @@ import json
 import random
 import re
 
-import numpy as np
 import pytest
 
+from dfa_helpers import equivalent
 from dotvllm_plugin.grammar.json_schema import _not_in
 from dotvllm_plugin.grammar.json_schema import text as T
 from dotvllm_plugin.regex import regex_to_dfa
@@ -135,25 +135,6 @@ def _walk(dfa, data: bytes) -> bool:
     return bool(dfa.accepting[q])
 
 
-def _equivalent(d1, d2) -> bool:
-    """Exact language equivalence of two trimmed byte DFAs (product walk)."""
-    seen = {(d1.initial, d2.initial)}
-    stack = [(d1.initial, d2.initial)]
-    while stack:
-        a, b = stack.pop()
-        if bool(d1.accepting[a]) != bool(d2.accepting[b]):
-            return False
-        ta, tb = d1.transitions[a], d2.transitions[b]
-        if not np.array_equal(ta >= 0, tb >= 0):
-            return False
-        for byte in np.flatnonzero(ta >= 0).tolist():
-            pair = (int(ta[byte]), int(tb[byte]))
-            if pair not in seen:
-                seen.add(pair)
-                stack.append(pair)
-    return True
-
-
 @pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
 def test_not_in_accepts_exactly_the_other_strings(names):
     rng = random.Random(len(names))
@@ -180,7 +161,7 @@ def test_not_in_automaton_agrees_with_re_and_the_old_regex(names):
     new = re.compile(regex)
     for body in {_body(s) for s in _candidates(names, rng)} | _other_spellings(names, rng):
         assert _walk(dfa, body.encode()) == (new.fullmatch(body) is not None), (names, body)
-    assert _equivalent(dfa, regex_to_dfa(_old_not_in(names)))
+    assert equivalent(dfa, regex_to_dfa(_old_not_in(names)))
 
 
 def test_not_in_without_names_is_any_plain_body():
