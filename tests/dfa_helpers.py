@@ -22,3 +22,13 @@ def equivalent(d1, d2) -> bool:
                 seen.add(pair)
                 stack.append(pair)
     return True
+
+
+def accepts(dfa, data: bytes) -> bool:
+    """Whether a byte DFA accepts ``data`` whole."""
+    q = dfa.initial
+    for b in data:
+        q = int(dfa.transitions[q, b])
+        if q < 0:
+            return False
+    return bool(dfa.accepting[q])

@@ -15,6 +15,7 @@ import re
 
 import pytest
 
+from dfa_helpers import accepts as dfa_accepts
 from dfa_helpers import equivalent
 from dotvllm_plugin.grammar.json_schema import _not_in
 from dotvllm_plugin.grammar.json_schema import text as T
@@ -126,15 +127,6 @@ def _other_spellings(names: list[str], rng: random.Random) -> set[str]:
     return out
 
 
-def _walk(dfa, data: bytes) -> bool:
-    q = dfa.initial
-    for b in data:
-        q = int(dfa.transitions[q, b])
-        if q < 0:
-            return False
-    return bool(dfa.accepting[q])
-
-
 @pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
 def test_not_in_accepts_exactly_the_other_strings(names):
     rng = random.Random(len(names))
@@ -160,7 +152,7 @@ def test_not_in_automaton_agrees_with_re_and_the_old_regex(names):
     dfa = regex_to_dfa(regex)
     new = re.compile(regex)
     for body in {_body(s) for s in _candidates(names, rng)} | _other_spellings(names, rng):
-        assert _walk(dfa, body.encode()) == (new.fullmatch(body) is not None), (names, body)
+        assert dfa_accepts(dfa, body.encode()) == (new.fullmatch(body) is not None), (names, body)
     assert equivalent(dfa, regex_to_dfa(_old_not_in(names)))
 
 
@@ -173,4 +165,4 @@ def test_not_in_long_names_stay_shallow():
     names = ["k" * 400, "k" * 200 + "x", "k" * 399]
     dfa = regex_to_dfa('"' + _not_in(names) + '"')
     for s, ok in [("k" * 400, False), ("k" * 399, False), ("k" * 398, True), ("k" * 401, True), ("k" * 200 + "y", True)]:
-        assert _walk(dfa, f'"{s}"'.encode()) == ok
+        assert dfa_accepts(dfa, f'"{s}"'.encode()) == ok
