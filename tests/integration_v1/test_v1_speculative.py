@@ -92,8 +92,21 @@ def test_outputs_stay_valid_under_speculative_decoding(spec_server, spec, check,
 
 
 def test_drafts_were_proposed_and_checked_by_our_grammar(spec_server):
-    # Runs last in this module: the cases above have produced drafts by now.
+    # Runs last in this module: the cases above have produced drafts by now. The random model
+    # accepts about one draft in 70 here (with vLLM's xgrammar backend one in 170, measured on the
+    # same server), so the module's ~250 drafts are all rejected now and then (a few per cent):
+    # more of the same requests until one is accepted.
     drafts, accepted = _spec_counts(spec_server)
+    for _ in range(12):
+        if accepted > 0:
+            break
+        for case in CASES:
+            spec, check = case.values
+            reply = post(spec_server.base_url, "/v1/completions",
+                         body_for("/v1/completions", PROMPT, n=3, max_tokens=80, temperature=1.0,
+                                  structured_outputs=spec))
+            assert reply.status == 200 and all(check(t) for t in reply.texts.values()), reply
+        drafts, accepted = _spec_counts(spec_server)
     assert drafts > 0 and accepted > 0, (drafts, accepted)
     log = spec_server.log(1_000_000)
     assert "compiled by dotvllm" in log
