@@ -95,7 +95,7 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None,
 def check_structural_tag(spec, *, whitespace_pattern: str | None = None,
                          allow_undeclared_properties: bool = True) -> None:
     """Cheap check of a structural tag (fields, triggers, every schema translated; no automata)."""
-    from .grammar.structural_tag import parse_structural_tag
+    from .grammar.structural_tag import at_schema, parse_structural_tag
 
     structures, _ = parse_structural_tag(spec)
     for i, (_, schema, _) in enumerate(structures):
@@ -103,8 +103,7 @@ def check_structural_tag(spec, *, whitespace_pattern: str | None = None,
             check_json_schema(schema, whitespace_pattern=whitespace_pattern,
                               allow_undeclared_properties=allow_undeclared_properties)
         except GrammarError as e:
-            e.args = (f"structural_tag: /structures/{i}/schema: {e.args[0] if e.args else e}",) + tuple(e.args[1:])
-            raise
+            raise at_schema(e, i) from None
 
 
 def check_grammar(text, *, start: str = "start") -> None:

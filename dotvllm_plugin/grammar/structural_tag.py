@@ -29,28 +29,43 @@ from typing import Any
 from ..errors import GrammarError, UnsupportedFeatureError
 from .ir import Grammar, Rule, Terminal
 
-__all__ = ["avoid_regex", "is_structures_form", "parse_structural_tag", "structural_tag_to_ir"]
+__all__ = ["at_schema", "avoid_regex", "is_structures_form", "parse_structural_tag", "structural_tag_to_ir",
+           "structures_form"]
+
+
+def _decoded(spec: Any) -> Any:
+    """``spec`` with JSON text (``str`` or UTF-8 ``bytes``) parsed; raises ``ValueError``."""
+    if isinstance(spec, (bytes, bytearray)):
+        spec = spec.decode("utf-8")
+    return json.loads(spec) if isinstance(spec, str) else spec
+
+
+def structures_form(spec: Any) -> dict | None:
+    """``spec`` (a dict or JSON text) as a dict when it is the ``structures`` / ``triggers`` form,
+    else ``None`` (xgrammar's ``format`` form, or not a structural tag at all)."""
+    try:
+        spec = _decoded(spec)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) and "structures" in spec and "format" not in spec else None
 
 
 def is_structures_form(spec: Any) -> bool:
-    """Whether ``spec`` (a dict or JSON text) is the ``structures`` / ``triggers`` form."""
-    if isinstance(spec, (str, bytes, bytearray)):
-        try:
-            spec = json.loads(spec)
-        except ValueError:
-            return False
-    return isinstance(spec, dict) and "structures" in spec and "format" not in spec
+    return structures_form(spec) is not None
+
+
+def at_schema(e: GrammarError, i: int) -> GrammarError:
+    """``e`` (raised for the schema of structure ``i``) with that place in front of its message."""
+    e.args = (f"structural_tag: /structures/{i}/schema: {e.args[0] if e.args else e}",) + tuple(e.args[1:])
+    return e
 
 
 def parse_structural_tag(spec: Any) -> tuple[list[tuple[str, Any, str]], list[str]]:
     """``(structures as (begin, schema, end), triggers)``; raises :class:`GrammarError`."""
-    if isinstance(spec, (bytes, bytearray)):
-        spec = spec.decode("utf-8")
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError as e:
-            raise GrammarError(f"structural_tag: not valid JSON: {e}") from None
+    try:
+        spec = _decoded(spec)
+    except ValueError as e:
+        raise GrammarError(f"structural_tag: not valid JSON: {e}") from None
     if not isinstance(spec, dict):
         raise GrammarError(f"structural_tag: must be an object, got {type(spec).__name__}")
     unknown = set(spec) - {"type", "structures", "triggers"}
@@ -132,8 +147,7 @@ def structural_tag_to_ir(spec: Any, *, whitespace_pattern: str | None = None, al
             value = json_schema_to_ir(schema, whitespace_pattern=whitespace_pattern,
                                       allow_undeclared_properties=allow_undeclared_properties, repeat_cap=repeat_cap)
         except GrammarError as e:
-            e.args = (f"structural_tag: /structures/{i}/schema: {e.args[0] if e.args else e}",) + tuple(e.args[1:])
-            raise
+            raise at_schema(e, i) from None
         names = {t.name: f"S{i}_{t.name}" for t in value.terminals}
         names.update({r.origin: f"s{i}_{r.origin}" for r in value.rules})
         terminals += [Terminal(names[t.name], t.regex, nonempty=t.nonempty, source=t.source, tree=t.tree)

@@ -140,18 +140,17 @@ def constraint_of(params, *, names: dict = V0_NAMES) -> Constraint:
         return Constraint("grammar", params.grammar, None, names["grammar"])
     flags = tuple(name for name in REQUEST_FLAGS if getattr(params, name, False))
     if getattr(params, "structural_tag", None) is not None:
-        from ..grammar.structural_tag import is_structures_form
+        from ..grammar.structural_tag import structures_form
 
-        if not is_structures_form(params.structural_tag):
+        spec = structures_form(params.structural_tag)
+        if spec is None:
             raise UnsupportedFeatureError(
                 f"{names['structural_tag']}: only the 'structures' + 'triggers' form is supported by the dotvllm "
                 "backend; for xgrammar's 'format' form name vLLM's backend (guided_decoding_backend=\"xgrammar\")",
                 feature="structural_tag",
                 where="format",
             )
-        spec = params.structural_tag
-        return Constraint("structural_tag", json.loads(spec) if isinstance(spec, (str, bytes, bytearray)) else spec,
-                          ws, names["structural_tag"], flags)
+        return Constraint("structural_tag", spec, ws, names["structural_tag"], flags)
     if params.json is not None:
         return Constraint("json_schema", _schema(params.json, names["json"]), ws, names["json"], flags)
     if params.regex is not None:
