@@ -336,7 +336,8 @@ def _stream_times(base_url: str, body: dict, out: dict, started=None) -> None:
             if chunk.get("choices"):
                 times.append(time.monotonic())
                 texts.append(chunk["choices"][0].get("text", ""))
-                if started is not None and len(times) == 80:
+                out["finish"] = chunk["choices"][0].get("finish_reason") or out.get("finish")
+                if started is not None and len(times) == 160:
                     started.set()
     out["times"], out["text"] = times, "".join(texts)
 
@@ -360,7 +361,14 @@ def test_a_long_compile_leaves_other_streams_unchanged(server):
                                              guided_regex=pattern), guided)
     for t in threads:
         t.join(300)
-    assert guided["status"] == 200 and re.fullmatch(pattern, guided["text"]), guided
+    assert guided["status"] == 200, guided
+    text, tag = guided["text"], pattern.rsplit("-", 1)[1]
+    if guided["finish"] == "length":  # the random model may stay inside (a|b)*: a prefix of a match
+        head, dash, rest = text.partition("-")
+        assert re.fullmatch("[ab]*", head) and (not dash or (re.fullmatch(pattern[:-len(tag)], head + dash)
+                                                               and tag.startswith(rest))), guided
+    else:
+        assert re.fullmatch(pattern, text), guided
     compiled = guided["times"][0]  # its first token: compile and prefill done
     during, outside = [], []
     for out in streams:
@@ -369,7 +377,8 @@ def test_a_long_compile_leaves_other_streams_unchanged(server):
             (during if sent <= a and b <= compiled else outside).append(b - a)
     # The guided request waited for its compile (it is not cached) while the others streamed.
     assert len(during) >= 40, f"only {len(during)} tokens streamed while compiling; the test needs a slower compile"
-    assert len(outside) >= 100, f"only {len(outside)} tokens outside the compile"  # ≥ 158 before it
+    # ≥ 159 gaps of the first stream before it was sent; the second may start later under load.
+    assert len(outside) >= 100, f"only {len(outside)} tokens outside the compile"
     base, busy = statistics.median(outside), statistics.median(during)
     assert busy <= 1.5 * base + 0.003, (
         f"median inter-token latency {busy * 1e3:.1f} ms while compiling vs {base * 1e3:.1f} ms otherwise "
