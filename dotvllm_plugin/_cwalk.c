@@ -646,16 +646,33 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
             h[b] = x ^ (x >> 29);
         }
     }
+    /* Group by hash, then check the grouping in one row-major pass (a column-by-column check reads
+     * one cache line per state and byte); on a collision, group column by column exactly. */
     for (int b = 0; b < 256; b++) {
         cls[b] = -1;
-        for (Py_ssize_t c = 0; c < C && cls[b] < 0; c++) {
-            int r = (int)rep[c];
-            if (h[r] != h[b]) continue;
-            int same = 1;
-            for (Py_ssize_t s = 0; s < n && same; s++) same = trans[s * 256 + r] == trans[s * 256 + b];
-            if (same) cls[b] = c;
-        }
+        for (Py_ssize_t c = 0; c < C && cls[b] < 0; c++)
+            if (h[rep[c]] == h[b]) cls[b] = c;
         if (cls[b] < 0) { rep[C] = b; cls[b] = C++; }
+    }
+    int collision = 0;
+    for (Py_ssize_t s = 0; s < n && !collision; s++) {
+        const int32_t *row = trans + s * 256;
+        for (int b = 0; b < 256; b++)
+            if (row[b] != row[rep[cls[b]]]) { collision = 1; break; }
+    }
+    if (collision) {
+        C = 0;
+        for (int b = 0; b < 256; b++) {
+            cls[b] = -1;
+            for (Py_ssize_t c = 0; c < C && cls[b] < 0; c++) {
+                int r = (int)rep[c];
+                if (h[r] != h[b]) continue;
+                int same = 1;
+                for (Py_ssize_t s = 0; s < n && same; s++) same = trans[s * 256 + r] == trans[s * 256 + b];
+                if (same) cls[b] = c;
+            }
+            if (cls[b] < 0) { rep[C] = b; cls[b] = C++; }
+        }
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * C * 8), *bc = PyBytes_FromStringAndSize((const char *)cls, 256 * 8);
     if (out && bc) {

@@ -212,16 +212,17 @@ def _terminal_dfa(t: Terminal):
     return dfa
 
 
-def _terminal_dfas(grammar: Grammar, lazy=None):
-    """Every terminal's byte DFA; ``None`` for those ``lazy(terminal)`` leaves to first use.
+def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
+    """Every terminal's byte DFA; ``None`` for those ``lazy(terminal)`` leaves to first use
+    (``built``: automata already built, by position).
 
     Built largest counted repetition first: when one automaton is over budget the whole compile is
     refused (and a JSON schema retried with lower bounds), so the likeliest refusal comes before
     the time spent on the others (seconds, with several ``maxLength`` in the thousands)."""
     terms = grammar.terminals
-    dfas = [None] * len(terms)
+    dfas = list(built) if built is not None else [None] * len(terms)
     for i in sorted(range(len(terms)), key=lambda i: -_largest_count(terms[i].regex)):
-        if lazy is None or not lazy(terms[i]):
+        if dfas[i] is None and (lazy is None or not lazy(terms[i])):
             dfas[i] = _terminal_dfa(terms[i])
     return dfas
 
@@ -693,6 +694,10 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     terms = grammar.terminals
     if grammar.lexing == "lark":
         dfas = _terminal_dfas(grammar)  # a bad terminal is reported before the parser tables
+    else:
+        # the automata that may be over budget before the parser tables (an over-budget JSON
+        # schema is retried with lower bounds: its first tables would be wasted time)
+        dfas = _terminal_dfas(grammar, _small_terminal)
     tables = _lalr_tables(grammar)
     ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
     lexer_of_set: dict[tuple, int] = {}
@@ -704,8 +709,8 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
     lazy = grammar.lexing != "lark" and len(members) >= LAZY_MIN_LEXERS
-    if grammar.lexing != "lark":
-        dfas = _terminal_dfas(grammar, _small_terminal if lazy else None)
+    if grammar.lexing != "lark" and not lazy:
+        dfas = _terminal_dfas(grammar, None, dfas)
     if not lazy:
         # every lexer now: the collision check refuses at compile time what lark would split
         # differently

@@ -624,3 +624,59 @@ def test_a_literal_surrogate_is_refused_as_before():
 
     with pytest.raises(UnsupportedFeatureError):
         regex_to_dfa(r"\ud800x")
+
+
+#: Counted repetitions: the automaton builds the first copy and clones the others.
+REPETITIONS = [
+    r"(?:a|bc?){3,7}d",
+    r"(?:x?y?){2,6}z",
+    r"(?:[é-ü]|ab){0,40}c",
+    r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){0,60}"',
+    r"(?:(?:ab){1,3}|c){2,4}",
+    r"(?:a{2}b{0,2}){3,}",
+    r"(?:[^\x00-\x7f]{1,2}x){5}",
+    r"(?:a|(?:b|c{2}){2,3}){0,9}",
+]
+
+
+@pytest.mark.parametrize("pattern", REPETITIONS, ids=range(len(REPETITIONS)))
+def test_cloned_repetition_copies_equal_interegular_and_re(pattern):
+    """The copies of a counted repetition are cloned from the first (positions and follow sets
+    shifted): the automaton equals interegular's construction and agrees with ``re`` on strings
+    built from the pattern's own characters."""
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    dfa = regex_to_dfa(pattern)
+    assert equivalent(dfa, regex_to_dfa(pattern, fast=False))
+    rx = re.compile(pattern)
+    rng = random.Random(pattern)
+    for _ in range(300):  # texts of the automaton's own (random walks): re must match them
+        q, data = dfa.initial, bytearray()
+        while not (dfa.accepting[q] and (rng.random() < 0.15 or not (dfa.transitions[q] >= 0).any())):
+            byte = rng.choice(np.flatnonzero(dfa.transitions[q] >= 0).tolist())
+            data.append(byte)
+            q = int(dfa.transitions[q, byte])
+        assert rx.fullmatch(data.decode()), (pattern, data)
+    alphabet = "abcdxyzéü€\"\\/nñ"
+    for _ in range(3000):  # random texts: both agree
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        assert dfa_accepts(dfa, text.encode()) == (rx.fullmatch(text) is not None), (pattern, text)
+
+
+@pytest.mark.parametrize("pattern, member", [
+    (r"(?:ab){0,25}", "ab" * 25), (r"(?:ab){0,26}", None),
+    (r"(?:(?:ab){0,5}c){0,4}", "ababc" * 4), (r"(?:(?:ab){0,5}c){0,5}", None),
+    (r"x(?:ab){25}", None), (r"(?:ab){24}y", "ab" * 24 + "y"),
+])
+def test_an_over_budget_repetition_is_refused_exactly_at_the_budget(pattern, member):
+    """A repetition is refused after its first copy when all copies would exceed the position
+    budget (half the state budget, here 50): the same bound as building them all."""
+    from dotvllm_plugin.errors import CompilationTooLargeError
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    if member is None:
+        with pytest.raises(CompilationTooLargeError, match="more than 50 character positions"):
+            regex_to_dfa(pattern, max_states=100)
+    else:
+        dfa = regex_to_dfa(pattern, max_states=100)
+        assert dfa_accepts(dfa, member.encode()) and not dfa_accepts(dfa, member.encode() + b"q")

@@ -244,12 +244,14 @@ class _Positions:
         self.max_positions = max_positions
         self._class_cache: dict = {}
 
+    def _too_large(self) -> CompilationTooLargeError:
+        return CompilationTooLargeError(
+            f"the regex expands to more than {self.max_positions} character positions; reduce repetition bounds"
+        )
+
     def _new(self, ranges: tuple) -> int:
         if len(self.ranges) >= self.max_positions:
-            raise CompilationTooLargeError(
-                f"the regex expands to more than {self.max_positions} character positions; "
-                "reduce repetition bounds"
-            )
+            raise self._too_large()
         self.ranges.append(ranges)
         self.follow.append(set())
         return len(self.ranges) - 1
@@ -356,10 +358,41 @@ class _Positions:
     def _repeat(self, base, lo, hi, flags, P):
         return self._repeat_of(lambda: self.visit(base, flags, P), lo, hi)
 
+    def _copies(self, make, n_copies: int):
+        """``make`` for a repetition of ``n_copies``: the first call builds the sub-pattern's
+        positions, the others clone them (its follow sets as they were when it was built: a
+        sub-pattern links only its own positions; its links to the next copy come later, from the
+        caller). An over-budget repetition is refused after one copy, not after the budget's worth
+        (a ``maxLength`` in the thousands)."""
+        template = None
+
+        def copy():
+            nonlocal template
+            n = len(self.ranges)
+            if template is None:
+                got = make()
+                size = len(self.ranges) - n
+                if len(self.ranges) + size * (n_copies - 1) > self.max_positions:
+                    raise self._too_large()
+                template = (n, len(self.ranges), [sorted(f) for f in self.follow[n:]], got)
+                return got
+            lo, hi, follow, (first, last, nullable) = template
+            if n + hi - lo > self.max_positions:
+                raise self._too_large()
+            shift = n - lo
+            self.ranges.extend(self.ranges[lo:hi])
+            self.follow.extend({q + shift for q in f} for f in follow)
+            return {p + shift for p in first}, {p + shift for p in last}, nullable
+
+        return copy
+
     def _repeat_of(self, make, lo, hi):
         """``make()`` repeated ``lo`` to ``hi`` (None: unbounded) times; each call adds fresh positions."""
         if hi is not None and hi < lo:
             raise Unhandled("bad repeat")
+        n_copies = lo + (1 if hi is None else hi - lo)
+        if n_copies > 1:
+            make = self._copies(make, n_copies)
         parts = [make] * lo
         if hi is None:
 
@@ -379,8 +412,8 @@ class _Positions:
                 for f2, l2, n2 in reversed(copies[:-1]):
                     for p in l2:
                         self.follow[p] |= acc_f
-                    acc_f = set(f2) | (acc_f if n2 else set())
-                    acc_l = set(l2) | acc_l
+                    acc_f = (acc_f | f2) if n2 else set(f2)
+                    acc_l |= l2  # in place: a new set per copy is quadratic in the count
                 return acc_f, acc_l, True
 
             parts.append(optional_chain)
@@ -391,45 +424,54 @@ class _Positions:
     def to_dfa(self, first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls):
         n_pos = len(self.ranges)
         # NFA states: 0 = initial, 1 + p = after position p, then UTF-8 intermediate nodes.
-        builder = builder_cls(1 + n_pos, max_states * 4)
-        entry: list[np.ndarray] = []
-        seq_cache: dict = {}
+        max_nfa = max_states * 4
+        builder = builder_cls(1 + n_pos, max_nfa)  # its templates: the UTF-8 byte tries of a class
+        entry = np.full((n_pos, 256), -1, dtype=np.int64)
+        blocks: list[np.ndarray] = []
+        n_det = 0
+        # Positions with the same class (a repetition's copies) are laid out together: one byte
+        # trie per class, its intermediate nodes copied per position with numpy (a position's
+        # nodes lead to that position only, so nothing is shared between positions).
+        by_class: dict[tuple, list[int]] = {}
         for p, ranges in enumerate(self.ranges):
-            row = np.full(256, -1, dtype=np.int64)
+            by_class.setdefault(ranges, []).append(p)
+        for ranges, ps in by_class.items():
+            ps = np.array(ps, dtype=np.int64)
             for a, b in ranges:
                 if a <= 0x7F:
-                    row[a : min(b, 0x7F) + 1] = 1 + p
-            seqs = seq_cache.get(ranges)
-            if seqs is None:
-                seqs = []
-                for a, b in ranges:
-                    if b >= 0x80:
-                        seqs.extend(utf8_sequences(max(a, 0x80), b))
-                seqs = seq_cache[ranges] = tuple(seqs)
-            if seqs:
-                for byte, dest in builder.non_ascii_row([(seqs, 1 + p)]).items():
-                    row[byte] = dest
-            entry.append(row)
-        n_nfa = 1 + n_pos + len(builder.rows)
-        det_rows: list = [None] * n_nfa
-        # Intermediate (mid-character) states are deterministic.
-        for i, r in enumerate(builder.rows):
-            row = np.full(256, -1, dtype=np.int64)
-            if r:
-                row[np.fromiter(r.keys(), dtype=np.int64)] = np.fromiter(r.values(), dtype=np.int64)
-            det_rows[1 + n_pos + i] = row
+                    entry[ps, a : min(b, 0x7F) + 1] = (1 + ps)[:, None]
+            seqs = [seq for a, b in ranges if b >= 0x80 for seq in utf8_sequences(max(a, 0x80), b)]
+            if not seqs:
+                continue
+            root, nodes = _byte_trie(builder._template(tuple(sorted((seq, 0) for seq in seqs))))
+            m = len(nodes)
+            base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int64) * m)[:, None]
+            target = (1 + ps)[:, None]
+            lead = root != -1
+            entry[np.ix_(ps, np.flatnonzero(lead))] = np.where(root[lead] == _SLOT, target, base + root[lead])
+            if m:
+                n_det += len(ps) * m
+                if 1 + n_pos + n_det > max_nfa:
+                    raise CompilationTooLargeError(
+                        f"the byte-level automaton exceeds {max_nfa} states; simplify the pattern"
+                    )
+                block = nodes[None] + base[:, :, None]  # [positions, nodes, 256]
+                block[:, nodes == -1] = -1
+                block[:, nodes == _SLOT] = target
+                blocks.append(block.reshape(-1, 256))
+        det_block = np.concatenate(blocks) if blocks else np.zeros((0, 256), dtype=np.int64)
+        n_nfa = 1 + n_pos + n_det
         follows = [first] + self.follow
         accepting_nfa = np.zeros(n_nfa, dtype=bool)
         accepting_nfa[[1 + p for p in last]] = True
         accepting_nfa[0] = nullable
         if _cwalk is not None and USE_C_SUBSET:
-            n_det = len(builder.rows)
             fol_lists = [sorted(f) for f in follows]
             fol_start = np.zeros(len(fol_lists) + 1, dtype=np.int64)
             fol_start[1:] = np.cumsum([len(f) for f in fol_lists])
             res = _cwalk.subset(
-                np.stack(entry).astype(np.int64) if entry else np.zeros((0, 256), dtype=np.int64),
-                np.stack(det_rows[1 + n_pos :]).astype(np.int64) if n_det else np.zeros((0, 256), dtype=np.int64),
+                entry,
+                det_block,
                 fol_start,
                 np.fromiter((q for f in fol_lists for q in f), dtype=np.int64, count=int(fol_start[-1])),
                 accepting_nfa.astype(np.uint8),
@@ -439,6 +481,8 @@ class _Positions:
                 raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
             trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256).copy()
             return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
+
+        det_rows: list = [None] * (1 + n_pos) + list(det_block)
 
         def nfa_row(s: int):
             """(deterministic row or None, list of rows to union)."""
@@ -518,6 +562,35 @@ class _Positions:
         trans = np.stack(trans_rows).astype(np.int32)
         accepting = np.array([bool(accepting_nfa[list(m)].any()) for m in members])
         return trans, accepting
+
+
+#: In a class's byte trie: a byte that ends the character (to the position's own state).
+_SLOT = -2
+
+
+def _byte_trie(tpl: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A one-slot template of :class:`~dotvllm_plugin.regex.automaton.Builder` as arrays: the root's
+    row and the intermediate nodes' rows, with -1 (no transition), :data:`_SLOT` or a node index.
+    Equal sub-templates are one node (as the builder interns them for one target)."""
+    rows: list[np.ndarray] = []
+    index: dict[tuple, int] = {}
+
+    def row_of(t: tuple) -> np.ndarray:
+        r = np.full(256, -1, dtype=np.int64)
+        for a, b, (kind, val) in t:
+            r[a : b + 1] = _SLOT if kind == "slot" else node(val)
+        return r
+
+    def node(t: tuple) -> int:
+        j = index.get(t)
+        if j is None:
+            r = row_of(t)
+            j = index[t] = len(rows)
+            rows.append(r)
+        return j
+
+    root = row_of(tpl)
+    return root, (np.stack(rows) if rows else np.zeros((0, 256), dtype=np.int64))
 
 
 _PROJ = np.random.default_rng(0x61057).integers(1, 2**63, size=4096, dtype=np.uint64)
