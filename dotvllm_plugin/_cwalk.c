@@ -9,10 +9,9 @@
  * Arguments (all int64 buffers, C-contiguous):
  *   trans      [n_states * n_classes]   class transition table (-1 dead, -2 exit)
  *   n_classes
- *   cls        [n_nodes]                byte class of each node
- *   child_lo, child_hi [n_nodes]        global id range of each node's children
+ *   nodes      [n_nodes] trie_node      packed: first child, child count, byte (or class), has token
+ *   bc         [256]                    class of each byte: a node's class is bc[node.sym]
  *   level_off  [depth + 1]              first global id of each level
- *   has        [n_nodes] (uint8)        whether a token ends at the node
  *   n_roots                             level-0 nodes are 0 .. n_roots-1
  *   starts     [k]                      start states (start index = position)
  *   inj_si, inj_level, inj_node, inj_state [m]   resumed walks (inj_node local to its level)
@@ -51,6 +50,15 @@ typedef struct {
     int64_t node, prev, level, si;
 } frame;
 
+/* One trie node, packed (8 bytes: the walk reads one cache line per 8 siblings). Must match
+ * dotvllm_plugin.index.TRIE_NODE. */
+typedef struct {
+    uint32_t lo;          /* global id of the first child; children are contiguous */
+    uint16_t n_children;
+    uint8_t sym;          /* byte (byte trie) or class (merged trie) */
+    uint8_t has;          /* a token ends here */
+} trie_node;
+
 /* Push a frame on the growable stack ``stack``/``sp``/``scap``; on failure set nomem, goto done. */
 #define PUSH_FRAME(N, P, L, S)                                                     \
     do {                                                                           \
@@ -65,17 +73,58 @@ typedef struct {
         sp++;                                                                      \
     } while (0)
 
+/* Set the bits of the tokens ending at ``node`` in the row of end state ``st`` (a zeroed row is
+ * added on the state's first token). Returns -1 when out of memory. */
+static int add_tokens(uint32_t **rows, Py_ssize_t *n_rows, Py_ssize_t *cap, int64_t *gid, int64_t st,
+                      Py_ssize_t n_words, const int64_t *cs, const int64_t *ci, int64_t node) {
+    if (gid[st] < 0) {
+        if (*n_rows == *cap) {
+            Py_ssize_t nc = *cap ? *cap * 2 : 8;
+            uint32_t *p = realloc(*rows, (size_t)(nc * n_words) * 4);
+            if (!p) return -1;
+            *rows = p;
+            *cap = nc;
+        }
+        memset(*rows + *n_rows * n_words, 0, (size_t)n_words * 4);
+        gid[st] = (*n_rows)++;
+    }
+    uint32_t *row = *rows + gid[st] * n_words;
+    for (int64_t j = cs[node]; j < cs[node + 1]; j++) row[ci[j] >> 5] |= (uint32_t)1 << (ci[j] & 31);
+    return 0;
+}
+
 static PyObject *cwalk(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_cls, b_lo, b_hi, b_off, b_has, b_starts, b_isi, b_ilev, b_inode, b_ist;
+    Py_buffer b_trans, b_nodes, b_bc, b_off, b_starts, b_isi, b_ilev, b_inode, b_ist;
     Py_ssize_t n_classes, n_roots;
     int want_exits;
     long long max_produced;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*y*ny*y*y*y*y*pL", &b_trans, &n_classes, &b_cls, &b_lo, &b_hi, &b_off,
-                          &b_has, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits,
-                          &max_produced))
+    /* Optional: csr_start, csr_ids (tokens ending at each node), n_words, n_states: then the
+     * token-ending nodes are not listed but their tokens' bits set in one packed row per end state
+     * (first element of the result: the end states, in order of their rows; second: the rows). */
+    Py_buffer b_cs = {0}, b_ci = {0};
+    Py_ssize_t n_words = 0, n_states = 0;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nn", &b_trans, &n_classes, &b_nodes, &b_bc, &b_off,
+                          &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
+                          &b_cs, &b_ci, &n_words, &n_states))
         return NULL;
-    const int64_t *trans = b_trans.buf, *cls = b_cls.buf, *lo = b_lo.buf, *hi = b_hi.buf, *off = b_off.buf;
-    const uint8_t *has = b_has.buf;
+    const int grouped = b_cs.buf != NULL;
+    const int64_t *cs = b_cs.buf, *ci = b_ci.buf;
+    int64_t *gid = NULL;
+    uint32_t *rows = NULL;
+    Py_ssize_t n_rows = 0, rows_cap = 0;
+    if (grouped) {
+        gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
+        if (!gid) {
+            PyBuffer_Release(&b_cs); PyBuffer_Release(&b_ci); PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes);
+            PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
+            PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
+            return PyErr_NoMemory();
+        }
+        for (Py_ssize_t q = 0; q < n_states; q++) gid[q] = -1;
+    }
+    /* a node's class is bc[node.sym]: sym is the node's byte (or class), bc its class (256 entries) */
+    const int64_t *trans = b_trans.buf, *bc = b_bc.buf, *off = b_off.buf;
+    const trie_node *nd = b_nodes.buf;
     const int64_t *starts = b_starts.buf, *isi = b_isi.buf, *ilev = b_ilev.buf, *inode = b_inode.buf,
                   *ist = b_ist.buf;
     Py_ssize_t n_starts = b_starts.len / 8, n_inj = b_isi.len / 8;
@@ -89,31 +138,46 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
 
 #define EMIT(K, X) do { if (vec_push(&out[K], (X))) { nomem = 1; goto done; } } while (0)
 
+    /* A frame is a surviving node (reached in state f.prev) whose children are still to visit;
+     * children are stepped in place and only the surviving ones with children are pushed. */
+#define VISIT(C, PREV, LEVEL, SI)                                                          \
+    do {                                                                               \
+        int64_t c_ = (C), st_ = trans[(PREV) * n_classes + bc[nd[c_].sym]];            \
+        if (st_ < 0) {                                                                 \
+            if (st_ == -2 && want_exits) {                                             \
+                EMIT(3, (SI)); EMIT(4, (LEVEL)); EMIT(5, c_ - off[(LEVEL)]); EMIT(6, (PREV)); \
+            }                                                                          \
+            break;                                                                     \
+        }                                                                              \
+        if (++produced > max_produced) { overflow = 1; goto done; }                    \
+        if (nd[c_].has) {                                                              \
+            if (grouped) { if (add_tokens(&rows, &n_rows, &rows_cap, gid, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
+            else { EMIT(0, (SI)); EMIT(1, c_); EMIT(2, st_); }                         \
+        }                                                                              \
+        if (nd[c_].n_children) PUSH_FRAME(c_, st_, (LEVEL), (SI));                     \
+    } while (0)
+
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n_starts + n_inj; i++) {
         sp = 0;
         if (i < n_starts) {
-            for (int64_t r = n_roots - 1; r >= 0; r--) PUSH_FRAME(r, starts[i], 0, i);
+            for (int64_t r = 0; r < n_roots; r++) VISIT(r, starts[i], 0, i);
         } else {
             Py_ssize_t j = i - n_starts;
             int64_t g = off[ilev[j]] + inode[j];
-            if (has[g]) { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
-            for (int64_t c = hi[g] - 1; c >= lo[g]; c--) PUSH_FRAME(c, ist[j], ilev[j] + 1, isi[j]);
+            if (nd[g].has) {
+                if (grouped) { if (add_tokens(&rows, &n_rows, &rows_cap, gid, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
+                else { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
+            }
+            if (nd[g].n_children) PUSH_FRAME(g, ist[j], ilev[j], isi[j]);
         }
         while (sp) {
             frame f = stack[--sp];
-            int64_t st = trans[f.prev * n_classes + cls[f.node]];
-            if (st < 0) {
-                if (st == -2 && want_exits) {
-                    EMIT(3, f.si); EMIT(4, f.level); EMIT(5, f.node - off[f.level]); EMIT(6, f.prev);
-                }
-                continue;
-            }
-            if (++produced > max_produced) { overflow = 1; goto done; }
-            if (has[f.node]) { EMIT(0, f.si); EMIT(1, f.node); EMIT(2, st); }
-            for (int64_t c = hi[f.node] - 1; c >= lo[f.node]; c--) PUSH_FRAME(c, st, f.level + 1, f.si);
+            for (int64_t c = nd[f.node].lo, e = c + nd[f.node].n_children; c < e; c++)
+                VISIT(c, f.prev, f.level + 1, f.si);
         }
     }
+#undef VISIT
 done:
     Py_END_ALLOW_THREADS
 
@@ -125,7 +189,17 @@ done:
     } else {
         int k = want_exits ? 7 : 3;
         result = PyTuple_New(k);
-        for (int j = 0; result && j < k; j++) {
+        if (result && grouped) {  /* (ends, rows, b"") in place of (si, node, end) */
+            vec ends = {0};
+            for (Py_ssize_t q = 0; q < n_states; q++) if (gid[q] >= 0 && vec_push(&ends, 0)) { nomem = 1; break; }
+            if (!nomem) for (Py_ssize_t q = 0; q < n_states; q++) if (gid[q] >= 0) ends.p[gid[q]] = q;
+            PyObject *a = nomem ? NULL : vec_bytes(&ends), *b = nomem ? NULL : PyBytes_FromStringAndSize(
+                (const char *)rows, n_rows * n_words * 4), *c = PyBytes_FromStringAndSize(NULL, 0);
+            free(ends.p);
+            if (!a || !b || !c) { Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(c); Py_CLEAR(result); if (nomem) PyErr_NoMemory(); }
+            else { PyTuple_SET_ITEM(result, 0, a); PyTuple_SET_ITEM(result, 1, b); PyTuple_SET_ITEM(result, 2, c); }
+        }
+        for (int j = grouped ? 3 : 0; result && j < k; j++) {
             PyObject *b = vec_bytes(&out[j]);
             if (!b) { Py_CLEAR(result); break; }
             PyTuple_SET_ITEM(result, j, b);
@@ -133,8 +207,12 @@ done:
     }
     free(stack);
     for (int j = 0; j < 7; j++) free(out[j].p);
-    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_cls); PyBuffer_Release(&b_lo); PyBuffer_Release(&b_hi);
-    PyBuffer_Release(&b_off); PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
+    free(rows);
+    free(gid);
+    if (b_cs.buf) PyBuffer_Release(&b_cs);
+    if (b_ci.buf) PyBuffer_Release(&b_ci);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off);
+    PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
     PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
     return result;
 }

@@ -157,12 +157,50 @@ except ImportError:  # built without a C compiler: the numpy walk below does the
 
 
 def _flat_children(ct: ClassTrie):
-    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walk.
+    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walks.
 
     For a byte view, everything but ``cls`` (which depends on the pattern's byte classes) is
     built once per vocabulary and depth, with each node's byte, from which ``cls`` is one gather.
     """
     got = ct.__dict__.get("_flat")
+    if got is not None:
+        return got
+    sym, lo, hi, off, has, byte_class = _flat_structure(ct)
+    cls = byte_class[sym] if ct.__dict__.get("trie_cache") is not None else sym
+    got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
+    return got
+
+
+_IDENTITY = np.arange(256, dtype=np.int64)
+#: The C walk's packed trie node (``trie_node`` in _cwalk.c).
+TRIE_NODE = np.dtype([("lo", "<u4"), ("n_children", "<u2"), ("sym", "u1"), ("has", "u1")])
+
+
+def _packed_nodes(ct: ClassTrie):
+    """``(nodes TRIE_NODE[n_nodes], level_off, byte_class)`` for the C walk: a node's class is
+    ``byte_class[node.sym]``. For a byte view the nodes are the vocabulary's (built once per
+    vocabulary and depth, ``sym`` the node's byte): a view costs no per-node work."""
+    got = ct.__dict__.get("_packed")
+    if got is not None:
+        return got
+    trie_cache = ct.__dict__.get("trie_cache")
+    nodes = None if trie_cache is None else trie_cache.get(("packed", ct.depth))
+    if nodes is None:
+        sym, lo, hi, off, has, _ = _flat_structure(ct)
+        nodes = np.zeros(len(sym), dtype=TRIE_NODE)
+        nodes["lo"], nodes["n_children"], nodes["sym"], nodes["has"] = lo, hi - lo, sym, has
+        nodes = (nodes, off)
+        if trie_cache is not None:
+            trie_cache[("packed", ct.depth)] = nodes
+    got = ct.__dict__["_packed"] = (*nodes, _flat_structure(ct)[5])
+    return got
+
+
+def _flat_structure(ct: ClassTrie):
+    """``(sym, child_lo, child_hi, level_off, has, byte_class)``: a node's class is
+    ``byte_class[sym[node]]``. For a byte view ``sym`` is the node's byte and the arrays are the
+    vocabulary's (built once per vocabulary and depth): a view costs no per-node work."""
+    got = ct.__dict__.get("_flat_structure")
     if got is not None:
         return got
     trie_cache = ct.__dict__.get("trie_cache")
@@ -184,17 +222,21 @@ def _flat_children(ct: ClassTrie):
         structure = (sym, lo, hi, off, ct.has_tokens.astype(np.uint8))
         if trie_cache is not None:
             trie_cache[("flat_children", ct.depth)] = structure
-    sym, lo, hi, off, has = structure
-    cls = ct.byte_class.astype(np.int64)[sym] if trie_cache is not None else sym
-    got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
+    # a merged trie's sym is the class already
+    byte_class = _IDENTITY if trie_cache is None else np.ascontiguousarray(ct.byte_class, dtype=np.int64)
+    got = ct.__dict__["_flat_structure"] = (*structure, byte_class)
     return got
 
 
-def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False):
-    """Dispatch to the C walk when built, else the numpy walk (same results up to order)."""
+def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
+          rows=None):
+    """Dispatch to the C walk when built, else the numpy walk (same results up to order).
+
+    ``rows``: ``(csr start, csr ids, words)`` (C walk only): the first three results become
+    ``(ends, packed rows, b"")`` as bytes, see :func:`walk_rows_by_end`."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
-    cls, lo, hi, off, has = _flat_children(ct)
+    nodes, off, byte_class = _packed_nodes(ct)
     empty = np.zeros(0, dtype=np.int64)
     inject = inject or {}
     parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in inject.items() if len(v[0])]
@@ -203,15 +245,17 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     )
     starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
     res = _cwalk.walk(
-        np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], cls, lo, hi, off, has,
+        np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
         len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
-        MAX_INDEX_ENTRIES,
+        MAX_INDEX_ENTRIES, *(() if rows is None else (*rows[:2], rows[2], class_trans.shape[0])),
     )
     if res is None:
         raise CompilationTooLargeError(
             f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
             "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
         )
+    if rows is not None:
+        return res[:3], tuple(np.frombuffer(b, dtype=np.int64) for b in res[3:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
@@ -868,6 +912,22 @@ def walk(class_trans: np.ndarray, view: ClassTrie, states=None, *, inject=None, 
     ``want_exits`` also ``(start index, level, level-local node, state before)`` of each step into -2.
     """
     return _walk(class_trans, view, states, inject=inject, want_exits=want_exits)
+
+
+def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, states=None, *, inject=None):
+    """:func:`walk` with exits, its tokens as packed rows: ``((ends, rows int32[len(ends), words]),
+    exits)``, row ``i`` holding the tokens whose walk ends in state ``ends[i]`` (each end once)."""
+    if _cwalk is not None and USE_C_WALK:
+        start, ids = _token_csr(view)
+        (ends, rows, _), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
+                                       rows=(start, ids, words))
+        ends = np.frombuffer(ends, dtype=np.int64)
+        return (ends, np.frombuffer(rows, dtype=np.int32).reshape(len(ends), words)), exits
+    (_, nodes, ends), exits = _walk(class_trans, view, states, inject=inject, want_exits=True)
+    u = np.unique(ends)
+    rows = np.stack([token_row(view, nodes[ends == e], words) for e in u.tolist()]) if len(u) else \
+        np.zeros((0, words), dtype=np.int32)
+    return (u, rows), exits
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:

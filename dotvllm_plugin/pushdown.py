@@ -1187,26 +1187,22 @@ class PushdownGrammar:
         return got
 
     def _walk_base(self, q: int, states: np.ndarray):
-        from .index import walk
+        from .index import walk_rows_by_end
 
         lexer = self._owner[q]
         ct, view, _ = self._walker(lexer)
         lo = self._lexer_lo[lexer]
-        free, groups, exits = self._split(view, lo, *walk(ct, view, np.array([q - lo], dtype=np.int64), want_exits=True))
+        free, groups, exits = self._split(lo, *walk_rows_by_end(ct, view, self._W, np.array([q - lo], dtype=np.int64)))
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
 
-    def _split(self, view, lo: int, ended, exits):
+    def _split(self, lo: int, ended, exits):
         """A walk's result as ``(free row, ((end state, row), ...), exits by terminal)``: tokens
         whose lexeme is always viable, the others by the lexer state they end in."""
-        from .index import token_row
-
-        _, nodes, ends = ended
-        ends = ends + lo
+        ends, rows = ended  # (the rows are read, never written)
         free = np.zeros(self._W, dtype=np.int32)
         groups = []
-        for r in np.unique(ends).tolist():
-            row = token_row(view, nodes[ends == r], self._W)
+        for r, row in zip((ends + lo).tolist(), rows):
             if self._reach[r] is None:
                 free |= row
             else:
@@ -1232,7 +1228,7 @@ class PushdownGrammar:
         got = self._cross_cache.get(key)
         if got is not None:
             return got
-        from .index import walk
+        from .index import walk_rows_by_end
 
         level, node = groups_level_node
         trie = self.vocabulary.byte_trie()
@@ -1245,7 +1241,7 @@ class PushdownGrammar:
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
         if inject:
-            got = self._split(view, self._start(lexer), *walk(ct, view, None, inject=inject, want_exits=True))
+            got = self._split(self._start(lexer), *walk_rows_by_end(ct, view, self._W, inject=inject))
         else:
             got = (np.zeros(self._W, dtype=np.int32), (), ())
         self._cross_cache[key] = got

@@ -143,3 +143,48 @@ def test_bitmask_agrees_with_accept(compiler, tekken_tokenizer, tekken_vocab):
         assert (bitmask[0, t >> 5] >> (t & 31)) & 1
         assert m.accept_token(t)
     assert m.is_completed()
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "tags": {"type": "array",
+     "items": {"enum": ["a", "bé", "c\n"]}}, "n": {"type": "number"}}, "required": ["name"]},
+    {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "object", "properties": {
+        "k": {"type": "boolean"}}}]}},
+    "lark",
+])
+def test_masks_equal_with_and_without_the_c_walk(tekken_vocab, spec, monkeypatch):
+    """The pushdown masks (first visits: vocabulary walks grouped into rows by end state) are the
+    same from the C walk and from the numpy walk, along random token walks."""
+    from dotvllm_plugin import index
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+
+    def compiled():
+        c = GrammarCompiler(tekken_vocab, cache_size=0)
+        if spec == "lark":
+            return c.compile_grammar('start: item+\nitem: WORD ":" NUMBER ";"\n%import common.WORD\n'
+                                     '%import common.NUMBER\n%ignore " "')
+        return c.compile_json_schema(spec)
+
+    words = (tekken_vocab.size + 31) // 32
+    rng = np.random.default_rng(7)
+    for walk_no in range(4):
+        monkeypatch.setattr(index, "USE_C_WALK", True)
+        fast = GrammarMatcher(compiled())
+        monkeypatch.setattr(index, "USE_C_WALK", False)
+        ref = GrammarMatcher(compiled())
+        for _ in range(40):
+            rows = []
+            for use_c, m in ((True, fast), (False, ref)):
+                monkeypatch.setattr(index, "USE_C_WALK", use_c)
+                bm = np.zeros((1, words), dtype=np.int32)
+                m.fill_next_token_bitmask(bm)
+                rows.append(bm[0])
+            assert np.array_equal(*rows), (spec, walk_no)
+            allowed = np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
+            allowed = allowed[~np.isin(allowed, list(tekken_vocab.eos_token_ids))]
+            if not len(allowed):
+                break
+            t = int(rng.choice(allowed))
+            assert fast.accept_token(t) and ref.accept_token(t)
