@@ -267,6 +267,43 @@ static PyObject *token_bits(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* longest_path(trans int64[n * C], C) -> the length in steps of the longest path of the automaton
+ * (-1 targets are dead), or -1 when it has a cycle (Kahn's order, then longest path backwards). */
+static PyObject *longest_path(PyObject *self, PyObject *args) {
+    Py_buffer b_trans;
+    Py_ssize_t C;
+    if (!PyArg_ParseTuple(args, "y*n", &b_trans, &C)) return NULL;
+    const int64_t *t = b_trans.buf;
+    Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
+    int64_t *indeg = calloc((size_t)n + 1, 8), *order = malloc(((size_t)n + 1) * 8), *longest = calloc((size_t)n + 1, 8);
+    long long result = 0;
+    if (!indeg || !order || !longest) { free(indeg); free(order); free(longest); PyBuffer_Release(&b_trans); return PyErr_NoMemory(); }
+    /* a target reached by several classes of one state counts once per class: consistent with the
+     * decrements below, which also go per class */
+    for (Py_ssize_t i = 0; i < n * C; i++) if (t[i] >= 0) indeg[t[i]]++;
+    Py_ssize_t len = 0;
+    for (Py_ssize_t q = 0; q < n; q++) if (!indeg[q]) order[len++] = q;
+    for (Py_ssize_t k = 0; k < len; k++)
+        for (Py_ssize_t c = 0; c < C; c++) {
+            int64_t x = t[order[k] * C + c];
+            if (x >= 0 && --indeg[x] == 0) order[len++] = x;
+        }
+    if (len < n) result = -1;
+    else
+        for (Py_ssize_t k = len - 1; k >= 0; k--) {
+            int64_t q = order[k], best = 0;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t x = t[q * C + c];
+                if (x >= 0 && longest[x] + 1 > best) best = longest[x] + 1;
+            }
+            longest[q] = best;
+            if (best > result) result = best;
+        }
+    free(indeg); free(order); free(longest);
+    PyBuffer_Release(&b_trans);
+    return PyLong_FromLongLong(result);
+}
+
 /* gadgets(trans int64[n * n_classes], n_classes, class_order int64[L], roots int64[k], max_depth,
  *         max_size)
  *   -> (members, bounds) as bytes of int64: for each root not already taken, the states within
@@ -344,7 +381,7 @@ fail:
     return result;
 }
 
-/* subset(entry int64[n_pos * 256], det int64[n_det * 256], fol_start int64[n_pos + 2], fol int64[],
+/* subset(entry int32[n_pos * 256], det int32[n_det * 256], fol_start int64[n_pos + 2], fol int64[],
  *        accepting uint8[n_nfa], max_states)
  *   -> (transitions bytes of int32[n * 256], accepting bytes of uint8[n]) or None past max_states.
  * Subset construction of the position automaton: NFA state 0 is initial, 1 + p is "after
@@ -413,11 +450,14 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     Py_buffer b_entry, b_det, b_fs, b_fol, b_acc;
     Py_ssize_t max_states;
     if (!PyArg_ParseTuple(args, "y*y*y*y*y*n", &b_entry, &b_det, &b_fs, &b_fol, &b_acc, &max_states)) return NULL;
-    const int64_t *entry = b_entry.buf, *det = b_det.buf, *fs = b_fs.buf, *fol = b_fol.buf;
+    const int32_t *entry = b_entry.buf, *det = b_det.buf;
+    const int64_t *fs = b_fs.buf, *fol = b_fol.buf;
     const uint8_t *acc_nfa = b_acc.buf;
     Py_ssize_t n_pos = b_fs.len / 8 - 2;
     PyObject *result = NULL;
-    vec pool = {0}, start = {0}, trans = {0};  /* sets: pool[start[i]:start[i+1]] */
+    vec pool = {0}, start = {0};  /* sets: pool[start[i]:start[i+1]] */
+    int32_t *tr = NULL;  /* the DFA's rows, 256 per state */
+    Py_ssize_t trn = 0, trcap = 0;
     table tab = {0};
     int64_t *buf = NULL;
     Py_ssize_t bufcap = 0;
@@ -476,7 +516,14 @@ static PyObject *subset(PyObject *self, PyObject *args) {
                     if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
                 }
             }
-            if (vec_push(&trans, target)) { nomem = 1; goto done; }
+            if (trn == trcap) {
+                Py_ssize_t nc = trcap ? 2 * trcap : 256 * 64;
+                int32_t *p = realloc(tr, (size_t)nc * 4);
+                if (!p) { nomem = 1; goto done; }
+                tr = p;
+                trcap = nc;
+            }
+            tr[trn++] = (int32_t)target;
         }
     }
 done:
@@ -491,7 +538,7 @@ done:
         if (bt && ba) {
             int32_t *t32 = (int32_t *)PyBytes_AS_STRING(bt);
             uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
-            for (Py_ssize_t i = 0; i < n * 256; i++) t32[i] = (int32_t)trans.p[i];
+            memcpy(t32, tr, (size_t)(n * 256) * 4);
             for (Py_ssize_t d = 0; d < n; d++) {
                 a[d] = 0;
                 for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
@@ -501,7 +548,7 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); free(trans.p); table_free(&tab); free(buf);
+    free(pool.p); free(start.p); free(tr); table_free(&tab); free(buf);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
     return result;
@@ -820,6 +867,7 @@ static PyMethodDef methods[] = {
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
+    {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},

@@ -817,6 +817,9 @@ def _longest_path(class_trans: np.ndarray):
     n = class_trans.shape[0]
     if (class_trans == np.arange(n)[:, None]).any():
         return None  # a self-loop (every JSON string): no need for the topological sort
+    if _cwalk is not None and USE_C_WALK:
+        got = _cwalk.longest_path(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1])
+        return None if got < 0 else got
     succ = [sorted(set(r) - {-1}) for r in class_trans.tolist()]
     indeg = [0] * n
     for ts in succ:

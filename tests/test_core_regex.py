@@ -680,3 +680,20 @@ def test_an_over_budget_repetition_is_refused_exactly_at_the_budget(pattern, mem
     else:
         dfa = regex_to_dfa(pattern, max_states=100)
         assert dfa_accepts(dfa, member.encode()) and not dfa_accepts(dfa, member.encode() + b"q")
+
+
+@pytest.mark.parametrize("pattern", [r"ab{2,5}c", r"(?:x|yz){0,7}", r"a+b", r"(?:ab|c)*", r'"[^"]{0,9}"', r"é{3}|x"])
+def test_c_longest_path_equals_python(pattern, monkeypatch):
+    """The longest path of an acyclic automaton (the deepest token-trie level a walk can reach),
+    None for a cyclic one: the C version equals the Python one."""
+    from dotvllm_plugin import index
+    from dotvllm_plugin.regex import byte_classes, regex_to_dfa
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    class_trans = byte_classes(regex_to_dfa(pattern).transitions)[0].astype(np.int64)
+    fast = index._longest_path(class_trans)
+    monkeypatch.setattr(index, "USE_C_WALK", False)
+    assert fast == index._longest_path(class_trans)
+    if "*" not in pattern and "+" not in pattern:
+        assert fast is not None and fast >= 3

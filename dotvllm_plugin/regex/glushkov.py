@@ -426,7 +426,7 @@ class _Positions:
         # NFA states: 0 = initial, 1 + p = after position p, then UTF-8 intermediate nodes.
         max_nfa = max_states * 4
         builder = builder_cls(1 + n_pos, max_nfa)  # its templates: the UTF-8 byte tries of a class
-        entry = np.full((n_pos, 256), -1, dtype=np.int64)
+        entry = np.full((n_pos, 256), -1, dtype=np.int32)
         blocks: list[np.ndarray] = []
         n_det = 0
         # Positions with the same class (a repetition's copies) are laid out together: one byte
@@ -445,8 +445,9 @@ class _Positions:
                 continue
             root, nodes = _byte_trie(builder._template(tuple(sorted((seq, 0) for seq in seqs))))
             m = len(nodes)
-            base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int64) * m)[:, None]
-            target = (1 + ps)[:, None]
+            base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int32) * m)[:, None]  # (< max_nfa)
+            target = (1 + ps).astype(np.int32)[:, None]
+            nodes = nodes.astype(np.int32)
             lead = root != -1
             entry[np.ix_(ps, np.flatnonzero(lead))] = np.where(root[lead] == _SLOT, target, base + root[lead])
             if m:
@@ -459,7 +460,7 @@ class _Positions:
                 block[:, nodes == -1] = -1
                 block[:, nodes == _SLOT] = target
                 blocks.append(block.reshape(-1, 256))
-        det_block = np.concatenate(blocks) if blocks else np.zeros((0, 256), dtype=np.int64)
+        det_block = np.concatenate(blocks) if blocks else np.zeros((0, 256), dtype=np.int32)
         n_nfa = 1 + n_pos + n_det
         follows = [first] + self.follow
         accepting_nfa = np.zeros(n_nfa, dtype=bool)
