@@ -460,7 +460,8 @@ class _Positions:
                 block[:, nodes == -1] = -1
                 block[:, nodes == _SLOT] = target
                 blocks.append(block.reshape(-1, 256))
-        det_block = np.concatenate(blocks) if blocks else np.zeros((0, 256), dtype=np.int32)
+        det_block = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)) if blocks else \
+            np.zeros((0, 256), dtype=np.int32)
         n_nfa = 1 + n_pos + n_det
         follows = [first] + self.follow
         accepting_nfa = np.zeros(n_nfa, dtype=bool)
