@@ -456,7 +456,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     Py_ssize_t n_pos = b_fs.len / 8 - 2;
     PyObject *result = NULL;
     vec pool = {0}, start = {0};  /* sets: pool[start[i]:start[i+1]] */
-    int32_t *tr = NULL;  /* the DFA's rows, 256 per state */
+    PyObject *trb = NULL;  /* the DFA's rows, 256 per state: the result's bytes, grown in place */
     Py_ssize_t trn = 0, trcap = 0;
     table tab = {0};
     int64_t *buf = NULL;
@@ -518,12 +518,12 @@ static PyObject *subset(PyObject *self, PyObject *args) {
             }
             if (trn == trcap) {
                 Py_ssize_t nc = trcap ? 2 * trcap : 256 * 64;
-                int32_t *p = realloc(tr, (size_t)nc * 4);
-                if (!p) { nomem = 1; goto done; }
-                tr = p;
+                if (!trb) trb = PyBytes_FromStringAndSize(NULL, nc * 4);
+                else if (_PyBytes_Resize(&trb, nc * 4)) trb = NULL;
+                if (!trb) { PyErr_Clear(); nomem = 1; goto done; }
                 trcap = nc;
             }
-            tr[trn++] = (int32_t)target;
+            ((int32_t *)PyBytes_AS_STRING(trb))[trn++] = (int32_t)target;
         }
     }
 done:
@@ -534,11 +534,11 @@ done:
         Py_INCREF(result);
     } else {
         Py_ssize_t n = start.n - 1;
-        PyObject *bt = PyBytes_FromStringAndSize(NULL, n * 256 * 4), *ba = PyBytes_FromStringAndSize(NULL, n);
+        PyObject *bt = trb, *ba = PyBytes_FromStringAndSize(NULL, n);
+        trb = NULL;
+        if (bt && _PyBytes_Resize(&bt, n * 256 * 4)) bt = NULL;
         if (bt && ba) {
-            int32_t *t32 = (int32_t *)PyBytes_AS_STRING(bt);
             uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
-            memcpy(t32, tr, (size_t)(n * 256) * 4);
             for (Py_ssize_t d = 0; d < n; d++) {
                 a[d] = 0;
                 for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
@@ -548,7 +548,7 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); free(tr); table_free(&tab); free(buf);
+    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
     return result;

@@ -481,7 +481,7 @@ class _Positions:
             )
             if res is None:
                 raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
-            trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256).copy()
+            trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256)  # (read-only: only read)
             return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
 
         det_rows: list = [None] * (1 + n_pos) + list(det_block)
