@@ -285,3 +285,32 @@ def test_terminal_trees_build_the_same_automata_as_their_text():
             assert np.array_equal(a.transitions, b.transitions), t.regex
             checked += 1
     assert checked > 200
+
+
+def test_code_point_set_algebra_equals_python_sets():
+    """The translator's range-set operations (intersection by one merge pass, subtraction,
+    normalisation) against Python sets of code points, on random range lists over a small
+    universe, normalised or not."""
+    from dotvllm_plugin.grammar.json_schema import text as T
+
+    rng = random.Random(5)
+
+    def ranges():
+        out = []
+        for _ in range(rng.randrange(0, 6)):
+            lo = rng.randrange(0, 60)
+            out.append((lo, lo + rng.randrange(-1, 8)))  # (lo, lo - 1) is an empty range
+        return tuple(out) if rng.random() < 0.3 else T.normalize(out)
+
+    def points(r):
+        return {c for lo, hi in r for c in range(lo, hi + 1)}
+
+    for _ in range(3000):
+        a, b = ranges(), ranges()
+        got = T.intersect(a, b)
+        assert points(got) == points(a) & points(b), (a, b, got)
+        assert got == T.normalize(got), (a, b, got)  # sorted, disjoint, non-adjacent
+        assert points(T.subtract(a, b)) == points(a) - points(b), (a, b)
+        comp = T.complement(a)  # (the universe above 70 is one range, up to the last code point)
+        assert {c for lo, hi in comp for c in range(lo, min(hi, 69) + 1)} == set(range(70)) - points(a), a
+        assert comp[-1][1] == T.MAX_CP and comp == T.normalize(comp), a

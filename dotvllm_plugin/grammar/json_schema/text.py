@@ -44,15 +44,34 @@ def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
     return merge_ranges(ranges)
 
 
+def _normalized(r: Ranges) -> bool:
+    return all(lo <= hi for lo, hi in r) and all(r[k][1] + 1 < r[k + 1][0] for k in range(len(r) - 1))
+
+
 def complement(ranges: Ranges) -> Ranges:
     from ...regex import charsets
 
-    return tuple(charsets.complement(ranges))
+    return tuple(charsets.complement(ranges if _normalized(ranges) else normalize(ranges)))
 
 
 @functools.lru_cache(maxsize=8192)
 def intersect(a: Ranges, b: Ranges) -> Ranges:
-    return complement(normalize(complement(a) + complement(b)))
+    """The code points in both (one merge pass over the sorted ranges)."""
+    if not _normalized(a):
+        a = normalize(a)
+    if not _normalized(b):
+        b = normalize(b)
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))  # pieces of disjoint, non-adjacent inputs stay so
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
 
 
 def subtract(a: Ranges, b: Ranges) -> Ranges:
