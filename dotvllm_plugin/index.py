@@ -157,17 +157,16 @@ except ImportError:  # built without a C compiler: the numpy walk below does the
 
 
 def _flat_children(ct: ClassTrie):
-    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C walks.
+    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C row walk.
 
     For a byte view, everything but ``cls`` (which depends on the pattern's byte classes) is
     built once per vocabulary and depth, with each node's byte, from which ``cls`` is one gather.
     """
     got = ct.__dict__.get("_flat")
-    if got is not None:
-        return got
-    sym, lo, hi, off, has, byte_class = _flat_structure(ct)
-    cls = byte_class[sym] if ct.__dict__.get("trie_cache") is not None else sym
-    got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
+    if got is None:
+        sym, lo, hi, off, has, _, byte_class = _flat_structure(ct)
+        cls = byte_class[sym] if ct.__dict__.get("trie_cache") is not None else sym
+        got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
     return got
 
 
@@ -176,30 +175,11 @@ _IDENTITY = np.arange(256, dtype=np.int64)
 TRIE_NODE = np.dtype([("lo", "<u4"), ("n_children", "<u2"), ("sym", "u1"), ("has", "u1")])
 
 
-def _packed_nodes(ct: ClassTrie):
-    """``(nodes TRIE_NODE[n_nodes], level_off, byte_class)`` for the C walk: a node's class is
-    ``byte_class[node.sym]``. For a byte view the nodes are the vocabulary's (built once per
-    vocabulary and depth, ``sym`` the node's byte): a view costs no per-node work."""
-    got = ct.__dict__.get("_packed")
-    if got is not None:
-        return got
-    trie_cache = ct.__dict__.get("trie_cache")
-    nodes = None if trie_cache is None else trie_cache.get(("packed", ct.depth))
-    if nodes is None:
-        sym, lo, hi, off, has, _ = _flat_structure(ct)
-        nodes = np.zeros(len(sym), dtype=TRIE_NODE)
-        nodes["lo"], nodes["n_children"], nodes["sym"], nodes["has"] = lo, hi - lo, sym, has
-        nodes = (nodes, off)
-        if trie_cache is not None:
-            trie_cache[("packed", ct.depth)] = nodes
-    got = ct.__dict__["_packed"] = (*nodes, _flat_structure(ct)[5])
-    return got
-
-
 def _flat_structure(ct: ClassTrie):
-    """``(sym, child_lo, child_hi, level_off, has, byte_class)``: a node's class is
-    ``byte_class[sym[node]]``. For a byte view ``sym`` is the node's byte and the arrays are the
-    vocabulary's (built once per vocabulary and depth): a view costs no per-node work."""
+    """``(sym, child_lo, child_hi, level_off, has, nodes, byte_class)``: a node's class is
+    ``byte_class[sym[node]]``; ``nodes`` the same as packed :data:`TRIE_NODE` records, for the C
+    walk. For a byte view ``sym`` is the node's byte and the arrays are the vocabulary's (built
+    once per vocabulary and depth): a view costs no per-node work."""
     got = ct.__dict__.get("_flat_structure")
     if got is not None:
         return got
@@ -219,7 +199,10 @@ def _flat_structure(ct: ClassTrie):
                 lo[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[:-1]
                 hi[ct.offset[d] : ct.offset[d] + cnt] = ct.offset[d + 1] + cs[1:]
         off = np.array(list(ct.offset[: ct.depth]) + [n], dtype=np.int64)
-        structure = (sym, lo, hi, off, ct.has_tokens.astype(np.uint8))
+        has = ct.has_tokens.astype(np.uint8)
+        nodes = np.zeros(n, dtype=TRIE_NODE)
+        nodes["lo"], nodes["n_children"], nodes["sym"], nodes["has"] = lo, hi - lo, sym, has
+        structure = (sym, lo, hi, off, has, nodes)
         if trie_cache is not None:
             trie_cache[("flat_children", ct.depth)] = structure
     # a merged trie's sym is the class already
@@ -236,7 +219,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     ``(ends, packed rows, b"")`` as bytes, see :func:`walk_rows_by_end`."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
-    nodes, off, byte_class = _packed_nodes(ct)
+    _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
     empty = np.zeros(0, dtype=np.int64)
     inject = inject or {}
     parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in inject.items() if len(v[0])]
