@@ -75,18 +75,19 @@ typedef struct {
 
 /* Set the bits of the tokens ending at ``node`` in the row of end state ``st`` (a zeroed row is
  * added on the state's first token). Returns -1 when out of memory. */
-static int add_tokens(uint32_t **rows, Py_ssize_t *n_rows, Py_ssize_t *cap, int64_t *gid, int64_t st,
+static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid, int64_t st,
                       Py_ssize_t n_words, const int64_t *cs, const int64_t *ci, int64_t node) {
-    if (gid[st] < 0) {
-        if (*n_rows == *cap) {
+    if (gid[st] < 0) {  /* row ends->n is state st's */
+        if (ends->n == *cap) {
             Py_ssize_t nc = *cap ? *cap * 2 : 8;
             uint32_t *p = realloc(*rows, (size_t)(nc * n_words) * 4);
             if (!p) return -1;
             *rows = p;
             *cap = nc;
         }
-        memset(*rows + *n_rows * n_words, 0, (size_t)n_words * 4);
-        gid[st] = (*n_rows)++;
+        memset(*rows + ends->n * n_words, 0, (size_t)n_words * 4);
+        gid[st] = ends->n;
+        if (vec_push(ends, st)) return -1;
     }
     uint32_t *row = *rows + gid[st] * n_words;
     for (int64_t j = cs[node]; j < cs[node + 1]; j++) row[ci[j] >> 5] |= (uint32_t)1 << (ci[j] & 31);
@@ -99,8 +100,9 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     int want_exits;
     long long max_produced;
     /* Optional: csr_start, csr_ids (tokens ending at each node), n_words, n_states: then the
-     * token-ending nodes are not listed but their tokens' bits set in one packed row per end state
-     * (first element of the result: the end states, in order of their rows; second: the rows). */
+     * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
+     * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
+     * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
     Py_buffer b_cs = {0}, b_ci = {0};
     Py_ssize_t n_words = 0, n_states = 0;
     if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nn", &b_trans, &n_classes, &b_nodes, &b_bc, &b_off,
@@ -111,7 +113,8 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     const int64_t *cs = b_cs.buf, *ci = b_ci.buf;
     int64_t *gid = NULL;
     uint32_t *rows = NULL;
-    Py_ssize_t n_rows = 0, rows_cap = 0;
+    vec ends = {0};
+    Py_ssize_t rows_cap = 0;
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
         if (!gid) {
@@ -151,7 +154,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
         }                                                                              \
         if (++produced > max_produced) { overflow = 1; goto done; }                    \
         if (nd[c_].has) {                                                              \
-            if (grouped) { if (add_tokens(&rows, &n_rows, &rows_cap, gid, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
+            if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
             else { EMIT(0, (SI)); EMIT(1, c_); EMIT(2, st_); }                         \
         }                                                                              \
         if (nd[c_].n_children) PUSH_FRAME(c_, st_, (LEVEL), (SI));                     \
@@ -166,7 +169,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
             Py_ssize_t j = i - n_starts;
             int64_t g = off[ilev[j]] + inode[j];
             if (nd[g].has) {
-                if (grouped) { if (add_tokens(&rows, &n_rows, &rows_cap, gid, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
+                if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
                 else { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
             }
             if (nd[g].n_children) PUSH_FRAME(g, ist[j], ilev[j], isi[j]);
@@ -187,20 +190,16 @@ done:
         result = Py_None;
         Py_INCREF(result);
     } else {
-        int k = want_exits ? 7 : 3;
+        /* grouped: (ends, rows) in place of (si, node, end) */
+        int head = grouped ? 2 : 3, k = head + (want_exits ? 4 : 0);
         result = PyTuple_New(k);
-        if (result && grouped) {  /* (ends, rows, b"") in place of (si, node, end) */
-            vec ends = {0};
-            for (Py_ssize_t q = 0; q < n_states; q++) if (gid[q] >= 0 && vec_push(&ends, 0)) { nomem = 1; break; }
-            if (!nomem) for (Py_ssize_t q = 0; q < n_states; q++) if (gid[q] >= 0) ends.p[gid[q]] = q;
-            PyObject *a = nomem ? NULL : vec_bytes(&ends), *b = nomem ? NULL : PyBytes_FromStringAndSize(
-                (const char *)rows, n_rows * n_words * 4), *c = PyBytes_FromStringAndSize(NULL, 0);
-            free(ends.p);
-            if (!a || !b || !c) { Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(c); Py_CLEAR(result); if (nomem) PyErr_NoMemory(); }
-            else { PyTuple_SET_ITEM(result, 0, a); PyTuple_SET_ITEM(result, 1, b); PyTuple_SET_ITEM(result, 2, c); }
+        if (result && grouped) {
+            PyObject *a = vec_bytes(&ends), *b = PyBytes_FromStringAndSize((const char *)rows, ends.n * n_words * 4);
+            if (!a || !b) { Py_XDECREF(a); Py_XDECREF(b); Py_CLEAR(result); }
+            else { PyTuple_SET_ITEM(result, 0, a); PyTuple_SET_ITEM(result, 1, b); }
         }
-        for (int j = grouped ? 3 : 0; result && j < k; j++) {
-            PyObject *b = vec_bytes(&out[j]);
+        for (int j = grouped ? 2 : 0; result && j < k; j++) {
+            PyObject *b = vec_bytes(&out[j + 3 - head]);
             if (!b) { Py_CLEAR(result); break; }
             PyTuple_SET_ITEM(result, j, b);
         }
@@ -208,6 +207,7 @@ done:
     free(stack);
     for (int j = 0; j < 7; j++) free(out[j].p);
     free(rows);
+    free(ends.p);
     free(gid);
     if (b_cs.buf) PyBuffer_Release(&b_cs);
     if (b_ci.buf) PyBuffer_Release(&b_ci);

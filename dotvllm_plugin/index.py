@@ -215,8 +215,8 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
           rows=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
-    ``rows``: ``(csr start, csr ids, words)`` (C walk only): the first three results become
-    ``(ends, packed rows, b"")`` as bytes, see :func:`walk_rows_by_end`."""
+    ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
+    exits)``, see :func:`walk_rows_by_end`."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
@@ -230,7 +230,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     res = _cwalk.walk(
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
         len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
-        MAX_INDEX_ENTRIES, *(() if rows is None else (*rows[:2], rows[2], class_trans.shape[0])),
+        MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
     )
     if res is None:
         raise CompilationTooLargeError(
@@ -238,7 +238,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
             "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
         )
     if rows is not None:
-        return res[:3], tuple(np.frombuffer(b, dtype=np.int64) for b in res[3:])
+        return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
@@ -905,7 +905,7 @@ def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, state
     exits)``, row ``i`` holding the tokens whose walk ends in state ``ends[i]`` (each end once)."""
     if _cwalk is not None and USE_C_WALK:
         start, ids = _token_csr(view)
-        (ends, rows, _), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
+        (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
                                        rows=(start, ids, words))
         ends = np.frombuffer(ends, dtype=np.int64)
         return (ends, np.frombuffer(rows, dtype=np.int32).reshape(len(ends), words)), exits

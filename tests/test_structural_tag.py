@@ -14,7 +14,7 @@ import pytest
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher
 from dotvllm_plugin.compiler import KINDS, check_structural_tag
 from dotvllm_plugin.errors import GrammarError, UnsupportedFeatureError
-from dotvllm_plugin.grammar.structural_tag import avoid_regex, is_structures_form
+from dotvllm_plugin.grammar.structural_tag import avoid_regex, is_format_form, is_structures_form
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                             "days": {"type": "integer", "minimum": 1, "maximum": 7}},
@@ -178,6 +178,8 @@ def test_random_walks_end_only_in_free_text(compiled, tekken_vocab):
 def test_the_kind_and_its_check(compiler):
     assert is_structures_form(SPEC) and is_structures_form(json.dumps(SPEC))
     assert not is_structures_form({"type": "structural_tag", "format": {"type": "const_string", "value": "x"}})
+    assert is_format_form({"type": "structural_tag", "format": {"type": "const_string", "value": "x"}})
+    assert not is_format_form(SPEC) and not is_format_form(json.dumps(SPEC)) and not is_format_form(None)
     KINDS["structural_tag"].check(SPEC, {})
     cg = KINDS["structural_tag"].compile(compiler, json.dumps(SPEC), {})
     assert accepts(cg, '<function=get_time>{"zone":"UTC"}</function>')

@@ -29,8 +29,8 @@ from typing import Any
 from ..errors import GrammarError, UnsupportedFeatureError
 from .ir import Grammar, Rule, Terminal
 
-__all__ = ["at_schema", "avoid_regex", "is_structures_form", "parse_structural_tag", "structural_tag_to_ir",
-           "structures_form"]
+__all__ = ["at_schema", "avoid_regex", "is_format_form", "is_structures_form", "parse_structural_tag",
+           "structural_tag_to_ir", "structures_form"]
 
 
 def _decoded(spec: Any) -> Any:
@@ -52,6 +52,12 @@ def structures_form(spec: Any) -> dict | None:
 
 def is_structures_form(spec: Any) -> bool:
     return structures_form(spec) is not None
+
+
+def is_format_form(spec: Any) -> bool:
+    """Whether ``spec`` is a structural tag we leave to xgrammar (set, and not the ``structures``
+    form); ``None`` (no structural tag) is not."""
+    return spec is not None and structures_form(spec) is None
 
 
 def at_schema(e: GrammarError, i: int) -> GrammarError:

@@ -49,7 +49,7 @@ import functools
 import inspect
 import logging
 
-from ...grammar.structural_tag import is_structures_form
+from ...grammar.structural_tag import is_format_form
 from .._constraints import BACKEND, V1_NAMES, validate
 from . import metrics
 from .backend import compile_error_message
@@ -151,7 +151,7 @@ def _patch_processor_validation() -> str | None:
 
 def _check(sampling_params, so) -> str:
     """Our early check of one request's constraint; returns its kind or raises a ValueError."""
-    if so.structural_tag is not None and not is_structures_form(so.structural_tag):
+    if is_format_form(so.structural_tag):
         # xgrammar's "format" form, delegated to xgrammar in the engine: vLLM's xgrammar checks apply.
         from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
 
@@ -173,7 +173,7 @@ def _stream_precheck(serving, request):
         return None
     try:
         so = _structured_outputs_of(request)
-        if so is None or (so.structural_tag is not None and not is_structures_form(so.structural_tag)) or all(
+        if so is None or is_format_form(so.structural_tag) or all(
                 getattr(so, f, None) is None
                 for f in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")):
             return None

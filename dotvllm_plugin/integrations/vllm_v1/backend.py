@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from ...grammar.structural_tag import is_structures_form
+from ...grammar.structural_tag import is_format_form
 from ...matcher import GrammarMatcher
 from .._constraints import V1_NAMES, Constraint, constraint_of
 from . import metrics
@@ -125,7 +125,7 @@ class DotvllmBackend:
     def compile_grammar(self, request_type, grammar_spec: str, stop_token_ids=None):
         """Compile from V1's key alone (no per-request options)."""
         option = getattr(request_type, "name", str(request_type))
-        if option == "STRUCTURAL_TAG" and not is_structures_form(grammar_spec):
+        if option == "STRUCTURAL_TAG" and is_format_form(grammar_spec):
             return self._structural_tag(request_type, grammar_spec, stop_token_ids)
         kind = _KIND_OF_OPTION.get(option)
         if kind is None:
@@ -140,7 +140,7 @@ class DotvllmBackend:
         ``stop_reason`` says why (see :func:`compile_error_message`)."""
         sampling_params = request.sampling_params
         params = sampling_params.structured_outputs
-        if params.structural_tag is not None and not is_structures_form(params.structural_tag):
+        if is_format_form(params.structural_tag):
             option, spec = request.structured_output_request.structured_output_key
             grammar = self._structural_tag(option, spec, getattr(sampling_params, "all_stop_token_ids", None))
         else:
@@ -167,8 +167,7 @@ class DotvllmBackend:
         """
         try:
             params = request.sampling_params.structured_outputs
-            if (params.structural_tag is not None and not is_structures_form(params.structural_tag)) \
-                    or self._vocabulary is None:
+            if is_format_form(params.structural_tag) or self._vocabulary is None:
                 return None
             constraint = constraint_of(params, names=V1_NAMES)
             from .._runtime import manager_for
