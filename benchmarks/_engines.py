@@ -190,9 +190,10 @@ class Ours(Engine):
 
 
 def _clear_memo_tables() -> None:
-    """Cold compiles: empty the process-wide memo tables of the JSON Schema translator and of the
+    """Cold compiles: empty the process-wide memo tables of the JSON Schema translator, of the
     regex front end's character classes (pure functions of code-point sets and of the classes a
-    pattern names, kept across requests in a server's compile worker)."""
+    pattern names, kept across requests in a server's compile worker), and the matcher's
+    character-run tables (per vocabulary and character class, kept across requests)."""
     try:
         from dotvllm_plugin.grammar.json_schema.text import clear_memos
     except ImportError:  # an older core (--core-ref)
@@ -203,6 +204,11 @@ def _clear_memo_tables() -> None:
     except ImportError:  # an older core (--core-ref)
         return
     clear_class_memo()
+    try:
+        from dotvllm_plugin.runs import clear_memos as clear_run_tables
+    except ImportError:  # an older core (--core-ref)
+        return
+    clear_run_tables()
 
 
 class XGrammar(Engine):

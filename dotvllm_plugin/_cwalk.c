@@ -103,12 +103,31 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
      * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
      * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
      * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
-    Py_buffer b_cs = {0}, b_ci = {0};
+    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0};
     Py_ssize_t n_words = 0, n_states = 0;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nn", &b_trans, &n_classes, &b_nodes, &b_bc, &b_off,
+    /* Optional after those: runmask (uint64 [n_nodes * 3]), first (uint8 [n_nodes]), sigma (uint64
+     * [3]), first_ok (uint8 [256]): a node whose runmask is inside sigma and whose first byte is
+     * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens). */
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nny*y*y*y*", &b_trans, &n_classes, &b_nodes, &b_bc, &b_off,
                           &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
-                          &b_cs, &b_ci, &n_words, &n_states))
+                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok))
         return NULL;
+    const uint64_t *runmask = b_run.buf;
+    const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
+    uint64_t s0 = 0, s1 = 0, s2 = 0;
+    if (runmask && (b_run.len < b_nodes.len * 3 || b_first.len * 8 < b_nodes.len || b_sigma.len != 24 || b_fok.len != 256)) {
+        PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok);
+        PyBuffer_Release(&b_cs); PyBuffer_Release(&b_ci);
+        PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off);
+        PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi); PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode);
+        PyBuffer_Release(&b_ist);
+        PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
+        return NULL;
+    }
+    if (runmask) {
+        const uint64_t *sg = b_sigma.buf;
+        s0 = ~sg[0]; s1 = ~sg[1]; s2 = ~sg[2];  /* bits outside sigma */
+    }
     const int grouped = b_cs.buf != NULL;
     const int64_t *cs = b_cs.buf, *ci = b_ci.buf;
     int64_t *gid = NULL;
@@ -118,6 +137,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
         if (!gid) {
+            if (b_run.buf) { PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok); }
             PyBuffer_Release(&b_cs); PyBuffer_Release(&b_ci); PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes);
             PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
             PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
@@ -145,7 +165,10 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
      * children are stepped in place and only the surviving ones with children are pushed. */
 #define VISIT(C, PREV, LEVEL, SI)                                                          \
     do {                                                                               \
-        int64_t c_ = (C), st_ = trans[(PREV) * n_classes + bc[nd[c_].sym]];            \
+        int64_t c_ = (C), st_;                                                         \
+        if (runmask && first_ok[first[c_]] &&                                          \
+            !((runmask[3 * c_] & s0) | (runmask[3 * c_ + 1] & s1) | (runmask[3 * c_ + 2] & s2))) break; \
+        st_ = trans[(PREV) * n_classes + bc[nd[c_].sym]];                              \
         if (st_ < 0) {                                                                 \
             if (st_ == -2 && want_exits) {                                             \
                 EMIT(3, (SI)); EMIT(4, (LEVEL)); EMIT(5, c_ - off[(LEVEL)]); EMIT(6, (PREV)); \
@@ -211,6 +234,7 @@ done:
     free(gid);
     if (b_cs.buf) PyBuffer_Release(&b_cs);
     if (b_ci.buf) PyBuffer_Release(&b_ci);
+    if (b_run.buf) { PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok); }
     PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off);
     PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
     PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
@@ -264,6 +288,43 @@ static PyObject *token_bits(PyObject *self, PyObject *args) {
                 w[ids[j] >> 5] |= (uint32_t)1 << (ids[j] & 31);
     }
     PyBuffer_Release(&b_start); PyBuffer_Release(&b_ids); PyBuffer_Release(&b_nodes);
+    return out;
+}
+
+/* run_rows(tokmask uint64[V * 3], first uint8[V], count int64[V], sigma uint64[3], first_ok uint8[256],
+ * max_count, n_words) -> bytes of int32[(max_count + 1) * n_words]: row 0 the tokens whose mask is
+ * inside sigma and whose first byte is first_ok (count >= 1), row c those of them with c characters
+ * (c <= max_count). See dotvllm_plugin.runs. */
+static PyObject *run_rows(PyObject *self, PyObject *args) {
+    Py_buffer b_mask, b_first, b_count, b_sigma, b_fok;
+    Py_ssize_t max_count, n_words;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nn", &b_mask, &b_first, &b_count, &b_sigma, &b_fok, &max_count, &n_words))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t V = b_count.len / 8;
+    const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
+    if (b_mask.len < V * 24 || b_first.len < V || b_sigma.len != 24 || b_fok.len != 256 || max_count < 0 ||
+        n_words * 32 < V) {
+        PyErr_SetString(PyExc_ValueError, "run_rows: inconsistent sizes");
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, (max_count + 1) * n_words * 4);
+    }
+    if (out) {
+        uint32_t *w = (uint32_t *)PyBytes_AS_STRING(out);
+        const uint64_t *m = b_mask.buf, *sg = b_sigma.buf;
+        const int64_t *cnt = b_count.buf;
+        uint64_t o0 = ~sg[0], o1 = ~sg[1], o2 = ~sg[2];
+        memset(w, 0, (size_t)((max_count + 1) * n_words) * 4);
+        for (Py_ssize_t t = 0; t < V; t++) {
+            int64_t c = cnt[t];
+            if (c < 1 || !first_ok[first[t]] || ((m[3 * t] & o0) | (m[3 * t + 1] & o1) | (m[3 * t + 2] & o2))) continue;
+            uint32_t bit = (uint32_t)1 << (t & 31);
+            w[t >> 5] |= bit;
+            if (c <= max_count) w[c * n_words + (t >> 5)] |= bit;
+        }
+    }
+    PyBuffer_Release(&b_mask); PyBuffer_Release(&b_first); PyBuffer_Release(&b_count); PyBuffer_Release(&b_sigma);
+    PyBuffer_Release(&b_fok);
     return out;
 }
 
@@ -863,6 +924,7 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},

@@ -212,11 +212,12 @@ def _flat_structure(ct: ClassTrie):
 
 
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None):
+          rows=None, skip=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
-    exits)``, see :func:`walk_rows_by_end`."""
+    exits)``, see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
+    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
@@ -231,6 +232,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
         len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
         MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
+        *(() if skip is None else skip),
     )
     if res is None:
         raise CompilationTooLargeError(
@@ -900,13 +902,16 @@ def walk(class_trans: np.ndarray, view: ClassTrie, states=None, *, inject=None, 
     return _walk(class_trans, view, states, inject=inject, want_exits=want_exits)
 
 
-def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, states=None, *, inject=None):
+def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, states=None, *, inject=None,
+                     skip=None):
     """:func:`walk` with exits, its tokens as packed rows: ``((ends, rows int32[len(ends), words]),
-    exits)``, row ``i`` holding the tokens whose walk ends in state ``ends[i]`` (each end once)."""
+    exits)``, row ``i`` holding the tokens whose walk ends in state ``ends[i]`` (each end once).
+    ``skip`` (C walk only): a run table's ``skip`` (:mod:`dotvllm_plugin.runs`): nodes (and their
+    subtrees) not visited."""
     if _cwalk is not None and USE_C_WALK:
         start, ids = _token_csr(view)
         (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
-                                       rows=(start, ids, words))
+                                       rows=(start, ids, words), skip=skip)
         ends = np.frombuffer(ends, dtype=np.int64)
         return (ends, np.frombuffer(rows, dtype=np.int32).reshape(len(ends), words)), exits
     (_, nodes, ends), exits = _walk(class_trans, view, states, inject=inject, want_exits=True)

@@ -53,6 +53,7 @@ import numpy as np
 
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
+from . import index, runs
 from .index import set_token_bits
 
 try:
@@ -158,6 +159,8 @@ _lark_lock = threading.Lock()
 #: The product construction of contextual lexers in C (``_cwalk.product``) where it is built; the
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
+#: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
+USE_RUNS = True
 MAX_LEXER_STATES = 200_000
 _TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STATES:,} states; simplify its terminals"
 _lark_scope = threading.local()
@@ -834,6 +837,7 @@ class PushdownGrammar:
         self._reach = _LazyReach(self)
         self._lock = threading.Lock()
         self._walkers: dict[int, tuple] = {}
+        self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
         self._cross_cache: dict[tuple, tuple] = {}
@@ -1192,7 +1196,16 @@ class PushdownGrammar:
         lexer = self._owner[q]
         ct, view, _ = self._walker(lexer)
         lo = self._lexer_lo[lexer]
-        free, groups, exits = self._split(lo, *walk_rows_by_end(ct, view, self._W, np.array([q - lo], dtype=np.int64)))
+        start = np.array([q - lo], dtype=np.int64)
+        shortcut = None
+        if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
+            shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}))
+        if shortcut is None:
+            ended, exits = walk_rows_by_end(ct, view, self._W, start)
+        else:
+            ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=shortcut.skip)
+            ended = shortcut.merge(*ended)
+        free, groups, exits = self._split(lo, ended, exits)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
 

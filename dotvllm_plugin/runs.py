@@ -1,0 +1,327 @@
+"""Character runs: the tokens a lexer state sends down one path, counted instead of walked.
+
+Inside a JSON string the lexer either loops on one character class Σ (an unbounded string) or
+counts down through a chain of states, one per Σ character (``maxLength``). A walk of the token
+trie from such a state visits almost every node (266k for a 131k vocabulary) only to learn that a
+token spelled with ``c`` characters of Σ ends ``c`` states further down the chain. Here that is
+computed once per (vocabulary, Σ): the tokens made only of Σ characters, by character count, as
+packed rows, and the trie nodes under which every token is such a token. The walk skips those
+nodes (it still visits every other token: quotes, escapes, bytes of a split character) and the
+rows of the counts are ORed in, by the chain state each count reaches.
+
+A state qualifies when, from it and from every state of its chain, every Σ character leads to one
+same state (or every Σ character is dead, which ends the chain) and no Σ character ends the
+lexeme. Σ is read off the state: the printable ASCII bytes that lead where most of them lead,
+with every non-ASCII character if they lead there too (checked on the UTF-8 byte sequences).
+
+:func:`clear_memos` empties the per-Σ tables (benchmarks timing cold first visits clear them); the
+per-vocabulary character table (:func:`token_chars`) is built once, like the byte trie.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from .regex.charsets import merge_ranges, utf8_sequences
+
+__all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mask", "token_chars"]
+
+#: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
+MIN_ASCII = 32
+#: Per-Σ tables kept (each ~0.7 MB for a 131k vocabulary, plus its rows).
+MAX_TABLES = 16
+
+_NON_ASCII = ((0x80, 0xD7FF), (0xE000, 0x10FFFF))
+_BAD, _DEAD = -3, -1
+
+
+_NONASCII_BIT, _BROKEN_BIT = 1, 2
+
+
+def _char_len(b: np.ndarray) -> np.ndarray:
+    """Length of the UTF-8 character a byte leads (-1: not a lead byte)."""
+    return np.select([b < 0x80, (b >= 0xC2) & (b <= 0xDF), (b >= 0xE0) & (b <= 0xEF), (b >= 0xF0) & (b <= 0xF4)],
+                     [1, 2, 3, 4], -1)
+
+
+class TokenChars:
+    """Per vocabulary: the characters of each token and of each byte-trie node's tokens, as masks.
+
+    A mask is 3 uint64 words: ASCII characters 0-63, 64-127, and flags (1: a non-ASCII character,
+    2: bytes that are not whole UTF-8 characters). Masks cover every character but the first (the
+    first byte says which that is): ``node_rest[n]`` for every token spelled through node ``n``
+    (its prefix and all its continuations), ``token_rest[t]`` for token ``t``; ``node_first`` and
+    ``token_first`` are the first bytes. ``count[t]`` is token ``t``'s number of characters (-1:
+    not generatable, or not valid UTF-8)."""
+
+    def __init__(self, vocab):
+        token_bytes = vocab.token_bytes
+        V = len(token_bytes)
+        count = np.full(V, -1, dtype=np.int64)
+        for i, b in enumerate(token_bytes):
+            if b is not None:
+                try:
+                    count[i] = len(b.decode("utf-8"))
+                except UnicodeDecodeError:
+                    pass
+        self.count = count
+        self.words = (V + 31) // 32
+        self.max_count = int(count.max()) if V else 0
+        trie = vocab.byte_trie()
+        counts = list(trie.node_counts)
+        offset = np.cumsum([0] + counts[:-1]).astype(np.int64)
+        n = int(sum(counts))
+        own = np.zeros((n, 3), dtype=np.uint64)  # the node's byte, unless it is part of the first character
+        prefix = np.zeros((n, 3), dtype=np.uint64)
+        pending = np.zeros(n, dtype=np.int64)  # continuation bytes still due after the node
+        first = np.zeros(n, dtype=np.uint8)
+        first_len = np.zeros(n, dtype=np.int64)
+        token_node = np.full(V, -1, dtype=np.int64)
+        ends_badly = np.zeros(n, dtype=bool)
+        one = np.uint64(1)
+        for d in range(trie.depth):
+            sl = slice(int(offset[d]), int(offset[d]) + counts[d])
+            b = trie.byte[d].astype(np.int64)
+            par = offset[d - 1] + trie.parent[d].astype(np.int64) if d else None
+            due = pending[par] if d else np.zeros(len(b), dtype=np.int64)
+            cont = (b >= 0x80) & (b < 0xC0)
+            lead = _char_len(b)
+            ok = np.where(cont, due > 0, (due == 0) & (lead > 0))
+            pending[sl] = np.where(ok, np.where(cont, due - 1, lead - 1), 0)
+            if d:
+                first[sl], first_len[sl] = first[par], first_len[par]
+            else:
+                first[sl], first_len[sl] = b, np.maximum(lead, 1)
+            rest = d >= first_len[sl]
+            w = np.zeros((len(b), 3), dtype=np.uint64)
+            w[:, 0] = np.where(rest & (b < 64), one << (b % 64).astype(np.uint64), 0)
+            w[:, 1] = np.where(rest & (b >= 64) & (b < 128), one << (b % 64).astype(np.uint64), 0)
+            w[:, 2] = np.where(rest & (b >= 0x80), _NONASCII_BIT, 0) | np.where(ok, 0, _BROKEN_BIT)
+            own[sl] = w
+            prefix[sl] = w | (prefix[par] if d else 0)
+            tok = trie.tokens_at[d]
+            node = trie.token_node[d] + offset[d]
+            token_node[tok] = node
+            # a token that is not whole characters (ends inside one, or is not valid UTF-8) marks its
+            # own node only: longer tokens through it may complete the character
+            ends_badly[node[(count[tok] < 0) | (pending[node] > 0)]] = True
+        below = own.copy()  # OR over each node's subtree
+        below[ends_badly, 2] |= np.uint64(_BROKEN_BIT)
+        for d in range(trie.depth - 1, 0, -1):
+            lo = int(offset[d])
+            par = trie.parent[d].astype(np.int64)
+            starts = np.flatnonzero(np.concatenate([[True], par[1:] != par[:-1]]))
+            below[offset[d - 1] + par[starts]] |= np.bitwise_or.reduceat(below[lo : lo + counts[d]], starts, axis=0)
+        above = np.zeros((n, 3), dtype=np.uint64)
+        for d in range(1, trie.depth):
+            sl = slice(int(offset[d]), int(offset[d]) + counts[d])
+            above[sl] = prefix[offset[d - 1] + trie.parent[d].astype(np.int64)]
+        self.node_rest = np.ascontiguousarray(above | below)
+        self.node_first = first
+        tm = np.zeros((V, 3), dtype=np.uint64)
+        tm[:, 2] = _BROKEN_BIT
+        has = token_node >= 0
+        at = token_node[has]
+        tm[has] = prefix[at]
+        tm[np.flatnonzero(has)[ends_badly[at]], 2] |= np.uint64(_BROKEN_BIT)
+        self.token_rest = np.ascontiguousarray(tm)
+        self.token_first = np.zeros(V, dtype=np.uint8)
+        self.token_first[has] = first[at]
+
+
+def token_chars(vocab) -> TokenChars:
+    got = vocab._cache.get("token_chars")
+    if got is None:
+        got = vocab._cache["token_chars"] = TokenChars(vocab)
+    return got
+
+
+def sigma_mask(sigma: tuple) -> np.ndarray:
+    """Σ (code-point ranges: some ASCII, and either every non-ASCII character or none) as a mask."""
+    m = np.zeros(3, dtype=np.uint64)
+    for a, b in sigma:
+        for c in range(a, min(b, 0x7F) + 1):
+            m[c // 64] |= np.uint64(1) << np.uint64(c % 64)
+        if b >= 0x80:
+            m[2] = _NONASCII_BIT
+    return m
+
+
+def first_ok(first: tuple) -> np.ndarray:
+    """The first bytes of the characters in ``first`` (same form as Σ), as a 256-entry table."""
+    ok = np.zeros(256, dtype=np.uint8)
+    for a, b in first:
+        ok[a : min(b, 0x7F) + 1] = 1
+        if b >= 0x80:
+            ok[0xC2:0xF5] = 1
+    return ok
+
+
+class RunTable:
+    """Per (vocabulary, first-character class F, Σ): packed rows of the tokens whose first character
+    is in F and every other in Σ, all of them and by character count (:meth:`row`); ``skip`` the
+    arguments of the walk that skip the trie nodes under which every token is such a token."""
+
+    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple):
+        from . import index
+
+        sig, ok = sigma_mask(sigma), first_ok(first)
+        self.skip = (tc.node_rest, tc.node_first, sig, ok)
+        self.max_count = tc.max_count
+        self._rows_by_count = np.frombuffer(
+            index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, sig, ok, tc.max_count, tc.words),
+            dtype=np.int32,
+        ).reshape(tc.max_count + 1, tc.words)
+        self._rows: dict = {}
+
+    def row(self, counts: tuple) -> np.ndarray:
+        """Packed int32 row of this table's tokens with any of these character counts (all of them
+        when ``counts`` is every count of the vocabulary)."""
+        got = self._rows.get(counts)
+        if got is None:
+            if len(counts) == self.max_count:
+                got = self._rows_by_count[0]
+            else:
+                got = np.bitwise_or.reduce(self._rows_by_count[list(counts)], axis=0)
+            self._rows[counts] = got
+        return got
+
+
+_tables: OrderedDict = OrderedDict()
+_lock = threading.Lock()
+
+
+def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
+    key = (vocab.fingerprint, first, sigma)
+    with _lock:
+        got = _tables.get(key)
+        if got is not None:
+            _tables.move_to_end(key)
+            return got
+    got = RunTable(token_chars(vocab), first, sigma)
+    with _lock:
+        _tables[key] = got
+        while len(_tables) > MAX_TABLES:
+            _tables.popitem(last=False)
+    return got
+
+
+def clear_memos() -> None:
+    with _lock:
+        _tables.clear()
+
+
+def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple) -> np.ndarray:
+    """For every state: where every Σ character leads (one state), ``_DEAD`` when every Σ
+    character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme)."""
+    n = class_trans.shape[0]
+    out = None
+    bad = np.zeros(n, dtype=bool)
+    for a, b in sigma:
+        for seq in utf8_sequences(a, b):
+            cur = np.arange(n)
+            for lo, hi in seq:
+                cls = np.unique(byte_class[lo : hi + 1])
+                alive = cur >= 0
+                t = class_trans[:, cls][np.where(alive, cur, 0)]
+                first = t[:, 0]
+                bad |= alive & ((t != first[:, None]).any(axis=1) | (first == -2))
+                cur = np.where(alive, first, cur)
+            cur = np.where(cur < 0, _DEAD, cur)
+            if out is None:
+                out = cur
+            else:
+                bad |= out != cur
+    out = np.where(bad, _BAD, out)
+    return out
+
+
+class RunPlan:
+    """A walk's shortcut: ``skip`` (the walk's arguments that make it skip the nodes of the run
+    table's tokens) and ``(end state, row)`` of those tokens."""
+
+    __slots__ = ("skip", "ends")
+
+    def __init__(self, skip, ends):
+        self.skip, self.ends = skip, ends
+
+    def merge(self, ends: np.ndarray, rows: np.ndarray):
+        """The walk's ``(ends, rows)`` with the skipped tokens' rows added."""
+        at = {int(e): i for i, e in enumerate(ends.tolist())}
+        out_ends, out_rows = list(ends.tolist()), list(rows)
+        for e, row in self.ends:
+            i = at.get(e)
+            if i is None:
+                out_ends.append(e)
+                out_rows.append(row)
+            else:
+                out_rows[i] = out_rows[i] | row
+        stacked = np.stack(out_rows) if out_rows else np.zeros((0, rows.shape[1]), dtype=np.int32)
+        return np.array(out_ends, dtype=np.int64), stacked
+
+
+def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
+    """``(Σ, t)``: the characters that lead from ``q`` to one state ``t`` (where most printable
+    ASCII characters lead; with every non-ASCII character when they all lead there too), and the
+    successor function of Σ (:func:`_successors`), or None."""
+    row = class_trans[q, byte_class[0x20:0x7F]]
+    live = row[row >= 0]
+    if len(live) < MIN_ASCII:
+        return None
+    t = int(np.bincount(live).argmax())
+    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
+    if len(same) < MIN_ASCII:
+        return None
+    ascii_only = merge_ranges([(b, b) for b in same.tolist()])
+    for sigma in (merge_ranges(list(ascii_only) + list(_NON_ASCII)), ascii_only):
+        succ = memo.get(sigma)
+        if succ is None:
+            succ = memo[sigma] = _successors(class_trans, byte_class, sigma)
+        if succ[q] == t:
+            return sigma, succ
+    return None
+
+
+def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict) -> RunPlan | None:
+    """The shortcut for a walk of the whole vocabulary from state ``q`` of ``class_trans`` (-1
+    dead, -2 lexeme end), or None where it does not apply. ``memo``: per automaton (Σ → the
+    successor function), kept by the caller.
+
+    The first character is read from ``q`` (class F, to state t), the others from t (class Σ): a
+    property-name state sends most first characters to "not a declared name" and the rest to the
+    names', but every character after that to the same loop."""
+    got = _run_class(class_trans, byte_class, q, memo)
+    if got is None:
+        return None
+    first, succ_f = got
+    t = int(succ_f[q])
+    got = _run_class(class_trans, byte_class, t, memo)
+    if got is not None:
+        sigma, succ = got
+    elif succ_f[t] == _DEAD:  # (the last character of a bounded string) only one of F fits
+        sigma, succ = first, succ_f
+    else:
+        return None
+    table = run_table(vocab, first, sigma)
+    chain, seen = [t], {t: 1}
+    s = t
+    for c in range(2, table.max_count + 1):  # chain[c - 1]: the state after c characters
+        s = int(succ[s])
+        if s == _BAD:
+            return None
+        if s == _DEAD:
+            break
+        if s in seen:  # a cycle: the counts from here on repeat with its period
+            i = seen[s]
+            period = c - i
+            chain.extend(chain[i - 1 + (k - i) % period] for k in range(c, table.max_count + 1))
+            break
+        seen[s] = c
+        chain.append(s)
+    by_state: dict[int, list] = {}
+    for c, s in enumerate(chain, 1):
+        by_state.setdefault(s, []).append(c)
+    return RunPlan(table.skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])

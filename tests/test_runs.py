@@ -1,0 +1,144 @@
+"""Character runs (dotvllm_plugin.runs): the per-vocabulary character masks against Python's own
+UTF-8 decoding, and masks with the run shortcut against full vocabulary walks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dotvllm_plugin import GrammarCompiler, GrammarMatcher, index, pushdown, runs
+
+BODY = ((0x20, 0x21), (0x23, 0x5B), (0x5D, 0xD7FF), (0xE000, 0x10FFFF))
+LETTERS = ((0x20, 0x20), (0x41, 0x5A), (0x61, 0x7A))
+NO_E = ((0x20, 0x64), (0x66, 0x7E), (0x80, 0xD7FF), (0xE000, 0x10FFFF))
+#: (first-character class, class of the others)
+CLASSES = {"json string body": (BODY, BODY), "ascii letters and space": (LETTERS, LETTERS),
+           "first not 'e', then the body": (NO_E, BODY), "first a letter, then not 'e'": (LETTERS, NO_E)}
+
+
+def _inside(text: str, ranges) -> bool:
+    return all(any(a <= ord(ch) <= b for a, b in ranges) for ch in text)
+
+
+@pytest.fixture(scope="module", params=["tekken", "mistral"])
+def vocab(request, tekken_vocab, mistral_vocab):
+    return tekken_vocab if request.param == "tekken" else mistral_vocab
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_rows_and_node_masks_agree_with_python_decoding(vocab, name):
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    first, sigma = CLASSES[name]
+    tc = runs.token_chars(vocab)
+    table = runs.RunTable(tc, first, sigma)
+    V = vocab.size
+    member = np.zeros(V, dtype=bool)
+    count = np.zeros(V, dtype=np.int64)
+    for i, b in enumerate(vocab.token_bytes):
+        if b is None:
+            continue
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        member[i] = _inside(text[:1], first) and _inside(text[1:], sigma)
+        count[i] = len(text)
+    assert member.sum() > 100, name
+
+    def bits(row):
+        return np.unpackbits(row.view(np.uint8), bitorder="little")[:V].astype(bool)
+
+    assert np.array_equal(bits(table.row(tuple(range(1, table.max_count + 1)))), member)
+    for c in (1, 2, 3, 5, 8):
+        assert np.array_equal(bits(table.row((c,))), member & (count == c)), (name, c)
+    assert np.array_equal(bits(table.row((2, 5))), member & np.isin(count, [2, 5]))
+    # a node is skipped exactly when every token through it (its prefix and all continuations) is
+    # such a token: checked on the tokens' byte strings, prefix by prefix
+    trie = vocab.byte_trie()
+    offset = np.cumsum([0] + list(trie.node_counts[:-1]))
+    rest, node_first, sig, ok = table.skip
+    skip = ~((rest & ~sig) != 0).any(axis=1) & (ok[node_first] == 1)
+    prefix_ok: dict[bytes, bool] = {}
+    for i, b in enumerate(vocab.token_bytes):
+        if b is None:
+            continue
+        for k in range(1, len(b) + 1):
+            prefix_ok[b[:k]] = prefix_ok.get(b[:k], True) and bool(member[i])
+    node_of = {}
+    for d in range(trie.depth):
+        for tok, node in zip(trie.tokens_at[d].tolist(), trie.token_node[d].tolist()):
+            node_of[vocab.token_bytes[tok]] = offset[d] + node
+    rng = np.random.default_rng(0)
+    keys = list(node_of)
+    for j in rng.choice(len(keys), size=min(20000, len(keys)), replace=False).tolist():
+        key = keys[j]
+        assert skip[node_of[key]] == prefix_ok[key], (name, key)
+    assert skip.sum() > 0
+
+
+def _tree(value: dict) -> dict:
+    """A recursive schema (so that it compiles to the pushdown matcher, whose walks take runs)."""
+    return {"$defs": {"node": {"type": "object", "properties": {
+        "v": value, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}}, "$ref": "#/$defs/node"}
+
+
+SCHEMAS = [
+    _tree({"type": "string"}),
+    _tree({"type": "string", "maxLength": 30}),
+    _tree({"type": "string", "minLength": 3, "maxLength": 9}),
+    _tree({"type": "string", "pattern": "^[a-z ]{0,40}$"}),
+    {"type": "object", "properties": {"id": {"type": "integer"}, "title": {"type": "string"},
+                                      "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}}}},
+    _tree({"enum": ["alpha", "beta", "gé"]}),
+]
+
+
+#: Prefixes fed token by token before the random walks (every position inside a string is a run).
+PREFIXES = ['{"v":"', '{"v":"abc', '{"kids":[{"v":"abcdefgh', '{"title":"', '{"tags":["ab', '{"v":"al']
+
+
+@pytest.mark.parametrize("spec", SCHEMAS, ids=[str(i) for i in range(len(SCHEMAS))])
+def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
+    """Along fixed prefixes and random token walks that favour long string tokens, the masks with
+    the run shortcut equal the masks of full vocabulary walks (the shortcut off) at every step."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    words = (tekken_vocab.size + 31) // 32
+    longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
+    rng = np.random.default_rng(11)
+    used = []
+    real = runs.plan
+
+    def counting(*a):
+        got = real(*a)
+        used.append(got is not None)
+        return got
+
+    monkeypatch.setattr(runs, "plan", counting)
+    walks = [tekken_tokenizer.encode(p, add_special_tokens=False) for p in PREFIXES] + [[]] * 3
+    for walk_no, prefix in enumerate(walks):
+        runs.clear_memos()
+        fast = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
+        ref = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
+        for step in range(30):
+            rows = []
+            for on, m in ((True, fast), (False, ref)):
+                monkeypatch.setattr(pushdown, "USE_RUNS", on)
+                bm = np.zeros((1, words), dtype=np.int32)
+                m.fill_next_token_bitmask(bm)
+                rows.append(bm[0])
+            assert np.array_equal(*rows), (spec, walk_no)
+            allowed = np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
+            allowed = allowed[~np.isin(allowed, list(tekken_vocab.eos_token_ids))]
+            if not len(allowed):
+                break
+            if step < len(prefix):
+                t = prefix[step]
+                if t not in allowed:  # this schema has no such prefix
+                    break
+            else:
+                weights = longest[allowed].astype(float) ** 2 + 1
+                t = int(rng.choice(allowed, p=weights / weights.sum()))
+            assert fast.accept_token(t) and ref.accept_token(t)
+    assert any(used) or spec is SCHEMAS[-1], spec  # (an enum has no run)
