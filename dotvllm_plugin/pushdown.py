@@ -831,6 +831,7 @@ class PushdownGrammar:
             self.n_lexers = len(a["lexer_member_offsets"]) - 1
             self._lexer_lo = [-1] * self.n_lexers
             self._term_dfas: list = [None] * len(self.terminal_names)
+        self._lexer_terms = None  # (built on first use)
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
         self._max_token_len = vocabulary.max_token_len
@@ -881,9 +882,12 @@ class PushdownGrammar:
             dfas = [None] * len(self.terminal_names)
             for t in members:
                 dfas[t] = self._terminal_dfa(t)
-            # the candidates' order (ties between equal lexemes) as the compile computed it
-            rank = a["term_rank"].tolist()
-            terms = tuple(Terminal(name, "", priority=-rank[i]) for i, name in enumerate(self.terminal_names))
+            terms = self._lexer_terms
+            if terms is None:  # the candidates' order (ties between equal lexemes) as the compile computed it
+                rank = a["term_rank"].tolist()
+                terms = self._lexer_terms = tuple(
+                    Terminal(name, "", priority=-rank[i]) for i, name in enumerate(self.terminal_names)
+                )
             trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds)
             lo = len(self._chosen)
             trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32)

@@ -141,12 +141,13 @@ def token_chars(vocab) -> TokenChars:
 
 def sigma_mask(sigma: tuple) -> np.ndarray:
     """Σ (code-point ranges: some ASCII, and either every non-ASCII character or none) as a mask."""
-    m = np.zeros(3, dtype=np.uint64)
+    bits = 0
     for a, b in sigma:
-        for c in range(a, min(b, 0x7F) + 1):
-            m[c // 64] |= np.uint64(1) << np.uint64(c % 64)
-        if b >= 0x80:
-            m[2] = _NONASCII_BIT
+        if a <= 0x7F:
+            hi = min(b, 0x7F)
+            bits |= ((1 << (hi - a + 1)) - 1) << a
+    m = np.array([bits & (2**64 - 1), bits >> 64, _NONASCII_BIT if sigma and sigma[-1][1] >= 0x80 else 0],
+                 dtype=np.uint64)
     return m
 
 
@@ -166,16 +167,20 @@ class RunTable:
     arguments of the walk that skip the trie nodes under which every token is such a token."""
 
     def __init__(self, tc: TokenChars, first: tuple, sigma: tuple):
+        self._tc = tc
+        self._sig, self._ok = sigma_mask(sigma), first_ok(first)
+        self.skip = (tc.node_rest, tc.node_first, self._sig, self._ok)
+        self.max_count = tc.max_count
+        self._all = self._rows_upto(0)[0]  # (a loop needs only this row; counts are read on demand)
+        self._by_count = None
+        self._rows: dict = {}
+
+    def _rows_upto(self, max_count: int) -> np.ndarray:
         from . import index
 
-        sig, ok = sigma_mask(sigma), first_ok(first)
-        self.skip = (tc.node_rest, tc.node_first, sig, ok)
-        self.max_count = tc.max_count
-        self._rows_by_count = np.frombuffer(
-            index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, sig, ok, tc.max_count, tc.words),
-            dtype=np.int32,
-        ).reshape(tc.max_count + 1, tc.words)
-        self._rows: dict = {}
+        tc = self._tc
+        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count, tc.words)
+        return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
 
     def row(self, counts: tuple) -> np.ndarray:
         """Packed int32 row of this table's tokens with any of these character counts (all of them
@@ -183,9 +188,11 @@ class RunTable:
         got = self._rows.get(counts)
         if got is None:
             if len(counts) == self.max_count:
-                got = self._rows_by_count[0]
+                got = self._all
             else:
-                got = np.bitwise_or.reduce(self._rows_by_count[list(counts)], axis=0)
+                if self._by_count is None:
+                    self._by_count = self._rows_upto(self.max_count)
+                got = np.bitwise_or.reduce(self._by_count[list(counts)], axis=0)
             self._rows[counts] = got
         return got
 
@@ -214,13 +221,30 @@ def clear_memos() -> None:
         _tables.clear()
 
 
-def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple) -> np.ndarray:
+def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
     """For every state: where every Σ character leads (one state), ``_DEAD`` when every Σ
-    character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme)."""
+    character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme). Σ's
+    non-ASCII part is every non-ASCII character or none; its function is kept in ``memo``."""
+    codes = [c for a, b in sigma for c in range(a, min(b, 0x7F) + 1)]
+    cols = class_trans[:, np.unique(byte_class[codes])]
+    out = cols[:, 0].copy()
+    bad = (cols != out[:, None]).any(axis=1) | (out == -2)
+    if sigma[-1][1] >= 0x80:
+        other = memo.get("non-ascii")
+        if other is None:
+            other = memo["non-ascii"] = _sequences(class_trans, byte_class, _NON_ASCII)
+        bad |= other != np.where(out < 0, _DEAD, out)
+    out[out < 0] = _DEAD
+    out[bad] = _BAD
+    return out
+
+
+def _sequences(class_trans: np.ndarray, byte_class: np.ndarray, ranges) -> np.ndarray:
+    """:func:`_successors` for the characters of ``ranges``, read on their UTF-8 byte sequences."""
     n = class_trans.shape[0]
     out = None
     bad = np.zeros(n, dtype=bool)
-    for a, b in sigma:
+    for a, b in ranges:
         for seq in utf8_sequences(a, b):
             cur = np.arange(n)
             for lo, hi in seq:
@@ -235,8 +259,7 @@ def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple) -
                 out = cur
             else:
                 bad |= out != cur
-    out = np.where(bad, _BAD, out)
-    return out
+    return np.where(bad, _BAD, out)
 
 
 class RunPlan:
@@ -279,7 +302,7 @@ def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: di
     for sigma in (merge_ranges(list(ascii_only) + list(_NON_ASCII)), ascii_only):
         succ = memo.get(sigma)
         if succ is None:
-            succ = memo[sigma] = _successors(class_trans, byte_class, sigma)
+            succ = memo[sigma] = _successors(class_trans, byte_class, sigma, memo)
         if succ[q] == t:
             return sigma, succ
     return None
