@@ -164,6 +164,12 @@ class Ours(Engine):
 
     def compile(self, kind, spec):
         _clear_memo_tables()
+        try:  # the gadget walks are kept per vocabulary across patterns: cold means without them
+            from dotvllm_plugin.index import clear_walk_cache
+        except ImportError:  # an older core (--core-ref)
+            pass
+        else:
+            clear_walk_cache(self.vocab)
         if kind == "regex":
             return self.compiler.compile_regex(spec)
         if self._json_kind is not None:  # exactly what the plugin runs for a request without options

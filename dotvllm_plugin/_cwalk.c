@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -443,8 +444,10 @@ fail:
 }
 
 /* subset(entry int32[n_pos * 256], det int32[n_det * 256], fol_start int64[n_pos + 2], fol int64[],
- *        accepting uint8[n_nfa], max_states)
- *   -> (transitions bytes of int32[n * 256], accepting bytes of uint8[n]) or None past max_states.
+ *        accepting uint8[n_nfa], max_states[, max_work])
+ *   -> (transitions bytes of int32[n * 256], accepting bytes of uint8[n]), None past max_states,
+ *      or False past max_work steps (per set: its members' follow lists, then 256 bytes over
+ *      their union).
  * Subset construction of the position automaton: NFA state 0 is initial, 1 + p is "after
  * position p" (successors: entry rows of the positions in fol[fol_start[s]:fol_start[s+1]]),
  * 1 + n_pos + i is a deterministic mid-character state with row det[i]. DFA state 0 = {0}. */
@@ -510,7 +513,14 @@ static int cmp_i64(const void *a, const void *b) {
 static PyObject *subset(PyObject *self, PyObject *args) {
     Py_buffer b_entry, b_det, b_fs, b_fol, b_acc;
     Py_ssize_t max_states;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*n", &b_entry, &b_det, &b_fs, &b_fol, &b_acc, &max_states)) return NULL;
+    long long max_work = -1;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*n|L", &b_entry, &b_det, &b_fs, &b_fol, &b_acc, &max_states, &max_work))
+        return NULL;
+    if (max_work < 0) max_work = LLONG_MAX;
+    long long work = 0;
+    int64_t *ubuf = NULL;
+    Py_ssize_t ucap = 0;
+    int heavy = 0;
     const int32_t *entry = b_entry.buf, *det = b_det.buf;
     const int64_t *fs = b_fs.buf, *fol = b_fol.buf;
     const uint8_t *acc_nfa = b_acc.buf;
@@ -524,7 +534,9 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     Py_ssize_t bufcap = 0;
     int nomem = 0, over = 0;
 
-    if (table_init(&tab, 1024) || vec_push(&start, 0) || vec_push(&pool, 0) || vec_push(&start, 1)) {
+    Py_ssize_t n_entry = b_entry.len / (256 * 4);
+    int64_t *stamp = calloc((size_t)n_entry + 1, sizeof(int64_t));  /* position -> last set (+1) it joined */
+    if (!stamp || table_init(&tab, 1024) || vec_push(&start, 0) || vec_push(&pool, 0) || vec_push(&start, 1)) {
         nomem = 1;
         goto done;
     }
@@ -533,6 +545,29 @@ static PyObject *subset(PyObject *self, PyObject *args) {
         if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
     }
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
+        /* The positions this set can step into: the union of its members' follow sets, once per
+         * set (then 256 bytes over the union, not over every member's follow list). */
+        Py_ssize_t nu = 0;
+        for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
+            int64_t s = pool.p[k];
+            if (s > n_pos) continue;
+            Py_ssize_t need = nu + (Py_ssize_t)(fs[s + 1] - fs[s]);
+            if (need > ucap) {
+                Py_ssize_t nc = ucap ? 2 * ucap : 64;
+                while (nc < need) nc *= 2;
+                int64_t *nb = realloc(ubuf, (size_t)nc * 8);
+                if (!nb) { nomem = 1; goto done; }
+                ubuf = nb;
+                ucap = nc;
+            }
+            work += fs[s + 1] - fs[s];
+            for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
+                int64_t p = fol[j];
+                if (stamp[p] != d + 1) { stamp[p] = d + 1; ubuf[nu++] = p; }
+            }
+        }
+        work += 256 * (nu + (start.p[d + 1] - start.p[d]));
+        if (work > max_work) { heavy = 1; goto done; }
         for (int b = 0; b < 256; b++) {
             Py_ssize_t nt = 0;
             for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
@@ -543,14 +578,13 @@ static PyObject *subset(PyObject *self, PyObject *args) {
                         if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
                         buf[nt++] = t;
                     }
-                } else {
-                    for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
-                        int64_t t = entry[fol[j] * 256 + b];
-                        if (t >= 0) {
-                            if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
-                            buf[nt++] = t;
-                        }
-                    }
+                }
+            }
+            for (Py_ssize_t i = 0; i < nu; i++) {
+                int64_t t = entry[ubuf[i] * 256 + b];
+                if (t >= 0) {
+                    if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
+                    buf[nt++] = t;
                 }
             }
             int64_t target = -1;
@@ -590,8 +624,8 @@ static PyObject *subset(PyObject *self, PyObject *args) {
 done:
     if (nomem) {
         PyErr_NoMemory();
-    } else if (over) {
-        result = Py_None;
+    } else if (over || heavy) {
+        result = over ? Py_None : Py_False;
         Py_INCREF(result);
     } else {
         Py_ssize_t n = start.n - 1;
@@ -609,7 +643,7 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf);
+    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf); free(ubuf); free(stamp);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
     return result;

@@ -441,6 +441,11 @@ class _WalkCache:
                 self.bytes -= sum(a.nbytes for a in old)
 
 
+def clear_walk_cache(vocab: Vocabulary) -> None:
+    """Forget ``vocab``'s cached gadget walks (benchmarks timing cold compiles clear them)."""
+    vocab._cache.pop("gadget_walks", None)
+
+
 def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache | None, byte_class):
     """Walk each canonical gadget table from each of its labels; results in local labels.
 

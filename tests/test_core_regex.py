@@ -697,3 +697,21 @@ def test_c_longest_path_equals_python(pattern, monkeypatch):
     assert fast == index._longest_path(class_trans)
     if "*" not in pattern and "+" not in pattern:
         assert fast is not None and fast >= 3
+
+
+def test_large_position_sets_are_bounded_by_the_work_budget():
+    """Optional items inside a long counted repetition make every automaton state a set of
+    thousands of positions: the subset construction reads each set's follow lists once (not once
+    per byte) and refuses past its work budget instead of running for minutes."""
+    from dotvllm_plugin.errors import CompilationTooLargeError
+    from dotvllm_plugin.regex import glushkov, regex_to_dfa
+
+    if not glushkov.USE_C_SUBSET or glushkov._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    dfa = regex_to_dfa("(?:a?){0,1000}b")
+    pattern = re.compile("(?:a?){0,1000}b")
+    for k in (0, 1, 500, 1000, 1001):
+        text = "a" * k + "b"
+        assert dfa_accepts(dfa, text.encode()) == bool(pattern.fullmatch(text)), k
+    with pytest.raises(CompilationTooLargeError, match="steps"):
+        regex_to_dfa("(?:a?){0,3000}b")

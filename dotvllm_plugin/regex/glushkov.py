@@ -35,6 +35,9 @@ except ImportError:  # built without a C compiler: the numpy subset construction
 
 #: Whether the subset construction uses the C extension when it is built (tests compare both).
 USE_C_SUBSET = True
+#: Budget of steps of the C subset construction (about a second each billion): sets of thousands of
+#: positions (``(?:a?){0,3000}b``) would otherwise take minutes.
+MAX_SUBSET_WORK = 2_000_000_000
 
 
 class Unhandled(Exception):
@@ -478,9 +481,16 @@ class _Positions:
                 np.fromiter((q for f in fol_lists for q in f), dtype=np.int64, count=int(fol_start[-1])),
                 accepting_nfa.astype(np.uint8),
                 max_states,
+                MAX_SUBSET_WORK,
             )
             if res is None:
                 raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
+            if res is False:
+                raise CompilationTooLargeError(
+                    f"building the automaton takes more than {MAX_SUBSET_WORK:,} steps (its states are large "
+                    "sets of pattern positions: optional items inside a long counted repetition are the usual "
+                    "cause); simplify the pattern"
+                )
             trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256)  # (read-only: only read)
             return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
 
