@@ -155,7 +155,6 @@ def _push(state: int, below, intern: dict | None):
 _ACCEPT = "accept"
 #: :meth:`PushdownGrammar.step` met a lexeme several terminals type: the caller follows every reading.
 _FORK = "fork"
-_lark_lock = threading.Lock()
 #: The product construction of contextual lexers in C (``_cwalk.product``) where it is built; the
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
@@ -163,39 +162,6 @@ USE_C_PRODUCT = True
 USE_RUNS = True
 MAX_LEXER_STATES = 200_000
 _TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STATES:,} states; simplify its terminals"
-_lark_scope = threading.local()
-
-
-def _nullable(rules) -> set:
-    """The nullable non-terminals of lark rules: a worklist over each rule's count of symbols not
-    yet known nullable, linear in the grammar's size."""
-    pending, users, nullable, work = [], {}, set(), []
-    for i, rule in enumerate(rules):
-        pending.append(len(rule.expansion))
-        for sym in rule.expansion:
-            users.setdefault(sym, []).append(i)
-        if not rule.expansion:
-            work.append(rule.origin)
-    while work:
-        sym = work.pop()
-        if sym in nullable:
-            continue
-        nullable.add(sym)
-        for i in users.get(sym, ()):
-            pending[i] -= 1  # once per occurrence of sym in rule i
-            if pending[i] == 0:
-                work.append(rules[i].origin)
-    return nullable
-
-
-def _calculate_sets(rules):
-    """lark's ``grammar_analysis.calculate_sets`` while :func:`_lalr_tables` runs lark's LALR analysis
-    (in that scope only, and on this thread only): LALR needs NULLABLE alone, and lark's fixpoint
-    for FIRST and FOLLOW is quadratic in the length of a rule (a large share of a JSON Schema's
-    compile). Any other caller gets lark's own function."""
-    if getattr(_lark_scope, "nullable_only", False):
-        return {}, {}, _nullable(rules)
-    return _calculate_sets.original(rules)
 
 
 # -- compile: terminals and contextual lexers -----------------------------------------------------
@@ -569,93 +535,58 @@ MULTI = 1 << 30
 
 
 def _lalr_tables(grammar: Grammar):
-    """LALR(1) tables by lark's own analysis (LR(0) item sets and LALR lookaheads), keeping every
-    action where lark's LALR parser would resolve a conflict: such states are run as generalised LR
-    (all actions, each on its own copy of the stack), which accepts what lark's Earley parser
-    accepts."""
-    from lark.common import ParserConf
-    from lark.exceptions import GrammarError as LarkGrammarError
-    from lark.grammar import NonTerminal
-    from lark.grammar import Rule as LarkRule
-    from lark.grammar import Terminal as LarkTerminal
-    from lark.parsers import grammar_analysis
-    from lark.parsers.lalr_analysis import LALR_Analyzer
+    """LALR(1) tables (:mod:`dotvllm_plugin.lalr`: lark's construction on integer symbols), keeping
+    every action where lark's LALR parser would resolve a conflict: such states are run as
+    generalised LR (all actions, each on its own copy of the stack), which accepts what lark's
+    Earley parser accepts."""
+    from .lalr import END, lalr_tables
 
     term_names = [t.name for t in grammar.terminals]
-    term_set = set(term_names)
-    rules, seen = [], set()
-    for r in grammar.rules:
-        key = (r.origin, r.expansion)
-        if key in seen:
-            continue
-        seen.add(key)
-        rules.append(LarkRule(NonTerminal(r.origin), [LarkTerminal(s) if s in term_set else NonTerminal(s) for s in r.expansion]))
-    with _lark_lock:
-        if grammar_analysis.calculate_sets is not _calculate_sets:
-            _calculate_sets.original = grammar_analysis.calculate_sets
-            grammar_analysis.calculate_sets = _calculate_sets
-        _lark_scope.nullable_only = True
-        try:
-            analyzer = LALR_Analyzer(ParserConf(rules, {}, [grammar.start]), debug=False, strict=False)
-            analyzer.compute_lr0_states()
-            analyzer.compute_reads_relations()
-            analyzer.compute_includes_lookback()
-            analyzer.compute_lookaheads()
-        except LarkGrammarError as e:
-            raise GrammarError(f"the grammar cannot be analysed: {str(e).strip().splitlines()[0]}") from e
-        except RecursionError as e:
-            raise GrammarError("the grammar nests too deeply to analyse") from e
-        finally:
-            _lark_scope.nullable_only = False
-    itemsets = sorted(analyzer.lr0_itemsets, key=lambda its: sorted(map(repr, its.kernel)))
-    index = {its: i for i, its in enumerate(itemsets)}
-    nonterms = sorted({r.origin for r in grammar.rules})
+    rules = list(dict.fromkeys((r.origin, tuple(r.expansion)) for r in grammar.rules))
+    try:
+        tables = lalr_tables(rules, set(term_names), grammar.start)
+    except ValueError as e:
+        raise GrammarError(f"the grammar cannot be analysed: {e}") from None
+    nonterms = sorted({o for o, _ in rules})
     nt_idx = {n: i for i, n in enumerate(nonterms)}
     t_idx = {n: i for i, n in enumerate(term_names)}
     end_col = len(term_names)
-    n_states = len(itemsets)
+    n_states = len(tables.shifts)
     action = np.zeros((n_states, end_col + 1), dtype=np.int32)
     goto = np.full((n_states, len(nonterms)), -1, dtype=np.int32)
-    rule_index: dict[tuple, int] = {}
+    rule_code: dict[int, int] = {}
     rule_len: list[int] = []
     rule_origin: list[int] = []
+    rule_keys: list[tuple] = []
     accepts: list[list[int]] = []
     conflicts: list[list[int]] = []
-    n_conflicts = 0
+    order = {r: k for k, r in enumerate(sorted(range(len(rules)), key=lambda r: rules[r]))}
 
-    def reduce_code(rule) -> int:
-        key = (rule.origin.name, tuple(x.name for x in rule.expansion))
-        ri = rule_index.get(key)
+    def reduce_code(r: int) -> int:
+        ri = rule_code.get(r)
         if ri is None:
-            ri = rule_index[key] = len(rule_len)
-            rule_len.append(len(rule.expansion))
-            rule_origin.append(nt_idx[rule.origin.name])
+            ri = rule_code[r] = len(rule_len)
+            rule_len.append(len(rules[r][1]))
+            rule_origin.append(nt_idx[rules[r][0]])
+            rule_keys.append(rules[r])
         return -(ri + 1)
 
-    for i, its in enumerate(itemsets):
+    for i in range(n_states):
         codes: dict[int, list[int]] = {}
-        for sym, nxt in its.transitions.items():
-            if sym.is_term:
-                codes.setdefault(t_idx[sym.name], []).append(index[nxt] + 1)
-            else:
-                goto[i, nt_idx[sym.name]] = index[nxt]
-        for la, las_rules in its.lookaheads.items():
-            col = end_col if la.name == "$END" else t_idx[la.name]
-            for rule in sorted(las_rules, key=lambda r: (r.origin.name, [x.name for x in r.expansion])):
-                if rule.origin.name.startswith("$root_"):
-                    continue
-                codes.setdefault(col, []).append(reduce_code(rule))
+        for name, j in tables.shifts[i].items():
+            codes[t_idx[name]] = [j + 1]
+        for name, j in tables.gotos[i].items():
+            goto[i, nt_idx[name]] = j
+        for la, rs in tables.reduces[i].items():
+            col = end_col if la == END else t_idx[la]
+            codes.setdefault(col, []).extend(reduce_code(r) for r in sorted(rs, key=order.__getitem__))
         for col, cs in codes.items():
             if len(cs) == 1:
                 action[i, col] = cs[0]
             else:
                 action[i, col] = MULTI + len(conflicts)
                 conflicts.append(cs)
-                n_conflicts += 1
         accepts.append(sorted(c for c in codes if c != end_col))
-    start_state = index[analyzer.lr0_start_states[grammar.start]]
-    root = "$root_" + grammar.start
-    ends = [index[its] for its in itemsets if any(rp.rule.origin.name == root and rp.is_satisfied for rp in its.closure)]
     conf_offsets = np.cumsum([0] + [len(c) for c in conflicts]).astype(np.int32)
     conf_codes = np.array([x for c in conflicts for x in c], dtype=np.int32)
     return dict(
@@ -665,9 +596,10 @@ def _lalr_tables(grammar: Grammar):
         rule_origin=np.array(rule_origin, dtype=np.int32),
         conf_offsets=conf_offsets,
         conf_codes=conf_codes,
-        start_state=int(start_state),
-        end_state=int(ends[0]),
+        start_state=int(tables.start),
+        end_state=int(tables.end),
         accepts=accepts,
+        rule_keys=rule_keys,  # (origin, expansion) of each rule code
     )
 
 

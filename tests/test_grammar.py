@@ -441,46 +441,6 @@ def test_byte_vocabulary_of_other_sizes():
         assert max(allowed) < len(tokens)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.integers(0, 5), st.lists(st.integers(0, 8), max_size=5)), min_size=1, max_size=14))
-def test_nullable_agrees_with_lark(spec):
-    """The pushdown compiler gives lark's LALR analysis only NULLABLE (linear worklist) instead of
-    lark's quadratic FIRST/FOLLOW/NULLABLE fixpoint: the sets agree on random grammars (symbols
-    0-5 are rules, 6-8 terminals)."""
-    from lark.grammar import NonTerminal, Rule, Terminal
-    from lark.parsers import grammar_analysis
-
-    from dotvllm_plugin import pushdown
-
-    sym = lambda i: NonTerminal(f"r{i}") if i < 6 else Terminal(f"T{i}")  # noqa: E731
-    rules = list({(o, tuple(e)): Rule(NonTerminal(f"r{o}"), [sym(i) for i in e]) for o, e in spec}.values())
-    original = getattr(pushdown._calculate_sets, "original", grammar_analysis.calculate_sets)
-    assert pushdown._nullable(rules) == original(rules)[2]
-
-
-@pytest.mark.parametrize("name", ["json", "arithmetic", "sql"])
-def test_lalr_tables_unchanged_by_the_nullable_shortcut(name, monkeypatch):
-    """The same tables as with lark's own analysis (its full calculate_sets)."""
-    from lark.parsers import grammar_analysis
-
-    from dotvllm_plugin import pushdown
-    from dotvllm_plugin.grammar.lark import lark_to_ir
-
-    ir = lark_to_ir({"json": JSON, "arithmetic": ARITHMETIC, "sql": SQL}[name])
-    fast = pushdown._lalr_tables(ir)
-    pushdown._lalr_tables(ir)  # the shortcut is installed by the first call
-    original = pushdown._calculate_sets.original
-    assert grammar_analysis.calculate_sets is pushdown._calculate_sets
-    monkeypatch.setattr(pushdown, "_nullable", lambda rules: original(rules)[2])
-    slow = pushdown._lalr_tables(ir)
-    assert fast.keys() == slow.keys()
-    for k in fast:
-        if isinstance(fast[k], np.ndarray):
-            assert np.array_equal(fast[k], slow[k]), k
-        else:
-            assert fast[k] == slow[k], k
-
-
 def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
     """Contextual lexers built by ``_cwalk.product`` equal the Python loop's, array for array, on
     the lark grammars here and on JSON Schema grammars (longest-match lexing, compound lexemes)."""
