@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .regex.charsets import merge_ranges, utf8_sequences
+from .regex.charsets import utf8_sequences
 
 __all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mask", "token_chars"]
 
@@ -287,19 +287,37 @@ class RunPlan:
 
 
 def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
-    """``(Σ, t)``: the characters that lead from ``q`` to one state ``t`` (where most printable
-    ASCII characters lead; with every non-ASCII character when they all lead there too), and the
-    successor function of Σ (:func:`_successors`), or None."""
+    """``(Σ, successor function of Σ)`` (:func:`_successors`) for the characters that lead from
+    ``q`` to one state: where most printable ASCII characters lead, with every non-ASCII character
+    when they all lead there too; or None. Kept in ``memo`` per state."""
+    key = ("class", q)
+    if key in memo:
+        return memo[key]
+    got = memo[key] = _find_run_class(class_trans, byte_class, q, memo)
+    return got
+
+
+def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
     row = class_trans[q, byte_class[0x20:0x7F]]
     live = row[row >= 0]
     if len(live) < MIN_ASCII:
         return None
     t = int(np.bincount(live).argmax())
-    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
+    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t).tolist()
     if len(same) < MIN_ASCII:
         return None
-    ascii_only = merge_ranges([(b, b) for b in same.tolist()])
-    for sigma in (merge_ranges(list(ascii_only) + list(_NON_ASCII)), ascii_only):
+    runs: list[list[int]] = []
+    for b in same:
+        if runs and runs[-1][1] == b - 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    ascii_only = tuple((a, b) for a, b in runs)
+    if runs[-1][1] == 0x7F:  # (as merge_ranges would join them)
+        wide = ascii_only[:-1] + ((runs[-1][0], _NON_ASCII[0][1]), _NON_ASCII[1])
+    else:
+        wide = ascii_only + _NON_ASCII
+    for sigma in (wide, ascii_only):
         succ = memo.get(sigma)
         if succ is None:
             succ = memo[sigma] = _successors(class_trans, byte_class, sigma, memo)
