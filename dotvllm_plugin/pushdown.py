@@ -539,7 +539,7 @@ def _lalr_tables(grammar: Grammar):
     every action where lark's LALR parser would resolve a conflict: such states are run as
     generalised LR (all actions, each on its own copy of the stack), which accepts what lark's
     Earley parser accepts."""
-    from .lalr import END, lalr_tables
+    from .lalr import lalr_tables
 
     term_names = [t.name for t in grammar.terminals]
     rules = list(dict.fromkeys((r.origin, tuple(r.expansion)) for r in grammar.rules))
@@ -547,6 +547,14 @@ def _lalr_tables(grammar: Grammar):
         tables = lalr_tables(rules, set(term_names), grammar.start)
     except ValueError as e:
         raise GrammarError(f"the grammar cannot be analysed: {e}") from None
+    return _packed(tables, rules, term_names)
+
+
+def _packed(tables, rules: list[tuple], term_names: list[str]) -> dict:
+    """The arrays of :class:`PushdownGrammar` from :class:`dotvllm_plugin.lalr.Tables` (its rule
+    numbers index ``rules``)."""
+    from .lalr import END
+
     nonterms = sorted({o for o, _ in rules})
     nt_idx = {n: i for i, n in enumerate(nonterms)}
     t_idx = {n: i for i, n in enumerate(term_names)}

@@ -10,6 +10,7 @@ import pytest
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher, UnsupportedFeatureError
 from dotvllm_plugin.grammar.json_schema import order_properties
+from mask_walks import walk_together
 
 PERSON = {
     "type": "object",
@@ -167,24 +168,11 @@ def test_masks_equal_with_and_without_the_c_walk(tekken_vocab, spec, monkeypatch
                                      '%import common.NUMBER\n%ignore " "')
         return c.compile_json_schema(spec)
 
-    words = (tekken_vocab.size + 31) // 32
     rng = np.random.default_rng(7)
     for walk_no in range(4):
         monkeypatch.setattr(index, "USE_C_WALK", True)
         fast = GrammarMatcher(compiled())
         monkeypatch.setattr(index, "USE_C_WALK", False)
         ref = GrammarMatcher(compiled())
-        for _ in range(40):
-            rows = []
-            for use_c, m in ((True, fast), (False, ref)):
-                monkeypatch.setattr(index, "USE_C_WALK", use_c)
-                bm = np.zeros((1, words), dtype=np.int32)
-                m.fill_next_token_bitmask(bm)
-                rows.append(bm[0])
-            assert np.array_equal(*rows), (spec, walk_no)
-            allowed = np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
-            allowed = allowed[~np.isin(allowed, list(tekken_vocab.eos_token_ids))]
-            if not len(allowed):
-                break
-            t = int(rng.choice(allowed))
-            assert fast.accept_token(t) and ref.accept_token(t)
+        walk_together(tekken_vocab, fast, ref, lambda on: monkeypatch.setattr(index, "USE_C_WALK", on), rng, 40,
+                      label=(spec, walk_no))

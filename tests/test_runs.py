@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher, index, pushdown, runs
+from mask_walks import walk_together
 
 BODY = ((0x20, 0x21), (0x23, 0x5B), (0x5D, 0xD7FF), (0xE000, 0x10FFFF))
 LETTERS = ((0x20, 0x20), (0x41, 0x5A), (0x61, 0x7A))
@@ -104,7 +105,6 @@ def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, 
     the run shortcut equal the masks of full vocabulary walks (the shortcut off) at every step."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
-    words = (tekken_vocab.size + 31) // 32
     longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
     rng = np.random.default_rng(11)
     used = []
@@ -121,24 +121,6 @@ def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, 
         runs.clear_memos()
         fast = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
         ref = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
-        for step in range(30):
-            rows = []
-            for on, m in ((True, fast), (False, ref)):
-                monkeypatch.setattr(pushdown, "USE_RUNS", on)
-                bm = np.zeros((1, words), dtype=np.int32)
-                m.fill_next_token_bitmask(bm)
-                rows.append(bm[0])
-            assert np.array_equal(*rows), (spec, walk_no)
-            allowed = np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
-            allowed = allowed[~np.isin(allowed, list(tekken_vocab.eos_token_ids))]
-            if not len(allowed):
-                break
-            if step < len(prefix):
-                t = prefix[step]
-                if t not in allowed:  # this schema has no such prefix
-                    break
-            else:
-                weights = longest[allowed].astype(float) ** 2 + 1
-                t = int(rng.choice(allowed, p=weights / weights.sum()))
-            assert fast.accept_token(t) and ref.accept_token(t)
+        walk_together(tekken_vocab, fast, ref, lambda on: monkeypatch.setattr(pushdown, "USE_RUNS", on), rng, 30,
+                      prefix=prefix, weight=longest.astype(float) ** 2 + 1, label=(spec, walk_no))
     assert any(used) or spec is SCHEMAS[-1], spec  # (an enum has no run)

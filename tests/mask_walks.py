@@ -1,0 +1,37 @@
+"""Two matchers of one grammar stepped together, their masks compared at every step: an
+optimised path of the engine against its reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def walk_together(vocab, fast, ref, use, rng, steps: int, *, prefix=(), weight=None, label=None) -> None:
+    """``use(on)`` switches the engine to the optimised path (True) or the reference (False) before
+    ``fast`` and ``ref`` fill their masks, which must be equal at every step. The next token is
+    ``prefix``'s while it lasts (the walk stops where it is not allowed), then a random allowed one
+    (``weight``: per-token weights); both matchers must accept it."""
+    words = (vocab.size + 31) // 32
+    eos = list(vocab.eos_token_ids)
+    for step in range(steps):
+        rows = []
+        for on, m in ((True, fast), (False, ref)):
+            use(on)
+            bm = np.zeros((1, words), dtype=np.int32)
+            m.fill_next_token_bitmask(bm)
+            rows.append(bm[0])
+        assert np.array_equal(*rows), (label, step)
+        allowed = np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")[: vocab.size])
+        allowed = allowed[~np.isin(allowed, eos)]
+        if not len(allowed):
+            return
+        if step < len(prefix):
+            t = prefix[step]
+            if t not in allowed:
+                return
+        elif weight is None:
+            t = int(rng.choice(allowed))
+        else:
+            w = weight[allowed]
+            t = int(rng.choice(allowed, p=w / w.sum()))
+        assert fast.accept_token(t) and ref.accept_token(t)
