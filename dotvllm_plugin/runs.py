@@ -4,18 +4,23 @@ Inside a JSON string the lexer either loops on one character class Σ (an unboun
 counts down through a chain of states, one per Σ character (``maxLength``). A walk of the token
 trie from such a state visits almost every node (266k for a 131k vocabulary) only to learn that a
 token spelled with ``c`` characters of Σ ends ``c`` states further down the chain. Here that is
-computed once per (vocabulary, Σ): the tokens made only of Σ characters, by character count, as
-packed rows, and the trie nodes under which every token is such a token. The walk skips those
-nodes (it still visits every other token: quotes, escapes, bytes of a split character) and the
-rows of the counts are ORed in, by the chain state each count reaches.
+computed once per (vocabulary, F, Σ), F the class of a token's first character: the tokens whose
+first character is in F and every other in Σ, as packed rows (all of them, and by character
+count), from per-vocabulary character masks of every token and trie node. The walk skips the
+nodes under which every token is such a token (it still visits every other token: quotes,
+escapes, bytes of a split character) and the rows of the counts are ORed in, by the chain state
+each count reaches.
 
-A state qualifies when, from it and from every state of its chain, every Σ character leads to one
-same state (or every Σ character is dead, which ends the chain) and no Σ character ends the
-lexeme. Σ is read off the state: the printable ASCII bytes that lead where most of them lead,
-with every non-ASCII character if they lead there too (checked on the UTF-8 byte sequences).
+A state ``q`` qualifies when every F character leads from it to one state ``t`` and, from ``t``
+and from every state of its chain, every Σ character leads to one same state (or every Σ
+character is dead, which ends the chain), no such character ending the lexeme. F and Σ are read
+off ``q`` and ``t``: the printable ASCII bytes that lead where most of them lead, with every
+non-ASCII character if they lead there too (checked on the UTF-8 byte sequences). A
+property-name state is the reason for two classes: most first characters leave the declared
+names' trie, the rest enter it, but every later character of an undeclared name loops.
 
-:func:`clear_memos` empties the per-Σ tables (benchmarks timing cold first visits clear them); the
-per-vocabulary character table (:func:`token_chars`) is built once, like the byte trie.
+:func:`clear_memos` empties the run tables (benchmarks timing cold first visits clear them); the
+per-vocabulary character masks (:func:`token_chars`) are built once, like the byte trie.
 """
 
 from __future__ import annotations
@@ -31,13 +36,11 @@ __all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mas
 
 #: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
 MIN_ASCII = 32
-#: Per-Σ tables kept (each ~0.7 MB for a 131k vocabulary, plus its rows).
+#: Run tables kept (a 16 KB row for a 131k vocabulary; 1.2 MB more once a chain needs rows by count).
 MAX_TABLES = 16
 
 _NON_ASCII = ((0x80, 0xD7FF), (0xE000, 0x10FFFF))
 _BAD, _DEAD = -3, -1
-
-
 _NONASCII_BIT, _BROKEN_BIT = 1, 2
 
 
