@@ -113,15 +113,14 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
                           &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
                           &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok))
         return NULL;
+    Py_buffer *const held[] = {&b_trans, &b_nodes, &b_bc, &b_off, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist,
+                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok};  /* (unset ones are zeroed) */
+#define RELEASE_HELD() for (size_t h_ = 0; h_ < sizeof held / sizeof *held; h_++) PyBuffer_Release(held[h_])
     const uint64_t *runmask = b_run.buf;
     const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
     uint64_t s0 = 0, s1 = 0, s2 = 0;
     if (runmask && (b_run.len < b_nodes.len * 3 || b_first.len * 8 < b_nodes.len || b_sigma.len != 24 || b_fok.len != 256)) {
-        PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok);
-        PyBuffer_Release(&b_cs); PyBuffer_Release(&b_ci);
-        PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off);
-        PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi); PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode);
-        PyBuffer_Release(&b_ist);
+        RELEASE_HELD();
         PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
         return NULL;
     }
@@ -138,10 +137,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
         if (!gid) {
-            if (b_run.buf) { PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok); }
-            PyBuffer_Release(&b_cs); PyBuffer_Release(&b_ci); PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes);
-            PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
-            PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
+            RELEASE_HELD();
             return PyErr_NoMemory();
         }
         for (Py_ssize_t q = 0; q < n_states; q++) gid[q] = -1;
@@ -233,12 +229,8 @@ done:
     free(rows);
     free(ends.p);
     free(gid);
-    if (b_cs.buf) PyBuffer_Release(&b_cs);
-    if (b_ci.buf) PyBuffer_Release(&b_ci);
-    if (b_run.buf) { PyBuffer_Release(&b_run); PyBuffer_Release(&b_first); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok); }
-    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_nodes); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_off);
-    PyBuffer_Release(&b_starts); PyBuffer_Release(&b_isi);
-    PyBuffer_Release(&b_ilev); PyBuffer_Release(&b_inode); PyBuffer_Release(&b_ist);
+    RELEASE_HELD();
+#undef RELEASE_HELD
     return result;
 }
 

@@ -224,7 +224,7 @@ def clear_memos() -> None:
         _tables.clear()
 
 
-def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
+def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
     """For every state: where every Σ character leads (one state), ``_DEAD`` when every Σ
     character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme). Σ's
     non-ASCII part is every non-ASCII character or none; its function is kept in ``memo``."""
@@ -243,7 +243,7 @@ def _successors(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, m
 
 
 def _sequences(class_trans: np.ndarray, byte_class: np.ndarray, ranges) -> np.ndarray:
-    """:func:`_successors` for the characters of ``ranges``, read on their UTF-8 byte sequences."""
+    """:func:`_class_targets` for the characters of ``ranges``, read on their UTF-8 byte sequences."""
     n = class_trans.shape[0]
     out = None
     bad = np.zeros(n, dtype=bool)
@@ -290,7 +290,7 @@ class RunPlan:
 
 
 def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
-    """``(Σ, successor function of Σ)`` (:func:`_successors`) for the characters that lead from
+    """``(Σ, successor function of Σ)`` (:func:`_class_targets`) for the characters that lead from
     ``q`` to one state: where most printable ASCII characters lead, with every non-ASCII character
     when they all lead there too; or None. Kept in ``memo`` per state."""
     key = ("class", q)
@@ -323,7 +323,7 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     for sigma in (wide, ascii_only):
         succ = memo.get(sigma)
         if succ is None:
-            succ = memo[sigma] = _successors(class_trans, byte_class, sigma, memo)
+            succ = memo[sigma] = _class_targets(class_trans, byte_class, sigma, memo)
         if succ[q] == t:
             return sigma, succ
     return None
