@@ -45,6 +45,7 @@ per grammar); nothing recurses in Python with the depth of the text.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import deque
@@ -172,6 +173,10 @@ def _terminal_dfa(t: Terminal):
 
     try:
         dfa = regex_to_dfa(t.regex, tree=t.tree)
+        if t.exclude:
+            from .regex.exclusion import without_json_strings
+
+            dfa = without_json_strings(dfa, t.exclude, t.regex)
     except GrammarError as e:
         raise type(e)(f"{t.describe()}: {e}") from e
     if dfa.accepting[dfa.initial] and t.nonempty:
@@ -673,6 +678,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         # visits few), and small terminals' automata too (their regexes travel as text)
         built = [d for d in dfas if d is not None]
         regex_bytes = [b"" if d is not None else t.regex.encode() for t, d in zip(terms, dfas)]
+        exclude_bytes = [json.dumps(t.exclude).encode() if d is None and t.exclude else b"" for t, d in zip(terms, dfas)]
         lexers = dict(
             lexer_members=np.array([t for key in members for t in key], dtype=np.int32),
             lexer_member_offsets=np.cumsum([0] + [len(key) for key in members]).astype(np.int64),
@@ -684,6 +690,8 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             tdfa_initial=np.array([-1 if d is None else d.initial for d in dfas], dtype=np.int64),
             lazy_regex=np.frombuffer(b"".join(regex_bytes), dtype=np.uint8).copy(),
             lazy_regex_offsets=np.cumsum([0] + [len(b) for b in regex_bytes]).astype(np.int64),
+            lazy_exclude=np.frombuffer(b"".join(exclude_bytes), dtype=np.uint8).copy(),
+            lazy_exclude_offsets=np.cumsum([0] + [len(b) for b in exclude_bytes]).astype(np.int64),
             term_nonempty=np.array([t.nonempty for t in terms], dtype=bool),
             term_rank=np.array(_ranks(terms), dtype=np.int64),
             **_Compounds(len(terms), ()).arrays(),
@@ -804,7 +812,10 @@ class PushdownGrammar:
             if a["tdfa_initial"][t] < 0:  # compiled on first use (small by construction)
                 r0, r1 = int(a["lazy_regex_offsets"][t]), int(a["lazy_regex_offsets"][t + 1])
                 regex = bytes(a["lazy_regex"][r0:r1]).decode()
-                d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t])))
+                x0, x1 = int(a["lazy_exclude_offsets"][t]), int(a["lazy_exclude_offsets"][t + 1])
+                exclude = tuple(json.loads(bytes(a["lazy_exclude"][x0:x1]))) if x1 > x0 else ()
+                d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t]),
+                                           exclude=exclude))
             else:
                 lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
                 d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],

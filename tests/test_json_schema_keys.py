@@ -1,10 +1,16 @@
-"""``_not_in``: the string bodies of undeclared keys (and of ``not`` with string values).
+"""Undeclared keys: ``_not_in`` (the string bodies of undeclared keys in one regex, and of ``not``
+with string values) and ``without_json_strings`` (the key automaton with the names cut out, what
+grammar mode uses).
 
-Oracle: Python's ``re`` on what ``json.dumps(s, ensure_ascii=False)`` writes must accept exactly
-the strings that are no name. One restriction is deliberate and checked as such: past the last
-character a name shares, controls without a short escape (``\\u0001``) are not generated
-(``encode_set`` leaves them out). The old regex (one copy of "any rest" per trie node, kept
-below as the reference) must agree on every candidate, and its automaton must be equivalent.
+Oracle for ``_not_in``: Python's ``re`` on what ``json.dumps(s, ensure_ascii=False)`` writes must
+accept exactly the strings that are no name. One restriction is deliberate and checked as such:
+past the last character a name shares, controls without a short escape (``\\u0001``) are not
+generated (``encode_set`` leaves them out). The old regex (one copy of "any rest" per trie node,
+kept below as the reference) must agree on every candidate, and its automaton must be equivalent.
+
+Oracle for the cut: Python's ``re`` on the uncut key regex and ``json.loads`` of the key, over
+names spelled every way JSON allows (literal, short escapes, ``\\u`` in either case, surrogate
+pairs).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dfa_helpers import equivalent
 from dotvllm_plugin.grammar.json_schema import _not_in
 from dotvllm_plugin.grammar.json_schema import text as T
 from dotvllm_plugin.regex import regex_to_dfa
+from dotvllm_plugin.regex.exclusion import without_json_strings
 
 # Control characters json.dumps writes as \u00XX: outside the names they are not generated.
 NO_SHORT_ESCAPE = {chr(c) for c in range(0x20)} - set("\b\t\n\f\r")
@@ -166,3 +173,67 @@ def test_not_in_long_names_stay_shallow():
     dfa = regex_to_dfa('"' + _not_in(names) + '"')
     for s, ok in [("k" * 400, False), ("k" * 399, False), ("k" * 398, True), ("k" * 401, True), ("k" * 200 + "y", True)]:
         assert dfa_accepts(dfa, f'"{s}"'.encode()) == ok
+
+
+# -- the cut (grammar mode) --------------------------------------------------------------------------
+
+def _spell(s: str, rng: random.Random) -> str:
+    """A JSON spelling of ``s`` (without quotes), each character spelled one of the ways JSON allows."""
+    short = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+             "\t": "\\t"}
+    out = []
+    for c in s:
+        cp = ord(c)
+        ways = [] if cp < 0x20 or c in '"\\' else [c]
+        if c in short:
+            ways.append(short[c])
+        if cp < 0x10000:
+            ways.append(f"\\u{cp:04x}")
+        else:
+            hi, lo = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
+            ways.append(f"\\u{hi:04x}\\u{lo:04x}")
+        way = rng.choice(ways)
+        out.append(way.upper().replace("\\U", "\\u") if way.startswith("\\u") and rng.random() < 0.5 else way)
+    return "".join(out)
+
+
+KEY_PREFIX, KEY_SUFFIX = '[ \\n]?"', '"[ ]?:'
+
+
+@pytest.mark.parametrize("body", ["any", "plain"])
+@pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
+def test_cut_keys_are_exactly_the_other_values(names, body):
+    """The key automaton with the names cut accepts a word iff the uncut regex does (``re``) and
+    the key's value (``json.loads``) is no name, whatever the spelling."""
+    rng = random.Random(len(names))
+    unit = T.ANY_CHAR if body == "any" else T.PLAIN_CHAR
+    regex = KEY_PREFIX + T.repeat(unit, 0, None) + KEY_SUFFIX
+    cut = without_json_strings(regex_to_dfa(regex), names)
+    uncut = re.compile(regex)
+    old = re.compile(KEY_PREFIX + _not_in(names) + KEY_SUFFIX)
+    spellings = {_spell(s, rng) for s in _candidates(names, rng) for _ in range(3)}
+    spellings |= {_body(n) for n in names} | _other_spellings(names, rng)
+    for sp in spellings:
+        for word in (f'"{sp}":', f' "{sp}" :', f'\n"{sp}":'):
+            want = uncut.fullmatch(word) is not None and json.loads(word.strip()[:-1].strip()) not in names
+            assert dfa_accepts(cut, word.encode()) == want, (names, word)
+            if old.fullmatch(word) is not None and uncut.fullmatch(word) is not None:
+                assert want, (names, word)  # the one-regex form is a subset (it drops \/ spellings)
+    # a truncated key is never accepted, an unquoted word never was
+    assert not dfa_accepts(cut, b'"') and not dfa_accepts(cut, b":")
+
+
+def test_cut_states_grow_with_the_trie_not_the_spellings():
+    names = ["base", "height", "radius", "shape", "width"]
+    key = '"' + T.repeat(T.PLAIN_CHAR, 0, None) + '":'
+    cut = without_json_strings(regex_to_dfa(key), names)
+    old = regex_to_dfa('"' + _not_in(names) + '":')
+    assert equivalent(cut, old)  # no '/' in the names: the two forms agree
+    assert cut.n_states <= old.n_states
+
+
+def test_cut_of_every_word_is_an_empty_language():
+    from dotvllm_plugin.errors import VocabularyCoverageError
+
+    with pytest.raises(VocabularyCoverageError, match="matches no string"):
+        without_json_strings(regex_to_dfa('"(?:a|b)"'), ["a", "b"])

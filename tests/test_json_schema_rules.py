@@ -98,6 +98,24 @@ def test_undeclared_properties_follow_jsonschema(real):
     assert not accepts(closed, extra)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["built-at-compile", "built-on-first-use"])
+def test_undeclared_keys_are_cut_by_value_not_spelling(byte_vocab, monkeypatch, lazy):
+    """The undeclared-key terminal leaves out the declared names however a key spells them (``\\/``
+    for ``/``, short escapes); other keys stay open. Oracle: ``jsonschema`` on the parsed document."""
+    import dotvllm_plugin.pushdown as pd
+
+    monkeypatch.setattr(pd, "LAZY_MIN_LEXERS", 0 if lazy else 10**9)
+    schema = {"type": "object", "properties": {n: {"type": "integer"} for n in ["a/b", 'q"', "tab\t", "é"]}}
+    ir = json_schema_to_ir(schema)
+    assert [t.exclude for t in ir.terminals if t.exclude] == [tuple(sorted(schema["properties"]))]
+    g = GrammarCompiler(byte_vocab).compile_ir(ir)
+    assert isinstance(g, PushdownGrammar) and ("lexer_members" in g.arrays) == lazy
+    spellings = ["a/b", "a\\/b", 'q\\"', "tab\\t", "é", "a/c", "a\\/c", "a/bb", "q", "tab", "e", "\\/"]
+    for key in spellings:
+        text = '{"' + key + '":"x"}'
+        valid = jsonschema.Draft202012Validator(schema).is_valid(json.loads(text))
+        assert accepts(g, text) == valid, text
+
 def test_request_options_reach_the_compile(byte_vocab):
     compiler = GrammarCompiler(byte_vocab)
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}

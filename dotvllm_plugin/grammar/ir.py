@@ -47,6 +47,10 @@ class Terminal:
     nonempty : bool
         The terminal is the regex's language without the empty string (a terminal never matches
         empty text; an optional slot is a rule with an empty alternative).
+    exclude : tuple of str
+        The terminal is the regex's language without the texts whose first ``"`` opens a JSON
+        string whose value is one of these (undeclared object keys: any key but the declared
+        ones; :func:`dotvllm_plugin.regex.exclusion.without_json_strings`).
     """
 
     name: str
@@ -58,6 +62,7 @@ class Terminal:
     source: str = ""
     where: str = ""
     nonempty: bool = False
+    exclude: tuple = ()
     #: Python's parse tree of ``regex`` where the front end already holds it (generated grammars):
     #: the automaton is built from it without parsing the text again
     tree: object = field(default=None, compare=False, repr=False)
@@ -121,7 +126,8 @@ class Grammar:
             name = by_origin[0].expansion[0]
             for t in self.terminals:
                 if t.name == name:
-                    return None if t.nonempty else t  # the DFA path has no "minus the empty string"
+                    # the DFA path has no "minus the empty string", no exclusion
+                    return None if t.nonempty or t.exclude else t
         return None
 
     def terminal(self, name: str) -> Terminal:

@@ -22,6 +22,7 @@ trigger sets are refused. xgrammar's newer form (``{"format": {...}}``) is not t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -156,8 +157,7 @@ def structural_tag_to_ir(spec: Any, *, whitespace_pattern: str | None = None, al
             raise at_schema(e, i) from None
         names = {t.name: f"S{i}_{t.name}" for t in value.terminals}
         names.update({r.origin: f"s{i}_{r.origin}" for r in value.rules})
-        terminals += [Terminal(names[t.name], t.regex, nonempty=t.nonempty, source=t.source, tree=t.tree)
-                      for t in value.terminals]
+        terminals += [dataclasses.replace(t, name=names[t.name]) for t in value.terminals]
         rules += [Rule(names[r.origin], tuple(names[s] for s in r.expansion)) for r in value.rules]
         open_ = free + re.escape(begin)
         terminals.append(Terminal(f"OPEN_{i}", open_, source=open_))

@@ -257,7 +257,7 @@ def json_schema_to_ir(
             raise _refuse("$ref", ref.lstrip("#") or "/", "a recursive definition that accepts no finite value")
     if translate_only:
         return None
-    return R.regex_to_grammar(root, bodies, kind="json_schema", source=source)
+    return R.regex_to_grammar(root, bodies, kind="json_schema", source=source, excluded=ctx.excluded)
 
 
 def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
@@ -444,6 +444,7 @@ class _Context:
         self.bodies: dict[str, str | None] = {}
         self.ref_placeholder: dict[str, str] = {}
         self.rule_of_regex: dict[str, str] = {}
+        self.excluded: dict[str, tuple[str, ...]] = {}  # exclusion marker → names (grammar mode)
         self.n_rules = 0
         self.repeat_cap: int | None = None
         self.root = root
@@ -506,6 +507,18 @@ class _Context:
             ph = self.rule_of_regex[regex] = self.new_placeholder()
             self.bodies[ph] = regex
         return ph
+
+    def key_not_in(self, names: list[str]) -> str:
+        """A key (with its quotes) that is none of ``names``. Grammar mode: an exclusion marker
+        (see :mod:`.rules`) before any plain key, the names cut from its automaton directly."""
+        if self.mode != "grammar" or not names:
+            return '"' + _not_in(names) + '"'
+        names_t = tuple(sorted(set(names)))
+        marker = next((m for m, v in self.excluded.items() if v == names_t), None)
+        if marker is None:
+            marker = self.new_placeholder()
+            self.excluded[marker] = names_t
+        return marker + '"' + T.repeat(T.PLAIN_CHAR, 0, None) + '"'
 
     def rule_for_ref(self, ref: str, where: str) -> str | None:
         """Grammar mode: the placeholder of the rule for ``ref`` (compiled once, on first use);
@@ -1470,7 +1483,7 @@ class _Context:
                         return None  # sound restriction: no extras (cannot exclude declared names)
                     key = names_re
                 else:
-                    key = '"' + _not_in(declared) + '"'
+                    key = self.key_not_in(declared)
                 alts.append(self.as_rule(f"{key}{self.colon}{val}"))
         return T.alternation(alts)
 

@@ -9,7 +9,11 @@ for what a regex cannot say:
   colon, a scalar value, punctuation), so the branches of a rule never overlap inside one lexeme;
 * ``ref`` placeholders — a sub-schema compiled once as its own rule (a ``$ref`` target: recursion
   without a depth bound, and every use shares one definition);
-* :data:`ANY` — any JSON value at any depth.
+* :data:`ANY` — any JSON value at any depth;
+* *exclusion* markers — right before a key's opening quote: the key's terminal leaves out the
+  keys whose value is one of the marker's names (undeclared properties: any key but the declared
+  ones), see :attr:`~dotvllm_plugin.grammar.ir.Terminal.exclude`. The marker is no rule: it stays
+  inside the terminal's run and is taken out of its regex.
 
 :func:`regex_to_grammar` parses each regex with Python's own parser and writes it as BNF: every
 maximal run of placeholder-free items between boundaries becomes one terminal (its regex written
@@ -134,17 +138,18 @@ def _unparse_item(op, av) -> str:
 
 # -- regex with placeholders → BNF ---------------------------------------------------------------
 
-def _ph_in(op, av) -> bool:
+def _ph_in(op, av, markers) -> bool:
+    """Whether the item holds a rule placeholder (exclusion ``markers`` are none)."""
     if op is C.LITERAL:
-        return is_placeholder(av)
+        return is_placeholder(av) and av not in markers
     if op is C.IN:
         return any(o is C.LITERAL and is_placeholder(a) for o, a in av)
     if op is C.BRANCH:
-        return any(_ph_in(o, a) for seq in av[1] for o, a in seq)
+        return any(_ph_in(o, a, markers) for seq in av[1] for o, a in seq)
     if op is C.SUBPATTERN:
-        return any(_ph_in(o, a) for o, a in av[3])
+        return any(_ph_in(o, a, markers) for o, a in av[3])
     if op in (C.MAX_REPEAT, C.MIN_REPEAT):
-        return any(_ph_in(o, a) for o, a in av[2])
+        return any(_ph_in(o, a, markers) for o, a in av[2])
     return False
 
 
@@ -177,9 +182,10 @@ _UNFLAGGED = P.parse("")
 
 
 class _Writer:
-    def __init__(self, flag_prefix: str, names: dict[int, str]):
+    def __init__(self, flag_prefix: str, names: dict[int, str], excluded: dict[int, tuple[str, ...]]):
         self.flag_prefix = flag_prefix
         self.names = names  # placeholder code point → rule name
+        self.excluded = excluded  # exclusion marker code point → the names its key leaves out
         self.terminals: dict[str, Terminal] = {}
         self.rules: list[Rule] = []
         self._n = 0
@@ -188,15 +194,16 @@ class _Writer:
         self._n += 1
         return f"{stem}_{self._n}"
 
-    def terminal(self, regex: str, nonempty: bool, items=None) -> str:
+    def terminal(self, regex: str, nonempty: bool, items=None, exclude: tuple[str, ...] = ()) -> str:
         key = self.flag_prefix + regex
-        t = self.terminals.get((key, nonempty))
+        t = self.terminals.get((key, nonempty, exclude))
         if t is None:
             # the parse tree travels with the text (the automaton is built without parsing it again)
             # where no flag prefix changes how the text reads
             tree = P.SubPattern(_UNFLAGGED.state, list(items)) if items is not None and not self.flag_prefix else None
-            t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree)
-            self.terminals[(key, nonempty)] = t
+            t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree,
+                         exclude=exclude)
+            self.terminals[(key, nonempty, exclude)] = t
         return t.name
 
     def rule(self, stem: str, alternatives: list[tuple[str, ...]]) -> str:
@@ -220,7 +227,7 @@ class _Writer:
         for op, av in items:
             if op is C.AT:
                 raise _Unwritable("anchors")
-            if not _ph_in(op, av):
+            if not _ph_in(op, av, self.excluded):
                 run.append((op, av))
                 continue
             alternatives = self.alternatives(op, av)
@@ -252,9 +259,17 @@ class _Writer:
 
     def plain(self, items) -> tuple[str, ...]:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
+        exclude: tuple[str, ...] = ()
+        at = [i for i, (op, av) in enumerate(items) if op is C.LITERAL and av in self.excluded]
+        if at:
+            i = at[0]
+            if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
+                raise _Unwritable("an exclusion marker not right before a key's quote")
+            exclude = self.excluded[items[i][1]]
+            items = items[:i] + items[i + 1:]
         regex = unparse(items)
         if not _nullable(items):
-            return (self.terminal(regex, False, items),)
+            return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
             return ()
         t = self.terminal(regex, True, items)
@@ -283,11 +298,12 @@ class _Writer:
 
 
 def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_schema", source: str = "",
-                     flag_prefix: str = "") -> Grammar:
+                     flag_prefix: str = "", excluded: dict[str, tuple[str, ...]] | None = None) -> Grammar:
     """The grammar whose start rule is ``root`` and whose rule placeholders (keys of ``bodies``,
-    each a one-character placeholder) stand for their bodies; see the module docstring."""
+    each a one-character placeholder) stand for their bodies; ``excluded``: exclusion markers
+    (placeholders too) → the names their keys leave out. See the module docstring."""
     names = {ord(ph): ("any_value" if ph == ANY else f"def_{ord(ph) - _BASE - FIRST_REF}") for ph in bodies}
-    w = _Writer(flag_prefix, names)
+    w = _Writer(flag_prefix, names, {ord(m): tuple(v) for m, v in (excluded or {}).items()})
     try:
         rules = [Rule("start", w.seq(P.parse(root)))]
         for ph, body in bodies.items():
