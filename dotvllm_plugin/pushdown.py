@@ -717,6 +717,16 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     )
 
 
+def _sparse_rows(table: np.ndarray) -> list[dict]:
+    """Per row, ``{column: value}`` of the entries >= 0 (a goto table is ~0.1 % filled: listing it
+    whole cost more than the rest of building the grammar)."""
+    rows: list[dict] = [{} for _ in range(len(table))]
+    r, c = np.nonzero(table >= 0)
+    for i, j, v in zip(r.tolist(), c.tolist(), table[r, c].tolist()):
+        rows[i][j] = v
+    return rows
+
+
 def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int | None = None) -> PushdownGrammar:
     """Compile ``grammar`` for ``vocabulary`` (token masks are computed on first visit and cached)."""
     return PushdownGrammar(vocabulary=vocabulary, **pushdown_tables(grammar, max_stack_depth=max_stack_depth))
@@ -742,7 +752,7 @@ class PushdownGrammar:
         self.arrays = arrays
         a = arrays
         self._action = a["action"].tolist()
-        self._goto = a["goto"].tolist()
+        self._goto = _sparse_rows(a["goto"])
         self._rule_len = a["rule_len"].tolist()
         self._rule_origin = a["rule_origin"].tolist()
         offs, codes = a["conf_offsets"].tolist(), a["conf_codes"].tolist()

@@ -13,6 +13,7 @@ import re._parser as sre
 
 import jsonschema
 import pytest
+from dfa_helpers import equivalent
 from test_json_schema import CASES, _is_json, _text, _unchecked_format, is_valid, ser
 
 from dotvllm_plugin import GrammarCompiler, GrammarMatcher
@@ -332,3 +333,39 @@ def test_code_point_set_algebra_equals_python_sets():
         comp = T.complement(a)  # (the universe above 70 is one range, up to the last code point)
         assert {c for lo, hi in comp for c in range(lo, min(hi, 69) + 1)} == set(range(70)) - points(a), a
         assert comp[-1][1] == T.MAX_CP and comp == T.normalize(comp), a
+
+
+_UNIT_SCHEMAS = {
+    "strings": {"type": "object", "properties": {"s": {"type": "string"}, "t": {"type": "string", "maxLength": 3},
+                                                 "free": {}, "u": {"type": "array", "items": {"type": "string"}}}},
+    "pattern": {"type": "object", "properties": {"p": {"type": "string", "pattern": "^(a|.)x$"}}},
+    "recursive": TREE,
+}
+
+
+@pytest.mark.parametrize("schema", _UNIT_SCHEMAS.values(), ids=_UNIT_SCHEMAS.keys())
+def test_string_units_read_once_change_no_language(schema, monkeypatch):
+    """The writer reads a string's character units once per process: the grammar (rules, terminal
+    languages, exclusions) is the one written from the full text."""
+    from dotvllm_plugin.grammar.json_schema import rules
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    with_units = json_schema_to_ir(schema, mode="grammar")
+    monkeypatch.setattr(rules, "_UNITS", {})
+    plain = json_schema_to_ir(schema, mode="grammar")
+    assert with_units.rules == plain.rules
+    assert len(with_units.terminals) == len(plain.terminals)
+    for a, b in zip(with_units.terminals, plain.terminals):
+        assert (a.name, a.exclude, a.nonempty) == (b.name, b.exclude, b.nonempty)
+        assert equivalent(regex_to_dfa(a.regex, tree=a.tree), regex_to_dfa(b.regex)), (a.regex, b.regex)
+        assert equivalent(regex_to_dfa(a.regex), regex_to_dfa(b.regex))
+
+
+def test_a_unit_inside_a_class_becomes_an_alternation():
+    from dotvllm_plugin.grammar.json_schema import rules
+    from dotvllm_plugin.grammar.json_schema import text as T
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    text = '"(?:' + T.PLAIN_CHAR + '|x)"'  # Python's parser reads (?:U|x) as the class [Ux]
+    (t,) = rules.regex_to_grammar(text, {}).terminals
+    assert equivalent(regex_to_dfa(t.regex, tree=t.tree), regex_to_dfa(text))

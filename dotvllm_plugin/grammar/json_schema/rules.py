@@ -29,6 +29,7 @@ import re._parser as P
 
 from ...errors import GrammarError
 from ..ir import Grammar, Rule, Terminal
+from . import text as T
 
 __all__ = ["ANY", "FIRST_REF", "MARK", "is_placeholder", "placeholder", "regex_to_grammar", "unparse"]
 
@@ -38,6 +39,22 @@ ANY = chr(_BASE + 1)
 FIRST_REF = 16
 #: Most rule placeholders one schema may use.
 MAX_RULES = 0x10FFFF - _BASE - FIRST_REF - 1
+
+
+#: The character units the translator writes most (a string's content: about half the text of a
+#: typical schema) are read by Python's parser once per process, not in every regex: before parsing,
+#: each occurrence of a unit's text becomes one code point (:data:`_BASE` + 2, + 3), and the
+#: terminals get the unit's parsed group back (:func:`_expand`).
+_UNITS = {chr(_BASE + 2): T.ANY_CHAR, chr(_BASE + 3): T.PLAIN_CHAR}
+_UNIT_ITEMS: dict[int, tuple] = {}
+
+
+def _unit_item(cp: int) -> tuple:
+    item = _UNIT_ITEMS.get(cp)
+    if item is None:
+        (item,) = P.parse(_UNITS[chr(cp)])  # one non-capturing group
+        _UNIT_ITEMS[cp] = item
+    return item
 
 
 def placeholder(i: int) -> str:
@@ -139,11 +156,11 @@ def _unparse_item(op, av) -> str:
 # -- regex with placeholders → BNF ---------------------------------------------------------------
 
 def _ph_in(op, av, markers) -> bool:
-    """Whether the item holds a rule placeholder (exclusion ``markers`` are none)."""
+    """Whether the item holds a rule placeholder (exclusion ``markers`` and units are none)."""
     if op is C.LITERAL:
         return is_placeholder(av) and av not in markers
     if op is C.IN:
-        return any(o is C.LITERAL and is_placeholder(a) for o, a in av)
+        return any(o is C.LITERAL and is_placeholder(a) and a not in markers for o, a in av)
     if op is C.BRANCH:
         return any(_ph_in(o, a, markers) for seq in av[1] for o, a in seq)
     if op is C.SUBPATTERN:
@@ -151,6 +168,32 @@ def _ph_in(op, av, markers) -> bool:
     if op in (C.MAX_REPEAT, C.MIN_REPEAT):
         return any(_ph_in(o, a, markers) for o, a in av[2])
     return False
+
+
+def _expand(items) -> list:
+    """``items`` with every unit code point replaced by the unit's parsed group (Python's parser
+    reads ``(?:U|x)`` as the class ``[Ux]``: such a class becomes the alternation it stands for)."""
+    out = []
+    for op, av in items:
+        if op is C.LITERAL and ord(_UNITS_FIRST) <= av <= ord(_UNITS_LAST):
+            out.append(_unit_item(av))
+        elif op is C.IN and any(o is C.LITERAL and chr(a) in _UNITS for o, a in av):
+            if any(o is C.NEGATE for o, _ in av):
+                raise _Unwritable("a character unit in a negated class")
+            out.append((C.BRANCH, (None, [[_unit_item(a)] if o is C.LITERAL and chr(a) in _UNITS else [(C.IN, [(o, a)])]
+                                          for o, a in av])))
+        elif op is C.BRANCH:
+            out.append((op, (av[0], [_expand(seq) for seq in av[1]])))
+        elif op is C.SUBPATTERN:
+            out.append((op, (*av[:3], _expand(av[3]))))
+        elif op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+            out.append((op, (av[0], av[1], _expand(av[2]))))
+        else:
+            out.append((op, av))
+    return out
+
+
+_UNITS_FIRST, _UNITS_LAST = min(_UNITS), max(_UNITS)
 
 
 def _nullable(items) -> bool:
@@ -186,6 +229,7 @@ class _Writer:
         self.flag_prefix = flag_prefix
         self.names = names  # placeholder code point → rule name
         self.excluded = excluded  # exclusion marker code point → the names its key leaves out
+        self.inline = set(excluded) | {ord(u) for u in _UNITS}  # private code points that are no rule
         self.terminals: dict[str, Terminal] = {}
         self.rules: list[Rule] = []
         self._n = 0
@@ -227,7 +271,7 @@ class _Writer:
         for op, av in items:
             if op is C.AT:
                 raise _Unwritable("anchors")
-            if not _ph_in(op, av, self.excluded):
+            if not _ph_in(op, av, self.inline):
                 run.append((op, av))
                 continue
             alternatives = self.alternatives(op, av)
@@ -267,6 +311,7 @@ class _Writer:
                 raise _Unwritable("an exclusion marker not right before a key's quote")
             exclude = self.excluded[items[i][1]]
             items = items[:i] + items[i + 1:]
+        items = _expand(items)
         regex = unparse(items)
         if not _nullable(items):
             return (self.terminal(regex, False, items, exclude),)
@@ -304,6 +349,10 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
     (placeholders too) → the names their keys leave out. See the module docstring."""
     names = {ord(ph): ("any_value" if ph == ANY else f"def_{ord(ph) - _BASE - FIRST_REF}") for ph in bodies}
     w = _Writer(flag_prefix, names, {ord(m): tuple(v) for m, v in (excluded or {}).items()})
+    # (the longer unit first: neither text occurs inside the other)
+    for cp, unit in sorted(_UNITS.items(), key=lambda kv: -len(kv[1])):
+        root = root.replace(unit, cp)
+        bodies = {ph: b.replace(unit, cp) for ph, b in bodies.items()}
     try:
         rules = [Rule("start", w.seq(P.parse(root)))]
         for ph, body in bodies.items():
