@@ -168,15 +168,23 @@ _TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STAT
 # -- compile: terminals and contextual lexers -----------------------------------------------------
 
 
-def _terminal_dfa(t: Terminal):
+def _terminal_dfa(t: Terminal, bases: dict | None = None):
+    """``t``'s byte DFA. ``bases``: automata of excluding terminals' regexes before the cut, by
+    regex, kept by the caller for one grammar (its objects' undeclared keys share one)."""
     from .regex import regex_to_dfa
 
     try:
-        dfa = regex_to_dfa(t.regex, tree=t.tree)
         if t.exclude:
             from .regex.exclusion import without_json_strings
 
-            dfa = without_json_strings(dfa, t.exclude, t.regex)
+            base = None if bases is None else bases.get(t.regex)
+            if base is None:
+                base = regex_to_dfa(t.regex, tree=t.tree)
+                if bases is not None:
+                    bases[t.regex] = base
+            dfa = without_json_strings(base, t.exclude, t.regex)
+        else:
+            dfa = regex_to_dfa(t.regex, tree=t.tree)
     except GrammarError as e:
         raise type(e)(f"{t.describe()}: {e}") from e
     if dfa.accepting[dfa.initial] and t.nonempty:
@@ -195,9 +203,10 @@ def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
     the time spent on the others (seconds, with several ``maxLength`` in the thousands)."""
     terms = grammar.terminals
     dfas = list(built) if built is not None else [None] * len(terms)
+    bases: dict = {}
     for i in sorted(range(len(terms)), key=lambda i: -_largest_count(terms[i].regex)):
         if dfas[i] is None and (lazy is None or not lazy(terms[i])):
-            dfas[i] = _terminal_dfa(terms[i])
+            dfas[i] = _terminal_dfa(terms[i], bases)
     return dfas
 
 
@@ -789,6 +798,7 @@ class PushdownGrammar:
             self.n_lexers = len(a["lexer_member_offsets"]) - 1
             self._lexer_lo = [-1] * self.n_lexers
             self._term_dfas: list = [None] * len(self.terminal_names)
+            self._exclusion_bases: dict = {}
         self._lexer_terms = None  # (built on first use)
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
@@ -825,7 +835,7 @@ class PushdownGrammar:
                 x0, x1 = int(a["lazy_exclude_offsets"][t]), int(a["lazy_exclude_offsets"][t + 1])
                 exclude = tuple(json.loads(bytes(a["lazy_exclude"][x0:x1]))) if x1 > x0 else ()
                 d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t]),
-                                           exclude=exclude))
+                                           exclude=exclude), self._exclusion_bases)
             else:
                 lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
                 d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .automaton import ByteDFA, byte_classes, reachable, trim
+from .automaton import ByteDFA, byte_classes, trim
 
 __all__ = ["without_json_strings"]
 
@@ -170,16 +170,20 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     own = np.where(own >= 0, own + p, -1)
     table = own[states]
     table[np.array(at, dtype=np.int64), np.array(byte, dtype=np.int64)] = np.array(to_pair, dtype=np.int64)
-    full = np.concatenate([table, own])
-    accepting = np.concatenate([dfa.accepting[states], dfa.accepting]).astype(bool)
-    # keep what the pairs reach (the automaton's states before the first quote are not reached)
-    n = full.shape[0]
-    cols, _ = byte_classes(full.astype(np.int32))  # the same edges, far fewer parallel ones
-    src = np.repeat(np.arange(n), cols.shape[1])
-    dst = cols.ravel()
-    ok = dst >= 0
-    seen = reachable(src[ok], dst[ok], n, [0])
-    new_id = np.full(n + 1, -1, dtype=np.int64)
-    new_id[np.flatnonzero(seen)] = np.arange(int(seen.sum()))
-    kept = new_id[np.where(full < 0, n, full)][seen]
-    return trim(kept.astype(np.int32), accepting[seen], pattern)
+    # the automaton's states the pairs lead to, and what those reach (not its own initial state)
+    seen = set((np.unique(table[table >= p]) - p).tolist())
+    stack = list(seen)
+    cols = byte_classes(trans)[0].tolist()  # the same edges, without the parallel ones
+    while stack:
+        for t in cols[stack.pop()]:
+            if t >= 0 and t not in seen:
+                seen.add(t)
+                stack.append(t)
+    kept = np.array(sorted(seen), dtype=np.int64)
+    new_id = np.full(p + trans.shape[0] + 1, -1, dtype=np.int64)
+    new_id[:p] = np.arange(p)
+    new_id[p + kept] = p + np.arange(len(kept))
+    full = np.concatenate([table, own[kept]])
+    full = new_id[np.where(full < 0, len(new_id) - 1, full)]
+    accepting = np.concatenate([dfa.accepting[states], dfa.accepting[kept]]).astype(bool)
+    return trim(full.astype(np.int32), accepting, pattern)
