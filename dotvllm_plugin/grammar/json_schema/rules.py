@@ -47,12 +47,14 @@ MAX_RULES = 0x10FFFF - _BASE - FIRST_REF - 1
 #: terminals get the unit's parsed group back (:func:`_expand`).
 _UNITS = {chr(_BASE + 2): T.ANY_CHAR, chr(_BASE + 3): T.PLAIN_CHAR}
 _UNIT_ITEMS: dict[int, tuple] = {}
+_UNIT_TEXT: dict[int, str] = {}  # id of a unit's group → the group written back (read by unparse)
 
 
 def _unit_item(cp: int) -> tuple:
     item = _UNIT_ITEMS.get(cp)
     if item is None:
         (item,) = P.parse(_UNITS[chr(cp)])  # one non-capturing group
+        _UNIT_TEXT[id(item[1])] = _unparse_item(*item)
         _UNIT_ITEMS[cp] = item
     return item
 
@@ -126,6 +128,8 @@ def unparse(items) -> str:
 def _unparse_item(op, av) -> str:
     if op is C.LITERAL:
         return _char(av, _META)
+    if op is C.SUBPATTERN and id(av) in _UNIT_TEXT:
+        return _UNIT_TEXT[id(av)]
     if op is C.NOT_LITERAL:
         return f"[^{_char(av, _CLASS_META)}]"
     if op is C.IN:
