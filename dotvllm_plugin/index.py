@@ -578,11 +578,12 @@ def build_index(
         is_rep[np.unique(rep[rest_states])] = True
         rest_cost = float(((class_trans[is_rep] >= 0) * per_class[None, :]).sum())
     if merge_classes is None:
-        # The class-merged trie costs a build (~10 ms on 131k tokens) but makes walks over wide
+        # The class-merged trie costs a build (5-10 ms on 131k tokens) but makes walks over wide
         # classes much smaller; the plain byte trie is free and lets gadget walks be cached across
-        # patterns. Merge when there are few classes, or when the states outside gadgets (e.g. a
-        # bounded repetition) would walk a lot of the byte trie.
-        merge_classes = class_trans.shape[1] <= 24 or rest_cost > 4_000_000
+        # patterns. Merge when the states outside gadgets (e.g. a bounded repetition) would walk a
+        # lot of the byte trie: with few classes but a light walk (a JSON object of a few short
+        # strings, < 10^5 nodes) the build alone cost 5-12 ms more than the walk it saved.
+        merge_classes = rest_cost > 4_000_000
     merge = merge_classes
     max_depth = _longest_path(class_trans)
     # Gadgets always walk the plain byte trie (free, and their walks are cached per vocabulary);
