@@ -75,6 +75,11 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
 
     # -- LR(0) item sets: an item is (rule, dot), packed as rule * K + dot --
     K = max((len(x) for x in rhs), default=0) + 1
+    # per item: the symbol after the dot (-1 at the end), and the items a nonterminal there adds
+    after = [-1] * (len(rhs) * K)
+    for r, body in enumerate(rhs):
+        after[r * K : r * K + len(body)] = body
+    adds = [tuple(x * K for x in closure_nt[a]) for a in range(n_nt)]
     start_kernel = frozenset({root * K})
     states: list[frozenset] = [start_kernel]
     index = {start_kernel: 0}
@@ -86,17 +91,17 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
         kernel = states[i]
         items = set(kernel)
         for it in kernel:
-            r, d = divmod(it, K)
-            if d < len(rhs[r]) and rhs[r][d] < n_nt:
-                items.update(x * K for x in closure_nt[rhs[r][d]])
+            x = after[it]
+            if 0 <= x < n_nt:
+                items.update(adds[x])
         moves: dict[int, list[int]] = defaultdict(list)
         done = []
         for it in items:
-            r, d = divmod(it, K)
-            if d < len(rhs[r]):
-                moves[rhs[r][d]].append(it + 1)
+            x = after[it]
+            if x >= 0:
+                moves[x].append(it + 1)
             else:
-                done.append(r)
+                done.append(it // K)
         sh, gt = {}, {}
         for x in sorted(moves):
             nk = frozenset(moves[x])
@@ -129,12 +134,19 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
 
     includes: list[list[int]] = [[] for _ in trans]
     lookback: dict[tuple[int, int], list[int]] = defaultdict(list)  # (state, rule) → transitions
+    # per rule: the first position from which the rest of its body is nullable
+    tail = []
+    for body in rhs:
+        d = len(body)
+        while d and body[d - 1] < n_nt and nullable[body[d - 1]]:
+            d -= 1
+        tail.append(d)
     for k, (p, b) in enumerate(trans):
         for r in by_lhs[b]:
             q = p
             body = rhs[r]
             for d, x in enumerate(body):
-                if x < n_nt and all(y < n_nt and nullable[y] for y in body[d + 1 :]):
+                if x < n_nt and d + 1 >= tail[r]:
                     includes[tid[(q, x)]].append(k)
                 q = shifts[q][x] if x >= n_nt else gotos[q][x]
             lookback[(q, r)].append(k)
