@@ -97,6 +97,9 @@ def _char(cp: int, meta: set) -> str:
     return ch
 
 
+_ASCII_TEXT = [_char(cp, _META) for cp in range(0x80)]  # (most literals: keys, enum values)
+
+
 def _flags(add: int, remove: int) -> str:
     a = "".join(ch for f, ch in _FLAG_LETTERS if add & f)
     r = "".join(ch for f, ch in _FLAG_LETTERS if remove & f)
@@ -122,12 +125,12 @@ def _class_items(items) -> str:
 
 def unparse(items) -> str:
     """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``)."""
-    return "".join(_unparse_item(op, av) for op, av in items)
+    return "".join([_unparse_item(op, av) for op, av in items])
 
 
 def _unparse_item(op, av) -> str:
     if op is C.LITERAL:
-        return _char(av, _META)
+        return _ASCII_TEXT[av] if av < 0x80 else _char(av, _META)
     if op is C.SUBPATTERN and id(av) in _UNIT_TEXT:
         return _UNIT_TEXT[id(av)]
     if op is C.NOT_LITERAL:
@@ -158,21 +161,6 @@ def _unparse_item(op, av) -> str:
 
 
 # -- regex with placeholders → BNF ---------------------------------------------------------------
-
-def _ph_in(op, av, markers) -> bool:
-    """Whether the item holds a rule placeholder (exclusion ``markers`` and units are none)."""
-    if op is C.LITERAL:
-        return is_placeholder(av) and av not in markers
-    if op is C.IN:
-        return any(o is C.LITERAL and is_placeholder(a) and a not in markers for o, a in av)
-    if op is C.BRANCH:
-        return any(_ph_in(o, a, markers) for seq in av[1] for o, a in seq)
-    if op is C.SUBPATTERN:
-        return any(_ph_in(o, a, markers) for o, a in av[3])
-    if op in (C.MAX_REPEAT, C.MIN_REPEAT):
-        return any(_ph_in(o, a, markers) for o, a in av[2])
-    return False
-
 
 def _expand(items) -> list:
     """``items`` with every unit code point replaced by the unit's parsed group (Python's parser
@@ -234,9 +222,36 @@ class _Writer:
         self.names = names  # placeholder code point → rule name
         self.excluded = excluded  # exclusion marker code point → the names its key leaves out
         self.inline = set(excluded) | {ord(u) for u in _UNITS}  # private code points that are no rule
+        self._ph: dict[int, bool] = {}  # id of a group's argument → whether it holds a placeholder
+        self._trees: list = []  # every tree parsed, kept alive while ids key ``_ph``
         self.terminals: dict[str, Terminal] = {}
         self.rules: list[Rule] = []
         self._n = 0
+
+    def parse(self, text: str):
+        tree = P.parse(text)
+        self._trees.append(tree)
+        return tree
+
+    def has_placeholder(self, op, av) -> bool:
+        """Whether the item holds a rule placeholder (exclusion markers and units are none);
+        remembered per group (nested runs ask again for what their parent held)."""
+        if op is C.LITERAL:
+            return is_placeholder(av) and av not in self.inline
+        if op is C.IN:
+            return any(o is C.LITERAL and is_placeholder(a) and a not in self.inline for o, a in av)
+        if op is C.BRANCH:
+            seqs = av[1]
+        elif op is C.SUBPATTERN:
+            seqs = (av[3],)
+        elif op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+            seqs = (av[2],)
+        else:
+            return False
+        got = self._ph.get(id(av))
+        if got is None:
+            got = self._ph[id(av)] = any(self.has_placeholder(o, a) for seq in seqs for o, a in seq)
+        return got
 
     def fresh(self, stem: str) -> str:
         self._n += 1
@@ -275,7 +290,7 @@ class _Writer:
         for op, av in items:
             if op is C.AT:
                 raise _Unwritable("anchors")
-            if not _ph_in(op, av, self.inline):
+            if not self.has_placeholder(op, av):
                 run.append((op, av))
                 continue
             alternatives = self.alternatives(op, av)
@@ -358,9 +373,9 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
         root = root.replace(unit, cp)
         bodies = {ph: b.replace(unit, cp) for ph, b in bodies.items()}
     try:
-        rules = [Rule("start", w.seq(P.parse(root)))]
+        rules = [Rule("start", w.seq(w.parse(root)))]
         for ph, body in bodies.items():
-            rules += [Rule(names[ord(ph)], alt) for alt in [w.seq(P.parse(body))]]
+            rules += [Rule(names[ord(ph)], alt) for alt in [w.seq(w.parse(body))]]
     except _Unwritable as e:
         raise GrammarError(f"the schema's regex cannot be split into rules: {e}") from None
     except RecursionError:
