@@ -166,9 +166,12 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
         i += 1
     p = len(pairs)
     states = np.array([k for k, _ in pairs], dtype=np.int64)
-    own = trans.astype(np.int64)
-    own = np.where(own >= 0, own + p, -1)
-    table = own[states]
+
+    def own(ks: np.ndarray) -> np.ndarray:  # the automaton's rows, its states numbered from p
+        rows = trans[ks].astype(np.int64)
+        return np.where(rows >= 0, rows + p, -1)
+
+    table = own(states)
     table[np.array(at, dtype=np.int64), np.array(byte, dtype=np.int64)] = np.array(to_pair, dtype=np.int64)
     # the automaton's states the pairs lead to, and what those reach (not its own initial state)
     seen = set((np.unique(table[table >= p]) - p).tolist())
@@ -183,7 +186,7 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     new_id = np.full(p + trans.shape[0] + 1, -1, dtype=np.int64)
     new_id[:p] = np.arange(p)
     new_id[p + kept] = p + np.arange(len(kept))
-    full = np.concatenate([table, own[kept]])
+    full = np.concatenate([table, own(kept)])
     full = new_id[np.where(full < 0, len(new_id) - 1, full)]
     accepting = np.concatenate([dfa.accepting[states], dfa.accepting[kept]]).astype(bool)
     return trim(full.astype(np.int32), accepting, pattern)

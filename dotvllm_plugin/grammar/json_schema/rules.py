@@ -15,6 +15,10 @@ for what a regex cannot say:
   ones), see :attr:`~dotvllm_plugin.grammar.ir.Terminal.exclude`. The marker is no rule: it stays
   inside the terminal's run and is taken out of its regex.
 
+Two more private code points stand for a string's character units (``T.ANY_CHAR``,
+``T.PLAIN_CHAR``) while Python's parser reads the text; they are no rules either, and each
+terminal gets the unit's group back (:func:`_expand`).
+
 :func:`regex_to_grammar` parses each regex with Python's own parser and writes it as BNF: every
 maximal run of placeholder-free items between boundaries becomes one terminal (its regex written
 back from the parse tree; behind an optional rule when the run matches the empty text), every
@@ -336,7 +340,7 @@ class _Writer:
             return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
             return ()
-        t = self.terminal(regex, True, items)
+        t = self.terminal(regex, True, items, exclude)
         return (self.rule("opt", [(), (t,)]),)
 
     def node(self, op, av) -> tuple[str, ...]:
