@@ -335,7 +335,8 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     ordered, retype = _unless(members, terms) if lark_fidelity else (sorted(members, key=lambda i: terms[i].lark_order()), {})
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
     byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
-    first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist()) for i in ordered}
+    first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist())
+             for i in (ordered if lark_fidelity else ())}  # (only the collision check reads them)
     for i, x in enumerate(ordered if lark_fidelity else ()):
         for y in ordered[i + 1 :]:
             if not first[x] & first[y]:
