@@ -510,8 +510,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
         return NULL;
     if (max_work < 0) max_work = LLONG_MAX;
     long long work = 0;
-    int64_t *ubuf = NULL;
-    Py_ssize_t ucap = 0;
+    vec uni = {0};  /* the current set's successor positions (see below) */
     int heavy = 0;
     const int32_t *entry = b_entry.buf, *det = b_det.buf;
     const int64_t *fs = b_fs.buf, *fol = b_fol.buf;
@@ -522,8 +521,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     PyObject *trb = NULL;  /* the DFA's rows, 256 per state: the result's bytes, grown in place */
     Py_ssize_t trn = 0, trcap = 0;
     table tab = {0};
-    int64_t *buf = NULL;
-    Py_ssize_t bufcap = 0;
+    vec buf = {0};  /* one byte's target set */
     int nomem = 0, over = 0;
 
     Py_ssize_t n_entry = b_entry.len / (256 * 4);
@@ -539,67 +537,56 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
         /* The positions this set can step into: the union of its members' follow sets, once per
          * set (then 256 bytes over the union, not over every member's follow list). */
-        Py_ssize_t nu = 0;
+        uni.n = 0;
         for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
             int64_t s = pool.p[k];
             if (s > n_pos) continue;
-            Py_ssize_t need = nu + (Py_ssize_t)(fs[s + 1] - fs[s]);
-            if (need > ucap) {
-                Py_ssize_t nc = ucap ? 2 * ucap : 64;
-                while (nc < need) nc *= 2;
-                int64_t *nb = realloc(ubuf, (size_t)nc * 8);
-                if (!nb) { nomem = 1; goto done; }
-                ubuf = nb;
-                ucap = nc;
-            }
             work += fs[s + 1] - fs[s];
             for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
                 int64_t p = fol[j];
-                if (stamp[p] != d + 1) { stamp[p] = d + 1; ubuf[nu++] = p; }
+                if (stamp[p] != d + 1) {
+                    stamp[p] = d + 1;
+                    if (vec_push(&uni, p)) { nomem = 1; goto done; }
+                }
             }
         }
-        work += 256 * (nu + (start.p[d + 1] - start.p[d]));
+        work += 256 * (uni.n + (start.p[d + 1] - start.p[d]));
         if (work > max_work) { heavy = 1; goto done; }
         for (int b = 0; b < 256; b++) {
-            Py_ssize_t nt = 0;
+            buf.n = 0;
             for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
                 int64_t s = pool.p[k];
                 if (s > n_pos) {
                     int64_t t = det[(s - 1 - n_pos) * 256 + b];
-                    if (t >= 0) {
-                        if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
-                        buf[nt++] = t;
-                    }
+                    if (t >= 0 && vec_push(&buf, t)) { nomem = 1; goto done; }
                 }
             }
-            for (Py_ssize_t i = 0; i < nu; i++) {
-                int64_t t = entry[ubuf[i] * 256 + b];
-                if (t >= 0) {
-                    if (nt == bufcap) { bufcap = bufcap ? 2 * bufcap : 64; buf = realloc(buf, (size_t)bufcap * 8); if (!buf) { nomem = 1; goto done; } }
-                    buf[nt++] = t;
-                }
+            for (Py_ssize_t i = 0; i < uni.n; i++) {
+                int64_t t = entry[uni.p[i] * 256 + b];
+                if (t >= 0 && vec_push(&buf, t)) { nomem = 1; goto done; }
             }
+            Py_ssize_t nt = buf.n;
             int64_t target = -1;
             if (nt) {
                 if (nt > 1) {
-                    qsort(buf, (size_t)nt, sizeof(int64_t), cmp_i64);
+                    qsort(buf.p, (size_t)nt, sizeof(int64_t), cmp_i64);
                     Py_ssize_t u = 1;
-                    for (Py_ssize_t i = 1; i < nt; i++) if (buf[i] != buf[u - 1]) buf[u++] = buf[i];
+                    for (Py_ssize_t i = 1; i < nt; i++) if (buf.p[i] != buf.p[u - 1]) buf.p[u++] = buf.p[i];
                     nt = u;
                 }
-                uint64_t h = set_hash(buf, nt);
+                uint64_t h = set_hash(buf.p, nt);
                 Py_ssize_t slot = table_slot(&tab, h);
                 for (;;) {
                     int64_t id = tab.slots[slot];
                     if (id < 0) break;
                     Py_ssize_t len = start.p[id + 1] - start.p[id];
-                    if (len == nt && memcmp(pool.p + start.p[id], buf, (size_t)nt * 8) == 0) { target = id; break; }
+                    if (len == nt && memcmp(pool.p + start.p[id], buf.p, (size_t)nt * 8) == 0) { target = id; break; }
                     slot = (slot + 1) & (tab.cap - 1);
                 }
                 if (target < 0) {
                     target = start.n - 1;
                     if (target >= max_states) { over = 1; goto done; }
-                    for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf[i])) { nomem = 1; goto done; }
+                    for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf.p[i])) { nomem = 1; goto done; }
                     if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
                 }
             }
@@ -635,7 +622,7 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf); free(ubuf); free(stamp);
+    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf.p); free(uni.p); free(stamp);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
     return result;

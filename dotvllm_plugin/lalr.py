@@ -10,20 +10,22 @@ objects. Conflicts are not resolved here: every action is reported.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 __all__ = ["Tables", "lalr_tables"]
 
 
-class Tables:
+class Tables(NamedTuple):
     """``shifts[state]``: ``{terminal: state}``, ``gotos[state]``: ``{nonterminal: state}``,
     ``reduces[state]``: ``{terminal or END: [rule, ...]}`` (rule indexes into the given rules; the
     augmented rule is never reduced), ``start``, and ``end`` (the state after the start symbol:
     reaching it on ``END`` accepts)."""
 
-    __slots__ = ("shifts", "gotos", "reduces", "start", "end")
-
-    def __init__(self, shifts, gotos, reduces, start, end):
-        self.shifts, self.gotos, self.reduces, self.start, self.end = shifts, gotos, reduces, start, end
+    shifts: list
+    gotos: list
+    reduces: list
+    start: int
+    end: int
 
 
 END = "$END"

@@ -30,7 +30,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .regex.charsets import utf8_sequences
+from .regex.charsets import merge_ranges, ranges_of, utf8_sequences
 
 __all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mask", "token_chars"]
 
@@ -309,18 +309,8 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t).tolist()
     if len(same) < MIN_ASCII:
         return None
-    runs: list[list[int]] = []
-    for b in same:
-        if runs and runs[-1][1] == b - 1:
-            runs[-1][1] = b
-        else:
-            runs.append([b, b])
-    ascii_only = tuple((a, b) for a, b in runs)
-    if runs[-1][1] == 0x7F:  # (as merge_ranges would join them)
-        wide = ascii_only[:-1] + ((runs[-1][0], _NON_ASCII[0][1]), _NON_ASCII[1])
-    else:
-        wide = ascii_only + _NON_ASCII
-    for sigma in (wide, ascii_only):
+    ascii_only = tuple(ranges_of(map(chr, same)))
+    for sigma in (merge_ranges(ascii_only + _NON_ASCII), ascii_only):
         succ = memo.get(sigma)
         if succ is None:
             succ = memo[sigma] = _class_targets(class_trans, byte_class, sigma, memo)
