@@ -21,6 +21,7 @@ import re
 import warnings
 
 from ..errors import RegexSyntaxError, UnsupportedFeatureError
+from . import fastparse
 from .charsets import MAX_CP, SURROGATES
 
 __all__ = ["check_regex", "checked", "clip", "explicit_unicode", "parse_interegular", "parse_tree", "refusal", "sre_parse"]
@@ -143,14 +144,11 @@ def _preprocess(pattern: str, kinds=None) -> str:
 
 
 def sre_parse(pattern: str):
-    """Python's own regex parser (no compilation): precise syntax errors with positions."""
-    try:
-        import re._parser as sre_parse  # Python >= 3.11
-    except ImportError:  # pragma: no cover - Python 3.10
-        import sre_parse
+    """Python's own regex parse (no compilation): precise syntax errors with positions. Read by
+    :func:`.fastparse.parse`, which hands anything outside its subset to Python's parser."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "possible nested set": re reads it literally
-        return sre_parse.parse(pattern)
+        return fastparse.parse(pattern)
 
 
 def parse_tree(pattern: str, check_text: bool = True):

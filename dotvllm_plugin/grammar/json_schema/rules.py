@@ -32,6 +32,7 @@ import re._constants as C
 import re._parser as P
 
 from ...errors import GrammarError
+from ...regex import fastparse
 from ..ir import Grammar, Rule, Terminal
 from . import text as T
 
@@ -233,7 +234,7 @@ class _Writer:
         self._n = 0
 
     def parse(self, text: str):
-        tree = P.parse(text)
+        tree = fastparse.parse(text)
         self._trees.append(tree)
         return tree
 
