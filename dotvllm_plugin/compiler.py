@@ -45,8 +45,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-#: maxLength/maxItems bound used when a schema's exact automaton is over budget (sound: lower).
-REPEAT_CAP = 64
+#: maxLength/maxItems bounds tried in turn when a schema's exact automata are over budget (sound:
+#: lower bounds only narrow what is generated): long text fields (``maxLength: 65535``) keep a
+#: kilobyte, and a schema over budget even then gets 64.
+REPEAT_CAPS = (1024, 64)
+#: The last resort of :data:`REPEAT_CAPS`.
+REPEAT_CAP = REPEAT_CAPS[-1]
 _MAGIC = b"DOTVLLM\x00"
 _REGEX_META = set("\\.^$*+?{}[]|()")
 
@@ -78,7 +82,7 @@ def choice_regex(choices) -> str:
 
 def check_json_schema(schema, *, whitespace_pattern: str | None = None,
                       allow_undeclared_properties: bool = True) -> None:
-    """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAP`
+    """Cheap check that ``schema`` can be compiled (exactly, or with the :data:`REPEAT_CAPS`
     fallback of :meth:`GrammarCompiler.compile_json_schema`): the translation (every keyword
     checked), without rules or automata; raises what compiling would, but the rare failures of
     writing the rules, which the compile reports."""
@@ -89,7 +93,7 @@ def check_json_schema(schema, *, whitespace_pattern: str | None = None,
     try:
         json_schema_to_ir(schema, **options)
     except CompilationTooLargeError:
-        json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options)
+        json_schema_to_ir(schema, repeat_cap=REPEAT_CAP, **options)  # (the caps differ only in size)
 
 
 def check_structural_tag(spec, *, whitespace_pattern: str | None = None,
@@ -310,9 +314,9 @@ class GrammarCompiler:
 
         When the exact automata are over budget, a one-regex schema is compiled as rules instead
         (many small automata), and then both forms once more with long ``maxLength``/``maxItems``
-        bounds lowered to :data:`REPEAT_CAP` (never below the minimum): every output still
-        validates, only long strings and arrays are not generated. A warning says so; if all are
-        over budget, the first error is raised.
+        bounds lowered to each of :data:`REPEAT_CAPS` in turn (never below the minimum): every
+        output still validates, only long strings and arrays are not generated. A warning says
+        so; if all are over budget, the first error is raised.
         """
         from .grammar.json_schema import json_schema_to_ir
         from .grammar.json_schema.any_json import any_json_grammar
@@ -327,8 +331,8 @@ class GrammarCompiler:
         # Exact first; a one-regex schema whose automaton is over budget is tried as rules (small
         # terminals); then both with long bounds lowered.
         first_error = None
-        for cap in (None, REPEAT_CAP):
-            for mode in ("auto", "grammar"):
+        for cap in (None, *REPEAT_CAPS):
+            for mode in (("auto", "grammar") if cap is None or cap == REPEAT_CAP else ("grammar",)):
                 ir = None
                 try:
                     ir = json_schema_to_ir(schema, repeat_cap=cap, mode=mode, **options)
@@ -341,7 +345,7 @@ class GrammarCompiler:
                 if cap is not None:
                     logger.warning(
                         "JSON schema over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
-                        first_error, REPEAT_CAP,
+                        first_error, cap,
                     )
                 return compiled
         raise first_error
@@ -350,17 +354,24 @@ class GrammarCompiler:
                                allow_undeclared_properties: bool = True):
         """Free text in which each trigger starts one of the structures (begin, a JSON value valid
         under its schema, end): see :mod:`dotvllm_plugin.grammar.structural_tag`. Long
-        ``maxLength``/``maxItems`` are lowered to :data:`REPEAT_CAP` when the exact automata are over
-        budget, as for JSON schemas (a warning says so)."""
+        ``maxLength``/``maxItems`` are lowered to each of :data:`REPEAT_CAPS` in turn when the exact
+        automata are over budget, as for JSON schemas (a warning says so)."""
         from .grammar.structural_tag import structural_tag_to_ir
 
         options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
         try:
             return self.compile_ir(structural_tag_to_ir(spec, **options), check_syntax=False)
         except CompilationTooLargeError as e:
-            compiled = self.compile_ir(structural_tag_to_ir(spec, repeat_cap=REPEAT_CAP, **options), check_syntax=False)
+            first_error = e
+        for cap in REPEAT_CAPS:
+            try:
+                compiled = self.compile_ir(structural_tag_to_ir(spec, repeat_cap=cap, **options), check_syntax=False)
+            except CompilationTooLargeError:
+                if cap == REPEAT_CAP:
+                    raise
+                continue
             logger.warning("structural tag over the size budget (%s); compiled with maxLength/maxItems lowered to %d",
-                           e, REPEAT_CAP)
+                           first_error, cap)
             return compiled
 
     def compile_json_object(self, *, whitespace_pattern: str | None = None):

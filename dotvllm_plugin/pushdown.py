@@ -123,17 +123,49 @@ def nests(grammar: Grammar) -> bool:
                 edges.setdefault(r.origin, set()).add(sym)
                 if i > 0:
                     inner.append((r.origin, sym))
-    for origin, sym in inner:
-        seen, todo = {sym}, [sym]
-        while todo:
-            x = todo.pop()
-            if x == origin:
-                return True
-            for y in edges.get(x, ()):
-                if y not in seen:
-                    seen.add(y)
-                    todo.append(y)
-    return False
+    # origin reaches itself through sym iff both lie in one strongly connected component
+    component = _components(edges)
+    return any(component[origin] == component[sym] for origin, sym in inner)
+
+
+def _components(edges: dict[str, set]) -> dict[str, int]:
+    """Strongly connected components of the graph ``edges`` (Tarjan, iterative): node → id."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    comp: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    for root in list(edges):
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(edges.get(root, ())))]
+        while work:
+            v, it = work[-1]
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(edges.get(w, ()))))
+                    break
+                if w in on_stack and index[w] < low[v]:
+                    low[v] = index[w]
+            else:
+                work.pop()
+                if work and low[v] < low[work[-1][0]]:
+                    low[work[-1][0]] = low[v]
+                if low[v] == index[v]:
+                    c = len(comp)
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        comp[w] = c
+                        if w == v:
+                            break
+    return comp
 
 
 def _stack_states(stack) -> tuple:
@@ -510,12 +542,10 @@ def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list
     out: list = []
     for b in bits:
         terms = []
-        t = 0
-        while b:
-            if b & 1:
-                terms.append(t)
-            b >>= 1
-            t += 1
+        while b:  # set bits, lowest first
+            low = b & -b
+            terms.append(low.bit_length() - 1)
+            b ^= low
         out.append(None if not terms or any(ignore[t] for t in terms) else tuple(terms))
     return out
 

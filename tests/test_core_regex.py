@@ -422,22 +422,29 @@ def test_bitmask_into_torch_tensor_from_a_deserialised_grammar(mistral_vocab):
 
 
 def test_over_budget_schema_falls_back_to_lower_bounds(mistral_vocab, caplog):
-    """maxLength beyond the automaton budget: compiled soundly with the bound lowered, and said so."""
+    """maxLength beyond the automaton budget: compiled soundly with the bound lowered to the first
+    of REPEAT_CAPS, and said so; bounds under the cap stay exact."""
     import json
     import logging
 
-    from dotvllm_plugin.compiler import REPEAT_CAP
+    from dotvllm_plugin.compiler import REPEAT_CAPS
 
-    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 50_000}}, "required": ["s"],
-              "additionalProperties": False}
+    cap = REPEAT_CAPS[0]
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 50_000},
+                                               "t": {"type": "string", "maxLength": 255}},
+              "required": ["s", "t"], "additionalProperties": False}
     with caplog.at_level(logging.WARNING, logger="dotvllm_plugin.compiler"):
         compiled = GrammarCompiler(mistral_vocab).compile_json_schema(schema)
-    assert "lowered to" in caplog.text
-    short = json.dumps({"s": "x" * 10}, separators=(",", ":"))
-    m = GrammarMatcher(compiled)
-    assert m.accept_string(short) and m.is_completed()
-    too_long = json.dumps({"s": "x" * (REPEAT_CAP + 1)}, separators=(",", ":"))
-    assert not GrammarMatcher(compiled).accept_string(too_long)
+    assert f"lowered to {cap}" in caplog.text and "maxLength 50000 at /properties/s/maxLength" in caplog.text
+
+    def accepts(s_len: int, t_len: int) -> bool:
+        m = GrammarMatcher(compiled)
+        return m.accept_string(json.dumps({"s": "x" * s_len, "t": "y" * t_len}, separators=(",", ":"))) \
+            and m.is_completed()
+
+    assert accepts(10, 0) and accepts(cap, 255)
+    assert not accepts(cap + 1, 0)  # lowered
+    assert not accepts(0, 256)  # exact
 
 
 def test_early_schema_check_raises_what_compiling_raises():

@@ -468,3 +468,49 @@ def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
             assert np.array_equal(v, slow["arrays"][k]), (ir.source[:80], k)
         compared += 1
     assert compared >= 3 + (7 if corpus else 0)
+
+
+def _nests_reference(rules) -> bool:
+    """A rule reachable from a symbol it holds other than first: one search per such symbol."""
+    defined = {o for o, _ in rules}
+    edges: dict = {}
+    inner = []
+    for o, e in rules:
+        for i, s in enumerate(e):
+            if s in defined:
+                edges.setdefault(o, set()).add(s)
+                if i > 0:
+                    inner.append((o, s))
+    for o, s in inner:
+        seen, todo = {s}, [s]
+        while todo:
+            x = todo.pop()
+            if x == o:
+                return True
+            for y in edges.get(x, ()):
+                if y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+    return False
+
+
+def test_nests_against_one_search_per_symbol():
+    """pushdown.nests (strongly connected components) against the plain definition, on random
+    rule sets: left recursion, nesting, cycles through several rules, rules only referenced."""
+    from types import SimpleNamespace
+
+    from dotvllm_plugin.grammar.ir import Rule
+    from dotvllm_plugin.pushdown import nests
+
+    rng = random.Random(4)
+    seen = {True: 0, False: 0}
+    for _ in range(600):
+        names = [f"r{i}" for i in range(rng.randint(1, 9))]
+        rules = []
+        for o in names:
+            for _ in range(rng.randint(1, 3)):
+                rules.append((o, tuple(rng.choice(names + ["A", "B"]) for _ in range(rng.randint(0, 3)))))
+        got = nests(SimpleNamespace(rules=[Rule(o, e) for o, e in rules]))
+        assert got == _nests_reference(rules), rules
+        seen[got] += 1
+    assert min(seen.values()) > 100, seen

@@ -73,6 +73,12 @@ MAX_WORK = 20_000
 ANY_VALUE_DEPTH = 1
 #: In grammar mode, an object member's regex longer than this becomes a rule of its own.
 RULE_MIN_CHARS = 64
+#: The largest ``maxLength``/``maxItems`` compiled exactly: a string of N characters is about 9N
+#: automaton states (a JSON string character is up to four UTF-8 bytes or an escape), so a larger
+#: bound is over the state budget or costs most of a second to build; above it a schema is over
+#: budget at once, before anything is built, and the compiler lowers the bound
+#: (:data:`dotvllm_plugin.compiler.REPEAT_CAPS`).
+EXACT_BOUND_LIMIT = 4096
 
 _ANNOTATIONS = frozenset({
     "title", "description", "examples", "example", "$comment", "default", "deprecated",
@@ -465,9 +471,19 @@ class _Context:
             )
         return regex
 
-    def capped(self, hi: int | None, lo: int) -> int | None:
-        """``maxLength``/``maxItems`` lowered to ``repeat_cap`` (never below the minimum)."""
-        if hi is None or self.repeat_cap is None or hi <= self.repeat_cap:
+    def capped(self, hi: int | None, lo: int, keyword: str, where: str) -> int | None:
+        """``maxLength``/``maxItems`` lowered to ``repeat_cap`` (never below the minimum). Without
+        a cap, a bound above :data:`EXACT_BOUND_LIMIT` is over budget at once."""
+        if hi is None:
+            return hi
+        if self.repeat_cap is None:
+            if hi > EXACT_BOUND_LIMIT:
+                raise CompilationTooLargeError(
+                    f"{keyword} {hi} at {_ptr(where, keyword)} is above {EXACT_BOUND_LIMIT}, the largest bound "
+                    "compiled exactly"
+                )
+            return hi
+        if hi <= self.repeat_cap:
             return hi
         return max(self.repeat_cap, lo)
 
@@ -1192,7 +1208,7 @@ class _Context:
         hi = None if hi is None else int(hi)
         if hi is not None and hi < lo:
             return None
-        hi = self.capped(hi, lo)
+        hi = self.capped(hi, lo, "maxLength", where)
         body = None
         if "format" in kw and "pattern" in kw and kw["format"] in FORMATS and isinstance(kw["pattern"], str):
             # exact when one language contains the other: keep the smaller one
@@ -1263,7 +1279,7 @@ class _Context:
             if v is not None and (not _is_int(v) or v < 0):
                 raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
         if hi is not None and lo <= hi:
-            hi = self.capped(hi, lo)
+            hi = self.capped(hi, lo, "maxItems", where)
         prefix, rest = self.item_layout(kw, where)
         rest_where = _ptr(where, "additionalItems" if isinstance(kw.get("items"), list) else "items")
         if kw.get("uniqueItems") is True and not (hi is not None and hi <= 1):
