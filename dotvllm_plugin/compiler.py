@@ -46,9 +46,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 #: maxLength/maxItems bounds tried in turn when a schema's exact automata are over budget (sound:
-#: lower bounds only narrow what is generated): long text fields (``maxLength: 65535``) keep a
-#: kilobyte, and a schema over budget even then gets 64.
-REPEAT_CAPS = (1024, 64)
+#: lower bounds only narrow what is generated): long text fields (``maxLength: 65535``) keep 256
+#: characters (compiled as rules: one regex with several such strings is a large automaton), and a
+#: schema over budget even then gets 64 (as one regex where it can be).
+REPEAT_CAPS = (256, 64)
 #: The last resort of :data:`REPEAT_CAPS`.
 REPEAT_CAP = REPEAT_CAPS[-1]
 _MAGIC = b"DOTVLLM\x00"
@@ -329,7 +330,7 @@ class GrammarCompiler:
             return self.compile_ir(any_json_grammar(whitespace_pattern=whitespace_pattern, root="value"))
         options = dict(whitespace_pattern=whitespace_pattern, allow_undeclared_properties=allow_undeclared_properties)
         # Exact first; a one-regex schema whose automaton is over budget is tried as rules (small
-        # terminals); then both with long bounds lowered.
+        # terminals); then with long bounds lowered: as rules, and at the last cap both forms.
         first_error = None
         for cap in (None, *REPEAT_CAPS):
             for mode in (("auto", "grammar") if cap is None or cap == REPEAT_CAP else ("grammar",)):

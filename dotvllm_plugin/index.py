@@ -551,7 +551,7 @@ def build_index(
     max_entries: int = MAX_INDEX_ENTRIES,
 ) -> TokenIndex:
     """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
-    class_trans, byte_class = byte_classes(dfa.transitions)
+    class_trans, byte_class = dfa.classes if dfa.classes is not None else byte_classes(dfa.transitions)
     class_trans = class_trans.astype(np.int64)
     trie = vocab.byte_trie()
     shapes = list(_find_gadgets(class_trans, byte_class=byte_class).values()) if share_loops else []

@@ -195,6 +195,9 @@ _FORK = "fork"
 USE_C_PRODUCT = True
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
+#: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
+#: by everything reachable from it, the reference; tests compare).
+BALL_SIGNATURES = True
 MAX_LEXER_STATES = 200_000
 _TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STATES:,} states; simplify its terminals"
 
@@ -815,7 +818,7 @@ class PushdownGrammar:
         self._compounds = _Compounds(self._end, self._ignore, known)
         # Lexers: global state ids in the order lexers are built; each lexer's block of rows.
         self._build_lock = threading.Lock()
-        self._trans: list[int] = []  # [state * 256 + byte] → state, -1
+        self._rows: list = []  # [state] → its row (256 next states, -1), a list once first stepped from
         self._chosen: list[int] = []
         self._owner: list[int] = []
         self._is_start: set[int] = set()
@@ -825,7 +828,7 @@ class PushdownGrammar:
             self.n_lexers = len(a["lex_offsets"]) - 1
             self._lexer_lo = a["lex_offsets"][:-1].tolist()
             lo = a["lex_offsets"].tolist()
-            self._trans = a["lex_trans"].ravel().tolist()
+            self._rows = [None] * int(lo[-1])
             self._chosen = a["lex_chosen"].tolist()
             self._owner = np.repeat(np.arange(self.n_lexers), np.diff(a["lex_offsets"])).tolist()
             self._is_start = set(self._lexer_lo)
@@ -900,12 +903,19 @@ class PushdownGrammar:
             lo = len(self._chosen)
             trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32)
             self._blocks[lexer] = (trans, chosen)
-            self._trans.extend(trans.ravel().tolist())
+            self._rows.extend([None] * len(chosen))
             self._chosen.extend(chosen.tolist())
             self._owner.extend([lexer] * len(chosen))
             self._is_start.add(lo)
             self._lexer_lo[lexer] = lo  # last: other threads read it without the lock
             return lo
+
+    def _row(self, q: int) -> list:
+        """State ``q``'s transitions as a list (made on first use: a lexer's table as lists would be
+        256 entries per state, most of them never stepped from)."""
+        lexer = self._owner[q]
+        row = self._rows[q] = self._blocks[lexer][0][q - self._lexer_lo[lexer]].tolist()
+        return row
 
     def _local_successors(self, lexer: int) -> list[list[int]]:
         """Distinct successors of each state of a built ``lexer``, in its local numbering."""
@@ -1010,9 +1020,9 @@ class PushdownGrammar:
 
     def step(self, q: int, stack, data: bytes):
         """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (deterministic grammars)."""
-        trans, chosen, ignore = self._trans, self._chosen, self._ignore
+        rows, chosen, ignore = self._rows, self._chosen, self._ignore
         for b in data:
-            nq = trans[q * 256 + b]
+            nq = (rows[q] or self._row(q))[b]
             if nq >= 0:
                 q = nq
                 continue
@@ -1025,7 +1035,8 @@ class PushdownGrammar:
                 stack = self.feed(stack, t)
                 if stack is None:
                     return None
-            q = trans[self._start(self._lexer_of_state[stack[0]]) * 256 + b]
+            q = self._start(self._lexer_of_state[stack[0]])
+            q = (rows[q] or self._row(q))[b]
             if q < 0:
                 return None
         if not self.viable(q, stack):
@@ -1045,13 +1056,14 @@ class PushdownGrammar:
                     out.append(got)
             else:
                 return tuple(out)
-        trans, chosen, ignore, start, lexer_of = self._trans, self._chosen, self._ignore, self._start, self._lexer_of_state
+        rows, row_of, chosen, ignore, start, lexer_of = (self._rows, self._row, self._chosen, self._ignore, self._start,
+                                                         self._lexer_of_state)
         end = self._end
         cur = configs
         for b in data:
             nxt: dict = {}
             for q, st in cur:
-                nq = trans[q * 256 + b]
+                nq = (rows[q] or row_of(q))[b]
                 if nq >= 0:
                     nxt.setdefault((nq, id(st)), (nq, st))
                     continue
@@ -1060,7 +1072,8 @@ class PushdownGrammar:
                     continue
                 stacks = [st] if t < end and ignore[t] else [x for x in self.feed_all(st, t, intern) if x is not _ACCEPT]
                 for s2 in stacks:
-                    q2 = trans[start(lexer_of[s2[0]]) * 256 + b]
+                    q2 = start(lexer_of[s2[0]])
+                    q2 = (rows[q2] or row_of(q2))[b]
                     if q2 >= 0:
                         nxt.setdefault((q2, id(s2)), (q2, s2))
             if not nxt:
@@ -1164,29 +1177,38 @@ class PushdownGrammar:
         return got
 
     def _canonical(self, q: int):
-        """States reachable from ``q`` in breadth-first order and a signature of that sub-automaton
-        (transitions relabelled, lexeme types): equal signatures walk the vocabulary identically,
-        so lexers that share a terminal (a string as key and as value) share its walks."""
+        """States within a token's length of ``q`` in breadth-first order, and a signature of that
+        ball of the automaton (transitions relabelled, lexeme types, which states need the
+        parser's consent): equal signatures walk the vocabulary identically, since no token reads
+        past the ball. Lexers that share a terminal (a string as key and as value) share its
+        walks, and so do the positions of a counted repetition far enough from its end (the
+        characters of a ``maxLength`` string: each is its own state, the balls of most alike)."""
         lexer = self._owner[q]
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
-        trans = np.where(block >= 0, block - lo, -1)
         succ = self._local_successors(lexer)
         q -= lo
         order = [q]
         label = {q: 0}
-        i = 0
-        while i < len(order):
-            for x in succ[order[i]]:
-                if x not in label:
-                    label[x] = len(order)
-                    order.append(x)
-            i += 1
+        start = 0
+        for _ in range(self._max_token_len if BALL_SIGNATURES else len(chosen)):  # one level per byte
+            end = len(order)
+            for i in range(start, end):
+                for x in succ[order[i]]:
+                    if x not in label:
+                        label[x] = len(order)
+                        order.append(x)
+            if len(order) == end:
+                break
+            start = end
         states = np.array(order, dtype=np.int64)
-        lut = np.full(len(chosen) + 1, -1, dtype=np.int64)
+        lut = np.full(len(chosen) + 1, -3, dtype=np.int64)  # -3: past the ball
         lut[states] = np.arange(len(states))
-        sub = lut[trans[states]]  # -1 (dead) maps through the extra slot
-        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes()
+        lut[-1] = -1  # dead stays dead
+        rows = block[states].astype(np.int64)
+        sub = lut[np.where(rows >= 0, rows - lo, -1)]
+        consent = np.fromiter((self._reach[lo + x] is None for x in order), dtype=bool, count=len(order))
+        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes() + consent.tobytes()
         return states + lo, sig
 
     def _base_of(self, q: int):

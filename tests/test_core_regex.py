@@ -722,3 +722,34 @@ def test_large_position_sets_are_bounded_by_the_work_budget():
         assert dfa_accepts(dfa, text.encode()) == bool(pattern.fullmatch(text)), k
     with pytest.raises(CompilationTooLargeError, match="steps"):
         regex_to_dfa("(?:a?){0,3000}b")
+
+
+def test_trimmed_automata_carry_their_byte_classes():
+    """The byte classes ``trim`` hands on (coarsened from its class table after merging states)
+    are the ones computed from the final table, class for class (numbered by first byte)."""
+    import sys
+    from pathlib import Path
+
+    from dotvllm_plugin.regex import byte_classes, regex_to_dfa
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_regex_differential import BASE
+
+    def by_first_byte(class_trans, byte_class):
+        order = list(dict.fromkeys(np.asarray(byte_class).tolist()))
+        number = {c: i for i, c in enumerate(order)}
+        return np.asarray(class_trans)[:, order].astype(np.int64), np.array([number[c] for c in byte_class])
+
+    checked = 0
+    for pattern in BASE + ['"(?:[^"\\\\]|\\\\.){0,300}"', "(?:a|b){3,9}c", "[\\x00-\\x7f]{2}|é+"]:
+        try:
+            dfa = regex_to_dfa(pattern)
+        except Exception:  # refused or over budget: nothing to compare
+            continue
+        if dfa.classes is None:  # (a literal's chain is built without trimming)
+            continue
+        want = by_first_byte(*byte_classes(dfa.transitions))
+        got = by_first_byte(*dfa.classes)
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0]), pattern
+        checked += 1
+    assert checked > 120

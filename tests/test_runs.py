@@ -124,3 +124,34 @@ def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, 
         walk_together(tekken_vocab, fast, ref, lambda on: monkeypatch.setattr(pushdown, "USE_RUNS", on), rng, 30,
                       prefix=prefix, weight=longest.astype(float) ** 2 + 1, label=(spec, walk_no))
     assert any(used) or spec is SCHEMAS[-1], spec  # (an enum has no run)
+
+
+#: Bounded strings (each character position its own lexer state) in grammars (free-form values,
+#: recursion).
+BOUNDED = [
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 200}, "b": {"type": "string", "maxLength": 90}},
+     "required": ["a"]},
+    {"type": "array", "items": {"anyOf": [{"type": "string", "minLength": 2, "maxLength": 300}, {"$ref": "#"}]}},
+]
+LONG_TEXT = "The quick brown fox jumps over the lazy dog, again and again, " * 3
+
+
+@pytest.mark.parametrize("spec", BOUNDED, ids=["object", "array"])
+def test_ball_signatures_equal_whole_automaton_signatures(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
+    """Base walks shared by the automaton within a token's length of the state (positions of a
+    counted repetition far from its end share one walk) give the masks of walks keyed by everything
+    reachable, at every step along long strings and random walks; and they are shared."""
+    prefix_text = '{"a":"' + LONG_TEXT if spec["type"] == "object" else '["' + LONG_TEXT[:100]
+    walks = [tekken_tokenizer.encode(prefix_text, add_special_tokens=False)] + [[]] * 2
+    longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
+    rng = np.random.default_rng(5)
+    for walk_no, prefix in enumerate(walks):
+        fast_grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+        fast = GrammarMatcher(fast_grammar)
+        ref = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
+        walk_together(tekken_vocab, fast, ref, lambda on: monkeypatch.setattr(pushdown, "BALL_SIGNATURES", on), rng,
+                      len(prefix) + 25, prefix=prefix, weight=longest.astype(float) ** 2 + 1, label=(spec, walk_no))
+        assert isinstance(fast_grammar, pushdown.PushdownGrammar)
+        if walk_no == 0:  # along the long string: most positions share a walk
+            assert len(fast_grammar._base_shared) < len(fast_grammar._base) / 2, \
+                (len(fast_grammar._base_shared), len(fast_grammar._base))

@@ -7,7 +7,7 @@ lands in an intermediate DFA state and the next token can finish the character.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,8 @@ class ByteDFA:
     transitions: np.ndarray  # int32 [n_states, 256]
     accepting: np.ndarray  # bool [n_states]
     initial: int
+    #: :func:`byte_classes` of ``transitions`` where whoever built them had it (the index reads it)
+    classes: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_states(self) -> int:
@@ -255,8 +257,26 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
         new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
         rows = new_id[np.where(rows < 0, n, rows)][live]
         accepting = accepting[live]
-    rows, accepting = _merge_twins(rows, accepting.astype(bool), byte_class=byte_class)
-    return ByteDFA(transitions=rows.astype(np.int32), accepting=accepting, initial=0)
+    rows, accepting = _merge_twins(rows, accepting.astype(bool), byte_class=byte_class, expand=False)
+    classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
+    return ByteDFA(transitions=rows[:, byte_class.reshape(256)].astype(np.int32), accepting=accepting, initial=0,
+                   classes=classes)
+
+
+def _coarsest(rows: np.ndarray, byte_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`byte_classes` of ``rows[:, byte_class]`` from the class table ``rows`` itself (a
+    fraction of the columns): classes whose columns are equal merge; numbered by first byte."""
+    if rows.shape[1] > 1:
+        _, inverse = np.unique(rows.T, axis=0, return_inverse=True)
+        merged = inverse.reshape(-1)[byte_class]
+    else:
+        merged = byte_class
+    order = list(dict.fromkeys(merged.tolist()))  # classes by first byte
+    number = np.empty(int(merged.max()) + 1, dtype=np.int64)
+    number[order] = np.arange(len(order))
+    new_class = number[merged]
+    first_byte = np.unique(new_class, return_index=True)[1]
+    return np.ascontiguousarray(rows[:, byte_class[first_byte]], dtype=np.int64), new_class
 
 
 def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +300,8 @@ def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(cols.T), inverse.reshape(256)
 
 
-def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32, byte_class=None):
+def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32, byte_class=None,
+                 expand: bool = True):
     """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation).
 
     Glushkov automata have an "entry" copy of every loop (the state after ``"`` that behaves like
@@ -295,7 +316,8 @@ def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32,
         out, acc = _cwalk.merge_twins(np.ascontiguousarray(rows, dtype=np.int64), C,
                                       np.ascontiguousarray(accepting, dtype=np.uint8), max_rounds)
         rows = np.frombuffer(out, dtype=np.int64).reshape(-1, C)
-        return rows[:, byte_class.reshape(256)], np.frombuffer(acc, dtype=np.uint8).astype(bool)
+        accepting = np.frombuffer(acc, dtype=np.uint8).astype(bool)
+        return (rows[:, byte_class.reshape(256)] if expand else rows), accepting
     rng = np.random.default_rng(0x5EED)
     mult = rng.integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
     for _ in range(max_rounds):
@@ -315,4 +337,4 @@ def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32,
         new_id = np.append(new_of_kept[rep], -1)
         rows = new_id[np.where(rows[keep] < 0, n, rows[keep])]
         accepting = accepting[keep]
-    return rows[:, byte_class.reshape(256)], accepting
+    return (rows[:, byte_class.reshape(256)] if expand else rows), accepting
