@@ -266,11 +266,9 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
 def _coarsest(rows: np.ndarray, byte_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`byte_classes` of ``rows[:, byte_class]`` from the class table ``rows`` itself (a
     fraction of the columns): classes whose columns are equal merge; numbered by first byte."""
-    if rows.shape[1] > 1:
-        _, inverse = np.unique(rows.T, axis=0, return_inverse=True)
-        merged = inverse.reshape(-1)[byte_class]
-    else:
-        merged = byte_class
+    cols = np.ascontiguousarray(rows.T)
+    seen: dict[bytes, int] = {}
+    merged = np.array([seen.setdefault(col.tobytes(), len(seen)) for col in cols], dtype=np.int64)[byte_class]
     order = list(dict.fromkeys(merged.tolist()))  # classes by first byte
     number = np.empty(int(merged.max()) + 1, dtype=np.int64)
     number[order] = np.arange(len(order))
