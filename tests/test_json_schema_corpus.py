@@ -18,7 +18,7 @@ pass). The regex translator (``json_schema_to_regex``) keeps a cheap soundness c
 Python's ``re`` on the schemas it translates.
 
 By default every 8th schema runs (~1 min; the CI budget); ``DOTVLLM_JSON_CORPUS=all`` runs the whole
-sample (723 of 795 schemas with every instance right at 4f22fbe), ``DOTVLLM_JSON_CORPUS=4`` every 4th, and
+sample (731 of 795 schemas with every instance right at cf2762f), ``DOTVLLM_JSON_CORPUS=4`` every 4th, and
 ``DOTVLLM_JSON_CORPUS=N`` every N-th schema.
 """
 

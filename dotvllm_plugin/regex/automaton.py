@@ -300,7 +300,8 @@ def byte_classes(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _merge_twins(trans: np.ndarray, accepting: np.ndarray, max_rounds: int = 32, byte_class=None,
                  expand: bool = True):
-    """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation).
+    """Merge states with identical rows and acceptance, repeatedly (a cheap partial minimisation);
+    ``expand=False`` returns the table by byte class (``byte_class`` given) instead of by byte.
 
     Glushkov automata have an "entry" copy of every loop (the state after ``"`` that behaves like
     the inside of the string); merging twins folds those into the loop, so look-alike loops share
