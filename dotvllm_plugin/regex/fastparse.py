@@ -10,8 +10,8 @@ character. Anything else (capturing groups, flags, lookarounds, lazy quantifiers
 references, any syntax error, and the constructs ``re`` warns about) hands the whole text to
 ``re._parser.parse``, so errors and rare constructs read exactly as Python reads them.
 
-The translator's regexes (JSON Schema, grammar mode) are long and almost entirely this subset:
-Python's parser reading them was a fifth of the compile time of the larger schemas.
+The translator's regexes (JSON Schema, grammar mode) are long and almost entirely this subset; on
+them this reader is about 2.4 times as fast as Python's parser.
 """
 
 from __future__ import annotations
