@@ -19,25 +19,22 @@ class Tables(NamedTuple):
     """``shifts[state]``: ``{terminal: state}``, ``gotos[state]``: ``{nonterminal: state}``,
     ``reduces[state]``: ``{terminal or END: [rule, ...]}`` (rule indexes into the given rules; the
     augmented rule is never reduced), ``start``, and ``end`` (the state after the start symbol:
-    reaching it on ``END`` accepts). Symbols are names, or with ``symbols`` given, integers
-    indexing it (what :func:`lalr_tables` computes on, without writing every table back)."""
+    reaching it on ``END`` accepts). Symbols are integers indexing ``symbols`` (their names)."""
 
     shifts: list
     gotos: list
     reduces: list
     start: int
     end: int
-    symbols: list | None = None
+    symbols: list
 
 
 END = "$END"
 
 
-def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], start: str, *,
-                named: bool = True) -> Tables:
+def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], start: str) -> Tables:
     """Tables for ``rules`` (``(origin, expansion)``; symbols in ``terminals`` are terminals, the
-    others nonterminals, each defined by some rule) with start symbol ``start``; ``named=False``:
-    symbols as integers (see :class:`Tables`)."""
+    others nonterminals, each defined by some rule) with start symbol ``start``."""
     # -- symbols and rules as integers (nonterminals first; the augmented rule last) --
     defined = {o for o, _ in rules}
     for o, e in list(rules) + [("$root_" + start, (start,))]:
@@ -173,17 +170,7 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
                 bits ^= low
         reduces.append(la)
 
-    names = nonterms + term_list
-    end_state = gotos[0][nt_id[start]]
-    if not named:
-        return Tables(shifts, gotos, reduces, 0, end_state, names)
-    return Tables(
-        shifts=[{names[x]: j for x, j in sh.items()} for sh in shifts],
-        gotos=[{names[x]: j for x, j in gt.items()} for gt in gotos],
-        reduces=[{names[x]: rs for x, rs in la.items()} for la in reduces],
-        start=0,
-        end=end_state,
-    )
+    return Tables(shifts, gotos, reduces, 0, gotos[0][nt_id[start]], nonterms + term_list)
 
 
 def _digraph(edges: list[list[int]], base: list[int]) -> list[int]:

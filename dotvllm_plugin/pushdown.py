@@ -594,7 +594,7 @@ def _lalr_tables(grammar: Grammar):
     term_names = [t.name for t in grammar.terminals]
     rules = list(dict.fromkeys((r.origin, tuple(r.expansion)) for r in grammar.rules))
     try:
-        tables = lalr_tables(rules, set(term_names), grammar.start, named=False)
+        tables = lalr_tables(rules, set(term_names), grammar.start)
     except ValueError as e:
         raise GrammarError(f"the grammar cannot be analysed: {e}") from None
     return _packed(tables, rules, term_names)
@@ -610,10 +610,9 @@ def _packed(tables, rules: list[tuple], term_names: list[str]) -> dict:
     t_idx = {n: i for i, n in enumerate(term_names)}
     end_col = len(term_names)
     t_idx[END] = end_col
-    nt_col = nt_idx
-    if tables.symbols is not None:  # integer symbols: their columns by list index
-        t_idx = [t_idx.get(name, -1) for name in tables.symbols]
-        nt_col = [nt_idx.get(name, -1) for name in tables.symbols]
+    # each symbol's action column (terminals, END) and goto column (nonterminals), -1 where none
+    t_col = [t_idx.get(name, -1) for name in tables.symbols]
+    nt_col = [nt_idx.get(name, -1) for name in tables.symbols]
     n_states = len(tables.shifts)
     action = np.zeros((n_states, end_col + 1), dtype=np.int32)
     goto = np.full((n_states, len(nonterms)), -1, dtype=np.int32)
@@ -637,11 +636,11 @@ def _packed(tables, rules: list[tuple], term_names: list[str]) -> dict:
     for i in range(n_states):
         codes: dict[int, list[int]] = {}
         for x, j in tables.shifts[i].items():
-            codes[t_idx[x]] = [j + 1]
+            codes[t_col[x]] = [j + 1]
         for x, j in tables.gotos[i].items():
             goto[i, nt_col[x]] = j
         for la, rs in tables.reduces[i].items():
-            codes.setdefault(t_idx[la], []).extend(reduce_code(r) for r in sorted(rs, key=order.__getitem__))
+            codes.setdefault(t_col[la], []).extend(reduce_code(r) for r in sorted(rs, key=order.__getitem__))
         for col, cs in codes.items():
             if len(cs) == 1:
                 action[i, col] = cs[0]

@@ -34,15 +34,24 @@ def lalr_tables_lark(grammar) -> dict:
         raise GrammarError(f"the grammar cannot be analysed: {str(e).strip().splitlines()[0]}") from e
     itemsets = sorted(analyzer.lr0_itemsets, key=lambda its: sorted(map(repr, its.kernel)))
     index = {its: i for i, its in enumerate(itemsets)}
+    symbols: list[str] = []  # the tables' symbols as integers, as dotvllm_plugin.lalr writes them
+    sym: dict[str, int] = {}
+
+    def at(name: str) -> int:
+        if name not in sym:
+            sym[name] = len(symbols)
+            symbols.append(name)
+        return sym[name]
+
     shifts, gotos, reduces = [], [], []
     for its in itemsets:
-        shifts.append({s.name: index[n] for s, n in its.transitions.items() if s.is_term})
-        gotos.append({s.name: index[n] for s, n in its.transitions.items() if not s.is_term})
-        reduces.append({la.name: [number[(r.origin.name, tuple(x.name for x in r.expansion))] for r in rs
-                                  if not r.origin.name.startswith("$root_")]
+        shifts.append({at(s.name): index[n] for s, n in its.transitions.items() if s.is_term})
+        gotos.append({at(s.name): index[n] for s, n in its.transitions.items() if not s.is_term})
+        reduces.append({at(la.name): [number[(r.origin.name, tuple(x.name for x in r.expansion))] for r in rs
+                                      if not r.origin.name.startswith("$root_")]
                         for la, rs in its.lookaheads.items()})
         reduces[-1] = {la: rs for la, rs in reduces[-1].items() if rs}
     root = "$root_" + grammar.start
     end = [index[its] for its in itemsets if any(rp.rule.origin.name == root and rp.is_satisfied for rp in its.closure)]
-    tables = Tables(shifts, gotos, reduces, index[analyzer.lr0_start_states[grammar.start]], end[0])
+    tables = Tables(shifts, gotos, reduces, index[analyzer.lr0_start_states[grammar.start]], end[0], symbols)
     return _packed(tables, rules, term_names)

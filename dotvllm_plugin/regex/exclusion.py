@@ -176,7 +176,8 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     # the automaton's states the pairs lead to, and what those reach (not its own initial state)
     seen = set((np.unique(table[table >= p]) - p).tolist())
     stack = list(seen)
-    cols = byte_classes(trans)[0].tolist()  # the same edges, without the parallel ones
+    # the same edges, without the parallel ones (the classes ``trim`` handed on, where it did)
+    cols = (dfa.classes or byte_classes(trans))[0].tolist()
     while stack:
         for t in cols[stack.pop()]:
             if t >= 0 and t not in seen:
