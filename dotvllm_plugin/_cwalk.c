@@ -936,7 +936,73 @@ fail:
     return result;
 }
 
+/* ball(trans int64[n * C], C, q, depth, chosen int32[n], consent uint8[n]) -> (states bytes of
+ * int64[m], signature bytes): the states within ``depth`` steps of ``q`` in breadth-first order
+ * (successors by class), and the ball as bytes: each state's row relabelled to ball positions
+ * (-3: a state past the ball; -1 and -2 kept), then the states' chosen terminals, then their
+ * consent flags. Equal signatures (with equal byte classes) walk any byte string of at most
+ * ``depth`` bytes alike. */
+static PyObject *ball(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_chosen, b_consent;
+    Py_ssize_t C, q, depth;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_consent)) return NULL;
+    const int64_t *trans = b_trans.buf;
+    const int32_t *chosen = b_chosen.buf;
+    const uint8_t *consent = b_consent.buf;
+    Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
+    PyObject *result = NULL;
+    if (q < 0 || q >= n || b_chosen.len < n * 4 || b_consent.len < n) {
+        PyErr_SetString(PyExc_ValueError, "ball: q out of range or chosen/consent shorter than the table");
+        goto out;
+    }
+    int32_t *label = malloc((size_t)n * 4);
+    int64_t *order = malloc((size_t)n * 8);
+    if (!label || !order) { free(label); free(order); PyErr_NoMemory(); goto out; }
+    memset(label, 0xff, (size_t)n * 4);  /* -1: not in the ball */
+    Py_ssize_t m = 1, start = 0;
+    order[0] = q;
+    label[q] = 0;
+    for (Py_ssize_t level = 0; level < depth; level++) {
+        Py_ssize_t end = m;
+        for (Py_ssize_t i = start; i < end; i++) {
+            const int64_t *row = trans + order[i] * C;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t t = row[c];
+                if (t >= 0 && label[t] < 0) { label[t] = (int32_t)m; order[m++] = t; }
+            }
+        }
+        if (m == end) break;
+        start = end;
+    }
+    Py_ssize_t sig_len = m * C * 4 + m * 4 + m;
+    PyObject *sig = PyBytes_FromStringAndSize(NULL, sig_len);
+    PyObject *states = PyBytes_FromStringAndSize((const char *)order, m * 8);
+    if (sig && states) {
+        char *p = PyBytes_AS_STRING(sig);
+        int32_t *sub = (int32_t *)p;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            const int64_t *row = trans + order[i] * C;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t t = row[c];
+                sub[i * C + c] = t >= 0 ? (label[t] >= 0 ? label[t] : -3) : (int32_t)t;
+            }
+        }
+        int32_t *ch = (int32_t *)(p + m * C * 4);
+        uint8_t *co = (uint8_t *)(p + m * C * 4 + m * 4);
+        for (Py_ssize_t i = 0; i < m; i++) { ch[i] = chosen[order[i]]; co[i] = consent[order[i]]; }
+        result = PyTuple_Pack(2, states, sig);
+    }
+    Py_XDECREF(sig);
+    Py_XDECREF(states);
+    free(label);
+    free(order);
+out:
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_consent);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},

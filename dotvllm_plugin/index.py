@@ -235,16 +235,20 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         *(() if skip is None else skip),
     )
     if res is None:
-        raise CompilationTooLargeError(
-            f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
-            "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
-        )
+        raise _walk_too_large()
     if rows is not None:
         return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
     return arrays
+
+
+def _walk_too_large() -> CompilationTooLargeError:
+    return CompilationTooLargeError(
+        f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
+        "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+    )
 
 
 #: Whether :func:`_walk` uses the C extension when it is built (tests compare both).
@@ -925,6 +929,48 @@ def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, state
     rows = np.stack([token_row(view, nodes[ends == e], words) for e in u.tolist()]) if len(u) else \
         np.zeros((0, words), dtype=np.int32)
     return (u, rows), exits
+
+
+def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, level: np.ndarray,
+                         node: np.ndarray, first: np.ndarray):
+    """:func:`walk_rows_by_end` resumed at trie nodes that start a lexeme: ``(level, level-local
+    node)`` pairs, each stepped by its own byte from the row ``first`` (the lexeme-start state's, -1
+    dead, -2 exit). None when no node survives that step. One C call with flat arrays (the hot path
+    of the pushdown matcher's first visits); the numpy walk otherwise."""
+    if _cwalk is None or not USE_C_WALK:
+        trie = view.cls.trie
+        inject = {}
+        for d in np.unique(level).tolist():
+            nd = node[level == d]
+            q2 = first[trie.byte[d][nd].astype(np.int64)]
+            ok = q2 >= 0
+            if ok.any():
+                inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
+        return walk_rows_by_end(class_trans, view, words, inject=inject) if inject else None
+    sym, _, _, off, _, nodes, byte_class = _flat_structure(view)
+    level = level.astype(np.int64, copy=False)
+    node = node.astype(np.int64, copy=False)
+    state = first[sym[off[level] + node]]  # a byte view's sym is the node's byte
+    ok = state >= 0
+    if not ok.all():
+        if not ok.any():
+            return None
+        level, node, state = level[ok], node[ok], state[ok]
+    start, ids = _token_csr(view)
+    res = _cwalk.walk(
+        class_trans, class_trans.shape[1], nodes, byte_class, off, int(off[1] - off[0]) if len(off) > 1 else 0,
+        _EMPTY_I64, np.zeros(len(node), dtype=np.int64), np.ascontiguousarray(level), np.ascontiguousarray(node),
+        np.ascontiguousarray(state, dtype=np.int64), True, MAX_INDEX_ENTRIES, start, ids, words,
+        class_trans.shape[0],
+    )
+    if res is None:
+        raise _walk_too_large()
+    ends = np.frombuffer(res[0], dtype=np.int64)
+    return (ends, np.frombuffer(res[1], dtype=np.int32).reshape(len(ends), words)), tuple(
+        np.frombuffer(b, dtype=np.int64) for b in res[2:])
+
+
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:

@@ -848,6 +848,8 @@ class PushdownGrammar:
         self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
+        self._ball_inputs: dict[int, tuple] = {}  # lexer → what the C ball signature reads
+        self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64
         self._cross_cache: dict[tuple, tuple] = {}
         self._sub_cache: dict[tuple, dict] = {}
         self._sub_count = 0
@@ -1185,12 +1187,26 @@ class PushdownGrammar:
         lexer = self._owner[q]
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
+        depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
+        if index._cwalk is not None:
+            got = self._ball_inputs.get(lexer)
+            if got is None:
+                ct, view, _ = self._walker(lexer)
+                consent = np.fromiter((self._reach[lo + x] is None for x in range(len(chosen))), dtype=np.uint8,
+                                      count=len(chosen))
+                # the rows are over this lexer's byte classes: the class of each byte leads the signature
+                got = self._ball_inputs[lexer] = (np.ascontiguousarray(ct, dtype=np.int64), ct.shape[1],
+                                                  chosen.astype(np.int32), consent,
+                                                  view.byte_class.astype(np.int16).tobytes())
+            ct, k, chosen32, consent, classes = got
+            states, sig = index._cwalk.ball(ct, k, q - lo, depth, chosen32, consent)
+            return np.frombuffer(states, dtype=np.int64) + lo, classes + sig
         succ = self._local_successors(lexer)
         q -= lo
         order = [q]
         label = {q: 0}
         start = 0
-        for _ in range(self._max_token_len if BALL_SIGNATURES else len(chosen)):  # one level per byte
+        for _ in range(depth):  # one level per byte
             end = len(order)
             for i in range(start, end):
                 for x in succ[order[i]]:
@@ -1259,7 +1275,14 @@ class PushdownGrammar:
         _, level, node, prev = exits
         if not len(node):
             return ()
-        terms = self._blocks[self._owner[lo]][1].astype(np.int64)[prev]
+        lexer = self._owner[lo]
+        chosen = self._chosen64.get(lexer)
+        if chosen is None:
+            chosen = self._chosen64[lexer] = self._blocks[lexer][1].astype(np.int64)
+        terms = chosen[prev]
+        t0 = int(terms[0])
+        if (terms == t0).all():  # (most exits end one terminal)
+            return ((t0, level, node),)
         out = []
         for t in np.unique(terms).tolist():
             sel = terms == t
@@ -1274,20 +1297,13 @@ class PushdownGrammar:
         got = self._cross_cache.get(key)
         if got is not None:
             return got
-        from .index import walk_rows_by_end
+        from .index import walk_rows_from_nodes
 
         level, node = groups_level_node
-        trie = self.vocabulary.byte_trie()
         ct, view, first = self._walker(lexer)
-        inject: dict[int, tuple] = {}
-        for d in np.unique(level).tolist():
-            nd = node[level == d]
-            q2 = first[trie.byte[d][nd].astype(np.int64)]
-            ok = q2 >= 0
-            if ok.any():
-                inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
-        if inject:
-            got = self._split(self._start(lexer), *walk_rows_by_end(ct, view, self._W, inject=inject))
+        walked = walk_rows_from_nodes(ct, view, self._W, level, node, first)
+        if walked is not None:
+            got = self._split(self._start(lexer), *walked)
         else:
             got = (np.zeros(self._W, dtype=np.int32), (), ())
         self._cross_cache[key] = got

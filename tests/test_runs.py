@@ -155,3 +155,51 @@ def test_ball_signatures_equal_whole_automaton_signatures(tekken_vocab, tekken_t
         if walk_no == 0:  # along the long string: most positions share a walk
             assert len(fast_grammar._base_shared) < len(fast_grammar._base) / 2, \
                 (len(fast_grammar._base_shared), len(fast_grammar._base))
+
+
+@pytest.mark.parametrize("spec", BOUNDED, ids=["object", "array"])
+def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_automata(tekken_vocab, spec,
+                                                                                     monkeypatch):
+    """The C ball (``_cwalk.ball``): the states within a token's length of ``q`` (the Python
+    breadth-first search on the byte table is the reference), in breadth-first order; and two states
+    with equal signatures have the same byte-level automaton on their balls (rows relabelled to ball
+    positions, terminals, whether the parser must consent)."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    g._build_all()
+    n = g.n_lexer_states
+    radius = g._max_token_len
+    by_sig: dict[bytes, list] = {}
+    for q in range(0, n, max(1, n // 400)):
+        states, sig = g._canonical(q)
+        lexer = g._owner[q]
+        lo = g._lexer_lo[lexer]
+        block, chosen = g._blocks[lexer]
+        # reference: distances by breadth-first search over the 256-byte rows
+        dist = {q: 0}
+        frontier = [q]
+        for d in range(1, radius + 1):
+            nxt = []
+            for s in frontier:
+                for t in set(block[s - lo].tolist()):
+                    if t >= 0 and t not in dist:
+                        dist[t] = d
+                        nxt.append(t)
+            if not nxt:
+                break
+            frontier = nxt
+        order = states.tolist()
+        assert sorted(order) == sorted(dist), q
+        assert [dist[s] for s in order] == sorted(dist[s] for s in order), q  # breadth-first
+        pos = {s: i for i, s in enumerate(order)}
+        rows = block[states - lo].astype(np.int64)
+        relabelled = np.vectorize(lambda t: -1 if t < 0 else pos.get(int(t), -3))(rows)
+        consent = [g._reach[s] is None for s in order]
+        by_sig.setdefault(sig, []).append((relabelled, chosen[states - lo].tolist(), consent))
+    shared = [v for v in by_sig.values() if len(v) > 1]
+    assert shared  # positions along the bounded strings share a signature
+    for group in shared:
+        for relabelled, ch, consent in group[1:]:
+            assert np.array_equal(relabelled, group[0][0]) and ch == group[0][1] and consent == group[0][2]
