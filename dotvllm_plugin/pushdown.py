@@ -513,7 +513,8 @@ class _Compounds:
 
 
 def _successors(lex_trans: np.ndarray) -> list[list[int]]:
-    """Per state of a transition table ``[n, 256]``: its distinct successor states, ascending."""
+    """Per state of a transition table (``[n, 256]``, or ``[n, classes]``; negative: none): its
+    distinct successor states, ascending."""
     t = np.sort(lex_trans, axis=1)
     keep = t >= 0
     keep[:, 1:] &= t[:, 1:] != t[:, :-1]
@@ -921,10 +922,8 @@ class PushdownGrammar:
     def _local_successors(self, lexer: int) -> list[list[int]]:
         """Distinct successors of each state of a built ``lexer``, in its local numbering."""
         got = self._succ.get(lexer)
-        if got is None:
-            lo = self._lexer_lo[lexer]
-            block = self._blocks[lexer][0]
-            got = self._succ[lexer] = _successors(np.where(block >= 0, block - lo, -1))
+        if got is None:  # (from the class table: a column per byte class, not per byte)
+            got = self._succ[lexer] = _successors(self._walker(lexer)[0])
         return got
 
     def _build_all(self) -> None:
@@ -1089,7 +1088,10 @@ class PushdownGrammar:
             return True
         if self.deterministic:
             return any(self.feed(stack, t) is not None for t in reach)
-        return any(self.feed_all(stack, t, None) for t in reach)
+        row = self._action[stack[0]]
+        if stack[2] < self.max_stack_depth and any(0 < row[t] < MULTI for t in reach):
+            return True  # a shift, whatever lies below
+        return any(self.feed_all(stack, t, None) for t in reach if row[t])
 
     def can_end(self, q: int, stack) -> bool:
         """Whether the text so far is a complete sentence."""
