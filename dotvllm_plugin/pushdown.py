@@ -1238,8 +1238,26 @@ class PushdownGrammar:
             if shared is None:
                 shared = self._base_shared[sig] = self._walk_base(q, states) + (len(self._base_shared),)
             free, groups, exits, sig_id = shared
-            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits, (sig_id,))
+            got = self._base[q] = (free, self._by_reach(tuple((int(states[r]), row) for r, row in groups)), exits,
+                                   (sig_id,))
         return got
+
+    def _by_reach(self, groups: tuple) -> tuple:
+        """``((state, row), ...)`` with the rows of states that reach the same terminals OR-ed under
+        one of them: only the reach decides a row's viability (the tokens ending at the states of
+        one string lexeme, one row per character count, become one)."""
+        if len(groups) < 2:
+            return groups
+        reach = self._reach
+        merged: dict = {}
+        for r, row in groups:
+            k = reach[r]
+            got = merged.get(k)
+            if got is None:
+                merged[k] = (r, row)
+            else:
+                merged[k] = (got[0], got[1] | row)
+        return groups if len(merged) == len(groups) else tuple(merged.values())
 
     def _walk_base(self, q: int, states: np.ndarray):
         from .index import walk_rows_by_end
@@ -1305,7 +1323,8 @@ class PushdownGrammar:
         ct, view, first = self._walker(lexer)
         walked = walk_rows_from_nodes(ct, view, self._W, level, node, first)
         if walked is not None:
-            got = self._split(self._start(lexer), *walked)
+            free, groups, exits = self._split(self._start(lexer), *walked)
+            got = (free, self._by_reach(groups), exits)
         else:
             got = (np.zeros(self._W, dtype=np.int32), (), ())
         self._cross_cache[key] = got
