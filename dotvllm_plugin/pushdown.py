@@ -852,6 +852,7 @@ class PushdownGrammar:
         self._ball_inputs: dict[int, tuple] = {}  # lexer → what the C ball signature reads
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64
         self._cross_cache: dict[tuple, tuple] = {}
+        self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
         self._sub_cache: dict[tuple, dict] = {}
         self._sub_count = 0
         self._masks: dict = {}
@@ -1313,20 +1314,25 @@ class PushdownGrammar:
         """Walk on in ``lexer`` from the exit nodes of one terminal: ``(free row, ((end state,
         row), ...), exits)``, cached by ``key`` (the lexeme-start signature and the (terminal,
         lexer) path that led here): the walk itself does not depend on the stack, only which end
-        states are viable does."""
+        states are viable does. Paths that bring the same exit nodes into the same lexer share
+        one walk (half of the first visits' cross walks did)."""
         got = self._cross_cache.get(key)
         if got is not None:
             return got
         from .index import walk_rows_from_nodes
 
         level, node = groups_level_node
-        ct, view, first = self._walker(lexer)
-        walked = walk_rows_from_nodes(ct, view, self._W, level, node, first)
-        if walked is not None:
-            free, groups, exits = self._split(self._start(lexer), *walked)
-            got = (free, self._by_reach(groups), exits)
-        else:
-            got = (np.zeros(self._W, dtype=np.int32), (), ())
+        content = (lexer, level.tobytes(), node.tobytes())
+        got = self._cross_walks.get(content)
+        if got is None:
+            ct, view, first = self._walker(lexer)
+            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first)
+            if walked is not None:
+                free, groups, exits = self._split(self._start(lexer), *walked)
+                got = (free, self._by_reach(groups), exits)
+            else:
+                got = (np.zeros(self._W, dtype=np.int32), (), ())
+            self._cross_walks[content] = got
         self._cross_cache[key] = got
         return got
 
