@@ -936,6 +936,88 @@ fail:
     return result;
 }
 
+/* reach_sets(trans int64[n * C], C, chosen int64[n], exp_start int64[T + 1], exp_terms int64[...],
+ * n_bits) -> (group bytes of int64[n], sets bytes of uint64[g * words]): per state the set of
+ * terminals it or any state after it chooses (chosen -1: none; a chosen id t stands for
+ * exp_terms[exp_start[t] : exp_start[t + 1]]), as the index of its set among the distinct ones
+ * (numbered by first state). A fixpoint over the successors, states in reverse order. */
+static PyObject *reach_sets(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_chosen, b_es, b_et;
+    Py_ssize_t C, n_bits;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*n", &b_trans, &C, &b_chosen, &b_es, &b_et, &n_bits)) return NULL;
+    const int64_t *trans = b_trans.buf, *chosen = b_chosen.buf, *es = b_es.buf, *et = b_et.buf;
+    Py_ssize_t n = b_chosen.len / 8, T = b_es.len / 8 - 1, words = (n_bits + 63) / 64;
+    if (words < 1) words = 1;
+    PyObject *result = NULL;
+    uint64_t *bits = NULL, *sets = NULL;
+    int64_t *group = NULL;
+    table tab = {0};
+    if (C <= 0 || b_trans.len / 8 != n * C) {
+        PyErr_SetString(PyExc_ValueError, "reach_sets: the table is not n x C");
+        goto out;
+    }
+    bits = calloc((size_t)(n ? n : 1) * words, 8);
+    group = malloc((size_t)(n ? n : 1) * 8);
+    if (!bits || !group || table_init(&tab, 64)) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t s = 0; s < n; s++) {
+        int64_t t = chosen[s];
+        if (t < 0) continue;
+        if (t >= T) { PyErr_SetString(PyExc_ValueError, "reach_sets: a chosen terminal has no expansion"); goto out; }
+        for (int64_t j = es[t]; j < es[t + 1]; j++) {
+            int64_t m = et[j];
+            if (m < 0 || m >= n_bits) { PyErr_SetString(PyExc_ValueError, "reach_sets: terminal out of range"); goto out; }
+            bits[s * words + m / 64] |= (uint64_t)1 << (m % 64);
+        }
+    }
+    for (int changed = 1; changed;) {
+        changed = 0;
+        for (Py_ssize_t s = n - 1; s >= 0; s--) {
+            uint64_t *b = bits + s * words;
+            const int64_t *row = trans + s * C;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                int64_t x = row[c];
+                if (x < 0 || x == s) continue;
+                const uint64_t *bx = bits + x * words;
+                for (Py_ssize_t w = 0; w < words; w++) {
+                    uint64_t v = b[w] | bx[w];
+                    if (v != b[w]) { b[w] = v; changed = 1; }
+                }
+            }
+        }
+    }
+    Py_ssize_t g = 0, scap = 0;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const uint64_t *b = bits + s * words;
+        uint64_t h = 0x84222325CBF29CE4ULL;
+        for (Py_ssize_t w = 0; w < words; w++) { h ^= b[w]; h *= 0x100000001B3ULL; h ^= h >> 29; }
+        Py_ssize_t slot = table_slot(&tab, h);
+        int64_t found = -1;
+        while (tab.slots[slot] >= 0) {
+            int64_t id = tab.slots[slot];
+            if ((uint64_t)tab.hashes.p[id] == h && memcmp(sets + id * words, b, (size_t)words * 8) == 0) { found = id; break; }
+            slot = (slot + 1) & (tab.cap - 1);
+        }
+        if (found < 0) {
+            if (g == scap) {
+                scap = scap ? 2 * scap : 16;
+                uint64_t *ns = realloc(sets, (size_t)scap * words * 8);
+                if (!ns) { PyErr_NoMemory(); goto out; }
+                sets = ns;
+            }
+            memcpy(sets + g * words, b, (size_t)words * 8);
+            if (table_add(&tab, slot, h)) { PyErr_NoMemory(); goto out; }
+            found = g++;
+        }
+        group[s] = found;
+    }
+    result = Py_BuildValue("(y#y#)", (const char *)group, (Py_ssize_t)(n * 8), (const char *)sets,
+                           (Py_ssize_t)(g * words * 8));
+out:
+    free(bits); free(sets); free(group); table_free(&tab);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_es); PyBuffer_Release(&b_et);
+    return result;
+}
+
 /* ball(trans int64[n * C], C, q, depth, chosen int32[n], consent uint8[n]) -> (states bytes of
  * int64[m], signature bytes): the states within ``depth`` steps of ``q`` in breadth-first order
  * (successors by class), and the ball as bytes: each state's row relabelled to ball positions
@@ -1002,6 +1084,7 @@ out:
 }
 
 static PyMethodDef methods[] = {
+    {"reach_sets", reach_sets, METH_VARARGS, "Terminals each state or a later one chooses, as distinct bitsets."},
     {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},

@@ -561,6 +561,7 @@ class _LazyReach:
     def __init__(self, grammar: PushdownGrammar):
         self._g = grammar
         self._values: dict[int, object] = {}
+        self._expansion = None  # (start, terminals, real ids, compounds): what each chosen id stands for
 
     def __getitem__(self, q: int):
         try:
@@ -571,10 +572,40 @@ class _LazyReach:
         lexer = g._owner[q]
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
-        values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
+        if index._cwalk is not None:
+            values = self._from_c(lexer, chosen)
+        else:
+            values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
         values[0] = None  # the lexeme start
         self._values.update(zip(range(lo, lo + len(values)), values))
         return self._values[q]
+
+    def _from_c(self, lexer: int, chosen: np.ndarray) -> list:
+        """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``), each distinct set
+        read once."""
+        g = self._g
+        compounds = g._compounds
+        if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
+            n_real = compounds.base
+            members = [(t,) for t in range(n_real)] + [tuple(m) for m in compounds.members]
+            self._expansion = (np.cumsum([0] + [len(m) for m in members]).astype(np.int64),
+                               np.array([t for m in members for t in m], dtype=np.int64), n_real,
+                               len(compounds.members))
+        start, terms, n_real, _ = self._expansion
+        ct = g._walker(lexer)[0]
+        group, sets = index._cwalk.reach_sets(ct, ct.shape[1], chosen.astype(np.int64), start, terms, n_real)
+        words = max(1, (n_real + 63) // 64)
+        ignore = g._ignore
+        distinct = []
+        for k in range(len(sets) // (8 * words)):
+            b = int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little")
+            found = []
+            while b:  # set bits, lowest first
+                low = b & -b
+                found.append(low.bit_length() - 1)
+                b ^= low
+            distinct.append(None if not found or any(ignore[t] for t in found) else tuple(found))
+        return [distinct[i] for i in np.frombuffer(group, dtype=np.int64).tolist()]
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------

@@ -203,3 +203,31 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
     for group in shared:
         for relabelled, ch, consent in group[1:]:
             assert np.array_equal(relabelled, group[0][0]) and ch == group[0][1] and consent == group[0][2]
+
+
+REACH_SCHEMAS = BOUNDED + [
+    {"type": "array", "items": {"anyOf": [{"enum": ["x", "yy"]}, {"type": "string", "pattern": "^[a-z]+$"},
+                                          {"$ref": "#"}]}},
+    {"type": "array", "items": {"anyOf": [{"type": ["number", "boolean", "null", "string"]}, {"$ref": "#"}]}},
+]
+
+
+@pytest.mark.parametrize("spec", REACH_SCHEMAS, ids=["object", "array", "enums-and-compounds", "scalars"])
+def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
+    """``_cwalk.reach_sets`` (the terminals a lexeme in progress can still become, per lexer state)
+    equals :func:`pushdown._reachable_terminals` on every state of every lexer, compound lexemes
+    (one lexeme several terminals type) included."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    g._build_all()
+    compared = 0
+    for lexer in range(g.n_lexers):
+        _, chosen = g._blocks[lexer]
+        ref = pushdown._reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
+        assert g._reach._from_c(lexer, chosen) == ref, lexer
+        compared += len(ref)
+    assert compared > 20
+    if "enum" in str(spec):
+        assert g._compounds.members  # ("x" is a string of the pattern too: one lexeme, two terminals)
