@@ -31,14 +31,17 @@ typedef struct {
     Py_ssize_t n, cap;
 } vec;
 
-static int vec_push(vec *v, int64_t x) {
-    if (v->n == v->cap) {
-        Py_ssize_t cap = v->cap ? v->cap * 2 : 1024;
-        int64_t *p = realloc(v->p, (size_t)cap * sizeof(int64_t));
-        if (!p) return -1;
-        v->p = p;
-        v->cap = cap;
-    }
+static int vec_grow(vec *v) {
+    Py_ssize_t cap = v->cap ? v->cap * 2 : 1024;
+    int64_t *p = realloc(v->p, (size_t)cap * sizeof(int64_t));
+    if (!p) return -1;
+    v->p = p;
+    v->cap = cap;
+    return 0;
+}
+
+static inline int vec_push(vec *v, int64_t x) {
+    if (__builtin_expect(v->n == v->cap, 0) && vec_grow(v)) return -1;
     v->p[v->n++] = x;
     return 0;
 }
@@ -93,6 +96,25 @@ static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid,
     uint32_t *row = *rows + gid[st] * n_words;
     for (int64_t j = cs[node]; j < cs[node + 1]; j++) row[ci[j] >> 5] |= (uint32_t)1 << (ci[j] & 31);
     return 0;
+}
+
+/* Per thread: the walk's output vectors and level buffers, kept between calls (up to
+ * KEEP_BYTES each). Fresh megabytes per call were a third of a full-vocabulary walk in page faults
+ * and reallocation copies. The walk runs without the GIL, so the pool is per thread. */
+#define KEEP_BYTES ((size_t)16 << 20)
+static __thread vec tl_out[7];
+static __thread frame *tl_frames[2];
+static __thread Py_ssize_t tl_frames_cap[2];
+
+static void keep_vec(vec *v, vec *slot) {
+    if (!slot->p && (size_t)v->cap * sizeof(int64_t) <= KEEP_BYTES) { *slot = *v; slot->n = 0; }
+    else free(v->p);
+    v->p = NULL;
+}
+
+static void keep_frames(frame *f, Py_ssize_t cap, int k) {
+    if (!tl_frames[k] && (size_t)cap * sizeof(frame) <= KEEP_BYTES) { tl_frames[k] = f; tl_frames_cap[k] = cap; }
+    else free(f);
 }
 
 static PyObject *cwalk(PyObject *self, PyObject *args) {
@@ -150,16 +172,34 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     Py_ssize_t n_starts = b_starts.len / 8, n_inj = b_isi.len / 8;
 
     vec out[7] = {{0}};
-    frame *stack = NULL;
-    Py_ssize_t sp = 0, scap = 0;
+    /* Level by level: ``cur`` holds the surviving nodes of one level whose children are still to
+     * visit, ``nxt`` collects the next level's. Children of consecutive nodes are consecutive in
+     * the trie's level order, so each level is read front to back (depth first read one scattered
+     * cache line per node). */
+    frame *cur = tl_frames[0], *nxt = tl_frames[1];
+    Py_ssize_t ncur = 0, ccap = tl_frames_cap[0], nn = 0, ncap = tl_frames_cap[1];
+    tl_frames[0] = tl_frames[1] = NULL;
+    for (int j = 0; j < 7; j++) { out[j] = tl_out[j]; out[j].n = 0; tl_out[j].p = NULL; tl_out[j].cap = 0; }
     long long produced = 0;
     int overflow = 0, nomem = 0;
     PyObject *result = NULL;
 
 #define EMIT(K, X) do { if (vec_push(&out[K], (X))) { nomem = 1; goto done; } } while (0)
+#define PUSH_NEXT(N, P, L, S)                                                      \
+    do {                                                                           \
+        if (nn == ncap) {                                                          \
+            Py_ssize_t nc = ncap ? ncap * 2 : 4096;                                \
+            frame *ns = realloc(nxt, (size_t)nc * sizeof(frame));                  \
+            if (!ns) { nomem = 1; goto done; }                                     \
+            nxt = ns;                                                              \
+            ncap = nc;                                                             \
+        }                                                                          \
+        nxt[nn].node = (N); nxt[nn].prev = (P); nxt[nn].level = (L); nxt[nn].si = (S); \
+        nn++;                                                                      \
+    } while (0)
 
     /* A frame is a surviving node (reached in state f.prev) whose children are still to visit;
-     * children are stepped in place and only the surviving ones with children are pushed. */
+     * children are stepped in place and only the surviving ones with children are kept. */
 #define VISIT(C, PREV, LEVEL, SI)                                                          \
     do {                                                                               \
         int64_t c_ = (C), st_;                                                         \
@@ -177,12 +217,12 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
             if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
             else { EMIT(0, (SI)); EMIT(1, c_); EMIT(2, st_); }                         \
         }                                                                              \
-        if (nd[c_].n_children) PUSH_FRAME(c_, st_, (LEVEL), (SI));                     \
+        if (nd[c_].n_children) PUSH_NEXT(c_, st_, (LEVEL), (SI));                      \
     } while (0)
 
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n_starts + n_inj; i++) {
-        sp = 0;
+        nn = 0;
         if (i < n_starts) {
             for (int64_t r = 0; r < n_roots; r++) VISIT(r, starts[i], 0, i);
         } else {
@@ -192,15 +232,22 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
                 if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
                 else { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
             }
-            if (nd[g].n_children) PUSH_FRAME(g, ist[j], ilev[j], isi[j]);
+            if (nd[g].n_children) PUSH_NEXT(g, ist[j], ilev[j], isi[j]);
         }
-        while (sp) {
-            frame f = stack[--sp];
-            for (int64_t c = nd[f.node].lo, e = c + nd[f.node].n_children; c < e; c++)
-                VISIT(c, f.prev, f.level + 1, f.si);
+        while (nn) {
+            frame *t_ = cur; cur = nxt; nxt = t_;
+            Py_ssize_t tc_ = ccap; ccap = ncap; ncap = tc_;
+            ncur = nn;
+            nn = 0;
+            for (Py_ssize_t k = 0; k < ncur; k++) {
+                frame f = cur[k];
+                for (int64_t c = nd[f.node].lo, e = c + nd[f.node].n_children; c < e; c++)
+                    VISIT(c, f.prev, f.level + 1, f.si);
+            }
         }
     }
 #undef VISIT
+#undef PUSH_NEXT
 done:
     Py_END_ALLOW_THREADS
 
@@ -224,8 +271,9 @@ done:
             PyTuple_SET_ITEM(result, j, b);
         }
     }
-    free(stack);
-    for (int j = 0; j < 7; j++) free(out[j].p);
+    keep_frames(cur, ccap, 0);
+    keep_frames(nxt, ncap, 1);
+    for (int j = 0; j < 7; j++) keep_vec(&out[j], &tl_out[j]);
     free(rows);
     free(ends.p);
     free(gid);
