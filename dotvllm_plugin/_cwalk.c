@@ -98,9 +98,9 @@ static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid,
     return 0;
 }
 
-/* Per thread: the walk's output vectors and level buffers, kept between calls (up to
- * KEEP_BYTES each, ~20 MB at most per thread). Fresh megabytes per call were a third of a full-vocabulary walk in page faults
- * and reallocation copies. The walk runs without the GIL, so the pool is per thread. */
+/* Per thread: the walk's output vectors and level buffers, kept between calls (up to KEEP_BYTES
+ * each, ~20 MB at most per thread). Fresh megabytes per call were a third of a full-vocabulary
+ * walk in page faults and reallocation copies. The walk runs without the GIL: one pool per thread. */
 #define KEEP_BYTES ((size_t)2 << 20)  /* (a 131k vocabulary: a full walk needs 1 MB per vector) */
 static __thread vec tl_out[7];
 static __thread frame *tl_frames[2];
