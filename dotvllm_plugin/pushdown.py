@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import weakref
 from collections import deque
 
 import numpy as np
@@ -559,7 +560,9 @@ class _LazyReach:
     grammar with hundreds of contextual lexers visits few of them per request)."""
 
     def __init__(self, grammar: PushdownGrammar):
-        self._g = grammar
+        # a weak reference: the grammar holds this table, and a cycle would leave a dropped grammar
+        # (megabytes of tables and caches) to the cyclic garbage collector, a long pause later
+        self._grammar = weakref.ref(grammar)
         self._values: dict[int, object] = {}
         self._expansion = None  # (start, terminals, real ids, compounds): what each chosen id stands for
 
@@ -568,7 +571,7 @@ class _LazyReach:
             return self._values[q]
         except KeyError:
             pass
-        g = self._g
+        g = self._grammar()
         lexer = g._owner[q]
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
@@ -583,7 +586,7 @@ class _LazyReach:
     def _from_c(self, lexer: int, chosen: np.ndarray) -> list:
         """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``), each distinct set
         read once."""
-        g = self._g
+        g = self._grammar()
         compounds = g._compounds
         if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
             n_real = compounds.base
