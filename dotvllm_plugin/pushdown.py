@@ -1205,13 +1205,13 @@ class PushdownGrammar:
 
             lo = self._start(lexer)
             block, chosen = self._blocks[lexer]
-            t = block.astype(np.int64)
-            t = np.where(t >= 0, t - lo, -1)
-            ends = (chosen >= 0)[:, None] & (t < 0)
-            t[ends] = -2
-            class_trans, byte_class = byte_classes(t)
-            view = byte_view(self.vocabulary, byte_class, class_trans.shape[1])
-            got = self._walkers[lexer] = (class_trans.astype(np.int64), view, t[0].copy())
+            # classes of the global table: the same partition as the local one with -2 marks (a
+            # mark depends on the row only), and the rest is done on classes, not 256 columns
+            class_trans, byte_class = byte_classes(block)
+            t = np.where(class_trans >= 0, class_trans - lo, -1)
+            t[(chosen >= 0)[:, None] & (t < 0)] = -2
+            view = byte_view(self.vocabulary, byte_class, t.shape[1])
+            got = self._walkers[lexer] = (t, view, t[0][byte_class])
         return got
 
     def _canonical(self, q: int):
