@@ -174,8 +174,8 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     vec out[7] = {{0}};
     /* Level by level: ``cur`` holds the surviving nodes of one level whose children are still to
      * visit, ``nxt`` collects the next level's. Children of consecutive nodes are consecutive in
-     * the trie's level order, so each level is read front to back (depth first read one scattered
-     * cache line per node). */
+     * the trie's level order, so each level is read front to back (240 walks recorded from a
+     * compile and a document's masks: 17.5 ms, depth first 20.7 ms). */
     frame *cur = tl_frames[0], *nxt = tl_frames[1];
     Py_ssize_t ncur = 0, ccap = tl_frames_cap[0], nn = 0, ncap = tl_frames_cap[1];
     tl_frames[0] = tl_frames[1] = NULL;
