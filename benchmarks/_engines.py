@@ -198,8 +198,9 @@ class Ours(Engine):
 def _clear_memo_tables() -> None:
     """Cold compiles: empty the process-wide memo tables of the JSON Schema translator, of the
     regex front end's character classes (pure functions of code-point sets and of the classes a
-    pattern names, kept across requests in a server's compile worker), and the matcher's
-    character-run tables (per vocabulary and character class, kept across requests)."""
+    pattern names, kept across requests in a server's compile worker), the matcher's
+    character-run tables (per vocabulary and character class, kept across requests), and the
+    pushdown engine's terminal automata (per regex, kept across requests)."""
     try:
         from dotvllm_plugin.grammar.json_schema.text import clear_memos
     except ImportError:  # an older core (--core-ref)
@@ -215,6 +216,11 @@ def _clear_memo_tables() -> None:
     except ImportError:  # an older core (--core-ref)
         return
     clear_run_tables()
+    try:
+        from dotvllm_plugin.pushdown import clear_memos as clear_terminal_automata
+    except ImportError:  # an older core (--core-ref)
+        return
+    clear_terminal_automata()
 
 
 class XGrammar(Engine):

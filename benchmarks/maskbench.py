@@ -228,7 +228,7 @@ def tables(summaries: dict, n: int):
 
 COLD = ("cold: one long-lived worker per engine with result caches off (ours cache_size=0, and before "
         "each compile the JSON Schema translator's and the regex front end's memo tables, the "
-        "per-vocabulary gadget walks and character-run tables emptied; xgrammar "
+        "per-vocabulary gadget walks, character-run tables and terminal automata emptied; xgrammar "
         "cache_enabled=False, llguidance/outlines-core keep none), so no cache outlives a schema; "
         "per-vocabulary tables built at start-up stay warm")
 

@@ -49,7 +49,7 @@ import json
 import re
 import threading
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 
 import numpy as np
 
@@ -206,9 +206,53 @@ _TOO_MANY_LEXER_STATES = f"the grammar's lexer automaton exceeds {MAX_LEXER_STAT
 # -- compile: terminals and contextual lexers -----------------------------------------------------
 
 
+#: Terminal automata kept per process, by (regex, excluded strings, non-empty, generated): every
+#: JSON schema has the same string, number and key terminals, and a compile worker or an engine
+#: process built them again for each grammar. Small automata only, bounded in bytes; their arrays
+#: are read-only. Cold-compile benchmarks empty it (:func:`clear_memos`).
+TERMINAL_MEMO_BYTES = 32 << 20
+TERMINAL_MEMO_MAX_STATES = 4096
+_terminal_memo: OrderedDict = OrderedDict()
+_terminal_memo_bytes = 0
+_terminal_memo_lock = threading.Lock()
+
+
+def clear_memos() -> None:
+    """Forget the per-process terminal automata (benchmarks timing cold compiles do)."""
+    global _terminal_memo_bytes
+    with _terminal_memo_lock:
+        _terminal_memo.clear()
+        _terminal_memo_bytes = 0
+
+
 def _terminal_dfa(t: Terminal, bases: dict | None = None):
-    """``t``'s byte DFA. ``bases``: automata of excluding terminals' regexes before the cut, by
-    regex, kept by the caller for one grammar (its objects' undeclared keys share one)."""
+    """``t``'s byte DFA (kept per process when small). ``bases``: automata of excluding
+    terminals' regexes before the cut, by regex, kept by the caller for one grammar (its objects'
+    undeclared keys share one)."""
+    global _terminal_memo_bytes
+    # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
+    key = (t.regex, tuple(t.exclude or ()), bool(t.nonempty), t.tree is not None)
+    with _terminal_memo_lock:
+        got = _terminal_memo.get(key)
+        if got is not None:
+            _terminal_memo.move_to_end(key)
+            return got
+    dfa = _build_terminal_dfa(t, bases)
+    if dfa.n_states <= TERMINAL_MEMO_MAX_STATES:
+        dfa.transitions.flags.writeable = False
+        dfa.accepting.flags.writeable = False
+        size = dfa.transitions.nbytes + dfa.accepting.nbytes
+        with _terminal_memo_lock:
+            if key not in _terminal_memo:
+                _terminal_memo[key] = dfa
+                _terminal_memo_bytes += size
+                while _terminal_memo_bytes > TERMINAL_MEMO_BYTES and _terminal_memo:
+                    _, old = _terminal_memo.popitem(last=False)
+                    _terminal_memo_bytes -= old.transitions.nbytes + old.accepting.nbytes
+    return dfa
+
+
+def _build_terminal_dfa(t: Terminal, bases: dict | None):
     from .regex import regex_to_dfa
 
     try:

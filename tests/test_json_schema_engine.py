@@ -203,3 +203,39 @@ def test_a_dropped_grammar_is_freed_without_the_cyclic_collector(tekken_vocab, s
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_build(tekken_vocab, monkeypatch):
+    """The pushdown engine keeps small terminal automata per process: a second schema reuses the
+    first's string and number terminals, every kept automaton is read-only and equals one built
+    afresh, and a regex written by a user does not share an entry with the same generated text."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.ir import Terminal
+
+    pushdown.clear_memos()
+    compiler = GrammarCompiler(tekken_vocab, cache_size=0)
+    compiler.compile_json_schema(TREE)
+    first = dict(pushdown._terminal_memo)
+    assert first
+    other = {"type": "array", "items": {"anyOf": [{"type": "object", "properties": {"w": {"type": "string"},
+                                                                                    "n": {"type": "number"}}},
+                                                  {"$ref": "#"}]}}
+    built = []
+    build = pushdown._build_terminal_dfa
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t, bases: built.append(t.regex) or build(t, bases))
+    grammar = compiler.compile_json_schema(other)
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
+    reused = set(first) & set(pushdown._terminal_memo)
+    assert reused and all(pushdown._terminal_memo[k] is first[k] for k in reused)
+    assert not {k[0] for k in reused} & set(built)  # what was kept was not built again
+    assert len(built) < len(grammar.terminal_names)
+    for (regex, exclude, nonempty, generated), dfa in pushdown._terminal_memo.items():
+        assert not dfa.transitions.flags.writeable and not dfa.accepting.flags.writeable
+        fresh = pushdown._build_terminal_dfa(Terminal("t", regex, nonempty=nonempty, exclude=exclude), None)
+        assert np.array_equal(fresh.transitions, dfa.transitions) and np.array_equal(fresh.accepting, dfa.accepting)
+        assert fresh.initial == dfa.initial
+    generated = next(k for k in pushdown._terminal_memo if k[3])
+    user = pushdown._terminal_dfa(Terminal("u", generated[0], nonempty=generated[2], exclude=generated[1]))
+    assert user is not pushdown._terminal_memo[generated]  # (built through the user-text checks)
+    pushdown.clear_memos()
+    assert not pushdown._terminal_memo
