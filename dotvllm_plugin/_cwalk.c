@@ -536,6 +536,30 @@ static void table_free(table *t) {
     free(t->hashes.p);
 }
 
+/* The id of ``row`` (``size`` bytes, a multiple of 4) among the distinct rows kept in ``*pool``
+ * (``*count`` of them, room for ``*room``), added when new; -1 when out of memory. */
+static int64_t intern_row(table *tab, char **pool, Py_ssize_t *count, Py_ssize_t *room, const void *row, size_t size) {
+    const uint32_t *w = row;
+    uint64_t h = 0x84222325CBF29CE4ULL;
+    for (size_t k = 0; k < size / 4; k++) { h ^= w[k]; h *= 0x100000001B3ULL; h ^= h >> 29; }
+    Py_ssize_t slot = table_slot(tab, h);
+    while (tab->slots[slot] >= 0) {
+        int64_t id = tab->slots[slot];
+        if ((uint64_t)tab->hashes.p[id] == h && memcmp(*pool + id * size, row, size) == 0) return id;
+        slot = (slot + 1) & (tab->cap - 1);
+    }
+    if (*count == *room) {
+        Py_ssize_t nr = *room ? 2 * *room : 16;
+        char *np_ = realloc(*pool, (size_t)nr * size);
+        if (!np_) return -1;
+        *pool = np_;
+        *room = nr;
+    }
+    memcpy(*pool + *count * size, row, size);
+    if (table_add(tab, slot, h)) return -1;
+    return (*count)++;
+}
+
 static uint64_t set_hash(const int64_t *xs, Py_ssize_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -764,9 +788,10 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
     const uint8_t *has = b_has.buf;
     Py_ssize_t k = b_starts.len / 8;
     PyObject *result = NULL;
-    uint32_t *row = calloc((size_t)W, 4), *pool = NULL;
+    uint32_t *row = calloc((size_t)W, 4);
+    char *pool = NULL;  /* distinct rows: pool[id * W * 4 : (id + 1) * W * 4] */
     int64_t *idx = malloc((size_t)(k + 1) * 8);
-    table tab = {0};  /* distinct rows: pool[id * W : (id + 1) * W] */
+    table tab = {0};  /* ids of the distinct rows, by hash */
     frame *stack = NULL;
     Py_ssize_t sp = 0, scap = 0, m = 0, pcap = 0;
     long long produced = 0;
@@ -785,26 +810,8 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
                 for (int64_t j = ts[f.node]; j < ts[f.node + 1]; j++) row[ti[j] >> 5] |= (uint32_t)1 << (ti[j] & 31);
             for (int64_t c = hi[f.node] - 1; c >= lo[f.node]; c--) PUSH_FRAME(c, st, f.level + 1, f.si);
         }
-        uint64_t h = 0x84222325CBF29CE4ULL;
-        for (Py_ssize_t w = 0; w < W; w++) { h ^= row[w]; h *= 0x100000001B3ULL; h ^= h >> 29; }
-        Py_ssize_t slot = table_slot(&tab, h);
-        int64_t found = -1;
-        while (tab.slots[slot] >= 0) {
-            int64_t id = tab.slots[slot];
-            if ((uint64_t)tab.hashes.p[id] == h && memcmp(pool + id * W, row, (size_t)W * 4) == 0) { found = id; break; }
-            slot = (slot + 1) & (tab.cap - 1);
-        }
-        if (found < 0) {
-            if (m == pcap) {
-                pcap = pcap ? 2 * pcap : 16;
-                uint32_t *np_ = realloc(pool, (size_t)pcap * W * 4);
-                if (!np_) { nomem = 1; goto done; }
-                pool = np_;
-            }
-            memcpy(pool + m * W, row, (size_t)W * 4);
-            if (table_add(&tab, slot, h)) { nomem = 1; goto done; }
-            found = m++;
-        }
+        int64_t found = intern_row(&tab, &pool, &m, &pcap, row, (size_t)W * 4);
+        if (found < 0) { nomem = 1; goto done; }
         idx[i] = found;
     }
 done:
@@ -997,7 +1004,8 @@ static PyObject *reach_sets(PyObject *self, PyObject *args) {
     Py_ssize_t n = b_chosen.len / 8, T = b_es.len / 8 - 1, words = (n_bits + 63) / 64;
     if (words < 1) words = 1;
     PyObject *result = NULL;
-    uint64_t *bits = NULL, *sets = NULL;
+    uint64_t *bits = NULL;
+    char *sets = NULL;  /* distinct sets, words * 8 bytes each */
     int64_t *group = NULL;
     table tab = {0};
     if (C <= 0 || b_trans.len / 8 != n * C) {
@@ -1035,27 +1043,8 @@ static PyObject *reach_sets(PyObject *self, PyObject *args) {
     }
     Py_ssize_t g = 0, scap = 0;
     for (Py_ssize_t s = 0; s < n; s++) {
-        const uint64_t *b = bits + s * words;
-        uint64_t h = 0x84222325CBF29CE4ULL;
-        for (Py_ssize_t w = 0; w < words; w++) { h ^= b[w]; h *= 0x100000001B3ULL; h ^= h >> 29; }
-        Py_ssize_t slot = table_slot(&tab, h);
-        int64_t found = -1;
-        while (tab.slots[slot] >= 0) {
-            int64_t id = tab.slots[slot];
-            if ((uint64_t)tab.hashes.p[id] == h && memcmp(sets + id * words, b, (size_t)words * 8) == 0) { found = id; break; }
-            slot = (slot + 1) & (tab.cap - 1);
-        }
-        if (found < 0) {
-            if (g == scap) {
-                scap = scap ? 2 * scap : 16;
-                uint64_t *ns = realloc(sets, (size_t)scap * words * 8);
-                if (!ns) { PyErr_NoMemory(); goto out; }
-                sets = ns;
-            }
-            memcpy(sets + g * words, b, (size_t)words * 8);
-            if (table_add(&tab, slot, h)) { PyErr_NoMemory(); goto out; }
-            found = g++;
-        }
+        int64_t found = intern_row(&tab, &sets, &g, &scap, bits + s * words, (size_t)words * 8);
+        if (found < 0) { PyErr_NoMemory(); goto out; }
         group[s] = found;
     }
     result = Py_BuildValue("(y#y#)", (const char *)group, (Py_ssize_t)(n * 8), (const char *)sets,

@@ -588,15 +588,18 @@ def _reachable_terminals(lex_trans: np.ndarray, chosen: np.ndarray, ignore: list
             if b != bits[s_]:
                 bits[s_] = b
                 changed = True
-    out: list = []
-    for b in bits:
-        terms = []
-        while b:  # set bits, lowest first
-            low = b & -b
-            terms.append(low.bit_length() - 1)
-            b ^= low
-        out.append(None if not terms or any(ignore[t] for t in terms) else tuple(terms))
-    return out
+    return [_reach_of_bits(b, ignore) for b in bits]
+
+
+def _reach_of_bits(b: int, ignore) -> tuple | None:
+    """A reach set from its bits: the terminals in ascending order, None when empty or when an
+    ignored terminal is among them."""
+    terms = []
+    while b:  # set bits, lowest first
+        low = b & -b
+        terms.append(low.bit_length() - 1)
+        b ^= low
+    return None if not terms or any(ignore[t] for t in terms) else tuple(terms)
 
 
 class _LazyReach:
@@ -643,15 +646,8 @@ class _LazyReach:
         group, sets = index._cwalk.reach_sets(ct, ct.shape[1], chosen.astype(np.int64), start, terms, n_real)
         words = max(1, (n_real + 63) // 64)
         ignore = g._ignore
-        distinct = []
-        for k in range(len(sets) // (8 * words)):
-            b = int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little")
-            found = []
-            while b:  # set bits, lowest first
-                low = b & -b
-                found.append(low.bit_length() - 1)
-                b ^= low
-            distinct.append(None if not found or any(ignore[t] for t in found) else tuple(found))
+        distinct = [_reach_of_bits(int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little"), ignore)
+                    for k in range(len(sets) // (8 * words))]
         return [distinct[i] for i in np.frombuffer(group, dtype=np.int64).tolist()]
 
 
