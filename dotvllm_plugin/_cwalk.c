@@ -63,19 +63,22 @@ typedef struct {
     uint8_t has;          /* a token ends here */
 } trie_node;
 
-/* Push a frame on the growable stack ``stack``/``sp``/``scap``; on failure set nomem, goto done. */
-#define PUSH_FRAME(N, P, L, S)                                                     \
+/* Append a frame to the growable array ``BUF`` of ``LEN`` frames and room for ``CAP``; on failure
+ * set nomem, goto done. */
+#define PUSH_TO(BUF, LEN, CAP, N, P, L, S)                                         \
     do {                                                                           \
-        if (sp == scap) {                                                          \
-            Py_ssize_t nc = scap ? scap * 2 : 4096;                                \
-            frame *ns = realloc(stack, (size_t)nc * sizeof(frame));                \
+        if ((LEN) == (CAP)) {                                                      \
+            Py_ssize_t nc = (CAP) ? (CAP) * 2 : 4096;                              \
+            frame *ns = realloc((BUF), (size_t)nc * sizeof(frame));                \
             if (!ns) { nomem = 1; goto done; }                                     \
-            stack = ns;                                                            \
-            scap = nc;                                                             \
+            (BUF) = ns;                                                            \
+            (CAP) = nc;                                                            \
         }                                                                          \
-        stack[sp].node = (N); stack[sp].prev = (P); stack[sp].level = (L); stack[sp].si = (S); \
-        sp++;                                                                      \
+        (BUF)[LEN].node = (N); (BUF)[LEN].prev = (P); (BUF)[LEN].level = (L); (BUF)[LEN].si = (S); \
+        (LEN)++;                                                                   \
     } while (0)
+/* Push a frame on the growable stack ``stack``/``sp``/``scap``. */
+#define PUSH_FRAME(N, P, L, S) PUSH_TO(stack, sp, scap, N, P, L, S)
 
 /* Set the bits of the tokens ending at ``node`` in the row of end state ``st`` (a zeroed row is
  * added on the state's first token). Returns -1 when out of memory. */
@@ -185,18 +188,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
 
 #define EMIT(K, X) do { if (vec_push(&out[K], (X))) { nomem = 1; goto done; } } while (0)
-#define PUSH_NEXT(N, P, L, S)                                                      \
-    do {                                                                           \
-        if (nn == ncap) {                                                          \
-            Py_ssize_t nc = ncap ? ncap * 2 : 4096;                                \
-            frame *ns = realloc(nxt, (size_t)nc * sizeof(frame));                  \
-            if (!ns) { nomem = 1; goto done; }                                     \
-            nxt = ns;                                                              \
-            ncap = nc;                                                             \
-        }                                                                          \
-        nxt[nn].node = (N); nxt[nn].prev = (P); nxt[nn].level = (L); nxt[nn].si = (S); \
-        nn++;                                                                      \
-    } while (0)
+#define PUSH_NEXT(N, P, L, S) PUSH_TO(nxt, nn, ncap, N, P, L, S)
 
     /* A frame is a surviving node (reached in state f.prev) whose children are still to visit;
      * children are stepped in place and only the surviving ones with children are kept. */
