@@ -366,6 +366,11 @@ def _ranks(terms) -> list[int]:
 
 
 def _joint_classes(tables: list[np.ndarray]):
+    """Byte classes of several tables at once: ``(byte → class, class → a representative byte)``."""
+    if _cwalk is not None:  # (classes numbered by their first byte)
+        _, bc, _ = _cwalk.byte_classes(np.ascontiguousarray(np.concatenate(tables, axis=0), dtype=np.int32))
+        byte_class = np.frombuffer(bc, dtype=np.int64)
+        return byte_class, np.unique(byte_class, return_index=True)[1]
     cols = np.ascontiguousarray(np.concatenate(tables, axis=0).T)  # [256, sum states]
     # each byte's column as one opaque value: a byte-wise sort, ~10x faster than unique(axis=0)
     keys = cols.view(np.dtype((np.void, cols.shape[1] * cols.itemsize))).ravel()

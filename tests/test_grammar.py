@@ -514,3 +514,28 @@ def test_nests_against_one_search_per_symbol():
         assert got == _nests_reference(rules), rules
         seen[got] += 1
     assert min(seen.values()) > 100, seen
+
+
+def test_joint_byte_classes_in_c_are_the_partition_of_the_numpy_reference(monkeypatch):
+    """``pushdown._joint_classes`` through ``_cwalk.byte_classes``: the same partition of the bytes
+    as the numpy reference (its own class numbering aside), each representative in its class, on
+    random tables and on the terminal automata of the lark grammars here."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.lark import lark_to_ir
+
+    if pushdown._cwalk is None:
+        pytest.skip("the C extension is not built")
+    rng = np.random.default_rng(3)
+    cases = [[rng.integers(-1, 4, size=(rng.integers(1, 6), 256)).astype(np.int32) for _ in range(k)]
+             for k in (1, 2, 3) for _ in range(20)]
+    for text in (JSON, ARITHMETIC, SQL):
+        ir = lark_to_ir(text)
+        cases.append([pushdown._terminal_dfa(t).transitions for t in ir.terminals])
+    for tables in cases:
+        fast, fast_rep = pushdown._joint_classes(tables)
+        monkeypatch.setattr(pushdown, "_cwalk", None)
+        slow, slow_rep = pushdown._joint_classes(tables)
+        monkeypatch.undo()
+        same = fast[:, None] == fast[None, :]
+        assert np.array_equal(same, slow[:, None] == slow[None, :])
+        assert len(fast_rep) == len(slow_rep) and np.array_equal(fast[fast_rep], np.arange(len(fast_rep)))
