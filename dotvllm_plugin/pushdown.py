@@ -225,10 +225,8 @@ def clear_memos() -> None:
         _terminal_memo_bytes = 0
 
 
-def _terminal_dfa(t: Terminal, bases: dict | None = None):
-    """``t``'s byte DFA (kept per process when small). ``bases``: automata of excluding
-    terminals' regexes before the cut, by regex, kept by the caller for one grammar (its objects'
-    undeclared keys share one)."""
+def _terminal_dfa(t: Terminal):
+    """``t``'s byte DFA (kept per process when small)."""
     global _terminal_memo_bytes
     # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
     key = (t.regex, tuple(t.exclude or ()), bool(t.nonempty), t.tree is not None)
@@ -237,7 +235,7 @@ def _terminal_dfa(t: Terminal, bases: dict | None = None):
         if got is not None:
             _terminal_memo.move_to_end(key)
             return got
-    dfa = _build_terminal_dfa(t, bases)
+    dfa = _build_terminal_dfa(t)
     if dfa.n_states <= TERMINAL_MEMO_MAX_STATES:
         dfa.transitions.flags.writeable = False
         dfa.accepting.flags.writeable = False
@@ -252,18 +250,16 @@ def _terminal_dfa(t: Terminal, bases: dict | None = None):
     return dfa
 
 
-def _build_terminal_dfa(t: Terminal, bases: dict | None):
+def _build_terminal_dfa(t: Terminal):
     from .regex import regex_to_dfa
 
+    if t.exclude:  # the cut from the automaton of the regex alone, kept like any terminal's (the
+        # objects' undeclared keys share it; an excluding regex opens with its quote, never empty)
+        base = _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree))
     try:
         if t.exclude:
             from .regex.exclusion import without_json_strings
 
-            base = None if bases is None else bases.get(t.regex)
-            if base is None:
-                base = regex_to_dfa(t.regex, tree=t.tree)
-                if bases is not None:
-                    bases[t.regex] = base
             dfa = without_json_strings(base, t.exclude, t.regex)
         else:
             dfa = regex_to_dfa(t.regex, tree=t.tree)
@@ -285,10 +281,9 @@ def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
     the time spent on the others (seconds, with several ``maxLength`` in the thousands)."""
     terms = grammar.terminals
     dfas = list(built) if built is not None else [None] * len(terms)
-    bases: dict = {}
     for i in sorted(range(len(terms)), key=lambda i: -_largest_count(terms[i].regex)):
         if dfas[i] is None and (lazy is None or not lazy(terms[i])):
-            dfas[i] = _terminal_dfa(terms[i], bases)
+            dfas[i] = _terminal_dfa(terms[i])
     return dfas
 
 
@@ -917,7 +912,6 @@ class PushdownGrammar:
             self.n_lexers = len(a["lexer_member_offsets"]) - 1
             self._lexer_lo = [-1] * self.n_lexers
             self._term_dfas: list = [None] * len(self.terminal_names)
-            self._exclusion_bases: dict = {}
         self._lexer_terms = None  # (built on first use)
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
@@ -957,7 +951,7 @@ class PushdownGrammar:
                 x0, x1 = int(a["lazy_exclude_offsets"][t]), int(a["lazy_exclude_offsets"][t + 1])
                 exclude = tuple(json.loads(bytes(a["lazy_exclude"][x0:x1]))) if x1 > x0 else ()
                 d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t]),
-                                           exclude=exclude), self._exclusion_bases)
+                                           exclude=exclude))
             else:
                 lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
                 d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],

@@ -222,16 +222,16 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
                                                   {"$ref": "#"}]}}
     built = []
     build = pushdown._build_terminal_dfa
-    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t, bases: built.append(t.regex) or build(t, bases))
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t: built.append(t.regex) or build(t))
     grammar = compiler.compile_json_schema(other)
     monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
     reused = set(first) & set(pushdown._terminal_memo)
     assert reused and all(pushdown._terminal_memo[k] is first[k] for k in reused)
     assert not {k[0] for k in reused} & set(built)  # what was kept was not built again
     assert len(built) < len(grammar.terminal_names)
-    for (regex, exclude, nonempty, generated), dfa in pushdown._terminal_memo.items():
+    for (regex, exclude, nonempty, generated), dfa in list(pushdown._terminal_memo.items()):
         assert not dfa.transitions.flags.writeable and not dfa.accepting.flags.writeable
-        fresh = pushdown._build_terminal_dfa(Terminal("t", regex, nonempty=nonempty, exclude=exclude), None)
+        fresh = pushdown._build_terminal_dfa(Terminal("t", regex, nonempty=nonempty, exclude=exclude))
         assert np.array_equal(fresh.transitions, dfa.transitions) and np.array_equal(fresh.accepting, dfa.accepting)
         assert fresh.initial == dfa.initial
     generated = next(k for k in pushdown._terminal_memo if k[3])
