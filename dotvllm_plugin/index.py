@@ -217,16 +217,19 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
     exits)``, see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
-    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited."""
+    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited. ``inject`` may also be the flat
+    arrays ``(start index, level, level-local node, state)`` (C walk only)."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
     empty = np.zeros(0, dtype=np.int64)
-    inject = inject or {}
-    parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in inject.items() if len(v[0])]
-    i_level, i_si, i_node, i_state = (
-        (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)) if parts else (empty,) * 4
-    )
+    if isinstance(inject, tuple):
+        i_si, i_level, i_node, i_state = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
+    else:
+        parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in (inject or {}).items() if len(v[0])]
+        i_level, i_si, i_node, i_state = (
+            (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)) if parts else (empty,) * 4
+        )
     starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
     res = _cwalk.walk(
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
@@ -235,20 +238,16 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         *(() if skip is None else skip),
     )
     if res is None:
-        raise _walk_too_large()
+        raise CompilationTooLargeError(
+            f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
+            "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+        )
     if rows is not None:
         return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
     return arrays
-
-
-def _walk_too_large() -> CompilationTooLargeError:
-    return CompilationTooLargeError(
-        f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
-        "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
-    )
 
 
 #: Whether :func:`_walk` uses the C extension when it is built (tests compare both).
@@ -936,7 +935,7 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
     """:func:`walk_rows_by_end` resumed at trie nodes that start a lexeme: ``(level, level-local
     node)`` pairs, each stepped by its own byte from the row ``first`` (the lexeme-start state's, -1
     dead, -2 exit). None when no node survives that step. One C call with flat arrays (the hot path
-    of the pushdown matcher's first visits); the numpy walk otherwise."""
+    of the pushdown matcher's first visits); per level through the numpy walk otherwise."""
     if _cwalk is None or not USE_C_WALK:
         trie = view.cls.trie
         inject = {}
@@ -947,30 +946,14 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
         return walk_rows_by_end(class_trans, view, words, inject=inject) if inject else None
-    sym, _, _, off, _, nodes, byte_class = _flat_structure(view)
-    level = level.astype(np.int64, copy=False)
-    node = node.astype(np.int64, copy=False)
+    sym, _, _, off, _, _, _ = _flat_structure(view)
     state = first[sym[off[level] + node]]  # a byte view's sym is the node's byte
     ok = state >= 0
     if not ok.all():
         if not ok.any():
             return None
         level, node, state = level[ok], node[ok], state[ok]
-    start, ids = _token_csr(view)
-    res = _cwalk.walk(
-        class_trans, class_trans.shape[1], nodes, byte_class, off, int(off[1] - off[0]) if len(off) > 1 else 0,
-        _EMPTY_I64, np.zeros(len(node), dtype=np.int64), np.ascontiguousarray(level), np.ascontiguousarray(node),
-        np.ascontiguousarray(state, dtype=np.int64), True, MAX_INDEX_ENTRIES, start, ids, words,
-        class_trans.shape[0],
-    )
-    if res is None:
-        raise _walk_too_large()
-    ends = np.frombuffer(res[0], dtype=np.int64)
-    return (ends, np.frombuffer(res[1], dtype=np.int32).reshape(len(ends), words)), tuple(
-        np.frombuffer(b, dtype=np.int64) for b in res[2:])
-
-
-_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+    return walk_rows_by_end(class_trans, view, words, inject=(np.zeros(len(node), dtype=np.int64), level, node, state))
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:
