@@ -1047,7 +1047,7 @@ out:
     return result;
 }
 
-/* ball(trans int64[n * C], C, q, depth, chosen int32[n], consent uint8[n]) -> (states bytes of
+/* ball(trans int64[n * C], C, q, depth, chosen int64[n], consent uint8[n]) -> (states bytes of
  * int64[m], signature bytes): the states within ``depth`` steps of ``q`` in breadth-first order
  * (successors by class), and the ball as bytes: each state's row relabelled to ball positions
  * (-3: a state past the ball; -1 and -2 kept), then the states' chosen terminals, then their
@@ -1058,11 +1058,11 @@ static PyObject *ball(PyObject *self, PyObject *args) {
     Py_ssize_t C, q, depth;
     if (!PyArg_ParseTuple(args, "y*nnny*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_consent)) return NULL;
     const int64_t *trans = b_trans.buf;
-    const int32_t *chosen = b_chosen.buf;
+    const int64_t *chosen = b_chosen.buf;
     const uint8_t *consent = b_consent.buf;
     Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
     PyObject *result = NULL;
-    if (q < 0 || q >= n || b_chosen.len < n * 4 || b_consent.len < n) {
+    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_consent.len < n) {
         PyErr_SetString(PyExc_ValueError, "ball: q out of range or chosen/consent shorter than the table");
         goto out;
     }
@@ -1100,7 +1100,7 @@ static PyObject *ball(PyObject *self, PyObject *args) {
         }
         int32_t *ch = (int32_t *)(p + m * C * 4);
         uint8_t *co = (uint8_t *)(p + m * C * 4 + m * 4);
-        for (Py_ssize_t i = 0; i < m; i++) { ch[i] = chosen[order[i]]; co[i] = consent[order[i]]; }
+        for (Py_ssize_t i = 0; i < m; i++) { ch[i] = (int32_t)chosen[order[i]]; co[i] = consent[order[i]]; }
         result = PyTuple_Pack(2, states, sig);
     }
     Py_XDECREF(sig);

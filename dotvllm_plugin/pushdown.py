@@ -643,7 +643,7 @@ class _LazyReach:
                                len(compounds.members))
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
-        group, sets = index._cwalk.reach_sets(ct, ct.shape[1], chosen.astype(np.int64), start, terms, n_real)
+        group, sets = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real)
         words = max(1, (n_real + 63) // 64)
         ignore = g._ignore
         distinct = [_reach_of_bits(int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little"), ignore)
@@ -922,8 +922,8 @@ class PushdownGrammar:
         self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
-        self._ball_inputs: dict[int, tuple] = {}  # lexer → what the C ball signature reads
-        self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64
+        self._ball_inputs: dict[int, tuple] = {}  # lexer → (consent flags, byte classes) for the C ball
+        self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
         self._sub_cache: dict[tuple, dict] = {}
@@ -992,6 +992,13 @@ class PushdownGrammar:
         lexer = self._owner[q]
         row = self._rows[q] = self._blocks[lexer][0][q - self._lexer_lo[lexer]].tolist()
         return row
+
+    def _chosen_of(self, lexer: int) -> np.ndarray:
+        """A built ``lexer``'s ``chosen`` (local states) as int64, the form the C helpers read."""
+        got = self._chosen64.get(lexer)
+        if got is None:
+            got = self._chosen64[lexer] = self._blocks[lexer][1].astype(np.int64)
+        return got
 
     def _local_successors(self, lexer: int) -> list[list[int]]:
         """Distinct successors of each state of a built ``lexer``, in its local numbering."""
@@ -1265,17 +1272,15 @@ class PushdownGrammar:
         block, chosen = self._blocks[lexer]
         depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
         if index._cwalk is not None:
+            ct, view, _ = self._walker(lexer)
             got = self._ball_inputs.get(lexer)
             if got is None:
-                ct, view, _ = self._walker(lexer)
                 consent = np.fromiter((self._reach[lo + x] is None for x in range(len(chosen))), dtype=np.uint8,
                                       count=len(chosen))
                 # the rows are over this lexer's byte classes: the class of each byte leads the signature
-                got = self._ball_inputs[lexer] = (np.ascontiguousarray(ct, dtype=np.int64), ct.shape[1],
-                                                  chosen.astype(np.int32), consent,
-                                                  view.byte_class.astype(np.int16).tobytes())
-            ct, k, chosen32, consent, classes = got
-            states, sig = index._cwalk.ball(ct, k, q - lo, depth, chosen32, consent)
+                got = self._ball_inputs[lexer] = (consent, view.byte_class.astype(np.int16).tobytes())
+            consent, classes = got
+            states, sig = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), consent)
             return np.frombuffer(states, dtype=np.int64) + lo, classes + sig
         succ = self._local_successors(lexer)
         q -= lo
@@ -1369,11 +1374,7 @@ class PushdownGrammar:
         _, level, node, prev = exits
         if not len(node):
             return ()
-        lexer = self._owner[lo]
-        chosen = self._chosen64.get(lexer)
-        if chosen is None:
-            chosen = self._chosen64[lexer] = self._blocks[lexer][1].astype(np.int64)
-        terms = chosen[prev]
+        terms = self._chosen_of(self._owner[lo])[prev]
         t0 = int(terms[0])
         if (terms == t0).all():  # (most exits end one terminal)
             return ((t0, level, node),)
