@@ -229,7 +229,7 @@ def _terminal_dfa(t: Terminal):
     """``t``'s byte DFA (kept per process when small)."""
     global _terminal_memo_bytes
     # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
-    key = (t.regex, tuple(t.exclude or ()), bool(t.nonempty), t.tree is not None)
+    key = (t.regex, tuple(t.exclude), bool(t.nonempty), t.tree is not None)
     with _terminal_memo_lock:
         got = _terminal_memo.get(key)
         if got is not None:

@@ -177,7 +177,7 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     seen = set((np.unique(table[table >= p]) - p).tolist())
     stack = list(seen)
     # the same edges, without the parallel ones (the classes ``trim`` handed on, where it did)
-    cols = (dfa.classes or byte_classes(trans))[0].tolist()
+    cols = (dfa.classes if dfa.classes is not None else byte_classes(trans))[0].tolist()
     while stack:
         for t in cols[stack.pop()]:
             if t >= 0 and t not in seen:
