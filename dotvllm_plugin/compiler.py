@@ -274,11 +274,12 @@ class GrammarCompiler:
         return self._cached(("ir", grammar), lambda: self._compile_context_free(grammar))
 
     def _compile_context_free(self, grammar: Grammar):
-        from .pushdown import compile_pushdown, nests
+        from .pushdown import REGULAR_MAX_STATES, REGULAR_MAX_STATES_GENERATED, compile_pushdown, nests
 
         pushdown = compile_pushdown(grammar, self.vocabulary)
         # A grammar without nesting is regular: compiled to its exact DFA, with precomputed rows.
-        dfa = None if nests(grammar) else pushdown.as_dfa()
+        bound = REGULAR_MAX_STATES if grammar.lexing == "lark" else REGULAR_MAX_STATES_GENERATED
+        dfa = None if nests(grammar) else pushdown.as_dfa(max_states=bound)
         if dfa is None:
             return pushdown
         try:

@@ -63,26 +63,29 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
             if not nullable[a] and all(x < n_nt and nullable[x] for x in rhs[r]):
                 nullable[a] = changed = True
 
-    # closure of each nonterminal: the rules whose items (r, 0) it adds
-    closure_nt: list[tuple[int, ...]] = []
-    for a in range(n_nt):
-        seen_nt, todo, out = {a}, [a], []
-        while todo:
-            b = todo.pop()
-            for r in by_lhs[b]:
-                out.append(r)
-                if rhs[r] and rhs[r][0] < n_nt and rhs[r][0] not in seen_nt:
-                    seen_nt.add(rhs[r][0])
-                    todo.append(rhs[r][0])
-        closure_nt.append(tuple(sorted(out)))
-
     # -- LR(0) item sets: an item is (rule, dot), packed as rule * K + dot --
     K = max((len(x) for x in rhs), default=0) + 1
-    # per item: the symbol after the dot (-1 at the end), and the items a nonterminal there adds
+    # per item: the symbol after the dot (-1 at the end)
     after = [-1] * (len(rhs) * K)
     for r, body in enumerate(rhs):
         after[r * K : r * K + len(body)] = body
-    adds = [tuple(x * K for x in closure_nt[a]) for a in range(n_nt)]
+    added: dict[int, tuple[int, ...]] = {}
+
+    def adds(a: int) -> tuple[int, ...]:
+        """The items (r, 0) a nonterminal after the dot adds: its closure, computed for the
+        nonterminals some kernel has after its dot only (a left-recursive chain of n rules has
+        closures of every length up to n, and most are never asked for)."""
+        got = added.get(a)
+        if got is None:
+            seen_nt, todo, out = {a}, [a], []
+            while todo:
+                for r in by_lhs[todo.pop()]:
+                    out.append(r * K)
+                    if rhs[r] and rhs[r][0] < n_nt and rhs[r][0] not in seen_nt:
+                        seen_nt.add(rhs[r][0])
+                        todo.append(rhs[r][0])
+            got = added[a] = tuple(out)
+        return got
     start_kernel = frozenset({root * K})
     states: list[frozenset] = [start_kernel]
     index = {start_kernel: 0}
@@ -96,7 +99,7 @@ def lalr_tables(rules: list[tuple[str, tuple[str, ...]]], terminals: set[str], s
         for it in kernel:
             x = after[it]
             if 0 <= x < n_nt:
-                items.update(adds[x])
+                items.update(adds(x))
         moves: dict[int, list[int]] = defaultdict(list)
         done = []
         for it in items:

@@ -109,6 +109,10 @@ MAGIC = b"DOTVLLMP"
 #: compiled as a byte DFA with precomputed rows (see :meth:`PushdownGrammar.as_dfa`).
 REGULAR_MAX_STATES = 4096
 REGULAR_MAX_DEPTH = 48
+#: The bound for generated grammars (JSON Schema): a schema that is regular and small became one
+#: regex before it became rules, so these are large, and a search to 4,096 configurations spent
+#: 0.2–0.4 s to give up (or to find a 3,672-state automaton whose token index took 0.3 s more).
+REGULAR_MAX_STATES_GENERATED = 256
 
 
 def nests(grammar: Grammar) -> bool:
@@ -292,7 +296,8 @@ def _largest_count(regex: str) -> int:
     return max((int(m.group(1)) for m in _COUNTED.finditer(regex)), default=0)
 
 
-#: A generated grammar with at least this many contextual lexers builds them on first visit (a
+#: A generated grammar with at least this many contextual lexers (parser states with distinct
+#: candidate sets, before sets are shared) builds them on first visit (a
 #: request visits few of a large schema's); smaller ones build them at compile time, in the compile
 #: worker, so that the engine's step does less on first visits. Lark grammars always build them at
 #: compile time (the collision check needs them).
@@ -773,13 +778,19 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
     lexer_of_set: dict[tuple, int] = {}
     lexer_of_state = np.zeros(len(tables["accepts"]), dtype=np.int32)
-    for s, acc in enumerate(tables["accepts"]):
-        key = tuple(sorted(set(acc) | set(ignore)))
-        lexer_of_state[s] = lexer_of_set.setdefault(key, len(lexer_of_set))
+    sets = [frozenset(acc) | frozenset(ignore) for acc in tables["accepts"]]
+    n_own = len(set(sets))
+    if grammar.lexing != "lark":
+        sets = _shared_lexer_sets(sets, terms, dfas)
+    for s, members in enumerate(sets):
+        lexer_of_state[s] = lexer_of_set.setdefault(tuple(sorted(members)), len(lexer_of_set))
     members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
-    lazy = grammar.lexing != "lark" and len(members) >= LAZY_MIN_LEXERS
+    # (counted before sharing: the grammar's size decides, as it did before lexers were shared;
+    # counting shared ones built up to 63 larger lexers in the compile worker: p90 of compile
+    # 27 → 31 ms for 5 % less mask time)
+    lazy = grammar.lexing != "lark" and n_own >= LAZY_MIN_LEXERS
     if grammar.lexing != "lark" and not lazy:
         dfas = _terminal_dfas(grammar, None, dfas)
     if not lazy:
@@ -838,6 +849,81 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             **lexers,
         ),
     )
+
+
+def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
+    """The terminal set each parser state's lexer is built for: its own, or a larger one that
+    lexes every text of its own alike (longest-match grammars only).
+
+    A parser state's candidates are the terminals it takes; an object's key positions take
+    nested sets (after the ``i``-th property, the keys of the later ones), one lexer each: a
+    schema with ``n`` optional properties built and walked ``n`` lexers of up to ``n`` keys.
+    Here a set is served by a superset that adds only literal terminals (keys, punctuation)
+    none of whose texts starts with a word of the set's own terminals: a text the own lexer
+    reads as a lexeme is read the same (greedy lexing never runs on into an added literal, and
+    no added literal types a text as well). The parser refuses an added terminal as it refuses
+    any other, and the masks check each candidate with the parser already, so one lexer (and
+    its walks) serves all of an object's key positions.
+    """
+    from .regex import _literal_bytes
+    from .regex.exclusion import is_cut
+
+    literal: dict[int, bytes | None] = {}
+    for i in frozenset().union(*sets):
+        t = terms[i]
+        literal[i] = None if t.exclude or t.tree is None else _literal_bytes(t.tree)
+    buckets: dict[frozenset, list[frozenset]] = {}
+    for s in set(sets):  # the same non-literal members, or adding literals alone cannot serve
+        buckets.setdefault(frozenset(i for i in s if literal[i] is None), []).append(s)
+    by_text = {b: i for i, b in literal.items() if b is not None}
+
+    def literal_prefixes(a: bytes) -> frozenset:  # the literal terminals that are prefixes of a
+        return frozenset(by_text[a[:k]] for k in range(1, len(a) + 1) if a[:k] in by_text)
+
+    def starts_with_word(a: bytes, i: int) -> bool:  # some word of terminal i is a prefix of a
+        t = terms[i]
+        if dfas[i] is not None:
+            dfa, cut = dfas[i], None
+        elif t.exclude:  # the automaton before the cut (kept per process) and the cut word by word
+            dfa, cut = _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree)), t.exclude
+        else:
+            dfa, cut = _terminal_dfa(t), None
+        q = dfa.initial
+        for k, b in enumerate(a, 1):
+            q = int(dfa.transitions[q, b])
+            if q < 0:
+                return False
+            if dfa.accepting[q] and (cut is None or not is_cut(a[:k], cut)):
+                return True
+        return False
+
+    host: dict[frozenset, frozenset] = {}
+    for others, group in buckets.items():
+        if len(group) < 2:
+            continue
+        group.sort(key=len, reverse=True)
+        # an added literal a is safe beside a set s when no member of s has a word that is a
+        # prefix of a: the literal members among a's prefixes, and the non-literal members
+        # (the same for the whole bucket) by their automata
+        clashes: dict[int, frozenset | None] = {}
+
+        def clash_set(a: int):
+            got = clashes.get(a, False)
+            if got is False:
+                text = literal[a]
+                got = clashes[a] = (None if any(starts_with_word(text, i) for i in others)
+                                    else literal_prefixes(text))
+            return got
+
+        hosts: list[frozenset] = []
+        for s in group:
+            for h in hosts:
+                if s < h and all((c := clash_set(a)) is not None and not c & s for a in h - s):
+                    host[s] = h
+                    break
+            else:
+                hosts.append(s)
+    return [host.get(s, s) for s in sets]
 
 
 def _sparse_rows(table: np.ndarray) -> list[dict]:

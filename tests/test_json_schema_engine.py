@@ -239,3 +239,94 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
     assert user is not pushdown._terminal_memo[generated]  # (built through the user-text checks)
     pushdown.clear_memos()
     assert not pushdown._terminal_memo
+
+
+WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 8} for i in range(100)}}
+WIDE_REQUIRED = {"type": "object", "properties": {**{f"p{i}": {"type": "integer"} for i in range(40)},
+                                                  "r": {"type": ["boolean", "array"]},
+                                                  **{f"q{i}": {"type": "integer"} for i in range(40)}},
+                 "required": ["r"], "additionalProperties": False}
+
+
+def test_wide_objects_take_any_later_key_through_one_parser_configuration(compiler, tekken_tokenizer, tekken_vocab):
+    """After a comma any later optional property may follow; the object's rules let its key
+    decide, so the parser follows one configuration however many there are. (Written as a
+    sequence of optional parts, the parser read the comma once per possible next property and kept
+    64 of those readings: a document naming the 65th next property was refused, and the masks
+    allowed tokens the matcher then refused.) Documents judged by ``jsonschema`` first."""
+    from dotvllm_plugin.pushdown import PushdownGrammar
+
+    for schema, valid, invalid in (
+        (WIDE, [{"p0": "a", f"p{j}": "b"} for j in (1, 63, 64, 65, 99)]
+         + [{"p99": "x", "extra": [1, {"y": None}]}, {}, {"p3": "", "p70": "z", "zz": {}}],
+         [{"p0": "a", "p64": "123456789"}, {"p0": 1}]),
+        (WIDE_REQUIRED, [{"p0": 1, "r": True, "q39": 2}, {"r": False}, {"p39": 1, "r": [{"x": [2]}]}],
+         [{"p0": 1, "q3": 2}, {"p0": 1, "r": True, "zz": 1}, {"r": True, "q0": "1"}]),
+    ):
+        cg = compiler.compile_json_schema(schema)
+        assert isinstance(cg, PushdownGrammar) and cg.deterministic
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        for inst in valid:
+            assert validator.is_valid(inst) and walk(cg, tekken_tokenizer, ser(inst)), inst
+        for inst in invalid:
+            assert not validator.is_valid(inst) and not walk(cg, tekken_tokenizer, ser(inst)), inst
+    # every token the mask allows after the comma (and after the key's quote: a sample) is accepted
+    cg = compiler.compile_json_schema(WIDE)
+    bitmask = np.zeros((1, (tekken_vocab.size + 31) // 32), dtype=np.int32)
+    rng = np.random.default_rng(3)
+    for prefix in ('{"p0":"a",', '{"p0":"a","', '{"p0":"a","p6'):
+        m = GrammarMatcher(cg)
+        assert m.accept_string(prefix)
+        m.fill_next_token_bitmask(bitmask)
+        allowed = np.flatnonzero(np.unpackbits(bitmask[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
+        assert len(allowed) > 10, prefix
+        for t in rng.permutation(allowed)[:1500]:
+            assert m.copy().accept_token(int(t)), (prefix, tekken_vocab.token_bytes[t])
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "object", "properties": {f"k{i}": {"type": ["integer", "null"]} for i in range(12)}},
+    {"anyOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "number"}, "y": {}},
+                "required": ["kind"]},
+               {"type": "object", "properties": {"kind": {"const": "b"}, "x": {"type": "string"}, "z": {}},
+                "required": ["kind"], "additionalProperties": False}]},
+    {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {
+        "type": "array", "items": {"type": "string"}}, "c": {"type": "object"}},
+        "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False}},
+], ids=["optional", "union", "patterns"])
+def test_shared_lexers_give_the_masks_of_each_states_own_lexer(tekken_vocab, spec, monkeypatch):
+    """Parser states whose candidate terminals are a subset of another state's (an object's key
+    positions) share the larger set's lexer where the literals it adds start with no word of the
+    state's own candidates. Along random walks the masks equal those of the grammar whose lexers
+    are built for each state's own candidates."""
+    from dotvllm_plugin import pushdown
+
+    shared = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    monkeypatch.setattr(pushdown, "_shared_lexer_sets", lambda sets, terms, dfas: sets)
+    own = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(shared, pushdown.PushdownGrammar) and shared.n_lexers < own.n_lexers
+    rng = np.random.default_rng(11)
+    for walk_no in range(5):
+        walk_together(tekken_vocab, GrammarMatcher(shared), GrammarMatcher(own), lambda on: None, rng, 50,
+                      label=walk_no)
+
+
+def test_a_literal_joins_a_smaller_lexer_only_where_no_candidate_word_starts_it():
+    import re._parser as sre_parse
+
+    from dotvllm_plugin.grammar.ir import Terminal
+    from dotvllm_plugin.pushdown import _shared_lexer_sets
+
+    terms = [Terminal(n, r, tree=sre_parse.parse(r)) for n, r in (
+        ("COMMA", ","), ("COMMA_KEY", ',"a":'), ("KA", '"a":'), ("KB", '"b":'), ("WORD", "[a-z]+"),
+        ("AB", "ab"), ("ONE", "1"))]
+    dfas = [None] * len(terms)
+
+    def shared(*sets):
+        return _shared_lexer_sets([frozenset(s) for s in sets], terms, dfas)
+
+    assert shared({2}, {2, 3}) == [{2, 3}, {2, 3}]  # two keys: neither starts the other
+    assert shared({0}, {0, 1}) == [{0}, {0, 1}]  # the word "," starts ',"a":'
+    assert shared({4}, {4, 5}) == [{4}, {4, 5}]  # "a" (a word of [a-z]+) starts "ab"
+    assert shared({4}, {4, 6}) == [{4, 6}, {4, 6}]
+    assert shared({4, 2}, {3, 2}) == [{4, 2}, {3, 2}]  # not nested: each its own

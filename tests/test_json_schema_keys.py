@@ -26,7 +26,7 @@ from dfa_helpers import equivalent
 from dotvllm_plugin.grammar.json_schema import _not_in
 from dotvllm_plugin.grammar.json_schema import text as T
 from dotvllm_plugin.regex import regex_to_dfa
-from dotvllm_plugin.regex.exclusion import without_json_strings
+from dotvllm_plugin.regex.exclusion import is_cut, without_json_strings
 
 # Control characters json.dumps writes as \u00XX: outside the names they are not generated.
 NO_SHORT_ESCAPE = {chr(c) for c in range(0x20)} - set("\b\t\n\f\r")
@@ -217,6 +217,8 @@ def test_cut_keys_are_exactly_the_other_values(names, body):
         for word in (f'"{sp}":', f' "{sp}" :', f'\n"{sp}":'):
             want = uncut.fullmatch(word) is not None and json.loads(word.strip()[:-1].strip()) not in names
             assert dfa_accepts(cut, word.encode()) == want, (names, word)
+            if uncut.fullmatch(word) is not None:  # the word check without the automaton agrees
+                assert is_cut(word.encode(), names) == (not want), (names, word)
             if old.fullmatch(word) is not None and uncut.fullmatch(word) is not None:
                 assert want, (names, word)  # the one-regex form is a subset (it drops \/ spellings)
     # a truncated key is never accepted, an unquoted word never was

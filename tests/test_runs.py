@@ -228,6 +228,6 @@ def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
         ref = pushdown._reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
         assert g._reach._from_c(lexer, chosen) == ref, lexer
         compared += len(ref)
-    assert compared > 20
+    assert compared > 10
     if "enum" in str(spec):
         assert g._compounds.members  # ("x" is a string of the pattern too: one lexeme, two terminals)

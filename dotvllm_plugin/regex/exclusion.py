@@ -18,13 +18,14 @@ JSON whitespace).
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 import numpy as np
 
 from .automaton import ByteDFA, byte_classes, trim
 
-__all__ = ["without_json_strings"]
+__all__ = ["is_cut", "without_json_strings"]
 
 _QUOTE, _BACKSLASH, _U = 0x22, 0x5C, 0x75
 #: escape letter → the character it stands for
@@ -191,3 +192,17 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     full = new_id[np.where(full < 0, len(new_id) - 1, full)]
     accepting = np.concatenate([dfa.accepting[states], dfa.accepting[kept]]).astype(bool)
     return trim(full.astype(np.int32), accepting, pattern)
+
+
+def is_cut(word: bytes, names: Iterable[str]) -> bool:
+    """Whether :func:`without_json_strings` takes ``word`` out: its first ``"`` opens a JSON string
+    that closes in ``word`` with one of ``names`` as its value (the word check, without building
+    the cut automaton)."""
+    at = word.find(b'"')
+    if at < 0:
+        return False
+    try:
+        value, _ = json.JSONDecoder(strict=True).raw_decode(word[at:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # the string does not close (or is no JSON string): nothing to compare
+    return value in set(names)

@@ -450,6 +450,7 @@ class _Context:
         self.bodies: dict[str, str | None] = {}
         self.ref_placeholder: dict[str, str] = {}
         self.rule_of_regex: dict[str, str] = {}
+        self.object_chains: dict[tuple, str] = {}  # grammar mode: (parts) → the object's rules
         self.excluded: dict[str, tuple[str, ...]] = {}  # exclusion marker → names (grammar mode)
         self.n_rules = 0
         self.repeat_cap: int | None = None
@@ -1532,6 +1533,8 @@ class _Context:
                 out.append(comma if (req or is_extra) else f"(?:{comma})?")
             return "".join(out)
 
+        if self.mode == "grammar" and len(parts) > 1 and not all(req for _, _, req in parts):
+            return self._object_chain([(first, req) for first, _, req in parts])
         first_req = next((k for k, p in enumerate(parts) if p[2]), None)
         if first_req is not None:
             body = "".join(f"(?:{p[0]}{sep})?" for p in parts[:first_req])
@@ -1539,6 +1542,47 @@ class _Context:
         else:
             body = f"(?:{self._non_empty(parts, 0, len(parts), rest)})?"
         return f"{self.lb}{body}{self.rb}"
+
+    def _object_chain(self, parts: list[tuple[str, bool]]) -> str:
+        """Grammar mode: ``{...}`` over ``parts`` (non-empty text, required) as left-recursive
+        rules the parser follows without forking.
+
+        Written as a regex, an optional part is ``(?:,I)?``: at a comma the parser cannot yet
+        tell which part follows (the key comes after it), so it forks once per optional part
+        that may come next — on a wide object more readings than it keeps. Here ``P_j`` is "the
+        parts so far, the last present one ``j``" and ``Q_j`` "parts so far that part ``j`` may
+        follow, then a comma": ``Q_j → P_{j-1} , | Q_{j-1}`` (when part ``j-1`` may be absent)
+        and ``P_j → Q_j I_j | I_j`` (when every part before ``j`` may be absent). After a comma
+        the key decides how many ``Q`` steps to take; every step reads only the state below the
+        object, so the stack stays flat.
+        """
+        key = tuple(parts)
+        got = self.object_chains.get(key)
+        if got is not None:
+            return got
+        ws, m = self.ws, self.m
+        n = len(parts)
+        opt = [not req for _, req in parts]
+        P = [self.new_placeholder() for _ in range(n)]
+        Q = [None] + [self.new_placeholder() for _ in range(1, n)]
+        for j in range(1, n):
+            alts = [f"{P[j - 1]}{ws}{m},{m}"]
+            if j > 1 and opt[j - 1]:
+                alts.append(Q[j - 1])
+            self.bodies[Q[j]] = T.alternation(alts)
+        for j, (first, _) in enumerate(parts):
+            item = f"{ws}{first}"
+            if j and all(opt[:j]):  # written twice: a long one once, as a rule of its own
+                item = self.as_rule(item)
+            alts = [f"{Q[j]}{item}"] if j else []
+            if all(opt[:j]):
+                alts.append(item)
+            self.bodies[P[j]] = T.alternation(alts)
+        body = T.alternation([P[j] for j in range(n) if all(opt[j + 1:])])
+        if all(opt):
+            body = f"(?:{body})?"
+        got = self.object_chains[key] = f"\\{{{m}{body}{ws}{m}\\}}"
+        return got
 
     def _non_empty(self, parts, i: int, j: int, rest) -> str:
         """A non-empty in-order, comma-separated selection of the optional ``parts[i:j]``."""

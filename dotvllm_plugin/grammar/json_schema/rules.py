@@ -312,6 +312,15 @@ class _Writer:
         flush()
         return tuple(out)
 
+    def productions(self, items) -> list[tuple[str, ...]]:
+        """A rule body's productions: one per branch where the body is one alternation (no
+        intermediate rule: one reduction less each time the rule is used), else one."""
+        if len(items) == 1 and self.has_placeholder(*items[0]):
+            alternatives = self.alternatives(*items[0])
+            if alternatives is not None:
+                return list(dict.fromkeys(self.seq(a) for a in alternatives))
+        return [self.seq(items)]
+
     @staticmethod
     def alternatives(op, av) -> list[list] | None:
         """The branches of an alternation that holds a placeholder, as item lists; else None."""
@@ -380,7 +389,7 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
     try:
         rules = [Rule("start", w.seq(w.parse(root)))]
         for ph, body in bodies.items():
-            rules += [Rule(names[ord(ph)], alt) for alt in [w.seq(w.parse(body))]]
+            rules += [Rule(names[ord(ph)], alt) for alt in w.productions(w.parse(body))]
     except _Unwritable as e:
         raise GrammarError(f"the schema's regex cannot be split into rules: {e}") from None
     except RecursionError:
