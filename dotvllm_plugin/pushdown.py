@@ -17,7 +17,9 @@ differently than we do:
   ``B`` matches while ``A`` does not match it whole; such a pair is refused at compile time,
   with a witness. Generated grammars (``Grammar.lexing == "longest"``) skip that check, and a
   lexeme several of their candidates match whole is typed as all of them (:class:`_Compounds`):
-  the parser follows every reading.
+  the parser follows every reading. A parser state of theirs may lex with the lexer of a larger
+  candidate set where the set adds only literals that no word of its own candidates starts
+  (:func:`_shared_lexer_sets`): the lexemes are the same, the parser refuses the added ones.
 * A lexeme ends when the next byte cannot extend it (greedy, no backtracking). Text whose lexing
   would need to backtrack (``"abc"`` and ``"a"`` as terminals, text ``ab…``) is never generated:
   the matcher is sound for every grammar and complete for those whose terminals never need it.
@@ -26,8 +28,8 @@ Matching
 --------
 A configuration is ``(q, stack)``: ``q`` a state of the current contextual lexer's product DFA,
 ``stack`` an immutable linked list of LR states (``(state, below, depth)``), so ``copy()`` is free;
-a matcher follows one configuration, or a few (:data:`MAX_CONFIGS`) where the grammar is not
-LALR(1). A token is allowed iff its bytes walk the lexer DFA, each lexeme boundary feeding the
+a matcher follows one configuration, or a few (:data:`MAX_CONFIGS` after each token) where the
+grammar is not LALR(1). A token is allowed iff its bytes walk the lexer DFA, each lexeme boundary feeding the
 parser. The mask of a configuration splits in two:
 
 * tokens that stay inside the current lexeme: one walk of the vocabulary trie from ``q`` (the C
@@ -93,8 +95,11 @@ MASK_CACHE_SIZE = 4096
 
 
 #: Most parser configurations a matcher follows at once where the grammar is not LALR(1); more
-#: (a very ambiguous text) are dropped, which only narrows what may follow.
+#: (a very ambiguous text) are dropped after each token, which only narrows what may follow.
 MAX_CONFIGS = 64
+#: Most configurations followed while one token's bytes are read (dropping one there could refuse a
+#: token the mask allowed: a comma read once per possible next item, then the item's first letter).
+MAX_CONFIGS_IN_STEP = 4096
 #: Most reductions one terminal may cause (a cyclic grammar could reduce forever).
 MAX_REDUCTIONS = 100_000
 
@@ -1212,7 +1217,9 @@ class PushdownGrammar:
 
     def step_all(self, configs: tuple, data: bytes, intern: dict) -> tuple:
         """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
-        at most :data:`MAX_CONFIGS`), empty when the text is not allowed."""
+        at most :data:`MAX_CONFIGS` once ``data`` is read: a mask, computed from the configurations
+        kept, allows a token only if some reading survives it, so no reading may be dropped
+        halfway through a token), empty when the text is not allowed."""
         if self.deterministic:
             out = []
             for q, st in configs:
@@ -1245,8 +1252,8 @@ class PushdownGrammar:
                         nxt.setdefault((q2, id(s2)), (q2, s2))
             if not nxt:
                 return ()
-            cur = tuple(nxt.values())[:MAX_CONFIGS]
-        return tuple(c for c in cur if self.viable(*c))
+            cur = tuple(nxt.values())[:MAX_CONFIGS_IN_STEP]
+        return tuple(c for c in cur if self.viable(*c))[:MAX_CONFIGS]
 
     def viable(self, q: int, stack) -> bool:
         """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""

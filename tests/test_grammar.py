@@ -270,6 +270,12 @@ REFUSED = [
     pytest.param('start: "a"\nstart: "b"', GrammarError, r"invalid Lark grammar", id="duplicate-rule"),
     pytest.param("start: A A\nA: /[a-z]+/", GrammarError, r"accepts no text", id="empty-language"),
     pytest.param("start: " + " | ".join(f'"w{i}"' for i in range(9000)), GrammarError, r"at most 32000", id="too-long"),
+    # lark's loader writes out every combination: 2^30 alternatives (hours of the API server's time)
+    pytest.param('start: "{" ' + " ".join(f'("," "k{i}")?' for i in range(30)) + ' "}"', UnsupportedFeatureError,
+                 r"rule start \(line 1\) makes lark's loader write more than 4096 alternatives.*rules of their own",
+                 id="optional-items"),
+    pytest.param("start: x\nx: " + ' ("a" | "b" | "c")' * 9, UnsupportedFeatureError,
+                 r"rule x \(line 2\) makes lark's loader write more than 4096", id="inline-groups"),
 ]
 
 
@@ -280,6 +286,81 @@ def test_refusals_name_what_and_where(text, error, match, byte_vocab):
     if "overlap" not in match and "no text" not in match:  # found by the automata, built by the compile
         with pytest.raises(error, match=match):
             check_grammar(text)
+
+
+def test_expansion_count_bounds_what_larks_loader_writes():
+    """The count that guards lark's loader is never below the number of alternatives lark writes
+    for a rule (random bodies of optional items, inline groups, repetitions and ranges), and equal
+    to it for most (lark drops duplicate alternatives)."""
+    from lark.load_grammar import load_grammar
+
+    from dotvllm_plugin.grammar.lark import _expansion_count
+
+    rng = random.Random(5)
+
+    def body(depth=0):
+        parts = []
+        for _ in range(rng.randint(1, 4)):
+            k = rng.random()
+            if k < 0.3 or depth > 2:
+                parts.append(rng.choice(['"a"', '"b"', "x", "y"]))
+            elif k < 0.5:
+                parts.append(f"({body(depth + 1)})" + rng.choice(["?", "*", "+", "", "~2", "~1..3"]))
+            elif k < 0.65:
+                parts.append(f"[{body(depth + 1)}]")
+            elif k < 0.85:
+                parts.append(f"({body(depth + 1)} | {body(depth + 1)})" + rng.choice(["", "?"]))
+            else:
+                parts.append(rng.choice(['"c"?', "x*", "y+"]))
+        return " ".join(parts)
+
+    compared = equal = 0
+    while compared < 150:
+        loaded, _ = load_grammar(f'start: {body()}\nx: "x"\ny: "y"\n', "<g>", None, False)
+        tree = next(t for name, _, t, _ in loaded.rule_defs if str(name) == "start")
+        ours = _expansion_count(tree, 10**9)
+        if ours > 2000:
+            continue
+        try:
+            _, rules, _ = loaded.compile(["start"], set())
+        except lark.exceptions.GrammarError:  # lark refuses alternatives it wrote twice
+            continue
+        written = sum(1 for r in rules if r.origin.name == "start")
+        assert ours >= written
+        compared += 1
+        equal += ours == written
+    assert equal > compared // 2
+
+
+def test_masks_allow_only_tokens_accepted_where_readings_outnumber_the_cap(tekken_vocab):
+    """Optional items that share a comma and a first letter: after ``,q`` the parser has one
+    reading per item (100, more than the 64 followed). Readings are dropped only once a token is
+    read, so every token the mask allows is accepted (dropping them after the ``q`` byte of a
+    token ``qi`` refused a token the mask had allowed), and a text read at once keeps them all."""
+    import itertools
+
+    from dotvllm_plugin.pushdown import MAX_CONFIGS
+
+    words = ["q" + "".join(p) for p in itertools.product("abcdefghij", repeat=2)]
+    text = ('start: "[" "x" ' + " ".join(f"o{i}" for i in range(len(words))) + ' "]"\n'
+            + "".join(f'o{i}: ("," "{w}")?\n' for i, w in enumerate(words)))
+    grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(text)
+    parser = lark.Lark(text)  # not LALR(1): the language is Earley's
+    bitmask = np.zeros((1, (tekken_vocab.size + 31) // 32), dtype=np.int32)
+    checked = 0
+    for prefix in ("[x", "[x,", "[x,q", "[x,qaa,", "[x,qaa,q"):
+        m = GrammarMatcher(grammar)
+        assert m.accept_string(prefix) and len(m._configs) <= MAX_CONFIGS
+        m.fill_next_token_bitmask(bitmask)
+        allowed = np.flatnonzero(np.unpackbits(bitmask[0].view(np.uint8), bitorder="little")[: tekken_vocab.size])
+        for t in allowed:
+            assert m.copy().accept_token(int(t)), (prefix, tekken_vocab.token_bytes[t])
+            checked += 1
+    assert checked > 100
+    for w in ("qab", "qgj", "qjj"):
+        assert _lark_accepts(parser, f"[x,{w}]")
+        m = GrammarMatcher(grammar)
+        assert m.accept_string(f"[x,{w}]") and m.is_completed(), w
 
 
 def test_regular_equivalents_lex_as_lark_does():

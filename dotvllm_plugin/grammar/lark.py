@@ -23,6 +23,14 @@ __all__ = ["MAX_GRAMMAR_CHARS", "lark_to_ir", "line_of"]
 #: analysis in the API server, about 50 ms per thousand characters of rules.
 MAX_GRAMMAR_CHARS = 32_000
 
+#: Most alternatives lark's loader may write for the rules of one grammar. The loader writes out
+#: every combination of a rule's optional items and inline groups (each ``?``, ``[...]`` or ``*``
+#: doubles a rule's alternatives, a group ``(a | b)`` multiplies them): 18 optional items in one
+#: rule are 131,072 alternatives and two minutes of the API server's time.
+MAX_RULE_EXPANSIONS = 4096
+#: Most alternatives for all rules of a grammar together.
+MAX_GRAMMAR_EXPANSIONS = 16384
+
 #: Terminals of lark's ``common.lark`` written with lazy quantifiers or lookbehinds, which lark's
 #: lexer runs as "shortest match"; each has a plain regular equivalent (tests check them against
 #: ``re`` on sampled strings).
@@ -80,6 +88,60 @@ def _terminal_regex(name: str, regex: str, where: str, min_width: int, regex_is_
     return regex
 
 
+def _expansion_count(node, limit: int) -> int:
+    """How many alternatives lark's loader writes for the rule tree ``node`` (an upper bound: lark
+    drops duplicates), at most ``limit + 1``."""
+    data = getattr(node, "data", None)
+    if data == "expansions":
+        return min(limit + 1, sum(_expansion_count(c, limit) for c in node.children))
+    if data in ("expansion", "alias"):
+        n = 1
+        for c in node.children:
+            n = min(limit + 1, n * _expansion_count(c, limit))
+        return n
+    if data == "expr":
+        inner, op = _expansion_count(node.children[0], limit), str(node.children[1])
+        if op == "?":
+            return min(limit + 1, inner + 1)
+        if op == "*":  # a rule of its own, made optional
+            return 2
+        if op == "+":  # a rule of its own
+            return 1
+        if op == "~":
+            lo, hi = int(node.children[2]), int(node.children[-1])
+            if hi >= 50:  # (lark then splits the repetition into rules of bounded width)
+                return 1 if inner == 1 else limit + 1
+            return min(limit + 1, sum(min(limit + 1, inner ** k) for k in range(lo, hi + 1)))
+        return inner
+    if data == "maybe":
+        return min(limit + 1, _expansion_count(node.children[0], limit) + 1)
+    return 1  # a symbol, a literal, a template use: one alternative
+
+
+def _check_expansions(text: str, rule_defs) -> None:
+    """Refuse, before lark's loader writes them out, rules it would expand into more than
+    :data:`MAX_RULE_EXPANSIONS` alternatives (counted on its parse tree, as its EBNF-to-BNF step
+    and rule simplification multiply them)."""
+    limit = MAX_RULE_EXPANSIONS
+    advice = ("every optional item ('?', '[...]', '*') of a rule doubles its alternatives and every inline "
+              "group '(a | b)' multiplies them; give optional parts rules of their own "
+              "(opt1: (\",\" item1)?  …  start: … opt1 opt2 …)")
+    total = 0
+    for name, _params, tree, _options in rule_defs:
+        n = _expansion_count(tree, limit)
+        total += n
+        if n > limit:
+            where = line_of(text, str(name))
+            raise UnsupportedFeatureError(
+                f"rule {name}{f' ({where})' if where else ''} makes lark's loader write more than {limit} "
+                f"alternatives: {advice}", feature="rule expansions", where=str(name))
+        if total > MAX_GRAMMAR_EXPANSIONS:
+            raise UnsupportedFeatureError(
+                f"the grammar's rules make lark's loader write more than {MAX_GRAMMAR_EXPANSIONS} alternatives: "
+                f"{advice}",
+                feature="rule expansions", where=str(name))
+
+
 def line_of(text: str, name: str) -> str:
     """``"line N"`` of the definition of rule or terminal ``name`` in grammar ``text`` ('' if not found)."""
     pat = re.compile(rf"^\s*[?!]?{re.escape(name)}\b\s*(\{{[^}}]*\}})?\s*(\.\s*-?\d+)?\s*:", re.M)
@@ -106,6 +168,15 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
 
     try:
         loaded, _ = load_grammar(text, "<grammar>", None, False)
+    except RecursionError as e:
+        raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever lark's loader raises on this text, the grammar is bad
+        msg = str(e).strip() or type(e).__name__
+        raise GrammarError(f"invalid Lark grammar: {msg}") from e
+    _check_expansions(text, loaded.rule_defs)
+    try:
         term_defs, rule_defs, ignore = loaded.compile([start], set())
     except RecursionError as e:
         raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e

@@ -135,6 +135,9 @@ BAD = [
     pytest.param({"guided_grammar": 'start: A | B\nA.2: /a+/\nB: /a+b/'}, "overlap: .*split 'ab'",
                  id="lark-colliding-terminals"),
     pytest.param({"guided_grammar": 'start: /".*?"/'}, "lazy quantifier", id="lark-lazy-terminal"),
+    # lark's loader would write out 2^30 alternatives (hours, in the API server's request path)
+    pytest.param({"guided_grammar": 'start: "{" ' + " ".join(f'("," "k{i}")?' for i in range(30)) + ' "}"'},
+                 "more than 4096 alternatives", id="lark-optional-blowup"),
     pytest.param({"guided_choice": []}, "at least one choice", id="empty-choice"),
     pytest.param({"guided_json": SCHEMA, "guided_whitespace_pattern": "\\s*"}, "whitespace_pattern",
                  id="unbounded-whitespace"),
