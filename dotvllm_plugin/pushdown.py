@@ -920,14 +920,19 @@ def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
                                     else literal_prefixes(text))
             return got
 
-        hosts: list[frozenset] = []
+        hosts: list[frozenset] = []  # largest first, and so is each list of hosts_with
+        hosts_with: dict[int, list[frozenset]] = {}  # a literal → the hosts holding it
         for s in group:
-            for h in hosts:
+            own = s - others
+            candidates = hosts_with.get(min(own), ()) if own else hosts
+            for h in candidates:
                 if s < h and all((c := clash_set(a)) is not None and not c & s for a in h - s):
                     host[s] = h
                     break
             else:
                 hosts.append(s)
+                for a in own:
+                    hosts_with.setdefault(a, []).append(s)
     return [host.get(s, s) for s in sets]
 
 
