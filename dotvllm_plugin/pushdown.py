@@ -880,10 +880,13 @@ def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
     buckets: dict[frozenset, list[frozenset]] = {}
     for s in set(sets):  # the same non-literal members, or adding literals alone cannot serve
         buckets.setdefault(frozenset(i for i in s if literal[i] is None), []).append(s)
-    by_text = {b: i for i, b in literal.items() if b is not None}
+    by_text: dict[bytes, set] = {}
+    for i, b in literal.items():
+        if b is not None:
+            by_text.setdefault(b, set()).add(i)
 
     def literal_prefixes(a: bytes) -> frozenset:  # the literal terminals that are prefixes of a
-        return frozenset(by_text[a[:k]] for k in range(1, len(a) + 1) if a[:k] in by_text)
+        return frozenset(i for k in range(1, len(a) + 1) for i in by_text.get(a[:k], ()))
 
     def starts_with_word(a: bytes, i: int) -> bool:  # some word of terminal i is a prefix of a
         t = terms[i]

@@ -276,6 +276,10 @@ REFUSED = [
                  id="optional-items"),
     pytest.param("start: x\nx: " + ' ("a" | "b" | "c")' * 9, UnsupportedFeatureError,
                  r"rule x \(line 2\) makes lark's loader write more than 4096", id="inline-groups"),
+    # each use of a template is a rule of its own: 8 × 2^11 alternatives
+    pytest.param("start: " + " ".join(f'_t{{"a{i}"}}' for i in range(8)) + "\n_t{x}: x "
+                 + " ".join(f'("," "k{i}")?' for i in range(11)), UnsupportedFeatureError,
+                 r"the grammar's rules make lark's loader write more than 16384", id="template-uses"),
 ]
 
 

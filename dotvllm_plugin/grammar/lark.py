@@ -126,10 +126,15 @@ def _check_expansions(text: str, rule_defs) -> None:
     advice = ("every optional item ('?', '[...]', '*') of a rule doubles its alternatives and every inline "
               "group '(a | b)' multiplies them; give optional parts rules of their own "
               "(opt1: (\",\" item1)?  …  start: … opt1 opt2 …)")
+    # a template's alternatives are written again for every use (each use is a rule of its own)
+    templates = {str(name): _expansion_count(tree, limit) for name, params, tree, _ in rule_defs if params}
     total = 0
     for name, _params, tree, _options in rule_defs:
         n = _expansion_count(tree, limit)
         total += n
+        if templates:
+            total += sum(templates.get(getattr(u.children[0], "name", None), 0) for u in tree.iter_subtrees()
+                         if u.data == "template_usage")
         if n > limit:
             where = line_of(text, str(name))
             raise UnsupportedFeatureError(
