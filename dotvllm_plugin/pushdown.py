@@ -102,6 +102,8 @@ MAX_CONFIGS = 64
 MAX_CONFIGS_IN_STEP = 4096
 #: Most reductions one terminal may cause (a cyclic grammar could reduce forever).
 MAX_REDUCTIONS = 100_000
+#: Most chains of one-symbol reductions remembered per grammar (:meth:`PushdownGrammar._unit_top`).
+UNIT_MEMO_SIZE = 1 << 16
 
 #: 2: lazily compiled terminals carry their exclusions (``lazy_exclude``); a version-1 reader would
 #: compile an undeclared-key terminal without its cut, so version 1 and 2 blobs are not mixed.
@@ -1027,6 +1029,7 @@ class PushdownGrammar:
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
         self._sub_cache: dict[tuple, dict] = {}
         self._sub_count = 0
+        self._unit_memo: dict[tuple, int] = {}  # (below, state, terminal) → state after unit reductions
         self._masks: dict = {}
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
@@ -1158,9 +1161,33 @@ class PushdownGrammar:
             for _ in range(rule_len[r]):
                 stack = stack[1]
             g = goto[stack[0]][rule_origin[r]]
-            stack = (g, stack, stack[2] + 1)
             if term == self._end and g == self.end_state:
                 return _ACCEPT
+            stack = (self._unit_top(stack[0], g, term), stack, stack[2] + 1)
+
+    def _unit_top(self, below: int, state: int, term: int) -> int:
+        """The state on top of ``below`` once ``term`` has caused, one after another, the reductions
+        by one-symbol rules that ``state`` and its successors take on it alone (no conflict): each
+        pops the top and reads only ``below``, so the result depends on these three. An object's
+        optional properties skipped before the next key are one such reduction each; memoised per
+        grammar. Stops before a reduction that accepts the text (the caller's)."""
+        key = (below, state, term)
+        got = self._unit_memo.get(key)
+        if got is None:
+            action, goto, rule_len, rule_origin = self._action, self._goto, self._rule_len, self._rule_origin
+            got = state
+            for _ in range(len(action)):  # (a cycle of one-symbol rules ends here too)
+                code = action[got][term]
+                if not (code < 0 and rule_len[-code - 1] == 1):
+                    break
+                nxt = goto[below][rule_origin[-code - 1]]
+                if term == self._end and nxt == self.end_state:
+                    break
+                got = nxt
+            if len(self._unit_memo) > UNIT_MEMO_SIZE:
+                self._unit_memo.clear()
+            self._unit_memo[key] = got
+        return got
 
     def feed_all(self, stack, term: int, intern: dict | None) -> list:
         """Generalised LR step: every outcome (stacks, or ``_ACCEPT``) of feeding ``term``, trying
@@ -1193,6 +1220,7 @@ class PushdownGrammar:
                 if term == end and g == self.end_state:
                     out.append(_ACCEPT)
                     continue
+                g = self._unit_top(below[0], g, term)
                 if (g, id(below)) not in seen:
                     seen.add((g, id(below)))
                     work.append(_push(g, below, intern))
@@ -1730,7 +1758,7 @@ class _Probe:
                 if term == g._end and gs == g.end_state:
                     out.append(_ACCEPT)
                     continue
-                item = (pos2, new2 + (gs,))
+                item = (pos2, new2 + (g._unit_top(below, gs, term),))
                 if item not in seen:
                     seen.add(item)
                     work.append(item)
