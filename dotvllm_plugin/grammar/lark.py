@@ -161,6 +161,19 @@ def _anonymous_where(text: str, pattern) -> str:
     return f"line {text.count(chr(10), 0, i) + 1}" if i >= 0 else ""
 
 
+def _loader(step, *args):
+    """One step of lark's loader, its errors as :class:`GrammarError` (a bad grammar)."""
+    try:
+        return step(*args)
+    except RecursionError as e:
+        raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever lark's loader raises on this text, the grammar is bad
+        msg = str(e).strip() or type(e).__name__
+        raise GrammarError(f"invalid Lark grammar: {msg}") from e
+
+
 def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
     """Parse Lark grammar ``text`` with lark's loader; raise :class:`GrammarError` on a bad grammar."""
     if not isinstance(text, str):
@@ -171,25 +184,9 @@ def lark_to_ir(text: str, *, start: str = "start") -> Grammar:
         raise GrammarError(f"the start rule must be a non-empty string, got {start!r}")
     from lark.load_grammar import load_grammar
 
-    try:
-        loaded, _ = load_grammar(text, "<grammar>", None, False)
-    except RecursionError as e:
-        raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever lark's loader raises on this text, the grammar is bad
-        msg = str(e).strip() or type(e).__name__
-        raise GrammarError(f"invalid Lark grammar: {msg}") from e
-    _check_expansions(text, loaded.rule_defs)
-    try:
-        term_defs, rule_defs, ignore = loaded.compile([start], set())
-    except RecursionError as e:
-        raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever lark's loader raises on this text, the grammar is bad
-        msg = str(e).strip() or type(e).__name__
-        raise GrammarError(f"invalid Lark grammar: {msg}") from e
+    loaded, _ = _loader(load_grammar, text, "<grammar>", None, False)
+    _check_expansions(text, loaded.rule_defs)  # before the loader writes the alternatives out
+    term_defs, rule_defs, ignore = _loader(loaded.compile, [start], set())
 
     terminals = []
     for t in term_defs:
