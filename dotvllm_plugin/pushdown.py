@@ -261,12 +261,17 @@ def _terminal_dfa(t: Terminal):
     return dfa
 
 
+def _uncut_dfa(t: Terminal):
+    """An excluding terminal's automaton before the cut: the regex alone, kept like any terminal's
+    (the objects' undeclared keys share it; an excluding regex opens with its quote, never empty)."""
+    return _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree))
+
+
 def _build_terminal_dfa(t: Terminal):
     from .regex import regex_to_dfa
 
-    if t.exclude:  # the cut from the automaton of the regex alone, kept like any terminal's (the
-        # objects' undeclared keys share it; an excluding regex opens with its quote, never empty)
-        base = _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree))
+    if t.exclude:
+        base = _uncut_dfa(t)
     try:
         if t.exclude:
             from .regex.exclusion import without_json_strings
@@ -894,8 +899,8 @@ def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
         t = terms[i]
         if dfas[i] is not None:
             dfa, cut = dfas[i], None
-        elif t.exclude:  # the automaton before the cut (kept per process) and the cut word by word
-            dfa, cut = _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree)), t.exclude
+        elif t.exclude:  # the automaton before the cut and the cut word by word
+            dfa, cut = _uncut_dfa(t), t.exclude
         else:
             dfa, cut = _terminal_dfa(t), None
         q = dfa.initial

@@ -333,7 +333,7 @@ def test_a_literal_joins_a_smaller_lexer_only_where_no_candidate_word_starts_it(
 
 
 @pytest.mark.parametrize("spec", [WIDE, WIDE_REQUIRED, TREE], ids=["wide", "wide-required", "recursive"])
-def test_unit_reduction_chains_taken_at_once_give_the_same_masks(tekken_vocab, spec, monkeypatch):
+def test_unit_reduction_chains_taken_at_once_give_the_same_masks(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
     """A chain of one-symbol reductions (the optional properties skipped before a key) is taken at
     once, remembered per (state below, state, terminal); the masks and the accepted tokens along
     random walks equal those of reducing step by step."""
@@ -346,12 +346,8 @@ def test_unit_reduction_chains_taken_at_once_give_the_same_masks(tekken_vocab, s
     rng = np.random.default_rng(5)
     for walk_no in range(4):
         walk_together(tekken_vocab, GrammarMatcher(fast), GrammarMatcher(ref), lambda on: None, rng, 60,
-                      prefix=tekken_vocab_ids(tekken_vocab, '{"p1":"a","p70":"b","p99":') if spec is WIDE else (),
+                      prefix=tekken_tokenizer.encode('{"p1":"a","p70":"b","p99":', add_special_tokens=False)
+                      if spec is WIDE else (),
                       label=walk_no)
     assert fast._unit_memo and not ref._unit_memo
 
-
-def tekken_vocab_ids(vocab, text: str) -> list[int]:
-    """Token ids spelling ``text`` byte by byte where the vocabulary has single-byte tokens."""
-    by_bytes = {b: i for i, b in enumerate(vocab.token_bytes) if b and len(b) == 1}
-    return [by_bytes[bytes([c])] for c in text.encode()]

@@ -130,7 +130,10 @@ def _check_expansions(text: str, rule_defs) -> None:
     templates = {str(name): _expansion_count(tree, limit) for name, params, tree, _ in rule_defs if params}
     total = 0
     for name, _params, tree, _options in rule_defs:
-        n = _expansion_count(tree, limit)
+        try:
+            n = _expansion_count(tree, limit)
+        except RecursionError:
+            raise GrammarError("invalid Lark grammar: it nests too deeply to be read") from None
         total += n
         if templates:
             total += sum(templates.get(getattr(u.children[0], "name", None), 0) for u in tree.iter_subtrees()

@@ -18,7 +18,7 @@ JSON whitespace).
 
 from __future__ import annotations
 
-import json
+import functools
 from typing import Iterable
 
 import numpy as np
@@ -194,15 +194,23 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
     return trim(full.astype(np.int32), accepting, pattern)
 
 
+@functools.lru_cache(maxsize=64)
+def _reader_of(names: tuple) -> _Reader:
+    return _Reader(names)
+
+
 def is_cut(word: bytes, names: Iterable[str]) -> bool:
     """Whether :func:`without_json_strings` takes ``word`` out: its first ``"`` opens a JSON string
-    that closes in ``word`` with one of ``names`` as its value (the word check, without building
-    the cut automaton)."""
-    at = word.find(b'"')
-    if at < 0:
-        return False
-    try:
-        value, _ = json.JSONDecoder(strict=True).raw_decode(word[at:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False  # the string does not close (or is no JSON string): nothing to compare
-    return value in set(names)
+    that closes in ``word`` with one of ``names`` as its value. The cut's own reader, run on one
+    word (no automaton built)."""
+    reader = _reader_of(tuple(sorted(set(names))))
+    pos = "start"
+    for b in word:
+        if pos == "start" and b != _QUOTE:  # before the quote the reader waits
+            continue
+        pos = reader.step(pos).get(b, _OUT)
+        if pos is _OUT:
+            return False  # the value is no name
+        if pos is _BAD:
+            return True
+    return False

@@ -1512,7 +1512,8 @@ class _Context:
         rest is linear: ``(,I)?`` per optional item. Before the first present item, a split in
         halves keeps the text O(n log n) instead of the O(n^2) of "one alternative per possible
         first item": NE(L+R) = NE(L) G(R) | NE(R), where NE is a non-empty in-order selection
-        and G the comma-prefixed rest.
+        and G the comma-prefixed rest. In grammar mode an object with optional parts is rules
+        instead (:meth:`_object_chain`).
         """
         ws = self.ws
         sep = self.sep
@@ -1524,6 +1525,8 @@ class _Context:
             parts.append((first, T.repeat(f"{sep}{extra}", e_lo, e_hi), e_lo > 0))
         if not parts:
             return f"\\{{{ws}\\}}"
+        if self.mode == "grammar" and len(parts) > 1 and not all(req for _, _, req in parts):
+            return self._object_chain([(first, req) for first, _, req in parts])
 
         def rest(k: int, end: int) -> str:  # parts k..end-1, each after something was written
             out = []
@@ -1533,8 +1536,6 @@ class _Context:
                 out.append(comma if (req or is_extra) else f"(?:{comma})?")
             return "".join(out)
 
-        if self.mode == "grammar" and len(parts) > 1 and not all(req for _, _, req in parts):
-            return self._object_chain([(first, req) for first, _, req in parts])
         first_req = next((k for k, p in enumerate(parts) if p[2]), None)
         if first_req is not None:
             body = "".join(f"(?:{p[0]}{sep})?" for p in parts[:first_req])
