@@ -200,7 +200,8 @@ def _clear_memo_tables() -> None:
     regex front end's character classes (pure functions of code-point sets and of the classes a
     pattern names, kept across requests in a server's compile worker), the matcher's
     character-run tables (per vocabulary and character class, kept across requests), and the
-    pushdown engine's terminal automata (per regex, kept across requests)."""
+    pushdown engine's terminal automata (per regex, kept across requests); not the automata and
+    the walk a compiler pins when it is made (the same for every schema)."""
     try:
         from dotvllm_plugin.grammar.json_schema.text import clear_memos
     except ImportError:  # an older core (--core-ref)

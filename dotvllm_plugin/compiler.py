@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
-from .errors import CompilationTooLargeError, GrammarError, SerializationError
+from .errors import CompilationTooLargeError, DotvllmError, GrammarError, SerializationError
 from .grammar.ir import Grammar
 from .index import build_index
 from .regex import ByteDFA, check_regex, regex_to_dfa
@@ -226,6 +226,39 @@ class CompiledGrammar:
         return (CompiledGrammar.from_bytes, (self.to_bytes(), self.vocabulary))
 
 
+_pinned = False
+
+
+def _pin_shared_terminals() -> None:
+    """Once per process: the automata of the JSON translator's fixed terminals (free string,
+    number, integer, ...; ~5 ms), kept for the process's life, so that no schema builds them."""
+    global _pinned
+    if _pinned:
+        return
+    from .grammar.json_schema import shared_terminals
+    from .pushdown import pin_terminal_automata
+
+    pin_terminal_automata(shared_terminals())
+    _pinned = True
+
+
+def _pin_shared_walks(vocabulary: Vocabulary) -> None:
+    """Once per vocabulary and process: the vocabulary walk of the loop inside a JSON string (a
+    gadget of nearly every one-regex schema, and the one whose walk is long: most tokens stay
+    inside a string), kept for the process's life. (A number's digit loops have exits that depend
+    on what follows them, and short walks.)"""
+    if vocabulary._cache.get("shared_walks_pinned"):
+        return
+    from .grammar.json_schema import json_schema_to_regex
+    from .index import pin_gadget_walks
+
+    try:
+        pin_gadget_walks(vocabulary, [regex_to_dfa(json_schema_to_regex({"type": "string"}))])
+    except DotvllmError:  # a vocabulary that cannot spell a JSON string: nothing to share
+        pass
+    vocabulary._cache["shared_walks_pinned"] = True
+
+
 class GrammarCompiler:
     """Compiles constraints for one vocabulary, caching results (LRU, thread-safe).
 
@@ -241,6 +274,8 @@ class GrammarCompiler:
             raise TypeError(f"GrammarCompiler needs a Vocabulary, got {type(vocabulary).__name__}")
         self.vocabulary = vocabulary
         self.cache_size = cache_size
+        _pin_shared_terminals()
+        _pin_shared_walks(vocabulary)
         self._cache: OrderedDict[tuple, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
 

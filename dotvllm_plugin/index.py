@@ -422,8 +422,13 @@ class _WalkCache:
         self.bytes = 0
         self.items: OrderedDict[bytes, tuple] = OrderedDict()
         self.lock = threading.Lock()
+        #: walks kept for the process's life (:func:`pin_gadget_walks`), never evicted nor cleared
+        self.pinned: dict[bytes, tuple] = {}
 
     def get(self, key: bytes):
+        hit = self.pinned.get(key)
+        if hit is not None:
+            return hit
         with self.lock:
             hit = self.items.get(key)
             if hit is not None:
@@ -444,9 +449,37 @@ class _WalkCache:
                 self.bytes -= sum(a.nbytes for a in old)
 
 
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.bytes = 0
+
+
+def _walk_cache(vocab: Vocabulary) -> _WalkCache:
+    cache = vocab._cache.get("gadget_walks")
+    if cache is None:
+        cache = vocab._cache.setdefault("gadget_walks", _WalkCache())
+    return cache
+
+
 def clear_walk_cache(vocab: Vocabulary) -> None:
-    """Forget ``vocab``'s cached gadget walks (benchmarks timing cold compiles clear them)."""
-    vocab._cache.pop("gadget_walks", None)
+    """Forget ``vocab``'s cached gadget walks but the pinned ones (benchmarks timing cold compiles
+    clear them)."""
+    cache = vocab._cache.get("gadget_walks")
+    if cache is not None:
+        cache.clear()
+
+
+def pin_gadget_walks(vocab: Vocabulary, dfas) -> None:
+    """Walk the gadgets of ``dfas`` (the loop of a JSON string's characters) for ``vocab`` and keep
+    those walks for the process's life."""
+    cache = _walk_cache(vocab)
+    fresh = _WalkCache(max_bytes=1 << 62)
+    for dfa in dfas:
+        build_index(dfa, vocab, walk_cache=fresh)
+    with cache.lock:
+        for key, value in fresh.items.items():
+            cache.pinned.setdefault(key, value)
 
 
 def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache | None, byte_class):
@@ -552,8 +585,10 @@ def build_index(
     share_loops: bool = True,
     merge_classes: bool | None = None,
     max_entries: int = MAX_INDEX_ENTRIES,
+    walk_cache: _WalkCache | None = None,
 ) -> TokenIndex:
-    """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference)."""
+    """Index ``dfa`` for ``vocab``; ``share_loops=False`` walks every state on its own (reference).
+    Gadget walks are looked up in and added to ``vocab``'s walk cache, or ``walk_cache``."""
     class_trans, byte_class = dfa.classes if dfa.classes is not None else byte_classes(dfa.transitions)
     class_trans = class_trans.astype(np.int64)
     trie = vocab.byte_trie()
@@ -605,9 +640,7 @@ def build_index(
     gadget_of = np.full(n_states, -1, dtype=np.int64)  # state → gadget index
     label_of = np.full(n_states, -1, dtype=np.int64)  # state → canonical label within its gadget
     total = 0
-    cache = vocab._cache.get("gadget_walks")
-    if cache is None:
-        cache = vocab._cache.setdefault("gadget_walks", _WalkCache())
+    cache = walk_cache if walk_cache is not None else _walk_cache(vocab)
     walks, remainder = _walk_gadgets(class_trans, bt, shapes, cache, byte_class)
     if remainder is not None:
         parts_state.append(remainder[0]), parts_node.append(remainder[1]), parts_end.append(remainder[2])

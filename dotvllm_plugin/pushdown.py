@@ -226,10 +226,35 @@ TERMINAL_MEMO_MAX_STATES = 4096
 _terminal_memo: OrderedDict = OrderedDict()
 _terminal_memo_bytes = 0
 _terminal_memo_lock = threading.Lock()
+#: Automata of terminals every JSON schema shares (:func:`pin_terminal_automata`): built once per
+#: process, never evicted nor cleared by :func:`clear_memos`.
+_pinned_terminals: dict = {}
+
+
+def _terminal_key(t: Terminal) -> tuple:
+    # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
+    return (t.regex, tuple(t.exclude), bool(t.nonempty), t.tree is not None)
+
+
+def pin_terminal_automata(terminals) -> None:
+    """Build and keep for the process's life the automata of ``terminals`` (an excluding one: its
+    automaton before the cut, which every exclusion of the same regex starts from)."""
+    for t in terminals:
+        if t.exclude:
+            t = Terminal(t.name, t.regex, where=t.where, tree=t.tree)
+        key = _terminal_key(t)
+        if key in _pinned_terminals:
+            continue
+        dfa = _build_terminal_dfa(t)
+        dfa.transitions.flags.writeable = False
+        dfa.accepting.flags.writeable = False
+        with _terminal_memo_lock:
+            _pinned_terminals.setdefault(key, dfa)
 
 
 def clear_memos() -> None:
-    """Forget the per-process terminal automata (benchmarks timing cold compiles do)."""
+    """Forget the per-process terminal automata (benchmarks timing cold compiles do), all but the
+    pinned ones (:func:`pin_terminal_automata`)."""
     global _terminal_memo_bytes
     with _terminal_memo_lock:
         _terminal_memo.clear()
@@ -239,8 +264,10 @@ def clear_memos() -> None:
 def _terminal_dfa(t: Terminal):
     """``t``'s byte DFA (kept per process when small)."""
     global _terminal_memo_bytes
-    # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
-    key = (t.regex, tuple(t.exclude), bool(t.nonempty), t.tree is not None)
+    key = _terminal_key(t)
+    got = _pinned_terminals.get(key)
+    if got is not None:
+        return got
     with _terminal_memo_lock:
         got = _terminal_memo.get(key)
         if got is not None:

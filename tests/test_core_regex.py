@@ -388,6 +388,34 @@ def test_cached_gadget_walks_are_shared_soundly_across_patterns(tekken_vocab):
     assert tekken_vocab._cache.get("gadget_walks") is not None
 
 
+def test_pinned_gadget_walks_survive_clearing_and_serve_json_schemas_soundly(tekken_vocab, monkeypatch):
+    """A compiler pins the walk of a JSON string's loop for its vocabulary: the cold benchmarks'
+    clearing keeps it, a one-regex schema of strings walks none of its gadgets again, and its rows
+    equal the reference walk's (every state walked alone)."""
+    from dotvllm_plugin import GrammarCompiler, index
+    from dotvllm_plugin.grammar.json_schema import json_schema_to_regex
+    from dotvllm_plugin.regex import regex_to_dfa
+
+    GrammarCompiler(tekken_vocab, cache_size=0)
+    index.clear_walk_cache(tekken_vocab)
+    cache = tekken_vocab._cache["gadget_walks"]
+    assert cache.pinned and not cache.items
+    walked = []
+    walk = index._walk
+    monkeypatch.setattr(index, "_walk", lambda *a, **k: walked.append(k.get("want_exits", False)) or walk(*a, **k))
+    schema = {"type": "object", "required": ["name", "tags"], "additionalProperties": False,
+              "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"},
+                             "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3}}}
+    dfa = regex_to_dfa(json_schema_to_regex(schema))
+    fast = index.build_index(dfa, tekken_vocab, merge_classes=False)
+    assert not any(walked)  # no canonical gadget walk: all came pinned
+    monkeypatch.setattr(index, "_walk", walk)
+    assert not cache.items  # and nothing new was cached
+    ref = index.build_index(dfa, tekken_vocab, share_loops=False, merge_classes=False)
+    for st in range(dfa.n_states):
+        assert np.array_equal(fast.rows[fast.row_of_state[st]], ref.rows[ref.row_of_state[st]]), st
+
+
 @pytest.mark.parametrize(
     "pattern",
     [
@@ -753,3 +781,12 @@ def test_trimmed_automata_carry_their_byte_classes():
         assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0]), pattern
         checked += 1
     assert checked > 120
+
+
+def test_a_compiler_for_a_vocabulary_that_cannot_spell_json_strings_still_compiles():
+    """Making a compiler pins the walk of a JSON string's loop where the vocabulary can write one;
+    a vocabulary without the quote byte makes a compiler all the same (nothing pinned)."""
+    vocab = Vocabulary([b"a", b"b", b"ab", None], eos_token_ids=[3])
+    m = GrammarMatcher(GrammarCompiler(vocab).compile_regex("a+b"))
+    assert sorted(m.allowed_token_ids().tolist()) == [0, 2]
+    assert not getattr(vocab._cache.get("gadget_walks"), "pinned", None)

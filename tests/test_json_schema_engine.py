@@ -241,6 +241,45 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
     assert not pushdown._terminal_memo
 
 
+
+def test_shared_terminal_automata_are_pinned_read_only_and_equal_to_a_fresh_build(tekken_vocab, monkeypatch):
+    """The translator's fixed terminals (free string, number, integer, boolean, null, punctuation,
+    the undeclared-key string before its cut) are built once per process when a compiler is made,
+    survive the cold benchmarks' clearing, are not built again by a schema that has them, hold no
+    property name, and equal a fresh build."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.ir import Terminal
+    from dotvllm_plugin.grammar.json_schema import shared_terminals
+
+    GrammarCompiler(tekken_vocab, cache_size=0)
+    pushdown.clear_memos()
+    pinned = dict(pushdown._pinned_terminals)
+    regexes = {k[0] for k in pinned}
+    assert {k[0] for k in map(pushdown._terminal_key, shared_terminals())} <= regexes
+    assert not any(r.startswith('"') and r.endswith('":') and "(" not in r for r in regexes)  # no key
+    assert any(t.exclude for t in shared_terminals())  # the undeclared-key string is among them, uncut
+    built = []
+    build = pushdown._build_terminal_dfa
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t: built.append(t) or build(t))
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "score": {"type": "number"}, "ok": {"type": "boolean"}}}
+    grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(schema)
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
+    assert built and not {pushdown._terminal_key(t) for t in built} & set(pinned)
+    assert any(t.exclude for t in built)  # the cut itself is the schema's (its declared names)
+    assert {"name", "age", "score", "ok"} <= {n for t in built for n in t.exclude} | {
+        t.regex.strip('":') for t in built}
+    assert len(built) < len(grammar.terminal_names)
+    for (regex, exclude, nonempty, generated), dfa in pinned.items():
+        assert pushdown._pinned_terminals[(regex, exclude, nonempty, generated)] is dfa
+        assert not dfa.transitions.flags.writeable and not dfa.accepting.flags.writeable
+        fresh = pushdown._build_terminal_dfa(Terminal("t", regex, nonempty=nonempty, exclude=exclude))
+        assert np.array_equal(fresh.transitions, dfa.transitions) and np.array_equal(fresh.accepting, dfa.accepting)
+        assert fresh.initial == dfa.initial
+        # the same text written by a user goes through the user-text checks: not the pinned entry
+        assert pushdown._terminal_dfa(Terminal("u", regex, nonempty=nonempty)) is not dfa
+
+
 WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 8} for i in range(100)}}
 WIDE_REQUIRED = {"type": "object", "properties": {**{f"p{i}": {"type": "integer"} for i in range(40)},
                                                   "r": {"type": ["boolean", "array"]},

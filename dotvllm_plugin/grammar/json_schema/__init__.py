@@ -266,6 +266,29 @@ def json_schema_to_ir(
     return R.regex_to_grammar(root, bodies, kind="json_schema", source=source, excluded=ctx.excluded)
 
 
+#: A schema whose translation holds the terminals nearly every schema has (a free string, number,
+#: integer, boolean, null, punctuation, the undeclared-key string): :func:`shared_terminals`.
+_SHARED_PROBE = {"type": "object", "required": ["s"], "properties": {
+    "s": {"type": "string"}, "n": {"type": "number"}, "i": {"type": "integer"}, "b": {"type": "boolean"},
+    "z": {"type": "null"}, "a": {"type": "array", "items": {"type": "string"}}, "f": {}}}
+
+
+def shared_terminals() -> list:
+    """The terminals of the translator's own fixed lexemes, as any schema's grammar (default
+    options) writes them: the probe schema's terminals but its property names (a terminal whose
+    text opens with a quote and is one literal: a key or an enum string). Whether a schema's
+    terminal is one of them is decided by its regex alone, so a compile may reuse their automata."""
+    from ...regex import _literal_bytes
+
+    grammar = json_schema_to_ir(_SHARED_PROBE)
+    out = []
+    for t in grammar.terminals:
+        text = None if t.tree is None or t.exclude else _literal_bytes(t.tree)
+        if text is None or not text.startswith(b'"'):
+            out.append(t)
+    return out
+
+
 def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
     """Any JSON value with arrays/objects nested at most ``max_depth`` levels."""
     return _any_value(check_whitespace(whitespace_pattern), max_depth)
