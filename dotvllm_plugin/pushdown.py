@@ -47,6 +47,7 @@ per grammar); nothing recurses in Python with the depth of the text.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -1513,18 +1514,19 @@ class PushdownGrammar:
             ended, exits = walk_rows_by_end(ct, view, self._W, start)
         else:
             ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=shortcut.skip)
-            ended = shortcut.merge(*ended)
-        free, groups, exits = self._split(lo, ended, exits)
+        free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
 
-    def _split(self, lo: int, ended, exits):
+    def _split(self, lo: int, ended, exits, more=()):
         """A walk's result as ``(free row, ((end state, row), ...), exits by terminal)``: tokens
-        whose lexeme is always viable, the others by the lexer state they end in."""
+        whose lexeme is always viable, the others by the lexer state they end in. ``more``: more
+        ``(end state, row)`` pairs (a run plan's skipped tokens; an end state may come twice, its
+        rows are OR-ed where they are used)."""
         ends, rows = ended  # (the rows are read, never written)
         free = np.zeros(self._W, dtype=np.int32)
         groups = []
-        for r, row in zip((ends + lo).tolist(), rows):
+        for r, row in itertools.chain(zip((ends + lo).tolist(), rows), ((e + lo, row) for e, row in more)):
             if self._reach[r] is None:
                 free |= row
             else:

@@ -235,15 +235,51 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
     if sigma[-1][1] >= 0x80:
         other = memo.get("non-ascii")
         if other is None:
-            other = memo["non-ascii"] = _sequences(class_trans, byte_class, _NON_ASCII)
+            other = memo["non-ascii"] = _non_ascii_targets(class_trans, byte_class)
         bad |= other != np.where(out < 0, _DEAD, out)
     out[out < 0] = _DEAD
     out[bad] = _BAD
     return out
 
 
+#: The UTF-8 byte sequences of the non-ASCII characters (as byte-range steps), the distinct byte
+#: ranges among their steps, and each sequence as indices into those ranges.
+_NON_ASCII_SEQS = [seq for a, b in _NON_ASCII for seq in utf8_sequences(a, b)]
+_STEP_RANGES = sorted({step for seq in _NON_ASCII_SEQS for step in seq})
+_SEQ_STEPS = [[_STEP_RANGES.index(step) for step in seq] for seq in _NON_ASCII_SEQS]
+_UNEVEN = -5  # a byte range whose bytes lead apart from a state
+
+
+def _non_ascii_targets(class_trans: np.ndarray, byte_class: np.ndarray) -> np.ndarray:
+    """:func:`_sequences` of the non-ASCII characters, by byte range instead of byte by byte: per
+    state and step range the one target of the range's bytes (or :data:`_UNEVEN`), from one gather
+    and two segment reductions; the sequences then follow those targets (integer gathers)."""
+    n = class_trans.shape[0]
+    cls = [np.unique(byte_class[lo : hi + 1]) for lo, hi in _STEP_RANGES]
+    starts = np.cumsum([0] + [len(c) for c in cls[:-1]])
+    g = class_trans[:, np.concatenate(cls)]
+    lo_t = np.minimum.reduceat(g, starts, axis=1)
+    target = np.where(lo_t == np.maximum.reduceat(g, starts, axis=1), lo_t, _UNEVEN)  # [n, ranges]
+    out = None
+    bad = np.zeros(n, dtype=bool)
+    for steps in _SEQ_STEPS:
+        cur = np.arange(n)
+        for r in steps:
+            alive = cur >= 0
+            nxt = target[np.where(alive, cur, 0), r]
+            bad |= alive & ((nxt == _UNEVEN) | (nxt == -2))
+            cur = np.where(alive, nxt, cur)
+        cur = np.where(cur < 0, _DEAD, cur)
+        if out is None:
+            out = cur
+        else:
+            bad |= out != cur
+    return np.where(bad, _BAD, out)
+
+
 def _sequences(class_trans: np.ndarray, byte_class: np.ndarray, ranges) -> np.ndarray:
-    """:func:`_class_targets` for the characters of ``ranges``, read on their UTF-8 byte sequences."""
+    """:func:`_class_targets` for the characters of ``ranges``, read on their UTF-8 byte sequences
+    byte by byte (the reference of :func:`_non_ascii_targets`)."""
     n = class_trans.shape[0]
     out = None
     bad = np.zeros(n, dtype=bool)
@@ -273,20 +309,6 @@ class RunPlan:
 
     def __init__(self, skip, ends):
         self.skip, self.ends = skip, ends
-
-    def merge(self, ends: np.ndarray, rows: np.ndarray):
-        """The walk's ``(ends, rows)`` with the skipped tokens' rows added."""
-        at = {int(e): i for i, e in enumerate(ends.tolist())}
-        out_ends, out_rows = list(ends.tolist()), list(rows)
-        for e, row in self.ends:
-            i = at.get(e)
-            if i is None:
-                out_ends.append(e)
-                out_rows.append(row)
-            else:
-                out_rows[i] = out_rows[i] | row
-        stacked = np.stack(out_rows) if out_rows else np.zeros((0, rows.shape[1]), dtype=np.int32)
-        return np.array(out_ends, dtype=np.int64), stacked
 
 
 def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):

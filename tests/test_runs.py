@@ -231,3 +231,45 @@ def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
     assert compared > 10
     if "enum" in str(spec):
         assert g._compounds.members  # ("x" is a string of the pattern too: one lexeme, two terminals)
+
+
+def _step_text(table: np.ndarray, q: int, data: bytes) -> int:
+    for b in data:
+        q = int(table[q, b])
+        if q < 0:
+            return q
+    return q
+
+
+def test_non_ascii_targets_by_range_equal_the_byte_by_byte_reading_and_python_encoding():
+    """Where every non-ASCII character leads from each state, computed per byte range: equal to the
+    byte-by-byte reading of the UTF-8 sequences, and, where it names one target, that is where the
+    UTF-8 encoding (Python's) of sampled characters leads, a lexeme end never passed on the way."""
+    from dotvllm_plugin.regex import byte_classes
+
+    rng = np.random.default_rng(7)
+    chars = [chr(c) for c in rng.integers(0x80, 0x110000, size=400) if not 0xD800 <= c <= 0xDFFF]
+    chars += ["\x80", "\u07ff", "\u0800", "\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0010ffff"]
+    named = 0
+    for trial in range(120):
+        n = int(rng.integers(1, 30))
+        table = rng.integers(-2, n, size=(n, 256))
+        base = rng.integers(-2, n, size=(n, 1))
+        if trial % 3 == 0:  # mostly one target per state
+            table = np.where(rng.random((n, 256)) < 0.98, base, table)
+        elif trial % 3 == 1:  # every non-ASCII byte to one target, or looping (a string body)
+            table[:, 0x80:] = base if trial % 2 else np.where(rng.random((n, 1)) < 0.8, np.arange(n)[:, None], -1)
+        class_trans, classes = byte_classes(table.astype(np.int32))  # (the lexers' partition)
+        class_trans = class_trans.astype(np.int64)
+        byte_table = class_trans[:, classes]
+        assert np.array_equal(byte_table, table)
+        got = runs._non_ascii_targets(class_trans, classes)
+        assert np.array_equal(got, runs._sequences(class_trans, classes, runs._NON_ASCII))
+        for q in np.flatnonzero(got != runs._BAD).tolist():
+            named += 1
+            for ch in chars:
+                data = ch.encode()
+                ends = [_step_text(byte_table, q, data[:k]) for k in range(1, len(data) + 1)]
+                assert -2 not in ends
+                assert (runs._DEAD if ends[-1] < 0 else ends[-1]) == got[q]
+    assert named > 50
