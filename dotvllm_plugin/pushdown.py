@@ -753,21 +753,35 @@ def _packed(tables, rules: list[tuple], term_names: list[str]) -> dict:
             rule_keys.append(rules[r])
         return -(ri + 1)
 
+    codes_of: dict[tuple, list[int]] = {}  # the rules reduced on one lookahead → their codes
+    at_row, at_col, at_code = [], [], []
+    g_row, g_col, g_to = [], [], []
     for i in range(n_states):
         codes: dict[int, list[int]] = {}
         for x, j in tables.shifts[i].items():
             codes[t_col[x]] = [j + 1]
         for x, j in tables.gotos[i].items():
-            goto[i, nt_col[x]] = j
+            g_row.append(i), g_col.append(nt_col[x]), g_to.append(j)
         for la, rs in tables.reduces[i].items():
-            codes.setdefault(t_col[la], []).extend(reduce_code(r) for r in sorted(rs, key=order.__getitem__))
+            key = tuple(rs)
+            cs = codes_of.get(key)
+            if cs is None:
+                cs = codes_of[key] = [reduce_code(r) for r in sorted(rs, key=order.__getitem__)]
+            col = t_col[la]
+            codes[col] = codes[col] + cs if col in codes else cs  # (the lists are shared: never extended)
         for col, cs in codes.items():
+            at_row.append(i), at_col.append(col)
             if len(cs) == 1:
-                action[i, col] = cs[0]
+                at_code.append(cs[0])
             else:
-                action[i, col] = MULTI + len(conflicts)
+                at_code.append(MULTI + len(conflicts))
                 conflicts.append(cs)
-        accepts.append(sorted(c for c in codes if c != end_col))
+        own = sorted(codes)
+        if own and own[-1] == end_col:
+            own.pop()
+        accepts.append(own)
+    action[at_row, at_col] = at_code
+    goto[g_row, g_col] = g_to
     conf_offsets = np.cumsum([0] + [len(c) for c in conflicts]).astype(np.int32)
     conf_codes = np.array([x for c in conflicts for x in c], dtype=np.int32)
     return dict(
