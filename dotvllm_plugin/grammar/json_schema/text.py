@@ -25,6 +25,7 @@ import warnings
 from typing import Iterable, Sequence
 
 from ...errors import UnsupportedFeatureError
+from ...regex.fastparse import parse as fast_parse_tree  # re's parse tree, faster on the common subset
 
 MAX_CP = 0x10FFFF
 SURROGATES = (0xD800, 0xDFFF)
@@ -329,7 +330,7 @@ def _parse_pattern(pattern: str, where: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FutureWarning about '[[' etc.: literal in ECMA too
-            tree = _sre_parse.parse(pattern)
+            tree = fast_parse_tree(pattern)
     except Exception as e:  # noqa: BLE001 - re raises re.error, also OverflowError on huge repeats
         raise UnsupportedFeatureError(
             f"pattern {pattern!r} is not supported here (it does not parse as a Python-compatible "
@@ -486,7 +487,7 @@ def _width(seq, pattern, where) -> tuple[int, int | None]:
 
 def regex_width(regex: str) -> tuple[int, int | None]:
     """Shortest and longest match of ``regex`` in characters (longest ``None``: unbounded)."""
-    lo, hi = _sre_parse.parse(regex).getwidth()
+    lo, hi = fast_parse_tree(regex).getwidth()
     return lo, (None if hi >= _sre_c.MAXREPEAT else hi)
 
 
