@@ -231,7 +231,7 @@ _pinned = False
 
 def _pin_shared_terminals() -> None:
     """Once per process: the automata of the JSON translator's fixed terminals (free string,
-    number, integer, ...; ~5 ms), kept for the process's life, so that no schema builds them."""
+    number, integer, ...; ~10 ms), kept for the process's life, so that no schema builds them."""
     global _pinned
     if _pinned:
         return

@@ -448,7 +448,6 @@ class _WalkCache:
                 _, old = self.items.popitem(last=False)
                 self.bytes -= sum(a.nbytes for a in old)
 
-
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
