@@ -251,9 +251,11 @@ _UNEVEN = -5  # a byte range whose bytes lead apart from a state
 
 
 def _non_ascii_targets(class_trans: np.ndarray, byte_class: np.ndarray) -> np.ndarray:
-    """:func:`_sequences` of the non-ASCII characters, by byte range instead of byte by byte: per
-    state and step range the one target of the range's bytes (or :data:`_UNEVEN`), from one gather
-    and two segment reductions; the sequences then follow those targets (integer gathers)."""
+    """For every state: where every non-ASCII character leads (one state), ``_DEAD`` when every one
+    is dead, else ``_BAD`` (they lead apart, or one ends the lexeme on the way), read on their UTF-8
+    byte sequences by byte range: per state and step range the one target of the range's bytes (or
+    :data:`_UNEVEN`), from one gather and two segment reductions; the sequences then follow those
+    targets (integer gathers)."""
     n = class_trans.shape[0]
     cls = [np.unique(byte_class[lo : hi + 1]) for lo, hi in _STEP_RANGES]
     starts = np.cumsum([0] + [len(c) for c in cls[:-1]])
@@ -274,30 +276,6 @@ def _non_ascii_targets(class_trans: np.ndarray, byte_class: np.ndarray) -> np.nd
             out = cur
         else:
             bad |= out != cur
-    return np.where(bad, _BAD, out)
-
-
-def _sequences(class_trans: np.ndarray, byte_class: np.ndarray, ranges) -> np.ndarray:
-    """:func:`_class_targets` for the characters of ``ranges``, read on their UTF-8 byte sequences
-    byte by byte (the reference of :func:`_non_ascii_targets`)."""
-    n = class_trans.shape[0]
-    out = None
-    bad = np.zeros(n, dtype=bool)
-    for a, b in ranges:
-        for seq in utf8_sequences(a, b):
-            cur = np.arange(n)
-            for lo, hi in seq:
-                cls = np.unique(byte_class[lo : hi + 1])
-                alive = cur >= 0
-                t = class_trans[:, cls][np.where(alive, cur, 0)]
-                first = t[:, 0]
-                bad |= alive & ((t != first[:, None]).any(axis=1) | (first == -2))
-                cur = np.where(alive, first, cur)
-            cur = np.where(cur < 0, _DEAD, cur)
-            if out is None:
-                out = cur
-            else:
-                bad |= out != cur
     return np.where(bad, _BAD, out)
 
 
