@@ -27,7 +27,7 @@ each compile, xgrammar ``cache_enabled=False``, llguidance and outlines-core kee
 outlives a schema; only tables built at start-up, the same for every schema, stay warm (ours: the
 byte trie, the tokens' character masks of :mod:`dotvllm_plugin.runs`, and what a compiler pins when
 it is made: the automata of the JSON translator's fixed terminals and the vocabulary walk of a JSON
-string's loop, ~25 ms once per process). Percentiles
+string's loop, 20–25 ms once per process). Percentiles
 of CPU and wall time are reported on each engine's own compiled set and on the schemas that every
 engine compiled (the fair comparison).
 

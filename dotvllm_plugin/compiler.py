@@ -226,20 +226,14 @@ class CompiledGrammar:
         return (CompiledGrammar.from_bytes, (self.to_bytes(), self.vocabulary))
 
 
-_pinned = False
-
-
 def _pin_shared_terminals() -> None:
-    """Once per process: the automata of the JSON translator's fixed terminals (free string,
-    number, integer, ...; ~10 ms), kept for the process's life, so that no schema builds them."""
-    global _pinned
-    if _pinned:
-        return
+    """The automata of the JSON translator's fixed terminals (free string, number, integer, ...;
+    5–9 ms the first time in a process, then lookups), kept for the process's life, so that no
+    schema builds them."""
     from .grammar.json_schema import shared_terminals
     from .pushdown import pin_terminal_automata
 
     pin_terminal_automata(shared_terminals())
-    _pinned = True
 
 
 def _pin_shared_walks(vocabulary: Vocabulary) -> None:

@@ -242,15 +242,18 @@ def pin_terminal_automata(terminals) -> None:
     automaton before the cut, which every exclusion of the same regex starts from)."""
     for t in terminals:
         if t.exclude:
-            t = Terminal(t.name, t.regex, where=t.where, tree=t.tree)
+            t = _uncut(t)
         key = _terminal_key(t)
-        if key in _pinned_terminals:
-            continue
-        dfa = _build_terminal_dfa(t)
-        dfa.transitions.flags.writeable = False
-        dfa.accepting.flags.writeable = False
-        with _terminal_memo_lock:
-            _pinned_terminals.setdefault(key, dfa)
+        if key not in _pinned_terminals:  # (built apart from the memo, which the benchmarks clear)
+            dfa = _read_only(_build_terminal_dfa(t))
+            with _terminal_memo_lock:
+                _pinned_terminals.setdefault(key, dfa)
+
+
+def _read_only(dfa):
+    dfa.transitions.flags.writeable = False
+    dfa.accepting.flags.writeable = False
+    return dfa
 
 
 def clear_memos() -> None:
@@ -276,8 +279,7 @@ def _terminal_dfa(t: Terminal):
             return got
     dfa = _build_terminal_dfa(t)
     if dfa.n_states <= TERMINAL_MEMO_MAX_STATES:
-        dfa.transitions.flags.writeable = False
-        dfa.accepting.flags.writeable = False
+        _read_only(dfa)
         size = dfa.transitions.nbytes + dfa.accepting.nbytes
         with _terminal_memo_lock:
             if key not in _terminal_memo:
@@ -289,10 +291,15 @@ def _terminal_dfa(t: Terminal):
     return dfa
 
 
+def _uncut(t: Terminal) -> Terminal:
+    """An excluding terminal before the cut: its regex alone."""
+    return Terminal(t.name, t.regex, where=t.where, tree=t.tree)
+
+
 def _uncut_dfa(t: Terminal):
-    """An excluding terminal's automaton before the cut: the regex alone, kept like any terminal's
-    (the objects' undeclared keys share it; an excluding regex opens with its quote, never empty)."""
-    return _terminal_dfa(Terminal(t.name, t.regex, where=t.where, tree=t.tree))
+    """An excluding terminal's automaton before the cut, kept like any terminal's (the objects'
+    undeclared keys share it; an excluding regex opens with its quote, never empty)."""
+    return _terminal_dfa(_uncut(t))
 
 
 def _build_terminal_dfa(t: Terminal):

@@ -30,6 +30,7 @@ uri-reference, uuid, json-pointer), ``minimum``/``maximum``/``exclusiveMinimum``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -273,7 +274,8 @@ _SHARED_PROBE = {"type": "object", "required": ["s"], "properties": {
     "z": {"type": "null"}, "a": {"type": "array", "items": {"type": "string"}}, "f": {}}}
 
 
-def shared_terminals() -> list:
+@functools.cache
+def shared_terminals() -> tuple:
     """The terminals of the translator's own fixed lexemes, as any schema's grammar (default
     options) writes them: the probe schema's terminals but its property names (a terminal whose
     text opens with a quote and is one literal: a key or an enum string). Whether a schema's
@@ -286,7 +288,7 @@ def shared_terminals() -> list:
         text = None if t.tree is None or t.exclude else _literal_bytes(t.tree)
         if text is None or not text.startswith(b'"'):
             out.append(t)
-    return out
+    return tuple(out)
 
 
 def json_value_regex(*, whitespace_pattern: str | None = None, max_depth: int = 3) -> str:
