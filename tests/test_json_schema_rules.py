@@ -377,3 +377,24 @@ def test_a_unit_inside_a_class_becomes_an_alternation():
     text = '"(?:' + T.PLAIN_CHAR + '|x)"'  # Python's parser reads (?:U|x) as the class [Ux]
     (t,) = rules.regex_to_grammar(text, {}).terminals
     assert equivalent(regex_to_dfa(t.regex, tree=t.tree), regex_to_dfa(text))
+
+
+def test_a_run_is_written_alike_before_and_after_its_units_expand():
+    """The writer writes a run's regex from its tree with the units' code points still in it (and
+    expands the tree only for a new terminal): the text is the one of the expanded tree, with or
+    without the writer's memo of class texts."""
+    from dotvllm_plugin.grammar.json_schema import rules
+    from dotvllm_plugin.regex import fastparse
+
+    checked = 0
+    for regex in _corpus_regexes():
+        for cp, unit in sorted(rules._UNITS.items(), key=lambda kv: -len(kv[1])):
+            regex = regex.replace(unit, cp)
+        items = list(fastparse.parse(regex))
+        if not any(rules.is_placeholder(ord(c)) for c in regex):
+            continue
+        expanded = rules.unparse(rules._expand(items))
+        assert rules.unparse(items) == expanded
+        assert rules.unparse(items, {}) == expanded
+        checked += 1
+    assert checked > 20

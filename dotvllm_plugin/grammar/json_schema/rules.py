@@ -128,33 +128,47 @@ def _class_items(items) -> str:
     return f"[{neg}{''.join(out)}]"
 
 
-def unparse(items) -> str:
-    """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``)."""
-    return "".join([_unparse_item(op, av) for op, av in items])
+def unparse(items, classes: dict | None = None) -> str:
+    """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``).
+    ``classes``: a class's items → its text, kept by the caller (the translator writes the same
+    few classes all over a schema)."""
+    return "".join([_unparse_item(op, av, classes) for op, av in items])
 
 
-def _unparse_item(op, av) -> str:
+def _unparse_item(op, av, classes=None) -> str:
+    # (a unit's code point is written as the unit's group, as :func:`_expand` would put it: the
+    # text of a run is the same before and after expansion)
     if op is C.LITERAL:
-        return _ASCII_TEXT[av] if av < 0x80 else _char(av, _META)
+        if av < 0x80:
+            return _ASCII_TEXT[av]
+        return _unit_text(av) if _UNITS_FIRST_CP <= av <= _UNITS_LAST_CP else _char(av, _META)
     if op is C.SUBPATTERN and id(av) in _UNIT_TEXT:
         return _UNIT_TEXT[id(av)]
     if op is C.NOT_LITERAL:
         return f"[^{_char(av, _CLASS_META)}]"
     if op is C.IN:
-        return _class_items(av)
+        if any(o is C.LITERAL and _UNITS_FIRST_CP <= a <= _UNITS_LAST_CP for o, a in av):
+            return _unparse_item(*_expand([(op, av)])[0], classes)
+        if classes is None:
+            return _class_items(av)
+        key = tuple(av)
+        got = classes.get(key)
+        if got is None:
+            got = classes[key] = _class_items(av)
+        return got
     if op is C.ANY:
         return "."
     if op is C.CATEGORY:
         return _CATEGORIES[av]
     if op is C.BRANCH:
-        return "(?:" + "|".join(unparse(seq) for seq in av[1]) + ")"
+        return "(?:" + "|".join(unparse(seq, classes) for seq in av[1]) + ")"
     if op is C.SUBPATTERN:
         _group, add, remove, body = av
         f = _flags(add, remove)
-        return f"(?{f}:{unparse(body)})"
+        return f"(?{f}:{unparse(body, classes)})"
     if op is C.MAX_REPEAT:
         lo, hi, body = av
-        inner = f"(?:{unparse(body)})"
+        inner = f"(?:{unparse(body, classes)})"
         if (lo, hi) == (0, 1):
             return inner + "?"
         if (lo, hi) == (0, C.MAXREPEAT):
@@ -191,6 +205,11 @@ def _expand(items) -> list:
 
 
 _UNITS_FIRST, _UNITS_LAST = min(_UNITS), max(_UNITS)
+_UNITS_FIRST_CP, _UNITS_LAST_CP = ord(_UNITS_FIRST), ord(_UNITS_LAST)
+
+
+def _unit_text(cp: int) -> str:
+    return _UNIT_TEXT[id(_unit_item(cp)[1])]
 
 
 def _nullable(items) -> bool:
@@ -230,6 +249,7 @@ class _Writer:
         self._ph: dict[int, bool] = {}  # id of a group's argument → whether it holds a placeholder
         self._trees: list = []  # every tree parsed, kept alive while ids key ``_ph``
         self.terminals: dict[str, Terminal] = {}
+        self._classes: dict[tuple, str] = {}  # (for :func:`unparse`)
         self.rules: list[Rule] = []
         self._n = 0
 
@@ -267,8 +287,9 @@ class _Writer:
         t = self.terminals.get((key, nonempty, exclude))
         if t is None:
             # the parse tree travels with the text (the automaton is built without parsing it again)
-            # where no flag prefix changes how the text reads
-            tree = P.SubPattern(_UNFLAGGED.state, list(items)) if items is not None and not self.flag_prefix else None
+            # where no flag prefix changes how the text reads (the units' groups put in here: once
+            # per terminal, not once per run)
+            tree = None if items is None or self.flag_prefix else P.SubPattern(_UNFLAGGED.state, _expand(items))
             t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree,
                          exclude=exclude)
             self.terminals[(key, nonempty, exclude)] = t
@@ -344,8 +365,7 @@ class _Writer:
                 raise _Unwritable("an exclusion marker not right before a key's quote")
             exclude = self.excluded[items[i][1]]
             items = items[:i] + items[i + 1:]
-        items = _expand(items)
-        regex = unparse(items)
+        regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
         if not _nullable(items):
             return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
