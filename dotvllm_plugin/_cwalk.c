@@ -931,6 +931,50 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNn)", out, bc, C);
 }
 
+/* live_states(rows int64[n * C], C, accepting uint8[n]) -> bytes uint8[n]: 1 for the states from
+ * which an accepting state is reachable (entries < 0: no edge), by a search of the reversed edges. */
+static PyObject *live_states(PyObject *self, PyObject *args) {
+    Py_buffer b_rows, b_acc;
+    Py_ssize_t C;
+    if (!PyArg_ParseTuple(args, "y*ny*", &b_rows, &C, &b_acc)) return NULL;
+    Py_ssize_t n = b_acc.len, m = n * C;
+    if (C < 0 || b_rows.len != m * 8) {
+        PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+        PyErr_SetString(PyExc_ValueError, "live_states: rows must be int64[n * C] for n accepting flags");
+        return NULL;
+    }
+    const int64_t *rows = b_rows.buf;
+    const uint8_t *acc = b_acc.buf;
+    int64_t *start = calloc((size_t)n + 2, 8), *fill = malloc((size_t)n * 8 + 8);
+    int64_t *src = malloc((size_t)m * 8 + 8), *stack = malloc((size_t)n * 8 + 8);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (!start || !fill || !src || !stack || !out) {
+        free(start); free(fill); free(src); free(stack); Py_XDECREF(out);
+        PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+        return PyErr_NoMemory();
+    }
+    uint8_t *live = (uint8_t *)PyBytes_AS_STRING(out);
+    /* the reversed edges as CSR: the sources of the edges into t are src[start[t]:start[t + 1]] */
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (rows[i] >= 0 && rows[i] < n) start[rows[i] + 1]++;
+    for (Py_ssize_t q = 0; q < n; q++) { start[q + 1] += start[q]; fill[q] = start[q]; }
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (rows[i] >= 0 && rows[i] < n) src[fill[rows[i]]++] = i / C;
+    Py_ssize_t top = 0;
+    for (Py_ssize_t q = 0; q < n; q++) {
+        live[q] = acc[q] != 0;
+        if (live[q]) stack[top++] = q;
+    }
+    while (top) {
+        int64_t t = stack[--top];
+        for (int64_t j = start[t]; j < start[t + 1]; j++)
+            if (!live[src[j]]) { live[src[j]] = 1; stack[top++] = src[j]; }
+    }
+    free(start); free(fill); free(src); free(stack);
+    PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+    return out;
+}
+
 /* merge_twins(rows int64[n * C], accepting uint8[n], max_rounds) -> (rows, accepting) as bytes:
  * repeatedly merge states with identical rows and acceptance into the first of them (state 0
  * stays first), renumbering the survivors in order. */
@@ -1118,6 +1162,7 @@ static PyMethodDef methods[] = {
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
+    {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

@@ -582,6 +582,51 @@ def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
     assert fast.n_states == ref.n_states and equivalent(fast, ref)
 
 
+def test_trimmed_classes_equal_with_and_without_c(monkeypatch):
+    """A trimmed automaton's coarsest byte classes: read from the 256 columns in C, or merged from
+    the class table in numpy, the same arrays."""
+    from dotvllm_plugin.regex import automaton
+
+    if automaton._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(1, 30))
+        cols = rng.integers(-1, n, size=(n, int(rng.integers(1, 8)))).astype(np.int32)
+        trans = np.ascontiguousarray(cols[:, rng.integers(0, cols.shape[1], size=256)])
+        accepting = rng.random(n) < 0.3
+        accepting[-1] = True
+        trans[0, 0] = n - 1  # (the initial state is live)
+        monkeypatch.setattr(automaton, "USE_C_TABLES", True)
+        fast = automaton.trim(trans, accepting, "t")
+        monkeypatch.setattr(automaton, "USE_C_TABLES", False)
+        ref = automaton.trim(trans, accepting, "t")
+        assert np.array_equal(fast.transitions, ref.transitions)
+        assert np.array_equal(fast.classes[0], ref.classes[0]) and np.array_equal(fast.classes[1], ref.classes[1])
+
+
+def test_c_live_states_equal_the_reversed_search():
+    """Trimming's live states (those that reach acceptance) in C against the search of the
+    reversed edges in Python, on random class tables with dead entries, self-loops, unreachable
+    parts and no accepting state at all."""
+    from dotvllm_plugin.regex import automaton
+
+    if automaton._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        n, c = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        rows = rng.integers(-1, n, size=(n, c)).astype(np.int64)
+        rows[rng.random((n, c)) < 0.4] = -1
+        accepting = rng.random(n) < rng.choice([0.0, 0.05, 0.3])
+        got = np.frombuffer(automaton._cwalk.live_states(rows, c, accepting.astype(np.uint8)), dtype=bool)
+        src = np.repeat(np.arange(n), c)
+        dst = rows.ravel()
+        ok = dst >= 0
+        want = automaton.reachable(dst[ok], src[ok], n, np.flatnonzero(accepting).tolist())
+        assert np.array_equal(got, want), (rows, accepting)
+
+
 _ATOMS = st.sampled_from(["a", "b", "é", "[ab]", "[^a]", "[a-zé]", ".", "\\.", "ab", "😀"])
 
 

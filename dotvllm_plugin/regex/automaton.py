@@ -243,11 +243,15 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     n = trans.shape[0]
     rows, byte_class = byte_classes(trans)  # the same graph with far fewer (parallel) edges
     rows = rows.astype(np.int64)
-    src = np.repeat(np.arange(n), rows.shape[1])
-    dst = rows.ravel()
-    ok = dst >= 0
-    edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
-    live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
+    if _cwalk is not None and USE_C_TABLES:
+        live = np.frombuffer(_cwalk.live_states(np.ascontiguousarray(rows), rows.shape[1],
+                                                np.ascontiguousarray(accepting, dtype=np.uint8)), dtype=bool)
+    else:
+        src = np.repeat(np.arange(n), rows.shape[1])
+        dst = rows.ravel()
+        ok = dst >= 0
+        edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
+        live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
     if not live[0]:
         from ..errors import VocabularyCoverageError
 
@@ -258,9 +262,12 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
         rows = new_id[np.where(rows < 0, n, rows)][live]
         accepting = accepting[live]
     rows, accepting = _merge_twins(rows, accepting.astype(bool), byte_class=byte_class, expand=False)
-    classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
-    return ByteDFA(transitions=rows[:, byte_class.reshape(256)].astype(np.int32), accepting=accepting, initial=0,
-                   classes=classes)
+    transitions = rows[:, byte_class.reshape(256)].astype(np.int32)
+    if _cwalk is not None and USE_C_TABLES:  # (in C, 256 columns cost less than _coarsest's numpy)
+        classes = byte_classes(transitions)
+    else:
+        classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
+    return ByteDFA(transitions=transitions, accepting=accepting, initial=0, classes=classes)
 
 
 def _coarsest(rows: np.ndarray, byte_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
