@@ -412,10 +412,20 @@ def _ranks(terms) -> list[int]:
     return rank
 
 
-def _joint_classes(tables: list[np.ndarray]):
-    """Byte classes of several tables at once: ``(byte → class, class → a representative byte)``."""
+def _joint_classes(tables: list[np.ndarray], classes=None):
+    """Byte classes of several tables at once: ``(byte → class, class → a representative byte)``.
+
+    ``classes``: per table, its own coarsest byte → class array where known (None where not): the
+    joint classes are their common refinement, read from one row per table instead of one per
+    state (a lexer's members have hundreds of states, most of them alike)."""
     if _cwalk is not None:  # (classes numbered by their first byte)
-        _, bc, _ = _cwalk.byte_classes(np.ascontiguousarray(np.concatenate(tables, axis=0), dtype=np.int32))
+        if classes is not None:
+            from .regex import byte_classes
+
+            rows = np.stack([bc if bc is not None else byte_classes(t)[1] for t, bc in zip(tables, classes)])
+        else:
+            rows = np.concatenate(tables, axis=0)
+        _, bc, _ = _cwalk.byte_classes(np.ascontiguousarray(rows, dtype=np.int32))
         byte_class = np.frombuffer(bc, dtype=np.int64)
         return byte_class, np.unique(byte_class, return_index=True)[1]
     cols = np.ascontiguousarray(np.concatenate(tables, axis=0).T)  # [256, sum states]
@@ -468,7 +478,8 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
         return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
     ordered, retype = _unless(members, terms) if lark_fidelity else (sorted(members, key=lambda i: terms[i].lark_order()), {})
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
-    byte_class, rep = _joint_classes([dfas[i].transitions for i in comps])
+    byte_class, rep = _joint_classes([dfas[i].transitions for i in comps],
+                                     [None if dfas[i].classes is None else dfas[i].classes[1] for i in comps])
     first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist())
              for i in (ordered if lark_fidelity else ())}  # (only the collision check reads them)
     for i, x in enumerate(ordered if lark_fidelity else ()):

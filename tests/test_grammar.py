@@ -605,7 +605,7 @@ def test_joint_byte_classes_in_c_are_the_partition_of_the_numpy_reference(monkey
     """``pushdown._joint_classes`` through ``_cwalk.byte_classes``: the same partition of the bytes
     as the numpy reference (its own class numbering aside), each representative in its class, on
     random tables and on the terminal automata of the lark grammars here."""
-    from dotvllm_plugin import pushdown
+    from dotvllm_plugin import pushdown, regex
     from dotvllm_plugin.grammar.lark import lark_to_ir
 
     if pushdown._cwalk is None:
@@ -618,6 +618,10 @@ def test_joint_byte_classes_in_c_are_the_partition_of_the_numpy_reference(monkey
         cases.append([pushdown._terminal_dfa(t).transitions for t in ir.terminals])
     for tables in cases:
         fast, fast_rep = pushdown._joint_classes(tables)
+        # from the tables' own classes (some unknown): the same arrays
+        own = [None if i % 3 == 2 else regex.byte_classes(t)[1] for i, t in enumerate(tables)]
+        refined, refined_rep = pushdown._joint_classes(tables, own)
+        assert np.array_equal(refined, fast) and np.array_equal(refined_rep, fast_rep)
         monkeypatch.setattr(pushdown, "_cwalk", None)
         slow, slow_rep = pushdown._joint_classes(tables)
         monkeypatch.undo()
