@@ -931,6 +931,86 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNn)", out, bc, C);
 }
 
+/* class_targets(trans int64[n * C], C, byte_class int64[256], ascii uint8[128], ranges int64[R * 2],
+ * seqs int64[S * 4]) -> bytes of int64[n]: for every state, where every character of a class
+ * Σ leads when they all lead to one state (-1: every one is dead), else -3 (they lead apart, or one
+ * ends the lexeme, -2, on the way). Σ's ASCII part is ``ascii`` (1 per code); its non-ASCII part is
+ * the byte-range sequences ``seqs`` (4 range indices each, -1 past the sequence's length; none when
+ * S = 0) over the byte ranges ``ranges`` (lo, hi). See dotvllm_plugin.runs._class_targets. */
+static PyObject *class_targets(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_bc, b_ascii, b_ranges, b_seqs;
+    Py_ssize_t C;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*", &b_trans, &C, &b_bc, &b_ascii, &b_ranges, &b_seqs)) return NULL;
+    Py_buffer *const held[] = {&b_trans, &b_bc, &b_ascii, &b_ranges, &b_seqs};
+#define RELEASE_CT() for (int h_ = 0; h_ < 5; h_++) PyBuffer_Release(held[h_])
+    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, R = b_ranges.len / 16, S = b_seqs.len / 32;
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || b_ascii.len != 128) {
+        RELEASE_CT();
+        PyErr_SetString(PyExc_ValueError, "class_targets: trans int64[n * C], byte_class int64[256], ascii uint8[128]");
+        return NULL;
+    }
+    const int64_t *trans = b_trans.buf, *bc = b_bc.buf, *ranges = b_ranges.buf, *seqs = b_seqs.buf;
+    const uint8_t *ascii = b_ascii.buf;
+    for (Py_ssize_t r = 0; r < R; r++)
+        if (ranges[2 * r] < 0 || ranges[2 * r + 1] > 255 || ranges[2 * r] > ranges[2 * r + 1]) {
+            RELEASE_CT();
+            PyErr_SetString(PyExc_ValueError, "class_targets: byte ranges within 0..255");
+            return NULL;
+        }
+    for (Py_ssize_t i = 0; i < S * 4; i++)
+        if (seqs[i] >= R) {
+            RELEASE_CT();
+            PyErr_SetString(PyExc_ValueError, "class_targets: a sequence step past the ranges");
+            return NULL;
+        }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
+    int64_t *target = S ? malloc((size_t)(n * R + 1) * 8) : NULL;  /* per state and range: one target or -5 */
+    if (!out || (S && !target)) {
+        Py_XDECREF(out); free(target); RELEASE_CT();
+        return PyErr_NoMemory();
+    }
+    int64_t *res = (int64_t *)PyBytes_AS_STRING(out);
+    const int64_t UNEVEN = -5, BAD = -3, DEAD = -1;
+    for (Py_ssize_t q = 0; S && q < n; q++)
+        for (Py_ssize_t r = 0; r < R; r++) {
+            int64_t lo = ranges[2 * r], hi = ranges[2 * r + 1], t = trans[q * C + bc[lo]];
+            for (int64_t b = lo + 1; b <= hi && t != UNEVEN; b++)
+                if (trans[q * C + bc[b]] != t) t = UNEVEN;
+            target[q * R + r] = t;
+        }
+    for (Py_ssize_t q = 0; q < n; q++) {
+        int64_t t = 0;
+        int first = 1, bad = 0;
+        for (int c = 0; c < 128 && !bad; c++) {
+            if (!ascii[c]) continue;
+            int64_t x = trans[q * C + bc[c]];
+            if (first) { t = x; first = 0; }
+            else if (x != t) bad = 1;
+        }
+        if (first) t = DEAD;  /* (no ASCII character in Σ) */
+        if (t == -2) bad = 1;
+        if (t < 0) t = DEAD;
+        int seen = first;  /* the non-ASCII sequences must agree with t (or each other when no ASCII) */
+        for (Py_ssize_t k = 0; k < S && !bad; k++) {
+            int64_t cur = q;
+            for (int j = 0; j < 4 && seqs[4 * k + j] >= 0; j++) {
+                if (cur < 0) break;
+                int64_t nxt = target[cur * R + seqs[4 * k + j]];
+                if (nxt == UNEVEN || nxt == -2) { bad = 1; break; }
+                cur = nxt;
+            }
+            if (cur < 0) cur = DEAD;
+            if (seen) { t = cur; seen = 0; }
+            else if (cur != t) bad = 1;
+        }
+        res[q] = bad ? BAD : t;
+    }
+    free(target);
+    RELEASE_CT();
+#undef RELEASE_CT
+    return out;
+}
+
 /* live_states(rows int64[n * C], C, accepting uint8[n]) -> bytes uint8[n]: 1 for the states from
  * which an accepting state is reachable (entries < 0: no edge), by a search of the reversed edges. */
 static PyObject *live_states(PyObject *self, PyObject *args) {
@@ -1163,6 +1243,7 @@ static PyMethodDef methods[] = {
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},
+    {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

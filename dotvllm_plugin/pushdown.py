@@ -1524,13 +1524,15 @@ class PushdownGrammar:
         reach = self._reach
         merged: dict = {}
         for r, row in groups:
-            k = reach[r]
-            got = merged.get(k)
+            got = merged.get(reach[r])
             if got is None:
-                merged[k] = (r, row)
+                merged[reach[r]] = [r, row]
             else:
-                merged[k] = (got[0], got[1] | row)
-        return groups if len(merged) == len(groups) else tuple(merged.values())
+                got.append(row)
+        if len(merged) == len(groups):
+            return groups
+        return tuple((g[0], g[1] if len(g) == 2 else np.bitwise_or.reduce(np.stack(g[1:]), axis=0))
+                     for g in merged.values())
 
     def _walk_base(self, q: int, states: np.ndarray):
         from .index import walk_rows_by_end

@@ -228,6 +228,16 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
     """For every state: where every Σ character leads (one state), ``_DEAD`` when every Σ
     character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme). Σ's
     non-ASCII part is every non-ASCII character or none; its function is kept in ``memo``."""
+    from . import index
+
+    if index._cwalk is not None and USE_C_TARGETS:
+        ascii_ = np.zeros(128, dtype=np.uint8)
+        for a, b in sigma:
+            ascii_[a : min(b, 0x7F) + 1] = 1
+        got = index._cwalk.class_targets(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
+                                         np.ascontiguousarray(byte_class, dtype=np.int64), ascii_, _C_RANGES,
+                                         _C_SEQS if sigma[-1][1] >= 0x80 else _C_SEQS[:0])
+        return np.frombuffer(got, dtype=np.int64)
     codes = [c for a, b in sigma for c in range(a, min(b, 0x7F) + 1)]
     cols = class_trans[:, np.unique(byte_class[codes])]
     out = cols[:, 0].copy()
@@ -248,6 +258,11 @@ _NON_ASCII_SEQS = [seq for a, b in _NON_ASCII for seq in utf8_sequences(a, b)]
 _STEP_RANGES = sorted({step for seq in _NON_ASCII_SEQS for step in seq})
 _SEQ_STEPS = [[_STEP_RANGES.index(step) for step in seq] for seq in _NON_ASCII_SEQS]
 _UNEVEN = -5  # a byte range whose bytes lead apart from a state
+#: The same for the C extension: the ranges as (lo, hi) rows, the sequences padded with -1 to 4 steps.
+_C_RANGES = np.array(_STEP_RANGES, dtype=np.int64)
+_C_SEQS = np.array([steps + [-1] * (4 - len(steps)) for steps in _SEQ_STEPS], dtype=np.int64)
+#: Whether :func:`_class_targets` uses the C extension when it is built (tests compare both).
+USE_C_TARGETS = True
 
 
 def _non_ascii_targets(class_trans: np.ndarray, byte_class: np.ndarray) -> np.ndarray:

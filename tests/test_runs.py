@@ -296,3 +296,39 @@ def test_non_ascii_targets_by_range_equal_a_state_by_state_reading_and_python_en
                 assert -2 not in ends
                 assert (runs._DEAD if ends[-1] < 0 else ends[-1]) == got[q]
     assert named > 50
+
+
+def test_c_class_targets_equal_the_numpy_reading(monkeypatch):
+    """Where every character of Σ leads from each state, in C and in numpy (the non-ASCII part by
+    byte range, above), on random lexer tables and Σ with and without the non-ASCII characters."""
+    from dotvllm_plugin.regex import byte_classes
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(9)
+    sigmas = [((0x20, 0x21), (0x23, 0x5B), (0x5D, 0x10FFFF)), ((0x20, 0x7E),), ((0x30, 0x39), (0x41, 0x5A)),
+              ((0x00, 0x7F), (0x80, 0xD7FF), (0xE000, 0x10FFFF)), ((0x61, 0x61),)]
+    checked = 0
+    for trial in range(150):
+        n = int(rng.integers(1, 30))
+        table = rng.integers(-2, n, size=(n, 256))
+        base = rng.integers(-2, n, size=(n, 1))
+        if trial % 3 == 0:
+            table = np.where(rng.random((n, 256)) < 0.98, base, table)
+        elif trial % 3 == 1:
+            table[:, 0x20:] = base if trial % 2 else np.where(rng.random((n, 1)) < 0.8, np.arange(n)[:, None], -1)
+        if trial % 5 == 4:  # every character dead but for one UTF-8 sequence that ends the lexeme halfway
+            table = np.full((n, 256), -1)
+            mid = int(rng.integers(0, n))
+            table[:, 0xC2:0xE0] = mid
+            table[mid, 0x80:0xC0] = -2
+        class_trans, classes = byte_classes(table.astype(np.int32))
+        class_trans = class_trans.astype(np.int64)
+        for sigma in sigmas:
+            monkeypatch.setattr(runs, "USE_C_TARGETS", True)
+            fast = runs._class_targets(class_trans, classes, sigma, {})
+            monkeypatch.setattr(runs, "USE_C_TARGETS", False)
+            ref = runs._class_targets(class_trans, classes, sigma, {})
+            assert fast.tolist() == ref.tolist(), (trial, sigma)
+            checked += int((ref >= 0).sum())
+    assert checked > 100
