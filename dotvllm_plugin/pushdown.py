@@ -1524,9 +1524,10 @@ class PushdownGrammar:
         reach = self._reach
         merged: dict = {}
         for r, row in groups:
-            got = merged.get(reach[r])
+            k = reach[r]
+            got = merged.get(k)
             if got is None:
-                merged[reach[r]] = [r, row]
+                merged[k] = [r, row]
             else:
                 got.append(row)
         if len(merged) == len(groups):

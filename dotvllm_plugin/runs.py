@@ -227,7 +227,8 @@ def clear_memos() -> None:
 def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
     """For every state: where every Σ character leads (one state), ``_DEAD`` when every Σ
     character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme). Σ's
-    non-ASCII part is every non-ASCII character or none; its function is kept in ``memo``."""
+    non-ASCII part is every non-ASCII character or none. In C where it is built; the numpy reading
+    (the reference) keeps the non-ASCII characters' function in ``memo``."""
     from . import index
 
     if index._cwalk is not None and USE_C_TARGETS:
