@@ -221,7 +221,7 @@ class PushdownMatcher(GrammarMatcher):
     shares everything (configurations and stacks are immutable).
     """
 
-    __slots__ = ("_configs", "_intern")
+    __slots__ = ("_configs", "_intern", "_row_for", "_row")
 
     def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):  # noqa: D107
         if not isinstance(compiled, PushdownGrammar):
@@ -233,6 +233,9 @@ class PushdownMatcher(GrammarMatcher):
         self._history: deque = deque(maxlen=max_rollback_tokens)
         self._eos = frozenset(compiled.vocabulary.eos_token_ids)
         self._tb = compiled.vocabulary.token_bytes
+        # the last mask row and the configurations it was computed for (``accept_token`` reads the
+        # token's bit there instead of re-checking what the mask already decided)
+        self._row_for = self._row = None
 
     def _can_end(self, configs) -> bool:
         return any(self.compiled.can_end(q, st) for q, st in configs)
@@ -250,10 +253,17 @@ class PushdownMatcher(GrammarMatcher):
         if token_id < 0 or token_id >= len(self._tb):
             return False
         data = self._tb[token_id]
-        return bool(data) and self._advance(data)
+        if not data:
+            return False
+        allowed = None
+        if self._row_for is self._configs:  # the mask of these configurations was computed: it decides
+            allowed = bool((int(self._row[token_id >> 5]) >> (token_id & 31)) & 1)
+            if not allowed:
+                return False
+        return self._advance(data, trusted=bool(allowed))
 
-    def _advance(self, data: bytes) -> bool:
-        got = self.compiled.step_all(self._configs, data, self._intern)
+    def _advance(self, data: bytes, trusted: bool = False) -> bool:
+        got = self.compiled.step_all(self._configs, data, self._intern, trusted=trusted)
         if not got:
             return False
         self._history.append(self._configs)
@@ -301,6 +311,7 @@ class PushdownMatcher(GrammarMatcher):
             row = row.copy()
             for q, st in configs[1:]:
                 row |= self.compiled.mask(q, st)
+        self._row_for, self._row = configs, row
         return row
 
     def is_completed(self) -> bool:
@@ -316,12 +327,16 @@ class PushdownMatcher(GrammarMatcher):
         self._intern = {}
         self._terminated = False
         self._history.clear()
+        self._row_for = self._row = None
 
     def copy(self) -> PushdownMatcher:
+        """A matcher in the same state (the mask row it last computed is not shared: a copy checks
+        the tokens it is given from scratch until it computes a mask itself)."""
         m = object.__new__(PushdownMatcher)
         m.compiled, m._configs, m._intern, m._terminated = self.compiled, self._configs, self._intern, self._terminated
         m._history = deque(self._history, maxlen=self._history.maxlen)
         m._eos, m._tb = self._eos, self._tb
+        m._row_for = m._row = None
         return m
 
     def __repr__(self) -> str:

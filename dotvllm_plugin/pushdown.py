@@ -1291,8 +1291,10 @@ class PushdownGrammar:
                     work.append(_push(g, below, intern))
         return out
 
-    def step(self, q: int, stack, data: bytes):
-        """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (deterministic grammars)."""
+    def step(self, q: int, stack, data: bytes, trusted: bool = False):
+        """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (deterministic grammars).
+        ``trusted``: the mask of ``(q, stack)`` allows ``data``'s token, so the lexeme it ends in is
+        viable (the mask checked exactly that) and is not checked again."""
         rows, chosen, ignore = self._rows, self._chosen, self._ignore
         for b in data:
             nq = (rows[q] or self._row(q))[b]
@@ -1312,19 +1314,20 @@ class PushdownGrammar:
             q = (rows[q] or self._row(q))[b]
             if q < 0:
                 return None
-        if not self.viable(q, stack):
+        if not trusted and not self.viable(q, stack):
             return None
         return q, stack
 
-    def step_all(self, configs: tuple, data: bytes, intern: dict) -> tuple:
+    def step_all(self, configs: tuple, data: bytes, intern: dict, trusted: bool = False) -> tuple:
         """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
         at most :data:`MAX_CONFIGS` once ``data`` is read: a mask, computed from the configurations
         kept, allows a token only if some reading survives it, so no reading may be dropped
-        halfway through a token), empty when the text is not allowed."""
+        halfway through a token), empty when the text is not allowed. ``trusted``: the configurations'
+        mask allows ``data``'s token (:meth:`step`; a deterministic grammar has one configuration)."""
         if self.deterministic:
             out = []
             for q, st in configs:
-                got = self.step(q, st, data)
+                got = self.step(q, st, data, trusted and len(configs) == 1)
                 if got is _FORK:
                     break
                 if got is not None:

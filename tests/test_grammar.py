@@ -427,6 +427,39 @@ def test_mask_agrees_with_accept_token(real, compiled):
             assert c.accept_token(t) == (t in allowed), (prefix, real.vocab.token_bytes[t])
 
 
+@pytest.mark.parametrize("name", ["json", "calls", "schema"])
+def test_commits_after_a_mask_equal_commits_from_scratch(real, compiled, name):
+    """A matcher that computed the mask reads a token's bit there instead of re-checking the end of
+    its walk: along random walks it accepts and refuses exactly what a matcher that never computes
+    a mask (every check from scratch) does, and both reach equal configurations."""
+    rng = random.Random(5)
+    # tokens that often walk the lexer but end a lexeme the parser cannot take (what the mask decides)
+    pieces = {b"tr", b"fa", b"nu", b"t", b"1", b"-", b"e", b"\"", b"\"a", b"x", b"(", b"=", b",", b":", b" ", b"]", b"}"}
+    tricky = [i for i, b in enumerate(real.vocab.token_bytes) if b in pieces]
+    grammar = compiled.get(name) or real.compiler.compile_json_schema(
+        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}, "b": {"type": "array", "items": {
+            "anyOf": [{"type": "integer"}, {"type": "string", "enum": ["x", "yy"]}, {"$ref": "#"}]}}},
+         "required": ["a"]})
+    for _ in range(4):
+        masked, plain = GrammarMatcher(grammar), GrammarMatcher(grammar)
+        for _ in range(40):
+            allowed = masked.allowed_token_ids()
+            allowed = [int(t) for t in allowed if t not in real.vocab.eos_token_ids]
+            if not allowed:
+                break
+            for t in rng.sample(range(real.vocab.size), 20) + rng.sample(allowed, min(5, len(allowed))) + tricky:
+                if t in real.vocab.eos_token_ids:
+                    continue
+                probe = masked.copy()  # (a copy computes from scratch: give it the row, as the matcher has it)
+                probe._row_for, probe._row = masked._row_for, masked._row
+                reference = plain.copy()
+                assert probe.accept_token(t) == reference.accept_token(t), (name, real.vocab.token_bytes[t])
+                assert probe._configs == reference._configs
+            t = rng.choice(allowed)
+            assert masked.accept_token(t) and plain.accept_token(t)
+            assert masked._configs == plain._configs
+
+
 def test_rollback_and_validate_tokens(byte_vocab):
     grammar = GrammarCompiler(byte_vocab).compile_grammar(ARITHMETIC)
     ids = list(b"(1+2)*3")
