@@ -434,7 +434,8 @@ def test_commits_after_a_mask_equal_commits_from_scratch(real, compiled, name):
     a mask (every check from scratch) does, and both reach equal configurations."""
     rng = random.Random(5)
     # tokens that often walk the lexer but end a lexeme the parser cannot take (what the mask decides)
-    pieces = {b"tr", b"fa", b"nu", b"t", b"1", b"-", b"e", b"\"", b"\"a", b"x", b"(", b"=", b",", b":", b" ", b"]", b"}"}
+    pieces = {b"tr", b"fa", b"nu", b"t", b"1", b"-", b"e", b"\"", b"\"a", b"x", b"(", b"=", b",", b":", b" ", b"]",
+              b"}"}
     tricky = [i for i, b in enumerate(real.vocab.token_bytes) if b in pieces]
     grammar = compiled.get(name) or real.compiler.compile_json_schema(
         {"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}, "b": {"type": "array", "items": {
