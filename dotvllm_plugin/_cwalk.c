@@ -931,26 +931,29 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNn)", out, bc, C);
 }
 
-/* class_targets(trans int64[n * C], C, byte_class int64[256], ascii uint8[128], ranges int64[R * 2],
+/* class_targets(trans int64[n * C], C, byte_class int64[256], sigma uint64[3], ranges int64[R * 2],
  * seqs int64[S * 4]) -> bytes of int64[n]: for every state, where every character of a class
  * Σ leads when they all lead to one state (-1: every one is dead), else -3 (they lead apart, or one
- * ends the lexeme, -2, on the way). Σ's ASCII part is ``ascii`` (1 per code); its non-ASCII part is
- * the byte-range sequences ``seqs`` (4 range indices each, -1 past the sequence's length; none when
- * S = 0) over the byte ranges ``ranges`` (lo, hi). See dotvllm_plugin.runs._class_targets. */
+ * ends the lexeme, -2, on the way). Σ is dotvllm_plugin.runs.sigma_mask's: ASCII bits in words 0
+ * and 1, and bit 1 of word 2 for every non-ASCII character, read on the byte-range sequences
+ * ``seqs`` (4 range indices each, -1 past the sequence's length) over the byte ranges ``ranges``
+ * (lo, hi). See dotvllm_plugin.runs._class_targets. */
 static PyObject *class_targets(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_bc, b_ascii, b_ranges, b_seqs;
+    Py_buffer b_trans, b_bc, b_sigma, b_ranges, b_seqs;
     Py_ssize_t C;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*", &b_trans, &C, &b_bc, &b_ascii, &b_ranges, &b_seqs)) return NULL;
-    Py_buffer *const held[] = {&b_trans, &b_bc, &b_ascii, &b_ranges, &b_seqs};
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*", &b_trans, &C, &b_bc, &b_sigma, &b_ranges, &b_seqs)) return NULL;
+    Py_buffer *const held[] = {&b_trans, &b_bc, &b_sigma, &b_ranges, &b_seqs};
 #define RELEASE_CT() for (int h_ = 0; h_ < 5; h_++) PyBuffer_Release(held[h_])
-    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, R = b_ranges.len / 16, S = b_seqs.len / 32;
-    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || b_ascii.len != 128) {
+    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, R = b_ranges.len / 16;
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || b_sigma.len != 24) {
         RELEASE_CT();
-        PyErr_SetString(PyExc_ValueError, "class_targets: trans int64[n * C], byte_class int64[256], ascii uint8[128]");
+        PyErr_SetString(PyExc_ValueError,
+                        "class_targets: trans int64[n * C], byte_class int64[256], sigma uint64[3]");
         return NULL;
     }
     const int64_t *trans = b_trans.buf, *bc = b_bc.buf, *ranges = b_ranges.buf, *seqs = b_seqs.buf;
-    const uint8_t *ascii = b_ascii.buf;
+    const uint64_t *sigma = b_sigma.buf;
+    Py_ssize_t S = (sigma[2] & 1) ? b_seqs.len / 32 : 0;  /* (no non-ASCII character in Σ: no sequence) */
     for (Py_ssize_t r = 0; r < R; r++)
         if (ranges[2 * r] < 0 || ranges[2 * r + 1] > 255 || ranges[2 * r] > ranges[2 * r + 1]) {
             RELEASE_CT();
@@ -982,7 +985,7 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
         int64_t t = 0;
         int first = 1, bad = 0;
         for (int c = 0; c < 128 && !bad; c++) {
-            if (!ascii[c]) continue;
+            if (!((sigma[c >> 6] >> (c & 63)) & 1)) continue;
             int64_t x = trans[q * C + bc[c]];
             if (first) { t = x; first = 0; }
             else if (x != t) bad = 1;

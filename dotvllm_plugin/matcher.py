@@ -255,12 +255,10 @@ class PushdownMatcher(GrammarMatcher):
         data = self._tb[token_id]
         if not data:
             return False
-        allowed = None
-        if self._row_for is self._configs:  # the mask of these configurations was computed: it decides
-            allowed = bool((int(self._row[token_id >> 5]) >> (token_id & 31)) & 1)
-            if not allowed:
-                return False
-        return self._advance(data, trusted=bool(allowed))
+        trusted = self._row_for is self._configs  # the mask of these configurations was computed: it decides
+        if trusted and not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
+            return False
+        return self._advance(data, trusted=trusted)
 
     def _advance(self, data: bytes, trusted: bool = False) -> bool:
         got = self.compiled.step_all(self._configs, data, self._intern, trusted=trusted)

@@ -232,12 +232,9 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
     from . import index
 
     if index._cwalk is not None and USE_C_TARGETS:
-        ascii_ = np.zeros(128, dtype=np.uint8)
-        for a, b in sigma:
-            ascii_[a : min(b, 0x7F) + 1] = 1
         got = index._cwalk.class_targets(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
-                                         np.ascontiguousarray(byte_class, dtype=np.int64), ascii_, _C_RANGES,
-                                         _C_SEQS if sigma[-1][1] >= 0x80 else _C_SEQS[:0])
+                                         np.ascontiguousarray(byte_class, dtype=np.int64), sigma_mask(sigma),
+                                         _C_RANGES, _C_SEQS)
         return np.frombuffer(got, dtype=np.int64)
     codes = [c for a, b in sigma for c in range(a, min(b, 0x7F) + 1)]
     cols = class_trans[:, np.unique(byte_class[codes])]
