@@ -80,11 +80,13 @@ typedef struct {
 /* Push a frame on the growable stack ``stack``/``sp``/``scap``. */
 #define PUSH_FRAME(N, P, L, S) PUSH_TO(stack, sp, scap, N, P, L, S)
 
-/* Set the bits of the tokens ending at ``node`` in the row of end state ``st`` (a zeroed row is
- * added on the state's first token). Returns -1 when out of memory. */
-static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid, int64_t st,
+/* Set the bits of the tokens ending at ``node`` in the row of end state ``st``'s group (``cls[st]``,
+ * or ``st`` itself without ``cls``; a zeroed row is added on the group's first token, and ``st``
+ * stands for the group in ``ends``). Returns -1 when out of memory. */
+static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid, const int64_t *cls, int64_t st,
                       Py_ssize_t n_words, const int64_t *cs, const int64_t *ci, int64_t node) {
-    if (gid[st] < 0) {  /* row ends->n is state st's */
+    int64_t key = cls ? cls[st] : st;
+    if (gid[key] < 0) {  /* row ends->n is the group's */
         if (ends->n == *cap) {
             Py_ssize_t nc = *cap ? *cap * 2 : 8;
             uint32_t *p = realloc(*rows, (size_t)(nc * n_words) * 4);
@@ -93,10 +95,10 @@ static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid,
             *cap = nc;
         }
         memset(*rows + ends->n * n_words, 0, (size_t)n_words * 4);
-        gid[st] = ends->n;
+        gid[key] = ends->n;
         if (vec_push(ends, st)) return -1;
     }
-    uint32_t *row = *rows + gid[st] * n_words;
+    uint32_t *row = *rows + gid[key] * n_words;
     for (int64_t j = cs[node]; j < cs[node + 1]; j++) row[ci[j] >> 5] |= (uint32_t)1 << (ci[j] & 31);
     return 0;
 }
@@ -129,17 +131,19 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
      * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
      * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
      * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
-    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0};
+    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0}, b_cls = {0};
     Py_ssize_t n_words = 0, n_states = 0;
     /* Optional after those: runmask (uint64 [n_nodes * 3]), first (uint8 [n_nodes]), sigma (uint64
      * [3]), first_ok (uint8 [256]): a node whose runmask is inside sigma and whose first byte is
-     * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens). */
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nny*y*y*y*", &b_trans, &n_classes, &b_nodes, &b_bc, &b_off,
-                          &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
-                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok))
+     * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens); None for no such skip.
+     * Optional after those: cls (int64 [n_states], each in 0 .. n_states - 1, or None): the rows are
+     * per group of end states (``cls`` equal), each reported under the first of its states reached. */
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nnz*z*z*z*z*", &b_trans, &n_classes, &b_nodes, &b_bc,
+                          &b_off, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
+                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok, &b_cls))
         return NULL;
     Py_buffer *const held[] = {&b_trans, &b_nodes, &b_bc, &b_off, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist,
-                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok};  /* (unset ones are zeroed) */
+                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok, &b_cls};  /* (unset ones are zeroed) */
 #define RELEASE_HELD() for (size_t h_ = 0; h_ < sizeof held / sizeof *held; h_++) PyBuffer_Release(held[h_])
     const uint64_t *runmask = b_run.buf;
     const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
@@ -148,6 +152,16 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
         RELEASE_HELD();
         PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
         return NULL;
+    }
+    const int64_t *cls = b_cls.buf;
+    if (cls) {
+        int bad = b_cls.len < n_states * 8;
+        for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
+        if (bad) {
+            RELEASE_HELD();
+            PyErr_SetString(PyExc_ValueError, "cls: one group in 0 .. n_states - 1 per state");
+            return NULL;
+        }
     }
     if (runmask) {
         const uint64_t *sg = b_sigma.buf;
@@ -206,7 +220,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
         }                                                                              \
         if (++produced > max_produced) { overflow = 1; goto done; }                    \
         if (nd[c_].has) {                                                              \
-            if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
+            if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, cls, st_, n_words, cs, ci, c_)) { nomem = 1; goto done; } } \
             else { EMIT(0, (SI)); EMIT(1, c_); EMIT(2, st_); }                         \
         }                                                                              \
         if (nd[c_].n_children) PUSH_NEXT(c_, st_, (LEVEL), (SI));                      \
@@ -221,7 +235,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
             Py_ssize_t j = i - n_starts;
             int64_t g = off[ilev[j]] + inode[j];
             if (nd[g].has) {
-                if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
+                if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, cls, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
                 else { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
             }
             if (nd[g].n_children) PUSH_NEXT(g, ist[j], ilev[j], isi[j]);
@@ -1174,28 +1188,36 @@ out:
     return result;
 }
 
-/* ball(trans int64[n * C], C, q, depth, chosen int64[n], consent uint8[n]) -> (states bytes of
+/* ball(trans int64[n * C], C, q, depth, chosen int64[n], cls int64[n]) -> (states bytes of
  * int64[m], signature bytes): the states within ``depth`` steps of ``q`` in breadth-first order
  * (successors by class), and the ball as bytes: each state's row relabelled to ball positions
  * (-3: a state past the ball; -1 and -2 kept), then the states' chosen terminals, then their
- * consent flags. Equal signatures (with equal byte classes) walk any byte string of at most
- * ``depth`` bytes alike. */
+ * groups ``cls`` (0: no parser check; the others renumbered by first appearance). Equal signatures
+ * (with equal byte classes) walk any byte string of at most ``depth`` bytes alike, into the same
+ * groups. */
 static PyObject *ball(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_chosen, b_consent;
+    Py_buffer b_trans, b_chosen, b_cls;
     Py_ssize_t C, q, depth;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_consent)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_cls)) return NULL;
     const int64_t *trans = b_trans.buf;
     const int64_t *chosen = b_chosen.buf;
-    const uint8_t *consent = b_consent.buf;
+    const int64_t *cls = b_cls.buf;
     Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
     PyObject *result = NULL;
-    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_consent.len < n) {
-        PyErr_SetString(PyExc_ValueError, "ball: q out of range or chosen/consent shorter than the table");
+    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_cls.len < n * 8) {
+        PyErr_SetString(PyExc_ValueError, "ball: q out of range or chosen/cls shorter than the table");
         goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (cls[i] < 0 || cls[i] >= n) {
+            PyErr_SetString(PyExc_ValueError, "ball: cls out of 0 .. n - 1");
+            goto out;
+        }
     }
     int32_t *label = malloc((size_t)n * 4);
     int64_t *order = malloc((size_t)n * 8);
-    if (!label || !order) { free(label); free(order); PyErr_NoMemory(); goto out; }
+    int32_t *relabel = malloc((size_t)n * 4);
+    if (!label || !order || !relabel) { free(label); free(order); free(relabel); PyErr_NoMemory(); goto out; }
     memset(label, 0xff, (size_t)n * 4);  /* -1: not in the ball */
     Py_ssize_t m = 1, start = 0;
     order[0] = q;
@@ -1212,7 +1234,7 @@ static PyObject *ball(PyObject *self, PyObject *args) {
         if (m == end) break;
         start = end;
     }
-    Py_ssize_t sig_len = m * C * 4 + m * 4 + m;
+    Py_ssize_t sig_len = m * C * 4 + m * 4 + m * 4;
     PyObject *sig = PyBytes_FromStringAndSize(NULL, sig_len);
     PyObject *states = PyBytes_FromStringAndSize((const char *)order, m * 8);
     if (sig && states) {
@@ -1226,16 +1248,26 @@ static PyObject *ball(PyObject *self, PyObject *args) {
             }
         }
         int32_t *ch = (int32_t *)(p + m * C * 4);
-        uint8_t *co = (uint8_t *)(p + m * C * 4 + m * 4);
-        for (Py_ssize_t i = 0; i < m; i++) { ch[i] = (int32_t)chosen[order[i]]; co[i] = consent[order[i]]; }
+        int32_t *gr = (int32_t *)(p + m * C * 4 + m * 4);
+        /* groups renumbered by first appearance in the ball, group 0 (no parser check) kept as 0 */
+        memset(relabel, 0xff, (size_t)n * 4);
+        relabel[0] = 0;
+        int32_t next = 1;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            int64_t g = cls[order[i]];
+            if (relabel[g] < 0) relabel[g] = next++;
+            ch[i] = (int32_t)chosen[order[i]];
+            gr[i] = relabel[g];
+        }
         result = PyTuple_Pack(2, states, sig);
     }
     Py_XDECREF(sig);
     Py_XDECREF(states);
     free(label);
     free(order);
+    free(relabel);
 out:
-    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_consent);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_cls);
     return result;
 }
 

@@ -212,12 +212,13 @@ def _flat_structure(ct: ClassTrie):
 
 
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None, skip=None):
+          rows=None, skip=None, groups=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
     exits)``, see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
-    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited. ``inject`` may also be the flat
+    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited; ``groups`` (with ``rows``): one row
+    per group of end states. ``inject`` may also be the flat
     arrays ``(start index, level, level-local node, state)`` (C walk only)."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
@@ -236,6 +237,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
         MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
         *(() if skip is None else skip),
+        *(() if groups is None else ((None,) * 4 if skip is None else ()) + (np.ascontiguousarray(groups, dtype=np.int64),)),
     )
     if res is None:
         raise CompilationTooLargeError(
@@ -944,29 +946,33 @@ def walk(class_trans: np.ndarray, view: ClassTrie, states=None, *, inject=None, 
 
 
 def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, states=None, *, inject=None,
-                     skip=None):
+                     skip=None, groups=None):
     """:func:`walk` with exits, its tokens as packed rows: ``((ends, rows int32[len(ends), words]),
     exits)``, row ``i`` holding the tokens whose walk ends in state ``ends[i]`` (each end once).
     ``skip`` (C walk only): a run table's ``skip`` (:mod:`dotvllm_plugin.runs`): nodes (and their
-    subtrees) not visited."""
+    subtrees) not visited. ``groups`` (int64 per state, each below the number of states): one row
+    per group of end states instead, the tokens ending in any state of group ``groups[ends[i]]``
+    (``ends[i]`` one of them)."""
     if _cwalk is not None and USE_C_WALK:
         start, ids = _token_csr(view)
         (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
-                                       rows=(start, ids, words), skip=skip)
+                                       rows=(start, ids, words), skip=skip, groups=groups)
         ends = np.frombuffer(ends, dtype=np.int64)
         return (ends, np.frombuffer(rows, dtype=np.int32).reshape(len(ends), words)), exits
     (_, nodes, ends), exits = _walk(class_trans, view, states, inject=inject, want_exits=True)
-    u = np.unique(ends)
-    rows = np.stack([token_row(view, nodes[ends == e], words) for e in u.tolist()]) if len(u) else \
+    key = ends if groups is None else np.asarray(groups)[ends]
+    _, first = np.unique(key, return_index=True)
+    rows = np.stack([token_row(view, nodes[key == key[i]], words) for i in first.tolist()]) if len(first) else \
         np.zeros((0, words), dtype=np.int32)
-    return (u, rows), exits
+    return (ends[first], rows), exits
 
 
 def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, level: np.ndarray,
-                         node: np.ndarray, first: np.ndarray):
+                         node: np.ndarray, first: np.ndarray, groups=None):
     """:func:`walk_rows_by_end` resumed at trie nodes that start a lexeme: ``(level, level-local
     node)`` pairs, each stepped by its own byte from the row ``first`` (the lexeme-start state's, -1
-    dead, -2 exit). None when no node survives that step. One C call with flat arrays (the hot path
+    dead, -2 exit). None when no node survives that step. ``groups``: as for
+    :func:`walk_rows_by_end`. One C call with flat arrays (the hot path
     of the pushdown matcher's first visits); per level through the numpy walk otherwise."""
     if _cwalk is None or not USE_C_WALK:
         trie = view.cls.trie
@@ -977,7 +983,7 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
             ok = q2 >= 0
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
-        return walk_rows_by_end(class_trans, view, words, inject=inject) if inject else None
+        return walk_rows_by_end(class_trans, view, words, inject=inject, groups=groups) if inject else None
     sym, _, _, off, _, _, _ = _flat_structure(view)
     state = first[sym[off[level] + node]]  # a byte view's sym is the node's byte
     ok = state >= 0
@@ -985,7 +991,8 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
         if not ok.any():
             return None
         level, node, state = level[ok], node[ok], state[ok]
-    return walk_rows_by_end(class_trans, view, words, inject=(np.zeros(len(node), dtype=np.int64), level, node, state))
+    return walk_rows_by_end(class_trans, view, words, inject=(np.zeros(len(node), dtype=np.int64), level, node, state),
+                            groups=groups)
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:

@@ -1088,7 +1088,9 @@ class PushdownGrammar:
         self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
-        self._ball_inputs: dict[int, tuple] = {}  # lexer → (consent flags, byte classes) for the C ball
+        self._shift_memo: dict[tuple, bool] = {}  # (parser state, id of a reach set) → shifts one
+        self._reach_group_memo: dict[int, tuple] = {}  # lexer → per local state: its reach group
+        self._ball_inputs: dict[int, bytes] = {}  # lexer → its byte classes, for the ball signatures
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
@@ -1359,6 +1361,17 @@ class PushdownGrammar:
             cur = tuple(nxt.values())[:MAX_CONFIGS_IN_STEP]
         return tuple(c for c in cur if self.viable(*c))[:MAX_CONFIGS]
 
+    def _shifts_any(self, top: int, reach: tuple) -> bool:
+        """Whether parser state ``top`` shifts one of the terminals ``reach`` (as a plain shift).
+        Kept per (state, reach set): the sets are the lexers' own objects, alive as long as the
+        grammar, so their ids key them."""
+        key = (top, id(reach))
+        got = self._shift_memo.get(key)
+        if got is None:
+            row = self._action[top]
+            got = self._shift_memo[key] = any(0 < row[t] < MULTI for t in reach)
+        return got
+
     def viable(self, q: int, stack) -> bool:
         """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""
         reach = self._reach[q]
@@ -1366,9 +1379,9 @@ class PushdownGrammar:
             return True
         if self.deterministic:
             return any(self.feed(stack, t) is not None for t in reach)
-        row = self._action[stack[0]]
-        if stack[2] < self.max_stack_depth and any(0 < row[t] < MULTI for t in reach):
+        if stack[2] < self.max_stack_depth and self._shifts_any(stack[0], reach):
             return True  # a shift, whatever lies below
+        row = self._action[stack[0]]
         return any(self.feed_all(stack, t, None) for t in reach if row[t])
 
     def can_end(self, q: int, stack) -> bool:
@@ -1459,9 +1472,9 @@ class PushdownGrammar:
 
     def _canonical(self, q: int):
         """States within a token's length of ``q`` in breadth-first order, and a signature of that
-        ball of the automaton (transitions relabelled, lexeme types, which states need the
-        parser's consent): equal signatures walk the vocabulary identically, since no token reads
-        past the ball. Lexers that share a terminal (a string as key and as value) share its
+        ball of the automaton (transitions relabelled, lexeme types, the states' reach groups,
+        :meth:`_reach_groups`): equal signatures walk the vocabulary identically, into the same
+        groups, since no token reads past the ball. Lexers that share a terminal (a string as key and as value) share its
         walks, and so do the positions of a counted repetition far enough from its end (the
         characters of a ``maxLength`` string: each is its own state, the balls of most alike)."""
         lexer = self._owner[q]
@@ -1470,14 +1483,12 @@ class PushdownGrammar:
         depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
         if index._cwalk is not None:
             ct, view, _ = self._walker(lexer)
-            got = self._ball_inputs.get(lexer)
-            if got is None:
-                consent = np.fromiter((self._reach[lo + x] is None for x in range(len(chosen))), dtype=np.uint8,
-                                      count=len(chosen))
+            classes = self._ball_inputs.get(lexer)
+            if classes is None:
                 # the rows are over this lexer's byte classes: the class of each byte leads the signature
-                got = self._ball_inputs[lexer] = (consent, view.byte_class.astype(np.int16).tobytes())
-            consent, classes = got
-            states, sig = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), consent)
+                classes = self._ball_inputs[lexer] = view.byte_class.astype(np.int16).tobytes()
+            groups = self._reach_groups(lexer)[0]
+            states, sig = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups)
             return np.frombuffer(states, dtype=np.int64) + lo, classes + sig
         succ = self._local_successors(lexer)
         q -= lo
@@ -1500,8 +1511,10 @@ class PushdownGrammar:
         lut[-1] = -1  # dead stays dead
         rows = block[states].astype(np.int64)
         sub = lut[np.where(rows >= 0, rows - lo, -1)]
-        consent = np.fromiter((self._reach[lo + x] is None for x in order), dtype=bool, count=len(order))
-        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes() + consent.tobytes()
+        own = self._reach_groups(lexer)[1]
+        relabel = {0: 0}
+        groups = np.array([relabel.setdefault(own[x], len(relabel)) for x in order], dtype=np.int32)
+        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes() + groups.tobytes()
         return states + lo, sig
 
     def _base_of(self, q: int):
@@ -1514,29 +1527,23 @@ class PushdownGrammar:
             if shared is None:
                 shared = self._base_shared[sig] = self._walk_base(q, states) + (len(self._base_shared),)
             free, groups, exits, sig_id = shared
-            got = self._base[q] = (free, self._by_reach(tuple((int(states[r]), row) for r, row in groups)), exits,
-                                   (sig_id,))
+            # (equal signatures: the same reach groups, so each row still stands for one group here)
+            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits, (sig_id,))
         return got
 
-    def _by_reach(self, groups: tuple) -> tuple:
-        """``((state, row), ...)`` with the rows of states that reach the same terminals OR-ed under
-        one of them: only the reach decides a row's viability (the tokens ending at the states of
-        one string lexeme, one row per character count, become one)."""
-        if len(groups) < 2:
-            return groups
-        reach = self._reach
-        merged: dict = {}
-        for r, row in groups:
-            k = reach[r]
-            got = merged.get(k)
-            if got is None:
-                merged[k] = [r, row]
-            else:
-                got.append(row)
-        if len(merged) == len(groups):
-            return groups
-        return tuple((g[0], g[1] if len(g) == 2 else np.bitwise_or.reduce(np.stack(g[1:]), axis=0))
-                     for g in merged.values())
+    def _reach_groups(self, lexer: int):
+        """Per local state of a built ``lexer``: its reach group (int64 array, and as a list): 0 where
+        the lexeme needs no parser check (the reach is None: a lexeme start, or only ignored
+        terminals ahead), else one group per distinct reach. Only the reach decides whether a
+        token's lexeme is viable, so walks collect one row per group (the tokens ending at the
+        states of one string lexeme, one state per character count, fall in one row)."""
+        got = self._reach_group_memo.get(lexer)
+        if got is None:
+            lo = self._lexer_lo[lexer]
+            ids: dict = {None: 0}
+            own = [ids.setdefault(self._reach[lo + x], len(ids)) for x in range(len(self._blocks[lexer][1]))]
+            got = self._reach_group_memo[lexer] = (np.array(own, dtype=np.int64), own)
+        return got
 
     def _walk_base(self, q: int, states: np.ndarray):
         from .index import walk_rows_by_end
@@ -1549,27 +1556,42 @@ class PushdownGrammar:
         if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
             shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}))
         if shortcut is None:
-            ended, exits = walk_rows_by_end(ct, view, self._W, start)
+            ended, exits = walk_rows_by_end(ct, view, self._W, start, groups=self._reach_groups(lexer)[0])
         else:
-            ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=shortcut.skip)
+            ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=shortcut.skip,
+                                            groups=self._reach_groups(lexer)[0])
         free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
 
     def _split(self, lo: int, ended, exits, more=()):
-        """A walk's result as ``(free row, ((end state, row), ...), exits by terminal)``: tokens
-        whose lexeme is always viable, the others by the lexer state they end in. ``more``: more
-        ``(end state, row)`` pairs (a run plan's skipped tokens; an end state may come twice, its
-        rows are OR-ed where they are used)."""
-        ends, rows = ended  # (the rows are read, never written)
-        free = np.zeros(self._W, dtype=np.int32)
-        groups = []
-        for r, row in itertools.chain(zip((ends + lo).tolist(), rows), ((e + lo, row) for e, row in more)):
-            if self._reach[r] is None:
-                free |= row
+        """A walk's result (rows by reach group, :meth:`_reach_groups`, each under one of its end
+        states) as ``(free row, ((end state, row), ...), exits by terminal)``: the tokens whose
+        lexeme is always viable, the others one row per reach group. ``more``: more ``(end state,
+        row)`` pairs (a run plan's skipped tokens), OR-ed into their groups' rows. The rows
+        returned may be read-only; callers copy before writing."""
+        ends, rows = ended
+        group = self._reach_groups(self._owner[lo])[1]
+        free = None
+        by_group: dict = {}
+        for e, row in zip(ends.tolist(), rows):
+            k = group[e]
+            if k == 0:
+                free = row
             else:
-                groups.append((r, row))
-        return free, tuple(groups), self._group_exits(exits, lo)
+                by_group[k] = [e + lo, row]
+        for e, row in more:
+            k = group[e]
+            if k == 0:
+                free = row if free is None else free | row
+            elif k in by_group:
+                got = by_group[k]
+                got[1] = got[1] | row
+            else:
+                by_group[k] = [e + lo, row]
+        if free is None:
+            free = np.zeros(self._W, dtype=np.int32)
+        return free, tuple(map(tuple, by_group.values())), self._group_exits(exits, lo)
 
     def _group_exits(self, exits, lo: int):
         _, level, node, prev = exits
@@ -1601,10 +1623,9 @@ class PushdownGrammar:
         got = self._cross_walks.get(content)
         if got is None:
             ct, view, first = self._walker(lexer)
-            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first)
+            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=self._reach_groups(lexer)[0])
             if walked is not None:
-                free, groups, exits = self._split(self._start(lexer), *walked)
-                got = (free, self._by_reach(groups), exits)
+                got = self._split(self._start(lexer), *walked)
             else:
                 got = (np.zeros(self._W, dtype=np.int32), (), ())
             self._cross_walks[content] = got
@@ -1840,10 +1861,11 @@ class _Probe:
         top = new[-1] if new else self.state(pos)
         if top < 0:
             return False
-        row = self.g._action[top]
-        room = self.depth - pos + len(new) < self.g.max_stack_depth
-        if room and any(0 < row[t] < MULTI for t in reach):  # a shift, whatever lies below
+        g = self.g
+        room = self.depth - pos + len(new) < g.max_stack_depth
+        if room and g._shifts_any(top, reach):  # a shift, whatever lies below
             return True
+        row = g._action[top]
         return any(self.feed(pos, new, t) for t in reach if row[t])
 
     def can_end(self, q: int) -> bool:

@@ -178,6 +178,64 @@ def test_masks_equal_with_and_without_the_c_walk(tekken_vocab, spec, monkeypatch
                       label=(spec, walk_no))
 
 
+@pytest.mark.parametrize("use_c", [True, False], ids=["c", "numpy"])
+def test_walk_rows_by_group_are_the_rows_by_end_state_ored_per_group(tekken_vocab, use_c, monkeypatch):
+    """Walks that collect one row per group of end states (the pushdown matcher groups them by the
+    terminals still reachable) hold exactly the OR of the per-end-state rows of each group, under
+    an end state of that group; random groupings, every lexer of a schema, walks from the root and
+    resumed at trie nodes."""
+    from dotvllm_plugin import index, pushdown
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    spec = {"$defs": {"n": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20}, "tags": {"type": "array", "items": {"enum": ["a", "b", "ç"]}},
+        "score": {"type": "number"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
+        "required": ["name"]}}, "$ref": "#/$defs/n"}
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    g._build_all()
+    rng = np.random.default_rng(3)
+    W = (tekken_vocab.size + 31) // 32
+    compared = 0
+    for lexer in range(g.n_lexers):
+        ct, view, first = g._walker(lexer)
+        n = ct.shape[0]
+        for k in (1, 2, max(1, n // 3)):
+            groups = rng.integers(0, k, n).astype(np.int64)
+            for q in rng.choice(n, size=min(n, 6), replace=False).tolist():
+                start = np.array([q], dtype=np.int64)
+                monkeypatch.setattr(index, "USE_C_WALK", True)
+                (ends, rows), _ = index.walk_rows_by_end(ct, view, W, start)  # the reference: per end state
+                want: dict = {}
+                for e, row in zip(ends.tolist(), rows):
+                    want[int(groups[e])] = want.get(int(groups[e]), 0) | row
+                monkeypatch.setattr(index, "USE_C_WALK", use_c)
+                (g_ends, g_rows), _ = index.walk_rows_by_end(ct, view, W, start, groups=groups)
+                got = {int(groups[e]): row for e, row in zip(g_ends.tolist(), g_rows)}
+                assert len(got) == len(g_ends) == len(want), (lexer, q)
+                assert set(g_ends.tolist()) <= set(ends.tolist())
+                for key, row in want.items():
+                    assert np.array_equal(got[key], row), (lexer, q, key)
+                compared += 1
+            # resumed at the trie's first level (every one-byte token prefix that survives the start row)
+            level = np.zeros(len(view.cls[0]), dtype=np.int64)
+            node = np.arange(len(view.cls[0]), dtype=np.int64)
+            monkeypatch.setattr(index, "USE_C_WALK", True)
+            ref = index.walk_rows_from_nodes(ct, view, W, level, node, first)
+            monkeypatch.setattr(index, "USE_C_WALK", use_c)
+            got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups)
+            assert (ref is None) == (got is None)
+            if ref is not None:
+                want = {}
+                for e, row in zip(ref[0][0].tolist(), ref[0][1]):
+                    want[int(groups[e])] = want.get(int(groups[e]), 0) | row
+                have = {int(groups[e]): row for e, row in zip(got[0][0].tolist(), got[0][1])}
+                assert have.keys() == want.keys()
+                assert all(np.array_equal(have[key], want[key]) for key in want)
+    assert compared > 30
+
+
 @pytest.mark.parametrize("spec", [PERSON, TREE, UNION], ids=["regular", "recursive", "union"])
 def test_a_dropped_grammar_is_freed_without_the_cyclic_collector(tekken_vocab, spec):
     """A compiled grammar and its matcher, masks computed (caches filled), are freed as soon as the

@@ -163,7 +163,7 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
     """The C ball (``_cwalk.ball``): the states within a token's length of ``q`` (the Python
     breadth-first search on the byte table is the reference), in breadth-first order; and two states
     with equal signatures have the same byte-level automaton on their balls (rows relabelled to ball
-    positions, terminals, whether the parser must consent)."""
+    positions, terminals, whether the parser must consent, which states share a reach)."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
@@ -197,12 +197,15 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
         rows = block[states - lo].astype(np.int64)
         relabelled = np.vectorize(lambda t: -1 if t < 0 else pos.get(int(t), -3))(rows)
         consent = [g._reach[s] is None for s in order]
-        by_sig.setdefault(sig, []).append((relabelled, chosen[states - lo].tolist(), consent))
+        first_with = {}  # the reach sets, by first appearance in the ball
+        partition = [first_with.setdefault(g._reach[s], len(first_with)) for s in order]
+        by_sig.setdefault(sig, []).append((relabelled, chosen[states - lo].tolist(), consent, partition))
     shared = [v for v in by_sig.values() if len(v) > 1]
     assert shared  # positions along the bounded strings share a signature
     for group in shared:
-        for relabelled, ch, consent in group[1:]:
+        for relabelled, ch, consent, partition in group[1:]:
             assert np.array_equal(relabelled, group[0][0]) and ch == group[0][1] and consent == group[0][2]
+            assert partition == group[0][3]
 
 
 REACH_SCHEMAS = BOUNDED + [
