@@ -1519,7 +1519,8 @@ class PushdownGrammar:
 
     def _base_of(self, q: int):
         """Tokens inside the current lexeme from ``q``, by the state they end in (``(free, ((state,
-        row), ...), exits)``: ``free`` needs no parser check), and the exits grouped by terminal."""
+        row), ...), exits)``: ``free`` needs no parser check, None when there are none), and the
+        exits grouped by terminal."""
         got = self._base.get(q)
         if got is None:
             states, sig = self._canonical(q)
@@ -1567,7 +1568,7 @@ class PushdownGrammar:
     def _split(self, lo: int, ended, exits, more=()):
         """A walk's result (rows by reach group, :meth:`_reach_groups`, each under one of its end
         states) as ``(free row, ((end state, row), ...), exits by terminal)``: the tokens whose
-        lexeme is always viable, the others one row per reach group. ``more``: more ``(end state,
+        lexeme is always viable (None when there are none), the others one row per reach group. ``more``: more ``(end state,
         row)`` pairs (a run plan's skipped tokens), OR-ed into their groups' rows. The rows
         returned may be read-only; callers copy before writing."""
         ends, rows = ended
@@ -1589,8 +1590,6 @@ class PushdownGrammar:
                 got[1] = got[1] | row
             else:
                 by_group[k] = [e + lo, row]
-        if free is None:
-            free = np.zeros(self._W, dtype=np.int32)
         return free, tuple(map(tuple, by_group.values())), self._group_exits(exits, lo)
 
     def _group_exits(self, exits, lo: int):
@@ -1627,7 +1626,7 @@ class PushdownGrammar:
             if walked is not None:
                 got = self._split(self._start(lexer), *walked)
             else:
-                got = (np.zeros(self._W, dtype=np.int32), (), ())
+                got = (None, (), ())
             self._cross_walks[content] = got
         self._cross_cache[key] = got
         return got
@@ -1635,15 +1634,12 @@ class PushdownGrammar:
     def _subtree(self, key, groups, probe, pos: int, new: tuple):
         """OR of what the exits ``groups`` allow on the stack ``(pos, new)`` (pushed cells ``new``
         above the original stack with its top ``pos`` popped), or None."""
-        row = None
+        parts = []
         for t, level, node in groups:
             part = self._group(key, t, level, node, probe, pos, new)
             if part is not None:
-                if row is None:
-                    row = part.copy()
-                else:
-                    row |= part
-        return row
+                parts.append(part)
+        return _or_rows(parts)
 
     def _group(self, key, t: int, level, node, probe, pos: int, new: tuple):
         """What one exit group allows: feed its terminal, walk on in the next lexer, recurse.
@@ -1659,14 +1655,15 @@ class PushdownGrammar:
                     return hit
         saved = probe.max_read
         probe.max_read = pos - 1
-        row = None
+        parts = []
         outcomes = [(pos, new)] if t < self._end and self._ignore[t] else [x for x in probe.feed(pos, new, t) if x is not _ACCEPT]
         for pos2, new2 in outcomes:
             top = new2[-1] if new2 else probe.state(pos2)
             lexer = self._lexer_of_state[top]
             key2 = key + ((t, lexer),)
             free, pending, exits = self._cross(key2, (level, node), lexer)
-            parts = [free] if free.any() else []
+            if free is not None:
+                parts.append(free)
             for r, part in pending:
                 if probe.viable(pos2, new2, self._reach[r]):
                     parts.append(part)
@@ -1674,11 +1671,7 @@ class PushdownGrammar:
                 sub = self._subtree(key2, exits, probe, pos2, new2)
                 if sub is not None:
                     parts.append(sub)
-            for part in parts:
-                if row is None:
-                    row = part.copy()
-                else:
-                    row |= part
+        row = _or_rows(parts)
         depth = max(0, probe.max_read - pos + 1)
         probe.max_read = max(saved, probe.max_read)
         if probe.cacheable:
@@ -1712,13 +1705,14 @@ class PushdownGrammar:
                     return row
         free, pending, groups, base_key = self._base_of(q)
         probe = _Probe(self, stack)
-        row = free.copy()
+        parts = [] if free is None else [free]
         for r, part in pending:
             if probe.viable(0, (), self._reach[r]):
-                row |= part
+                parts.append(part)
         sub = self._subtree(base_key, groups, probe, 0, ())
         if sub is not None:
-            row |= sub
+            parts.append(sub)
+        row = _or_rows(parts, self._W, fresh=True)
         if probe.can_end(q):
             set_token_bits(row, self._eos)
         if probe.cacheable:
@@ -1771,6 +1765,20 @@ class PushdownGrammar:
 
     def __reduce__(self):
         return (PushdownGrammar.from_bytes, (self.to_bytes(), self.vocabulary))
+
+
+def _or_rows(parts: list, words: int = 0, fresh: bool = False):
+    """OR of packed rows: None when there are none, the one row itself when there is one (shared:
+    not to be written), else a new row; with ``fresh`` always a new row (zeros when there are none,
+    ``words`` wide)."""
+    if len(parts) < 2:
+        if not fresh:
+            return parts[0] if parts else None
+        return parts[0].copy() if parts else np.zeros(words, dtype=np.int32)
+    acc = parts[0] | parts[1]
+    for part in parts[2:]:
+        np.bitwise_or(acc, part, out=acc)
+    return acc
 
 
 class _Probe:
