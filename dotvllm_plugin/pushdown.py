@@ -674,6 +674,7 @@ class _LazyReach:
         # (megabytes of tables and caches) to the cyclic garbage collector, a long pause later
         self._grammar = weakref.ref(grammar)
         self._values: dict[int, object] = {}
+        self._groups: dict[int, tuple] = {}  # lexer → reach group per local state (see groups)
         self._expansion = None  # (start, terminals, real ids, compounds): what each chosen id stands for
 
     def __getitem__(self, q: int):
@@ -681,21 +682,36 @@ class _LazyReach:
             return self._values[q]
         except KeyError:
             pass
+        self._compute(self._grammar()._owner[q])
+        return self._values[q]
+
+    def groups(self, lexer: int) -> tuple:
+        """Per local state of a built ``lexer``: its reach group, as an int64 array and as a list: 0
+        where the reach is None, else one group per distinct reach."""
+        got = self._groups.get(lexer)
+        if got is None:
+            self._compute(lexer)
+            got = self._groups[lexer]
+        return got
+
+    def _compute(self, lexer: int) -> None:
         g = self._grammar()
-        lexer = g._owner[q]
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
         if index._cwalk is not None:
-            values = self._from_c(lexer, chosen)
+            values, group = self._from_c(lexer, chosen)
         else:
             values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
-        values[0] = None  # the lexeme start
+            values[0] = None
+            ids: dict = {None: 0}
+            group = np.array([ids.setdefault(v, len(ids)) for v in values], dtype=np.int64)
         self._values.update(zip(range(lo, lo + len(values)), values))
-        return self._values[q]
+        self._groups[lexer] = (group, group.tolist())
 
-    def _from_c(self, lexer: int, chosen: np.ndarray) -> list:
+    def _from_c(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``), each distinct set
-        read once."""
+        read once (the lexeme start's reach None), and the reach groups (int64 per state: 0 for
+        None, else 1 + the distinct set's index)."""
         g = self._grammar()
         compounds = g._compounds
         if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
@@ -711,7 +727,15 @@ class _LazyReach:
         ignore = g._ignore
         distinct = [_reach_of_bits(int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little"), ignore)
                     for k in range(len(sets) // (8 * words))]
-        return [distinct[i] for i in np.frombuffer(group, dtype=np.int64).tolist()]
+        group = np.frombuffer(group, dtype=np.int64)
+        values = [distinct[i] for i in group.tolist()]
+        values[0] = None  # the lexeme start
+        # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal):
+        # those states form group 0 (numbered first, as -1), the others one group per set in use
+        none = np.array([d is None for d in distinct], dtype=bool)[group]
+        none[0] = True
+        groups = np.unique(np.where(none, -1, group), return_inverse=True)[1].astype(np.int64).reshape(-1)
+        return values, groups
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
@@ -1089,7 +1113,6 @@ class PushdownGrammar:
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
         self._shift_memo: dict[tuple, bool] = {}  # (parser state, id of a reach set) → shifts one
-        self._reach_group_memo: dict[int, tuple] = {}  # lexer → per local state: its reach group
         self._ball_inputs: dict[int, bytes] = {}  # lexer → its byte classes, for the ball signatures
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
@@ -1538,13 +1561,7 @@ class PushdownGrammar:
         terminals ahead), else one group per distinct reach. Only the reach decides whether a
         token's lexeme is viable, so walks collect one row per group (the tokens ending at the
         states of one string lexeme, one state per character count, fall in one row)."""
-        got = self._reach_group_memo.get(lexer)
-        if got is None:
-            lo = self._lexer_lo[lexer]
-            ids: dict = {None: 0}
-            own = [ids.setdefault(self._reach[lo + x], len(ids)) for x in range(len(self._blocks[lexer][1]))]
-            got = self._reach_group_memo[lexer] = (np.array(own, dtype=np.int64), own)
-        return got
+        return self._reach.groups(lexer)
 
     def _walk_base(self, q: int, states: np.ndarray):
         from .index import walk_rows_by_end

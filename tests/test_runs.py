@@ -219,7 +219,8 @@ REACH_SCHEMAS = BOUNDED + [
 def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
     """``_cwalk.reach_sets`` (the terminals a lexeme in progress can still become, per lexer state)
     equals :func:`pushdown._reachable_terminals` on every state of every lexer, compound lexemes
-    (one lexeme several terminals type) included."""
+    (one lexeme several terminals type) included; the reach groups put two states together exactly
+    when their reach is the same, and in group 0 exactly when it is None."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
@@ -229,7 +230,13 @@ def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
     for lexer in range(g.n_lexers):
         _, chosen = g._blocks[lexer]
         ref = pushdown._reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
-        assert g._reach._from_c(lexer, chosen) == ref, lexer
+        values, groups = g._reach._from_c(lexer, chosen)
+        assert values[1:] == ref[1:] and values[0] is None, lexer  # (the lexeme start: None)
+        groups = groups.tolist()
+        for i in range(len(values)):
+            assert (groups[i] == 0) == (values[i] is None), (lexer, i)
+            for j in range(i):
+                assert (groups[i] == groups[j]) == (values[i] == values[j]), (lexer, i, j)
         compared += len(ref)
     assert compared > 10
     if "enum" in str(spec):
