@@ -47,7 +47,6 @@ per grammar); nothing recurses in Python with the depth of the text.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import threading
@@ -711,7 +710,7 @@ class _LazyReach:
     def _from_c(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``), each distinct set
         read once (the lexeme start's reach None), and the reach groups (int64 per state: 0 for
-        None, else 1 + the distinct set's index)."""
+        None, the other sets numbered 1.. in their order among the distinct ones)."""
         g = self._grammar()
         compounds = g._compounds
         if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
@@ -1497,9 +1496,10 @@ class PushdownGrammar:
         """States within a token's length of ``q`` in breadth-first order, and a signature of that
         ball of the automaton (transitions relabelled, lexeme types, the states' reach groups,
         :meth:`_reach_groups`): equal signatures walk the vocabulary identically, into the same
-        groups, since no token reads past the ball. Lexers that share a terminal (a string as key and as value) share its
-        walks, and so do the positions of a counted repetition far enough from its end (the
-        characters of a ``maxLength`` string: each is its own state, the balls of most alike)."""
+        groups, since no token reads past the ball. Lexers that share a terminal (a string as key
+        and as value) share its walks, and so do the positions of a counted repetition far enough
+        from its end (the characters of a ``maxLength`` string: each is its own state, the balls of
+        most alike)."""
         lexer = self._owner[q]
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
@@ -1585,9 +1585,9 @@ class PushdownGrammar:
     def _split(self, lo: int, ended, exits, more=()):
         """A walk's result (rows by reach group, :meth:`_reach_groups`, each under one of its end
         states) as ``(free row, ((end state, row), ...), exits by terminal)``: the tokens whose
-        lexeme is always viable (None when there are none), the others one row per reach group. ``more``: more ``(end state,
-        row)`` pairs (a run plan's skipped tokens), OR-ed into their groups' rows. The rows
-        returned may be read-only; callers copy before writing."""
+        lexeme is always viable (None when there are none), the others one row per reach group.
+        ``more``: more ``(end state, row)`` pairs (a run plan's skipped tokens), OR-ed into their
+        groups' rows. The rows returned may be shared or read-only: never written."""
         ends, rows = ended
         group = self._reach_groups(self._owner[lo])[1]
         free = None
