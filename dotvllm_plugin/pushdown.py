@@ -686,7 +686,10 @@ class _LazyReach:
 
     def groups(self, lexer: int) -> tuple:
         """Per local state of a built ``lexer``: its reach group, as an int64 array and as a list: 0
-        where the reach is None, else one group per distinct reach."""
+        where the lexeme needs no parser check (the reach is None: a lexeme start, or only ignored
+        terminals ahead), else one group per distinct reach. Only the reach decides whether a
+        token's lexeme is viable, so walks collect one row per group (the tokens ending at the
+        states of one string lexeme, one state per character count, fall in one row)."""
         got = self._groups.get(lexer)
         if got is None:
             self._compute(lexer)
@@ -1495,7 +1498,7 @@ class PushdownGrammar:
     def _canonical(self, q: int):
         """States within a token's length of ``q`` in breadth-first order, and a signature of that
         ball of the automaton (transitions relabelled, lexeme types, the states' reach groups,
-        :meth:`_reach_groups`): equal signatures walk the vocabulary identically, into the same
+        :meth:`_LazyReach.groups`): equal signatures walk the vocabulary identically, into the same
         groups, since no token reads past the ball. Lexers that share a terminal (a string as key
         and as value) share its walks, and so do the positions of a counted repetition far enough
         from its end (the characters of a ``maxLength`` string: each is its own state, the balls of
@@ -1510,7 +1513,7 @@ class PushdownGrammar:
             if classes is None:
                 # the rows are over this lexer's byte classes: the class of each byte leads the signature
                 classes = self._ball_inputs[lexer] = view.byte_class.astype(np.int16).tobytes()
-            groups = self._reach_groups(lexer)[0]
+            groups = self._reach.groups(lexer)[0]
             states, sig = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups)
             return np.frombuffer(states, dtype=np.int64) + lo, classes + sig
         succ = self._local_successors(lexer)
@@ -1534,7 +1537,7 @@ class PushdownGrammar:
         lut[-1] = -1  # dead stays dead
         rows = block[states].astype(np.int64)
         sub = lut[np.where(rows >= 0, rows - lo, -1)]
-        own = self._reach_groups(lexer)[1]
+        own = self._reach.groups(lexer)[1]
         relabel = {0: 0}
         groups = np.array([relabel.setdefault(own[x], len(relabel)) for x in order], dtype=np.int32)
         sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes() + groups.tobytes()
@@ -1555,14 +1558,6 @@ class PushdownGrammar:
             got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits, (sig_id,))
         return got
 
-    def _reach_groups(self, lexer: int):
-        """Per local state of a built ``lexer``: its reach group (int64 array, and as a list): 0 where
-        the lexeme needs no parser check (the reach is None: a lexeme start, or only ignored
-        terminals ahead), else one group per distinct reach. Only the reach decides whether a
-        token's lexeme is viable, so walks collect one row per group (the tokens ending at the
-        states of one string lexeme, one state per character count, fall in one row)."""
-        return self._reach.groups(lexer)
-
     def _walk_base(self, q: int, states: np.ndarray):
         from .index import walk_rows_by_end
 
@@ -1573,23 +1568,20 @@ class PushdownGrammar:
         shortcut = None
         if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
             shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}))
-        if shortcut is None:
-            ended, exits = walk_rows_by_end(ct, view, self._W, start, groups=self._reach_groups(lexer)[0])
-        else:
-            ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=shortcut.skip,
-                                            groups=self._reach_groups(lexer)[0])
+        ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=None if shortcut is None else shortcut.skip,
+                                        groups=self._reach.groups(lexer)[0])
         free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         return free, tuple((label[r], row) for r, row in groups), exits
 
     def _split(self, lo: int, ended, exits, more=()):
-        """A walk's result (rows by reach group, :meth:`_reach_groups`, each under one of its end
+        """A walk's result (rows by reach group, :meth:`_LazyReach.groups`, each under one of its end
         states) as ``(free row, ((end state, row), ...), exits by terminal)``: the tokens whose
         lexeme is always viable (None when there are none), the others one row per reach group.
         ``more``: more ``(end state, row)`` pairs (a run plan's skipped tokens), OR-ed into their
         groups' rows. The rows returned may be shared or read-only: never written."""
         ends, rows = ended
-        group = self._reach_groups(self._owner[lo])[1]
+        group = self._reach.groups(self._owner[lo])[1]
         free = None
         by_group: dict = {}
         for e, row in zip(ends.tolist(), rows):
@@ -1639,7 +1631,7 @@ class PushdownGrammar:
         got = self._cross_walks.get(content)
         if got is None:
             ct, view, first = self._walker(lexer)
-            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=self._reach_groups(lexer)[0])
+            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=self._reach.groups(lexer)[0])
             if walked is not None:
                 got = self._split(self._start(lexer), *walked)
             else:

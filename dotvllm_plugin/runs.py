@@ -30,7 +30,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .regex.charsets import merge_ranges, utf8_sequences
+from .regex.charsets import merge_ranges, ranges_of, utf8_sequences
 
 __all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mask", "token_chars"]
 
@@ -319,11 +319,10 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     if len(live) < MIN_ASCII:
         return None
     t = int(np.bincount(live).argmax())
-    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
+    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t).tolist()
     if len(same) < MIN_ASCII:
         return None
-    gaps = np.flatnonzero(np.diff(same) != 1)  # (the ranges of the sorted codes)
-    ascii_only = tuple(zip(same[np.r_[0, gaps + 1]].tolist(), same[np.r_[gaps, len(same) - 1]].tolist()))
+    ascii_only = tuple(ranges_of(map(chr, same)))
     for sigma in (merge_ranges(ascii_only + _NON_ASCII), ascii_only):
         succ = memo.get(sigma)
         if succ is None:
