@@ -1271,7 +1271,393 @@ out:
     return result;
 }
 
+/* ---- json_cut: the product of dotvllm_plugin.regex.exclusion, in C --------------------------------
+ *
+ * json_cut(trans int32[n * 256], accepting uint8[n], initial, cps int32[...], name_off int64[k + 1])
+ *   -> (table bytes of int32[m * 256], accepting bytes of uint8[m])
+ * What exclusion._product and exclusion._finish compute before the trim, for the names
+ * cps[name_off[i] : name_off[i + 1]] (code points, sorted and distinct as the Python reader takes
+ * them): the same pairs in the same order, their rows with the reader's overrides, then the
+ * automaton's states they lead to. A reader position is (trie node, the bytes read of the current
+ * character's spelling): up to 11 bytes ("\u" and nine of "d83d\ude00"). */
+
+typedef struct {
+    uint64_t a, b;
+    int64_t v;
+} jc_slot;
+
+typedef struct {
+    jc_slot *s;
+    size_t cap, n;
+} jc_map;
+
+static uint64_t jc_hash(uint64_t a, uint64_t b) {
+    uint64_t h = a * 0x9E3779B97F4A7C15ULL ^ (b + 0x632BE59BD9B4E019ULL + (a << 6) + (a >> 2));
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 29);
+}
+
+static int jc_map_grow(jc_map *m) {
+    size_t cap = m->cap ? m->cap * 2 : 256;
+    jc_slot *s = malloc(cap * sizeof(jc_slot));
+    if (!s) return -1;
+    for (size_t i = 0; i < cap; i++) s[i].v = -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->s[i].v < 0) continue;
+        size_t j = jc_hash(m->s[i].a, m->s[i].b) & (cap - 1);
+        while (s[j].v >= 0) j = (j + 1) & (cap - 1);
+        s[j] = m->s[i];
+    }
+    free(m->s);
+    m->s = s;
+    m->cap = cap;
+    return 0;
+}
+
+/* The value of key (a, b), inserting v_new when absent (*added set); -2 when out of memory. */
+static int64_t jc_get(jc_map *m, uint64_t a, uint64_t b, int64_t v_new, int *added) {
+    if ((m->n + 1) * 2 > m->cap && jc_map_grow(m)) return -2;
+    size_t j = jc_hash(a, b) & (m->cap - 1);
+    while (m->s[j].v >= 0) {
+        if (m->s[j].a == a && m->s[j].b == b) {
+            *added = 0;
+            return m->s[j].v;
+        }
+        j = (j + 1) & (m->cap - 1);
+    }
+    m->s[j].a = a;
+    m->s[j].b = b;
+    m->s[j].v = v_new;
+    m->n++;
+    *added = 1;
+    return v_new;
+}
+
+typedef struct {
+    int32_t node;
+    uint8_t len;
+    uint8_t bytes[11];
+} jc_pos;
+
+typedef struct {
+    /* the trie: edges in insertion order per node */
+    int32_t *first, *last, *end;      /* per node */
+    int32_t *e_cp, *e_child, *e_next; /* per edge */
+    Py_ssize_t n_nodes, n_edges;
+    /* reader positions: id 0 is the start (before the quote) */
+    jc_pos *pos;
+    Py_ssize_t n_pos, cap_pos;
+    int64_t *st_off, *st_len;         /* per position: its step in steps (st_len -1: not yet) */
+    vec steps;                        /* (byte << 32 | target + 1) entries; target -1: cut */
+    jc_map pos_ids;
+} jc_reader;
+
+static uint64_t jc_key_a(const jc_pos *p) {
+    uint64_t a = (uint64_t)(uint32_t)p->node | (uint64_t)p->len << 32;
+    for (int i = 0; i < 3; i++) a |= (uint64_t)p->bytes[i] << (40 + 8 * i);
+    return a;
+}
+
+static uint64_t jc_key_b(const jc_pos *p) {
+    uint64_t b = 0;
+    for (int i = 3; i < 11; i++) b |= (uint64_t)p->bytes[i] << (8 * (i - 3));
+    return b;
+}
+
+/* The id of position (node, bytes[:len]), interned; -2 when out of memory. */
+static int64_t jc_position(jc_reader *r, int32_t node, const uint8_t *bytes, int len) {
+    jc_pos p;
+    memset(&p, 0, sizeof p);
+    p.node = node;
+    p.len = (uint8_t)len;
+    memcpy(p.bytes, bytes, (size_t)len);
+    int added;
+    int64_t id = jc_get(&r->pos_ids, jc_key_a(&p), jc_key_b(&p) ^ 0x5555555555555555ULL, r->n_pos, &added);
+    if (id < 0 || !added) return id;
+    if (r->n_pos == r->cap_pos) {
+        Py_ssize_t cap = r->cap_pos ? r->cap_pos * 2 : 64;
+        jc_pos *np_ = realloc(r->pos, (size_t)cap * sizeof(jc_pos));
+        int64_t *no = realloc(r->st_off, (size_t)cap * 8);
+        if (np_) r->pos = np_;
+        if (no) r->st_off = no;
+        int64_t *nl = realloc(r->st_len, (size_t)cap * 8);
+        if (nl) r->st_len = nl;
+        if (!np_ || !no || !nl) return -2;
+        r->cap_pos = cap;
+    }
+    r->pos[r->n_pos] = p;
+    r->st_len[r->n_pos] = -1;
+    return r->n_pos++;
+}
+
+static int jc_utf8(int32_t cp, uint8_t *u) {
+    if (cp < 0x80) { u[0] = (uint8_t)cp; return 1; }
+    if (cp < 0x800) { u[0] = (uint8_t)(0xC0 | cp >> 6); u[1] = (uint8_t)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        u[0] = (uint8_t)(0xE0 | cp >> 12); u[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3F)); u[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    u[0] = (uint8_t)(0xF0 | cp >> 18); u[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
+    u[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3F)); u[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+static int jc_literal_ok(int32_t cp) {
+    return cp >= 0x20 && cp != '"' && cp != '\\' && !(cp >= 0xD800 && cp <= 0xDFFF);
+}
+
+/* The lower-case \u spelling after the first "\u" (a surrogate pair past the BMP). */
+static int jc_hex(int32_t cp, uint8_t *out) {
+    static const char digits[] = "0123456789abcdef";
+    if (cp < 0x10000) {
+        for (int i = 0; i < 4; i++) out[i] = (uint8_t)digits[cp >> (12 - 4 * i) & 0xF];
+        return 4;
+    }
+    int32_t c = cp - 0x10000, hi = 0xD800 + (c >> 10), lo = 0xDC00 + (c & 0x3FF);
+    for (int i = 0; i < 4; i++) out[i] = (uint8_t)digits[hi >> (12 - 4 * i) & 0xF];
+    out[4] = '\\';
+    out[5] = 'u';
+    for (int i = 0; i < 4; i++) out[6 + i] = (uint8_t)digits[lo >> (12 - 4 * i) & 0xF];
+    return 10;
+}
+
+/* Python dict semantics over bytes: a byte keeps its first slot, its value is the last set. */
+typedef struct {
+    int16_t slot[256];
+    uint8_t byte[256];
+    int64_t to[256];
+    int n;
+} jc_out;
+
+static void jc_set(jc_out *o, int b, int64_t to) {
+    if (o->slot[b] < 0) {
+        o->slot[b] = (int16_t)o->n;
+        o->byte[o->n++] = (uint8_t)b;
+    }
+    o->to[o->slot[b]] = to;
+}
+
+static const uint8_t jc_short_letter[8] = {'"', '\\', '/', 'b', 'f', 'n', 'r', 't'};
+static const int32_t jc_short_char[8] = {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'};
+
+#define JC_POS(NODE, BYTES, LEN) do { to = jc_position(r, (NODE), (BYTES), (LEN)); if (to < 0) return -1; } while (0)
+
+/* Compute position id's step into r->steps; -1 when out of memory. */
+static int jc_compute_step(jc_reader *r, int64_t id) {
+    jc_out o;
+    memset(o.slot, 0xff, sizeof o.slot);
+    o.n = 0;
+    int64_t to;
+    jc_pos p = r->pos[id];
+    int32_t node = p.node;
+    uint8_t u[4], buf[12] = {0};
+    if (id == 0) {
+        JC_POS(0, buf, 0);
+        jc_set(&o, '"', to);
+    } else if (p.len == 0) {
+        for (int32_t e = r->first[node]; e >= 0; e = r->e_next[e]) {
+            if (!jc_literal_ok(r->e_cp[e])) continue;
+            int k = jc_utf8(r->e_cp[e], u);
+            if (k == 1) JC_POS(r->e_child[e], buf, 0);
+            else JC_POS(node, u, 1);
+            jc_set(&o, u[0], to);
+        }
+        if (r->first[node] >= 0) {
+            buf[0] = '\\';
+            JC_POS(node, buf, 1);
+            jc_set(&o, '\\', to);
+        }
+        if (r->end[node]) jc_set(&o, '"', -1);
+    } else if (p.bytes[0] != '\\') {
+        int k = p.len;
+        for (int32_t e = r->first[node]; e >= 0; e = r->e_next[e]) {
+            if (!jc_literal_ok(r->e_cp[e])) continue;
+            int m = jc_utf8(r->e_cp[e], u);
+            if (m > k && memcmp(u, p.bytes, (size_t)k) == 0) {
+                if (m == k + 1) JC_POS(r->e_child[e], buf, 0);
+                else JC_POS(node, u, k + 1);
+                jc_set(&o, u[k], to);
+            }
+        }
+    } else if (p.len == 1) {
+        for (int i = 0; i < 8; i++)
+            for (int32_t e = r->first[node]; e >= 0; e = r->e_next[e])
+                if (r->e_cp[e] == jc_short_char[i]) {
+                    JC_POS(r->e_child[e], buf, 0);
+                    jc_set(&o, jc_short_letter[i], to);
+                    break;
+                }
+        buf[0] = '\\';
+        buf[1] = 'u';
+        JC_POS(node, buf, 2);
+        jc_set(&o, 'u', to);
+    } else {
+        int L = p.len - 2;
+        uint8_t full[10];
+        for (int32_t e = r->first[node]; e >= 0; e = r->e_next[e]) {
+            int F = jc_hex(r->e_cp[e], full);
+            if (F > L && memcmp(full, p.bytes + 2, (size_t)L) == 0) {
+                uint8_t nxt = full[L];
+                if (F == L + 1) JC_POS(r->e_child[e], buf, 0);
+                else {
+                    memcpy(buf, p.bytes, p.len);
+                    buf[p.len] = nxt;
+                    JC_POS(node, buf, p.len + 1);
+                }
+                jc_set(&o, nxt, to);
+                if (nxt >= 'a' && nxt <= 'f') jc_set(&o, nxt - 32, to);
+            }
+        }
+    }
+    r->st_off[id] = r->steps.n;
+    r->st_len[id] = o.n;
+    for (int i = 0; i < o.n; i++)
+        if (vec_push(&r->steps, (int64_t)o.byte[i] << 32 | (int64_t)(o.to[i] + 1))) return -1;
+    return 0;
+}
+
+static int jc_step(jc_reader *r, int64_t id) {
+    return r->st_len[id] >= 0 ? 0 : jc_compute_step(r, id);
+}
+
+static PyObject *json_cut(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_acc, b_cps, b_off;
+    Py_ssize_t initial;
+    if (!PyArg_ParseTuple(args, "y*y*ny*y*", &b_trans, &b_acc, &initial, &b_cps, &b_off)) return NULL;
+    const int32_t *trans = b_trans.buf;
+    const uint8_t *acc = b_acc.buf;
+    Py_ssize_t n_states = b_acc.len;
+    int32_t *table = NULL, *new_id = NULL;
+    uint8_t *acc_out = NULL;
+    int64_t *stack = NULL;
+    const int32_t *cps = b_cps.buf;
+    const int64_t *off = b_off.buf;
+    Py_ssize_t n_names = b_off.len / 8 - 1, n_cps = b_cps.len / 4;
+    PyObject *result = NULL;
+    int nomem = 0;
+    jc_reader r;
+    memset(&r, 0, sizeof r);
+    jc_map pair_ids = {0};
+    vec pk = {0}, ppos = {0}, at = {0}, by = {0}, tp = {0};
+    /* the trie of the names */
+    r.first = malloc((size_t)(n_cps + 1) * 4); r.last = malloc((size_t)(n_cps + 1) * 4);
+    r.end = calloc((size_t)(n_cps + 1), 4);
+    r.e_cp = malloc((size_t)(n_cps + 1) * 4); r.e_child = malloc((size_t)(n_cps + 1) * 4);
+    r.e_next = malloc((size_t)(n_cps + 1) * 4);
+    if (!r.first || !r.last || !r.end || !r.e_cp || !r.e_child || !r.e_next) { nomem = 1; goto done; }
+    r.n_nodes = 1;
+    r.first[0] = r.last[0] = -1;
+    for (Py_ssize_t i = 0; i < n_names; i++) {
+        int32_t node = 0;
+        for (int64_t j = off[i]; j < off[i + 1]; j++) {
+            int32_t e = r.first[node];
+            while (e >= 0 && r.e_cp[e] != cps[j]) e = r.e_next[e];
+            if (e < 0) {
+                e = (int32_t)r.n_edges++;
+                r.e_cp[e] = cps[j];
+                r.e_child[e] = (int32_t)r.n_nodes;
+                r.e_next[e] = -1;
+                if (r.last[node] >= 0) r.e_next[r.last[node]] = e;
+                else r.first[node] = e;
+                r.last[node] = e;
+                r.first[r.n_nodes] = r.last[r.n_nodes] = -1;
+                r.n_nodes++;
+            }
+            node = r.e_child[e];
+        }
+        r.end[node] = 1;
+    }
+    uint8_t none[1] = {0};
+    if (jc_position(&r, -1, none, 0) != 0) { nomem = 1; goto done; } /* id 0: the start */
+    int added;
+    if (jc_get(&pair_ids, (uint64_t)initial, 0, 0, &added) < 0 || vec_push(&pk, initial) || vec_push(&ppos, 0)) {
+        nomem = 1;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < pk.n; i++) {
+        int64_t k = pk.p[i], pos = ppos.p[i];
+        const int32_t *row = trans + k * 256;
+        if (jc_step(&r, pos)) { nomem = 1; goto done; }
+        int64_t s0 = r.st_off[pos], sn = r.st_len[pos];
+        for (int64_t s = s0; s < s0 + sn; s++) {
+            int b = (int)(r.steps.p[s] >> 32);
+            int64_t to = (r.steps.p[s] & 0xFFFFFFFF) - 1;
+            int32_t t = row[b];
+            if (t < 0) continue;
+            int64_t target = -1;
+            if (to >= 0) {
+                if (jc_step(&r, to)) { nomem = 1; goto done; }
+                int alive = 0;
+                const int32_t *trow = trans + (int64_t)t * 256;
+                for (int64_t s2 = r.st_off[to]; s2 < r.st_off[to] + r.st_len[to]; s2++)
+                    if (trow[r.steps.p[s2] >> 32] >= 0) { alive = 1; break; }
+                if (!alive) continue; /* a pair that cannot differ from t alone is t itself */
+                target = jc_get(&pair_ids, (uint64_t)t, (uint64_t)to + 1, pk.n, &added);
+                if (target < 0 || (added && (vec_push(&pk, t) || vec_push(&ppos, to)))) { nomem = 1; goto done; }
+            }
+            if (vec_push(&at, i) || vec_push(&by, b) || vec_push(&tp, target)) { nomem = 1; goto done; }
+            /* (the steps vector may have moved: re-read through indices only) */
+        }
+        if (pos == 0) /* before the quote the reader waits: whitespace keeps it waiting */
+            for (int b = 0; b < 256; b++) {
+                if (b == '"' || row[b] < 0) continue;
+                int64_t target = jc_get(&pair_ids, (uint64_t)row[b], 0, pk.n, &added);
+                if (target < 0 || (added && (vec_push(&pk, row[b]) || vec_push(&ppos, 0)))) { nomem = 1; goto done; }
+                if (vec_push(&at, i) || vec_push(&by, b) || vec_push(&tp, target)) { nomem = 1; goto done; }
+            }
+    }
+    {
+        /* the table: each pair's row is its automaton state's row, the automaton's states numbered
+         * after the pairs (as kept below), with the reader's overrides; then the automaton's states
+         * the pairs lead to and every state those reach, in increasing order */
+        Py_ssize_t p = pk.n, m = p, sp = 0;
+        new_id = malloc((size_t)(n_states + 1) * 4);
+        stack = malloc((size_t)(n_states + 1) * 8);
+        if (!new_id || !stack) { nomem = 1; goto done; }
+        for (Py_ssize_t t = 0; t < n_states; t++) new_id[t] = -1;
+        int32_t *tmp = malloc((size_t)p * 256 * 4);
+        if (!tmp) { nomem = 1; goto done; }
+        for (Py_ssize_t i = 0; i < p; i++) memcpy(tmp + i * 256, trans + pk.p[i] * 256, 256 * 4);
+        for (Py_ssize_t j = 0; j < at.n; j++) tmp[at.p[j] * 256 + by.p[j]] = tp.p[j] < 0 ? -1 : -2 - (int32_t)tp.p[j];
+        for (Py_ssize_t i = 0; i < p * 256; i++)
+            if (tmp[i] >= 0 && new_id[tmp[i]] < 0) { new_id[tmp[i]] = 0; stack[sp++] = tmp[i]; }
+        while (sp) {
+            const int32_t *row = trans + stack[--sp] * 256;
+            for (int b = 0; b < 256; b++)
+                if (row[b] >= 0 && new_id[row[b]] < 0) { new_id[row[b]] = 0; stack[sp++] = row[b]; }
+        }
+        for (Py_ssize_t t = 0; t < n_states; t++) if (new_id[t] == 0) new_id[t] = (int32_t)m++;
+        table = malloc((size_t)m * 256 * 4);
+        acc_out = malloc((size_t)m);
+        if (!table || !acc_out) { free(tmp); nomem = 1; goto done; }
+        for (Py_ssize_t i = 0; i < p * 256; i++) {
+            int32_t v = tmp[i];
+            table[i] = v >= 0 ? new_id[v] : v == -1 ? -1 : -2 - v;
+        }
+        free(tmp);
+        for (Py_ssize_t i = 0; i < p; i++) acc_out[i] = acc[pk.p[i]] != 0;
+        for (Py_ssize_t t = 0; t < n_states; t++) {
+            if (new_id[t] < 0) continue;
+            int32_t k = new_id[t];
+            const int32_t *row = trans + t * 256;
+            for (int b = 0; b < 256; b++) table[(Py_ssize_t)k * 256 + b] = row[b] >= 0 ? new_id[row[b]] : -1;
+            acc_out[k] = acc[t] != 0;
+        }
+        result = Py_BuildValue("(y#y#)", (const char *)table, m * 256 * 4, (const char *)acc_out, m);
+    }
+done:
+    if (nomem) PyErr_NoMemory();
+    free(r.first); free(r.last); free(r.end); free(r.e_cp); free(r.e_child); free(r.e_next);
+    free(r.pos); free(r.st_off); free(r.st_len); free(r.steps.p); free(r.pos_ids.s);
+    free(pair_ids.s); free(pk.p); free(ppos.p); free(at.p); free(by.p); free(tp.p);
+    free(table); free(new_id); free(acc_out); free(stack);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_acc); PyBuffer_Release(&b_cps); PyBuffer_Release(&b_off);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"json_cut", json_cut, METH_VARARGS, "An automaton's product with a reader of JSON strings spelling given names."},
     {"reach_sets", reach_sets, METH_VARARGS, "Terminals each state or a later one chooses, as distinct bitsets."},
     {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},

@@ -19,6 +19,7 @@ import json
 import random
 import re
 
+import numpy as np
 import pytest
 
 from dfa_helpers import accepts as dfa_accepts
@@ -26,6 +27,7 @@ from dfa_helpers import equivalent
 from dotvllm_plugin.grammar.json_schema import _not_in
 from dotvllm_plugin.grammar.json_schema import text as T
 from dotvllm_plugin.regex import regex_to_dfa
+from dotvllm_plugin.regex import exclusion
 from dotvllm_plugin.regex.exclusion import is_cut, without_json_strings
 
 # Control characters json.dumps writes as \u00XX: outside the names they are not generated.
@@ -200,9 +202,18 @@ def _spell(s: str, rng: random.Random) -> str:
 KEY_PREFIX, KEY_SUFFIX = '[ \\n]?"', '"[ ]?:'
 
 
+@pytest.fixture(params=["c", "python"])
+def cut_in(request, monkeypatch):
+    """The cut's product in C (when the extension is built) and in Python."""
+    if request.param == "c" and exclusion._cwalk is None:
+        pytest.skip("the C extension is not built")
+    monkeypatch.setattr(exclusion, "USE_C_CUT", request.param == "c")
+    return request.param
+
+
 @pytest.mark.parametrize("body", ["any", "plain"])
 @pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
-def test_cut_keys_are_exactly_the_other_values(names, body):
+def test_cut_keys_are_exactly_the_other_values(names, body, cut_in):
     """The key automaton with the names cut accepts a word iff the uncut regex does (``re``) and
     the key's value (``json.loads``) is no name, whatever the spelling."""
     rng = random.Random(len(names))
@@ -223,6 +234,33 @@ def test_cut_keys_are_exactly_the_other_values(names, body):
                 assert want, (names, word)  # the one-regex form is a subset (it drops \/ spellings)
     # a truncated key is never accepted, an unquoted word never was
     assert not dfa_accepts(cut, b'"') and not dfa_accepts(cut, b":")
+
+
+@pytest.mark.skipif(exclusion._cwalk is None, reason="the C extension is not built")
+@pytest.mark.parametrize("seed", range(40))
+def test_c_cut_equals_the_python_product(seed, monkeypatch):
+    """The C product builds the Python product's automaton, state for state, on random name sets
+    (escapes, controls, non-ASCII, astral characters, lone surrogates, prefixes of each other)
+    and key automata with and without ``\\u`` escapes, whitespace before the quote and after."""
+    rng = random.Random(seed)
+    alphabet = ALPHABET + "\ud800\udfffAbcDef09" + chr(0x1F600 + seed)
+    names = ["".join(rng.choices(alphabet, k=rng.randint(0, 8))) for _ in range(rng.randint(1, 30))]
+    unit = T.ANY_CHAR if seed % 2 else T.PLAIN_CHAR
+    lead, tail = ('[ \\n]*"', '"[ ]?:') if seed % 3 else ('"', '"')
+    dfa = regex_to_dfa(lead + T.repeat(unit, 0, None if seed % 4 else 12) + tail)
+    got = {}
+    for c in (True, False):
+        monkeypatch.setattr(exclusion, "USE_C_CUT", c)
+        try:
+            got[c] = without_json_strings(dfa, names)
+        except Exception as e:  # (an empty language is refused by both alike)
+            got[c] = type(e)
+    if isinstance(got[False], type):
+        assert got[True] is got[False]
+        return
+    a, b = got[True], got[False]
+    assert a.initial == b.initial
+    assert np.array_equal(a.transitions, b.transitions) and np.array_equal(a.accepting, b.accepting)
 
 
 def test_cut_states_grow_with_the_trie_not_the_spellings():

@@ -25,7 +25,15 @@ import numpy as np
 
 from .automaton import ByteDFA, byte_classes, trim
 
-__all__ = ["is_cut", "without_json_strings"]
+try:
+    from .. import _cwalk
+except ImportError:  # the package without its C extension
+    _cwalk = None
+
+__all__ = ["USE_C_CUT", "is_cut", "without_json_strings"]
+
+#: Whether the product runs in C when the extension is built (the Python loop is its reference).
+USE_C_CUT = True
 
 _QUOTE, _BACKSLASH, _U = 0x22, 0x5C, 0x75
 #: escape letter → the character it stands for
@@ -120,7 +128,24 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
 
     ``pattern`` names the automaton in errors (the language may become empty).
     """
-    reader = _Reader(sorted(set(names)))
+    names = sorted(set(names))
+    trans = dfa.transitions
+    if _cwalk is not None and USE_C_CUT:
+        cps = np.array([ord(c) for name in names for c in name], dtype=np.int32)
+        off = np.cumsum([0] + [len(name) for name in names], dtype=np.int64)
+        table, accepting = _cwalk.json_cut(np.ascontiguousarray(trans, dtype=np.int32),
+                                           np.ascontiguousarray(dfa.accepting, dtype=np.uint8), int(dfa.initial), cps, off)
+        table = np.frombuffer(table, dtype=np.int32).reshape(-1, 256)
+        return trim(table, np.frombuffer(accepting, dtype=np.uint8).astype(bool), pattern)
+    return _finish(dfa, *_product(dfa, names), pattern)
+
+
+def _product(dfa: ByteDFA, names: list[str]):
+    """The pairs (automaton state, reader position) reached, as the automaton state of each (pair
+    ids in order of discovery), and the overrides of their rows: ``(states, at, byte, to)``, pair
+    ``at[i]`` steps on ``byte[i]`` to pair ``to[i]`` (-1: cut) instead of where its automaton state
+    alone leads."""
+    reader = _Reader(names)
     trans = dfa.transitions
     rows_of: dict[int, list] = {}
 
@@ -165,15 +190,25 @@ def without_json_strings(dfa: ByteDFA, names: Iterable[str], pattern: str = "") 
                 if b != _QUOTE and t >= 0:
                     at.append(i), byte.append(b), to_pair.append(pair((t, "start")))
         i += 1
-    p = len(pairs)
     states = np.array([k for k, _ in pairs], dtype=np.int64)
+    return states, np.array(at, dtype=np.int64), np.array(byte, dtype=np.int64), np.array(to_pair, dtype=np.int64)
+
+
+def _finish(dfa: ByteDFA, states: np.ndarray, at: np.ndarray, byte: np.ndarray, to_pair: np.ndarray,
+            pattern: str) -> ByteDFA:
+    """The product's table from :func:`_product`'s pairs and overrides; each pair's row is its
+    automaton state's row (the automaton alone: ids p.. for the p pairs) with the reader's bytes
+    set, then only the automaton's states the pairs reach, trimmed. (With the C extension,
+    ``_cwalk.json_cut`` computes the same table and this module only trims it.)"""
+    trans = dfa.transitions
+    p = len(states)
 
     def own(ks: np.ndarray) -> np.ndarray:  # the automaton's rows, its states numbered from p
         rows = trans[ks].astype(np.int64)
         return np.where(rows >= 0, rows + p, -1)
 
     table = own(states)
-    table[np.array(at, dtype=np.int64), np.array(byte, dtype=np.int64)] = np.array(to_pair, dtype=np.int64)
+    table[at, byte] = to_pair
     # the automaton's states the pairs lead to, and what those reach (not its own initial state)
     seen = set((np.unique(table[table >= p]) - p).tolist())
     stack = list(seen)
