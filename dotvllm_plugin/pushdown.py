@@ -231,9 +231,10 @@ _terminal_memo_lock = threading.Lock()
 _pinned_terminals: dict = {}
 
 
-def _terminal_key(t: Terminal) -> tuple:
-    # (a generated regex comes with its tree and skips the checks of user-written text: not shared)
-    return (t.regex, tuple(t.exclude), bool(t.nonempty), t.tree is not None)
+def _terminal_key(t: Terminal, generated: bool | None = None) -> tuple:
+    # (a generated regex comes with its tree and skips the checks of user-written text: not shared;
+    # ``generated``: the regex text is a generated grammar's though its tree is gone)
+    return (t.regex, tuple(t.exclude), bool(t.nonempty), t.tree is not None if generated is None else generated)
 
 
 def pin_terminal_automata(terminals) -> None:
@@ -264,10 +265,10 @@ def clear_memos() -> None:
         _terminal_memo_bytes = 0
 
 
-def _terminal_dfa(t: Terminal):
-    """``t``'s byte DFA (kept per process when small)."""
+def _terminal_dfa(t: Terminal, generated: bool | None = None):
+    """``t``'s byte DFA (kept per process when small); ``generated``: see :func:`_terminal_key`."""
     global _terminal_memo_bytes
-    key = _terminal_key(t)
+    key = _terminal_key(t, generated)
     got = _pinned_terminals.get(key)
     if got is not None:
         return got
@@ -276,7 +277,7 @@ def _terminal_dfa(t: Terminal):
         if got is not None:
             _terminal_memo.move_to_end(key)
             return got
-    dfa = _build_terminal_dfa(t)
+    dfa = _build_terminal_dfa(t, generated)
     if dfa.n_states <= TERMINAL_MEMO_MAX_STATES:
         _read_only(dfa)
         size = dfa.transitions.nbytes + dfa.accepting.nbytes
@@ -295,17 +296,17 @@ def _uncut(t: Terminal) -> Terminal:
     return Terminal(t.name, t.regex, where=t.where, tree=t.tree)
 
 
-def _uncut_dfa(t: Terminal):
+def _uncut_dfa(t: Terminal, generated: bool | None = None):
     """An excluding terminal's automaton before the cut, kept like any terminal's (the objects'
     undeclared keys share it; an excluding regex opens with its quote, never empty)."""
-    return _terminal_dfa(_uncut(t))
+    return _terminal_dfa(_uncut(t), generated)
 
 
-def _build_terminal_dfa(t: Terminal):
+def _build_terminal_dfa(t: Terminal, generated: bool | None = None):
     from .regex import regex_to_dfa
 
     if t.exclude:
-        base = _uncut_dfa(t)
+        base = _uncut_dfa(t, generated)
     try:
         if t.exclude:
             from .regex.exclusion import without_json_strings
@@ -1144,8 +1145,10 @@ class PushdownGrammar:
                 regex = bytes(a["lazy_regex"][r0:r1]).decode()
                 x0, x1 = int(a["lazy_exclude_offsets"][t]), int(a["lazy_exclude_offsets"][t + 1])
                 exclude = tuple(json.loads(bytes(a["lazy_exclude"][x0:x1]))) if x1 > x0 else ()
+                # (only generated grammars leave terminals to first use: their text finds the
+                # pinned automata, the JSON translator's fixed lexemes and the keys' uncut one)
                 d = _terminal_dfa(Terminal(self.terminal_names[t], regex, nonempty=bool(a["term_nonempty"][t]),
-                                           exclude=exclude))
+                                           exclude=exclude), generated=True)
             else:
                 lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
                 d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],

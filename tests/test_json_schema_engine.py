@@ -280,7 +280,7 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
                                                   {"$ref": "#"}]}}
     built = []
     build = pushdown._build_terminal_dfa
-    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t: built.append(t.regex) or build(t))
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t, *g: built.append(t.regex) or build(t, *g))
     grammar = compiler.compile_json_schema(other)
     monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
     reused = set(first) & set(pushdown._terminal_memo)
@@ -317,15 +317,25 @@ def test_shared_terminal_automata_are_pinned_read_only_and_equal_to_a_fresh_buil
     assert any(t.exclude for t in shared_terminals())  # the undeclared-key string is among them, uncut
     built = []
     build = pushdown._build_terminal_dfa
-    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t: built.append(t) or build(t))
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", lambda t, *g: built.append(t) or build(t, *g))
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                                                "score": {"type": "number"}, "ok": {"type": "boolean"}}}
     grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(schema)
-    monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
     assert built and not {pushdown._terminal_key(t) for t in built} & set(pinned)
     cuts = [t for t in built if t.exclude]  # the cut itself is the schema's (its declared names)
     assert cuts and all(set(t.exclude) == {"name", "age", "score", "ok"} for t in cuts)
     assert len(built) < len(grammar.terminal_names)
+    # a grammar whose lexers and small terminals are built on first visit (their regexes travel as
+    # text, without trees) finds the pinned automata too: only its own terminals are built
+    built.clear()
+    wide = {"type": "object", "properties": {f"k{i}": {"type": ["string", "integer", "null"]} for i in range(70)}}
+    lazy = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(wide)
+    assert lazy.arrays["tdfa_initial"].min() < 0  # (some terminals are left to first use)
+    built.clear()
+    lazy._build_all()
+    monkeypatch.setattr(pushdown, "_build_terminal_dfa", build)
+    assert built and not {pushdown._terminal_key(t, True) for t in built} & set(pinned)
+    assert {t.regex for t in shared_terminals() if not t.exclude} - {t.regex for t in built}
     for (regex, exclude, nonempty, generated), dfa in pinned.items():
         assert pushdown._pinned_terminals[(regex, exclude, nonempty, generated)] is dfa
         assert not dfa.transitions.flags.writeable and not dfa.accepting.flags.writeable
