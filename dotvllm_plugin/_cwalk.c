@@ -338,6 +338,40 @@ static PyObject *token_bits(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* run_rows_at(row int32[n_words], ids int64[k], tokmask, first, count, sigma, first_ok) -> bytes of
+ * int32[n_words]: a copy of row 0 of run_rows (another first_ok's) with the bits of tokens ids set as
+ * run_rows sets them for this first_ok and sigma (the tokens whose first byte the two first_ok read
+ * alike keep their bits). */
+static PyObject *run_rows_at(PyObject *self, PyObject *args) {
+    Py_buffer b_row, b_ids, b_mask, b_first, b_count, b_sigma, b_fok;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*", &b_row, &b_ids, &b_mask, &b_first, &b_count, &b_sigma, &b_fok))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t V = b_count.len / 8, k = b_ids.len / 8;
+    const int64_t *ids = b_ids.buf, *cnt = b_count.buf;
+    int ok = b_mask.len >= V * 24 && b_first.len >= V && b_sigma.len == 24 && b_fok.len == 256 && b_row.len * 8 >= V;
+    for (Py_ssize_t i = 0; ok && i < k; i++) ok = ids[i] >= 0 && ids[i] < V;
+    if (!ok) PyErr_SetString(PyExc_ValueError, "run_rows_at: inconsistent sizes or ids");
+    else out = PyBytes_FromStringAndSize(b_row.buf, b_row.len);
+    if (out) {
+        uint32_t *w = (uint32_t *)PyBytes_AS_STRING(out);
+        const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
+        const uint64_t *m = b_mask.buf, *sg = b_sigma.buf;
+        uint64_t o0 = ~sg[0], o1 = ~sg[1], o2 = ~sg[2];
+        for (Py_ssize_t i = 0; i < k; i++) {
+            int64_t t = ids[i];
+            uint32_t bit = (uint32_t)1 << (t & 31);
+            if (cnt[t] < 1 || !first_ok[first[t]] || ((m[3 * t] & o0) | (m[3 * t + 1] & o1) | (m[3 * t + 2] & o2)))
+                w[t >> 5] &= ~bit;
+            else
+                w[t >> 5] |= bit;
+        }
+    }
+    PyBuffer_Release(&b_row); PyBuffer_Release(&b_ids); PyBuffer_Release(&b_mask); PyBuffer_Release(&b_first);
+    PyBuffer_Release(&b_count); PyBuffer_Release(&b_sigma); PyBuffer_Release(&b_fok);
+    return out;
+}
+
 /* run_rows(tokmask uint64[V * 3], first uint8[V], count int64[V], sigma uint64[3], first_ok uint8[256],
  * max_count, n_words) -> bytes of int32[(max_count + 1) * n_words]: row 0 the tokens whose mask is
  * inside sigma and whose first byte is first_ok (count >= 1), row c those of them with c characters
@@ -1661,6 +1695,7 @@ static PyMethodDef methods[] = {
     {"reach_sets", reach_sets, METH_VARARGS, "Terminals each state or a later one chooses, as distinct bitsets."},
     {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
+    {"run_rows_at", run_rows_at, METH_VARARGS, "Row 0 of run_rows from another one's, re-read at some tokens."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},

@@ -133,6 +133,14 @@ class TokenChars:
         self.token_rest = np.ascontiguousarray(tm)
         self.token_first = np.zeros(V, dtype=np.uint8)
         self.token_first[has] = first[at]
+        self._by_first = np.argsort(self.token_first, kind="stable")
+        self._first_start = np.searchsorted(self.token_first[self._by_first], np.arange(257))
+
+    def tokens_starting(self, first_bytes: np.ndarray) -> np.ndarray:
+        """The ids of the tokens whose first byte is one of ``first_bytes`` (a token that is not
+        generatable counts as starting with byte 0)."""
+        order, start = self._by_first, self._first_start
+        return np.concatenate([order[start[b] : start[b + 1]] for b in first_bytes.tolist()] or [order[:0]])
 
 
 def token_chars(vocab) -> TokenChars:
@@ -167,16 +175,31 @@ def first_ok(first: tuple) -> np.ndarray:
 class RunTable:
     """Per (vocabulary, first-character class F, Σ): packed rows of the tokens whose first character
     is in F and every other in Σ, all of them and by character count (:meth:`row`); ``skip`` the
-    arguments of the walk that skip the trie nodes under which every token is such a token."""
+    arguments of the walk that skip the trie nodes under which every token is such a token.
 
-    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple):
+    ``like``: a table of the same vocabulary and Σ: the row of all of them is that table's, changed
+    only where the two first-character classes differ (a property-name state's F is the string
+    body's but for the first characters of the declared names), instead of read from every token."""
+
+    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None):
         self._tc = tc
         self._sig, self._ok = sigma_mask(sigma), first_ok(first)
         self.skip = (tc.node_rest, tc.node_first, self._sig, self._ok)
         self.max_count = tc.max_count
-        self._all = self._rows_upto(0)[0]  # (a loop needs only this row; counts are read on demand)
+        # (a loop needs only this row; counts are read on demand)
+        self._all = self._rows_upto(0)[0] if like is None else self._all_from(like)
         self._by_count = None
         self._rows: dict = {}
+
+    def _all_from(self, like: RunTable) -> np.ndarray:
+        from . import index
+
+        tc = self._tc
+        ids = tc.tokens_starting(np.flatnonzero(self._ok != like._ok))
+        if len(ids) * 8 > len(tc.count):  # (a non-ASCII F against an ASCII one: reading all is cheaper)
+            return self._rows_upto(0)[0]
+        got = index._cwalk.run_rows_at(like._all, ids, tc.token_rest, tc.token_first, tc.count, self._sig, self._ok)
+        return np.frombuffer(got, dtype=np.int32)
 
     def _rows_upto(self, max_count: int) -> np.ndarray:
         from . import index
@@ -211,7 +234,8 @@ def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
         if got is not None:
             _tables.move_to_end(key)
             return got
-    got = RunTable(token_chars(vocab), first, sigma)
+        like = next((t for k, t in reversed(_tables.items()) if k[0] == key[0] and k[2] == sigma), None)
+    got = RunTable(token_chars(vocab), first, sigma, like)
     with _lock:
         _tables[key] = got
         while len(_tables) > MAX_TABLES:

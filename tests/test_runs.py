@@ -26,13 +26,15 @@ def vocab(request, tekken_vocab, mistral_vocab):
     return tekken_vocab if request.param == "tekken" else mistral_vocab
 
 
+@pytest.mark.parametrize("like", [None, BODY, LETTERS, NO_E], ids=["read", "from body", "from letters", "from no e"])
 @pytest.mark.parametrize("name", sorted(CLASSES))
-def test_rows_and_node_masks_agree_with_python_decoding(vocab, name):
+def test_rows_and_node_masks_agree_with_python_decoding(vocab, name, like):
+    """Also for a table made from another first-character class's table of the same Σ."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     first, sigma = CLASSES[name]
     tc = runs.token_chars(vocab)
-    table = runs.RunTable(tc, first, sigma)
+    table = runs.RunTable(tc, first, sigma, None if like is None else runs.RunTable(tc, like, sigma))
     V = vocab.size
     member = np.zeros(V, dtype=bool)
     count = np.zeros(V, dtype=np.int64)
