@@ -1222,24 +1222,29 @@ out:
     return result;
 }
 
-/* ball(trans int64[n * C], C, q, depth, chosen int64[n], cls int64[n]) -> (states bytes of
- * int64[m], signature bytes): the states within ``depth`` steps of ``q`` in breadth-first order
- * (successors by class), and the ball as bytes: each state's row relabelled to ball positions
- * (-3: a state past the ball; -1 and -2 kept), then the states' chosen terminals, then their
- * groups ``cls`` (0: no parser check; the others renumbered by first appearance). Equal signatures
- * (with equal byte classes) walk any byte string of at most ``depth`` bytes alike, into the same
- * groups. */
+/* ball(trans int64[n * C], C, q, depth, chosen int64[n], cls int64[n], bc int64[256]) -> (states
+ * bytes of int64[m], signature bytes, terms bytes of int64[k]): the states within ``depth`` steps of
+ * ``q`` in breadth-first order (successors by class), and the ball as bytes, whatever lexer it lies
+ * in: the ball's own byte classes (bytes whose columns agree on the ball's rows, numbered by first
+ * byte; uint8 per byte), each state's row over them relabelled to ball positions (-3: a state past
+ * the ball; -1 and -2 kept), the states' chosen terminals relabelled by first appearance (-1 kept;
+ * ``terms`` the terminals in label order), and their groups ``cls`` (0: no parser check; the others
+ * renumbered by first appearance). Equal signatures walk any byte string of at most ``depth`` bytes
+ * alike, into the same groups, ending the same labels. */
 static PyObject *ball(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_chosen, b_cls;
+    Py_buffer b_trans, b_chosen, b_cls, b_bc;
     Py_ssize_t C, q, depth;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_cls)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_cls, &b_bc)) return NULL;
     const int64_t *trans = b_trans.buf;
     const int64_t *chosen = b_chosen.buf;
     const int64_t *cls = b_cls.buf;
+    const int64_t *bc = b_bc.buf;
     Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
     PyObject *result = NULL;
-    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_cls.len < n * 8) {
-        PyErr_SetString(PyExc_ValueError, "ball: q out of range or chosen/cls shorter than the table");
+    int32_t *label = NULL, *relabel = NULL, *sub = NULL, *ballcls = NULL, *rep = NULL;
+    int64_t *order = NULL, *terms = NULL;
+    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_cls.len < n * 8 || b_bc.len != 256 * 8) {
+        PyErr_SetString(PyExc_ValueError, "ball: q out of range, chosen/cls shorter than the table, or bc not 256");
         goto out;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1248,10 +1253,18 @@ static PyObject *ball(PyObject *self, PyObject *args) {
             goto out;
         }
     }
-    int32_t *label = malloc((size_t)n * 4);
-    int64_t *order = malloc((size_t)n * 8);
-    int32_t *relabel = malloc((size_t)n * 4);
-    if (!label || !order || !relabel) { free(label); free(order); free(relabel); PyErr_NoMemory(); goto out; }
+    for (int b = 0; b < 256; b++) {
+        if (bc[b] < 0 || bc[b] >= C) {
+            PyErr_SetString(PyExc_ValueError, "ball: bc out of 0 .. C - 1");
+            goto out;
+        }
+    }
+    label = malloc((size_t)n * 4);
+    order = malloc((size_t)n * 8);
+    relabel = malloc((size_t)n * 4);
+    ballcls = malloc((size_t)C * 4);
+    rep = malloc((size_t)C * 4);
+    if (!label || !order || !relabel || !ballcls || !rep) { PyErr_NoMemory(); goto out; }
     memset(label, 0xff, (size_t)n * 4);  /* -1: not in the ball */
     Py_ssize_t m = 1, start = 0;
     order[0] = q;
@@ -1268,40 +1281,62 @@ static PyObject *ball(PyObject *self, PyObject *args) {
         if (m == end) break;
         start = end;
     }
-    Py_ssize_t sig_len = m * C * 4 + m * 4 + m * 4;
+    /* the rows relabelled, column-major by the lexer's classes (a class's column is contiguous) */
+    sub = malloc((size_t)(m * C) * 4);
+    terms = malloc((size_t)m * 8);
+    if (!sub || !terms) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const int64_t *row = trans + order[i] * C;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            int64_t t = row[c];
+            sub[c * m + i] = t >= 0 ? (label[t] >= 0 ? label[t] : -3) : (int32_t)t;
+        }
+    }
+    /* the ball's classes: lexer classes with equal columns, numbered by first byte */
+    int nb = 0;
+    for (Py_ssize_t c = 0; c < C; c++) ballcls[c] = -1;
+    for (int b = 0; b < 256; b++) {
+        int64_t c = bc[b];
+        if (ballcls[c] >= 0) continue;
+        for (int k = 0; k < nb; k++)
+            if (!memcmp(sub + (Py_ssize_t)rep[k] * m, sub + c * m, (size_t)m * 4)) { ballcls[c] = k; break; }
+        if (ballcls[c] < 0) { rep[nb] = (int32_t)c; ballcls[c] = nb++; }
+    }
+    Py_ssize_t sig_len = 256 + m * nb * 4 + m * 4 + m * 4, k_terms = 0;
     PyObject *sig = PyBytes_FromStringAndSize(NULL, sig_len);
     PyObject *states = PyBytes_FromStringAndSize((const char *)order, m * 8);
     if (sig && states) {
         char *p = PyBytes_AS_STRING(sig);
-        int32_t *sub = (int32_t *)p;
-        for (Py_ssize_t i = 0; i < m; i++) {
-            const int64_t *row = trans + order[i] * C;
-            for (Py_ssize_t c = 0; c < C; c++) {
-                int64_t t = row[c];
-                sub[i * C + c] = t >= 0 ? (label[t] >= 0 ? label[t] : -3) : (int32_t)t;
-            }
-        }
-        int32_t *ch = (int32_t *)(p + m * C * 4);
-        int32_t *gr = (int32_t *)(p + m * C * 4 + m * 4);
+        for (int b = 0; b < 256; b++) p[b] = (char)(uint8_t)ballcls[bc[b]];
+        int32_t *tab = (int32_t *)(p + 256);
+        for (Py_ssize_t i = 0; i < m; i++)
+            for (int k = 0; k < nb; k++) tab[i * nb + k] = sub[(Py_ssize_t)rep[k] * m + i];
+        int32_t *ch = (int32_t *)(p + 256 + m * nb * 4);
+        int32_t *gr = (int32_t *)(p + 256 + m * nb * 4 + m * 4);
         /* groups renumbered by first appearance in the ball, group 0 (no parser check) kept as 0 */
         memset(relabel, 0xff, (size_t)n * 4);
         relabel[0] = 0;
         int32_t next = 1;
         for (Py_ssize_t i = 0; i < m; i++) {
-            int64_t g = cls[order[i]];
+            int64_t g = cls[order[i]], t = chosen[order[i]];
             if (relabel[g] < 0) relabel[g] = next++;
-            ch[i] = (int32_t)chosen[order[i]];
             gr[i] = relabel[g];
+            if (t < 0) { ch[i] = -1; continue; }
+            Py_ssize_t j = 0;
+            while (j < k_terms && terms[j] != t) j++;  /* (a ball ends few terminals) */
+            if (j == k_terms) terms[k_terms++] = t;
+            ch[i] = (int32_t)j;
         }
-        result = PyTuple_Pack(2, states, sig);
+        PyObject *tb = PyBytes_FromStringAndSize((const char *)terms, k_terms * 8);
+        if (tb) result = PyTuple_Pack(3, states, sig, tb);
+        Py_XDECREF(tb);
     }
     Py_XDECREF(sig);
     Py_XDECREF(states);
-    free(label);
-    free(order);
-    free(relabel);
 out:
+    free(label); free(order); free(relabel); free(sub); free(ballcls); free(rep); free(terms);
     PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_cls);
+    PyBuffer_Release(&b_bc);
     return result;
 }
 

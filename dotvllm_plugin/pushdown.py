@@ -1116,7 +1116,6 @@ class PushdownGrammar:
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
         self._shift_memo: dict[tuple, bool] = {}  # (parser state, id of a reach set) → shifts one
-        self._ball_inputs: dict[int, bytes] = {}  # lexer → its byte classes, for the ball signatures
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
@@ -1499,26 +1498,26 @@ class PushdownGrammar:
         return got
 
     def _canonical(self, q: int):
-        """States within a token's length of ``q`` in breadth-first order, and a signature of that
-        ball of the automaton (transitions relabelled, lexeme types, the states' reach groups,
-        :meth:`_LazyReach.groups`): equal signatures walk the vocabulary identically, into the same
-        groups, since no token reads past the ball. Lexers that share a terminal (a string as key
-        and as value) share its walks, and so do the positions of a counted repetition far enough
-        from its end (the characters of a ``maxLength`` string: each is its own state, the balls of
-        most alike)."""
+        """States within a token's length of ``q`` in breadth-first order, a signature of that ball
+        of the automaton, and the terminals its lexemes end (``terms``): the ball's own byte classes,
+        its transitions relabelled, its lexeme types relabelled by first appearance (label ``k`` is
+        ``terms[k]``), the states' reach groups (:meth:`_LazyReach.groups`). Equal signatures walk
+        the vocabulary identically, into the same groups, ending lexemes of the same labels, since no
+        token reads past the ball: whatever lexer the ball lies in and whichever terminals it ends.
+        Lexers that share a terminal (a string as key and as value, a string value among different
+        siblings) share its walks, and so do the positions of a counted repetition far enough from
+        its end (the characters of a ``maxLength`` string: each is its own state, the balls of most
+        alike)."""
         lexer = self._owner[q]
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
         depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
         if index._cwalk is not None:
             ct, view, _ = self._walker(lexer)
-            classes = self._ball_inputs.get(lexer)
-            if classes is None:
-                # the rows are over this lexer's byte classes: the class of each byte leads the signature
-                classes = self._ball_inputs[lexer] = view.byte_class.astype(np.int16).tobytes()
             groups = self._reach.groups(lexer)[0]
-            states, sig = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups)
-            return np.frombuffer(states, dtype=np.int64) + lo, classes + sig
+            states, sig, terms = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups,
+                                                   view.byte_class)
+            return np.frombuffer(states, dtype=np.int64) + lo, sig, tuple(np.frombuffer(terms, dtype=np.int64).tolist())
         succ = self._local_successors(lexer)
         q -= lo
         order = [q]
@@ -1539,29 +1538,40 @@ class PushdownGrammar:
         lut[states] = np.arange(len(states))
         lut[-1] = -1  # dead stays dead
         rows = block[states].astype(np.int64)
-        sub = lut[np.where(rows >= 0, rows - lo, -1)]
+        sub = lut[np.where(rows >= 0, rows - lo, -1)]  # [ball, 256]
+        number: dict = {}
+        byte_class = np.array([number.setdefault(col.tobytes(), len(number)) for col in np.ascontiguousarray(sub.T)],
+                              dtype=np.uint8)
+        table = sub[:, np.unique(byte_class, return_index=True)[1]]
+        terms_at: dict = {}
+        kinds = np.array([-1 if c < 0 else terms_at.setdefault(c, len(terms_at)) for c in chosen[states].tolist()],
+                         dtype=np.int32)
         own = self._reach.groups(lexer)[1]
         relabel = {0: 0}
         groups = np.array([relabel.setdefault(own[x], len(relabel)) for x in order], dtype=np.int32)
-        sig = sub.astype(np.int32).tobytes() + chosen[states].astype(np.int32).tobytes() + groups.tobytes()
-        return states + lo, sig
+        sig = byte_class.tobytes() + table.astype(np.int32).tobytes() + kinds.tobytes() + groups.tobytes()
+        return states + lo, sig, tuple(terms_at)
 
     def _base_of(self, q: int):
         """Tokens inside the current lexeme from ``q``, by the state they end in (``(free, ((state,
-        row), ...), exits)``: ``free`` needs no parser check, None when there are none), and the
-        exits grouped by terminal."""
+        row), ...), exits, key)``: ``free`` needs no parser check, None when there are none), the
+        exits grouped by terminal, and the key of this walk for the caches that follow it (the walk's
+        signature and which terminal each label is here)."""
         got = self._base.get(q)
         if got is None:
-            states, sig = self._canonical(q)
+            states, sig, terms = self._canonical(q)
             shared = self._base_shared.get(sig)
             if shared is None:
-                shared = self._base_shared[sig] = self._walk_base(q, states) + (len(self._base_shared),)
+                shared = self._base_shared[sig] = self._walk_base(q, states, terms) + (len(self._base_shared),)
             free, groups, exits, sig_id = shared
             # (equal signatures: the same reach groups, so each row still stands for one group here)
-            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups), exits, (sig_id,))
+            got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups),
+                                   tuple((terms[k], level, node) for k, level, node in exits), (sig_id, terms))
         return got
 
-    def _walk_base(self, q: int, states: np.ndarray):
+    def _walk_base(self, q: int, states: np.ndarray, terms: tuple):
+        """The walk of :meth:`_base_of`, its rows under ball positions and its exits under the
+        labels of ``terms`` (:meth:`_canonical`): what states of equal signatures share."""
         from .index import walk_rows_by_end
 
         lexer = self._owner[q]
@@ -1575,7 +1585,8 @@ class PushdownGrammar:
                                         groups=self._reach.groups(lexer)[0])
         free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
-        return free, tuple((label[r], row) for r, row in groups), exits
+        kind = {t: k for k, t in enumerate(terms)}
+        return free, tuple((label[r], row) for r, row in groups), tuple((kind[t], level, node) for t, level, node in exits)
 
     def _split(self, lo: int, ended, exits, more=()):
         """A walk's result (rows by reach group, :meth:`_LazyReach.groups`, each under one of its end

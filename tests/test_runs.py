@@ -164,8 +164,10 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
                                                                                      monkeypatch):
     """The C ball (``_cwalk.ball``): the states within a token's length of ``q`` (the Python
     breadth-first search on the byte table is the reference), in breadth-first order; and two states
-    with equal signatures have the same byte-level automaton on their balls (rows relabelled to ball
-    positions, terminals, whether the parser must consent, which states share a reach)."""
+    with equal signatures, in one lexer or two, have the same byte-level automaton on their balls
+    (rows relabelled to ball positions over all 256 bytes, the pattern of terminals with ``terms``
+    naming them, whether the parser must consent, which states share a reach); states of different
+    lexers do share signatures."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
@@ -175,7 +177,7 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
     radius = g._max_token_len
     by_sig: dict[bytes, list] = {}
     for q in range(0, n, max(1, n // 400)):
-        states, sig = g._canonical(q)
+        states, sig, terms = g._canonical(q)
         lexer = g._owner[q]
         lo = g._lexer_lo[lexer]
         block, chosen = g._blocks[lexer]
@@ -201,12 +203,18 @@ def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_aut
         consent = [g._reach[s] is None for s in order]
         first_with = {}  # the reach sets, by first appearance in the ball
         partition = [first_with.setdefault(g._reach[s], len(first_with)) for s in order]
-        by_sig.setdefault(sig, []).append((relabelled, chosen[states - lo].tolist(), consent, partition))
+        ch = chosen[states - lo].tolist()
+        assert sorted(terms) == sorted({c for c in ch if c >= 0}) and len(set(terms)) == len(terms)
+        kinds = [-1 if c < 0 else terms.index(c) for c in ch]  # the terminals, by first appearance
+        assert kinds == [k if k < 0 else min(k, max(kinds[:i] + [-1]) + 1) for i, k in enumerate(kinds)]
+        by_sig.setdefault(sig, []).append((relabelled, kinds, consent, partition, lexer))
     shared = [v for v in by_sig.values() if len(v) > 1]
     assert shared  # positions along the bounded strings share a signature
+    if spec["type"] == "object":  # and the two strings' balls, in different lexers, far from their ends
+        assert any(len({x[4] for x in v}) > 1 for v in shared)
     for group in shared:
-        for relabelled, ch, consent, partition in group[1:]:
-            assert np.array_equal(relabelled, group[0][0]) and ch == group[0][1] and consent == group[0][2]
+        for relabelled, kinds, consent, partition, _ in group[1:]:
+            assert np.array_equal(relabelled, group[0][0]) and kinds == group[0][1] and consent == group[0][2]
             assert partition == group[0][3]
 
 
