@@ -1043,6 +1043,29 @@ def _sparse_rows(table: np.ndarray) -> list[dict]:
     return rows
 
 
+#: The vocabulary cache's entry of :func:`pin_base_walks`.
+_PINNED_WALKS = "pinned_base_walks"
+
+
+def pin_base_walks(grammar: PushdownGrammar, texts) -> None:
+    """Keep for the process's life, with ``grammar``'s vocabulary, the walks of
+    :meth:`PushdownGrammar._base_of` from the states the ``texts`` (bytes, each from the start)
+    lead to, by ball signature: any grammar of that vocabulary whose state has the same ball (the
+    inside of a JSON string value, of an undeclared key) takes the walk instead of walking. A ball
+    signature holds everything the walk reads (:meth:`PushdownGrammar._canonical`), and the walk's
+    rows and exits are the vocabulary's, not the grammar's."""
+    pinned = grammar.vocabulary._cache.setdefault(_PINNED_WALKS, {})
+    for text in texts:
+        q, stack = grammar.initial_state()
+        got = grammar.step(q, stack, text)
+        if got is None or got is _FORK:
+            raise ValueError(f"pin_base_walks: {text!r} is not a prefix of the grammar's language")
+        _, sig, _ = grammar._canonical(got[0])
+        if sig not in pinned:
+            grammar._base_of(got[0])
+            pinned[sig] = grammar._base_shared[sig][:3]
+
+
 def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int | None = None) -> PushdownGrammar:
     """Compile ``grammar`` for ``vocabulary`` (token masks are computed on first visit and cached)."""
     return PushdownGrammar(vocabulary=vocabulary, **pushdown_tables(grammar, max_stack_depth=max_stack_depth))
@@ -1562,7 +1585,10 @@ class PushdownGrammar:
             states, sig, terms = self._canonical(q)
             shared = self._base_shared.get(sig)
             if shared is None:
-                shared = self._base_shared[sig] = self._walk_base(q, states, terms) + (len(self._base_shared),)
+                walked = self.vocabulary._cache.get(_PINNED_WALKS, {}).get(sig)
+                if walked is None:
+                    walked = self._walk_base(q, states, terms)
+                shared = self._base_shared[sig] = walked + (len(self._base_shared),)
             free, groups, exits, sig_id = shared
             # (equal signatures: the same reach groups, so each row still stands for one group here)
             got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups),

@@ -299,6 +299,37 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
     assert not pushdown._terminal_memo
 
 
+@pytest.mark.parametrize("text", ['{"name":"', '{"name":"a","tags":["x', '{"name":"a","kids":[{"name":"ab',
+                                  '{"name":"a","other'])
+def test_pinned_base_walks_are_taken_by_other_grammars_and_equal_fresh_walks(tekken_vocab, text, monkeypatch):
+    """The walks pinned when a compiler is made (inside a JSON string value, an undeclared key) are
+    taken, not walked again, by a grammar of the same vocabulary whose state has that ball; its
+    mask equals the mask of the same grammar with nothing pinned."""
+    from dotvllm_plugin import pushdown
+
+    schema = {"$defs": {"node": {"type": "object", "properties": {
+        "name": {"type": "string"}, "size": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["name"]}}, "$ref": "#/$defs/node"}
+    GrammarCompiler(tekken_vocab, cache_size=0)  # (pins once per vocabulary)
+    pinned = tekken_vocab._cache[pushdown._PINNED_WALKS]
+    assert pinned
+    masks = {}
+    for pins in (True, False):
+        if not pins:
+            monkeypatch.setitem(tekken_vocab._cache, pushdown._PINNED_WALKS, {})
+        g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(schema)
+        assert isinstance(g, pushdown.PushdownGrammar)
+        q, stack = g.step(*g.initial_state(), text.encode())
+        walked = []
+        walk = pushdown.PushdownGrammar._walk_base
+        monkeypatch.setattr(pushdown.PushdownGrammar, "_walk_base", lambda self, *a: walked.append(a) or walk(self, *a))
+        masks[pins] = g.mask(q, stack).copy()
+        monkeypatch.setattr(pushdown.PushdownGrammar, "_walk_base", walk)
+        assert g._canonical(q)[1] in pinned  # (a ball the compiler pinned)
+        assert bool(walked) != pins  # taken from the pins, or walked
+    assert np.array_equal(masks[True], masks[False])
+
+
 def test_shared_terminal_automata_are_pinned_read_only_and_equal_to_a_fresh_build(tekken_vocab, monkeypatch):
     """The translator's fixed terminals (free string, number, integer, boolean, null, punctuation,
     the undeclared-key string before its cut) are built once per process when a compiler is made,
