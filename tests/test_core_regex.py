@@ -835,3 +835,29 @@ def test_a_compiler_for_a_vocabulary_that_cannot_spell_json_strings_still_compil
     m = GrammarMatcher(GrammarCompiler(vocab).compile_regex("a+b"))
     assert sorted(m.allowed_token_ids().tolist()) == [0, 2]
     assert not getattr(vocab._cache.get("gadget_walks"), "pinned", None)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_plain_text_regexes_build_what_the_parser_builds(seed):
+    """A regex written as plain text (``re.escape`` of any text, keys such as ``"name":``) is built
+    without parsing it: the same automaton, state for state, as from ``re``'s parse tree, and ``re``
+    matches exactly the text; any other regex is left to the parser."""
+    from dotvllm_plugin.regex import _plain_text, regex_to_dfa
+    from dotvllm_plugin.regex.parse import parse_tree
+
+    rng = random.Random(seed)
+    alphabet = 'ab "{}[]().*+?^$|\\/:,-_#\né日😀\t'
+    text = "".join(rng.choices(alphabet, k=rng.randint(1, 12)))
+    for pattern in (re.escape(text), '"' + text.replace("\\", "").replace('"', "") + '":'):
+        plain = _plain_text(pattern)
+        expect = re.fullmatch(r"(?:[^.^$*+?{}\[\]\\|()]|\\[^0-9A-Za-z])+", pattern) is not None
+        assert (plain is not None) == expect, pattern
+        if plain is None:
+            continue
+        assert re.fullmatch(pattern, plain.decode()) and re.compile(pattern).pattern == pattern
+        fast = regex_to_dfa(pattern)
+        slow = regex_to_dfa(pattern, tree=parse_tree(pattern))
+        assert np.array_equal(fast.transitions, slow.transitions) and np.array_equal(fast.accepting, slow.accepting)
+        assert fast.initial == slow.initial
+    for pattern in ("a.b", "a\\db", "\\n", "(ab)", "a|b", "[ab]", "a{2}"):
+        assert _plain_text(pattern) is None

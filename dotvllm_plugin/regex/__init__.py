@@ -36,6 +36,10 @@ def regex_to_dfa(
     ``tree``: ``pattern``'s parse tree (``re._parser.parse``) where the caller already has it (a
     generated regex: the text checks are skipped too).
     """
+    if fast and tree is None:
+        text = _plain_text(pattern)
+        if text is not None and len(text) < max_states:
+            return _chain(text)
     if tree is None or not fast:
         tree = parse_tree(pattern, check_text=check_syntax)
     if fast:
@@ -85,6 +89,19 @@ def _literal_bytes(tree) -> bytes | None:
             return None
         cps.append(av)
     return "".join(map(chr, cps)).encode("utf-8")
+
+
+#: A regex that is plain text: characters that are no syntax, and punctuation escaped.
+_PLAIN = re.compile(r"(?:[^.^$*+?{}\[\]\\|()\ud800-\udfff]|\\[^0-9A-Za-z\ud800-\udfff])+")
+_UNESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def _plain_text(pattern: str) -> bytes | None:
+    """The UTF-8 text a regex written as plain text matches (``"name":``, ``\\{``), without
+    parsing it; None for any other regex (``re``'s parser reads it)."""
+    if not _PLAIN.fullmatch(pattern):
+        return None
+    return _UNESCAPE.sub(r"\1", pattern).encode("utf-8")
 
 
 def _chain(data: bytes) -> ByteDFA:
