@@ -1049,21 +1049,27 @@ _PINNED_WALKS = "pinned_base_walks"
 
 def pin_base_walks(grammar: PushdownGrammar, texts) -> None:
     """Keep for the process's life, with ``grammar``'s vocabulary, the walks of
-    :meth:`PushdownGrammar._base_of` from the states the ``texts`` (bytes, each from the start)
-    lead to, by ball signature: any grammar of that vocabulary whose state has the same ball (the
-    inside of a JSON string value, of an undeclared key) takes the walk instead of walking. A ball
-    signature holds everything the walk reads (:meth:`PushdownGrammar._canonical`), and the walk's
-    rows and exits are the vocabulary's, not the grammar's."""
+    :meth:`PushdownGrammar._base_of` from every state of the lexers that the ``texts`` (bytes,
+    each from the start) lead into whose ball ends only the terminal of the state a text leads to
+    (the inside of a JSON string value, of an undeclared key: its entry, escapes, split characters),
+    by ball signature: any grammar of that vocabulary whose state has the same ball takes the walk
+    instead of walking. A ball signature holds everything the walk reads
+    (:meth:`PushdownGrammar._canonical`), and the walk's rows and exits are the vocabulary's, not
+    the grammar's."""
     pinned = grammar.vocabulary._cache.setdefault(_PINNED_WALKS, {})
     for text in texts:
         q, stack = grammar.initial_state()
         got = grammar.step(q, stack, text)
         if got is None or got is _FORK:
             raise ValueError(f"pin_base_walks: {text!r} is not a prefix of the grammar's language")
-        _, sig, _ = grammar._canonical(got[0])
-        if sig not in pinned:
-            grammar._base_of(got[0])
-            pinned[sig] = grammar._base_shared[sig][:3]
+        terms = grammar._canonical(got[0])[2]
+        lexer = grammar._owner[got[0]]
+        lo = grammar._lexer_lo[lexer]
+        for r in range(lo + 1, lo + len(grammar._blocks[lexer][1])):  # (a lexeme start is the lexer's own)
+            _, sig, own = grammar._canonical(r)
+            if own == terms and sig not in pinned:
+                grammar._base_of(r)
+                pinned[sig] = grammar._base_shared[sig][:3]
 
 
 def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int | None = None) -> PushdownGrammar:
