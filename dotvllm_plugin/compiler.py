@@ -259,7 +259,7 @@ def _pin_shared_walks(vocabulary: Vocabulary) -> None:
 _BASE_PROBE = {"$defs": {"n": {"type": "object", "properties": {
     "s": {"type": "string"}, "k": {"type": "array", "items": {"$ref": "#/$defs/n"}},
     "l": {"type": "array", "items": {"type": "string"}}}}}, "$ref": "#/$defs/n"}
-_BASE_PROBE_TEXTS = (b'{"s":"', b'{"s":"a', b'{"l":["', b'{"l":["a', b'{"qq')
+_BASE_PROBE_TEXTS = (b'{"s":"', b'{"l":["', b'{"qq')
 
 
 def _pin_shared_base_walks(vocabulary: Vocabulary) -> None:

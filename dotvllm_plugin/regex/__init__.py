@@ -34,7 +34,8 @@ def regex_to_dfa(
     and literal braces, which interegular reads differently from ``re``).
     ``check_syntax=False`` skips the text-only checks, for regexes this package generated itself.
     ``tree``: ``pattern``'s parse tree (``re._parser.parse``) where the caller already has it (a
-    generated regex: the text checks are skipped too).
+    generated regex: the text checks are skipped too). A pattern written as plain text (a JSON
+    key, escaped punctuation) is not parsed at all: its automaton is the chain of its bytes.
     """
     if fast and tree is None:
         text = _plain_text(pattern)
