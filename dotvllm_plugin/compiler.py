@@ -248,28 +248,9 @@ def _pin_shared_walks(vocabulary: Vocabulary) -> None:
 
     try:
         pin_gadget_walks(vocabulary, [regex_to_dfa(json_schema_to_regex({"type": "string"}))])
-        _pin_shared_base_walks(vocabulary)
     except DotvllmError:  # a vocabulary that cannot spell a JSON string: nothing to share
         pass
     vocabulary._cache["shared_walks_pinned"] = True
-
-
-#: A schema that nests (so it compiles to the pushdown matcher), and texts that lead inside its
-#: string value, a string in an array, and an undeclared key.
-_BASE_PROBE = {"$defs": {"n": {"type": "object", "properties": {
-    "s": {"type": "string"}, "k": {"type": "array", "items": {"$ref": "#/$defs/n"}},
-    "l": {"type": "array", "items": {"type": "string"}}}}}, "$ref": "#/$defs/n"}
-_BASE_PROBE_TEXTS = (b'{"s":"', b'{"l":["', b'{"qq')
-
-
-def _pin_shared_base_walks(vocabulary: Vocabulary) -> None:
-    """The pushdown matcher's walks from inside a JSON string (a value, an undeclared key), which
-    most schemas compiled to it take in several lexers and whose walk reads most of the
-    vocabulary: kept for the process's life (:func:`~dotvllm_plugin.pushdown.pin_base_walks`)."""
-    from .grammar.json_schema import json_schema_to_ir
-    from .pushdown import compile_pushdown, pin_base_walks
-
-    pin_base_walks(compile_pushdown(json_schema_to_ir(_BASE_PROBE), vocabulary), _BASE_PROBE_TEXTS)
 
 
 class GrammarCompiler:

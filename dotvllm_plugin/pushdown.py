@@ -1043,8 +1043,27 @@ def _sparse_rows(table: np.ndarray) -> list[dict]:
     return rows
 
 
-#: The vocabulary cache's entry of :func:`pin_base_walks`.
+#: The vocabulary cache's entry of :func:`pinned_walks`.
 _PINNED_WALKS = "pinned_base_walks"
+
+
+def pinned_walks(vocabulary) -> dict:
+    """The walks kept for the process's life with ``vocabulary`` (ball signature → walk): those
+    from inside a JSON string value and an undeclared key (:func:`pin_base_walks` on the JSON
+    translator's probe), the same for every schema and walked in most of them. Made on the first
+    walk a process needs for that vocabulary: in the process that computes masks (the engine), not
+    in compile workers (~30 ms for a 131k vocabulary, counted in that mask)."""
+    got = vocabulary._cache.get(_PINNED_WALKS)
+    if got is None:
+        from .errors import DotvllmError
+        from .grammar.json_schema import STRING_WALK_PROBE, STRING_WALK_TEXTS, json_schema_to_ir
+
+        got = vocabulary._cache.setdefault(_PINNED_WALKS, {})  # (first: the probe's walks come through here)
+        try:
+            pin_base_walks(compile_pushdown(json_schema_to_ir(STRING_WALK_PROBE), vocabulary), STRING_WALK_TEXTS)
+        except DotvllmError:  # a vocabulary that cannot spell a JSON string: nothing to share
+            pass
+    return got
 
 
 def pin_base_walks(grammar: PushdownGrammar, texts) -> None:
@@ -1591,7 +1610,7 @@ class PushdownGrammar:
             states, sig, terms = self._canonical(q)
             shared = self._base_shared.get(sig)
             if shared is None:
-                walked = self.vocabulary._cache.get(_PINNED_WALKS, {}).get(sig)
+                walked = pinned_walks(self.vocabulary).get(sig)
                 if walked is None:
                     walked = self._walk_base(q, states, terms)
                 shared = self._base_shared[sig] = walked + (len(self._base_shared),)

@@ -302,16 +302,15 @@ def test_terminal_automata_are_kept_per_process_read_only_and_equal_to_a_fresh_b
 @pytest.mark.parametrize("text", ['{"name":"', '{"name":"a","tags":["x', '{"name":"a","kids":[{"name":"ab',
                                   '{"name":"a","other'])
 def test_pinned_base_walks_are_taken_by_other_grammars_and_equal_fresh_walks(tekken_vocab, text, monkeypatch):
-    """The walks pinned when a compiler is made (inside a JSON string value, an undeclared key) are
-    taken, not walked again, by a grammar of the same vocabulary whose state has that ball; its
+    """The walks pinned per vocabulary on first use (inside a JSON string value, an undeclared key)
+    are taken, not walked again, by a grammar of the same vocabulary whose state has that ball; its
     mask equals the mask of the same grammar with nothing pinned."""
     from dotvllm_plugin import pushdown
 
     schema = {"$defs": {"node": {"type": "object", "properties": {
         "name": {"type": "string"}, "size": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
         "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["name"]}}, "$ref": "#/$defs/node"}
-    GrammarCompiler(tekken_vocab, cache_size=0)  # (pins once per vocabulary)
-    pinned = tekken_vocab._cache[pushdown._PINNED_WALKS]
+    pinned = pushdown.pinned_walks(tekken_vocab)  # (made once per vocabulary and process)
     assert pinned
     masks = {}
     for pins in (True, False):

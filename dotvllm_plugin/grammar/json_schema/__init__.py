@@ -274,6 +274,14 @@ _SHARED_PROBE = {"type": "object", "required": ["s"], "properties": {
     "z": {"type": "null"}, "a": {"type": "array", "items": {"type": "string"}}, "f": {}}}
 
 
+#: A schema that nests (so it compiles to the pushdown matcher), and texts that lead inside its
+#: string value, a string in an array, and an undeclared key (see ``pushdown.pinned_walks``).
+STRING_WALK_PROBE = {"$defs": {"n": {"type": "object", "properties": {
+    "s": {"type": "string"}, "k": {"type": "array", "items": {"$ref": "#/$defs/n"}},
+    "l": {"type": "array", "items": {"type": "string"}}}}}, "$ref": "#/$defs/n"}
+STRING_WALK_TEXTS = (b'{"s":"', b'{"l":["', b'{"qq')
+
+
 @functools.cache
 def shared_terminals() -> tuple:
     """The terminals of the translator's own fixed lexemes, as any schema's grammar (default
