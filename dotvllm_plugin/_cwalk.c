@@ -338,6 +338,13 @@ static PyObject *token_bits(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* Whether token t is one of run_rows' tokens: whole characters (count >= 1), first byte first_ok,
+ * every other character inside sigma (o = ~sigma). */
+static inline int run_token(Py_ssize_t t, const int64_t *cnt, const uint8_t *first, const uint8_t *first_ok,
+                            const uint64_t *m, uint64_t o0, uint64_t o1, uint64_t o2) {
+    return cnt[t] >= 1 && first_ok[first[t]] && !((m[3 * t] & o0) | (m[3 * t + 1] & o1) | (m[3 * t + 2] & o2));
+}
+
 /* run_rows_at(row int32[n_words], ids int64[k], tokmask, first, count, sigma, first_ok) -> bytes of
  * int32[n_words]: a copy of row 0 of run_rows (another first_ok's) with the bits of tokens ids set as
  * run_rows sets them for this first_ok and sigma (the tokens whose first byte the two first_ok read
@@ -361,10 +368,8 @@ static PyObject *run_rows_at(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < k; i++) {
             int64_t t = ids[i];
             uint32_t bit = (uint32_t)1 << (t & 31);
-            if (cnt[t] < 1 || !first_ok[first[t]] || ((m[3 * t] & o0) | (m[3 * t + 1] & o1) | (m[3 * t + 2] & o2)))
-                w[t >> 5] &= ~bit;
-            else
-                w[t >> 5] |= bit;
+            if (run_token(t, cnt, first, first_ok, m, o0, o1, o2)) w[t >> 5] |= bit;
+            else w[t >> 5] &= ~bit;
         }
     }
     PyBuffer_Release(&b_row); PyBuffer_Release(&b_ids); PyBuffer_Release(&b_mask); PyBuffer_Release(&b_first);
@@ -398,7 +403,7 @@ static PyObject *run_rows(PyObject *self, PyObject *args) {
         memset(w, 0, (size_t)((max_count + 1) * n_words) * 4);
         for (Py_ssize_t t = 0; t < V; t++) {
             int64_t c = cnt[t];
-            if (c < 1 || !first_ok[first[t]] || ((m[3 * t] & o0) | (m[3 * t + 1] & o1) | (m[3 * t + 2] & o2))) continue;
+            if (!run_token(t, cnt, first, first_ok, m, o0, o1, o2)) continue;
             uint32_t bit = (uint32_t)1 << (t & 31);
             w[t >> 5] |= bit;
             if (c <= max_count) w[c * n_words + (t >> 5)] |= bit;
