@@ -1730,7 +1730,455 @@ done:
     return result;
 }
 
+/* -- the parser probe of a mask computation (pushdown.py: _Probe.feed / _Probe.viable) ----------
+ *
+ * lr_tables(action int32[S * C], C, goto int32[S * N], N, rule_len int32, rule_origin int32,
+ * conf_offsets int32, conf_codes int32, compound_offsets int64, compound_members int32,
+ * compound_base, end, end_state, max_depth, budget, multi, accept) -> capsule: the parser tables.
+ *
+ * lr_feed(tables, probe, pos, new, term) -> list: every outcome of feeding ``term`` to the stack
+ * ``new`` (pushed states, top last) above the probe's original stack with its top ``pos`` states
+ * popped, as _Probe.feed returns them ((pos, new) tuples, or ``accept``), in the same order.
+ * lr_viable(tables, probe, pos, new, reach) -> bool: _Probe.viable (stops at the first outcome).
+ * Both read the original stack through the probe as _Probe.state does (its ``cells``, ``stack``
+ * and ``max_read`` updated alike), and return NotImplemented for a compound terminal the tables
+ * do not know (lexers built since: the caller remakes the tables). */
+
+typedef struct {
+    Py_buffer b[8];
+    const int32_t *action, *go, *rule_len, *rule_origin, *conf_off, *conf_codes, *comp_members;
+    const int64_t *comp_off;
+    Py_ssize_t C, N, S, n_rules, n_conf, n_comp, n_comp_members;
+    int64_t comp_base, end, end_state, max_depth, budget, multi;
+    PyObject *accept;
+} lr_t;
+
+static void lr_free(PyObject *cap) {
+    lr_t *t = PyCapsule_GetPointer(cap, "dotvllm.lr");
+    if (!t) return;
+    for (int i = 0; i < 8; i++) PyBuffer_Release(&t->b[i]);
+    Py_XDECREF(t->accept);
+    free(t);
+}
+
+static PyObject *lr_tables(PyObject *self, PyObject *args) {
+    lr_t *t = calloc(1, sizeof(lr_t));
+    if (!t) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "y*ny*ny*y*y*y*y*y*LLLLLLO", &t->b[0], &t->C, &t->b[1], &t->N, &t->b[2], &t->b[3],
+                          &t->b[4], &t->b[5], &t->b[6], &t->b[7], &t->comp_base, &t->end, &t->end_state,
+                          &t->max_depth, &t->budget, &t->multi, &t->accept)) {
+        free(t);  /* (the buffers parsed before a failure are released by the parser) */
+        return NULL;
+    }
+    Py_INCREF(t->accept);
+    t->action = t->b[0].buf; t->go = t->b[1].buf; t->rule_len = t->b[2].buf; t->rule_origin = t->b[3].buf;
+    t->conf_off = t->b[4].buf; t->conf_codes = t->b[5].buf; t->comp_off = t->b[6].buf; t->comp_members = t->b[7].buf;
+    t->S = t->C > 0 ? t->b[0].len / 4 / t->C : 0;
+    t->n_rules = t->b[2].len / 4;
+    t->n_conf = t->b[4].len / 4 - 1;
+    t->n_comp = t->b[6].len / 8 - 1;
+    t->n_comp_members = t->b[7].len / 4;
+    PyObject *cap = NULL;
+    if (t->C <= 0 || t->b[0].len != t->S * t->C * 4 || (t->N > 0 && t->b[1].len != t->S * t->N * 4) ||
+        t->b[3].len != t->b[2].len || t->n_conf < 0 || t->n_comp < 0 || t->end < 0 || t->end >= t->C)
+        PyErr_SetString(PyExc_ValueError, "lr_tables: inconsistent table sizes");
+    else
+        cap = PyCapsule_New(t, "dotvllm.lr", lr_free);
+    if (!cap) {
+        for (int i = 0; i < 8; i++) PyBuffer_Release(&t->b[i]);
+        Py_DECREF(t->accept);
+        free(t);
+    }
+    return cap;
+}
+
+/* the probe's view of the original stack: its cells read so far, the unread rest, how deep read;
+ * fetched from the probe on first need */
+static PyObject *lr_names[4];  /* "cells", "stack", "max_read", "depth" (interned at import) */
+
+typedef struct {
+    PyObject *probe, *cells, *stack;  /* new references once open */
+    Py_ssize_t max_read, max_read0;
+    int64_t depth;
+    int open, stack_moved;
+} lr_probe;
+
+static int lr_open(lr_probe *p) {
+    if (p->open) return 0;
+    p->open = 1;
+    p->cells = PyObject_GetAttr(p->probe, lr_names[0]);
+    p->stack = PyObject_GetAttr(p->probe, lr_names[1]);
+    PyObject *mr = PyObject_GetAttr(p->probe, lr_names[2]);
+    int bad = !p->cells || !p->stack || !mr || !PyList_Check(p->cells);
+    if (!bad) {
+        p->max_read = p->max_read0 = PyLong_AsSsize_t(mr);
+        bad = PyErr_Occurred() != NULL;
+    }
+    Py_XDECREF(mr);
+    if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "lr: not a probe");
+    return bad ? -1 : 0;
+}
+
+static int lr_init(lr_probe *p, PyObject *probe) {
+    memset(p, 0, sizeof(*p));
+    p->probe = probe;
+    PyObject *d = PyObject_GetAttr(probe, lr_names[3]);
+    if (!d) return -1;
+    p->depth = PyLong_AsLongLong(d);
+    Py_DECREF(d);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int lr_close(lr_probe *p, int ok) {
+    if (!p->open) return ok ? 0 : -1;
+    if (ok && p->stack_moved && PyObject_SetAttr(p->probe, lr_names[1], p->stack) < 0) ok = 0;
+    if (ok && p->max_read != p->max_read0) {
+        PyObject *mr = PyLong_FromSsize_t(p->max_read);
+        if (!mr || PyObject_SetAttr(p->probe, lr_names[2], mr) < 0) ok = 0;
+        Py_XDECREF(mr);
+    }
+    Py_XDECREF(p->cells);
+    Py_XDECREF(p->stack);
+    p->open = 0;
+    return ok ? 0 : -1;
+}
+
+/* the i-th state from the top of the original stack (-1 below its bottom; -2 on an error) */
+static int64_t lr_state(lr_probe *p, Py_ssize_t i) {
+    if (!p->open && lr_open(p) < 0) return -2;
+    while (PyList_GET_SIZE(p->cells) <= i) {
+        PyObject *x;
+        if (p->stack == Py_None) {
+            x = PyLong_FromLong(-1);
+        } else {
+            if (!PyTuple_Check(p->stack) || PyTuple_GET_SIZE(p->stack) != 3) {
+                PyErr_SetString(PyExc_TypeError, "lr: a stack cell is not (state, below, depth)");
+                return -2;
+            }
+            x = PyTuple_GET_ITEM(p->stack, 0);
+            Py_INCREF(x);
+            PyObject *below = PyTuple_GET_ITEM(p->stack, 1);
+            Py_INCREF(below);
+            Py_SETREF(p->stack, below);
+            p->stack_moved = 1;
+        }
+        if (!x || PyList_Append(p->cells, x) < 0) { Py_XDECREF(x); return -2; }
+        Py_DECREF(x);
+    }
+    if (i > p->max_read) p->max_read = i;
+    int64_t s = PyLong_AsLongLong(PyList_GET_ITEM(p->cells, i));
+    if (s == -1 && PyErr_Occurred()) return -2;
+    return s < -1 ? -1 : s;
+}
+
+static inline int32_t lr_action(const lr_t *t, int64_t state, int64_t term) {
+    if (state < 0 || state >= t->S || term < 0 || term >= t->C) return 0;
+    return t->action[state * t->C + term];
+}
+
+static inline int64_t lr_goto(const lr_t *t, int64_t state, int64_t nt) {
+    if (state < 0 || state >= t->S || nt < 0 || nt >= t->N) return -1;
+    return t->go[state * t->N + nt];
+}
+
+/* PushdownGrammar._unit_top */
+static int64_t lr_unit_top(const lr_t *t, int64_t below, int64_t state, int64_t term) {
+    int64_t got = state;
+    for (Py_ssize_t k = 0; k < t->S; k++) {
+        int32_t code = lr_action(t, got, term);
+        if (!(code < 0 && -code - 1 < t->n_rules && t->rule_len[-code - 1] == 1)) break;
+        int64_t nxt = lr_goto(t, below, t->rule_origin[-code - 1]);
+        if (nxt < 0 || (term == t->end && nxt == t->end_state)) break;
+        got = nxt;
+    }
+    return got;
+}
+
+/* one work item: ``pos`` and the pushed states pool[off .. off + len) */
+typedef struct { int64_t pos; Py_ssize_t off, len; } lr_item;
+
+typedef struct {
+    vec pool;
+    lr_item *items;
+    Py_ssize_t n_items, cap_items;
+    Py_ssize_t *slots;  /* open addressing over item indices + 1 (0: empty) */
+    Py_ssize_t n_slots;
+} lr_work;
+
+static void lr_work_free(lr_work *w) { free(w->pool.p); free(w->items); free(w->slots); }
+
+static uint64_t lr_item_hash(int64_t pos, const int64_t *xs, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)pos;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (uint64_t)xs[i]) * 1099511628211ULL + (uint64_t)i;
+    return h ^ (h >> 29);
+}
+
+static int lr_same(const lr_work *w, Py_ssize_t k, int64_t pos, const int64_t *xs, Py_ssize_t n) {
+    const lr_item *it = &w->items[k];
+    return it->pos == pos && it->len == n && !memcmp(w->pool.p + it->off, xs, (size_t)n * 8);
+}
+
+static int lr_rehash(lr_work *w) {
+    Py_ssize_t n = w->n_slots ? w->n_slots * 2 : 64;
+    Py_ssize_t *s = calloc((size_t)n, sizeof(Py_ssize_t));
+    if (!s) return -1;
+    for (Py_ssize_t k = 0; k < w->n_items; k++) {
+        const lr_item *it = &w->items[k];
+        uint64_t h = lr_item_hash(it->pos, w->pool.p + it->off, it->len);
+        Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)(n - 1));
+        while (s[j]) j = (j + 1) & (n - 1);
+        s[j] = k + 1;
+    }
+    free(w->slots);
+    w->slots = s;
+    w->n_slots = n;
+    return 0;
+}
+
+/* add (pos, xs) unless seen: 1 added, 0 seen, -1 no memory. xs may point into the pool. */
+static int lr_add(lr_work *w, int64_t pos, const int64_t *xs, Py_ssize_t n) {
+    if ((w->n_items + 1) * 2 > w->n_slots && lr_rehash(w)) return -1;
+    uint64_t h = lr_item_hash(pos, xs, n);
+    Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)(w->n_slots - 1));
+    while (w->slots[j]) {
+        if (lr_same(w, w->slots[j] - 1, pos, xs, n)) return 0;
+        j = (j + 1) & (w->n_slots - 1);
+    }
+    if (w->n_items == w->cap_items) {
+        Py_ssize_t cap = w->cap_items ? w->cap_items * 2 : 16;
+        lr_item *it = realloc(w->items, (size_t)cap * sizeof(lr_item));
+        if (!it) return -1;
+        w->items = it;
+        w->cap_items = cap;
+    }
+    Py_ssize_t off = w->pool.n;
+    while (w->pool.cap < off + n + 1) {
+        Py_ssize_t rel = (xs >= w->pool.p && xs < w->pool.p + w->pool.n) ? xs - w->pool.p : -1;
+        if (vec_grow(&w->pool)) return -1;
+        if (rel >= 0) xs = w->pool.p + rel;
+    }
+    memmove(w->pool.p + off, xs, (size_t)n * 8);
+    w->pool.n += n;
+    w->items[w->n_items++] = (lr_item){pos, off, n};
+    w->slots[j] = w->n_items;
+    return 1;
+}
+
+/* an outcome (pos, xs + (top,)) as the Python tuple _Probe.feed returns */
+static PyObject *lr_outcome(int64_t pos, const int64_t *xs, Py_ssize_t n, int64_t top) {
+    PyObject *nt = PyTuple_New(n + 1);
+    if (!nt) return NULL;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        PyObject *v = PyLong_FromLongLong(i < n ? xs[i] : top);
+        if (!v) { Py_DECREF(nt); return NULL; }
+        PyTuple_SET_ITEM(nt, i, v);
+    }
+    PyObject *out = Py_BuildValue("(LN)", (long long)pos, nt);
+    return out;
+}
+
+/* the feed loop for one real terminal: appends outcomes to ``out`` (when not NULL); returns the
+ * number of outcomes (stopping at the first when ``out`` is NULL), -1 on an error */
+static Py_ssize_t lr_run(const lr_t *t, lr_probe *p, int64_t pos0, const int64_t *new0, Py_ssize_t n0, int64_t term,
+                         PyObject *out) {
+    lr_work w = {0};
+    Py_ssize_t found = 0, err = 0;
+    int64_t *tmp = NULL;
+    Py_ssize_t tmp_cap = 0;
+    if (lr_add(&w, pos0, new0, n0) < 0) { PyErr_NoMemory(); return -1; }
+    /* pending items, popped last first (the order of _Probe.feed's work list) */
+    Py_ssize_t *stack = malloc(16 * sizeof(Py_ssize_t)), cap = 16, top_i = 0;
+    if (!stack) { lr_work_free(&w); PyErr_NoMemory(); return -1; }
+    stack[top_i++] = 0;
+    int64_t budget = t->budget;
+    while (top_i && budget) {
+        budget--;
+        lr_item it = w.items[stack[--top_i]];
+        const int64_t *xs = w.pool.p + it.off;
+        int64_t top = it.len ? xs[it.len - 1] : lr_state(p, it.pos);
+        if (top == -2) { err = 1; break; }
+        if (top < 0) continue;
+        int32_t code = lr_action(t, top, term);
+        const int32_t *cs = &code;
+        Py_ssize_t ncs = 1;
+        if (code >= t->multi) {
+            int64_t k = code - t->multi;
+            if (k >= t->n_conf) continue;
+            cs = t->conf_codes + t->conf_off[k];
+            ncs = t->conf_off[k + 1] - t->conf_off[k];
+        }
+        for (Py_ssize_t ci = 0; ci < ncs; ci++) {
+            int32_t c = cs[ci];
+            if (c == 0) continue;
+            if (c > 0) {
+                if (p->depth - it.pos + it.len < t->max_depth) {
+                    found++;
+                    if (!out) goto done;
+                    PyObject *o = lr_outcome(it.pos, w.pool.p + it.off, it.len, c - 1);
+                    if (!o || PyList_Append(out, o) < 0) { Py_XDECREF(o); err = 1; goto done; }
+                    Py_DECREF(o);
+                }
+                continue;
+            }
+            Py_ssize_t r = -c - 1;
+            if (r >= t->n_rules) continue;
+            int64_t n = t->rule_len[r];
+            Py_ssize_t k = n < it.len ? (Py_ssize_t)n : it.len;
+            Py_ssize_t len2 = it.len - k;
+            int64_t pos2 = it.pos + n - k;
+            int64_t below = len2 ? w.pool.p[it.off + len2 - 1] : lr_state(p, pos2);
+            if (below == -2) { err = 1; goto done; }
+            if (below < 0) continue;
+            int64_t gs = lr_goto(t, below, t->rule_origin[r]);
+            if (gs < 0) continue;
+            if (term == t->end && gs == t->end_state) {
+                found++;
+                if (!out) goto done;
+                if (PyList_Append(out, t->accept) < 0) { err = 1; goto done; }
+                continue;
+            }
+            if (tmp_cap < len2 + 1) {
+                tmp_cap = (len2 + 1) * 2;
+                int64_t *nt = realloc(tmp, (size_t)tmp_cap * 8);
+                if (!nt) { PyErr_NoMemory(); err = 1; goto done; }
+                tmp = nt;
+            }
+            memcpy(tmp, w.pool.p + it.off, (size_t)len2 * 8);
+            tmp[len2] = lr_unit_top(t, below, gs, term);
+            int added = lr_add(&w, pos2, tmp, len2 + 1);
+            if (added < 0) { PyErr_NoMemory(); err = 1; goto done; }
+            if (added) {
+                if (top_i == cap) {
+                    Py_ssize_t *ns = realloc(stack, (size_t)cap * 2 * sizeof(Py_ssize_t));
+                    if (!ns) { PyErr_NoMemory(); err = 1; goto done; }
+                    stack = ns;
+                    cap *= 2;
+                }
+                stack[top_i++] = w.n_items - 1;
+            }
+        }
+    }
+done:
+    free(stack);
+    free(tmp);
+    lr_work_free(&w);
+    return err ? -1 : found;
+}
+
+
+/* ``new`` as int64s (in ``buf`` when it fits, else allocated: free when not ``buf``); -1 on an error */
+#define LR_SMALL 32
+static Py_ssize_t lr_new(PyObject *new, int64_t *buf, int64_t **xs) {
+    if (!PyTuple_Check(new)) { PyErr_SetString(PyExc_TypeError, "lr: new must be a tuple"); return -1; }
+    Py_ssize_t n = PyTuple_GET_SIZE(new);
+    *xs = n <= LR_SMALL ? buf : malloc((size_t)n * 8);
+    if (!*xs) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        (*xs)[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(new, i));
+        if ((*xs)[i] == -1 && PyErr_Occurred()) { if (*xs != buf) free(*xs); return -1; }
+    }
+    return n;
+}
+
+/* the real terminals a lexeme id stands for: 1 for a real one, the members of a compound, -1
+ * when the tables do not know it */
+static Py_ssize_t lr_expand(const lr_t *t, int64_t term, const int32_t **members, int32_t *one) {
+    if (term <= t->end) { *one = (int32_t)term; *members = one; return 1; }
+    int64_t k = term - t->comp_base;
+    if (k < 0 || k >= t->n_comp) return -1;
+    int64_t a = t->comp_off[k], b = t->comp_off[k + 1];
+    if (a < 0 || b > t->n_comp_members || a > b) return -1;
+    *members = t->comp_members + a;
+    return (Py_ssize_t)(b - a);
+}
+
+static int lr_args(PyObject *const *args, Py_ssize_t nargs, const char *name, const lr_t **t, long long *pos) {
+    if (nargs != 5) { PyErr_Format(PyExc_TypeError, "%s takes 5 arguments", name); return -1; }
+    *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
+    if (!*t) return -1;
+    *pos = PyLong_AsLongLong(args[2]);
+    return (*pos == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* lr_feed(tables, probe, pos, new, term) */
+static PyObject *lr_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const lr_t *t;
+    long long pos;
+    if (lr_args(args, nargs, "lr_feed", &t, &pos) < 0) return NULL;
+    long long term = PyLong_AsLongLong(args[4]);
+    if (term == -1 && PyErr_Occurred()) return NULL;
+    const int32_t *members;
+    int32_t one;
+    Py_ssize_t nm = lr_expand(t, term, &members, &one);
+    if (nm < 0) Py_RETURN_NOTIMPLEMENTED;
+    int64_t buf[LR_SMALL], *xs;
+    Py_ssize_t n = lr_new(args[3], buf, &xs);
+    if (n < 0) return NULL;
+    lr_probe p;
+    PyObject *out = NULL;
+    int ok = lr_init(&p, args[1]) == 0 && (out = PyList_New(0)) != NULL;
+    for (Py_ssize_t i = 0; ok && i < nm; i++) ok = lr_run(t, &p, pos, xs, n, members[i], out) >= 0;
+    ok = lr_close(&p, ok) == 0 && ok;
+    if (xs != buf) free(xs);
+    if (ok && nm > 1) {  /* every reading, each outcome once, in order (dict.fromkeys) */
+        PyObject *d = PyDict_New();
+        ok = d != NULL;
+        for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(out); i++) ok = PyDict_SetItem(d, PyList_GET_ITEM(out, i), Py_None) == 0;
+        PyObject *keys = ok ? PyDict_Keys(d) : NULL;
+        Py_XDECREF(d);
+        Py_SETREF(out, keys);
+        ok = out != NULL;
+    }
+    if (!ok) { Py_XDECREF(out); return NULL; }
+    return out;
+}
+
+/* lr_viable(tables, probe, pos, new, reach) */
+static PyObject *lr_viable(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const lr_t *t;
+    long long pos;
+    if (lr_args(args, nargs, "lr_viable", &t, &pos) < 0) return NULL;
+    PyObject *reach = args[4];
+    if (!PyTuple_Check(reach)) { PyErr_SetString(PyExc_TypeError, "lr_viable: reach must be a tuple"); return NULL; }
+    int64_t buf[LR_SMALL], *xs;
+    Py_ssize_t n = lr_new(args[3], buf, &xs);
+    if (n < 0) return NULL;
+    lr_probe p;
+    int ok = lr_init(&p, args[1]) == 0, result = 0, unknown = 0;
+    int64_t top = !ok ? -2 : n ? xs[n - 1] : lr_state(&p, pos);
+    if (top == -2) ok = 0;
+    Py_ssize_t R = PyTuple_GET_SIZE(reach);
+    if (ok && top >= 0) {
+        int room = p.depth - pos + n < t->max_depth;
+        for (Py_ssize_t i = 0; room && i < R && !result; i++) {  /* a shift, whatever lies below */
+            int32_t code = lr_action(t, top, PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i)));
+            if (code > 0 && code < t->multi) result = 1;
+        }
+        for (Py_ssize_t i = 0; ok && i < R && !result; i++) {
+            int64_t x = PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i));
+            if (!lr_action(t, top, x)) continue;
+            const int32_t *members;
+            int32_t one;
+            Py_ssize_t nm = lr_expand(t, x, &members, &one);
+            if (nm < 0) { unknown = 1; break; }
+            for (Py_ssize_t j = 0; j < nm && !result; j++) {
+                Py_ssize_t got = lr_run(t, &p, pos, xs, n, members[j], NULL);
+                if (got < 0) { ok = 0; break; }
+                result = got > 0;
+            }
+        }
+        if (ok && PyErr_Occurred()) ok = 0;
+    }
+    if (xs != buf) free(xs);
+    if (lr_close(&p, ok) < 0 || !ok) return NULL;
+    if (unknown) Py_RETURN_NOTIMPLEMENTED;
+    return PyBool_FromLong(result);
+}
+
 static PyMethodDef methods[] = {
+    {"lr_tables", lr_tables, METH_VARARGS, "The parser tables the probe functions read, as a capsule."},
+    {"lr_feed", (PyCFunction)(void (*)(void))lr_feed, METH_FASTCALL, "Every outcome of feeding a terminal to a probe's stack."},
+    {"lr_viable", (PyCFunction)(void (*)(void))lr_viable, METH_FASTCALL, "Whether a probe's stack takes one of some terminals."},
     {"json_cut", json_cut, METH_VARARGS, "An automaton's product with a reader of JSON strings spelling given names."},
     {"reach_sets", reach_sets, METH_VARARGS, "Terminals each state or a later one chooses, as distinct bitsets."},
     {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
@@ -1754,4 +2202,9 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cwalk", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__cwalk(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cwalk(void) {
+    const char *names[4] = {"cells", "stack", "max_read", "depth"};
+    for (int i = 0; i < 4; i++)
+        if (!lr_names[i] && !(lr_names[i] = PyUnicode_InternFromString(names[i]))) return NULL;
+    return PyModule_Create(&module);
+}

@@ -205,6 +205,9 @@ _FORK = "fork"
 #: The product construction of contextual lexers in C (``_cwalk.product``) where it is built; the
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
+#: Whether mask computations run the parser probe in C (``_cwalk.lr_feed`` / ``lr_viable``) where
+#: it is built; :class:`_Probe`'s Python methods are the reference (tests compare).
+USE_C_PROBE = True
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
@@ -1170,6 +1173,7 @@ class PushdownGrammar:
         self._sub_cache: dict[tuple, dict] = {}
         self._sub_count = 0
         self._unit_memo: dict[tuple, int] = {}  # (below, state, terminal) → state after unit reductions
+        self._lr_tables = None  # (capsule of the parser tables for the C probe, compounds it knows)
         self._masks: dict = {}
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
@@ -1527,6 +1531,24 @@ class PushdownGrammar:
 
     # -- masks -----------------------------------------------------------------------------------
 
+    def _lr(self):
+        """The parser tables as the C probe reads them (``_cwalk.lr_tables``), None without the C
+        extension; remade when lexers built since added compound terminals."""
+        if _cwalk is None or not USE_C_PROBE or not hasattr(_cwalk, "lr_feed"):
+            return None
+        got = self._lr_tables
+        n_comp = len(self._compounds.members)
+        if got is None or got[1] != n_comp:
+            a = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in self.arrays.items()
+                 if k in ("action", "goto", "rule_len", "rule_origin", "conf_offsets", "conf_codes")}
+            comp = self._compounds.arrays()
+            cap = _cwalk.lr_tables(
+                a["action"], a["action"].shape[1], a["goto"], a["goto"].shape[1], a["rule_len"], a["rule_origin"],
+                a["conf_offsets"], a["conf_codes"], comp["compound_offsets"].astype(np.int64),
+                comp["compound_members"].astype(np.int32), self._compounds.base, self._end, self.end_state, self.max_stack_depth, MAX_REDUCTIONS, MULTI, _ACCEPT)
+            got = self._lr_tables = (cap, n_comp)
+        return got[0]
+
     def _walker(self, lexer: int):
         """Per lexer: (class table with -2 at lexeme ends, trie view, first-byte row)."""
         got = self._walkers.get(lexer)
@@ -1859,10 +1881,11 @@ class _Probe:
     """The parser run against an unknown-depth stack for a mask computation, recording how deep
     it read: the mask depends only on the top ``max_read + 1`` states."""
 
-    __slots__ = ("g", "stack", "cells", "max_read", "depth", "cacheable")
+    __slots__ = ("g", "stack", "cells", "max_read", "depth", "cacheable", "lr")
 
     def __init__(self, g: PushdownGrammar, stack):
         self.g = g
+        self.lr = g._lr()  # (the C probe's tables; None: the Python one)
         self.stack = stack  # the unread part
         self.cells: list[int] = []
         self.max_read = -1
@@ -1892,6 +1915,10 @@ class _Probe:
         """Every outcome of :meth:`PushdownGrammar.feed_all` on the stack ``new`` (pushed cells, top
         last) above the original stack with its top ``pos`` cells popped: ``(pos, new)`` pairs, or
         ``_ACCEPT``."""
+        if self.lr is not None:
+            got = _cwalk.lr_feed(self.lr, self, pos, new, term)
+            if got is not NotImplemented:  # (a compound terminal made since the tables: below)
+                return got
         g = self.g
         if term > g._end:  # a lexeme several terminals type: every reading
             return list(dict.fromkeys(x for t in g._compounds.expand(term) for x in self.feed(pos, new, t)))
@@ -1940,6 +1967,11 @@ class _Probe:
         return out
 
     def viable(self, pos: int, new: tuple, reach) -> bool:
+        """Whether the stack ``(pos, new)`` (see :meth:`feed`) takes one of the terminals ``reach``."""
+        if self.lr is not None:
+            got = _cwalk.lr_viable(self.lr, self, pos, new, reach)
+            if got is not NotImplemented:
+                return got
         top = new[-1] if new else self.state(pos)
         if top < 0:
             return False

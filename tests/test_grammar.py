@@ -662,3 +662,93 @@ def test_joint_byte_classes_in_c_are_the_partition_of_the_numpy_reference(monkey
         same = fast[:, None] == fast[None, :]
         assert np.array_equal(same, slow[:, None] == slow[None, :])
         assert len(fast_rep) == len(slow_rep) and np.array_equal(fast[fast_rep], np.arange(len(fast_rep)))
+
+
+#: JSON schemas for the probe test: longest-match lexing with lexemes several terminals type (an
+#: enum string that is also a free string), nesting, optional properties.
+PROBE_SCHEMAS = [
+    {"type": "object", "properties": {"a": {"anyOf": [{"enum": ["ab", "cd"]}, {"type": "string"}]},
+                                      "b": {"type": "array", "items": {"$ref": "#"}}}},
+    {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"enum": [1, 2, "x"]}, {"$ref": "#"}]}},
+]
+
+
+def _probe_cases(grammar, rng, stacks):
+    """(stack, pos, new, term) cases over the stacks met: every terminal, $END and compound, on the
+    stack itself and on what feeding terminals to it left (popped positions, pushed states), as a
+    mask computation asks."""
+    from dotvllm_plugin import pushdown
+
+    terms = list(range(grammar._end + 1)) + [grammar._compounds.base + k for k in range(len(grammar._compounds.members))]
+    for stack in stacks:
+        at = [(0, ())]
+        for _ in range(12):
+            pos, new = rng.choice(at)
+            term = rng.choice(terms)
+            yield stack, pos, new, term
+            probe = pushdown._Probe(grammar, stack)
+            probe.lr = None
+            at += [x for x in probe.feed(pos, new, term) if x is not pushdown._ACCEPT]
+
+
+def test_the_c_probe_equals_the_python_probe(byte_vocab, tekken_vocab, monkeypatch):
+    """``_cwalk.lr_feed`` / ``lr_viable`` against :class:`_Probe`'s Python methods on the stacks
+    of random walks (LALR and generalised LR grammars, JSON schemas with compound lexemes, a stack
+    bound the walks reach): the same outcomes in the same order, the same answer, and the probe
+    left alike (cells read, how deep, the unread rest). A compound terminal the tables do not know
+    yet is handed back to the Python path."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.lark import lark_to_ir
+
+    if pushdown._cwalk is None or not hasattr(pushdown._cwalk, "lr_feed"):
+        pytest.skip("the C extension is not built")
+    grammars = [GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(t) for t in (JSON, ARITHMETIC, SQL)]
+    grammars += [GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(p.values[0]) for p in NOT_LALR]
+    grammars.append(pushdown.compile_pushdown(lark_to_ir(JSON), byte_vocab, max_stack_depth=12))
+    grammars += [GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(s) for s in PROBE_SCHEMAS]
+    grammars = [g for g in grammars if isinstance(g, PushdownGrammar)]  # (a regular one compiles to its DFA)
+    assert len(grammars) >= 7 and sum(not g.deterministic for g in grammars) >= 3
+    rng = random.Random(3)
+    compared = {"feed": 0, "viable": 0, "outcomes": 0, "multi": 0, "compound": 0, "refused": 0}
+    for g in grammars:
+        stacks = []
+        for walk in range(6):
+            m = GrammarMatcher(g)
+            if g.max_stack_depth == 12:  # (to the bound)
+                assert m.accept_string("[" * (6 + walk))
+            for _ in range(25):
+                stacks += [st for _, st in m._configs]
+                allowed = m.allowed_token_ids().tolist()
+                allowed = [t for t in allowed if t not in g.vocabulary.eos_token_ids]
+                if not allowed or not m.accept_token(rng.choice(allowed)):
+                    break
+        reaches = [r for r in {id(v): v for v in g._reach._values.values() if v is not None}.values()]
+        for stack, pos, new, term in _probe_cases(g, rng, stacks):
+            fast, slow = pushdown._Probe(g, stack), pushdown._Probe(g, stack)
+            slow.lr = None
+            assert fast.lr is not None
+            got, want = fast.feed(pos, new, term), slow.feed(pos, new, term)
+            assert got == want, (g.source[:60], pos, new, term)
+            assert (fast.cells, fast.max_read, fast.stack) == (slow.cells, slow.max_read, slow.stack)
+            compared["feed"] += 1
+            compared["outcomes"] += bool(want)
+            compared["multi"] += len(want) > 1
+            compared["compound"] += term > g._end
+            for reach in rng.sample(reaches, min(3, len(reaches))):
+                fast, slow = pushdown._Probe(g, stack), pushdown._Probe(g, stack)
+                slow.lr = None
+                assert fast.viable(pos, new, reach) == slow.viable(pos, new, reach), (g.source[:60], pos, new, reach)
+                # (the C probe stops at the first outcome: it may read less, never more)
+                assert fast.max_read <= slow.max_read and fast.cells == slow.cells[: len(fast.cells)]
+                compared["viable"] += 1
+        # a compound made after the tables: not known to them, handed back
+        cap = g._lr()
+        pair = tuple(t for t in range(g._end) if not g._ignore[t])[-2:]
+        fresh = g._compounds(pair) if g.kind == "json_schema" and pair not in g._compounds.ids else None
+        if fresh is not None:
+            got = pushdown._cwalk.lr_feed(cap, pushdown._Probe(g, stacks[0]), 0, (), fresh)
+            assert got is NotImplemented
+            assert g._lr() is not cap  # remade
+            compared["refused"] += 1
+    assert compared["feed"] > 3000 and compared["viable"] > 3000, compared
+    assert min(compared.values()) > 0, compared
