@@ -928,11 +928,22 @@ fail:
 /* byte_classes(trans int32[n * 256]) -> (class_trans bytes of int64[n * C], byte_class bytes of
  * int64[256]): bytes whose columns are equal in every state share a class; classes are numbered
  * by their first byte. */
+/* byte_classes(trans int32[n * 256][, lo, chosen int32[n]]) -> (class table bytes of int64[n * C],
+ * byte class bytes of int64[256], C); with ``lo`` and ``chosen``: the table of a lexer's block of
+ * global ids as its walks read it, local ids (``x - lo``), and where a state has no transition, -2
+ * when its lexeme is complete (``chosen >= 0``: the step ends it) else -1. */
 static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
-    Py_buffer b_trans;
-    if (!PyArg_ParseTuple(args, "y*", &b_trans)) return NULL;
-    const int32_t *trans = b_trans.buf;
+    Py_buffer b_trans, b_chosen = {0};
+    Py_ssize_t lo = -1;
+    if (!PyArg_ParseTuple(args, "y*|ny*", &b_trans, &lo, &b_chosen)) return NULL;
+    const int32_t *trans = b_trans.buf, *chosen = b_chosen.buf;
     Py_ssize_t n = b_trans.len / 4 / 256;
+    if (chosen && b_chosen.len / 4 != n) {
+        PyBuffer_Release(&b_trans);
+        PyBuffer_Release(&b_chosen);
+        PyErr_SetString(PyExc_ValueError, "byte_classes: chosen is not one per state");
+        return NULL;
+    }
     uint64_t h[256];
     int64_t cls[256], rep[256];
     Py_ssize_t C = 0;
@@ -976,10 +987,21 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * C * 8), *bc = PyBytes_FromStringAndSize((const char *)cls, 256 * 8);
     if (out && bc) {
         int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
-        for (Py_ssize_t s = 0; s < n; s++)
-            for (Py_ssize_t c = 0; c < C; c++) o[s * C + c] = trans[s * 256 + rep[c]];
+        if (chosen) {
+            for (Py_ssize_t s = 0; s < n; s++) {
+                int64_t none = chosen[s] >= 0 ? -2 : -1;
+                for (Py_ssize_t c = 0; c < C; c++) {
+                    int64_t x = trans[s * 256 + rep[c]];
+                    o[s * C + c] = x >= 0 ? x - lo : none;
+                }
+            }
+        } else {
+            for (Py_ssize_t s = 0; s < n; s++)
+                for (Py_ssize_t c = 0; c < C; c++) o[s * C + c] = trans[s * 256 + rep[c]];
+        }
     }
     PyBuffer_Release(&b_trans);
+    if (chosen) PyBuffer_Release(&b_chosen);
     if (!out || !bc) { Py_XDECREF(out); Py_XDECREF(bc); return NULL; }
     return Py_BuildValue("(NNn)", out, bc, C);
 }

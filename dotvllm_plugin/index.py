@@ -105,8 +105,11 @@ class ClassTrie:
         self.byte_class = byte_class
         self.trie_cache = trie.__dict__  # pattern-independent tables, kept once per vocabulary
         self.child_start = trie.child_start
-        self.offset = list(np.cumsum([0] + trie.node_counts[:-1]))
-        self.n_nodes = int(sum(trie.node_counts))
+        layout = trie.__dict__.get("_flat_layout")
+        if layout is None:
+            layout = trie.__dict__["_flat_layout"] = (list(np.cumsum([0] + trie.node_counts[:-1])),
+                                                      int(sum(trie.node_counts)))
+        self.offset, self.n_nodes = layout
         cached = trie.__dict__.get("_flat_token_node")
         if cached is None:
             token_node = np.full(trie.vocab_size, -1, dtype=np.int64)

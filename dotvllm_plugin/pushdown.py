@@ -323,7 +323,18 @@ def _build_terminal_dfa(t: Terminal, generated: bool | None = None):
         dfa = _without_empty(dfa)
     if dfa.accepting[dfa.initial]:
         raise GrammarError(f"{t.describe()} matches the empty string; lark's lexer refuses zero-width terminals")
-    return dfa
+    return _with_classes(dfa)
+
+
+def _with_classes(dfa):
+    """``dfa`` with its byte classes (every lexer it is a member of reads them)."""
+    if dfa.classes is not None:
+        return dfa
+    from dataclasses import replace
+
+    from .regex import byte_classes
+
+    return replace(dfa, classes=byte_classes(dfa.transitions))
 
 
 def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
@@ -740,8 +751,9 @@ class _LazyReach:
         # those states form group 0 (numbered first, as -1), the others one group per set in use
         none = np.array([d is None for d in distinct], dtype=bool)[group]
         none[0] = True
-        groups = np.unique(np.where(none, -1, group), return_inverse=True)[1].astype(np.int64).reshape(-1)
-        return values, groups
+        used = np.zeros(len(distinct) + 1, dtype=np.int64)
+        used[group[~none] + 1] = 1
+        return values, np.where(none, 0, np.cumsum(used)[group + 1])
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
@@ -1202,8 +1214,8 @@ class PushdownGrammar:
                                            exclude=exclude), generated=True)
             else:
                 lo, hi = int(a["tdfa_offsets"][t]), int(a["tdfa_offsets"][t + 1])
-                d = ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],
-                            initial=int(a["tdfa_initial"][t]))
+                d = _with_classes(ByteDFA(transitions=a["tdfa_trans"][lo:hi], accepting=a["tdfa_accepting"][lo:hi],
+                                          initial=int(a["tdfa_initial"][t])))
             self._term_dfas[t] = d
         return d
 
@@ -1560,9 +1572,14 @@ class PushdownGrammar:
             block, chosen = self._blocks[lexer]
             # classes of the global table: the same partition as the local one with -2 marks (a
             # mark depends on the row only), and the rest is done on classes, not 256 columns
-            class_trans, byte_class = byte_classes(block)
-            t = np.where(class_trans >= 0, class_trans - lo, -1)
-            t[(chosen >= 0)[:, None] & (t < 0)] = -2
+            if _cwalk is not None:  # (in one pass)
+                rows, bc, n_cls = _cwalk.byte_classes(np.ascontiguousarray(block, dtype=np.int32), lo,
+                                                      np.ascontiguousarray(chosen, dtype=np.int32))
+                t, byte_class = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls), np.frombuffer(bc, dtype=np.int64)
+            else:
+                class_trans, byte_class = byte_classes(block)
+                t = np.where(class_trans >= 0, class_trans - lo, -1)
+                t[(chosen >= 0)[:, None] & (t < 0)] = -2
             view = byte_view(self.vocabulary, byte_class, t.shape[1])
             got = self._walkers[lexer] = (t, view, t[0][byte_class])
         return got
