@@ -1763,7 +1763,8 @@ done:
  * popped, as _Probe.feed returns them ((pos, new) tuples, or ``accept``), in the same order.
  * lr_viable(tables, probe, pos, new, reach) -> bool: _Probe.viable (stops at the first outcome).
  * Both read the original stack through the probe as _Probe.state does (its ``cells``, ``stack``
- * and ``max_read`` updated alike), and return NotImplemented for a compound terminal the tables
+ * and ``max_read`` updated alike; ``probe`` may be a stack itself, read without a record: then
+ * lr_viable is PushdownGrammar.viable's parser check), and return NotImplemented for a compound terminal the tables
  * do not know (lexers built since: the caller remakes the tables). */
 
 typedef struct {
@@ -1822,7 +1823,7 @@ typedef struct {
     PyObject *probe, *cells, *stack;  /* new references once open */
     Py_ssize_t max_read, max_read0;
     int64_t depth;
-    int open, stack_moved;
+    int open, stack_moved, direct;
 } lr_probe;
 
 static int lr_open(lr_probe *p) {
@@ -1843,6 +1844,15 @@ static int lr_open(lr_probe *p) {
 
 static int lr_init(lr_probe *p, PyObject *probe) {
     memset(p, 0, sizeof(*p));
+    if (PyTuple_Check(probe)) {  /* a stack itself (state, below, depth): read, nothing recorded */
+        if (PyTuple_GET_SIZE(probe) != 3) { PyErr_SetString(PyExc_TypeError, "lr: a stack cell is not (state, below, depth)"); return -1; }
+        p->depth = PyLong_AsLongLong(PyTuple_GET_ITEM(probe, 2));
+        if (PyErr_Occurred() || !(p->cells = PyList_New(0))) return -1;
+        p->stack = probe;
+        Py_INCREF(probe);
+        p->open = p->direct = 1;
+        return 0;
+    }
     p->probe = probe;
     PyObject *d = PyObject_GetAttr(probe, lr_names[3]);
     if (!d) return -1;
@@ -1853,6 +1863,12 @@ static int lr_init(lr_probe *p, PyObject *probe) {
 
 static int lr_close(lr_probe *p, int ok) {
     if (!p->open) return ok ? 0 : -1;
+    if (p->direct) {
+        Py_XDECREF(p->cells);
+        Py_XDECREF(p->stack);
+        p->open = 0;
+        return ok ? 0 : -1;
+    }
     if (ok && p->stack_moved && PyObject_SetAttr(p->probe, lr_names[1], p->stack) < 0) ok = 0;
     if (ok && p->max_read != p->max_read0) {
         PyObject *mr = PyLong_FromSsize_t(p->max_read);
@@ -2197,7 +2213,215 @@ static PyObject *lr_viable(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyBool_FromLong(result);
 }
 
+/* mask_hit(masks, q, stack) -> the row cached for ``q`` under the stack's top states, or None:
+ * PushdownGrammar.mask's cache read (``masks``: {q: {depth: {top states: row}}}, -1 for a
+ * state below the stack's bottom). */
+static PyObject *mask_hit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "mask_hit(masks, q, stack)"); return NULL; }
+    PyObject *entry = PyDict_GetItemWithError(args[0], args[1]);
+    if (!entry) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
+    if (!PyDict_Check(entry)) { PyErr_SetString(PyExc_TypeError, "mask_hit: not a cache entry"); return NULL; }
+    Py_ssize_t it = 0;
+    PyObject *depth_obj, *table;
+    while (PyDict_Next(entry, &it, &depth_obj, &table)) {
+        Py_ssize_t depth = PyLong_AsSsize_t(depth_obj);
+        if (depth < 0 || !PyDict_Check(table)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "mask_hit: not a cache entry");
+            return NULL;
+        }
+        PyObject *sig = PyTuple_New(depth), *s = args[2];
+        if (!sig) return NULL;
+        for (Py_ssize_t i = 0; i < depth; i++) {
+            PyObject *x;
+            if (s == Py_None) {
+                x = PyLong_FromLong(-1);
+                if (!x) { Py_DECREF(sig); return NULL; }
+            } else {
+                if (!PyTuple_Check(s) || PyTuple_GET_SIZE(s) != 3) {
+                    Py_DECREF(sig);
+                    PyErr_SetString(PyExc_TypeError, "mask_hit: a stack cell is not (state, below, depth)");
+                    return NULL;
+                }
+                x = PyTuple_GET_ITEM(s, 0);
+                Py_INCREF(x);
+                s = PyTuple_GET_ITEM(s, 1);
+            }
+            PyTuple_SET_ITEM(sig, i, x);
+        }
+        PyObject *row = PyDict_GetItemWithError(table, sig);
+        Py_DECREF(sig);
+        if (row) { Py_INCREF(row); return row; }
+        if (PyErr_Occurred()) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* lr_step(tables, lexers, q, stack, data) -> (q, stack), None (the text is refused), ``fork`` (a
+ * lexeme several terminals type: the caller follows every reading) or NotImplemented (a lexer not
+ * built yet: the caller steps, building it): PushdownGrammar.step for a deterministic grammar,
+ * without the final viability check. ``lexers``: (owner list, lexer_lo list, blocks dict {lexer:
+ * (int32 [n, 256] global ids, chosen)}, chosen list, ignore list, lexer_of_state list, fork). */
+static PyObject *lr_push(const lr_t *t, PyObject *stack, int64_t term, int *refused);
+
+static int lr_row(PyObject *blocks, Py_ssize_t lexer, Py_buffer *buf) {
+    PyObject *key = PyLong_FromSsize_t(lexer);
+    if (!key) return -1;
+    PyObject *entry = PyDict_GetItemWithError(blocks, key);
+    Py_DECREF(key);
+    if (!entry) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "lr_step: a lexer without a block"); return -1; }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 1) { PyErr_SetString(PyExc_TypeError, "lr_step: a bad block"); return -1; }
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(entry, 0), buf, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (buf->itemsize != 4 || buf->len % (256 * 4)) {
+        PyBuffer_Release(buf);
+        PyErr_SetString(PyExc_TypeError, "lr_step: a block is not int32 [n, 256]");
+        return -1;
+    }
+    return 0;
+}
+
+static inline Py_ssize_t lr_list_int(PyObject *list, Py_ssize_t i) {
+    if (i < 0 || i >= PyList_GET_SIZE(list)) { PyErr_SetString(PyExc_IndexError, "lr_step: index out of range"); return -2; }
+    Py_ssize_t v = PyLong_AsSsize_t(PyList_GET_ITEM(list, i));
+    return (v == -1 && PyErr_Occurred()) ? -2 : v;
+}
+
+static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7) {
+        PyErr_SetString(PyExc_TypeError, "lr_step(tables, lexers, q, stack, data)");
+        return NULL;
+    }
+    const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
+    if (!t) return NULL;
+    PyObject *owner = PyTuple_GET_ITEM(args[1], 0), *lexer_lo = PyTuple_GET_ITEM(args[1], 1),
+             *blocks = PyTuple_GET_ITEM(args[1], 2), *chosen = PyTuple_GET_ITEM(args[1], 3),
+             *ignore = PyTuple_GET_ITEM(args[1], 4), *lexer_of = PyTuple_GET_ITEM(args[1], 5),
+             *fork = PyTuple_GET_ITEM(args[1], 6);
+    if (!PyList_Check(owner) || !PyList_Check(lexer_lo) || !PyDict_Check(blocks) || !PyList_Check(chosen) ||
+        !PyList_Check(ignore) || !PyList_Check(lexer_of)) {
+        PyErr_SetString(PyExc_TypeError, "lr_step: bad lexer tables");
+        return NULL;
+    }
+    Py_ssize_t q = PyLong_AsSsize_t(args[2]);
+    if (q == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *stack = args[3], *result = NULL;
+    Py_INCREF(stack);
+    Py_buffer row = {0};
+    Py_ssize_t row_lexer = -1, row_lo = 0, row_n = 0;
+    const uint8_t *bytes = data.buf;
+    int err = 0, refused = 0, later = 0;
+    /* the next state of q on byte b (global id, -1 none); -2 on an error, -3 when q's lexer is not built */
+#define LR_NEXT(q_, b_, out_) do {                                                                    \
+        Py_ssize_t lx_ = lr_list_int(owner, (q_));                                                 \
+        if (lx_ < 0) { err = 1; break; }                                                           \
+        if (lx_ != row_lexer) {                                                                    \
+            if (row.obj) PyBuffer_Release(&row);                                                   \
+            row_lexer = -1;                                                                        \
+            row_lo = lr_list_int(lexer_lo, lx_);                                                   \
+            if (row_lo == -2 || lr_row(blocks, lx_, &row) < 0) { err = 1; break; }                 \
+            row_lexer = lx_;                                                                       \
+            row_n = row.len / (256 * 4);                                                           \
+        }                                                                                          \
+        Py_ssize_t local_ = (q_) - row_lo;                                                         \
+        if (local_ < 0 || local_ >= row_n) { PyErr_SetString(PyExc_IndexError, "lr_step: a state outside its block"); err = 1; break; } \
+        (out_) = ((const int32_t *)row.buf)[local_ * 256 + (b_)];                                  \
+    } while (0)
+    for (Py_ssize_t i = 0; i < data.len && !err && !refused && !later; i++) {
+        int b = bytes[i];
+        Py_ssize_t nq = -1;
+        LR_NEXT(q, b, nq);
+        if (err) break;
+        if (nq >= 0) { q = nq; continue; }
+        Py_ssize_t term = lr_list_int(chosen, q);
+        if (term == -2) { err = 1; break; }
+        if (term < 0) { refused = 1; break; }
+        if (term > t->end) { result = fork; Py_INCREF(result); later = 2; break; }
+        Py_ssize_t ign = lr_list_int(ignore, term);
+        if (ign == -2) { err = 1; break; }
+        if (!ign) {
+            int no = 0;
+            PyObject *next = lr_push(t, stack, term, &no);
+            if (!next) {
+                if (no == 2) later = 1;  /* (a conflict: not a deterministic step) */
+                else if (no) refused = 1;
+                else err = 1;
+                break;
+            }
+            Py_SETREF(stack, next);
+        }
+        PyObject *top = PyTuple_GET_ITEM(stack, 0);
+        Py_ssize_t state = PyLong_AsSsize_t(top);
+        Py_ssize_t lexer = state == -1 && PyErr_Occurred() ? -2 : lr_list_int(lexer_of, state);
+        if (lexer == -2) { err = 1; break; }
+        Py_ssize_t lo = lr_list_int(lexer_lo, lexer);
+        if (lo == -2) { err = 1; break; }
+        if (lo < 0) { later = 1; break; }  /* the lexer is built by the caller */
+        LR_NEXT(lo, b, nq);
+        if (err) break;
+        if (nq < 0) { refused = 1; break; }
+        q = nq;
+    }
+#undef LR_NEXT
+    if (row.obj) PyBuffer_Release(&row);
+    PyBuffer_Release(&data);
+    if (err) { Py_DECREF(stack); Py_XDECREF(result); return NULL; }
+    if (later == 2) { Py_DECREF(stack); return result; }
+    if (later) { Py_DECREF(stack); Py_RETURN_NOTIMPLEMENTED; }
+    if (refused) { Py_DECREF(stack); Py_RETURN_NONE; }
+    return Py_BuildValue("(nN)", q, stack);
+}
+
+/* PushdownGrammar.feed: the stack after ``term`` (a new reference), or NULL with *refused = 1 (no
+ * action, or the stack bound), 2 (a conflict or $END accepted: the caller's), 0 (an error) */
+static PyObject *lr_push(const lr_t *t, PyObject *stack, int64_t term, int *refused) {
+    Py_INCREF(stack);
+    *refused = 0;
+    for (Py_ssize_t guard = 0; guard <= t->budget; guard++) {
+        if (!PyTuple_Check(stack) || PyTuple_GET_SIZE(stack) != 3) {
+            PyErr_SetString(PyExc_TypeError, "lr: a stack cell is not (state, below, depth)");
+            break;
+        }
+        int64_t top = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0));
+        int64_t depth = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 2));
+        if (PyErr_Occurred()) break;
+        int32_t code = lr_action(t, top, term);
+        if (code == 0) { *refused = 1; break; }
+        if (code >= t->multi) { *refused = 2; break; }
+        if (code > 0) {
+            if (depth >= t->max_depth) { *refused = 1; break; }
+            PyObject *cell = Py_BuildValue("(LOL)", (long long)(code - 1), stack, (long long)(depth + 1));
+            Py_DECREF(stack);
+            return cell;
+        }
+        Py_ssize_t r = -code - 1;
+        if (r >= t->n_rules) { PyErr_SetString(PyExc_ValueError, "lr: a rule out of range"); break; }
+        for (int64_t k = 0; k < t->rule_len[r]; k++) {
+            PyObject *below = PyTuple_Check(stack) && PyTuple_GET_SIZE(stack) == 3 ? PyTuple_GET_ITEM(stack, 1) : NULL;
+            if (!below || below == Py_None) { PyErr_SetString(PyExc_ValueError, "lr: a reduction below the stack"); goto fail; }
+            Py_INCREF(below);
+            Py_SETREF(stack, below);
+        }
+        int64_t below_state = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0));
+        int64_t below_depth = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 2));
+        if (PyErr_Occurred()) break;
+        int64_t g = lr_goto(t, below_state, t->rule_origin[r]);
+        if (g < 0) { PyErr_SetString(PyExc_ValueError, "lr: no goto"); break; }
+        if (term == t->end && g == t->end_state) { *refused = 2; break; }
+        PyObject *cell = Py_BuildValue("(LOL)", (long long)lr_unit_top(t, below_state, g, term), stack,
+                                       (long long)(below_depth + 1));
+        if (!cell) break;
+        Py_SETREF(stack, cell);
+    }
+    if (!*refused && !PyErr_Occurred()) *refused = 2;  /* (reductions past the budget: the caller's) */
+fail:
+    Py_DECREF(stack);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
+    {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
     {"lr_tables", lr_tables, METH_VARARGS, "The parser tables the probe functions read, as a capsule."},
     {"lr_feed", (PyCFunction)(void (*)(void))lr_feed, METH_FASTCALL, "Every outcome of feeding a terminal to a probe's stack."},
     {"lr_viable", (PyCFunction)(void (*)(void))lr_viable, METH_FASTCALL, "Whether a probe's stack takes one of some terminals."},

@@ -205,9 +205,12 @@ _FORK = "fork"
 #: The product construction of contextual lexers in C (``_cwalk.product``) where it is built; the
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
-#: Whether mask computations run the parser probe in C (``_cwalk.lr_feed`` / ``lr_viable``) where
-#: it is built; :class:`_Probe`'s Python methods are the reference (tests compare).
-USE_C_PROBE = True
+#: Whether the parser runs in C where the extension has it: the probe of mask computations
+#: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``) and a deterministic
+#: grammar's step (``lr_step``); :class:`_Probe`'s methods, :meth:`PushdownGrammar.mask`'s loop and
+#: :meth:`PushdownGrammar.step`'s are the reference (tests compare).
+USE_C_PARSER = True
+_C_PARSER = _cwalk is not None and hasattr(_cwalk, "lr_step")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
@@ -536,7 +539,9 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
             raise GrammarError(_TOO_MANY_LEXER_STATES)
         cls_table = np.frombuffer(res[0], dtype=np.int64).reshape(-1, n_cls)
         vecs_arr = np.frombuffer(res[1], dtype=np.int64).reshape(-1, len(comps))
-        return cls_table[:, byte_class].astype(np.int32), _chosen(acc[vecs_arr], comps, order_arr, retype_pos, compounds)
+        # (row-major: a state's row is what steps and walks read; a column gather is column-major)
+        return (np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32),
+                _chosen(acc[vecs_arr], comps, order_arr, retype_pos, compounds))
     vecs = [start]
     ids: dict[bytes, int] = {}
     rows: list[np.ndarray] = []
@@ -576,7 +581,7 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
             row[c] = sid
         rows.append(row)
     cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
-    return cls_table[:, byte_class].astype(np.int32), np.array(chosen, dtype=np.int32)
+    return np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32), np.array(chosen, dtype=np.int32)
 
 
 def _chosen(accepted: np.ndarray, comps: list, order_arr: np.ndarray, retype_pos: dict, compounds) -> np.ndarray:
@@ -1162,12 +1167,16 @@ class PushdownGrammar:
             self._chosen = a["lex_chosen"].tolist()
             self._owner = np.repeat(np.arange(self.n_lexers), np.diff(a["lex_offsets"])).tolist()
             self._is_start = set(self._lexer_lo)
+            lex_trans = np.ascontiguousarray(a["lex_trans"])  # (row-major blocks: the C step reads rows)
             for i in range(self.n_lexers):
-                self._blocks[i] = (a["lex_trans"][lo[i] : lo[i + 1]], a["lex_chosen"][lo[i] : lo[i + 1]])
+                self._blocks[i] = (lex_trans[lo[i] : lo[i + 1]], a["lex_chosen"][lo[i] : lo[i + 1]])
         else:
             self.n_lexers = len(a["lexer_member_offsets"]) - 1
             self._lexer_lo = [-1] * self.n_lexers
             self._term_dfas: list = [None] * len(self.terminal_names)
+        # what the C step reads (lists and dicts that grow in place as lexers are built)
+        self._step_tables = (self._owner, self._lexer_lo, self._blocks, self._chosen, self._ignore,
+                             self._lexer_of_state, _FORK)
         self._lexer_terms = None  # (built on first use)
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
@@ -1237,7 +1246,7 @@ class PushdownGrammar:
                 )
             trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds)
             lo = len(self._chosen)
-            trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32)
+            trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32, order="C")
             self._blocks[lexer] = (trans, chosen)
             self._rows.extend([None] * len(chosen))
             self._chosen.extend(chosen.tolist())
@@ -1388,6 +1397,13 @@ class PushdownGrammar:
         """Walk ``data`` from ``(q, stack)``: the new ``(q, stack)`` or None (deterministic grammars).
         ``trusted``: the mask of ``(q, stack)`` allows ``data``'s token, so the lexeme it ends in is
         viable (the mask checked exactly that) and is not checked again."""
+        lr = self._lr()
+        if lr is not None:
+            got = _cwalk.lr_step(lr, self._step_tables, q, stack, data)
+            if got is not NotImplemented:  # (a lexer to build, or a conflict: below)
+                if got is None or got is _FORK or trusted or self.viable(*got):
+                    return got
+                return None
         rows, chosen, ignore = self._rows, self._chosen, self._ignore
         for b in data:
             nq = (rows[q] or self._row(q))[b]
@@ -1468,6 +1484,11 @@ class PushdownGrammar:
         reach = self._reach[q]
         if reach is None:  # at a lexeme start, or only ignored terminals ahead
             return True
+        lr = self._lr()
+        if lr is not None:
+            got = _cwalk.lr_viable(lr, stack, 0, (), reach)
+            if got is not NotImplemented:
+                return got
         if self.deterministic:
             return any(self.feed(stack, t) is not None for t in reach)
         if stack[2] < self.max_stack_depth and self._shifts_any(stack[0], reach):
@@ -1546,7 +1567,7 @@ class PushdownGrammar:
     def _lr(self):
         """The parser tables as the C probe reads them (``_cwalk.lr_tables``), None without the C
         extension; remade when lexers built since added compound terminals."""
-        if _cwalk is None or not USE_C_PROBE or not hasattr(_cwalk, "lr_feed"):
+        if not (USE_C_PARSER and _C_PARSER):
             return None
         got = self._lr_tables
         n_comp = len(self._compounds.members)
@@ -1803,7 +1824,13 @@ class PushdownGrammar:
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
-        entry = self._masks.get(q) if self.cacheable(stack) else None
+        if USE_C_PARSER and _C_PARSER:
+            row = _cwalk.mask_hit(self._masks, q, stack) if self.cacheable(stack) else None
+            if row is not None:
+                return row
+            entry = None
+        else:
+            entry = self._masks.get(q) if self.cacheable(stack) else None
         if entry is not None:
             for depth, table in entry.items():
                 sig, s = [], stack

@@ -673,6 +673,12 @@ PROBE_SCHEMAS = [
 ]
 
 
+#: A JSON schema whose grammar is LALR(1) (one configuration: the C step's case).
+DETERMINISTIC_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "integer"},
+                                                         "kids": {"type": "array", "items": {"$ref": "#"}}},
+                        "required": ["name"]}
+
+
 def _probe_cases(grammar, rng, stacks):
     """(stack, pos, new, term) cases over the stacks met: every terminal, $END and compound, on the
     stack itself and on what feeding terminals to it left (popped positions, pushed states), as a
@@ -752,3 +758,61 @@ def test_the_c_probe_equals_the_python_probe(byte_vocab, tekken_vocab, monkeypat
             compared["refused"] += 1
     assert compared["feed"] > 3000 and compared["viable"] > 3000, compared
     assert min(compared.values()) > 0, compared
+
+
+def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab, monkeypatch):
+    """With the parser in C (probe, mask cache read, deterministic steps) and without it, two
+    matchers of one grammar stepped together have equal masks at every step (random walks, a stack
+    bound the walks reach), and stepping any token, allowed or not, from their configurations gives
+    equal outcomes (the C step checks nothing the Python one checks otherwise; both refuse alike)."""
+    from mask_walks import walk_together
+
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.lark import lark_to_ir
+
+    if not pushdown._C_PARSER:
+        pytest.skip("the C extension is not built")
+    use = lambda on: monkeypatch.setattr(pushdown, "USE_C_PARSER", on)  # noqa: E731
+    makers = [
+        lambda: GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(JSON),
+        lambda: GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(ARITHMETIC),
+        lambda: pushdown.compile_pushdown(lark_to_ir(JSON), byte_vocab, max_stack_depth=12),
+        lambda: GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(JSON),
+        lambda: GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(DETERMINISTIC_SCHEMA),
+    ] + [lambda s=s: GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(s) for s in PROBE_SCHEMAS]
+    rng = np.random.default_rng(7)
+    stepped = {"same": 0, "refused": 0, "deterministic, several bytes": 0}
+    for k, make in enumerate(makers):
+        for walk in range(4):
+            fast, ref = GrammarMatcher(make()), GrammarMatcher(make())
+            assert isinstance(fast.compiled, PushdownGrammar)
+            at = [fast._configs]
+            if fast.compiled.max_stack_depth == 12:  # to the bound, and a bracket past it refused
+                while fast.accept_string("["):
+                    assert ref.accept_string("[")
+                    at.append(fast._configs)
+                assert len(at) > 8 and not ref.accept_string("[")
+            walk_together(fast.compiled.vocabulary, fast, ref, use, rng, 20, label=(k, walk))
+            at.append(fast._configs)
+            g = fast.compiled
+            size = g.vocabulary.size
+            for configs in at:
+                bits = np.zeros(g.words, dtype=np.int32)
+                for q, st in configs:
+                    bits |= g.mask(q, st)
+                allowed = np.flatnonzero(np.unpackbits(bits.view(np.uint8), bitorder="little")[:size])
+                some = rng.choice(size, 40).tolist() + rng.choice(allowed, min(40, len(allowed)), replace=False).tolist()
+                for t in (range(size) if size <= 300 else some):
+                    data = g.vocabulary.token_bytes[t]
+                    if not data:
+                        continue
+                    got = []
+                    for on in (True, False):
+                        use(on)
+                        got.append(g.step_all(configs, data, {}))
+                    assert got[0] == got[1], (k, walk, data)
+                    stepped["same"] += 1
+                    stepped["deterministic, several bytes"] += g.deterministic and len(data) > 1
+                    stepped["refused"] += not got[0]
+    assert stepped["same"] > 2000 and 0 < stepped["refused"] < stepped["same"] - 1000, stepped
+    assert stepped["deterministic, several bytes"] > 200, stepped
