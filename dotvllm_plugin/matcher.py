@@ -176,7 +176,8 @@ class GrammarMatcher:
             _fill(bitmask, index, row)
         else:
             target[: len(row)] = row
-            target[len(row) :] = 0
+            if len(target) > len(row):
+                target[len(row) :] = 0
 
     def _current_row(self) -> np.ndarray:
         if self._terminated:
@@ -258,6 +259,12 @@ class PushdownMatcher(GrammarMatcher):
         trusted = self._row_for is self._configs  # the mask of these configurations was computed: it decides
         if trusted and not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
             return False
+        if trusted and len(self._configs) == 1:  # (the common case without the generic layers: the C step)
+            got = self.compiled.step_one(*self._configs[0], data)
+            if got is not None:
+                self._history.append(self._configs)
+                self._configs = (got,)
+                return True
         return self._advance(data, trusted=trusted)
 
     def _advance(self, data: bytes, trusted: bool = False) -> bool:
