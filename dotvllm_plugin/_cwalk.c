@@ -2263,21 +2263,12 @@ static PyObject *mask_hit(PyObject *self, PyObject *const *args, Py_ssize_t narg
  * (int32 [n, 256] global ids, chosen)}, chosen list, ignore list, lexer_of_state list, fork). */
 static PyObject *lr_push(const lr_t *t, PyObject *stack, int64_t term, int *refused);
 
-static int lr_row(PyObject *blocks, Py_ssize_t lexer, Py_buffer *buf) {
-    PyObject *key = PyLong_FromSsize_t(lexer);
-    if (!key) return -1;
-    PyObject *entry = PyDict_GetItemWithError(blocks, key);
-    Py_DECREF(key);
-    if (!entry) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "lr_step: a lexer without a block"); return -1; }
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 1) { PyErr_SetString(PyExc_TypeError, "lr_step: a bad block"); return -1; }
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(entry, 0), buf, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (buf->itemsize != 4 || buf->len % (256 * 4)) {
-        PyBuffer_Release(buf);
-        PyErr_SetString(PyExc_TypeError, "lr_step: a block is not int32 [n, 256]");
-        return -1;
-    }
-    return 0;
-}
+/* the lexer blocks' rows: the next state of a global state on a byte, the last block's buffer held */
+typedef struct {
+    PyObject *owner, *lexer_lo, *blocks;
+    Py_buffer row;
+    Py_ssize_t lexer, lo, n;
+} lr_rows;
 
 static inline Py_ssize_t lr_list_int(PyObject *list, Py_ssize_t i) {
     if (i < 0 || i >= PyList_GET_SIZE(list)) { PyErr_SetString(PyExc_IndexError, "lr_step: index out of range"); return -2; }
@@ -2285,90 +2276,124 @@ static inline Py_ssize_t lr_list_int(PyObject *list, Py_ssize_t i) {
     return (v == -1 && PyErr_Occurred()) ? -2 : v;
 }
 
-static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7) {
-        PyErr_SetString(PyExc_TypeError, "lr_step(tables, lexers, q, stack, data)");
-        return NULL;
+static int lr_block(lr_rows *r, Py_ssize_t lexer) {
+    if (r->row.obj) PyBuffer_Release(&r->row);
+    r->lexer = -1;
+    r->lo = lr_list_int(r->lexer_lo, lexer);
+    if (r->lo == -2) return -1;
+    PyObject *key = PyLong_FromSsize_t(lexer);
+    if (!key) return -1;
+    PyObject *entry = PyDict_GetItemWithError(r->blocks, key);
+    Py_DECREF(key);
+    if (!entry) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "lr_step: a lexer without a block"); return -1; }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 1) { PyErr_SetString(PyExc_TypeError, "lr_step: a bad block"); return -1; }
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(entry, 0), &r->row, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (r->row.itemsize != 4 || r->row.len % (256 * 4)) {
+        PyBuffer_Release(&r->row);
+        PyErr_SetString(PyExc_TypeError, "lr_step: a block is not int32 [n, 256]");
+        return -1;
     }
+    r->lexer = lexer;
+    r->n = r->row.len / (256 * 4);
+    return 0;
+}
+
+/* the next state of global state ``q`` on byte ``b`` into *out (-1: none); -1 on an error */
+static int lr_next(lr_rows *r, Py_ssize_t q, int b, Py_ssize_t *out) {
+    Py_ssize_t lexer = lr_list_int(r->owner, q);
+    if (lexer < 0) return -1;
+    if (lexer != r->lexer && lr_block(r, lexer) < 0) return -1;
+    Py_ssize_t local = q - r->lo;
+    if (local < 0 || local >= r->n) { PyErr_SetString(PyExc_IndexError, "lr_step: a state outside its block"); return -1; }
+    *out = ((const int32_t *)r->row.buf)[local * 256 + b];
+    return 0;
+}
+
+/* the lexeme-start state of the lexer of parser state ``state`` into *out: -1 not built yet; -1 on an error */
+static int lr_start(PyObject *lexer_of, PyObject *lexer_lo, PyObject *cell, Py_ssize_t *out) {
+    Py_ssize_t state = PyLong_AsSsize_t(PyTuple_GET_ITEM(cell, 0));
+    if (state == -1 && PyErr_Occurred()) return -1;
+    Py_ssize_t lexer = lr_list_int(lexer_of, state);
+    if (lexer == -2) return -1;
+    Py_ssize_t lo = lr_list_int(lexer_lo, lexer);
+    if (lo == -2) return -1;
+    *out = lo < 0 ? -1 : lo;
+    return 0;
+}
+
+static int lr_lexers(PyObject *lexers, lr_rows *r, PyObject **chosen, PyObject **ignore, PyObject **lexer_of,
+                     PyObject **fork) {
+    if (!PyTuple_Check(lexers) || PyTuple_GET_SIZE(lexers) != 7) { PyErr_SetString(PyExc_TypeError, "lr_step: bad lexer tables"); return -1; }
+    memset(r, 0, sizeof(*r));
+    r->lexer = -1;
+    r->owner = PyTuple_GET_ITEM(lexers, 0);
+    r->lexer_lo = PyTuple_GET_ITEM(lexers, 1);
+    r->blocks = PyTuple_GET_ITEM(lexers, 2);
+    *chosen = PyTuple_GET_ITEM(lexers, 3);
+    *ignore = PyTuple_GET_ITEM(lexers, 4);
+    *lexer_of = PyTuple_GET_ITEM(lexers, 5);
+    *fork = PyTuple_GET_ITEM(lexers, 6);
+    if (!PyList_Check(r->owner) || !PyList_Check(r->lexer_lo) || !PyDict_Check(r->blocks) || !PyList_Check(*chosen) ||
+        !PyList_Check(*ignore) || !PyList_Check(*lexer_of)) {
+        PyErr_SetString(PyExc_TypeError, "lr_step: bad lexer tables");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "lr_step(tables, lexers, q, stack, data)"); return NULL; }
     const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
     if (!t) return NULL;
-    PyObject *owner = PyTuple_GET_ITEM(args[1], 0), *lexer_lo = PyTuple_GET_ITEM(args[1], 1),
-             *blocks = PyTuple_GET_ITEM(args[1], 2), *chosen = PyTuple_GET_ITEM(args[1], 3),
-             *ignore = PyTuple_GET_ITEM(args[1], 4), *lexer_of = PyTuple_GET_ITEM(args[1], 5),
-             *fork = PyTuple_GET_ITEM(args[1], 6);
-    if (!PyList_Check(owner) || !PyList_Check(lexer_lo) || !PyDict_Check(blocks) || !PyList_Check(chosen) ||
-        !PyList_Check(ignore) || !PyList_Check(lexer_of)) {
-        PyErr_SetString(PyExc_TypeError, "lr_step: bad lexer tables");
-        return NULL;
-    }
+    lr_rows rows;
+    PyObject *chosen, *ignore, *lexer_of, *fork;
+    if (lr_lexers(args[1], &rows, &chosen, &ignore, &lexer_of, &fork) < 0) return NULL;
     Py_ssize_t q = PyLong_AsSsize_t(args[2]);
     if (q == -1 && PyErr_Occurred()) return NULL;
     Py_buffer data;
     if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *stack = args[3], *result = NULL;
+    PyObject *stack = args[3];
     Py_INCREF(stack);
-    Py_buffer row = {0};
-    Py_ssize_t row_lexer = -1, row_lo = 0, row_n = 0;
     const uint8_t *bytes = data.buf;
-    int err = 0, refused = 0, later = 0;
-    /* the next state of q on byte b (global id, -1 none); -2 on an error, -3 when q's lexer is not built */
-#define LR_NEXT(q_, b_, out_) do {                                                                    \
-        Py_ssize_t lx_ = lr_list_int(owner, (q_));                                                 \
-        if (lx_ < 0) { err = 1; break; }                                                           \
-        if (lx_ != row_lexer) {                                                                    \
-            if (row.obj) PyBuffer_Release(&row);                                                   \
-            row_lexer = -1;                                                                        \
-            row_lo = lr_list_int(lexer_lo, lx_);                                                   \
-            if (row_lo == -2 || lr_row(blocks, lx_, &row) < 0) { err = 1; break; }                 \
-            row_lexer = lx_;                                                                       \
-            row_n = row.len / (256 * 4);                                                           \
-        }                                                                                          \
-        Py_ssize_t local_ = (q_) - row_lo;                                                         \
-        if (local_ < 0 || local_ >= row_n) { PyErr_SetString(PyExc_IndexError, "lr_step: a state outside its block"); err = 1; break; } \
-        (out_) = ((const int32_t *)row.buf)[local_ * 256 + (b_)];                                  \
-    } while (0)
-    for (Py_ssize_t i = 0; i < data.len && !err && !refused && !later; i++) {
+    int err = 0, refused = 0, later = 0;  /* later: 1 the caller's step, 2 a fork */
+    for (Py_ssize_t i = 0; i < data.len; i++) {
         int b = bytes[i];
-        Py_ssize_t nq = -1;
-        LR_NEXT(q, b, nq);
-        if (err) break;
+        Py_ssize_t nq;
+        if (lr_next(&rows, q, b, &nq) < 0) { err = 1; break; }
         if (nq >= 0) { q = nq; continue; }
         Py_ssize_t term = lr_list_int(chosen, q);
         if (term == -2) { err = 1; break; }
         if (term < 0) { refused = 1; break; }
-        if (term > t->end) { result = fork; Py_INCREF(result); later = 2; break; }
+        if (term > t->end) { later = 2; break; }
         Py_ssize_t ign = lr_list_int(ignore, term);
         if (ign == -2) { err = 1; break; }
         if (!ign) {
             int no = 0;
             PyObject *next = lr_push(t, stack, term, &no);
             if (!next) {
-                if (no == 2) later = 1;  /* (a conflict: not a deterministic step) */
+                if (no == 2) later = 1;  /* (a conflict or $END: not a deterministic step) */
                 else if (no) refused = 1;
                 else err = 1;
                 break;
             }
             Py_SETREF(stack, next);
         }
-        PyObject *top = PyTuple_GET_ITEM(stack, 0);
-        Py_ssize_t state = PyLong_AsSsize_t(top);
-        Py_ssize_t lexer = state == -1 && PyErr_Occurred() ? -2 : lr_list_int(lexer_of, state);
-        if (lexer == -2) { err = 1; break; }
-        Py_ssize_t lo = lr_list_int(lexer_lo, lexer);
-        if (lo == -2) { err = 1; break; }
+        Py_ssize_t lo;
+        if (lr_start(lexer_of, rows.lexer_lo, stack, &lo) < 0) { err = 1; break; }
         if (lo < 0) { later = 1; break; }  /* the lexer is built by the caller */
-        LR_NEXT(lo, b, nq);
-        if (err) break;
+        if (lr_next(&rows, lo, b, &nq) < 0) { err = 1; break; }
         if (nq < 0) { refused = 1; break; }
         q = nq;
     }
-#undef LR_NEXT
-    if (row.obj) PyBuffer_Release(&row);
+    if (rows.row.obj) PyBuffer_Release(&rows.row);
     PyBuffer_Release(&data);
-    if (err) { Py_DECREF(stack); Py_XDECREF(result); return NULL; }
-    if (later == 2) { Py_DECREF(stack); return result; }
-    if (later) { Py_DECREF(stack); Py_RETURN_NOTIMPLEMENTED; }
-    if (refused) { Py_DECREF(stack); Py_RETURN_NONE; }
+    if (err || later || refused) {
+        Py_DECREF(stack);
+        if (err) return NULL;
+        if (later == 2) { Py_INCREF(fork); return fork; }
+        if (later) Py_RETURN_NOTIMPLEMENTED;
+        Py_RETURN_NONE;
+    }
     return Py_BuildValue("(nN)", q, stack);
 }
 
@@ -2419,9 +2444,265 @@ fail:
     return NULL;
 }
 
+/* a set of (int64, pointer) pairs: open addressing, grown at half full */
+typedef struct { int64_t *a; const void **p; Py_ssize_t n, cap; } lr_pairs;
+
+static void lr_pairs_free(lr_pairs *s) { free(s->a); free(s->p); }
+
+static uint64_t lr_pair_hash(int64_t a, const void *p) {
+    uint64_t h = ((uint64_t)a * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)(uintptr_t)p * 0xBF58476D1CE4E5B9ULL);
+    return h ^ (h >> 31);
+}
+
+/* 1 added, 0 present, -1 no memory */
+static int lr_pairs_add(lr_pairs *s, int64_t a, const void *p) {
+    if ((s->n + 1) * 2 > s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 32;
+        int64_t *na = malloc((size_t)cap * 8);
+        const void **np_ = calloc((size_t)cap, sizeof(void *));
+        if (!na || !np_) { free(na); free(np_); return -1; }
+        for (Py_ssize_t i = 0; i < s->cap; i++) {
+            if (!s->p[i]) continue;
+            Py_ssize_t j = (Py_ssize_t)(lr_pair_hash(s->a[i], s->p[i]) & (uint64_t)(cap - 1));
+            while (np_[j]) j = (j + 1) & (cap - 1);
+            na[j] = s->a[i];
+            np_[j] = s->p[i];
+        }
+        free(s->a);
+        free(s->p);
+        s->a = na;
+        s->p = np_;
+        s->cap = cap;
+    }
+    Py_ssize_t j = (Py_ssize_t)(lr_pair_hash(a, p) & (uint64_t)(s->cap - 1));
+    while (s->p[j]) {
+        if (s->a[j] == a && s->p[j] == p) return 0;
+        j = (j + 1) & (s->cap - 1);
+    }
+    s->a[j] = a;
+    s->p[j] = p;
+    s->n++;
+    return 1;
+}
+
+/* pushdown._push: the cell (state, below, depth), one object per (state, below) through ``intern``
+ * (a dict; None: a new cell) */
+static PyObject *lr_cell(int64_t state, PyObject *below, PyObject *intern) {
+    long long depth = PyLong_AsLongLong(PyTuple_GET_ITEM(below, 2));
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    if (intern == Py_None) return Py_BuildValue("(LOL)", (long long)state, below, depth + 1);
+    PyObject *key = Py_BuildValue("(LN)", (long long)state, PyLong_FromVoidPtr(below));
+    if (!key) return NULL;
+    PyObject *cell = PyDict_GetItemWithError(intern, key);
+    if (cell) { Py_DECREF(key); Py_INCREF(cell); return cell; }
+    if (PyErr_Occurred()) { Py_DECREF(key); return NULL; }
+    cell = Py_BuildValue("(LOL)", (long long)state, below, depth + 1);
+    if (!cell || PyDict_SetItem(intern, key, cell) < 0) { Py_DECREF(key); Py_XDECREF(cell); return NULL; }
+    Py_DECREF(key);
+    return cell;
+}
+
+/* PushdownGrammar.feed_all for one real terminal: its outcomes appended to ``out`` (stacks, or
+ * ``accept`` when ``with_accept``), in the order of the Python loop; -1 on an error */
+static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *intern, PyObject *out, int with_accept) {
+    PyObject **work = malloc(16 * sizeof(PyObject *));
+    Py_ssize_t n = 0, cap = 16;
+    lr_pairs seen = {0};
+    int err = 0;
+    if (!work || lr_pairs_add(&seen, PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0)), PyTuple_GET_ITEM(stack, 1)) < 0) {
+        free(work);
+        lr_pairs_free(&seen);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_INCREF(stack);
+    work[n++] = stack;
+    for (int64_t budget = t->budget; n && budget && !err; budget--) {
+        PyObject *st = work[--n];
+        int64_t top = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 0)), depth = PyLong_AsLongLong(PyTuple_GET_ITEM(st, 2));
+        if (PyErr_Occurred()) { Py_DECREF(st); err = 1; break; }
+        int32_t code = lr_action(t, top, term);
+        const int32_t *cs = &code;
+        Py_ssize_t ncs = 1;
+        if (code >= t->multi) {
+            int64_t k = code - t->multi;
+            if (k >= t->n_conf) { Py_DECREF(st); continue; }
+            cs = t->conf_codes + t->conf_off[k];
+            ncs = t->conf_off[k + 1] - t->conf_off[k];
+        }
+        for (Py_ssize_t ci = 0; ci < ncs && !err; ci++) {
+            int32_t c = cs[ci];
+            if (c == 0) continue;
+            if (c > 0) {
+                if (depth < t->max_depth) {
+                    PyObject *cell = lr_cell(c - 1, st, intern);
+                    if (!cell || PyList_Append(out, cell) < 0) err = 1;
+                    Py_XDECREF(cell);
+                }
+                continue;
+            }
+            Py_ssize_t r = -c - 1;
+            if (r >= t->n_rules) continue;
+            PyObject *below = st;
+            for (int64_t k = 0; k < t->rule_len[r] && below != Py_None; k++) below = PyTuple_GET_ITEM(below, 1);
+            if (below == Py_None) { PyErr_SetString(PyExc_ValueError, "lr: a reduction below the stack"); err = 1; break; }
+            int64_t below_state = PyLong_AsLongLong(PyTuple_GET_ITEM(below, 0));
+            int64_t g = lr_goto(t, below_state, t->rule_origin[r]);
+            if (g < 0) continue;
+            if (term == t->end && g == t->end_state) {
+                if (with_accept && PyList_Append(out, t->accept) < 0) err = 1;
+                continue;
+            }
+            g = lr_unit_top(t, below_state, g, term);
+            int added = lr_pairs_add(&seen, g, below);
+            if (added < 0) { PyErr_NoMemory(); err = 1; break; }
+            if (!added) continue;
+            PyObject *cell = lr_cell(g, below, intern);
+            if (!cell) { err = 1; break; }
+            if (n == cap) {
+                PyObject **nw = realloc(work, (size_t)cap * 2 * sizeof(PyObject *));
+                if (!nw) { Py_DECREF(cell); PyErr_NoMemory(); err = 1; break; }
+                work = nw;
+                cap *= 2;
+            }
+            work[n++] = cell;
+        }
+        Py_DECREF(st);
+    }
+    while (n) Py_DECREF(work[--n]);
+    free(work);
+    lr_pairs_free(&seen);
+    return err ? -1 : 0;
+}
+
+/* lr_step_all(tables, lexers, configs, data, intern, cap) -> the configurations ``(q, stack)``
+ * after ``data`` (each (q, stack object) once, in order, at most ``cap`` after each byte), before
+ * the viability check; () when none survives; NotImplemented where a lexer is not built yet or a
+ * compound lexeme is not known to the tables (the caller steps). PushdownGrammar.step_all's loop. */
+static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyTuple_Check(args[2])) { PyErr_SetString(PyExc_TypeError, "lr_step_all(tables, lexers, configs, data, intern, cap)"); return NULL; }
+    const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
+    if (!t) return NULL;
+    lr_rows rows;
+    PyObject *chosen, *ignore, *lexer_of, *fork, *intern = args[4];
+    if (lr_lexers(args[1], &rows, &chosen, &ignore, &lexer_of, &fork) < 0) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[5]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0) return NULL;
+    /* configurations: q and a stack reference each, the current ones and the next ones */
+    Py_ssize_t ncur = PyTuple_GET_SIZE(args[2]), nnext = 0, cap = ncur + 16;
+    Py_ssize_t *cq = malloc((size_t)cap * sizeof(Py_ssize_t)), *nq_ = malloc((size_t)cap * sizeof(Py_ssize_t));
+    PyObject **cs = malloc((size_t)cap * sizeof(PyObject *)), **ns = malloc((size_t)cap * sizeof(PyObject *));
+    PyObject *stacks = PyList_New(0), *result = NULL;
+    int err = !cq || !nq_ || !cs || !ns || !stacks, later = 0;
+    if (err && !PyErr_Occurred()) PyErr_NoMemory();
+    Py_ssize_t filled = 0;
+    for (Py_ssize_t i = 0; !err && i < ncur; i++) {
+        PyObject *c = PyTuple_GET_ITEM(args[2], i);
+        if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2) { PyErr_SetString(PyExc_TypeError, "lr_step_all: a configuration is not (q, stack)"); err = 1; break; }
+        cq[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(c, 0));
+        cs[i] = PyTuple_GET_ITEM(c, 1);
+        Py_INCREF(cs[i]);
+        filled = i + 1;
+        if (cq[i] == -1 && PyErr_Occurred()) err = 1;
+    }
+    ncur = filled;
+    const uint8_t *bytes = data.buf;
+    for (Py_ssize_t i = 0; !err && !later && i < data.len; i++) {
+        int b = bytes[i];
+        lr_pairs seen = {0};
+        nnext = 0;
+        /* add (q, st) to the next configurations unless there (a new reference to st on success) */
+#define LR_ADD(q_, st_) do {                                                                        \
+            int a_ = lr_pairs_add(&seen, (q_), (st_));                                             \
+            if (a_ < 0) { PyErr_NoMemory(); err = 1; break; }                                      \
+            if (!a_) break;                                                                        \
+            if (nnext == cap) {                                                                    \
+                Py_ssize_t c2_ = cap * 2;                                                          \
+                Py_ssize_t *a1_ = realloc(cq, (size_t)c2_ * sizeof(Py_ssize_t));                   \
+                if (a1_) cq = a1_;                                                                 \
+                Py_ssize_t *a2_ = realloc(nq_, (size_t)c2_ * sizeof(Py_ssize_t));                  \
+                if (a2_) nq_ = a2_;                                                                \
+                PyObject **a3_ = realloc(cs, (size_t)c2_ * sizeof(PyObject *));                    \
+                if (a3_) cs = a3_;                                                                 \
+                PyObject **a4_ = realloc(ns, (size_t)c2_ * sizeof(PyObject *));                    \
+                if (a4_) ns = a4_;                                                                 \
+                if (!a1_ || !a2_ || !a3_ || !a4_) { PyErr_NoMemory(); err = 1; break; }            \
+                cap = c2_;                                                                         \
+            }                                                                                      \
+            nq_[nnext] = (q_);                                                                     \
+            Py_INCREF(st_);                                                                        \
+            ns[nnext++] = (st_);                                                                   \
+        } while (0)
+        for (Py_ssize_t k = 0; k < ncur && !err && !later; k++) {
+            Py_ssize_t q = cq[k], nq;
+            PyObject *st = cs[k];
+            if (lr_next(&rows, q, b, &nq) < 0) { err = 1; break; }
+            if (nq >= 0) { LR_ADD(nq, st); continue; }
+            Py_ssize_t term = lr_list_int(chosen, q);
+            if (term == -2) { err = 1; break; }
+            if (term < 0) continue;
+            if (PyList_SetSlice(stacks, 0, PyList_GET_SIZE(stacks), NULL) < 0) { err = 1; break; }
+            Py_ssize_t ign = term <= t->end ? lr_list_int(ignore, term) : 0;
+            if (ign == -2) { err = 1; break; }
+            if (term < t->end && ign) {
+                if (PyList_Append(stacks, st) < 0) { err = 1; break; }
+            } else {
+                const int32_t *members;
+                int32_t one;
+                Py_ssize_t nm = lr_expand(t, term, &members, &one);
+                if (nm < 0) { later = 1; break; }
+                for (Py_ssize_t j = 0; j < nm && !err; j++)
+                    if (lr_feed_all(t, st, members[j], intern, stacks, 0) < 0) err = 1;
+                if (err) break;
+            }
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(stacks) && !err && !later; j++) {
+                PyObject *s2 = PyList_GET_ITEM(stacks, j);
+                Py_ssize_t lo, q2;
+                if (lr_start(lexer_of, rows.lexer_lo, s2, &lo) < 0) { err = 1; break; }
+                if (lo < 0) { later = 1; break; }
+                if (lr_next(&rows, lo, b, &q2) < 0) { err = 1; break; }
+                if (q2 >= 0) LR_ADD(q2, s2);
+            }
+        }
+#undef LR_ADD
+        lr_pairs_free(&seen);
+        for (Py_ssize_t k = 0; k < ncur; k++) Py_DECREF(cs[k]);
+        ncur = 0;
+        if (err || later) break;
+        if (nnext > limit) {  /* the first ``limit`` kept */
+            for (Py_ssize_t k = limit; k < nnext; k++) Py_DECREF(ns[k]);
+            nnext = limit;
+        }
+        Py_ssize_t *tq = cq; cq = nq_; nq_ = tq;
+        PyObject **ts = cs; cs = ns; ns = ts;
+        ncur = nnext;
+        nnext = 0;
+        if (!ncur) break;
+    }
+    for (Py_ssize_t k = 0; k < nnext; k++) Py_DECREF(ns[k]);
+    if (!err && !later) {
+        result = PyTuple_New(ncur);
+        for (Py_ssize_t k = 0; result && k < ncur; k++) {
+            PyObject *c = Py_BuildValue("(nO)", cq[k], cs[k]);
+            if (!c) { Py_CLEAR(result); break; }
+            PyTuple_SET_ITEM(result, k, c);
+        }
+    }
+    for (Py_ssize_t k = 0; k < ncur; k++) Py_DECREF(cs[k]);
+    if (rows.row.obj) PyBuffer_Release(&rows.row);
+    PyBuffer_Release(&data);
+    free(cq); free(nq_); free(cs); free(ns);
+    Py_XDECREF(stacks);
+    if (later && !err) Py_RETURN_NOTIMPLEMENTED;
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
+    {"lr_step_all", (PyCFunction)(void (*)(void))lr_step_all, METH_FASTCALL, "Every configuration's step over a token's bytes."},
     {"lr_tables", lr_tables, METH_VARARGS, "The parser tables the probe functions read, as a capsule."},
     {"lr_feed", (PyCFunction)(void (*)(void))lr_feed, METH_FASTCALL, "Every outcome of feeding a terminal to a probe's stack."},
     {"lr_viable", (PyCFunction)(void (*)(void))lr_viable, METH_FASTCALL, "Whether a probe's stack takes one of some terminals."},

@@ -206,11 +206,11 @@ _FORK = "fork"
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
 #: Whether the parser runs in C where the extension has it: the probe of mask computations
-#: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``) and a deterministic
-#: grammar's step (``lr_step``); :class:`_Probe`'s methods, :meth:`PushdownGrammar.mask`'s loop and
+#: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``), a deterministic
+#: grammar's step (``lr_step``) and the generalised one (``lr_step_all``); :class:`_Probe`'s methods, :meth:`PushdownGrammar.mask`'s loop and
 #: :meth:`PushdownGrammar.step`'s are the reference (tests compare).
 USE_C_PARSER = True
-_C_PARSER = _cwalk is not None and hasattr(_cwalk, "lr_step")
+_C_PARSER = _cwalk is not None and hasattr(_cwalk, "lr_step_all")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
@@ -1453,6 +1453,11 @@ class PushdownGrammar:
                     out.append(got)
             else:
                 return tuple(out)
+        lr = self._lr()
+        if lr is not None:
+            got = _cwalk.lr_step_all(lr, self._step_tables, configs, data, intern, MAX_CONFIGS_IN_STEP)
+            if got is not NotImplemented:  # (a lexer to build, a compound lexeme made since the tables: below)
+                return tuple(c for c in got if self.viable(*c))[:MAX_CONFIGS]
         rows, row_of, chosen, ignore, start, lexer_of = (self._rows, self._row, self._chosen, self._ignore, self._start,
                                                          self._lexer_of_state)
         end = self._end
