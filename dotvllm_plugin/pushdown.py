@@ -207,8 +207,8 @@ _FORK = "fork"
 USE_C_PRODUCT = True
 #: Whether the parser runs in C where the extension has it: the probe of mask computations
 #: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``), a deterministic
-#: grammar's step (``lr_step``) and the generalised one (``lr_step_all``); :class:`_Probe`'s methods, :meth:`PushdownGrammar.mask`'s loop and
-#: :meth:`PushdownGrammar.step`'s are the reference (tests compare).
+#: grammar's step (``lr_step``) and the generalised one (``lr_step_all``); :class:`_Probe`'s
+#: methods and :class:`PushdownGrammar`'s loops are the reference (tests compare).
 USE_C_PARSER = True
 _C_PARSER = _cwalk is not None and hasattr(_cwalk, "lr_step_all")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
@@ -1593,7 +1593,8 @@ class PushdownGrammar:
             cap = _cwalk.lr_tables(
                 a["action"], a["action"].shape[1], a["goto"], a["goto"].shape[1], a["rule_len"], a["rule_origin"],
                 a["conf_offsets"], a["conf_codes"], comp["compound_offsets"].astype(np.int64),
-                comp["compound_members"].astype(np.int32), self._compounds.base, self._end, self.end_state, self.max_stack_depth, MAX_REDUCTIONS, MULTI, _ACCEPT)
+                comp["compound_members"].astype(np.int32), self._compounds.base, self._end, self.end_state,
+                self.max_stack_depth, MAX_REDUCTIONS, MULTI, _ACCEPT)
             got = self._lr_tables = (cap, n_comp)
         return got[0]
 
@@ -1611,7 +1612,8 @@ class PushdownGrammar:
             if _cwalk is not None:  # (in one pass)
                 rows, bc, n_cls = _cwalk.byte_classes(np.ascontiguousarray(block, dtype=np.int32), lo,
                                                       np.ascontiguousarray(chosen, dtype=np.int32))
-                t, byte_class = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls), np.frombuffer(bc, dtype=np.int64)
+                t = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls)
+                byte_class = np.frombuffer(bc, dtype=np.int64)
             else:
                 class_trans, byte_class = byte_classes(block)
                 t = np.where(class_trans >= 0, class_trans - lo, -1)

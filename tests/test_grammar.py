@@ -685,7 +685,8 @@ def _probe_cases(grammar, rng, stacks):
     mask computation asks."""
     from dotvllm_plugin import pushdown
 
-    terms = list(range(grammar._end + 1)) + [grammar._compounds.base + k for k in range(len(grammar._compounds.members))]
+    compounds = grammar._compounds
+    terms = list(range(grammar._end + 1)) + [compounds.base + k for k in range(len(compounds.members))]
     for stack in stacks:
         at = [(0, ())]
         for _ in range(12):
@@ -806,7 +807,8 @@ def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab
                 for q, st in configs:
                     bits |= g.mask(q, st)
                 allowed = np.flatnonzero(np.unpackbits(bits.view(np.uint8), bitorder="little")[:size])
-                some = rng.choice(size, 40).tolist() + rng.choice(allowed, min(40, len(allowed)), replace=False).tolist()
+                some = rng.choice(size, 40).tolist()
+                some += rng.choice(allowed, min(40, len(allowed)), replace=False).tolist()
                 for t in (range(size) if size <= 300 else some):
                     data = g.vocabulary.token_bytes[t]
                     if not data:
