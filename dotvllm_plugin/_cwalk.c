@@ -2261,7 +2261,7 @@ static PyObject *mask_hit(PyObject *self, PyObject *const *args, Py_ssize_t narg
  * built yet: the caller steps, building it): PushdownGrammar.step for a deterministic grammar,
  * without the final viability check. ``lexers``: (owner list, lexer_lo list, blocks dict {lexer:
  * (int32 [n, 256] global ids, chosen)}, chosen list, ignore list, lexer_of_state list, fork). */
-static PyObject *lr_push(const lr_t *t, PyObject *stack, int64_t term, int *refused);
+static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *intern, PyObject *out, int with_accept);
 
 /* the lexer blocks' rows: the next state of a global state on a byte, the last block's buffer held */
 typedef struct {
@@ -2352,7 +2352,8 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (q == -1 && PyErr_Occurred()) return NULL;
     Py_buffer data;
     if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *stack = args[3];
+    PyObject *stack = args[3], *outcomes = PyList_New(0);
+    if (!outcomes) { PyBuffer_Release(&data); return NULL; }
     Py_INCREF(stack);
     const uint8_t *bytes = data.buf;
     int err = 0, refused = 0, later = 0;  /* later: 1 the caller's step, 2 a fork */
@@ -2367,15 +2368,13 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (term > t->end) { later = 2; break; }
         Py_ssize_t ign = lr_list_int(ignore, term);
         if (ign == -2) { err = 1; break; }
-        if (!ign) {
-            int no = 0;
-            PyObject *next = lr_push(t, stack, term, &no);
-            if (!next) {
-                if (no == 2) later = 1;  /* (a conflict or $END: not a deterministic step) */
-                else if (no) refused = 1;
-                else err = 1;
-                break;
-            }
+        if (!ign) {  /* (a deterministic grammar: one outcome, or none) */
+            if (PyList_SetSlice(outcomes, 0, PyList_GET_SIZE(outcomes), NULL) < 0 ||
+                lr_feed_all(t, stack, term, Py_None, outcomes, 1) < 0) { err = 1; break; }
+            if (!PyList_GET_SIZE(outcomes)) { refused = 1; break; }
+            PyObject *next = PyList_GET_ITEM(outcomes, 0);
+            if (PyList_GET_SIZE(outcomes) > 1 || next == t->accept) { later = 1; break; }  /* (a conflict: the caller's) */
+            Py_INCREF(next);
             Py_SETREF(stack, next);
         }
         Py_ssize_t lo;
@@ -2387,6 +2386,7 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     if (rows.row.obj) PyBuffer_Release(&rows.row);
     PyBuffer_Release(&data);
+    Py_DECREF(outcomes);
     if (err || later || refused) {
         Py_DECREF(stack);
         if (err) return NULL;
@@ -2397,92 +2397,10 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return Py_BuildValue("(nN)", q, stack);
 }
 
-/* PushdownGrammar.feed: the stack after ``term`` (a new reference), or NULL with *refused = 1 (no
- * action, or the stack bound), 2 (a conflict or $END accepted: the caller's), 0 (an error) */
-static PyObject *lr_push(const lr_t *t, PyObject *stack, int64_t term, int *refused) {
-    Py_INCREF(stack);
-    *refused = 0;
-    for (Py_ssize_t guard = 0; guard <= t->budget; guard++) {
-        if (!PyTuple_Check(stack) || PyTuple_GET_SIZE(stack) != 3) {
-            PyErr_SetString(PyExc_TypeError, "lr: a stack cell is not (state, below, depth)");
-            break;
-        }
-        int64_t top = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0));
-        int64_t depth = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 2));
-        if (PyErr_Occurred()) break;
-        int32_t code = lr_action(t, top, term);
-        if (code == 0) { *refused = 1; break; }
-        if (code >= t->multi) { *refused = 2; break; }
-        if (code > 0) {
-            if (depth >= t->max_depth) { *refused = 1; break; }
-            PyObject *cell = Py_BuildValue("(LOL)", (long long)(code - 1), stack, (long long)(depth + 1));
-            Py_DECREF(stack);
-            return cell;
-        }
-        Py_ssize_t r = -code - 1;
-        if (r >= t->n_rules) { PyErr_SetString(PyExc_ValueError, "lr: a rule out of range"); break; }
-        for (int64_t k = 0; k < t->rule_len[r]; k++) {
-            PyObject *below = PyTuple_Check(stack) && PyTuple_GET_SIZE(stack) == 3 ? PyTuple_GET_ITEM(stack, 1) : NULL;
-            if (!below || below == Py_None) { PyErr_SetString(PyExc_ValueError, "lr: a reduction below the stack"); goto fail; }
-            Py_INCREF(below);
-            Py_SETREF(stack, below);
-        }
-        int64_t below_state = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0));
-        int64_t below_depth = PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 2));
-        if (PyErr_Occurred()) break;
-        int64_t g = lr_goto(t, below_state, t->rule_origin[r]);
-        if (g < 0) { PyErr_SetString(PyExc_ValueError, "lr: no goto"); break; }
-        if (term == t->end && g == t->end_state) { *refused = 2; break; }
-        PyObject *cell = Py_BuildValue("(LOL)", (long long)lr_unit_top(t, below_state, g, term), stack,
-                                       (long long)(below_depth + 1));
-        if (!cell) break;
-        Py_SETREF(stack, cell);
-    }
-    if (!*refused && !PyErr_Occurred()) *refused = 2;  /* (reductions past the budget: the caller's) */
-fail:
-    Py_DECREF(stack);
-    return NULL;
-}
-
-/* a set of (int64, pointer) pairs: open addressing, grown at half full */
-typedef struct { int64_t *a; const void **p; Py_ssize_t n, cap; } lr_pairs;
-
-static void lr_pairs_free(lr_pairs *s) { free(s->a); free(s->p); }
-
-static uint64_t lr_pair_hash(int64_t a, const void *p) {
-    uint64_t h = ((uint64_t)a * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)(uintptr_t)p * 0xBF58476D1CE4E5B9ULL);
-    return h ^ (h >> 31);
-}
-
-/* 1 added, 0 present, -1 no memory */
-static int lr_pairs_add(lr_pairs *s, int64_t a, const void *p) {
-    if ((s->n + 1) * 2 > s->cap) {
-        Py_ssize_t cap = s->cap ? s->cap * 2 : 32;
-        int64_t *na = malloc((size_t)cap * 8);
-        const void **np_ = calloc((size_t)cap, sizeof(void *));
-        if (!na || !np_) { free(na); free(np_); return -1; }
-        for (Py_ssize_t i = 0; i < s->cap; i++) {
-            if (!s->p[i]) continue;
-            Py_ssize_t j = (Py_ssize_t)(lr_pair_hash(s->a[i], s->p[i]) & (uint64_t)(cap - 1));
-            while (np_[j]) j = (j + 1) & (cap - 1);
-            na[j] = s->a[i];
-            np_[j] = s->p[i];
-        }
-        free(s->a);
-        free(s->p);
-        s->a = na;
-        s->p = np_;
-        s->cap = cap;
-    }
-    Py_ssize_t j = (Py_ssize_t)(lr_pair_hash(a, p) & (uint64_t)(s->cap - 1));
-    while (s->p[j]) {
-        if (s->a[j] == a && s->p[j] == p) return 0;
-        j = (j + 1) & (s->cap - 1);
-    }
-    s->a[j] = a;
-    s->p[j] = p;
-    s->n++;
-    return 1;
+/* (a, p) added to ``w`` (an item of one element): 1 added, 0 present, -1 no memory */
+static int lr_add_pair(lr_work *w, int64_t a, const void *p) {
+    int64_t x = (int64_t)(uintptr_t)p;
+    return lr_add(w, a, &x, 1);
 }
 
 /* pushdown._push: the cell (state, below, depth), one object per (state, below) through ``intern``
@@ -2507,11 +2425,11 @@ static PyObject *lr_cell(int64_t state, PyObject *below, PyObject *intern) {
 static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *intern, PyObject *out, int with_accept) {
     PyObject **work = malloc(16 * sizeof(PyObject *));
     Py_ssize_t n = 0, cap = 16;
-    lr_pairs seen = {0};
+    lr_work seen = {0};
     int err = 0;
-    if (!work || lr_pairs_add(&seen, PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0)), PyTuple_GET_ITEM(stack, 1)) < 0) {
+    if (!work || lr_add_pair(&seen, PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0)), PyTuple_GET_ITEM(stack, 1)) < 0) {
         free(work);
-        lr_pairs_free(&seen);
+        lr_work_free(&seen);
         PyErr_NoMemory();
         return -1;
     }
@@ -2554,7 +2472,7 @@ static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *i
                 continue;
             }
             g = lr_unit_top(t, below_state, g, term);
-            int added = lr_pairs_add(&seen, g, below);
+            int added = lr_add_pair(&seen, g, below);
             if (added < 0) { PyErr_NoMemory(); err = 1; break; }
             if (!added) continue;
             PyObject *cell = lr_cell(g, below, intern);
@@ -2571,7 +2489,7 @@ static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *i
     }
     while (n) Py_DECREF(work[--n]);
     free(work);
-    lr_pairs_free(&seen);
+    lr_work_free(&seen);
     return err ? -1 : 0;
 }
 
@@ -2579,6 +2497,34 @@ static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *i
  * after ``data`` (each (q, stack object) once, in order, at most ``cap`` after each byte), before
  * the viability check; () when none survives; NotImplemented where a lexer is not built yet or a
  * compound lexeme is not known to the tables (the caller steps). PushdownGrammar.step_all's loop. */
+/* configurations (q, stack) in order, each holding a reference to its stack */
+typedef struct { Py_ssize_t q; PyObject *st; } lr_conf;
+typedef struct { lr_conf *a; Py_ssize_t n, cap; } lr_confs;
+
+static int lr_confs_push(lr_confs *v, Py_ssize_t q, PyObject *st) {
+    if (v->n == v->cap) {
+        Py_ssize_t cap = v->cap ? v->cap * 2 : 16;
+        lr_conf *a = realloc(v->a, (size_t)cap * sizeof(lr_conf));
+        if (!a) { PyErr_NoMemory(); return -1; }
+        v->a = a;
+        v->cap = cap;
+    }
+    Py_INCREF(st);
+    v->a[v->n++] = (lr_conf){q, st};
+    return 0;
+}
+
+static void lr_confs_clear(lr_confs *v, Py_ssize_t from) {
+    while (v->n > from) Py_DECREF(v->a[--v->n].st);
+}
+
+/* (q, st) added to ``next`` unless ``seen`` has it; -1 on an error */
+static int lr_confs_add(lr_confs *next, lr_work *seen, Py_ssize_t q, PyObject *st) {
+    int added = lr_add_pair(seen, q, st);
+    if (added < 0) { PyErr_NoMemory(); return -1; }
+    return added ? lr_confs_push(next, q, st) : 0;
+}
+
 static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyTuple_Check(args[2])) { PyErr_SetString(PyExc_TypeError, "lr_step_all(tables, lexers, configs, data, intern, cap)"); return NULL; }
     const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
@@ -2590,56 +2536,24 @@ static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (limit == -1 && PyErr_Occurred()) return NULL;
     Py_buffer data;
     if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0) return NULL;
-    /* configurations: q and a stack reference each, the current ones and the next ones */
-    Py_ssize_t ncur = PyTuple_GET_SIZE(args[2]), nnext = 0, cap = ncur + 16;
-    Py_ssize_t *cq = malloc((size_t)cap * sizeof(Py_ssize_t)), *nq_ = malloc((size_t)cap * sizeof(Py_ssize_t));
-    PyObject **cs = malloc((size_t)cap * sizeof(PyObject *)), **ns = malloc((size_t)cap * sizeof(PyObject *));
+    lr_confs cur = {0}, next = {0};
     PyObject *stacks = PyList_New(0), *result = NULL;
-    int err = !cq || !nq_ || !cs || !ns || !stacks, later = 0;
-    if (err && !PyErr_Occurred()) PyErr_NoMemory();
-    Py_ssize_t filled = 0;
-    for (Py_ssize_t i = 0; !err && i < ncur; i++) {
+    int err = !stacks, later = 0;
+    for (Py_ssize_t i = 0; !err && i < PyTuple_GET_SIZE(args[2]); i++) {
         PyObject *c = PyTuple_GET_ITEM(args[2], i);
         if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2) { PyErr_SetString(PyExc_TypeError, "lr_step_all: a configuration is not (q, stack)"); err = 1; break; }
-        cq[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(c, 0));
-        cs[i] = PyTuple_GET_ITEM(c, 1);
-        Py_INCREF(cs[i]);
-        filled = i + 1;
-        if (cq[i] == -1 && PyErr_Occurred()) err = 1;
+        Py_ssize_t q = PyLong_AsSsize_t(PyTuple_GET_ITEM(c, 0));
+        err = (q == -1 && PyErr_Occurred()) || lr_confs_push(&cur, q, PyTuple_GET_ITEM(c, 1)) < 0;
     }
-    ncur = filled;
     const uint8_t *bytes = data.buf;
-    for (Py_ssize_t i = 0; !err && !later && i < data.len; i++) {
+    for (Py_ssize_t i = 0; !err && !later && cur.n && i < data.len; i++) {
         int b = bytes[i];
-        lr_pairs seen = {0};
-        nnext = 0;
-        /* add (q, st) to the next configurations unless there (a new reference to st on success) */
-#define LR_ADD(q_, st_) do {                                                                        \
-            int a_ = lr_pairs_add(&seen, (q_), (st_));                                             \
-            if (a_ < 0) { PyErr_NoMemory(); err = 1; break; }                                      \
-            if (!a_) break;                                                                        \
-            if (nnext == cap) {                                                                    \
-                Py_ssize_t c2_ = cap * 2;                                                          \
-                Py_ssize_t *a1_ = realloc(cq, (size_t)c2_ * sizeof(Py_ssize_t));                   \
-                if (a1_) cq = a1_;                                                                 \
-                Py_ssize_t *a2_ = realloc(nq_, (size_t)c2_ * sizeof(Py_ssize_t));                  \
-                if (a2_) nq_ = a2_;                                                                \
-                PyObject **a3_ = realloc(cs, (size_t)c2_ * sizeof(PyObject *));                    \
-                if (a3_) cs = a3_;                                                                 \
-                PyObject **a4_ = realloc(ns, (size_t)c2_ * sizeof(PyObject *));                    \
-                if (a4_) ns = a4_;                                                                 \
-                if (!a1_ || !a2_ || !a3_ || !a4_) { PyErr_NoMemory(); err = 1; break; }            \
-                cap = c2_;                                                                         \
-            }                                                                                      \
-            nq_[nnext] = (q_);                                                                     \
-            Py_INCREF(st_);                                                                        \
-            ns[nnext++] = (st_);                                                                   \
-        } while (0)
-        for (Py_ssize_t k = 0; k < ncur && !err && !later; k++) {
-            Py_ssize_t q = cq[k], nq;
-            PyObject *st = cs[k];
+        lr_work seen = {0};
+        for (Py_ssize_t k = 0; k < cur.n && !err && !later; k++) {
+            Py_ssize_t q = cur.a[k].q, nq;
+            PyObject *st = cur.a[k].st;
             if (lr_next(&rows, q, b, &nq) < 0) { err = 1; break; }
-            if (nq >= 0) { LR_ADD(nq, st); continue; }
+            if (nq >= 0) { err = lr_confs_add(&next, &seen, nq, st) < 0; continue; }
             Py_ssize_t term = lr_list_int(chosen, q);
             if (term == -2) { err = 1; break; }
             if (term < 0) continue;
@@ -2663,37 +2577,30 @@ static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t n
                 if (lr_start(lexer_of, rows.lexer_lo, s2, &lo) < 0) { err = 1; break; }
                 if (lo < 0) { later = 1; break; }
                 if (lr_next(&rows, lo, b, &q2) < 0) { err = 1; break; }
-                if (q2 >= 0) LR_ADD(q2, s2);
+                if (q2 >= 0) err = lr_confs_add(&next, &seen, q2, s2) < 0;
             }
         }
-#undef LR_ADD
-        lr_pairs_free(&seen);
-        for (Py_ssize_t k = 0; k < ncur; k++) Py_DECREF(cs[k]);
-        ncur = 0;
-        if (err || later) break;
-        if (nnext > limit) {  /* the first ``limit`` kept */
-            for (Py_ssize_t k = limit; k < nnext; k++) Py_DECREF(ns[k]);
-            nnext = limit;
-        }
-        Py_ssize_t *tq = cq; cq = nq_; nq_ = tq;
-        PyObject **ts = cs; cs = ns; ns = ts;
-        ncur = nnext;
-        nnext = 0;
-        if (!ncur) break;
+        lr_work_free(&seen);
+        lr_confs_clear(&next, next.n < limit ? next.n : limit);  /* (the first ``limit`` kept) */
+        lr_confs_clear(&cur, 0);
+        lr_confs tmp = cur;
+        cur = next;
+        next = tmp;
     }
-    for (Py_ssize_t k = 0; k < nnext; k++) Py_DECREF(ns[k]);
     if (!err && !later) {
-        result = PyTuple_New(ncur);
-        for (Py_ssize_t k = 0; result && k < ncur; k++) {
-            PyObject *c = Py_BuildValue("(nO)", cq[k], cs[k]);
+        result = PyTuple_New(cur.n);
+        for (Py_ssize_t k = 0; result && k < cur.n; k++) {
+            PyObject *c = Py_BuildValue("(nO)", cur.a[k].q, cur.a[k].st);
             if (!c) { Py_CLEAR(result); break; }
             PyTuple_SET_ITEM(result, k, c);
         }
     }
-    for (Py_ssize_t k = 0; k < ncur; k++) Py_DECREF(cs[k]);
+    lr_confs_clear(&cur, 0);
+    lr_confs_clear(&next, 0);
+    free(cur.a);
+    free(next.a);
     if (rows.row.obj) PyBuffer_Release(&rows.row);
     PyBuffer_Release(&data);
-    free(cq); free(nq_); free(cs); free(ns);
     Py_XDECREF(stacks);
     if (later && !err) Py_RETURN_NOTIMPLEMENTED;
     return result;

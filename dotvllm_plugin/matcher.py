@@ -259,12 +259,6 @@ class PushdownMatcher(GrammarMatcher):
         trusted = self._row_for is self._configs  # the mask of these configurations was computed: it decides
         if trusted and not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
             return False
-        if trusted and len(self._configs) == 1:  # (the common case without the generic layers: the C step)
-            got = self.compiled.step_one(*self._configs[0], data)
-            if got is not None:
-                self._history.append(self._configs)
-                self._configs = (got,)
-                return True
         return self._advance(data, trusted=trusted)
 
     def _advance(self, data: bytes, trusted: bool = False) -> bool:

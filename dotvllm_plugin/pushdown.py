@@ -1427,16 +1427,6 @@ class PushdownGrammar:
             return None
         return q, stack
 
-    def step_one(self, q: int, stack, data: bytes):
-        """A trusted step of a deterministic grammar's one configuration (see :meth:`step`) by the C
-        step alone: the new ``(q, stack)``, or None where the caller steps as usual (no C parser, a
-        grammar that is not deterministic, a lexer to build; a refused text too, never met after the
-        mask allowed the token)."""
-        if not self.deterministic or not (USE_C_PARSER and _C_PARSER):
-            return None
-        got = _cwalk.lr_step(self._lr(), self._step_tables, q, stack, data)
-        return got if got is not NotImplemented and got is not _FORK else None
-
     def step_all(self, configs: tuple, data: bytes, intern: dict, trusted: bool = False) -> tuple:
         """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
         at most :data:`MAX_CONFIGS` once ``data`` is read: a mask, computed from the configurations
