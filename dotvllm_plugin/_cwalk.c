@@ -2171,6 +2171,36 @@ static PyObject *lr_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
+/* _Probe.viable on the stack (pos, xs[:n]) for the terminals ``reach`` (a tuple): 1 or 0, -1 on
+ * an error; ``*unknown`` set (and 0 returned) for a compound the tables do not know */
+static int lr_viable_in(const lr_t *t, lr_probe *p, int64_t pos, const int64_t *xs, Py_ssize_t n, PyObject *reach,
+                        int *unknown) {
+    *unknown = 0;
+    int64_t top = n ? xs[n - 1] : lr_state(p, pos);
+    if (top == -2) return -1;
+    if (top < 0) return 0;
+    Py_ssize_t R = PyTuple_GET_SIZE(reach);
+    int room = p->depth - pos + n < t->max_depth;
+    for (Py_ssize_t i = 0; room && i < R; i++) {  /* a shift, whatever lies below */
+        int32_t code = lr_action(t, top, PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i)));
+        if (code > 0 && code < t->multi) return PyErr_Occurred() ? -1 : 1;
+    }
+    for (Py_ssize_t i = 0; i < R; i++) {
+        int64_t x = PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i));
+        if (!lr_action(t, top, x)) continue;
+        const int32_t *members;
+        int32_t one;
+        Py_ssize_t nm = lr_expand(t, x, &members, &one);
+        if (nm < 0) { *unknown = 1; return 0; }
+        for (Py_ssize_t j = 0; j < nm; j++) {
+            Py_ssize_t got = lr_run(t, p, pos, xs, n, members[j], NULL);
+            if (got < 0) return -1;
+            if (got > 0) return 1;
+        }
+    }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* lr_viable(tables, probe, pos, new, reach) */
 static PyObject *lr_viable(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     const lr_t *t;
@@ -2182,33 +2212,9 @@ static PyObject *lr_viable(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t n = lr_new(args[3], buf, &xs);
     if (n < 0) return NULL;
     lr_probe p;
-    int ok = lr_init(&p, args[1]) == 0, result = 0, unknown = 0;
-    int64_t top = !ok ? -2 : n ? xs[n - 1] : lr_state(&p, pos);
-    if (top == -2) ok = 0;
-    Py_ssize_t R = PyTuple_GET_SIZE(reach);
-    if (ok && top >= 0) {
-        int room = p.depth - pos + n < t->max_depth;
-        for (Py_ssize_t i = 0; room && i < R && !result; i++) {  /* a shift, whatever lies below */
-            int32_t code = lr_action(t, top, PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i)));
-            if (code > 0 && code < t->multi) result = 1;
-        }
-        for (Py_ssize_t i = 0; ok && i < R && !result; i++) {
-            int64_t x = PyLong_AsLongLong(PyTuple_GET_ITEM(reach, i));
-            if (!lr_action(t, top, x)) continue;
-            const int32_t *members;
-            int32_t one;
-            Py_ssize_t nm = lr_expand(t, x, &members, &one);
-            if (nm < 0) { unknown = 1; break; }
-            for (Py_ssize_t j = 0; j < nm && !result; j++) {
-                Py_ssize_t got = lr_run(t, &p, pos, xs, n, members[j], NULL);
-                if (got < 0) { ok = 0; break; }
-                result = got > 0;
-            }
-        }
-        if (ok && PyErr_Occurred()) ok = 0;
-    }
+    int unknown = 0, result = lr_init(&p, args[1]) == 0 ? lr_viable_in(t, &p, pos, xs, n, reach, &unknown) : -1;
     if (xs != buf) free(xs);
-    if (lr_close(&p, ok) < 0 || !ok) return NULL;
+    if (lr_close(&p, result >= 0) < 0 || result < 0) return NULL;
     if (unknown) Py_RETURN_NOTIMPLEMENTED;
     return PyBool_FromLong(result);
 }
@@ -2606,8 +2612,431 @@ static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+/* ---- the mask computation's recursion (PushdownGrammar._subtree / _group and mask's miss) ----
+ *
+ * mask_miss(grammar, ctx, probe, base, out) -> out: PushdownGrammar.mask after its cache read, up
+ * to the end-of-sequence bits: ``base`` is _base_of(q)'s (free, pending, exits, key); the rows of
+ * the tokens allowed are ORed into ``out`` (an int32 row of the grammar's width, overwritten). The
+ * recursion is _group's and _subtree's, step for step: the same memo (``_sub_cache``, its count in
+ * the grammar's ``_sub_count``), the same cross walks (``_cross_cache``, and the grammar's
+ * ``_cross`` on a miss), the same probe reads (so the same cache depths), the same rows (a group's
+ * row is a new array only where it ORs two or more). ``ctx``: (sub_cache, cross_cache, reach
+ * values, lexer_of_state, ignore, end, memo limit). A terminal the parser tables do not know (a
+ * compound made since) is fed by the probe's own Python methods. */
+
+/* dst |= src over n 32-bit words, 16 bytes at a time (the loop alone stays scalar at -O2) */
+#if defined(__GNUC__)
+typedef uint64_t or_chunk __attribute__((vector_size(16)));
+#endif
+static void or_words(uint32_t *dst, const uint32_t *src, Py_ssize_t n) {
+    Py_ssize_t j = 0;
+#if defined(__GNUC__)
+    for (; j + 8 <= n; j += 8) {
+        or_chunk a, b, c, d;
+        memcpy(&a, dst + j, 16); memcpy(&b, src + j, 16);
+        memcpy(&c, dst + j + 4, 16); memcpy(&d, src + j + 4, 16);
+        a |= b;
+        c |= d;
+        memcpy(dst + j, &a, 16); memcpy(dst + j + 4, &c, 16);
+    }
+#endif
+    for (; j < n; j++) dst[j] |= src[j];
+}
+
+static PyObject *mt_names[6];  /* "_cross", "feed", "viable", "_sub_count", "lr", "_reach" */
+
+typedef struct {
+    const lr_t *t;
+    lr_probe p;
+    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore;
+    int64_t end;
+    Py_ssize_t count, limit, words;
+    int cacheable;
+} mt_ctx;
+
+/* the probe's Python method ``name`` on (pos, new, arg), the C view synced around the call */
+static PyObject *mt_python(mt_ctx *c, int name, long long pos, PyObject *new, PyObject *arg) {
+    if (lr_close(&c->p, 1) < 0) return NULL;
+    PyObject *pos_obj = PyLong_FromLongLong(pos);
+    PyObject *got = pos_obj ? PyObject_CallMethodObjArgs(c->probe, mt_names[name], pos_obj, new, arg, NULL) : NULL;
+    Py_XDECREF(pos_obj);
+    if (got && lr_open(&c->p) < 0) Py_CLEAR(got);
+    return got;
+}
+
+/* OR of ``parts`` (a list of rows): NULL with no error when there are none, the one row itself
+ * (a new reference) when there is one, else a new row */
+static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
+    Py_ssize_t k = PyList_GET_SIZE(parts);
+    if (k == 0) return NULL;
+    PyObject *acc = PyList_GET_ITEM(parts, 0);
+    if (k == 1) { Py_INCREF(acc); return acc; }
+    acc = PyNumber_Or(acc, PyList_GET_ITEM(parts, 1));
+    if (!acc || k == 2) return acc;
+    Py_buffer a;
+    if (PyObject_GetBuffer(acc, &a, PyBUF_WRITABLE) < 0) { Py_DECREF(acc); return NULL; }
+    uint32_t *w = a.buf;
+    Py_ssize_t nw = a.len / 4;
+    for (Py_ssize_t i = 2; i < k; i++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, i), &b, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&a); Py_DECREF(acc); return NULL; }
+        or_words(w, b.buf, b.len / 4 < nw ? b.len / 4 : nw);
+        PyBuffer_Release(&b);
+    }
+    PyBuffer_Release(&a);
+    return acc;
+}
+
+/* _Probe.signature(pos, depth) */
+static PyObject *mt_signature(mt_ctx *c, int64_t pos, Py_ssize_t depth) {
+    if (depth == 0) return PyTuple_New(0);
+    if (lr_state(&c->p, pos + depth - 1) == -2) return NULL;
+    PyObject *sl = PyList_GetSlice(c->p.cells, pos, pos + depth);
+    if (!sl) return NULL;
+    PyObject *sig = PyList_AsTuple(sl);
+    Py_DECREF(sl);
+    return sig;
+}
+
+/* whether (pos, new) takes one of ``reach``: 1, 0, -1 on an error */
+static int mt_viable(mt_ctx *c, int64_t pos, PyObject *new, PyObject *reach) {
+    if (PyTuple_Check(reach)) {
+        int64_t buf[LR_SMALL], *xs;
+        Py_ssize_t n = lr_new(new, buf, &xs);
+        if (n < 0) return -1;
+        int unknown = 0, got = lr_viable_in(c->t, &c->p, pos, xs, n, reach, &unknown);
+        if (xs != buf) free(xs);
+        if (got < 0 || !unknown) return got;
+    }
+    PyObject *r = mt_python(c, 2, pos, new, reach);
+    if (!r) return -1;
+    int got = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return got;
+}
+
+/* the outcomes of feeding ``term`` to (pos, new), accept left out: a new list of (pos, new) */
+static PyObject *mt_feed(mt_ctx *c, int64_t pos, PyObject *new, int64_t term) {
+    const int32_t *members;
+    int32_t one;
+    Py_ssize_t nm = lr_expand(c->t, term, &members, &one);
+    PyObject *out;
+    if (nm < 0) {
+        PyObject *term_obj = PyLong_FromLongLong(term);
+        out = term_obj ? mt_python(c, 1, pos, new, term_obj) : NULL;
+        Py_XDECREF(term_obj);
+        if (out && !PyList_Check(out)) { Py_SETREF(out, PySequence_List(out)); }
+    } else {
+        int64_t buf[LR_SMALL], *xs;
+        Py_ssize_t n = lr_new(new, buf, &xs);
+        if (n < 0) return NULL;
+        out = PyList_New(0);
+        for (Py_ssize_t i = 0; out && i < nm; i++)
+            if (lr_run(c->t, &c->p, pos, xs, n, members[i], out) < 0) Py_CLEAR(out);
+        if (xs != buf) free(xs);
+        if (out && nm > 1) {  /* every reading, each outcome once, in order */
+            PyObject *d = PyDict_New();
+            int ok = d != NULL;
+            for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(out); i++) ok = PyDict_SetItem(d, PyList_GET_ITEM(out, i), Py_None) == 0;
+            PyObject *keys = ok ? PyDict_Keys(d) : NULL;
+            Py_XDECREF(d);
+            Py_SETREF(out, keys);
+        }
+    }
+    if (!out) return NULL;
+    Py_ssize_t k = 0;  /* accept left out */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(out); i++) {
+        PyObject *x = PyList_GET_ITEM(out, i);
+        if (x == c->t->accept) continue;
+        Py_INCREF(x);
+        PyList_SetItem(out, k++, x);
+    }
+    if (PyList_SetSlice(out, k, PyList_GET_SIZE(out), NULL) < 0) Py_CLEAR(out);
+    return out;
+}
+
+static PyObject *mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, int *none);
+
+/* the rows of ``pending`` ((end state, row) pairs) viable on (pos, new), appended to ``parts`` */
+static int mt_pending(mt_ctx *c, PyObject *pending, int64_t pos, PyObject *new, PyObject *parts) {
+    if (!PyTuple_Check(pending)) { PyErr_SetString(PyExc_TypeError, "mask_miss: pending is not a tuple"); return -1; }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pending); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pending, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) { PyErr_SetString(PyExc_TypeError, "mask_miss: not an (end state, row) pair"); return -1; }
+        PyObject *reach = PyDict_GetItemWithError(c->reach, PyTuple_GET_ITEM(pair, 0));  /* (borrowed) */
+        PyObject *held = NULL;
+        if (!reach) {  /* not computed yet: the grammar's _reach computes it */
+            if (PyErr_Occurred()) return -1;
+            PyObject *lazy = PyObject_GetAttr(c->g, mt_names[5]);
+            held = reach = lazy ? PyObject_GetItem(lazy, PyTuple_GET_ITEM(pair, 0)) : NULL;
+            Py_XDECREF(lazy);
+            if (!reach) return -1;
+        }
+        int ok = mt_viable(c, pos, new, reach);
+        Py_XDECREF(held);
+        if (ok < 0) return -1;
+        if (ok && PyList_Append(parts, PyTuple_GET_ITEM(pair, 1)) < 0) return -1;
+    }
+    return 0;
+}
+
+/* _group: a new reference to the row, or NULL; ``*none`` set when the row is None */
+static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject *level, PyObject *node, int64_t pos,
+                          PyObject *new, int *none) {
+    *none = 0;
+    PyObject *memo_key = NULL, *parts = NULL, *outcomes = NULL, *row = NULL, *result = NULL;
+    int64_t term = PyLong_AsLongLong(term_obj);
+    if (term == -1 && PyErr_Occurred()) return NULL;
+    if (c->cacheable) {
+        if (!(memo_key = PyTuple_Pack(3, key, term_obj, new))) return NULL;
+        PyObject *memo = PyDict_GetItemWithError(c->sub_cache, memo_key);
+        if (!memo && PyErr_Occurred()) goto done;
+        if (memo) {
+            Py_INCREF(memo);
+            Py_ssize_t it = 0;
+            PyObject *depth_obj, *table;
+            while (PyDict_Next(memo, &it, &depth_obj, &table)) {
+                Py_ssize_t depth = PyLong_AsSsize_t(depth_obj);
+                PyObject *sig = depth >= 0 ? mt_signature(c, pos, depth) : NULL;
+                if (!sig) { Py_DECREF(memo); goto done; }
+                PyObject *hit = PyDict_GetItemWithError(table, sig);
+                Py_DECREF(sig);
+                if (hit) {
+                    Py_DECREF(memo);
+                    Py_DECREF(memo_key);
+                    if (hit == Py_None) { *none = 1; return NULL; }
+                    Py_INCREF(hit);
+                    return hit;
+                }
+                if (PyErr_Occurred()) { Py_DECREF(memo); goto done; }
+            }
+            Py_DECREF(memo);
+        }
+    }
+    Py_ssize_t saved = c->p.max_read;
+    c->p.max_read = pos - 1;
+    if (!(parts = PyList_New(0))) goto done;
+    int ignored = 0;
+    if (term < c->end) {
+        PyObject *ig = PyList_GetItem(c->ignore, term);
+        if (!ig) goto done;
+        ignored = PyObject_IsTrue(ig);
+    }
+    if (ignored) {
+        PyObject *pos_obj = PyLong_FromLongLong(pos);
+        outcomes = pos_obj ? Py_BuildValue("[(NO)]", pos_obj, new) : NULL;
+    } else {
+        outcomes = mt_feed(c, pos, new, term);
+    }
+    if (!outcomes) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(outcomes); i++) {
+        PyObject *o = PyList_GET_ITEM(outcomes, i);
+        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(o, 1))) {
+            PyErr_SetString(PyExc_TypeError, "mask_miss: an outcome is not (pos, new)");
+            goto done;
+        }
+        long long pos2 = PyLong_AsLongLong(PyTuple_GET_ITEM(o, 0));
+        if (pos2 == -1 && PyErr_Occurred()) goto done;
+        PyObject *new2 = PyTuple_GET_ITEM(o, 1);
+        Py_ssize_t n2 = PyTuple_GET_SIZE(new2);
+        int64_t top;
+        if (n2) {
+            top = PyLong_AsLongLong(PyTuple_GET_ITEM(new2, n2 - 1));
+            if (top == -1 && PyErr_Occurred()) goto done;
+        } else if ((top = lr_state(&c->p, pos2)) == -2) {
+            goto done;
+        }
+        Py_ssize_t nl = PyList_GET_SIZE(c->lexer_of);
+        PyObject *lexer = PyList_GetItem(c->lexer_of, top < 0 ? nl + top : top);
+        if (!lexer) goto done;
+        PyObject *step = PyTuple_Pack(2, term_obj, lexer);
+        PyObject *tail = step ? PyTuple_Pack(1, step) : NULL;
+        Py_XDECREF(step);
+        PyObject *key2 = tail ? PySequence_Concat(key, tail) : NULL;
+        Py_XDECREF(tail);
+        if (!key2) goto done;
+        PyObject *cross = PyDict_GetItemWithError(c->cross_cache, key2);
+        if (cross) {
+            Py_INCREF(cross);
+        } else if (!PyErr_Occurred()) {
+            PyObject *ln = PyTuple_Pack(2, level, node);
+            cross = ln ? PyObject_CallMethodObjArgs(c->g, mt_names[0], key2, ln, lexer, NULL) : NULL;
+            Py_XDECREF(ln);
+        }
+        if (!cross) { Py_DECREF(key2); goto done; }
+        int bad = !PyTuple_Check(cross) || PyTuple_GET_SIZE(cross) != 3;
+        if (bad) PyErr_SetString(PyExc_TypeError, "mask_miss: a cross walk is not (free, pending, exits)");
+        PyObject *free_row = bad ? NULL : PyTuple_GET_ITEM(cross, 0);
+        if (!bad && free_row != Py_None) bad = PyList_Append(parts, free_row) < 0;
+        if (!bad) bad = mt_pending(c, PyTuple_GET_ITEM(cross, 1), pos2, new2, parts) < 0;
+        PyObject *exits = bad ? NULL : PyTuple_GET_ITEM(cross, 2);
+        if (!bad && PyObject_IsTrue(exits)) {
+            int sub_none;
+            PyObject *sub = mt_subtree(c, key2, exits, pos2, new2, &sub_none);
+            if (sub) {
+                bad = PyList_Append(parts, sub) < 0;
+                Py_DECREF(sub);
+            } else {
+                bad = !sub_none;
+            }
+        }
+        Py_DECREF(cross);
+        Py_DECREF(key2);
+        if (bad) goto done;
+    }
+    row = mt_or(c, parts);
+    if (!row && PyErr_Occurred()) goto done;
+    Py_ssize_t depth = c->p.max_read - pos + 1;
+    if (depth < 0) depth = 0;
+    if (saved > c->p.max_read) c->p.max_read = saved;
+    if (c->cacheable) {
+        if (++c->count > c->limit) {
+            PyDict_Clear(c->sub_cache);
+            c->count = 1;
+        }
+        PyObject *sig = mt_signature(c, pos, depth);
+        PyObject *depth_obj = sig ? PyLong_FromSsize_t(depth) : NULL;
+        PyObject *memo = depth_obj ? PyDict_GetItemWithError(c->sub_cache, memo_key) : NULL;
+        int ok = depth_obj != NULL;
+        if (ok && !memo) {
+            ok = !PyErr_Occurred() && (memo = PyDict_New()) != NULL && PyDict_SetItem(c->sub_cache, memo_key, memo) == 0;
+            if (memo) Py_DECREF(memo);  /* (held by the cache) */
+        }
+        PyObject *table = ok ? PyDict_GetItemWithError(memo, depth_obj) : NULL;
+        if (ok && !table) {
+            ok = !PyErr_Occurred() && (table = PyDict_New()) != NULL && PyDict_SetItem(memo, depth_obj, table) == 0;
+            if (table) Py_DECREF(table);
+        }
+        if (ok) ok = PyDict_SetItem(table, sig, row ? row : Py_None) == 0;
+        Py_XDECREF(sig);
+        Py_XDECREF(depth_obj);
+        if (!ok) goto done;
+    }
+    if (row) { result = row; row = NULL; } else { *none = 1; }
+done:
+    Py_XDECREF(memo_key);
+    Py_XDECREF(parts);
+    Py_XDECREF(outcomes);
+    Py_XDECREF(row);
+    return result;
+}
+
+/* _subtree: a new reference to the row, or NULL (``*none`` set when it is None) */
+static PyObject *mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, int *none) {
+    *none = 0;
+    if (!PyTuple_Check(groups)) { PyErr_SetString(PyExc_TypeError, "mask_miss: exits are not a tuple"); return NULL; }
+    PyObject *parts = PyList_New(0);
+    if (!parts) return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(groups); i++) {
+        PyObject *grp = PyTuple_GET_ITEM(groups, i);
+        if (!PyTuple_Check(grp) || PyTuple_GET_SIZE(grp) != 3) {
+            PyErr_SetString(PyExc_TypeError, "mask_miss: an exit group is not (terminal, levels, nodes)");
+            Py_DECREF(parts);
+            return NULL;
+        }
+        int part_none;
+        PyObject *part = mt_group(c, key, PyTuple_GET_ITEM(grp, 0), PyTuple_GET_ITEM(grp, 1), PyTuple_GET_ITEM(grp, 2),
+                                  pos, new, &part_none);
+        if (!part && !part_none) { Py_DECREF(parts); return NULL; }
+        if (part) {
+            int bad = PyList_Append(parts, part) < 0;
+            Py_DECREF(part);
+            if (bad) { Py_DECREF(parts); return NULL; }
+        }
+    }
+    PyObject *row = mt_or(c, parts);
+    Py_DECREF(parts);
+    if (!row && !PyErr_Occurred()) *none = 1;
+    return row;
+}
+
+/* mask_miss(grammar, ctx, probe, base, out) */
+static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7 || !PyTuple_Check(args[3]) ||
+        PyTuple_GET_SIZE(args[3]) != 4) {
+        PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), out)");
+        return NULL;
+    }
+    mt_ctx c;
+    memset(&c, 0, sizeof c);
+    c.g = args[0];
+    c.probe = args[2];
+    PyObject *ctx = args[1];
+    c.sub_cache = PyTuple_GET_ITEM(ctx, 0);
+    c.cross_cache = PyTuple_GET_ITEM(ctx, 1);
+    c.reach = PyTuple_GET_ITEM(ctx, 2);
+    c.lexer_of = PyTuple_GET_ITEM(ctx, 3);
+    c.ignore = PyTuple_GET_ITEM(ctx, 4);
+    c.end = PyLong_AsLongLong(PyTuple_GET_ITEM(ctx, 5));
+    c.limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+    if (PyErr_Occurred()) return NULL;
+    if (!PyDict_Check(c.sub_cache) || !PyDict_Check(c.cross_cache) || !PyDict_Check(c.reach) ||
+        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore)) {
+        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int)");
+        return NULL;
+    }
+    PyObject *lr = PyObject_GetAttr(c.probe, mt_names[4]);
+    if (!lr) return NULL;
+    c.t = PyCapsule_GetPointer(lr, "dotvllm.lr");  /* (the probe holds the capsule) */
+    Py_DECREF(lr);
+    if (!c.t) return NULL;
+    PyObject *cacheable = PyObject_GetAttrString(c.probe, "cacheable");
+    PyObject *count = cacheable ? PyObject_GetAttr(c.g, mt_names[3]) : NULL;
+    if (!count) { Py_XDECREF(cacheable); return NULL; }
+    c.cacheable = PyObject_IsTrue(cacheable);
+    c.count = PyLong_AsSsize_t(count);
+    Py_DECREF(cacheable);
+    Py_DECREF(count);
+    if (PyErr_Occurred() || lr_init(&c.p, c.probe) < 0 || lr_open(&c.p) < 0) return NULL;
+    Py_buffer out;
+    if (PyObject_GetBuffer(args[4], &out, PyBUF_WRITABLE) < 0) { lr_close(&c.p, 0); return NULL; }
+    PyObject *base = args[3], *parts = PyList_New(0), *empty = PyTuple_New(0);
+    int ok = parts && empty;
+    PyObject *free_row = PyTuple_GET_ITEM(base, 0);
+    if (ok && free_row != Py_None) ok = PyList_Append(parts, free_row) == 0;
+    if (ok) ok = mt_pending(&c, PyTuple_GET_ITEM(base, 1), 0, empty, parts) == 0;
+    if (ok && PyObject_IsTrue(PyTuple_GET_ITEM(base, 2))) {
+        int none;
+        PyObject *sub = mt_subtree(&c, PyTuple_GET_ITEM(base, 3), PyTuple_GET_ITEM(base, 2), 0, empty, &none);
+        if (sub) {
+            ok = PyList_Append(parts, sub) == 0;
+            Py_DECREF(sub);
+        } else {
+            ok = none;
+        }
+    }
+    uint32_t *w = out.buf;
+    Py_ssize_t nw = out.len / 4;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(parts); i++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, i), &b, PyBUF_SIMPLE) < 0) { ok = 0; break; }
+        Py_ssize_t m = b.len / 4 < nw ? b.len / 4 : nw;
+        if (i == 0) {
+            memcpy(w, b.buf, (size_t)m * 4);
+            memset(w + m, 0, (size_t)(nw - m) * 4);
+        } else {
+            or_words(w, b.buf, m);
+        }
+        PyBuffer_Release(&b);
+    }
+    if (ok && !PyList_GET_SIZE(parts)) memset(w, 0, (size_t)nw * 4);
+    PyBuffer_Release(&out);
+    Py_XDECREF(parts);
+    Py_XDECREF(empty);
+    ok = lr_close(&c.p, ok) == 0 && ok;
+    if (ok) {
+        PyObject *n = PyLong_FromSsize_t(c.count);
+        ok = n && PyObject_SetAttr(c.g, mt_names[3], n) == 0;
+        Py_XDECREF(n);
+    }
+    if (!ok) return NULL;
+    Py_INCREF(args[4]);
+    return args[4];
+}
+
 static PyMethodDef methods[] = {
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
+    {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
     {"lr_step_all", (PyCFunction)(void (*)(void))lr_step_all, METH_FASTCALL, "Every configuration's step over a token's bytes."},
     {"lr_tables", lr_tables, METH_VARARGS, "The parser tables the probe functions read, as a capsule."},
@@ -2640,5 +3069,8 @@ PyMODINIT_FUNC PyInit__cwalk(void) {
     const char *names[4] = {"cells", "stack", "max_read", "depth"};
     for (int i = 0; i < 4; i++)
         if (!lr_names[i] && !(lr_names[i] = PyUnicode_InternFromString(names[i]))) return NULL;
+    const char *mt[6] = {"_cross", "feed", "viable", "_sub_count", "lr", "_reach"};
+    for (int i = 0; i < 6; i++)
+        if (!mt_names[i] && !(mt_names[i] = PyUnicode_InternFromString(mt[i]))) return NULL;
     return PyModule_Create(&module);
 }

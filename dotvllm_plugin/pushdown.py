@@ -206,11 +206,12 @@ _FORK = "fork"
 #: Python loop of :func:`_build_lexer` is the reference (tests compare them).
 USE_C_PRODUCT = True
 #: Whether the parser runs in C where the extension has it: the probe of mask computations
-#: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``), a deterministic
-#: grammar's step (``lr_step``) and the generalised one (``lr_step_all``); :class:`_Probe`'s
-#: methods and :class:`PushdownGrammar`'s loops are the reference (tests compare).
+#: (``_cwalk.lr_feed`` / ``lr_viable``), the mask cache read (``mask_hit``), a mask's recursion
+#: over its exits on a miss (``mask_miss``), a deterministic grammar's step (``lr_step``) and the
+#: generalised one (``lr_step_all``); :class:`_Probe`'s methods and :class:`PushdownGrammar`'s
+#: loops are the reference (tests compare).
 USE_C_PARSER = True
-_C_PARSER = _cwalk is not None and hasattr(_cwalk, "lr_step_all")
+_C_PARSER = _cwalk is not None and hasattr(_cwalk, "mask_miss")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
@@ -1850,16 +1851,22 @@ class PushdownGrammar:
                 row = table.get(tuple(sig))
                 if row is not None:
                     return row
-        free, pending, groups, base_key = self._base_of(q)
+        base = self._base_of(q)
         probe = _Probe(self, stack)
-        parts = [] if free is None else [free]
-        for r, part in pending:
-            if probe.viable(0, (), self._reach[r]):
-                parts.append(part)
-        sub = self._subtree(base_key, groups, probe, 0, ())
-        if sub is not None:
-            parts.append(sub)
-        row = _or_rows(parts, self._W, fresh=True)
+        if probe.lr is not None:  # (the recursion below, in C)
+            ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state, self._ignore,
+                   self._end, self.mask_cache_size * 8)
+            row = _cwalk.mask_miss(self, ctx, probe, base, np.empty(self._W, dtype=np.int32))
+        else:
+            free, pending, groups, base_key = base
+            parts = [] if free is None else [free]
+            for r, part in pending:
+                if probe.viable(0, (), self._reach[r]):
+                    parts.append(part)
+            sub = self._subtree(base_key, groups, probe, 0, ())
+            if sub is not None:
+                parts.append(sub)
+            row = _or_rows(parts, self._W, fresh=True)
         if probe.can_end(q):
             set_token_bits(row, self._eos)
         if probe.cacheable:

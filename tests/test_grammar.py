@@ -761,6 +761,14 @@ def test_the_c_probe_equals_the_python_probe(byte_vocab, tekken_vocab, monkeypat
     assert min(compared.values()) > 0, compared
 
 
+#: Single bytes, then multi-byte JSON pieces, then EOS: a mask row whose width is not a multiple of 8
+#: words and whose last words hold only tokens of several bytes (rows ORed whole, to the last word).
+_TAIL_PIECES = ["true", "false", "null", '{"', '"}', '":', '",', ', "', '": ', "[]", "{}", "[1", "1,", "0]", '"a', 'a"']
+_TAIL_VOCAB = Vocabulary([bytes([i]) for i in range(256)]
+                         + [(a + b).encode() for a in _TAIL_PIECES for b in ("", " ", '"', "1", ",")] + [None],
+                         eos_token_ids=[256 + 5 * len(_TAIL_PIECES)])
+
+
 def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab, monkeypatch):
     """With the parser in C (probe, mask cache read, steps) and without it, two
     matchers of one grammar stepped together have equal masks at every step (random walks, a stack
@@ -783,6 +791,8 @@ def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab
         lambda: GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(NOT_LALR[0].values[0]),
         lambda: GrammarCompiler(byte_vocab, cache_size=0).compile_grammar(NOT_LALR[4].values[0]),
         lambda: pushdown.compile_pushdown(lark_to_ir(NOT_LALR[0].values[0]), byte_vocab, max_stack_depth=12),
+        lambda: GrammarCompiler(_TAIL_VOCAB, cache_size=0).compile_json_schema(PROBE_SCHEMAS[0]),
+        lambda: GrammarCompiler(_TAIL_VOCAB, cache_size=0).compile_grammar(JSON),
     ] + [lambda s=s: GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(s) for s in PROBE_SCHEMAS]
     rng = np.random.default_rng(7)
     stepped = {"same": 0, "refused": 0, "deterministic, several bytes": 0, "generalised, allowed": 0}
