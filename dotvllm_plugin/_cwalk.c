@@ -752,30 +752,25 @@ done:
  * Product state 0 is ``start`` (k component states); a class whose successor vector is all dead
  * is -1; new vectors are numbered in discovery order (states in order, classes ascending), as the
  * reference in dotvllm_plugin.pushdown._build_lexer numbers them. None when more than max_states. */
-static PyObject *product(PyObject *self, PyObject *args) {
-    Py_buffer b_glob, b_start;
-    Py_ssize_t n_cls, max_states;
-    long long dead;
-    if (!PyArg_ParseTuple(args, "y*nLy*n", &b_glob, &n_cls, &dead, &b_start, &max_states)) return NULL;
-    const int64_t *glob = b_glob.buf, *st = b_start.buf;
-    Py_ssize_t k = b_start.len / 8, n = 1;
-    PyObject *result = NULL;
-    vec pool = {0}, trans = {0};
+/* the loop of ``product``: fills ``pool`` (k components per product state) and ``trans`` (n_cls
+ * per product state); 0, -1 out of memory, 1 past max_states */
+static int product_loop(const int64_t *glob, Py_ssize_t n_cls, int64_t dead, const int64_t *st, Py_ssize_t k,
+                        Py_ssize_t max_states, vec *pool, vec *trans) {
+    Py_ssize_t n = 1;
     table tab = {0};
     int64_t *buf = malloc((size_t)(k > 0 ? k : 1) * 8);
-    int nomem = 0, over = 0;
-
-    if (!buf || table_init(&tab, 1024)) { nomem = 1; goto done; }
-    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, st[j])) { nomem = 1; goto done; }
+    int err = 0;
+    if (!buf || table_init(&tab, 1024)) { err = -1; goto done; }
+    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(pool, st[j])) { err = -1; goto done; }
     {
         uint64_t h = set_hash(st, k);
-        if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
+        if (table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
     }
     for (Py_ssize_t d = 0; d < n; d++) {
         for (Py_ssize_t c = 0; c < n_cls; c++) {
             int alive = 0;
             for (Py_ssize_t j = 0; j < k; j++) {
-                int64_t t = glob[pool.p[d * k + j] * n_cls + c];
+                int64_t t = glob[pool->p[d * k + j] * n_cls + c];
                 buf[j] = t;
                 alive |= t != dead;
             }
@@ -786,30 +781,152 @@ static PyObject *product(PyObject *self, PyObject *args) {
                 for (;;) {
                     int64_t id = tab.slots[slot];
                     if (id < 0) break;
-                    if (memcmp(pool.p + id * k, buf, (size_t)k * 8) == 0) { target = id; break; }
+                    if (memcmp(pool->p + id * k, buf, (size_t)k * 8) == 0) { target = id; break; }
                     slot = (slot + 1) & (tab.cap - 1);
                 }
                 if (target < 0) {
-                    if (n >= max_states) { over = 1; goto done; }
+                    if (n >= max_states) { err = 1; goto done; }
                     target = n++;
-                    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, buf[j])) { nomem = 1; goto done; }
-                    if (table_add(&tab, slot, h)) { nomem = 1; goto done; }
+                    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(pool, buf[j])) { err = -1; goto done; }
+                    if (table_add(&tab, slot, h)) { err = -1; goto done; }
                 }
             }
-            if (vec_push(&trans, target)) { nomem = 1; goto done; }
+            if (vec_push(trans, target)) { err = -1; goto done; }
         }
     }
 done:
-    if (nomem) {
+    table_free(&tab);
+    free(buf);
+    return err;
+}
+
+static PyObject *product(PyObject *self, PyObject *args) {
+    Py_buffer b_glob, b_start;
+    Py_ssize_t n_cls, max_states;
+    long long dead;
+    if (!PyArg_ParseTuple(args, "y*nLy*n", &b_glob, &n_cls, &dead, &b_start, &max_states)) return NULL;
+    vec pool = {0}, trans = {0};
+    int err = product_loop(b_glob.buf, n_cls, dead, b_start.buf, b_start.len / 8, max_states, &pool, &trans);
+    PyObject *result = NULL;
+    if (err < 0) {
         PyErr_NoMemory();
-    } else if (over) {
+    } else if (err > 0) {
         result = Py_None;
         Py_INCREF(result);
     } else {
         result = Py_BuildValue("(NN)", vec_bytes(&trans), vec_bytes(&pool));
     }
-    free(pool.p); free(trans.p); table_free(&tab); free(buf);
+    free(pool.p); free(trans.p);
     PyBuffer_Release(&b_glob); PyBuffer_Release(&b_start);
+    return result;
+}
+
+/* lexer_build(transitions, accepting, initial, classes, offset, max_states)
+ *   -> (trans bytes of int32[n * 256], accepted bytes of uint8[n * k]) or None past max_states
+ * The product automaton of k member automata (lists of k: int32 [n_i, 256] tables with -1 dead,
+ * uint8 [n_i] accepting flags, initial states, int64 [256] byte → class arrays of each member's
+ * own classes), breadth first from the members' initial states over the classes they all refine
+ * (numbered by first byte), as dotvllm_plugin.pushdown._build_lexer's reference loop numbers its
+ * states; ``trans`` has ``offset`` added to every live target, ``accepted[s * k + j]`` whether
+ * member j accepts in product state s. */
+static PyObject *lexer_build(PyObject *self, PyObject *args) {
+    PyObject *l_trans, *l_acc, *l_init, *l_cls;
+    long long offset;
+    Py_ssize_t max_states;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!Ln", &PyList_Type, &l_trans, &PyList_Type, &l_acc, &PyList_Type, &l_init,
+                          &PyList_Type, &l_cls, &offset, &max_states))
+        return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(l_trans);
+    if (k < 1 || PyList_GET_SIZE(l_acc) != k || PyList_GET_SIZE(l_init) != k || PyList_GET_SIZE(l_cls) != k) {
+        PyErr_SetString(PyExc_ValueError, "lexer_build: one table, accepting array, initial state and class array per member");
+        return NULL;
+    }
+    Py_buffer *bt = calloc((size_t)k * 3, sizeof(Py_buffer)), *ba = bt + k, *bc = bt + 2 * k;
+    int64_t *offs = malloc((size_t)(k + 1) * 8), *start = malloc((size_t)k * 8);
+    int64_t *glob = NULL;
+    uint8_t *acc = NULL;
+    vec pool = {0}, ct = {0};
+    PyObject *result = NULL;
+    Py_ssize_t held = 0;
+    if (!bt || !offs || !start) { PyErr_NoMemory(); goto done; }
+    offs[0] = 0;
+    for (Py_ssize_t j = 0; j < k; j++, held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(l_trans, j), &bt[j], PyBUF_SIMPLE) < 0) goto done;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(l_acc, j), &ba[j], PyBUF_SIMPLE) < 0) { PyBuffer_Release(&bt[j]); goto done; }
+        if (PyObject_GetBuffer(PyList_GET_ITEM(l_cls, j), &bc[j], PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); goto done;
+        }
+        Py_ssize_t n_j = ba[j].len;
+        long long init = PyLong_AsLongLong(PyList_GET_ITEM(l_init, j));
+        if (bt[j].len != n_j * 256 * 4 || bc[j].len != 256 * 8 || init < 0 || init >= n_j) {
+            held++;
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lexer_build: a member's arrays do not agree");
+            goto done;
+        }
+        offs[j + 1] = offs[j] + n_j;
+        start[j] = offs[j] + init;
+    }
+    /* the joint classes: bytes whose class is the same in every member, numbered by first byte */
+    int64_t joint[256], rep[256];
+    Py_ssize_t n_cls = 0;
+    uint64_t hash[256];
+    for (int b = 0; b < 256; b++) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            h ^= (uint64_t)((const int64_t *)bc[j].buf)[b] + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+            h *= 0xBF58476D1CE4E5B9ULL;
+        }
+        hash[b] = h;
+        joint[b] = -1;
+        for (Py_ssize_t c = 0; c < n_cls && joint[b] < 0; c++) {
+            int r = (int)rep[c], same = hash[r] == h;
+            for (Py_ssize_t j = 0; same && j < k; j++) same = ((const int64_t *)bc[j].buf)[r] == ((const int64_t *)bc[j].buf)[b];
+            if (same) joint[b] = c;
+        }
+        if (joint[b] < 0) { rep[n_cls] = b; joint[b] = n_cls++; }
+    }
+    int64_t N = offs[k], dead = N;
+    glob = malloc((size_t)(N + 1) * (size_t)n_cls * 8);
+    acc = calloc((size_t)(N + 1), 1);
+    if (!glob || !acc) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        const int32_t *t = bt[j].buf;
+        const uint8_t *a = ba[j].buf;
+        for (int64_t s = 0; s < offs[j + 1] - offs[j]; s++) {
+            int64_t *row = glob + (offs[j] + s) * n_cls;
+            for (Py_ssize_t c = 0; c < n_cls; c++) {
+                int32_t x = t[s * 256 + rep[c]];
+                row[c] = x >= 0 ? offs[j] + x : dead;
+            }
+            acc[offs[j] + s] = a[s] != 0;
+        }
+    }
+    for (Py_ssize_t c = 0; c < n_cls; c++) glob[dead * n_cls + c] = dead;
+    int err = product_loop(glob, n_cls, dead, start, k, max_states, &pool, &ct);
+    if (err < 0) { PyErr_NoMemory(); goto done; }
+    if (err > 0) { result = Py_None; Py_INCREF(result); goto done; }
+    Py_ssize_t n = pool.n / k;
+    PyObject *out_t = PyBytes_FromStringAndSize(NULL, n * 256 * 4), *out_a = PyBytes_FromStringAndSize(NULL, n * k);
+    if (out_t && out_a) {
+        int32_t *o = (int32_t *)PyBytes_AS_STRING(out_t);
+        uint8_t *oa = (uint8_t *)PyBytes_AS_STRING(out_a);
+        for (Py_ssize_t s = 0; s < n; s++) {
+            for (int b = 0; b < 256; b++) {
+                int64_t x = ct.p[s * n_cls + joint[b]];
+                o[s * 256 + b] = x >= 0 ? (int32_t)(x + offset) : -1;
+            }
+            for (Py_ssize_t j = 0; j < k; j++) oa[s * k + j] = acc[pool.p[s * k + j]];
+        }
+        result = Py_BuildValue("(NN)", out_t, out_a);
+    } else {
+        Py_XDECREF(out_t);
+        Py_XDECREF(out_a);
+    }
+done:
+    for (Py_ssize_t j = 0; j < held && bt; j++) {
+        PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
+    }
+    free(bt); free(offs); free(start); free(glob); free(acc); free(pool.p); free(ct.p);
     return result;
 }
 
@@ -3056,6 +3173,7 @@ static PyMethodDef methods[] = {
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
+    {"lexer_build", lexer_build, METH_VARARGS, "A contextual lexer's product automaton from its members' tables."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},

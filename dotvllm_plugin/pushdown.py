@@ -483,19 +483,34 @@ def _shadow_witness(a, b, rep: np.ndarray) -> bytes | None:
     return None
 
 
-def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, compounds=None):
+def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, compounds=None, offset: int = 0):
     """Product DFA of the candidates of one contextual lexer.
 
     Returns ``(trans int32 [n, 256], chosen int32 [n])`` with state 0 the lexeme start (never
     re-entered) and ``chosen[s]`` the terminal a lexeme ending in ``s`` is typed as (-1: none).
     Without ``lark_fidelity`` (the engine's own longest-match lexing), a lexeme that several
     terminals match is typed as all of them: ``chosen[s]`` is then the id ``compounds(members)``
-    gives that set (:class:`_Compounds`), and the parser follows every reading.
+    gives that set (:class:`_Compounds`), and the parser follows every reading. ``offset`` is added
+    to every live target of ``trans`` (the lexer's place among others).
     """
     if not members:  # a parser state that only takes the end of input
         return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
     ordered, retype = _unless(members, terms) if lark_fidelity else (sorted(members, key=lambda i: terms[i].lark_order()), {})
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
+    if not lark_fidelity and _cwalk is not None and USE_C_PRODUCT:  # (no collision check: all of it in C)
+        pos = {c: j for j, c in enumerate(comps)}
+        from .regex import byte_classes
+
+        res = _cwalk.lexer_build([np.ascontiguousarray(dfas[i].transitions, dtype=np.int32) for i in comps],
+                                 [np.ascontiguousarray(dfas[i].accepting, dtype=np.uint8) for i in comps],
+                                 [int(dfas[i].initial) for i in comps],
+                                 [np.ascontiguousarray((dfas[i].classes or byte_classes(dfas[i].transitions))[1],
+                                                       dtype=np.int64) for i in comps], offset, MAX_LEXER_STATES)
+        if res is None:
+            raise GrammarError(_TOO_MANY_LEXER_STATES)
+        accepted = np.frombuffer(res[1], dtype=np.uint8).reshape(-1, len(comps)).view(bool)
+        return (np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256),
+                _chosen(accepted, comps, np.array([pos[i] for i in ordered], dtype=np.int64), {}, compounds))
     byte_class, rep = _joint_classes([dfas[i].transitions for i in comps],
                                      [None if dfas[i].classes is None else dfas[i].classes[1] for i in comps])
     first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist())
@@ -541,7 +556,7 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
         cls_table = np.frombuffer(res[0], dtype=np.int64).reshape(-1, n_cls)
         vecs_arr = np.frombuffer(res[1], dtype=np.int64).reshape(-1, len(comps))
         # (row-major: a state's row is what steps and walks read; a column gather is column-major)
-        return (np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32),
+        return (_offset(np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32), offset),
                 _chosen(acc[vecs_arr], comps, order_arr, retype_pos, compounds))
     vecs = [start]
     ids: dict[bytes, int] = {}
@@ -582,7 +597,11 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
             row[c] = sid
         rows.append(row)
     cls_table = np.stack(rows) if rows else np.zeros((0, n_cls), dtype=np.int64)
-    return np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32), np.array(chosen, dtype=np.int32)
+    return _offset(np.ascontiguousarray(cls_table[:, byte_class], dtype=np.int32), offset), np.array(chosen, dtype=np.int32)
+
+
+def _offset(trans: np.ndarray, offset: int) -> np.ndarray:
+    return np.where(trans >= 0, trans + offset, -1).astype(np.int32, order="C") if offset else trans
 
 
 def _chosen(accepted: np.ndarray, comps: list, order_arr: np.ndarray, retype_pos: dict, compounds) -> np.ndarray:
@@ -1081,7 +1100,8 @@ def pinned_walks(vocabulary) -> dict:
 
         got = vocabulary._cache.setdefault(_PINNED_WALKS, {})  # (first: the probe's walks come through here)
         try:
-            pin_base_walks(compile_pushdown(json_schema_to_ir(STRING_WALK_PROBE), vocabulary), STRING_WALK_TEXTS)
+            with runs.pinned():  # (and the run tables of those walks)
+                pin_base_walks(compile_pushdown(json_schema_to_ir(STRING_WALK_PROBE), vocabulary), STRING_WALK_TEXTS)
         except DotvllmError:  # a vocabulary that cannot spell a JSON string: nothing to share
             pass
     return got
@@ -1245,9 +1265,8 @@ class PushdownGrammar:
                 terms = self._lexer_terms = tuple(
                     Terminal(name, "", priority=-rank[i]) for i, name in enumerate(self.terminal_names)
                 )
-            trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds)
             lo = len(self._chosen)
-            trans = np.where(trans >= 0, trans + lo, -1).astype(np.int32, order="C")
+            trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds, offset=lo)
             self._blocks[lexer] = (trans, chosen)
             self._rows.extend([None] * len(chosen))
             self._chosen.extend(chosen.tolist())

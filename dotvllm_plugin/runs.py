@@ -25,14 +25,15 @@ per-vocabulary character masks (:func:`token_chars`) are built once, like the by
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from .regex.charsets import merge_ranges, ranges_of, utf8_sequences
+from .regex.charsets import merge_ranges, utf8_sequences
 
-__all__ = ["RunPlan", "clear_memos", "first_ok", "plan", "run_table", "sigma_mask", "token_chars"]
+__all__ = ["RunPlan", "clear_memos", "first_ok", "pinned", "plan", "run_table", "sigma_mask", "token_chars"]
 
 #: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
 MIN_ASCII = 32
@@ -208,6 +209,11 @@ class RunTable:
         got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count, tc.words)
         return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
 
+    def forget(self) -> None:
+        """Drop the rows by count computed since the table was made (the row of all is kept)."""
+        self._by_count = None
+        self._rows = {}
+
     def row(self, counts: tuple) -> np.ndarray:
         """Packed int32 row of this table's tokens with any of these character counts (all of them
         when ``counts`` is every count of the vocabulary)."""
@@ -224,28 +230,57 @@ class RunTable:
 
 
 _tables: OrderedDict = OrderedDict()
+#: Tables kept for the process's life (:func:`pinned`), apart from the memo the benchmarks clear.
+_pinned: dict = {}
 _lock = threading.Lock()
+_pinning = threading.local()
 
 
 def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
     key = (vocab.fingerprint, first, sigma)
+    pin = getattr(_pinning, "on", False)
     with _lock:
-        got = _tables.get(key)
+        got = _pinned.get(key)
+        if got is None and key in _tables:
+            if pin:
+                got = _pinned[key] = _tables.pop(key)
+            else:
+                got = _tables[key]
+                _tables.move_to_end(key)
         if got is not None:
-            _tables.move_to_end(key)
             return got
-        like = next((t for k, t in reversed(_tables.items()) if k[0] == key[0] and k[2] == sigma), None)
+        like = next((t for k, t in reversed([*_pinned.items(), *_tables.items()]) if k[0] == key[0] and k[2] == sigma),
+                    None)
     got = RunTable(token_chars(vocab), first, sigma, like)
     with _lock:
+        if pin:
+            return _pinned.setdefault(key, got)
         _tables[key] = got
         while len(_tables) > MAX_TABLES:
             _tables.popitem(last=False)
     return got
 
 
+@contextlib.contextmanager
+def pinned():
+    """Within this block, the run tables made are kept for the process's life: those of the walks
+    that :func:`dotvllm_plugin.pushdown.pin_base_walks` keeps (a JSON string's characters, the same
+    for every schema), from which other tables of the same Σ are then made."""
+    was = getattr(_pinning, "on", False)
+    _pinning.on = True
+    try:
+        yield
+    finally:
+        _pinning.on = was
+
+
 def clear_memos() -> None:
+    """Forget the run tables, and what the pinned ones computed since they were made (benchmarks
+    timing cold first visits do)."""
     with _lock:
         _tables.clear()
+        for t in _pinned.values():
+            t.forget()
 
 
 def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
@@ -343,10 +378,16 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     if len(live) < MIN_ASCII:
         return None
     t = int(np.bincount(live).argmax())
-    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t).tolist()
+    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
     if len(same) < MIN_ASCII:
         return None
-    ascii_only = tuple(ranges_of(map(chr, same)))
+    codes = same.tolist()
+    ranges, lo = [], codes[0]
+    for a, b in zip(codes, codes[1:]):  # (the runs of consecutive codes)
+        if b != a + 1:
+            ranges.append((lo, a))
+            lo = b
+    ascii_only = (*ranges, (lo, codes[-1]))
     for sigma in (merge_ranges(ascii_only + _NON_ASCII), ascii_only):
         succ = memo.get(sigma)
         if succ is None:

@@ -561,8 +561,9 @@ def test_byte_vocabulary_of_other_sizes():
 
 
 def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
-    """Contextual lexers built by ``_cwalk.product`` equal the Python loop's, array for array, on
-    the lark grammars here and on JSON Schema grammars (longest-match lexing, compound lexemes)."""
+    """Contextual lexers built in C (``_cwalk.product``, and ``_cwalk.lexer_build`` for longest-match
+    lexing) equal the Python loop's, array for array, on the lark grammars here and on JSON Schema
+    grammars (compound lexemes), built at compile time and on first visit."""
     from test_json_schema_rules import corpus_grammars
 
     from dotvllm_plugin import pushdown
@@ -587,6 +588,28 @@ def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
             assert np.array_equal(v, slow["arrays"][k]), (ir.source[:80], k)
         compared += 1
     assert compared >= 3 + (7 if corpus else 0)
+    # built on first visit (each lexer laid after the others: offsets)
+    monkeypatch.setattr(pushdown, "LAZY_MIN_LEXERS", 1)
+    vocab = Vocabulary([bytes([i]) for i in range(256)] + [None], eos_token_ids=[256])
+    lazy = 0
+    for ir in corpus:
+        built = []
+        for c_product in (True, False):
+            monkeypatch.setattr(pushdown, "USE_C_PRODUCT", c_product)
+            try:
+                g = pushdown.compile_pushdown(ir, vocab)
+                g._build_all()
+            except GrammarError:
+                break
+            built.append(g)
+        if len(built) < 2:
+            continue
+        fast, slow = built
+        assert fast._lexer_lo == slow._lexer_lo and fast._chosen == slow._chosen
+        for lexer, (trans, chosen) in fast._blocks.items():
+            assert np.array_equal(trans, slow._blocks[lexer][0]) and np.array_equal(chosen, slow._blocks[lexer][1])
+        lazy += fast.n_lexers
+    assert lazy >= (100 if corpus else 0), lazy
 
 
 def _nests_reference(rules) -> bool:
