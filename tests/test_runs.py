@@ -352,3 +352,26 @@ def test_c_class_targets_equal_the_numpy_reading(monkeypatch):
             assert fast.tolist() == ref.tolist(), (trial, sigma)
             checked += int((ref >= 0).sum())
     assert checked > 100
+
+
+def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
+    """The run tables of the pinned string walks are kept through ``clear_memos`` (what a cold
+    benchmark compile does), less the rows by count computed since; other tables are not."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    pushdown.pinned_walks(tekken_vocab)
+    key = (tekken_vocab.fingerprint, BODY, BODY)
+    assert key in runs._pinned  # the JSON string body's table, made (or kept) by the pinned walks
+    body = runs.run_table(tekken_vocab, BODY, BODY)
+    other = runs.run_table(tekken_vocab, LETTERS, LETTERS)
+    some = body.row((1, 2, 3))
+    assert body._by_count is not None
+    runs.clear_memos()
+    assert runs.run_table(tekken_vocab, BODY, BODY) is body and body._by_count is None and not body._rows
+    assert runs.run_table(tekken_vocab, LETTERS, LETTERS) is not other
+    assert np.array_equal(body.row((1, 2, 3)), some)
+    with runs.pinned():
+        kept = runs.run_table(tekken_vocab, LETTERS, BODY)
+    runs.clear_memos()
+    assert runs.run_table(tekken_vocab, LETTERS, BODY) is kept
+    runs._pinned.pop((tekken_vocab.fingerprint, LETTERS, BODY))
