@@ -31,7 +31,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .regex.charsets import merge_ranges, utf8_sequences
+from .regex.charsets import code_ranges, merge_ranges, utf8_sequences
 
 __all__ = ["RunPlan", "clear_memos", "first_ok", "pinned", "plan", "run_table", "sigma_mask", "token_chars"]
 
@@ -381,13 +381,7 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
     if len(same) < MIN_ASCII:
         return None
-    codes = same.tolist()
-    ranges, lo = [], codes[0]
-    for a, b in zip(codes, codes[1:]):  # (the runs of consecutive codes)
-        if b != a + 1:
-            ranges.append((lo, a))
-            lo = b
-    ascii_only = (*ranges, (lo, codes[-1]))
+    ascii_only = tuple(code_ranges(same.tolist()))
     for sigma in (merge_ranges(ascii_only + _NON_ASCII), ascii_only):
         succ = memo.get(sigma)
         if succ is None:

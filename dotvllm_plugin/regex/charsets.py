@@ -13,6 +13,7 @@ __all__ = [
     "case_sensitive_chars",
     "category_ranges",
     "char_class_ranges",
+    "code_ranges",
     "complement",
     "intersect_ranges",
     "matched_ranges",
@@ -24,13 +25,20 @@ __all__ = [
 
 
 def ranges_of(chars) -> list[tuple[int, int]]:
-    cps = sorted(ord(c) for c in chars)
+    return code_ranges(sorted({ord(c) for c in chars}))
+
+
+def code_ranges(codes: list[int]) -> list[tuple[int, int]]:
+    """The runs of consecutive code points in ``codes`` (ascending, distinct) as ranges."""
+    if not codes:
+        return []
     out: list[tuple[int, int]] = []
-    for cp in cps:
-        if out and out[-1][1] + 1 == cp:
-            out[-1] = (out[-1][0], cp)
-        else:
-            out.append((cp, cp))
+    lo = codes[0]
+    for a, b in zip(codes, codes[1:]):
+        if b != a + 1:
+            out.append((lo, a))
+            lo = b
+    out.append((lo, codes[-1]))
     return out
 
 
