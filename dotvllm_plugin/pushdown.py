@@ -1718,7 +1718,8 @@ class PushdownGrammar:
         start = np.array([q - lo], dtype=np.int64)
         shortcut = None
         if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
-            shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}))
+            shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}),
+                                 self._reach.groups(lexer)[1])
         ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=None if shortcut is None else shortcut.skip,
                                         groups=self._reach.groups(lexer)[0])
         free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)

@@ -391,10 +391,12 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     return None
 
 
-def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict) -> RunPlan | None:
+def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict, groups=None) -> RunPlan | None:
     """The shortcut for a walk of the whole vocabulary from state ``q`` of ``class_trans`` (-1
     dead, -2 lexeme end), or None where it does not apply. ``memo``: per automaton (Σ → the
-    successor function), kept by the caller.
+    successor function), kept by the caller. ``groups`` (one int per state, or None): the states'
+    groups; the tokens of one group's states come as one row (under the first of them), not one
+    row per state (a bounded string's chain: a row per character count, all of one group).
 
     The first character is read from ``q`` (class F, to state t), the others from t (class Σ): a
     property-name state sends most first characters to "not a declared name" and the rest to the
@@ -428,6 +430,11 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
         seen[s] = c
         chain.append(s)
     by_state: dict[int, list] = {}
-    for c, s in enumerate(chain, 1):
-        by_state.setdefault(s, []).append(c)
+    if groups is None:
+        for c, s in enumerate(chain, 1):
+            by_state.setdefault(s, []).append(c)
+    else:
+        first_of: dict[int, int] = {}  # group → the first of its states met
+        for c, s in enumerate(chain, 1):
+            by_state.setdefault(first_of.setdefault(int(groups[s]), s), []).append(c)
     return RunPlan(table.skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])

@@ -375,3 +375,26 @@ def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     runs.clear_memos()
     assert runs.run_table(tekken_vocab, LETTERS, BODY) is kept
     runs._pinned.pop((tekken_vocab.fingerprint, LETTERS, BODY))
+
+
+def test_plan_gives_one_row_per_group(tekken_vocab):
+    """With the states' groups, the plan's rows are the per-state rows ORed by group, each under a
+    state of its group (here a bounded string's chain split into two groups by state parity)."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    from dotvllm_plugin.regex import byte_classes, regex_to_dfa
+
+    dfa = regex_to_dfa('"[^"\\\\\\x00-\\x1f]{0,60}"')
+    ct, bc = byte_classes(dfa.transitions)
+    ct = ct.astype(np.int64)
+    q = int(dfa.transitions[dfa.initial, ord('"')])
+    groups = [s % 2 for s in range(len(ct))]
+    plain = runs.plan(tekken_vocab, ct, bc, q, {})
+    grouped = runs.plan(tekken_vocab, ct, bc, q, {}, groups)
+    assert plain is not None and len(plain.ends) > 40
+    expected: dict = {}
+    for s, row in plain.ends:
+        expected[groups[s]] = expected[groups[s]] | row if groups[s] in expected else row
+    got = {groups[s]: row for s, row in grouped.ends}
+    assert len(grouped.ends) == len(got) == 2 and got.keys() == expected.keys()
+    assert all(np.array_equal(got[k], expected[k]) for k in got)
