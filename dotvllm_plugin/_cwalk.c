@@ -2880,17 +2880,18 @@ static int mt_pending(mt_ctx *c, PyObject *pending, int64_t pos, PyObject *new, 
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pending); i++) {
         PyObject *pair = PyTuple_GET_ITEM(pending, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) { PyErr_SetString(PyExc_TypeError, "mask_miss: not an (end state, row) pair"); return -1; }
-        PyObject *reach = PyDict_GetItemWithError(c->reach, PyTuple_GET_ITEM(pair, 0));  /* (borrowed) */
-        PyObject *held = NULL;
-        if (!reach) {  /* not computed yet: the grammar's _reach computes it */
+        PyObject *reach = PyDict_GetItemWithError(c->reach, PyTuple_GET_ITEM(pair, 0));
+        if (reach) {
+            Py_INCREF(reach);  /* (held: the Python fallback of the probe may run code) */
+        } else {  /* not computed yet: the grammar's _reach computes it */
             if (PyErr_Occurred()) return -1;
             PyObject *lazy = PyObject_GetAttr(c->g, mt_names[5]);
-            held = reach = lazy ? PyObject_GetItem(lazy, PyTuple_GET_ITEM(pair, 0)) : NULL;
+            reach = lazy ? PyObject_GetItem(lazy, PyTuple_GET_ITEM(pair, 0)) : NULL;
             Py_XDECREF(lazy);
             if (!reach) return -1;
         }
         int ok = mt_viable(c, pos, new, reach);
-        Py_XDECREF(held);
+        Py_DECREF(reach);
         if (ok < 0) return -1;
         if (ok && PyList_Append(parts, PyTuple_GET_ITEM(pair, 1)) < 0) return -1;
     }
@@ -2966,12 +2967,11 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
         Py_ssize_t nl = PyList_GET_SIZE(c->lexer_of);
         PyObject *lexer = PyList_GetItem(c->lexer_of, top < 0 ? nl + top : top);
         if (!lexer) goto done;
-        PyObject *step = PyTuple_Pack(2, term_obj, lexer);
+        PyObject *step = PyTuple_Pack(2, term_obj, lexer);  /* (holds the lexer) */
         PyObject *tail = step ? PyTuple_Pack(1, step) : NULL;
-        Py_XDECREF(step);
         PyObject *key2 = tail ? PySequence_Concat(key, tail) : NULL;
         Py_XDECREF(tail);
-        if (!key2) goto done;
+        if (!key2) { Py_XDECREF(step); goto done; }
         PyObject *cross = PyDict_GetItemWithError(c->cross_cache, key2);
         if (cross) {
             Py_INCREF(cross);
@@ -2980,6 +2980,7 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
             cross = ln ? PyObject_CallMethodObjArgs(c->g, mt_names[0], key2, ln, lexer, NULL) : NULL;
             Py_XDECREF(ln);
         }
+        Py_DECREF(step);
         if (!cross) { Py_DECREF(key2); goto done; }
         int bad = !PyTuple_Check(cross) || PyTuple_GET_SIZE(cross) != 3;
         if (bad) PyErr_SetString(PyExc_TypeError, "mask_miss: a cross walk is not (free, pending, exits)");
