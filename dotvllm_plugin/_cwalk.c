@@ -2255,6 +2255,32 @@ static int lr_args(PyObject *const *args, Py_ssize_t nargs, const char *name, co
     return (*pos == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* every outcome of feeding ``term`` to (pos, new) on the probe ``p`` (open or not), in the order of
+ * _Probe.feed (each once for a compound: every reading): a new list, NULL on an error, or a new
+ * reference to NotImplemented for a compound the tables do not know */
+static PyObject *lr_feed_list(const lr_t *t, lr_probe *p, int64_t pos, PyObject *new, int64_t term) {
+    const int32_t *members;
+    int32_t one;
+    Py_ssize_t nm = lr_expand(t, term, &members, &one);
+    if (nm < 0) Py_RETURN_NOTIMPLEMENTED;
+    int64_t buf[LR_SMALL], *xs;
+    Py_ssize_t n = lr_new(new, buf, &xs);
+    if (n < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out && i < nm; i++)
+        if (lr_run(t, p, pos, xs, n, members[i], out) < 0) Py_CLEAR(out);
+    if (xs != buf) free(xs);
+    if (out && nm > 1) {  /* every reading, each outcome once, in order (dict.fromkeys) */
+        PyObject *d = PyDict_New();
+        int ok = d != NULL;
+        for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(out); i++) ok = PyDict_SetItem(d, PyList_GET_ITEM(out, i), Py_None) == 0;
+        PyObject *keys = ok ? PyDict_Keys(d) : NULL;
+        Py_XDECREF(d);
+        Py_SETREF(out, keys);
+    }
+    return out;
+}
+
 /* lr_feed(tables, probe, pos, new, term) */
 static PyObject *lr_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     const lr_t *t;
@@ -2262,29 +2288,10 @@ static PyObject *lr_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (lr_args(args, nargs, "lr_feed", &t, &pos) < 0) return NULL;
     long long term = PyLong_AsLongLong(args[4]);
     if (term == -1 && PyErr_Occurred()) return NULL;
-    const int32_t *members;
-    int32_t one;
-    Py_ssize_t nm = lr_expand(t, term, &members, &one);
-    if (nm < 0) Py_RETURN_NOTIMPLEMENTED;
-    int64_t buf[LR_SMALL], *xs;
-    Py_ssize_t n = lr_new(args[3], buf, &xs);
-    if (n < 0) return NULL;
     lr_probe p;
-    PyObject *out = NULL;
-    int ok = lr_init(&p, args[1]) == 0 && (out = PyList_New(0)) != NULL;
-    for (Py_ssize_t i = 0; ok && i < nm; i++) ok = lr_run(t, &p, pos, xs, n, members[i], out) >= 0;
-    ok = lr_close(&p, ok) == 0 && ok;
-    if (xs != buf) free(xs);
-    if (ok && nm > 1) {  /* every reading, each outcome once, in order (dict.fromkeys) */
-        PyObject *d = PyDict_New();
-        ok = d != NULL;
-        for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(out); i++) ok = PyDict_SetItem(d, PyList_GET_ITEM(out, i), Py_None) == 0;
-        PyObject *keys = ok ? PyDict_Keys(d) : NULL;
-        Py_XDECREF(d);
-        Py_SETREF(out, keys);
-        ok = out != NULL;
-    }
-    if (!ok) { Py_XDECREF(out); return NULL; }
+    if (lr_init(&p, args[1]) < 0) return NULL;
+    PyObject *out = lr_feed_list(t, &p, pos, args[3], term);
+    if (lr_close(&p, out != NULL) < 0) Py_CLEAR(out);
     return out;
 }
 
@@ -2781,6 +2788,24 @@ static PyObject *mt_python(mt_ctx *c, int name, long long pos, PyObject *new, Py
     return got;
 }
 
+/* the rows parts[from:] ORed into w[:nw] (the first of them copied instead when ``assign``); 0, or
+ * -1 on an error */
+static int or_list(uint32_t *w, Py_ssize_t nw, PyObject *parts, Py_ssize_t from, int assign) {
+    for (Py_ssize_t i = from; i < PyList_GET_SIZE(parts); i++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, i), &b, PyBUF_SIMPLE) < 0) return -1;
+        Py_ssize_t m = b.len / 4 < nw ? b.len / 4 : nw;
+        if (assign && i == from) {
+            memcpy(w, b.buf, (size_t)m * 4);
+            memset(w + m, 0, (size_t)(nw - m) * 4);
+        } else {
+            or_words(w, b.buf, m);
+        }
+        PyBuffer_Release(&b);
+    }
+    return 0;
+}
+
 /* OR of ``parts`` (a list of rows): NULL with no error when there are none, the one row itself
  * (a new reference) when there is one, else a new row */
 static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
@@ -2792,15 +2817,9 @@ static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
     if (!acc || k == 2) return acc;
     Py_buffer a;
     if (PyObject_GetBuffer(acc, &a, PyBUF_WRITABLE) < 0) { Py_DECREF(acc); return NULL; }
-    uint32_t *w = a.buf;
-    Py_ssize_t nw = a.len / 4;
-    for (Py_ssize_t i = 2; i < k; i++) {
-        Py_buffer b;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, i), &b, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&a); Py_DECREF(acc); return NULL; }
-        or_words(w, b.buf, b.len / 4 < nw ? b.len / 4 : nw);
-        PyBuffer_Release(&b);
-    }
+    int bad = or_list(a.buf, a.len / 4, parts, 2, 0) < 0;
     PyBuffer_Release(&a);
+    if (bad) Py_CLEAR(acc);
     return acc;
 }
 
@@ -2834,31 +2853,13 @@ static int mt_viable(mt_ctx *c, int64_t pos, PyObject *new, PyObject *reach) {
 
 /* the outcomes of feeding ``term`` to (pos, new), accept left out: a new list of (pos, new) */
 static PyObject *mt_feed(mt_ctx *c, int64_t pos, PyObject *new, int64_t term) {
-    const int32_t *members;
-    int32_t one;
-    Py_ssize_t nm = lr_expand(c->t, term, &members, &one);
-    PyObject *out;
-    if (nm < 0) {
+    PyObject *out = lr_feed_list(c->t, &c->p, pos, new, term);
+    if (out == Py_NotImplemented) {  /* a compound made since the tables: the probe's own method */
+        Py_DECREF(out);
         PyObject *term_obj = PyLong_FromLongLong(term);
         out = term_obj ? mt_python(c, 1, pos, new, term_obj) : NULL;
         Py_XDECREF(term_obj);
-        if (out && !PyList_Check(out)) { Py_SETREF(out, PySequence_List(out)); }
-    } else {
-        int64_t buf[LR_SMALL], *xs;
-        Py_ssize_t n = lr_new(new, buf, &xs);
-        if (n < 0) return NULL;
-        out = PyList_New(0);
-        for (Py_ssize_t i = 0; out && i < nm; i++)
-            if (lr_run(c->t, &c->p, pos, xs, n, members[i], out) < 0) Py_CLEAR(out);
-        if (xs != buf) free(xs);
-        if (out && nm > 1) {  /* every reading, each outcome once, in order */
-            PyObject *d = PyDict_New();
-            int ok = d != NULL;
-            for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(out); i++) ok = PyDict_SetItem(d, PyList_GET_ITEM(out, i), Py_None) == 0;
-            PyObject *keys = ok ? PyDict_Keys(d) : NULL;
-            Py_XDECREF(d);
-            Py_SETREF(out, keys);
-        }
+        if (out && !PyList_Check(out)) Py_SETREF(out, PySequence_List(out));
     }
     if (!out) return NULL;
     Py_ssize_t k = 0;  /* accept left out */
@@ -3123,21 +3124,8 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
             ok = none;
         }
     }
-    uint32_t *w = out.buf;
-    Py_ssize_t nw = out.len / 4;
-    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(parts); i++) {
-        Py_buffer b;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, i), &b, PyBUF_SIMPLE) < 0) { ok = 0; break; }
-        Py_ssize_t m = b.len / 4 < nw ? b.len / 4 : nw;
-        if (i == 0) {
-            memcpy(w, b.buf, (size_t)m * 4);
-            memset(w + m, 0, (size_t)(nw - m) * 4);
-        } else {
-            or_words(w, b.buf, m);
-        }
-        PyBuffer_Release(&b);
-    }
-    if (ok && !PyList_GET_SIZE(parts)) memset(w, 0, (size_t)nw * 4);
+    if (ok && !PyList_GET_SIZE(parts)) memset(out.buf, 0, (size_t)out.len);
+    if (ok) ok = or_list(out.buf, out.len / 4, parts, 0, 1) == 0;
     PyBuffer_Release(&out);
     Py_XDECREF(parts);
     Py_XDECREF(empty);

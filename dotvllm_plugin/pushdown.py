@@ -499,13 +499,11 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
     if not lark_fidelity and _cwalk is not None and USE_C_PRODUCT:  # (no collision check: all of it in C)
         pos = {c: j for j, c in enumerate(comps)}
-        from .regex import byte_classes
-
         res = _cwalk.lexer_build([np.ascontiguousarray(dfas[i].transitions, dtype=np.int32) for i in comps],
                                  [np.ascontiguousarray(dfas[i].accepting, dtype=np.uint8) for i in comps],
                                  [int(dfas[i].initial) for i in comps],
-                                 [np.ascontiguousarray((dfas[i].classes or byte_classes(dfas[i].transitions))[1],
-                                                       dtype=np.int64) for i in comps], offset, MAX_LEXER_STATES)
+                                 [np.ascontiguousarray(_with_classes(dfas[i]).classes[1], dtype=np.int64)
+                                  for i in comps], offset, MAX_LEXER_STATES)
         if res is None:
             raise GrammarError(_TOO_MANY_LEXER_STATES)
         accepted = np.frombuffer(res[1], dtype=np.uint8).reshape(-1, len(comps)).view(bool)
@@ -941,8 +939,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
         lexers = dict(
             lex_offsets=offsets,
-            lex_trans=np.concatenate([np.where(t >= 0, t + offsets[i], -1) for i, (t, _) in enumerate(parts)]
-                                     ).astype(np.int32),
+            lex_trans=np.concatenate([_offset(t, int(offsets[i])) for i, (t, _) in enumerate(parts)]).astype(np.int32),
             lex_chosen=np.concatenate([c for _, c in parts]).astype(np.int32),
             **(compounds or _Compounds(len(terms), ())).arrays(),
         )
