@@ -26,6 +26,7 @@ per-vocabulary character masks (:func:`token_chars`) are built once, like the by
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 
@@ -281,6 +282,7 @@ def clear_memos() -> None:
         _tables.clear()
         for t in _pinned.values():
             t.forget()
+    _sigmas.cache_clear()
 
 
 def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, memo: dict) -> np.ndarray:
@@ -381,14 +383,22 @@ def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, mem
     same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
     if len(same) < MIN_ASCII:
         return None
-    ascii_only = tuple(code_ranges(same.tolist()))
-    for sigma in (merge_ranges(ascii_only + _NON_ASCII), ascii_only):
+    for sigma in _sigmas(same.tobytes()):
         succ = memo.get(sigma)
         if succ is None:
             succ = memo[sigma] = _class_targets(class_trans, byte_class, sigma, memo)
         if succ[q] == t:
             return sigma, succ
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _sigmas(ascii_codes: bytes) -> tuple:
+    """The two Σ :func:`_find_run_class` tries for these ASCII characters (int64 code points,
+    ascending): with every non-ASCII character, and alone (most states of a schema's automata
+    share a few sets: the string body's, a key's)."""
+    ascii_only = tuple(code_ranges(np.frombuffer(ascii_codes, dtype=np.int64).tolist()))
+    return merge_ranges(ascii_only + _NON_ASCII), ascii_only
 
 
 def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict, groups=None) -> RunPlan | None:
@@ -414,27 +424,28 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
     else:
         return None
     table = run_table(vocab, first, sigma)
+    n = table.max_count
     chain, seen = [t], {t: 1}
     s = t
-    for c in range(2, table.max_count + 1):  # chain[c - 1]: the state after c characters
+    period = 0
+    for c in range(2, n + 1):  # chain[c - 1]: the state after c characters
         s = int(succ[s])
         if s == _BAD:
             return None
         if s == _DEAD:
             break
-        if s in seen:  # a cycle: the counts from here on repeat with its period
-            i = seen[s]
-            period = c - i
-            chain.extend(chain[i - 1 + (k - i) % period] for k in range(c, table.max_count + 1))
+        if s in seen:  # a cycle (chain[seen[s] - 1:]): the counts from here on repeat with its period
+            period = c - seen[s]
             break
         seen[s] = c
         chain.append(s)
+    on_cycle = len(chain) - period + 1 if period else n + 1  # the first count on the cycle
     by_state: dict[int, list] = {}
-    if groups is None:
-        for c, s in enumerate(chain, 1):
-            by_state.setdefault(s, []).append(c)
-    else:
-        first_of: dict[int, int] = {}  # group → the first of its states met
-        for c, s in enumerate(chain, 1):
-            by_state.setdefault(first_of.setdefault(int(groups[s]), s), []).append(c)
+    first_of: dict[int, int] = {}  # group → the first of its states met
+    for c, s in enumerate(chain, 1):
+        key = s if groups is None else first_of.setdefault(int(groups[s]), s)
+        by_state.setdefault(key, []).extend(range(c, n + 1, period) if c >= on_cycle else (c,))
+    if groups is not None:  # (one group's states: their counts interleave)
+        for cs in by_state.values():
+            cs.sort()
     return RunPlan(table.skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])
