@@ -205,6 +205,7 @@ def _expand(items) -> list:
 
 
 _UNITS_FIRST, _UNITS_LAST = min(_UNITS), max(_UNITS)
+_LITERAL, _IN, _BRANCH, _SUBPATTERN, _MAX_REPEAT = C.LITERAL, C.IN, C.BRANCH, C.SUBPATTERN, C.MAX_REPEAT
 _UNITS_FIRST_CP, _UNITS_LAST_CP = ord(_UNITS_FIRST), ord(_UNITS_LAST)
 
 
@@ -261,22 +262,33 @@ class _Writer:
     def has_placeholder(self, op, av) -> bool:
         """Whether the item holds a rule placeholder (exclusion markers and units are none);
         remembered per group (nested runs ask again for what their parent held)."""
-        if op is C.LITERAL:
-            return is_placeholder(av) and av not in self.inline
-        if op is C.IN:
-            return any(o is C.LITERAL and is_placeholder(a) and a not in self.inline for o, a in av)
-        if op is C.BRANCH:
+        if op is _LITERAL:
+            return av >= _BASE and av not in self.inline
+        if op is _IN:
+            return any(o is _LITERAL and a >= _BASE and a not in self.inline for o, a in av)
+        if op is _BRANCH:
             seqs = av[1]
-        elif op is C.SUBPATTERN:
+        elif op is _SUBPATTERN:
             seqs = (av[3],)
-        elif op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        elif op is _MAX_REPEAT or op is C.MIN_REPEAT:
             seqs = (av[2],)
         else:
             return False
         got = self._ph.get(id(av))
         if got is None:
-            got = self._ph[id(av)] = any(self.has_placeholder(o, a) for seq in seqs for o, a in seq)
+            got = self._ph[id(av)] = self._holds_placeholder(seqs)
         return got
+
+    def _holds_placeholder(self, seqs) -> bool:
+        inline = self.inline
+        for seq in seqs:
+            for o, a in seq:
+                if o is _LITERAL:  # (most items: checked here, without a call)
+                    if a >= _BASE and a not in inline:
+                        return True
+                elif o is not C.ANY and self.has_placeholder(o, a):
+                    return True
+        return False
 
     def fresh(self, stem: str) -> str:
         self._n += 1
@@ -313,11 +325,17 @@ class _Writer:
                 out.extend(self.plain(list(run)))
                 run.clear()
 
-        for op, av in items:
-            if op is C.AT:
+        inline = self.inline
+        for item in items:
+            op, av = item
+            if op is _LITERAL:  # (most items: checked here, without a call)
+                if av < _BASE or av in inline:
+                    run.append(item)
+                    continue
+            elif op is C.AT:
                 raise _Unwritable("anchors")
-            if not self.has_placeholder(op, av):
-                run.append((op, av))
+            elif not self.has_placeholder(op, av):
+                run.append(item)
                 continue
             alternatives = self.alternatives(op, av)
             if alternatives is not None:
@@ -358,7 +376,8 @@ class _Writer:
     def plain(self, items) -> tuple[str, ...]:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
         exclude: tuple[str, ...] = ()
-        at = [i for i, (op, av) in enumerate(items) if op is C.LITERAL and av in self.excluded]
+        excluded = self.excluded
+        at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded] if excluded else ()
         if at:
             i = at[0]
             if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
