@@ -1042,27 +1042,10 @@ fail:
     return result;
 }
 
-/* byte_classes(trans int32[n * 256]) -> (class_trans bytes of int64[n * C], byte_class bytes of
- * int64[256]): bytes whose columns are equal in every state share a class; classes are numbered
- * by their first byte. */
-/* byte_classes(trans int32[n * 256][, lo, chosen int32[n]]) -> (class table bytes of int64[n * C],
- * byte class bytes of int64[256], C); with ``lo`` and ``chosen``: the table of a lexer's block of
- * global ids as its walks read it, local ids (``x - lo``), and where a state has no transition, -2
- * when its lexeme is complete (``chosen >= 0``: the step ends it) else -1. */
-static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_chosen = {0};
-    Py_ssize_t lo = -1;
-    if (!PyArg_ParseTuple(args, "y*|ny*", &b_trans, &lo, &b_chosen)) return NULL;
-    const int32_t *trans = b_trans.buf, *chosen = b_chosen.buf;
-    Py_ssize_t n = b_trans.len / 4 / 256;
-    if (chosen && b_chosen.len / 4 != n) {
-        PyBuffer_Release(&b_trans);
-        PyBuffer_Release(&b_chosen);
-        PyErr_SetString(PyExc_ValueError, "byte_classes: chosen is not one per state");
-        return NULL;
-    }
+/* The byte classes of trans int32[n * 256]: cls[b] the class of byte b, rep[c] the first byte of
+ * class c (classes numbered by their first byte); returns the number of classes. */
+static Py_ssize_t classes_of(const int32_t *trans, Py_ssize_t n, int64_t cls[256], int64_t rep[256]) {
     uint64_t h[256];
-    int64_t cls[256], rep[256];
     Py_ssize_t C = 0;
     for (int b = 0; b < 256; b++) h[b] = 0x9E3779B97F4A7C15ULL;
     for (Py_ssize_t s = 0; s < n; s++) {
@@ -1101,6 +1084,30 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
             if (cls[b] < 0) { rep[C] = b; cls[b] = C++; }
         }
     }
+    return C;
+}
+
+/* byte_classes(trans int32[n * 256]) -> (class_trans bytes of int64[n * C], byte_class bytes of
+ * int64[256]): bytes whose columns are equal in every state share a class; classes are numbered
+ * by their first byte. */
+/* byte_classes(trans int32[n * 256][, lo, chosen int32[n]]) -> (class table bytes of int64[n * C],
+ * byte class bytes of int64[256], C); with ``lo`` and ``chosen``: the table of a lexer's block of
+ * global ids as its walks read it, local ids (``x - lo``), and where a state has no transition, -2
+ * when its lexeme is complete (``chosen >= 0``: the step ends it) else -1. */
+static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_chosen = {0};
+    Py_ssize_t lo = -1;
+    if (!PyArg_ParseTuple(args, "y*|ny*", &b_trans, &lo, &b_chosen)) return NULL;
+    const int32_t *trans = b_trans.buf, *chosen = b_chosen.buf;
+    Py_ssize_t n = b_trans.len / 4 / 256;
+    if (chosen && b_chosen.len / 4 != n) {
+        PyBuffer_Release(&b_trans);
+        PyBuffer_Release(&b_chosen);
+        PyErr_SetString(PyExc_ValueError, "byte_classes: chosen is not one per state");
+        return NULL;
+    }
+    int64_t cls[256], rep[256];
+    Py_ssize_t C = classes_of(trans, n, cls, rep);
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * C * 8), *bc = PyBytes_FromStringAndSize((const char *)cls, 256 * 8);
     if (out && bc) {
         int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
@@ -1206,29 +1213,16 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* live_states(rows int64[n * C], C, accepting uint8[n]) -> bytes uint8[n]: 1 for the states from
- * which an accepting state is reachable (entries < 0: no edge), by a search of the reversed edges. */
-static PyObject *live_states(PyObject *self, PyObject *args) {
-    Py_buffer b_rows, b_acc;
-    Py_ssize_t C;
-    if (!PyArg_ParseTuple(args, "y*ny*", &b_rows, &C, &b_acc)) return NULL;
-    Py_ssize_t n = b_acc.len, m = n * C;
-    if (C < 0 || b_rows.len != m * 8) {
-        PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
-        PyErr_SetString(PyExc_ValueError, "live_states: rows must be int64[n * C] for n accepting flags");
-        return NULL;
-    }
-    const int64_t *rows = b_rows.buf;
-    const uint8_t *acc = b_acc.buf;
+/* live[q] = 1 for the states of rows int64[n * C] (entries < 0: no edge) from which an accepting
+ * state is reachable, by a search of the reversed edges; -1 when out of memory. */
+static int live_of(const int64_t *rows, Py_ssize_t n, Py_ssize_t C, const uint8_t *acc, uint8_t *live) {
+    Py_ssize_t m = n * C;
     int64_t *start = calloc((size_t)n + 2, 8), *fill = malloc((size_t)n * 8 + 8);
     int64_t *src = malloc((size_t)m * 8 + 8), *stack = malloc((size_t)n * 8 + 8);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
-    if (!start || !fill || !src || !stack || !out) {
-        free(start); free(fill); free(src); free(stack); Py_XDECREF(out);
-        PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
-        return PyErr_NoMemory();
+    if (!start || !fill || !src || !stack) {
+        free(start); free(fill); free(src); free(stack);
+        return -1;
     }
-    uint8_t *live = (uint8_t *)PyBytes_AS_STRING(out);
     /* the reversed edges as CSR: the sources of the edges into t are src[start[t]:start[t + 1]] */
     for (Py_ssize_t i = 0; i < m; i++)
         if (rows[i] >= 0 && rows[i] < n) start[rows[i] + 1]++;
@@ -1246,26 +1240,42 @@ static PyObject *live_states(PyObject *self, PyObject *args) {
             if (!live[src[j]]) { live[src[j]] = 1; stack[top++] = src[j]; }
     }
     free(start); free(fill); free(src); free(stack);
+    return 0;
+}
+
+/* live_states(rows int64[n * C], C, accepting uint8[n]) -> bytes uint8[n]: 1 for the states from
+ * which an accepting state is reachable (entries < 0: no edge), by a search of the reversed edges. */
+static PyObject *live_states(PyObject *self, PyObject *args) {
+    Py_buffer b_rows, b_acc;
+    Py_ssize_t C;
+    if (!PyArg_ParseTuple(args, "y*ny*", &b_rows, &C, &b_acc)) return NULL;
+    Py_ssize_t n = b_acc.len, m = n * C;
+    if (C < 0 || b_rows.len != m * 8) {
+        PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+        PyErr_SetString(PyExc_ValueError, "live_states: rows must be int64[n * C] for n accepting flags");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out && live_of(b_rows.buf, n, C, b_acc.buf, (uint8_t *)PyBytes_AS_STRING(out))) {
+        Py_DECREF(out);
+        out = PyErr_NoMemory();
+    }
     PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
     return out;
 }
 
-/* merge_twins(rows int64[n * C], accepting uint8[n], max_rounds) -> (rows, accepting) as bytes:
- * repeatedly merge states with identical rows and acceptance into the first of them (state 0
- * stays first), renumbering the survivors in order. */
-static PyObject *merge_twins_c(PyObject *self, PyObject *args) {
-    Py_buffer b_rows, b_acc;
-    Py_ssize_t C, max_rounds;
-    if (!PyArg_ParseTuple(args, "y*ny*n", &b_rows, &C, &b_acc, &max_rounds)) return NULL;
-    Py_ssize_t n = C ? b_rows.len / 8 / C : 0, cap = 16;
+/* Repeatedly merge the states of rows int64[n * C] (acceptance acc[n]) with identical rows and
+ * acceptance into the first of them (state 0 stays first), renumbering the survivors in order, in
+ * place; returns the number of states left, -1 when out of memory. */
+static Py_ssize_t merge_in_place(int64_t *rows, uint8_t *acc, Py_ssize_t n, Py_ssize_t C, Py_ssize_t max_rounds) {
+    Py_ssize_t cap = 16;
     while (cap < 2 * n + 2) cap *= 2;
-    int64_t *rows = malloc((size_t)(n * C + 1) * 8), *tmp = malloc((size_t)(n * C + 1) * 8);
-    uint8_t *acc = malloc((size_t)n + 1);
-    int64_t *slots = malloc((size_t)cap * 8), *rep = malloc((size_t)(n + 1) * 8), *newid = malloc((size_t)(n + 1) * 8);
-    PyObject *result = NULL;
-    if (!rows || !tmp || !acc || !slots || !rep || !newid) { PyErr_NoMemory(); goto fail; }
-    memcpy(rows, b_rows.buf, (size_t)n * C * 8);
-    memcpy(acc, b_acc.buf, (size_t)n);
+    int64_t *tmp = malloc((size_t)(n * C + 1) * 8), *slots = malloc((size_t)cap * 8),
+            *rep = malloc((size_t)(n + 1) * 8), *newid = malloc((size_t)(n + 1) * 8);
+    if (!tmp || !slots || !rep || !newid) {
+        free(tmp); free(slots); free(rep); free(newid);
+        return -1;
+    }
     for (Py_ssize_t round = 0; round < max_rounds; round++) {
         for (Py_ssize_t i = 0; i < cap; i++) slots[i] = -1;
         Py_ssize_t kept = 0;
@@ -1292,13 +1302,117 @@ static PyObject *merge_twins_c(PyObject *self, PyObject *args) {
             acc[k] = acc[s];
             k++;
         }
-        int64_t *sw = rows; rows = tmp; tmp = sw;
+        memcpy(rows, tmp, (size_t)(kept * C) * 8);
         n = kept;
     }
+    free(tmp); free(slots); free(rep); free(newid);
+    return n;
+}
+
+/* merge_twins(rows int64[n * C], accepting uint8[n], max_rounds) -> (rows, accepting) as bytes:
+ * repeatedly merge states with identical rows and acceptance into the first of them (state 0
+ * stays first), renumbering the survivors in order. */
+static PyObject *merge_twins_c(PyObject *self, PyObject *args) {
+    Py_buffer b_rows, b_acc;
+    Py_ssize_t C, max_rounds;
+    if (!PyArg_ParseTuple(args, "y*ny*n", &b_rows, &C, &b_acc, &max_rounds)) return NULL;
+    Py_ssize_t n = C ? b_rows.len / 8 / C : 0;
+    int64_t *rows = malloc((size_t)(n * C + 1) * 8);
+    uint8_t *acc = malloc((size_t)n + 1);
+    PyObject *result = NULL;
+    if (!rows || !acc) { PyErr_NoMemory(); goto fail; }
+    memcpy(rows, b_rows.buf, (size_t)n * C * 8);
+    memcpy(acc, b_acc.buf, (size_t)n);
+    n = merge_in_place(rows, acc, n, C, max_rounds);
+    if (n < 0) { PyErr_NoMemory(); goto fail; }
     result = Py_BuildValue("(y#y#)", (const char *)rows, (Py_ssize_t)(n * C * 8), (const char *)acc, n);
 fail:
-    free(rows); free(tmp); free(acc); free(slots); free(rep); free(newid);
+    free(rows); free(acc);
     PyBuffer_Release(&b_rows); PyBuffer_Release(&b_acc);
+    return result;
+}
+
+/* trim(trans int32[n * 256], accepting uint8[n], max_rounds) -> None when state 0 reaches no
+ * accepting state, else (transitions bytearray of int32[m * 256], accepting bytearray of uint8[m],
+ * class table bytes of int64[m * C], byte class bytes of int64[256], C): dotvllm_plugin.regex.
+ * automaton.trim in one call: the states that reach an accepting state (in order, edges into the
+ * others dropped), merge_twins on the byte classes, the table by byte again and its byte classes. */
+static PyObject *trim_c(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_acc;
+    Py_ssize_t max_rounds;
+    if (!PyArg_ParseTuple(args, "y*y*n", &b_trans, &b_acc, &max_rounds)) return NULL;
+    const int32_t *trans = b_trans.buf;
+    const uint8_t *acc_in = b_acc.buf;
+    Py_ssize_t n = b_acc.len;
+    PyObject *result = NULL, *t_out = NULL, *a_out = NULL, *r_out = NULL, *bc_out = NULL;
+    int64_t *rows = NULL, *newid = NULL;
+    uint8_t *live = NULL, *acc = NULL;
+    if (n < 1 || b_trans.len != n * 256 * 4) {
+        PyErr_SetString(PyExc_ValueError, "trim: trans must be int32[n * 256] for n >= 1 accepting flags");
+        goto out;
+    }
+    int64_t cls[256], rep[256];
+    Py_ssize_t C = classes_of(trans, n, cls, rep);
+    rows = malloc((size_t)(n * C + 1) * 8);
+    newid = malloc((size_t)(n + 1) * 8);
+    live = malloc((size_t)n + 1);
+    acc = malloc((size_t)n + 1);
+    if (!rows || !newid || !live || !acc) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t s = 0; s < n; s++)
+        for (Py_ssize_t c = 0; c < C; c++) {
+            int64_t t = trans[s * 256 + rep[c]];
+            rows[s * C + c] = t >= 0 && t < n ? t : -1;
+        }
+    if (live_of(rows, n, C, acc_in, live)) { PyErr_NoMemory(); goto out; }
+    if (!live[0]) { result = Py_None; Py_INCREF(result); goto out; }
+    Py_ssize_t m = 0;
+    for (Py_ssize_t s = 0; s < n; s++) newid[s] = live[s] ? m++ : -1;
+    for (Py_ssize_t s = 0, k = 0; s < n; s++) {
+        if (!live[s]) continue;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            int64_t t = rows[s * C + c];
+            rows[k * C + c] = t < 0 ? -1 : newid[t];
+        }
+        acc[k++] = acc_in[s] != 0;
+    }
+    m = merge_in_place(rows, acc, m, C, max_rounds);
+    if (m < 0) { PyErr_NoMemory(); goto out; }
+    t_out = PyByteArray_FromStringAndSize(NULL, m * 256 * 4);
+    a_out = PyByteArray_FromStringAndSize((const char *)acc, m);
+    if (!t_out || !a_out) goto out;
+    int32_t *tt = (int32_t *)PyByteArray_AS_STRING(t_out);
+    for (Py_ssize_t s = 0; s < m; s++)
+        for (int b = 0; b < 256; b++) tt[s * 256 + b] = (int32_t)rows[s * C + cls[b]];
+    /* The coarsest classes of tt: classes whose columns of the merged table are equal merge (a
+     * column of tt is its class's column), numbered by first byte as classes_of numbers them. */
+    int64_t same_as[256], number[256], cls2[256], rep2[256];
+    for (Py_ssize_t c = 0; c < C; c++) {
+        same_as[c] = c;
+        number[c] = -1;
+        for (Py_ssize_t d = 0; d < c && same_as[c] == c; d++) {
+            if (same_as[d] != d) continue;
+            int same = 1;
+            for (Py_ssize_t s = 0; s < m && same; s++) same = rows[s * C + c] == rows[s * C + d];
+            if (same) same_as[c] = d;
+        }
+    }
+    Py_ssize_t C2 = 0;
+    for (int b = 0; b < 256; b++) {
+        int64_t g = same_as[cls[b]];
+        if (number[g] < 0) { number[g] = C2; rep2[C2++] = b; }
+        cls2[b] = number[g];
+    }
+    r_out = PyBytes_FromStringAndSize(NULL, m * C2 * 8);
+    bc_out = PyBytes_FromStringAndSize((const char *)cls2, 256 * 8);
+    if (!r_out || !bc_out) goto out;
+    int64_t *o = (int64_t *)PyBytes_AS_STRING(r_out);
+    for (Py_ssize_t s = 0; s < m; s++)
+        for (Py_ssize_t c = 0; c < C2; c++) o[s * C2 + c] = tt[s * 256 + rep2[c]];
+    result = Py_BuildValue("(OOOOn)", t_out, a_out, r_out, bc_out, C2);
+out:
+    Py_XDECREF(t_out); Py_XDECREF(a_out); Py_XDECREF(r_out); Py_XDECREF(bc_out);
+    free(rows); free(newid); free(live); free(acc);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_acc);
     return result;
 }
 
@@ -3156,6 +3270,7 @@ static PyMethodDef methods[] = {
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},
+    {"trim", trim_c, METH_VARARGS, "A byte DFA's live states, twins merged, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},

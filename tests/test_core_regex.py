@@ -582,27 +582,45 @@ def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
     assert fast.n_states == ref.n_states and equivalent(fast, ref)
 
 
-def test_trimmed_classes_equal_with_and_without_c(monkeypatch):
-    """A trimmed automaton's coarsest byte classes: read from the 256 columns in C, or merged from
-    the class table in numpy, the same arrays."""
+def test_trimmed_automata_equal_with_and_without_c(monkeypatch):
+    """Trimming in one C call (live states, twins merged on byte classes, the coarsest classes read
+    from the 256 columns) against the numpy steps: the same arrays, on random tables with dead
+    states, twins, and an initial state that reaches no accepting one (refused alike)."""
+    from dotvllm_plugin.errors import VocabularyCoverageError
     from dotvllm_plugin.regex import automaton
 
     if automaton._cwalk is None:
         pytest.skip("the C extension is not built here")
     rng = np.random.default_rng(11)
-    for _ in range(200):
+    refused = 0
+    for k in range(300):
         n = int(rng.integers(1, 30))
         cols = rng.integers(-1, n, size=(n, int(rng.integers(1, 8)))).astype(np.int32)
+        cols[rng.random(cols.shape) < 0.3] = -1
+        if k % 3 == 0:  # twins: states copied
+            cols[n // 2 :] = cols[: n - n // 2]
         trans = np.ascontiguousarray(cols[:, rng.integers(0, cols.shape[1], size=256)])
         accepting = rng.random(n) < 0.3
-        accepting[-1] = True
-        trans[0, 0] = n - 1  # (the initial state is live)
-        monkeypatch.setattr(automaton, "USE_C_TABLES", True)
-        fast = automaton.trim(trans, accepting, "t")
-        monkeypatch.setattr(automaton, "USE_C_TABLES", False)
-        ref = automaton.trim(trans, accepting, "t")
-        assert np.array_equal(fast.transitions, ref.transitions)
+        if k % 5:
+            accepting[-1] = True
+            trans[0, 0] = n - 1  # (the initial state is live)
+        got = []
+        for use_c in (True, False):
+            monkeypatch.setattr(automaton, "USE_C_TABLES", use_c)
+            try:
+                got.append(automaton.trim(trans, accepting, "t"))
+            except VocabularyCoverageError:
+                got.append(None)
+        fast, ref = got
+        if ref is None:
+            refused += 1
+            assert fast is None
+            continue
+        assert fast.transitions.dtype == ref.transitions.dtype and np.array_equal(fast.transitions, ref.transitions)
+        assert fast.accepting.dtype == ref.accepting.dtype and np.array_equal(fast.accepting, ref.accepting)
         assert np.array_equal(fast.classes[0], ref.classes[0]) and np.array_equal(fast.classes[1], ref.classes[1])
+        fast.transitions[0, 0] = fast.transitions[0, 0]  # (writable, as the numpy steps' arrays are)
+    assert refused
 
 
 def test_c_live_states_equal_the_reversed_search():

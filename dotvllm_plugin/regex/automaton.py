@@ -240,6 +240,16 @@ def reachable(src: np.ndarray, dst: np.ndarray, n: int, roots) -> np.ndarray:
 
 def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     """Keep the states that can reach an accepting state; renumber with the initial state 0."""
+    if _cwalk is not None and USE_C_TABLES:  # (in one call)
+        got = _cwalk.trim(np.ascontiguousarray(trans, dtype=np.int32), np.ascontiguousarray(accepting, dtype=np.uint8),
+                          32)
+        if got is None:
+            _refuse_empty(pattern)
+        t, a, rows, bc, C = got
+        m = len(a)
+        classes = (np.frombuffer(rows, dtype=np.int64).reshape(m, C), np.frombuffer(bc, dtype=np.int64))
+        return ByteDFA(transitions=np.frombuffer(t, dtype=np.int32).reshape(m, 256),
+                       accepting=np.frombuffer(a, dtype=bool), initial=0, classes=classes)
     n = trans.shape[0]
     rows, byte_class = byte_classes(trans)  # the same graph with far fewer (parallel) edges
     rows = rows.astype(np.int64)
@@ -253,9 +263,7 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
         edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
         live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
     if not live[0]:
-        from ..errors import VocabularyCoverageError
-
-        raise VocabularyCoverageError(f"the regex {clip(pattern)} matches no string at all")
+        _refuse_empty(pattern)
     if not live.all():
         new_id = np.full(n + 1, -1, dtype=np.int64)
         new_id[np.flatnonzero(live)] = np.arange(int(live.sum()))
@@ -268,6 +276,12 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     else:
         classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
     return ByteDFA(transitions=transitions, accepting=accepting, initial=0, classes=classes)
+
+
+def _refuse_empty(pattern: str):
+    from ..errors import VocabularyCoverageError
+
+    raise VocabularyCoverageError(f"the regex {clip(pattern)} matches no string at all")
 
 
 def _coarsest(rows: np.ndarray, byte_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
