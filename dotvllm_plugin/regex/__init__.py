@@ -85,7 +85,7 @@ def _literal_bytes(tree) -> bytes | None:
         return None
     literal = _SRE.LITERAL
     cps = []
-    for op, av in tree:
+    for op, av in tree.data:
         if op is not literal or 0xD800 <= av <= 0xDFFF:
             return None
         cps.append(av)

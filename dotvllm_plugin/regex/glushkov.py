@@ -285,7 +285,7 @@ class _Positions:
 
     def visit_sre(self, items, flags: int):
         """A parsed sequence (``SubPattern`` or list of ``(op, arg)``) → ``(first, last, nullable)``."""
-        items = list(items)
+        items = list(getattr(items, "data", items))  # (a SubPattern iterates by __getitem__ calls)
         if len(items) == 1:
             return self._sre_item(items[0], flags)
         return self._concat([lambda it=it: self._sre_item(it, flags) for it in items])

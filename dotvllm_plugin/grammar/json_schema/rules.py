@@ -28,6 +28,7 @@ boundary, a lexeme never extends greedily into an optional tail that the next le
 
 from __future__ import annotations
 
+import re
 import re._constants as C
 import re._parser as P
 
@@ -73,8 +74,11 @@ def is_placeholder(cp: int) -> bool:
     return cp >= _BASE
 
 
+_PRIVATE = re.compile(f"[{chr(_BASE)}-\U0010FFFF]")
+
+
 def has_placeholders(text: str) -> bool:
-    return any(ord(c) >= _BASE for c in text)
+    return _PRIVATE.search(text) is not None
 
 
 # -- writing a parse tree back as a regex --------------------------------------------------------
@@ -132,7 +136,7 @@ def unparse(items, classes: dict | None = None) -> str:
     """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``).
     ``classes``: a class's items → its text, kept by the caller (the translator writes the same
     few classes all over a schema)."""
-    return "".join([_unparse_item(op, av, classes) for op, av in items])
+    return "".join([_unparse_item(op, av, classes) for op, av in getattr(items, "data", items)])
 
 
 def _unparse_item(op, av, classes=None) -> str:
@@ -185,7 +189,7 @@ def _expand(items) -> list:
     """``items`` with every unit code point replaced by the unit's parsed group (Python's parser
     reads ``(?:U|x)`` as the class ``[Ux]``: such a class becomes the alternation it stands for)."""
     out = []
-    for op, av in items:
+    for op, av in getattr(items, "data", items):  # (a SubPattern iterates by __getitem__ calls)
         if op is C.LITERAL and ord(_UNITS_FIRST) <= av <= ord(_UNITS_LAST):
             out.append(_unit_item(av))
         elif op is C.IN and any(o is C.LITERAL and chr(a) in _UNITS for o, a in av):
@@ -214,7 +218,7 @@ def _unit_text(cp: int) -> str:
 
 
 def _nullable(items) -> bool:
-    for op, av in items:
+    for op, av in getattr(items, "data", items):
         if op is C.BRANCH:
             if not any(_nullable(seq) for seq in av[1]):
                 return False
@@ -282,7 +286,7 @@ class _Writer:
     def _holds_placeholder(self, seqs) -> bool:
         inline = self.inline
         for seq in seqs:
-            for o, a in seq:
+            for o, a in getattr(seq, "data", seq):
                 if o is _LITERAL:  # (most items: checked here, without a call)
                     if a >= _BASE and a not in inline:
                         return True
@@ -326,7 +330,7 @@ class _Writer:
                 run.clear()
 
         inline = self.inline
-        for item in items:
+        for item in getattr(items, "data", items):  # (a SubPattern iterates by __getitem__ calls)
             op, av = item
             if op is _LITERAL:  # (most items: checked here, without a call)
                 if av < _BASE or av in inline:

@@ -37,6 +37,7 @@ def clear_memos() -> None:
     """Empty the memo tables of this module (process-wide; a benchmark of cold compiles calls it)."""
     intersect.cache_clear()
     encode_set.cache_clear()
+    _is_atom.cache_clear()
 
 
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
@@ -228,6 +229,7 @@ def repeat(unit: str, lo: int, hi: int | None) -> str:
     return f"{g}{{{lo},{hi}}}"
 
 
+@functools.lru_cache(maxsize=4096)  # (the translator groups the same few texts all over a schema)
 def _is_atom(r: str) -> bool:
     if len(r) == 1 or (len(r) == 2 and r[0] == "\\"):
         return True
