@@ -3254,7 +3254,620 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return args[4];
 }
 
+/* -- LALR(1) tables ------------------------------------------------------------------------------ */
+
+/* lalr_packed(rules, term_names, sym, nonterms, terms, root, start, multi)
+ *   -> (action, n_states, goto, rule_len, rule_origin, conf_offsets, conf_codes, end_state, accepts,
+ *       rule_keys)
+ * dotvllm_plugin.lalr.lalr_tables followed by pushdown._packed (the reference: same states in the
+ * same order, same conflicts in the same order, same rule codes). ``rules``: the grammar's distinct
+ * (origin, expansion tuple) pairs; ``term_names``: the terminals in column order; ``nonterms``: the
+ * sorted origins with the augmented rule's origin at index ``root``; ``terms``: the sorted terminal
+ * names; ``sym``: each of those names to its symbol (nonterminals 0 .. n_nt - 1, terminals n_nt ..;
+ * $END, the last terminal, has no name). ``start`` is the augmented rule's body. Raises ValueError
+ * as lalr_tables does for a symbol neither a terminal nor defined. action (int32[n_states * n_cols],
+ * n_cols = len(term_names) + 1), goto (int32[n_states * (n_nt - 1)]) and the four int32 arrays come
+ * as bytearrays; accepts and rule_keys as lists. */
+
+typedef struct {
+    Py_ssize_t n_nt, root;
+    const int64_t *lhs, *roff, *after, *rank;
+} lalr_g;
+
+/* the order of rules[a] and rules[b] as Python compares (origin, expansion) tuples of names */
+static int lalr_rule_cmp(const lalr_g *g, int64_t a, int64_t b) {
+    int64_t x = g->rank[g->lhs[a]], y = g->rank[g->lhs[b]];
+    if (x != y) return x < y ? -1 : 1;
+    for (const int64_t *pa = g->after + g->roff[a], *pb = g->after + g->roff[b];; pa++, pb++) {
+        if (*pa < 0 || *pb < 0) return (*pa >= 0) - (*pb >= 0);  /* a prefix first */
+        x = g->rank[*pa];
+        y = g->rank[*pb];
+        if (x != y) return x < y ? -1 : 1;
+    }
+}
+
+/* stable merge sort of the rule numbers xs[0 .. n - 1] by lalr_rule_cmp (tmp: n more) */
+static void lalr_sort_rules(const lalr_g *g, int64_t *xs, int64_t *tmp, Py_ssize_t n) {
+    for (Py_ssize_t w = 1; w < n; w *= 2) {
+        for (Py_ssize_t lo = 0; lo < n; lo += 2 * w) {
+            Py_ssize_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            Py_ssize_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) tmp[k++] = lalr_rule_cmp(g, xs[j], xs[i]) < 0 ? xs[j++] : xs[i++];
+            while (i < mid) tmp[k++] = xs[i++];
+            while (j < hi) tmp[k++] = xs[j++];
+        }
+        memcpy(xs, tmp, (size_t)n * sizeof(int64_t));
+    }
+}
+
+/* the first index in keys[lo .. hi - 1] (ascending) not below x */
+static Py_ssize_t lalr_find(const int64_t *keys, Py_ssize_t lo, Py_ssize_t hi, int64_t x) {
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (Py_ssize_t)((size_t)(hi - lo) >> 1);
+        if (keys[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* sort xs[0 .. n - 1] ascending (insertion sort for the few items, sets and columns of a state) */
+static void lalr_sort(int64_t *xs, Py_ssize_t n) {
+    if (n > 16) {
+        qsort(xs, (size_t)n, sizeof(int64_t), cmp_i64);
+        return;
+    }
+    for (Py_ssize_t a = 1; a < n; a++) {
+        int64_t x = xs[a];
+        Py_ssize_t b = a;
+        for (; b > 0 && xs[b - 1] > x; b--) xs[b] = xs[b - 1];
+        xs[b] = x;
+    }
+}
+
+static inline void lalr_or(uint64_t *dst, const uint64_t *src, Py_ssize_t w) {
+    for (Py_ssize_t i = 0; i < w; i++) dst[i] |= src[i];
+}
+
+/* DeRemer and Pennello's Digraph, as dotvllm_plugin.lalr._digraph: bits[x] (w words) becomes the
+ * union of bits[y] over every y reachable from x along the edges to[off[x] .. off[x + 1] - 1].
+ * Returns -1 when out of memory. */
+static int lalr_digraph(Py_ssize_t n, const int64_t *off, const int64_t *to, uint64_t *bits, Py_ssize_t w) {
+    Py_ssize_t done = n + 1, sp = 0, fp = 0;
+    Py_ssize_t *mark = calloc((size_t)n + 1, sizeof(Py_ssize_t)), *stack = malloc(((size_t)n + 1) * sizeof(Py_ssize_t));
+    Py_ssize_t *fx = malloc(((size_t)n + 1) * sizeof(Py_ssize_t)), *fd = malloc(((size_t)n + 1) * sizeof(Py_ssize_t));
+    int64_t *fi = malloc(((size_t)n + 1) * sizeof(int64_t));  /* frames: node, its depth, its next edge */
+    if (!mark || !stack || !fx || !fd || !fi) {
+        free(mark); free(stack); free(fx); free(fd); free(fi);
+        return -1;
+    }
+    for (Py_ssize_t root = 0; root < n; root++) {
+        if (mark[root]) continue;
+        stack[sp++] = root;
+        mark[root] = sp;
+        fx[0] = root; fd[0] = sp; fi[0] = off[root]; fp = 1;
+        while (fp) {
+            Py_ssize_t x = fx[fp - 1];
+            if (fi[fp - 1] < off[x + 1]) {
+                Py_ssize_t y = (Py_ssize_t)to[fi[fp - 1]++];
+                if (!mark[y]) {
+                    stack[sp++] = y;
+                    mark[y] = sp;
+                    fx[fp] = y; fd[fp] = sp; fi[fp] = off[y]; fp++;
+                } else {
+                    if (mark[y] < mark[x]) mark[x] = mark[y];
+                    lalr_or(bits + x * w, bits + y * w, w);
+                }
+                continue;
+            }
+            fp--;
+            if (mark[x] == fd[fp]) {  /* x roots a component: everything above it on the stack */
+                for (;;) {
+                    Py_ssize_t top = stack[--sp];
+                    mark[top] = done;
+                    if (top == x) break;
+                    memcpy(bits + top * w, bits + x * w, (size_t)w * 8);
+                }
+            }
+            if (fp) {
+                Py_ssize_t p = fx[fp - 1];
+                if (mark[x] < mark[p]) mark[p] = mark[x];
+                lalr_or(bits + p * w, bits + x * w, w);
+            }
+        }
+    }
+    free(mark); free(stack); free(fx); free(fd); free(fi);
+    return 0;
+}
+
+/* edges (from[i], to[i]) as CSR over n nodes, in their order per node: off[n + 1], out[m] */
+static int lalr_csr(Py_ssize_t n, const vec *from, const vec *to, int64_t **off, int64_t **out) {
+    *off = calloc((size_t)n + 2, sizeof(int64_t));
+    *out = malloc(((size_t)from->n + 1) * sizeof(int64_t));
+    if (!*off || !*out) return -1;
+    for (Py_ssize_t i = 0; i < from->n; i++) (*off)[from->p[i] + 2]++;
+    for (Py_ssize_t x = 0; x < n; x++) (*off)[x + 2] += (*off)[x + 1];
+    for (Py_ssize_t i = 0; i < from->n; i++) (*out)[(*off)[from->p[i] + 1]++] = to->p[i];
+    return 0;  /* (off[x + 1] was advanced from the start of x's edges to their end) */
+}
+
+/* room for n elements in v (its length unchanged) */
+static int lalr_reserve(vec *v, Py_ssize_t n) {
+    while (v->cap < n) if (vec_grow(v)) return -1;
+    return 0;
+}
+
+static PyObject *lalr_i32(const int64_t *p, Py_ssize_t n) {
+    PyObject *b = PyByteArray_FromStringAndSize(NULL, n * 4);
+    if (!b) return NULL;
+    int32_t *o = (int32_t *)PyByteArray_AS_STRING(b);
+    for (Py_ssize_t i = 0; i < n; i++) o[i] = (int32_t)p[i];
+    return b;
+}
+
+/* the symbol of ``name`` in ``sym`` (-1 with an exception set: ValueError for a name it lacks, or one
+ * that is the augmented rule's origin, as lalr_tables words it) */
+static int64_t lalr_symbol(PyObject *sym, PyObject *name, PyObject *origin, Py_ssize_t root, Py_ssize_t n_sym) {
+    PyObject *v = PyDict_GetItemWithError(sym, name);
+    int64_t id = -1;
+    if (v) {
+        id = PyLong_AsLongLong(v);
+        if (id == -1 && PyErr_Occurred()) return -1;
+        if (id != root && (id < 0 || id >= n_sym)) {
+            PyErr_SetString(PyExc_SystemError, "lalr_packed: a symbol out of range");
+            return -1;
+        }
+    }
+    if (!v && PyErr_Occurred()) return -1;
+    if (!v || id == root) {
+        PyErr_Format(PyExc_ValueError, "rule %S uses %S, which is neither a terminal nor defined by a rule", origin, name);
+        return -1;
+    }
+    return id;
+}
+
+static PyObject *lalr_packed(PyObject *self, PyObject *args) {
+    PyObject *rules, *term_names, *sym, *nonterms, *terms, *start;
+    Py_ssize_t root;
+    long long multi;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!nOL", &PyList_Type, &rules, &PyList_Type, &term_names, &PyDict_Type, &sym,
+                          &PyList_Type, &nonterms, &PyList_Type, &terms, &root, &start, &multi))
+        return NULL;
+    Py_ssize_t R = PyList_GET_SIZE(rules), NR = R + 1, n_nt = PyList_GET_SIZE(nonterms), n_t = PyList_GET_SIZE(terms);
+    Py_ssize_t n_term = n_t + 1, n_cols = PyList_GET_SIZE(term_names) + 1, G = n_nt - 1;
+    Py_ssize_t W = (n_term + 63) / 64, NP = 2, S = 0;
+    PyObject *result = NULL, *action = NULL, *go = NULL, *accepts = NULL, *keys = NULL, *o_len = NULL;
+    PyObject *o_origin = NULL, *o_coff = NULL, *o_codes = NULL;
+    int nomem = 0;
+    /* grammar */
+    int64_t *lhs = NULL, *roff = NULL, *after = NULL, *rule_of = NULL, *rank = NULL, *ord = NULL, *tmp = NULL;
+    int64_t *ord_rank = NULL, *cnt = NULL, *occ_off = NULL, *occ = NULL, *bl_off = NULL, *bl = NULL, *tail = NULL;
+    int64_t *queue = NULL, *t_col = NULL;
+    char *nullable = NULL;
+    /* LR(0) states: kernels (kpool[kstart[i] ..]), transitions per state (tr_*[troff[i] ..], the
+     * nonterminal ones first: ngo[i] of them), completed rules per state (comp[coff[i] ..]) */
+    vec kpool = {0}, kstart = {0}, tr_sym = {0}, tr_to = {0}, troff = {0}, ngo = {0}, comp = {0}, coff = {0};
+    vec cl = {0}, grp = {0};
+    table tab = {0};
+    int64_t *nt_stamp = NULL, *nt_stack = NULL, *s_stamp = NULL, *s_cnt = NULL, *s_at = NULL, *syms = NULL;
+    /* lookaheads */
+    int64_t *nt_base = NULL, *tp = NULL, *tf = NULL, *rd_off = NULL, *in_off = NULL, *in_to = NULL;
+    vec rd = {0}, inc_from = {0}, inc_to = {0}, lb_c = {0}, lb_k = {0};
+    uint64_t *bits = NULL, *la = NULL;
+    /* packing */
+    int64_t *rule_code = NULL, *ent_col = NULL, *ent_shift = NULL, *ent_rs = NULL, *ent_rn = NULL, *t_stamp = NULL;
+    int64_t *t_ent = NULL, *l_stamp = NULL, *l_cnt = NULL, *l_at = NULL, *l_order = NULL, *acc = NULL;
+    vec pr_t = {0}, pr_r = {0}, red = {0}, r_len = {0}, r_origin = {0}, c_off = {0}, c_codes = {0};
+
+    if (root < 0 || root >= n_nt || n_t < 0) {
+        PyErr_SetString(PyExc_ValueError, "lalr_packed: the augmented rule's origin is not a nonterminal");
+        return NULL;
+    }
+    /* -- rules as symbols (the check of lalr_tables, in its order), the augmented rule last -- */
+    for (Py_ssize_t r = 0; r < R; r++) {
+        PyObject *rule = PyList_GET_ITEM(rules, r);
+        if (!PyTuple_Check(rule) || PyTuple_GET_SIZE(rule) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(rule, 1))) {
+            PyErr_SetString(PyExc_TypeError, "lalr_packed: a rule is not an (origin, expansion tuple) pair");
+            return NULL;
+        }
+        NP += PyTuple_GET_SIZE(PyTuple_GET_ITEM(rule, 1)) + 1;
+    }
+    lhs = malloc((size_t)NR * 8); roff = malloc(((size_t)NR + 1) * 8); after = malloc((size_t)NP * 8);
+    rule_of = malloc((size_t)NP * 8); rank = malloc(((size_t)n_nt + n_t + 1) * 8); t_col = malloc((size_t)n_term * 8);
+    if (!lhs || !roff || !after || !rule_of || !rank || !t_col) { nomem = 1; goto done; }
+    {
+        Py_ssize_t pos = 0;
+        for (Py_ssize_t r = 0; r < NR; r++) {
+            PyObject *origin, *body;
+            if (r < R) {
+                PyObject *rule = PyList_GET_ITEM(rules, r);
+                origin = PyTuple_GET_ITEM(rule, 0);
+                body = PyTuple_GET_ITEM(rule, 1);
+                PyObject *v = PyDict_GetItemWithError(sym, origin);
+                int64_t id = v ? PyLong_AsLongLong(v) : -1;
+                if (PyErr_Occurred()) goto done;
+                if (id < 0 || id >= n_nt || id == root) {
+                    PyErr_SetString(PyExc_SystemError, "lalr_packed: a rule's origin is not a nonterminal");
+                    goto done;
+                }
+                lhs[r] = id;
+            } else {
+                origin = PyList_GET_ITEM(nonterms, root);
+                body = NULL;
+                lhs[r] = root;
+            }
+            roff[r] = pos;
+            Py_ssize_t len = body ? PyTuple_GET_SIZE(body) : 1;
+            if (pos + len + 1 > NP) {  /* (a rule changed since it was counted) */
+                PyErr_SetString(PyExc_SystemError, "lalr_packed: the rules changed");
+                goto done;
+            }
+            for (Py_ssize_t d = 0; d < len; d++) {
+                int64_t x = lalr_symbol(sym, body ? PyTuple_GET_ITEM(body, d) : start, origin, root, n_nt + n_t);
+                if (x < 0) goto done;
+                rule_of[pos] = r;
+                after[pos++] = x;
+            }
+            rule_of[pos] = r;
+            after[pos++] = -1;
+        }
+        roff[NR] = pos;
+    }
+    Py_ssize_t start_nt = after[roff[R]];
+    if (start_nt >= n_nt) {
+        PyErr_SetString(PyExc_SystemError, "lalr_packed: the start symbol is a terminal");
+        goto done;
+    }
+    /* each terminal's action column (a name listed twice: its last), $END's the last one */
+    for (Py_ssize_t t = 0; t < n_term; t++) t_col[t] = t < n_t ? -1 : n_cols - 1;
+    for (Py_ssize_t i = 0; i < n_cols - 1; i++) {
+        PyObject *v = PyDict_GetItemWithError(sym, PyList_GET_ITEM(term_names, i));
+        int64_t id = v ? PyLong_AsLongLong(v) : -1;
+        if (PyErr_Occurred()) goto done;
+        if (id < n_nt || id >= n_nt + n_t) {
+            PyErr_SetString(PyExc_SystemError, "lalr_packed: a terminal name without its symbol");
+            goto done;
+        }
+        t_col[id - n_nt] = i;
+    }
+    for (Py_ssize_t t = 0; t < n_t; t++)
+        if (t_col[t] < 0) {
+            PyErr_SetString(PyExc_SystemError, "lalr_packed: a terminal without a column");
+            goto done;
+        }
+    /* every name's rank among all names (both lists are sorted): rules in Python's order */
+    {
+        Py_ssize_t i = 0, j = 0, k = 0;
+        while (i < n_nt || j < n_t) {
+            int take_t = i == n_nt;
+            if (i < n_nt && j < n_t) {
+                take_t = PyObject_RichCompareBool(PyList_GET_ITEM(terms, j), PyList_GET_ITEM(nonterms, i), Py_LT);
+                if (take_t < 0) goto done;
+            }
+            if (take_t) rank[n_nt + j++] = k++;
+            else rank[i++] = k++;
+        }
+    }
+    lalr_g g = {n_nt, root, lhs, roff, after, rank};
+    ord = malloc((size_t)NR * 8); tmp = malloc((size_t)NR * 8); ord_rank = malloc((size_t)NR * 8);
+    if (!ord || !tmp || !ord_rank) { nomem = 1; goto done; }
+    for (Py_ssize_t r = 0; r < R; r++) ord[r] = r;
+    lalr_sort_rules(&g, ord, tmp, R);
+    for (Py_ssize_t k = 0; k < R; k++) ord_rank[ord[k]] = k;
+
+    /* -- nullable nonterminals (a rule's count: its nonterminals not known nullable, +1 with a
+     * terminal), rules by origin, the nullable tail of each rule -- */
+    nullable = calloc((size_t)n_nt + 1, 1); cnt = malloc((size_t)NR * 8); occ_off = calloc((size_t)n_nt + 2, 8);
+    occ = malloc((size_t)NP * 8); bl_off = calloc((size_t)n_nt + 2, 8); bl = malloc((size_t)NR * 8);
+    tail = malloc((size_t)NR * 8); queue = malloc(((size_t)n_nt + 1) * 8);
+    if (!nullable || !cnt || !occ_off || !occ || !bl_off || !bl || !tail || !queue) { nomem = 1; goto done; }
+    for (Py_ssize_t r = 0; r < NR; r++) {
+        int64_t c = 0, term = 0;
+        for (Py_ssize_t p = roff[r]; after[p] >= 0; p++) {
+            if (after[p] < n_nt) { c++; occ_off[after[p] + 2]++; }
+            else term = 1;
+        }
+        cnt[r] = c + term;
+        bl_off[lhs[r] + 2]++;
+    }
+    for (Py_ssize_t a = 0; a < n_nt; a++) { occ_off[a + 2] += occ_off[a + 1]; bl_off[a + 2] += bl_off[a + 1]; }
+    for (Py_ssize_t r = 0; r < NR; r++) {
+        for (Py_ssize_t p = roff[r]; after[p] >= 0; p++)
+            if (after[p] < n_nt) occ[occ_off[after[p] + 1]++] = r;
+        bl[bl_off[lhs[r] + 1]++] = r;
+    }
+    {
+        Py_ssize_t qn = 0;
+        for (Py_ssize_t r = 0; r < NR; r++)
+            if (!cnt[r] && !nullable[lhs[r]]) { nullable[lhs[r]] = 1; queue[qn++] = lhs[r]; }
+        while (qn) {
+            int64_t a = queue[--qn];
+            for (int64_t m = occ_off[a]; m < occ_off[a + 1]; m++) {
+                int64_t r = occ[m];
+                if (--cnt[r] == 0 && !nullable[lhs[r]]) { nullable[lhs[r]] = 1; queue[qn++] = lhs[r]; }
+            }
+        }
+    }
+    for (Py_ssize_t r = 0; r < NR; r++) {
+        int64_t d = roff[r + 1] - 1 - roff[r];
+        while (d && after[roff[r] + d - 1] < n_nt && nullable[after[roff[r] + d - 1]]) d--;
+        tail[r] = d;
+    }
+
+    /* -- LR(0) item sets: an item is its position in ``after`` (the dot before that symbol);
+     * states numbered as found, each state's successors by ascending symbol -- */
+    Py_ssize_t n_sym = n_nt + n_term;
+    nt_stamp = calloc((size_t)n_nt + 1, 8); nt_stack = malloc(((size_t)n_nt + 1) * 8);
+    s_stamp = calloc((size_t)n_sym, 8); s_cnt = malloc((size_t)n_sym * 8); s_at = malloc((size_t)n_sym * 8);
+    syms = malloc((size_t)n_sym * 8);
+    if (!nt_stamp || !nt_stack || !s_stamp || !s_cnt || !s_at || !syms || table_init(&tab, 256) ||
+        vec_push(&kpool, roff[R]) || vec_push(&kstart, 0) || vec_push(&kstart, 1)) { nomem = 1; goto done; }
+    {
+        uint64_t h = set_hash(kpool.p, 1);
+        if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
+    }
+    for (S = 0; S < kstart.n - 1; S++) {
+        int64_t mark = S + 1;
+        cl.n = 0;
+        for (int64_t k = kstart.p[S]; k < kstart.p[S + 1]; k++)
+            if (vec_push(&cl, kpool.p[k])) { nomem = 1; goto done; }
+        Py_ssize_t top = 0, nk = cl.n;
+        for (Py_ssize_t e = 0; e < nk; e++) {
+            int64_t x = after[cl.p[e]];
+            if (x >= 0 && x < n_nt && nt_stamp[x] != mark) { nt_stamp[x] = mark; nt_stack[top++] = x; }
+        }
+        while (top) {  /* the closure: the rules of every nonterminal first after a dot */
+            int64_t a = nt_stack[--top];
+            for (int64_t m = bl_off[a]; m < bl_off[a + 1]; m++) {
+                int64_t it = roff[bl[m]], x = after[it];
+                if (vec_push(&cl, it)) { nomem = 1; goto done; }
+                if (x >= 0 && x < n_nt && nt_stamp[x] != mark) { nt_stamp[x] = mark; nt_stack[top++] = x; }
+            }
+        }
+        if (vec_push(&troff, tr_sym.n) || vec_push(&coff, comp.n)) { nomem = 1; goto done; }
+        Py_ssize_t ns = 0, n_go = 0, moved = 0;
+        for (Py_ssize_t e = 0; e < cl.n; e++) {
+            int64_t x = after[cl.p[e]];
+            if (x < 0) {
+                if (vec_push(&comp, rule_of[cl.p[e]])) { nomem = 1; goto done; }
+                continue;
+            }
+            if (s_stamp[x] != mark) { s_stamp[x] = mark; s_cnt[x] = 0; syms[ns++] = x; }
+            s_cnt[x]++;
+            moved++;
+        }
+        lalr_sort(comp.p + coff.p[S], comp.n - coff.p[S]);
+        lalr_sort(syms, ns);
+        for (Py_ssize_t i = 0, pos = 0; i < ns; i++) { s_at[syms[i]] = pos; pos += s_cnt[syms[i]]; }
+        if (lalr_reserve(&grp, moved)) { nomem = 1; goto done; }
+        for (Py_ssize_t e = 0; e < cl.n; e++) {
+            int64_t x = after[cl.p[e]];
+            if (x >= 0) grp.p[s_at[x]++] = cl.p[e] + 1;
+        }
+        for (Py_ssize_t i = 0; i < ns; i++) {  /* (s_at[x] now ends x's kernel) */
+            int64_t x = syms[i], *items = grp.p + s_at[x] - s_cnt[x], n = s_cnt[x], target = -1;
+            lalr_sort(items, n);
+            uint64_t h = set_hash(items, n);
+            Py_ssize_t slot = table_slot(&tab, h);
+            for (;;) {
+                int64_t id = tab.slots[slot];
+                if (id < 0) break;
+                if ((uint64_t)tab.hashes.p[id] == h && kstart.p[id + 1] - kstart.p[id] == n &&
+                    memcmp(kpool.p + kstart.p[id], items, (size_t)n * 8) == 0) { target = id; break; }
+                slot = (slot + 1) & (tab.cap - 1);
+            }
+            if (target < 0) {
+                target = kstart.n - 1;
+                if (target >= INT32_MAX - 1) {
+                    PyErr_SetString(PyExc_OverflowError, "lalr_packed: too many parser states");
+                    goto done;
+                }
+                for (int64_t k = 0; k < n; k++) if (vec_push(&kpool, items[k])) { nomem = 1; goto done; }
+                if (vec_push(&kstart, kpool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
+            }
+            if (vec_push(&tr_sym, x) || vec_push(&tr_to, target)) { nomem = 1; goto done; }
+            n_go += x < n_nt;
+        }
+        if (vec_push(&ngo, n_go)) { nomem = 1; goto done; }
+    }
+    if (vec_push(&troff, tr_sym.n) || vec_push(&coff, comp.n)) { nomem = 1; goto done; }
+
+    /* -- LALR(1) lookaheads: per nonterminal transition k (state tp[k], flat index tf[k]) -- */
+    nt_base = malloc(((size_t)S + 1) * 8);
+    if (!nt_base) { nomem = 1; goto done; }
+    nt_base[0] = 0;
+    for (Py_ssize_t p = 0; p < S; p++) nt_base[p + 1] = nt_base[p] + ngo.p[p];
+    Py_ssize_t ntr = nt_base[S];
+    tp = malloc(((size_t)ntr + 1) * 8); tf = malloc(((size_t)ntr + 1) * 8); rd_off = malloc(((size_t)ntr + 1) * 8);
+    bits = calloc((size_t)(ntr ? ntr : 1), (size_t)W * 8);
+    if (!tp || !tf || !rd_off || !bits) { nomem = 1; goto done; }
+    for (Py_ssize_t p = 0, k = 0; p < S; p++)
+        for (int64_t j = 0; j < ngo.p[p]; j++, k++) { tp[k] = p; tf[k] = troff.p[p] + j; }
+    rd_off[0] = 0;
+    for (Py_ssize_t k = 0; k < ntr; k++) {  /* direct reads, and reads through nullable nonterminals */
+        int64_t q = tr_to.p[tf[k]];
+        uint64_t *b = bits + k * W;
+        for (int64_t f = troff.p[q] + ngo.p[q]; f < troff.p[q + 1]; f++) {
+            int64_t t = tr_sym.p[f] - n_nt;
+            b[t / 64] |= (uint64_t)1 << (t % 64);
+        }
+        if (tp[k] == 0 && tr_sym.p[tf[k]] == start_nt) b[n_t / 64] |= (uint64_t)1 << (n_t % 64);
+        for (int64_t j = 0; j < ngo.p[q]; j++)
+            if (nullable[tr_sym.p[troff.p[q] + j]] && vec_push(&rd, nt_base[q] + j)) { nomem = 1; goto done; }
+        rd_off[k + 1] = rd.n;
+    }
+    if (lalr_digraph(ntr, rd_off, rd.p, bits, W)) { nomem = 1; goto done; }
+    for (Py_ssize_t k = 0; k < ntr; k++) {  /* includes and lookback, walking each rule of the nonterminal */
+        int64_t b = tr_sym.p[tf[k]];
+        for (int64_t m = bl_off[b]; m < bl_off[b + 1]; m++) {
+            int64_t r = bl[m], q = tp[k];
+            for (int64_t d = 0, p = roff[r]; after[p] >= 0; d++, p++) {
+                int64_t x = after[p];
+                Py_ssize_t f = lalr_find(tr_sym.p, troff.p[q], troff.p[q + 1], x);
+                if (f == troff.p[q + 1] || tr_sym.p[f] != x) {
+                    PyErr_SetString(PyExc_SystemError, "lalr_packed: a rule's path is missing a transition");
+                    goto done;
+                }
+                if (x < n_nt && d + 1 >= tail[r] &&
+                    (vec_push(&inc_from, nt_base[q] + f - troff.p[q]) || vec_push(&inc_to, k))) { nomem = 1; goto done; }
+                q = tr_to.p[f];
+            }
+            Py_ssize_t c = lalr_find(comp.p, coff.p[q], coff.p[q + 1], r);
+            if (c == coff.p[q + 1] || comp.p[c] != r) {
+                PyErr_SetString(PyExc_SystemError, "lalr_packed: a rule's path does not end where it is completed");
+                goto done;
+            }
+            if (vec_push(&lb_c, c) || vec_push(&lb_k, k)) { nomem = 1; goto done; }
+        }
+    }
+    if (lalr_csr(ntr, &inc_from, &inc_to, &in_off, &in_to) || lalr_digraph(ntr, in_off, in_to, bits, W)) {
+        nomem = 1;
+        goto done;
+    }
+    la = calloc((size_t)(comp.n ? comp.n : 1), (size_t)W * 8);
+    if (!la) { nomem = 1; goto done; }
+    for (Py_ssize_t i = 0; i < lb_c.n; i++) lalr_or(la + lb_c.p[i] * W, bits + lb_k.p[i] * W, W);
+
+    /* -- the packed tables (pushdown._packed): per state its shifts' columns by ascending symbol,
+     * then the lookaheads of its reductions by first appearance (rules ascending, then terminals);
+     * the rules reduced on one lookahead in Python's order of rules; rule codes and conflicts
+     * numbered as met -- */
+    if (S > PY_SSIZE_T_MAX / 4 / (n_cols > G ? n_cols : (G ? G : 1))) { nomem = 1; goto done; }
+    action = PyByteArray_FromStringAndSize(NULL, S * n_cols * 4);
+    go = PyByteArray_FromStringAndSize(NULL, S * G * 4);
+    accepts = PyList_New(S);
+    keys = PyList_New(0);
+    if (!action || !go || !accepts || !keys) goto done;
+    int32_t *act = (int32_t *)PyByteArray_AS_STRING(action), *got = (int32_t *)PyByteArray_AS_STRING(go);
+    memset(act, 0, (size_t)(S * n_cols) * 4);
+    memset(got, 0xff, (size_t)(S * G) * 4);
+    rule_code = malloc((size_t)NR * 8); ent_col = malloc((size_t)n_term * 8); ent_shift = malloc((size_t)n_term * 8);
+    ent_rs = malloc((size_t)n_term * 8); ent_rn = malloc((size_t)n_term * 8); t_stamp = calloc((size_t)n_term, 8);
+    t_ent = malloc((size_t)n_term * 8); l_stamp = calloc((size_t)n_term, 8); l_cnt = malloc((size_t)n_term * 8);
+    l_at = malloc((size_t)n_term * 8); l_order = malloc((size_t)n_term * 8); acc = malloc((size_t)n_term * 8);
+    if (!rule_code || !ent_col || !ent_shift || !ent_rs || !ent_rn || !t_stamp || !t_ent || !l_stamp || !l_cnt ||
+        !l_at || !l_order || !acc || vec_push(&c_off, 0)) { nomem = 1; goto done; }
+    for (Py_ssize_t r = 0; r < NR; r++) rule_code[r] = -1;
+    for (Py_ssize_t q = 0; q < S; q++) {
+        int64_t mark = q + 1;
+        Py_ssize_t n_ent = 0, nlo = 0;
+        for (int64_t f = troff.p[q]; f < troff.p[q] + ngo.p[q]; f++) {
+            int64_t x = tr_sym.p[f];
+            got[q * G + x - (x > root)] = (int32_t)tr_to.p[f];
+        }
+        for (int64_t f = troff.p[q] + ngo.p[q]; f < troff.p[q + 1]; f++) {
+            int64_t t = tr_sym.p[f] - n_nt;
+            ent_col[n_ent] = t_col[t]; ent_shift[n_ent] = tr_to.p[f] + 1; ent_rn[n_ent] = 0;
+            t_stamp[t] = mark;
+            t_ent[t] = n_ent++;
+        }
+        pr_t.n = pr_r.n = 0;
+        for (int64_t c = coff.p[q]; c < coff.p[q + 1]; c++) {
+            int64_t r = comp.p[c];
+            if (r == R) continue;  /* (the augmented rule) */
+            for (Py_ssize_t w = 0; w < W; w++) {
+                for (uint64_t word = la[c * W + w]; word; word &= word - 1) {
+                    int64_t t = w * 64 + __builtin_ctzll(word);
+                    if (vec_push(&pr_t, t) || vec_push(&pr_r, r)) { nomem = 1; goto done; }
+                    if (l_stamp[t] != mark) { l_stamp[t] = mark; l_cnt[t] = 0; l_order[nlo++] = t; }
+                    l_cnt[t]++;
+                }
+            }
+        }
+        for (Py_ssize_t i = 0, pos = 0; i < nlo; i++) { l_at[l_order[i]] = pos; pos += l_cnt[l_order[i]]; }
+        if (lalr_reserve(&red, pr_t.n)) { nomem = 1; goto done; }
+        for (Py_ssize_t i = 0; i < pr_t.n; i++) red.p[l_at[pr_t.p[i]]++] = pr_r.p[i];
+        for (Py_ssize_t i = 0; i < nlo; i++) {
+            int64_t t = l_order[i], n = l_cnt[t], *rs = red.p + l_at[t] - n;
+            for (int64_t a = 1; a < n; a++) {  /* (insertion sort: a few rules) */
+                int64_t r = rs[a], b = a;
+                for (; b > 0 && ord_rank[rs[b - 1]] > ord_rank[r]; b--) rs[b] = rs[b - 1];
+                rs[b] = r;
+            }
+            for (int64_t a = 0; a < n; a++) {
+                int64_t r = rs[a];
+                if (rule_code[r] < 0) {
+                    PyObject *key = PyList_GET_ITEM(rules, r);
+                    rule_code[r] = r_len.n;
+                    if (vec_push(&r_len, roff[r + 1] - roff[r] - 1) || vec_push(&r_origin, lhs[r] - (lhs[r] > root))) {
+                        nomem = 1;
+                        goto done;
+                    }
+                    if (PyList_Append(keys, key)) goto done;
+                }
+                rs[a] = -(rule_code[r] + 1);
+            }
+            int64_t e;
+            if (t_stamp[t] == mark) {
+                e = t_ent[t];
+            } else {
+                e = n_ent++;
+                ent_col[e] = t_col[t]; ent_shift[e] = 0;
+            }
+            ent_rs[e] = rs - red.p;
+            ent_rn[e] = n;
+        }
+        Py_ssize_t n_acc = 0;
+        for (Py_ssize_t e = 0; e < n_ent; e++) {
+            int64_t n = (ent_shift[e] != 0) + ent_rn[e], code;
+            if (n == 1) {
+                code = ent_shift[e] ? ent_shift[e] : red.p[ent_rs[e]];
+            } else {
+                code = multi + c_off.n - 1;
+                if (code > INT32_MAX) {
+                    PyErr_SetString(PyExc_OverflowError, "lalr_packed: too many conflicts");
+                    goto done;
+                }
+                if (ent_shift[e] && vec_push(&c_codes, ent_shift[e])) { nomem = 1; goto done; }
+                for (int64_t a = 0; a < ent_rn[e]; a++)
+                    if (vec_push(&c_codes, red.p[ent_rs[e] + a])) { nomem = 1; goto done; }
+                if (vec_push(&c_off, c_codes.n)) { nomem = 1; goto done; }
+            }
+            act[q * n_cols + ent_col[e]] = (int32_t)code;
+            if (ent_col[e] != n_cols - 1) acc[n_acc++] = ent_col[e];
+        }
+        lalr_sort(acc, n_acc);
+        PyObject *own = PyList_New(n_acc);
+        if (!own) goto done;
+        PyList_SET_ITEM(accepts, q, own);
+        for (Py_ssize_t i = 0; i < n_acc; i++) {
+            PyObject *v = PyLong_FromLongLong(acc[i]);
+            if (!v) goto done;
+            PyList_SET_ITEM(own, i, v);
+        }
+    }
+    {
+        Py_ssize_t f = lalr_find(tr_sym.p, troff.p[0], troff.p[0] + ngo.p[0], start_nt);
+        if (f == troff.p[0] + ngo.p[0] || tr_sym.p[f] != start_nt) {
+            PyErr_SetString(PyExc_SystemError, "lalr_packed: no transition on the start symbol");
+            goto done;
+        }
+        o_len = lalr_i32(r_len.p, r_len.n);
+        o_origin = lalr_i32(r_origin.p, r_origin.n);
+        o_coff = lalr_i32(c_off.p, c_off.n);
+        o_codes = lalr_i32(c_codes.p, c_codes.n);
+        if (o_len && o_origin && o_coff && o_codes)
+            result = Py_BuildValue("(OnOOOOOLOO)", action, S, go, o_len, o_origin, o_coff, o_codes,
+                                   (long long)tr_to.p[f], accepts, keys);
+    }
+done:
+    if (nomem) PyErr_NoMemory();
+    Py_XDECREF(action); Py_XDECREF(go); Py_XDECREF(accepts); Py_XDECREF(keys);
+    Py_XDECREF(o_len); Py_XDECREF(o_origin); Py_XDECREF(o_coff); Py_XDECREF(o_codes);
+    free(lhs); free(roff); free(after); free(rule_of); free(rank); free(ord); free(tmp); free(ord_rank);
+    free(cnt); free(occ_off); free(occ); free(bl_off); free(bl); free(tail); free(queue); free(t_col); free(nullable);
+    free(kpool.p); free(kstart.p); free(tr_sym.p); free(tr_to.p); free(troff.p); free(ngo.p); free(comp.p);
+    free(coff.p); free(cl.p); free(grp.p); table_free(&tab);
+    free(nt_stamp); free(nt_stack); free(s_stamp); free(s_cnt); free(s_at); free(syms);
+    free(nt_base); free(tp); free(tf); free(rd_off); free(in_off); free(in_to);
+    free(rd.p); free(inc_from.p); free(inc_to.p); free(lb_c.p); free(lb_k.p); free(bits); free(la);
+    free(rule_code); free(ent_col); free(ent_shift); free(ent_rs); free(ent_rn); free(t_stamp); free(t_ent);
+    free(l_stamp); free(l_cnt); free(l_at); free(l_order); free(acc);
+    free(pr_t.p); free(pr_r.p); free(red.p); free(r_len.p); free(r_origin.p); free(c_off.p); free(c_codes.p);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"lalr_packed", lalr_packed, METH_VARARGS, "LALR(1) parser tables, packed (lalr.lalr_tables and pushdown._packed)."},
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},

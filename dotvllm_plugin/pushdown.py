@@ -47,6 +47,7 @@ per grammar); nothing recurses in Python with the depth of the text.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import threading
@@ -212,6 +213,10 @@ USE_C_PRODUCT = True
 #: loops are the reference (tests compare).
 USE_C_PARSER = True
 _C_PARSER = _cwalk is not None and hasattr(_cwalk, "mask_miss")
+#: Whether a grammar's LALR(1) tables are built in C (``_cwalk.lalr_packed``) where the extension
+#: has it; :func:`dotvllm_plugin.lalr.lalr_tables` and :func:`_packed` are the reference (tests compare).
+USE_C_LALR = True
+_C_LALR = _cwalk is not None and hasattr(_cwalk, "lalr_packed")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
@@ -792,15 +797,54 @@ def _lalr_tables(grammar: Grammar):
     every action where lark's LALR parser would resolve a conflict: such states are run as
     generalised LR (all actions, each on its own copy of the stack), which accepts what lark's
     Earley parser accepts."""
-    from .lalr import lalr_tables
-
     term_names = [t.name for t in grammar.terminals]
     rules = list(dict.fromkeys((r.origin, tuple(r.expansion)) for r in grammar.rules))
     try:
+        if USE_C_LALR and _C_LALR:
+            got = _lalr_c(rules, term_names, grammar.start)
+            if got is not None:
+                return got
+        from .lalr import lalr_tables
+
         tables = lalr_tables(rules, set(term_names), grammar.start)
     except ValueError as e:
         raise GrammarError(f"the grammar cannot be analysed: {e}") from None
     return _packed(tables, rules, term_names)
+
+
+_LALR_END = "$END"  # (dotvllm_plugin.lalr.END: a test checks they agree)
+
+
+def _lalr_c(rules: list[tuple], term_names: list[str], start: str) -> dict | None:
+    """:func:`_packed` of :func:`dotvllm_plugin.lalr.lalr_tables` by ``_cwalk.lalr_packed`` (the
+    symbols numbered here as lalr_tables numbers them), None for names the C function does not
+    take apart (a name both terminal and rule, the augmented rule's or $END's name): those go the
+    Python way."""
+    terminals = set(term_names)
+    defined = {o for o, _ in rules}
+    root = "$root_" + start
+    if _LALR_END in terminals or root in defined or root in terminals or start in terminals or not terminals.isdisjoint(defined):
+        return None
+    nonterms = sorted(defined | {root})
+    terms = sorted(terminals)
+    n_nt = len(nonterms)
+    sym = dict(zip(nonterms, range(n_nt)))
+    sym.update(zip(terms, range(n_nt, n_nt + len(terms))))
+    action, n_states, goto, rule_len, rule_origin, conf_offsets, conf_codes, end, accepts, rule_keys = (
+        _cwalk.lalr_packed(rules, term_names, sym, nonterms, terms, bisect.bisect_left(nonterms, root), start, MULTI))
+    i32 = np.int32
+    return dict(
+        action=np.frombuffer(action, dtype=i32).reshape(n_states, len(term_names) + 1),
+        goto=np.frombuffer(goto, dtype=i32).reshape(n_states, n_nt - 1),
+        rule_len=np.frombuffer(rule_len, dtype=i32),
+        rule_origin=np.frombuffer(rule_origin, dtype=i32),
+        conf_offsets=np.frombuffer(conf_offsets, dtype=i32),
+        conf_codes=np.frombuffer(conf_codes, dtype=i32),
+        start_state=0,
+        end_state=end,
+        accepts=accepts,
+        rule_keys=rule_keys,
+    )
 
 
 def _packed(tables, rules: list[tuple], term_names: list[str]) -> dict:
