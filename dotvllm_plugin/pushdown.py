@@ -980,10 +980,15 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         fidelity = grammar.lexing == "lark"
         compounds = None if fidelity else _Compounds(len(terms), is_ignore.tolist())
         parts = [_build_lexer(list(key), terms, dfas, fidelity, compounds) for key in members]
-        offsets = np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64)
+        sizes = [len(c) for _, c in parts]
+        offsets = np.cumsum([0] + sizes).astype(np.int64)
+        lex_trans = np.concatenate([t for t, _ in parts]).astype(np.int32, copy=False)
+        # each lexer's live targets moved to its place (one pass over the whole table)
+        np.add(lex_trans, np.repeat(offsets[:-1], sizes).astype(np.int32)[:, None], out=lex_trans,
+               where=lex_trans >= 0)
         lexers = dict(
             lex_offsets=offsets,
-            lex_trans=np.concatenate([_offset(t, int(offsets[i])) for i, (t, _) in enumerate(parts)]).astype(np.int32),
+            lex_trans=lex_trans,
             lex_chosen=np.concatenate([c for _, c in parts]).astype(np.int32),
             **(compounds or _Compounds(len(terms), ())).arrays(),
         )
