@@ -717,6 +717,40 @@ def test_literal_patterns_build_the_general_automaton(pattern):
     assert dfa_accepts(direct, text.encode()) and not dfa_accepts(direct, text.encode()[:-1])
 
 
+@pytest.mark.parametrize("pattern", [
+    '(?:bikeshed"|Bike(?:shed"|Shed")|respec"|Re(?:spec"|Spec")|wattsi"|Wattsi"|html"|HTML")',
+    "(?:true|false)", "(?:a|b|)", "[abc]x(?:é|ü|😀)", "(?:ab|abc|abcd)(?:|e)", "(?:x|y)(?:x|y)(?:x|y)",
+    r"(?:\.|\n|\u00e9)", "(?:)",
+])
+def test_a_few_literal_strings_build_their_trie(pattern, monkeypatch):
+    """A pattern whose language is a few literal strings (an ``enum``) is built as their trie: the
+    same language as the general construction (and as ``re``), no more states."""
+    import itertools
+
+    import dotvllm_plugin.regex as rx
+    from dotvllm_plugin.regex import parse_tree, regex_to_dfa
+
+    words = rx._literal_words(parse_tree(pattern))
+    assert words is not None  # (the shortcut applies)
+    direct = regex_to_dfa(pattern)
+    monkeypatch.setattr(rx, "_literal_words", lambda tree: None)
+    general = regex_to_dfa(pattern)
+    assert equivalent(direct, general) and direct.n_states <= general.n_states
+    alphabet = sorted({c for w in words for c in w.decode()} | {"q"})
+    for n in range(max(len(w.decode()) for w in words) + 2):
+        for chars in itertools.islice(itertools.product(alphabet, repeat=n), 3000):
+            text = "".join(chars)
+            assert dfa_accepts(direct, text.encode()) == bool(re.fullmatch(pattern, text)), text
+
+
+@pytest.mark.parametrize("pattern", ["(?:a|b)*", "(?i)(?:ab|cd)", "[a-c]x", "(?:a|[^b])", r"(?:\d|x)", "a{2}"])
+def test_other_patterns_are_no_literal_set(pattern):
+    import dotvllm_plugin.regex as rx
+    from dotvllm_plugin.regex import parse_tree
+
+    assert rx._literal_words(parse_tree(pattern)) is None
+
+
 def test_a_literal_surrogate_is_refused_as_before():
     from dotvllm_plugin.regex import regex_to_dfa
 

@@ -47,6 +47,9 @@ def regex_to_dfa(
         literal = _literal_bytes(tree)
         if literal is not None and len(literal) < max_states:
             return _chain(literal)
+        words = _literal_words(tree)
+        if words is not None and sum(map(len, words)) < max_states:
+            return _word_trie(words, pattern)
         try:
             trans, accepting = sre_glushkov_dfa(
                 tree,
@@ -90,6 +93,74 @@ def _literal_bytes(tree) -> bytes | None:
             return None
         cps.append(av)
     return "".join(map(chr, cps)).encode("utf-8")
+
+
+#: Most words :func:`_literal_words` spells out (an ``enum``'s alternatives, a key's escapes).
+MAX_LITERAL_WORDS = 1024
+
+
+def _literal_words(tree) -> list[bytes] | None:
+    """The UTF-8 texts of a pattern whose language is a few literal strings (alternations, groups
+    and classes of single characters, no repetition, no flag that changes matching; an ``enum``
+    of strings as the translator writes it, with the branches' shared prefixes factored out by the
+    parser), else None."""
+    from .glushkov import _SRE
+
+    if tree.state.flags & (_SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_VERBOSE):
+        return None
+    words = _words(getattr(tree, "data", tree), _SRE)
+    return None if words is None else sorted({w.encode("utf-8") for w in words})
+
+
+def _words(items, sre) -> set[str] | None:
+    out = {""}
+    for op, av in items:
+        if op is sre.LITERAL:
+            if 0xD800 <= av <= 0xDFFF:
+                return None
+            c = chr(av)
+            out = {w + c for w in out}
+            continue
+        if op is sre.IN:
+            if any(o is not sre.LITERAL or 0xD800 <= a <= 0xDFFF for o, a in av):
+                return None
+            alternatives = {chr(a) for _, a in av}
+        elif op is sre.SUBPATTERN:
+            if av[1] or av[2]:  # (flags)
+                return None
+            alternatives = _words(getattr(av[3], "data", av[3]), sre)
+        elif op is sre.BRANCH:
+            alternatives = set()
+            for branch in av[1]:
+                got = _words(getattr(branch, "data", branch), sre)
+                if got is None:
+                    return None
+                alternatives |= got
+        else:
+            return None
+        if alternatives is None or len(out) * len(alternatives) > MAX_LITERAL_WORDS:
+            return None
+        out = {w + x for w in out for x in alternatives}
+    return out
+
+
+def _word_trie(words: list[bytes], pattern: str) -> ByteDFA:
+    """The trie of ``words`` (sorted UTF-8 texts), trimmed (common tails merged) as every automaton
+    is."""
+    edges: dict[tuple[int, int], int] = {}  # (state, byte) → state
+    ends = []
+    for w in words:
+        q = 0
+        for b in w:
+            q = edges.setdefault((q, b), len(edges) + 1)
+        ends.append(q)
+    trans = np.full((len(edges) + 1, 256), -1, dtype=np.int32)
+    if edges:
+        at = np.array(list(edges), dtype=np.int64)
+        trans[at[:, 0], at[:, 1]] = list(edges.values())
+    accepting = np.zeros(len(edges) + 1, dtype=bool)
+    accepting[ends] = True
+    return trim(trans, accepting, pattern)
 
 
 #: A regex that is plain text: characters that are no syntax, and punctuation escaped.
