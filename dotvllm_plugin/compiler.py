@@ -232,8 +232,10 @@ def _pin_shared_terminals() -> None:
     schema builds them."""
     from .grammar.json_schema import shared_terminals
     from .pushdown import pin_terminal_automata
+    from .regex.glushkov import pinned_tries
 
-    pin_terminal_automata(shared_terminals())
+    with pinned_tries():  # (and the byte tries of their classes: the JSON string's characters)
+        pin_terminal_automata(shared_terminals())
 
 
 def _pin_shared_walks(vocabulary: Vocabulary) -> None:

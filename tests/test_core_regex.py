@@ -913,3 +913,26 @@ def test_plain_text_regexes_build_what_the_parser_builds(seed):
         assert fast.initial == slow.initial
     for pattern in ("a.b", "a\\db", "\\n", "(ab)", "a|b", "[ab]", "a{2}"):
         assert _plain_text(pattern) is None
+
+
+def test_class_tries_are_memoised_pinned_ones_kept_past_a_cold_clear(monkeypatch):
+    """A class's UTF-8 byte trie is built once and shared (read only) by later automata; the cold
+    clear of the memos forgets it unless it was made while pinning (a compiler's fixed terminals)."""
+    from dotvllm_plugin.regex import glushkov, regex_to_dfa
+
+    monkeypatch.setattr(glushkov, "_TRIES", {})
+    monkeypatch.setattr(glushkov, "_PINNED_TRIES", {})
+    with glushkov.pinned_tries():
+        first = regex_to_dfa("[^a]x")
+    pinned = dict(glushkov._PINNED_TRIES)
+    assert pinned and not glushkov._TRIES
+    fresh = regex_to_dfa("[é-ü]+y")
+    assert len(glushkov._TRIES) == 1
+    glushkov.clear_memos()
+    assert not glushkov._TRIES and glushkov._PINNED_TRIES == pinned
+    again = regex_to_dfa("[^a]x")  # (from the pinned trie)
+    assert np.array_equal(again.transitions, first.transitions) and np.array_equal(again.accepting, first.accepting)
+    assert all(not a.flags.writeable for got in pinned.values() for a in got)
+    for text, ok in (("éx", True), ("ax", False), ("\U0001F600x", True)):
+        assert dfa_accepts(again, text.encode()) is ok
+    assert dfa_accepts(fresh, "ééüy".encode())

@@ -10,6 +10,9 @@ vectorised per state.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from ..errors import CompilationTooLargeError
@@ -223,9 +226,58 @@ _ATOM_CACHE: dict = {}
 
 
 def clear_memos() -> None:
-    """Empty the memo of character classes met in patterns (process-wide; a benchmark of cold
-    compiles calls it)."""
+    """Empty the memo of character classes met in patterns and of their byte tries (process-wide; a
+    benchmark of cold compiles calls it), all but the pinned tries (:func:`pinned_tries`)."""
     _ATOM_CACHE.clear()
+    _TRIES.clear()
+
+
+#: A character class's UTF-8 byte trie (:func:`_byte_trie`), by its code-point ranges: the
+#: translator writes the same few classes (a JSON string's characters) in every schema.
+_TRIES: dict = {}
+_MAX_TRIES = 4096
+#: Tries kept for the process's life: those of the automata built within :func:`pinned_tries`.
+_PINNED_TRIES: dict = {}
+_pinning = threading.local()
+
+
+@contextlib.contextmanager
+def pinned_tries():
+    """Within this block, the byte tries of the classes met are kept for the process's life (the
+    JSON translator's fixed terminals, built once when a compiler is made)."""
+    was = getattr(_pinning, "on", False)
+    _pinning.on = True
+    try:
+        yield
+    finally:
+        _pinning.on = was
+
+
+def _class_trie(ranges: tuple, builder, utf8_sequences):
+    """The non-ASCII part of a class as :meth:`_Positions.to_dfa` lays it out, or None when it has
+    none: ``(lead bytes, their root entries, node rows int32, where rows are -1, where they are
+    _SLOT)`` of its byte trie (:func:`_byte_trie`); memoised per class. The arrays are shared: read
+    only."""
+    if ranges[-1][1] < 0x80:  # (ASCII only: sorted ranges)
+        return None
+    key = (ranges, utf8_sequences)
+    got = _PINNED_TRIES.get(key) or _TRIES.get(key)
+    if got is None:
+        seqs = [seq for a, b in ranges if b >= 0x80 for seq in utf8_sequences(max(a, 0x80), b)]
+        got = ()
+        if seqs:
+            root, nodes = _byte_trie(builder._template(tuple(sorted((seq, 0) for seq in seqs))))
+            lead = np.flatnonzero(root != -1)
+            got = (lead, root[lead].astype(np.int32), nodes.astype(np.int32), nodes == -1, nodes == _SLOT)
+        for a in got:
+            a.flags.writeable = False
+        if getattr(_pinning, "on", False):
+            _PINNED_TRIES[key] = got
+        else:
+            if len(_TRIES) >= _MAX_TRIES:
+                _TRIES.clear()
+            _TRIES[key] = got
+    return got or None
 
 
 def _sre_compile(item, flags: int):
@@ -443,16 +495,14 @@ class _Positions:
             for a, b in ranges:
                 if a <= 0x7F:
                     entry[ps, a : min(b, 0x7F) + 1] = (1 + ps)[:, None]
-            seqs = [seq for a, b in ranges if b >= 0x80 for seq in utf8_sequences(max(a, 0x80), b)]
-            if not seqs:
+            trie = _class_trie(ranges, builder, utf8_sequences)
+            if trie is None:
                 continue
-            root, nodes = _byte_trie(builder._template(tuple(sorted((seq, 0) for seq in seqs))))
+            lead, at_root, nodes, dead, slot = trie
             m = len(nodes)
             base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int32) * m)[:, None]  # (< max_nfa)
             target = (1 + ps).astype(np.int32)[:, None]
-            nodes = nodes.astype(np.int32)
-            lead = root != -1
-            entry[np.ix_(ps, np.flatnonzero(lead))] = np.where(root[lead] == _SLOT, target, base + root[lead])
+            entry[np.ix_(ps, lead)] = np.where(at_root == _SLOT, target, base + at_root)
             if m:
                 n_det += len(ps) * m
                 if 1 + n_pos + n_det > max_nfa:
@@ -460,8 +510,8 @@ class _Positions:
                         f"the byte-level automaton exceeds {max_nfa} states; simplify the pattern"
                     )
                 block = nodes[None] + base[:, :, None]  # [positions, nodes, 256]
-                block[:, nodes == -1] = -1
-                block[:, nodes == _SLOT] = target
+                block[:, dead] = -1
+                block[:, slot] = target
                 blocks.append(block.reshape(-1, 256))
         det_block = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)) if blocks else \
             np.zeros((0, 256), dtype=np.int32)
