@@ -1076,12 +1076,12 @@ def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
             dfa, cut = _uncut_dfa(t), t.exclude
         else:
             dfa, cut = _terminal_dfa(t), None
-        q = dfa.initial
+        q, step, accepting = dfa.initial, dfa.transitions.item, dfa.accepting.item
         for k, b in enumerate(a, 1):
-            q = int(dfa.transitions[q, b])
+            q = step(q, b)
             if q < 0:
                 return False
-            if dfa.accepting[q] and (cut is None or not is_cut(a[:k], cut)):
+            if accepting(q) and (cut is None or not is_cut(a[:k], cut)):
                 return True
         return False
 
