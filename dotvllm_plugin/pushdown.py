@@ -48,6 +48,7 @@ per grammar); nothing recurses in Python with the depth of the text.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import threading
@@ -275,6 +276,7 @@ def clear_memos() -> None:
     with _terminal_memo_lock:
         _terminal_memo.clear()
         _terminal_memo_bytes = 0
+    _largest_count.cache_clear()
 
 
 def _terminal_dfa(t: Terminal, generated: bool | None = None):
@@ -361,6 +363,7 @@ def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
     return dfas
 
 
+@functools.lru_cache(maxsize=4096)  # (asked twice per terminal: the build order, and whether it is small)
 def _largest_count(regex: str) -> int:
     """The largest upper bound of a counted repetition in ``regex`` (0 if none)."""
     return max((int(m.group(1)) for m in _COUNTED.finditer(regex)), default=0)
