@@ -206,8 +206,8 @@ class Ours(Engine):
 
 def _clear_memo_tables() -> None:
     """Cold compiles: empty the process-wide memo tables of the JSON Schema translator, of the
-    regex front end's character classes and their UTF-8 byte tries (pure functions of code-point sets and of the classes a
-    pattern names, kept across requests in a server's compile worker), the matcher's
+    regex front end's character classes and their UTF-8 byte tries (pure functions of code-point
+    sets and of the classes a pattern names, kept across requests in a server's compile worker), the matcher's
     character-run tables (per vocabulary and character class, kept across requests), and the
     pushdown engine's terminal automata (per regex, kept across requests); not the automata and
     the walk a compiler pins when it is made (the same for every schema)."""
