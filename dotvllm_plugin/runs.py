@@ -25,13 +25,13 @@ per-vocabulary character masks (:func:`token_chars`) are built once, like the by
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
+from .pinning import Pinning
 from .regex.charsets import code_ranges, merge_ranges, utf8_sequences
 
 __all__ = ["RunPlan", "clear_memos", "first_ok", "pinned", "plan", "run_table", "sigma_mask", "token_chars"]
@@ -234,12 +234,12 @@ _tables: OrderedDict = OrderedDict()
 #: Tables kept for the process's life (:func:`pinned`), apart from the memo the benchmarks clear.
 _pinned: dict = {}
 _lock = threading.Lock()
-_pinning = threading.local()
+_pinning = Pinning()
 
 
 def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
     key = (vocab.fingerprint, first, sigma)
-    pin = getattr(_pinning, "on", False)
+    pin = _pinning.active
     with _lock:
         got = _pinned.get(key)
         if got is None and key in _tables:
@@ -262,17 +262,11 @@ def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
     return got
 
 
-@contextlib.contextmanager
 def pinned():
     """Within this block, the run tables made are kept for the process's life: those of the walks
     that :func:`dotvllm_plugin.pushdown.pin_base_walks` keeps (a JSON string's characters, the same
     for every schema), from which other tables of the same Σ are then made."""
-    was = getattr(_pinning, "on", False)
-    _pinning.on = True
-    try:
-        yield
-    finally:
-        _pinning.on = was
+    return _pinning.on()
 
 
 def clear_memos() -> None:

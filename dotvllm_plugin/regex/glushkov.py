@@ -10,12 +10,10 @@ vectorised per state.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 
 from ..errors import CompilationTooLargeError
+from ..pinning import Pinning
 from .charsets import (
     MAX_CP,
     case_fold_ranges,
@@ -238,19 +236,13 @@ _TRIES: dict = {}
 _MAX_TRIES = 4096
 #: Tries kept for the process's life: those of the automata built within :func:`pinned_tries`.
 _PINNED_TRIES: dict = {}
-_pinning = threading.local()
+_pinning = Pinning()
 
 
-@contextlib.contextmanager
 def pinned_tries():
     """Within this block, the byte tries of the classes met are kept for the process's life (the
     JSON translator's fixed terminals, built once when a compiler is made)."""
-    was = getattr(_pinning, "on", False)
-    _pinning.on = True
-    try:
-        yield
-    finally:
-        _pinning.on = was
+    return _pinning.on()
 
 
 def _class_trie(ranges: tuple, builder, utf8_sequences):
@@ -271,7 +263,7 @@ def _class_trie(ranges: tuple, builder, utf8_sequences):
             got = (lead, root[lead].astype(np.int32), nodes.astype(np.int32), nodes == -1, nodes == _SLOT)
         for a in got:
             a.flags.writeable = False
-        if getattr(_pinning, "on", False):
+        if _pinning.active:
             _PINNED_TRIES[key] = got
         else:
             if len(_TRIES) >= _MAX_TRIES:
