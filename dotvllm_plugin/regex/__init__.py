@@ -108,7 +108,10 @@ def _literal_words(tree) -> list[bytes] | None:
 
     if tree.state.flags & (_SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_VERBOSE):
         return None
-    words = _words(getattr(tree, "data", tree), _SRE)
+    try:
+        words = _words(getattr(tree, "data", tree), _SRE)
+    except RecursionError:  # (the general path reports the nesting)
+        return None
     return None if words is None else sorted({w.encode("utf-8") for w in words})
 
 
