@@ -826,7 +826,8 @@ def _lalr_c(rules: list[tuple], term_names: list[str], start: str) -> dict | Non
     terminals = set(term_names)
     defined = {o for o, _ in rules}
     root = "$root_" + start
-    if _LALR_END in terminals or root in defined or root in terminals or start in terminals or not terminals.isdisjoint(defined):
+    if (_LALR_END in terminals or root in defined or root in terminals or start in terminals
+            or not terminals.isdisjoint(defined)):
         return None
     nonterms = sorted(defined | {root})
     terms = sorted(terminals)
