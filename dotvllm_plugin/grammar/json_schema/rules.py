@@ -136,7 +136,9 @@ def unparse(items, classes: dict | None = None) -> str:
     """A regex with the language of the parse tree ``items`` (a list of ``(op, av)``).
     ``classes``: a class's items → its text, kept by the caller (the translator writes the same
     few classes all over a schema)."""
-    return "".join([_unparse_item(op, av, classes) for op, av in getattr(items, "data", items)])
+    # (ASCII literals, most items, written without a call each)
+    return "".join([_ASCII_TEXT[av] if op is _LITERAL and av < 0x80 else _unparse_item(op, av, classes)
+                    for op, av in getattr(items, "data", items)])
 
 
 def _unparse_item(op, av, classes=None) -> str:
@@ -305,7 +307,12 @@ class _Writer:
             # the parse tree travels with the text (the automaton is built without parsing it again)
             # where no flag prefix changes how the text reads (the units' groups put in here: once
             # per terminal, not once per run)
-            tree = None if items is None or self.flag_prefix else P.SubPattern(_UNFLAGGED.state, _expand(items))
+            # (a run without units, which :func:`unparse` writes as their groups, is its own tree)
+            if items is None or self.flag_prefix:
+                tree = None
+            else:
+                has_units = any(text in regex for text in _UNIT_TEXT.values())
+                tree = P.SubPattern(_UNFLAGGED.state, _expand(items) if has_units else items)
             t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree,
                          exclude=exclude)
             self.terminals[(key, nonempty, exclude)] = t

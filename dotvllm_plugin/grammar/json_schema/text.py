@@ -115,9 +115,14 @@ def _lit(cp: int, *, in_class: bool = False) -> str:
     return c
 
 
+#: :func:`_lit` of the ASCII characters it does not keep as they are (every other code point is
+#: itself): a text is written in one ``str.translate`` call, not one call per character.
+_LITERALS = {cp: _lit(cp) for cp in range(0x80) if _lit(cp) != chr(cp)}
+
+
 def literal(text: str) -> str:
     """Regex matching exactly ``text`` (no JSON encoding applied)."""
-    return "".join(_lit(ord(c)) for c in text)
+    return text.translate(_LITERALS)
 
 
 def class_regex(ranges: Ranges) -> str | None:
@@ -157,9 +162,13 @@ def encode_char(cp: int) -> str:
     return _lit(cp)
 
 
+#: :func:`encode_char` of the ASCII characters it changes (see :data:`_LITERALS`).
+_ENCODED = {cp: encode_char(cp) for cp in range(0x80) if encode_char(cp) != chr(cp)}
+
+
 def encode_text(text: str) -> str:
     """Regex for the canonical JSON encoding of ``text`` (without quotes)."""
-    return "".join(encode_char(ord(c)) for c in text)
+    return text.translate(_ENCODED)
 
 
 _ESCAPABLE = {0x22: '\\\\"', 0x5C: "\\\\\\\\", 0x08: "\\\\b", 0x0C: "\\\\f", 0x0A: "\\\\n", 0x0D: "\\\\r",
