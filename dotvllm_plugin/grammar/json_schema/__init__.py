@@ -243,7 +243,10 @@ def json_schema_to_ir(
             return None if translate_only else Grammar.from_regex(regex, kind="json_schema", source=source)
     except (NeedsGrammar, CompilationTooLargeError):
         pass
-    if R.has_placeholders(json.dumps(schema, ensure_ascii=False)):
+    # (the placeholders lie in plane 16: an ASCII dump escapes them as \udbXX\udcXX, so a dump
+    # without "\udb" holds none; a schema given as text may hold them unescaped)
+    may_hold = text is not None or "\\udb" in source
+    if may_hold and R.has_placeholders(json.dumps(schema, ensure_ascii=False)):
         raise _refuse("enum", "/", "characters of Unicode's Supplementary Private Use Area-B in a schema "
                       "that needs rules (recursion, free-form values or undeclared properties)")
     ctx = _Context(schema, ws, 3, max_regex_chars, allow_undeclared_properties, mode="grammar")

@@ -213,6 +213,7 @@ def _expand(items) -> list:
 _UNITS_FIRST, _UNITS_LAST = min(_UNITS), max(_UNITS)
 _LITERAL, _IN, _BRANCH, _SUBPATTERN, _MAX_REPEAT = C.LITERAL, C.IN, C.BRANCH, C.SUBPATTERN, C.MAX_REPEAT
 _UNITS_FIRST_CP, _UNITS_LAST_CP = ord(_UNITS_FIRST), ord(_UNITS_LAST)
+_MARK_CP = ord(MARK)
 
 
 def _unit_text(cp: int) -> str:
@@ -252,6 +253,7 @@ class _Writer:
         self.flag_prefix = flag_prefix
         self.names = names  # placeholder code point → rule name
         self.excluded = excluded  # exclusion marker code point → the names its key leaves out
+        self.markers = [chr(m) for m in excluded]
         self.inline = set(excluded) | {ord(u) for u in _UNITS}  # private code points that are no rule
         self._ph: dict[int, bool] = {}  # id of a group's argument → whether it holds a placeholder
         self._trees: list = []  # every tree parsed, kept alive while ids key ``_ph``
@@ -330,22 +332,22 @@ class _Writer:
     def seq(self, items) -> tuple[str, ...]:
         out: list[str] = []
         run: list = []
-
-        def flush():
-            if run:
-                out.extend(self.plain(list(run)))
-                run.clear()
-
-        inline = self.inline
+        inline, names = self.inline, self.names
         for item in getattr(items, "data", items):  # (a SubPattern iterates by __getitem__ calls)
             op, av = item
             if op is _LITERAL:  # (most items: checked here, without a call)
                 if av < _BASE or av in inline:
                     run.append(item)
                     continue
-            elif op is C.AT:
+                if run:
+                    out += self.plain(run)
+                    run = []
+                if av != _MARK_CP:  # (a boundary is no symbol)
+                    out.append(names[av])
+                continue
+            if op is C.AT:
                 raise _Unwritable("anchors")
-            elif not self.has_placeholder(op, av):
+            if not self.has_placeholder(op, av):
                 run.append(item)
                 continue
             alternatives = self.alternatives(op, av)
@@ -353,13 +355,15 @@ class _Writer:
                 # Python's parser moves a prefix that all branches share out of the alternation; the
                 # run before it is part of each branch's first lexeme: put it back (no boundary
                 # separates them, or the run would have been flushed)
-                alternatives = [list(run) + a for a in alternatives]
-                run.clear()
-                out.append(self.rule("alt", [self.seq(a) for a in alternatives]))
+                out.append(self.rule("alt", [self.seq(run + a) for a in alternatives]))
+                run = []
                 continue
-            flush()
-            out.extend(self.node(op, av))
-        flush()
+            if run:
+                out += self.plain(run)
+                run = []
+            out += self.node(op, av)
+        if run:
+            out += self.plain(run)
         return tuple(out)
 
     def productions(self, items) -> list[tuple[str, ...]]:
@@ -375,7 +379,7 @@ class _Writer:
     def alternatives(op, av) -> list[list] | None:
         """The branches of an alternation that holds a placeholder, as item lists; else None."""
         if op is C.BRANCH:
-            return [list(seq) for seq in av[1]]
+            return [list(getattr(seq, "data", seq)) for seq in av[1]]
         if op is C.IN:
             phs = [[(C.LITERAL, a)] for o, a in av if o is C.LITERAL and is_placeholder(a)]
             rest = [(o, a) for o, a in av if not (o is C.LITERAL and is_placeholder(a))]
@@ -387,15 +391,18 @@ class _Writer:
     def plain(self, items) -> tuple[str, ...]:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
         exclude: tuple[str, ...] = ()
-        excluded = self.excluded
-        at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded] if excluded else ()
-        if at:
-            i = at[0]
-            if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
-                raise _Unwritable("an exclusion marker not right before a key's quote")
-            exclude = self.excluded[items[i][1]]
-            items = items[:i] + items[i + 1:]
         regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
+        # (an exclusion marker is written as itself: only a run whose text holds one is scanned)
+        if any(m in regex for m in self.markers):
+            excluded = self.excluded
+            at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded]
+            if at:
+                i = at[0]
+                if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
+                    raise _Unwritable("an exclusion marker not right before a key's quote")
+                exclude = self.excluded[items[i][1]]
+                items = items[:i] + items[i + 1:]
+                regex = unparse(items, self._classes)
         if not _nullable(items):
             return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
@@ -445,7 +452,8 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
     except RecursionError:
         raise GrammarError("the schema's regex nests too deeply to split into rules") from None
     defined = {r.origin for r in rules} | {r.origin for r in w.rules}
-    for r in rules + w.rules:
+    # (the rules refer to bodies by the names of ``names`` only: where all are defined, none is missing)
+    for r in () if defined.issuperset(names.values()) else rules + w.rules:
         for s in r.expansion:
             if (s.startswith("def_") or s == "any_value") and s not in defined:
                 raise GrammarError(f"internal: rule {s} referenced but not defined")

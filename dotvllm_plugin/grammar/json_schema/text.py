@@ -21,6 +21,7 @@ literally), no surrogate code points anywhere in the regex text, only positive c
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from typing import Iterable, Sequence
 
@@ -248,17 +249,19 @@ def _is_atom(r: str) -> bool:
         return True
     if r.startswith("(") and r.endswith(")"):
         depth = 0
-        for i, c in enumerate(r):
-            if c == "\\":
-                continue
-            if c == "(" and (i == 0 or r[i - 1] != "\\"):
+        for m in _PARENS(r):  # (the group that opens the text must close at its end)
+            if m.group() == "(":
                 depth += 1
-            elif c == ")" and r[i - 1] != "\\":
+            else:
                 depth -= 1
-                if depth == 0 and i != len(r) - 1:
+                if depth == 0 and m.end() != len(r):
                     return False
         return True
     return False
+
+
+#: A parenthesis not right after a backslash.
+_PARENS = re.compile(r"(?<!\\)[()]").finditer
 
 
 def group(r: str) -> str:
