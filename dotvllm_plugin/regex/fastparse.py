@@ -143,13 +143,15 @@ class _Parser:
         append = data.append
         groups = False  # an unquantified (?:...) is spliced into the sequence at the end, as re does
         while i < n:
-            c = t[i]
             m = _PLAIN(t, i)
             if m is not None:
                 j = m.end()
                 data.extend([_LIT[o] if o < 0x80 else (_LITERAL, o) for o in map(ord, t[i:j])])
                 i = j
-                continue
+                if i == n:
+                    break
+                # (the run ends before syntax: read it now, without matching again)
+            c = t[i]
             if c == "|" or c == ")":
                 break
             if c == "\\":

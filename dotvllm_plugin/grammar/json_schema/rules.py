@@ -28,6 +28,7 @@ boundary, a lexeme never extends greedily into an optional tail that the next le
 
 from __future__ import annotations
 
+import os
 import re
 import re._constants as C
 import re._parser as P
@@ -220,6 +221,10 @@ def _unit_text(cp: int) -> str:
     return _UNIT_TEXT[id(_unit_item(cp)[1])]
 
 
+#: The text every unit's group starts with (a run whose regex does not hold it holds no unit).
+_UNITS_START = os.path.commonprefix([_unit_text(ord(u)) for u in _UNITS])
+
+
 def _nullable(items) -> bool:
     for op, av in getattr(items, "data", items):
         if op is C.BRANCH:
@@ -253,7 +258,6 @@ class _Writer:
         self.flag_prefix = flag_prefix
         self.names = names  # placeholder code point → rule name
         self.excluded = excluded  # exclusion marker code point → the names its key leaves out
-        self.markers = [chr(m) for m in excluded]
         self.inline = set(excluded) | {ord(u) for u in _UNITS}  # private code points that are no rule
         self._ph: dict[int, bool] = {}  # id of a group's argument → whether it holds a placeholder
         self._trees: list = []  # every tree parsed, kept alive while ids key ``_ph``
@@ -313,8 +317,7 @@ class _Writer:
             if items is None or self.flag_prefix:
                 tree = None
             else:
-                has_units = any(text in regex for text in _UNIT_TEXT.values())
-                tree = P.SubPattern(_UNFLAGGED.state, _expand(items) if has_units else items)
+                tree = P.SubPattern(_UNFLAGGED.state, _expand(items) if _UNITS_START in regex else items)
             t = Terminal(f"T{len(self.terminals)}", key, nonempty=nonempty, source=regex, tree=tree,
                          exclude=exclude)
             self.terminals[(key, nonempty, exclude)] = t
@@ -392,9 +395,10 @@ class _Writer:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
         exclude: tuple[str, ...] = ()
         regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
-        # (an exclusion marker is written as itself: only a run whose text holds one is scanned)
-        if any(m in regex for m in self.markers):
-            excluded = self.excluded
+        # (an exclusion marker is written as itself: only a run whose text holds a private code
+        # point is scanned)
+        excluded = self.excluded
+        if excluded and has_placeholders(regex):
             at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded]
             if at:
                 i = at[0]
