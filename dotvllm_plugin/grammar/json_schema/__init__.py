@@ -440,7 +440,9 @@ def _object_of(ws: str, key: str, value: str) -> str:
 
 
 def _ptr(where: str, *parts) -> str:
-    return where + "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    for p in parts:
+        where += "/" + str(p).replace("~", "~0").replace("/", "~1")
+    return where
 
 
 def _refuse(keyword: str, where: str, why: str) -> UnsupportedFeatureError:
@@ -1262,7 +1264,8 @@ class _Context:
                 raise _refuse("format", _ptr(where, "format"), f"format {fmt!r} is not supported")
             if fmt in FORMATS:
                 body = FORMATS[fmt]
-                flo, fhi = T.regex_width(body)
+                # (the format's width matters only under a length bound)
+                flo, fhi = T.regex_width(body) if (lo, hi) != (0, None) else (0, None)
                 if (lo, hi) != (0, None) and not (flo >= lo and (hi is None or (fhi is not None and fhi <= hi))):
                     # Bound the format's repetitions so that no value exceeds maxLength (a sound
                     # restriction, as for pattern + maxLength); the bodies are plain ASCII regexes.

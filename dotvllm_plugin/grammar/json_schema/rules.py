@@ -84,6 +84,8 @@ def has_placeholders(text: str) -> bool:
 
 # -- writing a parse tree back as a regex --------------------------------------------------------
 
+_LITERAL, _IN, _BRANCH, _SUBPATTERN, _MAX_REPEAT = C.LITERAL, C.IN, C.BRANCH, C.SUBPATTERN, C.MAX_REPEAT
+
 _META = set("\\.^$*+?{}[]|()#")
 _CLASS_META = set("\\]^-[")
 _CATEGORIES = {
@@ -144,46 +146,50 @@ def unparse(items, classes: dict | None = None) -> str:
 
 def _unparse_item(op, av, classes=None) -> str:
     # (a unit's code point is written as the unit's group, as :func:`_expand` would put it: the
-    # text of a run is the same before and after expansion)
-    if op is C.LITERAL:
+    # text of a run is the same before and after expansion; the most frequent kinds first)
+    if op is _LITERAL:
         if av < 0x80:
             return _ASCII_TEXT[av]
         return _unit_text(av) if _UNITS_FIRST_CP <= av <= _UNITS_LAST_CP else _char(av, _META)
-    if op is C.SUBPATTERN and id(av) in _UNIT_TEXT:
-        return _UNIT_TEXT[id(av)]
-    if op is C.NOT_LITERAL:
-        return f"[^{_char(av, _CLASS_META)}]"
-    if op is C.IN:
-        if any(o is C.LITERAL and _UNITS_FIRST_CP <= a <= _UNITS_LAST_CP for o, a in av):
-            return _unparse_item(*_expand([(op, av)])[0], classes)
+    if op is _MAX_REPEAT:
+        lo, hi, body = av
+        inner = f"(?:{unparse(body, classes)})"
+        suffix = _REPEAT_SUFFIXES.get((lo, hi))
+        if suffix is not None:
+            return inner + suffix
+        return inner + (f"{{{lo},}}" if hi == C.MAXREPEAT else f"{{{lo},{hi}}}")
+    if op is _IN:
         if classes is None:
-            return _class_items(av)
+            return _class_text(av, classes)
         key = tuple(av)
         got = classes.get(key)
         if got is None:
-            got = classes[key] = _class_items(av)
+            got = classes[key] = _class_text(av, classes)
         return got
+    if op is _SUBPATTERN:
+        if id(av) in _UNIT_TEXT:
+            return _UNIT_TEXT[id(av)]
+        _group, add, remove, body = av
+        f = _flags(add, remove)
+        return f"(?{f}:{unparse(body, classes)})"
+    if op is _BRANCH:
+        return "(?:" + "|".join([unparse(seq, classes) for seq in av[1]]) + ")"
+    if op is C.NOT_LITERAL:
+        return f"[^{_char(av, _CLASS_META)}]"
     if op is C.ANY:
         return "."
     if op is C.CATEGORY:
         return _CATEGORIES[av]
-    if op is C.BRANCH:
-        return "(?:" + "|".join(unparse(seq, classes) for seq in av[1]) + ")"
-    if op is C.SUBPATTERN:
-        _group, add, remove, body = av
-        f = _flags(add, remove)
-        return f"(?{f}:{unparse(body, classes)})"
-    if op is C.MAX_REPEAT:
-        lo, hi, body = av
-        inner = f"(?:{unparse(body, classes)})"
-        if (lo, hi) == (0, 1):
-            return inner + "?"
-        if (lo, hi) == (0, C.MAXREPEAT):
-            return inner + "*"
-        if (lo, hi) == (1, C.MAXREPEAT):
-            return inner + "+"
-        return inner + (f"{{{lo},}}" if hi == C.MAXREPEAT else f"{{{lo},{hi}}}")
     raise _Unwritable(f"the regex construct {op} cannot be written back")
+
+
+_REPEAT_SUFFIXES = {(0, 1): "?", (0, C.MAXREPEAT): "*", (1, C.MAXREPEAT): "+"}
+
+
+def _class_text(items, classes) -> str:
+    if any(o is _LITERAL and _UNITS_FIRST_CP <= a <= _UNITS_LAST_CP for o, a in items):
+        return _unparse_item(*_expand([(_IN, items)])[0], classes)
+    return _class_items(items)
 
 
 # -- regex with placeholders → BNF ---------------------------------------------------------------
@@ -212,7 +218,6 @@ def _expand(items) -> list:
 
 
 _UNITS_FIRST, _UNITS_LAST = min(_UNITS), max(_UNITS)
-_LITERAL, _IN, _BRANCH, _SUBPATTERN, _MAX_REPEAT = C.LITERAL, C.IN, C.BRANCH, C.SUBPATTERN, C.MAX_REPEAT
 _UNITS_FIRST_CP, _UNITS_LAST_CP = ord(_UNITS_FIRST), ord(_UNITS_LAST)
 _MARK_CP = ord(MARK)
 

@@ -39,6 +39,7 @@ def clear_memos() -> None:
     intersect.cache_clear()
     encode_set.cache_clear()
     _is_atom.cache_clear()
+    translate_pattern.cache_clear()
 
 
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
@@ -312,6 +313,7 @@ def _refuse(what: str, pattern: str, where: str) -> UnsupportedFeatureError:
     )
 
 
+@functools.lru_cache(maxsize=1024)  # (a schema's patterns are read by the probe and again for rules)
 def translate_pattern(pattern: str, where: str, *, max_chars: int | None = None) -> PatternInfo:
     """Translate an ECMA-262 ``pattern`` with search semantics into an encoded-body regex.
 
