@@ -102,28 +102,30 @@ class _Parser:
         if len(items) == 1:
             return items[0], i
         subpattern = _SubPattern(self.state)
-        # a common first item moves out of the branches
+        # a common first item moves out of the branches (read through their data lists: a
+        # SubPattern's len and [] are Python calls)
+        branches = [item.data for item in items]
         while True:
             prefix = None
-            for item in items:
-                if not item:
+            for data in branches:
+                if not data:
                     break
                 if prefix is None:
-                    prefix = item[0]
-                elif item[0] != prefix:
+                    prefix = data[0]
+                elif data[0] != prefix:
                     break
             else:
-                for item in items:
-                    del item[0]
-                subpattern.append(prefix)
+                for data in branches:
+                    del data[0]
+                subpattern.data.append(prefix)
                 continue
             break
         # single literals or classes: one class
         set_ = []
-        for item in items:
-            if len(item) != 1:
+        for data in branches:
+            if len(data) != 1:
                 break
-            op, av = item[0]
+            op, av = data[0]
             if op is _LITERAL:
                 set_.append((op, av))
             elif op is _IN and av[0][0] is not _NEGATE:
@@ -131,9 +133,9 @@ class _Parser:
             else:
                 break
         else:
-            subpattern.append((_IN, list(dict.fromkeys(set_))))
+            subpattern.data.append((_IN, list(dict.fromkeys(set_))))
             return subpattern, i
-        subpattern.append((_BRANCH, (None, items)))
+        subpattern.data.append((_BRANCH, (None, items)))
         return subpattern, i
 
     def seq(self, i: int):
