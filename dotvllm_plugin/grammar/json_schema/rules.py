@@ -118,15 +118,22 @@ def _flags(add: int, remove: int) -> str:
     return a + (f"-{r}" if r else "")
 
 
+_ASCII_CLASS_TEXT = [_char(cp, _CLASS_META) for cp in range(0x80)]
+
+
+def _class_char(cp: int) -> str:
+    return _ASCII_CLASS_TEXT[cp] if cp < 0x80 else _char(cp, _CLASS_META)
+
+
 def _class_items(items) -> str:
     out = []
     for op, av in items:
         if op is C.NEGATE:
             continue
         if op is C.LITERAL:
-            out.append(_char(av, _CLASS_META))
+            out.append(_class_char(av))
         elif op is C.RANGE:
-            out.append(f"{_char(av[0], _CLASS_META)}-{_char(av[1], _CLASS_META)}")
+            out.append(f"{_class_char(av[0])}-{_class_char(av[1])}")
         elif op is C.CATEGORY:
             out.append(_CATEGORIES[av])
         else:

@@ -218,6 +218,8 @@ PLAIN_CHAR = encode_set(ENCODABLE)
 
 
 def alternation(alts: Sequence[str]) -> str | None:
+    if len(alts) == 1:  # (most calls)
+        return alts[0]
     alts = list(dict.fromkeys(alts))
     if not alts:
         return None
