@@ -406,19 +406,15 @@ class _Writer:
     def plain(self, items) -> tuple[str, ...]:
         """A placeholder-free run: one terminal, optional when the run matches the empty text."""
         exclude: tuple[str, ...] = ()
-        regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
-        # (an exclusion marker is written as itself: only a run whose text holds a private code
-        # point is scanned)
         excluded = self.excluded
-        if excluded and has_placeholders(regex):
-            at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded]
-            if at:
-                i = at[0]
-                if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
-                    raise _Unwritable("an exclusion marker not right before a key's quote")
-                exclude = self.excluded[items[i][1]]
-                items = items[:i] + items[i + 1:]
-                regex = unparse(items, self._classes)
+        at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded] if excluded else ()
+        if at:
+            i = at[0]
+            if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
+                raise _Unwritable("an exclusion marker not right before a key's quote")
+            exclude = self.excluded[items[i][1]]
+            items = items[:i] + items[i + 1:]
+        regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
         if not _nullable(items):
             return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
