@@ -384,11 +384,12 @@ class _Writer:
     def productions(self, items) -> list[tuple[str, ...]]:
         """A rule body's productions: one per branch where the body is one alternation (no
         intermediate rule: one reduction less each time the rule is used), else one."""
-        if len(items) == 1 and self.has_placeholder(*items[0]):
-            alternatives = self.alternatives(*items[0])
+        data = getattr(items, "data", items)
+        if len(data) == 1 and self.has_placeholder(*data[0]):
+            alternatives = self.alternatives(*data[0])
             if alternatives is not None:
                 return list(dict.fromkeys(self.seq(a) for a in alternatives))
-        return [self.seq(items)]
+        return [self.seq(data)]
 
     @staticmethod
     def alternatives(op, av) -> list[list] | None:
