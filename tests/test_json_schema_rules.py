@@ -343,6 +343,36 @@ def test_code_point_set_algebra_equals_python_sets():
         assert comp[-1][1] == T.MAX_CP and comp == T.normalize(comp), a
 
 
+def test_text_helpers_equal_their_per_character_definitions():
+    """``literal``/``encode_text`` (one ``str.translate`` each) write every code point as
+    ``_lit``/``encode_char`` do; ``_is_atom`` (a parenthesis scan by one regex) answers as the
+    character loop it replaced, on random texts of parentheses, escapes and classes."""
+    from dotvllm_plugin.grammar.json_schema import text as T
+
+    for cp in [*range(0x300), 0x2028, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x100000, 0x10FFFF]:
+        assert T.literal(chr(cp)) == T._lit(cp), hex(cp)
+        assert T.encode_text(chr(cp)) == T.encode_char(cp), hex(cp)
+    assert T.encode_text('a"b\\c\n.é') == "".join(T.encode_char(ord(c)) for c in 'a"b\\c\n.é')
+
+    def closes_at_end(r: str) -> bool:  # the loop _is_atom used for a text in parentheses
+        depth = 0
+        for i, c in enumerate(r):
+            if c == "\\":
+                continue
+            if c == "(" and (i == 0 or r[i - 1] != "\\"):
+                depth += 1
+            elif c == ")" and r[i - 1] != "\\":
+                depth -= 1
+                if depth == 0 and i != len(r) - 1:
+                    return False
+        return True
+
+    rng = random.Random(3)
+    for _ in range(20000):
+        r = "(" + "".join(rng.choice("()\\a[]|") for _ in range(rng.randrange(0, 9))) + ")"
+        assert T._is_atom.__wrapped__(r) == closes_at_end(r), r
+
+
 _UNIT_SCHEMAS = {
     "strings": {"type": "object", "properties": {"s": {"type": "string"}, "t": {"type": "string", "maxLength": 3},
                                                  "free": {}, "u": {"type": "array", "items": {"type": "string"}}}},
