@@ -343,6 +343,23 @@ def test_code_point_set_algebra_equals_python_sets():
         assert comp[-1][1] == T.MAX_CP and comp == T.normalize(comp), a
 
 
+_PRIVATE_SCHEMA = {"type": "object", "properties": {"a": {"const": "x\U00100005"}}}
+
+
+@pytest.mark.parametrize("given", [
+    _PRIVATE_SCHEMA, json.dumps(_PRIVATE_SCHEMA), json.dumps(_PRIVATE_SCHEMA).encode(),
+    json.dumps(_PRIVATE_SCHEMA, ensure_ascii=False), {"type": "object", "properties": {"\U0010FFFF": {}}},
+], ids=["dict", "ascii-text", "bytes", "text", "key"])
+def test_placeholder_code_points_in_a_schema_that_needs_rules_are_refused(given):
+    """Plane-16 characters (the writer's placeholders) in a schema written as rules are refused,
+    whether the schema comes as a dict, as JSON text with or without escapes, or as bytes."""
+    from dotvllm_plugin.errors import UnsupportedFeatureError
+
+    with pytest.raises(UnsupportedFeatureError, match="Supplementary Private Use Area-B"):
+        json_schema_to_ir(given)
+    json_schema_to_ir({"type": "object", "properties": {"a": {"const": "x\U0001F600"}}})  # other planes pass
+
+
 def test_text_helpers_equal_their_per_character_definitions():
     """``literal``/``encode_text`` (one ``str.translate`` each) write every code point as
     ``_lit``/``encode_char`` do; ``_is_atom`` (a parenthesis scan by one regex) answers as the

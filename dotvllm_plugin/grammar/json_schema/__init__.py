@@ -243,8 +243,9 @@ def json_schema_to_ir(
             return None if translate_only else Grammar.from_regex(regex, kind="json_schema", source=source)
     except (NeedsGrammar, CompilationTooLargeError):
         pass
-    # (the placeholders lie in plane 16: an ASCII dump escapes them as \udbXX\udcXX, so a dump
-    # without "\udb" holds none; a schema given as text may hold them unescaped)
+    # (the placeholders lie in plane 16: an ASCII dump escapes each as a surrogate pair whose high
+    # half is \udbXX, so a dump without "\udb" holds none; a schema given as text may hold them
+    # unescaped)
     may_hold = text is not None or "\\udb" in source
     if may_hold and R.has_placeholders(json.dumps(schema, ensure_ascii=False)):
         raise _refuse("enum", "/", "characters of Unicode's Supplementary Private Use Area-B in a schema "
