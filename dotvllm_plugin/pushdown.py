@@ -59,6 +59,7 @@ import numpy as np
 
 from .errors import GrammarError, SerializationError, UnsupportedFeatureError
 from .grammar.ir import Grammar, Terminal
+from .lalr import END as _LALR_END  # (what the C tables call the end of input, as lalr.py does)
 from . import index, runs
 from .index import set_token_bits
 
@@ -815,7 +816,6 @@ def _lalr_tables(grammar: Grammar):
     return _packed(tables, rules, term_names)
 
 
-_LALR_END = "$END"  # (dotvllm_plugin.lalr.END: a test checks they agree)
 
 
 def _lalr_c(rules: list[tuple], term_names: list[str], start: str) -> dict | None:
@@ -1766,12 +1766,13 @@ class PushdownGrammar:
         ct, view, _ = self._walker(lexer)
         lo = self._lexer_lo[lexer]
         start = np.array([q - lo], dtype=np.int64)
+        reach_groups = self._reach.groups(lexer)
         shortcut = None
         if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
             shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}),
-                                 self._reach.groups(lexer)[1])
+                                 reach_groups[1])
         ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=None if shortcut is None else shortcut.skip,
-                                        groups=self._reach.groups(lexer)[0])
+                                        groups=reach_groups[0])
         free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         kind = {t: k for k, t in enumerate(terms)}

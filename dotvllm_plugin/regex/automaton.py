@@ -253,15 +253,12 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
     n = trans.shape[0]
     rows, byte_class = byte_classes(trans)  # the same graph with far fewer (parallel) edges
     rows = rows.astype(np.int64)
-    if _cwalk is not None and USE_C_TABLES:
-        live = np.frombuffer(_cwalk.live_states(np.ascontiguousarray(rows), rows.shape[1],
-                                                np.ascontiguousarray(accepting, dtype=np.uint8)), dtype=bool)
-    else:
-        src = np.repeat(np.arange(n), rows.shape[1])
-        dst = rows.ravel()
-        ok = dst >= 0
-        edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
-        live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
+    # (the numpy steps: the reference of the C call above)
+    src = np.repeat(np.arange(n), rows.shape[1])
+    dst = rows.ravel()
+    ok = dst >= 0
+    edges = np.unique(dst[ok] * n + src[ok])  # reversed, deduplicated (a row repeats targets)
+    live = reachable(edges // n, edges % n, n, np.flatnonzero(accepting).tolist())
     if not live[0]:
         _refuse_empty(pattern)
     if not live.all():
@@ -271,10 +268,7 @@ def trim(trans: np.ndarray, accepting: np.ndarray, pattern: str) -> ByteDFA:
         accepting = accepting[live]
     rows, accepting = _merge_twins(rows, accepting.astype(bool), byte_class=byte_class, expand=False)
     transitions = rows[:, byte_class.reshape(256)].astype(np.int32)
-    if _cwalk is not None and USE_C_TABLES:  # (in C, 256 columns cost less than _coarsest's numpy)
-        classes = byte_classes(transitions)
-    else:
-        classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
+    classes = _coarsest(rows, np.asarray(byte_class).reshape(256))
     return ByteDFA(transitions=transitions, accepting=accepting, initial=0, classes=classes)
 
 

@@ -253,7 +253,9 @@ def _class_trie(ranges: tuple, builder, utf8_sequences):
     if ranges[-1][1] < 0x80:  # (ASCII only: sorted ranges)
         return None
     key = (ranges, utf8_sequences)
-    got = _PINNED_TRIES.get(key) or _TRIES.get(key)
+    got = _PINNED_TRIES.get(key)
+    if got is None:
+        got = _TRIES.get(key)
     if got is None:
         seqs = [seq for a, b in ranges if b >= 0x80 for seq in utf8_sequences(max(a, 0x80), b)]
         got = ()
