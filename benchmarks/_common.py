@@ -1,7 +1,8 @@
 """Shared helpers for the benchmarks: tokenizers, machine info, statistics, tables, isolation.
 
 Every engine runs in its own worker process (``multiprocessing`` *spawn* context), initialised
-once with the tokenizer, single-threaded. Each case is sent to the worker; the parent waits with a
+once with the tokenizer, single-threaded, its start-up heap then frozen (``gc.freeze``, see
+:func:`gc_freeze_enabled`). Each case is sent to the worker; the parent waits with a
 deadline and kills + restarts the worker when a compile or walk runs past it, so one pathological
 case cannot hang a run (outlines-core has taken minutes on a single regex).
 """
@@ -18,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datetime as _dt
 import functools
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -407,6 +409,13 @@ def _die_with_parent() -> None:
         pass
 
 
+def gc_freeze_enabled() -> bool:
+    """Whether engine workers freeze their start-up heap after warm-up (``DOTVLLM_BENCH_GC_FREEZE``,
+    default on; ``0`` measures with the whole heap under the cyclic collector, as runs before
+    2026-12-06 did)."""
+    return os.environ.get("DOTVLLM_BENCH_GC_FREEZE", "1") != "0"
+
+
 def _worker_main(conn, engine_name: str, tokenizer_name: str, warm_up: tuple) -> None:
     _die_with_parent()
     try:
@@ -414,7 +423,14 @@ def _worker_main(conn, engine_name: str, tokenizer_name: str, warm_up: tuple) ->
 
         t0 = time.perf_counter()
         engine = _engines.make_engine(engine_name, tokenizer_name, warm_up)
-        info = {"init_s": time.perf_counter() - t0, "pid": os.getpid(), **engine.describe()}
+        frozen = gc_freeze_enabled()
+        if frozen:
+            # The process's start-up heap (modules, tokenizer, the engine's vocabulary tables),
+            # frozen as vLLM's API server and engine core freeze theirs and our compile workers
+            # theirs: the cyclic collector no longer traverses it while cases run. Every engine alike.
+            gc.collect()
+            gc.freeze()
+        info = {"init_s": time.perf_counter() - t0, "pid": os.getpid(), "gc_freeze": frozen, **engine.describe()}
         conn.send(("ready", info))
     except BaseException as e:  # report, then die: the parent marks the engine unavailable
         conn.send(("init_error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))

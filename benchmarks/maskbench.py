@@ -82,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--anchor-json", choices=_engines.JSON_LANGUAGES, default="closest",
                    help="JSON language asked of the anchors: closest to ours (compact, undeclared properties "
                         "allowed) or their own defaults")
+    p.add_argument("--no-gc-freeze", action="store_true",
+                   help="keep the workers' start-up heap under the cyclic garbage collector (runs before "
+                        "2026-12-06); by default every worker freezes it after its warm-up")
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
     p.add_argument("--engine-timeout", action="append", default=[], metavar="ENGINE=S",
                    help="per-engine compile deadline, e.g. outlines_core=10 (repeatable)")
@@ -238,7 +241,9 @@ COLD = ("cold: one long-lived worker per engine with result caches off (ours cac
         "automata with their character classes' UTF-8 byte tries and the walk of a JSON string's loop, "
         "and the pushdown matcher's walks from inside a "
         "string value and an undeclared key with their character-run tables, made in the untimed "
-        "warm-up; the run tables' rows by character count are emptied with the memos)")
+        "warm-up; the run tables' rows by character count are emptied with the memos); every worker "
+        "freezes its start-up heap after the warm-up (gc.freeze, as vLLM's API server and engine core "
+        "and our compile workers do; --no-gc-freeze: not)")
 
 
 def common_set(verdicts: dict) -> list[int]:
@@ -361,6 +366,7 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
                             else "object properties in the instance's own order from the corpus file (no reordering)"),
         "order": args.order,
         "compile_timing": COLD,
+        "gc_freeze": not args.no_gc_freeze,
         "common_set": {"schemas": len(common_set({e: verdicts[e] for e in engines})),
                        "names": [cases[i]["name"] for i in common_set({e: verdicts[e] for e in engines})]},
         "anchor_json": args.anchor_json,
@@ -391,6 +397,7 @@ def main(argv=None) -> int:
         timeouts[name] = float(secs)
     # Read by the engine workers (spawned after this, they inherit the environment).
     os.environ["DOTVLLM_BENCH_JSON_LANGUAGE"] = args.anchor_json
+    os.environ["DOTVLLM_BENCH_GC_FREEZE"] = "0" if args.no_gc_freeze else "1"
     core = _common.use_core_snapshot(args.core_ref) if args.core_ref else {"ref": "work tree"}
     args.timeouts = timeouts
     machine = _common.machine_info()

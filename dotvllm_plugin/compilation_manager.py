@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -211,6 +212,11 @@ def _init_worker(vocabulary, memory_limit_mb: int | None = None, parent_pid: int
     # Ctrl-C belongs to the parent (a killed parent is handled by _tie_to_parent).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_compiler = GrammarCompiler(vocabulary, cache_size=0)
+    # The start-up heap (modules, the vocabulary, the compiler's pinned automata) lives as long as
+    # the worker: frozen, the cyclic collector no longer traverses it during every compile's
+    # collections (vLLM's API server and engine core freeze theirs the same way).
+    gc.collect()
+    gc.freeze()
 
 
 def _worker_ping() -> int:

@@ -430,6 +430,18 @@ def test_workers_carry_the_marker_and_name(manager):
     assert WORKER_MARKER_ENV not in os.environ
 
 
+def test_workers_freeze_their_start_up_heap(manager):
+    # What a worker holds from its start (the vocabulary, the compiler and what it pins) is frozen:
+    # the cyclic collector skips it during compiles.
+    import gc
+
+    manager.compile("regex", "frozen[0-9]")
+    slots = [s for s in manager._slots if s.executor is not None]
+    assert slots
+    for s in slots:
+        assert s.executor.submit(gc.get_freeze_count).result(timeout=30) > 1000
+
+
 def test_worker_outlives_the_thread_that_asked_for_it(vocab):
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits: workers are started by the
     # manager's dispatcher threads, never by the caller's thread.
