@@ -1130,29 +1130,49 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNn)", out, bc, C);
 }
 
+/* Where every byte of range r leads from state q (one state, or UNEVEN), computed on first use:
+ * ``target`` holds NOT_YET until then (the sequences of the non-ASCII characters visit few (state,
+ * range) pairs of a large lexer). */
+#define CT_UNEVEN ((int64_t)-5)
+#define CT_NOT_YET ((int64_t)-7)
+static inline int64_t range_target(const int64_t *trans, Py_ssize_t C, const int64_t *bc, const int64_t *ranges,
+                                   Py_ssize_t R, int64_t *target, int64_t q, Py_ssize_t r) {
+    int64_t *slot = &target[q * R + r];
+    if (*slot == CT_NOT_YET) {
+        int64_t lo = ranges[2 * r], hi = ranges[2 * r + 1], t = trans[q * C + bc[lo]];
+        for (int64_t b = lo + 1; b <= hi && t != CT_UNEVEN; b++)
+            if (trans[q * C + bc[b]] != t) t = CT_UNEVEN;
+        *slot = t;
+    }
+    return *slot;
+}
+
 /* class_targets(trans int64[n * C], C, byte_class int64[256], sigma uint64[3], ranges int64[R * 2],
- * seqs int64[S * 4]) -> bytes of int64[n]: for every state, where every character of a class
- * Σ leads when they all lead to one state (-1: every one is dead), else -3 (they lead apart, or one
- * ends the lexeme, -2, on the way). Σ is dotvllm_plugin.runs.sigma_mask's: ASCII bits in words 0
- * and 1, and bit 1 of word 2 for every non-ASCII character, read on the byte-range sequences
- * ``seqs`` (4 range indices each, -1 past the sequence's length) over the byte ranges ``ranges``
- * (lo, hi). See dotvllm_plugin.runs._class_targets. */
+ * seqs int64[S * 4][, only int64[k]]) -> bytes of int64[n] (with ``only``: int64[k], for those
+ * states): for every state, where every character of a class Σ leads when they all lead to one
+ * state (-1: every one is dead), else -3 (they lead apart, or one ends the lexeme, -2, on the way).
+ * Σ is dotvllm_plugin.runs.sigma_mask's: ASCII bits in words 0 and 1, and bit 1 of word 2 for every
+ * non-ASCII character, read on the byte-range sequences ``seqs`` (4 range indices each, -1 past the
+ * sequence's length) over the byte ranges ``ranges`` (lo, hi). See dotvllm_plugin.runs._class_targets. */
 static PyObject *class_targets(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_bc, b_sigma, b_ranges, b_seqs;
+    Py_buffer b_trans, b_bc, b_sigma, b_ranges, b_seqs, b_only = {0};
     Py_ssize_t C;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*", &b_trans, &C, &b_bc, &b_sigma, &b_ranges, &b_seqs)) return NULL;
-    Py_buffer *const held[] = {&b_trans, &b_bc, &b_sigma, &b_ranges, &b_seqs};
-#define RELEASE_CT() for (int h_ = 0; h_ < 5; h_++) PyBuffer_Release(held[h_])
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*|y*", &b_trans, &C, &b_bc, &b_sigma, &b_ranges, &b_seqs, &b_only))
+        return NULL;
+    Py_buffer *const held[] = {&b_trans, &b_bc, &b_sigma, &b_ranges, &b_seqs, &b_only};
+#define RELEASE_CT() for (int h_ = 0; h_ < 6; h_++) PyBuffer_Release(held[h_])  /* (a NULL obj: nothing) */
     Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, R = b_ranges.len / 16;
-    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || b_sigma.len != 24) {
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || b_sigma.len != 24 || b_only.len % 8) {
         RELEASE_CT();
         PyErr_SetString(PyExc_ValueError,
-                        "class_targets: trans int64[n * C], byte_class int64[256], sigma uint64[3]");
+                        "class_targets: trans int64[n * C], byte_class int64[256], sigma uint64[3], only int64[k]");
         return NULL;
     }
     const int64_t *trans = b_trans.buf, *bc = b_bc.buf, *ranges = b_ranges.buf, *seqs = b_seqs.buf;
+    const int64_t *only = b_only.obj ? b_only.buf : NULL;
     const uint64_t *sigma = b_sigma.buf;
     Py_ssize_t S = (sigma[2] & 1) ? b_seqs.len / 32 : 0;  /* (no non-ASCII character in Σ: no sequence) */
+    Py_ssize_t k_out = only ? b_only.len / 8 : n;
     for (Py_ssize_t r = 0; r < R; r++)
         if (ranges[2 * r] < 0 || ranges[2 * r + 1] > 255 || ranges[2 * r] > ranges[2 * r + 1]) {
             RELEASE_CT();
@@ -1165,22 +1185,30 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "class_targets: a sequence step past the ranges");
             return NULL;
         }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
-    int64_t *target = S ? malloc((size_t)(n * R + 1) * 8) : NULL;  /* per state and range: one target or -5 */
+    for (Py_ssize_t i = 0; only && i < k_out; i++)
+        if (only[i] < 0 || only[i] >= n) {
+            RELEASE_CT();
+            PyErr_SetString(PyExc_ValueError, "class_targets: a state of only out of range");
+            return NULL;
+        }
+    for (Py_ssize_t b = 0; b < 256; b++)
+        if (bc[b] < 0 || bc[b] >= C) {
+            RELEASE_CT();
+            PyErr_SetString(PyExc_ValueError, "class_targets: a byte class out of range");
+            return NULL;
+        }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, k_out * 8);
+    int64_t *target = S ? malloc((size_t)(n * R + 1) * 8) : NULL;  /* per state and range: one target or UNEVEN */
     if (!out || (S && !target)) {
         Py_XDECREF(out); free(target); RELEASE_CT();
         return PyErr_NoMemory();
     }
+    for (Py_ssize_t i = 0; S && i < n * R; i++) target[i] = CT_NOT_YET;
     int64_t *res = (int64_t *)PyBytes_AS_STRING(out);
-    const int64_t UNEVEN = -5, BAD = -3, DEAD = -1;
-    for (Py_ssize_t q = 0; S && q < n; q++)
-        for (Py_ssize_t r = 0; r < R; r++) {
-            int64_t lo = ranges[2 * r], hi = ranges[2 * r + 1], t = trans[q * C + bc[lo]];
-            for (int64_t b = lo + 1; b <= hi && t != UNEVEN; b++)
-                if (trans[q * C + bc[b]] != t) t = UNEVEN;
-            target[q * R + r] = t;
-        }
-    for (Py_ssize_t q = 0; q < n; q++) {
+    const int64_t BAD = -3, DEAD = -1;
+    int corrupt = 0;  /* a transition past the table */
+    for (Py_ssize_t i = 0; i < k_out && !corrupt; i++) {
+        int64_t q = only ? only[i] : i;
         int64_t t = 0;
         int first = 1, bad = 0;
         for (int c = 0; c < 128 && !bad; c++) {
@@ -1197,20 +1225,79 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
             int64_t cur = q;
             for (int j = 0; j < 4 && seqs[4 * k + j] >= 0; j++) {
                 if (cur < 0) break;
-                int64_t nxt = target[cur * R + seqs[4 * k + j]];
-                if (nxt == UNEVEN || nxt == -2) { bad = 1; break; }
+                int64_t nxt = range_target(trans, C, bc, ranges, R, target, cur, seqs[4 * k + j]);
+                if (nxt == CT_UNEVEN || nxt == -2) { bad = 1; break; }
+                if (nxt >= n) { corrupt = 1; bad = 1; break; }
                 cur = nxt;
             }
             if (cur < 0) cur = DEAD;
             if (seen) { t = cur; seen = 0; }
             else if (cur != t) bad = 1;
         }
-        res[q] = bad ? BAD : t;
+        res[i] = bad ? BAD : t;
     }
     free(target);
     RELEASE_CT();
 #undef RELEASE_CT
+    if (corrupt) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "class_targets: a transition out of range");
+        return NULL;
+    }
     return out;
+}
+
+/* run_first(trans int64[n * C], C, byte_class int64[256], q, min_ascii) -> None or (t, codes bytes
+ * of int64[]): ``t`` the state most printable ASCII characters (0x20..0x7E) lead to from ``q``
+ * (ties: the lowest), the ASCII code points (0..0x7F, ascending) that lead there; None when fewer
+ * than ``min_ascii`` printable characters are live or lead to ``t``. See
+ * dotvllm_plugin.runs._find_run_class (the numpy reading is the reference). */
+static PyObject *run_first(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_bc;
+    Py_ssize_t C, q, min_ascii;
+    if (!PyArg_ParseTuple(args, "y*ny*nn", &b_trans, &C, &b_bc, &q, &min_ascii)) return NULL;
+    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0;
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || q < 0 || q >= n) {
+        PyBuffer_Release(&b_trans);
+        PyBuffer_Release(&b_bc);
+        PyErr_SetString(PyExc_ValueError, "run_first: trans int64[n * C], byte_class int64[256], 0 <= q < n");
+        return NULL;
+    }
+    const int64_t *row = (const int64_t *)b_trans.buf + q * C, *bc = b_bc.buf;
+    int64_t col[128];
+    int ok = 1;
+    for (int c = 0; c < 128 && ok; c++) {
+        if (bc[c] < 0 || bc[c] >= C) ok = 0;
+        else col[c] = row[bc[c]];
+    }
+    PyObject *res = NULL;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "run_first: a byte class out of range");
+        goto done;
+    }
+    Py_ssize_t live = 0, best_n = 0;
+    int64_t best = -1;
+    for (int c = 0x20; c < 0x7F; c++) {
+        if (col[c] < 0) continue;
+        live++;
+        int seen_before = 0;  /* count each target once, at its first character */
+        for (int d = 0x20; d < c && !seen_before; d++) seen_before = col[d] == col[c];
+        if (seen_before) continue;
+        Py_ssize_t k = 0;
+        for (int d = c; d < 0x7F; d++) k += col[d] == col[c];
+        if (k > best_n || (k == best_n && col[c] < best)) { best_n = k; best = col[c]; }
+    }
+    if (live < min_ascii) { res = Py_None; Py_INCREF(res); goto done; }
+    int64_t codes[128];
+    Py_ssize_t m = 0;
+    for (int c = 0; c < 128; c++)
+        if (col[c] == best) codes[m++] = c;
+    if (m < min_ascii) { res = Py_None; Py_INCREF(res); goto done; }
+    res = Py_BuildValue("(Ly#)", (long long)best, (const char *)codes, m * 8);
+done:
+    PyBuffer_Release(&b_trans);
+    PyBuffer_Release(&b_bc);
+    return res;
 }
 
 /* live[q] = 1 for the states of rows int64[n * C] (entries < 0: no edge) from which an accepting
@@ -3885,6 +3972,7 @@ static PyMethodDef methods[] = {
     {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},
     {"trim", trim_c, METH_VARARGS, "A byte DFA's live states, twins merged, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
+    {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

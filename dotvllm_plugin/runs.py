@@ -305,6 +305,19 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
     return out
 
 
+def _class_targets_at(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, q: int, memo: dict) -> int:
+    """:func:`_class_targets` at state ``q`` alone (in C: only the byte ranges its non-ASCII
+    characters' sequences pass; the numpy reading computes every state's)."""
+    from . import index
+
+    if index._cwalk is not None and USE_C_TARGETS:
+        got = index._cwalk.class_targets(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
+                                         np.ascontiguousarray(byte_class, dtype=np.int64), sigma_mask(sigma),
+                                         _C_RANGES, _C_SEQS, np.array([q], dtype=np.int64))
+        return int.from_bytes(got, "little", signed=True)
+    return int(_class_targets(class_trans, byte_class, sigma, memo)[q])
+
+
 #: The UTF-8 byte sequences of the non-ASCII characters (as byte-range steps), the distinct byte
 #: ranges among their steps, and each sequence as indices into those ranges.
 _NON_ASCII_SEQS = [seq for a, b in _NON_ASCII for seq in utf8_sequences(a, b)]
@@ -358,9 +371,9 @@ class RunPlan:
 
 
 def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
-    """``(Σ, successor function of Σ)`` (:func:`_class_targets`) for the characters that lead from
-    ``q`` to one state: where most printable ASCII characters lead, with every non-ASCII character
-    when they all lead there too; or None. Kept in ``memo`` per state."""
+    """``(Σ, t)`` for the characters that lead from ``q`` to one state ``t``: where most printable
+    ASCII characters lead, with every non-ASCII character when they all lead there too; or None.
+    Kept in ``memo`` per state."""
     key = ("class", q)
     if key in memo:
         return memo[key]
@@ -369,20 +382,30 @@ def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: di
 
 
 def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
-    row = class_trans[q, byte_class[0x20:0x7F]]
-    live = row[row >= 0]
-    if len(live) < MIN_ASCII:
-        return None
-    t = int(np.bincount(live).argmax())
-    same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
-    if len(same) < MIN_ASCII:
-        return None
-    for sigma in _sigmas(same.tobytes()):
+    from . import index
+
+    if index._cwalk is not None and USE_C_TARGETS:
+        got = index._cwalk.run_first(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
+                                     np.ascontiguousarray(byte_class, dtype=np.int64), q, MIN_ASCII)
+        if got is None:
+            return None
+        t, same = got
+    else:
+        row = class_trans[q, byte_class[0x20:0x7F]]
+        live = row[row >= 0]
+        if len(live) < MIN_ASCII:
+            return None
+        t = int(np.bincount(live).argmax())
+        same = np.flatnonzero(class_trans[q, byte_class[:0x80]] == t)
+        if len(same) < MIN_ASCII:
+            return None
+        same = same.astype(np.int64).tobytes()
+    for sigma in _sigmas(same):
+        # (the whole successor function where a chain already needed it, else ``q``'s target alone:
+        # a property-name state's first characters form a class of their own, used at ``q`` only)
         succ = memo.get(sigma)
-        if succ is None:
-            succ = memo[sigma] = _class_targets(class_trans, byte_class, sigma, memo)
-        if succ[q] == t:
-            return sigma, succ
+        if (succ[q] if succ is not None else _class_targets_at(class_trans, byte_class, sigma, q, memo)) == t:
+            return sigma, t
     return None
 
 
@@ -408,13 +431,16 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
     got = _run_class(class_trans, byte_class, q, memo)
     if got is None:
         return None
-    first, succ_f = got
-    t = int(succ_f[q])
+    first, t = got
     got = _run_class(class_trans, byte_class, t, memo)
     if got is not None:
-        sigma, succ = got
-    elif succ_f[t] == _DEAD:  # (the last character of a bounded string) only one of F fits
-        sigma, succ = first, succ_f
+        sigma = got[0]
+        succ = memo.get(sigma)
+        if succ is None:
+            succ = memo[sigma] = _class_targets(class_trans, byte_class, sigma, memo)
+    elif _class_targets_at(class_trans, byte_class, first, t, memo) == _DEAD:
+        # (the last character of a bounded string) only one of F fits
+        sigma, succ = first, {t: _DEAD}
     else:
         return None
     table = run_table(vocab, first, sigma)

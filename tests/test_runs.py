@@ -351,7 +351,43 @@ def test_c_class_targets_equal_the_numpy_reading(monkeypatch):
             ref = runs._class_targets(class_trans, classes, sigma, {})
             assert fast.tolist() == ref.tolist(), (trial, sigma)
             checked += int((ref >= 0).sum())
+            monkeypatch.setattr(runs, "USE_C_TARGETS", True)  # one state at a time (the C ``only`` argument)
+            assert [runs._class_targets_at(class_trans, classes, sigma, q, {}) for q in range(n)] == ref.tolist()
     assert checked > 100
+
+
+def test_c_run_first_equals_the_numpy_reading(monkeypatch):
+    """A state's first-character class (where most printable ASCII characters lead, and which ASCII
+    characters lead there) and its Σ, in C and in numpy, on random lexer tables: ties between
+    targets, too few live characters, too few leading to the most common target."""
+    from dotvllm_plugin.regex import byte_classes
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(11)
+    found = refused = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 12))
+        table = rng.integers(-2, n, size=(n, 256))
+        kind = trial % 4
+        if kind == 0:  # most characters to one target (a string body's state)
+            table = np.where(rng.random((n, 256)) < 0.9, rng.integers(-1, n, size=(n, 1)), table)
+        elif kind == 1 and n > 1:  # two targets tied, the higher one met first (the lower one wins)
+            table[:, 0x20:0x4F], table[:, 0x4F:0x7E], table[:, 0x7E] = 1, 0, -1
+        elif kind == 2:  # about MIN_ASCII characters alive
+            alive = rng.random(256) < (runs.MIN_ASCII + rng.integers(-3, 4)) / 95
+            table = np.where(alive, rng.integers(0, n, size=(n, 1)), -1)
+        class_trans, classes = byte_classes(table.astype(np.int32))
+        class_trans = class_trans.astype(np.int64)
+        for q in range(n):
+            monkeypatch.setattr(runs, "USE_C_TARGETS", True)
+            fast = runs._find_run_class(class_trans, classes, q, {})
+            monkeypatch.setattr(runs, "USE_C_TARGETS", False)
+            ref = runs._find_run_class(class_trans, classes, q, {})
+            assert fast == ref, (trial, q)
+            found += ref is not None
+            refused += ref is None
+    assert found > 50 and refused > 50
 
 
 def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
