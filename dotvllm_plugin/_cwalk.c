@@ -930,23 +930,32 @@ done:
     return result;
 }
 
-/* walk_rows(trans, n_classes, cls, child_lo, child_hi, has, n_roots, starts, tok_start, tok_ids,
+/* walk_rows(trans, n_classes, sym, bc, child_lo, child_hi, has, n_roots, starts, tok_start, tok_ids,
  *           n_words, max_produced)
  *   -> (rows bytes of uint32[m * n_words], row_of_start bytes of int64[k]), or None when more
  * than max_produced (start, token-ending node) pairs survive.
  * The walk of ``walk`` without its (start, node, end) output: each start state's allowed tokens
  * (tokens ending at surviving nodes, via the CSR tok_start/tok_ids) are set straight into a
  * packed row, and equal rows are stored once. For vocabularies where no token-level pruning is
- * needed (every byte is a token). */
+ * needed (every byte is a token). A node's class is bc[sym[node]] (a byte view: its byte and the
+ * automaton's byte classes, so the per-vocabulary arrays serve every automaton; a merged trie:
+ * its class and the identity). */
 static PyObject *walk_rows(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_cls, b_lo, b_hi, b_has, b_starts, b_ts, b_ti;
+    Py_buffer b_trans, b_sym, b_bc, b_lo, b_hi, b_has, b_starts, b_ts, b_ti;
     Py_ssize_t C, n_roots, W;
     long long max_produced;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*ny*y*y*nL", &b_trans, &C, &b_cls, &b_lo, &b_hi, &b_has, &n_roots,
-                          &b_starts, &b_ts, &b_ti, &W, &max_produced))
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*y*ny*y*y*nL", &b_trans, &C, &b_sym, &b_bc, &b_lo, &b_hi, &b_has,
+                          &n_roots, &b_starts, &b_ts, &b_ti, &W, &max_produced))
         return NULL;
-    const int64_t *trans = b_trans.buf, *cls = b_cls.buf, *lo = b_lo.buf, *hi = b_hi.buf, *starts = b_starts.buf,
-                  *ts = b_ts.buf, *ti = b_ti.buf;
+    if (b_bc.len != 256 * 8) {
+        PyBuffer_Release(&b_trans); PyBuffer_Release(&b_sym); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_lo);
+        PyBuffer_Release(&b_hi); PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_ts);
+        PyBuffer_Release(&b_ti);
+        PyErr_SetString(PyExc_ValueError, "walk_rows: bc int64[256]");
+        return NULL;
+    }
+    const int64_t *trans = b_trans.buf, *sym = b_sym.buf, *bc = b_bc.buf, *lo = b_lo.buf, *hi = b_hi.buf,
+                  *starts = b_starts.buf, *ts = b_ts.buf, *ti = b_ti.buf;
     const uint8_t *has = b_has.buf;
     Py_ssize_t k = b_starts.len / 8;
     PyObject *result = NULL;
@@ -965,7 +974,7 @@ static PyObject *walk_rows(PyObject *self, PyObject *args) {
         for (int64_t r = n_roots - 1; r >= 0; r--) PUSH_FRAME(r, starts[i], 0, i);
         while (sp) {
             frame f = stack[--sp];
-            int64_t st = trans[f.prev * C + cls[f.node]];
+            int64_t st = trans[f.prev * C + bc[sym[f.node] & 255]];
             if (st < 0) continue;
             if (has[f.node] && ++produced > max_produced) { overflow = 1; goto done; }
             if (has[f.node])
@@ -987,8 +996,9 @@ done:
                                (Py_ssize_t)(k * 8));
     }
     free(row); free(pool); free(idx); table_free(&tab); free(stack);
-    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_cls); PyBuffer_Release(&b_lo); PyBuffer_Release(&b_hi);
-    PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_ts); PyBuffer_Release(&b_ti);
+    PyBuffer_Release(&b_trans); PyBuffer_Release(&b_sym); PyBuffer_Release(&b_bc); PyBuffer_Release(&b_lo);
+    PyBuffer_Release(&b_hi); PyBuffer_Release(&b_has); PyBuffer_Release(&b_starts); PyBuffer_Release(&b_ts);
+    PyBuffer_Release(&b_ti);
     return result;
 }
 

@@ -159,20 +159,6 @@ except ImportError:  # built without a C compiler: the numpy walk below does the
     _cwalk = None
 
 
-def _flat_children(ct: ClassTrie):
-    """``(cls, child_lo, child_hi, level_off, has)`` over global node ids, for the C row walk.
-
-    For a byte view, everything but ``cls`` (which depends on the pattern's byte classes) is
-    built once per vocabulary and depth, with each node's byte, from which ``cls`` is one gather.
-    """
-    got = ct.__dict__.get("_flat")
-    if got is None:
-        sym, lo, hi, off, has, _, byte_class = _flat_structure(ct)
-        cls = byte_class[sym] if ct.__dict__.get("trie_cache") is not None else sym
-        got = ct.__dict__["_flat"] = (cls, lo, hi, off, has)
-    return got
-
-
 _IDENTITY = np.arange(256, dtype=np.int64)
 #: The C walk's packed trie node (``trie_node`` in _cwalk.c).
 TRIE_NODE = np.dtype([("lo", "<u4"), ("n_children", "<u2"), ("sym", "u1"), ("has", "u1")])
@@ -665,10 +651,11 @@ def build_index(
     # directly (deduplicated) instead of listing (state, node, end) triples.
     rest_row = None  # state → index into rest_rows
     if complete and _cwalk is not None and USE_C_WALK and len(rest):
-        cls_, lo_, hi_, _off, has_ = _flat_children(ct)
+        # (a node's class is read as byte_class[sym]: a byte view's arrays are the vocabulary's)
+        sym_, lo_, hi_, _off, has_, _, bc_ = _flat_structure(ct)
         start_, ids_ = _token_csr(ct)
         res = _cwalk.walk_rows(
-            np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], cls_, lo_, hi_, has_,
+            np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], sym_, bc_, lo_, hi_, has_,
             len(ct.cls[0]) if ct.depth else 0, rest.astype(np.int64), start_, ids_, W, max_entries,
         )
         if res is None:
