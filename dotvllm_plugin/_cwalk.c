@@ -288,6 +288,89 @@ done:
     return result;
 }
 
+/* split_walk(ends, rows, n_words, groups int64[n], ex_level, ex_node, ex_prev, chosen int64[n])
+ *   -> (free, pending, exits): a grouped walk's result (``walk`` with csr rows, ``cls`` = groups and
+ * exits; its ``ends``, ``rows``, and exits' level, node and previous state, as the bytes it returns)
+ * as the pushdown matcher keeps it: ``free`` the row of group 0 (bytes of int32[n_words]) or None,
+ * ``pending`` ((end state, row bytes), ...) for the other groups in the walk's order, ``exits``
+ * ((terminal, level bytes, node bytes), ...) the exits by the terminal their lexeme ends
+ * (``chosen[prev]``), terminals ascending, each group's exits in the walk's order. */
+static PyObject *split_walk(PyObject *self, PyObject *args) {
+    Py_buffer b_ends, b_rows, b_groups, b_lev, b_node, b_prev, b_chosen;
+    Py_ssize_t W;
+    if (!PyArg_ParseTuple(args, "y*y*ny*y*y*y*y*", &b_ends, &b_rows, &W, &b_groups, &b_lev, &b_node, &b_prev,
+                          &b_chosen))
+        return NULL;
+    Py_buffer *const held[] = {&b_ends, &b_rows, &b_groups, &b_lev, &b_node, &b_prev, &b_chosen};
+#define RELEASE_SW() for (int h_ = 0; h_ < 7; h_++) PyBuffer_Release(held[h_])
+    const int64_t *ends = b_ends.buf, *groups = b_groups.buf, *lev = b_lev.buf, *node = b_node.buf,
+                  *prev = b_prev.buf, *chosen = b_chosen.buf;
+    const char *rows = b_rows.buf;
+    Py_ssize_t k = b_ends.len / 8, n = b_groups.len / 8, E = b_prev.len / 8;
+    int bad = W <= 0 || b_rows.len != k * W * 4 || b_chosen.len != n * 8 || b_lev.len != E * 8 ||
+              b_node.len != E * 8;
+    for (Py_ssize_t i = 0; !bad && i < k; i++) bad = ends[i] < 0 || ends[i] >= n;
+    for (Py_ssize_t i = 0; !bad && i < E; i++) bad = prev[i] < 0 || prev[i] >= n;
+    if (bad) {
+        RELEASE_SW();
+        PyErr_SetString(PyExc_ValueError, "split_walk: inconsistent sizes or states out of range");
+        return NULL;
+    }
+    PyObject *free_row = Py_None, *pending = NULL, *exits = NULL, *result = NULL;
+    Py_INCREF(Py_None);
+    Py_ssize_t n_pending = 0;
+    for (Py_ssize_t i = 0; i < k; i++) n_pending += groups[ends[i]] != 0;
+    pending = PyTuple_New(n_pending);
+    if (!pending) goto fail;
+    for (Py_ssize_t i = 0, j = 0; i < k; i++) {
+        PyObject *row = PyBytes_FromStringAndSize(rows + i * W * 4, W * 4);
+        if (!row) goto fail;
+        if (groups[ends[i]] == 0) {
+            Py_SETREF(free_row, row);
+        } else {
+            PyObject *pair = Py_BuildValue("(LN)", (long long)ends[i], row);
+            if (!pair) goto fail;
+            PyTuple_SET_ITEM(pending, j++, pair);
+        }
+    }
+    /* the distinct terminals, ascending (few: one, mostly) */
+    int64_t *terms = E ? malloc((size_t)E * 8) : NULL;
+    Py_ssize_t m = 0;
+    if (E && !terms) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < E; i++) {
+        int64_t t = chosen[prev[i]];
+        Py_ssize_t a = 0;
+        while (a < m && terms[a] < t) a++;
+        if (a < m && terms[a] == t) continue;
+        memmove(terms + a + 1, terms + a, (size_t)(m - a) * 8);
+        terms[a] = t;
+        m++;
+    }
+    exits = PyTuple_New(m);
+    if (!exits) { free(terms); goto fail; }
+    for (Py_ssize_t a = 0; a < m; a++) {
+        Py_ssize_t c = 0;
+        for (Py_ssize_t i = 0; i < E; i++) c += chosen[prev[i]] == terms[a];
+        PyObject *bl = PyBytes_FromStringAndSize(NULL, c * 8), *bn = PyBytes_FromStringAndSize(NULL, c * 8);
+        if (!bl || !bn) { Py_XDECREF(bl); Py_XDECREF(bn); free(terms); goto fail; }
+        int64_t *pl = (int64_t *)PyBytes_AS_STRING(bl), *pn = (int64_t *)PyBytes_AS_STRING(bn);
+        for (Py_ssize_t i = 0, j = 0; i < E; i++)
+            if (chosen[prev[i]] == terms[a]) { pl[j] = lev[i]; pn[j] = node[i]; j++; }
+        PyObject *g = Py_BuildValue("(LNN)", (long long)terms[a], bl, bn);
+        if (!g) { free(terms); goto fail; }
+        PyTuple_SET_ITEM(exits, a, g);
+    }
+    free(terms);
+    result = PyTuple_Pack(3, free_row, pending, exits);
+fail:
+    Py_XDECREF(free_row);
+    Py_XDECREF(pending);
+    Py_XDECREF(exits);
+    RELEASE_SW();
+#undef RELEASE_SW
+    return result;
+}
+
 /* token_csr(token_node int64[V], n_nodes) -> (start int64[n_nodes+1], ids int64[...]) as bytes:
  * the tokens ending at each node (token_node -1: none), by counting sort. */
 static PyObject *token_csr(PyObject *self, PyObject *args) {
@@ -3983,6 +4066,7 @@ static PyMethodDef methods[] = {
     {"trim", trim_c, METH_VARARGS, "A byte DFA's live states, twins merged, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
+    {"split_walk", split_walk, METH_VARARGS, "A grouped walk's rows and exits as the pushdown matcher keeps them."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

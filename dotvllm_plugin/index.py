@@ -14,6 +14,7 @@ the matcher walks the token's bytes through the DFA.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -201,11 +202,11 @@ def _flat_structure(ct: ClassTrie):
 
 
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None, skip=None, groups=None):
+          rows=None, skip=None, groups=None, raw=False):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
-    exits)``, see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
+    exits)`` (``raw``: the exits as bytes too), see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
     (:mod:`dotvllm_plugin.runs`), whose nodes are not visited; ``groups`` (with ``rows``): one row
     per group of end states. ``inject`` may also be the flat
     arrays ``(start index, level, level-local node, state)`` (C walk only)."""
@@ -234,7 +235,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
             "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
         )
     if rows is not None:
-        return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
+        return res[:2], (res[2:] if raw else tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:]))
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
@@ -958,12 +959,14 @@ def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, state
 
 
 def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, level: np.ndarray,
-                         node: np.ndarray, first: np.ndarray, groups=None):
+                         node: np.ndarray, first: np.ndarray, groups=None, chosen=None):
     """:func:`walk_rows_by_end` resumed at trie nodes that start a lexeme: ``(level, level-local
     node)`` pairs, each stepped by its own byte from the row ``first`` (the lexeme-start state's, -1
     dead, -2 exit). None when no node survives that step. ``groups``: as for
-    :func:`walk_rows_by_end`. One C call with flat arrays (the hot path
-    of the pushdown matcher's first visits); per level through the numpy walk otherwise."""
+    :func:`walk_rows_by_end`; with ``chosen`` too, the result of :func:`walk_split`. One C call with
+    flat arrays (the hot path of the pushdown matcher's first visits); per level through the numpy
+    walk otherwise."""
+    walked = walk_rows_by_end if chosen is None else functools.partial(walk_split, chosen=chosen)
     if _cwalk is None or not USE_C_WALK:
         trie = view.cls.trie
         inject = {}
@@ -973,7 +976,7 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
             ok = q2 >= 0
             if ok.any():
                 inject[d] = (np.zeros(int(ok.sum()), dtype=np.int64), nd[ok], q2[ok])
-        return walk_rows_by_end(class_trans, view, words, inject=inject, groups=groups) if inject else None
+        return walked(class_trans, view, words, inject=inject, groups=groups) if inject else None
     sym, _, _, off, _, _, _ = _flat_structure(view)
     state = first[sym[off[level] + node]]  # a byte view's sym is the node's byte
     ok = state >= 0
@@ -981,8 +984,39 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
         if not ok.any():
             return None
         level, node, state = level[ok], node[ok], state[ok]
-    return walk_rows_by_end(class_trans, view, words, inject=(np.zeros(len(node), dtype=np.int64), level, node, state),
-                            groups=groups)
+    return walked(class_trans, view, words, inject=(np.zeros(len(node), dtype=np.int64), level, node, state),
+                  groups=groups)
+
+
+def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.ndarray, chosen: np.ndarray,
+               states=None, *, inject=None, skip=None):
+    """:func:`walk_rows_by_end` with ``groups`` (int64 per state; group 0: tokens that need no
+    parser check) as the pushdown matcher keeps a walk: ``(free, ((end state, row), ...), exits)``,
+    ``free`` the row of group 0 or None, one row per other group under the first of its end states
+    reached, ``exits`` ``((terminal, level, node), ...)`` by the terminal their lexeme ends
+    (``chosen[state before]``), terminals ascending. Rows are read-only. In C the split is one more
+    call on the walk's own buffers (:func:`walk_rows_by_end` and numpy are the reference)."""
+    if _cwalk is not None and USE_C_WALK:
+        start, ids = _token_csr(view)
+        (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
+                                    rows=(start, ids, words), skip=skip, groups=groups, raw=True)
+        free, pending, by_term = _cwalk.split_walk(ends, rows, words, groups, exits[1], exits[2], exits[3],
+                                                  np.ascontiguousarray(chosen, dtype=np.int64))
+        i32, i64 = np.int32, np.int64
+        return (None if free is None else np.frombuffer(free, dtype=i32),
+                tuple((e, np.frombuffer(r, dtype=i32)) for e, r in pending),
+                tuple((t, np.frombuffer(lv, dtype=i64), np.frombuffer(nd, dtype=i64)) for t, lv, nd in by_term))
+    (ends, rows), (_, level, node, prev) = walk_rows_by_end(class_trans, view, words, states, inject=inject,
+                                                            skip=skip, groups=groups)
+    free, pending = None, []
+    for e, row in zip(ends.tolist(), rows):
+        if groups[e] == 0:
+            free = row
+        else:
+            pending.append((e, row))
+    terms = np.asarray(chosen)[prev]
+    exits = tuple((t, level[terms == t], node[terms == t]) for t in np.unique(terms).tolist())
+    return free, tuple(pending), exits
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:

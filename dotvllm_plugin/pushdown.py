@@ -1760,8 +1760,6 @@ class PushdownGrammar:
     def _walk_base(self, q: int, states: np.ndarray, terms: tuple):
         """The walk of :meth:`_base_of`, its rows under ball positions and its exits under the
         labels of ``terms`` (:meth:`_canonical`): what states of equal signatures share."""
-        from .index import walk_rows_by_end
-
         lexer = self._owner[q]
         ct, view, _ = self._walker(lexer)
         lo = self._lexer_lo[lexer]
@@ -1771,29 +1769,25 @@ class PushdownGrammar:
         if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
             shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}),
                                  reach_groups[1])
-        ended, exits = walk_rows_by_end(ct, view, self._W, start, skip=None if shortcut is None else shortcut.skip,
-                                        groups=reach_groups[0])
-        free, groups, exits = self._split(lo, ended, exits, () if shortcut is None else shortcut.ends)
+        walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), start,
+                                  skip=None if shortcut is None else shortcut.skip)
+        free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         kind = {t: k for k, t in enumerate(terms)}
         return free, tuple((label[r], row) for r, row in groups), tuple((kind[t], level, node) for t, level, node in exits)
 
-    def _split(self, lo: int, ended, exits, more=()):
-        """A walk's result (rows by reach group, :meth:`_LazyReach.groups`, each under one of its end
-        states) as ``(free row, ((end state, row), ...), exits by terminal)``: the tokens whose
-        lexeme is always viable (None when there are none), the others one row per reach group.
-        ``more``: more ``(end state, row)`` pairs (a run plan's skipped tokens), OR-ed into their
-        groups' rows. The rows returned may be shared or read-only: never written."""
-        ends, rows = ended
+    def _split(self, lo: int, walked, more=()):
+        """A walk's result (:func:`index.walk_split`: rows by reach group, :meth:`_LazyReach.groups`,
+        each under one of its end states) as ``(free row, ((end state, row), ...), exits by
+        terminal)`` in global states: the tokens whose lexeme is always viable (None when there are
+        none), the others one row per reach group. ``more``: more ``(end state, row)`` pairs (a run
+        plan's skipped tokens), OR-ed into their groups' rows. The rows returned may be shared or
+        read-only: never written."""
+        free, pending, exits = walked
+        if not more:
+            return free, tuple((e + lo, row) for e, row in pending), exits
         group = self._reach.groups(self._owner[lo])[1]
-        free = None
-        by_group: dict = {}
-        for e, row in zip(ends.tolist(), rows):
-            k = group[e]
-            if k == 0:
-                free = row
-            else:
-                by_group[k] = [e + lo, row]
+        by_group = {group[e]: [e + lo, row] for e, row in pending}
         for e, row in more:
             k = group[e]
             if k == 0:
@@ -1803,21 +1797,7 @@ class PushdownGrammar:
                 got[1] = got[1] | row
             else:
                 by_group[k] = [e + lo, row]
-        return free, tuple(map(tuple, by_group.values())), self._group_exits(exits, lo)
-
-    def _group_exits(self, exits, lo: int):
-        _, level, node, prev = exits
-        if not len(node):
-            return ()
-        terms = self._chosen_of(self._owner[lo])[prev]
-        t0 = int(terms[0])
-        if (terms == t0).all():  # (most exits end one terminal)
-            return ((t0, level, node),)
-        out = []
-        for t in np.unique(terms).tolist():
-            sel = terms == t
-            out.append((t, level[sel], node[sel]))
-        return tuple(out)
+        return free, tuple(map(tuple, by_group.values())), exits
 
     def _cross(self, key, groups_level_node, lexer: int):
         """Walk on in ``lexer`` from the exit nodes of one terminal: ``(free row, ((end state,
@@ -1828,18 +1808,14 @@ class PushdownGrammar:
         got = self._cross_cache.get(key)
         if got is not None:
             return got
-        from .index import walk_rows_from_nodes
-
         level, node = groups_level_node
         content = (lexer, level.tobytes(), node.tobytes())
         got = self._cross_walks.get(content)
         if got is None:
             ct, view, first = self._walker(lexer)
-            walked = walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=self._reach.groups(lexer)[0])
-            if walked is not None:
-                got = self._split(self._start(lexer), *walked)
-            else:
-                got = (None, (), ())
+            walked = index.walk_rows_from_nodes(ct, view, self._W, level, node, first,
+                                                groups=self._reach.groups(lexer)[0], chosen=self._chosen_of(lexer))
+            got = (None, (), ()) if walked is None else self._split(self._start(lexer), walked)
             self._cross_walks[content] = got
         self._cross_cache[key] = got
         return got

@@ -236,6 +236,92 @@ def test_walk_rows_by_group_are_the_rows_by_end_state_ored_per_group(tekken_voca
     assert compared > 30
 
 
+def _split_reference(ended, exits, groups, chosen):
+    """A grouped walk as the pushdown matcher keeps it, read off :func:`index.walk_rows_by_end`:
+    (free row, ((end, row), ...) in the walk's order, ((terminal, level, node), ...) ascending)."""
+    ends, rows = ended
+    free, pending = None, []
+    for e, row in zip(ends.tolist(), rows):
+        if groups[e] == 0:
+            free = row
+        else:
+            pending.append((e, row))
+    _, level, node, prev = exits
+    terms = chosen[prev]
+    return free, pending, [(t, level[terms == t], node[terms == t]) for t in np.unique(terms).tolist()]
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["c", "numpy"])
+def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab, use_c, monkeypatch):
+    """``index.walk_split`` (the C split of a walk's buffers, or the numpy walk) gives the group-0
+    row, the other groups' rows under their end states and the exits by terminal of the grouped
+    walk: in the C walk's own order in C, as sets otherwise; walks from the root, with a run
+    plan's skip, and resumed at trie nodes, on every lexer of a schema with random groupings."""
+    from dotvllm_plugin import index, pushdown, runs
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    spec = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12}, "tags": {"type": "array", "items": {"enum": ["a", "b", "ç"]}},
+        "score": {"type": "number"}, "flag": {"anyOf": [{"type": "boolean"}, {"type": "string"}]}},
+        "required": ["name"]}
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    g._build_all()
+    rng = np.random.default_rng(5)
+    W = (tekken_vocab.size + 31) // 32
+    compared = exits_seen = skipped = 0
+
+    def check(got, ref, ordered):
+        assert (got[0] is None) == (ref[0] is None)
+        if ref[0] is not None:
+            assert np.array_equal(got[0], ref[0])
+        if ordered:
+            assert [e for e, _ in got[1]] == [e for e, _ in ref[1]]
+            assert [t for t, _, _ in got[2]] == [t for t, _, _ in ref[2]]
+            for (_, a), (_, b) in zip(got[1], ref[1]):
+                assert np.array_equal(a, b)
+            for (_, la, na), (_, lb, nb) in zip(got[2], ref[2]):
+                assert np.array_equal(la, lb) and np.array_equal(na, nb)
+        else:
+            want = {int(groups[e]): row for e, row in ref[1]}
+            assert {int(groups[e]): row.tobytes() for e, row in got[1]} == {k: r.tobytes() for k, r in want.items()}
+            assert {t: sorted(zip(lv.tolist(), nd.tolist())) for t, lv, nd in got[2]} == \
+                {t: sorted(zip(lv.tolist(), nd.tolist())) for t, lv, nd in ref[2]}
+
+    for lexer in range(g.n_lexers):
+        ct, view, first = g._walker(lexer)
+        chosen = g._chosen_of(lexer)
+        n = ct.shape[0]
+        for k in (1, 2, max(1, n // 3)):
+            groups = rng.integers(0, k, n).astype(np.int64)
+            for q in rng.choice(n, size=min(n, 6), replace=False).tolist():
+                start = np.array([q], dtype=np.int64)
+                plan = runs.plan(tekken_vocab, ct, view.byte_class, q, {}, groups.tolist())
+                for skip in (None,) if plan is None else (None, plan.skip):
+                    monkeypatch.setattr(index, "USE_C_WALK", True)
+                    ended, exits = index.walk_rows_by_end(ct, view, W, start, groups=groups, skip=skip)
+                    ref = _split_reference(ended, exits, groups, chosen)
+                    monkeypatch.setattr(index, "USE_C_WALK", use_c)
+                    if skip is not None and not use_c:
+                        continue  # (the numpy walk has no skip)
+                    got = index.walk_split(ct, view, W, groups, chosen, start, skip=skip)
+                    check(got, ref, use_c)
+                    compared += 1
+                    exits_seen += len(ref[2]) > 0
+                    skipped += skip is not None
+            level = np.zeros(len(view.cls[0]), dtype=np.int64)
+            node = np.arange(len(view.cls[0]), dtype=np.int64)
+            monkeypatch.setattr(index, "USE_C_WALK", True)
+            walked = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups)
+            monkeypatch.setattr(index, "USE_C_WALK", use_c)
+            got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen)
+            assert (walked is None) == (got is None)
+            if walked is not None:
+                check(got, _split_reference(*walked, groups, chosen), use_c)
+    assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c)
+
+
 @pytest.mark.parametrize("spec", [PERSON, TREE, UNION], ids=["regular", "recursive", "union"])
 def test_a_dropped_grammar_is_freed_without_the_cyclic_collector(tekken_vocab, spec):
     """A compiled grammar and its matcher, masks computed (caches filled), are freed as soon as the
