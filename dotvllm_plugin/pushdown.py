@@ -713,14 +713,16 @@ def _reach_of_bits(b: int, ignore) -> tuple | None:
 
 class _LazyReach:
     """``_reachable_terminals`` per lexer state, computed one lexer at a time on first use (a
-    grammar with hundreds of contextual lexers visits few of them per request)."""
+    grammar with hundreds of contextual lexers visits few of them per request), and per state read
+    off its lexer's distinct sets on first use (a walk asks for the reach of a few end states)."""
 
     def __init__(self, grammar: PushdownGrammar):
         # a weak reference: the grammar holds this table, and a cycle would leave a dropped grammar
         # (megabytes of tables and caches) to the cyclic garbage collector, a long pause later
         self._grammar = weakref.ref(grammar)
-        self._values: dict[int, object] = {}
+        self._values: dict[int, object] = {}  # state → its reach, as read (the C mask reads it)
         self._groups: dict[int, tuple] = {}  # lexer → reach group per local state (see groups)
+        self._sets: dict[int, tuple] = {}  # lexer → (start, distinct set per local state, the sets)
         self._expansion = None  # (start, terminals, real ids, compounds): what each chosen id stands for
 
     def __getitem__(self, q: int):
@@ -728,8 +730,15 @@ class _LazyReach:
             return self._values[q]
         except KeyError:
             pass
-        self._compute(self._grammar()._owner[q])
-        return self._values[q]
+        lexer = self._grammar()._owner[q]
+        got = self._sets.get(lexer)
+        if got is None:
+            self._compute(lexer)
+            got = self._sets[lexer]
+        lo, index_of, sets = got
+        value = None if q == lo else sets[index_of[q - lo]]
+        self._values[q] = value
+        return value
 
     def groups(self, lexer: int) -> tuple:
         """Per local state of a built ``lexer``: its reach group, as an int64 array and as a list: 0
@@ -748,19 +757,21 @@ class _LazyReach:
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
         if index._cwalk is not None:
-            values, group = self._from_c(lexer, chosen)
+            index_of, sets, group = self._from_c(lexer, chosen)
         else:
             values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
             values[0] = None
             ids: dict = {None: 0}
             group = np.array([ids.setdefault(v, len(ids)) for v in values], dtype=np.int64)
-        self._values.update(zip(range(lo, lo + len(values)), values))
+            index_of, sets = group, list(ids)
+        self._sets[lexer] = (lo, index_of, sets)
         self._groups[lexer] = (group, group.tolist())
 
     def _from_c(self, lexer: int, chosen: np.ndarray) -> tuple:
-        """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``), each distinct set
-        read once (the lexeme start's reach None), and the reach groups (int64 per state: 0 for
-        None, the other sets numbered 1.. in their order among the distinct ones)."""
+        """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``): each local state's
+        distinct set (an index), the distinct sets (read as reach sets: each a tuple, or None when
+        empty or holding an ignored terminal), and the reach groups (int64 per state: 0 for None and
+        the lexeme start, the other sets numbered 1.. in their order among the distinct ones)."""
         g = self._grammar()
         compounds = g._compounds
         if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
@@ -772,20 +783,18 @@ class _LazyReach:
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
         group, sets = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real)
-        words = max(1, (n_real + 63) // 64)
+        step = 8 * max(1, (n_real + 63) // 64)
         ignore = g._ignore
-        distinct = [_reach_of_bits(int.from_bytes(sets[k * 8 * words : (k + 1) * 8 * words], "little"), ignore)
-                    for k in range(len(sets) // (8 * words))]
+        distinct = [_reach_of_bits(int.from_bytes(sets[k : k + step], "little"), ignore)
+                    for k in range(0, len(sets), step)]
         group = np.frombuffer(group, dtype=np.int64)
-        values = [distinct[i] for i in group.tolist()]
-        values[0] = None  # the lexeme start
         # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal):
         # those states form group 0 (numbered first, as -1), the others one group per set in use
         none = np.array([d is None for d in distinct], dtype=bool)[group]
         none[0] = True
         used = np.zeros(len(distinct) + 1, dtype=np.int64)
         used[group[~none] + 1] = 1
-        return values, np.where(none, 0, np.cumsum(used)[group + 1])
+        return group, distinct, np.where(none, 0, np.cumsum(used)[group + 1])
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------

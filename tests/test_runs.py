@@ -240,8 +240,11 @@ def test_c_reach_sets_equal_the_python_fixpoint(tekken_vocab, spec):
     for lexer in range(g.n_lexers):
         _, chosen = g._blocks[lexer]
         ref = pushdown._reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
-        values, groups = g._reach._from_c(lexer, chosen)
-        assert values[1:] == ref[1:] and values[0] is None, lexer  # (the lexeme start: None)
+        index_of, sets, groups = g._reach._from_c(lexer, chosen)
+        values = [None] + [sets[i] for i in index_of[1:].tolist()]  # (the lexeme start: None)
+        assert values[1:] == ref[1:], lexer
+        lo = g._lexer_lo[lexer]
+        assert [g._reach[lo + i] for i in range(len(values))] == values, lexer  # (as read state by state)
         groups = groups.tolist()
         for i in range(len(values)):
             assert (groups[i] == 0) == (values[i] is None), (lexer, i)
