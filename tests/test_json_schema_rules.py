@@ -445,3 +445,80 @@ def test_a_run_is_written_alike_before_and_after_its_units_expand():
         assert rules.unparse(items, {}) == expanded
         checked += 1
     assert checked > 20
+
+
+def _grammar_shape(grammar) -> tuple:
+    """A grammar IR as plain data, its terminals' parse trees included."""
+    def shape(x):
+        if isinstance(x, sre.SubPattern):
+            return ("SubPattern", x.state.flags, [shape(i) for i in x.data])
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, [shape(i) for i in x])
+        return x
+
+    return (grammar.rules, grammar.terminals, [shape(t.tree) for t in grammar.terminals], grammar.start)
+
+
+def _free_form_mutants(schema, rng: random.Random, n: int) -> list:
+    """``schema`` with free-form values (``{}``, ``true``, an undeclared-properties object) put
+    in at random places: sub-schemas replaced, properties added."""
+    out = []
+    for _ in range(n):
+        doc = json.loads(json.dumps(schema))
+        spots = [doc]
+        stack = [doc]
+        while stack:
+            node = stack.pop()
+            for v in (node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()):
+                if isinstance(v, (dict, list)):
+                    spots.append(v)
+                    stack.append(v)
+        for node in rng.sample(spots, min(3, len(spots))):
+            free = rng.choice([{}, True, {"type": "object", "properties": {"k": {}}}, {"type": "array"}])
+            if isinstance(node, dict) and isinstance(node.get("properties"), dict):
+                node["properties"][f"free{rng.randrange(100)}"] = free
+            elif isinstance(node, dict) and node:
+                node[rng.choice(sorted(node))] = free
+            elif isinstance(node, list) and node:
+                node[rng.randrange(len(node))] = free
+        out.append(doc)
+    return out
+
+
+def test_fixed_bodies_replayed_as_written(monkeypatch):
+    """The free-form value's body is written once (:func:`rules.add_template`) and replayed in
+    every grammar: the grammar (rules, terminals, their trees) is the one the writer writes from
+    the text, on every 3rd corpus schema and on corpus schemas with free-form values put in."""
+    import glob
+    import os
+
+    from dotvllm_plugin.grammar.json_schema import rules
+
+    corpus = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "jsonschemabench-dev")
+    schemas = []
+    for path in sorted(glob.glob(os.path.join(corpus, "*.json")))[::3]:
+        with open(path) as f:
+            schemas.append(json.load(f)["schema"])
+    if not schemas:
+        pytest.skip("the JSONSchemaBench corpus is not beside the repository")
+    rng = random.Random(5)
+    schemas += [m for s in rng.sample(schemas, 60) for m in _free_form_mutants(s, rng, 3)]
+    assert rules._TEMPLATES
+
+    def grammars():
+        out = []
+        for schema in schemas:
+            for options in ({}, {"mode": "grammar", "allow_undeclared_properties": False}):
+                try:
+                    out.append(_grammar_shape(json_schema_to_ir(schema, **options)))
+                except Exception as e:  # noqa: BLE001 - a mutant may be malformed: the error is the reading
+                    out.append(repr(e))
+        return out
+
+    replays = []
+    real = rules._Writer.replay
+    monkeypatch.setattr(rules._Writer, "replay", lambda self, t: replays.append(t) or real(self, t))
+    replayed = grammars()
+    assert len(replays) > 200
+    monkeypatch.setattr(rules, "_TEMPLATES", {})
+    assert grammars() == replayed

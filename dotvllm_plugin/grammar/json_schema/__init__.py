@@ -1645,6 +1645,10 @@ class _NoValueType:
 
 _NoValue = _NoValueType()
 
+# The free-form value's body under the default whitespace, the same text in every schema that
+# has one: written as rules once, here, and replayed in each grammar (see :func:`.rules.add_template`).
+R.add_template(_Context(True, DEFAULT_WHITESPACE, 0, 0, mode="grammar").any_value_body())
+
 
 def _trie_regex(seqs: list[list[str]]) -> str:
     """Alternation of token sequences with shared prefixes factored (fewer regex positions)."""

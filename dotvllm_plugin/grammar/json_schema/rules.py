@@ -32,6 +32,7 @@ import os
 import re
 import re._constants as C
 import re._parser as P
+from dataclasses import replace
 
 from ...errors import GrammarError
 from ...regex import fastparse
@@ -423,6 +424,23 @@ class _Writer:
         t = self.terminal(regex, True, items, exclude)
         return (self.rule("opt", [(), (t,)]),)
 
+    def replay(self, template: _Template) -> list[tuple[str, ...]]:
+        """The productions of the body ``template`` was written from, writing its rules and
+        terminals here as :meth:`productions` would: its terminals in the order it made them (a
+        new one numbered here, one already here shared), its rules under the next fresh names."""
+        rename = {}
+        for key, t in template.terminals:
+            got = self.terminals.get(key)
+            if got is None:
+                got = self.terminals[key] = replace(t, name=f"T{len(self.terminals)}")
+            rename[t.name] = got.name
+        for stem, k in template.fresh:
+            rename[f"{stem}_{k}"] = f"{stem}_{k + self._n}"
+        self._n += len(template.fresh)
+        self.rules += [Rule(rename[r.origin], tuple([rename.get(s, s) for s in r.expansion]))
+                       for r in template.rules]
+        return [tuple([rename.get(s, s) for s in alt]) for alt in template.productions]
+
     def node(self, op, av) -> tuple[str, ...]:
         if op is C.LITERAL:
             return () if av == ord(MARK) else (self.names[av],)
@@ -445,6 +463,50 @@ class _Writer:
         raise _Unwritable(f"the regex construct {op} around a placeholder")
 
 
+class _Template:
+    """What a fresh writer writes for one rule body whose only placeholders are :data:`MARK` and
+    :data:`ANY`: its terminals (with their keys, in the order made), rules and productions, and
+    the fresh names it took (stem, number); :meth:`_Writer.replay` writes them into any writer."""
+
+    __slots__ = ("terminals", "rules", "productions", "fresh")
+
+    def __init__(self, body: str):
+        text = _with_unit_points(body, _units_by_length())
+        if any(is_placeholder(ord(c)) and c not in (MARK, ANY) and c not in _UNITS for c in text):
+            raise ValueError("a template's body holds no placeholder but the boundary and the free-form value")
+        w = _Writer("", {ord(ANY): "any_value"}, {})
+        self.productions = w.productions(w.parse(text))
+        self.terminals = tuple(w.terminals.items())
+        self.rules = tuple(w.rules)
+        origins = dict.fromkeys(r.origin.rpartition("_") for r in w.rules)  # (every fresh name has rules)
+        self.fresh = tuple((stem, int(k)) for stem, _, k in origins)
+        assert len(self.fresh) == w._n
+
+
+#: Rule bodies (as the translator writes them) → their :class:`_Template`: fixed texts that many
+#: schemas share (the free-form value's body), written once per process, when the translator is
+#: imported, for every schema alike (:func:`add_template`); not a memo of any schema's text.
+_TEMPLATES: dict[str, _Template] = {}
+
+
+def add_template(body: str) -> None:
+    """Write ``body`` (a rule body whose only placeholders are :data:`MARK` and :data:`ANY`) once
+    here; :func:`regex_to_grammar` replays it wherever a schema's body is that text."""
+    _TEMPLATES[body] = _Template(body)
+
+
+def _units_by_length() -> list[tuple[str, str]]:
+    """The units (code point, text), the longer text first: neither text occurs inside the other."""
+    return sorted(_UNITS.items(), key=lambda kv: -len(kv[1]))
+
+
+def _with_unit_points(text: str, units: list[tuple[str, str]]) -> str:
+    """``text`` with each unit's text (:func:`_units_by_length`) replaced by its code point."""
+    for cp, unit in units:
+        text = text.replace(unit, cp)
+    return text
+
+
 def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_schema", source: str = "",
                      flag_prefix: str = "", excluded: dict[str, tuple[str, ...]] | None = None) -> Grammar:
     """The grammar whose start rule is ``root`` and whose rule placeholders (keys of ``bodies``,
@@ -452,14 +514,17 @@ def regex_to_grammar(root: str, bodies: dict[str, str], *, kind: str = "json_sch
     (placeholders too) → the names their keys leave out. See the module docstring."""
     names = {ord(ph): ("any_value" if ph == ANY else f"def_{ord(ph) - _BASE - FIRST_REF}") for ph in bodies}
     w = _Writer(flag_prefix, names, {ord(m): tuple(v) for m, v in (excluded or {}).items()})
-    # (the longer unit first: neither text occurs inside the other)
-    for cp, unit in sorted(_UNITS.items(), key=lambda kv: -len(kv[1])):
-        root = root.replace(unit, cp)
-        bodies = {ph: b.replace(unit, cp) for ph, b in bodies.items()}
+    units = _units_by_length()
+    templates = {} if flag_prefix else _TEMPLATES
     try:
-        rules = [Rule("start", w.seq(w.parse(root)))]
+        rules = [Rule("start", w.seq(w.parse(_with_unit_points(root, units))))]
         for ph, body in bodies.items():
-            rules += [Rule(names[ord(ph)], alt) for alt in w.productions(w.parse(body))]
+            template = templates.get(body)
+            if template is None:
+                alts = w.productions(w.parse(_with_unit_points(body, units)))
+            else:
+                alts = w.replay(template)
+            rules += [Rule(names[ord(ph)], alt) for alt in alts]
     except _Unwritable as e:
         raise GrammarError(f"the schema's regex cannot be split into rules: {e}") from None
     except RecursionError:
