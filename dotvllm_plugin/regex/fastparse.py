@@ -49,6 +49,18 @@ _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 _LIT = [(_LITERAL, cp) for cp in range(0x80)]
 
 
+class _Literals(dict):
+    """A character → its literal item: the ASCII ones and the first private code points of Plane
+    16 (the JSON Schema translator's boundary and units: in most of its texts) held, any other
+    made when asked for (not kept)."""
+
+    def __missing__(self, c: str) -> tuple:
+        return (_LITERAL, ord(c))
+
+
+_LITERALS = _Literals({chr(cp): (_LITERAL, cp) for cp in (*range(0x80), *range(0x100000, 0x100004))})
+
+
 class _Fallback(Exception):
     """Outside the subset: Python's parser reads the text."""
 
@@ -148,7 +160,7 @@ class _Parser:
             m = _PLAIN(t, i)
             if m is not None:
                 j = m.end()
-                data.extend([_LIT[o] if o < 0x80 else (_LITERAL, o) for o in map(ord, t[i:j])])
+                data += map(_LITERALS.__getitem__, t[i:j])
                 i = j
                 if i == n:
                     break
