@@ -32,7 +32,6 @@ import os
 import re
 import re._constants as C
 import re._parser as P
-from dataclasses import replace
 
 from ...errors import GrammarError
 from ...regex import fastparse
@@ -348,16 +347,21 @@ class _Writer:
     def seq(self, items) -> tuple[str, ...]:
         out: list[str] = []
         run: list = []
-        inline, names = self.inline, self.names
+        marked = False  # the run holds an exclusion marker (a private code point of ``inline``)
+        inline, names, excluded = self.inline, self.names, self.excluded
         for item in getattr(items, "data", items):  # (a SubPattern iterates by __getitem__ calls)
             op, av = item
             if op is _LITERAL:  # (most items: checked here, without a call)
-                if av < _BASE or av in inline:
+                if av < _BASE:
                     run.append(item)
                     continue
+                if av in inline:
+                    run.append(item)
+                    marked = marked or av in excluded
+                    continue
                 if run:
-                    out += self.plain(run)
-                    run = []
+                    out += self.plain(run, marked)
+                    run, marked = [], False
                 if av != _MARK_CP:  # (a boundary is no symbol)
                     out.append(names[av])
                 continue
@@ -372,14 +376,14 @@ class _Writer:
                 # run before it is part of each branch's first lexeme: put it back (no boundary
                 # separates them, or the run would have been flushed)
                 out.append(self.rule("alt", [self.seq(run + a) for a in alternatives]))
-                run = []
+                run, marked = [], False
                 continue
             if run:
-                out += self.plain(run)
-                run = []
+                out += self.plain(run, marked)
+                run, marked = [], False
             out += self.node(op, av)
         if run:
-            out += self.plain(run)
+            out += self.plain(run, marked)
         return tuple(out)
 
     def productions(self, items) -> list[tuple[str, ...]]:
@@ -405,19 +409,20 @@ class _Writer:
             return phs + ([[(C.IN, rest)]] if rest else [])
         return None
 
-    def plain(self, items) -> tuple[str, ...]:
-        """A placeholder-free run: one terminal, optional when the run matches the empty text."""
+    def plain(self, items: list, marked: bool) -> tuple[str, ...]:
+        """A placeholder-free run (non-empty): one terminal, optional when the run matches the empty
+        text. ``marked``: one of its items is an exclusion marker."""
         exclude: tuple[str, ...] = ()
-        excluded = self.excluded
-        at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded] if excluded else ()
-        if at:
+        if marked:
+            excluded = self.excluded
+            at = [i for i, (op, av) in enumerate(items) if op is _LITERAL and av in excluded]
             i = at[0]
             if len(at) > 1 or items[i + 1:i + 2] != [(C.LITERAL, ord('"'))]:
                 raise _Unwritable("an exclusion marker not right before a key's quote")
-            exclude = self.excluded[items[i][1]]
+            exclude = excluded[items[i][1]]
             items = items[:i] + items[i + 1:]
         regex = unparse(items, self._classes)  # (units written as their groups; see :meth:`terminal`)
-        if not _nullable(items):
+        if items[0][0] is _LITERAL or not _nullable(items):  # (a literal first: most runs)
             return (self.terminal(regex, False, items, exclude),)
         if regex in ("", "(?:)"):
             return ()
@@ -432,7 +437,8 @@ class _Writer:
         for key, t in template.terminals:
             got = self.terminals.get(key)
             if got is None:
-                got = self.terminals[key] = replace(t, name=f"T{len(self.terminals)}")
+                got = self.terminals[key] = Terminal(f"T{len(self.terminals)}", t.regex, nonempty=t.nonempty,
+                                                     source=t.source, tree=t.tree, exclude=t.exclude)
             rename[t.name] = got.name
         for stem, k in template.fresh:
             rename[f"{stem}_{k}"] = f"{stem}_{k + self._n}"
