@@ -361,15 +361,17 @@ def test_placeholder_code_points_in_a_schema_that_needs_rules_are_refused(given)
 
 
 def test_text_helpers_equal_their_per_character_definitions():
-    """``literal``/``encode_text`` (one ``str.translate`` each) write every code point as
-    ``_lit``/``encode_char`` do; ``_is_atom`` (a parenthesis scan by one regex) answers as the
-    character loop it replaced, on random texts of parentheses, escapes and classes."""
+    """``literal``/``encode_text`` (one ``str.translate`` each) and ``encode_chars`` (a table) write
+    every code point as ``_lit``/``encode_char`` do; ``_is_atom`` (a parenthesis scan by one regex)
+    answers as the character loop it replaced, on random texts of parentheses, escapes and classes."""
     from dotvllm_plugin.grammar.json_schema import text as T
 
     for cp in [*range(0x300), 0x2028, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x100000, 0x10FFFF]:
         assert T.literal(chr(cp)) == T._lit(cp), hex(cp)
         assert T.encode_text(chr(cp)) == T.encode_char(cp), hex(cp)
+        assert T.encode_chars(chr(cp)) == [T.encode_char(cp)], hex(cp)
     assert T.encode_text('a"b\\c\n.é') == "".join(T.encode_char(ord(c)) for c in 'a"b\\c\n.é')
+    assert T.encode_chars('a"b\\c\n.é') == [T.encode_char(ord(c)) for c in 'a"b\\c\n.é']
 
     def closes_at_end(r: str) -> bool:  # the loop _is_atom used for a text in parentheses
         depth = 0

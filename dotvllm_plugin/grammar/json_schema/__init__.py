@@ -442,7 +442,9 @@ def _object_of(ws: str, key: str, value: str) -> str:
 
 def _ptr(where: str, *parts) -> str:
     for p in parts:
-        where += "/" + str(p).replace("~", "~0").replace("/", "~1")
+        p = str(p)
+        # (most parts are names and keywords without either character: no copies)
+        where += "/" + (p.replace("~", "~0").replace("/", "~1") if "~" in p or "/" in p else p)
     return where
 
 
@@ -1139,7 +1141,7 @@ class _Context:
         seqs = []
         for v in values:
             if isinstance(v, str):
-                seqs.append(['"', *(T.encode_char(ord(c)) for c in v), '"'])
+                seqs.append(['"', *T.encode_chars(v), '"'])
             elif (lit := self.literal(v)) is not None:
                 seqs.append([lit])
         return self.check_size(_trie_regex(seqs), where) if seqs else None

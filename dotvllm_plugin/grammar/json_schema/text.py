@@ -173,6 +173,16 @@ def encode_text(text: str) -> str:
     return text.translate(_ENCODED)
 
 
+#: :data:`_ENCODED` by character.
+_ENCODED_CHARS = {chr(cp): e for cp, e in _ENCODED.items()}
+
+
+def encode_chars(text: str) -> list[str]:
+    """:func:`encode_char` of each character of ``text`` (a table look-up each: every character
+    outside :data:`_ENCODED` is its own encoding)."""
+    return [_ENCODED_CHARS.get(c, c) for c in text]
+
+
 _ESCAPABLE = {0x22: '\\\\"', 0x5C: "\\\\\\\\", 0x08: "\\\\b", 0x0C: "\\\\f", 0x0A: "\\\\n", 0x0D: "\\\\r",
               0x09: "\\\\t", 0x2F: "\\\\/"}
 
