@@ -22,6 +22,7 @@ from dotvllm_plugin.grammar.json_schema import (
     DEFAULT_WHITESPACE,
     FLEXIBLE_WHITESPACE,
     json_object_regex,
+    json_schema_to_ir,
     json_schema_to_regex,
     json_value_regex,
     order_properties,
@@ -308,6 +309,79 @@ MALFORMED = [
 def test_malformed_schemas(schema, message):
     with pytest.raises(JSONSchemaError, match=message):
         json_schema_to_regex(schema)
+
+
+MALFORMED_EARLY = [  # read by allOf merging, oneOf disjointness and "not" before the branch compiles
+    ("oneOf-required-list", {"oneOf": [{"type": "object", "properties": {"a": {"const": 1}}, "required": [["a"]]},
+                                       {"type": "object", "properties": {"a": {"const": 2}}, "required": ["a"]}]},
+     UnsupportedFeatureError, "/oneOf/0/required"),
+    ("oneOf-type-object", {"oneOf": [{"type": {"a": 1}}, {"type": "string"}]}, JSONSchemaError, "/oneOf/0/type"),
+    ("allOf-required-null", {"allOf": [{"required": None, "minLength": None}, {"required": ["a"], "minLength": 2}]},
+     JSONSchemaError, "/allOf"),
+    ("allOf-properties-list", {"allOf": [{"properties": []}, {"properties": {"a": {}}}]}, JSONSchemaError,
+     "properties"),
+    ("not-type-object", {"type": "string", "not": {"type": [{}]}}, JSONSchemaError, "/not/type"),
+    ("min-length-null", {"type": "string", "minLength": None}, JSONSchemaError, "/minLength"),
+    ("min-items-null", {"type": "array", "minItems": None}, JSONSchemaError, "/minItems"),
+    ("format-object", {"type": "string", "format": {}, "pattern": "a"}, JSONSchemaError, "/format"),
+]
+
+
+@pytest.mark.parametrize("schema, error, where", [c[1:] for c in MALFORMED_EARLY], ids=[c[0] for c in MALFORMED_EARLY])
+def test_malformed_keywords_read_early_are_reported_not_crashed_on(schema, error, where):
+    with pytest.raises(error, match=re.escape(where)):
+        json_schema_to_ir(schema)
+
+
+def test_mutated_corpus_schemas_raise_only_the_engine_s_errors():
+    """Every keyword value of corpus schemas replaced by values of the wrong shape (lists, objects,
+    nested lists, strings, numbers, null, booleans): the translation either succeeds or raises one
+    of the engine's errors (an HTTP 400 through the plugin), never a Python error of its own."""
+    import glob
+    import os
+    import random
+
+    from dotvllm_plugin.compiler import check_json_schema
+    from dotvllm_plugin.errors import DotvllmError
+
+    corpus = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "jsonschemabench-dev")
+    files = sorted(glob.glob(os.path.join(corpus, "*.json")))
+    if not files:
+        pytest.skip("the JSONSchemaBench corpus is not here")
+    rng = random.Random(7)
+    wrong = [[], {}, "x", 3, -1, 2.5, None, True, [["a"]], [{}], {"a": []}, [1, "a"], "", [None]]
+
+    def places(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield x, k
+                yield from places(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from places(v)
+
+    tried = refused = 0
+    for f in rng.sample(files, 300):
+        with open(f) as fh:
+            schema = json.load(fh)["schema"]
+        for _ in range(8):
+            mutant = json.loads(json.dumps(schema))
+            spots = list(places(mutant))
+            if not spots:
+                break
+            for _ in range(rng.choice((1, 1, 2))):
+                parent, key = rng.choice(spots)
+                parent[key] = rng.choice(wrong)
+            tried += 1
+            try:
+                check_json_schema(mutant)
+            except DotvllmError:
+                refused += 1
+            except RecursionError:
+                pass
+            except Exception as e:  # noqa: BLE001 - the point of the test
+                pytest.fail(f"{os.path.basename(f)}: {type(e).__name__}: {e} on {json.dumps(mutant)[:300]}")
+    assert tried > 2000 and refused > 300
 
 
 def test_schema_as_json_text():

@@ -131,6 +131,10 @@ BAD = [
                  "'uniqueItems' at /uniqueItems", id="schema-uniqueItems"),
     pytest.param({"guided_json": {"type": "array", "uniqueItems": True}}, "uniqueItems", id="schema-uniqueItems"),
     pytest.param({"guided_json": '{"type": "object",'}, "not valid JSON", id="bad-json"),
+    # a malformed keyword read while proving oneOf branches disjoint (was a TypeError, HTTP 500)
+    pytest.param({"guided_json": {"oneOf": [{"type": "object", "properties": {"a": {"const": 1}}, "required": [["a"]]},
+                                            {"type": "object", "required": ["a"]}]}},
+                 "'required' at /oneOf/0/required", id="schema-malformed-oneOf"),
     pytest.param({"guided_grammar": 'start: "a" | b'}, "guided_grammar: invalid Lark grammar", id="lark-broken"),
     pytest.param({"guided_grammar": 'start: A | B\nA.2: /a+/\nB: /a+b/'}, "overlap: .*split 'ab'",
                  id="lark-colliding-terminals"),

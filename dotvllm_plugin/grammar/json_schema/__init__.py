@@ -845,6 +845,8 @@ class _Context:
             return b
         if b is True:
             return a
+        _check_shape(a, where)
+        _check_shape(b, where)
         out = dict(a)
         if "properties" in out:
             out["properties"] = dict(out["properties"])
@@ -878,18 +880,15 @@ class _Context:
             keys = {_canon(x) for x in lv}
             both = [x for x in lu if _canon(x) in keys]
             return both if k == "enum" else (both[0] if both else _NoValue)
-        if k in ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties",
-                 "minContains"):
+        bound = k in ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains")
+        if bound or k in ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains"):
             if isinstance(u, bool) or isinstance(v, bool):
                 raise _refuse(k, where, "boolean exclusive bounds cannot be merged")
-            return max(u, v)
-        if k in ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties",
-                 "maxContains"):
-            if isinstance(u, bool) or isinstance(v, bool):
-                raise _refuse(k, where, "boolean exclusive bounds cannot be merged")
-            return min(u, v)
-        if k == "required":
-            return list(dict.fromkeys(list(u) + list(v)))
+            if not (isinstance(u, (int, float)) and isinstance(v, (int, float))):
+                raise _bad(where, f"{k} must be a number, got {v if isinstance(u, (int, float)) else u!r}")
+            return max(u, v) if bound else min(u, v)
+        if k == "required":  # (shapes checked by merge: lists of names, or nothing)
+            return list(dict.fromkeys(list(u or []) + list(v or [])))
         if k == "multipleOf":
             if _is_int(u) and _is_int(v):
                 return u * v // math.gcd(u, v)
@@ -997,6 +996,8 @@ class _Context:
             depth = len(self.ref_stack)
             f, _ = self.flatten(b, _ptr(where, "oneOf", i))
             del self.ref_stack[depth:]
+            if isinstance(f, dict):  # (read below before the branch is compiled)
+                _check_shape(f, _ptr(where, "oneOf", i))
             return f
 
         flats = [flat(b, i) for i, b in enumerate(branches)]
@@ -1038,6 +1039,7 @@ class _Context:
             return None
         if flat is False:
             return kw
+        _check_shape(flat, w)
         keys = set(flat)
         if keys == {"not"}:  # double negation
             return self.flatten({"allOf": [kw, flat["not"]]}, w)[0] if kw else flat["not"]
@@ -1080,7 +1082,7 @@ class _Context:
             return ["object", "array", "string", "number", "boolean", "null"]
         ts = t if isinstance(t, list) else [t]
         for x in ts:
-            if x not in _TYPES:
+            if not isinstance(x, str) or x not in _TYPES:
                 raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
         if "number" in ts:
             ts = [x for x in ts if x != "integer"]
@@ -1242,8 +1244,8 @@ class _Context:
         lo = kw.get("minLength", 0)
         hi = kw.get("maxLength")
         for k, v in (("minLength", lo), ("maxLength", hi)):
-            if v is not None and not (_is_int(v) or (isinstance(v, float) and v.is_integer())) or (
-                v is not None and v < 0
+            if (v is not None or k == "minLength") and (
+                not (_is_int(v) or (isinstance(v, float) and v.is_integer())) or v < 0
             ):
                 raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
         lo = int(lo)
@@ -1252,7 +1254,8 @@ class _Context:
             return None
         hi = self.capped(hi, lo, "maxLength", where)
         body = None
-        if "format" in kw and "pattern" in kw and kw["format"] in FORMATS and isinstance(kw["pattern"], str):
+        if ("format" in kw and "pattern" in kw and isinstance(kw["format"], str) and kw["format"] in FORMATS
+                and isinstance(kw["pattern"], str)):
             # exact when one language contains the other: keep the smaller one
             kept = _contained(FORMATS[kw["format"]], kw["pattern"], _ptr(where, "pattern"))
             if kept is None:
@@ -1319,7 +1322,7 @@ class _Context:
         lo = kw.get("minItems", 0)
         hi = kw.get("maxItems")
         for k, v in (("minItems", lo), ("maxItems", hi)):
-            if v is not None and (not _is_int(v) or v < 0):
+            if (v is not None or k == "minItems") and (not _is_int(v) or v < 0):
                 raise _bad(_ptr(where, k), f"{k} must be a non-negative integer, got {v!r}")
         if hi is not None and lo <= hi:
             hi = self.capped(hi, lo, "maxItems", where)
@@ -1847,6 +1850,11 @@ def _disjoint_flat(a, b, ctx: _Context, generated: bool = False) -> bool:
         return True
     if a is True or b is True:
         return False
+    try:  # (malformed: no proof; compiling the branch reports it, with its place)
+        _check_shape(a, "")
+        _check_shape(b, "")
+    except GrammarError:
+        return False
     va = _values(a)
     vb = _values(b)
     if va is not None and vb is not None:
@@ -1877,6 +1885,26 @@ def _disjoint_flat(a, b, ctx: _Context, generated: bool = False) -> bool:
         if (ha is not None and lb is not None and ha < lb) or (hb is not None and la is not None and hb < la):
             return True
     return False
+
+
+def _check_shape(s: dict, where: str) -> None:
+    """Raise what compiling ``s`` would for a malformed ``type``, ``required``, ``properties``,
+    ``patternProperties`` or ``enum``: the keywords that merging two schemas (``allOf``) and
+    proving two disjoint (``oneOf``) read before the schema is compiled."""
+    t = s.get("type")
+    if t is not None:
+        for x in t if isinstance(t, list) else [t]:
+            if not isinstance(x, str) or x not in _TYPES:
+                raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
+    required = s.get("required")
+    if required and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
+                      "(draft-3 boolean 'required' is not supported)")
+    for k in ("properties", "patternProperties"):
+        if k in s and not isinstance(s[k], dict):
+            raise _bad(_ptr(where, k), f"{k} must be an object")
+    if "enum" in s and not isinstance(s["enum"], list):
+        raise _bad(_ptr(where, "enum"), "enum must be an array")
 
 
 def _values(s: dict):
