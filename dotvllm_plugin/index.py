@@ -1006,8 +1006,14 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
         return (None if free is None else np.frombuffer(free, dtype=i32),
                 tuple((e, np.frombuffer(r, dtype=i32)) for e, r in pending),
                 tuple((t, np.frombuffer(lv, dtype=i64), np.frombuffer(nd, dtype=i64)) for t, lv, nd in by_term))
-    (ends, rows), (_, level, node, prev) = walk_rows_by_end(class_trans, view, words, states, inject=inject,
-                                                            skip=skip, groups=groups)
+    return split_walk(*walk_rows_by_end(class_trans, view, words, states, inject=inject, skip=skip, groups=groups),
+                      groups, chosen)
+
+
+def split_walk(ended, exits, groups, chosen):
+    """:func:`walk_split`'s result from :func:`walk_rows_by_end`'s (``_cwalk.split_walk`` in C)."""
+    ends, rows = ended
+    _, level, node, prev = exits
     free, pending = None, []
     for e, row in zip(ends.tolist(), rows):
         if groups[e] == 0:
@@ -1015,8 +1021,7 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
         else:
             pending.append((e, row))
     terms = np.asarray(chosen)[prev]
-    exits = tuple((t, level[terms == t], node[terms == t]) for t in np.unique(terms).tolist())
-    return free, tuple(pending), exits
+    return free, tuple(pending), tuple((t, level[terms == t], node[terms == t]) for t in np.unique(terms).tolist())
 
 
 def token_row(view: ClassTrie, nodes: np.ndarray, words: int) -> np.ndarray:

@@ -236,27 +236,13 @@ def test_walk_rows_by_group_are_the_rows_by_end_state_ored_per_group(tekken_voca
     assert compared > 30
 
 
-def _split_reference(ended, exits, groups, chosen):
-    """A grouped walk as the pushdown matcher keeps it, read off :func:`index.walk_rows_by_end`:
-    (free row, ((end, row), ...) in the walk's order, ((terminal, level, node), ...) ascending)."""
-    ends, rows = ended
-    free, pending = None, []
-    for e, row in zip(ends.tolist(), rows):
-        if groups[e] == 0:
-            free = row
-        else:
-            pending.append((e, row))
-    _, level, node, prev = exits
-    terms = chosen[prev]
-    return free, pending, [(t, level[terms == t], node[terms == t]) for t in np.unique(terms).tolist()]
-
-
 @pytest.mark.parametrize("use_c", [True, False], ids=["c", "numpy"])
 def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab, use_c, monkeypatch):
-    """``index.walk_split`` (the C split of a walk's buffers, or the numpy walk) gives the group-0
-    row, the other groups' rows under their end states and the exits by terminal of the grouped
-    walk: in the C walk's own order in C, as sets otherwise; walks from the root, with a run
-    plan's skip, and resumed at trie nodes, on every lexer of a schema with random groupings."""
+    """``index.walk_split`` (the C split of a walk's buffers, or the numpy walk) gives what
+    ``index.split_walk`` (Python) reads off the grouped walk: the group-0 row, the other groups'
+    rows under their end states, the exits by terminal; in the C walk's own order in C, as sets
+    otherwise; walks from the root, with a run plan's skip, and resumed at trie nodes, on every
+    lexer of a schema with random groupings."""
     from dotvllm_plugin import index, pushdown, runs
 
     if index._cwalk is None:
@@ -301,7 +287,7 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
                 for skip in (None,) if plan is None else (None, plan.skip):
                     monkeypatch.setattr(index, "USE_C_WALK", True)
                     ended, exits = index.walk_rows_by_end(ct, view, W, start, groups=groups, skip=skip)
-                    ref = _split_reference(ended, exits, groups, chosen)
+                    ref = index.split_walk(ended, exits, groups, chosen)  # (the Python split)
                     monkeypatch.setattr(index, "USE_C_WALK", use_c)
                     if skip is not None and not use_c:
                         continue  # (the numpy walk has no skip)
@@ -318,7 +304,7 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
             got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen)
             assert (walked is None) == (got is None)
             if walked is not None:
-                check(got, _split_reference(*walked, groups, chosen), use_c)
+                check(got, index.split_walk(*walked, groups, chosen), use_c)
     assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c)
 
 
