@@ -904,6 +904,30 @@ static PyObject *product(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* The joint classes of k members (bc[j]: member j's byte → class, int64 [256]): bytes whose class
+ * is the same in every member, numbered by first byte; fills ``joint`` (byte → joint class) and
+ * ``rep`` (joint class → its first byte), returns their number. */
+static Py_ssize_t joint_classes(const Py_buffer *bc, Py_ssize_t k, int64_t joint[256], int64_t rep[256]) {
+    Py_ssize_t n_cls = 0;
+    uint64_t hash[256];
+    for (int b = 0; b < 256; b++) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            h ^= (uint64_t)((const int64_t *)bc[j].buf)[b] + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+            h *= 0xBF58476D1CE4E5B9ULL;
+        }
+        hash[b] = h;
+        joint[b] = -1;
+        for (Py_ssize_t c = 0; c < n_cls && joint[b] < 0; c++) {
+            int r = (int)rep[c], same = hash[r] == h;
+            for (Py_ssize_t j = 0; same && j < k; j++) same = ((const int64_t *)bc[j].buf)[r] == ((const int64_t *)bc[j].buf)[b];
+            if (same) joint[b] = c;
+        }
+        if (joint[b] < 0) { rep[n_cls] = b; joint[b] = n_cls++; }
+    }
+    return n_cls;
+}
+
 /* lexer_build(transitions, accepting, initial, classes, offset, max_states)
  *   -> (trans bytes of int32[n * 256], accepted bytes of uint8[n * k]) or None past max_states
  * The product automaton of k member automata (lists of k: int32 [n_i, 256] tables with -1 dead,
@@ -949,25 +973,8 @@ static PyObject *lexer_build(PyObject *self, PyObject *args) {
         offs[j + 1] = offs[j] + n_j;
         start[j] = offs[j] + init;
     }
-    /* the joint classes: bytes whose class is the same in every member, numbered by first byte */
     int64_t joint[256], rep[256];
-    Py_ssize_t n_cls = 0;
-    uint64_t hash[256];
-    for (int b = 0; b < 256; b++) {
-        uint64_t h = 0x9E3779B97F4A7C15ULL;
-        for (Py_ssize_t j = 0; j < k; j++) {
-            h ^= (uint64_t)((const int64_t *)bc[j].buf)[b] + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
-            h *= 0xBF58476D1CE4E5B9ULL;
-        }
-        hash[b] = h;
-        joint[b] = -1;
-        for (Py_ssize_t c = 0; c < n_cls && joint[b] < 0; c++) {
-            int r = (int)rep[c], same = hash[r] == h;
-            for (Py_ssize_t j = 0; same && j < k; j++) same = ((const int64_t *)bc[j].buf)[r] == ((const int64_t *)bc[j].buf)[b];
-            if (same) joint[b] = c;
-        }
-        if (joint[b] < 0) { rep[n_cls] = b; joint[b] = n_cls++; }
-    }
+    Py_ssize_t n_cls = joint_classes(bc, k, joint, rep);
     int64_t N = offs[k], dead = N;
     glob = malloc((size_t)(N + 1) * (size_t)n_cls * 8);
     acc = calloc((size_t)(N + 1), 1);
@@ -1010,6 +1017,236 @@ done:
         PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
     }
     free(bt); free(offs); free(start); free(glob); free(acc); free(pool.p); free(ct.p);
+    return result;
+}
+
+/* lexer_chosen(members, order, ids, offset, max_states)
+ *   -> (trans bytes of int32[n * 256], chosen bytearray of int32[n], several) or None past max_states
+ * A longest-match contextual lexer in one call: lexer_build's product automaton (the same states,
+ * numbered alike, ``offset`` added to every live target) and each state's terminal, as
+ * dotvllm_plugin.pushdown._chosen types it. ``members``: k ByteDFA-like objects whose classes are
+ * set (transitions int32 [n_j, 256], accepting bool [n_j], initial, classes[1] int64 [256]);
+ * ``order``: the member positions in lexing order; ``ids``: each member's terminal id. chosen[s]
+ * is the id of the first member in order that accepts in s (-1: none); ``several`` lists
+ * (s, ids ascending) for each state where more than one member accepts, in state order.
+ * A product state is kept as its live member states only and steps along their transitions by
+ * their own classes (a key lexer's states have one or two of their k members alive): a step costs
+ * the live members' transitions, not k per joint class. */
+static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
+    PyObject *l_dfa, *l_order, *l_ids;
+    long long offset;
+    Py_ssize_t max_states;
+    if (!PyArg_ParseTuple(args, "O!O!O!Ln", &PyList_Type, &l_dfa, &PyList_Type, &l_order, &PyList_Type, &l_ids,
+                          &offset, &max_states))
+        return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(l_dfa);
+    if (k < 1 || PyList_GET_SIZE(l_order) != k || PyList_GET_SIZE(l_ids) != k) {
+        PyErr_SetString(PyExc_ValueError, "lexer_chosen: one automaton, position in order and id per member");
+        return NULL;
+    }
+    Py_buffer *bt = calloc((size_t)k * 3, sizeof(Py_buffer)), *ba = bt ? bt + k : NULL, *bc = bt ? bt + 2 * k : NULL;
+    int64_t *offs = malloc((size_t)(k + 1) * 8), *init = malloc((size_t)k * 8), *rank = malloc((size_t)k * 8),
+            *ids = malloc((size_t)k * 8);
+    int64_t *owner = NULL, *rstart = NULL, *bdata = NULL, *blen = NULL, *gstart = NULL, *gcls = NULL;
+    uint8_t *acc = NULL;
+    vec rcls = {0}, rtgt = {0}, pool = {0}, start = {0}, ct = {0}, buf = {0};
+    table tab = {0};
+    PyObject *result = NULL, *several = NULL, *out_t = NULL, *out_c = NULL;
+    Py_ssize_t held = 0;
+    int err = 0;  /* -1 out of memory, 1 past max_states */
+    if (!bt || !offs || !init || !rank || !ids) { PyErr_NoMemory(); goto done; }
+    offs[0] = 0;
+    for (Py_ssize_t j = 0; j < k; j++) rank[j] = k;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t p = PyLong_AsSsize_t(PyList_GET_ITEM(l_order, i));
+        if (p < 0 || p >= k) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lexer_chosen: a position in order is not a member's");
+            goto done;
+        }
+        rank[p] = i;
+        ids[i] = PyLong_AsLongLong(PyList_GET_ITEM(l_ids, i));
+        if (ids[i] == -1 && PyErr_Occurred()) goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        /* (a buffer keeps its array alive: the attributes are released at once) */
+        PyObject *d = PyList_GET_ITEM(l_dfa, j), *x;
+        int ok = (x = PyObject_GetAttrString(d, "transitions")) && PyObject_GetBuffer(x, &bt[j], PyBUF_C_CONTIGUOUS) == 0;
+        Py_XDECREF(x);
+        if (ok) {
+            ok = (x = PyObject_GetAttrString(d, "accepting")) && PyObject_GetBuffer(x, &ba[j], PyBUF_C_CONTIGUOUS) == 0;
+            Py_XDECREF(x);
+            if (!ok) PyBuffer_Release(&bt[j]);
+        }
+        if (ok) {
+            ok = (x = PyObject_GetAttrString(d, "classes")) && PyTuple_Check(x) && PyTuple_GET_SIZE(x) == 2
+                 && PyObject_GetBuffer(PyTuple_GET_ITEM(x, 1), &bc[j], PyBUF_C_CONTIGUOUS) == 0;
+            Py_XDECREF(x);
+            if (!ok) { PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); }
+        }
+        long long q = -1;
+        if (ok) {
+            held++;
+            x = PyObject_GetAttrString(d, "initial");
+            if (x) { q = PyLong_AsLongLong(x); Py_DECREF(x); }
+            if (PyErr_Occurred()) goto done;
+        }
+        Py_ssize_t n_j = ok ? ba[j].len : 0;
+        if (!ok || bt[j].itemsize != 4 || ba[j].itemsize != 1 || bc[j].itemsize != 8 || bt[j].len != n_j * 256 * 4
+            || bc[j].len != 256 * 8 || q < 0 || q >= n_j) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "lexer_chosen: a member's transitions, accepting flags, initial state "
+                                "and byte classes do not agree (classes must be set)");
+            goto done;
+        }
+        for (int b = 0; b < 256; b++) {
+            int64_t o = ((const int64_t *)bc[j].buf)[b];
+            if (o < 0 || o > 255) {
+                PyErr_SetString(PyExc_ValueError, "lexer_chosen: a byte class outside 0..255");
+                goto done;
+            }
+        }
+        offs[j + 1] = offs[j] + n_j;
+        init[j] = offs[j] + q;
+    }
+    int64_t joint[256], rep[256];
+    Py_ssize_t n_cls = joint_classes(bc, k, joint, rep);
+    int64_t N = offs[k];
+    /* every member state's live transitions by joint class (sparse rows of global ids): per own
+     * class of its member, the joint classes it splits into */
+    owner = malloc((size_t)(N + 1) * 8);
+    rstart = malloc((size_t)(N + 1) * 8);
+    acc = malloc((size_t)(N + 1));
+    gstart = malloc(257 * 8);
+    gcls = malloc((size_t)(n_cls + 1) * 8);
+    if (!owner || !rstart || !acc || !gstart || !gcls) { err = -1; goto done; }
+    rstart[0] = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        const int64_t *cls = bc[j].buf;
+        const int32_t *t = bt[j].buf;
+        const uint8_t *a = ba[j].buf;
+        Py_ssize_t n_j = offs[j + 1] - offs[j];
+        int64_t own_rep[256], present[256], n_own = 0;
+        for (int o = 0; o < 256; o++) own_rep[o] = -1;
+        for (int b = 0; b < 256; b++)
+            if (own_rep[cls[b]] < 0) { own_rep[cls[b]] = b; present[n_own++] = cls[b]; }
+        /* the joint classes of each own class (CSR over own classes, ascending) */
+        for (int o = 0; o <= 256; o++) gstart[o] = 0;
+        for (Py_ssize_t c = 0; c < n_cls; c++) gstart[cls[rep[c]] + 1]++;
+        for (int o = 0; o < 256; o++) gstart[o + 1] += gstart[o];
+        int64_t fill[256];
+        for (int o = 0; o < 256; o++) fill[o] = gstart[o];
+        for (Py_ssize_t c = 0; c < n_cls; c++) gcls[fill[cls[rep[c]]]++] = c;
+        for (Py_ssize_t s = 0; s < n_j; s++) {
+            int64_t g = offs[j] + s;
+            owner[g] = j;
+            acc[g] = a[s] != 0;
+            for (int64_t i = 0; i < n_own; i++) {
+                int64_t o = present[i];
+                int32_t x = t[s * 256 + own_rep[o]];
+                if (x < 0) continue;
+                if (x >= n_j) {
+                    PyErr_SetString(PyExc_ValueError, "lexer_chosen: a transition past its member's states");
+                    goto done;
+                }
+                for (int64_t e = gstart[o]; e < gstart[o + 1]; e++)
+                    if (vec_push(&rcls, gcls[e]) || vec_push(&rtgt, offs[j] + x)) { err = -1; goto done; }
+            }
+            rstart[g + 1] = rcls.n;
+        }
+    }
+    /* breadth first over sets of live member states (ascending global ids, one per member: the
+     * dense vector of lexer_build without its dead entries), classes ascending */
+    blen = calloc((size_t)n_cls + 1, 8);
+    bdata = malloc((size_t)(n_cls * k + 1) * 8);
+    if (!blen || !bdata || table_init(&tab, 1024) || vec_push(&start, 0)) { err = -1; goto done; }
+    for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, init[j])) { err = -1; goto done; }
+    if (vec_push(&start, pool.n)) { err = -1; goto done; }
+    {
+        uint64_t h = set_hash(pool.p, k);
+        if (table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
+    }
+    for (Py_ssize_t d = 0; d < start.n - 1; d++) {
+        memset(blen, 0, (size_t)n_cls * 8);
+        for (int64_t i = start.p[d]; i < start.p[d + 1]; i++) {
+            int64_t g = pool.p[i];
+            for (int64_t e = rstart[g]; e < rstart[g + 1]; e++) {
+                int64_t c = rcls.p[e];
+                bdata[c * k + blen[c]++] = rtgt.p[e];
+            }
+        }
+        for (Py_ssize_t c = 0; c < n_cls; c++) {
+            int64_t target = -1, nt = blen[c];
+            const int64_t *set = bdata + c * k;
+            if (nt) {
+                uint64_t h = set_hash(set, nt);
+                Py_ssize_t slot = table_slot(&tab, h);
+                for (;;) {
+                    int64_t id = tab.slots[slot];
+                    if (id < 0) break;
+                    if (start.p[id + 1] - start.p[id] == nt && memcmp(pool.p + start.p[id], set, (size_t)nt * 8) == 0) {
+                        target = id;
+                        break;
+                    }
+                    slot = (slot + 1) & (tab.cap - 1);
+                }
+                if (target < 0) {
+                    target = start.n - 1;
+                    if (target >= max_states) { err = 1; goto done; }
+                    for (int64_t i = 0; i < nt; i++) if (vec_push(&pool, set[i])) { err = -1; goto done; }
+                    if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { err = -1; goto done; }
+                }
+            }
+            if (vec_push(&ct, target)) { err = -1; goto done; }
+        }
+    }
+    Py_ssize_t n = start.n - 1;
+    out_t = PyBytes_FromStringAndSize(NULL, n * 256 * 4);
+    out_c = PyByteArray_FromStringAndSize(NULL, n * 4);
+    several = PyList_New(0);
+    if (!out_t || !out_c || !several) goto done;
+    int32_t *o = (int32_t *)PyBytes_AS_STRING(out_t), *ch = (int32_t *)PyByteArray_AS_STRING(out_c);
+    for (Py_ssize_t s = 0; s < n; s++) {
+        for (int b = 0; b < 256; b++) {
+            int64_t x = ct.p[s * n_cls + joint[b]];
+            o[s * 256 + b] = x >= 0 ? (int32_t)(x + offset) : -1;
+        }
+        int64_t best = -1;
+        buf.n = 0;
+        for (int64_t i = start.p[s]; i < start.p[s + 1]; i++) {
+            int64_t g = pool.p[i];
+            if (!acc[g]) continue;
+            if (best < 0 || rank[owner[g]] < rank[best]) best = owner[g];
+            if (vec_push(&buf, ids[owner[g]])) { err = -1; goto done; }
+        }
+        ch[s] = best >= 0 ? (int32_t)ids[best] : -1;
+        if (buf.n > 1) {
+            qsort(buf.p, (size_t)buf.n, sizeof(int64_t), cmp_i64);
+            PyObject *key = PyTuple_New(buf.n), *item;
+            if (!key) goto done;
+            for (Py_ssize_t i = 0; i < buf.n; i++) {
+                PyObject *v = PyLong_FromLongLong(buf.p[i]);
+                if (!v) { Py_DECREF(key); goto done; }
+                PyTuple_SET_ITEM(key, i, v);
+            }
+            item = Py_BuildValue("(nN)", s, key);
+            if (!item) goto done;
+            int bad = PyList_Append(several, item);
+            Py_DECREF(item);
+            if (bad) goto done;
+        }
+    }
+    result = PyTuple_Pack(3, out_t, out_c, several);
+done:
+    if (err < 0) PyErr_NoMemory();
+    else if (err > 0) { result = Py_None; Py_INCREF(result); }
+    Py_XDECREF(out_t); Py_XDECREF(out_c); Py_XDECREF(several);
+    for (Py_ssize_t j = 0; j < held; j++) {
+        PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
+    }
+    free(bt); free(offs); free(init); free(rank); free(ids);
+    free(owner); free(rstart); free(acc); free(gstart); free(gcls); free(blen); free(bdata);
+    free(rcls.p); free(rtgt.p); free(pool.p); free(start.p); free(ct.p); free(buf.p);
+    table_free(&tab);
     return result;
 }
 
@@ -4073,6 +4310,7 @@ static PyMethodDef methods[] = {
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
     {"lexer_build", lexer_build, METH_VARARGS, "A contextual lexer's product automaton from its members' tables."},
+    {"lexer_chosen", lexer_chosen, METH_VARARGS, "A longest-match contextual lexer and its states' terminals."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},

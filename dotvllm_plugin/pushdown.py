@@ -508,16 +508,17 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
     if not lark_fidelity and _cwalk is not None and USE_C_PRODUCT:  # (no collision check: all of it in C)
         pos = {c: j for j, c in enumerate(comps)}
-        res = _cwalk.lexer_build([np.ascontiguousarray(dfas[i].transitions, dtype=np.int32) for i in comps],
-                                 [np.ascontiguousarray(dfas[i].accepting, dtype=np.uint8) for i in comps],
-                                 [int(dfas[i].initial) for i in comps],
-                                 [np.ascontiguousarray(_with_classes(dfas[i]).classes[1], dtype=np.int64)
-                                  for i in comps], offset, MAX_LEXER_STATES)
+        res = _cwalk.lexer_chosen([_with_classes(dfas[i]) for i in comps], [pos[i] for i in ordered], comps, offset,
+                                  MAX_LEXER_STATES)
         if res is None:
             raise GrammarError(_TOO_MANY_LEXER_STATES)
-        accepted = np.frombuffer(res[1], dtype=np.uint8).reshape(-1, len(comps)).view(bool)
-        return (np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256),
-                _chosen(accepted, comps, np.array([pos[i] for i in ordered], dtype=np.int64), {}, compounds))
+        trans, chosen, several = res
+        chosen = np.frombuffer(chosen, dtype=np.int32)
+        for s, lexeme_terms in several if compounds is not None else ():  # (in state order, as _chosen asks)
+            cid = compounds(lexeme_terms)
+            if cid is not None:
+                chosen[s] = cid
+        return np.frombuffer(trans, dtype=np.int32).reshape(-1, 256), chosen
     byte_class, rep = _joint_classes([dfas[i].transitions for i in comps],
                                      [None if dfas[i].classes is None else dfas[i].classes[1] for i in comps])
     first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist())

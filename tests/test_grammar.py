@@ -561,7 +561,7 @@ def test_byte_vocabulary_of_other_sizes():
 
 
 def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
-    """Contextual lexers built in C (``_cwalk.product``, and ``_cwalk.lexer_build`` for longest-match
+    """Contextual lexers built in C (``_cwalk.product``, and ``_cwalk.lexer_chosen`` for longest-match
     lexing) equal the Python loop's, array for array, on the lark grammars here and on JSON Schema
     grammars (compound lexemes), built at compile time and on first visit."""
     from test_json_schema_rules import corpus_grammars
@@ -610,6 +610,46 @@ def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
             assert np.array_equal(trans, slow._blocks[lexer][0]) and np.array_equal(chosen, slow._blocks[lexer][1])
         lazy += fast.n_lexers
     assert lazy >= (100 if corpus else 0), lazy
+
+
+def test_longest_match_lexer_in_c_on_random_members(monkeypatch):
+    """``_cwalk.lexer_chosen`` (the product over live members, and each state's terminal) equals the
+    Python loop's lexer on random member automata: several accepting at once (compounds, asked in
+    state order), ignored members (no compound), members in any lexing order, an offset."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.ir import Terminal
+    from dotvllm_plugin.regex import ByteDFA
+
+    if pushdown._cwalk is None:
+        pytest.skip("the C extension is not built")
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        n_terms = int(rng.integers(1, 7))
+        dfas = []
+        for _ in range(n_terms):
+            n = int(rng.integers(1, 6))
+            bytes_used = 97 + rng.choice(6, size=int(rng.integers(1, 5)), replace=False)
+            trans = np.full((n, 256), -1, dtype=np.int32)
+            for b in bytes_used:  # (a few bytes shared by the members, dead in many states)
+                trans[:, b] = np.where(rng.random(n) < 0.6, rng.integers(0, n, size=n), -1)
+            # (a fresh initial state, as a terminal's automaton has: the lexeme start is never
+            # re-entered, which the Python loop assumes and the C products do not)
+            trans = np.vstack([trans, trans[int(rng.integers(0, n))]])
+            accepting = np.append(rng.random(n) < 0.5, False)
+            dfas.append(pushdown._with_classes(ByteDFA(transitions=trans, accepting=accepting, initial=n)))
+        terms = tuple(Terminal(f"T{i}", "", priority=int(rng.integers(0, 3))) for i in range(n_terms))
+        members = sorted(rng.choice(n_terms, size=int(rng.integers(1, n_terms + 1)), replace=False).tolist())
+        ignore = (rng.random(n_terms) < 0.2).tolist()
+        offset = int(rng.integers(0, 50))
+        built = []
+        for c_product in (True, False):
+            monkeypatch.setattr(pushdown, "USE_C_PRODUCT", c_product)
+            compounds = pushdown._Compounds(n_terms, ignore)
+            trans, chosen = pushdown._build_lexer(members, terms, dfas, False, compounds, offset=offset)
+            built.append((trans, chosen, compounds.members))
+        (ft, fc, fm), (st_, sc, sm) = built
+        assert ft.dtype == st_.dtype and fc.dtype == sc.dtype, case
+        assert np.array_equal(ft, st_) and np.array_equal(fc, sc) and fm == sm, case
 
 
 def _nests_reference(rules) -> bool:
