@@ -910,6 +910,8 @@ static PyObject *product(PyObject *self, PyObject *args) {
 static Py_ssize_t joint_classes(const Py_buffer *bc, Py_ssize_t k, int64_t joint[256], int64_t rep[256]) {
     Py_ssize_t n_cls = 0;
     uint64_t hash[256];
+    int64_t slots[512];  /* classes by hash (open addressing): one probe per byte, not one per class */
+    for (int i = 0; i < 512; i++) slots[i] = -1;
     for (int b = 0; b < 256; b++) {
         uint64_t h = 0x9E3779B97F4A7C15ULL;
         for (Py_ssize_t j = 0; j < k; j++) {
@@ -918,12 +920,14 @@ static Py_ssize_t joint_classes(const Py_buffer *bc, Py_ssize_t k, int64_t joint
         }
         hash[b] = h;
         joint[b] = -1;
-        for (Py_ssize_t c = 0; c < n_cls && joint[b] < 0; c++) {
+        int sl = (int)((h ^ (h >> 32)) & 511);
+        for (; slots[sl] >= 0; sl = (sl + 1) & 511) {
+            int64_t c = slots[sl];
             int r = (int)rep[c], same = hash[r] == h;
             for (Py_ssize_t j = 0; same && j < k; j++) same = ((const int64_t *)bc[j].buf)[r] == ((const int64_t *)bc[j].buf)[b];
-            if (same) joint[b] = c;
+            if (same) { joint[b] = c; break; }
         }
-        if (joint[b] < 0) { rep[n_cls] = b; joint[b] = n_cls++; }
+        if (joint[b] < 0) { rep[n_cls] = b; slots[sl] = n_cls; joint[b] = n_cls++; }
     }
     return n_cls;
 }
@@ -1031,7 +1035,7 @@ done:
  * (s, ids ascending) for each state where more than one member accepts, in state order.
  * A product state is kept as its live member states only and steps along their transitions by
  * their own classes (a key lexer's states have one or two of their k members alive): a step costs
- * the live members' transitions, not k per joint class. */
+ * the live members' transitions, not k per joint class; a set of one state is found by that state. */
 static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     PyObject *l_dfa, *l_order, *l_ids;
     long long offset;
@@ -1047,9 +1051,10 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     Py_buffer *bt = calloc((size_t)k * 3, sizeof(Py_buffer)), *ba = bt ? bt + k : NULL, *bc = bt ? bt + 2 * k : NULL;
     int64_t *offs = malloc((size_t)(k + 1) * 8), *init = malloc((size_t)k * 8), *rank = malloc((size_t)k * 8),
             *ids = malloc((size_t)k * 8);
-    int64_t *owner = NULL, *rstart = NULL, *bdata = NULL, *blen = NULL, *gstart = NULL, *gcls = NULL;
+    int64_t *owner = NULL, *rstart = NULL, *bdata = NULL, *blen = NULL, *gstart = NULL, *gcls = NULL, *single = NULL;
     uint8_t *acc = NULL;
     vec rcls = {0}, rtgt = {0}, pool = {0}, start = {0}, ct = {0}, buf = {0};
+    vec hashed = {0};  /* the table's ids → product states (sets of one state are not in the table) */
     table tab = {0};
     PyObject *result = NULL, *several = NULL, *out_t = NULL, *out_c = NULL;
     Py_ssize_t held = 0;
@@ -1158,12 +1163,16 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
      * dense vector of lexer_build without its dead entries), classes ascending */
     blen = calloc((size_t)n_cls + 1, 8);
     bdata = malloc((size_t)(n_cls * k + 1) * 8);
-    if (!blen || !bdata || table_init(&tab, 1024) || vec_push(&start, 0)) { err = -1; goto done; }
+    single = malloc((size_t)(N + 1) * 8);
+    if (!blen || !bdata || !single || table_init(&tab, 64) || vec_push(&start, 0)) { err = -1; goto done; }
+    for (int64_t g = 0; g < N; g++) single[g] = -1;
     for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, init[j])) { err = -1; goto done; }
     if (vec_push(&start, pool.n)) { err = -1; goto done; }
-    {
+    if (k == 1) {
+        single[init[0]] = 0;
+    } else {
         uint64_t h = set_hash(pool.p, k);
-        if (table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
+        if (vec_push(&hashed, 0) || table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
     }
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
         memset(blen, 0, (size_t)n_cls * 8);
@@ -1177,14 +1186,23 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
         for (Py_ssize_t c = 0; c < n_cls; c++) {
             int64_t target = -1, nt = blen[c];
             const int64_t *set = bdata + c * k;
-            if (nt) {
+            if (nt == 1) {  /* (most sets: one member alive; those are found by their state, not hashed) */
+                target = single[set[0]];
+                if (target < 0) {
+                    target = start.n - 1;
+                    if (target >= max_states) { err = 1; goto done; }
+                    if (vec_push(&pool, set[0]) || vec_push(&start, pool.n)) { err = -1; goto done; }
+                    single[set[0]] = target;
+                }
+            } else if (nt) {
                 uint64_t h = set_hash(set, nt);
                 Py_ssize_t slot = table_slot(&tab, h);
                 for (;;) {
                     int64_t id = tab.slots[slot];
                     if (id < 0) break;
-                    if (start.p[id + 1] - start.p[id] == nt && memcmp(pool.p + start.p[id], set, (size_t)nt * 8) == 0) {
-                        target = id;
+                    int64_t q = hashed.p[id];
+                    if (start.p[q + 1] - start.p[q] == nt && memcmp(pool.p + start.p[q], set, (size_t)nt * 8) == 0) {
+                        target = q;
                         break;
                     }
                     slot = (slot + 1) & (tab.cap - 1);
@@ -1193,7 +1211,10 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
                     target = start.n - 1;
                     if (target >= max_states) { err = 1; goto done; }
                     for (int64_t i = 0; i < nt; i++) if (vec_push(&pool, set[i])) { err = -1; goto done; }
-                    if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { err = -1; goto done; }
+                    if (vec_push(&start, pool.n) || vec_push(&hashed, target) || table_add(&tab, slot, h)) {
+                        err = -1;
+                        goto done;
+                    }
                 }
             }
             if (vec_push(&ct, target)) { err = -1; goto done; }
@@ -1205,11 +1226,14 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     several = PyList_New(0);
     if (!out_t || !out_c || !several) goto done;
     int32_t *o = (int32_t *)PyBytes_AS_STRING(out_t), *ch = (int32_t *)PyByteArray_AS_STRING(out_c);
+    uint8_t joint8[256];  /* (locals the byte loop keeps in registers: it writes most of the output) */
+    for (int b = 0; b < 256; b++) joint8[b] = (uint8_t)joint[b];
     for (Py_ssize_t s = 0; s < n; s++) {
-        for (int b = 0; b < 256; b++) {
-            int64_t x = ct.p[s * n_cls + joint[b]];
-            o[s * 256 + b] = x >= 0 ? (int32_t)(x + offset) : -1;
-        }
+        int32_t row[256];
+        const int64_t *cs = ct.p + s * n_cls;
+        int32_t *os = o + s * 256;
+        for (Py_ssize_t c = 0; c < n_cls; c++) row[c] = cs[c] >= 0 ? (int32_t)(cs[c] + offset) : -1;
+        for (int b = 0; b < 256; b++) os[b] = row[joint8[b]];
         int64_t best = -1;
         buf.n = 0;
         for (int64_t i = start.p[s]; i < start.p[s + 1]; i++) {
@@ -1244,8 +1268,8 @@ done:
         PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
     }
     free(bt); free(offs); free(init); free(rank); free(ids);
-    free(owner); free(rstart); free(acc); free(gstart); free(gcls); free(blen); free(bdata);
-    free(rcls.p); free(rtgt.p); free(pool.p); free(start.p); free(ct.p); free(buf.p);
+    free(owner); free(rstart); free(acc); free(gstart); free(gcls); free(blen); free(bdata); free(single);
+    free(rcls.p); free(rtgt.p); free(pool.p); free(start.p); free(ct.p); free(buf.p); free(hashed.p);
     table_free(&tab);
     return result;
 }
