@@ -1857,6 +1857,47 @@ out:
     return result;
 }
 
+/* chain(data) -> (transitions bytearray of int32[(n + 1) * 256], accepting bytearray of uint8[n + 1],
+ * class table bytes of int64[(n + 1) * C], byte class bytes of int64[256], C): the automaton of one
+ * byte string of length n (state i steps on data[i] to i + 1, state n accepts) with its byte classes
+ * numbered as byte_classes numbers them, by first byte: each byte of the string a class of its own
+ * (its column is where it occurs), all other bytes one class. dotvllm_plugin.regex._chain in one
+ * call (JSON keys and punctuation: most terminals of a schema's grammar). */
+static PyObject *chain(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
+    const uint8_t *d = b.buf;
+    Py_ssize_t n = b.len, C = 0;
+    int64_t cls[256], other = -1;
+    uint8_t used[256] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) used[d[i]] = 1;
+    for (int x = 0; x < 256; x++) {
+        if (used[x]) cls[x] = C++;
+        else if (other < 0) cls[x] = other = C++;
+        else cls[x] = other;
+    }
+    PyObject *t_out = PyByteArray_FromStringAndSize(NULL, (n + 1) * 256 * 4), *a_out = PyByteArray_FromStringAndSize(NULL, n + 1),
+             *r_out = PyBytes_FromStringAndSize(NULL, (n + 1) * C * 8),
+             *bc_out = PyBytes_FromStringAndSize((const char *)cls, 256 * 8), *result = NULL;
+    if (t_out && a_out && r_out && bc_out) {
+        int32_t *t = (int32_t *)PyByteArray_AS_STRING(t_out);
+        uint8_t *a = (uint8_t *)PyByteArray_AS_STRING(a_out);
+        int64_t *r = (int64_t *)PyBytes_AS_STRING(r_out);
+        memset(t, 0xff, (size_t)(n + 1) * 256 * 4);
+        memset(a, 0, (size_t)n + 1);
+        for (Py_ssize_t i = 0; i < (n + 1) * C; i++) r[i] = -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            t[i * 256 + d[i]] = (int32_t)(i + 1);
+            r[i * C + cls[d[i]]] = i + 1;
+        }
+        a[n] = 1;
+        result = Py_BuildValue("(OOOOn)", t_out, a_out, r_out, bc_out, C);
+    }
+    Py_XDECREF(t_out); Py_XDECREF(a_out); Py_XDECREF(r_out); Py_XDECREF(bc_out);
+    PyBuffer_Release(&b);
+    return result;
+}
+
 /* reach_sets(trans int64[n * C], C, chosen int64[n], exp_start int64[T + 1], exp_terms int64[...],
  * n_bits) -> (group bytes of int64[n], sets bytes of uint64[g * words]): per state the set of
  * terminals it or any state after it chooses (chosen -1: none; a chosen id t stands for
@@ -4325,6 +4366,7 @@ static PyMethodDef methods[] = {
     {"merge_twins", merge_twins_c, METH_VARARGS, "Merge states with identical rows, repeatedly."},
     {"live_states", live_states, METH_VARARGS, "States from which an accepting state is reachable."},
     {"trim", trim_c, METH_VARARGS, "A byte DFA's live states, twins merged, with its byte classes."},
+    {"chain", chain, METH_VARARGS, "The automaton of one byte string, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
     {"split_walk", split_walk, METH_VARARGS, "A grouped walk's rows and exits as the pushdown matcher keeps them."},

@@ -713,6 +713,7 @@ def test_literal_patterns_build_the_general_automaton(pattern):
     assert direct.initial == general.initial
     assert np.array_equal(direct.accepting, general.accepting)
     assert np.array_equal(direct.transitions, general.transitions)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(direct.classes, general.classes))
     text = pattern[4:] if pattern.startswith("(?i)") else re.sub(r"\\(.)", r"\1", pattern)
     assert dfa_accepts(direct, text.encode()) and not dfa_accepts(direct, text.encode()[:-1])
 
@@ -887,6 +888,32 @@ def test_a_compiler_for_a_vocabulary_that_cannot_spell_json_strings_still_compil
     m = GrammarMatcher(GrammarCompiler(vocab).compile_regex("a+b"))
     assert sorted(m.allowed_token_ids().tolist()) == [0, 2]
     assert not getattr(vocab._cache.get("gadget_walks"), "pinned", None)
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_a_literal_chain_with_its_byte_classes(use_c, monkeypatch):
+    """A literal string's automaton comes with its byte classes: in C (``_cwalk.chain``) and in
+    numpy, each equal to :func:`byte_classes` of its table (the reference) with the extension on
+    and off, for texts with repeated bytes, NUL, every byte value, and one byte."""
+    from dotvllm_plugin.regex import _chain, automaton, byte_classes
+
+    if use_c and automaton._cwalk is None:
+        pytest.skip("the C extension is not built")
+    monkeypatch.setattr(automaton, "USE_C_TABLES", use_c)
+    rng = random.Random(5)
+    texts = [b"a", b"\x00", b"\xff", bytes(range(256)), bytes(range(255, -1, -1)) * 2, b'"tableName":', b"aaaa"]
+    texts += [bytes(rng.choices(range(256) if i % 2 else b"ab\x00\xff:", k=rng.randint(1, 40))) for i in range(60)]
+    for text in texts:
+        got = _chain(text)
+        n = len(text)
+        assert got.initial == 0 and got.n_states == n + 1 and got.transitions.dtype == np.int32
+        assert got.accepting.dtype == bool and got.accepting.tolist() == [False] * n + [True]
+        expect = np.full((n + 1, 256), -1, dtype=np.int32)
+        expect[np.arange(n), list(text)] = np.arange(1, n + 1)
+        assert np.array_equal(got.transitions, expect), text
+        rows, byte_class = byte_classes(got.transitions)  # (what the lexers computed before, either way)
+        assert got.classes[0].dtype == rows.dtype and got.classes[1].dtype == byte_class.dtype
+        assert np.array_equal(got.classes[0], rows) and np.array_equal(got.classes[1], byte_class), text
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from ..errors import RegexSyntaxError, UnsupportedFeatureError
+from . import automaton
 from .automaton import MAX_DFA_STATES, Builder, ByteDFA, byte_classes, byte_dfa_from_fsm, reachable, trim
 from .charsets import char_class_ranges, utf8_sequences
 from .glushkov import Refused, sre_glushkov_dfa
@@ -181,13 +182,20 @@ def _plain_text(pattern: str) -> bytes | None:
 
 def _chain(data: bytes) -> ByteDFA:
     """The trimmed minimal DFA of one literal byte string (what the general path builds for it,
-    state for state, without the automaton construction; keys and punctuation of JSON grammars)."""
+    state for state, without the automaton construction; keys and punctuation of JSON grammars),
+    with its byte classes (every lexer it joins reads them)."""
     n = len(data)
+    if automaton._cwalk is not None and automaton.USE_C_TABLES:  # (in one call: the numpy below is the reference)
+        trans, accepting, rows, byte_class, n_classes = automaton._cwalk.chain(data)
+        return ByteDFA(transitions=np.frombuffer(trans, dtype=np.int32).reshape(n + 1, 256),
+                       accepting=np.frombuffer(accepting, dtype=bool), initial=0,
+                       classes=(np.frombuffer(rows, dtype=np.int64).reshape(n + 1, n_classes),
+                                np.frombuffer(byte_class, dtype=np.int64)))
     trans = np.full((n + 1, 256), -1, dtype=np.int32)
     trans[np.arange(n), np.frombuffer(data, dtype=np.uint8)] = np.arange(1, n + 1, dtype=np.int32)
     accepting = np.zeros(n + 1, dtype=bool)
     accepting[n] = True
-    return ByteDFA(transitions=trans, accepting=accepting, initial=0)
+    return ByteDFA(transitions=trans, accepting=accepting, initial=0, classes=byte_classes(trans))
 
 
 def _refuse_interegular_misreadings(pattern: str, tree) -> None:
