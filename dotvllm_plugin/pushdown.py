@@ -358,8 +358,9 @@ def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
     the time spent on the others (seconds, with several ``maxLength`` in the thousands)."""
     terms = grammar.terminals
     dfas = list(built) if built is not None else [None] * len(terms)
-    for i in sorted(range(len(terms)), key=lambda i: -_largest_count(terms[i].regex)):
-        if dfas[i] is None and (lazy is None or not lazy(terms[i])):
+    todo = [i for i, d in enumerate(dfas) if d is None]  # (in the same order: the sort is stable)
+    for i in sorted(todo, key=lambda i: -_largest_count(terms[i].regex)):
+        if lazy is None or not lazy(terms[i]):
             dfas[i] = _terminal_dfa(terms[i])
     return dfas
 
@@ -977,8 +978,12 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     n_own = len(set(sets))
     if grammar.lexing != "lark":
         sets = _shared_lexer_sets(sets, terms, dfas)
+    lexer_of: dict[frozenset, int] = {}  # (parser states share a few sets: each sorted once)
     for s, members in enumerate(sets):
-        lexer_of_state[s] = lexer_of_set.setdefault(tuple(sorted(members)), len(lexer_of_set))
+        got = lexer_of.get(members)
+        if got is None:
+            got = lexer_of[members] = lexer_of_set.setdefault(tuple(sorted(members)), len(lexer_of_set))
+        lexer_of_state[s] = got
     members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
@@ -993,13 +998,12 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         # differently
         fidelity = grammar.lexing == "lark"
         compounds = None if fidelity else _Compounds(len(terms), is_ignore.tolist())
-        parts = [_build_lexer(list(key), terms, dfas, fidelity, compounds) for key in members]
-        sizes = [len(c) for _, c in parts]
-        offsets = np.cumsum([0] + sizes).astype(np.int64)
+        parts, lo = [], 0
+        for key in members:  # (each lexer's live targets moved to its place as it is built)
+            parts.append(_build_lexer(list(key), terms, dfas, fidelity, compounds, offset=lo))
+            lo += len(parts[-1][1])
+        offsets = np.cumsum([0] + [len(c) for _, c in parts]).astype(np.int64)
         lex_trans = np.concatenate([t for t, _ in parts]).astype(np.int32, copy=False)
-        # each lexer's live targets moved to its place (one pass over the whole table)
-        np.add(lex_trans, np.repeat(offsets[:-1], sizes).astype(np.int32)[:, None], out=lex_trans,
-               where=lex_trans >= 0)
         lexers = dict(
             lex_offsets=offsets,
             lex_trans=lex_trans,

@@ -17,7 +17,7 @@ from ..errors import RegexSyntaxError, UnsupportedFeatureError
 from . import automaton
 from .automaton import MAX_DFA_STATES, Builder, ByteDFA, byte_classes, byte_dfa_from_fsm, reachable, trim
 from .charsets import char_class_ranges, utf8_sequences
-from .glushkov import Refused, sre_glushkov_dfa
+from .glushkov import _SRE, Refused, sre_glushkov_dfa
 from .parse import check_regex, clip, explicit_unicode, parse_interegular, parse_tree, refusal, validate_tree
 
 __all__ = ["MAX_DFA_STATES", "ByteDFA", "byte_classes", "check_regex", "reachable", "regex_to_dfa"]
@@ -83,8 +83,6 @@ def regex_to_dfa(
 def _literal_bytes(tree) -> bytes | None:
     """The UTF-8 text of a pattern that is one literal string (no flag that changes how it
     matches, no surrogate), else None."""
-    from .glushkov import _SRE
-
     if not len(tree) or tree.state.flags & (_SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_VERBOSE):
         return None
     literal = _SRE.LITERAL
@@ -105,8 +103,6 @@ def _literal_words(tree) -> list[bytes] | None:
     and classes of single characters, no repetition, no flag that changes matching; an ``enum``
     of strings as the translator writes it, with the branches' shared prefixes factored out by the
     parser), else None."""
-    from .glushkov import _SRE
-
     if tree.state.flags & (_SRE.SRE_FLAG_IGNORECASE | _SRE.SRE_FLAG_VERBOSE):
         return None
     try:
@@ -201,8 +197,6 @@ def _chain(data: bytes) -> ByteDFA:
 def _refuse_interegular_misreadings(pattern: str, tree) -> None:
     """interegular reads ``\\d \\w \\s`` as ASCII and ``{}``/``{,n}`` as repetitions: refuse those
     (``fast=False`` is a reference for the plain constructs, never a different dialect)."""
-    from .glushkov import _SRE
-
     def walk(items, ascii_only):
         for op, av in items:
             if op is _SRE.SUBPATTERN:
