@@ -973,17 +973,16 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     tables = _lalr_tables(grammar)
     ignore = [i for i, t in enumerate(terms) if t.name in set(grammar.ignore)]
     lexer_of_set: dict[tuple, int] = {}
-    lexer_of_state = np.zeros(len(tables["accepts"]), dtype=np.int32)
-    sets = [frozenset(acc) | frozenset(ignore) for acc in tables["accepts"]]
+    ignored = frozenset(ignore)
+    sets = [ignored.union(acc) for acc in tables["accepts"]]
     n_own = len(set(sets))
     if grammar.lexing != "lark":
         sets = _shared_lexer_sets(sets, terms, dfas)
     lexer_of: dict[frozenset, int] = {}  # (parser states share a few sets: each sorted once)
-    for s, members in enumerate(sets):
-        got = lexer_of.get(members)
-        if got is None:
-            got = lexer_of[members] = lexer_of_set.setdefault(tuple(sorted(members)), len(lexer_of_set))
-        lexer_of_state[s] = got
+    for members in sets:
+        if members not in lexer_of:
+            lexer_of[members] = lexer_of_set.setdefault(tuple(sorted(members)), len(lexer_of_set))
+    lexer_of_state = np.array([lexer_of[members] for members in sets], dtype=np.int32)
     members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
