@@ -368,6 +368,8 @@ def _terminal_dfas(grammar: Grammar, lazy=None, built=None):
 @functools.lru_cache(maxsize=4096)  # (asked twice per terminal: the build order, and whether it is small)
 def _largest_count(regex: str) -> int:
     """The largest upper bound of a counted repetition in ``regex`` (0 if none)."""
+    if "{" not in regex:  # (most terminals, keys and punctuation: nothing to scan for)
+        return 0
     return max((int(m.group(1)) for m in _COUNTED.finditer(regex)), default=0)
 
 
@@ -1070,13 +1072,15 @@ def _shared_lexer_sets(sets: list[frozenset], terms, dfas) -> list[frozenset]:
     from .regex import _literal_bytes
     from .regex.exclusion import is_cut
 
+    distinct = set(sets)
     literal: dict[int, bytes | None] = {}
-    for i in frozenset().union(*sets):
+    for i in frozenset().union(*distinct):
         t = terms[i]
         literal[i] = None if t.exclude or t.tree is None else _literal_bytes(t.tree)
+    non_literal = frozenset(i for i, b in literal.items() if b is None)
     buckets: dict[frozenset, list[frozenset]] = {}
-    for s in set(sets):  # the same non-literal members, or adding literals alone cannot serve
-        buckets.setdefault(frozenset(i for i in s if literal[i] is None), []).append(s)
+    for s in distinct:  # the same non-literal members, or adding literals alone cannot serve
+        buckets.setdefault(s & non_literal, []).append(s)
     by_text: dict[bytes, set] = {}
     for i, b in literal.items():
         if b is not None:
