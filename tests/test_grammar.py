@@ -652,6 +652,34 @@ def test_longest_match_lexer_in_c_on_random_members(monkeypatch):
         assert np.array_equal(ft, st_) and np.array_equal(fc, sc) and fm == sm, case
 
 
+def test_longest_match_lexer_in_c_refuses_malformed_members():
+    """``_cwalk.lexer_chosen`` checks what it reads: classes set, one position and id per member,
+    positions in range, arrays of the right sizes and targets inside their member."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.regex import ByteDFA
+
+    if pushdown._cwalk is None:
+        pytest.skip("the C extension is not built")
+    trans = np.full((2, 256), -1, dtype=np.int32)
+    trans[0, 97] = 1
+    good = pushdown._with_classes(ByteDFA(transitions=trans, accepting=np.array([False, True]), initial=0))
+    assert pushdown._cwalk.lexer_chosen([good], [0], [5], 0, 100) is not None
+    bad_target = trans.copy()
+    bad_target[0, 98] = 7
+    cases = [
+        ([ByteDFA(transitions=trans, accepting=np.array([False, True]), initial=0)], [0], [5]),  # no classes
+        ([good], [1], [5]),  # a position past the members
+        ([good], [0, 0], [5]),  # not one per member
+        ([pushdown._with_classes(ByteDFA(transitions=bad_target, accepting=np.array([False, True]), initial=0))], [0], [5]),
+        ([ByteDFA(transitions=trans, accepting=np.array([False, True]), initial=3, classes=good.classes)], [0], [5]),
+        ([ByteDFA(transitions=trans.astype(np.int64), accepting=np.array([False, True]), initial=0,
+                  classes=good.classes)], [0], [5]),
+    ]
+    for members, order, ids in cases:
+        with pytest.raises(ValueError):
+            pushdown._cwalk.lexer_chosen(members, order, ids, 0, 100)
+
+
 def _nests_reference(rules) -> bool:
     """A rule reachable from a symbol it holds other than first: one search per such symbol."""
     defined = {o for o, _ in rules}
