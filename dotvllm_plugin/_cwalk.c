@@ -1707,47 +1707,127 @@ static PyObject *live_states(PyObject *self, PyObject *args) {
 
 /* Repeatedly merge the states of rows int64[n * C] (acceptance acc[n]) with identical rows and
  * acceptance into the first of them (state 0 stays first), renumbering the survivors in order, in
- * place; returns the number of states left, -1 when out of memory. */
+ * place; returns the number of states left, -1 when out of memory.
+ * Round by round as whole passes would do it (at most max_rounds rounds that merge; a round reads
+ * the rows as the rounds before it left them), but after the first round only the survivors whose
+ * row reads a state merged by the round before are hashed again: the others' rows, and so their
+ * groups, are unchanged (a long chain of twins merges one link per round, a few states each). */
+#define MERGE_EMPTY (-1)
+#define MERGE_GONE (-2)
+static uint64_t merge_hash(const int64_t *r, Py_ssize_t C, uint8_t a) {
+    uint64_t h = 0x84222325CBF29CE4ULL ^ a;
+    for (Py_ssize_t c = 0; c < C; c++) { h = (h ^ (uint64_t)r[c]) * 0x100000001B3ULL; h ^= h >> 31; }
+    return h;
+}
+
 static Py_ssize_t merge_in_place(int64_t *rows, uint8_t *acc, Py_ssize_t n, Py_ssize_t C, Py_ssize_t max_rounds) {
+    if (n <= 1) return n;
     Py_ssize_t cap = 16;
     while (cap < 2 * n + 2) cap *= 2;
-    int64_t *tmp = malloc((size_t)(n * C + 1) * 8), *slots = malloc((size_t)cap * 8),
-            *rep = malloc((size_t)(n + 1) * 8), *newid = malloc((size_t)(n + 1) * 8);
-    if (!tmp || !slots || !rep || !newid) {
-        free(tmp); free(slots); free(rep); free(newid);
-        return -1;
-    }
-    for (Py_ssize_t round = 0; round < max_rounds; round++) {
-        for (Py_ssize_t i = 0; i < cap; i++) slots[i] = -1;
-        Py_ssize_t kept = 0;
-        for (Py_ssize_t s = 0; s < n; s++) {
+    /* rep[x]: the state x is merged into so far (the first of its group, a survivor: rep[s] == s);
+     * a group's members are a list from its survivor (next, last); slot_of[s]: a survivor's slot in
+     * the table of survivors by row; pred: the states whose (original) row reads x, as CSR */
+    int64_t *rep = malloc((size_t)n * 8), *next = malloc((size_t)n * 8), *last = malloc((size_t)n * 8),
+            *slot_of = malloc((size_t)n * 8), *slots = malloc((size_t)cap * 8), *pstart = calloc((size_t)n + 1, 8),
+            *pfill = malloc((size_t)n * 8), *psrc = malloc((size_t)(n * C + 1) * 8), *todo = malloc((size_t)n * 8),
+            *lose = malloc((size_t)n * 8), *win = malloc((size_t)n * 8);
+    uint64_t *hs = malloc((size_t)n * 8);
+    uint8_t *mark = calloc((size_t)n, 1);
+    Py_ssize_t result = -1;
+    if (!rep || !next || !last || !slot_of || !slots || !pstart || !pfill || !psrc || !todo || !lose || !win || !hs
+        || !mark)
+        goto done;
+    for (Py_ssize_t i = 0; i < n * C; i++)  /* (entries < 0 or past n are no states: left as they are) */
+        if (rows[i] >= 0 && rows[i] < n) pstart[rows[i] + 1]++;
+    for (Py_ssize_t x = 0; x < n; x++) { pstart[x + 1] += pstart[x]; pfill[x] = pstart[x]; }
+    for (Py_ssize_t i = 0; i < n * C; i++)
+        if (rows[i] >= 0 && rows[i] < n) psrc[pfill[rows[i]]++] = i / C;
+    for (Py_ssize_t s = 0; s < n; s++) { rep[s] = s; next[s] = -1; last[s] = s; slot_of[s] = -1; todo[s] = s; }
+    for (Py_ssize_t i = 0; i < cap; i++) slots[i] = MERGE_EMPTY;
+    Py_ssize_t n_todo = n, used = 0, survivors = n;
+    for (Py_ssize_t round = 0; round < max_rounds && n_todo; round++) {
+        /* the rows to look at again leave the table, and read the survivors of the round before */
+        for (Py_ssize_t i = 0; i < n_todo; i++) {
+            int64_t s = todo[i];
+            if (slot_of[s] >= 0) { slots[slot_of[s]] = MERGE_GONE; slot_of[s] = -1; }
+            int64_t *r = rows + s * C;
+            for (Py_ssize_t c = 0; c < C; c++) if (r[c] >= 0 && r[c] < n) r[c] = rep[r[c]];
+            hs[s] = merge_hash(r, C, acc[s]);
+        }
+        if (2 * (used + n_todo) > cap) {  /* (too many slots gone: the survivors in the table again) */
+            for (Py_ssize_t i = 0; i < cap; i++) slots[i] = MERGE_EMPTY;
+            used = 0;
+            for (Py_ssize_t s = 0; s < n; s++) {
+                if (slot_of[s] < 0) continue;
+                Py_ssize_t sl = (Py_ssize_t)(hs[s] & (uint64_t)(cap - 1));
+                while (slots[sl] != MERGE_EMPTY) sl = (sl + 1) & (cap - 1);
+                slots[sl] = s;
+                slot_of[s] = sl;
+                used++;
+            }
+        }
+        /* groups: each row to look at joins the survivor with its row (the first one wins) */
+        Py_ssize_t n_merge = 0;
+        for (Py_ssize_t i = 0; i < n_todo; i++) {
+            int64_t s = todo[i];
             const int64_t *r = rows + s * C;
-            uint64_t h = 0x84222325CBF29CE4ULL ^ acc[s];
-            for (Py_ssize_t c = 0; c < C; c++) { h = (h ^ (uint64_t)r[c]) * 0x100000001B3ULL; h ^= h >> 31; }
-            Py_ssize_t sl = (Py_ssize_t)(h & (uint64_t)(cap - 1));
-            for (;;) {
+            Py_ssize_t sl = (Py_ssize_t)(hs[s] & (uint64_t)(cap - 1));
+            int64_t found = -1;
+            for (; slots[sl] != MERGE_EMPTY; sl = (sl + 1) & (cap - 1)) {
                 int64_t t = slots[sl];
-                if (t < 0) { slots[sl] = s; rep[s] = s; newid[s] = kept++; break; }
-                if (acc[t] == acc[s] && memcmp(rows + t * C, r, (size_t)C * 8) == 0) { rep[s] = t; break; }
-                sl = (sl + 1) & (cap - 1);
+                if (t >= 0 && hs[t] == hs[s] && acc[t] == acc[s] && memcmp(rows + t * C, r, (size_t)C * 8) == 0) {
+                    found = t;
+                    break;
+                }
+            }
+            if (found < 0) {
+                slots[sl] = s;
+                slot_of[s] = sl;
+                used++;
+            } else if (found < s) {
+                lose[n_merge] = s; win[n_merge++] = found;
+            } else {  /* (a survivor the round did not look at, after s: s takes its place) */
+                lose[n_merge] = found; win[n_merge++] = s;
+                slots[sl] = s;
+                slot_of[s] = sl;
+                slot_of[found] = -1;
             }
         }
-        if (kept == n) break;
-        Py_ssize_t k = 0;
+        if (!n_merge) break;
+        /* the merges: every member of a merged group now reads as its winner; the survivors whose
+         * rows read one of those members are the next round's rows to look at */
+        for (Py_ssize_t i = 0; i < n_merge; i++) {
+            int64_t l = lose[i], w = win[i];
+            for (int64_t x = l; x >= 0; x = next[x]) {
+                rep[x] = w;
+                for (int64_t j = pstart[x]; j < pstart[x + 1]; j++) mark[psrc[j]] = 1;
+            }
+            next[last[w]] = l;
+            last[w] = last[l];
+        }
+        survivors -= n_merge;
+        n_todo = 0;
         for (Py_ssize_t s = 0; s < n; s++) {
-            if (rep[s] != s) continue;
-            for (Py_ssize_t c = 0; c < C; c++) {
-                int64_t t = rows[s * C + c];
-                tmp[k * C + c] = t < 0 ? t : newid[rep[t]];
-            }
-            acc[k] = acc[s];
-            k++;
+            if (mark[s] && rep[s] == s) todo[n_todo++] = s;
+            mark[s] = 0;
         }
-        memcpy(rows, tmp, (size_t)(kept * C) * 8);
-        n = kept;
     }
-    free(tmp); free(slots); free(rep); free(newid);
-    return n;
+    /* the survivors in order, their rows read through the last merges */
+    int64_t *newid = pfill;
+    for (Py_ssize_t s = 0, k = 0; s < n; s++) newid[s] = rep[s] == s ? k++ : -1;
+    for (Py_ssize_t s = 0, k = 0; s < n; s++) {
+        if (rep[s] != s) continue;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            int64_t t = rows[s * C + c];
+            rows[k * C + c] = t < 0 || t >= n ? t : newid[rep[t]];
+        }
+        acc[k++] = acc[s];
+    }
+    result = survivors;
+done:
+    free(rep); free(next); free(last); free(slot_of); free(slots); free(pstart); free(pfill); free(psrc); free(todo);
+    free(lose); free(win); free(hs); free(mark);
+    return result;
 }
 
 /* merge_twins(rows int64[n * C], accepting uint8[n], max_rounds) -> (rows, accepting) as bytes:

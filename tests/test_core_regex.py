@@ -582,6 +582,58 @@ def test_c_byte_classes_and_twin_merging_equal_numpy(pattern, monkeypatch):
     assert fast.n_states == ref.n_states and equivalent(fast, ref)
 
 
+@pytest.mark.parametrize("length", [3, 31, 32, 33, 45])
+def test_twin_chains_merge_round_by_round_as_numpy(length, monkeypatch):
+    """Twin merging in C looks again only at the states whose rows changed, yet merges round by
+    round as the numpy passes do: chains of twins merge one link per round, a chain longer than
+    the 32 rounds stays partly unmerged, alike; beside them random tables with many twins."""
+    from dotvllm_plugin.regex import automaton
+
+    if automaton._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(length)
+    tables = []
+    n = 1 + 3 * length  # state 0, then three twin chains entered on a, b and c, each ending accepting
+    trans = np.full((n, 256), -1, dtype=np.int32)
+    accepting = np.zeros(n, dtype=bool)
+    for k, first in enumerate((1, 1 + length, 1 + 2 * length)):
+        trans[0, 97 + k] = first
+        for i in range(length - 1):
+            trans[first + i, 120] = first + i + 1
+            trans[first + i, 121 + (i % 3)] = first + length - 1  # (a side edge to its end: not a plain path)
+        accepting[first + length - 1] = True
+    tables.append((trans, accepting))
+    for _ in range(40):
+        m = int(rng.integers(20, 200))
+        half = m // 2
+        cols = rng.integers(-1, half, size=(half, int(rng.integers(1, 5)))).astype(np.int32)
+        cols = np.vstack([cols, cols + np.where(cols >= 0, half, 0)]).astype(np.int32)  # every state with a twin
+        if m % 2:
+            cols = np.vstack([cols, cols[:1]])
+        t = np.ascontiguousarray(cols[:, rng.integers(0, cols.shape[1], size=256)])
+        t[0, 0] = len(cols) - 1
+        a = rng.random(len(cols)) < 0.3
+        a[-1] = True
+        tables.append((t, a))
+    for trans, accepting in tables:
+        got = []
+        for use_c in (True, False):
+            monkeypatch.setattr(automaton, "USE_C_TABLES", use_c)
+            got.append(automaton.trim(trans, accepting, "t"))
+        fast, ref = got
+        assert np.array_equal(fast.transitions, ref.transitions) and np.array_equal(fast.accepting, ref.accepting)
+        assert np.array_equal(fast.classes[0], ref.classes[0]) and np.array_equal(fast.classes[1], ref.classes[1])
+        for max_rounds in (0, 1, 2, 5, 32, 100):
+            rows, byte_class = automaton.byte_classes(trans)
+            rows = np.ascontiguousarray(rows, dtype=np.int64)
+            out, acc = automaton._cwalk.merge_twins(rows, rows.shape[1], accepting.astype(np.uint8), max_rounds)
+            monkeypatch.setattr(automaton, "USE_C_TABLES", False)
+            ref_rows, ref_acc = automaton._merge_twins(rows, accepting, max_rounds, byte_class=byte_class, expand=False)
+            monkeypatch.setattr(automaton, "USE_C_TABLES", True)
+            assert np.array_equal(np.frombuffer(out, dtype=np.int64).reshape(-1, rows.shape[1]), ref_rows), max_rounds
+            assert np.array_equal(np.frombuffer(acc, dtype=np.uint8).astype(bool), ref_acc), max_rounds
+
+
 def test_trimmed_automata_equal_with_and_without_c(monkeypatch):
     """Trimming in one C call (live states, twins merged on byte classes, the coarsest classes read
     from the 256 columns) against the numpy steps: the same arrays, on random tables with dead
