@@ -634,6 +634,32 @@ def test_twin_chains_merge_round_by_round_as_numpy(length, monkeypatch):
             assert np.array_equal(np.frombuffer(acc, dtype=np.uint8).astype(bool), ref_acc), max_rounds
 
 
+def test_c_byte_classes_exact_on_a_hash_collision():
+    """The C byte classes group columns by a 32-bit hash and check the grouping: two different
+    columns with the same hash (built here from the hash's steps) still get classes of their own."""
+    from dotvllm_plugin.regex import automaton
+
+    if automaton._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    mask = 0xFFFFFFFF
+
+    def step(h, v):  # one state's step of classes_of's hash
+        x = ((h ^ (v & mask)) * 0x01000193) & mask
+        return x ^ (x >> 15)
+
+    a1, a2, b1 = 5, 9, 0
+    b2 = step(0x811C9DC5, a1) ^ b1 ^ step(0x811C9DC5, a2)  # (the second step's inputs agree)
+    b2 = b2 - (1 << 32) if b2 >= 1 << 31 else b2
+    trans = np.full((2, 256), -1, dtype=np.int32)
+    trans[:, 10] = [a1, b1]
+    trans[:, 20] = [a2, b2]
+    trans[:, 30] = [a1, b1]
+    assert step(step(0x811C9DC5, a1), b1) == step(step(0x811C9DC5, a2), b2 & mask)
+    rows, byte_class = automaton.byte_classes(trans)
+    assert np.array_equal(rows[:, byte_class], trans) and rows.shape[1] == 3  # (exact, and coarsest)
+    assert byte_class[10] == byte_class[30] == 1 and byte_class[20] == 2  # (numbered by first byte)
+
+
 def test_trimmed_automata_equal_with_and_without_c(monkeypatch):
     """Trimming in one C call (live states, twins merged on byte classes, the coarsest classes read
     from the 256 columns) against the numpy steps: the same arrays, on random tables with dead
