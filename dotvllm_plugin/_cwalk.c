@@ -1029,7 +1029,8 @@ done:
  * A longest-match contextual lexer in one call: lexer_build's product automaton (the same states,
  * numbered alike, ``offset`` added to every live target) and each state's terminal, as
  * dotvllm_plugin.pushdown._chosen types it. ``members``: k ByteDFA-like objects whose classes are
- * set (transitions int32 [n_j, 256], accepting bool [n_j], initial, classes[1] int64 [256]);
+ * set (transitions int32 [n_j, 256], accepting bool [n_j], initial, classes: byte_classes' class
+ * table int64 or int32 [n_j, C_j] and byte → class int64 [256]);
  * ``order``: the member positions in lexing order; ``ids``: each member's terminal id. chosen[s]
  * is the id of the first member in order that accepts in s (-1: none); ``several`` lists
  * (s, ids ascending) for each state where more than one member accepts, in state order.
@@ -1048,9 +1049,10 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "lexer_chosen: one automaton, position in order and id per member");
         return NULL;
     }
-    Py_buffer *bt = calloc((size_t)k * 3, sizeof(Py_buffer)), *ba = bt ? bt + k : NULL, *bc = bt ? bt + 2 * k : NULL;
+    Py_buffer *bt = calloc((size_t)k * 4, sizeof(Py_buffer)), *ba = bt ? bt + k : NULL, *bc = bt ? bt + 2 * k : NULL,
+              *br = bt ? bt + 3 * k : NULL;
     int64_t *offs = malloc((size_t)(k + 1) * 8), *init = malloc((size_t)k * 8), *rank = malloc((size_t)k * 8),
-            *ids = malloc((size_t)k * 8);
+            *ids = malloc((size_t)k * 8), *n_own = malloc((size_t)k * 8);
     int64_t *owner = NULL, *rstart = NULL, *bdata = NULL, *blen = NULL, *gstart = NULL, *gcls = NULL, *single = NULL;
     uint8_t *acc = NULL;
     vec rcls = {0}, rtgt = {0}, pool = {0}, start = {0}, ct = {0}, buf = {0};
@@ -1059,7 +1061,7 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *several = NULL, *out_t = NULL, *out_c = NULL;
     Py_ssize_t held = 0;
     int err = 0;  /* -1 out of memory, 1 past max_states */
-    if (!bt || !offs || !init || !rank || !ids) { PyErr_NoMemory(); goto done; }
+    if (!bt || !offs || !init || !rank || !ids || !n_own) { PyErr_NoMemory(); goto done; }
     offs[0] = 0;
     for (Py_ssize_t j = 0; j < k; j++) rank[j] = k;
     for (Py_ssize_t i = 0; i < k; i++) {
@@ -1085,6 +1087,8 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
         if (ok) {
             ok = (x = PyObject_GetAttrString(d, "classes")) && PyTuple_Check(x) && PyTuple_GET_SIZE(x) == 2
                  && PyObject_GetBuffer(PyTuple_GET_ITEM(x, 1), &bc[j], PyBUF_C_CONTIGUOUS) == 0;
+            if (ok && !(ok = PyObject_GetBuffer(PyTuple_GET_ITEM(x, 0), &br[j], PyBUF_C_CONTIGUOUS) == 0))
+                PyBuffer_Release(&bc[j]);
             Py_XDECREF(x);
             if (!ok) { PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); }
         }
@@ -1103,12 +1107,18 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
                                 "and byte classes do not agree (classes must be set)");
             goto done;
         }
+        n_own[j] = 0;
         for (int b = 0; b < 256; b++) {
             int64_t o = ((const int64_t *)bc[j].buf)[b];
             if (o < 0 || o > 255) {
                 PyErr_SetString(PyExc_ValueError, "lexer_chosen: a byte class outside 0..255");
                 goto done;
             }
+            if (o >= n_own[j]) n_own[j] = o + 1;
+        }
+        if ((br[j].itemsize != 8 && br[j].itemsize != 4) || br[j].len != n_j * n_own[j] * br[j].itemsize) {
+            PyErr_SetString(PyExc_ValueError, "lexer_chosen: a member's class table is not one row of its classes per state");
+            goto done;
         }
         offs[j + 1] = offs[j] + n_j;
         init[j] = offs[j] + q;
@@ -1126,14 +1136,11 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     if (!owner || !rstart || !acc || !gstart || !gcls) { err = -1; goto done; }
     rstart[0] = 0;
     for (Py_ssize_t j = 0; j < k; j++) {
-        const int64_t *cls = bc[j].buf;
-        const int32_t *t = bt[j].buf;
+        const int64_t *cls = bc[j].buf;  /* (the class table: a few words per state, not a 1 KiB row) */
+        const int64_t *t64 = br[j].itemsize == 8 ? br[j].buf : NULL;
+        const int32_t *t32 = br[j].itemsize == 4 ? br[j].buf : NULL;
         const uint8_t *a = ba[j].buf;
-        Py_ssize_t n_j = offs[j + 1] - offs[j];
-        int64_t own_rep[256], present[256], n_own = 0;
-        for (int o = 0; o < 256; o++) own_rep[o] = -1;
-        for (int b = 0; b < 256; b++)
-            if (own_rep[cls[b]] < 0) { own_rep[cls[b]] = b; present[n_own++] = cls[b]; }
+        Py_ssize_t n_j = offs[j + 1] - offs[j], C_j = n_own[j];
         /* the joint classes of each own class (CSR over own classes, ascending) */
         for (int o = 0; o <= 256; o++) gstart[o] = 0;
         for (Py_ssize_t c = 0; c < n_cls; c++) gstart[cls[rep[c]] + 1]++;
@@ -1145,9 +1152,8 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
             int64_t g = offs[j] + s;
             owner[g] = j;
             acc[g] = a[s] != 0;
-            for (int64_t i = 0; i < n_own; i++) {
-                int64_t o = present[i];
-                int32_t x = t[s * 256 + own_rep[o]];
+            for (Py_ssize_t o = 0; o < C_j; o++) {
+                int64_t x = t64 ? t64[s * C_j + o] : t32[s * C_j + o];
                 if (x < 0) continue;
                 if (x >= n_j) {
                     PyErr_SetString(PyExc_ValueError, "lexer_chosen: a transition past its member's states");
@@ -1265,9 +1271,9 @@ done:
     else if (err > 0) { result = Py_None; Py_INCREF(result); }
     Py_XDECREF(out_t); Py_XDECREF(out_c); Py_XDECREF(several);
     for (Py_ssize_t j = 0; j < held; j++) {
-        PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
+        PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]); PyBuffer_Release(&br[j]);
     }
-    free(bt); free(offs); free(init); free(rank); free(ids);
+    free(bt); free(offs); free(init); free(rank); free(ids); free(n_own);
     free(owner); free(rstart); free(acc); free(gstart); free(gcls); free(blen); free(bdata); free(single);
     free(rcls.p); free(rtgt.p); free(pool.p); free(start.p); free(ct.p); free(buf.p); free(hashed.p);
     table_free(&tab);

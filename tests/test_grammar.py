@@ -612,16 +612,19 @@ def test_lexer_product_in_c_matches_the_python_reference(monkeypatch):
     assert lazy >= (100 if corpus else 0), lazy
 
 
-def test_longest_match_lexer_in_c_on_random_members(monkeypatch):
+@pytest.mark.parametrize("c_tables", [True, False])
+def test_longest_match_lexer_in_c_on_random_members(c_tables, monkeypatch):
     """``_cwalk.lexer_chosen`` (the product over live members, and each state's terminal) equals the
     Python loop's lexer on random member automata: several accepting at once (compounds, asked in
-    state order), ignored members (no compound), members in any lexing order, an offset."""
+    state order), ignored members (no compound), members in any lexing order, an offset; with the
+    members' class tables of the C byte classes (int64) and of the numpy ones (int32)."""
     from dotvllm_plugin import pushdown
     from dotvllm_plugin.grammar.ir import Terminal
-    from dotvllm_plugin.regex import ByteDFA
+    from dotvllm_plugin.regex import ByteDFA, automaton
 
     if pushdown._cwalk is None:
         pytest.skip("the C extension is not built")
+    monkeypatch.setattr(automaton, "USE_C_TABLES", c_tables)
     rng = np.random.default_rng(7)
     for case in range(300):
         n_terms = int(rng.integers(1, 7))
