@@ -507,12 +507,11 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     """
     if not members:  # a parser state that only takes the end of input
         return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
-    ordered, retype = _unless(members, terms) if lark_fidelity else (sorted(members, key=lambda i: terms[i].lark_order()), {})
     comps = list(members)  # every member, embedded literals included (their acceptance re-types)
     if not lark_fidelity and _cwalk is not None and USE_C_PRODUCT:  # (no collision check: all of it in C)
-        pos = {c: j for j, c in enumerate(comps)}
-        res = _cwalk.lexer_chosen([_with_classes(dfas[i]) for i in comps], [pos[i] for i in ordered], comps, offset,
-                                  MAX_LEXER_STATES)
+        # the members' positions in lark's order (one member, most lexers: nothing to sort)
+        order = sorted(range(len(comps)), key=lambda j: terms[comps[j]].lark_order()) if len(comps) > 1 else [0]
+        res = _cwalk.lexer_chosen([_with_classes(dfas[i]) for i in comps], order, comps, offset, MAX_LEXER_STATES)
         if res is None:
             raise GrammarError(_TOO_MANY_LEXER_STATES)
         trans, chosen, several = res
@@ -522,6 +521,7 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
             if cid is not None:
                 chosen[s] = cid
         return np.frombuffer(trans, dtype=np.int32).reshape(-1, 256), chosen
+    ordered, retype = _unless(members, terms) if lark_fidelity else (sorted(members, key=lambda i: terms[i].lark_order()), {})
     byte_class, rep = _joint_classes([dfas[i].transitions for i in comps],
                                      [None if dfas[i].classes is None else dfas[i].classes[1] for i in comps])
     first = {i: frozenset(np.flatnonzero(dfas[i].transitions[dfas[i].initial] >= 0).tolist())
