@@ -932,103 +932,12 @@ static Py_ssize_t joint_classes(const Py_buffer *bc, Py_ssize_t k, int64_t joint
     return n_cls;
 }
 
-/* lexer_build(transitions, accepting, initial, classes, offset, max_states)
- *   -> (trans bytes of int32[n * 256], accepted bytes of uint8[n * k]) or None past max_states
- * The product automaton of k member automata (lists of k: int32 [n_i, 256] tables with -1 dead,
- * uint8 [n_i] accepting flags, initial states, int64 [256] byte → class arrays of each member's
- * own classes), breadth first from the members' initial states over the classes they all refine
- * (numbered by first byte), as dotvllm_plugin.pushdown._build_lexer's reference loop numbers its
- * states; ``trans`` has ``offset`` added to every live target, ``accepted[s * k + j]`` whether
- * member j accepts in product state s. */
-static PyObject *lexer_build(PyObject *self, PyObject *args) {
-    PyObject *l_trans, *l_acc, *l_init, *l_cls;
-    long long offset;
-    Py_ssize_t max_states;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!Ln", &PyList_Type, &l_trans, &PyList_Type, &l_acc, &PyList_Type, &l_init,
-                          &PyList_Type, &l_cls, &offset, &max_states))
-        return NULL;
-    Py_ssize_t k = PyList_GET_SIZE(l_trans);
-    if (k < 1 || PyList_GET_SIZE(l_acc) != k || PyList_GET_SIZE(l_init) != k || PyList_GET_SIZE(l_cls) != k) {
-        PyErr_SetString(PyExc_ValueError, "lexer_build: one table, accepting array, initial state and class array per member");
-        return NULL;
-    }
-    Py_buffer *bt = calloc((size_t)k * 3, sizeof(Py_buffer)), *ba = bt + k, *bc = bt + 2 * k;
-    int64_t *offs = malloc((size_t)(k + 1) * 8), *start = malloc((size_t)k * 8);
-    int64_t *glob = NULL;
-    uint8_t *acc = NULL;
-    vec pool = {0}, ct = {0};
-    PyObject *result = NULL;
-    Py_ssize_t held = 0;
-    if (!bt || !offs || !start) { PyErr_NoMemory(); goto done; }
-    offs[0] = 0;
-    for (Py_ssize_t j = 0; j < k; j++, held++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(l_trans, j), &bt[j], PyBUF_SIMPLE) < 0) goto done;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(l_acc, j), &ba[j], PyBUF_SIMPLE) < 0) { PyBuffer_Release(&bt[j]); goto done; }
-        if (PyObject_GetBuffer(PyList_GET_ITEM(l_cls, j), &bc[j], PyBUF_SIMPLE) < 0) {
-            PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); goto done;
-        }
-        Py_ssize_t n_j = ba[j].len;
-        long long init = PyLong_AsLongLong(PyList_GET_ITEM(l_init, j));
-        if (bt[j].len != n_j * 256 * 4 || bc[j].len != 256 * 8 || init < 0 || init >= n_j) {
-            held++;
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lexer_build: a member's arrays do not agree");
-            goto done;
-        }
-        offs[j + 1] = offs[j] + n_j;
-        start[j] = offs[j] + init;
-    }
-    int64_t joint[256], rep[256];
-    Py_ssize_t n_cls = joint_classes(bc, k, joint, rep);
-    int64_t N = offs[k], dead = N;
-    glob = malloc((size_t)(N + 1) * (size_t)n_cls * 8);
-    acc = calloc((size_t)(N + 1), 1);
-    if (!glob || !acc) { PyErr_NoMemory(); goto done; }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        const int32_t *t = bt[j].buf;
-        const uint8_t *a = ba[j].buf;
-        for (int64_t s = 0; s < offs[j + 1] - offs[j]; s++) {
-            int64_t *row = glob + (offs[j] + s) * n_cls;
-            for (Py_ssize_t c = 0; c < n_cls; c++) {
-                int32_t x = t[s * 256 + rep[c]];
-                row[c] = x >= 0 ? offs[j] + x : dead;
-            }
-            acc[offs[j] + s] = a[s] != 0;
-        }
-    }
-    for (Py_ssize_t c = 0; c < n_cls; c++) glob[dead * n_cls + c] = dead;
-    int err = product_loop(glob, n_cls, dead, start, k, max_states, &pool, &ct);
-    if (err < 0) { PyErr_NoMemory(); goto done; }
-    if (err > 0) { result = Py_None; Py_INCREF(result); goto done; }
-    Py_ssize_t n = pool.n / k;
-    PyObject *out_t = PyBytes_FromStringAndSize(NULL, n * 256 * 4), *out_a = PyBytes_FromStringAndSize(NULL, n * k);
-    if (out_t && out_a) {
-        int32_t *o = (int32_t *)PyBytes_AS_STRING(out_t);
-        uint8_t *oa = (uint8_t *)PyBytes_AS_STRING(out_a);
-        for (Py_ssize_t s = 0; s < n; s++) {
-            for (int b = 0; b < 256; b++) {
-                int64_t x = ct.p[s * n_cls + joint[b]];
-                o[s * 256 + b] = x >= 0 ? (int32_t)(x + offset) : -1;
-            }
-            for (Py_ssize_t j = 0; j < k; j++) oa[s * k + j] = acc[pool.p[s * k + j]];
-        }
-        result = Py_BuildValue("(NN)", out_t, out_a);
-    } else {
-        Py_XDECREF(out_t);
-        Py_XDECREF(out_a);
-    }
-done:
-    for (Py_ssize_t j = 0; j < held && bt; j++) {
-        PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]);
-    }
-    free(bt); free(offs); free(start); free(glob); free(acc); free(pool.p); free(ct.p);
-    return result;
-}
-
 /* lexer_chosen(members, order, ids, offset, max_states)
  *   -> (trans bytes of int32[n * 256], chosen bytearray of int32[n], several) or None past max_states
- * A longest-match contextual lexer in one call: lexer_build's product automaton (the same states,
- * numbered alike, ``offset`` added to every live target) and each state's terminal, as
- * dotvllm_plugin.pushdown._chosen types it. ``members``: k ByteDFA-like objects whose classes are
+ * A longest-match contextual lexer in one call: the product automaton of its members, breadth
+ * first from their initial states over the classes they all refine (numbered by first byte), as
+ * dotvllm_plugin.pushdown._build_lexer's reference loop numbers its states (``offset`` added to
+ * every live target), and each state's terminal, as dotvllm_plugin.pushdown._chosen types it. ``members``: k ByteDFA-like objects whose classes are
  * set (transitions int32 [n_j, 256], accepting bool [n_j], initial, classes: byte_classes' class
  * table int64 or int32 [n_j, C_j] and byte → class int64 [256]);
  * ``order``: the member positions in lexing order; ``ids``: each member's terminal id. chosen[s]
@@ -1165,8 +1074,8 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
             rstart[g + 1] = rcls.n;
         }
     }
-    /* breadth first over sets of live member states (ascending global ids, one per member: the
-     * dense vector of lexer_build without its dead entries), classes ascending */
+    /* breadth first over sets of live member states (ascending global ids, one per live member),
+     * classes ascending */
     blen = calloc((size_t)n_cls + 1, 8);
     bdata = malloc((size_t)(n_cls * k + 1) * 8);
     single = malloc((size_t)(N + 1) * 8);
@@ -4469,7 +4378,6 @@ static PyMethodDef methods[] = {
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},
     {"subset", subset, METH_VARARGS, "Subset construction of a position automaton over bytes."},
     {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
-    {"lexer_build", lexer_build, METH_VARARGS, "A contextual lexer's product automaton from its members' tables."},
     {"lexer_chosen", lexer_chosen, METH_VARARGS, "A longest-match contextual lexer and its states' terminals."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
