@@ -206,9 +206,9 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
-    exits)`` (``raw``: the exits as bytes too), see :func:`walk_rows_by_end`; ``skip`` (with ``rows``): a run table's ``skip``
-    (:mod:`dotvllm_plugin.runs`), whose nodes are not visited; ``groups`` (with ``rows``): one row
-    per group of end states. ``inject`` may also be the flat
+    exits)`` (``raw``: the exits as bytes too), see :func:`walk_rows_by_end`; ``skip`` (with
+    ``rows``): a run table's ``skip`` (:mod:`dotvllm_plugin.runs`), whose nodes are not visited;
+    ``groups`` (with ``rows``): one row per group of end states. ``inject`` may also be the flat
     arrays ``(start index, level, level-local node, state)`` (C walk only)."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
