@@ -1066,9 +1066,7 @@ class _Context:
             kw["properties"] = props
             return kw
         if keys in ({"enum"}, {"const"}):
-            values = flat["enum"] if "enum" in flat else [flat["const"]]
-            if not isinstance(values, list):
-                raise _bad(_ptr(w, "enum"), "enum must be an array")
+            values = _enum_values(flat, w) if "enum" in flat else [flat["const"]]
             kw["_not_values"] = list(kw.get("_not_values", [])) + values
             return kw
         raise _refuse("not", w, "only 'not' of type, a single required name, const/enum, {} or "
@@ -1077,13 +1075,9 @@ class _Context:
     # ---- flat schemas --------------------------------------------------------------------
 
     def types_of(self, kw: dict, where: str) -> list[str]:
-        t = kw.get("type")
-        if t is None:
+        ts = _type_names(kw, where)
+        if ts is None:
             return ["object", "array", "string", "number", "boolean", "null"]
-        ts = t if isinstance(t, list) else [t]
-        for x in ts:
-            if not isinstance(x, str) or x not in _TYPES:
-                raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
         if "number" in ts:
             ts = [x for x in ts if x != "integer"]
         return [x for x in _ORDER if x in ts]
@@ -1128,12 +1122,7 @@ class _Context:
         return getattr(self, "compile_" + t)(kw, where)
 
     def compile_enum(self, kw: dict, where: str) -> str | None:
-        if "enum" in kw:
-            values = kw["enum"]
-            if not isinstance(values, list):
-                raise _bad(_ptr(where, "enum"), "enum must be an array")
-        else:
-            values = [kw["const"]]
+        values = _enum_values(kw, where) if "enum" in kw else [kw["const"]]
         if "enum" in kw and "const" in kw:
             keys = {_canon(kw["const"])}
             values = [v for v in values if _canon(v) in keys]
@@ -1423,16 +1412,9 @@ class _Context:
     # ---- objects -------------------------------------------------------------------------
 
     def compile_object(self, kw: dict, where: str) -> str | None:
-        props = kw.get("properties", {})
-        if not isinstance(props, dict):
-            raise _bad(_ptr(where, "properties"), "properties must be an object")
-        required = kw.get("required") or []
-        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-            raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
-                          "(draft-3 boolean 'required' is not supported)")
-        pattern_props = kw.get("patternProperties", {})
-        if not isinstance(pattern_props, dict):
-            raise _bad(_ptr(where, "patternProperties"), "patternProperties must be an object")
+        props = _keyword_object(kw, "properties", where)
+        required = _required_names(kw, where)
+        pattern_props = _keyword_object(kw, "patternProperties", where)
         additional = kw.get("additionalProperties", True)
         if "additionalProperties" not in kw and props and not self.undeclared:
             additional = False  # sound restriction, see allow_undeclared_properties
@@ -1887,24 +1869,53 @@ def _disjoint_flat(a, b, ctx: _Context, generated: bool = False) -> bool:
     return False
 
 
+def _type_names(kw: dict, where: str) -> list | None:
+    """The ``type`` keyword as a list of known type names (None when absent)."""
+    t = kw.get("type")
+    if t is None:
+        return None
+    ts = t if isinstance(t, list) else [t]
+    for x in ts:
+        if not isinstance(x, str) or x not in _TYPES:
+            raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
+    return ts
+
+
+def _required_names(kw: dict, where: str) -> list:
+    """The ``required`` keyword's names (an absent or empty one: none)."""
+    required = kw.get("required") or []
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
+                      "(draft-3 boolean 'required' is not supported)")
+    return required
+
+
+def _keyword_object(kw: dict, key: str, where: str) -> dict:
+    """A keyword whose value must be an object (``properties``, ``patternProperties``; absent: {})."""
+    got = kw.get(key, {})
+    if not isinstance(got, dict):
+        raise _bad(_ptr(where, key), f"{key} must be an object")
+    return got
+
+
+def _enum_values(kw: dict, where: str) -> list:
+    """The ``enum`` keyword's values (present: an array)."""
+    values = kw["enum"]
+    if not isinstance(values, list):
+        raise _bad(_ptr(where, "enum"), "enum must be an array")
+    return values
+
+
 def _check_shape(s: dict, where: str) -> None:
     """Raise what compiling ``s`` would for a malformed ``type``, ``required``, ``properties``,
     ``patternProperties`` or ``enum``: the keywords that merging two schemas (``allOf``) and
     proving two disjoint (``oneOf``) read before the schema is compiled."""
-    t = s.get("type")
-    if t is not None:
-        for x in t if isinstance(t, list) else [t]:
-            if not isinstance(x, str) or x not in _TYPES:
-                raise _bad(_ptr(where, "type"), f"unknown type {x!r}")
-    required = s.get("required")
-    if required and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
-        raise _refuse("required", _ptr(where, "required"), "required must be an array of names "
-                      "(draft-3 boolean 'required' is not supported)")
-    for k in ("properties", "patternProperties"):
-        if k in s and not isinstance(s[k], dict):
-            raise _bad(_ptr(where, k), f"{k} must be an object")
-    if "enum" in s and not isinstance(s["enum"], list):
-        raise _bad(_ptr(where, "enum"), "enum must be an array")
+    _type_names(s, where)
+    _required_names(s, where)
+    _keyword_object(s, "properties", where)
+    _keyword_object(s, "patternProperties", where)
+    if "enum" in s:
+        _enum_values(s, where)
 
 
 def _values(s: dict):
