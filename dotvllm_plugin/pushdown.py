@@ -829,8 +829,6 @@ def _lalr_tables(grammar: Grammar):
     return _packed(tables, rules, term_names)
 
 
-
-
 def _lalr_c(rules: list[tuple], term_names: list[str], start: str) -> dict | None:
     """:func:`_packed` of :func:`dotvllm_plugin.lalr.lalr_tables` by ``_cwalk.lalr_packed`` (the
     symbols numbered here as lalr_tables numbers them), None for names the C function does not
@@ -1521,15 +1519,6 @@ class PushdownGrammar:
         halfway through a token), empty when the text is not allowed. ``trusted``: the configurations'
         mask allows ``data``'s token (:meth:`step`; a deterministic grammar has one configuration)."""
         if self.deterministic:
-            if len(configs) == 1:  # (a commit's usual case: the C step without the calls around it)
-                lr = self._lr()
-                if lr is not None:
-                    q, st = configs[0]
-                    got = _cwalk.lr_step(lr, self._step_tables, q, st, data)
-                    if got is None:
-                        return ()
-                    if got is not NotImplemented and got is not _FORK:
-                        return (got,) if trusted or self.viable(*got) else ()
             out = []
             for q, st in configs:
                 got = self.step(q, st, data, trusted and len(configs) == 1)
