@@ -832,7 +832,8 @@ done:
  *                                                      vecs bytes of int64[n * k]) or None
  * Breadth-first product automaton of k component automata laid out in one class table ``glob``
  * ([N, n_classes], component states offset to be disjoint; ``dead`` is the shared dead state).
- * Product state 0 is ``start`` (k component states); a class whose successor vector is all dead
+ * Product state 0 is ``start`` (k component states), never re-entered (a vector equal to it reached
+ * later is a new state); a class whose successor vector is all dead
  * is -1; new vectors are numbered in discovery order (states in order, classes ascending), as the
  * reference in dotvllm_plugin.pushdown._build_lexer numbers them. None when more than max_states. */
 /* the loop of ``product``: fills ``pool`` (k components per product state) and ``trans`` (n_cls
@@ -844,11 +845,9 @@ static int product_loop(const int64_t *glob, Py_ssize_t n_cls, int64_t dead, con
     int64_t *buf = malloc((size_t)(k > 0 ? k : 1) * 8);
     int err = 0;
     if (!buf || table_init(&tab, 1024)) { err = -1; goto done; }
+    /* (the start is not looked up: the lexeme start is never re-entered, a vector equal to it
+     * reached later is a state of its own, as in the reference) */
     for (Py_ssize_t j = 0; j < k; j++) if (vec_push(pool, st[j])) { err = -1; goto done; }
-    {
-        uint64_t h = set_hash(st, k);
-        if (table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
-    }
     for (Py_ssize_t d = 0; d < n; d++) {
         for (Py_ssize_t c = 0; c < n_cls; c++) {
             int alive = 0;
@@ -864,7 +863,8 @@ static int product_loop(const int64_t *glob, Py_ssize_t n_cls, int64_t dead, con
                 for (;;) {
                     int64_t id = tab.slots[slot];
                     if (id < 0) break;
-                    if (memcmp(pool->p + id * k, buf, (size_t)k * 8) == 0) { target = id; break; }
+                    /* (entry ``id`` is state ``id + 1``: the start has none) */
+                    if (memcmp(pool->p + (id + 1) * k, buf, (size_t)k * 8) == 0) { target = id + 1; break; }
                     slot = (slot + 1) & (tab.cap - 1);
                 }
                 if (target < 0) {
@@ -1082,13 +1082,8 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     if (!blen || !bdata || !single || table_init(&tab, 64) || vec_push(&start, 0)) { err = -1; goto done; }
     for (int64_t g = 0; g < N; g++) single[g] = -1;
     for (Py_ssize_t j = 0; j < k; j++) if (vec_push(&pool, init[j])) { err = -1; goto done; }
+    /* (the start is not looked up: the lexeme start is never re-entered, as in the reference) */
     if (vec_push(&start, pool.n)) { err = -1; goto done; }
-    if (k == 1) {
-        single[init[0]] = 0;
-    } else {
-        uint64_t h = set_hash(pool.p, k);
-        if (vec_push(&hashed, 0) || table_add(&tab, table_slot(&tab, h), h)) { err = -1; goto done; }
-    }
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
         memset(blen, 0, (size_t)n_cls * 8);
         for (int64_t i = start.p[d]; i < start.p[d + 1]; i++) {

@@ -635,11 +635,18 @@ def test_longest_match_lexer_in_c_on_random_members(c_tables, monkeypatch):
             trans = np.full((n, 256), -1, dtype=np.int32)
             for b in bytes_used:  # (a few bytes shared by the members, dead in many states)
                 trans[:, b] = np.where(rng.random(n) < 0.6, rng.integers(0, n, size=n), -1)
-            # (a fresh initial state, as a terminal's automaton has: the lexeme start is never
-            # re-entered, which the Python loop assumes and the C products do not)
-            trans = np.vstack([trans, trans[int(rng.integers(0, n))]])
-            accepting = np.append(rng.random(n) < 0.5, False)
-            dfas.append(pushdown._with_classes(ByteDFA(transitions=trans, accepting=accepting, initial=n)))
+            # (half the members with a fresh initial state, as most terminals' automata have; the
+            # other half may loop back to theirs, which the lexer's start must not: it is never
+            # re-entered)
+            if rng.random() < 0.5:
+                trans = np.vstack([trans, trans[int(rng.integers(0, n))]])
+                accepting = np.append(rng.random(n) < 0.5, False)
+                initial = n
+            else:
+                accepting = rng.random(n) < 0.5
+                accepting[0] = False
+                initial = 0
+            dfas.append(pushdown._with_classes(ByteDFA(transitions=trans, accepting=accepting, initial=initial)))
         terms = tuple(Terminal(f"T{i}", "", priority=int(rng.integers(0, 3))) for i in range(n_terms))
         members = sorted(rng.choice(n_terms, size=int(rng.integers(1, n_terms + 1)), replace=False).tolist())
         ignore = (rng.random(n_terms) < 0.2).tolist()
@@ -653,6 +660,31 @@ def test_longest_match_lexer_in_c_on_random_members(c_tables, monkeypatch):
         (ft, fc, fm), (st_, sc, sm) = built
         assert ft.dtype == st_.dtype and fc.dtype == sc.dtype, case
         assert np.array_equal(ft, st_) and np.array_equal(fc, sc) and fm == sm, case
+
+
+def test_lexer_start_is_never_re_entered(monkeypatch):
+    """A member automaton that loops back to its initial state (``(ab)*c`` minimised): after ``ab``
+    the lexer is mid-lexeme, not at a lexeme start, in the C products (``_cwalk.product`` for lark's
+    lexing, ``_cwalk.lexer_chosen`` for longest match) as in the Python loop."""
+    from dotvllm_plugin import pushdown
+    from dotvllm_plugin.grammar.ir import Terminal
+    from dotvllm_plugin.regex import ByteDFA
+
+    trans = np.full((3, 256), -1, dtype=np.int32)
+    trans[0, ord("a")], trans[1, ord("b")], trans[0, ord("c")] = 1, 0, 2
+    dfa = pushdown._with_classes(ByteDFA(transitions=trans, accepting=np.array([False, False, True]), initial=0))
+    for lark_fidelity in (True, False):
+        built = []
+        for c_product in ((True, False) if pushdown._cwalk is not None else (False,)):
+            monkeypatch.setattr(pushdown, "USE_C_PRODUCT", c_product)
+            compounds = None if lark_fidelity else pushdown._Compounds(1, [False])
+            built.append(pushdown._build_lexer([0], (Terminal("A", "(ab)*c"),), [dfa], lark_fidelity, compounds))
+        for lex_trans, chosen in built:
+            a, b, c = (lex_trans[:, ord(x)] for x in "abc")
+            after_ab = b[a[0]]
+            assert after_ab > 0 and not (lex_trans == 0).any()  # a state of its own
+            assert a[after_ab] == a[0] and c[after_ab] == c[0] and chosen[c[0]] == 0 and chosen[after_ab] == -1
+        assert all(np.array_equal(x[0], built[0][0]) and np.array_equal(x[1], built[0][1]) for x in built)
 
 
 def test_longest_match_lexer_in_c_refuses_malformed_members():
