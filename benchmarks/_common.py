@@ -443,6 +443,9 @@ def _worker_main(conn, engine_name: str, tokenizer_name: str, warm_up: tuple) ->
         if msg is None:
             return
         try:
+            if isinstance(msg, tuple) and msg[0] == "rss":  # the memory pass: one untimed compile
+                conn.send(("rss", _engines.compile_rss_delta(engine, msg[1])))
+                continue
             for part in _engines.run_case(engine, msg):
                 conn.send(part)
         except BaseException as e:
@@ -583,6 +586,15 @@ class EngineWorker:
         else:
             result.update(status="harness_error", error=payload)
         return result
+
+    def rss_delta(self, case: dict, *, timeout_s: float) -> int | None:
+        """Peak-RSS growth of an untimed compile of ``case`` (:func:`_engines.compile_rss_delta`), or
+        None when the worker is unavailable, times out, dies or fails (then restarted as after a case)."""
+        if not self.start():
+            return None
+        self._conn.send(("rss", case))
+        kind, payload = self._receive(timeout_s)
+        return int(payload) if kind == "rss" else None
 
     def __enter__(self) -> "EngineWorker":
         return self

@@ -225,6 +225,13 @@ def main(argv=None) -> int:
                 line.append(f"{e}={fmt_ms(r['compile_ms']) if 'compile_ms' in r else '-'}"
                             f"{'' if ok else ' [' + r['status'] + (' REJECTED SAMPLE' if r['status'] == 'ok' else '') + ']'}")
             log(f"[{i + 1}/{len(cases)}] {case['name']}: " + ", ".join(line))
+        # the memory pass, untimed and after every timed call (see maskbench)
+        log("memory pass: the peak-RSS growth of one more compile per compiled case, on a trimmed heap")
+        for i, case in enumerate(cases):
+            for e in engines:
+                r = results[e][i]
+                if r["status"] == "ok":
+                    r["rss_delta_bytes"] = workers[e].rss_delta(case, timeout_s=args.timeout_s)
     finally:
         for w in workers.values():
             w.close()

@@ -454,6 +454,15 @@ def main(argv=None) -> int:
             log(f"[{done}/{len(cases)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
             if done % 25 == 0:
                 write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done, final=False)
+        # The memory pass, untimed and after every timed call: a compile on a trimmed heap per case
+        # and engine (a trim makes whatever follows it fault in fresh pages, so no timed compile or
+        # mask may come after one).
+        log("memory pass: the peak-RSS growth of one more compile per compiled case, on a trimmed heap")
+        for i, case in enumerate(cases):
+            for e in engines:
+                v = verdicts[e][i]
+                if v["status"] == "ok":
+                    v["rss_delta_bytes"] = workers[e].rss_delta(for_engine(case, e), timeout_s=timeouts[e])
     except KeyboardInterrupt:
         log(f"interrupted after {done} schemas; writing partial results")
         for e in engines:
