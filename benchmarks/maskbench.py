@@ -23,7 +23,7 @@ own defaults (``--anchor-json default``); the JSON and markdown state each engin
 
 Compile times are cold: each engine runs in one long-lived worker with its result caches off
 (ours ``cache_size=0`` with its memo tables, gadget walks and character-run tables emptied before
-each compile, xgrammar ``cache_enabled=False``, llguidance and outlines-core keep none), so no cache
+each compile, outside its timer, xgrammar ``cache_enabled=False``, llguidance and outlines-core keep none), so no cache
 outlives a schema; only tables built at start-up, the same for every schema, stay warm (ours: the
 byte trie, the tokens' character masks of :mod:`dotvllm_plugin.runs`, the rules of the free-form
 JSON value the translator writes once at import, and what a compiler pins when it is made: the
@@ -236,7 +236,7 @@ def tables(summaries: dict, n: int):
 
 COLD = ("cold: one long-lived worker per engine with result caches off (ours cache_size=0, and before "
         "each compile the JSON Schema translator's and the regex front end's memo tables, the "
-        "per-vocabulary gadget walks, character-run tables and terminal automata emptied; xgrammar "
+        "per-vocabulary gadget walks, character-run tables and terminal automata emptied, outside the timer; xgrammar "
         "cache_enabled=False, llguidance/outlines-core keep none), so no cache outlives a schema; "
         "tables built at start-up, the same for every schema, stay warm (ours: the byte trie, the tokens' "
         "character masks, the free-form JSON value's rules the translator writes once at import, what a "
