@@ -28,7 +28,7 @@ outlives a schema; only tables built at start-up, the same for every schema, sta
 byte trie, the tokens' character masks of :mod:`dotvllm_plugin.runs`, the rules of the free-form
 JSON value the translator writes once at import, and what a compiler pins when it is made: the
 automata of the JSON translator's fixed terminals, the UTF-8 byte tries of their character classes,
-and the vocabulary walk of a JSON string's loop, 20–25 ms once per process). Each worker freezes its
+and the vocabulary walk of a JSON string's loop with its rows, 20–25 ms once per process). Each worker freezes its
 start-up heap after the warm-up (``gc.freeze``, every engine alike; ``--no-gc-freeze``: not).
 Percentiles
 of CPU and wall time are reported on each engine's own compiled set and on the schemas that every
@@ -241,7 +241,7 @@ COLD = ("cold: one long-lived worker per engine with result caches off (ours cac
         "tables built at start-up, the same for every schema, stay warm (ours: the byte trie, the tokens' "
         "character masks, the free-form JSON value's rules the translator writes once at import, what a "
         "compiler pins when made: the JSON translator's fixed terminal "
-        "automata with their character classes' UTF-8 byte tries and the walk of a JSON string's loop, "
+        "automata with their character classes' UTF-8 byte tries and the walk of a JSON string's loop with its rows, "
         "and the pushdown matcher's walks from inside a "
         "string value and an undeclared key with their character-run tables, made in the untimed "
         "warm-up; the run tables' rows by character count are emptied with the memos); every worker "

@@ -102,6 +102,7 @@ class ClassTrie:
 
     def _byte_view(self, trie, byte_class: np.ndarray) -> None:
         """The byte trie itself with class labels: no merging, no build cost."""
+        self.trie = trie
         self.cls = _LevelClasses(trie, byte_class, self.depth)
         self.byte_class = byte_class
         self.trie_cache = trie.__dict__  # pattern-independent tables, kept once per vocabulary
@@ -399,6 +400,36 @@ class _GadgetWalk:
     node_start: np.ndarray  # CSR over labels into ``nodes``
     nodes: np.ndarray  # class nodes (grouped per label)
     ends: np.ndarray  # canonical end labels, parallel to ``nodes``
+    labels: list  # per label: its distinct end labels
+    rows: list | None  # per label: the packed row of its ``nodes``' tokens (None: made where needed)
+
+
+class _Canonical:
+    """A gadget's canonical walk (:func:`_canonical_walks`) as indexing reads it: int64 arrays, the
+    nodes per label (CSR), each label's distinct end labels, the exits per trie level with their
+    nodes' bytes (a pattern's classes are read from those); and for a walk kept for the process's
+    life (:func:`pin_gadget_walks`), each label's packed row of the tokens that stay inside the
+    gadget, the same in every pattern (else ``rows`` is None)."""
+
+    __slots__ = ("node_start", "nodes", "ends", "labels", "exits", "rows")
+
+    def __init__(self, res: tuple, k: int, trie, rows_view: ClassTrie | None = None, words: int = 0):
+        c_si, c_node, c_end, e_si, e_level, e_node, e_prev = (x.astype(np.int64) for x in res)
+        self.node_start = np.searchsorted(c_si, np.arange(k + 1))
+        self.nodes, self.ends = c_node, c_end
+        ns = self.node_start.tolist()
+        self.labels = [np.unique(c_end[ns[c] : ns[c + 1]]) for c in range(k)]
+        self.exits = []
+        for d in np.unique(e_level).tolist():
+            sel = e_level == d
+            self.exits.append((d, e_si[sel], e_node[sel], e_prev[sel], trie.byte[d][e_node[sel]].astype(np.int64)))
+        self.rows = None
+        if rows_view is not None:
+            self.rows = [_materialize(rows_view, c_node[ns[c] : ns[c + 1]], None, words) if ns[c + 1] > ns[c] else None
+                         for c in range(k)]
+            for r in self.rows:
+                if r is not None:
+                    r.flags.writeable = False
 
 
 class _WalkCache:
@@ -415,7 +446,7 @@ class _WalkCache:
         self.items: OrderedDict[bytes, tuple] = OrderedDict()
         self.lock = threading.Lock()
         #: walks kept for the process's life (:func:`pin_gadget_walks`), never evicted nor cleared
-        self.pinned: dict[bytes, tuple] = {}
+        self.pinned: dict[bytes, _Canonical] = {}
 
     def get(self, key: bytes):
         hit = self.pinned.get(key)
@@ -468,9 +499,13 @@ def pin_gadget_walks(vocab: Vocabulary, dfas) -> None:
     fresh = _WalkCache(max_bytes=1 << 62)
     for dfa in dfas:
         build_index(dfa, vocab, walk_cache=fresh)
+    trie = vocab.byte_trie()
+    view = byte_view(vocab, _IDENTITY, 256)  # (node ids are the byte trie's whatever the classes)
+    words = (vocab.size + 31) // 32
     with cache.lock:
         for key, value in fresh.items.items():
-            cache.pinned.setdefault(key, value)
+            if key not in cache.pinned:  # (a key: the canonical table's k rows of 256 int32, and the depth)
+                cache.pinned[key] = _Canonical(value, (len(key) - 4) // 1024, trie, view, words)
 
 
 def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache | None, byte_class):
@@ -488,6 +523,8 @@ def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache 
             results[i] = cache.get(keys[i])
         if results[i] is None:
             todo.append(i)
+        elif not isinstance(results[i], _Canonical):
+            results[i] = _Canonical(results[i], len(canon), ct.trie)
     if todo:
         # One block-diagonal table: every uncached gadget in a single walk.
         offsets = np.cumsum([0] + [len(canons[i]) for i in todo])
@@ -521,7 +558,7 @@ def _canonical_walks(ct: ClassTrie, canons: list[np.ndarray], cache: _WalkCache 
                 e_node[es:ee].astype(np.int32),
                 (e_prev[es:ee] - off).astype(np.int32),
             )
-            results[i] = res
+            results[i] = _Canonical(res, len(canons[i]), ct.trie)
             if cache is not None:
                 cache.put(keys[i], res)
     return results
@@ -548,21 +585,17 @@ def _walk_gadgets(class_trans: np.ndarray, ct: ClassTrie, shapes: list[list[np.n
         canons.append(lut[np.where(rows < 0, n, rows)])
     walks = []
     inject_parts: dict[int, list] = {}
-    for instances, res in zip(shapes, _canonical_walks(ct, canons, cache, byte_class)):
-        c_si, c_node, c_end, e_si, e_level, e_node, e_prev = (x.astype(np.int64) for x in res)
-        k = len(instances[0])
+    for instances, can in zip(shapes, _canonical_walks(ct, canons, cache, byte_class)):
         inst = np.stack(instances)
-        walks.append(
-            _GadgetWalk(instances=inst, node_start=np.searchsorted(c_si, np.arange(k + 1)), nodes=c_node, ends=c_end)
-        )
-        for d in np.unique(e_level).tolist():
-            sel = e_level == d
-            r_prev = inst[:, e_prev[sel]]  # [m, n_exits]
-            r_next = class_trans[r_prev, ct.cls[d][e_node[sel]][None, :]]
-            r_state = inst[:, e_si[sel]]
+        walks.append(_GadgetWalk(instances=inst, node_start=can.node_start, nodes=can.nodes, ends=can.ends,
+                                 labels=can.labels, rows=can.rows))
+        for d, e_si, e_node, e_prev, e_byte in can.exits:
+            r_prev = inst[:, e_prev]  # [m, n_exits]
+            r_next = class_trans[r_prev, byte_class[e_byte][None, :]]
+            r_state = inst[:, e_si]
             alive = r_next >= 0
             inject_parts.setdefault(d, []).append(
-                (r_state[alive], np.broadcast_to(e_node[sel], r_prev.shape)[alive], r_next[alive])
+                (r_state[alive], np.broadcast_to(e_node, r_prev.shape)[alive], r_next[alive])
             )
     inject = {d: tuple(np.concatenate(x) for x in zip(*parts)) for d, parts in inject_parts.items()}
     return walks, _walk(class_trans, ct, None, inject=inject)
@@ -642,7 +675,7 @@ def build_index(
         gadgets.append(gw)
         # Shared part, as token-graph edges only (small: distinct end labels per member).
         for c in range(gw.instances.shape[1]):
-            labels = np.unique(gw.ends[gw.node_start[c] : gw.node_start[c + 1]])
+            labels = gw.labels[c]
             parts_state.append(np.repeat(gw.instances[:, c], len(labels)))
             parts_node.append(np.full(len(labels) * len(gw.instances), -1, dtype=np.int64))
             parts_end.append(gw.instances[:, labels].ravel())
@@ -754,12 +787,19 @@ def build_index(
         r = row_index.get(key)
         if r is None:
             own = node[a:b]
+            shared = None
             if g >= 0:
                 gw = gadgets[g]
-                lo_, hi_ = gw.node_start[c], gw.node_start[c + 1]
-                own = np.concatenate([own, gw.nodes[lo_:hi_][members_good[gw.ends[lo_:hi_]]]])
+                if gw.rows is not None and members_good.all():  # (the inside's row, made once)
+                    shared = gw.rows[c]
+                else:
+                    lo_, hi_ = gw.node_start[c], gw.node_start[c + 1]
+                    own = np.concatenate([own, gw.nodes[lo_:hi_][members_good[gw.ends[lo_:hi_]]]])
             r = row_index[key] = len(rows_list)
-            rows_list.append(_materialize(bt if g >= 0 else ct, own, eos if acc[s] else None, W))
+            row = _materialize(bt if g >= 0 else ct, own, eos if acc[s] else None, W)
+            if shared is not None:
+                row |= shared
+            rows_list.append(row)
             if len(rows_list) * W * 4 > max_rows_bytes:
                 raise CompilationTooLargeError(
                     f"the token index exceeds {max_rows_bytes >> 20} MiB ({len(rows_list)} distinct masks); "
