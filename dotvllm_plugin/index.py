@@ -752,7 +752,9 @@ def build_index(
     order = np.argsort(state, kind="stable")
     state, node = state[order], node[order]
     indexed = np.flatnonzero(reached & good)
-    rows_list = [np.zeros(W, dtype=np.int32)]
+    blocks = [np.zeros((1, W), dtype=np.int32)]  # the rows, a block at a time (row 0: no token)
+    n_rows = 1
+    rows_list: list[np.ndarray] = []  # the rows made one by one below, after the blocks
     row_index: dict[tuple, int] = {}
     row_of_state = np.zeros(n_states, dtype=np.int32)
     acc = dfa.accepting
@@ -761,12 +763,12 @@ def build_index(
         packed = indexed[gadget_of[indexed] < 0]
         indexed = indexed[gadget_of[indexed] >= 0]
         keys, inverse = np.unique(rest_row[rep[packed]] * 2 + acc[packed], return_inverse=True)
-        for k in keys.tolist():
-            row = rest_rows[k // 2].copy()
-            if k % 2:
-                set_token_bits(row, eos)
-            rows_list.append(row)
-        row_of_state[packed] = 1 + inverse.reshape(-1)
+        block = rest_rows[keys // 2]  # (a copy)
+        for i in np.flatnonzero(keys % 2).tolist():
+            set_token_bits(block[i], eos)
+        blocks.append(block)
+        row_of_state[packed] = n_rows + inverse.reshape(-1)
+        n_rows += len(keys)
     h1, h2 = _set_hashes(node, state, n_states)
     walked = rep[indexed]
     slices = dict(zip(walked.tolist(), zip(np.searchsorted(state, walked).tolist(),
@@ -795,19 +797,21 @@ def build_index(
                 else:
                     lo_, hi_ = gw.node_start[c], gw.node_start[c + 1]
                     own = np.concatenate([own, gw.nodes[lo_:hi_][members_good[gw.ends[lo_:hi_]]]])
-            r = row_index[key] = len(rows_list)
+            r = row_index[key] = n_rows + len(rows_list)
             row = _materialize(bt if g >= 0 else ct, own, eos if acc[s] else None, W)
             if shared is not None:
                 row |= shared
             rows_list.append(row)
-            if len(rows_list) * W * 4 > max_rows_bytes:
+            if (r + 1) * W * 4 > max_rows_bytes:
                 raise CompilationTooLargeError(
-                    f"the token index exceeds {max_rows_bytes >> 20} MiB ({len(rows_list)} distinct masks); "
+                    f"the token index exceeds {max_rows_bytes >> 20} MiB ({r + 1} distinct masks); "
                     "simplify the constraint"
                 )
         row_of_state[s] = r
+    if rows_list:
+        blocks.append(np.stack(rows_list))
     return TokenIndex(
-        rows=np.stack(rows_list),
+        rows=blocks[0] if len(blocks) == 1 else np.concatenate(blocks),
         row_of_state=row_of_state,
         byte_class=byte_class.astype(np.uint8),
         class_transitions=class_trans.astype(np.int32),
