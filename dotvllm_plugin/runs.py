@@ -31,6 +31,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import index
 from .pinning import Pinning
 from .regex.charsets import code_ranges, merge_ranges, utf8_sequences
 
@@ -194,8 +195,6 @@ class RunTable:
         self._rows: dict = {}
 
     def _all_from(self, like: RunTable) -> np.ndarray:
-        from . import index
-
         tc = self._tc
         ids = tc.tokens_starting(np.flatnonzero(self._ok != like._ok))
         if len(ids) * 8 > len(tc.count):  # (a non-ASCII F against an ASCII one: reading all is cheaper)
@@ -204,8 +203,6 @@ class RunTable:
         return np.frombuffer(got, dtype=np.int32)
 
     def _rows_upto(self, max_count: int) -> np.ndarray:
-        from . import index
-
         tc = self._tc
         got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count, tc.words)
         return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
@@ -284,8 +281,6 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
     character is dead, else ``_BAD`` (Σ characters lead apart, or one ends the lexeme). Σ's
     non-ASCII part is every non-ASCII character or none. In C where it is built; the numpy reading
     (the reference) keeps the non-ASCII characters' function in ``memo``."""
-    from . import index
-
     if index._cwalk is not None and USE_C_TARGETS:
         got = index._cwalk.class_targets(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
                                          np.ascontiguousarray(byte_class, dtype=np.int64), sigma_mask(sigma),
@@ -308,8 +303,6 @@ def _class_targets(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple
 def _class_targets_at(class_trans: np.ndarray, byte_class: np.ndarray, sigma: tuple, q: int, memo: dict) -> int:
     """:func:`_class_targets` at state ``q`` alone (in C: only the byte ranges its non-ASCII
     characters' sequences pass; the numpy reading computes every state's)."""
-    from . import index
-
     if index._cwalk is not None and USE_C_TARGETS:
         got = index._cwalk.class_targets(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
                                          np.ascontiguousarray(byte_class, dtype=np.int64), sigma_mask(sigma),
@@ -382,8 +375,6 @@ def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: di
 
 
 def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
-    from . import index
-
     if index._cwalk is not None and USE_C_TARGETS:
         got = index._cwalk.run_first(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
                                      np.ascontiguousarray(byte_class, dtype=np.int64), q, MIN_ASCII)
