@@ -4346,7 +4346,693 @@ done:
     return result;
 }
 
+/* ---- Glushkov positions of a parse tree (glushkov._Positions.visit_sre, in C) -------------------
+ *
+ * glushkov_positions(tree, flags, max_positions, ops, atom, fail, combine)
+ *   tree     re._parser SubPattern (or a list of (op, arg) items)
+ *   ops      (LITERAL, NOT_LITERAL, ANY, IN, BRANCH, SUBPATTERN, MAX_REPEAT, MIN_REPEAT, MAXREPEAT):
+ *            the opcode objects, compared by identity as the reference does
+ *   atom     atom(item, flags) -> code-point ranges (a tuple; empty: the item matches nothing), called
+ *            once per distinct atom (IN items keyed by the identity of their argument)
+ *   fail     fail(kind, arg) raises the reference's exception: 0 too many positions, 1 bad repeat,
+ *            2 a construct the builder refuses (arg: the item)
+ *   combine  combine(flags, add, remove) -> the flags of a scoped group (may raise)
+ * Positions are numbered as the reference numbers them (same visiting order, repetition copies
+ * cloned from the first one), so the automata built from them are identical.
+ * Returns (cls bytes int32[n], classes list of ranges, fol_start bytes int64[n + 2], fol bytes int64,
+ * last bytes int64, nullable) where row 0 of the CSR is `first` and row 1 + p position p's follow
+ * set (sorted, distinct), classes[cls[p]] the ranges of position p (distinct ranges numbered in order
+ * of first use); or None for a tree nested deeper than the builder goes (the caller uses the
+ * reference, which then decides). */
+
+#define GL_MAX_DEPTH 100
+
+typedef struct {
+    int32_t *p;
+    Py_ssize_t n, cap;
+} gl_vec;
+
+static int gl_reserve(gl_vec *v, Py_ssize_t extra) {
+    if (v->n + extra <= v->cap) return 0;
+    Py_ssize_t cap = v->cap ? v->cap : 4;
+    while (cap < v->n + extra) cap *= 2;
+    int32_t *p = realloc(v->p, (size_t)cap * sizeof(int32_t));
+    if (!p) { PyErr_NoMemory(); return -1; }
+    v->p = p;
+    v->cap = cap;
+    return 0;
+}
+
+static int gl_extend(gl_vec *v, const int32_t *x, Py_ssize_t n, int32_t shift) {
+    if (gl_reserve(v, n)) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) v->p[v->n + i] = x[i] + shift;
+    v->n += n;
+    return 0;
+}
+
+typedef struct {
+    gl_vec first, last;
+    int nullable;
+} gl_res;
+
+static void gl_res_free(gl_res *r) {
+    free(r->first.p); free(r->last.p);
+    memset(r, 0, sizeof *r);
+}
+
+typedef struct {
+    PyObject **ops;  /* borrowed, 9 */
+    PyObject *atom, *fail, *combine;
+    PyObject *cache;     /* (op, arg or id(arg), flags) -> class index or -1 */
+    PyObject *class_of;  /* ranges -> class index */
+    PyObject *classes;   /* list of ranges */
+    Py_ssize_t max_pos, n_pos, cap;
+    int32_t *cls;
+    gl_vec *fol;
+    Py_ssize_t *clean;  /* fol[p].p[:clean[p]] is sorted and distinct */
+    int depth;
+} gl_ctx;
+
+enum { GL_OP_LITERAL, GL_OP_NOT_LITERAL, GL_OP_ANY, GL_OP_IN, GL_OP_BRANCH, GL_OP_SUBPATTERN, GL_OP_MAX_REPEAT,
+       GL_OP_MIN_REPEAT, GL_MAXREPEAT, GL_N_OPS };
+
+/* The reference's exception, raised by the Python callback; -1. */
+static int gl_fail(gl_ctx *c, int kind, PyObject *arg) {
+    PyObject *r = PyObject_CallFunction(c->fail, "iO", kind, arg ? arg : Py_None);
+    if (r) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_RuntimeError, "glushkov_positions: fail() returned");
+    }
+    return -1;
+}
+
+static int gl_cmp32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static Py_ssize_t gl_sort_unique(int32_t *p, Py_ssize_t n) {
+    if (n < 2) return n;
+    qsort(p, (size_t)n, sizeof(int32_t), gl_cmp32);
+    Py_ssize_t u = 1;
+    for (Py_ssize_t i = 1; i < n; i++) if (p[i] != p[u - 1]) p[u++] = p[i];
+    return u;
+}
+
+/* follow[p] |= f; duplicates (nested loops add a set again) are dropped when they pile up. */
+static int gl_union(gl_ctx *c, int32_t p, const gl_vec *f) {
+    gl_vec *v = &c->fol[p];
+    if (!f->n) return 0;
+    if (gl_extend(v, f->p, f->n, 0)) return -1;
+    if (v->n > 2 * c->clean[p] + 64) v->n = c->clean[p] = gl_sort_unique(v->p, v->n);
+    return 0;
+}
+
+static int gl_grow(gl_ctx *c, Py_ssize_t extra) {
+    if (c->n_pos + extra <= c->cap) return 0;
+    Py_ssize_t cap = c->cap ? c->cap : 64;
+    while (cap < c->n_pos + extra) cap *= 2;
+    int32_t *cls = realloc(c->cls, (size_t)cap * sizeof *cls);
+    if (cls) c->cls = cls;
+    gl_vec *fol = cls ? realloc(c->fol, (size_t)cap * sizeof *fol) : NULL;
+    if (fol) c->fol = fol;
+    Py_ssize_t *clean = fol ? realloc(c->clean, (size_t)cap * sizeof *clean) : NULL;
+    if (!clean) { PyErr_NoMemory(); return -1; }
+    c->clean = clean;
+    c->cap = cap;
+    return 0;
+}
+
+/* A fresh position of class k (its follow set empty); -1 with an exception. */
+static int32_t gl_new(gl_ctx *c, int32_t k) {
+    if (c->n_pos >= c->max_pos) return gl_fail(c, 0, NULL);
+    if (gl_grow(c, 1)) return -1;
+    Py_ssize_t p = c->n_pos++;
+    c->cls[p] = k;
+    memset(&c->fol[p], 0, sizeof(gl_vec));
+    c->clean[p] = 0;
+    return (int32_t)p;
+}
+
+/* a += part (a concatenation's step), freeing part */
+static int gl_cat(gl_ctx *c, gl_res *a, gl_res *part) {
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < a->last.n && !rc; i++) rc = gl_union(c, a->last.p[i], &part->first);
+    if (!rc && a->nullable) rc = gl_extend(&a->first, part->first.p, part->first.n, 0);
+    if (!rc) {
+        if (part->nullable) {
+            rc = gl_extend(&a->last, part->last.p, part->last.n, 0);
+        } else {
+            gl_vec t = a->last;
+            a->last = part->last;
+            part->last = t;
+        }
+        a->nullable = a->nullable && part->nullable;
+    }
+    gl_res_free(part);
+    return rc;
+}
+
+static int gl_seq(gl_ctx *c, PyObject *items, long long flags, gl_res *out);
+
+static int gl_ll(PyObject *o, long long *x) {
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "glushkov_positions: expected an int in the tree");
+        return -1;
+    }
+    *x = PyLong_AsLongLong(o);
+    return (*x == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int gl_atom(gl_ctx *c, PyObject *item, PyObject *op, PyObject *av, long long flags, gl_res *out) {
+    PyObject *key = c->ops[GL_OP_IN] == op ? Py_BuildValue("(ONL)", op, PyLong_FromVoidPtr(av), flags)
+                                            : Py_BuildValue("(OOL)", op, av, flags);
+    if (!key) return -1;
+    PyObject *got = PyDict_GetItemWithError(c->cache, key);  /* borrowed */
+    long k;
+    if (got) {
+        k = PyLong_AsLong(got);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    } else {
+        PyObject *ranges = PyObject_CallFunction(c->atom, "OL", item, flags);
+        int t = ranges ? PyObject_IsTrue(ranges) : -1;
+        if (t < 0) { Py_XDECREF(ranges); Py_DECREF(key); return -1; }
+        k = -1;
+        if (t) {
+            PyObject *ko = PyDict_GetItemWithError(c->class_of, ranges);
+            if (ko) {
+                k = PyLong_AsLong(ko);
+            } else if (!PyErr_Occurred()) {
+                k = (long)PyList_GET_SIZE(c->classes);
+                ko = PyLong_FromLong(k);
+                if (!ko || PyDict_SetItem(c->class_of, ranges, ko) || PyList_Append(c->classes, ranges)) k = -2;
+                Py_XDECREF(ko);
+            } else {
+                k = -2;
+            }
+        }
+        Py_DECREF(ranges);
+        PyObject *ko = k >= -1 ? PyLong_FromLong(k) : NULL;
+        if (!ko || PyDict_SetItem(c->cache, key, ko)) k = -2;
+        Py_XDECREF(ko);
+        if (k == -2) { Py_DECREF(key); return -1; }
+    }
+    Py_DECREF(key);
+    out->nullable = 0;
+    if (k < 0) return 0;  /* matches nothing */
+    int32_t p = gl_new(c, (int32_t)k);
+    if (p < 0) return -1;
+    if (gl_extend(&out->first, &p, 1, 0) || gl_extend(&out->last, &p, 1, 0)) return -1;
+    return 0;
+}
+
+/* The repetition of `sub` lo to hi (-1: unbounded) times (_Positions._repeat_of with _copies). */
+static int gl_repeat(gl_ctx *c, PyObject *sub, long long flags, long long lo, long long hi, gl_res *out) {
+    if (hi >= 0 && hi < lo) return gl_fail(c, 1, NULL);
+    if (lo < 0 || lo > ((long long)1 << 40) || hi > ((long long)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "glushkov_positions: repeat count out of range");
+        return -1;
+    }
+    long long n_copies = lo + (hi < 0 ? 1 : hi - lo);
+    int rc = 0, have = 0;
+    Py_ssize_t t0 = 0, t1 = 0;
+    gl_vec snap = {0};       /* the template's follow sets as they were when it was built */
+    Py_ssize_t *snap_at = NULL;
+    gl_res tpl = {0}, part = {0}, *chain = NULL;
+    Py_ssize_t n_chain = 0;
+    out->nullable = 1;
+
+/* one copy of sub into `R` */
+#define GL_MAKE(R)                                                                                           \
+    do {                                                                                                     \
+        memset(&(R), 0, sizeof(R));                                                                          \
+        if (n_copies <= 1) {                                                                                 \
+            rc = gl_seq(c, sub, flags, &(R));                                                                \
+        } else if (!have) {                                                                                  \
+            t0 = c->n_pos;                                                                                   \
+            rc = gl_seq(c, sub, flags, &(R));                                                                \
+            if (!rc) {                                                                                       \
+                t1 = c->n_pos;                                                                               \
+                if (t1 > t0 && n_copies - 1 > (long long)(c->max_pos - t1) / (long long)(t1 - t0))           \
+                    rc = gl_fail(c, 0, NULL);                                                                \
+            }                                                                                                \
+            if (!rc) {                                                                                       \
+                have = 1;                                                                                    \
+                snap_at = malloc(((size_t)(t1 - t0) + 1) * sizeof *snap_at);                                 \
+                if (!snap_at) { PyErr_NoMemory(); rc = -1; }                                                 \
+                for (Py_ssize_t q = t0; q < t1 && !rc; q++) {                                                \
+                    snap_at[q - t0] = snap.n;                                                                \
+                    rc = gl_extend(&snap, c->fol[q].p, c->fol[q].n, 0);                                      \
+                }                                                                                            \
+                if (!rc) {                                                                                   \
+                    snap_at[t1 - t0] = snap.n;                                                               \
+                    tpl.nullable = (R).nullable;                                                             \
+                    rc = gl_extend(&tpl.first, (R).first.p, (R).first.n, 0) ||                               \
+                         gl_extend(&tpl.last, (R).last.p, (R).last.n, 0) ? -1 : 0;                           \
+                }                                                                                            \
+            }                                                                                                \
+        } else {                                                                                             \
+            Py_ssize_t n0 = c->n_pos;                                                                        \
+            int32_t shift = (int32_t)(n0 - t0);                                                              \
+            if ((long long)n0 + (t1 - t0) > (long long)c->max_pos) rc = gl_fail(c, 0, NULL);                 \
+            if (!rc) rc = gl_grow(c, t1 - t0);                                                               \
+            for (Py_ssize_t q = t0; q < t1 && !rc; q++) {                                                    \
+                Py_ssize_t p = c->n_pos++;                                                                   \
+                c->cls[p] = c->cls[q];                                                                       \
+                memset(&c->fol[p], 0, sizeof(gl_vec));                                                       \
+                c->clean[p] = 0;                                                                             \
+                rc = gl_extend(&c->fol[p], snap.p + snap_at[q - t0], snap_at[q - t0 + 1] - snap_at[q - t0], shift); \
+            }                                                                                                \
+            (R).nullable = tpl.nullable;                                                                     \
+            if (!rc) rc = gl_extend(&(R).first, tpl.first.p, tpl.first.n, shift) ||                          \
+                          gl_extend(&(R).last, tpl.last.p, tpl.last.n, shift) ? -1 : 0;                      \
+        }                                                                                                    \
+    } while (0)
+
+    /* A sub-pattern without positions gives the same empty copy every time, and concatenating it
+     * again changes nothing: one copy stands for all (a huge count must not loop). */
+#define GL_EMPTY_TEMPLATE (have && t1 == t0)
+    for (long long k = 0; k < lo && !rc; k++) {
+        if (k >= 2 && GL_EMPTY_TEMPLATE) break;
+        GL_MAKE(part);
+        if (!rc) rc = gl_cat(c, out, &part);
+    }
+    if (!rc && hi < 0) {  /* star */
+        GL_MAKE(part);
+        for (Py_ssize_t i = 0; i < part.last.n && !rc; i++) rc = gl_union(c, part.last.p[i], &part.first);
+        part.nullable = 1;
+        if (!rc) rc = gl_cat(c, out, &part);
+    } else if (!rc && hi > lo) {  /* optional chain */
+        long long m = hi - lo;
+        chain = calloc((size_t)(m < 2 ? m : 2) , sizeof *chain);
+        if (!chain) { PyErr_NoMemory(); rc = -1; }
+        Py_ssize_t cap = m < 2 ? (Py_ssize_t)m : 2;
+        for (long long k = 0; k < m && !rc; k++) {
+            if (GL_EMPTY_TEMPLATE) break;  /* (every copy empty: the chain is empty and nullable) */
+            if (n_chain == cap) {
+                gl_res *nc = realloc(chain, (size_t)cap * 2 * sizeof *chain);
+                if (!nc) { PyErr_NoMemory(); rc = -1; break; }
+                chain = nc;
+                cap *= 2;
+            }
+            n_chain++;  /* (counted before it is made: freed below whatever happens) */
+            GL_MAKE(chain[n_chain - 1]);
+        }
+        if (!rc) {
+            gl_res acc = {0};
+            if (GL_EMPTY_TEMPLATE) {
+                acc.nullable = 1;
+            } else {
+                gl_res *z = &chain[n_chain - 1];
+                rc = gl_extend(&acc.first, z->first.p, z->first.n, 0) || gl_extend(&acc.last, z->last.p, z->last.n, 0) ? -1 : 0;
+                acc.nullable = 1;
+                for (Py_ssize_t i = n_chain - 2; i >= 0 && !rc; i--) {
+                    gl_res *y = &chain[i];
+                    for (Py_ssize_t j = 0; j < y->last.n && !rc; j++) rc = gl_union(c, y->last.p[j], &acc.first);
+                    if (rc) break;
+                    if (y->nullable) {
+                        rc = gl_extend(&acc.first, y->first.p, y->first.n, 0);
+                    } else {
+                        gl_vec t = acc.first;
+                        acc.first = y->first;
+                        y->first = t;
+                    }
+                    if (!rc) rc = gl_extend(&acc.last, y->last.p, y->last.n, 0);
+                }
+            }
+            if (!rc) rc = gl_cat(c, out, &acc);
+            else gl_res_free(&acc);
+        }
+    }
+#undef GL_MAKE
+#undef GL_EMPTY_TEMPLATE
+    if (chain) {
+        for (Py_ssize_t i = 0; i < n_chain; i++) gl_res_free(&chain[i]);
+        free(chain);
+    }
+    gl_res_free(&part); gl_res_free(&tpl);
+    free(snap.p); free(snap_at);
+    return rc;
+}
+
+static int gl_item(gl_ctx *c, PyObject *item, long long flags, gl_res *out) {
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        PyErr_SetString(PyExc_TypeError, "glushkov_positions: a tree item is not an (op, arg) pair");
+        return -1;
+    }
+    PyObject *op = PyTuple_GET_ITEM(item, 0), *av = PyTuple_GET_ITEM(item, 1);
+    PyObject **ops = c->ops;
+    if (op == ops[GL_OP_LITERAL] || op == ops[GL_OP_NOT_LITERAL] || op == ops[GL_OP_ANY] || op == ops[GL_OP_IN])
+        return gl_atom(c, item, op, av, flags, out);
+    if (op == ops[GL_OP_BRANCH]) {
+        PyObject *alts = PyTuple_Check(av) && PyTuple_GET_SIZE(av) == 2 ? PyTuple_GET_ITEM(av, 1) : NULL;
+        if (!alts || !PyList_Check(alts)) {
+            PyErr_SetString(PyExc_TypeError, "glushkov_positions: BRANCH without a list of alternatives");
+            return -1;
+        }
+        out->nullable = 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(alts); i++) {
+            gl_res r = {0};
+            PyObject *alt = PyList_GET_ITEM(alts, i);
+            Py_INCREF(alt);
+            int rc = gl_seq(c, alt, flags, &r);
+            Py_DECREF(alt);
+            if (!rc) rc = gl_extend(&out->first, r.first.p, r.first.n, 0) || gl_extend(&out->last, r.last.p, r.last.n, 0) ? -1 : 0;
+            out->nullable = out->nullable || r.nullable;
+            gl_res_free(&r);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    if (op == ops[GL_OP_SUBPATTERN]) {
+        if (!PyTuple_Check(av) || PyTuple_GET_SIZE(av) != 4) {
+            PyErr_SetString(PyExc_TypeError, "glushkov_positions: SUBPATTERN argument is not a 4-tuple");
+            return -1;
+        }
+        long long add, remove, f = flags;
+        if (gl_ll(PyTuple_GET_ITEM(av, 1), &add) || gl_ll(PyTuple_GET_ITEM(av, 2), &remove)) return -1;
+        if (add || remove) {
+            PyObject *r = PyObject_CallFunction(c->combine, "LOO", flags, PyTuple_GET_ITEM(av, 1), PyTuple_GET_ITEM(av, 2));
+            if (!r) return -1;
+            int bad = gl_ll(r, &f);
+            Py_DECREF(r);
+            if (bad) return -1;
+        }
+        return gl_seq(c, PyTuple_GET_ITEM(av, 3), f, out);
+    }
+    if (op == ops[GL_OP_MAX_REPEAT] || op == ops[GL_OP_MIN_REPEAT]) {
+        if (!PyTuple_Check(av) || PyTuple_GET_SIZE(av) != 3) {
+            PyErr_SetString(PyExc_TypeError, "glushkov_positions: repeat argument is not a 3-tuple");
+            return -1;
+        }
+        long long lo, hi = -1;
+        PyObject *h = PyTuple_GET_ITEM(av, 1);
+        if (gl_ll(PyTuple_GET_ITEM(av, 0), &lo) || (h != ops[GL_MAXREPEAT] && gl_ll(h, &hi))) return -1;
+        if (h != ops[GL_MAXREPEAT] && hi < 0) {
+            PyErr_SetString(PyExc_ValueError, "glushkov_positions: negative repeat count");
+            return -1;
+        }
+        return gl_repeat(c, PyTuple_GET_ITEM(av, 2), flags, lo, hi, out);
+    }
+    return gl_fail(c, 2, item);
+}
+
+static PyObject *gl_data_name;
+
+static int gl_seq(gl_ctx *c, PyObject *items, long long flags, gl_res *out) {
+    if (c->depth >= GL_MAX_DEPTH) return -2;
+    PyObject *seq;
+    if (PyList_Check(items) || PyTuple_Check(items)) {
+        Py_INCREF(items);
+        seq = items;
+    } else {
+        seq = PyObject_GetAttr(items, gl_data_name);
+        if (!seq) return -1;
+        if (!PyList_Check(seq)) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "glushkov_positions: a sub-pattern's data is not a list");
+            return -1;
+        }
+    }
+    c->depth++;
+    int rc = 0;
+    out->nullable = 1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && !rc; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(it);  /* (the list may change under a callback) */
+        gl_res r = {0};
+        rc = gl_item(c, it, flags, &r);
+        Py_DECREF(it);
+        if (!rc) rc = gl_cat(c, out, &r);
+        else gl_res_free(&r);
+    }
+    c->depth--;
+    Py_DECREF(seq);
+    return rc;
+}
+
+static PyObject *glushkov_positions(PyObject *self, PyObject *args) {
+    PyObject *tree, *ops_t, *atom, *fail, *combine;
+    long long flags;
+    Py_ssize_t max_pos;
+    if (!PyArg_ParseTuple(args, "OLnO!OOO", &tree, &flags, &max_pos, &PyTuple_Type, &ops_t, &atom, &fail, &combine))
+        return NULL;
+    if (PyTuple_GET_SIZE(ops_t) != GL_N_OPS) {
+        PyErr_SetString(PyExc_ValueError, "glushkov_positions: ops must hold 9 opcodes");
+        return NULL;
+    }
+    if (max_pos < 0 || max_pos > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "glushkov_positions: max_positions out of range");
+        return NULL;
+    }
+    if (!PyCallable_Check(atom) || !PyCallable_Check(fail) || !PyCallable_Check(combine)) {
+        PyErr_SetString(PyExc_TypeError, "glushkov_positions: atom, fail and combine must be callable");
+        return NULL;
+    }
+    if (!gl_data_name && !(gl_data_name = PyUnicode_InternFromString("data"))) return NULL;
+    PyObject *ops[GL_N_OPS];
+    for (int i = 0; i < GL_N_OPS; i++) ops[i] = PyTuple_GET_ITEM(ops_t, i);
+    gl_ctx c = {0};
+    c.ops = ops;
+    c.atom = atom; c.fail = fail; c.combine = combine;
+    c.max_pos = max_pos;
+    PyObject *result = NULL, *b_cls = NULL, *b_fs = NULL, *b_fol = NULL, *b_last = NULL;
+    gl_res r = {0};
+    int rc = -1;
+    if (!(c.cache = PyDict_New()) || !(c.class_of = PyDict_New()) || !(c.classes = PyList_New(0))) goto done;
+    rc = gl_seq(&c, tree, flags, &r);
+    if (rc == -2) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    if (rc) goto done;
+    {
+        Py_ssize_t n = c.n_pos, total = 0;
+        r.first.n = gl_sort_unique(r.first.p, r.first.n);
+        total = r.first.n;
+        for (Py_ssize_t p = 0; p < n; p++) total += c.fol[p].n = gl_sort_unique(c.fol[p].p, c.fol[p].n);
+        b_cls = PyBytes_FromStringAndSize(NULL, n * 4);
+        b_fs = PyBytes_FromStringAndSize(NULL, (n + 2) * 8);
+        b_fol = PyBytes_FromStringAndSize(NULL, total * 8);
+        b_last = PyBytes_FromStringAndSize(NULL, r.last.n * 8);
+        if (!b_cls || !b_fs || !b_fol || !b_last) goto done;
+        if (n) memcpy(PyBytes_AS_STRING(b_cls), c.cls, (size_t)n * 4);
+        int64_t *fs = (int64_t *)PyBytes_AS_STRING(b_fs), *fol = (int64_t *)PyBytes_AS_STRING(b_fol);
+        int64_t *last = (int64_t *)PyBytes_AS_STRING(b_last);
+        Py_ssize_t k = 0;
+        fs[0] = 0;
+        for (Py_ssize_t i = 0; i < r.first.n; i++) fol[k++] = r.first.p[i];
+        fs[1] = k;
+        for (Py_ssize_t p = 0; p < n; p++) {
+            for (Py_ssize_t i = 0; i < c.fol[p].n; i++) fol[k++] = c.fol[p].p[i];
+            fs[p + 2] = k;
+        }
+        for (Py_ssize_t i = 0; i < r.last.n; i++) last[i] = r.last.p[i];
+        result = Py_BuildValue("(OOOOOO)", b_cls, c.classes, b_fs, b_fol, b_last, r.nullable ? Py_True : Py_False);
+    }
+done:
+    for (Py_ssize_t p = 0; p < c.n_pos; p++) free(c.fol[p].p);
+    free(c.fol); free(c.cls); free(c.clean);
+    gl_res_free(&r);
+    Py_XDECREF(c.cache); Py_XDECREF(c.class_of); Py_XDECREF(c.classes);
+    Py_XDECREF(b_cls); Py_XDECREF(b_fs); Py_XDECREF(b_fol); Py_XDECREF(b_last);
+    return result;
+}
+
+/* subset_classes(cls, roots, node_off, nodes, base, owner, fol_start, fol, accepting, max_states, max_work)
+ * The subset construction of `subset` over the same NFA, its rows given per class instead of per
+ * state: position p's row is its class's root row (roots[cls[p]]: -1 none, -2 to 1 + p, v >= 0 to
+ * base[p] + v) and state 1 + n_pos + i (a mid-character node of position p = owner[i], node
+ * j = 1 + n_pos + i - base[p]) has its class's node row j (nodes[node_off[cls[p]] + j], the same
+ * codes). The rows of all positions' nodes (a repetition's thousands of copies of a class's UTF-8
+ * trie) are then never written out. A target set of one state is looked up by state, not hashed.
+ * Same result as `subset` on the expanded rows: (trans bytes, accepting bytes), None, or False. */
+static PyObject *subset_classes(PyObject *self, PyObject *args) {
+    Py_buffer b_cls, b_roots, b_noff, b_nodes, b_base, b_owner, b_fs, b_fol, b_acc;
+    Py_ssize_t max_states;
+    long long max_work = -1;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*n|L", &b_cls, &b_roots, &b_noff, &b_nodes, &b_base, &b_owner,
+                          &b_fs, &b_fol, &b_acc, &max_states, &max_work))
+        return NULL;
+    Py_buffer *held[9] = {&b_cls, &b_roots, &b_noff, &b_nodes, &b_base, &b_owner, &b_fs, &b_fol, &b_acc};
+    PyObject *result = NULL;
+    const int32_t *cls = b_cls.buf, *roots = b_roots.buf, *nodes = b_nodes.buf, *base = b_base.buf,
+                  *owner = b_owner.buf;
+    const int64_t *noff = b_noff.buf, *fs = b_fs.buf, *fol = b_fol.buf;
+    const uint8_t *acc_nfa = b_acc.buf;
+    Py_ssize_t n_pos = b_cls.len / 4, n_cls = b_roots.len / (256 * 4), n_det = b_owner.len / 4;
+    Py_ssize_t n_fol = b_fol.len / 8, n_nodes = b_nodes.len / (256 * 4);
+    Py_ssize_t n_nfa = 1 + n_pos + n_det;
+    const char *bad = NULL;
+    if (b_cls.len % 4 || b_roots.len % (256 * 4) || b_nodes.len % (256 * 4) || b_owner.len % 4 || b_fol.len % 8)
+        bad = "buffer sizes are not whole rows";
+    else if (b_noff.len != (n_cls + 1) * 8 || b_base.len != n_pos * 4 || b_fs.len != (n_pos + 2) * 8 ||
+             b_acc.len != n_nfa)
+        bad = "buffer lengths disagree";
+    else if (max_states < 1)
+        bad = "max_states must be positive";
+    if (!bad) {
+        if (noff[0] != 0 || noff[n_cls] != n_nodes) bad = "node_off must run from 0 to the number of nodes";
+        for (Py_ssize_t c = 0; c < n_cls && !bad; c++) {
+            int64_t m = noff[c + 1] - noff[c];
+            if (m < 0) { bad = "node_off must not decrease"; break; }
+            for (int64_t k = 0; k < 256 * (m + 1) && !bad; k++) {
+                int32_t v = k < 256 ? roots[c * 256 + k] : nodes[noff[c] * 256 + k - 256];
+                if (v < -2 || v >= m) bad = "a row code is out of range";
+            }
+        }
+    }
+    for (Py_ssize_t p = 0; p < n_pos && !bad; p++) {
+        if (cls[p] < 0 || cls[p] >= n_cls) { bad = "a class is out of range"; break; }
+        int64_t m = noff[cls[p] + 1] - noff[cls[p]];
+        if (m && (base[p] < 1 + n_pos || (int64_t)base[p] + m > n_nfa)) bad = "a base is out of range";
+    }
+    for (Py_ssize_t i = 0; i < n_det && !bad; i++) {
+        int32_t p = owner[i];
+        if (p < 0 || p >= n_pos) { bad = "an owner is out of range"; break; }
+        int64_t j = 1 + n_pos + i - (int64_t)base[p];
+        if (j < 0 || j >= noff[cls[p] + 1] - noff[cls[p]]) bad = "an owner disagrees with its base";
+    }
+    if (!bad && (fs[0] != 0 || fs[n_pos + 1] != n_fol)) bad = "fol_start must run from 0 to len(fol)";
+    for (Py_ssize_t s = 0; s <= n_pos && !bad; s++)
+        if (fs[s + 1] < fs[s]) bad = "fol_start must not decrease";
+    for (Py_ssize_t k = 0; k < n_fol && !bad; k++)
+        if (fol[k] < 0 || fol[k] >= n_pos) bad = "a follow position is out of range";
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "subset_classes: %s", bad);
+        for (int h = 0; h < 9; h++) PyBuffer_Release(held[h]);
+        return NULL;
+    }
+    if (max_work < 0) max_work = LLONG_MAX;
+    long long work = 0;
+    vec uni = {0};
+    int heavy = 0;
+    vec pool = {0}, start = {0};
+    PyObject *trb = NULL;
+    Py_ssize_t trn = 0, trcap = 0;
+    table tab = {0};
+    vec buf = {0};
+    int nomem = 0, over = 0;
+    int64_t *stamp = calloc((size_t)n_pos + 1, sizeof(int64_t));
+    int64_t *single = malloc((size_t)n_nfa * sizeof(int64_t));  /* NFA state -> DFA id of {state}, -1 */
+    if (!stamp || !single || table_init(&tab, 1024) || vec_push(&start, 0) || vec_push(&pool, 0) ||
+        vec_push(&start, 1)) {
+        nomem = 1;
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < n_nfa; s++) single[s] = -1;
+    single[0] = 0;
+    {
+        uint64_t h = set_hash(pool.p, 1);
+        if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
+    }
+    for (Py_ssize_t d = 0; d < start.n - 1; d++) {
+        uni.n = 0;
+        for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
+            int64_t s = pool.p[k];
+            if (s > n_pos) continue;
+            work += fs[s + 1] - fs[s];
+            for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
+                int64_t p = fol[j];
+                if (stamp[p] != d + 1) {
+                    stamp[p] = d + 1;
+                    if (vec_push(&uni, p)) { nomem = 1; goto done; }
+                }
+            }
+        }
+        work += 256 * (uni.n + (start.p[d + 1] - start.p[d]));
+        if (work > max_work) { heavy = 1; goto done; }
+        for (int b = 0; b < 256; b++) {
+            buf.n = 0;
+            for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
+                int64_t s = pool.p[k];
+                if (s > n_pos) {
+                    int32_t p = owner[s - 1 - n_pos];
+                    int64_t j = s - base[p];
+                    int32_t v = nodes[(noff[cls[p]] + j) * 256 + b];
+                    if (v != -1 && vec_push(&buf, v == -2 ? 1 + (int64_t)p : (int64_t)base[p] + v)) { nomem = 1; goto done; }
+                }
+            }
+            for (Py_ssize_t i = 0; i < uni.n; i++) {
+                int64_t p = uni.p[i];
+                int32_t v = roots[(int64_t)cls[p] * 256 + b];
+                if (v != -1 && vec_push(&buf, v == -2 ? 1 + p : (int64_t)base[p] + v)) { nomem = 1; goto done; }
+            }
+            Py_ssize_t nt = buf.n;
+            int64_t target = -1;
+            if (nt == 1 && single[buf.p[0]] >= 0) {
+                target = single[buf.p[0]];
+            } else if (nt) {
+                if (nt > 1) {
+                    qsort(buf.p, (size_t)nt, sizeof(int64_t), cmp_i64);
+                    Py_ssize_t u = 1;
+                    for (Py_ssize_t i = 1; i < nt; i++) if (buf.p[i] != buf.p[u - 1]) buf.p[u++] = buf.p[i];
+                    nt = u;
+                }
+                if (nt == 1 && single[buf.p[0]] >= 0) {
+                    target = single[buf.p[0]];
+                } else {
+                    uint64_t h = set_hash(buf.p, nt);
+                    Py_ssize_t slot = table_slot(&tab, h);
+                    for (;;) {
+                        int64_t id = tab.slots[slot];
+                        if (id < 0) break;
+                        Py_ssize_t len = start.p[id + 1] - start.p[id];
+                        if (len == nt && memcmp(pool.p + start.p[id], buf.p, (size_t)nt * 8) == 0) { target = id; break; }
+                        slot = (slot + 1) & (tab.cap - 1);
+                    }
+                    if (target < 0) {
+                        target = start.n - 1;
+                        if (target >= max_states) { over = 1; goto done; }
+                        for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf.p[i])) { nomem = 1; goto done; }
+                        if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
+                        if (nt == 1) single[buf.p[0]] = target;
+                    }
+                }
+            }
+            if (trn == trcap) {
+                Py_ssize_t nc = trcap ? 2 * trcap : 256 * 64;
+                if (!trb) trb = PyBytes_FromStringAndSize(NULL, nc * 4);
+                else if (_PyBytes_Resize(&trb, nc * 4)) trb = NULL;
+                if (!trb) { PyErr_Clear(); nomem = 1; goto done; }
+                trcap = nc;
+            }
+            ((int32_t *)PyBytes_AS_STRING(trb))[trn++] = (int32_t)target;
+        }
+    }
+done:
+    if (nomem) {
+        PyErr_NoMemory();
+    } else if (over || heavy) {
+        result = over ? Py_None : Py_False;
+        Py_INCREF(result);
+    } else {
+        Py_ssize_t n = start.n - 1;
+        PyObject *bt = trb, *ba = PyBytes_FromStringAndSize(NULL, n);
+        trb = NULL;
+        if (bt && _PyBytes_Resize(&bt, n * 256 * 4)) bt = NULL;
+        if (bt && ba) {
+            uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
+            for (Py_ssize_t d = 0; d < n; d++) {
+                a[d] = 0;
+                for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
+            }
+            result = Py_BuildValue("(NN)", bt, ba);
+        } else {
+            Py_XDECREF(bt); Py_XDECREF(ba);
+        }
+    }
+    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf.p); free(uni.p); free(stamp); free(single);
+    for (int h = 0; h < 9; h++) PyBuffer_Release(held[h]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"subset_classes", subset_classes, METH_VARARGS, "subset, the NFA rows given per class (see its comment)."},
+    {"glushkov_positions", glushkov_positions, METH_VARARGS, "Glushkov positions, first/last/follow of a parse tree (see its comment)."},
     {"lalr_packed", lalr_packed, METH_VARARGS, "LALR(1) parser tables, packed (lalr.lalr_tables and pushdown._packed)."},
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},

@@ -36,6 +36,9 @@ except ImportError:  # built without a C compiler: the numpy subset construction
 
 #: Whether the subset construction uses the C extension when it is built (tests compare both).
 USE_C_SUBSET = True
+#: Whether the position pass (and the NFA's follow lists) run in C when the extension is built; the
+#: :class:`_Positions` pass is the reference (tests compare both).
+USE_C_GLUSHKOV = True
 #: Budget of steps of the C subset construction (about a second each billion): sets of thousands of
 #: positions (``(?:a?){0,3000}b``) would otherwise take minutes.
 MAX_SUBSET_WORK = 2_000_000_000
@@ -71,10 +74,135 @@ def sre_glushkov_dfa(tree, *, max_states: int, char_ranges, utf8_sequences, buil
     regular raise :class:`Refused` with the feature's kind; the caller reports it with a position.
     ``explicit_unicode``: the pattern starts with a ``(?u)`` flag group (full Unicode ``\w``).
     """
-    g = _Positions(max_states // 2)
     flags = _sre_flags(tree.state.flags) | (_EXPLICIT_U if explicit_unicode else 0)
+    if _cwalk is not None and USE_C_GLUSHKOV and USE_C_SUBSET:
+        got = _c_positions(tree, flags, max_states // 2)
+        if got is not None:  # (None: nested deeper than the C pass goes)
+            return _c_to_dfa(got, max_states, utf8_sequences, builder_cls)
+    g = _Positions(max_states // 2)
     first, last, nullable = g.visit_sre(tree, flags)
     return g.to_dfa(first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls)
+
+
+def _c_positions(tree, flags: int, max_positions: int):
+    """:meth:`_Positions.visit_sre` in C: ``(cls, classes, fol_start, fol, last, nullable)`` (see
+    ``glushkov_positions`` in ``_cwalk.c``), or None for a tree nested too deeply for it."""
+
+    def fail(kind: int, item):
+        if kind == 0:
+            raise _Positions(max_positions)._too_large()
+        if kind == 1:
+            raise Unhandled("bad repeat")
+        _refuse_item(item)
+
+    return _cwalk.glushkov_positions(tree, flags, max_positions, _C_OPS, atom_ranges, fail, _combine_flags)
+
+
+def _c_to_dfa(got, max_states, utf8_sequences, builder_cls):
+    """:meth:`_Positions.to_dfa` from :func:`_c_positions`'s arrays: the same NFA, its rows given per
+    class (``_cwalk.subset_classes``), not per position and UTF-8 node."""
+    b_cls, classes, b_fs, b_fol, b_last, nullable = got
+    cls = np.frombuffer(b_cls, dtype=np.int32)
+    n_pos, n_cls = len(cls), len(classes)
+    max_nfa = max_states * 4
+    builder = builder_cls(1 + n_pos, max_nfa)  # its templates: the UTF-8 byte tries of a class
+    # A class's rows: its root row (ASCII characters end at once: _SLOT) and its trie's nodes.
+    roots = np.full((n_cls, 256), -1, dtype=np.int32)
+    node_rows = []
+    m = np.zeros(n_cls, dtype=np.int64)
+    for k, ranges in enumerate(classes):
+        for a, b in ranges:
+            if a <= 0x7F:
+                roots[k, a : min(b, 0x7F) + 1] = _SLOT
+        trie = _class_trie(ranges, builder, utf8_sequences)
+        if trie is not None:
+            lead, at_root, nodes, _dead, _slot = trie
+            roots[k, lead] = at_root
+            m[k] = len(nodes)
+            node_rows.append(nodes)
+    node_off = np.zeros(n_cls + 1, dtype=np.int64)
+    np.cumsum(m, out=node_off[1:])
+    # Mid-character states as the reference lays them out: class by class (in order of first use),
+    # each class's positions in order, m[class] nodes each.
+    order = np.argsort(cls, kind="stable")
+    count = np.bincount(cls, minlength=n_cls)
+    first_of = np.zeros(n_cls + 1, dtype=np.int64)
+    np.cumsum(count, out=first_of[1:])
+    det_of = np.zeros(n_cls + 1, dtype=np.int64)
+    np.cumsum(count * m, out=det_of[1:])
+    n_det = int(det_of[-1])
+    if 1 + n_pos + n_det > max_nfa:
+        raise CompilationTooLargeError(f"the byte-level automaton exceeds {max_nfa} states; simplify the pattern")
+    oc = cls[order]
+    rank = np.arange(n_pos, dtype=np.int64) - first_of[oc]
+    base = np.empty(n_pos, dtype=np.int32)
+    base[order] = 1 + n_pos + det_of[oc] + rank * m[oc]
+    owner = np.repeat(order.astype(np.int32), m[oc])
+    accepting_nfa = np.zeros(1 + n_pos + n_det, dtype=np.uint8)
+    accepting_nfa[1 + np.frombuffer(b_last, dtype=np.int64)] = 1
+    accepting_nfa[0] = nullable
+    nodes = np.concatenate(node_rows) if node_rows else np.zeros((0, 256), dtype=np.int32)
+    res = _cwalk.subset_classes(cls, roots, node_off, nodes, base, owner, b_fs, b_fol, accepting_nfa, max_states,
+                                MAX_SUBSET_WORK)
+    return _subset_result(res, max_states)
+
+
+def _layout(groups, n_pos, max_states, utf8_sequences, builder_cls):
+    """The NFA's rows: ``entry`` (a position's state's row, by position) and the UTF-8 intermediate
+    nodes' rows, from ``(ranges, positions)`` per class."""
+    # NFA states: 0 = initial, 1 + p = after position p, then UTF-8 intermediate nodes.
+    max_nfa = max_states * 4
+    builder = builder_cls(1 + n_pos, max_nfa)  # its templates: the UTF-8 byte tries of a class
+    entry = np.full((n_pos, 256), -1, dtype=np.int32)
+    blocks: list[np.ndarray] = []
+    n_det = 0
+    # Positions with the same class (a repetition's copies) are laid out together: one byte
+    # trie per class, its intermediate nodes copied per position with numpy (a position's
+    # nodes lead to that position only, so nothing is shared between positions).
+    for ranges, ps in groups:
+        for a, b in ranges:
+            if a <= 0x7F:
+                entry[ps, a : min(b, 0x7F) + 1] = (1 + ps)[:, None]
+        trie = _class_trie(ranges, builder, utf8_sequences)
+        if trie is None:
+            continue
+        lead, at_root, nodes, dead, slot = trie
+        m = len(nodes)
+        base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int32) * m)[:, None]  # (< max_nfa)
+        target = (1 + ps).astype(np.int32)[:, None]
+        entry[np.ix_(ps, lead)] = np.where(at_root == _SLOT, target, base + at_root)
+        if m:
+            n_det += len(ps) * m
+            if 1 + n_pos + n_det > max_nfa:
+                raise CompilationTooLargeError(
+                    f"the byte-level automaton exceeds {max_nfa} states; simplify the pattern"
+                )
+            block = nodes[None] + base[:, :, None]  # [positions, nodes, 256]
+            block[:, dead] = -1
+            block[:, slot] = target
+            blocks.append(block.reshape(-1, 256))
+    det_block = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)) if blocks else \
+        np.zeros((0, 256), dtype=np.int32)
+    return entry, det_block
+
+
+def _subset_c(entry, det_block, fol_start, fol, accepting_nfa, max_states):
+    """The subset construction in C (``_cwalk.subset``): ``(trans int32[n, 256], accepting bool[n])``."""
+    res = _cwalk.subset(entry, det_block, fol_start, fol, accepting_nfa, max_states, MAX_SUBSET_WORK)
+    return _subset_result(res, max_states)
+
+
+def _subset_result(res, max_states):
+    if res is None:
+        raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
+    if res is False:
+        raise CompilationTooLargeError(
+            f"building the automaton takes more than {MAX_SUBSET_WORK:,} steps (its states are large "
+            "sets of pattern positions: optional items inside a long counted repetition are the usual "
+            "cause); simplify the pattern"
+        )
+    trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256)  # (read-only: only read)
+    return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
 
 
 def _sre_constants():
@@ -126,6 +254,20 @@ _REFUSED_OPS = {
     "POSSESSIVE_REPEAT": "possessive quantifier",
 }
 _BOUNDARY = {"AT_BOUNDARY", "AT_NON_BOUNDARY"}
+#: The opcodes the C position pass tells apart (by identity, as :meth:`_Positions._sre_item`).
+_C_OPS = (
+    _SRE.LITERAL, _SRE.NOT_LITERAL, _SRE.ANY, _SRE.IN, _SRE.BRANCH, _SRE.SUBPATTERN, _SRE.MAX_REPEAT,
+    _SRE.MIN_REPEAT, _SRE.MAXREPEAT,
+)
+
+
+def _refuse_item(item):
+    """Raise :class:`Refused` for a parse-tree item the builder does not take."""
+    op, av = item
+    name = str(op)
+    if name == "AT" and str(av) in _BOUNDARY:
+        raise Refused("word boundary")
+    raise Refused(_REFUSED_OPS.get(name, name))
 
 _WORD = None  # ASCII word characters, as ranges
 _CATEGORY_LETTER = {
@@ -362,10 +504,7 @@ class _Positions:
         if op is _SRE.MAX_REPEAT or op is _SRE.MIN_REPEAT:
             lo, hi, sub = av
             return self._repeat_of(lambda: self.visit_sre(sub, flags), lo, None if hi is _SRE.MAXREPEAT else hi)
-        name = str(op)
-        if name == "AT" and str(av) in _BOUNDARY:
-            raise Refused("word boundary")
-        raise Refused(_REFUSED_OPS.get(name, name))
+        _refuse_item(item)
 
     def _ranges(self, ranges: tuple, negated: bool):
         key = ("ranges", ranges, negated)
@@ -472,43 +611,12 @@ class _Positions:
 
     def to_dfa(self, first, last, nullable, max_states, char_ranges, utf8_sequences, builder_cls):
         n_pos = len(self.ranges)
-        # NFA states: 0 = initial, 1 + p = after position p, then UTF-8 intermediate nodes.
-        max_nfa = max_states * 4
-        builder = builder_cls(1 + n_pos, max_nfa)  # its templates: the UTF-8 byte tries of a class
-        entry = np.full((n_pos, 256), -1, dtype=np.int32)
-        blocks: list[np.ndarray] = []
-        n_det = 0
-        # Positions with the same class (a repetition's copies) are laid out together: one byte
-        # trie per class, its intermediate nodes copied per position with numpy (a position's
-        # nodes lead to that position only, so nothing is shared between positions).
         by_class: dict[tuple, list[int]] = {}
         for p, ranges in enumerate(self.ranges):
             by_class.setdefault(ranges, []).append(p)
-        for ranges, ps in by_class.items():
-            ps = np.array(ps, dtype=np.int64)
-            for a, b in ranges:
-                if a <= 0x7F:
-                    entry[ps, a : min(b, 0x7F) + 1] = (1 + ps)[:, None]
-            trie = _class_trie(ranges, builder, utf8_sequences)
-            if trie is None:
-                continue
-            lead, at_root, nodes, dead, slot = trie
-            m = len(nodes)
-            base = (1 + n_pos + n_det + np.arange(len(ps), dtype=np.int32) * m)[:, None]  # (< max_nfa)
-            target = (1 + ps).astype(np.int32)[:, None]
-            entry[np.ix_(ps, lead)] = np.where(at_root == _SLOT, target, base + at_root)
-            if m:
-                n_det += len(ps) * m
-                if 1 + n_pos + n_det > max_nfa:
-                    raise CompilationTooLargeError(
-                        f"the byte-level automaton exceeds {max_nfa} states; simplify the pattern"
-                    )
-                block = nodes[None] + base[:, :, None]  # [positions, nodes, 256]
-                block[:, dead] = -1
-                block[:, slot] = target
-                blocks.append(block.reshape(-1, 256))
-        det_block = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)) if blocks else \
-            np.zeros((0, 256), dtype=np.int32)
+        groups = [(ranges, np.array(ps, dtype=np.int64)) for ranges, ps in by_class.items()]
+        entry, det_block = _layout(groups, n_pos, max_states, utf8_sequences, builder_cls)
+        n_det = len(det_block)
         n_nfa = 1 + n_pos + n_det
         follows = [first] + self.follow
         accepting_nfa = np.zeros(n_nfa, dtype=bool)
@@ -518,25 +626,8 @@ class _Positions:
             fol_lists = [sorted(f) for f in follows]
             fol_start = np.zeros(len(fol_lists) + 1, dtype=np.int64)
             fol_start[1:] = np.cumsum([len(f) for f in fol_lists])
-            res = _cwalk.subset(
-                entry,
-                det_block,
-                fol_start,
-                np.fromiter((q for f in fol_lists for q in f), dtype=np.int64, count=int(fol_start[-1])),
-                accepting_nfa.astype(np.uint8),
-                max_states,
-                MAX_SUBSET_WORK,
-            )
-            if res is None:
-                raise CompilationTooLargeError(f"the automaton exceeds {max_states} states; simplify the pattern")
-            if res is False:
-                raise CompilationTooLargeError(
-                    f"building the automaton takes more than {MAX_SUBSET_WORK:,} steps (its states are large "
-                    "sets of pattern positions: optional items inside a long counted repetition are the usual "
-                    "cause); simplify the pattern"
-                )
-            trans = np.frombuffer(res[0], dtype=np.int32).reshape(-1, 256)  # (read-only: only read)
-            return trans, np.frombuffer(res[1], dtype=np.uint8).astype(bool)
+            fol = np.fromiter((q for f in fol_lists for q in f), dtype=np.int64, count=int(fol_start[-1]))
+            return _subset_c(entry, det_block, fol_start, fol, accepting_nfa.astype(np.uint8), max_states)
 
         det_rows: list = [None] * (1 + n_pos) + list(det_block)
 
