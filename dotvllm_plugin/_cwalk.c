@@ -4842,6 +4842,36 @@ done:
     return result;
 }
 
+/* subset_classes's set lookup: the id of the set of NFA states bp[:nt] (sorted and deduplicated
+ * here), added as the next set when new; 0, 1 past max_states, -1 out of memory. */
+static int sc_target(table *tab, vec *pool, vec *start, int64_t *single, int64_t *bp, Py_ssize_t nt,
+                     Py_ssize_t max_states, int64_t *out) {
+    if (nt > 1) {
+        qsort(bp, (size_t)nt, sizeof(int64_t), cmp_i64);
+        Py_ssize_t u = 1;
+        for (Py_ssize_t i = 1; i < nt; i++) if (bp[i] != bp[u - 1]) bp[u++] = bp[i];
+        nt = u;
+    }
+    if (nt == 1 && single[bp[0]] >= 0) { *out = single[bp[0]]; return 0; }
+    uint64_t h = set_hash(bp, nt);
+    Py_ssize_t slot = table_slot(tab, h);
+    for (;;) {
+        int64_t id = tab->slots[slot];
+        if (id < 0) break;
+        Py_ssize_t len = start->p[id + 1] - start->p[id];
+        if (len == nt && memcmp(pool->p + start->p[id], bp, (size_t)nt * 8) == 0) { *out = id; return 0; }
+        slot = (slot + 1) & (tab->cap - 1);
+    }
+    int64_t target = start->n - 1;
+    if (target >= max_states) return 1;
+    for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(pool, bp[i])) return -1;
+    if (vec_push(start, pool->n) || table_add(tab, slot, h)) return -1;
+    if (nt == 1) single[bp[0]] = target;
+    *out = target;
+    return 0;
+}
+
+
 /* subset_classes(cls, roots, node_off, nodes, base, owner, fol_start, fol, accepting, max_states, max_work)
  * The subset construction of `subset` over the same NFA, its rows given per class instead of per
  * state: position p's row is its class's root row (roots[cls[p]]: -1 none, -2 to 1 + p, v >= 0 to
@@ -4914,14 +4944,39 @@ static PyObject *subset_classes(PyObject *self, PyObject *args) {
     PyObject *trb = NULL;
     Py_ssize_t trn = 0, trcap = 0;
     table tab = {0};
-    vec buf = {0};
     int nomem = 0, over = 0;
+    int64_t cnt[257], at[256];
+    vec tg = {0};  /* one set's targets, by byte */
+    int64_t *live_off = NULL;
+    uint8_t *live_b = NULL;
+    int32_t *live_v = NULL;
     int64_t *stamp = calloc((size_t)n_pos + 1, sizeof(int64_t));
     int64_t *single = malloc((size_t)n_nfa * sizeof(int64_t));  /* NFA state -> DFA id of {state}, -1 */
     if (!stamp || !single || table_init(&tab, 1024) || vec_push(&start, 0) || vec_push(&pool, 0) ||
         vec_push(&start, 1)) {
         nomem = 1;
         goto done;
+    }
+    /* live (byte, code) pairs of every row: roots, then nodes */
+    live_off = malloc(((size_t)(n_cls + n_nodes) + 1) * sizeof *live_off);
+    if (!live_off) { nomem = 1; goto done; }
+    live_off[0] = 0;
+    {
+        Py_ssize_t n_live = 0;
+        for (Py_ssize_t r = 0; r < n_cls + n_nodes; r++) {
+            const int32_t *row = r < n_cls ? roots + r * 256 : nodes + (r - n_cls) * 256;
+            for (int b = 0; b < 256; b++) n_live += row[b] != -1;
+        }
+        live_b = malloc((size_t)n_live + 1);
+        live_v = malloc(((size_t)n_live + 1) * sizeof *live_v);
+        if (!live_b || !live_v) { nomem = 1; goto done; }
+        n_live = 0;
+        for (Py_ssize_t r = 0; r < n_cls + n_nodes; r++) {
+            const int32_t *row = r < n_cls ? roots + r * 256 : nodes + (r - n_cls) * 256;
+            for (int b = 0; b < 256; b++)
+                if (row[b] != -1) { live_b[n_live] = (uint8_t)b; live_v[n_live++] = row[b]; }
+            live_off[r + 1] = n_live;
+        }
     }
     for (Py_ssize_t s = 0; s < n_nfa; s++) single[s] = -1;
     single[0] = 0;
@@ -4945,62 +5000,81 @@ static PyObject *subset_classes(PyObject *self, PyObject *args) {
         }
         work += 256 * (uni.n + (start.p[d + 1] - start.p[d]));
         if (work > max_work) { heavy = 1; goto done; }
-        for (int b = 0; b < 256; b++) {
-            buf.n = 0;
-            for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
-                int64_t s = pool.p[k];
-                if (s > n_pos) {
-                    int32_t p = owner[s - 1 - n_pos];
-                    int64_t j = s - base[p];
-                    int32_t v = nodes[(noff[cls[p]] + j) * 256 + b];
-                    if (v != -1 && vec_push(&buf, v == -2 ? 1 + (int64_t)p : (int64_t)base[p] + v)) { nomem = 1; goto done; }
+        /* This state's row, written in place (trb grows by whole rows). */
+        if (trn + 256 > trcap) {
+            Py_ssize_t nc = trcap ? 2 * trcap : 256 * 64;
+            if (!trb) trb = PyBytes_FromStringAndSize(NULL, nc * 4);
+            else if (_PyBytes_Resize(&trb, nc * 4)) trb = NULL;
+            if (!trb) { PyErr_Clear(); nomem = 1; goto done; }
+            trcap = nc;
+        }
+        int32_t *row_out = (int32_t *)PyBytes_AS_STRING(trb) + trn;
+        trn += 256;
+        memset(row_out, 0xff, 256 * sizeof(int32_t));
+        Py_ssize_t n_det_members = 0;
+        int64_t one_p = -1, one_r = -1;
+        for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
+            int64_t s = pool.p[k];
+            if (s <= n_pos) continue;
+            n_det_members++;
+            one_p = owner[s - 1 - n_pos];
+            one_r = n_cls + noff[cls[one_p]] + (s - base[one_p]);
+        }
+        if (n_det_members + uni.n == 1) {
+            /* One row (most states of a deterministic pattern): every byte has at most one target. */
+            if (uni.n) { one_p = uni.p[0]; one_r = cls[one_p]; }
+            for (int64_t q = live_off[one_r]; q < live_off[one_r + 1]; q++) {
+                int32_t v = live_v[q];
+                int64_t t = v == -2 ? 1 + one_p : (int64_t)base[one_p] + v;
+                int64_t target = single[t];
+                if (target < 0) {
+                    int rc = sc_target(&tab, &pool, &start, single, &t, 1, max_states, &target);
+                    if (rc) { if (rc > 0) over = 1; else nomem = 1; goto done; }
                 }
+                row_out[live_b[q]] = (int32_t)target;
             }
-            for (Py_ssize_t i = 0; i < uni.n; i++) {
-                int64_t p = uni.p[i];
-                int32_t v = roots[(int64_t)cls[p] * 256 + b];
-                if (v != -1 && vec_push(&buf, v == -2 ? 1 + p : (int64_t)base[p] + v)) { nomem = 1; goto done; }
-            }
-            Py_ssize_t nt = buf.n;
-            int64_t target = -1;
-            if (nt == 1 && single[buf.p[0]] >= 0) {
-                target = single[buf.p[0]];
-            } else if (nt) {
-                if (nt > 1) {
-                    qsort(buf.p, (size_t)nt, sizeof(int64_t), cmp_i64);
-                    Py_ssize_t u = 1;
-                    for (Py_ssize_t i = 1; i < nt; i++) if (buf.p[i] != buf.p[u - 1]) buf.p[u++] = buf.p[i];
-                    nt = u;
-                }
-                if (nt == 1 && single[buf.p[0]] >= 0) {
-                    target = single[buf.p[0]];
+            continue;
+        }
+        /* Several rows: their targets bucketed by byte, a counting sort over the rows' live bytes
+         * (rows are sparse: a literal's has one). */
+        memset(cnt, 0, sizeof cnt);
+        for (int pass = 0; pass < 2; pass++) {
+            for (int64_t k = start.p[d]; k < start.p[d + 1] + uni.n; k++) {
+                int64_t p, r;
+                if (k < start.p[d + 1]) {
+                    int64_t s = pool.p[k];
+                    if (s <= n_pos) continue;
+                    p = owner[s - 1 - n_pos];
+                    r = n_cls + noff[cls[p]] + (s - base[p]);
                 } else {
-                    uint64_t h = set_hash(buf.p, nt);
-                    Py_ssize_t slot = table_slot(&tab, h);
-                    for (;;) {
-                        int64_t id = tab.slots[slot];
-                        if (id < 0) break;
-                        Py_ssize_t len = start.p[id + 1] - start.p[id];
-                        if (len == nt && memcmp(pool.p + start.p[id], buf.p, (size_t)nt * 8) == 0) { target = id; break; }
-                        slot = (slot + 1) & (tab.cap - 1);
-                    }
-                    if (target < 0) {
-                        target = start.n - 1;
-                        if (target >= max_states) { over = 1; goto done; }
-                        for (Py_ssize_t i = 0; i < nt; i++) if (vec_push(&pool, buf.p[i])) { nomem = 1; goto done; }
-                        if (vec_push(&start, pool.n) || table_add(&tab, slot, h)) { nomem = 1; goto done; }
-                        if (nt == 1) single[buf.p[0]] = target;
+                    p = uni.p[k - start.p[d + 1]];
+                    r = cls[p];
+                }
+                if (!pass) {
+                    for (int64_t q = live_off[r]; q < live_off[r + 1]; q++) cnt[live_b[q] + 1]++;
+                } else {
+                    for (int64_t q = live_off[r]; q < live_off[r + 1]; q++) {
+                        int32_t v = live_v[q];
+                        tg.p[at[live_b[q]]++] = v == -2 ? 1 + p : (int64_t)base[p] + v;
                     }
                 }
             }
-            if (trn == trcap) {
-                Py_ssize_t nc = trcap ? 2 * trcap : 256 * 64;
-                if (!trb) trb = PyBytes_FromStringAndSize(NULL, nc * 4);
-                else if (_PyBytes_Resize(&trb, nc * 4)) trb = NULL;
-                if (!trb) { PyErr_Clear(); nomem = 1; goto done; }
-                trcap = nc;
+            if (!pass) {
+                for (int b = 0; b < 256; b++) cnt[b + 1] += cnt[b];
+                while (tg.cap < cnt[256]) if (vec_grow(&tg)) { nomem = 1; goto done; }
+                memcpy(at, cnt, sizeof at);
             }
-            ((int32_t *)PyBytes_AS_STRING(trb))[trn++] = (int32_t)target;
+        }
+        for (int b = 0; b < 256; b++) {
+            Py_ssize_t nt = cnt[b + 1] - cnt[b];
+            if (!nt) continue;
+            int64_t *bp = tg.p + cnt[b];
+            int64_t target = nt == 1 ? single[bp[0]] : -1;
+            if (target < 0) {
+                int rc = sc_target(&tab, &pool, &start, single, bp, nt, max_states, &target);
+                if (rc) { if (rc > 0) over = 1; else nomem = 1; goto done; }
+            }
+            row_out[b] = (int32_t)target;
         }
     }
 done:
@@ -5025,7 +5099,8 @@ done:
             Py_XDECREF(bt); Py_XDECREF(ba);
         }
     }
-    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf.p); free(uni.p); free(stamp); free(single);
+    free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(uni.p); free(stamp); free(single);
+    free(tg.p); free(live_off); free(live_b); free(live_v);
     for (int h = 0; h < 9; h++) PyBuffer_Release(held[h]);
     return result;
 }
