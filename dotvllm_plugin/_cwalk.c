@@ -4517,7 +4517,12 @@ static int gl_atom(gl_ctx *c, PyObject *item, PyObject *op, PyObject *av, long l
         return -1;
     } else {
         PyObject *ranges = PyObject_CallFunction(c->atom, "OL", item, flags);
-        int t = ranges ? PyObject_IsTrue(ranges) : -1;
+        if (ranges && !PyTuple_Check(ranges)) {
+            Py_DECREF(ranges);
+            ranges = NULL;
+            PyErr_SetString(PyExc_TypeError, "glushkov_positions: atom() must return a tuple of ranges");
+        }
+        int t = ranges ? PyTuple_GET_SIZE(ranges) > 0 : -1;
         if (t < 0) { Py_XDECREF(ranges); Py_DECREF(key); return -1; }
         k = -1;
         if (t) {
