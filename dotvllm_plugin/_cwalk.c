@@ -4911,9 +4911,10 @@ static PyObject *subset_classes(PyObject *self, PyObject *args) {
         bad = "max_states must be positive";
     if (!bad) {
         if (noff[0] != 0 || noff[n_cls] != n_nodes) bad = "node_off must run from 0 to the number of nodes";
+        for (Py_ssize_t c = 0; c < n_cls && !bad; c++)
+            if (noff[c + 1] < noff[c]) bad = "node_off must not decrease";
         for (Py_ssize_t c = 0; c < n_cls && !bad; c++) {
             int64_t m = noff[c + 1] - noff[c];
-            if (m < 0) { bad = "node_off must not decrease"; break; }
             for (int64_t k = 0; k < 256 * (m + 1) && !bad; k++) {
                 int32_t v = k < 256 ? roots[c * 256 + k] : nodes[noff[c] * 256 + k - 256];
                 if (v < -2 || v >= m) bad = "a row code is out of range";
