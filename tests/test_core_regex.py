@@ -749,7 +749,8 @@ def test_c_extension_equals_numpy_on_random_regexes(mistral_vocab, pattern):
 
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
-    flags = [(automaton, "USE_C_TABLES"), (glushkov, "USE_C_SUBSET"), (index, "USE_C_WALK")]
+    flags = [(automaton, "USE_C_TABLES"), (glushkov, "USE_C_SUBSET"), (glushkov, "USE_C_GLUSHKOV"),
+             (index, "USE_C_WALK")]
     try:
         fast = regex_to_dfa(pattern)
         fast_index = index.build_index(fast, mistral_vocab, max_entries=10**9)
