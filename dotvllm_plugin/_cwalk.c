@@ -5111,9 +5111,713 @@ done:
     return result;
 }
 
+/* ---- Regex reader: dotvllm_plugin.regex.fastparse._Parser in C ----------------------------------
+ *
+ * regex_parse(text) returns what re._parser.parse(text) returns (a re._parser.SubPattern tree built
+ * through the classes and opcode objects handed over once by regex_setup) for the subset the Python
+ * reader reads, and None wherever that reader hands the text to Python's parser. The rewrites are
+ * Python's: a prefix shared by all branches moved out, single-item branches joined into one class
+ * (duplicates dropped, first kept), an unquantified (?:...) spliced, a quantified one unwrapped.
+ * Every repeat, group and branch argument is a fresh object (the translator keys a cache on their
+ * ids); literal items of ASCII and of U+100000..U+100003 are shared, as the Python reader shares them.
+ *
+ * Internally a NULL return with no exception set means "outside the subset" (None to the caller).
+ */
+
+enum { RX_LITERAL, RX_NOT_LITERAL, RX_IN, RX_RANGE, RX_NEGATE, RX_SUBPATTERN, RX_BRANCH, RX_MAX_REPEAT,
+       RX_MIN_REPEAT, RX_POSS_REPEAT, RX_ANY, RX_AT, RX_AT_BEGINNING, RX_AT_END, RX_MAXREPEAT, RX_UNICODE,
+       RX_N_CONST };
+#define RX_N_CAT 6             /* \d \D \s \S \w \W */
+#define RX_PRIVATE 0x100000    /* the translator's most frequent private code points: U+100000.. */
+#define RX_N_PRIVATE 4
+#define RX_MAX_DEPTH 100       /* deeper nesting of groups is left to Python's parser */
+
+static struct {
+    int ready, busy;  /* busy: readings under way (a setup then is refused) */
+    PyObject *subpattern, *state;             /* re._parser.SubPattern, re._parser.State */
+    PyObject *c[RX_N_CONST];                  /* opcodes and constants, in the enum's order */
+    PyObject *cat[RX_N_CAT];                  /* (IN, [(CATEGORY, X)]) of re._parser.CATEGORIES */
+    PyObject *catcode[RX_N_CAT];              /* its (CATEGORY, X) */
+    PyObject *lit[0x80 + RX_N_PRIVATE];       /* shared (LITERAL, cp) items */
+    unsigned long long maxrepeat;
+    PyObject *s_str, *s_flags, *s_data;
+} rx;
+
+typedef struct {
+    int kind;
+    const void *t;
+    Py_ssize_t n;
+    PyObject *state;
+    int depth;
+} rx_ctx;
+
+#define RX_CH(p, i) PyUnicode_READ((p)->kind, (p)->t, (i))
+
+static PyObject *rx_lit(Py_UCS4 cp) {
+    PyObject *o;
+    if (cp < 0x80) o = rx.lit[cp];
+    else if (cp >= RX_PRIVATE && cp < RX_PRIVATE + RX_N_PRIVATE) o = rx.lit[0x80 + cp - RX_PRIVATE];
+    else {
+        PyObject *v = PyLong_FromUnsignedLong(cp);
+        if (!v) return NULL;
+        o = PyTuple_Pack(2, rx.c[RX_LITERAL], v);
+        Py_DECREF(v);
+        return o;
+    }
+    Py_INCREF(o);
+    return o;
+}
+
+/* (op, av), av stolen */
+static PyObject *rx_item(PyObject *op, PyObject *av) {
+    if (!av) return NULL;
+    PyObject *t = PyTuple_Pack(2, op, av);
+    Py_DECREF(av);
+    return t;
+}
+
+/* SubPattern(state, data) */
+static PyObject *rx_subpattern(rx_ctx *p, PyObject *data) {
+    PyObject *args[2] = {p->state, data};
+    return PyObject_Vectorcall(rx.subpattern, args, 2, NULL);
+}
+
+/* An (op, av) pair: every item the reader builds is one (checked where an item is read back from a
+ * list a SubPattern holds: those lists are in the hands of the SubPattern class given to setup). */
+#define RX_IS_ITEM(o) (PyTuple_CheckExact(o) && PyTuple_GET_SIZE(o) == 2)
+/* The SubPattern of a group item (SUBPATTERN, (None, 0, 0, body)), or NULL. */
+static PyObject *rx_group_body(PyObject *item) {
+    PyObject *av = PyTuple_GET_ITEM(item, 1);
+    if (!PyTuple_CheckExact(av) || PyTuple_GET_SIZE(av) != 4) return NULL;
+    return PyTuple_GET_ITEM(av, 3);
+}
+
+/* Characters re reads as literals one by one outside a class. */
+static int rx_plain(Py_UCS4 c) {
+    if (c >= 0x80) return 1;
+    switch (c) {
+    case '.': case '\\': case '[': case '{': case '(': case ')': case '*': case '+': case '?': case '^': case '$':
+    case '|':
+        return 0;
+    }
+    return 1;
+}
+
+static int rx_hex(Py_UCS4 c) {
+    if (c >= '0' && c <= '9') return (int)(c - '0');
+    if (c >= 'a' && c <= 'f') return (int)(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F') return (int)(c - 'A' + 10);
+    return -1;
+}
+
+/* An escape at i: 0 a literal (*cp), 1 a category (*cat), -1 outside the subset; *end after it. */
+static int rx_escape(rx_ctx *p, Py_ssize_t i, int in_class, Py_UCS4 *cp, int *cat, Py_ssize_t *end) {
+    if (i + 1 >= p->n) return -1;  /* a backslash at the end */
+    Py_UCS4 c = RX_CH(p, i + 1);
+    *end = i + 2;
+    switch (c) {
+    case 'd': *cat = 0; return 1;
+    case 'D': *cat = 1; return 1;
+    case 's': *cat = 2; return 1;
+    case 'S': *cat = 3; return 1;
+    case 'w': *cat = 4; return 1;
+    case 'W': *cat = 5; return 1;
+    case 'a': *cp = 7; return 0;
+    case 'b':
+        if (!in_class) return -1;  /* a word boundary */
+        *cp = 8;
+        return 0;
+    case 'f': *cp = 12; return 0;
+    case 'n': *cp = 10; return 0;
+    case 'r': *cp = 13; return 0;
+    case 't': *cp = 9; return 0;
+    case 'v': *cp = 11; return 0;
+    case '\\': *cp = 92; return 0;
+    case 'x': case 'u': {
+        int k = c == 'x' ? 2 : 4;
+        if (i + 2 + k > p->n) return -1;
+        Py_UCS4 v = 0;
+        for (int j = 0; j < k; j++) {
+            int h = rx_hex(RX_CH(p, i + 2 + j));
+            if (h < 0) return -1;
+            v = v * 16 + (Py_UCS4)h;
+        }
+        if (c == 'u' && v >= 0xD800 && v <= 0xDFFF) return -1;  /* (re reads a lone surrogate; left to it) */
+        *cp = v;
+        *end = i + 2 + k;
+        return 0;
+    }
+    }
+    if ((c < 0x80 && Py_ISALPHA(c)) || Py_UNICODE_ISDIGIT(c)) return -1;  /* \U \N \0, references, ... */
+    *cp = c;
+    return 0;
+}
+
+typedef struct {
+    int kind;  /* 0 literal, 1 category, 2 range */
+    Py_UCS4 a, b;
+} rx_member;
+
+static PyObject *rx_member_obj(const rx_member *m) {
+    if (m->kind == 0) return rx_lit(m->a);
+    if (m->kind == 1) {
+        Py_INCREF(rx.catcode[m->a]);
+        return rx.catcode[m->a];
+    }
+    return rx_item(rx.c[RX_RANGE], Py_BuildValue("(kk)", (unsigned long)m->a, (unsigned long)m->b));
+}
+
+/* [...] at i: re._parser's set reading. */
+static PyObject *rx_class(rx_ctx *p, Py_ssize_t *pi) {
+    Py_ssize_t i = *pi + 1, n = p->n, cnt = 0, cap = 16;
+    rx_member small[16], *set = small;
+    PyObject *res = NULL;
+    if (i < n && RX_CH(p, i) == '[') return NULL;  /* (re warns: a possible nested set) */
+    int negate = i < n && RX_CH(p, i) == '^';
+    if (negate) i++;
+    for (;;) {
+        if (i >= n) goto done;  /* unterminated */
+        Py_UCS4 c = RX_CH(p, i);
+        if (c == ']' && cnt) {
+            i++;
+            break;
+        }
+        rx_member m1, m2;
+        int cat;
+        if (cnt + 2 > cap) {  /* room for the two members a step may add */
+            rx_member *grown = set == small ? PyMem_Malloc(2 * cap * sizeof *set)
+                                            : PyMem_Realloc(set, 2 * cap * sizeof *set);
+            if (!grown) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            if (set == small) memcpy(grown, small, sizeof small);
+            set = grown;
+            cap *= 2;
+        }
+        if (c == '\\') {
+            int r = rx_escape(p, i, 1, &m1.a, &cat, &i);
+            if (r < 0) goto done;
+            m1.kind = r;
+            if (r == 1) m1.a = (Py_UCS4)cat;
+        } else {
+            if (cnt && (c == '-' || c == '&' || c == '~' || c == '|') && i + 1 < n && RX_CH(p, i + 1) == c)
+                goto done;  /* (re warns: a possible set operation) */
+            m1.kind = 0;
+            m1.a = c;
+            i++;
+        }
+        if (i < n && RX_CH(p, i) == '-') {
+            i++;
+            if (i >= n) goto done;
+            Py_UCS4 that = RX_CH(p, i);
+            if (that == ']') {
+                set[cnt++] = m1;
+                set[cnt].kind = 0;
+                set[cnt++].a = '-';
+                i++;
+                break;
+            }
+            if (that == '\\') {
+                int r = rx_escape(p, i, 1, &m2.a, &cat, &i);
+                if (r != 0) goto done;  /* outside the subset, or a category: a bad range */
+            } else {
+                if (that == '-') goto done;  /* (re warns) */
+                m2.a = that;
+                i++;
+            }
+            if (m1.kind != 0 || m2.a < m1.a) goto done;  /* a bad range */
+            set[cnt].kind = 2;
+            set[cnt].a = m1.a;
+            set[cnt++].b = m2.a;
+        } else {
+            set[cnt++] = m1;
+        }
+    }
+    /* duplicates dropped, the first kept (dict.fromkeys) */
+    Py_ssize_t k = 0;
+    for (Py_ssize_t j = 0; j < cnt; j++) {
+        Py_ssize_t q = 0;
+        while (q < k && !(set[q].kind == set[j].kind && set[q].a == set[j].a &&
+                          (set[j].kind != 2 || set[q].b == set[j].b)))
+            q++;
+        if (q == k) set[k++] = set[j];
+    }
+    if (k == 1 && set[0].kind == 0) {
+        if (negate) {
+            res = rx_item(rx.c[RX_NOT_LITERAL], PyLong_FromUnsignedLong(set[0].a));
+        } else {
+            res = rx_lit(set[0].a);
+        }
+    } else {
+        PyObject *list = PyList_New(k + negate);
+        if (!list) goto done;
+        if (negate) {
+            PyObject *neg = PyTuple_Pack(2, rx.c[RX_NEGATE], Py_None);
+            if (!neg) {
+                Py_DECREF(list);
+                goto done;
+            }
+            PyList_SET_ITEM(list, 0, neg);
+        }
+        for (Py_ssize_t j = 0; j < k; j++) {
+            PyObject *o = rx_member_obj(&set[j]);
+            if (!o) {
+                Py_DECREF(list);
+                goto done;
+            }
+            PyList_SET_ITEM(list, j + negate, o);
+        }
+        res = rx_item(rx.c[RX_IN], list);
+    }
+    *pi = i;
+done:
+    if (set != small) PyMem_Free(set);
+    return res;
+}
+
+/* Unsigned decimal digits at *pi, saturated far above MAXREPEAT; -1 when there are none. */
+static long long rx_digits(rx_ctx *p, Py_ssize_t *pi) {
+    Py_ssize_t i = *pi;
+    long long v = -1;
+    for (; i < p->n; i++) {
+        Py_UCS4 c = RX_CH(p, i);
+        if (c < '0' || c > '9') break;
+        v = (v < 0 ? 0 : v) * 10 + (long long)(c - '0');
+        if (v > ((long long)1 << 40)) v = (long long)1 << 40;
+    }
+    *pi = i;
+    return v;
+}
+
+static PyObject *rx_sub(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out);
+
+/* Items up to |, ) or the end: re._parser._parse. *data_out: the SubPattern's list (a new reference). */
+static PyObject *rx_seq(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out) {
+    Py_ssize_t i = *pi, n = p->n;
+    PyObject *data = PyList_New(0), *item = NULL;
+    int groups = 0;  /* an unquantified (?:...) is spliced into the sequence at the end, as re does */
+    if (!data) return NULL;
+    while (i < n) {
+        Py_UCS4 c = RX_CH(p, i);
+        if (rx_plain(c)) {
+            item = rx_lit(c);
+            i++;
+        } else if (c == '|' || c == ')') {
+            break;
+        } else if (c == '\\') {
+            Py_UCS4 cp;
+            int cat;
+            int r = rx_escape(p, i, 0, &cp, &cat, &i);
+            if (r < 0) goto fail;
+            if (r == 1) {
+                item = rx.cat[cat];
+                Py_INCREF(item);
+            } else {
+                item = rx_lit(cp);
+            }
+        } else if (c == '[') {
+            item = rx_class(p, &i);
+        } else if (c == '(') {
+            if (!(i + 2 < n && RX_CH(p, i + 1) == '?' && RX_CH(p, i + 2) == ':'))
+                goto fail;  /* capturing groups, flags, lookarounds, ... */
+            i += 3;
+            PyObject *body_data;
+            PyObject *g = rx_sub(p, &i, &body_data);
+            if (!g) goto fail;
+            Py_DECREF(body_data);
+            if (i >= n) {  /* missing ) */
+                Py_DECREF(g);
+                goto fail;
+            }
+            i++;
+            item = rx_item(rx.c[RX_SUBPATTERN], Py_BuildValue("(OiiN)", Py_None, 0, 0, g));
+            groups = 1;
+        } else if (c == '.') {
+            item = PyTuple_Pack(2, rx.c[RX_ANY], Py_None);
+            i++;
+        } else if (c == '^' || c == '$') {
+            item = PyTuple_Pack(2, rx.c[RX_AT], rx.c[c == '^' ? RX_AT_BEGINNING : RX_AT_END]);
+            i++;
+        } else {  /* ? * + { */
+            long long lo, hi;
+            int hi_max = 0;  /* hi is the MAXREPEAT constant itself (no digits written) */
+            if (c == '{') {
+                Py_ssize_t j = i + 1;
+                int comma = 0;
+                long long hv = -1, lv = -1;
+                if (j < n && RX_CH(p, j) == '}') {
+                    item = rx_lit('{');
+                    i++;
+                    goto append;
+                }
+                lv = rx_digits(p, &j);
+                if (j < n && RX_CH(p, j) == ',') {
+                    comma = 1;
+                    j++;
+                    hv = rx_digits(p, &j);
+                }
+                if (!(j < n && RX_CH(p, j) == '}')) {
+                    item = rx_lit('{');  /* not a quantifier: a literal brace, the rest read on */
+                    i++;
+                    goto append;
+                }
+                lo = lv < 0 ? 0 : lv;
+                if (!comma) hi = lo;
+                else if (hv < 0) hi = (long long)rx.maxrepeat, hi_max = 1;
+                else hi = hv;
+                if ((unsigned long long)lo >= rx.maxrepeat ||
+                    ((unsigned long long)hi != rx.maxrepeat && ((unsigned long long)hi >= rx.maxrepeat || hi < lo)))
+                    goto fail;
+                i = j + 1;
+            } else {
+                lo = c == '+';
+                hi = c == '?' ? 1 : (long long)rx.maxrepeat;
+                hi_max = c != '?';
+                i++;
+            }
+            Py_ssize_t last = PyList_GET_SIZE(data) - 1;
+            if (last < 0) goto fail;  /* nothing to repeat */
+            PyObject *prev = PyList_GET_ITEM(data, last), *op, *body;
+            if (!RX_IS_ITEM(prev)) goto fail;
+            op = PyTuple_GET_ITEM(prev, 0);
+            if (op == rx.c[RX_AT] || op == rx.c[RX_MAX_REPEAT] || op == rx.c[RX_MIN_REPEAT] ||
+                op == rx.c[RX_POSS_REPEAT])
+                goto fail;  /* nothing to repeat / multiple repeat */
+            if (i < n && (RX_CH(p, i) == '?' || RX_CH(p, i) == '+')) goto fail;  /* lazy or possessive */
+            if (op == rx.c[RX_SUBPATTERN]) {
+                body = rx_group_body(prev);  /* (None, 0, 0, body): always unwrapped */
+                if (!body) goto fail;
+                Py_INCREF(body);
+            } else {
+                PyObject *one = PyList_New(1);
+                if (!one) goto fail;
+                Py_INCREF(prev);
+                PyList_SET_ITEM(one, 0, prev);
+                body = rx_subpattern(p, one);
+                Py_DECREF(one);
+                if (!body) goto fail;
+            }
+            PyObject *lo_o = PyLong_FromLongLong(lo), *hi_o;
+            if (hi_max) {
+                hi_o = rx.c[RX_MAXREPEAT];
+                Py_INCREF(hi_o);
+            } else {
+                hi_o = PyLong_FromLongLong(hi);
+            }
+            if (!lo_o || !hi_o) {
+                Py_XDECREF(lo_o);
+                Py_XDECREF(hi_o);
+                Py_DECREF(body);
+                goto fail;
+            }
+            item = rx_item(rx.c[RX_MAX_REPEAT], Py_BuildValue("(NNN)", lo_o, hi_o, body));
+            if (!item) goto fail;
+            PyList_SetItem(data, last, item);  /* (steals item, drops the repeated one) */
+            item = NULL;
+            continue;
+        }
+    append:
+        if (!item) goto fail;
+        if (PyList_Append(data, item) < 0) goto fail;
+        Py_DECREF(item);
+        item = NULL;
+    }
+    if (groups) {
+        PyObject *flat = PyList_New(0);
+        if (!flat) goto fail;
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(data); j++) {
+            PyObject *it = PyList_GET_ITEM(data, j);
+            int r;
+            if (!RX_IS_ITEM(it)) {
+                Py_DECREF(flat);
+                goto fail;
+            }
+            if (PyTuple_GET_ITEM(it, 0) == rx.c[RX_SUBPATTERN]) {
+                PyObject *body = rx_group_body(it);
+                PyObject *inner = body ? PyObject_GetAttr(body, rx.s_data) : NULL;
+                if (!inner) {
+                    Py_DECREF(flat);
+                    goto fail;
+                }
+                r = PyList_SetSlice(flat, PyList_GET_SIZE(flat), PyList_GET_SIZE(flat), inner);
+                Py_DECREF(inner);
+            } else {
+                r = PyList_Append(flat, it);
+            }
+            if (r < 0) {
+                Py_DECREF(flat);
+                goto fail;
+            }
+        }
+        Py_SETREF(data, flat);
+    }
+    PyObject *sp = rx_subpattern(p, data);
+    if (!sp) goto fail;
+    *pi = i;
+    *data_out = data;
+    return sp;
+fail:
+    Py_XDECREF(item);
+    Py_DECREF(data);
+    return NULL;
+}
+
+/* Items without repeats: dict.fromkeys(items) as a list (the first of equal items kept, in order). */
+static PyObject *rx_unique(PyObject *items) {
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    if (n <= 16) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            PyObject *it = PyList_GET_ITEM(items, j);
+            int seen = 0;
+            for (Py_ssize_t q = 0; q < PyList_GET_SIZE(out) && !seen; q++) {
+                seen = PyObject_RichCompareBool(PyList_GET_ITEM(out, q), it, Py_EQ);
+                if (seen < 0) goto fail;
+            }
+            if (!seen && PyList_Append(out, it) < 0) goto fail;
+        }
+        return out;
+    }
+    PyObject *d = PyDict_New();
+    if (!d) goto fail;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *it = PyList_GET_ITEM(items, j);
+        int seen = PyDict_Contains(d, it);
+        if (seen < 0 || (!seen && (PyDict_SetItem(d, it, Py_None) < 0 || PyList_Append(out, it) < 0))) {
+            Py_DECREF(d);
+            goto fail;
+        }
+    }
+    Py_DECREF(d);
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* An alternation a|b|c up to ) or the end: re._parser._parse_sub. */
+static PyObject *rx_sub(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out) {
+    Py_ssize_t i = *pi, n = p->n, nb = 0, cap = 8;
+    PyObject *items = NULL, *res = NULL, *outer = NULL, *set = NULL;
+    PyObject *small[8], **br = small;  /* the branches' data lists (held) */
+    if (++p->depth > RX_MAX_DEPTH) goto done;
+    if (!(items = PyList_New(0))) goto done;
+    for (;;) {
+        PyObject *data, *seq = rx_seq(p, &i, &data);
+        if (!seq) goto done;
+        int r = PyList_Append(items, seq);
+        Py_DECREF(seq);
+        if (r < 0) {
+            Py_DECREF(data);
+            goto done;
+        }
+        if (nb == cap) {
+            PyObject **grown = br == small ? PyMem_Malloc(2 * cap * sizeof *br) : PyMem_Realloc(br, 2 * cap * sizeof *br);
+            if (!grown) {
+                Py_DECREF(data);
+                PyErr_NoMemory();
+                goto done;
+            }
+            if (br == small) memcpy(grown, small, sizeof small);
+            br = grown;
+            cap *= 2;
+        }
+        br[nb++] = data;
+        if (i < n && RX_CH(p, i) == '|') {
+            i++;
+            continue;
+        }
+        break;
+    }
+    if (nb == 1) {
+        res = PyList_GET_ITEM(items, 0);
+        Py_INCREF(res);
+        *data_out = br[0];
+        Py_INCREF(br[0]);
+        *pi = i;
+        goto done;
+    }
+    if (!(outer = PyList_New(0))) goto done;
+    for (;;) {  /* a common first item moves out of the branches */
+        PyObject *prefix = NULL;
+        Py_ssize_t k;
+        for (k = 0; k < nb; k++) {
+            if (!PyList_GET_SIZE(br[k])) break;
+            PyObject *first = PyList_GET_ITEM(br[k], 0);
+            if (!RX_IS_ITEM(first)) goto done;
+            if (!prefix) {
+                prefix = first;
+            } else {
+                int eq = PyObject_RichCompareBool(first, prefix, Py_EQ);
+                if (eq < 0) goto done;
+                if (!eq) break;
+            }
+        }
+        if (k < nb) break;
+        if (PyList_Append(outer, prefix) < 0) goto done;  /* (before the branches drop it) */
+        for (k = 0; k < nb; k++)
+            if (PyList_SetSlice(br[k], 0, 1, NULL) < 0) goto done;
+    }
+    /* single literals or classes: one class */
+    if (!(set = PyList_New(0))) goto done;
+    Py_ssize_t k;
+    for (k = 0; k < nb; k++) {
+        if (PyList_GET_SIZE(br[k]) != 1) break;
+        PyObject *it = PyList_GET_ITEM(br[k], 0), *op, *av;
+        if (!RX_IS_ITEM(it)) break;
+        op = PyTuple_GET_ITEM(it, 0);
+        av = PyTuple_GET_ITEM(it, 1);
+        if (op == rx.c[RX_LITERAL]) {
+            if (PyList_Append(set, it) < 0) goto done;
+        } else if (op == rx.c[RX_IN]) {
+            /* (a category's list is shared with re._parser: checked, not trusted) */
+            if (!PyList_Check(av) || !PyList_GET_SIZE(av) || !PyTuple_Check(PyList_GET_ITEM(av, 0)) ||
+                !PyTuple_GET_SIZE(PyList_GET_ITEM(av, 0)))
+                break;
+            if (PyTuple_GET_ITEM(PyList_GET_ITEM(av, 0), 0) == rx.c[RX_NEGATE]) break;
+            if (PyList_SetSlice(set, PyList_GET_SIZE(set), PyList_GET_SIZE(set), av) < 0) goto done;
+        } else {
+            break;
+        }
+    }
+    PyObject *last;
+    if (k == nb) {
+        last = rx_item(rx.c[RX_IN], rx_unique(set));
+    } else {
+        Py_INCREF(items);
+        last = rx_item(rx.c[RX_BRANCH], PyTuple_Pack(2, Py_None, items));
+        Py_DECREF(items);
+    }
+    if (!last) goto done;
+    int r = PyList_Append(outer, last);
+    Py_DECREF(last);
+    if (r < 0) goto done;
+    res = rx_subpattern(p, outer);
+    if (res) {
+        *pi = i;
+        *data_out = outer;
+        Py_INCREF(outer);
+    }
+done:
+    p->depth--;
+    for (Py_ssize_t j = 0; j < nb; j++) Py_DECREF(br[j]);
+    if (br != small) PyMem_Free(br);
+    Py_XDECREF(items);
+    Py_XDECREF(outer);
+    Py_XDECREF(set);
+    return res;
+}
+
+static PyObject *regex_setup(PyObject *self, PyObject *args) {
+    PyObject *sp, *st, *consts, *cats;
+    if (!PyArg_ParseTuple(args, "OOO!O!", &sp, &st, &PyTuple_Type, &consts, &PyTuple_Type, &cats)) return NULL;
+    if (rx.busy) {
+        PyErr_SetString(PyExc_RuntimeError, "regex_setup: called while a regex is being read");
+        return NULL;
+    }
+    if (!PyType_Check(sp) || !PyType_Check(st)) {
+        PyErr_SetString(PyExc_TypeError, "regex_setup: SubPattern and State must be classes");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(consts) != RX_N_CONST || PyTuple_GET_SIZE(cats) != RX_N_CAT) {
+        PyErr_Format(PyExc_ValueError, "regex_setup: %d constants and %d categories expected", RX_N_CONST, RX_N_CAT);
+        return NULL;
+    }
+    for (int j = 0; j < RX_N_CONST; j++)
+        if (!PyLong_Check(PyTuple_GET_ITEM(consts, j))) {
+            PyErr_Format(PyExc_TypeError, "regex_setup: constant %d is not an int", j);
+            return NULL;
+        }
+    unsigned long long maxrepeat = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(consts, RX_MAXREPEAT));
+    if (maxrepeat == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (maxrepeat == 0 || maxrepeat > ((unsigned long long)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "regex_setup: MAXREPEAT out of range");
+        return NULL;
+    }
+    for (int j = 0; j < RX_N_CAT; j++) {
+        PyObject *c = PyTuple_GET_ITEM(cats, j), *av;
+        if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2 || PyTuple_GET_ITEM(c, 0) != PyTuple_GET_ITEM(consts, RX_IN) ||
+            !PyList_Check(av = PyTuple_GET_ITEM(c, 1)) || PyList_GET_SIZE(av) != 1 ||
+            !PyTuple_Check(PyList_GET_ITEM(av, 0)) || PyTuple_GET_SIZE(PyList_GET_ITEM(av, 0)) != 2) {
+            PyErr_Format(PyExc_ValueError, "regex_setup: category %d is not (IN, [(CATEGORY, code)])", j);
+            return NULL;
+        }
+    }
+    PyObject *lit[0x80 + RX_N_PRIVATE];
+    for (int j = 0; j < 0x80 + RX_N_PRIVATE; j++) {
+        PyObject *v = PyLong_FromLong(j < 0x80 ? j : RX_PRIVATE + j - 0x80);
+        lit[j] = v ? PyTuple_Pack(2, PyTuple_GET_ITEM(consts, RX_LITERAL), v) : NULL;
+        Py_XDECREF(v);
+        if (!lit[j]) {
+            while (j--) Py_DECREF(lit[j]);
+            return NULL;
+        }
+    }
+    if ((!rx.s_str && !(rx.s_str = PyUnicode_InternFromString("str"))) ||
+        (!rx.s_flags && !(rx.s_flags = PyUnicode_InternFromString("flags"))) ||
+        (!rx.s_data && !(rx.s_data = PyUnicode_InternFromString("data")))) {
+        for (int j = 0; j < 0x80 + RX_N_PRIVATE; j++) Py_DECREF(lit[j]);
+        return NULL;
+    }
+    /* (a second setup replaces the first: the old objects are dropped after the new are held) */
+    Py_INCREF(sp);
+    Py_XSETREF(rx.subpattern, sp);
+    Py_INCREF(st);
+    Py_XSETREF(rx.state, st);
+    for (int j = 0; j < RX_N_CONST; j++) {
+        Py_INCREF(PyTuple_GET_ITEM(consts, j));
+        Py_XSETREF(rx.c[j], PyTuple_GET_ITEM(consts, j));
+    }
+    for (int j = 0; j < RX_N_CAT; j++) {
+        PyObject *c = PyTuple_GET_ITEM(cats, j), *code = PyList_GET_ITEM(PyTuple_GET_ITEM(c, 1), 0);
+        Py_INCREF(c);
+        Py_XSETREF(rx.cat[j], c);
+        Py_INCREF(code);
+        Py_XSETREF(rx.catcode[j], code);
+    }
+    for (int j = 0; j < 0x80 + RX_N_PRIVATE; j++) Py_XSETREF(rx.lit[j], lit[j]);
+    rx.maxrepeat = maxrepeat;
+    rx.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *regex_parse(PyObject *self, PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "regex_parse: str expected, got %.80s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    if (!rx.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "regex_parse: regex_setup was not called");
+        return NULL;
+    }
+    if (PyUnicode_READY(text) < 0) return NULL;
+    rx_ctx p = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), NULL, 0};
+    PyObject *res = NULL, *data = NULL;
+    Py_ssize_t i = 0;
+    rx.busy++;  /* (the classes' code may run: no setup may replace what the reading uses) */
+    p.state = PyObject_CallNoArgs(rx.state);
+    if (!p.state || PyObject_SetAttr(p.state, rx.s_str, text) < 0) goto done;
+    res = rx_sub(&p, &i, &data);
+    if (res && (i != p.n || PyObject_SetAttr(p.state, rx.s_flags, rx.c[RX_UNICODE]) < 0))  /* ) unbalanced */
+        Py_CLEAR(res);
+    if (!res && !PyErr_Occurred()) {
+        res = Py_None;
+        Py_INCREF(res);
+    }
+done:
+    rx.busy--;
+    Py_XDECREF(data);
+    Py_XDECREF(p.state);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"subset_classes", subset_classes, METH_VARARGS, "subset, the NFA rows given per class (see its comment)."},
     {"glushkov_positions", glushkov_positions, METH_VARARGS, "Glushkov positions, first/last/follow of a parse tree (see its comment)."},
+    {"regex_setup", regex_setup, METH_VARARGS, "The classes and constants regex_parse builds with (re._parser's)."},
+    {"regex_parse", regex_parse, METH_O, "re._parser.parse(text) for the subset fastparse reads, else None."},
     {"lalr_packed", lalr_packed, METH_VARARGS, "LALR(1) parser tables, packed (lalr.lalr_tables and pushdown._packed)."},
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},

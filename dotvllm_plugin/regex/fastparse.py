@@ -11,7 +11,9 @@ references, any syntax error, and the constructs ``re`` warns about) hands the w
 ``re._parser.parse``, so errors and rare constructs read exactly as Python reads them.
 
 The translator's regexes (JSON Schema, grammar mode) are long and almost entirely this subset; on
-them this reader is about 2.4 times as fast as Python's parser.
+them this reader is about 2.4 times as fast as Python's parser. The C extension reads the same subset
+the same way (``_cwalk.regex_parse``, used while :data:`USE_C_PARSE`); the Python reader below is its
+reference and stands in without the extension.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import re
 import sys
 
 __all__ = ["fast_parse", "parse"]
+
+#: Read with the C extension where it is built (else with :class:`_Parser`).
+USE_C_PARSE = True
 
 if sys.version_info >= (3, 11):
     import re._constants as C
@@ -61,6 +66,19 @@ class _Literals(dict):
 _LITERALS = _Literals({chr(cp): (_LITERAL, cp) for cp in (*range(0x80), *range(0x100000, 0x100004))})
 
 
+try:
+    from .. import _cwalk
+except ImportError:  # built without a C compiler: the Python reader
+    _cwalk = None
+if _cwalk is not None and _FAST:
+    _cwalk.regex_setup(
+        P.SubPattern, P.State,
+        (C.LITERAL, C.NOT_LITERAL, C.IN, C.RANGE, C.NEGATE, C.SUBPATTERN, C.BRANCH, C.MAX_REPEAT, C.MIN_REPEAT,
+         C.POSSESSIVE_REPEAT, C.ANY, C.AT, C.AT_BEGINNING, C.AT_END, C.MAXREPEAT, C.SRE_FLAG_UNICODE),
+        tuple(P.CATEGORIES[e] for e in ("\\d", "\\D", "\\s", "\\S", "\\w", "\\W")),
+    )
+
+
 class _Fallback(Exception):
     """Outside the subset: Python's parser reads the text."""
 
@@ -75,6 +93,8 @@ def fast_parse(text: str):
     """The tree where ``text`` lies in the subset, else None."""
     if not _FAST:  # pragma: no cover
         return None
+    if USE_C_PARSE and _cwalk is not None:
+        return _cwalk.regex_parse(text)
     try:
         return _Parser(text).run()
     except (_Fallback, RecursionError, IndexError, ValueError, OverflowError):
