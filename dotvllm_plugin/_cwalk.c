@@ -5467,8 +5467,8 @@ static PyObject *rx_seq(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out) {
                 else if (hv < 0) hi = (long long)rx.maxrepeat, hi_max = 1;
                 else hi = hv;
                 if ((unsigned long long)lo >= rx.maxrepeat ||
-                    ((unsigned long long)hi != rx.maxrepeat && ((unsigned long long)hi >= rx.maxrepeat || hi < lo)))
-                    goto fail;
+                    (!hi_max && ((unsigned long long)hi >= rx.maxrepeat || hi < lo)))
+                    goto fail;  /* (re: an upper bound written as MAXREPEAT is too large too) */
                 i = j + 1;
             } else {
                 lo = c == '+';

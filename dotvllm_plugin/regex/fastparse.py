@@ -226,8 +226,8 @@ class _Parser:
                     lo_s, comma, hi_s = b.groups()
                     lo = int(lo_s) if lo_s else 0
                     hi = (int(hi_s) if hi_s else _MAXREPEAT) if comma else lo
-                    if lo >= _MAXREPEAT or (hi != _MAXREPEAT and (hi >= _MAXREPEAT or hi < lo)):
-                        raise _Fallback
+                    if lo >= _MAXREPEAT or (hi_s and (hi >= _MAXREPEAT or hi < lo)):
+                        raise _Fallback  # (re: an upper bound written as MAXREPEAT is too large too)
                     i = b.end()
                 elif c == "?":
                     lo, hi = 0, 1
