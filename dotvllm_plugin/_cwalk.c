@@ -5176,6 +5176,16 @@ static PyObject *rx_item(PyObject *op, PyObject *av) {
     return t;
 }
 
+/* A tuple of n objects, all stolen (released if the tuple cannot be made). */
+static PyObject *rx_tuple(Py_ssize_t n, PyObject *a, PyObject *b, PyObject *c, PyObject *d) {
+    PyObject *o[4] = {a, b, c, d}, *t = PyTuple_New(n);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (t) PyTuple_SET_ITEM(t, j, o[j]);
+        else Py_DECREF(o[j]);
+    }
+    return t;
+}
+
 /* SubPattern(state, data) */
 static PyObject *rx_subpattern(rx_ctx *p, PyObject *data) {
     PyObject *args[2] = {p->state, data};
@@ -5431,7 +5441,8 @@ static PyObject *rx_seq(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out) {
                 goto fail;
             }
             i++;
-            item = rx_item(rx.c[RX_SUBPATTERN], Py_BuildValue("(OiiN)", Py_None, 0, 0, g));
+            Py_INCREF(Py_None);  /* (0 is a preallocated int: PyLong_FromLong cannot fail for it) */
+            item = rx_item(rx.c[RX_SUBPATTERN], rx_tuple(4, Py_None, PyLong_FromLong(0), PyLong_FromLong(0), g));
             groups = 1;
         } else if (c == '.') {
             item = PyTuple_Pack(2, rx.c[RX_ANY], Py_None);
@@ -5511,7 +5522,7 @@ static PyObject *rx_seq(rx_ctx *p, Py_ssize_t *pi, PyObject **data_out) {
                 Py_DECREF(body);
                 goto fail;
             }
-            item = rx_item(rx.c[RX_MAX_REPEAT], Py_BuildValue("(NNN)", lo_o, hi_o, body));
+            item = rx_item(rx.c[RX_MAX_REPEAT], rx_tuple(3, lo_o, hi_o, body, NULL));
             if (!item) goto fail;
             PyList_SetItem(data, last, item);  /* (steals item, drops the repeated one) */
             item = NULL;
