@@ -228,6 +228,26 @@ def test_c_reader_malformed_calls():
     for bad in [(C.IN, []), (C.IN, [1]), (C.LITERAL, [(C.CATEGORY, C.CATEGORY_DIGIT)]), (C.IN,), "x"]:
         with pytest.raises(ValueError, match="category 2 is not"):
             cw.regex_setup(P.SubPattern, P.State, consts, cats[:2] + (bad,) + cats[3:])
+    # classes whose code raises, or sets up again while a text is read: an exception, no crash
+
+    class Raising(P.SubPattern):
+        def __init__(self, state, data=None):
+            raise ZeroDivisionError("from SubPattern")
+
+    class Reentrant(P.SubPattern):
+        def __init__(self, state, data=None):
+            cw.regex_setup(P.SubPattern, P.State, consts, cats)
+
+    try:
+        for cls, error, match in [(Raising, ZeroDivisionError, "from SubPattern"),
+                                  (Reentrant, RuntimeError, "while a regex is being read")]:
+            cw.regex_setup(cls, P.State, consts, cats)
+            for text in ["a", "(?:a|bc)*", "[ab]{2}|x", "\\d+"]:
+                with pytest.raises(error, match=match):
+                    cw.regex_parse(text)
+            assert cw.regex_parse("(a") is None  # (outside the subset before any SubPattern is made)
+    finally:
+        cw.regex_setup(P.SubPattern, P.State, consts, cats)
     # a refused setup changed nothing; a repeated one is allowed
     assert _shape(cw.regex_parse("a|\\d")) == _shape(P.parse("a|\\d"))
     cw.regex_setup(P.SubPattern, P.State, consts, cats)
