@@ -5743,7 +5743,7 @@ static PyObject *regex_setup(PyObject *self, PyObject *args) {
         }
     unsigned long long maxrepeat = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(consts, RX_MAXREPEAT));
     if (maxrepeat == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    if (maxrepeat == 0 || maxrepeat > ((unsigned long long)1 << 40)) {
+    if (maxrepeat == 0 || maxrepeat >= ((unsigned long long)1 << 40)) {  /* (below rx_digits' cap) */
         PyErr_SetString(PyExc_ValueError, "regex_setup: MAXREPEAT out of range");
         return NULL;
     }

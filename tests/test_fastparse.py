@@ -220,7 +220,7 @@ def test_c_reader_malformed_calls():
         cw.regex_setup(P.SubPattern, P.State, consts, cats + cats[:1])
     with pytest.raises(TypeError, match="constant 3 is not an int"):
         cw.regex_setup(P.SubPattern, P.State, consts[:3] + ("x",) + consts[4:], cats)
-    for maxrepeat in (0, 1 << 50):
+    for maxrepeat in (0, 1 << 40, 1 << 50):
         with pytest.raises(ValueError, match="MAXREPEAT out of range"):
             cw.regex_setup(P.SubPattern, P.State, consts[:14] + (maxrepeat, consts[15]), cats)
     with pytest.raises(OverflowError):
