@@ -12,8 +12,8 @@ references, any syntax error, and the constructs ``re`` warns about) hands the w
 
 The translator's regexes (JSON Schema, grammar mode) are long and almost entirely this subset; on
 them this reader is about 2.4 times as fast as Python's parser. The C extension reads the same subset
-the same way (``_cwalk.regex_parse``, used while :data:`USE_C_PARSE`); the Python reader below is its
-reference and stands in without the extension.
+the same way (``_cwalk.regex_parse``, used while :data:`USE_C_PARSE`), about 4.5 times as fast again;
+the Python reader below is its reference and stands in without the extension.
 """
 
 from __future__ import annotations
