@@ -502,3 +502,17 @@ def test_order_properties_follows_declared_order():
               "required": ["z"]}
     got = order_properties({"z": 0, "a": {"x": 1, "y": 2}, "b": 3}, schema)
     assert ser(got) == '{"b":3,"a":{"y":2,"x":1},"z":0}'
+
+
+def test_refusal_inside_a_definition_of_a_schema_that_needs_rules_names_the_definition():
+    """An object that allows undeclared properties is compiled as rules, known before its declared
+    properties are translated (the one-regex attempt stops there): a keyword refused inside a
+    ``$ref``'d definition is reported at the definition, where it is written."""
+    schema = {"definitions": {"a": {"type": "number", "multipleOf": 0.1}},
+              "properties": {"p": {"$ref": "#/definitions/a"}}}
+    with pytest.raises(UnsupportedFeatureError) as e:
+        json_schema_to_ir(schema)
+    assert (e.value.feature, e.value.where) == ("multipleOf", "/definitions/a/multipleOf")
+    # and an object of declared properties that allows undeclared ones still compiles, as rules
+    ok = json_schema_to_ir({"properties": {"p": {"type": "integer"}}, "required": ["p"]})
+    assert ok.rules and any(t.regex.startswith('"p"') for t in ok.terminals)

@@ -1424,6 +1424,10 @@ class _Context:
         names_re = None
         if names_schema is not None:
             names_re = self.compile_name_schema(names_schema, _ptr(where, "propertyNames"))
+        if self.mode == "probe" and additional is True and not pattern_props and names_re != "":
+            # undeclared properties of any value (what extra_entries would find last, after every
+            # declared property was translated): a grammar, known before translating them
+            self.any_value()
 
         def name_ok(name: str) -> bool:
             return names_re is None or re.fullmatch(names_re, json.dumps(name, ensure_ascii=False)) is not None
