@@ -702,6 +702,56 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The union of the follow lists (CSR ``fs``/``fol``) of DFA state ``d``'s members (``start``
+ * offsets into ``pool``; members past ``n_pos`` are mid-character states, no follow list) into
+ * ``uni`` (cleared first), each position once (``stamp[p]`` = d + 1 once added); the lists' lengths
+ * are added to ``*work``. 0, or -1 out of memory. */
+static int follow_union(const int64_t *fs, const int64_t *fol, Py_ssize_t n_pos, const vec *start, const vec *pool,
+                        Py_ssize_t d, int64_t *stamp, vec *uni, long long *work) {
+    uni->n = 0;
+    for (int64_t k = start->p[d]; k < start->p[d + 1]; k++) {
+        int64_t s = pool->p[k];
+        if (s > n_pos) continue;
+        *work += fs[s + 1] - fs[s];
+        for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
+            int64_t p = fol[j];
+            if (stamp[p] != d + 1) {
+                stamp[p] = d + 1;
+                if (vec_push(uni, p)) return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The result of a subset construction (``subset``, ``subset_classes``): None past max_states, False
+ * past the work budget, else (trans bytes of int32[n * 256], accepting bytes of bool[n]) from the
+ * rows in ``*trb`` (taken) and each DFA state's NFA states (``start`` offsets into ``pool``); NULL
+ * with MemoryError when out of memory. */
+static PyObject *subset_result(int nomem, int over, int heavy, PyObject **trb, const vec *start, const vec *pool,
+                               const uint8_t *acc_nfa) {
+    if (nomem) return PyErr_NoMemory();
+    if (over || heavy) {
+        PyObject *result = over ? Py_None : Py_False;
+        Py_INCREF(result);
+        return result;
+    }
+    Py_ssize_t n = start->n - 1;
+    PyObject *bt = *trb, *ba = PyBytes_FromStringAndSize(NULL, n);
+    *trb = NULL;
+    if (bt && _PyBytes_Resize(&bt, n * 256 * 4)) bt = NULL;
+    if (!bt || !ba) {
+        Py_XDECREF(bt); Py_XDECREF(ba);
+        return NULL;
+    }
+    uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
+    for (Py_ssize_t d = 0; d < n; d++) {
+        a[d] = 0;
+        for (int64_t k = start->p[d]; k < start->p[d + 1]; k++) a[d] |= acc_nfa[pool->p[k]];
+    }
+    return Py_BuildValue("(NN)", bt, ba);
+}
+
 static PyObject *subset(PyObject *self, PyObject *args) {
     Py_buffer b_entry, b_det, b_fs, b_fol, b_acc;
     Py_ssize_t max_states;
@@ -737,19 +787,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
         /* The positions this set can step into: the union of its members' follow sets, once per
          * set (then 256 bytes over the union, not over every member's follow list). */
-        uni.n = 0;
-        for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
-            int64_t s = pool.p[k];
-            if (s > n_pos) continue;
-            work += fs[s + 1] - fs[s];
-            for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
-                int64_t p = fol[j];
-                if (stamp[p] != d + 1) {
-                    stamp[p] = d + 1;
-                    if (vec_push(&uni, p)) { nomem = 1; goto done; }
-                }
-            }
-        }
+        if (follow_union(fs, fol, n_pos, &start, &pool, d, stamp, &uni, &work)) { nomem = 1; goto done; }
         work += 256 * (uni.n + (start.p[d + 1] - start.p[d]));
         if (work > max_work) { heavy = 1; goto done; }
         for (int b = 0; b < 256; b++) {
@@ -801,27 +839,7 @@ static PyObject *subset(PyObject *self, PyObject *args) {
         }
     }
 done:
-    if (nomem) {
-        PyErr_NoMemory();
-    } else if (over || heavy) {
-        result = over ? Py_None : Py_False;
-        Py_INCREF(result);
-    } else {
-        Py_ssize_t n = start.n - 1;
-        PyObject *bt = trb, *ba = PyBytes_FromStringAndSize(NULL, n);
-        trb = NULL;
-        if (bt && _PyBytes_Resize(&bt, n * 256 * 4)) bt = NULL;
-        if (bt && ba) {
-            uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
-            for (Py_ssize_t d = 0; d < n; d++) {
-                a[d] = 0;
-                for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
-            }
-            result = Py_BuildValue("(NN)", bt, ba);
-        } else {
-            Py_XDECREF(bt); Py_XDECREF(ba);
-        }
-    }
+    result = subset_result(nomem, over, heavy, &trb, &start, &pool, acc_nfa);
     free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(buf.p); free(uni.p); free(stamp);
     PyBuffer_Release(&b_entry); PyBuffer_Release(&b_det); PyBuffer_Release(&b_fs); PyBuffer_Release(&b_fol);
     PyBuffer_Release(&b_acc);
@@ -4991,19 +5009,7 @@ static PyObject *subset_classes(PyObject *self, PyObject *args) {
         if (table_add(&tab, table_slot(&tab, h), h)) { nomem = 1; goto done; }
     }
     for (Py_ssize_t d = 0; d < start.n - 1; d++) {
-        uni.n = 0;
-        for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) {
-            int64_t s = pool.p[k];
-            if (s > n_pos) continue;
-            work += fs[s + 1] - fs[s];
-            for (int64_t j = fs[s]; j < fs[s + 1]; j++) {
-                int64_t p = fol[j];
-                if (stamp[p] != d + 1) {
-                    stamp[p] = d + 1;
-                    if (vec_push(&uni, p)) { nomem = 1; goto done; }
-                }
-            }
-        }
+        if (follow_union(fs, fol, n_pos, &start, &pool, d, stamp, &uni, &work)) { nomem = 1; goto done; }
         work += 256 * (uni.n + (start.p[d + 1] - start.p[d]));
         if (work > max_work) { heavy = 1; goto done; }
         /* This state's row, written in place (trb grows by whole rows). */
@@ -5084,27 +5090,7 @@ static PyObject *subset_classes(PyObject *self, PyObject *args) {
         }
     }
 done:
-    if (nomem) {
-        PyErr_NoMemory();
-    } else if (over || heavy) {
-        result = over ? Py_None : Py_False;
-        Py_INCREF(result);
-    } else {
-        Py_ssize_t n = start.n - 1;
-        PyObject *bt = trb, *ba = PyBytes_FromStringAndSize(NULL, n);
-        trb = NULL;
-        if (bt && _PyBytes_Resize(&bt, n * 256 * 4)) bt = NULL;
-        if (bt && ba) {
-            uint8_t *a = (uint8_t *)PyBytes_AS_STRING(ba);
-            for (Py_ssize_t d = 0; d < n; d++) {
-                a[d] = 0;
-                for (int64_t k = start.p[d]; k < start.p[d + 1]; k++) a[d] |= acc_nfa[pool.p[k]];
-            }
-            result = Py_BuildValue("(NN)", bt, ba);
-        } else {
-            Py_XDECREF(bt); Py_XDECREF(ba);
-        }
-    }
+    result = subset_result(nomem, over, heavy, &trb, &start, &pool, acc_nfa);
     free(pool.p); free(start.p); Py_XDECREF(trb); table_free(&tab); free(uni.p); free(stamp); free(single);
     free(tg.p); free(live_off); free(live_b); free(live_v);
     for (int h = 0; h < 9; h++) PyBuffer_Release(held[h]);
