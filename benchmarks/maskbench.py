@@ -30,7 +30,11 @@ JSON value the translator writes once at import, and what a compiler pins when i
 automata of the JSON translator's fixed terminals, the UTF-8 byte tries of their character classes,
 and the vocabulary walk of a JSON string's loop with its rows, 20–25 ms once per process). Each worker freezes its
 start-up heap after the warm-up (``gc.freeze``, every engine alike; ``--no-gc-freeze``: not).
-Percentiles
+By default (``--schedule blocks``) the
+engines take turns: the first walks every schema, then the next, so no engine's compile runs
+between two of another's (a multi-second compile of one engine evicts the CPU caches the next
+engine's compile would otherwise find; ``--schedule interleaved`` runs every engine on one schema
+before the next schema, as runs before 2026-12-07 did). Percentiles
 of CPU and wall time are reported on each engine's own compiled set and on the schemas that every
 engine compiled (the fair comparison).
 
@@ -87,6 +91,11 @@ def parse_args(argv=None):
     p.add_argument("--no-gc-freeze", action="store_true",
                    help="keep the workers' start-up heap under the cyclic garbage collector (runs before "
                         "2026-12-06); by default every worker freezes it after its warm-up")
+    p.add_argument("--schedule", choices=("blocks", "interleaved"), default="blocks",
+                   help="blocks: each engine walks every schema in turn, one engine after the other, so no "
+                        "engine's compile runs between another's (a long compile leaves the next engine "
+                        "cold CPU caches); interleaved: every engine on schema 1, then schema 2, ... "
+                        "(runs before 2026-12-07)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
     p.add_argument("--engine-timeout", action="append", default=[], metavar="ENGINE=S",
                    help="per-engine compile deadline, e.g. outlines_core=10 (repeatable)")
@@ -369,6 +378,7 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
                             else "object properties in the instance's own order from the corpus file (no reordering)"),
         "order": args.order,
         "compile_timing": COLD,
+        "schedule": args.schedule,
         "gc_freeze": not args.no_gc_freeze,
         "common_set": {"schemas": len(common_set({e: verdicts[e] for e in engines})),
                        "names": [cases[i]["name"] for i in common_set({e: verdicts[e] for e in engines})]},
@@ -384,6 +394,23 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
     }
     _common.write_json(args.json, out)
     return summaries, machine_end
+
+
+def run_one(worker, case: dict, engine: str, args, timeout_s: float, tokens: dict) -> dict:
+    """Compile and walk ``case`` on ``engine``'s worker; the verdict, with the per-token times in ``tokens``."""
+    r = worker.run_case(for_engine(case, engine), compile_timeout_s=timeout_s, walk_timeout_s=args.walk_timeout_s)
+    tok_stats = {}
+    if "mask_ns" in r:
+        m, c = r.pop("mask_ns"), r.pop("commit_ns")
+        tokens["mask"].append(m)
+        tokens["commit"].append(c)
+        if m.size:
+            tot = (m + c) / 1e3
+            tok_stats = {"tokens_timed": int(m.size), "tok_us_p50": float(np.median(tot)),
+                         "tok_us_max": float(tot.max()), "tokens_over_1ms": int((tot > 1000).sum())}
+    v = judge(for_engine(case, engine), r)
+    v.update(tok_stats)
+    return v
 
 
 def main(argv=None) -> int:
@@ -426,22 +453,15 @@ def main(argv=None) -> int:
             else:
                 infos[e] = {"start_error": w.start_error}
                 log(f"{e}: UNAVAILABLE: {w.start_error[:500]}")
-        for i, case in enumerate(cases):
+        if args.schedule == "interleaved":
+            steps = [(i, engines) for i in range(len(cases))]
+        else:
+            steps = [(i, [e]) for e in engines for i in range(len(cases))]
+        for n_step, (i, step_engines) in enumerate(steps, 1):
+            case = cases[i]
             line = []
-            for e in engines:
-                r = workers[e].run_case(for_engine(case, e), compile_timeout_s=timeouts[e],
-                                        walk_timeout_s=args.walk_timeout_s)
-                tok_stats = {}
-                if "mask_ns" in r:
-                    m, c = r.pop("mask_ns"), r.pop("commit_ns")
-                    tokens[e]["mask"].append(m)
-                    tokens[e]["commit"].append(c)
-                    if m.size:
-                        tot = (m + c) / 1e3
-                        tok_stats = {"tokens_timed": int(m.size), "tok_us_p50": float(np.median(tot)),
-                                     "tok_us_max": float(tot.max()), "tokens_over_1ms": int((tot > 1000).sum())}
-                v = judge(for_engine(case, e), r)
-                v.update(tok_stats)
+            for e in step_engines:
+                v = run_one(workers[e], case, e, args, timeouts[e], tokens[e])
                 verdicts[e].append(v)
                 if v["status"] == "ok":
                     mark = "pass" if v["passed"] else (f"FAIL v{len(v['validation_errors'])}"
@@ -449,20 +469,20 @@ def main(argv=None) -> int:
                     line.append(f"{e}={fmt_ms(v['compile_ms'])} {mark}")
                 else:
                     line.append(f"{e}={v['status']}")
-            done = i + 1
-            eta = (time.time() - t_start) / done * (len(cases) - done)
-            log(f"[{done}/{len(cases)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
-            if done % 25 == 0:
+            done = min(len(v) for v in verdicts.values())
+            eta = (time.time() - t_start) / n_step * (len(steps) - n_step)
+            log(f"[{n_step}/{len(steps)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
+            if done and done % 25 == 0 and all(len(v) == done for v in verdicts.values()):
                 write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done, final=False)
         # The memory pass, untimed and after every timed call: a compile on a trimmed heap per case
         # and engine (a trim makes whatever follows it fault in fresh pages, so no timed compile or
         # mask may come after one).
         log("memory pass: the peak-RSS growth of one more compile per compiled case, on a trimmed heap")
-        for i, case in enumerate(cases):
-            for e in engines:
+        for i, step_engines in steps:
+            for e in step_engines:
                 v = verdicts[e][i]
                 if v["status"] == "ok":
-                    v["rss_delta_bytes"] = workers[e].rss_delta(for_engine(case, e), timeout_s=timeouts[e])
+                    v["rss_delta_bytes"] = workers[e].rss_delta(for_engine(cases[i], e), timeout_s=timeouts[e])
     except KeyboardInterrupt:
         log(f"interrupted after {done} schemas; writing partial results")
         for e in engines:
@@ -492,7 +512,8 @@ def main(argv=None) -> int:
     md = [f"{done} schemas ({n_tests if done == len(cases) else '…'} tests) from `{args.corpus.name}`, tokenizer "
           f"{args.tokenizer} ({_common.VOCAB_SIZE[args.tokenizer]} ids), compile deadlines "
           f"{', '.join(f'{e} {t:g} s' for e, t in args.timeouts.items())}; "
-          f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}. {order_line}", "",
+          f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}. {order_line} "
+          f"Schedule: {args.schedule}.", "",
           "JSON language asked of each engine:", "", markdown_table(hl, rl), "",
           markdown_table(h1, r1), "", f"Compile time, CPU and wall, {COLD}:", "", markdown_table(hp, rp), "",
           "Per-token mask + commit (all tokens of all instances walked):", "",
