@@ -15,7 +15,7 @@ import numpy as np
 
 from .compiler import CompiledGrammar
 from .index import set_token_bits
-from .pushdown import PushdownGrammar
+from .pushdown import _FORK, PushdownGrammar, _cwalk
 
 __all__ = ["MAX_ROLLBACK", "GrammarMatcher", "PushdownMatcher"]
 
@@ -256,9 +256,24 @@ class PushdownMatcher(GrammarMatcher):
         data = self._tb[token_id]
         if not data:
             return False
-        trusted = self._row_for is self._configs  # the mask of these configurations was computed: it decides
-        if trusted and not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
-            return False
+        configs = self._configs
+        trusted = self._row_for is configs  # the mask of these configurations was computed: it decides
+        if trusted:
+            if not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
+                return False
+            g = self.compiled
+            if len(configs) == 1 and g.deterministic and _cwalk is not None:
+                # (the per-token path of most requests: PushdownGrammar.step_all's C step, inline)
+                lr = g._lr()
+                if lr is not None:
+                    q, stack = configs[0]
+                    got = _cwalk.lr_step(lr, g._step_tables, q, stack, data)
+                    if got is not NotImplemented and got is not _FORK:
+                        if got is None:
+                            return False
+                        self._history.append(configs)
+                        self._configs = (got,)
+                        return True
         return self._advance(data, trusted=trusted)
 
     def _advance(self, data: bytes, trusted: bool = False) -> bool:

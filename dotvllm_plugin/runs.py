@@ -153,8 +153,10 @@ def token_chars(vocab) -> TokenChars:
     return got
 
 
+@functools.lru_cache(maxsize=1024)
 def sigma_mask(sigma: tuple) -> np.ndarray:
-    """Σ (code-point ranges: some ASCII, and either every non-ASCII character or none) as a mask."""
+    """Σ (code-point ranges: some ASCII, and either every non-ASCII character or none) as a mask
+    (read-only: shared by the callers)."""
     bits = 0
     for a, b in sigma:
         if a <= 0x7F:
@@ -162,6 +164,7 @@ def sigma_mask(sigma: tuple) -> np.ndarray:
             bits |= ((1 << (hi - a + 1)) - 1) << a
     m = np.array([bits & (2**64 - 1), bits >> 64, _NONASCII_BIT if sigma and sigma[-1][1] >= 0x80 else 0],
                  dtype=np.uint64)
+    m.flags.writeable = False
     return m
 
 
