@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import dotvllm_plugin.regex as regex_mod
+from dfa_helpers import accepts as dfa_accepts
 from dotvllm_plugin.regex import glushkov as G
 from dotvllm_plugin.regex.automaton import Builder
 from dotvllm_plugin.regex.charsets import char_class_ranges, utf8_sequences
@@ -80,6 +81,8 @@ PATTERNS = [
     "a[^\\s\\S]b|c", "(?:[^\\s\\S]x)*y", "a*?b+?c??", "(?s).{2}", "😀{1,3}日本", "(?:a|)+", "(?:|b){3}",
     "a{40000}", "(?:ab){20000}", "(?:a{100}){400}", r"a\b", "^a", "(?=a)a", r"(a)\1", "(?>a)", "a*+",
     "(?:(?:(?:(?:a|b){1,3}c){0,2}d)*e)+", "(?:a{0,3}){0,3}", "[\U00010000-\U0010ffff]{2}",
+    # an empty group repeated a billion times: one copy (the Python pass once looped over every copy)
+    "(?:){1000000000}", "a(?:){5,1000000000}b", "(?:(?:){3}){1000000}y", "(?:|){100000000}q", "(?:){0,7}x",
 ]
 
 
@@ -345,3 +348,22 @@ def test_malformed_subset_classes_calls_raise():
     _raises(sc, *args[:9], 0)
     _raises(sc, *args[:9], "x")
     _raises(sc, *args[:2], None, *args[3:])
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_an_empty_group_repeated_a_billion_times_is_one_copy(flag):
+    # (re itself unrolls these and runs out of memory: the language is written out instead)
+    cases = {"(?:){1000000000}": ({""}, {"a"}), "a(?:){5,1000000000}b": ({"ab"}, {"a", "b", "abb", ""}),
+             "(?:(?:){3}){1000000}y": ({"y"}, {"", "yy"}), "(?:|){100000000}q": ({"q"}, {"", "qq"}),
+             "(?:[^\\s\\S]|){0,900000000}z": ({"z"}, {"", "zz"})}
+    old = G.USE_C_GLUSHKOV
+    G.USE_C_GLUSHKOV = flag
+    try:
+        for pattern, (inside, outside) in cases.items():
+            dfa = regex_mod.regex_to_dfa(pattern)
+            for text in inside:
+                assert dfa_accepts(dfa, text.encode()), (pattern, text)
+            for text in outside:
+                assert not dfa_accepts(dfa, text.encode()), (pattern, text)
+    finally:
+        G.USE_C_GLUSHKOV = old

@@ -574,6 +574,16 @@ class _Positions:
 
         return copy
 
+    @staticmethod
+    def _first_then(first, make):
+        """A ``make`` whose first call returns ``first`` (already made) and the others call ``make``."""
+        made = [first]
+
+        def again():
+            return made.pop() if made else make()
+
+        return again
+
     def _repeat_of(self, make, lo, hi):
         """``make()`` repeated ``lo`` to ``hi`` (None: unbounded) times; each call adds fresh positions."""
         if hi is not None and hi < lo:
@@ -581,6 +591,12 @@ class _Positions:
         n_copies = lo + (1 if hi is None else hi - lo)
         if n_copies > 1:
             make = self._copies(make, n_copies)
+            n = len(self.ranges)
+            once = make()  # (the first copy, as the concatenation below would make it first)
+            if len(self.ranges) == n:  # no positions (an empty group): any count of copies is one copy
+                f, l, nullable = once
+                return f, l, nullable or lo == 0
+            make = self._first_then(once, make)
         parts = [make] * lo
         if hi is None:
 
