@@ -516,3 +516,16 @@ def test_refusal_inside_a_definition_of_a_schema_that_needs_rules_names_the_defi
     # and an object of declared properties that allows undeclared ones still compiles, as rules
     ok = json_schema_to_ir({"properties": {"p": {"type": "integer"}}, "required": ["p"]})
     assert ok.rules and any(t.regex.startswith('"p"') for t in ok.terminals)
+
+
+@pytest.mark.parametrize("options", [{"allow_undeclared_properties": False}, {"mode": "grammar"}, {}])
+def test_a_refusal_inside_a_referenced_definition_names_the_definition_in_every_translation(options):
+    """The one-regex translation (undeclared properties forbidden: the whole schema is one regex)
+    and the rule translation report a keyword refused inside a ``$ref``'d definition at the same
+    place: the definition, where the keyword is written (the one-regex translation named the use
+    site once)."""
+    schema = {"definitions": {"a": {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.1}}}},
+              "type": "object", "properties": {"p": {"type": "array", "items": {"$ref": "#/definitions/a"}}}}
+    with pytest.raises(UnsupportedFeatureError) as e:
+        json_schema_to_ir(schema, **options)
+    assert (e.value.feature, e.value.where) == ("multipleOf", "/definitions/a/properties/n/multipleOf")

@@ -448,6 +448,11 @@ def _ptr(where: str, *parts) -> str:
     return where
 
 
+def _ref_where(ref: str) -> str:
+    """The JSON pointer of a local reference's target (``#/definitions/a`` → ``/definitions/a``)."""
+    return ref.lstrip("#") or ""
+
+
 def _refuse(keyword: str, where: str, why: str) -> UnsupportedFeatureError:
     return UnsupportedFeatureError(
         f"JSON Schema keyword {keyword!r} at {where or '/'} is not supported: {why}",
@@ -587,7 +592,7 @@ class _Context:
             target = self.resolve(ref, _ptr(where, "$ref"))
             saved, self.ref_stack = self.ref_stack, [ref]
             try:
-                self.bodies[ph] = self.compile(target, ref.lstrip("#") or "")
+                self.bodies[ph] = self.compile(target, _ref_where(ref))
             finally:
                 self.ref_stack = saved
         return None if self.bodies.get(ph, "") is None else ph
@@ -712,7 +717,9 @@ class _Context:
             if target is None:
                 return None
             try:
-                return self.compile(target, where)
+                # (a bare reference: its target is read where it is written, as the rule translation
+                # reads it, so that a refusal inside it names the same place in either translation)
+                return self.compile(target, _ref_where(kw["$ref"]) if len(kw) == 1 else where)
             finally:
                 if pushed:
                     self.ref_stack.pop()
