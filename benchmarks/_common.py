@@ -262,6 +262,22 @@ def machine_info() -> dict[str, Any]:
 # Statistics and output
 
 
+SCHEDULES = ("blocks", "interleaved")
+SCHEDULE_HELP = ("blocks: each engine runs every case in turn, one engine after the other, so no engine's "
+                 "compile runs between two of another's (a long compile leaves the next engine cold CPU "
+                 "caches); interleaved: every engine on case 1, then case 2, ... (runs before 2026-12-06)")
+
+
+def schedule(n_cases: int, engines: Sequence[str], how: str) -> list[tuple[int, list[str]]]:
+    """The order cases run in: ``(case index, engines to run it on)`` steps, by ``how`` (one of
+    :data:`SCHEDULES`)."""
+    if how == "interleaved":
+        return [(i, list(engines)) for i in range(n_cases)]
+    if how == "blocks":
+        return [(i, [e]) for e in engines for i in range(n_cases)]
+    raise ValueError(f"unknown schedule {how!r}; choose from {SCHEDULES}")
+
+
 def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
     """``{"p50": .., "p90": .., "max": .., "mean": .., "n": ..}``; NaNs when empty."""
     import numpy as np

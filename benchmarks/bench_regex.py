@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--core-ref", default="", help="measure dotvllm_plugin as committed at this git ref "
                    "(e.g. HEAD) instead of the work tree")
     p.add_argument("--only", default="", help="comma-separated regex names (substring match)")
+    p.add_argument("--schedule", choices=_common.SCHEDULES, default="blocks", help=_common.SCHEDULE_HELP)
     p.add_argument("--timeout-s", type=float, default=180.0, help="compile deadline per regex and engine")
     p.add_argument("--walk-timeout-s", type=float, default=120.0)
     p.add_argument("--repeat", type=int, default=10, help="timing passes over the samples")
@@ -206,9 +207,11 @@ def main(argv=None) -> int:
             else:
                 infos[e] = {"start_error": w.start_error}
                 log(f"{e}: UNAVAILABLE: {w.start_error[:500]}")
-        for i, case in enumerate(cases):
+        steps = _common.schedule(len(cases), engines, args.schedule)
+        for n_step, (i, step_engines) in enumerate(steps, 1):
+            case = cases[i]
             line = []
-            for e in engines:
+            for e in step_engines:
                 r = workers[e].run_case({**case, "repeat": args.repeat}, compile_timeout_s=args.timeout_s,
                                         walk_timeout_s=args.walk_timeout_s)
                 r = {"name": case["name"], "pattern": case["spec"], **r}
@@ -224,14 +227,14 @@ def main(argv=None) -> int:
                 ok = r["status"] == "ok" and all(x["accepted"] for x in r.get("instances", []))
                 line.append(f"{e}={fmt_ms(r['compile_ms']) if 'compile_ms' in r else '-'}"
                             f"{'' if ok else ' [' + r['status'] + (' REJECTED SAMPLE' if r['status'] == 'ok' else '') + ']'}")
-            log(f"[{i + 1}/{len(cases)}] {case['name']}: " + ", ".join(line))
+            log(f"[{n_step}/{len(steps)}] {case['name']}: " + ", ".join(line))
         # the memory pass, untimed and after every timed call (see maskbench)
         log("memory pass: the peak-RSS growth of one more compile per compiled case, on a trimmed heap")
-        for i, case in enumerate(cases):
-            for e in engines:
+        for i, step_engines in steps:
+            for e in step_engines:
                 r = results[e][i]
                 if r["status"] == "ok":
-                    r["rss_delta_bytes"] = workers[e].rss_delta(case, timeout_s=args.timeout_s)
+                    r["rss_delta_bytes"] = workers[e].rss_delta(cases[i], timeout_s=args.timeout_s)
     finally:
         for w in workers.values():
             w.close()
@@ -266,7 +269,7 @@ def main(argv=None) -> int:
     }
     _common.write_json(args.json, out)
     md = [f"Tokenizer: {args.tokenizer} ({out['vocab_size']} ids); {len(cases)} regexes; "
-          f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}.", "",
+          f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}; schedule {args.schedule}.", "",
           markdown_table(h, rows), ""]
     if rrows:
         md += ["Anchor time divided by ours (> 1 means ours is faster):", "", markdown_table(hr, rrows), ""]

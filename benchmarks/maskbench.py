@@ -91,11 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--no-gc-freeze", action="store_true",
                    help="keep the workers' start-up heap under the cyclic garbage collector (runs before "
                         "2026-12-06); by default every worker freezes it after its warm-up")
-    p.add_argument("--schedule", choices=("blocks", "interleaved"), default="blocks",
-                   help="blocks: each engine walks every schema in turn, one engine after the other, so no "
-                        "engine's compile runs between another's (a long compile leaves the next engine "
-                        "cold CPU caches); interleaved: every engine on schema 1, then schema 2, ... "
-                        "(runs before 2026-12-07)")
+    p.add_argument("--schedule", choices=_common.SCHEDULES, default="blocks", help=_common.SCHEDULE_HELP)
     p.add_argument("--timeout-s", type=float, default=30.0, help="compile deadline per schema and engine")
     p.add_argument("--engine-timeout", action="append", default=[], metavar="ENGINE=S",
                    help="per-engine compile deadline, e.g. outlines_core=10 (repeatable)")
@@ -453,10 +449,7 @@ def main(argv=None) -> int:
             else:
                 infos[e] = {"start_error": w.start_error}
                 log(f"{e}: UNAVAILABLE: {w.start_error[:500]}")
-        if args.schedule == "interleaved":
-            steps = [(i, engines) for i in range(len(cases))]
-        else:
-            steps = [(i, [e]) for e in engines for i in range(len(cases))]
+        steps = _common.schedule(len(cases), engines, args.schedule)
         for n_step, (i, step_engines) in enumerate(steps, 1):
             case = cases[i]
             line = []
