@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .devtools.client import sse_lines
 from .devtools.demo_model import SEED, build_model, default_model_dir, ensure_model, model_is_current
 from .devtools.server import MODEL_NAME, ServerStartError, plugin_present, start_server
 
@@ -297,7 +298,7 @@ def send(base_url: str, req: DemoRequest, *, timeout_s: float = 120.0) -> Outcom
         elif req.stream:
             texts: dict[int, list[str]] = {}
             finish: dict[int, str | None] = {}
-            for line in resp.iter_lines(decode_unicode=True):
+            for line in sse_lines(resp):
                 if not line or not line.startswith("data: "):
                     continue
                 data = line[len("data: "):]

@@ -32,6 +32,14 @@ def body_for(endpoint: str, prompt: str, **params) -> dict:
     return body
 
 
+def sse_lines(resp):
+    """The lines of a streamed (server-sent events) reply, decoded. They end at ``\n`` (``\r\n``)
+    only: ``iter_lines(decode_unicode=True)`` splits with ``str.splitlines``, also at U+2028, U+0085
+    and other characters that JSON leaves unescaped inside a string, which cuts an event in two."""
+    for raw in resp.iter_lines(delimiter=b"\n"):
+        yield raw.decode("utf-8").removesuffix("\r")
+
+
 def post(base_url: str, endpoint: str, body: dict, *, session: requests.Session | None = None) -> Reply:
     http = session or requests
     stream = bool(body.get("stream"))
@@ -52,7 +60,7 @@ def post(base_url: str, endpoint: str, body: dict, *, session: requests.Session 
         return reply
     reply = Reply(200)
     lines = []
-    for line in resp.iter_lines(decode_unicode=True):
+    for line in sse_lines(resp):
         lines.append(line)
         if not line or not line.startswith("data: "):
             continue
