@@ -34,7 +34,7 @@ By default (``--schedule blocks``) the
 engines take turns: the first walks every schema, then the next, so no engine's compile runs
 between two of another's (a multi-second compile of one engine evicts the CPU caches the next
 engine's compile would otherwise find; ``--schedule interleaved`` runs every engine on one schema
-before the next schema, as runs before 2026-12-07 did). Percentiles
+before the next schema, as runs before 2026-12-06 did). Percentiles
 of CPU and wall time are reported on each engine's own compiled set and on the schemas that every
 engine compiled (the fair comparison).
 

@@ -206,21 +206,14 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
 
 
-def _walk_too_large() -> CompilationTooLargeError:
-    return CompilationTooLargeError(
-        f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
-        "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
-    )
-
-
 def _c_walk_view(ct: ClassTrie) -> tuple:
-    """The C walk's arguments that depend on the view alone: ``(nodes, byte_class, level offsets,
-    root width, token CSR start, ids)``, cached on the view."""
+    """The C walk's arguments that depend on the trie alone: ``(nodes, byte_class, level offsets,
+    root width)``, cached on it (a first visit's walk is a few tens of microseconds: the arguments'
+    assembly was a fifth of it)."""
     got = ct.__dict__.get("_c_walk_view")
     if got is None:
         _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
-        got = ct.__dict__["_c_walk_view"] = (nodes, byte_class, off, len(ct.cls[0]) if ct.depth else 0,
-                                              *_token_csr(ct))
+        got = ct.__dict__["_c_walk_view"] = (nodes, byte_class, off, len(ct.cls[0]) if ct.depth else 0)
     return got
 
 
@@ -235,8 +228,8 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     arrays ``(start index, level, level-local node, state)`` (C walk only)."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
-    _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
-    empty = np.zeros(0, dtype=np.int64)
+    nodes, byte_class, off, n_root = _c_walk_view(ct)
+    empty = _EMPTY
     if isinstance(inject, tuple):
         i_si, i_level, i_node, i_state = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
     else:
@@ -247,13 +240,16 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
     res = _cwalk.walk(
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
-        len(ct.cls[0]) if ct.depth else 0, starts, i_si, i_level, i_node, i_state, bool(want_exits),
+        n_root, starts, i_si, i_level, i_node, i_state, bool(want_exits),
         MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
         *(() if skip is None else skip),
         *(() if groups is None else ((None,) * 4 if skip is None else ()) + (np.ascontiguousarray(groups, dtype=np.int64),)),
     )
     if res is None:
-        raise _walk_too_large()
+        raise CompilationTooLargeError(
+            f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
+            "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+        )
     if rows is not None:
         return res[:2], (res[2:] if raw else tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:]))
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
@@ -1060,21 +1056,8 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
     (``chosen[state before]``), terminals ascending. Rows are read-only. In C the split is one more
     call on the walk's own buffers (:func:`walk_rows_by_end` and numpy are the reference)."""
     if _cwalk is not None and USE_C_WALK:
-        groups = np.ascontiguousarray(groups, dtype=np.int64)
-        if inject is None or isinstance(inject, tuple):  # (the pushdown matcher's first visits: _walk inline)
-            nodes, byte_class, off, n_root, start, ids = _c_walk_view(view)
-            starts = _EMPTY if states is None else np.ascontiguousarray(states, dtype=np.int64)
-            injected = (_EMPTY,) * 4 if inject is None else (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
-            res = _cwalk.walk(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes,
-                              byte_class, off, n_root, starts, *injected, True, MAX_INDEX_ENTRIES, start, ids, words,
-                              class_trans.shape[0], *((None,) * 4 if skip is None else skip), groups)
-            if res is None:
-                raise _walk_too_large()
-            ends, rows, exits = res[0], res[1], res[2:]
-        else:
-            start, ids = _token_csr(view)
-            (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
-                                        rows=(start, ids, words), skip=skip, groups=groups, raw=True)
+        (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
+                                    rows=(*_token_csr(view), words), skip=skip, groups=groups, raw=True)
         free, pending, by_term = _cwalk.split_walk(ends, rows, words, groups, exits[1], exits[2], exits[3],
                                                   np.ascontiguousarray(chosen, dtype=np.int64))
         i32, i64 = np.int32, np.int64

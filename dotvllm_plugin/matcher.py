@@ -15,7 +15,7 @@ import numpy as np
 
 from .compiler import CompiledGrammar
 from .index import set_token_bits
-from .pushdown import _FORK, PushdownGrammar, _cwalk
+from .pushdown import _FORK, PushdownGrammar
 
 __all__ = ["MAX_ROLLBACK", "GrammarMatcher", "PushdownMatcher"]
 
@@ -261,19 +261,15 @@ class PushdownMatcher(GrammarMatcher):
         if trusted:
             if not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
                 return False
-            g = self.compiled
-            if len(configs) == 1 and g.deterministic and _cwalk is not None:
-                # (the per-token path of most requests: PushdownGrammar.step_all's C step, inline)
-                lr = g._lr()
-                if lr is not None:
-                    q, stack = configs[0]
-                    got = _cwalk.lr_step(lr, g._step_tables, q, stack, data)
-                    if got is not NotImplemented and got is not _FORK:
-                        if got is None:
-                            return False
-                        self._history.append(configs)
-                        self._configs = (got,)
-                        return True
+            if len(configs) == 1 and self.compiled.deterministic:
+                # (step_all's path for one configuration of a deterministic grammar, without its frames)
+                got = self.compiled.step(*configs[0], data, True)
+                if got is not _FORK:
+                    if got is None:
+                        return False
+                    self._history.append(configs)
+                    self._configs = (got,)
+                    return True
         return self._advance(data, trusted=trusted)
 
     def _advance(self, data: bytes, trusted: bool = False) -> bool:
