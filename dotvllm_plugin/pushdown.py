@@ -221,6 +221,12 @@ USE_C_LALR = True
 _C_LALR = _cwalk is not None and hasattr(_cwalk, "lalr_packed")
 #: Whether base walks take the character-run shortcut (:mod:`dotvllm_plugin.runs`; tests compare).
 USE_RUNS = True
+#: Whether a base walk takes the tokens whose first byte leads where it leads from the state its
+#: characters run to from that state's walk, when that walk is known (:meth:`PushdownGrammar._donor_walk`;
+#: tests compare).
+USE_DONORS = True
+#: Most first bytes a donor's rows drop (each a row of the tokens it starts, ORed): past it, walk.
+MAX_DONOR_DROP = 24
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
 #: by everything reachable from it, the reference; tests compare).
 BALL_SIGNATURES = True
@@ -1752,14 +1758,14 @@ class PushdownGrammar:
         sig = byte_class.tobytes() + table.astype(np.int32).tobytes() + kinds.tobytes() + groups.tobytes()
         return states + lo, sig, tuple(terms_at)
 
-    def _base_of(self, q: int):
+    def _base_of(self, q: int, canon=None):
         """Tokens inside the current lexeme from ``q``, by the state they end in (``(free, ((state,
         row), ...), exits, key)``: ``free`` needs no parser check, None when there are none), the
         exits grouped by terminal, and the key of this walk for the caches that follow it (the walk's
         signature and which terminal each label is here)."""
         got = self._base.get(q)
         if got is None:
-            states, sig, terms = self._canonical(q)
+            states, sig, terms = self._canonical(q) if canon is None else canon
             shared = self._base_shared.get(sig)
             if shared is None:
                 walked = pinned_walks(self.vocabulary).get(sig)
@@ -1780,16 +1786,95 @@ class PushdownGrammar:
         lo = self._lexer_lo[lexer]
         start = np.array([q - lo], dtype=np.int64)
         reach_groups = self._reach.groups(lexer)
-        shortcut = None
-        if USE_RUNS and index._cwalk is not None and index.USE_C_WALK:
-            shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo, self._run_memo.setdefault(lexer, {}),
-                                 reach_groups[1])
-        walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), start,
-                                  skip=None if shortcut is None else shortcut.skip)
-        free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
+        runs_ok = USE_RUNS and index._cwalk is not None and index.USE_C_WALK
+        got = self._donor_walk(q, lexer, ct, view, states, reach_groups) if runs_ok and USE_DONORS else None
+        if got is not None:
+            free, groups, exits = got
+        else:
+            shortcut = None
+            if runs_ok:
+                shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo,
+                                     self._run_memo.setdefault(lexer, {}), reach_groups[1])
+            walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), start,
+                                      skip=None if shortcut is None else shortcut.skip)
+            free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}
         kind = {t: k for k, t in enumerate(terms)}
         return free, tuple((label[r], row) for r, row in groups), tuple((kind[t], level, node) for t, level, node in exits)
+
+    def _donor_walk(self, q: int, lexer: int, ct, view, states, reach_groups):
+        """:meth:`_walk_base`'s walk (as :meth:`_split` returns it) from another's: ``p``, the state
+        where the characters from ``q`` run (:mod:`dotvllm_plugin.runs`: inside a property name
+        being written, every character but the declared names' next ones leads to the loop of an
+        undeclared name), when ``p``'s walk is known (pinned, or shared in this grammar). A first
+        byte ``b`` that leads from ``q`` where it leads from ``p`` (a live state) leads every token
+        it starts through the same states from both: those tokens' rows and exits are ``p``'s, less
+        those of the other first bytes (rows of the tokens each first byte starts, per vocabulary).
+        The walk from ``q`` then visits the other first bytes only. ``p``'s row of a reach group
+        comes under the first state of that group in ``q``'s ball (``states``: ``p``'s may lie
+        outside it). None: no such ``p`` known, or more than :data:`MAX_DONOR_DROP` first bytes to
+        drop from ``p``'s rows (walk instead)."""
+        lo = self._lexer_lo[lexer]
+        bc = view.byte_class
+        got = runs._run_class(ct, bc, q - lo, self._run_memo.setdefault(lexer, {}))
+        if got is None or got[1] == q - lo:
+            return None
+        p = got[1] + lo
+        donor = self._base.get(p)
+        if donor is None:
+            canon = self._canonical(p)
+            if canon[1] not in self._base_shared and canon[1] not in pinned_walks(self.vocabulary):
+                return None
+            donor = self._base_of(p, canon)
+        from_q, from_p = ct[q - lo][bc], ct[p - lo][bc]
+        live = from_p >= 0
+        take = live & (from_q == from_p)
+        drop = np.flatnonzero(live & ~take)
+        if len(drop) > MAX_DONOR_DROP:
+            return None
+        tc = runs.token_chars(self.vocabulary)
+        d_free, d_pending, d_exits, _ = donor
+        if len(drop):
+            off = index._c_walk_view(view)[2]
+            gone = np.zeros(256, dtype=bool)
+            gone[drop] = True
+            out = ~runs.first_byte_row(self.vocabulary, tuple(drop.tolist()))
+
+            def keep(row):
+                row = row & out
+                return row if row.any() else None
+
+            d_free = None if d_free is None else keep(d_free)
+            d_pending = [(s, r) for s, r in ((s, keep(row)) for s, row in d_pending) if r is not None]
+            exits = []
+            for t, level, node in d_exits:
+                kept = ~gone[tc.node_first[off[level] + node]]
+                if kept.any():
+                    exits.append((t, level[kept], node[kept]))
+            d_exits = exits
+        if d_pending:  # (each row under the first state of its group in q's ball)
+            ball = states - lo
+            ball_groups = reach_groups[0][ball]
+            mapped = []
+            for s, row in d_pending:
+                at = np.flatnonzero(ball_groups == reach_groups[1][s - lo])
+                if not len(at):  # (cannot be: a token from q ends inside q's ball)
+                    return None
+                mapped.append((int(ball[at[0]]), row))
+            d_pending = mapped
+        walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
+                                  skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take.astype(np.uint8)))
+        free, pending, exits = self._split(lo, walked, d_pending)
+        if d_free is not None:
+            free = d_free if free is None else free | d_free
+        if d_exits:
+            by_term: dict = {}
+            for t, level, node in (*exits, *d_exits):
+                by_term.setdefault(t, []).append((level, node))
+            exits = tuple((t, *parts[0]) if len(parts) == 1 else
+                          (t, np.concatenate([lv for lv, _ in parts]), np.concatenate([nd for _, nd in parts]))
+                          for t, parts in sorted(by_term.items()))
+        return free, pending, exits
 
     def _split(self, lo: int, walked, more=()):
         """A walk's result (:func:`index.walk_split`: rows by reach group, :meth:`_LazyReach.groups`,

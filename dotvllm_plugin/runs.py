@@ -35,7 +35,8 @@ from . import index
 from .pinning import Pinning
 from .regex.charsets import code_ranges, merge_ranges, utf8_sequences
 
-__all__ = ["RunPlan", "clear_memos", "first_ok", "pinned", "plan", "run_table", "sigma_mask", "token_chars"]
+__all__ = ["SIGMA_ALL", "RunPlan", "clear_memos", "first_byte_row", "first_ok", "pinned", "plan", "run_table",
+           "sigma_mask", "token_chars"]
 
 #: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
 MIN_ASCII = 32
@@ -166,6 +167,33 @@ def sigma_mask(sigma: tuple) -> np.ndarray:
                  dtype=np.uint64)
     m.flags.writeable = False
     return m
+
+
+#: The mask of every character and flag: a walk's skip by first byte alone (``first_ok``).
+SIGMA_ALL = np.full(3, 2**64 - 1, dtype=np.uint64)
+SIGMA_ALL.flags.writeable = False
+
+
+def first_byte_row(vocab, first_bytes: tuple) -> np.ndarray:
+    """Packed int32 row (a new array) of the tokens whose first byte is one of ``first_bytes``
+    (byte 0 also counts the tokens that are not generatable): the OR of one row per byte, those kept
+    with the vocabulary."""
+    rows = vocab._cache.get("first_byte_rows")
+    if rows is None:
+        rows = vocab._cache.setdefault("first_byte_rows", {})
+    tc = token_chars(vocab)
+    out = None
+    for b in first_bytes:
+        row = rows.get(b)
+        if row is None:
+            ids = tc.tokens_starting(np.array([b], dtype=np.int64)).astype(np.int64)
+            row = np.frombuffer(index._cwalk.token_bits(np.array([0, len(ids)], dtype=np.int64), ids,
+                                                       np.zeros(1, dtype=np.int64), tc.words), dtype=np.int32)
+            rows[b] = row
+        out = row.copy() if out is None else np.bitwise_or(out, row, out=out)
+    if out is None:
+        out = np.zeros(tc.words, dtype=np.int32)
+    return out
 
 
 def first_ok(first: tuple) -> np.ndarray:

@@ -118,6 +118,7 @@ def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, 
         return got
 
     monkeypatch.setattr(runs, "plan", counting)
+    monkeypatch.setattr(pushdown, "USE_DONORS", False)  # (property names would take their loop's walk)
     walks = [tekken_tokenizer.encode(p, add_special_tokens=False) for p in PREFIXES] + [[]] * 3
     for walk_no, prefix in enumerate(walks):
         runs.clear_memos()
@@ -126,6 +127,64 @@ def test_masks_with_runs_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, 
         walk_together(tekken_vocab, fast, ref, lambda on: monkeypatch.setattr(pushdown, "USE_RUNS", on), rng, 30,
                       prefix=prefix, weight=longest.astype(float) ** 2 + 1, label=(spec, walk_no))
     assert any(used) or spec is SCHEMAS[-1], spec  # (an enum has no run)
+
+
+#: Property names being written: declared names sharing prefixes (one with a non-ASCII character,
+#: one with an escape), undeclared names allowed, and names of nested objects.
+DONOR_SCHEMAS = [
+    {"type": "object", "properties": {
+        "name": {"type": "string"}, "names": {"type": "array", "items": {"type": "string"}},
+        "nämе": {"type": "integer"}, "na\"me": {"type": "boolean"}, "x": {"type": "number"},
+        "nest": {"type": "object", "properties": {"nested": {"type": "string", "maxLength": 5}},
+                 "additionalProperties": {"type": "integer"}}}},
+    _tree({"type": "object", "properties": {"title": {"type": "string"}, "tag": {"type": "integer"}}}),
+]
+DONOR_PREFIXES = ['{"', '{"na', '{"name', '{"names', '{"näm', '{"na\\', '{"nest":{"nes', '{"x', '{"v":{"ti',
+                  '{"kids":[{"v":{"tag']
+
+
+@pytest.mark.parametrize("spec", DONOR_SCHEMAS, ids=["names", "tree"])
+def test_walks_from_a_known_walk_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
+    """Walks that take the tokens of most first bytes from the walk of the state those bytes run to
+    (a property name being written: the undeclared name's loop) give the masks of full vocabulary
+    walks at every step, along property-name prefixes and random walks; and they are taken."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
+    rng = np.random.default_rng(3)
+    taken = []
+    real = pushdown.PushdownGrammar._donor_walk
+
+    def counting(self, *a):
+        got = real(self, *a)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(pushdown.PushdownGrammar, "_donor_walk", counting)
+
+    def use(on):
+        monkeypatch.setattr(pushdown, "USE_RUNS", on)
+        monkeypatch.setattr(pushdown, "USE_DONORS", on)
+
+    walks = [tekken_tokenizer.encode(p, add_special_tokens=False) for p in DONOR_PREFIXES] + [[]] * 3
+    for walk_no, prefix in enumerate(walks):
+        runs.clear_memos()
+        fast = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
+        ref = GrammarMatcher(GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec))
+        walk_together(tekken_vocab, fast, ref, use, rng, len(prefix) + 12, prefix=prefix,
+                      weight=longest.astype(float) ** 2 + 1, label=(spec, walk_no))
+    assert sum(taken) >= 5, taken
+
+
+def test_first_byte_rows_are_the_tokens_of_those_first_bytes(tekken_vocab):
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    V = tekken_vocab.size
+    for firsts in [(ord("a"),), (ord("n"), ord('"'), 0xE4), tuple(range(0x41, 0x5B))]:
+        row = runs.first_byte_row(tekken_vocab, firsts)
+        got = np.unpackbits(row.view(np.uint8), bitorder="little")[:V].astype(bool)
+        want = np.array([bool(b) and b[0] in firsts for b in tekken_vocab.token_bytes])
+        assert np.array_equal(got, want), firsts
 
 
 #: Bounded strings (each character position its own lexer state) in grammars (free-form values,
