@@ -213,7 +213,11 @@ class RunTable:
 
     ``like``: a table of the same vocabulary and Σ: the row of all of them is that table's, changed
     only where the two first-character classes differ (a property-name state's F is the string
-    body's but for the first characters of the declared names), instead of read from every token."""
+    body's but for the first characters of the declared names), instead of read from every token.
+
+    The rows by count are kept cumulative (row ``c``: the tokens of 1 to ``c`` characters), so that
+    the counts of a bounded string's chain, a range, are one row; a pinned table (:meth:`pin`)
+    makes them at once and keeps them past :meth:`forget`."""
 
     def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None):
         self._tc = tc
@@ -222,8 +226,23 @@ class RunTable:
         self.max_count = tc.max_count
         # (a loop needs only this row; counts are read on demand)
         self._all = self._rows_upto(0)[0] if like is None else self._all_from(like)
-        self._by_count = None
+        self._upto = None
+        self._kept = False
         self._rows: dict = {}
+
+    def pin(self) -> None:
+        """Make the rows by count now and keep them for the table's life (a pinned table: made once
+        per process, like the pinned walks)."""
+        if self._upto is None:
+            self._upto = self._cumulative()
+        self._kept = True
+
+    def _cumulative(self) -> np.ndarray:
+        rows = self._rows_upto(self.max_count).copy()
+        rows[0] = 0  # (row 0 read: all of them)
+        rows = np.bitwise_or.accumulate(rows, axis=0)
+        rows.flags.writeable = False
+        return rows
 
     def _all_from(self, like: RunTable) -> np.ndarray:
         tc = self._tc
@@ -239,8 +258,10 @@ class RunTable:
         return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
 
     def forget(self) -> None:
-        """Drop the rows by count computed since the table was made (the row of all is kept)."""
-        self._by_count = None
+        """Drop the rows by count computed since the table was made (the row of all is kept, and a
+        pinned table's rows by count)."""
+        if not self._kept:
+            self._upto = None
         self._rows = {}
 
     def row(self, counts: tuple) -> np.ndarray:
@@ -251,9 +272,14 @@ class RunTable:
             if len(counts) == self.max_count:
                 got = self._all
             else:
-                if self._by_count is None:
-                    self._by_count = self._rows_upto(self.max_count)
-                got = np.bitwise_or.reduce(self._by_count[list(counts)], axis=0)
+                if self._upto is None:
+                    self._upto = self._cumulative()
+                up = self._upto
+                lo, hi = min(counts), max(counts)
+                if hi - lo + 1 == len(counts):  # (a range of counts: the chain of a bounded string)
+                    got = up[hi] if lo == 1 else up[hi] & ~up[lo - 1]
+                else:
+                    got = np.bitwise_or.reduce([up[c] & ~up[c - 1] for c in counts], axis=0)
             self._rows[counts] = got
         return got
 
@@ -273,6 +299,7 @@ def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
         if got is None and key in _tables:
             if pin:
                 got = _pinned[key] = _tables.pop(key)
+                got.pin()
             else:
                 got = _tables[key]
                 _tables.move_to_end(key)
@@ -283,7 +310,9 @@ def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
     got = RunTable(token_chars(vocab), first, sigma, like)
     with _lock:
         if pin:
-            return _pinned.setdefault(key, got)
+            got = _pinned.setdefault(key, got)
+            got.pin()
+            return got
         _tables[key] = got
         while len(_tables) > MAX_TABLES:
             _tables.popitem(last=False)

@@ -56,6 +56,8 @@ def test_rows_and_node_masks_agree_with_python_decoding(vocab, name, like):
     for c in (1, 2, 3, 5, 8):
         assert np.array_equal(bits(table.row((c,))), member & (count == c)), (name, c)
     assert np.array_equal(bits(table.row((2, 5))), member & np.isin(count, [2, 5]))
+    for counts in [tuple(range(1, 9)), (3, 4, 5, 6)]:  # (ranges: a bounded string's chain)
+        assert np.array_equal(bits(table.row(counts)), member & np.isin(count, counts)), (name, counts)
     # a node is skipped exactly when every token through it (its prefix and all continuations) is
     # such a token: checked on the tokens' byte strings, prefix by prefix
     trie = vocab.byte_trie()
@@ -454,7 +456,8 @@ def test_c_run_first_equals_the_numpy_reading(monkeypatch):
 
 def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     """The run tables of the pinned string walks are kept through ``clear_memos`` (what a cold
-    benchmark compile does), less the rows by count computed since; other tables are not."""
+    benchmark compile does), with their rows by count (made when pinned), less the rows of count
+    sets asked for since; other tables are not kept."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     pushdown.pinned_walks(tekken_vocab)
@@ -462,10 +465,14 @@ def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     assert key in runs._pinned  # the JSON string body's table, made (or kept) by the pinned walks
     body = runs.run_table(tekken_vocab, BODY, BODY)
     other = runs.run_table(tekken_vocab, LETTERS, LETTERS)
+    upto = body._upto
+    assert upto is not None
     some = body.row((1, 2, 3))
-    assert body._by_count is not None
+    assert other._upto is None
+    other.row((2, 4))
+    assert other._upto is not None
     runs.clear_memos()
-    assert runs.run_table(tekken_vocab, BODY, BODY) is body and body._by_count is None and not body._rows
+    assert runs.run_table(tekken_vocab, BODY, BODY) is body and body._upto is upto and not body._rows
     assert runs.run_table(tekken_vocab, LETTERS, LETTERS) is not other
     assert np.array_equal(body.row((1, 2, 3)), some)
     with runs.pinned():
