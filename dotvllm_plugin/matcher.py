@@ -261,9 +261,9 @@ class PushdownMatcher(GrammarMatcher):
         if trusted:
             if not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
                 return False
-            if len(configs) == 1 and self.compiled.deterministic:
-                # (step_all's path for one configuration of a deterministic grammar, without its frames)
-                got = self.compiled.step(*configs[0], data, True)
+            if len(configs) == 1:  # (step_all's path for one configuration, without its frames)
+                g = self.compiled
+                got = g.step(*configs[0], data, True) if g.deterministic else g.step_trusted(*configs[0], data)
                 if got is not _FORK:
                     if got is None:
                         return False

@@ -1518,6 +1518,20 @@ class PushdownGrammar:
             return None
         return q, stack
 
+    def step_trusted(self, q: int, stack, data: bytes):
+        """:meth:`step` of one configuration whose mask allows ``data``'s token, for any grammar:
+        the new ``(q, stack)``, None, or ``_FORK`` where the caller must follow every reading
+        (:meth:`step_all`): a lexeme several terminals type, a parser conflict met on the way (a
+        grammar that is not LR(1)), a lexer not built yet. In C where built; a grammar without
+        conflicts takes :meth:`step`."""
+        if self.deterministic:
+            return self.step(q, stack, data, True)
+        lr = self._lr()
+        if lr is None:
+            return _FORK
+        got = _cwalk.lr_step(lr, self._step_tables, q, stack, data)
+        return _FORK if got is NotImplemented else got
+
     def step_all(self, configs: tuple, data: bytes, intern: dict, trusted: bool = False) -> tuple:
         """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
         at most :data:`MAX_CONFIGS` once ``data`` is read: a mask, computed from the configurations

@@ -22,7 +22,7 @@ from dotvllm_plugin import GrammarCompiler, GrammarMatcher, UnsupportedFeatureEr
 from dotvllm_plugin.compiler import CompiledGrammar, check_grammar, load_compiled
 from dotvllm_plugin.errors import GrammarError
 from dotvllm_plugin.grammar.lark import REGULAR_EQUIVALENTS
-from dotvllm_plugin.pushdown import PushdownGrammar
+from dotvllm_plugin.pushdown import _FORK, PushdownGrammar
 
 JSON = r"""
 ?start: value
@@ -921,7 +921,8 @@ def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab
         lambda: GrammarCompiler(_TAIL_VOCAB, cache_size=0).compile_grammar(JSON),
     ] + [lambda s=s: GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(s) for s in PROBE_SCHEMAS]
     rng = np.random.default_rng(7)
-    stepped = {"same": 0, "refused": 0, "deterministic, several bytes": 0, "generalised, allowed": 0}
+    stepped = {"same": 0, "refused": 0, "deterministic, several bytes": 0, "generalised, allowed": 0,
+               "one trusted": 0, "one trusted, generalised": 0}
     for k, make in enumerate(makers):
         for walk in range(4):
             fast, ref = GrammarMatcher(make()), GrammarMatcher(make())
@@ -954,9 +955,17 @@ def test_the_c_parser_steps_and_masks_as_the_python_one(byte_vocab, tekken_vocab
                         use(on)
                         got.append(g.step_all(configs, data, {}))
                     assert got[0] == got[1], (k, walk, data)
+                    if len(configs) == 1 and t in allowed:  # (the matcher's step of a token its mask allows)
+                        use(True)
+                        one = g.step_trusted(*configs[0], data)
+                        if one is not _FORK:
+                            assert (() if one is None else (one,)) == got[1], (k, walk, data)
+                            stepped["one trusted"] += 1
+                            stepped["one trusted, generalised"] += not g.deterministic
                     stepped["same"] += 1
                     stepped["deterministic, several bytes"] += g.deterministic and len(data) > 1
                     stepped["generalised, allowed"] += not g.deterministic and bool(got[0])
                     stepped["refused"] += not got[0]
     assert stepped["same"] > 2000 and 0 < stepped["refused"] < stepped["same"] - 1000, stepped
     assert stepped["deterministic, several bytes"] > 200 and stepped["generalised, allowed"] > 80, stepped
+    assert stepped["one trusted"] > 100 and stepped["one trusted, generalised"] > 20, stepped
