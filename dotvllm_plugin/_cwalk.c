@@ -1918,11 +1918,14 @@ static PyObject *chain(PyObject *self, PyObject *args) {
  * n_bits) -> (group bytes of int64[n], sets bytes of uint64[g * words]): per state the set of
  * terminals it or any state after it chooses (chosen -1: none; a chosen id t stands for
  * exp_terms[exp_start[t] : exp_start[t + 1]]), as the index of its set among the distinct ones
- * (numbered by first state). A fixpoint over the successors, states in reverse order. */
+ * (numbered by first state). A fixpoint over the successors, states in reverse order.
+ * Optional ``ignored`` (uint64[words], the ignored terminals' bits): a third result, bytes of
+ * int64[n], the reach groups: 0 for state 0 and for the states whose set is empty or holds an
+ * ignored terminal, the other distinct sets numbered 1.. in the order of their indexes. */
 static PyObject *reach_sets(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_chosen, b_es, b_et;
+    Py_buffer b_trans, b_chosen, b_es, b_et, b_ign = {0};
     Py_ssize_t C, n_bits;
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*n", &b_trans, &C, &b_chosen, &b_es, &b_et, &n_bits)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*n|y*", &b_trans, &C, &b_chosen, &b_es, &b_et, &n_bits, &b_ign)) return NULL;
     const int64_t *trans = b_trans.buf, *chosen = b_chosen.buf, *es = b_es.buf, *et = b_et.buf;
     Py_ssize_t n = b_chosen.len / 8, T = b_es.len / 8 - 1, words = (n_bits + 63) / 64;
     if (words < 1) words = 1;
@@ -1970,11 +1973,37 @@ static PyObject *reach_sets(PyObject *self, PyObject *args) {
         if (found < 0) { PyErr_NoMemory(); goto out; }
         group[s] = found;
     }
-    result = Py_BuildValue("(y#y#)", (const char *)group, (Py_ssize_t)(n * 8), (const char *)sets,
-                           (Py_ssize_t)(g * words * 8));
+    if (!b_ign.buf) {
+        result = Py_BuildValue("(y#y#)", (const char *)group, (Py_ssize_t)(n * 8), (const char *)sets,
+                               (Py_ssize_t)(g * words * 8));
+        goto out;
+    }
+    if (b_ign.len != words * 8) { PyErr_SetString(PyExc_ValueError, "reach_sets: ignored is not one word per 64 terminals"); goto out; }
+    {
+        const uint64_t *ign = b_ign.buf;
+        int64_t *number = malloc((size_t)(g ? g : 1) * 8), *reach = malloc((size_t)(n ? n : 1) * 8);
+        if (!number || !reach) { free(number); free(reach); PyErr_NoMemory(); goto out; }
+        for (Py_ssize_t k = 0; k < g; k++) {  /* -1: reads None */
+            const uint64_t *w = (const uint64_t *)(sets + k * words * 8);
+            uint64_t any = 0, hit = 0;
+            for (Py_ssize_t j = 0; j < words; j++) { any |= w[j]; hit |= w[j] & ign[j]; }
+            number[k] = (!any || hit) ? -1 : 0;
+        }
+        /* the sets in use by states past 0 reading a set, numbered by index (state 0: group 0) */
+        uint8_t *used = calloc((size_t)(g ? g : 1), 1);
+        if (!used) { free(number); free(reach); PyErr_NoMemory(); goto out; }
+        for (Py_ssize_t s2 = 1; s2 < n; s2++) if (number[group[s2]] != -1) used[group[s2]] = 1;
+        int64_t next = 1;
+        for (Py_ssize_t k = 0; k < g; k++) if (used[k]) number[k] = next++;
+        for (Py_ssize_t s2 = 0; s2 < n; s2++) reach[s2] = s2 == 0 || !used[group[s2]] ? 0 : number[group[s2]];
+        result = Py_BuildValue("(y#y#y#)", (const char *)group, (Py_ssize_t)(n * 8), (const char *)sets,
+                               (Py_ssize_t)(g * words * 8), (const char *)reach, (Py_ssize_t)(n * 8));
+        free(number); free(reach); free(used);
+    }
 out:
     free(bits); free(sets); free(group); table_free(&tab);
     PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_es); PyBuffer_Release(&b_et);
+    if (b_ign.buf) PyBuffer_Release(&b_ign);
     return result;
 }
 

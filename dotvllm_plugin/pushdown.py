@@ -721,6 +721,31 @@ def _reach_of_bits(b: int, ignore) -> tuple | None:
     return None if not terms or any(ignore[t] for t in terms) else tuple(terms)
 
 
+class _ReachSets:
+    """The distinct reach sets of a lexer (:meth:`_LazyReach._from_c`), read as
+    :func:`_reach_of_bits` on first use: a walk asks for the sets of a few end states."""
+
+    __slots__ = ("_raw", "_step", "_ignore", "_read")
+
+    def __init__(self, raw: bytes, step: int, ignore) -> None:
+        self._raw, self._step, self._ignore = raw, step, ignore
+        self._read: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._raw) // self._step
+
+    def __getitem__(self, i: int):
+        try:
+            return self._read[i]
+        except KeyError:
+            pass
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = i * self._step
+        got = self._read[i] = _reach_of_bits(int.from_bytes(self._raw[k : k + self._step], "little"), self._ignore)
+        return got
+
+
 class _LazyReach:
     """``_reachable_terminals`` per lexer state, computed one lexer at a time on first use (a
     grammar with hundreds of contextual lexers visits few of them per request), and per state read
@@ -734,6 +759,7 @@ class _LazyReach:
         self._groups: dict[int, tuple] = {}  # lexer → reach group per local state (see groups)
         self._sets: dict[int, tuple] = {}  # lexer → (start, distinct set per local state, the sets)
         self._expansion = None  # (start, terminals, real ids, compounds): what each chosen id stands for
+        self._ignored_bits = None  # the ignored terminals as the C sets' bits (uint64 words)
 
     def __getitem__(self, q: int):
         try:
@@ -792,19 +818,19 @@ class _LazyReach:
                                len(compounds.members))
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
-        group, sets = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real)
-        step = 8 * max(1, (n_real + 63) // 64)
-        ignore = g._ignore
-        distinct = [_reach_of_bits(int.from_bytes(sets[k : k + step], "little"), ignore)
-                    for k in range(0, len(sets), step)]
-        group = np.frombuffer(group, dtype=np.int64)
-        # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal):
-        # those states form group 0 (numbered first, as -1), the others one group per set in use
-        none = np.array([d is None for d in distinct], dtype=bool)[group]
-        none[0] = True
-        used = np.zeros(len(distinct) + 1, dtype=np.int64)
-        used[group[~none] + 1] = 1
-        return group, distinct, np.where(none, 0, np.cumsum(used)[group + 1])
+        words = max(1, (n_real + 63) // 64)
+        ignored = self._ignored_bits
+        if ignored is None or len(ignored) != words:
+            bits = np.zeros(words * 64, dtype=bool)
+            bits[[t for t in range(min(n_real, len(g._ignore))) if g._ignore[t]]] = True
+            ignored = self._ignored_bits = np.packbits(bits, bitorder="little").view(np.uint64)
+        # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal,
+        # or none): those states form group 0 with the lexeme start, the others one group per set
+        # in use (numbered in the sets' order)
+        group, sets, groups = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real,
+                                                      ignored)
+        return (np.frombuffer(group, dtype=np.int64), _ReachSets(sets, 8 * words, g._ignore),
+                np.frombuffer(groups, dtype=np.int64))
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
