@@ -461,13 +461,16 @@ static PyObject *run_rows_at(PyObject *self, PyObject *args) {
 }
 
 /* run_rows(tokmask uint64[V * 3], first uint8[V], count int64[V], sigma uint64[3], first_ok uint8[256],
- * max_count, n_words) -> bytes of int32[(max_count + 1) * n_words]: row 0 the tokens whose mask is
- * inside sigma and whose first byte is first_ok (count >= 1), row c those of them with c characters
- * (c <= max_count). See dotvllm_plugin.runs. */
+ * max_count, n_words[, cumulative]) -> bytes of int32[(max_count + 1) * n_words]: row 0 the tokens
+ * whose mask is inside sigma and whose first byte is first_ok (count >= 1), row c those of them with
+ * c characters (c <= max_count), or with 1 to c characters when ``cumulative``. See
+ * dotvllm_plugin.runs. */
 static PyObject *run_rows(PyObject *self, PyObject *args) {
     Py_buffer b_mask, b_first, b_count, b_sigma, b_fok;
     Py_ssize_t max_count, n_words;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nn", &b_mask, &b_first, &b_count, &b_sigma, &b_fok, &max_count, &n_words))
+    int cumulative = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nn|p", &b_mask, &b_first, &b_count, &b_sigma, &b_fok, &max_count, &n_words,
+                          &cumulative))
         return NULL;
     PyObject *out = NULL;
     Py_ssize_t V = b_count.len / 8;
@@ -491,6 +494,8 @@ static PyObject *run_rows(PyObject *self, PyObject *args) {
             w[t >> 5] |= bit;
             if (c <= max_count) w[c * n_words + (t >> 5)] |= bit;
         }
+        for (Py_ssize_t c = 2; cumulative && c <= max_count; c++)
+            for (Py_ssize_t j = 0; j < n_words; j++) w[c * n_words + j] |= w[(c - 1) * n_words + j];
     }
     PyBuffer_Release(&b_mask); PyBuffer_Release(&b_first); PyBuffer_Release(&b_count); PyBuffer_Release(&b_sigma);
     PyBuffer_Release(&b_fok);

@@ -219,15 +219,21 @@ class RunTable:
     the counts of a bounded string's chain, a range, are one row; a pinned table (:meth:`pin`)
     makes them at once and keeps them past :meth:`forget`."""
 
-    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None):
+    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None,
+                 counts: bool = False):
         self._tc = tc
         self._sig, self._ok = sigma_mask(sigma), first_ok(first)
         self.skip = (tc.node_rest, tc.node_first, self._sig, self._ok)
         self.max_count = tc.max_count
-        # (a loop needs only this row; counts are read on demand)
-        self._all = self._rows_upto(0)[0] if like is None else self._all_from(like)
         self._upto = None
         self._kept = False
+        # (a loop needs only the row of all; ``counts``: the caller reads counts too, in the same
+        # pass over the tokens when there is one)
+        if like is None and counts:
+            self._upto = self._cumulative()
+            self._all = self._upto[0]
+        else:
+            self._all = self._rows_upto(0)[0] if like is None else self._all_from(like)
         self._rows: dict = {}
 
     def pin(self) -> None:
@@ -238,11 +244,11 @@ class RunTable:
         self._kept = True
 
     def _cumulative(self) -> np.ndarray:
-        rows = self._rows_upto(self.max_count).copy()
-        rows[0] = 0  # (row 0 read: all of them)
-        rows = np.bitwise_or.accumulate(rows, axis=0)
-        rows.flags.writeable = False
-        return rows
+        """Row 0: all of them; row ``c``: those of 1 to ``c`` characters (read-only)."""
+        tc = self._tc
+        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, self.max_count,
+                                    tc.words, True)
+        return np.frombuffer(got, dtype=np.int32).reshape(self.max_count + 1, tc.words)
 
     def _all_from(self, like: RunTable) -> np.ndarray:
         tc = self._tc
@@ -274,12 +280,12 @@ class RunTable:
             else:
                 if self._upto is None:
                     self._upto = self._cumulative()
-                up = self._upto
+                up = self._upto  # (row 0 is all of them, not none)
                 lo, hi = min(counts), max(counts)
                 if hi - lo + 1 == len(counts):  # (a range of counts: the chain of a bounded string)
                     got = up[hi] if lo == 1 else up[hi] & ~up[lo - 1]
                 else:
-                    got = np.bitwise_or.reduce([up[c] & ~up[c - 1] for c in counts], axis=0)
+                    got = np.bitwise_or.reduce([up[c] if c == 1 else up[c] & ~up[c - 1] for c in counts], axis=0)
             self._rows[counts] = got
         return got
 
@@ -291,7 +297,9 @@ _lock = threading.Lock()
 _pinning = Pinning()
 
 
-def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
+def run_table(vocab, first: tuple, sigma: tuple, counts: bool = False) -> RunTable:
+    """The run table of (``vocab``, F = ``first``, Σ = ``sigma``), made or kept; ``counts``: its
+    rows by count will be read (made with the row of all where that reads every token)."""
     key = (vocab.fingerprint, first, sigma)
     pin = _pinning.active
     with _lock:
@@ -307,7 +315,7 @@ def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
             return got
         like = next((t for k, t in reversed([*_pinned.items(), *_tables.items()]) if k[0] == key[0] and k[2] == sigma),
                     None)
-    got = RunTable(token_chars(vocab), first, sigma, like)
+    got = RunTable(token_chars(vocab), first, sigma, like, counts)
     with _lock:
         if pin:
             got = _pinned.setdefault(key, got)
@@ -494,8 +502,7 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
         sigma, succ = first, {t: _DEAD}
     else:
         return None
-    table = run_table(vocab, first, sigma)
-    n = table.max_count
+    n = token_chars(vocab).max_count
     chain, seen = [t], {t: 1}
     s = t
     period = 0
@@ -519,4 +526,5 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
     if groups is not None:  # (one group's states: their counts interleave)
         for cs in by_state.values():
             cs.sort()
+    table = run_table(vocab, first, sigma, counts=any(len(cs) < n for cs in by_state.values()))
     return RunPlan(table.skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])
