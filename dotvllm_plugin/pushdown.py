@@ -1874,10 +1874,7 @@ class PushdownGrammar:
             return None
         tc = runs.token_chars(self.vocabulary)
         d_free, d_pending, d_exits, _ = donor
-        if len(drop):
-            off = index._c_walk_view(view)[2]
-            gone = np.zeros(256, dtype=bool)
-            gone[drop] = True
+        if len(drop):  # (p's rows hold tokens of live first bytes only)
             out = ~runs.first_byte_row(self.vocabulary, tuple(drop.tolist()))
 
             def keep(row):
@@ -1886,10 +1883,15 @@ class PushdownGrammar:
 
             d_free = None if d_free is None else keep(d_free)
             d_pending = [(s, r) for s, r in ((s, keep(row)) for s, row in d_pending) if r is not None]
+        if d_exits:  # (p's exits of the first bytes not taken: of the dropped ones, and where the
+            # lexeme ends at the first byte from p, an accepting state, whatever it does from q)
+            off = index._c_walk_view(view)[2]
             exits = []
             for t, level, node in d_exits:
-                kept = ~gone[tc.node_first[off[level] + node]]
-                if kept.any():
+                kept = take[tc.node_first[off[level] + node]]
+                if kept.all():
+                    exits.append((t, level, node))
+                elif kept.any():
                     exits.append((t, level[kept], node[kept]))
             d_exits = exits
         if d_pending:  # (each row under the first state of its group in q's ball)

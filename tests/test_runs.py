@@ -178,6 +178,59 @@ def test_walks_from_a_known_walk_equal_full_walks(tekken_vocab, tekken_tokenizer
     assert sum(taken) >= 5, taken
 
 
+#: Two terminals with one loop of 80 ASCII characters: after "w" the loop is accepting at once
+#: (its lexeme may end at a parenthesis), after "x" one character must come first. The walk of the
+#: loop, made after "w", is the known walk of the state after "x" (equal balls); recursive: a
+#: pushdown grammar.
+ACCEPTING_LOOP = ('start: "(" (item | word | start) ")"\n'
+                  'item: /x[a-zA-Z0-9 _.:;!?#$%&*+=<>@^|~{}]+/\nword: /w[a-zA-Z0-9 _.:;!?#$%&*+=<>@^|~{}]*/')
+
+
+def test_walks_from_an_accepting_loop_take_none_of_its_lexeme_ends(tekken_vocab, monkeypatch):
+    """A known walk from an accepting state ends lexemes at first bytes where the state it is
+    taken for does not (after "x" a character must follow): those exits are not taken. Masks equal
+    full vocabulary walks at every byte of the texts, with the shortcut taken."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    taken = []
+    real = pushdown.PushdownGrammar._donor_walk
+
+    def counting(self, *a):
+        got = real(self, *a)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(pushdown.PushdownGrammar, "_donor_walk", counting)
+    fast_grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(ACCEPTING_LOOP)
+    ref_grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(ACCEPTING_LOOP)
+    assert isinstance(fast_grammar, pushdown.PushdownGrammar)
+    words = (tekken_vocab.size + 31) // 32
+
+    def row(m, on):
+        monkeypatch.setattr(pushdown, "USE_RUNS", on)
+        monkeypatch.setattr(pushdown, "USE_DONORS", on)
+        bm = np.zeros((1, words), dtype=np.int32)
+        m.fill_next_token_bitmask(bm)
+        return bm[0]
+
+    after_x = None
+    for text in ["(wab)", "(xcd)", "((x1))", "(x)"]:  # (the loop's walk first, after "w")
+        fast, ref = GrammarMatcher(fast_grammar), GrammarMatcher(ref_grammar)
+        for i in range(len(text)):
+            got = row(fast, True)
+            assert np.array_equal(got, row(ref, False)), (text, i)
+            if text[: i] == "(x":
+                after_x = got
+            ok = fast.accept_string(text[i])
+            assert ok == ref.accept_string(text[i]) and ok == (text != "(x)" or i < 2), (text, i)
+            if not ok:
+                break
+    allowed = np.flatnonzero(np.unpackbits(after_x.view(np.uint8), bitorder="little")[: tekken_vocab.size])
+    firsts = {tekken_vocab.token_bytes[t][:1] for t in allowed.tolist() if tekken_vocab.token_bytes[t]}
+    assert firsts and b")" not in firsts, firsts
+    assert any(taken), taken
+
+
 def test_first_byte_rows_are_the_tokens_of_those_first_bytes(tekken_vocab):
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
