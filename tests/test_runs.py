@@ -145,15 +145,8 @@ DONOR_PREFIXES = ['{"', '{"na', '{"name', '{"names', '{"näm', '{"na\\', '{"nest
                   '{"kids":[{"v":{"tag']
 
 
-@pytest.mark.parametrize("spec", DONOR_SCHEMAS, ids=["names", "tree"])
-def test_walks_from_a_known_walk_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
-    """Walks that take the tokens of most first bytes from the walk of the state those bytes run to
-    (a property name being written: the undeclared name's loop) give the masks of full vocabulary
-    walks at every step, along property-name prefixes and random walks; and they are taken."""
-    if index._cwalk is None:
-        pytest.skip("the C extension is not built here")
-    longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
-    rng = np.random.default_rng(3)
+def _count_walks_from_known_walks(monkeypatch) -> list:
+    """A list that gets, per :meth:`PushdownGrammar._donor_walk` call, whether it took the shortcut."""
     taken = []
     real = pushdown.PushdownGrammar._donor_walk
 
@@ -163,6 +156,19 @@ def test_walks_from_a_known_walk_equal_full_walks(tekken_vocab, tekken_tokenizer
         return got
 
     monkeypatch.setattr(pushdown.PushdownGrammar, "_donor_walk", counting)
+    return taken
+
+
+@pytest.mark.parametrize("spec", DONOR_SCHEMAS, ids=["names", "tree"])
+def test_walks_from_a_known_walk_equal_full_walks(tekken_vocab, tekken_tokenizer, spec, monkeypatch):
+    """Walks that take the tokens of most first bytes from the walk of the state those bytes run to
+    (a property name being written: the undeclared name's loop) give the masks of full vocabulary
+    walks at every step, along property-name prefixes and random walks; and they are taken."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    longest = np.array([len(b) if b else 0 for b in tekken_vocab.token_bytes])
+    rng = np.random.default_rng(3)
+    taken = _count_walks_from_known_walks(monkeypatch)
 
     def use(on):
         monkeypatch.setattr(pushdown, "USE_RUNS", on)
@@ -192,15 +198,7 @@ def test_walks_from_an_accepting_loop_take_none_of_its_lexeme_ends(tekken_vocab,
     full vocabulary walks at every byte of the texts, with the shortcut taken."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
-    taken = []
-    real = pushdown.PushdownGrammar._donor_walk
-
-    def counting(self, *a):
-        got = real(self, *a)
-        taken.append(got is not None)
-        return got
-
-    monkeypatch.setattr(pushdown.PushdownGrammar, "_donor_walk", counting)
+    taken = _count_walks_from_known_walks(monkeypatch)
     fast_grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(ACCEPTING_LOOP)
     ref_grammar = GrammarCompiler(tekken_vocab, cache_size=0).compile_grammar(ACCEPTING_LOOP)
     assert isinstance(fast_grammar, pushdown.PushdownGrammar)
