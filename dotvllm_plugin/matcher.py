@@ -262,8 +262,7 @@ class PushdownMatcher(GrammarMatcher):
             if not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
                 return False
             if len(configs) == 1:  # (step_all's path for one configuration, without its frames)
-                g = self.compiled
-                got = g.step(*configs[0], data, True) if g.deterministic else g.step_trusted(*configs[0], data)
+                got = self.compiled.step_trusted(*configs[0], data)
                 if got is not _FORK:
                     if got is None:
                         return False

@@ -820,7 +820,7 @@ class _LazyReach:
         ct = g._walker(lexer)[0]
         words = max(1, (n_real + 63) // 64)
         ignored = self._ignored_bits
-        if ignored is None or len(ignored) != words:
+        if ignored is None:  # (the real terminals' flags: fixed for the grammar)
             bits = np.zeros(words * 64, dtype=bool)
             bits[[t for t in range(min(n_real, len(g._ignore))) if g._ignore[t]]] = True
             ignored = self._ignored_bits = np.packbits(bits, bitorder="little").view(np.uint64)
@@ -1824,7 +1824,6 @@ class PushdownGrammar:
         lexer = self._owner[q]
         ct, view, _ = self._walker(lexer)
         lo = self._lexer_lo[lexer]
-        start = np.array([q - lo], dtype=np.int64)
         reach_groups = self._reach.groups(lexer)
         runs_ok = USE_RUNS and index._cwalk is not None and index.USE_C_WALK
         got = self._donor_walk(q, lexer, ct, view, states, reach_groups) if runs_ok and USE_DONORS else None
@@ -1835,7 +1834,7 @@ class PushdownGrammar:
             if runs_ok:
                 shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo,
                                      self._run_memo.setdefault(lexer, {}), reach_groups[1])
-            walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), start,
+            walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
                                       skip=None if shortcut is None else shortcut.skip)
             free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
         label = {int(x): i for i, x in enumerate(states.tolist())}

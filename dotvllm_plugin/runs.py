@@ -186,10 +186,9 @@ def first_byte_row(vocab, first_bytes: tuple) -> np.ndarray:
     for b in first_bytes:
         row = rows.get(b)
         if row is None:
-            ids = tc.tokens_starting(np.array([b], dtype=np.int64)).astype(np.int64)
-            row = np.frombuffer(index._cwalk.token_bits(np.array([0, len(ids)], dtype=np.int64), ids,
-                                                       np.zeros(1, dtype=np.int64), tc.words), dtype=np.int32)
-            rows[b] = row
+            row = rows[b] = np.zeros(tc.words, dtype=np.int32)
+            index.set_token_bits(row, tc.tokens_starting(np.array([b], dtype=np.int64)).astype(np.int64))
+            row.flags.writeable = False
         out = row.copy() if out is None else np.bitwise_or(out, row, out=out)
     if out is None:
         out = np.zeros(tc.words, dtype=np.int32)
@@ -233,7 +232,7 @@ class RunTable:
             self._upto = self._cumulative()
             self._all = self._upto[0]
         else:
-            self._all = self._rows_upto(0)[0] if like is None else self._all_from(like)
+            self._all = self._read(0)[0] if like is None else self._all_from(like)
         self._rows: dict = {}
 
     def pin(self) -> None:
@@ -245,22 +244,21 @@ class RunTable:
 
     def _cumulative(self) -> np.ndarray:
         """Row 0: all of them; row ``c``: those of 1 to ``c`` characters (read-only)."""
-        tc = self._tc
-        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, self.max_count,
-                                    tc.words, True)
-        return np.frombuffer(got, dtype=np.int32).reshape(self.max_count + 1, tc.words)
+        return self._read(self.max_count, cumulative=True)
 
     def _all_from(self, like: RunTable) -> np.ndarray:
         tc = self._tc
         ids = tc.tokens_starting(np.flatnonzero(self._ok != like._ok))
         if len(ids) * 8 > len(tc.count):  # (a non-ASCII F against an ASCII one: reading all is cheaper)
-            return self._rows_upto(0)[0]
+            return self._read(0)[0]
         got = index._cwalk.run_rows_at(like._all, ids, tc.token_rest, tc.token_first, tc.count, self._sig, self._ok)
         return np.frombuffer(got, dtype=np.int32)
 
-    def _rows_upto(self, max_count: int) -> np.ndarray:
+    def _read(self, max_count: int, cumulative: bool = False) -> np.ndarray:
+        """Rows 0 to ``max_count`` from every token (``_cwalk.run_rows``): row 0 all of them."""
         tc = self._tc
-        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count, tc.words)
+        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count,
+                                    tc.words, cumulative)
         return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
 
     def forget(self) -> None:
