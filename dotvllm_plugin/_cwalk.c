@@ -122,6 +122,10 @@ static void keep_frames(frame *f, Py_ssize_t cap, int k) {
     else free(f);
 }
 
+static PyObject *split_core(const int64_t *ends, Py_ssize_t k, const char *rows, Py_ssize_t W, const int64_t *groups,
+                            const int64_t *lev, const int64_t *node, const int64_t *prev, Py_ssize_t E,
+                            const int64_t *chosen);
+
 static PyObject *cwalk(PyObject *self, PyObject *args) {
     Py_buffer b_trans, b_nodes, b_bc, b_off, b_starts, b_isi, b_ilev, b_inode, b_ist;
     Py_ssize_t n_classes, n_roots;
@@ -131,19 +135,27 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
      * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
      * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
      * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
-    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0}, b_cls = {0};
+    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0}, b_cls = {0},
+              b_chosen = {0}, b_ifirst = {0};
     Py_ssize_t n_words = 0, n_states = 0;
     /* Optional after those: runmask (uint64 [n_nodes * 3]), first (uint8 [n_nodes]), sigma (uint64
      * [3]), first_ok (uint8 [256]): a node whose runmask is inside sigma and whose first byte is
      * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens); None for no such skip.
      * Optional after those: cls (int64 [n_states], each in 0 .. n_states - 1, or None): the rows are
-     * per group of end states (``cls`` equal), each reported under the first of its states reached. */
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nnz*z*z*z*z*", &b_trans, &n_classes, &b_nodes, &b_bc,
+     * per group of end states (``cls`` equal), each reported under the first of its states reached.
+     * Optional after that: chosen (int64 [n_states], with cls and exits): the result is split_walk's
+     * of the walk's own buffers, not the buffers. Optional after that: ifirst (int64 [256], byte
+     * views only): an injected node's state is ifirst[its byte], the node dropped where that is
+     * negative (``ist`` and ``isi`` are then not read: pass empty ones); False when none is kept and
+     * there are no root starts. */
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nnz*z*z*z*z*z*z*", &b_trans, &n_classes, &b_nodes, &b_bc,
                           &b_off, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
-                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok, &b_cls))
+                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
+                          &b_ifirst))
         return NULL;
     Py_buffer *const held[] = {&b_trans, &b_nodes, &b_bc, &b_off, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist,
-                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok, &b_cls};  /* (unset ones are zeroed) */
+                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
+                               &b_ifirst};  /* (unset ones are zeroed) */
 #define RELEASE_HELD() for (size_t h_ = 0; h_ < sizeof held / sizeof *held; h_++) PyBuffer_Release(held[h_])
     const uint64_t *runmask = b_run.buf;
     const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
@@ -153,7 +165,13 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
         return NULL;
     }
-    const int64_t *cls = b_cls.buf;
+    const int64_t *cls = b_cls.buf, *split_chosen = b_chosen.buf, *ifirst = b_ifirst.buf;
+    if ((split_chosen && (!cls || !want_exits || !b_cs.buf || b_chosen.len != n_states * 8)) ||
+        (ifirst && b_ifirst.len != 256 * 8)) {
+        RELEASE_HELD();
+        PyErr_SetString(PyExc_ValueError, "chosen: with rows, groups and exits, one per state; ifirst: 256 states");
+        return NULL;
+    }
     if (cls) {
         int bad = b_cls.len < n_states * 8;
         for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
@@ -186,7 +204,12 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     const trie_node *nd = b_nodes.buf;
     const int64_t *starts = b_starts.buf, *isi = b_isi.buf, *ilev = b_ilev.buf, *inode = b_inode.buf,
                   *ist = b_ist.buf;
-    Py_ssize_t n_starts = b_starts.len / 8, n_inj = b_isi.len / 8;
+    Py_ssize_t n_starts = b_starts.len / 8, n_inj = (ifirst ? b_ilev.len : b_isi.len) / 8, n_kept = 0;
+    if (ifirst && b_inode.len != b_ilev.len) {
+        RELEASE_HELD();
+        PyErr_SetString(PyExc_ValueError, "ifirst: one node per level");
+        return NULL;
+    }
 
     vec out[7] = {{0}};
     /* Level by level: ``cur`` holds the surviving nodes of one level whose children are still to
@@ -233,12 +256,14 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
             for (int64_t r = 0; r < n_roots; r++) VISIT(r, starts[i], 0, i);
         } else {
             Py_ssize_t j = i - n_starts;
-            int64_t g = off[ilev[j]] + inode[j];
+            int64_t g = off[ilev[j]] + inode[j], st = ifirst ? ifirst[nd[g].sym] : ist[j], si = ifirst ? 0 : isi[j];
+            if (st < 0) continue;
+            n_kept++;
             if (nd[g].has) {
-                if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, cls, ist[j], n_words, cs, ci, g)) { nomem = 1; goto done; } }
-                else { EMIT(0, isi[j]); EMIT(1, g); EMIT(2, ist[j]); }
+                if (grouped) { if (add_tokens(&rows, &ends, &rows_cap, gid, cls, st, n_words, cs, ci, g)) { nomem = 1; goto done; } }
+                else { EMIT(0, si); EMIT(1, g); EMIT(2, st); }
             }
-            if (nd[g].n_children) PUSH_NEXT(g, ist[j], ilev[j], isi[j]);
+            if (nd[g].n_children) PUSH_NEXT(g, st, ilev[j], si);
         }
         while (nn) {
             frame *t_ = cur; cur = nxt; nxt = t_;
@@ -262,6 +287,12 @@ done:
     } else if (overflow) {
         result = Py_None;
         Py_INCREF(result);
+    } else if (ifirst && !n_starts && !n_kept) {
+        result = Py_False;
+        Py_INCREF(result);
+    } else if (split_chosen) {
+        result = split_core(ends.p, ends.n, (const char *)rows, n_words, cls, out[4].p, out[5].p, out[6].p, out[6].n,
+                            split_chosen);
     } else {
         /* grouped: (ends, rows) in place of (si, node, end) */
         int head = grouped ? 2 : 3, k = head + (want_exits ? 4 : 0);
@@ -295,27 +326,9 @@ done:
  * ``pending`` ((end state, row bytes), ...) for the other groups in the walk's order, ``exits``
  * ((terminal, level bytes, node bytes), ...) the exits by the terminal their lexeme ends
  * (``chosen[prev]``), terminals ascending, each group's exits in the walk's order. */
-static PyObject *split_walk(PyObject *self, PyObject *args) {
-    Py_buffer b_ends, b_rows, b_groups, b_lev, b_node, b_prev, b_chosen;
-    Py_ssize_t W;
-    if (!PyArg_ParseTuple(args, "y*y*ny*y*y*y*y*", &b_ends, &b_rows, &W, &b_groups, &b_lev, &b_node, &b_prev,
-                          &b_chosen))
-        return NULL;
-    Py_buffer *const held[] = {&b_ends, &b_rows, &b_groups, &b_lev, &b_node, &b_prev, &b_chosen};
-#define RELEASE_SW() for (int h_ = 0; h_ < 7; h_++) PyBuffer_Release(held[h_])
-    const int64_t *ends = b_ends.buf, *groups = b_groups.buf, *lev = b_lev.buf, *node = b_node.buf,
-                  *prev = b_prev.buf, *chosen = b_chosen.buf;
-    const char *rows = b_rows.buf;
-    Py_ssize_t k = b_ends.len / 8, n = b_groups.len / 8, E = b_prev.len / 8;
-    int bad = W <= 0 || b_rows.len != k * W * 4 || b_chosen.len != n * 8 || b_lev.len != E * 8 ||
-              b_node.len != E * 8;
-    for (Py_ssize_t i = 0; !bad && i < k; i++) bad = ends[i] < 0 || ends[i] >= n;
-    for (Py_ssize_t i = 0; !bad && i < E; i++) bad = prev[i] < 0 || prev[i] >= n;
-    if (bad) {
-        RELEASE_SW();
-        PyErr_SetString(PyExc_ValueError, "split_walk: inconsistent sizes or states out of range");
-        return NULL;
-    }
+static PyObject *split_core(const int64_t *ends, Py_ssize_t k, const char *rows, Py_ssize_t W, const int64_t *groups,
+                            const int64_t *lev, const int64_t *node, const int64_t *prev, Py_ssize_t E,
+                            const int64_t *chosen) {
     PyObject *free_row = Py_None, *pending = NULL, *exits = NULL, *result = NULL;
     Py_INCREF(Py_None);
     Py_ssize_t n_pending = 0;
@@ -366,6 +379,30 @@ fail:
     Py_XDECREF(free_row);
     Py_XDECREF(pending);
     Py_XDECREF(exits);
+    return result;
+}
+
+static PyObject *split_walk(PyObject *self, PyObject *args) {
+    Py_buffer b_ends, b_rows, b_groups, b_lev, b_node, b_prev, b_chosen;
+    Py_ssize_t W;
+    if (!PyArg_ParseTuple(args, "y*y*ny*y*y*y*y*", &b_ends, &b_rows, &W, &b_groups, &b_lev, &b_node, &b_prev,
+                          &b_chosen))
+        return NULL;
+    Py_buffer *const held[] = {&b_ends, &b_rows, &b_groups, &b_lev, &b_node, &b_prev, &b_chosen};
+#define RELEASE_SW() for (int h_ = 0; h_ < 7; h_++) PyBuffer_Release(held[h_])
+    const int64_t *ends = b_ends.buf, *groups = b_groups.buf, *lev = b_lev.buf, *node = b_node.buf,
+                  *prev = b_prev.buf, *chosen = b_chosen.buf;
+    Py_ssize_t k = b_ends.len / 8, n = b_groups.len / 8, E = b_prev.len / 8;
+    int bad = W <= 0 || b_rows.len != k * W * 4 || b_chosen.len != n * 8 || b_lev.len != E * 8 ||
+              b_node.len != E * 8;
+    for (Py_ssize_t i = 0; !bad && i < k; i++) bad = ends[i] < 0 || ends[i] >= n;
+    for (Py_ssize_t i = 0; !bad && i < E; i++) bad = prev[i] < 0 || prev[i] >= n;
+    if (bad) {
+        RELEASE_SW();
+        PyErr_SetString(PyExc_ValueError, "split_walk: inconsistent sizes or states out of range");
+        return NULL;
+    }
+    PyObject *result = split_core(ends, k, b_rows.buf, W, groups, lev, node, prev, E, chosen);
     RELEASE_SW();
 #undef RELEASE_SW
     return result;

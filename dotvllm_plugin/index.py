@@ -218,19 +218,26 @@ def _c_walk_view(ct: ClassTrie) -> tuple:
 
 
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None, skip=None, groups=None, raw=False):
+          rows=None, skip=None, groups=None, raw=False, split=None, inject_first=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
     exits)`` (``raw``: the exits as bytes too), see :func:`walk_rows_by_end`; ``skip`` (with
     ``rows``): a run table's ``skip`` (:mod:`dotvllm_plugin.runs`), whose nodes are not visited;
     ``groups`` (with ``rows``): one row per group of end states. ``inject`` may also be the flat
-    arrays ``(start index, level, level-local node, state)`` (C walk only)."""
+    arrays ``(start index, level, level-local node, state)`` (C walk only). ``split`` (C walk, with
+    ``rows``, ``groups`` and exits: the states' terminals, ``chosen``): ``_cwalk.split_walk``'s result
+    of the walk, in one call. ``inject_first`` (C walk, byte views): ``inject`` is ``(level,
+    level-local node)`` and each node's state is ``inject_first[its byte]``, the node dropped where
+    that is negative; False when none is kept and ``states`` is None."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     nodes, byte_class, off, n_root = _c_walk_view(ct)
     empty = _EMPTY
-    if isinstance(inject, tuple):
+    if inject_first is not None:
+        i_si = i_state = empty
+        i_level, i_node = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
+    elif isinstance(inject, tuple):
         i_si, i_level, i_node, i_state = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
     else:
         parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in (inject or {}).items() if len(v[0])]
@@ -244,12 +251,17 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
         *(() if skip is None else skip),
         *(() if groups is None else ((None,) * 4 if skip is None else ()) + (np.ascontiguousarray(groups, dtype=np.int64),)),
+        *(() if split is None and inject_first is None else
+          (None if split is None else np.ascontiguousarray(split, dtype=np.int64),
+           None if inject_first is None else np.ascontiguousarray(inject_first, dtype=np.int64))),
     )
     if res is None:
         raise CompilationTooLargeError(
             f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
             "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
         )
+    if split is not None or res is False:
+        return res
     if rows is not None:
         return res[:2], (res[2:] if raw else tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:]))
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
@@ -1025,6 +1037,8 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
     :func:`walk_rows_by_end`; with ``chosen`` too, the result of :func:`walk_split`. One C call with
     flat arrays (the hot path of the pushdown matcher's first visits); per level through the numpy
     walk otherwise."""
+    if _cwalk is not None and USE_C_WALK and chosen is not None:  # (the resumed states, the walk, its split)
+        return walk_split(class_trans, view, words, groups, chosen, inject=(level, node), inject_first=first)
     walked = walk_rows_by_end if chosen is None else functools.partial(walk_split, chosen=chosen)
     if _cwalk is None or not USE_C_WALK:
         trie = view.cls.trie
@@ -1048,18 +1062,20 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
 
 
 def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.ndarray, chosen: np.ndarray,
-               states=None, *, inject=None, skip=None):
+               states=None, *, inject=None, skip=None, inject_first=None):
     """:func:`walk_rows_by_end` with ``groups`` (int64 per state; group 0: tokens that need no
     parser check) as the pushdown matcher keeps a walk: ``(free, ((end state, row), ...), exits)``,
     ``free`` the row of group 0 or None, one row per other group under the first of its end states
     reached, ``exits`` ``((terminal, level, node), ...)`` by the terminal their lexeme ends
-    (``chosen[state before]``), terminals ascending. Rows are read-only. In C the split is one more
-    call on the walk's own buffers (:func:`walk_rows_by_end` and numpy are the reference)."""
+    (``chosen[state before]``), terminals ascending. Rows are read-only. In C the walk splits its
+    own buffers (:func:`walk_rows_by_end` and numpy are the reference). ``inject_first`` (C walk):
+    as :func:`_walk`'s; None when no node is kept."""
     if _cwalk is not None and USE_C_WALK:
-        (ends, rows), exits = _walk(class_trans, view, states, inject=inject, want_exits=True,
-                                    rows=(*_token_csr(view), words), skip=skip, groups=groups, raw=True)
-        free, pending, by_term = _cwalk.split_walk(ends, rows, words, groups, exits[1], exits[2], exits[3],
-                                                  np.ascontiguousarray(chosen, dtype=np.int64))
+        got = _walk(class_trans, view, states, inject=inject, want_exits=True, rows=(*_token_csr(view), words),
+                    skip=skip, groups=groups, split=chosen, inject_first=inject_first)
+        if got is False:
+            return None
+        free, pending, by_term = got
         i32, i64 = np.int32, np.int64
         return (None if free is None else np.frombuffer(free, dtype=i32),
                 tuple((e, np.frombuffer(r, dtype=i32)) for e, r in pending),
