@@ -3026,11 +3026,38 @@ static PyObject *lr_viable(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyBool_FromLong(result);
 }
 
-/* mask_hit(masks, q, stack) -> the row cached for ``q`` under the stack's top states, or None:
- * PushdownGrammar.mask's cache read (``masks``: {q: {depth: {top states: row}}}, -1 for a
- * state below the stack's bottom). */
+/* the row ``row`` copied into row ``index`` of ``out`` (a writable C-contiguous 2-D buffer of 32-bit
+ * items), words past the row zeroed: 1, 0 where ``out`` is not such a buffer (nothing written), -1
+ * on an error */
+static int copy_row_into(PyObject *row, PyObject *out, Py_ssize_t index) {
+    Py_buffer o, r;
+    if (PyObject_GetBuffer(out, &o, PyBUF_ND | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = o.ndim == 2 && o.itemsize == 4 && o.format && (o.format[0] == 'i' || o.format[0] == 'I') &&
+             !o.format[1] && index >= 0 && index < o.shape[0];
+    if (ok) {
+        if (PyObject_GetBuffer(row, &r, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&o); return -1; }
+        Py_ssize_t n = o.shape[1], m = r.len / 4 < n ? r.len / 4 : n;
+        uint32_t *dst = (uint32_t *)o.buf + index * n;
+        memcpy(dst, r.buf, (size_t)m * 4);
+        memset(dst + m, 0, (size_t)(n - m) * 4);
+        PyBuffer_Release(&r);
+    }
+    PyBuffer_Release(&o);
+    return ok;
+}
+
+/* mask_hit(masks, q, stack[, out, index]) -> the row cached for ``q`` under the stack's top states,
+ * or None: PushdownGrammar.mask's cache read (``masks``: {q: {depth: {top states: row}}}, -1 for
+ * a state below the stack's bottom). With ``out`` and ``index``: the row found is also copied into
+ * ``out[index]`` (copy_row_into), None where ``out`` cannot take it (nothing written). */
 static PyObject *mask_hit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyDict_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "mask_hit(masks, q, stack)"); return NULL; }
+    if ((nargs != 3 && nargs != 5) || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "mask_hit(masks, q, stack[, out, index])");
+        return NULL;
+    }
     PyObject *entry = PyDict_GetItemWithError(args[0], args[1]);
     if (!entry) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
     if (!PyDict_Check(entry)) { PyErr_SetString(PyExc_TypeError, "mask_hit: not a cache entry"); return NULL; }
@@ -3063,6 +3090,16 @@ static PyObject *mask_hit(PyObject *self, PyObject *const *args, Py_ssize_t narg
         }
         PyObject *row = PyDict_GetItemWithError(table, sig);
         Py_DECREF(sig);
+        if (row && nargs == 5) {  /* (copied into out[index]: None when out cannot take it) */
+            Py_ssize_t index = PyLong_AsSsize_t(args[4]);
+            if (index == -1 && PyErr_Occurred()) return NULL;
+            Py_INCREF(row);
+            int got = copy_row_into(row, args[3], index);
+            if (got <= 0) Py_CLEAR(row);
+            if (got < 0) return NULL;
+            if (!got) Py_RETURN_NONE;
+            return row;
+        }
         if (row) { Py_INCREF(row); return row; }
         if (PyErr_Occurred()) return NULL;
     }

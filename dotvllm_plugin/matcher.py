@@ -311,6 +311,15 @@ class PushdownMatcher(GrammarMatcher):
             self._configs = self._history.pop()
             self._terminated = False
 
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
+        configs = self._configs
+        if len(configs) == 1 and not self._terminated:  # (a cached row, copied in C where ``bitmask`` allows)
+            row = self.compiled.cached_mask_into(*configs[0], bitmask, index)
+            if row is not None:
+                self._row_for, self._row = configs, row
+                return
+        GrammarMatcher.fill_next_token_bitmask(self, bitmask, index)
+
     def _current_row(self) -> np.ndarray:
         if self._terminated:
             return _eos_row(self.compiled.words, self._eos)

@@ -1550,13 +1550,12 @@ class PushdownGrammar:
         (:meth:`step_all`): a lexeme several terminals type, a parser conflict met on the way (a
         grammar that is not LR(1)), a lexer not built yet. In C where built; a grammar without
         conflicts takes :meth:`step`."""
-        if self.deterministic:
-            return self.step(q, stack, data, True)
         lr = self._lr()
-        if lr is None:
-            return _FORK
-        got = _cwalk.lr_step(lr, self._step_tables, q, stack, data)
-        return _FORK if got is NotImplemented else got
+        if lr is not None:
+            got = _cwalk.lr_step(lr, self._step_tables, q, stack, data)
+            if got is not NotImplemented:  # (trusted: step would return it as it is)
+                return got
+        return self.step(q, stack, data, True) if self.deterministic else _FORK
 
     def step_all(self, configs: tuple, data: bytes, intern: dict, trusted: bool = False) -> tuple:
         """Walk ``data`` from every configuration ``(q, stack)``; the surviving ones (deduplicated,
@@ -1703,10 +1702,12 @@ class PushdownGrammar:
     def _lr(self):
         """The parser tables as the C probe reads them (``_cwalk.lr_tables``), None without the C
         extension; remade when lexers built since added compound terminals."""
-        if not (USE_C_PARSER and _C_PARSER):
-            return None
         got = self._lr_tables
         n_comp = len(self._compounds.members)
+        if got is not None and got[1] == n_comp and USE_C_PARSER:  # (the hot path: once per token)
+            return got[0]
+        if not (USE_C_PARSER and _C_PARSER):
+            return None
         if got is None or got[1] != n_comp:
             a = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in self.arrays.items()
                  if k in ("action", "goto", "rule_len", "rule_origin", "conf_offsets", "conf_codes")}
@@ -2017,6 +2018,14 @@ class PushdownGrammar:
         """Whether masks on ``stack`` may be cached and served from cache: near the stack bound a
         push may be refused, which depends on the depth, and no cache key holds the depth."""
         return stack[2] + self._max_token_len + 2 < self.max_stack_depth
+
+    def cached_mask_into(self, q: int, stack, out, index: int):
+        """:meth:`mask`'s row for ``(q, stack)`` where it is cached, copied into ``out[index]`` too
+        (``out`` an int32 numpy array ``[batch, words]``; words past the row zeroed); None when it is
+        not cached or ``out`` is not such an array (nothing written)."""
+        if USE_C_PARSER and _C_PARSER and self.cacheable(stack):
+            return _cwalk.mask_hit(self._masks, q, stack, out, index)
+        return None
 
     def mask(self, q: int, stack) -> np.ndarray:
         """Packed allowed-token row (int32 ``[ceil(V/32)]``, EOS bits included) for ``(q, stack)``."""
