@@ -1838,9 +1838,11 @@ class PushdownGrammar:
             walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
                                       skip=None if shortcut is None else shortcut.skip)
             free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
-        label = {int(x): i for i, x in enumerate(states.tolist())}
+        if groups:  # (ball positions: the states are distinct, in ball order)
+            order = states.tolist()
+            groups = tuple((order.index(r), row) for r, row in groups)
         kind = {t: k for k, t in enumerate(terms)}
-        return free, tuple((label[r], row) for r, row in groups), tuple((kind[t], level, node) for t, level, node in exits)
+        return free, groups, tuple((kind[t], level, node) for t, level, node in exits)
 
     def _donor_walk(self, q: int, lexer: int, ct, view, states, reach_groups):
         """:meth:`_walk_base`'s walk (as :meth:`_split` returns it) from another's: ``p``, the state
