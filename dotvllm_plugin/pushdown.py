@@ -1724,9 +1724,6 @@ class PushdownGrammar:
         """Per lexer: (class table with -2 at lexeme ends, trie view, first-byte row)."""
         got = self._walkers.get(lexer)
         if got is None:
-            from .index import byte_view
-            from .regex import byte_classes
-
             lo = self._start(lexer)
             block, chosen = self._blocks[lexer]
             # classes of the global table: the same partition as the local one with -2 marks (a
@@ -1737,10 +1734,12 @@ class PushdownGrammar:
                 t = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls)
                 byte_class = np.frombuffer(bc, dtype=np.int64)
             else:
+                from .regex import byte_classes
+
                 class_trans, byte_class = byte_classes(block)
                 t = np.where(class_trans >= 0, class_trans - lo, -1)
                 t[(chosen >= 0)[:, None] & (t < 0)] = -2
-            view = byte_view(self.vocabulary, byte_class, t.shape[1])
+            view = index.byte_view(self.vocabulary, byte_class, t.shape[1])
             got = self._walkers[lexer] = (t, view, t[0][byte_class])
         return got
 
