@@ -2049,9 +2049,9 @@ out:
     return result;
 }
 
-/* ball(trans int64[n * C], C, q, depth, chosen int64[n], cls int64[n], bc int64[256]) -> (states
- * bytes of int64[m], signature bytes, terms bytes of int64[k]): the states within ``depth`` steps of
- * ``q`` in breadth-first order (successors by class), and the ball as bytes, whatever lexer it lies
+/* ball(trans int64[n * C], C, q, depth, chosen int64[n], cls int64[n], bc int64[256][, lo]) -> (states
+ * bytes of int64[m], signature bytes, terms: a tuple of k ints): the states within ``depth`` steps of
+ * ``q`` in breadth-first order (successors by class; ``lo`` added to each), and the ball as bytes, whatever lexer it lies
  * in: the ball's own byte classes (bytes whose columns agree on the ball's rows, numbered by first
  * byte; uint8 per byte), each state's row over them relabelled to ball positions (-3: a state past
  * the ball; -1 and -2 kept), the states' chosen terminals relabelled by first appearance (-1 kept;
@@ -2060,8 +2060,8 @@ out:
  * alike, into the same groups, ending the same labels. */
 static PyObject *ball(PyObject *self, PyObject *args) {
     Py_buffer b_trans, b_chosen, b_cls, b_bc;
-    Py_ssize_t C, q, depth;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*y*", &b_trans, &C, &q, &depth, &b_chosen, &b_cls, &b_bc)) return NULL;
+    Py_ssize_t C, q, depth, lo = 0;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*|n", &b_trans, &C, &q, &depth, &b_chosen, &b_cls, &b_bc, &lo)) return NULL;
     const int64_t *trans = b_trans.buf;
     const int64_t *chosen = b_chosen.buf;
     const int64_t *cls = b_cls.buf;
@@ -2131,7 +2131,8 @@ static PyObject *ball(PyObject *self, PyObject *args) {
     }
     Py_ssize_t sig_len = 256 + m * nb * 4 + m * 4 + m * 4, k_terms = 0;
     PyObject *sig = PyBytes_FromStringAndSize(NULL, sig_len);
-    PyObject *states = PyBytes_FromStringAndSize((const char *)order, m * 8);
+    PyObject *states = PyBytes_FromStringAndSize(NULL, m * 8);
+    if (states) for (Py_ssize_t i = 0; i < m; i++) ((int64_t *)PyBytes_AS_STRING(states))[i] = order[i] + lo;
     if (sig && states) {
         char *p = PyBytes_AS_STRING(sig);
         for (int b = 0; b < 256; b++) p[b] = (char)(uint8_t)ballcls[bc[b]];
@@ -2154,7 +2155,12 @@ static PyObject *ball(PyObject *self, PyObject *args) {
             if (j == k_terms) terms[k_terms++] = t;
             ch[i] = (int32_t)j;
         }
-        PyObject *tb = PyBytes_FromStringAndSize((const char *)terms, k_terms * 8);
+        PyObject *tb = PyTuple_New(k_terms);
+        for (Py_ssize_t j = 0; tb && j < k_terms; j++) {
+            PyObject *x = PyLong_FromLongLong(terms[j]);
+            if (!x) Py_CLEAR(tb);
+            else PyTuple_SET_ITEM(tb, j, x);
+        }
         if (tb) result = PyTuple_Pack(3, states, sig, tb);
         Py_XDECREF(tb);
     }

@@ -213,7 +213,9 @@ def _c_walk_view(ct: ClassTrie) -> tuple:
     got = ct.__dict__.get("_c_walk_view")
     if got is None:
         _, _, _, off, _, nodes, byte_class = _flat_structure(ct)
-        got = ct.__dict__["_c_walk_view"] = (nodes, byte_class, off, len(ct.cls[0]) if ct.depth else 0)
+        cls = ct.cls  # (a byte view's root count is its trie's: its level classes are not made for it)
+        n_root = (len(cls.trie.byte[0]) if isinstance(cls, _LevelClasses) else len(cls[0])) if ct.depth else 0
+        got = ct.__dict__["_c_walk_view"] = (nodes, byte_class, off, n_root)
     return got
 
 

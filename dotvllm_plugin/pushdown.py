@@ -1762,8 +1762,8 @@ class PushdownGrammar:
             ct, view, _ = self._walker(lexer)
             groups = self._reach.groups(lexer)[0]
             states, sig, terms = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups,
-                                                   view.byte_class)
-            return np.frombuffer(states, dtype=np.int64) + lo, sig, tuple(np.frombuffer(terms, dtype=np.int64).tolist())
+                                                   view.byte_class, lo)
+            return np.frombuffer(states, dtype=np.int64), sig, terms
         succ = self._local_successors(lexer)
         q -= lo
         order = [q]
