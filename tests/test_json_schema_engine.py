@@ -256,7 +256,7 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
     g._build_all()
     rng = np.random.default_rng(5)
     W = (tekken_vocab.size + 31) // 32
-    compared = exits_seen = skipped = 0
+    compared = exits_seen = skipped = resumed = 0
 
     def check(got, ref, ordered):
         assert (got[0] is None) == (ref[0] is None)
@@ -296,16 +296,22 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
                     compared += 1
                     exits_seen += len(ref[2]) > 0
                     skipped += skip is not None
-            level = np.zeros(len(view.cls[0]), dtype=np.int64)
-            node = np.arange(len(view.cls[0]), dtype=np.int64)
-            monkeypatch.setattr(index, "USE_C_WALK", True)
-            walked = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups)
-            monkeypatch.setattr(index, "USE_C_WALK", use_c)
-            got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen)
-            assert (walked is None) == (got is None)
-            if walked is not None:
-                check(got, index.split_walk(*walked, groups, chosen), use_c)
-    assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c)
+            # resumed at every first-level node, then at random nodes of the next levels (most of
+            # them dead from the start row, some kept, one level's nodes possibly all dropped)
+            resumes = [(np.zeros(len(view.cls[0]), dtype=np.int64), np.arange(len(view.cls[0]), dtype=np.int64))]
+            for d in (1, 2, 3):
+                picked = np.sort(rng.choice(len(view.cls[d]), size=min(len(view.cls[d]), 300), replace=False))
+                resumes.append((np.full(len(picked), d, dtype=np.int64), picked.astype(np.int64)))
+            for level, node in resumes:
+                monkeypatch.setattr(index, "USE_C_WALK", True)
+                walked = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups)
+                monkeypatch.setattr(index, "USE_C_WALK", use_c)
+                got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen)
+                assert (walked is None) == (got is None)
+                resumed += walked is not None
+                if walked is not None:
+                    check(got, index.split_walk(*walked, groups, chosen), use_c)
+    assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c) and resumed > 10
 
 
 @pytest.mark.parametrize("spec", [PERSON, TREE, UNION], ids=["regular", "recursive", "union"])
