@@ -34,7 +34,9 @@ By default (``--schedule blocks``) the
 engines take turns: the first walks every schema, then the next, so no engine's compile runs
 between two of another's (a multi-second compile of one engine evicts the CPU caches the next
 engine's compile would otherwise find; ``--schedule interleaved`` runs every engine on one schema
-before the next schema, as runs before 2026-12-06 did). Percentiles
+before the next schema, as runs before 2026-12-06 did). With blocks, the results of the engines
+whose blocks are done are written as each block ends, and an interrupted run (Ctrl-C) writes them
+(the interrupted block's engine left out, named in ``engines_unfinished``). Percentiles
 of CPU and wall time are reported on each engine's own compiled set and on the schemas that every
 engine compiled (the fair comparison).
 
@@ -351,7 +353,13 @@ def plot(path: Path, verdicts: dict, n: int, title: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done: int, final: bool):
+def _finished(engines, verdicts, cases) -> list:
+    """The engines that ran every case (a block done, with ``--schedule blocks``)."""
+    return [e for e in engines if len(verdicts[e]) == len(cases)]
+
+
+def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done: int, final: bool,
+                  unfinished=()):
     flat = {e: {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in tokens[e].items()} for e in engines}
     summaries = {e: summarise(e, verdicts[e], flat[e]) for e in engines}
     pcts = compile_percentiles({e: verdicts[e] for e in engines})
@@ -365,6 +373,7 @@ def write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machin
         "complete": final,
         "schemas_done": done,
         "schemas_planned": len(cases),
+        "engines_unfinished": list(unfinished),  # (their block interrupted: not in these results)
         "corpus": str(args.corpus.name),
         "tokenizer": args.tokenizer,
         "vocab_size": _common.VOCAB_SIZE[args.tokenizer],
@@ -441,6 +450,7 @@ def main(argv=None) -> int:
     infos = {}
     t_start = time.time()
     done = 0
+    unfinished = []  # (engines left out of the results: their block was interrupted)
     try:
         for e, w in workers.items():
             if w.start():
@@ -467,6 +477,12 @@ def main(argv=None) -> int:
             log(f"[{n_step}/{len(steps)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
             if done and done % 25 == 0 and all(len(v) == done for v in verdicts.values()):
                 write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done, final=False)
+            elif args.schedule == "blocks" and i == len(cases) - 1 and len(finished := _finished(engines, verdicts,
+                                                                                              cases)) < len(engines):
+                # (an engine's block done: its results written, with the blocks done before it)
+                write_outputs(args, cases, finished, verdicts, tokens, infos, workers, machine, len(cases), final=False,
+                              unfinished=[e for e in engines if e not in finished])
+                log(f"partial results ({', '.join(finished)}) written to {args.json}")
         # The memory pass, untimed and after every timed call: a compile on a trimmed heap per case
         # and engine (a trim makes whatever follows it fault in fresh pages, so no timed compile or
         # mask may come after one).
@@ -477,15 +493,23 @@ def main(argv=None) -> int:
                 if v["status"] == "ok":
                     v["rss_delta_bytes"] = workers[e].rss_delta(for_engine(cases[i], e), timeout_s=timeouts[e])
     except KeyboardInterrupt:
-        log(f"interrupted after {done} schemas; writing partial results")
-        for e in engines:
-            del verdicts[e][done:]
+        finished = _finished(engines, verdicts, cases)
+        if args.schedule == "blocks" and finished:  # (the engines whose blocks are done, whole)
+            log(f"interrupted; writing the results of the engines whose blocks are done: {', '.join(finished)}")
+            unfinished = [e for e in engines if e not in finished]
+            engines, done = finished, len(cases)
+            verdicts = {e: verdicts[e] for e in finished}
+            tokens = {e: tokens[e] for e in finished}
+        else:
+            log(f"interrupted after {done} schemas; writing partial results")
+            for e in engines:
+                del verdicts[e][done:]
     finally:
         for w in workers.values():
             w.close()
 
     summaries, machine_end = write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done,
-                                           final=done == len(cases))
+                                           final=done == len(cases) and not unfinished, unfinished=unfinished)
     (h1, r1), (h2, r2) = tables(summaries, done)
     hc, rc = common_subset_table(verdicts, summaries)
     n_common = len(common_set(verdicts))
@@ -506,7 +530,8 @@ def main(argv=None) -> int:
           f"{args.tokenizer} ({_common.VOCAB_SIZE[args.tokenizer]} ids), compile deadlines "
           f"{', '.join(f'{e} {t:g} s' for e, t in args.timeouts.items())}; "
           f"load average at start {machine['loadavg']}, at end {machine_end['loadavg']}. {order_line} "
-          f"Schedule: {args.schedule}.", "",
+          f"Schedule: {args.schedule}." + (f" Left out, their block interrupted: {', '.join(unfinished)}."
+                                            if unfinished else ""), "",
           "JSON language asked of each engine:", "", markdown_table(hl, rl), "",
           markdown_table(h1, r1), "", f"Compile time, CPU and wall, {COLD}:", "", markdown_table(hp, rp), "",
           "Per-token mask + commit (all tokens of all instances walked):", "",
