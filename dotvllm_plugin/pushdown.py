@@ -1548,8 +1548,9 @@ class PushdownGrammar:
         """:meth:`step` of one configuration whose mask allows ``data``'s token, for any grammar:
         the new ``(q, stack)``, None, or ``_FORK`` where the caller must follow every reading
         (:meth:`step_all`): a lexeme several terminals type, a parser conflict met on the way (a
-        grammar that is not LR(1)), a lexer not built yet. In C where built; a grammar without
-        conflicts takes :meth:`step`."""
+        grammar that is not LR(1)), a lexer not built yet. The C step where built, for any grammar;
+        where it hands the step back, or without it, a grammar without conflicts takes
+        :meth:`step`."""
         lr = self._lr()
         if lr is not None:
             got = _cwalk.lr_step(lr, self._step_tables, q, stack, data)
