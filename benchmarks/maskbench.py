@@ -477,9 +477,9 @@ def main(argv=None) -> int:
             log(f"[{n_step}/{len(steps)} eta {eta / 60:.0f} min] {case['name']}: " + ", ".join(line))
             if done and done % 25 == 0 and all(len(v) == done for v in verdicts.values()):
                 write_outputs(args, cases, engines, verdicts, tokens, infos, workers, machine, done, final=False)
-            elif args.schedule == "blocks" and i == len(cases) - 1 and len(finished := _finished(engines, verdicts,
-                                                                                              cases)) < len(engines):
-                # (an engine's block done: its results written, with the blocks done before it)
+            elif args.schedule == "blocks" and i == len(cases) - 1 and step_engines[0] != engines[-1]:
+                # (a block done, not the last: its results and those before it written now)
+                finished = _finished(engines, verdicts, cases)
                 write_outputs(args, cases, finished, verdicts, tokens, infos, workers, machine, len(cases), final=False,
                               unfinished=[e for e in engines if e not in finished])
                 log(f"partial results ({', '.join(finished)}) written to {args.json}")

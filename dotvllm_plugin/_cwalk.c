@@ -143,7 +143,7 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
      * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens); None for no such skip.
      * Optional after those: cls (int64 [n_states], each in 0 .. n_states - 1, or None): the rows are
      * per group of end states (``cls`` equal), each reported under the first of its states reached.
-     * Optional after that: chosen (int64 [n_states], with cls and exits): the result is split_walk's
+     * Optional after that: chosen (int64 [n_states], with cls and exits): the result is split_core's
      * of the walk's own buffers, not the buffers. Optional after that: ifirst (int64 [256], byte
      * views only): an injected node's state is ifirst[its byte], the node dropped where that is
      * negative (``ist`` and ``isi`` are then not read: pass empty ones); False when none is kept and
@@ -319,10 +319,9 @@ done:
     return result;
 }
 
-/* split_walk(ends, rows, n_words, groups int64[n], ex_level, ex_node, ex_prev, chosen int64[n])
- *   -> (free, pending, exits): a grouped walk's result (``walk`` with csr rows, ``cls`` = groups and
- * exits; its ``ends``, ``rows``, and exits' level, node and previous state, as the bytes it returns)
- * as the pushdown matcher keeps it: ``free`` the row of group 0 (bytes of int32[n_words]) or None,
+/* split_core(ends[k], k, rows, n_words, groups int64[n], ex_level, ex_node, ex_prev [E], E, chosen
+ * int64[n]) -> (free, pending, exits): a grouped walk's result (its end states, their rows, and the
+ * exits' level, node and previous state, as ``walk`` collects them) as the pushdown matcher keeps it: ``free`` the row of group 0 (bytes of int32[n_words]) or None,
  * ``pending`` ((end state, row bytes), ...) for the other groups in the walk's order, ``exits``
  * ((terminal, level bytes, node bytes), ...) the exits by the terminal their lexeme ends
  * (``chosen[prev]``), terminals ascending, each group's exits in the walk's order. */
@@ -379,32 +378,6 @@ fail:
     Py_XDECREF(free_row);
     Py_XDECREF(pending);
     Py_XDECREF(exits);
-    return result;
-}
-
-static PyObject *split_walk(PyObject *self, PyObject *args) {
-    Py_buffer b_ends, b_rows, b_groups, b_lev, b_node, b_prev, b_chosen;
-    Py_ssize_t W;
-    if (!PyArg_ParseTuple(args, "y*y*ny*y*y*y*y*", &b_ends, &b_rows, &W, &b_groups, &b_lev, &b_node, &b_prev,
-                          &b_chosen))
-        return NULL;
-    Py_buffer *const held[] = {&b_ends, &b_rows, &b_groups, &b_lev, &b_node, &b_prev, &b_chosen};
-#define RELEASE_SW() for (int h_ = 0; h_ < 7; h_++) PyBuffer_Release(held[h_])
-    const int64_t *ends = b_ends.buf, *groups = b_groups.buf, *lev = b_lev.buf, *node = b_node.buf,
-                  *prev = b_prev.buf, *chosen = b_chosen.buf;
-    Py_ssize_t k = b_ends.len / 8, n = b_groups.len / 8, E = b_prev.len / 8;
-    int bad = W <= 0 || b_rows.len != k * W * 4 || b_chosen.len != n * 8 || b_lev.len != E * 8 ||
-              b_node.len != E * 8;
-    for (Py_ssize_t i = 0; !bad && i < k; i++) bad = ends[i] < 0 || ends[i] >= n;
-    for (Py_ssize_t i = 0; !bad && i < E; i++) bad = prev[i] < 0 || prev[i] >= n;
-    if (bad) {
-        RELEASE_SW();
-        PyErr_SetString(PyExc_ValueError, "split_walk: inconsistent sizes or states out of range");
-        return NULL;
-    }
-    PyObject *result = split_core(ends, k, b_rows.buf, W, groups, lev, node, prev, E, chosen);
-    RELEASE_SW();
-#undef RELEASE_SW
     return result;
 }
 
@@ -5949,7 +5922,6 @@ static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "The automaton of one byte string, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
-    {"split_walk", split_walk, METH_VARARGS, "A grouped walk's rows and exits as the pushdown matcher keeps them."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

@@ -220,18 +220,18 @@ def _c_walk_view(ct: ClassTrie) -> tuple:
 
 
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None, skip=None, groups=None, raw=False, split=None, inject_first=None):
+          rows=None, skip=None, groups=None, split=None, inject_first=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
-    exits)`` (``raw``: the exits as bytes too), see :func:`walk_rows_by_end`; ``skip`` (with
-    ``rows``): a run table's ``skip`` (:mod:`dotvllm_plugin.runs`), whose nodes are not visited;
-    ``groups`` (with ``rows``): one row per group of end states. ``inject`` may also be the flat
-    arrays ``(start index, level, level-local node, state)`` (C walk only). ``split`` (C walk, with
-    ``rows``, ``groups`` and exits: the states' terminals, ``chosen``): ``_cwalk.split_walk``'s result
-    of the walk, in one call. ``inject_first`` (C walk, byte views): ``inject`` is ``(level,
-    level-local node)`` and each node's state is ``inject_first[its byte]``, the node dropped where
-    that is negative; False when none is kept and ``states`` is None."""
+    exits)``, see :func:`walk_rows_by_end`; with ``rows`` (C walk only): ``skip``, a run table's
+    ``skip`` (:mod:`dotvllm_plugin.runs`), whose nodes are not visited; ``groups``, one row per group
+    of end states; ``split`` (with ``groups`` and exits: the states' terminals, ``chosen``), the
+    walk's result split as :func:`walk_split` returns it (bytes), in the same call;
+    ``inject_first`` (byte views), ``inject`` is ``(level, level-local node)`` and each node's
+    state is ``inject_first[its byte]``, the node dropped where that is negative, False when none
+    is kept and ``states`` is None. ``inject`` may also be the flat arrays ``(start index, level,
+    level-local node, state)`` (C walk only)."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     nodes, byte_class, off, n_root = _c_walk_view(ct)
@@ -247,15 +247,17 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
             (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)) if parts else (empty,) * 4
         )
     starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
+    # the C walk's optional arguments after the rows, in its order, trailing Nones left out
+    extra = [*(skip if skip is not None else (None,) * 4),
+             *(None if x is None else np.ascontiguousarray(x, dtype=np.int64) for x in (groups, split, inject_first))]
+    while extra and extra[-1] is None:
+        extra.pop()
+    if extra and rows is None:
+        raise ValueError("skip, groups, split and inject_first need rows")
     res = _cwalk.walk(
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
         n_root, starts, i_si, i_level, i_node, i_state, bool(want_exits),
-        MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])),
-        *(() if skip is None else skip),
-        *(() if groups is None else ((None,) * 4 if skip is None else ()) + (np.ascontiguousarray(groups, dtype=np.int64),)),
-        *(() if split is None and inject_first is None else
-          (None if split is None else np.ascontiguousarray(split, dtype=np.int64),
-           None if inject_first is None else np.ascontiguousarray(inject_first, dtype=np.int64))),
+        MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])), *extra,
     )
     if res is None:
         raise CompilationTooLargeError(
@@ -265,7 +267,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     if split is not None or res is False:
         return res
     if rows is not None:
-        return res[:2], (res[2:] if raw else tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:]))
+        return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
     if want_exits:
         return arrays[:3], arrays[3:]
@@ -1087,7 +1089,8 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
 
 
 def split_walk(ended, exits, groups, chosen):
-    """:func:`walk_split`'s result from :func:`walk_rows_by_end`'s (``_cwalk.split_walk`` in C)."""
+    """:func:`walk_split`'s result from :func:`walk_rows_by_end`'s (the reference of the C walk's own
+    split)."""
     ends, rows = ended
     _, level, node, prev = exits
     free, pending = None, []

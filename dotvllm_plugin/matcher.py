@@ -313,7 +313,9 @@ class PushdownMatcher(GrammarMatcher):
 
     def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
         configs = self._configs
-        if len(configs) == 1 and not self._terminated:  # (a cached row, copied in C where ``bitmask`` allows)
+        if len(configs) == 1 and not self._terminated and isinstance(bitmask, np.ndarray):
+            # (a cached row copied in C; a torch tensor, which C cannot write, goes the general way
+            # at once instead of after a failed copy and a second cache read)
             row = self.compiled.cached_mask_into(*configs[0], bitmask, index)
             if row is not None:
                 self._row_for, self._row = configs, row
