@@ -3170,23 +3170,17 @@ static int lr_lexers(PyObject *lexers, lr_rows *r, PyObject **chosen, PyObject *
     return 0;
 }
 
-static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "lr_step(tables, lexers, q, stack, data)"); return NULL; }
-    const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
-    if (!t) return NULL;
+/* lr_step's walk of ``len`` bytes from (q, stack) */
+static PyObject *lr_step_core(const lr_t *t, PyObject *lexers, Py_ssize_t q, PyObject *stack, const uint8_t *bytes,
+                              Py_ssize_t len) {
     lr_rows rows;
     PyObject *chosen, *ignore, *lexer_of, *fork;
-    if (lr_lexers(args[1], &rows, &chosen, &ignore, &lexer_of, &fork) < 0) return NULL;
-    Py_ssize_t q = PyLong_AsSsize_t(args[2]);
-    if (q == -1 && PyErr_Occurred()) return NULL;
-    Py_buffer data;
-    if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *stack = args[3], *outcomes = PyList_New(0);
-    if (!outcomes) { PyBuffer_Release(&data); return NULL; }
+    if (lr_lexers(lexers, &rows, &chosen, &ignore, &lexer_of, &fork) < 0) return NULL;
+    PyObject *outcomes = PyList_New(0);
+    if (!outcomes) return NULL;
     Py_INCREF(stack);
-    const uint8_t *bytes = data.buf;
     int err = 0, refused = 0, later = 0;  /* later: 1 the caller's step, 2 a fork */
-    for (Py_ssize_t i = 0; i < data.len; i++) {
+    for (Py_ssize_t i = 0; i < len; i++) {
         int b = bytes[i];
         Py_ssize_t nq;
         if (lr_next(&rows, q, b, &nq) < 0) { err = 1; break; }
@@ -3214,7 +3208,6 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         q = nq;
     }
     if (rows.row.obj) PyBuffer_Release(&rows.row);
-    PyBuffer_Release(&data);
     Py_DECREF(outcomes);
     if (err || later || refused) {
         Py_DECREF(stack);
@@ -3224,6 +3217,71 @@ static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     return Py_BuildValue("(nN)", q, stack);
+}
+
+static PyObject *lr_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "lr_step(tables, lexers, q, stack, data)"); return NULL; }
+    const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
+    if (!t) return NULL;
+    Py_ssize_t q = PyLong_AsSsize_t(args[2]);
+    if (q == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *got = lr_step_core(t, args[1], q, args[3], data.buf, data.len);
+    PyBuffer_Release(&data);
+    return got;
+}
+
+/* lr_commit(tables, lexers, row, token, token_bytes, eos, configs) -> new configurations, False or
+ * NotImplemented: PushdownMatcher.accept_token for one configuration whose mask ``row`` (packed
+ * int32) was computed: False where the row refuses ``token``, else the C step of its bytes as a
+ * one-configuration tuple (False where it refuses them). NotImplemented (nothing done) wherever
+ * the general path decides: several configurations, an end-of-sequence token (in ``eos``), a token
+ * outside ``token_bytes`` or without bytes, a row too short, and where lr_step hands the step back
+ * (a lexer to build, a fork). */
+static PyObject *lr_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyTuple_Check(args[4]) || !PyAnySet_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "lr_commit(tables, lexers, row, token, token_bytes: tuple, eos: set, configs)");
+        return NULL;
+    }
+    PyObject *configs = args[6];
+    if (!PyTuple_Check(configs) || PyTuple_GET_SIZE(configs) != 1) Py_RETURN_NOTIMPLEMENTED;
+    PyObject *conf = PyTuple_GET_ITEM(configs, 0);
+    if (!PyTuple_Check(conf) || PyTuple_GET_SIZE(conf) != 2) Py_RETURN_NOTIMPLEMENTED;
+    PyObject *tok = PyNumber_Index(args[3]);
+    if (!tok) { PyErr_Clear(); Py_RETURN_NOTIMPLEMENTED; }
+    int eos = PySet_Contains(args[5], tok);
+    Py_ssize_t token = PyLong_AsSsize_t(tok);
+    Py_DECREF(tok);
+    if (eos < 0) return NULL;
+    if (token == -1 && PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NOTIMPLEMENTED; }
+    if (eos || token < 0 || token >= PyTuple_GET_SIZE(args[4])) Py_RETURN_NOTIMPLEMENTED;
+    PyObject *data = PyTuple_GET_ITEM(args[4], token);
+    if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) == 0) Py_RETURN_NOTIMPLEMENTED;
+    Py_buffer row;
+    if (PyObject_GetBuffer(args[2], &row, PyBUF_SIMPLE) < 0) { PyErr_Clear(); Py_RETURN_NOTIMPLEMENTED; }
+    int known = (token >> 5) < row.len / 4, bit = 0;
+    if (known) {
+        uint32_t w;
+        memcpy(&w, (const char *)row.buf + (token >> 5) * 4, 4);
+        bit = (w >> (token & 31)) & 1;
+    }
+    PyBuffer_Release(&row);
+    if (!known) Py_RETURN_NOTIMPLEMENTED;
+    if (!bit) Py_RETURN_FALSE;
+    const lr_t *t = PyCapsule_GetPointer(args[0], "dotvllm.lr");
+    if (!t) return NULL;
+    Py_ssize_t q = PyLong_AsSsize_t(PyTuple_GET_ITEM(conf, 0));
+    if (q == -1 && PyErr_Occurred()) return NULL;
+    PyObject *got = lr_step_core(t, args[1], q, PyTuple_GET_ITEM(conf, 1), (const uint8_t *)PyBytes_AS_STRING(data),
+                                 PyBytes_GET_SIZE(data));
+    if (!got) return NULL;
+    if (got == Py_None) { Py_DECREF(got); Py_RETURN_FALSE; }
+    if (!PyTuple_Check(got)) { Py_DECREF(got); Py_RETURN_NOTIMPLEMENTED; }  /* (NotImplemented or the fork) */
+    PyObject *out = PyTuple_New(1);
+    if (!out) { Py_DECREF(got); return NULL; }
+    PyTuple_SET_ITEM(out, 0, got);
+    return out;
 }
 
 /* (a, p) added to ``w`` (an item of one element): 1 added, 0 present, -1 no memory */
@@ -5906,6 +5964,7 @@ static PyMethodDef methods[] = {
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
+    {"lr_commit", (PyCFunction)(void (*)(void))lr_commit, METH_FASTCALL, "A matcher's commit of a token its mask row allows."},
     {"lr_step_all", (PyCFunction)(void (*)(void))lr_step_all, METH_FASTCALL, "Every configuration's step over a token's bytes."},
     {"lr_tables", lr_tables, METH_VARARGS, "The parser tables the probe functions read, as a capsule."},
     {"lr_feed", (PyCFunction)(void (*)(void))lr_feed, METH_FASTCALL, "Every outcome of feeding a terminal to a probe's stack."},

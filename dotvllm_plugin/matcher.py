@@ -15,7 +15,8 @@ import numpy as np
 
 from .compiler import CompiledGrammar
 from .index import set_token_bits
-from .pushdown import _FORK, PushdownGrammar
+from . import pushdown as _pushdown
+from .pushdown import _FORK, PushdownGrammar, _cwalk
 
 __all__ = ["MAX_ROLLBACK", "GrammarMatcher", "PushdownMatcher"]
 
@@ -222,7 +223,7 @@ class PushdownMatcher(GrammarMatcher):
     shares everything (configurations and stacks are immutable).
     """
 
-    __slots__ = ("_configs", "_intern", "_row_for", "_row")
+    __slots__ = ("_configs", "_intern", "_row_for", "_row", "_hits", "_commit")
 
     def __init__(self, compiled: PushdownGrammar, *, max_rollback_tokens: int = MAX_ROLLBACK):  # noqa: D107
         if not isinstance(compiled, PushdownGrammar):
@@ -237,11 +238,24 @@ class PushdownMatcher(GrammarMatcher):
         # the last mask row and the configurations it was computed for (``accept_token`` reads the
         # token's bit there instead of re-checking what the mask already decided)
         self._row_for = self._row = None
+        # the C reads of a cached mask and of a commit (:meth:`PushdownGrammar.matcher_paths`)
+        self._hits, self._commit = compiled.matcher_paths()
 
     def _can_end(self, configs) -> bool:
         return any(self.compiled.can_end(q, st) for q, st in configs)
 
     def accept_token(self, token_id: int) -> bool:
+        configs = self._configs
+        if self._row_for is configs and self._commit is not None and not self._terminated and _pushdown.USE_C_PARSER:
+            # (one C call where the row computed for these configurations decides: the bit, then the
+            # step of one configuration; NotImplemented wherever the path below decides)
+            got = _cwalk.lr_commit(*self._commit, self._row, token_id, self._tb, self._eos, configs)
+            if got is not NotImplemented:
+                if got is False:
+                    return False
+                self._history.append(configs)
+                self._configs = got
+                return True
         if self._terminated:
             return False
         token_id = int(token_id)
@@ -256,7 +270,6 @@ class PushdownMatcher(GrammarMatcher):
         data = self._tb[token_id]
         if not data:
             return False
-        configs = self._configs
         trusted = self._row_for is configs  # the mask of these configurations was computed: it decides
         if trusted:
             if not (int(self._row[token_id >> 5]) >> (token_id & 31)) & 1:
@@ -313,13 +326,18 @@ class PushdownMatcher(GrammarMatcher):
 
     def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
         configs = self._configs
-        if len(configs) == 1 and not self._terminated and isinstance(bitmask, np.ndarray):
-            # (a cached row copied in C; a torch tensor, which C cannot write, goes the general way
-            # at once instead of after a failed copy and a second cache read)
-            row = self.compiled.cached_mask_into(*configs[0], bitmask, index)
-            if row is not None:
-                self._row_for, self._row = configs, row
-                return
+        hits = self._hits
+        if (hits is not None and len(configs) == 1 and not self._terminated and isinstance(bitmask, np.ndarray)
+                and _pushdown.USE_C_PARSER):
+            # (a cached row copied in C, as PushdownGrammar.cached_mask_into; a torch tensor, which C
+            # cannot write, goes the general way at once instead of after a failed copy and a
+            # second cache read)
+            q, stack = configs[0]
+            if stack[2] < hits[1]:
+                row = _cwalk.mask_hit(hits[0], q, stack, bitmask, index)
+                if row is not None:
+                    self._row_for, self._row = configs, row
+                    return
         GrammarMatcher.fill_next_token_bitmask(self, bitmask, index)
 
     def _current_row(self) -> np.ndarray:
@@ -357,6 +375,7 @@ class PushdownMatcher(GrammarMatcher):
         m._history = deque(self._history, maxlen=self._history.maxlen)
         m._eos, m._tb = self._eos, self._tb
         m._row_for = m._row = None
+        m._hits, m._commit = self._hits, self._commit
         return m
 
     def __repr__(self) -> str:

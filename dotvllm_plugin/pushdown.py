@@ -2021,6 +2021,18 @@ class PushdownGrammar:
         push may be refused, which depends on the depth, and no cache key holds the depth."""
         return stack[2] + self._max_token_len + 2 < self.max_stack_depth
 
+    def matcher_paths(self):
+        """What a matcher reads to serve a cached mask and commit a token in one C call each:
+        ``(masks, depth)`` (:meth:`cached_mask_into` for stacks shallower than ``depth``) and
+        ``(parser tables, step tables)`` (:meth:`step_trusted`'s C step); ``(None, None)`` without
+        the C parser. Parser tables remade later (lexers built since add compound terminals) leave
+        these valid: a compound read with the tables of before is a fork, which the C step hands
+        back."""
+        lr = self._lr()
+        if lr is None:
+            return None, None
+        return (self._masks, self.max_stack_depth - self._max_token_len - 2), (lr, self._step_tables)
+
     def cached_mask_into(self, q: int, stack, out, index: int):
         """:meth:`mask`'s row for ``(q, stack)`` where it is cached, copied into ``out[index]`` too
         (``out`` an int32 numpy array ``[batch, words]``; words past the row zeroed); None when it is

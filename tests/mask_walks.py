@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 
+def _state(m):
+    return getattr(m, "_configs", None) or m._state
+
+
 def walk_together(vocab, fast, ref, use, rng, steps: int, *, prefix=(), weight=None, label=None) -> None:
     """``use(on)`` switches the engine to the optimised path (True) or the reference (False) before
     ``fast`` and ``ref`` fill their masks, which must be equal at every step. The next token is
@@ -34,4 +38,14 @@ def walk_together(vocab, fast, ref, use, rng, steps: int, *, prefix=(), weight=N
         else:
             w = weight[allowed]
             t = int(rng.choice(allowed, p=w / w.sum()))
-        assert fast.accept_token(t) and ref.accept_token(t)
+        # (each matcher commits on its own path: the optimised one reads the row it just filled)
+        refused = np.flatnonzero(~np.isin(np.arange(vocab.size), allowed) & ~np.isin(np.arange(vocab.size), eos))
+        if len(refused):  # a token its mask refuses: refused, the state unchanged
+            bad = int(rng.choice(refused))
+            use(True)
+            before = _state(fast)
+            assert not fast.accept_token(np.int64(bad)) and _state(fast) == before, (label, step, bad)
+        use(True)
+        ok = fast.accept_token(t)
+        use(False)
+        assert ok and ref.accept_token(t), (label, step, t)
