@@ -260,10 +260,7 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
         MAX_INDEX_ENTRIES, *(() if rows is None else (*rows, class_trans.shape[0])), *extra,
     )
     if res is None:
-        raise CompilationTooLargeError(
-            f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
-            "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
-        )
+        raise _walk_too_large()
     if split is not None or res is False:
         return res
     if rows is not None:
@@ -272,6 +269,13 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     if want_exits:
         return arrays[:3], arrays[3:]
     return arrays
+
+
+def _walk_too_large() -> CompilationTooLargeError:
+    return CompilationTooLargeError(
+        f"the token index walk grew past {MAX_INDEX_ENTRIES} (state, token prefix) pairs; "
+        "long bounded repetitions or many look-alike branches are the usual cause: simplify the constraint"
+    )
 
 
 #: Whether :func:`_walk` uses the C extension when it is built (tests compare both).
@@ -1075,17 +1079,44 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
     own buffers (:func:`walk_rows_by_end` and numpy are the reference). ``inject_first`` (C walk):
     as :func:`_walk`'s; None when no node is kept."""
     if _cwalk is not None and USE_C_WALK:
-        got = _walk(class_trans, view, states, inject=inject, want_exits=True, rows=(*_token_csr(view), words),
-                    skip=skip, groups=groups, split=chosen, inject_first=inject_first)
+        if inject is None or inject_first is not None:  # (the matcher's walks: see _walk_split_c)
+            got = _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first)
+        else:
+            got = _walk(class_trans, view, states, inject=inject, want_exits=True, rows=(*_token_csr(view), words),
+                        skip=skip, groups=groups, split=chosen, inject_first=inject_first)
         if got is False:
             return None
         free, pending, by_term = got
-        i32, i64 = np.int32, np.int64
-        return (None if free is None else np.frombuffer(free, dtype=i32),
-                tuple((e, np.frombuffer(r, dtype=i32)) for e, r in pending),
-                tuple((t, np.frombuffer(lv, dtype=i64), np.frombuffer(nd, dtype=i64)) for t, lv, nd in by_term))
+        fb, i32, i64 = np.frombuffer, np.int32, np.int64
+        return (None if free is None else fb(free, dtype=i32), tuple([(e, fb(r, dtype=i32)) for e, r in pending]),
+                tuple([(t, fb(lv, dtype=i64), fb(nd, dtype=i64)) for t, lv, nd in by_term]))
     return split_walk(*walk_rows_by_end(class_trans, view, words, states, inject=inject, skip=skip, groups=groups),
                       groups, chosen)
+
+
+def _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first):
+    """:func:`_walk`'s call for :func:`walk_split` without resumed walks or with ``inject_first``
+    (the pushdown matcher's first visits, a few microseconds of C each: the general assembly of the
+    arguments was a third of them), the view's arguments gathered once per view."""
+    fixed = view.__dict__.get("_c_split_args")
+    if fixed is None:
+        fixed = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
+    nodes, byte_class, off, n_root, cs, ci = fixed
+    i64 = np.int64
+    if inject_first is None:
+        i_level = i_node = _EMPTY
+    else:
+        i_level, i_node = np.ascontiguousarray(inject[0], dtype=i64), np.ascontiguousarray(inject[1], dtype=i64)
+    args = [np.ascontiguousarray(class_trans, dtype=i64), class_trans.shape[1], nodes, byte_class, off, n_root,
+            _EMPTY if states is None else np.ascontiguousarray(states, dtype=i64), _EMPTY, i_level, i_node, _EMPTY,
+            True, MAX_INDEX_ENTRIES, cs, ci, words, class_trans.shape[0], *(skip or (None, None, None, None)),
+            np.ascontiguousarray(groups, dtype=i64), np.ascontiguousarray(chosen, dtype=i64)]
+    if inject_first is not None:
+        args.append(np.ascontiguousarray(inject_first, dtype=i64))
+    res = _cwalk.walk(*args)
+    if res is None:
+        raise _walk_too_large()
+    return res
 
 
 def split_walk(ended, exits, groups, chosen):

@@ -1314,6 +1314,7 @@ class PushdownGrammar:
         self._unit_memo: dict[tuple, int] = {}  # (below, state, terminal) → state after unit reductions
         self._lr_tables = None  # (capsule of the parser tables for the C probe, compounds it knows)
         self._masks: dict = {}
+        self._lexer_args: dict[int, tuple] = {}  # lexer → what its walks read (:meth:`_walk_args`)
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
 
@@ -1744,6 +1745,16 @@ class PushdownGrammar:
             got = self._walkers[lexer] = (t, view, t[0][byte_class])
         return got
 
+    def _walk_args(self, lexer: int) -> tuple:
+        """What walks and balls read of ``lexer`` (built now if it was not yet), gathered on first
+        use: ``(class table, trie view, first-byte row)`` (:meth:`_walker`), its lexeme-start state,
+        its ``chosen`` as int64 (:meth:`_chosen_of`) and its reach groups (:meth:`_LazyReach.groups`)."""
+        got = self._lexer_args.get(lexer)
+        if got is None:
+            got = self._lexer_args[lexer] = (*self._walker(lexer), self._lexer_lo[lexer], self._chosen_of(lexer),
+                                             self._reach.groups(lexer))
+        return got
+
     def _canonical(self, q: int):
         """States within a token's length of ``q`` in breadth-first order, a signature of that ball
         of the automaton, and the terminals its lexemes end (``terms``): the ball's own byte classes,
@@ -1756,15 +1767,14 @@ class PushdownGrammar:
         its end (the characters of a ``maxLength`` string: each is its own state, the balls of most
         alike)."""
         lexer = self._owner[q]
+        if index._cwalk is not None:
+            ct, view, _, lo, chosen, groups = self._walk_args(lexer)
+            depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
+            states, sig, terms = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, chosen, groups[0], view.byte_class, lo)
+            return np.frombuffer(states, dtype=np.int64), sig, terms
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]
         depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
-        if index._cwalk is not None:
-            ct, view, _ = self._walker(lexer)
-            groups = self._reach.groups(lexer)[0]
-            states, sig, terms = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, self._chosen_of(lexer), groups,
-                                                   view.byte_class, lo)
-            return np.frombuffer(states, dtype=np.int64), sig, terms
         succ = self._local_successors(lexer)
         q -= lo
         order = [q]
@@ -1823,9 +1833,7 @@ class PushdownGrammar:
         """The walk of :meth:`_base_of`, its rows under ball positions and its exits under the
         labels of ``terms`` (:meth:`_canonical`): what states of equal signatures share."""
         lexer = self._owner[q]
-        ct, view, _ = self._walker(lexer)
-        lo = self._lexer_lo[lexer]
-        reach_groups = self._reach.groups(lexer)
+        ct, view, _, lo, chosen, reach_groups = self._walk_args(lexer)
         runs_ok = USE_RUNS and index._cwalk is not None and index.USE_C_WALK
         got = self._donor_walk(q, lexer, ct, view, states, reach_groups) if runs_ok and USE_DONORS else None
         if got is not None:
@@ -1835,7 +1843,7 @@ class PushdownGrammar:
             if runs_ok:
                 shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo,
                                      self._run_memo.setdefault(lexer, {}), reach_groups[1])
-            walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
+            walked = index.walk_split(ct, view, self._W, reach_groups[0], chosen, states[:1] - lo,
                                       skip=None if shortcut is None else shortcut.skip)
             free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
         if groups:  # (ball positions: the states are distinct, in ball order)
@@ -1956,10 +1964,9 @@ class PushdownGrammar:
         content = (lexer, level.tobytes(), node.tobytes())
         got = self._cross_walks.get(content)
         if got is None:
-            ct, view, first = self._walker(lexer)
-            walked = index.walk_rows_from_nodes(ct, view, self._W, level, node, first,
-                                                groups=self._reach.groups(lexer)[0], chosen=self._chosen_of(lexer))
-            got = (None, (), ()) if walked is None else self._split(self._start(lexer), walked)
+            ct, view, first, lo, chosen, groups = self._walk_args(lexer)
+            walked = index.walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=groups[0], chosen=chosen)
+            got = (None, (), ()) if walked is None else self._split(lo, walked)
             self._cross_walks[content] = got
         self._cross_cache[key] = got
         return got
