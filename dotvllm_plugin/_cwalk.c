@@ -966,7 +966,8 @@ static Py_ssize_t joint_classes(const Py_buffer *bc, Py_ssize_t k, int64_t joint
 }
 
 /* lexer_chosen(members, order, ids, offset, max_states)
- *   -> (trans bytes of int32[n * 256], chosen bytearray of int32[n], several) or None past max_states
+ *   -> (trans bytes of int32[n * 256], chosen bytearray of int32[n], several, classes) or None past
+ *      max_states; ``classes`` is byte_classes(trans, offset, chosen)'s result (the walks' table)
  * A longest-match contextual lexer in one call: the product automaton of its members, breadth
  * first from their initial states over the classes they all refine (numbered by first byte), as
  * dotvllm_plugin.pushdown._build_lexer's reference loop numbers its states (``offset`` added to
@@ -1000,7 +1001,7 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
     vec rcls = {0}, rtgt = {0}, pool = {0}, start = {0}, ct = {0}, buf = {0};
     vec hashed = {0};  /* the table's ids → product states (sets of one state are not in the table) */
     table tab = {0};
-    PyObject *result = NULL, *several = NULL, *out_t = NULL, *out_c = NULL;
+    PyObject *result = NULL, *several = NULL, *out_t = NULL, *out_c = NULL, *out_rows = NULL, *out_bc = NULL;
     Py_ssize_t held = 0;
     int err = 0;  /* -1 out of memory, 1 past max_states */
     if (!bt || !offs || !init || !rank || !ids || !n_own) { PyErr_NoMemory(); goto done; }
@@ -1202,11 +1203,51 @@ static PyObject *lexer_chosen(PyObject *self, PyObject *args) {
             if (bad) goto done;
         }
     }
-    result = PyTuple_Pack(3, out_t, out_c, several);
+    /* the walks' byte classes (byte_classes(trans, offset, chosen)'s, from the class-space table:
+     * bytes of one joint class step alike, so the coarsest classes merge joint classes of equal
+     * columns; numbered by first byte) */
+    {
+        int64_t coarse[256], crep[256];  /* joint class → coarse class; coarse class → a joint class */
+        uint64_t hcol[256];
+        Py_ssize_t C = 0;
+        for (Py_ssize_t c = 0; c < n_cls; c++) {
+            coarse[c] = -1;
+            uint64_t h = 0x9E3779B97F4A7C15ULL;
+            for (Py_ssize_t s = 0; s < n; s++) h = (h ^ (uint64_t)ct.p[s * n_cls + c]) * 0x100000001B3ULL;
+            hcol[c] = h;
+        }
+        int64_t byte_cls[256];
+        for (int b = 0; b < 256; b++) {
+            int64_t jc = joint[b];
+            if (coarse[jc] < 0) {
+                for (Py_ssize_t m = 0; m < C && coarse[jc] < 0; m++) {
+                    int64_t r = crep[m];
+                    if (hcol[r] != hcol[jc]) continue;
+                    int same = 1;
+                    for (Py_ssize_t s = 0; s < n && same; s++) same = ct.p[s * n_cls + r] == ct.p[s * n_cls + jc];
+                    if (same) coarse[jc] = m;
+                }
+                if (coarse[jc] < 0) { crep[C] = jc; coarse[jc] = C++; }
+            }
+            byte_cls[b] = coarse[jc];
+        }
+        out_rows = PyBytes_FromStringAndSize(NULL, n * C * 8);
+        out_bc = PyBytes_FromStringAndSize((const char *)byte_cls, 256 * 8);
+        if (!out_rows || !out_bc) goto done;
+        int64_t *rw = (int64_t *)PyBytes_AS_STRING(out_rows);
+        for (Py_ssize_t s = 0; s < n; s++) {
+            int64_t none = ch[s] >= 0 ? -2 : -1;
+            for (Py_ssize_t m = 0; m < C; m++) {
+                int64_t x = ct.p[s * n_cls + crep[m]];
+                rw[s * C + m] = x >= 0 ? x : none;
+            }
+        }
+        result = Py_BuildValue("(OOO(OOn))", out_t, out_c, several, out_rows, out_bc, C);
+    }
 done:
     if (err < 0) PyErr_NoMemory();
     else if (err > 0) { result = Py_None; Py_INCREF(result); }
-    Py_XDECREF(out_t); Py_XDECREF(out_c); Py_XDECREF(several);
+    Py_XDECREF(out_t); Py_XDECREF(out_c); Py_XDECREF(several); Py_XDECREF(out_rows); Py_XDECREF(out_bc);
     for (Py_ssize_t j = 0; j < held; j++) {
         PyBuffer_Release(&bt[j]); PyBuffer_Release(&ba[j]); PyBuffer_Release(&bc[j]); PyBuffer_Release(&br[j]);
     }

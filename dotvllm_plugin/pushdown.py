@@ -501,7 +501,8 @@ def _shadow_witness(a, b, rep: np.ndarray) -> bytes | None:
     return None
 
 
-def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, compounds=None, offset: int = 0):
+def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, compounds=None, offset: int = 0,
+                 walk_classes: list | None = None):
     """Product DFA of the candidates of one contextual lexer.
 
     Returns ``(trans int32 [n, 256], chosen int32 [n])`` with state 0 the lexeme start (never
@@ -509,7 +510,9 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
     Without ``lark_fidelity`` (the engine's own longest-match lexing), a lexeme that several
     terminals match is typed as all of them: ``chosen[s]`` is then the id ``compounds(members)``
     gives that set (:class:`_Compounds`), and the parser follows every reading. ``offset`` is added
-    to every live target of ``trans`` (the lexer's place among others).
+    to every live target of ``trans`` (the lexer's place among others). ``walk_classes``: a list
+    that the C longest-match build appends ``_cwalk.byte_classes(trans, offset, chosen)``'s result
+    to (made from its class-space table; the walks read it), left empty by the other builds.
     """
     if not members:  # a parser state that only takes the end of input
         return np.full((1, 256), -1, dtype=np.int32), np.full(1, -1, dtype=np.int32)
@@ -520,7 +523,9 @@ def _build_lexer(members: list[int], terms, dfas, lark_fidelity: bool = True, co
         res = _cwalk.lexer_chosen([_with_classes(dfas[i]) for i in comps], order, comps, offset, MAX_LEXER_STATES)
         if res is None:
             raise GrammarError(_TOO_MANY_LEXER_STATES)
-        trans, chosen, several = res
+        trans, chosen, several, classes = res
+        if walk_classes is not None:
+            walk_classes.append(classes)
         chosen = np.frombuffer(chosen, dtype=np.int32)
         for s, lexeme_terms in several if compounds is not None else ():  # (in state order, as _chosen asks)
             cid = compounds(lexeme_terms)
@@ -1314,6 +1319,7 @@ class PushdownGrammar:
         self._unit_memo: dict[tuple, int] = {}  # (below, state, terminal) → state after unit reductions
         self._lr_tables = None  # (capsule of the parser tables for the C probe, compounds it knows)
         self._masks: dict = {}
+        self._walk_classes: dict[int, tuple] = {}  # lexer built here → its walks' byte classes (_walker's)
         self._lexer_args: dict[int, tuple] = {}  # lexer → what its walks read (:meth:`_walk_args`)
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
@@ -1364,7 +1370,10 @@ class PushdownGrammar:
                     Terminal(name, "", priority=-rank[i]) for i, name in enumerate(self.terminal_names)
                 )
             lo = len(self._chosen)
-            trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds, offset=lo)
+            classes: list = []
+            trans, chosen = _build_lexer(members, terms, dfas, False, self._compounds, offset=lo, walk_classes=classes)
+            if classes:  # (what _walker reads, made with the lexer)
+                self._walk_classes[lexer] = classes[0]
             self._blocks[lexer] = (trans, chosen)
             self._rows.extend([None] * len(chosen))
             self._chosen.extend(chosen.tolist())
@@ -1730,9 +1739,10 @@ class PushdownGrammar:
             block, chosen = self._blocks[lexer]
             # classes of the global table: the same partition as the local one with -2 marks (a
             # mark depends on the row only), and the rest is done on classes, not 256 columns
-            if _cwalk is not None:  # (in one pass)
-                rows, bc, n_cls = _cwalk.byte_classes(np.ascontiguousarray(block, dtype=np.int32), lo,
-                                                      np.ascontiguousarray(chosen, dtype=np.int32))
+            if _cwalk is not None:  # (in one pass; a lexer built in C came with them)
+                got = self._walk_classes.pop(lexer, None)
+                rows, bc, n_cls = got if got is not None else _cwalk.byte_classes(
+                    np.ascontiguousarray(block, dtype=np.int32), lo, np.ascontiguousarray(chosen, dtype=np.int32))
                 t = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls)
                 byte_class = np.frombuffer(bc, dtype=np.int64)
             else:

@@ -639,7 +639,8 @@ def test_longest_match_lexer_in_c_on_random_members(c_tables, monkeypatch):
     """``_cwalk.lexer_chosen`` (the product over live members, and each state's terminal) equals the
     Python loop's lexer on random member automata: several accepting at once (compounds, asked in
     state order), ignored members (no compound), members in any lexing order, an offset; with the
-    members' class tables of the C byte classes (int64) and of the numpy ones (int32)."""
+    members' class tables of the C byte classes (int64) and of the numpy ones (int32). The walks'
+    byte classes it makes from its class-space table are ``_cwalk.byte_classes``' of the lexer."""
     from dotvllm_plugin import pushdown
     from dotvllm_plugin.grammar.ir import Terminal
     from dotvllm_plugin.regex import ByteDFA, automaton
@@ -677,8 +678,15 @@ def test_longest_match_lexer_in_c_on_random_members(c_tables, monkeypatch):
         for c_product in (True, False):
             monkeypatch.setattr(pushdown, "USE_C_PRODUCT", c_product)
             compounds = pushdown._Compounds(n_terms, ignore)
-            trans, chosen = pushdown._build_lexer(members, terms, dfas, False, compounds, offset=offset)
+            classes: list = []
+            trans, chosen = pushdown._build_lexer(members, terms, dfas, False, compounds, offset=offset,
+                                                  walk_classes=classes)
             built.append((trans, chosen, compounds.members))
+            assert len(classes) == c_product, case
+            if classes:
+                rows, bc, n_cls = classes[0]
+                want = pushdown._cwalk.byte_classes(np.ascontiguousarray(trans), offset, np.ascontiguousarray(chosen))
+                assert (rows, bc, n_cls) == want, case
         (ft, fc, fm), (st_, sc, sm) = built
         assert ft.dtype == st_.dtype and fc.dtype == sc.dtype, case
         assert np.array_equal(ft, st_) and np.array_equal(fc, sc) and fm == sm, case
