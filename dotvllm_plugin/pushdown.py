@@ -740,10 +740,9 @@ class _ReachSets:
         return len(self._raw) // self._step
 
     def __getitem__(self, i: int):
-        try:
-            return self._read[i]
-        except KeyError:
-            pass
+        got = self._read.get(i, _MISSING)
+        if got is not _MISSING:
+            return got
         if not 0 <= i < len(self):
             raise IndexError(i)
         k = i * self._step
@@ -760,6 +759,7 @@ class _LazyReach:
         # a weak reference: the grammar holds this table, and a cycle would leave a dropped grammar
         # (megabytes of tables and caches) to the cyclic garbage collector, a long pause later
         self._grammar = weakref.ref(grammar)
+        self._owner = grammar._owner  # (the grammar's list, grown in place as lexers are built)
         self._values: dict[int, object] = {}  # state → its reach, as read (the C mask reads it)
         self._groups: dict[int, tuple] = {}  # lexer → reach group per local state (see groups)
         self._sets: dict[int, tuple] = {}  # lexer → (start, distinct set per local state, the sets)
@@ -767,18 +767,16 @@ class _LazyReach:
         self._ignored_bits = None  # the ignored terminals as the C sets' bits (uint64 words)
 
     def __getitem__(self, q: int):
-        try:
-            return self._values[q]
-        except KeyError:
-            pass
-        lexer = self._grammar()._owner[q]
+        value = self._values.get(q, _MISSING)
+        if value is not _MISSING:
+            return value
+        lexer = self._owner[q]
         got = self._sets.get(lexer)
         if got is None:
             self._compute(lexer)
             got = self._sets[lexer]
         lo, index_of, sets = got
-        value = None if q == lo else sets[index_of[q - lo]]
-        self._values[q] = value
+        value = self._values[q] = None if q == lo else sets[index_of[q - lo]]
         return value
 
     def groups(self, lexer: int) -> tuple:
@@ -799,6 +797,7 @@ class _LazyReach:
         trans, chosen = g._blocks[lexer]
         if index._cwalk is not None:
             index_of, sets, group = self._from_c(lexer, chosen)
+            index_of = index_of.tolist()  # (read one state at a time)
         else:
             values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
             values[0] = None
