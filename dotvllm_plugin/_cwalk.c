@@ -3069,6 +3069,18 @@ static int copy_row_into(PyObject *row, PyObject *out, Py_ssize_t index) {
     return ok;
 }
 
+/* copy_row(row, out, index) -> whether ``row`` (packed int32) was copied into ``out[index]``
+ * (copy_row_into: a writable C-contiguous int32 [batch, words] array, words past the row zeroed);
+ * False where it cannot take it (nothing written) */
+static PyObject *copy_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "copy_row(row, out, index)"); return NULL; }
+    Py_ssize_t index = PyLong_AsSsize_t(args[2]);
+    if (index == -1 && PyErr_Occurred()) return NULL;
+    int got = copy_row_into(args[0], args[1], index);
+    if (got < 0) return NULL;
+    return PyBool_FromLong(got);
+}
+
 /* mask_hit(masks, q, stack[, out, index]) -> the row cached for ``q`` under the stack's top states,
  * or None: PushdownGrammar.mask's cache read (``masks``: {q: {depth: {top states: row}}}, -1 for
  * a state below the stack's bottom). With ``out`` and ``index``: the row found is also copied into
@@ -6003,6 +6015,7 @@ static PyMethodDef methods[] = {
     {"regex_parse", regex_parse, METH_O, "re._parser.parse(text) for the subset fastparse reads, else None."},
     {"lalr_packed", lalr_packed, METH_VARARGS, "LALR(1) parser tables, packed (lalr.lalr_tables and pushdown._packed)."},
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
+    {"copy_row", (PyCFunction)(void (*)(void))copy_row, METH_FASTCALL, "A packed row copied into a row of a bitmask."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
     {"lr_commit", (PyCFunction)(void (*)(void))lr_commit, METH_FASTCALL, "A matcher's commit of a token its mask row allows."},

@@ -327,17 +327,19 @@ class PushdownMatcher(GrammarMatcher):
     def fill_next_token_bitmask(self, bitmask, index: int = 0) -> None:
         configs = self._configs
         hits = self._hits
-        if (hits is not None and len(configs) == 1 and not self._terminated and isinstance(bitmask, np.ndarray)
-                and _pushdown.USE_C_PARSER):
-            # (a cached row copied in C, as PushdownGrammar.cached_mask_into; a torch tensor, which C
-            # cannot write, goes the general way at once instead of after a failed copy and a
-            # second cache read)
-            q, stack = configs[0]
-            if stack[2] < hits[1]:
-                row = _cwalk.mask_hit(hits[0], q, stack, bitmask, index)
-                if row is not None:
-                    self._row_for, self._row = configs, row
-                    return
+        if hits is not None and not self._terminated and isinstance(bitmask, np.ndarray) and _pushdown.USE_C_PARSER:
+            # (a cached row copied in C, as PushdownGrammar.cached_mask_into, else the row computed
+            # now; a torch tensor, which C cannot write, goes the general way at once instead of
+            # after a failed copy and a second cache read)
+            if len(configs) == 1:
+                q, stack = configs[0]
+                if stack[2] < hits[1]:
+                    row = _cwalk.mask_hit(hits[0], q, stack, bitmask, index)
+                    if row is not None:
+                        self._row_for, self._row = configs, row
+                        return
+            if _cwalk.copy_row(self._current_row(), bitmask, index):
+                return
         GrammarMatcher.fill_next_token_bitmask(self, bitmask, index)
 
     def _current_row(self) -> np.ndarray:

@@ -430,7 +430,8 @@ def test_mask_agrees_with_accept_token(real, compiled):
 def test_a_cached_mask_fills_any_row_of_a_wider_bitmask(real, compiled):
     """A mask served from the cache (copied in C into the row asked for) fills exactly that row:
     the mask's words, zeros past them (a model's wider vocabulary), the other rows untouched; a
-    bitmask C cannot write into (a strided view, int64) gets the same row the general way."""
+    bitmask C cannot write into (a strided view, int64) gets the same row the general way. So does
+    a mask computed for the fill (the cache emptied before it)."""
     grammar = compiled["json"]
     W = grammar.words
     m = GrammarMatcher(grammar)
@@ -439,15 +440,20 @@ def test_a_cached_mask_fills_any_row_of_a_wider_bitmask(real, compiled):
         assert m.accept_string(prefix)
         want = m._current_row().copy()  # (computed, so cached: the fills below are hits)
         assert grammar.cached_mask_into(*m._configs[0], np.zeros((1, W), dtype=np.int32), 0) is not None
-        for out, index in ((np.full((3, W + 5), -1, dtype=np.int32), 2), (np.full((2, W), 7, dtype=np.int32), 0),
-                           (np.full((4, 2 * (W + 5)), -1, dtype=np.int32)[::2, ::2], 1),
-                           (np.full((2, W + 5), -1, dtype=np.int64), 1)):
-            before = out.copy()
-            m.fill_next_token_bitmask(out, index)
-            assert np.array_equal(out[index, :W], want), (prefix, out.dtype, out.strides)
-            assert not out[index, W:].any()
-            others = [i for i in range(out.shape[0]) if i != index]
-            assert np.array_equal(out[others], before[others])
+        for make, index in ((lambda: np.full((3, W + 5), -1, dtype=np.int32), 2),
+                            (lambda: np.full((2, W), 7, dtype=np.int32), 0),
+                            (lambda: np.full((4, 2 * (W + 5)), -1, dtype=np.int32)[::2, ::2], 1),
+                            (lambda: np.full((2, W + 5), -1, dtype=np.int64), 1)):
+            for cached in (True, False):
+                if not cached:
+                    grammar._masks.clear()
+                out = make()
+                before = out.copy()
+                m.fill_next_token_bitmask(out, index)
+                assert np.array_equal(out[index, :W], want), (prefix, out.dtype, out.strides, cached)
+                assert not out[index, W:].any()
+                others = [i for i in range(out.shape[0]) if i != index]
+                assert np.array_equal(out[others], before[others])
 
 @pytest.mark.parametrize("name", ["json", "calls", "schema"])
 def test_commits_after_a_mask_equal_commits_from_scratch(real, compiled, name):
