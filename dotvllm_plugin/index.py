@@ -219,41 +219,39 @@ def _c_walk_view(ct: ClassTrie) -> tuple:
     return got
 
 
+def _c_inject(inject) -> tuple:
+    """The C walk's resumed walks ``(start index, level, level-local node, state)`` from ``inject``:
+    those flat arrays already, or :func:`_walk_numpy`'s ``{level: (start index, node, state)}``."""
+    if isinstance(inject, tuple):
+        return tuple(np.ascontiguousarray(x, dtype=np.int64) for x in inject)
+    parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in (inject or {}).items() if len(v[0])]
+    if not parts:
+        return (_EMPTY,) * 4
+    level, si, node, state = (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4))
+    return si, level, node, state
+
+
 def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inject=None, want_exits=False,
-          rows=None, skip=None, groups=None, split=None, inject_first=None):
+          rows=None, skip=None, groups=None):
     """Dispatch to the C walk when built, else the numpy walk (same results up to order).
 
     ``rows``: ``(csr start, csr ids, words)`` (C walk only): ``((ends, packed rows) as bytes,
     exits)``, see :func:`walk_rows_by_end`; with ``rows`` (C walk only): ``skip``, a run table's
     ``skip`` (:mod:`dotvllm_plugin.runs`), whose nodes are not visited; ``groups``, one row per group
-    of end states; ``split`` (with ``groups`` and exits: the states' terminals, ``chosen``), the
-    walk's result split as :func:`walk_split` returns it (bytes), in the same call;
-    ``inject_first`` (byte views), ``inject`` is ``(level, level-local node)`` and each node's
-    state is ``inject_first[its byte]``, the node dropped where that is negative, False when none
-    is kept and ``states`` is None. ``inject`` may also be the flat arrays ``(start index, level,
-    level-local node, state)`` (C walk only)."""
+    of end states. ``inject`` may also be the flat arrays ``(start index, level, level-local node,
+    state)`` (C walk only). A walk split as the pushdown matcher keeps it: :func:`walk_split`."""
     if _cwalk is None or not USE_C_WALK:
         return _walk_numpy(class_trans, ct, states, inject, want_exits)
     nodes, byte_class, off, n_root = _c_walk_view(ct)
-    empty = _EMPTY
-    if inject_first is not None:
-        i_si = i_state = empty
-        i_level, i_node = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
-    elif isinstance(inject, tuple):
-        i_si, i_level, i_node, i_state = (np.ascontiguousarray(x, dtype=np.int64) for x in inject)
-    else:
-        parts = [(np.full(len(v[0]), d, dtype=np.int64), *v) for d, v in (inject or {}).items() if len(v[0])]
-        i_level, i_si, i_node, i_state = (
-            (np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)) if parts else (empty,) * 4
-        )
-    starts = empty if states is None else np.ascontiguousarray(states, dtype=np.int64)
+    i_si, i_level, i_node, i_state = _c_inject(inject)
+    starts = _EMPTY if states is None else np.ascontiguousarray(states, dtype=np.int64)
     # the C walk's optional arguments after the rows, in its order, trailing Nones left out
     extra = [*(skip if skip is not None else (None,) * 4),
-             *(None if x is None else np.ascontiguousarray(x, dtype=np.int64) for x in (groups, split, inject_first))]
+             *(() if groups is None else (np.ascontiguousarray(groups, dtype=np.int64),))]
     while extra and extra[-1] is None:
         extra.pop()
     if extra and rows is None:
-        raise ValueError("skip, groups, split and inject_first need rows")
+        raise ValueError("skip and groups need rows")
     res = _cwalk.walk(
         np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1], nodes, byte_class, off,
         n_root, starts, i_si, i_level, i_node, i_state, bool(want_exits),
@@ -261,8 +259,6 @@ def _walk(class_trans: np.ndarray, ct: ClassTrie, states: np.ndarray | None, inj
     )
     if res is None:
         raise _walk_too_large()
-    if split is not None or res is False:
-        return res
     if rows is not None:
         return res[:2], tuple(np.frombuffer(b, dtype=np.int64) for b in res[2:])
     arrays = tuple(np.frombuffer(b, dtype=np.int64) for b in res)
@@ -1076,14 +1072,12 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
     ``free`` the row of group 0 or None, one row per other group under the first of its end states
     reached, ``exits`` ``((terminal, level, node), ...)`` by the terminal their lexeme ends
     (``chosen[state before]``), terminals ascending. Rows are read-only. In C the walk splits its
-    own buffers (:func:`walk_rows_by_end` and numpy are the reference). ``inject_first`` (C walk):
-    as :func:`_walk`'s; None when no node is kept."""
+    own buffers (:func:`walk_rows_by_end` and numpy are the reference). ``inject_first`` (C walk,
+    byte views): ``inject`` is ``(level, level-local node)`` and each node's state is
+    ``inject_first[its byte]``, the node dropped where that is negative; None when no node is kept
+    and ``states`` is None."""
     if _cwalk is not None and USE_C_WALK:
-        if inject is None or inject_first is not None:  # (the matcher's walks: see _walk_split_c)
-            got = _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first)
-        else:
-            got = _walk(class_trans, view, states, inject=inject, want_exits=True, rows=(*_token_csr(view), words),
-                        skip=skip, groups=groups, split=chosen, inject_first=inject_first)
+        got = _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first)
         if got is False:
             return None
         free, pending, by_term = got
@@ -1095,20 +1089,23 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
 
 
 def _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first):
-    """:func:`_walk`'s call for :func:`walk_split` without resumed walks or with ``inject_first``
-    (the pushdown matcher's first visits, a few microseconds of C each: the general assembly of the
+    """The C walk of :func:`walk_split`, split in the same call (bytes; False as there): the
+    pushdown matcher's first visits, a few microseconds of C each (the general assembly of the
     arguments was a third of them), the view's arguments gathered once per view."""
     fixed = view.__dict__.get("_c_split_args")
     if fixed is None:
         fixed = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
     nodes, byte_class, off, n_root, cs, ci = fixed
     i64 = np.int64
-    if inject_first is None:
-        i_level = i_node = _EMPTY
-    else:
+    if inject_first is not None:  # (level, node): each node's state from the row, in C
+        i_si = i_state = _EMPTY
         i_level, i_node = np.ascontiguousarray(inject[0], dtype=i64), np.ascontiguousarray(inject[1], dtype=i64)
+    elif inject is None:
+        i_si = i_level = i_node = i_state = _EMPTY
+    else:
+        i_si, i_level, i_node, i_state = _c_inject(inject)
     args = [np.ascontiguousarray(class_trans, dtype=i64), class_trans.shape[1], nodes, byte_class, off, n_root,
-            _EMPTY if states is None else np.ascontiguousarray(states, dtype=i64), _EMPTY, i_level, i_node, _EMPTY,
+            _EMPTY if states is None else np.ascontiguousarray(states, dtype=i64), i_si, i_level, i_node, i_state,
             True, MAX_INDEX_ENTRIES, cs, ci, words, class_trans.shape[0], *(skip or (None, None, None, None)),
             np.ascontiguousarray(groups, dtype=i64), np.ascontiguousarray(chosen, dtype=i64)]
     if inject_first is not None:

@@ -1303,6 +1303,8 @@ class PushdownGrammar:
         self._W = (vocabulary.size + 31) // 32
         self._eos = np.array(vocabulary.eos_token_ids, dtype=np.int64)
         self._max_token_len = vocabulary.max_token_len
+        # masks are cached for stacks shallower than this (cacheable): a push can be refused nearer
+        self._cache_below = self.max_stack_depth - self._max_token_len - 2
         self._reach = _LazyReach(self)
         self._lock = threading.Lock()
         self._walkers: dict[int, tuple] = {}
@@ -2035,7 +2037,7 @@ class PushdownGrammar:
     def cacheable(self, stack) -> bool:
         """Whether masks on ``stack`` may be cached and served from cache: near the stack bound a
         push may be refused, which depends on the depth, and no cache key holds the depth."""
-        return stack[2] + self._max_token_len + 2 < self.max_stack_depth
+        return stack[2] < self._cache_below
 
     def matcher_paths(self):
         """What a matcher reads to serve a cached mask and commit a token in one C call each:
@@ -2047,7 +2049,7 @@ class PushdownGrammar:
         lr = self._lr()
         if lr is None:
             return None, None
-        return (self._masks, self.max_stack_depth - self._max_token_len - 2), (lr, self._step_tables)
+        return (self._masks, self._cache_below), (lr, self._step_tables)
 
     def cached_mask_into(self, q: int, stack, out, index: int):
         """:meth:`mask`'s row for ``(q, stack)`` where it is cached, copied into ``out[index]`` too
