@@ -1593,20 +1593,55 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* run_first(trans int64[n * C], C, byte_class int64[256], q, min_ascii) -> None or (t, codes bytes
- * of int64[]): ``t`` the state most printable ASCII characters (0x20..0x7E) lead to from ``q``
- * (ties: the lowest), the ASCII code points (0..0x7F, ascending) that lead there; None when fewer
- * than ``min_ascii`` printable characters are live or lead to ``t``. See
- * dotvllm_plugin.runs._find_run_class (the numpy reading is the reference). */
+/* Where every non-ASCII character leads from ``q`` (read on the byte-range sequences ``seqs`` over
+ * ``ranges``, as class_targets reads them, without its per-state memo: one state's sequences visit
+ * few states): one state, -1 when every one is dead, -3 when they lead apart or end the lexeme on
+ * the way, -4 on a transition past the table. */
+static int64_t non_ascii_target(const int64_t *trans, Py_ssize_t C, Py_ssize_t n, const int64_t *bc,
+                                const int64_t *ranges, const int64_t *seqs, Py_ssize_t S, int64_t q) {
+    int64_t t = 0;
+    for (Py_ssize_t k = 0; k < S; k++) {
+        int64_t cur = q;
+        for (int j = 0; j < 4 && seqs[4 * k + j] >= 0 && cur >= 0; j++) {
+            int64_t r = seqs[4 * k + j], lo = ranges[2 * r], hi = ranges[2 * r + 1];
+            int64_t nxt = trans[cur * C + bc[lo]];
+            for (int64_t b = lo + 1; b <= hi; b++)
+                if (trans[cur * C + bc[b]] != nxt) return -3;
+            if (nxt == -2) return -3;
+            if (nxt >= n) return -4;
+            cur = nxt;
+        }
+        if (cur < 0) cur = -1;
+        if (k == 0) t = cur;
+        else if (cur != t) return -3;
+    }
+    return S ? t : -1;
+}
+
+/* run_first(trans int64[n * C], C, byte_class int64[256], q, min_ascii[, ranges, seqs]) -> None or
+ * (t, codes bytes of int64[]): ``t`` the state most printable ASCII characters (0x20..0x7E) lead to
+ * from ``q`` (ties: the lowest), the ASCII code points (0..0x7F, ascending) that lead there; None
+ * when fewer than ``min_ascii`` printable characters are live or lead to ``t``. With ``ranges`` and
+ * ``seqs`` (class_targets' arguments): (t, codes, whether every non-ASCII character leads to ``t``
+ * too). See dotvllm_plugin.runs._find_run_class (the numpy reading is the reference). */
 static PyObject *run_first(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_bc;
+    Py_buffer b_trans, b_bc, b_ranges = {0}, b_seqs = {0};
     Py_ssize_t C, q, min_ascii;
-    if (!PyArg_ParseTuple(args, "y*ny*nn", &b_trans, &C, &b_bc, &q, &min_ascii)) return NULL;
-    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0;
-    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || q < 0 || q >= n) {
+    if (!PyArg_ParseTuple(args, "y*ny*nn|y*y*", &b_trans, &C, &b_bc, &q, &min_ascii, &b_ranges, &b_seqs)) return NULL;
+    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, R = b_ranges.len / 16, S = b_seqs.len / 32;
+    int bad_seqs = (b_ranges.obj != NULL) != (b_seqs.obj != NULL) || b_ranges.len % 16 || b_seqs.len % 32;
+    for (Py_ssize_t r = 0; r < R && !bad_seqs; r++) {
+        const int64_t *rg = (const int64_t *)b_ranges.buf + 2 * r;
+        bad_seqs = rg[0] < 0 || rg[1] > 255 || rg[0] > rg[1];
+    }
+    for (Py_ssize_t i = 0; i < S * 4 && !bad_seqs; i++) bad_seqs = ((const int64_t *)b_seqs.buf)[i] >= R;
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || q < 0 || q >= n || bad_seqs) {
         PyBuffer_Release(&b_trans);
         PyBuffer_Release(&b_bc);
-        PyErr_SetString(PyExc_ValueError, "run_first: trans int64[n * C], byte_class int64[256], 0 <= q < n");
+        PyBuffer_Release(&b_ranges);
+        PyBuffer_Release(&b_seqs);
+        PyErr_SetString(PyExc_ValueError, "run_first: trans int64[n * C], byte_class int64[256], 0 <= q < n, "
+                                          "ranges int64[R * 2] within 0..255 and seqs int64[S * 4] below R");
         return NULL;
     }
     const int64_t *row = (const int64_t *)b_trans.buf + q * C, *bc = b_bc.buf;
@@ -1639,10 +1674,109 @@ static PyObject *run_first(PyObject *self, PyObject *args) {
     for (int c = 0; c < 128; c++)
         if (col[c] == best) codes[m++] = c;
     if (m < min_ascii) { res = Py_None; Py_INCREF(res); goto done; }
-    res = Py_BuildValue("(Ly#)", (long long)best, (const char *)codes, m * 8);
+    if (!b_ranges.obj) {
+        res = Py_BuildValue("(Ly#)", (long long)best, (const char *)codes, m * 8);
+        goto done;
+    }
+    for (int c = 0; c < 256; c++)
+        if (bc[c] < 0 || bc[c] >= C) ok = 0;
+    int64_t other = ok ? non_ascii_target(b_trans.buf, C, n, bc, b_ranges.buf, b_seqs.buf, S, q) : 0;
+    if (!ok || other == -4) {
+        PyErr_SetString(PyExc_ValueError, "run_first: a byte class or a transition out of range");
+        goto done;
+    }
+    res = Py_BuildValue("(Ly#O)", (long long)best, (const char *)codes, m * 8, other == best ? Py_True : Py_False);
 done:
     PyBuffer_Release(&b_trans);
     PyBuffer_Release(&b_bc);
+    PyBuffer_Release(&b_ranges);
+    PyBuffer_Release(&b_seqs);
+    return res;
+}
+
+static void or_words(uint32_t *dst, const uint32_t *src, Py_ssize_t n);
+
+/* donor_cut(trans int64[n * C], C, byte_class int64[256], q, p, max_drop, firsts int32[256 * W], rows)
+ *   -> None or (take bytes uint8[256], kept list): the first bytes ``b`` that lead from ``q`` where they
+ * lead from ``p``, a live state (take[b] = 1), and ``rows`` (a sequence of packed int32 rows of W words
+ * or None) less the tokens of every other first byte live from ``p`` (the OR of those bytes' rows of
+ * ``firsts``, the tokens each first byte starts): a new row each, None where nothing is left (a row
+ * itself, no copy, when no byte is dropped). None when more than ``max_drop`` bytes are dropped.
+ * See dotvllm_plugin.pushdown.PushdownGrammar._donor_walk (tests compare with numpy). */
+static PyObject *donor_cut(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_bc, b_firsts;
+    Py_ssize_t C, q, p, max_drop;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "y*ny*nnny*O", &b_trans, &C, &b_bc, &q, &p, &max_drop, &b_firsts, &rows)) return NULL;
+    Py_ssize_t n = C > 0 ? b_trans.len / 8 / C : 0, W = b_firsts.len / 4 / 256;
+    PyObject *res = NULL, *kept = NULL, *seq = NULL;
+    if (C <= 0 || b_trans.len != n * C * 8 || b_bc.len != 256 * 8 || q < 0 || q >= n || p < 0 || p >= n ||
+        b_firsts.len != W * 256 * 4) {
+        PyErr_SetString(PyExc_ValueError, "donor_cut: trans int64[n * C], byte_class int64[256], 0 <= q, p < n, "
+                                          "firsts int32[256 * W]");
+        goto done;
+    }
+    const int64_t *trans = b_trans.buf, *bc = b_bc.buf;
+    uint8_t take[256];
+    int drop[256], n_drop = 0;
+    for (int b = 0; b < 256; b++) {
+        if (bc[b] < 0 || bc[b] >= C) {
+            PyErr_SetString(PyExc_ValueError, "donor_cut: a byte class out of range");
+            goto done;
+        }
+        int64_t from_p = trans[p * C + bc[b]], from_q = trans[q * C + bc[b]];
+        take[b] = from_p >= 0 && from_q == from_p;
+        if (from_p >= 0 && !take[b]) drop[n_drop++] = b;
+    }
+    if (n_drop > max_drop) { res = Py_None; Py_INCREF(res); goto done; }
+    if (!(seq = PySequence_Fast(rows, "donor_cut: rows is not a sequence"))) goto done;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    if (!(kept = PyList_New(k))) goto done;
+    uint32_t *out = NULL;  /* the dropped bytes' tokens, ORed */
+    if (n_drop) {
+        if (!(out = malloc((size_t)W * 4))) { PyErr_NoMemory(); goto done; }
+        const uint32_t *firsts = b_firsts.buf;
+        memcpy(out, firsts + (Py_ssize_t)drop[0] * W, (size_t)W * 4);
+        for (int i = 1; i < n_drop; i++) or_words(out, firsts + (Py_ssize_t)drop[i] * W, W);
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(seq, i), *got = Py_None;
+        if (row != Py_None && !n_drop) {
+            got = row;
+        } else if (row != Py_None) {
+            Py_buffer b;
+            if (PyObject_GetBuffer(row, &b, PyBUF_SIMPLE) < 0) { free(out); goto done; }
+            if (b.len != W * 4) {
+                PyBuffer_Release(&b);
+                free(out);
+                PyErr_SetString(PyExc_ValueError, "donor_cut: a row is not W int32 words");
+                goto done;
+            }
+            PyObject *arr = PyByteArray_FromStringAndSize(NULL, W * 4);
+            if (!arr) { PyBuffer_Release(&b); free(out); goto done; }
+            uint32_t *dst = (uint32_t *)PyByteArray_AS_STRING(arr);
+            const uint32_t *src = b.buf;
+            uint32_t any = 0;
+            for (Py_ssize_t j = 0; j < W; j++) any |= dst[j] = src[j] & ~out[j];
+            PyBuffer_Release(&b);
+            if (any) {
+                got = arr;
+            } else {
+                Py_DECREF(arr);
+            }
+            if (got == arr) { PyList_SET_ITEM(kept, i, got); continue; }
+        }
+        Py_INCREF(got);
+        PyList_SET_ITEM(kept, i, got);
+    }
+    free(out);
+    res = Py_BuildValue("(y#O)", (const char *)take, (Py_ssize_t)256, kept);
+done:
+    Py_XDECREF(kept);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&b_trans);
+    PyBuffer_Release(&b_bc);
+    PyBuffer_Release(&b_firsts);
     return res;
 }
 
@@ -3683,7 +3817,7 @@ static PyObject *mt_feed(mt_ctx *c, int64_t pos, PyObject *new, int64_t term) {
     return out;
 }
 
-static PyObject *mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, int *none);
+static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, PyObject *parts);
 
 /* the rows of ``pending`` ((end state, row) pairs) viable on (pos, new), appended to ``parts`` */
 static int mt_pending(mt_ctx *c, PyObject *pending, int64_t pos, PyObject *new, PyObject *parts) {
@@ -3799,16 +3933,7 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
         if (!bad && free_row != Py_None) bad = PyList_Append(parts, free_row) < 0;
         if (!bad) bad = mt_pending(c, PyTuple_GET_ITEM(cross, 1), pos2, new2, parts) < 0;
         PyObject *exits = bad ? NULL : PyTuple_GET_ITEM(cross, 2);
-        if (!bad && PyObject_IsTrue(exits)) {
-            int sub_none;
-            PyObject *sub = mt_subtree(c, key2, exits, pos2, new2, &sub_none);
-            if (sub) {
-                bad = PyList_Append(parts, sub) < 0;
-                Py_DECREF(sub);
-            } else {
-                bad = !sub_none;
-            }
-        }
+        if (!bad && PyObject_IsTrue(exits)) bad = mt_subtree(c, key2, exits, pos2, new2, parts) < 0;
         Py_DECREF(cross);
         Py_DECREF(key2);
         if (bad) goto done;
@@ -3850,33 +3975,27 @@ done:
     return result;
 }
 
-/* _subtree: a new reference to the row, or NULL (``*none`` set when it is None) */
-static PyObject *mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, int *none) {
-    *none = 0;
-    if (!PyTuple_Check(groups)) { PyErr_SetString(PyExc_TypeError, "mask_miss: exits are not a tuple"); return NULL; }
-    PyObject *parts = PyList_New(0);
-    if (!parts) return NULL;
+/* _subtree's rows, one per exit group that allows something, appended to ``parts`` (the caller ORs
+ * them with its own: the subtree's OR is never kept); 0, or -1 on an error */
+static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, PyObject *new, PyObject *parts) {
+    if (!PyTuple_Check(groups)) { PyErr_SetString(PyExc_TypeError, "mask_miss: exits are not a tuple"); return -1; }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(groups); i++) {
         PyObject *grp = PyTuple_GET_ITEM(groups, i);
         if (!PyTuple_Check(grp) || PyTuple_GET_SIZE(grp) != 3) {
             PyErr_SetString(PyExc_TypeError, "mask_miss: an exit group is not (terminal, levels, nodes)");
-            Py_DECREF(parts);
-            return NULL;
+            return -1;
         }
         int part_none;
         PyObject *part = mt_group(c, key, PyTuple_GET_ITEM(grp, 0), PyTuple_GET_ITEM(grp, 1), PyTuple_GET_ITEM(grp, 2),
                                   pos, new, &part_none);
-        if (!part && !part_none) { Py_DECREF(parts); return NULL; }
+        if (!part && !part_none) return -1;
         if (part) {
             int bad = PyList_Append(parts, part) < 0;
             Py_DECREF(part);
-            if (bad) { Py_DECREF(parts); return NULL; }
+            if (bad) return -1;
         }
     }
-    PyObject *row = mt_or(c, parts);
-    Py_DECREF(parts);
-    if (!row && !PyErr_Occurred()) *none = 1;
-    return row;
+    return 0;
 }
 
 /* mask_miss(grammar, ctx, probe, base, out) */
@@ -3924,16 +4043,8 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *free_row = PyTuple_GET_ITEM(base, 0);
     if (ok && free_row != Py_None) ok = PyList_Append(parts, free_row) == 0;
     if (ok) ok = mt_pending(&c, PyTuple_GET_ITEM(base, 1), 0, empty, parts) == 0;
-    if (ok && PyObject_IsTrue(PyTuple_GET_ITEM(base, 2))) {
-        int none;
-        PyObject *sub = mt_subtree(&c, PyTuple_GET_ITEM(base, 3), PyTuple_GET_ITEM(base, 2), 0, empty, &none);
-        if (sub) {
-            ok = PyList_Append(parts, sub) == 0;
-            Py_DECREF(sub);
-        } else {
-            ok = none;
-        }
-    }
+    if (ok && PyObject_IsTrue(PyTuple_GET_ITEM(base, 2)))
+        ok = mt_subtree(&c, PyTuple_GET_ITEM(base, 3), PyTuple_GET_ITEM(base, 2), 0, empty, parts) == 0;
     if (ok && !PyList_GET_SIZE(parts)) memset(out.buf, 0, (size_t)out.len);
     if (ok) ok = or_list(out.buf, out.len / 4, parts, 0, 1) == 0;
     PyBuffer_Release(&out);
@@ -6035,6 +6146,7 @@ static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "The automaton of one byte string, with its byte classes."},
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
+    {"donor_cut", donor_cut, METH_VARARGS, "The first bytes taken from another state's walk, and its rows less the others'."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

@@ -1887,29 +1887,24 @@ class PushdownGrammar:
             if canon[1] not in self._base_shared and canon[1] not in pinned_walks(self.vocabulary):
                 return None
             donor = self._base_of(p, canon)
-        from_q, from_p = ct[q - lo][bc], ct[p - lo][bc]
-        live = from_p >= 0
-        take = live & (from_q == from_p)
-        drop = np.flatnonzero(live & ~take)
-        if len(drop) > MAX_DONOR_DROP:
-            return None
-        tc = runs.token_chars(self.vocabulary)
         d_free, d_pending, d_exits, _ = donor
-        if len(drop):  # (p's rows hold tokens of live first bytes only)
-            out = ~runs.first_byte_row(self.vocabulary, tuple(drop.tolist()))
-
-            def keep(row):
-                row = row & out
-                return row if row.any() else None
-
-            d_free = None if d_free is None else keep(d_free)
-            d_pending = [(s, r) for s, r in ((s, keep(row)) for s, row in d_pending) if r is not None]
+        # (p's rows hold tokens of live first bytes only: those of the bytes not taken are cut)
+        got = index._cwalk.donor_cut(ct, ct.shape[1], bc, q - lo, p - lo, MAX_DONOR_DROP,
+                                     runs.first_byte_rows(self.vocabulary), (d_free, *(row for _, row in d_pending)))
+        if got is None:  # (more than MAX_DONOR_DROP first bytes to drop)
+            return None
+        take, kept = got
+        take = np.frombuffer(take, dtype=np.uint8)
+        kept = [r if r is None or isinstance(r, np.ndarray) else np.frombuffer(r, dtype=np.int32) for r in kept]
+        d_free = kept[0]
+        d_pending = [(s, r) for (s, _), r in zip(d_pending, kept[1:]) if r is not None]
+        tc = runs.token_chars(self.vocabulary)
         if d_exits:  # (p's exits of the first bytes not taken: of the dropped ones, and where the
             # lexeme ends at the first byte from p, an accepting state, whatever it does from q)
             off = index._c_walk_view(view)[2]
             exits = []
             for t, level, node in d_exits:
-                kept = take[tc.node_first[off[level] + node]]
+                kept = take[tc.node_first[off[level] + node]].view(bool)
                 if kept.all():
                     exits.append((t, level, node))
                 elif kept.any():
@@ -1926,7 +1921,7 @@ class PushdownGrammar:
                 mapped.append((int(ball[at[0]]), row))
             d_pending = mapped
         walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
-                                  skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take.astype(np.uint8)))
+                                  skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take))
         free, pending, exits = self._split(lo, walked, d_pending)
         if d_free is not None:
             free = d_free if free is None else free | d_free

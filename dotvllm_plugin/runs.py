@@ -33,10 +33,10 @@ import numpy as np
 
 from . import index
 from .pinning import Pinning
-from .regex.charsets import code_ranges, merge_ranges, utf8_sequences
+from .regex.charsets import utf8_sequences
 
-__all__ = ["SIGMA_ALL", "RunPlan", "clear_memos", "first_byte_row", "first_ok", "pinned", "plan", "run_table",
-           "sigma_mask", "token_chars"]
+__all__ = ["SIGMA_ALL", "RunPlan", "clear_memos", "first_byte_row", "first_byte_rows", "first_ok", "pinned", "plan",
+           "run_table", "sigma_mask", "token_chars"]
 
 #: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
 MIN_ASCII = 32
@@ -174,25 +174,28 @@ SIGMA_ALL = np.full(3, 2**64 - 1, dtype=np.uint64)
 SIGMA_ALL.flags.writeable = False
 
 
-def first_byte_row(vocab, first_bytes: tuple) -> np.ndarray:
-    """Packed int32 row (a new array) of the tokens whose first byte is one of ``first_bytes``
-    (byte 0 also counts the tokens that are not generatable): the OR of one row per byte, those kept
-    with the vocabulary."""
+def first_byte_rows(vocab) -> np.ndarray:
+    """Per vocabulary: packed int32 rows ``[256, words]``, row ``b`` the tokens whose first byte is
+    ``b`` (byte 0 also counts the tokens that are not generatable); made once, read-only (4 MB for
+    a 131k vocabulary)."""
     rows = vocab._cache.get("first_byte_rows")
     if rows is None:
-        rows = vocab._cache.setdefault("first_byte_rows", {})
-    tc = token_chars(vocab)
-    out = None
-    for b in first_bytes:
-        row = rows.get(b)
-        if row is None:
-            row = rows[b] = np.zeros(tc.words, dtype=np.int32)
-            index.set_token_bits(row, tc.tokens_starting(np.array([b], dtype=np.int64)).astype(np.int64))
-            row.flags.writeable = False
-        out = row.copy() if out is None else np.bitwise_or(out, row, out=out)
-    if out is None:
-        out = np.zeros(tc.words, dtype=np.int32)
-    return out
+        tc = token_chars(vocab)
+        rows = np.zeros((256, tc.words), dtype=np.int32)
+        for b in range(256):
+            index.set_token_bits(rows[b], tc.tokens_starting(np.array([b], dtype=np.int64)).astype(np.int64))
+        rows.flags.writeable = False
+        rows = vocab._cache.setdefault("first_byte_rows", rows)
+    return rows
+
+
+def first_byte_row(vocab, first_bytes: tuple) -> np.ndarray:
+    """Packed int32 row (a new array) of the tokens whose first byte is one of ``first_bytes``: the
+    OR of their rows of :func:`first_byte_rows`."""
+    rows = first_byte_rows(vocab)
+    if not first_bytes:
+        return np.zeros(rows.shape[1], dtype=np.int32)
+    return np.bitwise_or.reduce(rows[list(first_bytes)], axis=0)
 
 
 def first_ok(first: tuple) -> np.ndarray:
@@ -442,11 +445,16 @@ def _run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: di
 
 def _find_run_class(class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict):
     if index._cwalk is not None and USE_C_TARGETS:
+        # (in C the ASCII characters and, in the same call, whether every non-ASCII one leads to t
+        # too: Σ with them, else without; Σ's ASCII characters all lead to t by construction)
         got = index._cwalk.run_first(np.ascontiguousarray(class_trans, dtype=np.int64), class_trans.shape[1],
-                                     np.ascontiguousarray(byte_class, dtype=np.int64), q, MIN_ASCII)
+                                     np.ascontiguousarray(byte_class, dtype=np.int64), q, MIN_ASCII,
+                                     _C_RANGES, _C_SEQS)
         if got is None:
             return None
-        t, same = got
+        t, same, with_non_ascii = got
+        both, ascii_only = _sigmas(same)
+        return (both if with_non_ascii else ascii_only), t
     else:
         row = class_trans[q, byte_class[0x20:0x7F]]
         live = row[row >= 0]
@@ -471,8 +479,19 @@ def _sigmas(ascii_codes: bytes) -> tuple:
     """The two Σ :func:`_find_run_class` tries for these ASCII characters (int64 code points,
     ascending): with every non-ASCII character, and alone (most states of a schema's automata
     share a few sets: the string body's, a key's)."""
-    ascii_only = tuple(code_ranges(np.frombuffer(ascii_codes, dtype=np.int64).tolist()))
-    return merge_ranges(ascii_only + _NON_ASCII), ascii_only
+    codes = memoryview(ascii_codes).cast("q").tolist()
+    out = []  # (code_ranges, inline: this runs per state of a property name on first visits)
+    lo = prev = codes[0]
+    for c in codes[1:]:
+        if c != prev + 1:
+            out.append((lo, prev))
+            lo = c
+        prev = c
+    out.append((lo, prev))
+    ascii_only = tuple(out)
+    # (merge_ranges: the non-ASCII ranges start at 0x80, after every ASCII one)
+    both = ascii_only[:-1] + ((lo, _NON_ASCII[0][1]), *_NON_ASCII[1:]) if prev == 0x7F else ascii_only + _NON_ASCII
+    return both, ascii_only
 
 
 def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: dict, groups=None) -> RunPlan | None:

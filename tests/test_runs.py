@@ -240,6 +240,56 @@ def test_first_byte_rows_are_the_tokens_of_those_first_bytes(tekken_vocab):
         assert np.array_equal(got, want), firsts
 
 
+def test_donor_cut_is_the_numpy_reading(tekken_vocab):
+    """The C cut of a donor walk's rows (the first bytes taken from the donor state, its rows less the
+    tokens of the other bytes live from it) equals numpy's reading on random class tables: rows
+    emptied (None), rows kept whole when nothing is dropped, too many bytes to drop."""
+    from dotvllm_plugin.regex import byte_classes
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    firsts = runs.first_byte_rows(tekken_vocab)
+    words = firsts.shape[1]
+    rng = np.random.default_rng(17)
+    seen = {"none": 0, "emptied": 0, "whole": 0, "cut": 0}
+    for trial in range(120):
+        n = int(rng.integers(2, 8))
+        table = rng.integers(-2, n, size=(n, 256))
+        table[1] = np.where(rng.random(256) < [0.3, 0.97, 1.0][trial % 3], table[0], table[1])
+        class_trans, classes = byte_classes(table.astype(np.int32))
+        ct = np.ascontiguousarray(class_trans, dtype=np.int64)
+        from_q, from_p = ct[1][classes], ct[0][classes]
+        live = from_p >= 0
+        take = live & (from_q == from_p)
+        drop = np.flatnonzero(live & ~take)
+        rows = [None if trial % 5 == 0 else rng.integers(-2**31, 2**31, size=words, dtype=np.int64).astype(np.int32)]
+        rows.append(np.bitwise_or.reduce(firsts[drop], axis=0) if len(drop) else np.zeros(words, dtype=np.int32))
+        rows.append(rng.integers(-2**31, 2**31, size=words, dtype=np.int64).astype(np.int32) & firsts[int(rng.integers(0, 256))])
+        got = index._cwalk.donor_cut(ct, ct.shape[1], classes, 1, 0, 24, firsts, rows)
+        if len(drop) > 24:
+            assert got is None, trial
+            seen["none"] += 1
+            continue
+        got_take, kept = got
+        assert np.frombuffer(got_take, dtype=np.uint8).tolist() == take.astype(np.uint8).tolist(), trial
+        out = ~runs.first_byte_row(tekken_vocab, tuple(drop.tolist()))
+        for row, k in zip(rows, kept):
+            if not len(drop):  # (nothing to cut: the rows themselves)
+                assert k is row, trial
+                seen["whole"] += 1
+                continue
+            want = None if row is None else row & out
+            if want is not None and not want.any():
+                want = None
+            if want is None:
+                assert k is None, trial
+                seen["emptied"] += row is not None
+            else:
+                assert np.array_equal(np.frombuffer(k, dtype=np.int32), want), trial
+                seen["cut"] += 1
+    assert min(seen.values()) > 3, seen
+
+
 #: Bounded strings (each character position its own lexer state) in grammars (free-form values,
 #: recursion).
 BOUNDED = [
@@ -480,7 +530,7 @@ def test_c_run_first_equals_the_numpy_reading(monkeypatch):
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     rng = np.random.default_rng(11)
-    found = refused = 0
+    found = refused = with_non_ascii = 0
     for trial in range(300):
         n = int(rng.integers(1, 12))
         table = rng.integers(-2, n, size=(n, 256))
@@ -492,6 +542,16 @@ def test_c_run_first_equals_the_numpy_reading(monkeypatch):
         elif kind == 2:  # about MIN_ASCII characters alive
             alive = rng.random(256) < (runs.MIN_ASCII + rng.integers(-3, 4)) / 95
             table = np.where(alive, rng.integers(0, n, size=(n, 1)), -1)
+        elif n > 4:  # a string body's loop: every non-ASCII character back to the loop through its
+            # continuation states, or, now and then, one lead byte or one continuation byte astray
+            loop, c1, c2, c3 = 0, n - 1, n - 2, n - 3
+            table[:, 0x20:0x80] = np.where(rng.random(0x60) < 0.9, loop, table[:, 0x20:0x80])
+            table[:, 0xC2:0xE0], table[:, 0xE0:0xF0], table[:, 0xF0:0xF5] = c1, c2, c3
+            table[c1, 0x80:0xC0], table[c2, 0x80:0xC0], table[c3, 0x80:0xC0] = loop, c1, c2
+            if trial % 3 == 0:
+                table[int(rng.integers(0, n - 3)), int(rng.integers(0xC2, 0xF5))] = int(rng.integers(-2, n))
+            elif trial % 3 == 1:
+                table[int(rng.integers(n - 3, n)), int(rng.integers(0x80, 0xC0))] = int(rng.integers(-2, n))
         class_trans, classes = byte_classes(table.astype(np.int32))
         class_trans = class_trans.astype(np.int64)
         for q in range(n):
@@ -502,7 +562,23 @@ def test_c_run_first_equals_the_numpy_reading(monkeypatch):
             assert fast == ref, (trial, q)
             found += ref is not None
             refused += ref is None
-    assert found > 50 and refused > 50
+            with_non_ascii += ref is not None and ref[0][-1][1] >= 0x80
+    assert found > 50 and refused > 50 and with_non_ascii > 20
+
+
+def test_sigmas_are_the_code_ranges_of_their_characters():
+    """The two Σ of a first-character class, read off its ASCII code points, are those of the
+    charset helpers (the code points' runs, and the same merged with every non-ASCII character)."""
+    from dotvllm_plugin.regex.charsets import code_ranges, merge_ranges
+
+    rng = np.random.default_rng(5)
+    for trial in range(500):
+        codes = np.flatnonzero(rng.random(128) < rng.random()) if trial % 4 else np.arange(int(rng.integers(0, 127)), 128)
+        if not len(codes):
+            continue
+        ascii_only = tuple(code_ranges(codes.tolist()))
+        both = merge_ranges(ascii_only + runs._NON_ASCII)
+        assert runs._sigmas.__wrapped__(codes.astype(np.int64).tobytes()) == (both, ascii_only), codes
 
 
 def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
