@@ -544,4 +544,23 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
         for cs in by_state.values():
             cs.sort()
     table = run_table(vocab, first, sigma, counts=any(len(cs) < n for cs in by_state.values()))
-    return RunPlan(table.skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])
+    skip = table.skip
+    dead = _dead_everywhere(class_trans, byte_class, chain)
+    if dead is not None:  # (see _dead_everywhere: the walk skips more nodes; the table's rows are the same)
+        skip = (skip[0], skip[1], skip[2] | dead, skip[3])
+    return RunPlan(skip, [(s, table.row(tuple(cs))) for s, cs in by_state.items()])
+
+
+def _dead_everywhere(class_trans: np.ndarray, byte_class: np.ndarray, chain: list) -> np.ndarray | None:
+    """The characters dead from every state of a run's chain, as a character mask (ASCII bits, and
+    the non-ASCII bit when every byte from 0x80 up is dead), or None when there are none. A token
+    whose characters after its first are all in Σ or in this set either is one of the run table's
+    (all in Σ) or dies at its first character outside Σ (it reaches it in a chain state, from which
+    that character is dead): the walk may skip the nodes of such tokens as it skips the table's.
+    Never the flag of bytes that are not whole characters: a token ending inside its first
+    character is not the table's, and the walk must reach it."""
+    dead = (class_trans[chain] == -1).all(axis=0)[byte_class]  # per byte (-2, a lexeme's end, is not dead)
+    if not dead.any():
+        return None
+    bits = np.packbits(dead[:0x80], bitorder="little").view(np.uint64)
+    return np.array([bits[0], bits[1], _NONASCII_BIT if dead[0x80:].all() else 0], dtype=np.uint64)

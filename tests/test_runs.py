@@ -93,6 +93,7 @@ SCHEMAS = [
     _tree({"type": "string", "maxLength": 30}),
     _tree({"type": "string", "minLength": 3, "maxLength": 9}),
     _tree({"type": "string", "pattern": "^[a-z ]{0,40}$"}),
+    _tree({"type": "string", "pattern": "^[A-Za-z0-9 ,.]+$"}),
     {"type": "object", "properties": {"id": {"type": "integer"}, "title": {"type": "string"},
                                       "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}}}},
     _tree({"enum": ["alpha", "beta", "gé"]}),
