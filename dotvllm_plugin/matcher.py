@@ -335,6 +335,10 @@ class PushdownMatcher(GrammarMatcher):
                 q, stack = configs[0]
                 if stack[2] < hits[1]:
                     row = _cwalk.mask_hit(hits[0], q, stack, bitmask, index)
+                    if row is None:  # (computed now: the cache was just read)
+                        row = self.compiled.mask_missed(q, stack)
+                        if not _cwalk.copy_row(row, bitmask, index):
+                            row = None
                     if row is not None:
                         self._row_for, self._row = configs, row
                         return

@@ -1324,6 +1324,7 @@ class PushdownGrammar:
         self._lexer_args: dict[int, tuple] = {}  # lexer → what its walks read (:meth:`_walk_args`)
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
+        self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
 
     # -- lexers -----------------------------------------------------------------------------------
 
@@ -2075,11 +2076,18 @@ class PushdownGrammar:
                 row = table.get(tuple(sig))
                 if row is not None:
                     return row
+        return self.mask_missed(q, stack)
+
+    def mask_missed(self, q: int, stack) -> np.ndarray:
+        """:meth:`mask` where its cache was read and has no row (the matcher reads it in C first):
+        the row computed now, and cached."""
         base = self._base_of(q)
         probe = _Probe(self, stack)
         if probe.lr is not None:  # (the recursion below, in C)
-            ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state, self._ignore,
-                   self._end, self.mask_cache_size * 8)
+            ctx = self._miss_ctx
+            if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
+                ctx = self._miss_ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state,
+                                        self._ignore, self._end, self.mask_cache_size * 8)
             row = _cwalk.mask_miss(self, ctx, probe, base, np.empty(self._W, dtype=np.int32))
         else:
             free, pending, groups, base_key = base
