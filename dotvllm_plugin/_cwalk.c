@@ -2889,15 +2889,51 @@ static int64_t lr_unit_top(const lr_t *t, int64_t below, int64_t state, int64_t 
 /* one work item: ``pos`` and the pushed states pool[off .. off + len) */
 typedef struct { int64_t pos; Py_ssize_t off, len; } lr_item;
 
+/* the buffers a work list starts with, inside it (most runs stay within them: no heap at all) */
+#define LR_POOL0 128
+#define LR_ITEMS0 16
+#define LR_SLOTS0 64
+
 typedef struct {
     vec pool;
     lr_item *items;
     Py_ssize_t n_items, cap_items;
     Py_ssize_t *slots;  /* open addressing over item indices + 1 (0: empty) */
     Py_ssize_t n_slots;
+    int64_t pool0[LR_POOL0];
+    lr_item items0[LR_ITEMS0];
+    Py_ssize_t slots0[LR_SLOTS0];
 } lr_work;
 
-static void lr_work_free(lr_work *w) { free(w->pool.p); free(w->items); free(w->slots); }
+/* an empty work list on its own buffers (only its slots zeroed: the rest is written before read) */
+static void lr_work_init(lr_work *w) {
+    w->pool.p = w->pool0;
+    w->pool.n = 0;
+    w->pool.cap = LR_POOL0;
+    w->items = w->items0;
+    w->n_items = 0;
+    w->cap_items = LR_ITEMS0;
+    memset(w->slots0, 0, sizeof w->slots0);
+    w->slots = w->slots0;
+    w->n_slots = LR_SLOTS0;
+}
+
+static void lr_work_free(lr_work *w) {
+    if (w->pool.p != w->pool0) free(w->pool.p);
+    if (w->items != w->items0) free(w->items);
+    if (w->slots != w->slots0) free(w->slots);
+}
+
+/* the pool twice as large (moved off the buffer it started with); -1 no memory */
+static int lr_pool_grow(lr_work *w) {
+    Py_ssize_t cap = w->pool.cap * 2;
+    int64_t *p = w->pool.p == w->pool0 ? malloc((size_t)cap * 8) : realloc(w->pool.p, (size_t)cap * 8);
+    if (!p) return -1;
+    if (w->pool.p == w->pool0) memcpy(p, w->pool0, (size_t)w->pool.n * 8);
+    w->pool.p = p;
+    w->pool.cap = cap;
+    return 0;
+}
 
 static uint64_t lr_item_hash(int64_t pos, const int64_t *xs, Py_ssize_t n) {
     uint64_t h = 1469598103934665603ULL ^ (uint64_t)pos;
@@ -2911,7 +2947,7 @@ static int lr_same(const lr_work *w, Py_ssize_t k, int64_t pos, const int64_t *x
 }
 
 static int lr_rehash(lr_work *w) {
-    Py_ssize_t n = w->n_slots ? w->n_slots * 2 : 64;
+    Py_ssize_t n = w->n_slots * 2;
     Py_ssize_t *s = calloc((size_t)n, sizeof(Py_ssize_t));
     if (!s) return -1;
     for (Py_ssize_t k = 0; k < w->n_items; k++) {
@@ -2921,7 +2957,7 @@ static int lr_rehash(lr_work *w) {
         while (s[j]) j = (j + 1) & (n - 1);
         s[j] = k + 1;
     }
-    free(w->slots);
+    if (w->slots != w->slots0) free(w->slots);
     w->slots = s;
     w->n_slots = n;
     return 0;
@@ -2937,16 +2973,18 @@ static int lr_add(lr_work *w, int64_t pos, const int64_t *xs, Py_ssize_t n) {
         j = (j + 1) & (w->n_slots - 1);
     }
     if (w->n_items == w->cap_items) {
-        Py_ssize_t cap = w->cap_items ? w->cap_items * 2 : 16;
-        lr_item *it = realloc(w->items, (size_t)cap * sizeof(lr_item));
+        Py_ssize_t cap = w->cap_items * 2;
+        lr_item *it = w->items == w->items0 ? malloc((size_t)cap * sizeof(lr_item))
+                                            : realloc(w->items, (size_t)cap * sizeof(lr_item));
         if (!it) return -1;
+        if (w->items == w->items0) memcpy(it, w->items0, sizeof w->items0);
         w->items = it;
         w->cap_items = cap;
     }
     Py_ssize_t off = w->pool.n;
     while (w->pool.cap < off + n + 1) {
         Py_ssize_t rel = (xs >= w->pool.p && xs < w->pool.p + w->pool.n) ? xs - w->pool.p : -1;
-        if (vec_grow(&w->pool)) return -1;
+        if (lr_pool_grow(w)) return -1;
         if (rel >= 0) xs = w->pool.p + rel;
     }
     memmove(w->pool.p + off, xs, (size_t)n * 8);
@@ -2973,7 +3011,8 @@ static PyObject *lr_outcome(int64_t pos, const int64_t *xs, Py_ssize_t n, int64_
  * number of outcomes (stopping at the first when ``out`` is NULL), -1 on an error */
 static Py_ssize_t lr_run(const lr_t *t, lr_probe *p, int64_t pos0, const int64_t *new0, Py_ssize_t n0, int64_t term,
                          PyObject *out) {
-    lr_work w = {0};
+    lr_work w;
+    lr_work_init(&w);
     Py_ssize_t found = 0, err = 0;
     int64_t *tmp = NULL;
     Py_ssize_t tmp_cap = 0;
@@ -3499,7 +3538,8 @@ static PyObject *lr_cell(int64_t state, PyObject *below, PyObject *intern) {
 static int lr_feed_all(const lr_t *t, PyObject *stack, int64_t term, PyObject *intern, PyObject *out, int with_accept) {
     PyObject **work = malloc(16 * sizeof(PyObject *));
     Py_ssize_t n = 0, cap = 16;
-    lr_work seen = {0};
+    lr_work seen;
+    lr_work_init(&seen);
     int err = 0;
     if (!work || lr_add_pair(&seen, PyLong_AsLongLong(PyTuple_GET_ITEM(stack, 0)), PyTuple_GET_ITEM(stack, 1)) < 0) {
         free(work);
@@ -3622,7 +3662,8 @@ static PyObject *lr_step_all(PyObject *self, PyObject *const *args, Py_ssize_t n
     const uint8_t *bytes = data.buf;
     for (Py_ssize_t i = 0; !err && !later && cur.n && i < data.len; i++) {
         int b = bytes[i];
-        lr_work seen = {0};
+        lr_work seen;
+        lr_work_init(&seen);
         for (Py_ssize_t k = 0; k < cur.n && !err && !later; k++) {
             Py_ssize_t q = cur.a[k].q, nq;
             PyObject *st = cur.a[k].st;
@@ -3998,11 +4039,12 @@ static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, P
     return 0;
 }
 
-/* mask_miss(grammar, ctx, probe, base, out) */
+/* mask_miss(grammar, ctx, probe, base, zero) -> the mask's row: the one row that allows anything itself
+ * (a row of the caches: shared), a new row where several do (their OR), ``zero`` where none does */
 static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7 || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[3]) != 4) {
-        PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), out)");
+        PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), zero)");
         return NULL;
     }
     mt_ctx c;
@@ -4036,18 +4078,18 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_DECREF(cacheable);
     Py_DECREF(count);
     if (PyErr_Occurred() || lr_init(&c.p, c.probe) < 0 || lr_open(&c.p) < 0) return NULL;
-    Py_buffer out;
-    if (PyObject_GetBuffer(args[4], &out, PyBUF_WRITABLE) < 0) { lr_close(&c.p, 0); return NULL; }
-    PyObject *base = args[3], *parts = PyList_New(0), *empty = PyTuple_New(0);
+    PyObject *base = args[3], *parts = PyList_New(0), *empty = PyTuple_New(0), *row = NULL;
     int ok = parts && empty;
     PyObject *free_row = PyTuple_GET_ITEM(base, 0);
     if (ok && free_row != Py_None) ok = PyList_Append(parts, free_row) == 0;
     if (ok) ok = mt_pending(&c, PyTuple_GET_ITEM(base, 1), 0, empty, parts) == 0;
     if (ok && PyObject_IsTrue(PyTuple_GET_ITEM(base, 2)))
         ok = mt_subtree(&c, PyTuple_GET_ITEM(base, 3), PyTuple_GET_ITEM(base, 2), 0, empty, parts) == 0;
-    if (ok && !PyList_GET_SIZE(parts)) memset(out.buf, 0, (size_t)out.len);
-    if (ok) ok = or_list(out.buf, out.len / 4, parts, 0, 1) == 0;
-    PyBuffer_Release(&out);
+    if (ok) {  /* (no copy of a lone row, no fresh row to fill: a row read once, ORs written once) */
+        row = mt_or(&c, parts);
+        if (!row && !PyErr_Occurred()) { row = args[4]; Py_INCREF(row); }
+        ok = row != NULL;
+    }
     Py_XDECREF(parts);
     Py_XDECREF(empty);
     ok = lr_close(&c.p, ok) == 0 && ok;
@@ -4056,9 +4098,8 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
         ok = n && PyObject_SetAttr(c.g, mt_names[3], n) == 0;
         Py_XDECREF(n);
     }
-    if (!ok) return NULL;
-    Py_INCREF(args[4]);
-    return args[4];
+    if (!ok) { Py_XDECREF(row); return NULL; }
+    return row;
 }
 
 /* -- LALR(1) tables ------------------------------------------------------------------------------ */

@@ -1325,6 +1325,8 @@ class PushdownGrammar:
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
+        self._zero_row = np.zeros(self._W, dtype=np.int32)  # (the mask of no token: shared, never written)
+        self._zero_row.flags.writeable = False
 
     # -- lexers -----------------------------------------------------------------------------------
 
@@ -2088,7 +2090,10 @@ class PushdownGrammar:
             if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
                 ctx = self._miss_ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state,
                                         self._ignore, self._end, self.mask_cache_size * 8)
-            row = _cwalk.mask_miss(self, ctx, probe, base, np.empty(self._W, dtype=np.int32))
+            row = _cwalk.mask_miss(self, ctx, probe, base, self._zero_row)  # (may be a shared row)
+            ends = probe.can_end(q)
+            if ends:  # (the end-of-sequence bits go into a row of this mask's own)
+                row = row.copy()
         else:
             free, pending, groups, base_key = base
             parts = [] if free is None else [free]
@@ -2099,7 +2104,8 @@ class PushdownGrammar:
             if sub is not None:
                 parts.append(sub)
             row = _or_rows(parts, self._W, fresh=True)
-        if probe.can_end(q):
+            ends = probe.can_end(q)
+        if ends:
             set_token_bits(row, self._eos)
         if probe.cacheable:
             depth = probe.max_read + 1
