@@ -3757,7 +3757,7 @@ static PyObject *mt_names[6];  /* "_cross", "feed", "viable", "_sub_count", "lr"
 typedef struct {
     const lr_t *t;
     lr_probe p;
-    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore;
+    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore, *or_cache;
     int64_t end;
     Py_ssize_t count, limit, words;
     int cacheable;
@@ -3792,19 +3792,49 @@ static int or_list(uint32_t *w, Py_ssize_t nw, PyObject *parts, Py_ssize_t from,
 }
 
 /* OR of ``parts`` (a list of rows): NULL with no error when there are none, the one row itself
- * (a new reference) when there is one, else a new row */
+ * (a new reference) when there is one, else a row of the grammar's OR cache or a new row. The cache
+ * is keyed by the rows' identities (the rows of the walks and groups are cached objects: another
+ * stack often brings the same ones); an entry holds its rows, so no key outlives them. */
 static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
     Py_ssize_t k = PyList_GET_SIZE(parts);
     if (k == 0) return NULL;
     PyObject *acc = PyList_GET_ITEM(parts, 0);
     if (k == 1) { Py_INCREF(acc); return acc; }
+    PyObject *ids = PyTuple_New(k), *held = NULL;
+    for (Py_ssize_t i = 0; ids && i < k; i++) {
+        PyObject *id = PyLong_FromVoidPtr(PyList_GET_ITEM(parts, i));
+        if (!id) Py_CLEAR(ids);
+        else PyTuple_SET_ITEM(ids, i, id);
+    }
+    if (!ids) return NULL;
+    PyObject *hit = PyDict_GetItemWithError(c->or_cache, ids);
+    if (hit) {
+        Py_DECREF(ids);
+        acc = PyTuple_GET_ITEM(hit, 0);
+        Py_INCREF(acc);
+        return acc;
+    }
+    if (PyErr_Occurred()) { Py_DECREF(ids); return NULL; }
     acc = PyNumber_Or(acc, PyList_GET_ITEM(parts, 1));
-    if (!acc || k == 2) return acc;
-    Py_buffer a;
-    if (PyObject_GetBuffer(acc, &a, PyBUF_WRITABLE) < 0) { Py_DECREF(acc); return NULL; }
-    int bad = or_list(a.buf, a.len / 4, parts, 2, 0) < 0;
-    PyBuffer_Release(&a);
-    if (bad) Py_CLEAR(acc);
+    if (acc && k > 2) {
+        Py_buffer a;
+        if (PyObject_GetBuffer(acc, &a, PyBUF_WRITABLE) < 0) {
+            Py_CLEAR(acc);
+        } else {
+            int bad = or_list(a.buf, a.len / 4, parts, 2, 0) < 0;
+            PyBuffer_Release(&a);
+            if (bad) Py_CLEAR(acc);
+        }
+    }
+    if (acc) {
+        if (PyDict_GET_SIZE(c->or_cache) >= c->limit / 8) PyDict_Clear(c->or_cache);  /* (the masks' bound) */
+        PyObject *rows = PyList_AsTuple(parts);
+        held = rows ? PyTuple_Pack(2, acc, rows) : NULL;
+        Py_XDECREF(rows);
+        if (!held || PyDict_SetItem(c->or_cache, ids, held) < 0) Py_CLEAR(acc);
+        Py_XDECREF(held);
+    }
+    Py_DECREF(ids);
     return acc;
 }
 
@@ -3987,6 +4017,7 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
     if (c->cacheable) {
         if (++c->count > c->limit) {
             PyDict_Clear(c->sub_cache);
+            PyDict_Clear(c->or_cache);  /* (it holds rows of the groups: not past them) */
             c->count = 1;
         }
         PyObject *sig = mt_signature(c, pos, depth);
@@ -4042,7 +4073,7 @@ static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, P
 /* mask_miss(grammar, ctx, probe, base, zero) -> the mask's row: the one row that allows anything itself
  * (a row of the caches: shared), a new row where several do (their OR), ``zero`` where none does */
 static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7 || !PyTuple_Check(args[3]) ||
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 8 || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[3]) != 4) {
         PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), zero)");
         return NULL;
@@ -4059,10 +4090,11 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     c.ignore = PyTuple_GET_ITEM(ctx, 4);
     c.end = PyLong_AsLongLong(PyTuple_GET_ITEM(ctx, 5));
     c.limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+    c.or_cache = PyTuple_GET_ITEM(ctx, 7);
     if (PyErr_Occurred()) return NULL;
     if (!PyDict_Check(c.sub_cache) || !PyDict_Check(c.cross_cache) || !PyDict_Check(c.reach) ||
-        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore)) {
-        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int)");
+        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore) || !PyDict_Check(c.or_cache)) {
+        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int, dict)");
         return NULL;
     }
     PyObject *lr = PyObject_GetAttr(c.probe, mt_names[4]);

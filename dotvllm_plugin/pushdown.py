@@ -1325,6 +1325,7 @@ class PushdownGrammar:
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
+        self._or_cache: dict = {}  # the C recursion's ORs by their rows' identities (held: ids stay theirs)
         self._zero_row = np.zeros(self._W, dtype=np.int32)  # (the mask of no token: shared, never written)
         self._zero_row.flags.writeable = False
 
@@ -2089,7 +2090,7 @@ class PushdownGrammar:
             ctx = self._miss_ctx
             if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
                 ctx = self._miss_ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state,
-                                        self._ignore, self._end, self.mask_cache_size * 8)
+                                        self._ignore, self._end, self.mask_cache_size * 8, self._or_cache)
             row = _cwalk.mask_miss(self, ctx, probe, base, self._zero_row)  # (may be a shared row)
             ends = probe.can_end(q)
             if ends:  # (the end-of-sequence bits go into a row of this mask's own)
@@ -2115,6 +2116,7 @@ class PushdownGrammar:
                 self._n_cached += 1
                 if self._n_cached > self.mask_cache_size:
                     self._masks.clear()
+                    self._or_cache.clear()
                     self._n_cached = 0
         return row
 

@@ -572,3 +572,45 @@ def test_unit_reduction_chains_taken_at_once_give_the_same_masks(tekken_vocab, t
     assert not ref._unit_memo
     assert fast._unit_memo or parser == "c"
 
+
+
+#: Objects nested in arrays at several depths: the same lexer states under many stacks, whose masks
+#: share their walks' and groups' rows.
+NESTED_LISTS = {"$defs": {"item": {"type": "object", "properties": {
+    "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}},
+    "sub": {"type": "array", "items": {"$ref": "#/$defs/item"}}}}},
+    "type": "array", "items": {"$ref": "#/$defs/item"}}
+
+
+@pytest.mark.parametrize("bound", [4096, 6], ids=["default", "tiny"])
+def test_c_mask_caches_give_the_reference_masks_under_many_stacks(tekken_vocab, tekken_tokenizer, bound, monkeypatch):
+    """The C recursion keeps masks, groups' rows and ORs of rows (by the rows' identities) across
+    stacks; masks along walks through nested arrays of objects (the same states under many stacks)
+    equal the Python reference's, with the caches' bound as shipped and tiny (cleared every few
+    masks, the ORs with them); ORs are taken from the cache."""
+    from dotvllm_plugin import pushdown
+
+    if not pushdown._C_PARSER:
+        pytest.skip("the C extension is not built")
+    fast = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(NESTED_LISTS)
+    ref = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(NESTED_LISTS)
+    fast.mask_cache_size = bound
+    use = lambda on: monkeypatch.setattr(pushdown, "USE_C_PARSER", on)  # noqa: E731
+    hits = []
+    real_miss = pushdown._cwalk.mask_miss
+
+    def counting(g, ctx, *a):
+        before = dict(ctx[7])
+        row = real_miss(g, ctx, *a)
+        hits.append(any(row is entry[0] for entry in before.values()))
+        return row
+
+    monkeypatch.setattr(pushdown._cwalk, "mask_miss", counting)
+    rng = np.random.default_rng(13)
+    text = '[{"name":"a","tags":["x","y"],"sub":[{"name":"b","sub":[{"name":"c","tags":["z"]}]},{"name":"d"}]},{"name":"e"'
+    for walk_no in range(4):
+        walk_together(tekken_vocab, GrammarMatcher(fast), GrammarMatcher(ref), use, rng, 45,
+                      prefix=tekken_tokenizer.encode(text, add_special_tokens=False) if walk_no < 2 else (),
+                      label=(bound, walk_no))
+    assert len(fast._or_cache) <= bound
+    assert any(hits) or bound < 10, "no mask was an OR taken from the cache"
