@@ -3757,7 +3757,7 @@ static PyObject *mt_names[6];  /* "_cross", "feed", "viable", "_sub_count", "lr"
 typedef struct {
     const lr_t *t;
     lr_probe p;
-    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore, *or_cache;
+    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore, *or_cache, *paths;
     int64_t end;
     Py_ssize_t count, limit, words;
     int cacheable;
@@ -3983,10 +3983,15 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
         Py_ssize_t nl = PyList_GET_SIZE(c->lexer_of);
         PyObject *lexer = PyList_GetItem(c->lexer_of, top < 0 ? nl + top : top);
         if (!lexer) goto done;
-        PyObject *step = PyTuple_Pack(2, term_obj, lexer);  /* (holds the lexer) */
-        PyObject *tail = step ? PyTuple_Pack(1, step) : NULL;
-        PyObject *key2 = tail ? PySequence_Concat(key, tail) : NULL;
-        Py_XDECREF(tail);
+        /* the path's key: (key, terminal, lexer) numbered in ``paths`` (the grammar's _group does the same) */
+        PyObject *step = PyTuple_Pack(3, key, term_obj, lexer);  /* (holds the lexer) */
+        PyObject *key2 = step ? PyDict_GetItemWithError(c->paths, step) : NULL;
+        if (key2) {
+            Py_INCREF(key2);
+        } else if (step && !PyErr_Occurred()) {
+            key2 = PyLong_FromSsize_t(PyDict_GET_SIZE(c->paths));
+            if (key2 && PyDict_SetItem(c->paths, step, key2) < 0) Py_CLEAR(key2);
+        }
         if (!key2) { Py_XDECREF(step); goto done; }
         PyObject *cross = PyDict_GetItemWithError(c->cross_cache, key2);
         if (cross) {
@@ -4073,7 +4078,7 @@ static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, P
 /* mask_miss(grammar, ctx, probe, base, zero) -> the mask's row: the one row that allows anything itself
  * (a row of the caches: shared), a new row where several do (their OR), ``zero`` where none does */
 static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 8 || !PyTuple_Check(args[3]) ||
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 9 || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[3]) != 4) {
         PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), zero)");
         return NULL;
@@ -4091,10 +4096,11 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     c.end = PyLong_AsLongLong(PyTuple_GET_ITEM(ctx, 5));
     c.limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
     c.or_cache = PyTuple_GET_ITEM(ctx, 7);
+    c.paths = PyTuple_GET_ITEM(ctx, 8);
     if (PyErr_Occurred()) return NULL;
     if (!PyDict_Check(c.sub_cache) || !PyDict_Check(c.cross_cache) || !PyDict_Check(c.reach) ||
-        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore) || !PyDict_Check(c.or_cache)) {
-        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int, dict)");
+        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore) || !PyDict_Check(c.or_cache) || !PyDict_Check(c.paths)) {
+        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int, dict, dict)");
         return NULL;
     }
     PyObject *lr = PyObject_GetAttr(c.probe, mt_names[4]);

@@ -1326,6 +1326,9 @@ class PushdownGrammar:
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
         self._or_cache: dict = {}  # the C recursion's ORs by their rows' identities (held: ids stay theirs)
+        # the keys of the walks' caches as numbers: a base walk's (signature id, terminals) and each
+        # (key, terminal, lexer) step of a path from it (cheap to hash and compare, as keys of keys)
+        self._paths: dict[tuple, int] = {}
         self._zero_row = np.zeros(self._W, dtype=np.int32)  # (the mask of no token: shared, never written)
         self._zero_row.flags.writeable = False
 
@@ -1841,7 +1844,8 @@ class PushdownGrammar:
             free, groups, exits, sig_id = shared
             # (equal signatures: the same reach groups, so each row still stands for one group here)
             got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups),
-                                   tuple((terms[k], level, node) for k, level, node in exits), (sig_id, terms))
+                                   tuple((terms[k], level, node) for k, level, node in exits),
+                                   self._paths.setdefault((sig_id, terms), len(self._paths)))
         return got
 
     def _walk_base(self, q: int, states: np.ndarray, terms: tuple):
@@ -2010,7 +2014,7 @@ class PushdownGrammar:
         for pos2, new2 in outcomes:
             top = new2[-1] if new2 else probe.state(pos2)
             lexer = self._lexer_of_state[top]
-            key2 = key + ((t, lexer),)
+            key2 = self._paths.setdefault((key, t, lexer), len(self._paths))
             free, pending, exits = self._cross(key2, (level, node), lexer)
             if free is not None:
                 parts.append(free)
@@ -2090,7 +2094,8 @@ class PushdownGrammar:
             ctx = self._miss_ctx
             if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
                 ctx = self._miss_ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state,
-                                        self._ignore, self._end, self.mask_cache_size * 8, self._or_cache)
+                                        self._ignore, self._end, self.mask_cache_size * 8, self._or_cache,
+                                        self._paths)
             row = _cwalk.mask_miss(self, ctx, probe, base, self._zero_row)  # (may be a shared row)
             ends = probe.can_end(q)
             if ends:  # (the end-of-sequence bits go into a row of this mask's own)
