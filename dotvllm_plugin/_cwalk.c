@@ -3757,7 +3757,7 @@ static PyObject *mt_names[6];  /* "_cross", "feed", "viable", "_sub_count", "lr"
 typedef struct {
     const lr_t *t;
     lr_probe p;
-    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore, *or_cache, *paths;
+    PyObject *g, *probe, *sub_cache, *cross_cache, *reach, *lexer_of, *ignore, *or_cache, *paths, *cross_walks;
     int64_t end;
     Py_ssize_t count, limit, words;
     int cacheable;
@@ -3914,6 +3914,25 @@ static int mt_pending(mt_ctx *c, PyObject *pending, int64_t pos, PyObject *new, 
     return 0;
 }
 
+/* _cross where its walk is known by content ((lexer, exit levels' bytes, exit nodes' bytes), as the
+ * grammar's _cross keys _cross_walks): that walk, also kept under ``key2``; NULL without an error
+ * where it is not known yet (the grammar's _cross walks) or the exits are no contiguous arrays */
+static PyObject *mt_cross_known(mt_ctx *c, PyObject *key2, PyObject *level, PyObject *node, PyObject *lexer) {
+    Py_buffer bl, bn;
+    if (PyObject_GetBuffer(level, &bl, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return NULL; }
+    if (PyObject_GetBuffer(node, &bn, PyBUF_SIMPLE) < 0) { PyErr_Clear(); PyBuffer_Release(&bl); return NULL; }
+    PyObject *content = Py_BuildValue("(Oy#y#)", lexer, (const char *)bl.buf, bl.len, (const char *)bn.buf, bn.len);
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bn);
+    if (!content) return NULL;
+    PyObject *got = PyDict_GetItemWithError(c->cross_walks, content);
+    Py_DECREF(content);
+    if (!got) return NULL;
+    if (PyDict_SetItem(c->cross_cache, key2, got) < 0) return NULL;
+    Py_INCREF(got);
+    return got;
+}
+
 /* _group: a new reference to the row, or NULL; ``*none`` set when the row is None */
 static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject *level, PyObject *node, int64_t pos,
                           PyObject *new, int *none) {
@@ -3996,7 +4015,7 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
         PyObject *cross = PyDict_GetItemWithError(c->cross_cache, key2);
         if (cross) {
             Py_INCREF(cross);
-        } else if (!PyErr_Occurred()) {
+        } else if (!PyErr_Occurred() && !(cross = mt_cross_known(c, key2, level, node, lexer)) && !PyErr_Occurred()) {
             PyObject *ln = PyTuple_Pack(2, level, node);
             cross = ln ? PyObject_CallMethodObjArgs(c->g, mt_names[0], key2, ln, lexer, NULL) : NULL;
             Py_XDECREF(ln);
@@ -4078,7 +4097,7 @@ static int mt_subtree(mt_ctx *c, PyObject *key, PyObject *groups, int64_t pos, P
 /* mask_miss(grammar, ctx, probe, base, zero) -> the mask's row: the one row that allows anything itself
  * (a row of the caches: shared), a new row where several do (their OR), ``zero`` where none does */
 static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 9 || !PyTuple_Check(args[3]) ||
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 10 || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[3]) != 4) {
         PyErr_SetString(PyExc_TypeError, "mask_miss(grammar, ctx, probe, (free, pending, exits, key), zero)");
         return NULL;
@@ -4097,10 +4116,13 @@ static PyObject *mask_miss(PyObject *self, PyObject *const *args, Py_ssize_t nar
     c.limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
     c.or_cache = PyTuple_GET_ITEM(ctx, 7);
     c.paths = PyTuple_GET_ITEM(ctx, 8);
+    c.cross_walks = PyTuple_GET_ITEM(ctx, 9);
     if (PyErr_Occurred()) return NULL;
     if (!PyDict_Check(c.sub_cache) || !PyDict_Check(c.cross_cache) || !PyDict_Check(c.reach) ||
-        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore) || !PyDict_Check(c.or_cache) || !PyDict_Check(c.paths)) {
-        PyErr_SetString(PyExc_TypeError, "mask_miss: ctx is not (dict, dict, dict, list, list, int, int, dict, dict)");
+        !PyList_Check(c.lexer_of) || !PyList_Check(c.ignore) || !PyDict_Check(c.or_cache) || !PyDict_Check(c.paths) ||
+        !PyDict_Check(c.cross_walks)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "mask_miss: ctx is not (dict, dict, dict, list, list, int, int, dict, dict, dict)");
         return NULL;
     }
     PyObject *lr = PyObject_GetAttr(c.probe, mt_names[4]);

@@ -2095,7 +2095,7 @@ class PushdownGrammar:
             if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
                 ctx = self._miss_ctx = (self._sub_cache, self._cross_cache, self._reach._values, self._lexer_of_state,
                                         self._ignore, self._end, self.mask_cache_size * 8, self._or_cache,
-                                        self._paths)
+                                        self._paths, self._cross_walks)
             row = _cwalk.mask_miss(self, ctx, probe, base, self._zero_row)  # (may be a shared row)
             ends = probe.can_end(q)
             if ends:  # (the end-of-sequence bits go into a row of this mask's own)

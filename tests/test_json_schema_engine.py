@@ -607,7 +607,8 @@ def test_c_mask_caches_give_the_reference_masks_under_many_stacks(tekken_vocab, 
 
     monkeypatch.setattr(pushdown._cwalk, "mask_miss", counting)
     rng = np.random.default_rng(13)
-    text = '[{"name":"a","tags":["x","y"],"sub":[{"name":"b","sub":[{"name":"c","tags":["z"]}]},{"name":"d"}]},{"name":"e"'
+    text = ('[{"name":"a","tags":["x","y"],"sub":[{"name":"b","sub":[{"name":"c","tags":["z"]}]},{"name":"d"}]},'
+            '{"name":"e"')
     for walk_no in range(4):
         walk_together(tekken_vocab, GrammarMatcher(fast), GrammarMatcher(ref), use, rng, 45,
                       prefix=tekken_tokenizer.encode(text, add_special_tokens=False) if walk_no < 2 else (),

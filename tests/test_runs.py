@@ -265,7 +265,8 @@ def test_donor_cut_is_the_numpy_reading(tekken_vocab):
         drop = np.flatnonzero(live & ~take)
         rows = [None if trial % 5 == 0 else rng.integers(-2**31, 2**31, size=words, dtype=np.int64).astype(np.int32)]
         rows.append(np.bitwise_or.reduce(firsts[drop], axis=0) if len(drop) else np.zeros(words, dtype=np.int32))
-        rows.append(rng.integers(-2**31, 2**31, size=words, dtype=np.int64).astype(np.int32) & firsts[int(rng.integers(0, 256))])
+        noise = rng.integers(-2**31, 2**31, size=words, dtype=np.int64).astype(np.int32)
+        rows.append(noise & firsts[int(rng.integers(0, 256))])
         got = index._cwalk.donor_cut(ct, ct.shape[1], classes, 1, 0, 24, firsts, rows)
         if len(drop) > 24:
             assert got is None, trial
