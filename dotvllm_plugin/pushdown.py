@@ -681,6 +681,23 @@ class _Compounds:
         )
 
 
+def _walk_class_arrays(walk_classes: list) -> dict:
+    """The walks' byte classes of lexers built at compile time (``_cwalk.byte_classes``' results,
+    None for a lexer built without them) as arrays that travel with the grammar, so that a first
+    visit does not make them again: each lexer's class table (int64, its states × its classes, flat),
+    its classes' count (0: none stored) and its byte classes (uint8 per byte). None stored: no arrays."""
+    if not any(walk_classes):
+        return {}
+    tables = [np.zeros(0, dtype=np.int64) if w is None else np.frombuffer(w[0], dtype=np.int64) for w in walk_classes]
+    return dict(
+        lex_wc_counts=np.array([0 if w is None else w[2] for w in walk_classes], dtype=np.int64),
+        lex_wc_offsets=np.cumsum([0] + [len(t) for t in tables]).astype(np.int64),
+        lex_wc_tables=np.concatenate(tables),
+        lex_wc_bytes=np.stack([np.zeros(256, dtype=np.uint8) if w is None else
+                               np.frombuffer(w[1], dtype=np.int64).astype(np.uint8) for w in walk_classes]),
+    )
+
+
 def _successors(lex_trans: np.ndarray) -> list[list[int]]:
     """Per state of a transition table (``[n, 256]``, or ``[n, classes]``; negative: none): its
     distinct successor states, ascending."""
@@ -1034,8 +1051,11 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
         fidelity = grammar.lexing == "lark"
         compounds = None if fidelity else _Compounds(len(terms), is_ignore.tolist())
         parts, lo = [], 0
+        walk_classes: list = []  # (per lexer built in C: its walks' byte classes, made with it)
         for key in members:  # (each lexer's live targets moved to its place as it is built)
-            parts.append(_build_lexer(list(key), terms, dfas, fidelity, compounds, offset=lo))
+            classes: list = []
+            parts.append(_build_lexer(list(key), terms, dfas, fidelity, compounds, offset=lo, walk_classes=classes))
+            walk_classes.append(classes[0] if classes else None)
             lo += len(parts[-1][1])
         offsets = np.cumsum([0] + [len(c) for _, c in parts]).astype(np.int64)
         lex_trans = np.concatenate([t for t, _ in parts]).astype(np.int32, copy=False)
@@ -1044,6 +1064,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             lex_trans=lex_trans,
             lex_chosen=np.concatenate([c for _, c in parts]).astype(np.int32),
             **(compounds or _Compounds(len(terms), ())).arrays(),
+            **_walk_class_arrays(walk_classes),
         )
     else:
         # lexers built on first visit (one per parser state with its own candidates; a request
@@ -1749,6 +1770,12 @@ class PushdownGrammar:
             # mark depends on the row only), and the rest is done on classes, not 256 columns
             if _cwalk is not None:  # (in one pass; a lexer built in C came with them)
                 got = self._walk_classes.pop(lexer, None)
+                if got is None and "lex_wc_counts" in self.arrays:  # (built at compile time, with them)
+                    a = self.arrays
+                    n_cls = int(a["lex_wc_counts"][lexer])
+                    if n_cls:
+                        o0, o1 = int(a["lex_wc_offsets"][lexer]), int(a["lex_wc_offsets"][lexer + 1])
+                        got = (a["lex_wc_tables"][o0:o1], a["lex_wc_bytes"][lexer].astype(np.int64), n_cls)
                 rows, bc, n_cls = got if got is not None else _cwalk.byte_classes(
                     np.ascontiguousarray(block, dtype=np.int32), lo, np.ascontiguousarray(chosen, dtype=np.int32))
                 t = np.frombuffer(rows, dtype=np.int64).reshape(len(chosen), n_cls)

@@ -615,3 +615,26 @@ def test_c_mask_caches_give_the_reference_masks_under_many_stacks(tekken_vocab, 
                       label=(bound, walk_no))
     assert len(fast._or_cache) <= bound
     assert any(hits) or bound < 10, "no mask was an OR taken from the cache"
+
+
+def test_lexers_built_at_compile_time_bring_their_walks_byte_classes(tekken_vocab):
+    """A grammar whose lexers are built at compile time carries each one's walk classes (made with
+    the lexer in C): equal to those a first visit computes from the lexer's table, also after the
+    grammar's round trip through bytes (the form compiled grammars travel in)."""
+    from dotvllm_plugin import pushdown
+
+    if pushdown._cwalk is None:
+        pytest.skip("the C extension is not built")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(TREE)
+    assert isinstance(g, pushdown.PushdownGrammar) and "lex_trans" in g.arrays
+    assert int((g.arrays["lex_wc_counts"] > 0).sum()) == g.n_lexers
+    again = pushdown.PushdownGrammar.from_bytes(g.to_bytes(), tekken_vocab)
+    for grammar in (g, again):
+        for lexer in range(grammar.n_lexers):
+            block, chosen = grammar._blocks[lexer]
+            lo = grammar._lexer_lo[lexer]
+            rows, bc, n_cls = pushdown._cwalk.byte_classes(np.ascontiguousarray(block, dtype=np.int32), lo,
+                                                           np.ascontiguousarray(chosen, dtype=np.int32))
+            t, _, _ = grammar._walker(lexer)
+            assert t.shape[1] == n_cls and np.array_equal(t.ravel(), np.frombuffer(rows, dtype=np.int64)), lexer
+            assert np.array_equal(grammar._walkers[lexer][1].byte_class, np.frombuffer(bc, dtype=np.int64)), lexer
