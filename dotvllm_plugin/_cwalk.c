@@ -3933,6 +3933,22 @@ static PyObject *mt_cross_known(mt_ctx *c, PyObject *key2, PyObject *level, PyOb
     return got;
 }
 
+/* ``key``'s number in ``paths`` (a dict), numbered by its size when new: the get, the size and the
+ * insertion with no Python code between them, so threads sharing a grammar never number two keys
+ * alike (mt_group numbers the same way inline) */
+static PyObject *path_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "path_id(paths: dict, key: tuple)");
+        return NULL;
+    }
+    PyObject *got = PyDict_GetItemWithError(args[0], args[1]);
+    if (got) { Py_INCREF(got); return got; }
+    if (PyErr_Occurred()) return NULL;
+    got = PyLong_FromSsize_t(PyDict_GET_SIZE(args[0]));
+    if (got && PyDict_SetItem(args[0], args[1], got) < 0) Py_CLEAR(got);
+    return got;
+}
+
 /* _group: a new reference to the row, or NULL; ``*none`` set when the row is None */
 static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject *level, PyObject *node, int64_t pos,
                           PyObject *new, int *none) {
@@ -6229,6 +6245,7 @@ static PyMethodDef methods[] = {
     {"mask_hit", (PyCFunction)(void (*)(void))mask_hit, METH_FASTCALL, "A mask row cached under a stack's top states."},
     {"copy_row", (PyCFunction)(void (*)(void))copy_row, METH_FASTCALL, "A packed row copied into a row of a bitmask."},
     {"mask_miss", (PyCFunction)(void (*)(void))mask_miss, METH_FASTCALL, "A mask row computed from a state's walks and a probe."},
+    {"path_id", (PyCFunction)(void (*)(void))path_id, METH_FASTCALL, "A cache key's number in a dict of them, new ones numbered by its size."},
     {"lr_step", (PyCFunction)(void (*)(void))lr_step, METH_FASTCALL, "A deterministic grammar's step over a token's bytes."},
     {"lr_commit", (PyCFunction)(void (*)(void))lr_commit, METH_FASTCALL, "A matcher's commit of a token its mask row allows."},
     {"lr_step_all", (PyCFunction)(void (*)(void))lr_step_all, METH_FASTCALL, "Every configuration's step over a token's bytes."},

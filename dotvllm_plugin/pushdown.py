@@ -1872,7 +1872,7 @@ class PushdownGrammar:
             # (equal signatures: the same reach groups, so each row still stands for one group here)
             got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups),
                                    tuple((terms[k], level, node) for k, level, node in exits),
-                                   self._paths.setdefault((sig_id, terms), len(self._paths)))
+                                   self._path_id((sig_id, terms)))
         return got
 
     def _walk_base(self, q: int, states: np.ndarray, terms: tuple):
@@ -1992,6 +1992,15 @@ class PushdownGrammar:
                 by_group[k] = [e + lo, row]
         return free, tuple(map(tuple, by_group.values())), exits
 
+    def _path_id(self, key: tuple) -> int:
+        """``key``'s number among the walks' cache keys (:attr:`_paths`), numbered when new: in one C
+        call where the extension is built (the C recursion numbers keys too, and threads sharing
+        this grammar must never number two keys alike), else under the grammar's lock."""
+        if _cwalk is not None and hasattr(_cwalk, "path_id"):
+            return _cwalk.path_id(self._paths, key)
+        with self._lock:
+            return self._paths.setdefault(key, len(self._paths))
+
     def _cross(self, key, groups_level_node, lexer: int):
         """Walk on in ``lexer`` from the exit nodes of one terminal: ``(free row, ((end state,
         row), ...), exits)``, cached by ``key`` (the lexeme-start signature and the (terminal,
@@ -2041,7 +2050,7 @@ class PushdownGrammar:
         for pos2, new2 in outcomes:
             top = new2[-1] if new2 else probe.state(pos2)
             lexer = self._lexer_of_state[top]
-            key2 = self._paths.setdefault((key, t, lexer), len(self._paths))
+            key2 = self._path_id((key, t, lexer))
             free, pending, exits = self._cross(key2, (level, node), lexer)
             if free is not None:
                 parts.append(free)

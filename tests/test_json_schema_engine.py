@@ -638,3 +638,44 @@ def test_lexers_built_at_compile_time_bring_their_walks_byte_classes(tekken_voca
             t, _, _ = grammar._walker(lexer)
             assert t.shape[1] == n_cls and np.array_equal(t.ravel(), np.frombuffer(rows, dtype=np.int64)), lexer
             assert np.array_equal(grammar._walkers[lexer][1].byte_class, np.frombuffer(bc, dtype=np.int64)), lexer
+
+
+def test_threads_sharing_a_grammar_get_each_its_own_masks(tekken_vocab):
+    """Masks computed by several threads on one shared grammar (its caches: masks, groups' rows, ORs,
+    numbered cache keys, walks) equal those of a grammar each thread has to itself, along the same
+    random walks."""
+    import threading
+
+    shared = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(NESTED_LISTS)
+    words = (tekken_vocab.size + 31) // 32
+    eos = set(tekken_vocab.eos_token_ids)
+    failures: list = []
+
+    def run(seed: int) -> None:
+        try:
+            own = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(NESTED_LISTS)
+            rng = np.random.default_rng(seed)
+            for _ in range(2):
+                a, b = GrammarMatcher(shared), GrammarMatcher(own)
+                for step in range(40):
+                    rows = []
+                    for m in (a, b):
+                        bm = np.zeros((1, words), dtype=np.int32)
+                        m.fill_next_token_bitmask(bm)
+                        rows.append(bm[0])
+                    assert np.array_equal(*rows), (seed, step)
+                    allowed = [t for t in np.flatnonzero(np.unpackbits(rows[0].view(np.uint8), bitorder="little")
+                                                         [: tekken_vocab.size]).tolist() if t not in eos]
+                    if not allowed:
+                        break
+                    t = int(rng.choice(allowed))
+                    assert a.accept_token(t) and b.accept_token(t), (seed, step, t)
+        except BaseException as e:  # (reported by the main thread)
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not failures, failures[0]
