@@ -3935,18 +3935,23 @@ static PyObject *mt_cross_known(mt_ctx *c, PyObject *key2, PyObject *level, PyOb
 
 /* ``key``'s number in ``paths`` (a dict), numbered by its size when new: the get, the size and the
  * insertion with no Python code between them, so threads sharing a grammar never number two keys
- * alike (mt_group numbers the same way inline) */
+ * alike (mt_group and, through path_id, the grammar's Python number keys here) */
+static PyObject *number_key(PyObject *paths, PyObject *key) {
+    PyObject *got = PyDict_GetItemWithError(paths, key);
+    if (got) { Py_INCREF(got); return got; }
+    if (PyErr_Occurred()) return NULL;
+    got = PyLong_FromSsize_t(PyDict_GET_SIZE(paths));
+    if (got && PyDict_SetItem(paths, key, got) < 0) Py_CLEAR(got);
+    return got;
+}
+
+/* path_id(paths, key): number_key from Python (the grammar's _path_id) */
 static PyObject *path_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "path_id(paths: dict, key: tuple)");
         return NULL;
     }
-    PyObject *got = PyDict_GetItemWithError(args[0], args[1]);
-    if (got) { Py_INCREF(got); return got; }
-    if (PyErr_Occurred()) return NULL;
-    got = PyLong_FromSsize_t(PyDict_GET_SIZE(args[0]));
-    if (got && PyDict_SetItem(args[0], args[1], got) < 0) Py_CLEAR(got);
-    return got;
+    return number_key(args[0], args[1]);
 }
 
 /* _group: a new reference to the row, or NULL; ``*none`` set when the row is None */
@@ -4020,13 +4025,7 @@ static PyObject *mt_group(mt_ctx *c, PyObject *key, PyObject *term_obj, PyObject
         if (!lexer) goto done;
         /* the path's key: (key, terminal, lexer) numbered in ``paths`` (the grammar's _group does the same) */
         PyObject *step = PyTuple_Pack(3, key, term_obj, lexer);  /* (holds the lexer) */
-        PyObject *key2 = step ? PyDict_GetItemWithError(c->paths, step) : NULL;
-        if (key2) {
-            Py_INCREF(key2);
-        } else if (step && !PyErr_Occurred()) {
-            key2 = PyLong_FromSsize_t(PyDict_GET_SIZE(c->paths));
-            if (key2 && PyDict_SetItem(c->paths, step, key2) < 0) Py_CLEAR(key2);
-        }
+        PyObject *key2 = step ? number_key(c->paths, step) : NULL;
         if (!key2) { Py_XDECREF(step); goto done; }
         PyObject *cross = PyDict_GetItemWithError(c->cross_cache, key2);
         if (cross) {
