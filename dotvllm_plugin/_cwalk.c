@@ -1483,14 +1483,38 @@ static PyObject *byte_classes_c(PyObject *self, PyObject *args) {
 #define CT_NOT_YET ((int64_t)-7)
 static inline int64_t range_target(const int64_t *trans, Py_ssize_t C, const int64_t *bc, const int64_t *ranges,
                                    Py_ssize_t R, int64_t *target, int64_t q, Py_ssize_t r) {
-    int64_t *slot = &target[q * R + r];
-    if (*slot == CT_NOT_YET) {
+    int64_t *slot = target ? &target[q * R + r] : NULL;
+    if (!slot || *slot == CT_NOT_YET) {
         int64_t lo = ranges[2 * r], hi = ranges[2 * r + 1], t = trans[q * C + bc[lo]];
         for (int64_t b = lo + 1; b <= hi && t != CT_UNEVEN; b++)
             if (trans[q * C + bc[b]] != t) t = CT_UNEVEN;
+        if (!slot) return t;  /* (no memo: one state's sequences visit few (state, range) pairs) */
         *slot = t;
     }
     return *slot;
+}
+
+/* Where every non-ASCII character leads from ``q``, read on the byte-range sequences ``seqs`` (S of
+ * them) over ``ranges``: ``t`` where ``known`` and every sequence ends there (ASCII characters' target
+ * given), else the sequences' one target; -1 for dead, -3 where they lead apart or one ends the
+ * lexeme (-2) on the way, -4 on a transition past the table (n states). ``target``: range_target's
+ * memo, or NULL. class_targets and run_first read Σ's non-ASCII part here. */
+static int64_t seq_target(const int64_t *trans, Py_ssize_t C, Py_ssize_t n, const int64_t *bc, const int64_t *ranges,
+                          Py_ssize_t R, const int64_t *seqs, Py_ssize_t S, int64_t *target, int64_t q, int64_t t,
+                          int known) {
+    for (Py_ssize_t k = 0; k < S; k++) {
+        int64_t cur = q;
+        for (int j = 0; j < 4 && seqs[4 * k + j] >= 0 && cur >= 0; j++) {
+            int64_t nxt = range_target(trans, C, bc, ranges, R, target, cur, seqs[4 * k + j]);
+            if (nxt == CT_UNEVEN || nxt == -2) return -3;
+            if (nxt >= n) return -4;
+            cur = nxt;
+        }
+        if (cur < 0) cur = -1;
+        if (!known) { t = cur; known = 1; }
+        else if (cur != t) return -3;
+    }
+    return t;
 }
 
 /* class_targets(trans int64[n * C], C, byte_class int64[256], sigma uint64[3], ranges int64[R * 2],
@@ -1566,19 +1590,10 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
         if (first) t = DEAD;  /* (no ASCII character in Σ) */
         if (t == -2) bad = 1;
         if (t < 0) t = DEAD;
-        int seen = first;  /* the non-ASCII sequences must agree with t (or each other when no ASCII) */
-        for (Py_ssize_t k = 0; k < S && !bad; k++) {
-            int64_t cur = q;
-            for (int j = 0; j < 4 && seqs[4 * k + j] >= 0; j++) {
-                if (cur < 0) break;
-                int64_t nxt = range_target(trans, C, bc, ranges, R, target, cur, seqs[4 * k + j]);
-                if (nxt == CT_UNEVEN || nxt == -2) { bad = 1; break; }
-                if (nxt >= n) { corrupt = 1; bad = 1; break; }
-                cur = nxt;
-            }
-            if (cur < 0) cur = DEAD;
-            if (seen) { t = cur; seen = 0; }
-            else if (cur != t) bad = 1;
+        if (!bad) {  /* the non-ASCII sequences must agree with t (or each other when no ASCII) */
+            t = seq_target(trans, C, n, bc, ranges, R, seqs, S, target, q, t, !first);
+            corrupt = t == -4;
+            bad = t < -1;
         }
         res[i] = bad ? BAD : t;
     }
@@ -1591,31 +1606,6 @@ static PyObject *class_targets(PyObject *self, PyObject *args) {
         return NULL;
     }
     return out;
-}
-
-/* Where every non-ASCII character leads from ``q`` (read on the byte-range sequences ``seqs`` over
- * ``ranges``, as class_targets reads them, without its per-state memo: one state's sequences visit
- * few states): one state, -1 when every one is dead, -3 when they lead apart or end the lexeme on
- * the way, -4 on a transition past the table. */
-static int64_t non_ascii_target(const int64_t *trans, Py_ssize_t C, Py_ssize_t n, const int64_t *bc,
-                                const int64_t *ranges, const int64_t *seqs, Py_ssize_t S, int64_t q) {
-    int64_t t = 0;
-    for (Py_ssize_t k = 0; k < S; k++) {
-        int64_t cur = q;
-        for (int j = 0; j < 4 && seqs[4 * k + j] >= 0 && cur >= 0; j++) {
-            int64_t r = seqs[4 * k + j], lo = ranges[2 * r], hi = ranges[2 * r + 1];
-            int64_t nxt = trans[cur * C + bc[lo]];
-            for (int64_t b = lo + 1; b <= hi; b++)
-                if (trans[cur * C + bc[b]] != nxt) return -3;
-            if (nxt == -2) return -3;
-            if (nxt >= n) return -4;
-            cur = nxt;
-        }
-        if (cur < 0) cur = -1;
-        if (k == 0) t = cur;
-        else if (cur != t) return -3;
-    }
-    return S ? t : -1;
 }
 
 /* run_first(trans int64[n * C], C, byte_class int64[256], q, min_ascii[, ranges, seqs]) -> None or
@@ -1680,7 +1670,7 @@ static PyObject *run_first(PyObject *self, PyObject *args) {
     }
     for (int c = 0; c < 256; c++)
         if (bc[c] < 0 || bc[c] >= C) ok = 0;
-    int64_t other = ok ? non_ascii_target(b_trans.buf, C, n, bc, b_ranges.buf, b_seqs.buf, S, q) : 0;
+    int64_t other = ok ? seq_target(b_trans.buf, C, n, bc, b_ranges.buf, R, b_seqs.buf, S, NULL, q, best, 1) : 0;
     if (!ok || other == -4) {
         PyErr_SetString(PyExc_ValueError, "run_first: a byte class or a transition out of range");
         goto done;
@@ -1759,12 +1749,8 @@ static PyObject *donor_cut(PyObject *self, PyObject *args) {
             uint32_t any = 0;
             for (Py_ssize_t j = 0; j < W; j++) any |= dst[j] = src[j] & ~out[j];
             PyBuffer_Release(&b);
-            if (any) {
-                got = arr;
-            } else {
-                Py_DECREF(arr);
-            }
-            if (got == arr) { PyList_SET_ITEM(kept, i, got); continue; }
+            if (any) { PyList_SET_ITEM(kept, i, arr); continue; }  /* (the new row: its reference) */
+            Py_DECREF(arr);
         }
         Py_INCREF(got);
         PyList_SET_ITEM(kept, i, got);

@@ -1881,7 +1881,7 @@ class PushdownGrammar:
         lexer = self._owner[q]
         ct, view, _, lo, chosen, reach_groups = self._walk_args(lexer)
         runs_ok = USE_RUNS and index._cwalk is not None and index.USE_C_WALK
-        got = self._donor_walk(q, lexer, ct, view, states, reach_groups) if runs_ok and USE_DONORS else None
+        got = self._donor_walk(q, lexer, ct, view, chosen, states, reach_groups) if runs_ok and USE_DONORS else None
         if got is not None:
             free, groups, exits = got
         else:
@@ -1898,7 +1898,7 @@ class PushdownGrammar:
         kind = {t: k for k, t in enumerate(terms)}
         return free, groups, tuple((kind[t], level, node) for t, level, node in exits)
 
-    def _donor_walk(self, q: int, lexer: int, ct, view, states, reach_groups):
+    def _donor_walk(self, q: int, lexer: int, ct, view, chosen, states, reach_groups):
         """:meth:`_walk_base`'s walk (as :meth:`_split` returns it) from another's: ``p``, the state
         where the characters from ``q`` run (:mod:`dotvllm_plugin.runs`: inside a property name
         being written, every character but the declared names' next ones leads to the loop of an
@@ -1955,7 +1955,7 @@ class PushdownGrammar:
                     return None
                 mapped.append((int(ball[at[0]]), row))
             d_pending = mapped
-        walked = index.walk_split(ct, view, self._W, reach_groups[0], self._chosen_of(lexer), states[:1] - lo,
+        walked = index.walk_split(ct, view, self._W, reach_groups[0], chosen, states[:1] - lo,
                                   skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take))
         free, pending, exits = self._split(lo, walked, d_pending)
         if d_free is not None:
@@ -1996,7 +1996,7 @@ class PushdownGrammar:
         """``key``'s number among the walks' cache keys (:attr:`_paths`), numbered when new: in one C
         call where the extension is built (the C recursion numbers keys too, and threads sharing
         this grammar must never number two keys alike), else under the grammar's lock."""
-        if _cwalk is not None and hasattr(_cwalk, "path_id"):
+        if _cwalk is not None:
             return _cwalk.path_id(self._paths, key)
         with self._lock:
             return self._paths.setdefault(key, len(self._paths))

@@ -35,8 +35,8 @@ from . import index
 from .pinning import Pinning
 from .regex.charsets import utf8_sequences
 
-__all__ = ["SIGMA_ALL", "RunPlan", "clear_memos", "first_byte_row", "first_byte_rows", "first_ok", "pinned", "plan",
-           "run_table", "sigma_mask", "token_chars"]
+__all__ = ["SIGMA_ALL", "RunPlan", "clear_memos", "first_byte_rows", "first_ok", "pinned", "plan", "run_table",
+           "sigma_mask", "token_chars"]
 
 #: Fewest ASCII characters in Σ for the shortcut: narrower classes die early in a plain walk.
 MIN_ASCII = 32
@@ -187,15 +187,6 @@ def first_byte_rows(vocab) -> np.ndarray:
         rows.flags.writeable = False
         rows = vocab._cache.setdefault("first_byte_rows", rows)
     return rows
-
-
-def first_byte_row(vocab, first_bytes: tuple) -> np.ndarray:
-    """Packed int32 row (a new array) of the tokens whose first byte is one of ``first_bytes``: the
-    OR of their rows of :func:`first_byte_rows`."""
-    rows = first_byte_rows(vocab)
-    if not first_bytes:
-        return np.zeros(rows.shape[1], dtype=np.int32)
-    return np.bitwise_or.reduce(rows[list(first_bytes)], axis=0)
 
 
 def first_ok(first: tuple) -> np.ndarray:
