@@ -380,11 +380,13 @@ def _largest_count(regex: str) -> int:
 
 
 #: A generated grammar with at least this many contextual lexers (parser states with distinct
-#: candidate sets, before sets are shared) builds them on first visit (a
-#: request visits few of a large schema's); smaller ones build them at compile time, in the compile
-#: worker, so that the engine's step does less on first visits. Lark grammars always build them at
-#: compile time (the collision check needs them).
-LAZY_MIN_LEXERS = 64
+#: candidate sets, before sets are shared) builds them on first visit (a request visits few of a
+#: huge schema's); smaller ones build them at compile time, in the compile worker, so that the
+#: engine's step does less on first visits. Lark grammars always build them at compile time (the
+#: collision check needs them). (64 until the twenty-first session: building every corpus schema's
+#: lexers at compile time took 11 % off the MaskBench sample's mask time for 6 % more compile CPU,
+#: at most +55 ms a schema, the Kubernetes ones of ~150 lexers.)
+LAZY_MIN_LEXERS = 1024
 #: A terminal of a generated grammar is compiled on first use unless its automaton could be large
 #: (a counted repetition over this bound, a long regex): those are compiled, and refused when over
 #: budget, at compile time.
@@ -1039,9 +1041,7 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
     members = list(lexer_of_set)
     is_ignore = np.zeros(len(terms), dtype=bool)
     is_ignore[ignore] = True
-    # (counted before sharing: the grammar's size decides, as it did before lexers were shared;
-    # counting shared ones built up to 63 larger lexers in the compile worker: p90 of compile
-    # 27 → 31 ms for 5 % less mask time)
+    # (counted before sharing: the grammar's size decides, as it did before lexers were shared)
     lazy = grammar.lexing != "lark" and n_own >= LAZY_MIN_LEXERS
     if grammar.lexing != "lark" and not lazy:
         dfas = _terminal_dfas(grammar, None, dfas)
