@@ -700,6 +700,47 @@ def _walk_class_arrays(walk_classes: list) -> dict:
     )
 
 
+def _expansion(compounds) -> tuple:
+    """What each chosen id of ``compounds``' grammar stands for, as ``_cwalk.reach_sets`` reads it:
+    ``(start, terminals, real ids, compounds counted)`` (a compound's members, a real terminal itself)."""
+    n_real = compounds.base
+    members = [(t,) for t in range(n_real)] + [tuple(m) for m in compounds.members]
+    return (np.cumsum([0] + [len(m) for m in members]).astype(np.int64),
+            np.array([t for m in members for t in m], dtype=np.int64), n_real, len(compounds.members))
+
+
+def _ignored_bits(ignore, n_real: int) -> np.ndarray:
+    """The ignored terminals as ``_cwalk.reach_sets``' bits (uint64 words)."""
+    words = max(1, (n_real + 63) // 64)
+    bits = np.zeros(words * 64, dtype=bool)
+    bits[[t for t in range(min(n_real, len(ignore))) if ignore[t]]] = True
+    return np.packbits(bits, bitorder="little").view(np.uint64)
+
+
+def _reach_arrays(parts: list, walk_classes: list, compounds, ignore) -> dict:
+    """The reach sets of every lexer built at compile time (:meth:`_LazyReach._from_c`'s C fixpoint
+    on the walks' class tables, ``walk_classes``), as arrays that travel with the grammar, so that a
+    first visit does not compute them: per state its distinct set's index and its reach group
+    (local to its lexer, int64, in the lexers' order), and each lexer's distinct sets (bitsets,
+    uint8, offsets per lexer). None without the C extension or a lexer without its classes."""
+    if _cwalk is None or not walk_classes or not all(walk_classes):
+        return {}
+    start, terms, n_real, _ = _expansion(compounds)
+    ignored = _ignored_bits(ignore, n_real)
+    index_of, groups, sets = [], [], []
+    for (_, chosen), (rows, _, n_cls) in zip(parts, walk_classes):
+        got = _cwalk.reach_sets(rows, n_cls, chosen.astype(np.int64), start, terms, n_real, ignored)
+        index_of.append(np.frombuffer(got[0], dtype=np.int64))
+        sets.append(np.frombuffer(got[1], dtype=np.uint8))
+        groups.append(np.frombuffer(got[2], dtype=np.int64))
+    return dict(
+        lex_reach_index=np.concatenate(index_of),
+        lex_reach_groups=np.concatenate(groups),
+        lex_reach_sets=np.concatenate(sets),
+        lex_reach_set_offsets=np.cumsum([0] + [len(x) for x in sets]).astype(np.int64),
+    )
+
+
 def _successors(lex_trans: np.ndarray) -> list[list[int]]:
     """Per state of a transition table (``[n, 256]``, or ``[n, classes]``; negative: none): its
     distinct successor states, ascending."""
@@ -814,6 +855,16 @@ class _LazyReach:
         g = self._grammar()
         lo = g._lexer_lo[lexer]
         trans, chosen = g._blocks[lexer]
+        a = g.arrays
+        if "lex_reach_index" in a:  # (computed at compile time, with the lexers)
+            o0, o1 = lo, lo + len(chosen)
+            s0, s1 = int(a["lex_reach_set_offsets"][lexer]), int(a["lex_reach_set_offsets"][lexer + 1])
+            words = max(1, (g._compounds.base + 63) // 64)
+            group = a["lex_reach_groups"][o0:o1]
+            self._sets[lexer] = (lo, a["lex_reach_index"][o0:o1].tolist(),
+                                 _ReachSets(a["lex_reach_sets"][s0:s1].tobytes(), 8 * words, g._ignore))
+            self._groups[lexer] = (group, group.tolist())
+            return
         if index._cwalk is not None:
             index_of, sets, group = self._from_c(lexer, chosen)
             index_of = index_of.tolist()  # (read one state at a time)
@@ -834,19 +885,13 @@ class _LazyReach:
         g = self._grammar()
         compounds = g._compounds
         if self._expansion is None or self._expansion[3] != len(compounds.members):  # (lexers built later add some)
-            n_real = compounds.base
-            members = [(t,) for t in range(n_real)] + [tuple(m) for m in compounds.members]
-            self._expansion = (np.cumsum([0] + [len(m) for m in members]).astype(np.int64),
-                               np.array([t for m in members for t in m], dtype=np.int64), n_real,
-                               len(compounds.members))
+            self._expansion = _expansion(compounds)
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
         words = max(1, (n_real + 63) // 64)
         ignored = self._ignored_bits
         if ignored is None:  # (the real terminals' flags: fixed for the grammar)
-            bits = np.zeros(words * 64, dtype=bool)
-            bits[[t for t in range(min(n_real, len(g._ignore))) if g._ignore[t]]] = True
-            ignored = self._ignored_bits = np.packbits(bits, bitorder="little").view(np.uint64)
+            ignored = self._ignored_bits = _ignored_bits(g._ignore, n_real)
         # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal,
         # or none): those states form group 0 with the lexeme start, the others one group per set
         # in use (numbered in the sets' order)
@@ -1059,12 +1104,14 @@ def pushdown_tables(grammar: Grammar, *, max_stack_depth: int | None = None) -> 
             lo += len(parts[-1][1])
         offsets = np.cumsum([0] + [len(c) for _, c in parts]).astype(np.int64)
         lex_trans = np.concatenate([t for t, _ in parts]).astype(np.int32, copy=False)
+        compounds = compounds or _Compounds(len(terms), ())
         lexers = dict(
             lex_offsets=offsets,
             lex_trans=lex_trans,
             lex_chosen=np.concatenate([c for _, c in parts]).astype(np.int32),
-            **(compounds or _Compounds(len(terms), ())).arrays(),
+            **compounds.arrays(),
             **_walk_class_arrays(walk_classes),
+            **_reach_arrays(parts, walk_classes, compounds, is_ignore.tolist()),
         )
     else:
         # lexers built on first visit (one per parser state with its own candidates; a request

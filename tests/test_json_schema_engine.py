@@ -640,6 +640,34 @@ def test_lexers_built_at_compile_time_bring_their_walks_byte_classes(tekken_voca
             assert np.array_equal(grammar._walkers[lexer][1].byte_class, np.frombuffer(bc, dtype=np.int64)), lexer
 
 
+@pytest.mark.parametrize("schema", [TREE, NESTED_LISTS, {"type": "object", "properties": {
+    "a": {"type": "object"}, "b": {"type": "array"}}}, {"$defs": {"n": {"anyOf": [
+    {"type": "string"}, {"enum": ["a", 1]}, {"type": "array", "items": {"$ref": "#/$defs/n"}}]}}, "$ref": "#/$defs/n"}],
+                         ids=["tree", "nested-lists", "free-values", "strings-literals-nested"])
+def test_lexers_built_at_compile_time_bring_their_reach_sets(tekken_vocab, schema):
+    """A grammar whose lexers are built at compile time carries each lexer state's reach (the
+    terminals its lexeme may still end as) and reach group: equal, state by state, to those a first
+    visit computes when the grammar comes without them, also after the round trip through bytes."""
+    from dotvllm_plugin import pushdown
+
+    if pushdown._cwalk is None:
+        pytest.skip("the C extension is not built")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(schema)
+    assert isinstance(g, pushdown.PushdownGrammar) and "lex_reach_index" in g.arrays
+    bare = pushdown.PushdownGrammar(
+        kind=g.kind, source=g.source, vocabulary=tekken_vocab, terminal_names=g.terminal_names,
+        start_state=g.start_state, end_state=g.end_state, max_stack_depth=g.max_stack_depth,
+        arrays={k: v for k, v in g.arrays.items() if not k.startswith("lex_reach_")})
+    again = pushdown.PushdownGrammar.from_bytes(g.to_bytes(), tekken_vocab)
+    n_states = len(g._chosen)
+    for grammar in (g, again):
+        for lexer in range(grammar.n_lexers):
+            got, want = grammar._reach.groups(lexer), bare._reach.groups(lexer)
+            assert np.array_equal(got[0], want[0]) and got[1] == want[1], lexer
+        assert [grammar._reach[q] for q in range(n_states)] == [bare._reach[q] for q in range(n_states)]
+    assert "lex_reach_index" not in bare.arrays and bare._reach._expansion is not None  # (computed there)
+
+
 def test_threads_sharing_a_grammar_get_each_its_own_masks(tekken_vocab):
     """Masks computed by several threads on one shared grammar (its caches: masks, groups' rows, ORs,
     numbered cache keys, walks) equal those of a grammar each thread has to itself, along the same
