@@ -2171,8 +2171,12 @@ class PushdownGrammar:
     def mask_missed(self, q: int, stack) -> np.ndarray:
         """:meth:`mask` where its cache was read and has no row (the matcher reads it in C first):
         the row computed now, and cached."""
-        base = self._base_of(q)
+        base = self._base.get(q)
+        if base is None:
+            base = self._base_of(q)
         probe = _Probe(self, stack)
+        # (inside a lexeme that no terminal ends at q the input cannot end: no probe to run)
+        mid_lexeme = self._chosen[q] < 0 and q not in self._is_start
         if probe.lr is not None:  # (the recursion below, in C)
             ctx = self._miss_ctx
             if ctx is None or ctx[6] != self.mask_cache_size * 8:  # (made once: the same objects every miss)
@@ -2180,7 +2184,7 @@ class PushdownGrammar:
                                         self._ignore, self._end, self.mask_cache_size * 8, self._or_cache,
                                         self._paths, self._cross_walks)
             row = _cwalk.mask_miss(self, ctx, probe, base, self._zero_row)  # (may be a shared row)
-            ends = probe.can_end(q)
+            ends = not mid_lexeme and probe.can_end(q)
             if ends:  # (the end-of-sequence bits go into a row of this mask's own)
                 row = row.copy()
         else:
@@ -2193,14 +2197,20 @@ class PushdownGrammar:
             if sub is not None:
                 parts.append(sub)
             row = _or_rows(parts, self._W, fresh=True)
-            ends = probe.can_end(q)
+            ends = not mid_lexeme and probe.can_end(q)
         if ends:
             set_token_bits(row, self._eos)
         if probe.cacheable:
             depth = probe.max_read + 1
+            key = tuple(probe.cells[:depth])
             with self._lock:
-                entry = self._masks.setdefault(q, {})
-                entry.setdefault(depth, {})[tuple(probe.cells[:depth])] = row
+                entry = self._masks.get(q)
+                if entry is None:
+                    entry = self._masks[q] = {}
+                table = entry.get(depth)
+                if table is None:
+                    table = entry[depth] = {}
+                table[key] = row
                 self._n_cached += 1
                 if self._n_cached > self.mask_cache_size:
                     self._masks.clear()
