@@ -2192,41 +2192,65 @@ out:
  * ``terms`` the terminals in label order), and their groups ``cls`` (0: no parser check; the others
  * renumbered by first appearance). Equal signatures walk any byte string of at most ``depth`` bytes
  * alike, into the same groups, ending the same labels. */
-static PyObject *ball(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_chosen, b_cls, b_bc;
-    Py_ssize_t C, q, depth, lo = 0;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*y*|n", &b_trans, &C, &q, &depth, &b_chosen, &b_cls, &b_bc, &lo)) return NULL;
-    const int64_t *trans = b_trans.buf;
-    const int64_t *chosen = b_chosen.buf;
-    const int64_t *cls = b_cls.buf;
-    const int64_t *bc = b_bc.buf;
-    Py_ssize_t n = C ? b_trans.len / 8 / C : 0;
-    PyObject *result = NULL;
-    int32_t *label = NULL, *relabel = NULL, *sub = NULL, *ballcls = NULL, *rep = NULL;
-    int64_t *order = NULL, *terms = NULL;
-    if (q < 0 || q >= n || b_chosen.len < n * 8 || b_cls.len < n * 8 || b_bc.len != 256 * 8) {
-        PyErr_SetString(PyExc_ValueError, "ball: q out of range, chosen/cls shorter than the table, or bc not 256");
-        goto out;
+typedef struct {  /* a ball's reads and work arrays, for one lexer's n states and C classes */
+    const int64_t *trans, *chosen, *cls, *bc;
+    Py_ssize_t n, C, lo;
+    int32_t *label, *relabel, *ballcls, *rep;  /* label, relabel: -1 between balls */
+    int64_t *order, *terms;
+} ball_in;
+
+static void ball_in_free(ball_in *w) {
+    free(w->label); free(w->relabel); free(w->ballcls); free(w->rep); free(w->order); free(w->terms);
+}
+
+/* checks the tables once and makes the work arrays; 0, or -1 with an error set */
+static int ball_in_init(ball_in *w, const Py_buffer *trans, Py_ssize_t C, const Py_buffer *chosen, const Py_buffer *cls,
+                        const Py_buffer *bc, Py_ssize_t lo) {
+    memset(w, 0, sizeof *w);
+    Py_ssize_t n = C > 0 ? trans->len / 8 / C : 0;
+    w->trans = trans->buf; w->chosen = chosen->buf; w->cls = cls->buf; w->bc = bc->buf;
+    w->n = n; w->C = C; w->lo = lo;
+    if (C <= 0 || trans->len != n * C * 8 || chosen->len < n * 8 || cls->len < n * 8 || bc->len != 256 * 8) {
+        PyErr_SetString(PyExc_ValueError, "ball: the table is not n x C, chosen/cls shorter than it, or bc not 256");
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (cls[i] < 0 || cls[i] >= n) {
-            PyErr_SetString(PyExc_ValueError, "ball: cls out of 0 .. n - 1");
-            goto out;
-        }
+        if (w->cls[i] < 0 || w->cls[i] >= n) { PyErr_SetString(PyExc_ValueError, "ball: cls out of 0 .. n - 1"); return -1; }
+    }
+    for (Py_ssize_t i = 0; i < n * C; i++) {
+        if (w->trans[i] >= n) { PyErr_SetString(PyExc_ValueError, "ball: a target out of 0 .. n - 1"); return -1; }
     }
     for (int b = 0; b < 256; b++) {
-        if (bc[b] < 0 || bc[b] >= C) {
-            PyErr_SetString(PyExc_ValueError, "ball: bc out of 0 .. C - 1");
-            goto out;
-        }
+        if (w->bc[b] < 0 || w->bc[b] >= C) { PyErr_SetString(PyExc_ValueError, "ball: bc out of 0 .. C - 1"); return -1; }
     }
-    label = malloc((size_t)n * 4);
-    order = malloc((size_t)n * 8);
-    relabel = malloc((size_t)n * 4);
-    ballcls = malloc((size_t)C * 4);
-    rep = malloc((size_t)C * 4);
-    if (!label || !order || !relabel || !ballcls || !rep) { PyErr_NoMemory(); goto out; }
-    memset(label, 0xff, (size_t)n * 4);  /* -1: not in the ball */
+    Py_ssize_t m = n ? n : 1;
+    w->label = malloc((size_t)m * 4);
+    w->relabel = malloc((size_t)m * 4);
+    w->ballcls = malloc((size_t)C * 4);
+    w->rep = malloc((size_t)C * 4);
+    w->order = malloc((size_t)m * 8);
+    w->terms = malloc((size_t)m * 8);
+    if (!w->label || !w->relabel || !w->ballcls || !w->rep || !w->order || !w->terms) {
+        ball_in_free(w);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(w->label, 0xff, (size_t)m * 4);
+    memset(w->relabel, 0xff, (size_t)m * 4);
+    return 0;
+}
+
+/* the ball of local state q within depth steps (see ball below); NULL with an error set */
+static PyObject *ball_of(ball_in *w, Py_ssize_t q, Py_ssize_t depth) {
+    const int64_t *trans = w->trans, *chosen = w->chosen, *cls = w->cls, *bc = w->bc;
+    Py_ssize_t C = w->C, lo = w->lo;
+    int32_t *label = w->label, *relabel = w->relabel, *ballcls = w->ballcls, *rep = w->rep;
+    int64_t *order = w->order, *terms = w->terms;
+    PyObject *result = NULL;
+    if (q < 0 || q >= w->n) {
+        PyErr_SetString(PyExc_ValueError, "ball: q out of range");
+        return NULL;
+    }
     Py_ssize_t m = 1, start = 0;
     order[0] = q;
     label[q] = 0;
@@ -2243,9 +2267,8 @@ static PyObject *ball(PyObject *self, PyObject *args) {
         start = end;
     }
     /* the rows relabelled, column-major by the lexer's classes (a class's column is contiguous) */
-    sub = malloc((size_t)(m * C) * 4);
-    terms = malloc((size_t)m * 8);
-    if (!sub || !terms) { PyErr_NoMemory(); goto out; }
+    int32_t *sub = malloc((size_t)(m * C) * 4);
+    if (!sub) { PyErr_NoMemory(); goto out; }
     for (Py_ssize_t i = 0; i < m; i++) {
         const int64_t *row = trans + order[i] * C;
         for (Py_ssize_t c = 0; c < C; c++) {
@@ -2276,7 +2299,6 @@ static PyObject *ball(PyObject *self, PyObject *args) {
         int32_t *ch = (int32_t *)(p + 256 + m * nb * 4);
         int32_t *gr = (int32_t *)(p + 256 + m * nb * 4 + m * 4);
         /* groups renumbered by first appearance in the ball, group 0 (no parser check) kept as 0 */
-        memset(relabel, 0xff, (size_t)n * 4);
         relabel[0] = 0;
         int32_t next = 1;
         for (Py_ssize_t i = 0; i < m; i++) {
@@ -2300,11 +2322,80 @@ static PyObject *ball(PyObject *self, PyObject *args) {
     }
     Py_XDECREF(sig);
     Py_XDECREF(states);
+    free(sub);
 out:
-    free(label); free(order); free(relabel); free(sub); free(ballcls); free(rep); free(terms);
+    for (Py_ssize_t i = 0; i < m; i++) {  /* (the marks put back for the next ball) */
+        label[order[i]] = -1;
+        relabel[cls[order[i]]] = -1;
+    }
+    relabel[0] = -1;
+    return result;
+}
+
+static PyObject *ball(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_chosen, b_cls, b_bc;
+    Py_ssize_t C, q, depth, lo = 0;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*|n", &b_trans, &C, &q, &depth, &b_chosen, &b_cls, &b_bc, &lo)) return NULL;
+    PyObject *result = NULL;
+    ball_in w;
+    if (ball_in_init(&w, &b_trans, C, &b_chosen, &b_cls, &b_bc, lo) == 0) {
+        result = ball_of(&w, q, depth);
+        ball_in_free(&w);
+    }
     PyBuffer_Release(&b_trans); PyBuffer_Release(&b_chosen); PyBuffer_Release(&b_cls);
     PyBuffer_Release(&b_bc);
     return result;
+}
+
+/* ball_reader(trans, C, chosen, cls, bc, lo) -> a capsule that ball_at reads: the tables of one
+ * lexer checked once, held (their buffers) and the work arrays made once, for the many balls asked
+ * of a lexer one at a time (a ball's own argument parsing cost more than its work in most) */
+typedef struct {
+    Py_buffer b[4];
+    ball_in w;
+} ball_cap;
+
+static void ball_cap_free(PyObject *cap) {
+    ball_cap *r = PyCapsule_GetPointer(cap, "dotvllm.ball");
+    if (!r) return;
+    ball_in_free(&r->w);
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&r->b[i]);
+    free(r);
+}
+
+static PyObject *ball_reader(PyObject *self, PyObject *args) {
+    PyObject *o_trans, *o_chosen, *o_cls, *o_bc;
+    Py_ssize_t C, lo;
+    if (!PyArg_ParseTuple(args, "OnOOOn", &o_trans, &C, &o_chosen, &o_cls, &o_bc, &lo)) return NULL;
+    ball_cap *r = calloc(1, sizeof *r);
+    if (!r) return PyErr_NoMemory();
+    PyObject *objs[4] = {o_trans, o_chosen, o_cls, o_bc};
+    int got = 0;
+    for (; got < 4; got++)
+        if (PyObject_GetBuffer(objs[got], &r->b[got], PyBUF_SIMPLE) < 0) break;
+    PyObject *cap = NULL;
+    if (got == 4 && ball_in_init(&r->w, &r->b[0], C, &r->b[1], &r->b[2], &r->b[3], lo) == 0) {
+        cap = PyCapsule_New(r, "dotvllm.ball", ball_cap_free);
+        if (!cap) ball_in_free(&r->w);
+    }
+    if (!cap) {
+        for (int i = 0; i < got; i++) PyBuffer_Release(&r->b[i]);
+        free(r);
+    }
+    return cap;
+}
+
+/* ball_at(reader, q, depth): ball(...) of local state q of the reader's lexer */
+static PyObject *ball_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ball_at(reader, q, depth)");
+        return NULL;
+    }
+    ball_cap *r = PyCapsule_GetPointer(args[0], "dotvllm.ball");
+    if (!r) return NULL;
+    Py_ssize_t q = PyLong_AsSsize_t(args[1]), depth = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    return ball_of(&r->w, q, depth);
 }
 
 /* ---- json_cut: the product of dotvllm_plugin.regex.exclusion, in C --------------------------------
@@ -6240,6 +6331,8 @@ static PyMethodDef methods[] = {
     {"json_cut", json_cut, METH_VARARGS, "An automaton's product with a reader of JSON strings spelling given names."},
     {"reach_sets", reach_sets, METH_VARARGS, "Terminals each state or a later one chooses, as distinct bitsets."},
     {"ball", ball, METH_VARARGS, "States within a depth of one, breadth first, and the ball's signature."},
+    {"ball_reader", ball_reader, METH_VARARGS, "A lexer's tables checked and held for ball_at."},
+    {"ball_at", (PyCFunction)(void (*)(void))ball_at, METH_FASTCALL, "ball() of one state through a ball_reader."},
     {"run_rows", run_rows, METH_VARARGS, "Rows of the tokens spelled inside a character set, by count."},
     {"run_rows_at", run_rows_at, METH_VARARGS, "Row 0 of run_rows from another one's, re-read at some tokens."},
     {"byte_classes", byte_classes_c, METH_VARARGS, "Byte equivalence classes of a byte DFA table."},

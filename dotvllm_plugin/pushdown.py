@@ -1390,6 +1390,7 @@ class PushdownGrammar:
         self._masks: dict = {}
         self._walk_classes: dict[int, tuple] = {}  # lexer built here → its walks' byte classes (_walker's)
         self._lexer_args: dict[int, tuple] = {}  # lexer → what its walks read (:meth:`_walk_args`)
+        self._ball_readers: dict[int, object] = {}  # lexer → its tables as the C balls read them (:meth:`_canonical`)
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
@@ -1860,9 +1861,13 @@ class PushdownGrammar:
         alike)."""
         lexer = self._owner[q]
         if index._cwalk is not None:
-            ct, view, _, lo, chosen, groups = self._walk_args(lexer)
-            depth = self._max_token_len if BALL_SIGNATURES else len(chosen)
-            states, sig, terms = index._cwalk.ball(ct, ct.shape[1], q - lo, depth, chosen, groups[0], view.byte_class, lo)
+            reader = self._ball_readers.get(lexer)
+            if reader is None:  # (the lexer's tables checked and held once: a ball's own call costs little)
+                ct, view, _, lo, chosen, groups = self._walk_args(lexer)
+                reader = self._ball_readers[lexer] = index._cwalk.ball_reader(ct, ct.shape[1], chosen, groups[0],
+                                                                              view.byte_class, lo)
+            depth = self._max_token_len if BALL_SIGNATURES else len(self._blocks[lexer][1])
+            states, sig, terms = index._cwalk.ball_at(reader, q - self._lexer_lo[lexer], depth)
             return np.frombuffer(states, dtype=np.int64), sig, terms
         lo = self._lexer_lo[lexer]
         block, chosen = self._blocks[lexer]

@@ -324,6 +324,36 @@ def test_ball_signatures_equal_whole_automaton_signatures(tekken_vocab, tekken_t
 
 
 @pytest.mark.parametrize("spec", BOUNDED, ids=["object", "array"])
+def test_a_lexers_ball_reader_gives_the_one_off_balls_and_refuses_bad_tables(tekken_vocab, spec):
+    """``_cwalk.ball_at`` through a lexer's ``ball_reader`` (its tables checked and held once, the
+    work arrays reused from ball to ball) returns exactly what the one-off ``_cwalk.ball`` does, for
+    every state of every lexer, asked in any order; a table with a target outside the lexer, a class
+    out of range or a short ``chosen`` is refused when the reader is made."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(spec)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    g._build_all()
+    rng = np.random.default_rng(0)
+    for lexer in range(g.n_lexers):
+        ct, view, _, lo, chosen, groups = g._walk_args(lexer)
+        reader = index._cwalk.ball_reader(ct, ct.shape[1], chosen, groups[0], view.byte_class, lo)
+        for q in rng.permutation(len(chosen)).tolist():
+            for depth in (1, g._max_token_len):
+                one_off = index._cwalk.ball(ct, ct.shape[1], q, depth, chosen, groups[0], view.byte_class, lo)
+                assert index._cwalk.ball_at(reader, q, depth) == one_off, (lexer, q, depth)
+        with pytest.raises(ValueError):
+            index._cwalk.ball_at(reader, len(chosen), 1)
+    bad = ct.copy()
+    bad[0, 0] = len(chosen)
+    for args in ((bad, ct.shape[1], chosen, groups[0], view.byte_class, lo),
+                 (ct, ct.shape[1], chosen[:-1], groups[0], view.byte_class, lo),
+                 (ct, ct.shape[1], chosen, groups[0], view.byte_class + ct.shape[1], lo)):
+        with pytest.raises(ValueError):
+            index._cwalk.ball_reader(*args)
+
+
+@pytest.mark.parametrize("spec", BOUNDED, ids=["object", "array"])
 def test_c_balls_are_the_breadth_first_balls_and_equal_signatures_mean_equal_automata(tekken_vocab, spec,
                                                                                      monkeypatch):
     """The C ball (``_cwalk.ball``): the states within a token's length of ``q`` (the Python
