@@ -383,9 +383,9 @@ def _largest_count(regex: str) -> int:
 #: candidate sets, before sets are shared) builds them on first visit (a request visits few of a
 #: huge schema's); smaller ones build them at compile time, in the compile worker, so that the
 #: engine's step does less on first visits. Lark grammars always build them at compile time (the
-#: collision check needs them). (64 until the twenty-first session: building every corpus schema's
-#: lexers at compile time took 11 % off the MaskBench sample's mask time for 6 % more compile CPU,
-#: at most +55 ms a schema, the Kubernetes ones of ~150 lexers.)
+#: collision check needs them). (The bound was 64: building every corpus schema's lexers at compile
+#: time took 11 % off the MaskBench sample's mask time for 6 % more compile CPU, at most +55 ms a
+#: schema, the Kubernetes ones of ~150 lexers.)
 LAZY_MIN_LEXERS = 1024
 #: A terminal of a generated grammar is compiled on first use unless its automaton could be large
 #: (a counted repetition over this bound, a long regex): those are compiled, and refused when over
