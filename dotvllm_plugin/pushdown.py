@@ -709,10 +709,14 @@ def _expansion(compounds) -> tuple:
             np.array([t for m in members for t in m], dtype=np.int64), n_real, len(compounds.members))
 
 
+def _reach_words(n_real: int) -> int:
+    """The uint64 words of one of ``_cwalk.reach_sets``' bitsets over ``n_real`` real terminals."""
+    return max(1, (n_real + 63) // 64)
+
+
 def _ignored_bits(ignore, n_real: int) -> np.ndarray:
     """The ignored terminals as ``_cwalk.reach_sets``' bits (uint64 words)."""
-    words = max(1, (n_real + 63) // 64)
-    bits = np.zeros(words * 64, dtype=bool)
+    bits = np.zeros(_reach_words(n_real) * 64, dtype=bool)
     bits[[t for t in range(min(n_real, len(ignore))) if ignore[t]]] = True
     return np.packbits(bits, bitorder="little").view(np.uint64)
 
@@ -854,19 +858,10 @@ class _LazyReach:
     def _compute(self, lexer: int) -> None:
         g = self._grammar()
         lo = g._lexer_lo[lexer]
-        trans, chosen = g._blocks[lexer]
-        a = g.arrays
-        if "lex_reach_index" in a:  # (computed at compile time, with the lexers)
-            o0, o1 = lo, lo + len(chosen)
-            s0, s1 = int(a["lex_reach_set_offsets"][lexer]), int(a["lex_reach_set_offsets"][lexer + 1])
-            words = max(1, (g._compounds.base + 63) // 64)
-            group = a["lex_reach_groups"][o0:o1]
-            self._sets[lexer] = (lo, a["lex_reach_index"][o0:o1].tolist(),
-                                 _ReachSets(a["lex_reach_sets"][s0:s1].tobytes(), 8 * words, g._ignore))
-            self._groups[lexer] = (group, group.tolist())
-            return
-        if index._cwalk is not None:
-            index_of, sets, group = self._from_c(lexer, chosen)
+        chosen = g._blocks[lexer][1]
+        stored = "lex_reach_index" in g.arrays  # (computed at compile time, with the lexers)
+        if stored or index._cwalk is not None:
+            index_of, sets, group = (self._stored if stored else self._from_c)(lexer, chosen)
             index_of = index_of.tolist()  # (read one state at a time)
         else:
             values = _reachable_terminals(None, chosen, g._ignore, g._local_successors(lexer), g._compounds.expand)
@@ -888,7 +883,6 @@ class _LazyReach:
             self._expansion = _expansion(compounds)
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
-        words = max(1, (n_real + 63) // 64)
         ignored = self._ignored_bits
         if ignored is None:  # (the real terminals' flags: fixed for the grammar)
             ignored = self._ignored_bits = _ignored_bits(g._ignore, n_real)
@@ -897,8 +891,17 @@ class _LazyReach:
         # in use (numbered in the sets' order)
         group, sets, groups = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real,
                                                       ignored)
-        return (np.frombuffer(group, dtype=np.int64), _ReachSets(sets, 8 * words, g._ignore),
+        return (np.frombuffer(group, dtype=np.int64), _ReachSets(sets, 8 * _reach_words(n_real), g._ignore),
                 np.frombuffer(groups, dtype=np.int64))
+
+    def _stored(self, lexer: int, chosen: np.ndarray) -> tuple:
+        """:meth:`_from_c`'s results as the compile computed them with the lexers (``lex_reach_*``
+        arrays, :func:`_reach_arrays`)."""
+        g = self._grammar()
+        a, lo = g.arrays, g._lexer_lo[lexer]
+        s0, s1 = int(a["lex_reach_set_offsets"][lexer]), int(a["lex_reach_set_offsets"][lexer + 1])
+        sets = _ReachSets(a["lex_reach_sets"][s0:s1].tobytes(), 8 * _reach_words(g._compounds.base), g._ignore)
+        return a["lex_reach_index"][lo : lo + len(chosen)], sets, a["lex_reach_groups"][lo : lo + len(chosen)]
 
 
 # -- compile: LALR(1) tables through lark ---------------------------------------------------------
