@@ -126,90 +126,46 @@ static PyObject *split_core(const int64_t *ends, Py_ssize_t k, const char *rows,
                             const int64_t *lev, const int64_t *node, const int64_t *prev, Py_ssize_t E,
                             const int64_t *chosen);
 
-static PyObject *cwalk(PyObject *self, PyObject *args) {
-    Py_buffer b_trans, b_nodes, b_bc, b_off, b_starts, b_isi, b_ilev, b_inode, b_ist;
-    Py_ssize_t n_classes, n_roots;
+/* The walk itself on arguments its callers parsed and checked (cwalk: one call's buffers; walk_at:
+ * a lexer's, held by a walker capsule, and the call's own); holds no buffer, releases the GIL
+ * around the loop. */
+typedef struct {
+    const int64_t *trans, *bc, *off, *starts, *isi, *ilev, *inode, *ist, *cs, *ci, *cls, *split_chosen, *ifirst;
+    const trie_node *nd;
+    const uint64_t *runmask, *sigma;
+    const uint8_t *first, *first_ok;
+    Py_ssize_t n_classes, n_roots, n_starts, n_inj, n_words, n_states;
     int want_exits;
     long long max_produced;
-    /* Optional: csr_start, csr_ids (tokens ending at each node), n_words, n_states: then the
-     * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
-     * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
-     * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
-    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0}, b_cls = {0},
-              b_chosen = {0}, b_ifirst = {0};
-    Py_ssize_t n_words = 0, n_states = 0;
-    /* Optional after those: runmask (uint64 [n_nodes * 3]), first (uint8 [n_nodes]), sigma (uint64
-     * [3]), first_ok (uint8 [256]): a node whose runmask is inside sigma and whose first byte is
-     * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens); None for no such skip.
-     * Optional after those: cls (int64 [n_states], each in 0 .. n_states - 1, or None): the rows are
-     * per group of end states (``cls`` equal), each reported under the first of its states reached.
-     * Optional after that: chosen (int64 [n_states], with cls and exits): the result is split_core's
-     * of the walk's own buffers, not the buffers. Optional after that: ifirst (int64 [256], byte
-     * views only): an injected node's state is ifirst[its byte], the node dropped where that is
-     * negative (``ist`` and ``isi`` are then not read: pass empty ones); False when none is kept and
-     * there are no root starts. */
-    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nnz*z*z*z*z*z*z*", &b_trans, &n_classes, &b_nodes, &b_bc,
-                          &b_off, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
-                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
-                          &b_ifirst))
-        return NULL;
-    Py_buffer *const held[] = {&b_trans, &b_nodes, &b_bc, &b_off, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist,
-                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
-                               &b_ifirst};  /* (unset ones are zeroed) */
-#define RELEASE_HELD() for (size_t h_ = 0; h_ < sizeof held / sizeof *held; h_++) PyBuffer_Release(held[h_])
-    const uint64_t *runmask = b_run.buf;
-    const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
+} walk_in;
+
+static PyObject *walk_core(const walk_in *w) {
+    const int64_t *trans = w->trans, *bc = w->bc, *off = w->off, *starts = w->starts, *isi = w->isi, *ilev = w->ilev,
+                  *inode = w->inode, *ist = w->ist, *cs = w->cs, *ci = w->ci, *cls = w->cls,
+                  *split_chosen = w->split_chosen, *ifirst = w->ifirst;
+    const trie_node *nd = w->nd;
+    const uint64_t *runmask = w->runmask;
+    const uint8_t *first = w->first, *first_ok = w->first_ok;
+    const Py_ssize_t n_classes = w->n_classes, n_roots = w->n_roots, n_starts = w->n_starts, n_inj = w->n_inj,
+                     n_words = w->n_words, n_states = w->n_states;
+    const int want_exits = w->want_exits;
+    const long long max_produced = w->max_produced;
     uint64_t s0 = 0, s1 = 0, s2 = 0;
-    if (runmask && (b_run.len < b_nodes.len * 3 || b_first.len * 8 < b_nodes.len || b_sigma.len != 24 || b_fok.len != 256)) {
-        RELEASE_HELD();
-        PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
-        return NULL;
+    if (runmask) {  /* bits outside sigma */
+        s0 = ~w->sigma[0]; s1 = ~w->sigma[1]; s2 = ~w->sigma[2];
     }
-    const int64_t *cls = b_cls.buf, *split_chosen = b_chosen.buf, *ifirst = b_ifirst.buf;
-    if ((split_chosen && (!cls || !want_exits || !b_cs.buf || b_chosen.len != n_states * 8)) ||
-        (ifirst && b_ifirst.len != 256 * 8)) {
-        RELEASE_HELD();
-        PyErr_SetString(PyExc_ValueError, "chosen: with rows, groups and exits, one per state; ifirst: 256 states");
-        return NULL;
-    }
-    if (cls) {
-        int bad = b_cls.len < n_states * 8;
-        for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
-        if (bad) {
-            RELEASE_HELD();
-            PyErr_SetString(PyExc_ValueError, "cls: one group in 0 .. n_states - 1 per state");
-            return NULL;
-        }
-    }
-    if (runmask) {
-        const uint64_t *sg = b_sigma.buf;
-        s0 = ~sg[0]; s1 = ~sg[1]; s2 = ~sg[2];  /* bits outside sigma */
-    }
-    const int grouped = b_cs.buf != NULL;
-    const int64_t *cs = b_cs.buf, *ci = b_ci.buf;
+    const int grouped = cs != NULL;
     int64_t *gid = NULL;
     uint32_t *rows = NULL;
     vec ends = {0};
     Py_ssize_t rows_cap = 0;
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
-        if (!gid) {
-            RELEASE_HELD();
-            return PyErr_NoMemory();
-        }
+        if (!gid) return PyErr_NoMemory();
         for (Py_ssize_t q = 0; q < n_states; q++) gid[q] = -1;
     }
     /* a node's class is bc[node.sym]: sym is the node's byte (or class), bc its class (256 entries) */
-    const int64_t *trans = b_trans.buf, *bc = b_bc.buf, *off = b_off.buf;
-    const trie_node *nd = b_nodes.buf;
-    const int64_t *starts = b_starts.buf, *isi = b_isi.buf, *ilev = b_ilev.buf, *inode = b_inode.buf,
-                  *ist = b_ist.buf;
-    Py_ssize_t n_starts = b_starts.len / 8, n_inj = (ifirst ? b_ilev.len : b_isi.len) / 8, n_kept = 0;
-    if (ifirst && b_inode.len != b_ilev.len) {
-        RELEASE_HELD();
-        PyErr_SetString(PyExc_ValueError, "ifirst: one node per level");
-        return NULL;
-    }
+    Py_ssize_t n_kept = 0;
 
     vec out[7] = {{0}};
     /* Level by level: ``cur`` holds the surviving nodes of one level whose children are still to
@@ -314,8 +270,177 @@ done:
     free(rows);
     free(ends.p);
     free(gid);
+    return result;
+}
+
+static PyObject *cwalk(PyObject *self, PyObject *args) {
+    Py_buffer b_trans, b_nodes, b_bc, b_off, b_starts, b_isi, b_ilev, b_inode, b_ist;
+    Py_ssize_t n_classes, n_roots;
+    int want_exits;
+    long long max_produced;
+    /* Optional: csr_start, csr_ids (tokens ending at each node), n_words, n_states: then the
+     * token-ending nodes are not listed but their tokens' bits set in one packed row per end state,
+     * and the result starts (ends, rows) instead of (si, node, end): the end states in the order of
+     * their rows, and the rows as bytes of int32[len(ends) * n_words]. */
+    Py_buffer b_cs = {0}, b_ci = {0}, b_run = {0}, b_first = {0}, b_sigma = {0}, b_fok = {0}, b_cls = {0},
+              b_chosen = {0}, b_ifirst = {0};
+    Py_ssize_t n_words = 0, n_states = 0;
+    /* Optional after those: runmask (uint64 [n_nodes * 3]), first (uint8 [n_nodes]), sigma (uint64
+     * [3]), first_ok (uint8 [256]): a node whose runmask is inside sigma and whose first byte is
+     * first_ok is not visited (dotvllm_plugin.runs accounts for its tokens); None for no such skip.
+     * Optional after those: cls (int64 [n_states], each in 0 .. n_states - 1, or None): the rows are
+     * per group of end states (``cls`` equal), each reported under the first of its states reached.
+     * Optional after that: chosen (int64 [n_states], with cls and exits): the result is split_core's
+     * of the walk's own buffers, not the buffers. Optional after that: ifirst (int64 [256], byte
+     * views only): an injected node's state is ifirst[its byte], the node dropped where that is
+     * negative (``ist`` and ``isi`` are then not read: pass empty ones); False when none is kept and
+     * there are no root starts. */
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*ny*y*y*y*y*pL|y*y*nnz*z*z*z*z*z*z*", &b_trans, &n_classes, &b_nodes, &b_bc,
+                          &b_off, &n_roots, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist, &want_exits, &max_produced,
+                          &b_cs, &b_ci, &n_words, &n_states, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
+                          &b_ifirst))
+        return NULL;
+    Py_buffer *const held[] = {&b_trans, &b_nodes, &b_bc, &b_off, &b_starts, &b_isi, &b_ilev, &b_inode, &b_ist,
+                               &b_cs, &b_ci, &b_run, &b_first, &b_sigma, &b_fok, &b_cls, &b_chosen,
+                               &b_ifirst};  /* (unset ones are zeroed) */
+#define RELEASE_HELD() for (size_t h_ = 0; h_ < sizeof held / sizeof *held; h_++) PyBuffer_Release(held[h_])
+    const uint64_t *runmask = b_run.buf;
+    const uint8_t *first = b_first.buf, *first_ok = b_fok.buf;
+    if (runmask && (b_run.len < b_nodes.len * 3 || b_first.len * 8 < b_nodes.len || b_sigma.len != 24 || b_fok.len != 256)) {
+        RELEASE_HELD();
+        PyErr_SetString(PyExc_ValueError, "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256");
+        return NULL;
+    }
+    const int64_t *cls = b_cls.buf, *split_chosen = b_chosen.buf, *ifirst = b_ifirst.buf;
+    if ((split_chosen && (!cls || !want_exits || !b_cs.buf || b_chosen.len != n_states * 8)) ||
+        (ifirst && b_ifirst.len != 256 * 8)) {
+        RELEASE_HELD();
+        PyErr_SetString(PyExc_ValueError, "chosen: with rows, groups and exits, one per state; ifirst: 256 states");
+        return NULL;
+    }
+    if (cls) {
+        int bad = b_cls.len < n_states * 8;
+        for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
+        if (bad) {
+            RELEASE_HELD();
+            PyErr_SetString(PyExc_ValueError, "cls: one group in 0 .. n_states - 1 per state");
+            return NULL;
+        }
+    }
+    if (ifirst && b_inode.len != b_ilev.len) {
+        RELEASE_HELD();
+        PyErr_SetString(PyExc_ValueError, "ifirst: one node per level");
+        return NULL;
+    }
+    walk_in w = {
+        .trans = b_trans.buf, .bc = b_bc.buf, .off = b_off.buf, .starts = b_starts.buf, .isi = b_isi.buf,
+        .ilev = b_ilev.buf, .inode = b_inode.buf, .ist = b_ist.buf, .cs = b_cs.buf, .ci = b_ci.buf, .cls = cls,
+        .split_chosen = split_chosen, .ifirst = ifirst, .nd = b_nodes.buf, .runmask = runmask, .sigma = b_sigma.buf,
+        .first = first, .first_ok = first_ok, .n_classes = n_classes, .n_roots = n_roots, .n_starts = b_starts.len / 8,
+        .n_inj = (ifirst ? b_ilev.len : b_isi.len) / 8, .n_words = n_words, .n_states = n_states,
+        .want_exits = want_exits, .max_produced = max_produced};
+    PyObject *result = walk_core(&w);
     RELEASE_HELD();
 #undef RELEASE_HELD
+    return result;
+}
+
+/* walker(trans, n_classes, nodes, bc, level_off, n_roots, csr_start, csr_ids, n_words, n_states, cls, chosen,
+ * max_produced) -> a capsule that walk_at reads: what cwalk reads of one lexer and one trie view
+ * for the pushdown matcher's walks (grouped rows, exits, split by ``chosen``), checked once and
+ * held (their buffers): a walk's own call then parses a few small arguments, not eighteen. */
+typedef struct {
+    Py_buffer b[8];  /* trans, nodes, bc, level_off, csr_start, csr_ids, cls, chosen */
+    walk_in w;
+} walker_cap;
+
+static void walker_cap_free(PyObject *cap) {
+    walker_cap *r = PyCapsule_GetPointer(cap, "dotvllm.walker");
+    if (!r) return;
+    for (int i = 0; i < 8; i++) PyBuffer_Release(&r->b[i]);
+    free(r);
+}
+
+static PyObject *walker(PyObject *self, PyObject *args) {
+    PyObject *o[8];
+    Py_ssize_t n_classes, n_roots, n_words, n_states;
+    long long max_produced;
+    if (!PyArg_ParseTuple(args, "OnOOOnOOnnOOL", &o[0], &n_classes, &o[1], &o[2], &o[3], &n_roots, &o[4], &o[5],
+                          &n_words, &n_states, &o[6], &o[7], &max_produced))
+        return NULL;
+    walker_cap *r = calloc(1, sizeof *r);
+    if (!r) return PyErr_NoMemory();
+    int got = 0;
+    for (; got < 8; got++)
+        if (PyObject_GetBuffer(o[got], &r->b[got], PyBUF_SIMPLE) < 0) break;
+    PyObject *cap = NULL;
+    if (got == 8) {
+        const int64_t *cls = r->b[6].buf;
+        int bad = n_classes <= 0 || n_states <= 0 || n_words <= 0 || n_roots < 0 ||
+                  r->b[0].len < n_states * n_classes * 8 || r->b[2].len != 256 * 8 || r->b[3].len < 8 ||
+                  r->b[6].len < n_states * 8 || r->b[7].len != n_states * 8 || r->b[1].len % 8;
+        for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "walker: a table of n_states * n_classes, 256 byte classes, level offsets, "
+                                              "one group in 0 .. n_states - 1 and one terminal per state");
+        } else {
+            walk_in *w = &r->w;
+            w->trans = r->b[0].buf; w->nd = r->b[1].buf; w->bc = r->b[2].buf; w->off = r->b[3].buf;
+            w->cs = r->b[4].buf; w->ci = r->b[5].buf; w->cls = cls; w->split_chosen = r->b[7].buf;
+            w->n_classes = n_classes; w->n_roots = n_roots; w->n_words = n_words; w->n_states = n_states;
+            w->want_exits = 1; w->max_produced = max_produced;
+            cap = PyCapsule_New(r, "dotvllm.walker", walker_cap_free);
+        }
+    }
+    if (!cap) {
+        for (int i = 0; i < got; i++) PyBuffer_Release(&r->b[i]);
+        free(r);
+    }
+    return cap;
+}
+
+/* walk_at(walker, starts, inj_level, inj_node, ifirst, runmask, first, sigma, first_ok): cwalk's
+ * walk of the walker's lexer, split (split_core's result; None past max_produced; False where
+ * ``ifirst`` keeps no node and there are no starts). ``starts`` (int64 local states) or None;
+ * ``inj_level``, ``inj_node`` and ``ifirst`` (int64, 256 states) all three or None: nodes resumed at
+ * ifirst[their byte]; the last four (the run skip) all four or None. */
+static PyObject *walk_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "walk_at(walker, starts, inj_level, inj_node, ifirst, runmask, first, sigma, first_ok)");
+        return NULL;
+    }
+    walker_cap *r = PyCapsule_GetPointer(args[0], "dotvllm.walker");
+    if (!r) return NULL;
+    Py_buffer b[8] = {{0}};  /* starts, inj_level, inj_node, ifirst, runmask, first, sigma, first_ok */
+    int got = 1;
+    for (int i = 0; got && i < 8; i++)
+        if (args[i + 1] != Py_None && PyObject_GetBuffer(args[i + 1], &b[i], PyBUF_SIMPLE) < 0) got = 0;
+    walk_in w = r->w;
+    const char *bad = NULL;
+    if (got) {
+        int inj = b[1].buf != NULL, run = b[4].buf != NULL;
+        if (inj != (b[2].buf != NULL) || inj != (b[3].buf != NULL) || (inj && (b[1].len != b[2].len || b[3].len != 256 * 8)))
+            bad = "inj_level, inj_node and ifirst: all three (one node per level, 256 states) or none";
+        else if (run != (b[5].buf != NULL) || run != (b[6].buf != NULL) || run != (b[7].buf != NULL) ||
+                 (run && (b[4].len < r->b[1].len * 3 || b[5].len * 8 < r->b[1].len || b[6].len != 24 || b[7].len != 256)))
+            bad = "run arguments: 3 mask words and a first byte per node, sigma 3 words, first_ok 256; all four or none";
+        else if (b[0].len % 8 || b[1].len % 8)
+            bad = "starts and injected nodes: int64";
+        if (!bad) {
+            w.starts = b[0].buf; w.n_starts = b[0].len / 8;
+            w.ilev = b[1].buf; w.inode = b[2].buf; w.ifirst = b[3].buf; w.n_inj = b[1].len / 8;
+            w.runmask = b[4].buf; w.first = b[5].buf; w.sigma = b[6].buf; w.first_ok = b[7].buf;
+            for (Py_ssize_t i = 0; i < w.n_starts && !bad; i++)
+                if (w.starts[i] < 0 || w.starts[i] >= w.n_states) bad = "starts: local states";
+            Py_ssize_t depth = r->b[3].len / 8 - 1;  /* (levels: level_off has one more entry) */
+            for (Py_ssize_t i = 0; i < w.n_inj && !bad; i++)
+                if (w.ilev[i] < 0 || w.ilev[i] >= depth || w.inode[i] < 0 || w.inode[i] >= w.off[w.ilev[i] + 1] - w.off[w.ilev[i]])
+                    bad = "injected nodes: a level of the trie and a node of that level";
+        }
+        if (bad) PyErr_SetString(PyExc_ValueError, bad);
+    }
+    PyObject *result = got && !bad ? walk_core(&w) : NULL;
+    for (int i = 0; i < 8; i++) PyBuffer_Release(&b[i]);  /* (unset ones are zeroed) */
     return result;
 }
 
@@ -2330,6 +2455,58 @@ out:
     }
     relabel[0] = -1;
     return result;
+}
+
+/* reach_tuples(sets, step, ignored) -> list: each of the bitsets ``sets`` (``step`` bytes each,
+ * uint64 words, bit t: real terminal t) as pushdown's _reach_of_bits reads it: its terminals
+ * ascending as a tuple, None when it has none or one of ``ignored``'s (uint64 words, as many). */
+static PyObject *reach_tuples(PyObject *self, PyObject *args) {
+    Py_buffer b_sets, b_ign;
+    Py_ssize_t step;
+    if (!PyArg_ParseTuple(args, "y*ny*", &b_sets, &step, &b_ign)) return NULL;
+    PyObject *out = NULL;
+    if (step <= 0 || step % 8 || b_sets.len % step || b_ign.len != step) {
+        PyErr_SetString(PyExc_ValueError, "reach_tuples: sets of step bytes (uint64 words), ignored one set");
+        goto done;
+    }
+    Py_ssize_t n = b_sets.len / step, words = step / 8;
+    const uint64_t *ign = b_ign.buf;
+    out = PyList_New(n);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        const uint64_t *s = (const uint64_t *)((const char *)b_sets.buf + i * step);
+        Py_ssize_t count = 0;
+        int ignored = 0;
+        for (Py_ssize_t k = 0; k < words; k++) {
+            uint64_t w;
+            memcpy(&w, s + k, 8);
+            count += __builtin_popcountll(w);
+            ignored |= (w & ign[k]) != 0;
+        }
+        PyObject *item;
+        if (!count || ignored) {
+            item = Py_None;
+            Py_INCREF(item);
+        } else {
+            item = PyTuple_New(count);
+            Py_ssize_t j = 0;
+            for (Py_ssize_t k = 0; item && k < words; k++) {
+                uint64_t w;
+                memcpy(&w, s + k, 8);
+                while (w) {
+                    PyObject *t = PyLong_FromLongLong(k * 64 + __builtin_ctzll(w));
+                    if (!t) { Py_CLEAR(item); break; }
+                    PyTuple_SET_ITEM(item, j++, t);
+                    w &= w - 1;
+                }
+            }
+        }
+        if (!item) { Py_CLEAR(out); break; }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    PyBuffer_Release(&b_sets);
+    PyBuffer_Release(&b_ign);
+    return out;
 }
 
 static PyObject *ball(PyObject *self, PyObject *args) {
@@ -6350,6 +6527,9 @@ static PyMethodDef methods[] = {
     {"product", product, METH_VARARGS, "Breadth-first product of automata laid out in one class table."},
     {"lexer_chosen", lexer_chosen, METH_VARARGS, "A longest-match contextual lexer and its states' terminals."},
     {"gadgets", gadgets, METH_VARARGS, "Members of look-alike loop gadgets around self-loop roots."},
+    {"walker", walker, METH_VARARGS, "A lexer's walk arguments checked and held once, for walk_at."},
+    {"walk_at", (PyCFunction)(void (*)(void))walk_at, METH_FASTCALL, "cwalk's split walk of a walker's lexer."},
+    {"reach_tuples", reach_tuples, METH_VARARGS, "Reach bitsets read as sorted tuples of terminals (None: empty or ignored)."},
     {"walk", cwalk, METH_VARARGS, "Depth-first token-trie walk through a DFA (see the file header)."},
     {"token_csr", token_csr, METH_VARARGS, "Tokens ending at each trie node, as CSR arrays."},
     {"token_bits", token_bits, METH_VARARGS, "Packed token mask of the tokens ending at some nodes."},

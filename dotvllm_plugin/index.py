@@ -997,8 +997,35 @@ def _materialize(ct: ClassTrie, nodes: np.ndarray, eos, W: int) -> np.ndarray:
 
 def byte_view(vocab: Vocabulary, byte_class: np.ndarray, n_classes: int) -> ClassTrie:
     """The vocabulary's byte trie labelled with ``byte_class`` (no merging: node ids are the byte
-    trie's, the same for every automaton, so walks of different automata can hand over nodes)."""
-    return ClassTrie(vocab.byte_trie(), np.asarray(byte_class), n_classes, merge=False)
+    trie's, the same for every automaton, so walks of different automata can hand over nodes).
+    Every view of a vocabulary shares its trie's tables: after the first, a view is a copy of those
+    references with its own classes (a lexer's first walk makes one)."""
+    trie = vocab.byte_trie()
+    byte_class = np.asarray(byte_class)
+    shared = trie.__dict__.get("_byte_view_shared")
+    if shared is None:
+        view = ClassTrie(trie, byte_class, n_classes, merge=False)
+        trie.__dict__["_byte_view_shared"] = {k: v for k, v in view.__dict__.items() if k not in _VIEW_OWN}
+        return view
+    view = ClassTrie.__new__(ClassTrie)
+    view.__dict__.update(shared)
+    view.byte_class = byte_class
+    view.cls = _LevelClasses(trie, byte_class, view.depth)
+    if _cwalk is not None:  # (the C walk's arguments: the trie's, and these classes)
+        c_args = trie.__dict__.get("_byte_view_c")
+        if c_args is None:
+            nodes, _, off, n_root, cs, ci = (*_c_walk_view(view), *_token_csr(view))
+            c_args = trie.__dict__["_byte_view_c"] = (nodes, off, n_root, cs, ci)
+        nodes, off, n_root, cs, ci = c_args
+        bc = np.ascontiguousarray(byte_class, dtype=np.int64)
+        view.__dict__["_c_walk_view"] = (nodes, bc, off, n_root)
+        view.__dict__["_c_split_args"] = (nodes, bc, off, n_root, cs, ci)
+    return view
+
+
+#: What a byte view holds of its own (the rest is its trie's, :func:`byte_view`): its classes and
+#: what is derived from them on use.
+_VIEW_OWN = frozenset({"cls", "byte_class", "_flat_structure", "_c_walk_view", "_c_split_args"})
 
 
 def walk(class_trans: np.ndarray, view: ClassTrie, states=None, *, inject=None, want_exits: bool = False):
@@ -1034,15 +1061,16 @@ def walk_rows_by_end(class_trans: np.ndarray, view: ClassTrie, words: int, state
 
 
 def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, level: np.ndarray,
-                         node: np.ndarray, first: np.ndarray, groups=None, chosen=None):
+                         node: np.ndarray, first: np.ndarray, groups=None, chosen=None, walker=None):
     """:func:`walk_rows_by_end` resumed at trie nodes that start a lexeme: ``(level, level-local
     node)`` pairs, each stepped by its own byte from the row ``first`` (the lexeme-start state's, -1
     dead, -2 exit). None when no node survives that step. ``groups``: as for
     :func:`walk_rows_by_end`; with ``chosen`` too, the result of :func:`walk_split`. One C call with
     flat arrays (the hot path of the pushdown matcher's first visits); per level through the numpy
-    walk otherwise."""
+    walk otherwise. ``walker``: as for :func:`walk_split`."""
     if _cwalk is not None and USE_C_WALK and chosen is not None:  # (the resumed states, the walk, its split)
-        return walk_split(class_trans, view, words, groups, chosen, inject=(level, node), inject_first=first)
+        return walk_split(class_trans, view, words, groups, chosen, inject=(level, node), inject_first=first,
+                          walker=walker)
     walked = walk_rows_by_end if chosen is None else functools.partial(walk_split, chosen=chosen)
     if _cwalk is None or not USE_C_WALK:
         trie = view.cls.trie
@@ -1065,8 +1093,24 @@ def walk_rows_from_nodes(class_trans: np.ndarray, view: ClassTrie, words: int, l
                   groups=groups)
 
 
+def walker(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.ndarray, chosen: np.ndarray):
+    """What :func:`walk_split`'s C walk reads of one automaton and view, checked and held once (a
+    capsule for ``walker=``: a lexer walked many times then pays a few small arguments a walk, not
+    its tables again), or None without the C walk."""
+    if _cwalk is None or not USE_C_WALK:
+        return None
+    fixed = view.__dict__.get("_c_split_args")
+    if fixed is None:
+        fixed = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
+    nodes, byte_class, off, n_root, cs, ci = fixed
+    i64 = np.int64
+    return _cwalk.walker(np.ascontiguousarray(class_trans, dtype=i64), class_trans.shape[1], nodes, byte_class, off,
+                         n_root, cs, ci, words, class_trans.shape[0], np.ascontiguousarray(groups, dtype=i64),
+                         np.ascontiguousarray(chosen, dtype=i64), MAX_INDEX_ENTRIES)
+
+
 def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.ndarray, chosen: np.ndarray,
-               states=None, *, inject=None, skip=None, inject_first=None):
+               states=None, *, inject=None, skip=None, inject_first=None, walker=None):
     """:func:`walk_rows_by_end` with ``groups`` (int64 per state; group 0: tokens that need no
     parser check) as the pushdown matcher keeps a walk: ``(free, ((end state, row), ...), exits)``,
     ``free`` the row of group 0 or None, one row per other group under the first of its end states
@@ -1075,9 +1119,20 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
     own buffers (:func:`walk_rows_by_end` and numpy are the reference). ``inject_first`` (C walk,
     byte views): ``inject`` is ``(level, level-local node)`` and each node's state is
     ``inject_first[its byte]``, the node dropped where that is negative; None when no node is kept
-    and ``states`` is None."""
+    and ``states`` is None. ``walker``: :func:`walker`'s capsule of these arguments (the C walk then
+    reads them from it: states, byte-view injections and skips only)."""
     if _cwalk is not None and USE_C_WALK:
-        got = _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first)
+        if walker is not None and (inject is None or inject_first is not None):
+            i64 = np.int64
+            got = _cwalk.walk_at(walker, None if states is None else np.ascontiguousarray(states, dtype=i64),
+                                 *((None, None, None) if inject is None else
+                                   (np.ascontiguousarray(inject[0], dtype=i64), np.ascontiguousarray(inject[1], dtype=i64),
+                                    np.ascontiguousarray(inject_first, dtype=i64))),
+                                 *(skip or (None, None, None, None)))
+            if got is None:
+                raise _walk_too_large()
+        else:
+            got = _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first)
         if got is False:
             return None
         free, pending, by_term = got

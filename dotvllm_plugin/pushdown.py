@@ -891,8 +891,19 @@ class _LazyReach:
         # in use (numbered in the sets' order)
         group, sets, groups = index._cwalk.reach_sets(ct, ct.shape[1], g._chosen_of(lexer), start, terms, n_real,
                                                       ignored)
-        return (np.frombuffer(group, dtype=np.int64), _ReachSets(sets, 8 * _reach_words(n_real), g._ignore),
+        return (np.frombuffer(group, dtype=np.int64), self._read_sets(sets, 8 * _reach_words(n_real)),
                 np.frombuffer(groups, dtype=np.int64))
+
+    def _read_sets(self, raw: bytes, step: int):
+        """A lexer's distinct reach bitsets as reach sets: all at once in C (``_cwalk.reach_tuples``,
+        a fraction of a microsecond each), else :class:`_ReachSets` (each on first use)."""
+        g = self._grammar()
+        if index._cwalk is not None:
+            ignored = self._ignored_bits
+            if ignored is None:
+                ignored = self._ignored_bits = _ignored_bits(g._ignore, g._compounds.base)
+            return index._cwalk.reach_tuples(raw, step, ignored)
+        return _ReachSets(raw, step, g._ignore)
 
     def _stored(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:meth:`_from_c`'s results as the compile computed them with the lexers (``lex_reach_*``
@@ -900,7 +911,7 @@ class _LazyReach:
         g = self._grammar()
         a, lo = g.arrays, g._lexer_lo[lexer]
         s0, s1 = int(a["lex_reach_set_offsets"][lexer]), int(a["lex_reach_set_offsets"][lexer + 1])
-        sets = _ReachSets(a["lex_reach_sets"][s0:s1].tobytes(), 8 * _reach_words(g._compounds.base), g._ignore)
+        sets = self._read_sets(a["lex_reach_sets"][s0:s1].tobytes(), 8 * _reach_words(g._compounds.base))
         return a["lex_reach_index"][lo : lo + len(chosen)], sets, a["lex_reach_groups"][lo : lo + len(chosen)]
 
 
@@ -1394,6 +1405,7 @@ class PushdownGrammar:
         self._walk_classes: dict[int, tuple] = {}  # lexer built here → its walks' byte classes (_walker's)
         self._lexer_args: dict[int, tuple] = {}  # lexer → what its walks read (:meth:`_walk_args`)
         self._ball_readers: dict[int, object] = {}  # lexer → its tables as the C balls read them (:meth:`_canonical`)
+        self._walk_caps: dict[int, object] = {}  # lexer → its tables as the C walks read them (:meth:`_walk_cap`)
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
@@ -1851,6 +1863,15 @@ class PushdownGrammar:
                                              self._reach.groups(lexer))
         return got
 
+    def _walk_cap(self, lexer: int):
+        """``lexer``'s walk arguments held by the C walk (:func:`index.walker`), made on first use; None
+        without the C walk."""
+        got = self._walk_caps.get(lexer, _MISSING)
+        if got is _MISSING:
+            ct, view, _, _, chosen, groups = self._walk_args(lexer)
+            got = self._walk_caps[lexer] = index.walker(ct, view, self._W, groups[0], chosen)
+        return got
+
     def _canonical(self, q: int):
         """States within a token's length of ``q`` in breadth-first order, a signature of that ball
         of the automaton, and the terminals its lexemes end (``terms``): the ball's own byte classes,
@@ -1945,7 +1966,7 @@ class PushdownGrammar:
                 shortcut = runs.plan(self.vocabulary, ct, view.byte_class, q - lo,
                                      self._run_memo.setdefault(lexer, {}), reach_groups[1])
             walked = index.walk_split(ct, view, self._W, reach_groups[0], chosen, states[:1] - lo,
-                                      skip=None if shortcut is None else shortcut.skip)
+                                      skip=None if shortcut is None else shortcut.skip, walker=self._walk_cap(lexer))
             free, groups, exits = self._split(lo, walked, () if shortcut is None else shortcut.ends)
         if groups:  # (ball positions: the states are distinct, in ball order)
             order = states.tolist()
@@ -2011,7 +2032,7 @@ class PushdownGrammar:
                 mapped.append((int(ball[at[0]]), row))
             d_pending = mapped
         walked = index.walk_split(ct, view, self._W, reach_groups[0], chosen, states[:1] - lo,
-                                  skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take))
+                                  skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take), walker=self._walk_cap(lexer))
         free, pending, exits = self._split(lo, walked, d_pending)
         if d_free is not None:
             free = d_free if free is None else free | d_free
@@ -2070,7 +2091,8 @@ class PushdownGrammar:
         got = self._cross_walks.get(content)
         if got is None:
             ct, view, first, lo, chosen, groups = self._walk_args(lexer)
-            walked = index.walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=groups[0], chosen=chosen)
+            walked = index.walk_rows_from_nodes(ct, view, self._W, level, node, first, groups=groups[0], chosen=chosen,
+                                                walker=self._walk_cap(lexer))
             got = (None, (), ()) if walked is None else self._split(lo, walked)
             self._cross_walks[content] = got
         self._cross_cache[key] = got

@@ -293,6 +293,9 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
                         continue  # (the numpy walk has no skip)
                     got = index.walk_split(ct, view, W, groups, chosen, start, skip=skip)
                     check(got, ref, use_c)
+                    if use_c:  # (the lexer's arguments held by a walker capsule: the same walk)
+                        cap = index.walker(ct, view, W, groups, chosen)
+                        check(index.walk_split(ct, view, W, groups, chosen, start, skip=skip, walker=cap), ref, True)
                     compared += 1
                     exits_seen += len(ref[2]) > 0
                     skipped += skip is not None
@@ -308,10 +311,103 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
                 monkeypatch.setattr(index, "USE_C_WALK", use_c)
                 got = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen)
                 assert (walked is None) == (got is None)
+                if use_c:
+                    held = index.walk_rows_from_nodes(ct, view, W, level, node, first, groups=groups, chosen=chosen,
+                                                      walker=index.walker(ct, view, W, groups, chosen))
+                    assert (held is None) == (got is None)
+                    if held is not None:
+                        check(held, index.split_walk(*walked, groups, chosen), True)
                 resumed += walked is not None
                 if walked is not None:
                     check(got, index.split_walk(*walked, groups, chosen), use_c)
     assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c) and resumed > 10
+
+
+def test_a_walker_refuses_bad_tables_and_arguments(tekken_vocab):
+    """``_cwalk.walker`` checks a lexer's tables once (groups in range, one terminal per state, 256
+    byte classes) and ``walk_at`` each call's own arguments (local start states, injected nodes of
+    the trie's levels, all three injection arrays or none, all four skip arrays or none)."""
+    from dotvllm_plugin import index, pushdown
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(TREE)
+    assert isinstance(g, pushdown.PushdownGrammar)
+    ct, view, first, lo, chosen, groups = g._walk_args(0)
+    W = (tekken_vocab.size + 31) // 32
+    n = ct.shape[0]
+    cap = index.walker(ct, view, W, groups[0], chosen)
+    start = np.array([0], dtype=np.int64)
+    assert index.walk_split(ct, view, W, groups[0], chosen, start, walker=cap) is not None
+    bad_groups = groups[0].copy()
+    bad_groups[-1] = n
+    with pytest.raises(ValueError, match="one group"):
+        index.walker(ct, view, W, bad_groups, chosen)
+    with pytest.raises(ValueError, match="one group"):
+        index.walker(ct, view, W, groups[0], chosen[:-1])
+    nodes, bc, off, n_root, cs, ci = view.__dict__["_c_split_args"]
+    with pytest.raises(ValueError, match="256 byte classes"):
+        index._cwalk.walker(ct, ct.shape[1], nodes, bc[:255], off, n_root, cs, ci, W, n, groups[0], chosen,
+                            index.MAX_INDEX_ENTRIES)
+    none4 = (None, None, None, None)
+    with pytest.raises(ValueError, match="local states"):
+        index._cwalk.walk_at(cap, np.array([n], dtype=np.int64), None, None, None, *none4)
+    one = np.zeros(1, dtype=np.int64)
+    with pytest.raises(ValueError, match="all three"):
+        index._cwalk.walk_at(cap, None, one, one, None, *none4)
+    with pytest.raises(ValueError, match="a level of the trie"):
+        index._cwalk.walk_at(cap, None, np.array([len(off) - 1], dtype=np.int64), one, first, *none4)
+    with pytest.raises(ValueError, match="a level of the trie"):
+        index._cwalk.walk_at(cap, None, one, np.array([off[1] - off[0]], dtype=np.int64), first, *none4)
+    with pytest.raises(ValueError, match="all four"):
+        index._cwalk.walk_at(cap, start, None, None, None, None, None, None, np.zeros(256, dtype=np.uint8))
+    with pytest.raises(ValueError, match="invalid PyCapsule"):
+        index._cwalk.walk_at(object(), start, None, None, None, *none4)
+
+
+def test_byte_views_share_their_tries_tables_and_keep_their_own_classes(tekken_vocab):
+    """A byte view after the vocabulary's first is a copy of the trie's references with its own
+    classes: the same C walk arguments and level classes as a view made from scratch."""
+    from dotvllm_plugin import index
+
+    rng = np.random.default_rng(2)
+    trie = tekken_vocab.byte_trie()
+    index.byte_view(tekken_vocab, np.zeros(256, dtype=np.int64), 1)
+    for _ in range(5):
+        k = int(rng.integers(1, 9))
+        bc = rng.integers(0, k, 256).astype(np.int64)
+        view = index.byte_view(tekken_vocab, bc, k)
+        fresh = index.ClassTrie(trie, bc, k, merge=False)
+        assert view.depth == fresh.depth and view.n_nodes == fresh.n_nodes
+        for d in (0, 1, view.depth - 1):
+            assert np.array_equal(view.cls[d], fresh.cls[d])
+        if index._cwalk is not None:
+            for a, b in zip((*index._c_walk_view(view), *index._token_csr(view)),
+                            (*index._c_walk_view(fresh), *index._token_csr(fresh))):
+                assert np.array_equal(a, b)
+
+
+def test_reach_tuples_read_bitsets_as_reach_sets(tekken_vocab):
+    """``_cwalk.reach_tuples`` reads a lexer's distinct reach bitsets all at once as
+    ``_reach_of_bits`` reads each: the terminals ascending, None when empty or one is ignored."""
+    from dotvllm_plugin import index
+    from dotvllm_plugin.pushdown import _ignored_bits, _reach_of_bits, _reach_words
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(3)
+    kinds = set()
+    for n_real in (1, 5, 63, 64, 65, 200):
+        ignore = (rng.random(n_real) < 0.1).tolist()
+        step = 8 * _reach_words(n_real)
+        sets = [sum(1 << t for t in range(n_real) if rng.random() < p) for p in rng.choice([0.0, 0.05, 0.3], 40)]
+        got = index._cwalk.reach_tuples(b"".join(b.to_bytes(step, "little") for b in sets), step,
+                                        _ignored_bits(ignore, n_real))
+        assert got == [_reach_of_bits(b, ignore) for b in sets]
+        kinds.update(x is None for x in got)
+    assert kinds == {True, False}
+    with pytest.raises(ValueError):
+        index._cwalk.reach_tuples(b"\0" * 12, 8, np.zeros(1, dtype=np.uint64))
 
 
 @pytest.mark.parametrize("spec", [PERSON, TREE, UNION], ids=["regular", "recursive", "union"])
