@@ -131,6 +131,8 @@ class ClassTrie:
 class _LevelClasses:
     """``cls[d]`` of a byte view (the class of every level-``d`` node), computed on first use."""
 
+    __slots__ = ("trie", "byte_class", "depth", "levels")
+
     def __init__(self, trie, byte_class: np.ndarray, depth: int):
         self.trie, self.byte_class, self.depth = trie, byte_class, depth
         self.levels: dict[int, np.ndarray] = {}

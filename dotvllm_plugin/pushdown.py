@@ -792,12 +792,14 @@ def _reach_of_bits(b: int, ignore) -> tuple | None:
 
 class _ReachSets:
     """The distinct reach sets of a lexer (:meth:`_LazyReach._from_c`), read as
-    :func:`_reach_of_bits` on first use: a walk asks for the sets of a few end states."""
+    :func:`_reach_of_bits` on first use: a walk asks for the sets of a few end states. With
+    ``ignored`` (the ignored terminals' bits, :func:`_ignored_bits`) a set is read in C
+    (``_cwalk.reach_tuples``)."""
 
-    __slots__ = ("_raw", "_step", "_ignore", "_read")
+    __slots__ = ("_raw", "_step", "_ignore", "_read", "_ignored")
 
-    def __init__(self, raw: bytes, step: int, ignore) -> None:
-        self._raw, self._step, self._ignore = raw, step, ignore
+    def __init__(self, raw: bytes, step: int, ignore, ignored=None) -> None:
+        self._raw, self._step, self._ignore, self._ignored = raw, step, ignore, ignored
         self._read: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -810,7 +812,9 @@ class _ReachSets:
         if not 0 <= i < len(self):
             raise IndexError(i)
         k = i * self._step
-        got = self._read[i] = _reach_of_bits(int.from_bytes(self._raw[k : k + self._step], "little"), self._ignore)
+        raw = self._raw[k : k + self._step]
+        got = self._read[i] = (_reach_of_bits(int.from_bytes(raw, "little"), self._ignore) if self._ignored is None
+                               else index._cwalk.reach_tuples(raw, self._step, self._ignored)[0])
         return got
 
 
@@ -894,16 +898,16 @@ class _LazyReach:
         return (np.frombuffer(group, dtype=np.int64), self._read_sets(sets, 8 * _reach_words(n_real)),
                 np.frombuffer(groups, dtype=np.int64))
 
-    def _read_sets(self, raw: bytes, step: int):
-        """A lexer's distinct reach bitsets as reach sets: all at once in C (``_cwalk.reach_tuples``,
-        a fraction of a microsecond each), else :class:`_ReachSets` (each on first use)."""
+    def _read_sets(self, raw: bytes, step: int) -> _ReachSets:
+        """A lexer's distinct reach bitsets as reach sets (:class:`_ReachSets`: each read on first
+        use, in C where it is built)."""
         g = self._grammar()
+        ignored = None
         if index._cwalk is not None:
             ignored = self._ignored_bits
             if ignored is None:
                 ignored = self._ignored_bits = _ignored_bits(g._ignore, g._compounds.base)
-            return index._cwalk.reach_tuples(raw, step, ignored)
-        return _ReachSets(raw, step, g._ignore)
+        return _ReachSets(raw, step, g._ignore, ignored)
 
     def _stored(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:meth:`_from_c`'s results as the compile computed them with the lexers (``lex_reach_*``
@@ -1339,12 +1343,15 @@ class PushdownGrammar:
         self.max_stack_depth = int(max_stack_depth)
         self.arrays = arrays
         a = arrays
-        self._action = a["action"].tolist()
-        self._goto = _sparse_rows(a["goto"])
-        self._rule_len = a["rule_len"].tolist()
-        self._rule_origin = a["rule_origin"].tolist()
+        # (the parser tables as tuples of ints, which the cyclic collector stops tracking at its first
+        # pass: as lists, the action table's hundreds of thousands of entries in the largest grammars
+        # were traversed by every full collection while masks were computed)
+        self._action = tuple(map(tuple, a["action"].tolist()))
+        self._goto = tuple(_sparse_rows(a["goto"]))
+        self._rule_len = tuple(a["rule_len"].tolist())
+        self._rule_origin = tuple(a["rule_origin"].tolist())
         offs, codes = a["conf_offsets"].tolist(), a["conf_codes"].tolist()
-        self._conf = [codes[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
+        self._conf = tuple(tuple(codes[offs[i] : offs[i + 1]]) for i in range(len(offs) - 1))
         self.deterministic = not self._conf
         self._lexer_of_state = a["lexer_of_state"].tolist()
         self._ignore = a["is_ignore"].tolist()

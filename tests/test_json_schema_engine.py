@@ -391,7 +391,7 @@ def test_reach_tuples_read_bitsets_as_reach_sets(tekken_vocab):
     """``_cwalk.reach_tuples`` reads a lexer's distinct reach bitsets all at once as
     ``_reach_of_bits`` reads each: the terminals ascending, None when empty or one is ignored."""
     from dotvllm_plugin import index
-    from dotvllm_plugin.pushdown import _ignored_bits, _reach_of_bits, _reach_words
+    from dotvllm_plugin.pushdown import _ignored_bits, _reach_of_bits, _reach_words, _ReachSets
 
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
@@ -401,9 +401,12 @@ def test_reach_tuples_read_bitsets_as_reach_sets(tekken_vocab):
         ignore = (rng.random(n_real) < 0.1).tolist()
         step = 8 * _reach_words(n_real)
         sets = [sum(1 << t for t in range(n_real) if rng.random() < p) for p in rng.choice([0.0, 0.05, 0.3], 40)]
-        got = index._cwalk.reach_tuples(b"".join(b.to_bytes(step, "little") for b in sets), step,
-                                        _ignored_bits(ignore, n_real))
+        raw = b"".join(b.to_bytes(step, "little") for b in sets)
+        got = index._cwalk.reach_tuples(raw, step, _ignored_bits(ignore, n_real))
         assert got == [_reach_of_bits(b, ignore) for b in sets]
+        read_in_c = _ReachSets(raw, step, ignore, _ignored_bits(ignore, n_real))  # (one set per C call)
+        order = rng.permutation(len(sets)).tolist()
+        assert [read_in_c[i] for i in order] == [got[i] for i in order]
         kinds.update(x is None for x in got)
     assert kinds == {True, False}
     with pytest.raises(ValueError):
