@@ -110,6 +110,8 @@ static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid,
 static __thread vec tl_out[7];
 static __thread frame *tl_frames[2];
 static __thread Py_ssize_t tl_frames_cap[2];
+static __thread uint32_t *tl_rows;  /* the grouped walks' rows, tl_rows_bytes long */
+static __thread size_t tl_rows_bytes;
 
 static void keep_vec(vec *v, vec *slot) {
     if (!slot->p && (size_t)v->cap * sizeof(int64_t) <= KEEP_BYTES) { *slot = *v; slot->n = 0; }
@@ -156,9 +158,13 @@ static PyObject *walk_core(const walk_in *w) {
     }
     const int grouped = cs != NULL;
     int64_t *gid = NULL;
-    uint32_t *rows = NULL;
+    /* (the rows' buffer is the thread's, kept between walks as the vectors are: fresh megabytes per
+     * walk were page faults, a sixth of the first visits' time) */
+    uint32_t *rows = tl_rows;
     vec ends = {0};
-    Py_ssize_t rows_cap = 0;
+    Py_ssize_t rows_cap = n_words > 0 ? (Py_ssize_t)(tl_rows_bytes / ((size_t)n_words * 4)) : 0;
+    tl_rows = NULL;
+    tl_rows_bytes = 0;
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
         if (!gid) return PyErr_NoMemory();
@@ -267,7 +273,12 @@ done:
     keep_frames(cur, ccap, 0);
     keep_frames(nxt, ncap, 1);
     for (int j = 0; j < 7; j++) keep_vec(&out[j], &tl_out[j]);
-    free(rows);
+    if (!tl_rows && (size_t)rows_cap * (size_t)n_words * 4 <= KEEP_BYTES) {
+        tl_rows = rows;
+        tl_rows_bytes = (size_t)rows_cap * (size_t)n_words * 4;
+    } else {
+        free(rows);
+    }
     free(ends.p);
     free(gid);
     return result;
@@ -1771,18 +1782,19 @@ static PyObject *run_first(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "run_first: a byte class out of range");
         goto done;
     }
-    Py_ssize_t live = 0, best_n = 0;
-    int64_t best = -1;
-    for (int c = 0x20; c < 0x7F; c++) {
+    Py_ssize_t live = 0, best_n = 0, n_distinct = 0;
+    int64_t best = -1, distinct[0x7F - 0x20];
+    Py_ssize_t count[0x7F - 0x20];
+    for (int c = 0x20; c < 0x7F; c++) {  /* the live targets and how many characters lead to each */
         if (col[c] < 0) continue;
         live++;
-        int seen_before = 0;  /* count each target once, at its first character */
-        for (int d = 0x20; d < c && !seen_before; d++) seen_before = col[d] == col[c];
-        if (seen_before) continue;
-        Py_ssize_t k = 0;
-        for (int d = c; d < 0x7F; d++) k += col[d] == col[c];
-        if (k > best_n || (k == best_n && col[c] < best)) { best_n = k; best = col[c]; }
+        Py_ssize_t i = 0;
+        while (i < n_distinct && distinct[i] != col[c]) i++;  /* (a few distinct targets, mostly) */
+        if (i == n_distinct) { distinct[n_distinct] = col[c]; count[n_distinct++] = 0; }
+        count[i]++;
     }
+    for (Py_ssize_t i = 0; i < n_distinct; i++)  /* the most characters; the least target among equals */
+        if (count[i] > best_n || (count[i] == best_n && distinct[i] < best)) { best_n = count[i]; best = distinct[i]; }
     if (live < min_ascii) { res = Py_None; Py_INCREF(res); goto done; }
     int64_t codes[128];
     Py_ssize_t m = 0;
