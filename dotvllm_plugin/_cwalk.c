@@ -391,9 +391,13 @@ static PyObject *walker(PyObject *self, PyObject *args) {
                   r->b[0].len < n_states * n_classes * 8 || r->b[2].len != 256 * 8 || r->b[3].len < 8 ||
                   r->b[6].len < n_states * 8 || r->b[7].len != n_states * 8 || r->b[1].len % 8;
         for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
+        const int64_t *trans = r->b[0].buf, *bcs = r->b[2].buf;  /* (every target a state, -1 or -2) */
+        for (Py_ssize_t i = 0; !bad && i < n_states * n_classes; i++) bad = trans[i] < -2 || trans[i] >= n_states;
+        for (int b = 0; !bad && b < 256; b++) bad = bcs[b] < 0 || bcs[b] >= n_classes;
         if (bad) {
-            PyErr_SetString(PyExc_ValueError, "walker: a table of n_states * n_classes, 256 byte classes, level offsets, "
-                                              "one group in 0 .. n_states - 1 and one terminal per state");
+            PyErr_SetString(PyExc_ValueError, "walker: a table of n_states * n_classes (targets -2 .. n_states - 1), "
+                                              "256 byte classes below n_classes, level offsets, one group in "
+                                              "0 .. n_states - 1 and one terminal per state");
         } else {
             walk_in *w = &r->w;
             w->trans = r->b[0].buf; w->nd = r->b[1].buf; w->bc = r->b[2].buf; w->off = r->b[3].buf;

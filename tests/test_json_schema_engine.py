@@ -345,6 +345,10 @@ def test_a_walker_refuses_bad_tables_and_arguments(tekken_vocab):
         index.walker(ct, view, W, bad_groups, chosen)
     with pytest.raises(ValueError, match="one group"):
         index.walker(ct, view, W, groups[0], chosen[:-1])
+    bad_table = ct.copy()
+    bad_table[0, 0] = n
+    with pytest.raises(ValueError, match="targets"):
+        index.walker(bad_table, view, W, groups[0], chosen)
     nodes, bc, off, n_root, cs, ci = view.__dict__["_c_split_args"]
     with pytest.raises(ValueError, match="256 byte classes"):
         index._cwalk.walker(ct, ct.shape[1], nodes, bc[:255], off, n_root, cs, ci, W, n, groups[0], chosen,
