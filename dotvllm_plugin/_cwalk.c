@@ -4070,13 +4070,10 @@ static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
     if (k == 0) return NULL;
     PyObject *acc = PyList_GET_ITEM(parts, 0);
     if (k == 1) { Py_INCREF(acc); return acc; }
-    PyObject *ids = PyTuple_New(k), *held = NULL;
-    for (Py_ssize_t i = 0; ids && i < k; i++) {
-        PyObject *id = PyLong_FromVoidPtr(PyList_GET_ITEM(parts, i));
-        if (!id) Py_CLEAR(ids);
-        else PyTuple_SET_ITEM(ids, i, id);
-    }
+    /* (the key: the rows' addresses as one bytes object, which the cyclic collector never tracks) */
+    PyObject *ids = PyBytes_FromStringAndSize(NULL, k * (Py_ssize_t)sizeof(PyObject *)), *held = NULL;
     if (!ids) return NULL;
+    memcpy(PyBytes_AS_STRING(ids), ((PyListObject *)parts)->ob_item, (size_t)k * sizeof(PyObject *));
     PyObject *hit = PyDict_GetItemWithError(c->or_cache, ids);
     if (hit) {
         Py_DECREF(ids);
@@ -4112,10 +4109,17 @@ static PyObject *mt_or(mt_ctx *c, PyObject *parts) {
 static PyObject *mt_signature(mt_ctx *c, int64_t pos, Py_ssize_t depth) {
     if (depth == 0) return PyTuple_New(0);
     if (lr_state(&c->p, pos + depth - 1) == -2) return NULL;
-    PyObject *sl = PyList_GetSlice(c->p.cells, pos, pos + depth);
-    if (!sl) return NULL;
-    PyObject *sig = PyList_AsTuple(sl);
-    Py_DECREF(sl);
+    PyObject *cells = c->p.cells;
+    if (pos < 0 || pos + depth > PyList_GET_SIZE(cells)) {
+        PyErr_SetString(PyExc_IndexError, "mask_miss: a signature past the cells read");
+        return NULL;
+    }
+    PyObject *sig = PyTuple_New(depth);  /* (straight from the cells: no slice in between) */
+    for (Py_ssize_t i = 0; sig && i < depth; i++) {
+        PyObject *x = PyList_GET_ITEM(cells, pos + i);
+        Py_INCREF(x);
+        PyTuple_SET_ITEM(sig, i, x);
+    }
     return sig;
 }
 
