@@ -158,8 +158,8 @@ static PyObject *walk_core(const walk_in *w) {
     }
     const int grouped = cs != NULL;
     int64_t *gid = NULL;
-    /* (the rows' buffer is the thread's, kept between walks as the vectors are: fresh megabytes per
-     * walk were page faults, a sixth of the first visits' time) */
+    /* (the rows' buffer is the thread's, kept between walks as the vectors are: a walk writes its
+     * rows into pages already mapped) */
     uint32_t *rows = tl_rows;
     vec ends = {0};
     Py_ssize_t rows_cap = n_words > 0 ? (Py_ssize_t)(tl_rows_bytes / ((size_t)n_words * 4)) : 0;
@@ -391,13 +391,19 @@ static PyObject *walker(PyObject *self, PyObject *args) {
                   r->b[0].len < n_states * n_classes * 8 || r->b[2].len != 256 * 8 || r->b[3].len < 8 ||
                   r->b[6].len < n_states * 8 || r->b[7].len != n_states * 8 || r->b[1].len % 8;
         for (Py_ssize_t q = 0; !bad && q < n_states; q++) bad = cls[q] < 0 || cls[q] >= n_states;
+        /* the tokens ending at each node (CSR over the trie's nodes, made by token_csr, ids trusted as
+         * the trie's are): one start per node and one past, from 0 to the ids' end */
+        Py_ssize_t n_nodes = r->b[1].len / 8;
+        const int64_t *csr = r->b[4].buf;
+        if (!bad)
+            bad = r->b[4].len != (n_nodes + 1) * 8 || r->b[5].len % 8 || csr[0] != 0 || csr[n_nodes] != r->b[5].len / 8;
         const int64_t *trans = r->b[0].buf, *bcs = r->b[2].buf;  /* (every target a state, -1 or -2) */
         for (Py_ssize_t i = 0; !bad && i < n_states * n_classes; i++) bad = trans[i] < -2 || trans[i] >= n_states;
         for (int b = 0; !bad && b < 256; b++) bad = bcs[b] < 0 || bcs[b] >= n_classes;
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "walker: a table of n_states * n_classes (targets -2 .. n_states - 1), "
-                                              "256 byte classes below n_classes, level offsets, one group in "
-                                              "0 .. n_states - 1 and one terminal per state");
+                                              "256 byte classes below n_classes, level offsets, the tokens of each "
+                                              "node (CSR), one group in 0 .. n_states - 1 and one terminal per state");
         } else {
             walk_in *w = &r->w;
             w->trans = r->b[0].buf; w->nd = r->b[1].buf; w->bc = r->b[2].buf; w->off = r->b[3].buf;

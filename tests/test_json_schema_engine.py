@@ -353,6 +353,9 @@ def test_a_walker_refuses_bad_tables_and_arguments(tekken_vocab):
     with pytest.raises(ValueError, match="256 byte classes"):
         index._cwalk.walker(ct, ct.shape[1], nodes, bc[:255], off, n_root, cs, ci, W, n, groups[0], chosen,
                             index.MAX_INDEX_ENTRIES)
+    with pytest.raises(ValueError, match="CSR"):
+        index._cwalk.walker(ct, ct.shape[1], nodes, bc, off, n_root, cs, ci[:-1], W, n, groups[0], chosen,
+                            index.MAX_INDEX_ENTRIES)
     none4 = (None, None, None, None)
     with pytest.raises(ValueError, match="local states"):
         index._cwalk.walk_at(cap, np.array([n], dtype=np.int64), None, None, None, *none4)
