@@ -110,8 +110,6 @@ static int add_tokens(uint32_t **rows, vec *ends, Py_ssize_t *cap, int64_t *gid,
 static __thread vec tl_out[7];
 static __thread frame *tl_frames[2];
 static __thread Py_ssize_t tl_frames_cap[2];
-static __thread uint32_t *tl_rows;  /* the grouped walks' rows, tl_rows_bytes long */
-static __thread size_t tl_rows_bytes;
 
 static void keep_vec(vec *v, vec *slot) {
     if (!slot->p && (size_t)v->cap * sizeof(int64_t) <= KEEP_BYTES) { *slot = *v; slot->n = 0; }
@@ -158,13 +156,9 @@ static PyObject *walk_core(const walk_in *w) {
     }
     const int grouped = cs != NULL;
     int64_t *gid = NULL;
-    /* (the rows' buffer is the thread's, kept between walks as the vectors are: a walk writes its
-     * rows into pages already mapped) */
-    uint32_t *rows = tl_rows;
+    uint32_t *rows = NULL;
     vec ends = {0};
-    Py_ssize_t rows_cap = n_words > 0 ? (Py_ssize_t)(tl_rows_bytes / ((size_t)n_words * 4)) : 0;
-    tl_rows = NULL;
-    tl_rows_bytes = 0;
+    Py_ssize_t rows_cap = 0;
     if (grouped) {
         gid = malloc((size_t)(n_states + 1) * sizeof(int64_t));
         if (!gid) return PyErr_NoMemory();
@@ -273,12 +267,7 @@ done:
     keep_frames(cur, ccap, 0);
     keep_frames(nxt, ncap, 1);
     for (int j = 0; j < 7; j++) keep_vec(&out[j], &tl_out[j]);
-    if (!tl_rows && (size_t)rows_cap * (size_t)n_words * 4 <= KEEP_BYTES) {
-        tl_rows = rows;
-        tl_rows_bytes = (size_t)rows_cap * (size_t)n_words * 4;
-    } else {
-        free(rows);
-    }
+    free(rows);
     free(ends.p);
     free(gid);
     return result;
@@ -356,6 +345,18 @@ static PyObject *cwalk(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* The buffers of ``objs[0..n)`` into ``b``, all of them or none (those taken released): 0, or -1 with
+ * the error set. What a capsule of held tables (a walker, a ball reader) takes once. */
+static int hold_buffers(PyObject *const *objs, Py_buffer *b, int n) {
+    for (int i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(objs[i], &b[i], PyBUF_SIMPLE) < 0) {
+            while (i--) PyBuffer_Release(&b[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* walker(trans, n_classes, nodes, bc, level_off, n_roots, csr_start, csr_ids, n_words, n_states, cls, chosen,
  * max_produced) -> a capsule that walk_at reads: what cwalk reads of one lexer and one trie view
  * for the pushdown matcher's walks (grouped rows, exits, split by ``chosen``), checked once and
@@ -381,11 +382,9 @@ static PyObject *walker(PyObject *self, PyObject *args) {
         return NULL;
     walker_cap *r = calloc(1, sizeof *r);
     if (!r) return PyErr_NoMemory();
-    int got = 0;
-    for (; got < 8; got++)
-        if (PyObject_GetBuffer(o[got], &r->b[got], PyBUF_SIMPLE) < 0) break;
+    int held = hold_buffers(o, r->b, 8) == 0;
     PyObject *cap = NULL;
-    if (got == 8) {
+    if (held) {
         const int64_t *cls = r->b[6].buf;
         int bad = n_classes <= 0 || n_states <= 0 || n_words <= 0 || n_roots < 0 ||
                   r->b[0].len < n_states * n_classes * 8 || r->b[2].len != 256 * 8 || r->b[3].len < 8 ||
@@ -414,7 +413,7 @@ static PyObject *walker(PyObject *self, PyObject *args) {
         }
     }
     if (!cap) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&r->b[i]);
+        for (int i = 0; held && i < 8; i++) PyBuffer_Release(&r->b[i]);
         free(r);
     }
     return cap;
@@ -2569,16 +2568,14 @@ static PyObject *ball_reader(PyObject *self, PyObject *args) {
     ball_cap *r = calloc(1, sizeof *r);
     if (!r) return PyErr_NoMemory();
     PyObject *objs[4] = {o_trans, o_chosen, o_cls, o_bc};
-    int got = 0;
-    for (; got < 4; got++)
-        if (PyObject_GetBuffer(objs[got], &r->b[got], PyBUF_SIMPLE) < 0) break;
+    int held = hold_buffers(objs, r->b, 4) == 0;
     PyObject *cap = NULL;
-    if (got == 4 && ball_in_init(&r->w, &r->b[0], C, &r->b[1], &r->b[2], &r->b[3], lo) == 0) {
+    if (held && ball_in_init(&r->w, &r->b[0], C, &r->b[1], &r->b[2], &r->b[3], lo) == 0) {
         cap = PyCapsule_New(r, "dotvllm.ball", ball_cap_free);
         if (!cap) ball_in_free(&r->w);
     }
     if (!cap) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&r->b[i]);
+        for (int i = 0; held && i < 4; i++) PyBuffer_Release(&r->b[i]);
         free(r);
     }
     return cap;

@@ -1016,7 +1016,7 @@ def byte_view(vocab: Vocabulary, byte_class: np.ndarray, n_classes: int) -> Clas
     if _cwalk is not None:  # (the C walk's arguments: the trie's, and these classes)
         c_args = trie.__dict__.get("_byte_view_c")
         if c_args is None:
-            nodes, _, off, n_root, cs, ci = (*_c_walk_view(view), *_token_csr(view))
+            nodes, _, off, n_root, cs, ci = _c_split_args(view)
             c_args = trie.__dict__["_byte_view_c"] = (nodes, off, n_root, cs, ci)
         nodes, off, n_root, cs, ci = c_args
         bc = np.ascontiguousarray(byte_class, dtype=np.int64)
@@ -1101,10 +1101,7 @@ def walker(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.ndar
     its tables again), or None without the C walk."""
     if _cwalk is None or not USE_C_WALK:
         return None
-    fixed = view.__dict__.get("_c_split_args")
-    if fixed is None:
-        fixed = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
-    nodes, byte_class, off, n_root, cs, ci = fixed
+    nodes, byte_class, off, n_root, cs, ci = _c_split_args(view)
     i64 = np.int64
     return _cwalk.walker(np.ascontiguousarray(class_trans, dtype=i64), class_trans.shape[1], nodes, byte_class, off,
                          n_root, cs, ci, words, class_trans.shape[0], np.ascontiguousarray(groups, dtype=i64),
@@ -1145,14 +1142,20 @@ def walk_split(class_trans: np.ndarray, view: ClassTrie, words: int, groups: np.
                       groups, chosen)
 
 
+def _c_split_args(view: ClassTrie) -> tuple:
+    """What every C walk of ``view`` reads: :func:`_c_walk_view`'s arguments and the tokens ending at
+    each node (:func:`_token_csr`), gathered once per view (:func:`byte_view` sets them)."""
+    got = view.__dict__.get("_c_split_args")
+    if got is None:
+        got = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
+    return got
+
+
 def _walk_split_c(class_trans, view, words, groups, chosen, states, inject, skip, inject_first):
     """The C walk of :func:`walk_split`, split in the same call (bytes; False as there): the
     pushdown matcher's first visits, a few microseconds of C each (the general assembly of the
     arguments was a third of them), the view's arguments gathered once per view."""
-    fixed = view.__dict__.get("_c_split_args")
-    if fixed is None:
-        fixed = view.__dict__["_c_split_args"] = (*_c_walk_view(view), *_token_csr(view))
-    nodes, byte_class, off, n_root, cs, ci = fixed
+    nodes, byte_class, off, n_root, cs, ci = _c_split_args(view)
     i64 = np.int64
     if inject_first is not None:  # (level, node): each node's state from the row, in C
         i_si = i_state = _EMPTY

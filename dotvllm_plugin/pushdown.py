@@ -887,9 +887,7 @@ class _LazyReach:
             self._expansion = _expansion(compounds)
         start, terms, n_real, _ = self._expansion
         ct = g._walker(lexer)[0]
-        ignored = self._ignored_bits
-        if ignored is None:  # (the real terminals' flags: fixed for the grammar)
-            ignored = self._ignored_bits = _ignored_bits(g._ignore, n_real)
+        ignored = self._ignored()
         # distinct bitsets are distinct reach sets, but several may read None (an ignored terminal,
         # or none): those states form group 0 with the lexeme start, the others one group per set
         # in use (numbered in the sets' order)
@@ -898,16 +896,18 @@ class _LazyReach:
         return (np.frombuffer(group, dtype=np.int64), self._read_sets(sets, 8 * _reach_words(n_real)),
                 np.frombuffer(groups, dtype=np.int64))
 
+    def _ignored(self) -> np.ndarray:
+        """The ignored terminals as the C reach sets' bits (:func:`_ignored_bits` over the real
+        terminals: fixed for the grammar), made once."""
+        if self._ignored_bits is None:
+            g = self._grammar()
+            self._ignored_bits = _ignored_bits(g._ignore, g._compounds.base)
+        return self._ignored_bits
+
     def _read_sets(self, raw: bytes, step: int) -> _ReachSets:
         """A lexer's distinct reach bitsets as reach sets (:class:`_ReachSets`: each read on first
         use, in C where it is built)."""
-        g = self._grammar()
-        ignored = None
-        if index._cwalk is not None:
-            ignored = self._ignored_bits
-            if ignored is None:
-                ignored = self._ignored_bits = _ignored_bits(g._ignore, g._compounds.base)
-        return _ReachSets(raw, step, g._ignore, ignored)
+        return _ReachSets(raw, step, self._grammar()._ignore, None if index._cwalk is None else self._ignored())
 
     def _stored(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:meth:`_from_c`'s results as the compile computed them with the lexers (``lex_reach_*``
