@@ -387,6 +387,12 @@ def _largest_count(regex: str) -> int:
 #: time took 11 % off the MaskBench sample's mask time for 6 % more compile CPU, at most +55 ms a
 #: schema, the Kubernetes ones of ~150 lexers.)
 LAZY_MIN_LEXERS = 1024
+#: Lexers made ready for walks at a grammar's first mask (:meth:`PushdownGrammar._prepare`: their
+#: walk and ball tables, checked and held by the C walk, ~25 µs a lexer), the first this many by
+#: number; the others, and lexers built on first use, on their first walk. Done there, not on each
+#: lexer's first walk in the middle of a decode: on the MaskBench sample (in process, alternating)
+#: mean 14.4 → 11.6 µs a token, tokens over 100 µs 1,720 → 1,240, first mask p50 190 → 400 µs.
+PREPARED_LEXERS = 64
 #: A terminal of a generated grammar is compiled on first use unless its automaton could be large
 #: (a counted repetition over this bound, a long regex): those are compiled, and refused when over
 #: budget, at compile time.
@@ -1416,6 +1422,7 @@ class PushdownGrammar:
         self._n_cached = 0
         self.mask_cache_size = MASK_CACHE_SIZE
         self._miss_ctx = None  # (what mask_missed hands the C recursion: built on the first miss)
+        self._prepared = False  # (:meth:`_prepare` ran: on the first miss)
         self._or_cache: dict = {}  # the C recursion's ORs by their rows' identities (held: ids stay theirs)
         # the keys of the walks' caches as numbers: a base walk's (signature id, terminals) and each
         # (key, terminal, lexer) step of a path from it (cheap to hash and compare, as keys of keys)
@@ -1879,6 +1886,29 @@ class PushdownGrammar:
             got = self._walk_caps[lexer] = index.walker(ct, view, self._W, groups[0], chosen)
         return got
 
+    def _ball_reader(self, lexer: int):
+        """``lexer``'s tables as the C balls read them (:meth:`_canonical`), checked and held once (a
+        ball's own call then costs little), made on first use; the C extension is built."""
+        got = self._ball_readers.get(lexer)
+        if got is None:
+            ct, view, _, lo, chosen, groups = self._walk_args(lexer)
+            got = self._ball_readers[lexer] = index._cwalk.ball_reader(ct, ct.shape[1], chosen, groups[0],
+                                                                       view.byte_class, lo)
+        return got
+
+    def _prepare(self) -> None:
+        """Make the first :data:`PREPARED_LEXERS` built lexers ready for walks and balls (their
+        :meth:`_walk_args`, :meth:`_walk_cap` and :meth:`_ball_reader`): the grammar's setup, done on
+        its first mask (a fresh grammar's first mask is a miss) instead of on each lexer's first walk,
+        a token later. Idempotent; threads that race make equal objects."""
+        self._prepared = True
+        if index._cwalk is None:
+            return
+        for lexer in range(min(self.n_lexers, PREPARED_LEXERS)):
+            if self._lexer_lo[lexer] >= 0:  # (lexers built on first use stay for it)
+                self._walk_cap(lexer)
+                self._ball_reader(lexer)
+
     def _canonical(self, q: int):
         """States within a token's length of ``q`` in breadth-first order, a signature of that ball
         of the automaton, and the terminals its lexemes end (``terms``): the ball's own byte classes,
@@ -1893,10 +1923,8 @@ class PushdownGrammar:
         lexer = self._owner[q]
         if index._cwalk is not None:
             reader = self._ball_readers.get(lexer)
-            if reader is None:  # (the lexer's tables checked and held once: a ball's own call costs little)
-                ct, view, _, lo, chosen, groups = self._walk_args(lexer)
-                reader = self._ball_readers[lexer] = index._cwalk.ball_reader(ct, ct.shape[1], chosen, groups[0],
-                                                                              view.byte_class, lo)
+            if reader is None:
+                reader = self._ball_reader(lexer)
             depth = self._max_token_len if BALL_SIGNATURES else len(self._blocks[lexer][1])
             states, sig, terms = index._cwalk.ball_at(reader, q - self._lexer_lo[lexer], depth)
             return np.frombuffer(states, dtype=np.int64), sig, terms
@@ -2208,6 +2236,8 @@ class PushdownGrammar:
     def mask_missed(self, q: int, stack) -> np.ndarray:
         """:meth:`mask` where its cache was read and has no row (the matcher reads it in C first):
         the row computed now, and cached."""
+        if not self._prepared:
+            self._prepare()
         base = self._base.get(q)
         if base is None:
             base = self._base_of(q)

@@ -323,6 +323,39 @@ def test_walk_split_is_the_grouped_walk_split_by_group_and_terminal(tekken_vocab
     assert compared > 30 and exits_seen > 10 and (skipped > 0 or not use_c) and resumed > 10
 
 
+def test_the_first_mask_prepares_lexers_and_masks_stay_the_same(tekken_vocab, tekken_tokenizer, monkeypatch):
+    """A grammar's first mask makes its first PREPARED_LEXERS built lexers ready for walks and balls
+    (held C tables), the others on first use; every mask of a walk is the same as without it."""
+    from dotvllm_plugin import index, pushdown
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    text = ser(order_properties(CASES[1][2][1], TREE))
+    default = pushdown.PREPARED_LEXERS
+    ids = tekken_tokenizer.encode(text, add_special_tokens=False)
+
+    def masks(limit: int):
+        monkeypatch.setattr(pushdown, "PREPARED_LEXERS", limit)
+        g = GrammarCompiler(tekken_vocab, cache_size=0).compile_json_schema(TREE)
+        assert isinstance(g, pushdown.PushdownGrammar) and g.n_lexers > 3
+        m = GrammarMatcher(g)
+        out = [m.allowed_token_ids()]
+        ready = set(g._walk_caps) & set(g._ball_readers)
+        for t in ids:
+            assert m.accept_token(t)
+            out.append(m.allowed_token_ids())
+        return out, ready, g
+
+    lazy, ready, _ = masks(0)
+    assert len(ready) <= 1  # (at most the start's own lexer, on its first walk)
+    some, ready, g = masks(2)
+    assert set(range(2)) <= ready and len(ready) < g.n_lexers
+    every, ready, g = masks(default)
+    assert g.n_lexers <= default and ready == set(range(g.n_lexers))
+    for a, b, c in zip(lazy, some, every, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
 def test_a_walker_refuses_bad_tables_and_arguments(tekken_vocab):
     """``_cwalk.walker`` checks a lexer's tables once (groups in range, one terminal per state, 256
     byte classes) and ``walk_at`` each call's own arguments (local start states, injected nodes of
