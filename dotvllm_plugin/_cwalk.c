@@ -1912,6 +1912,113 @@ done:
     return res;
 }
 
+/* donor_parts(take uint8[256], node_first uint8[n_nodes], off int64[n_levels + 1], exits, ball int64[k],
+ *             groups int64[n], pending tuple of ints) -> None or (exits list, mapped tuple)
+ * What a donor walk keeps of its donor's walk besides rows (donor_cut): ``exits`` ((terminal, levels
+ * int64, nodes int64), ...: nodes of the trie by level and level-local number) less the nodes whose
+ * token's first byte is not taken (node_first[off[level] + node]): a group itself where every node
+ * stays, (terminal, levels bytes, nodes bytes) of the nodes kept where some do, left out where none
+ * does; ``mapped``: per pending state s (local), the first state of ``ball`` (local states) in s's
+ * group (groups[s]). None when some pending state's group has no state in the ball. See
+ * dotvllm_plugin.pushdown.PushdownGrammar._donor_walk (tests compare with numpy). */
+static PyObject *donor_parts(PyObject *self, PyObject *args) {
+    Py_buffer b_take, b_first, b_off, b_ball, b_groups;
+    PyObject *exits, *pending;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!y*y*O!", &b_take, &b_first, &b_off, &PyTuple_Type, &exits, &b_ball, &b_groups,
+                          &PyTuple_Type, &pending))
+        return NULL;
+    PyObject *res = NULL, *out = NULL, *mapped = NULL;
+    Py_ssize_t n_nodes = b_first.len, n_lev = b_off.len / 8 - 1, k = b_ball.len / 8, n = b_groups.len / 8;
+    if (b_take.len != 256 || b_off.len % 8 || n_lev < 0 || b_ball.len % 8 || b_groups.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "donor_parts: take uint8[256], node_first uint8[n], off int64[levels + 1], "
+                                          "ball int64[k], groups int64[n]");
+        goto done;
+    }
+    const uint8_t *take = b_take.buf, *first = b_first.buf;
+    const int64_t *off = b_off.buf, *ball = b_ball.buf, *groups = b_groups.buf;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (ball[i] < 0 || ball[i] >= n) {
+            PyErr_SetString(PyExc_ValueError, "donor_parts: a ball state out of range");
+            goto done;
+        }
+    }
+    Py_ssize_t np_ = PyTuple_GET_SIZE(pending);
+    if (!(mapped = PyTuple_New(np_))) goto done;
+    for (Py_ssize_t i = 0; i < np_; i++) {
+        Py_ssize_t s = PyLong_AsSsize_t(PyTuple_GET_ITEM(pending, i));
+        if (s == -1 && PyErr_Occurred()) goto done;
+        if (s < 0 || s >= n) {
+            PyErr_SetString(PyExc_ValueError, "donor_parts: a pending state out of range");
+            goto done;
+        }
+        Py_ssize_t j = 0;
+        while (j < k && groups[ball[j]] != groups[s]) j++;
+        if (j == k) { res = Py_None; Py_INCREF(res); goto done; }  /* (cannot be: see the caller) */
+        PyObject *x = PyLong_FromLongLong(ball[j]);
+        if (!x) goto done;
+        PyTuple_SET_ITEM(mapped, i, x);
+    }
+    Py_ssize_t ne = PyTuple_GET_SIZE(exits);
+    if (!(out = PyList_New(0))) goto done;
+    for (Py_ssize_t e = 0; e < ne; e++) {
+        PyObject *grp = PyTuple_GET_ITEM(exits, e);
+        if (!PyTuple_Check(grp) || PyTuple_GET_SIZE(grp) != 3) {
+            PyErr_SetString(PyExc_TypeError, "donor_parts: an exit group is not (terminal, levels, nodes)");
+            goto done;
+        }
+        Py_buffer bl, bn;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(grp, 1), &bl, PyBUF_SIMPLE) < 0) goto done;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(grp, 2), &bn, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&bl); goto done; }
+        Py_ssize_t m = bl.len / 8, kept = 0;
+        int bad = bl.len % 8 || bn.len != bl.len;
+        PyObject *lv = NULL, *nd = NULL;
+        if (!bad && (lv = PyBytes_FromStringAndSize(NULL, bl.len)) && (nd = PyBytes_FromStringAndSize(NULL, bl.len))) {
+            const int64_t *level = bl.buf, *node = bn.buf;
+            int64_t *lo = (int64_t *)PyBytes_AS_STRING(lv), *no = (int64_t *)PyBytes_AS_STRING(nd);
+            for (Py_ssize_t i = 0; i < m && !bad; i++) {
+                int64_t L = level[i], g;
+                if (L < 0 || L >= n_lev || (g = off[L] + node[i]) < off[L] || g >= off[L + 1] || g >= n_nodes) {
+                    bad = 1;
+                } else if (take[first[g]]) {
+                    lo[kept] = L;
+                    no[kept++] = node[i];
+                }
+            }
+        }
+        PyBuffer_Release(&bl);
+        PyBuffer_Release(&bn);
+        int err = bad || !lv || !nd;
+        if (bad) PyErr_SetString(PyExc_ValueError, "donor_parts: exit nodes are not (levels, nodes) of the trie");
+        PyObject *item = NULL;
+        if (!err && kept == m) {
+            item = grp;
+            Py_INCREF(item);
+        } else if (!err && kept) {
+            err = _PyBytes_Resize(&lv, kept * 8) < 0 || _PyBytes_Resize(&nd, kept * 8) < 0;
+            if (!err) item = PyTuple_Pack(3, PyTuple_GET_ITEM(grp, 0), lv, nd);
+            err = err || !item;
+        }
+        Py_XDECREF(lv);
+        Py_XDECREF(nd);
+        if (err) goto done;
+        if (item) {
+            int bad_append = PyList_Append(out, item) < 0;
+            Py_DECREF(item);
+            if (bad_append) goto done;
+        }
+    }
+    res = PyTuple_Pack(2, out, mapped);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(mapped);
+    PyBuffer_Release(&b_take);
+    PyBuffer_Release(&b_first);
+    PyBuffer_Release(&b_off);
+    PyBuffer_Release(&b_ball);
+    PyBuffer_Release(&b_groups);
+    return res;
+}
+
 /* live[q] = 1 for the states of rows int64[n * C] (entries < 0: no edge) from which an accepting
  * state is reachable, by a search of the reversed edges; -1 when out of memory. */
 static int live_of(const int64_t *rows, Py_ssize_t n, Py_ssize_t C, const uint8_t *acc, uint8_t *live) {
@@ -6543,6 +6650,7 @@ static PyMethodDef methods[] = {
     {"class_targets", class_targets, METH_VARARGS, "Where every character of a class leads, per state."},
     {"run_first", run_first, METH_VARARGS, "The state most printable ASCII characters lead to, and which do."},
     {"donor_cut", donor_cut, METH_VARARGS, "The first bytes taken from another state's walk, and its rows less the others'."},
+    {"donor_parts", donor_parts, METH_VARARGS, "A donor walk's exits of the first bytes taken, and its pending states in the ball."},
     {"prefix_blocks", prefix_blocks, METH_VARARGS, "Blocks of states with equal byte futures up to a depth."},
     {"walk_rows", walk_rows, METH_VARARGS, "Token-trie walk straight into deduplicated packed rows."},
     {"longest_path", longest_path, METH_VARARGS, "Longest path of an acyclic automaton, -1 if cyclic."},

@@ -227,6 +227,9 @@ USE_RUNS = True
 USE_DONORS = True
 #: Most first bytes a donor's rows drop (each a row of the tokens it starts, ORed): past it, walk.
 MAX_DONOR_DROP = 24
+#: Whether a donor walk's exits and pending rows are sorted out in C where it is built
+#: (:func:`_donor_parts`; tests compare).
+USE_C_DONOR_PARTS = True
 #: Whether a base walk is keyed by the automaton within a token's length of its state only (False:
 #: by everything reachable from it, the reference; tests compare).
 BALL_SIGNATURES = True
@@ -1333,6 +1336,38 @@ def compile_pushdown(grammar: Grammar, vocabulary, *, max_stack_depth: int | Non
 # -- the compiled grammar ---------------------------------------------------------------------------
 
 
+def _donor_parts(take: np.ndarray, node_first: np.ndarray, off: np.ndarray, exits: tuple, ball: np.ndarray,
+                 groups: np.ndarray, pending: tuple):
+    """What a donor walk (:meth:`PushdownGrammar._donor_walk`) keeps of its donor's exits and where
+    its pending rows go: ``(exits, mapped)``, the exit groups ``((terminal, levels, nodes), ...)``
+    less the nodes whose token's first byte is not taken (``take[node_first[off[level] + node]]``;
+    a group with none left is dropped), and per pending state (local) the first state of ``ball``
+    (local) in its group; None when one has none there. In C where the extension is built (numpy
+    here is the reference: tests compare)."""
+    if _cwalk is not None and USE_C_DONOR_PARTS:
+        got = _cwalk.donor_parts(take, node_first, off, tuple(exits), ball, groups, pending)
+        if got is None:
+            return None
+        kept, mapped = got
+        return [g if isinstance(g[1], np.ndarray) else
+                (g[0], np.frombuffer(g[1], dtype=np.int64), np.frombuffer(g[2], dtype=np.int64)) for g in kept], mapped
+    kept = []
+    for t, level, node in exits:
+        keep = take[node_first[off[level] + node]].view(bool)
+        if keep.all():
+            kept.append((t, level, node))
+        elif keep.any():
+            kept.append((t, level[keep], node[keep]))
+    ball_groups = groups[ball]
+    mapped = []
+    for s in pending:
+        at = np.flatnonzero(ball_groups == groups[s])
+        if not len(at):
+            return None
+        mapped.append(int(ball[at[0]]))
+    return kept, tuple(mapped)
+
+
 class PushdownGrammar:
     """A compiled context-free constraint for one vocabulary. Immutable tables plus per-process
     caches of masks; share it between matchers. Build with :func:`compile_pushdown`."""
@@ -2045,27 +2080,14 @@ class PushdownGrammar:
         d_free = kept[0]
         d_pending = [(s, r) for (s, _), r in zip(d_pending, kept[1:]) if r is not None]
         tc = runs.token_chars(self.vocabulary)
-        if d_exits:  # (p's exits of the first bytes not taken: of the dropped ones, and where the
-            # lexeme ends at the first byte from p, an accepting state, whatever it does from q)
-            off = index._c_walk_view(view)[2]
-            exits = []
-            for t, level, node in d_exits:
-                kept = take[tc.node_first[off[level] + node]].view(bool)
-                if kept.all():
-                    exits.append((t, level, node))
-                elif kept.any():
-                    exits.append((t, level[kept], node[kept]))
-            d_exits = exits
-        if d_pending:  # (each row under the first state of its group in q's ball)
-            ball = states - lo
-            ball_groups = reach_groups[0][ball]
-            mapped = []
-            for s, row in d_pending:
-                at = np.flatnonzero(ball_groups == reach_groups[1][s - lo])
-                if not len(at):  # (cannot be: a token from q ends inside q's ball)
-                    return None
-                mapped.append((int(ball[at[0]]), row))
-            d_pending = mapped
+        if d_exits or d_pending:  # (p's exits of the first bytes taken; each row under the first state
+            # of its group in q's ball)
+            got = _donor_parts(take, tc.node_first, index._c_walk_view(view)[2], d_exits, states - lo, reach_groups[0],
+                               tuple(s - lo for s, _ in d_pending))
+            if got is None:  # (cannot be: a token from q ends inside q's ball)
+                return None
+            d_exits, mapped = got
+            d_pending = list(zip(mapped, (row for _, row in d_pending)))
         walked = index.walk_split(ct, view, self._W, reach_groups[0], chosen, states[:1] - lo,
                                   skip=(tc.node_rest, tc.node_first, runs.SIGMA_ALL, take), walker=self._walk_cap(lexer))
         free, pending, exits = self._split(lo, walked, d_pending)

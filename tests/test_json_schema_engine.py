@@ -453,6 +453,61 @@ def test_reach_tuples_read_bitsets_as_reach_sets(tekken_vocab):
         index._cwalk.reach_tuples(b"\0" * 12, 8, np.zeros(1, dtype=np.uint64))
 
 
+def test_donor_parts_in_c_agree_with_numpy(tekken_vocab, monkeypatch):
+    """A donor walk's exits of the first bytes taken and its pending rows' places in the ball
+    (``pushdown._donor_parts``): the C reading equals numpy's on random tries' exits, takes, balls
+    and groups (all, some and none of a group's nodes kept; a group with no state in the ball), and
+    bad arguments are refused."""
+    from dotvllm_plugin import index, pushdown
+
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    rng = np.random.default_rng(5)
+    i64 = np.int64
+    seen = set()
+    for _ in range(200):
+        widths = rng.integers(1, 30, rng.integers(1, 6))
+        off = np.concatenate([[0], np.cumsum(widths)]).astype(i64)
+        node_first = rng.integers(0, 256, int(off[-1])).astype(np.uint8)
+        take = (rng.random(256) < rng.choice([0.0, 0.5, 1.0])).astype(np.uint8)
+        exits = []
+        for t in range(rng.integers(0, 4)):
+            level = rng.integers(0, len(widths), rng.integers(1, 8)).astype(i64)
+            node = np.array([rng.integers(0, widths[v]) for v in level], dtype=i64)
+            exits.append((int(t), level, node))
+        n = int(rng.integers(1, 12))
+        groups = rng.integers(0, 4, n).astype(i64)
+        ball = rng.permutation(n)[: rng.integers(1, n + 1)].astype(i64)
+        pending = tuple(int(x) for x in rng.integers(0, n, rng.integers(0, 3)))
+        got = {}
+        for use_c in (True, False):
+            monkeypatch.setattr(pushdown, "USE_C_DONOR_PARTS", use_c)
+            got[use_c] = pushdown._donor_parts(take, node_first, off, tuple(exits), ball, groups, pending)
+        if got[False] is None:
+            assert got[True] is None
+            seen.add("unmapped")
+            continue
+        (ex_c, map_c), (ex_np, map_np) = got[True], got[False]
+        assert tuple(map_c) == tuple(map_np)
+        assert len(ex_c) == len(ex_np)
+        for (t1, l1, n1), (t2, l2, n2) in zip(ex_c, ex_np):
+            assert t1 == t2 and l1.dtype == l2.dtype == i64 and np.array_equal(l1, l2) and np.array_equal(n1, n2)
+        sizes = {t: len(level) for t, level, _ in exits}
+        seen.update("all" if len(l) == sizes[t] else "some" for t, l, _ in ex_c)
+        seen.add("dropped" if len(ex_np) < len(exits) else "kept")
+    assert seen >= {"unmapped", "all", "some", "dropped", "kept"}
+    ok = (np.ones(256, np.uint8), np.zeros(4, np.uint8), np.array([0, 4], dtype=i64))
+    one = ((0, np.array([0], dtype=i64), np.array([4], dtype=i64)),)  # (node 4 of a level of 4)
+    with pytest.raises(ValueError, match="exit nodes"):
+        index._cwalk.donor_parts(*ok, one, np.array([0], dtype=i64), np.zeros(1, dtype=i64), ())
+    with pytest.raises(ValueError, match="ball state"):
+        index._cwalk.donor_parts(*ok, (), np.array([1], dtype=i64), np.zeros(1, dtype=i64), ())
+    with pytest.raises(ValueError, match="pending state"):
+        index._cwalk.donor_parts(*ok, (), np.array([0], dtype=i64), np.zeros(1, dtype=i64), (1,))
+    with pytest.raises(ValueError, match="take"):
+        index._cwalk.donor_parts(np.ones(255, np.uint8), *ok[1:], (), np.array([0], dtype=i64), np.zeros(1, dtype=i64), ())
+
+
 @pytest.mark.parametrize("spec", [PERSON, TREE, UNION], ids=["regular", "recursive", "union"])
 def test_a_dropped_grammar_is_freed_without_the_cyclic_collector(tekken_vocab, spec):
     """A compiled grammar and its matcher, masks computed (caches filled), are freed as soon as the
