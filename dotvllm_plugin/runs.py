@@ -139,6 +139,14 @@ class TokenChars:
         self.token_first[has] = first[at]
         self._by_first = np.argsort(self.token_first, kind="stable")
         self._first_start = np.searchsorted(self.token_first[self._by_first], np.arange(257))
+        # row c: the tokens of 1 to c characters (row 0: none), packed, read-only (1.3 MB for a 131k
+        # vocabulary): a run table's rows by count are its row of all ANDed with these
+        upto = np.zeros((self.max_count + 1, self.words), dtype=np.int32)
+        for c in range(1, self.max_count + 1):
+            index.set_token_bits(upto[c], np.flatnonzero(count == c).astype(np.int64))
+        np.bitwise_or.accumulate(upto, axis=0, out=upto)
+        upto.flags.writeable = False
+        self.upto = upto
 
     def tokens_starting(self, first_bytes: np.ndarray) -> np.ndarray:
         """The ids of the tokens whose first byte is one of ``first_bytes`` (a token that is not
@@ -208,58 +216,34 @@ class RunTable:
     only where the two first-character classes differ (a property-name state's F is the string
     body's but for the first characters of the declared names), instead of read from every token.
 
-    The rows by count are kept cumulative (row ``c``: the tokens of 1 to ``c`` characters), so that
-    the counts of a bounded string's chain, a range, are one row; a pinned table (:meth:`pin`)
-    makes them at once and keeps them past :meth:`forget`."""
+    A row by count is the row of all ANDed with the vocabulary's tokens of those counts
+    (:attr:`TokenChars.upto`: a range of counts, the chain of a bounded string, is two of its rows),
+    made on first use and kept until :meth:`forget`."""
 
-    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None,
-                 counts: bool = False):
+    def __init__(self, tc: TokenChars, first: tuple, sigma: tuple, like: RunTable | None = None):
         self._tc = tc
         self._sig, self._ok = sigma_mask(sigma), first_ok(first)
         self.skip = (tc.node_rest, tc.node_first, self._sig, self._ok)
         self.max_count = tc.max_count
-        self._upto = None
-        self._kept = False
-        # (a loop needs only the row of all; ``counts``: the caller reads counts too, in the same
-        # pass over the tokens when there is one)
-        if like is None and counts:
-            self._upto = self._cumulative()
-            self._all = self._upto[0]
-        else:
-            self._all = self._read(0)[0] if like is None else self._all_from(like)
+        self._all = self._read() if like is None else self._all_from(like)
         self._rows: dict = {}
-
-    def pin(self) -> None:
-        """Make the rows by count now and keep them for the table's life (a pinned table: made once
-        per process, like the pinned walks)."""
-        if self._upto is None:
-            self._upto = self._cumulative()
-        self._kept = True
-
-    def _cumulative(self) -> np.ndarray:
-        """Row 0: all of them; row ``c``: those of 1 to ``c`` characters (read-only)."""
-        return self._read(self.max_count, cumulative=True)
 
     def _all_from(self, like: RunTable) -> np.ndarray:
         tc = self._tc
         ids = tc.tokens_starting(np.flatnonzero(self._ok != like._ok))
         if len(ids) * 8 > len(tc.count):  # (a non-ASCII F against an ASCII one: reading all is cheaper)
-            return self._read(0)[0]
+            return self._read()
         got = index._cwalk.run_rows_at(like._all, ids, tc.token_rest, tc.token_first, tc.count, self._sig, self._ok)
         return np.frombuffer(got, dtype=np.int32)
 
-    def _read(self, max_count: int, cumulative: bool = False) -> np.ndarray:
-        """Rows 0 to ``max_count`` from every token (``_cwalk.run_rows``): row 0 all of them."""
+    def _read(self) -> np.ndarray:
+        """The row of all of them, from every token (``_cwalk.run_rows``)."""
         tc = self._tc
-        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, max_count,
-                                    tc.words, cumulative)
-        return np.frombuffer(got, dtype=np.int32).reshape(max_count + 1, tc.words)
+        got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, 0, tc.words)
+        return np.frombuffer(got, dtype=np.int32)
 
     def forget(self) -> None:
-        """Drop the rows by count computed since the table was made (the row of all is kept, and a
-        pinned table's rows by count)."""
-        if not self._kept:
-            self._upto = None
+        """Drop the rows by count computed since the table was made (the row of all is kept)."""
         self._rows = {}
 
     def row(self, counts: tuple) -> np.ndarray:
@@ -270,14 +254,12 @@ class RunTable:
             if len(counts) == self.max_count:
                 got = self._all
             else:
-                if self._upto is None:
-                    self._upto = self._cumulative()
-                up = self._upto  # (row 0 is all of them, not none)
+                up = self._tc.upto  # (row c: the vocabulary's tokens of 1 to c characters)
                 lo, hi = min(counts), max(counts)
                 if hi - lo + 1 == len(counts):  # (a range of counts: the chain of a bounded string)
-                    got = up[hi] if lo == 1 else up[hi] & ~up[lo - 1]
+                    got = self._all & up[hi] if lo == 1 else self._all & up[hi] & ~up[lo - 1]
                 else:
-                    got = np.bitwise_or.reduce([up[c] if c == 1 else up[c] & ~up[c - 1] for c in counts], axis=0)
+                    got = self._all & np.bitwise_or.reduce([up[c] & ~up[c - 1] for c in counts], axis=0)
             self._rows[counts] = got
         return got
 
@@ -289,9 +271,8 @@ _lock = threading.Lock()
 _pinning = Pinning()
 
 
-def run_table(vocab, first: tuple, sigma: tuple, counts: bool = False) -> RunTable:
-    """The run table of (``vocab``, F = ``first``, Σ = ``sigma``), made or kept; ``counts``: its
-    rows by count will be read (made with the row of all where that reads every token)."""
+def run_table(vocab, first: tuple, sigma: tuple) -> RunTable:
+    """The run table of (``vocab``, F = ``first``, Σ = ``sigma``), made or kept."""
     key = (vocab.fingerprint, first, sigma)
     pin = _pinning.active
     with _lock:
@@ -299,7 +280,6 @@ def run_table(vocab, first: tuple, sigma: tuple, counts: bool = False) -> RunTab
         if got is None and key in _tables:
             if pin:
                 got = _pinned[key] = _tables.pop(key)
-                got.pin()
             else:
                 got = _tables[key]
                 _tables.move_to_end(key)
@@ -307,12 +287,10 @@ def run_table(vocab, first: tuple, sigma: tuple, counts: bool = False) -> RunTab
             return got
         like = next((t for k, t in reversed([*_pinned.items(), *_tables.items()]) if k[0] == key[0] and k[2] == sigma),
                     None)
-    got = RunTable(token_chars(vocab), first, sigma, like, counts)
+    got = RunTable(token_chars(vocab), first, sigma, like)
     with _lock:
         if pin:
-            got = _pinned.setdefault(key, got)
-            got.pin()
-            return got
+            return _pinned.setdefault(key, got)
         _tables[key] = got
         while len(_tables) > MAX_TABLES:
             _tables.popitem(last=False)
@@ -534,7 +512,7 @@ def plan(vocab, class_trans: np.ndarray, byte_class: np.ndarray, q: int, memo: d
     if groups is not None:  # (one group's states: their counts interleave)
         for cs in by_state.values():
             cs.sort()
-    table = run_table(vocab, first, sigma, counts=any(len(cs) < n for cs in by_state.values()))
+    table = run_table(vocab, first, sigma)
     skip = table.skip
     dead = _dead_everywhere(class_trans, byte_class, chain)
     if dead is not None:  # (see _dead_everywhere: the walk skips more nodes; the table's rows are the same)

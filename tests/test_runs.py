@@ -615,8 +615,8 @@ def test_sigmas_are_the_code_ranges_of_their_characters():
 
 def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     """The run tables of the pinned string walks are kept through ``clear_memos`` (what a cold
-    benchmark compile does), with their rows by count (made when pinned), less the rows of count
-    sets asked for since; other tables are not kept."""
+    benchmark compile does) with their row of all, less the rows of count sets asked for since
+    (made again alike); other tables are not kept."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     pushdown.pinned_walks(tekken_vocab)
@@ -624,14 +624,12 @@ def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     assert key in runs._pinned  # the JSON string body's table, made (or kept) by the pinned walks
     body = runs.run_table(tekken_vocab, BODY, BODY)
     other = runs.run_table(tekken_vocab, LETTERS, LETTERS)
-    upto = body._upto
-    assert upto is not None
+    every = body._all
     some = body.row((1, 2, 3))
-    assert other._upto is None
+    assert (1, 2, 3) in body._rows
     other.row((2, 4))
-    assert other._upto is not None
     runs.clear_memos()
-    assert runs.run_table(tekken_vocab, BODY, BODY) is body and body._upto is upto and not body._rows
+    assert runs.run_table(tekken_vocab, BODY, BODY) is body and body._all is every and not body._rows
     assert runs.run_table(tekken_vocab, LETTERS, LETTERS) is not other
     assert np.array_equal(body.row((1, 2, 3)), some)
     with runs.pinned():
@@ -639,6 +637,28 @@ def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
     runs.clear_memos()
     assert runs.run_table(tekken_vocab, LETTERS, BODY) is kept
     runs._pinned.pop((tekken_vocab.fingerprint, LETTERS, BODY))
+
+
+def test_rows_by_count_are_the_row_of_all_and_the_counts(tekken_vocab):
+    """A run table's rows by count (the row of all ANDed with the vocabulary's tokens of 1 to c
+    characters) equal the rows read from every token by count (``_cwalk.run_rows``, one row per
+    exact count), for ranges from 1, ranges past 1, and scattered counts."""
+    if index._cwalk is None:
+        pytest.skip("the C extension is not built here")
+    tc = runs.token_chars(tekken_vocab)
+    rng = np.random.default_rng(11)
+    for first, sigma in ((BODY, BODY), (LETTERS, LETTERS), (LETTERS, BODY)):
+        table = runs.RunTable(tc, first, sigma)
+        exact = np.frombuffer(index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, table._sig, table._ok,
+                                                    tc.max_count, tc.words), dtype=np.int32).reshape(-1, tc.words)
+        assert np.array_equal(exact[0], table._all)
+        asked = [tuple(range(1, 4)), tuple(range(5, 30)), tuple(range(1, tc.max_count)), (2, 7, 9),
+                 tuple(range(1, tc.max_count + 1))]
+        asked += [tuple(sorted(set(rng.integers(1, tc.max_count + 1, 6).tolist()))) for _ in range(5)]
+        for counts in asked:
+            want = np.bitwise_or.reduce([exact[c] for c in counts], axis=0)
+            assert np.array_equal(table.row(counts), want), counts
+        assert table.row((1, 2, 3)).any()
 
 
 def test_plan_gives_one_row_per_group(tekken_vocab):
