@@ -642,7 +642,8 @@ def test_pinned_tables_survive_the_cold_clear(tekken_vocab):
 def test_rows_by_count_are_the_row_of_all_and_the_counts(tekken_vocab):
     """A run table's rows by count (the row of all ANDed with the vocabulary's tokens of 1 to c
     characters) equal the rows read from every token by count (``_cwalk.run_rows``, one row per
-    exact count), for ranges from 1, ranges past 1, and scattered counts."""
+    exact count), for ranges from 1, ranges past 1, and scattered counts; its row of all (read from
+    the ASCII tokens alone where F and Σ are ASCII) equals the one read from every token."""
     if index._cwalk is None:
         pytest.skip("the C extension is not built here")
     tc = runs.token_chars(tekken_vocab)
