@@ -822,9 +822,9 @@ class _ReachSets:
             raise IndexError(i)
         k = i * self._step
         raw = self._raw[k : k + self._step]
-        got = self._read[i] = (_reach_of_bits(int.from_bytes(raw, "little"), self._ignore) if self._ignored is None
-                               else index._cwalk.reach_tuples(raw, self._step, self._ignored)[0])
-        return got
+        got = (_reach_of_bits(int.from_bytes(raw, "little"), self._ignore) if self._ignored is None
+               else index._cwalk.reach_tuples(raw, self._step, self._ignored)[0])
+        return self._read.setdefault(i, got)  # (the first read is every reader's)
 
 
 class _LazyReach:
@@ -853,8 +853,8 @@ class _LazyReach:
             self._compute(lexer)
             got = self._sets[lexer]
         lo, index_of, sets = got
-        value = self._values[q] = None if q == lo else sets[index_of[q - lo]]
-        return value
+        # (the first value read is every reader's: threads reading at once keep one object)
+        return self._values.setdefault(q, None if q == lo else sets[index_of[q - lo]])
 
     def groups(self, lexer: int) -> tuple:
         """Per local state of a built ``lexer``: its reach group, as an int64 array and as a list: 0
@@ -882,8 +882,8 @@ class _LazyReach:
             ids: dict = {None: 0}
             group = np.array([ids.setdefault(v, len(ids)) for v in values], dtype=np.int64)
             index_of, sets = group, list(ids)
-        self._sets[lexer] = (lo, index_of, sets)
-        self._groups[lexer] = (group, group.tolist())
+        self._sets.setdefault(lexer, (lo, index_of, sets))  # (the first computed is every reader's)
+        self._groups.setdefault(lexer, (group, group.tolist()))
 
     def _from_c(self, lexer: int, chosen: np.ndarray) -> tuple:
         """:func:`_reachable_terminals` by the C fixpoint (``_cwalk.reach_sets``): each local state's
@@ -1441,7 +1441,7 @@ class PushdownGrammar:
         self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
-        self._shift_memo: dict[tuple, bool] = {}  # (parser state, id of a reach set) → shifts one
+        self._shift_memo: dict[tuple, tuple] = {}  # (parser state, id of a reach set) → (the set, shifts one)
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
@@ -1757,14 +1757,14 @@ class PushdownGrammar:
 
     def _shifts_any(self, top: int, reach: tuple) -> bool:
         """Whether parser state ``top`` shifts one of the terminals ``reach`` (as a plain shift).
-        Kept per (state, reach set): the sets are the lexers' own objects, alive as long as the
-        grammar, so their ids key them."""
+        Kept per (state, reach set) by the set's id, the entry holding the set (threads that read a
+        set at once may each make one, and an id freed could be another set's later)."""
         key = (top, id(reach))
         got = self._shift_memo.get(key)
-        if got is None:
+        if got is None or got[0] is not reach:
             row = self._action[top]
-            got = self._shift_memo[key] = any(0 < row[t] < MULTI for t in reach)
-        return got
+            got = self._shift_memo[key] = (reach, any(0 < row[t] < MULTI for t in reach))
+        return got[1]
 
     def viable(self, q: int, stack) -> bool:
         """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""
@@ -2013,7 +2013,8 @@ class PushdownGrammar:
                 walked = pinned_walks(self.vocabulary).get(sig)
                 if walked is None:
                     walked = self._walk_base(q, states, terms)
-                shared = self._base_shared[sig] = walked + (len(self._base_shared),)
+                with self._lock:  # (a walk's number is its signature's for the caches' keys: one each)
+                    shared = self._base_shared.setdefault(sig, walked + (len(self._base_shared),))
             free, groups, exits, sig_id = shared
             # (equal signatures: the same reach groups, so each row still stands for one group here)
             got = self._base[q] = (free, tuple((int(states[r]), row) for r, row in groups),
