@@ -1441,7 +1441,7 @@ class PushdownGrammar:
         self._run_memo: dict[int, dict] = {}  # lexer → its character runs' successor functions
         self._base: dict[int, tuple] = {}
         self._base_shared: dict[bytes, tuple] = {}
-        self._shift_memo: dict[tuple, tuple] = {}  # (parser state, id of a reach set) → (the set, shifts one)
+        self._shift_memo: dict[tuple, bool] = {}  # (parser state, id of a reach set) → shifts one
         self._chosen64: dict[int, np.ndarray] = {}  # lexer → its states' terminals as int64 (C reads them)
         self._cross_cache: dict[tuple, tuple] = {}
         self._cross_walks: dict[tuple, tuple] = {}  # (lexer, exit levels, exit nodes) → the walk
@@ -1757,14 +1757,15 @@ class PushdownGrammar:
 
     def _shifts_any(self, top: int, reach: tuple) -> bool:
         """Whether parser state ``top`` shifts one of the terminals ``reach`` (as a plain shift).
-        Kept per (state, reach set) by the set's id, the entry holding the set (threads that read a
-        set at once may each make one, and an id freed could be another set's later)."""
+        Kept per (state, reach set): the sets are the lexers' own objects, published once
+        (:class:`_LazyReach`: threads reading a set at once keep the first made) and alive as long as
+        the grammar, so their ids key them."""
         key = (top, id(reach))
         got = self._shift_memo.get(key)
-        if got is None or got[0] is not reach:
+        if got is None:
             row = self._action[top]
-            got = self._shift_memo[key] = (reach, any(0 < row[t] < MULTI for t in reach))
-        return got[1]
+            got = self._shift_memo[key] = any(0 < row[t] < MULTI for t in reach)
+        return got
 
     def viable(self, q: int, stack) -> bool:
         """Whether the lexeme in progress at ``q`` can still become a terminal the parser takes."""
@@ -1957,9 +1958,7 @@ class PushdownGrammar:
         alike)."""
         lexer = self._owner[q]
         if index._cwalk is not None:
-            reader = self._ball_readers.get(lexer)
-            if reader is None:
-                reader = self._ball_reader(lexer)
+            reader = self._ball_reader(lexer)
             depth = self._max_token_len if BALL_SIGNATURES else len(self._blocks[lexer][1])
             states, sig, terms = index._cwalk.ball_at(reader, q - self._lexer_lo[lexer], depth)
             return np.frombuffer(states, dtype=np.int64), sig, terms

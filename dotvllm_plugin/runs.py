@@ -143,27 +143,22 @@ class TokenChars:
         plain = self._by_first[(tm[self._by_first, 2] == 0) & (count[self._by_first] >= 1)]
         self._ascii_by_first = plain[self.token_first[plain] < 0x80]
         self._ascii_start = np.searchsorted(self.token_first[self._ascii_by_first], np.arange(129))
-        self._zero_row = np.zeros(self.words, dtype=np.int32)
-        self._zero_row.flags.writeable = False
         # row c: the tokens of 1 to c characters (row 0: none), packed, read-only (1.3 MB for a 131k
         # vocabulary): a run table's rows by count are its row of all ANDed with these
         upto = np.zeros((self.max_count + 1, self.words), dtype=np.int32)
+        by_count = np.argsort(count, kind="stable")
+        bounds = np.searchsorted(count[by_count], np.arange(self.max_count + 2))
         for c in range(1, self.max_count + 1):
-            index.set_token_bits(upto[c], np.flatnonzero(count == c).astype(np.int64))
+            index.set_token_bits(upto[c], by_count[bounds[c] : bounds[c + 1]].astype(np.int64))
         np.bitwise_or.accumulate(upto, axis=0, out=upto)
         upto.flags.writeable = False
         self.upto = upto
 
-    def ascii_tokens_starting(self, first_bytes: np.ndarray) -> np.ndarray:
-        """The ids of the tokens of ASCII characters only (whole, generatable) whose first byte is
-        one of ``first_bytes`` (all below 0x80)."""
-        order, start = self._ascii_by_first, self._ascii_start
-        return np.concatenate([order[start[b] : start[b + 1]] for b in first_bytes.tolist()] or [order[:0]])
-
-    def tokens_starting(self, first_bytes: np.ndarray) -> np.ndarray:
+    def tokens_starting(self, first_bytes: np.ndarray, ascii_only: bool = False) -> np.ndarray:
         """The ids of the tokens whose first byte is one of ``first_bytes`` (a token that is not
-        generatable counts as starting with byte 0)."""
-        order, start = self._by_first, self._first_start
+        generatable counts as starting with byte 0); ``ascii_only``: of the tokens of ASCII
+        characters only (whole, generatable), ``first_bytes`` all below 0x80."""
+        order, start = (self._ascii_by_first, self._ascii_start) if ascii_only else (self._by_first, self._first_start)
         return np.concatenate([order[start[b] : start[b + 1]] for b in first_bytes.tolist()] or [order[:0]])
 
 
@@ -254,9 +249,9 @@ class RunTable:
         131k vocabulary's, for the letters: ``_cwalk.run_rows_at`` on them)."""
         tc = self._tc
         if not self._sig[2] and not self._ok[0x80:].any():
-            ids = tc.ascii_tokens_starting(np.flatnonzero(self._ok))
-            got = index._cwalk.run_rows_at(tc._zero_row, ids, tc.token_rest, tc.token_first, tc.count, self._sig,
-                                           self._ok)
+            ids = tc.tokens_starting(np.flatnonzero(self._ok), ascii_only=True)
+            got = index._cwalk.run_rows_at(np.zeros(tc.words, dtype=np.int32), ids, tc.token_rest, tc.token_first,
+                                           tc.count, self._sig, self._ok)
         else:
             got = index._cwalk.run_rows(tc.token_rest, tc.token_first, tc.count, self._sig, self._ok, 0, tc.words)
         return np.frombuffer(got, dtype=np.int32)
